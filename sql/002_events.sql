@@ -1,0 +1,146 @@
+-- pgtenancy 0.1.0 — 002: the outbox and its consumers.
+--
+-- NOTIFY is only a wake-up: events live in tenancy.events, and a consumer
+-- that missed a notification catches up from its cursor.  The payload is
+-- constant, so Postgres folds all notifications of one transaction into one.
+
+CREATE OR REPLACE FUNCTION tenancy.events_channel()
+    RETURNS text
+    LANGUAGE sql
+    IMMUTABLE
+    PARALLEL SAFE
+AS $$
+    SELECT 'tenancy_events_v1'::text
+$$;
+
+COMMENT ON FUNCTION tenancy.events_channel() IS
+    'Name of the LISTEN/NOTIFY channel that wakes outbox consumers (payload is always empty).';
+
+CREATE OR REPLACE FUNCTION tenancy.emit_event(
+    p_name    text,
+    p_tenant  tenancy.tenants,
+    p_payload jsonb DEFAULT '{}'
+)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO tenancy.events (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+    VALUES (p_name, p_tenant.id, p_tenant.slug, p_tenant.schema_name, p_tenant.status,
+            coalesce(p_payload, '{}'))
+    RETURNING id INTO v_id;
+    PERFORM pg_notify(tenancy.events_channel(), '');
+    RETURN v_id;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.emit_event(text, tenancy.tenants, jsonb) IS
+    'Append a lifecycle event for a tenant to the outbox in the current transaction and wake '
+    'consumers (one NOTIFY per transaction). Returns the event id. Not granted to PUBLIC.';
+
+REVOKE ALL ON FUNCTION tenancy.emit_event(text, tenancy.tenants, jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.register_consumer(p_consumer text)
+    RETURNS tenancy.consumers
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.consumers;
+BEGIN
+    IF p_consumer IS NULL OR p_consumer !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid consumer name %', coalesce(quote_literal(p_consumer), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'Use 1 to 128 letters, digits, "_", ".", ":" or "-".';
+    END IF;
+    INSERT INTO tenancy.consumers (name) VALUES (p_consumer) ON CONFLICT (name) DO NOTHING;
+    SELECT * INTO v_row FROM tenancy.consumers WHERE name = p_consumer;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.register_consumer(text) IS
+    'Create the cursor of consumer p_consumer at the start of the outbox unless it exists; '
+    'return the cursor row. Raises 22023 for an invalid name.';
+
+CREATE OR REPLACE FUNCTION tenancy.next_events(p_consumer text, p_limit integer DEFAULT 100)
+    RETURNS SETOF tenancy.events
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_cursor tenancy.consumers;
+BEGIN
+    SELECT * INTO v_cursor FROM tenancy.consumers WHERE name = p_consumer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+            USING ERRCODE = 'PT011';
+    END IF;
+    -- Only transactions below the snapshot's xmin are finished for every
+    -- snapshot: nothing can commit there any more, so the cursor may pass.
+    RETURN QUERY
+        SELECT e.*
+          FROM tenancy.events AS e
+         WHERE (e.xid, e.id) > (v_cursor.last_xid, v_cursor.last_id)
+           AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY e.xid, e.id
+         LIMIT p_limit;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.next_events(text, integer) IS
+    'Up to p_limit outbox events after the cursor of p_consumer, ordered by (xid, id), only from '
+    'transactions that no snapshot can still see as running. Raises PT011 for an unknown consumer.';
+
+CREATE OR REPLACE FUNCTION tenancy.events_held_back(p_consumer text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (
+        SELECT 1
+          FROM tenancy.events AS e
+          JOIN tenancy.consumers AS c ON c.name = p_consumer
+         WHERE (e.xid, e.id) > (c.last_xid, c.last_id)
+           AND e.xid >= pg_snapshot_xmin(pg_current_snapshot())
+    )
+$$;
+
+COMMENT ON FUNCTION tenancy.events_held_back(text) IS
+    'True when committed events after the cursor of p_consumer wait for an older transaction '
+    'to finish before they may be read; a consumer then polls again shortly.';
+
+CREATE OR REPLACE FUNCTION tenancy.advance_consumer(p_consumer text, p_xid xid8, p_id bigint)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE tenancy.consumers
+       SET last_xid = p_xid, last_id = p_id, updated_at = now()
+     WHERE name = p_consumer
+       AND (last_xid, last_id) < (p_xid, p_id);
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.consumers WHERE name = p_consumer) THEN
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+            USING ERRCODE = 'PT011';
+    END IF;
+    RETURN false;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.advance_consumer(text, xid8, bigint) IS
+    'Move the cursor of p_consumer forward to (p_xid, p_id); never backward. True when it moved. '
+    'Raises PT011 for an unknown consumer.';
