@@ -1,0 +1,65 @@
+# pgtenancy — every set-up step lives here; a fresh machine needs nothing else.
+#
+#   make demo                      venv, a Postgres, the SQL, the Chinook demo
+#   make test                      venv, a Postgres, the whole test suite
+#   make install-sql DATABASE_URL=postgresql://...
+#   make uninstall-sql DATABASE_URL=postgresql://... [DROP_TENANTS=1]
+#   make bench                     benchmarks (ratios against same-run baselines)
+#   make lint                      ruff and mypy --strict
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CHINOOK ?= ../shared/data/chinook/Chinook_PostgreSql.sql
+PYTEST_ARGS ?=
+
+.PHONY: venv pg-binaries install-sql uninstall-sql demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Tests and the demo start a throwaway cluster from the local PostgreSQL
+# binaries when no DATABASE_URL/TEST_DATABASE_URL is given and no Docker
+# daemon answers; install the binaries when they are missing and we can.
+pg-binaries:
+	@if [ -z "$$TEST_DATABASE_URL$$DATABASE_URL" ] \
+	  && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing PostgreSQL server binaries (apt-get install postgresql)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "note: no PostgreSQL binaries found; set TEST_DATABASE_URL or start Docker" >&2; \
+	  fi; \
+	fi
+
+install-sql: $(STAMP)
+	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
+	$(BIN)/pgtenancy install --dsn "$(DATABASE_URL)"
+
+uninstall-sql: $(STAMP)
+	@test -n "$(DATABASE_URL)" || { echo "usage: make uninstall-sql DATABASE_URL=postgresql://... [DROP_TENANTS=1]" >&2; exit 2; }
+	$(BIN)/pgtenancy uninstall --dsn "$(DATABASE_URL)" $(if $(DROP_TENANTS),--drop-tenants)
+
+demo: $(STAMP) pg-binaries
+	$(BIN)/python -m pgtenancy.demo --chinook "$(CHINOOK)"
+
+test: $(STAMP) pg-binaries
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) pg-binaries
+	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
+
+lint: $(STAMP)
+	$(BIN)/ruff check python tests bench
+	$(BIN)/ruff format --check python tests bench
+	$(BIN)/mypy python
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,73 @@
+"""pgtenancy: PostgreSQL-native multi-tenancy for Python.
+
+The database does the work (SQL functions, triggers, an outbox); this package
+puts transactions into tenants and turns database events into signals.
+
+Main entry points:
+
+* :func:`install` / :func:`uninstall`: put the SQL core into a database.
+* :func:`tenant_session` (SQLAlchemy) and :func:`tenant_connection` (psycopg):
+  transactions in a tenant.
+* :class:`Tenancy`: the admin API (create, suspend, resume, drop, migrate).
+* :mod:`pgtenancy.signals` and :class:`Listener`: lifecycle events as signals.
+"""
+
+from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
+from pgtenancy.connection import tenant_connection
+from pgtenancy.context import TenantContext, current_tenant, use_tenant
+from pgtenancy.errors import (
+    ConsumerNotFound,
+    ImmutableTenantColumn,
+    InvalidConnectionState,
+    InvalidMigration,
+    InvalidTenantSlug,
+    MigrationFailed,
+    NoTenantContext,
+    NotInstalled,
+    TenancyError,
+    TenantDeleted,
+    TenantExists,
+    TenantNotFound,
+    TenantSchemaMissing,
+    TenantsStillRegistered,
+    TenantSuspended,
+)
+from pgtenancy.events import Event, TenantRef
+from pgtenancy.install import SQL_VERSION, install, installed_version, uninstall
+from pgtenancy.listener import Listener
+from pgtenancy.session import tenant_session
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SQL_VERSION",
+    "ConsumerNotFound",
+    "Event",
+    "ImmutableTenantColumn",
+    "InvalidConnectionState",
+    "InvalidMigration",
+    "InvalidTenantSlug",
+    "Listener",
+    "Migration",
+    "MigrationFailed",
+    "MigrationReport",
+    "NoTenantContext",
+    "NotInstalled",
+    "TenancyError",
+    "Tenant",
+    "TenantContext",
+    "TenantDeleted",
+    "TenantExists",
+    "TenantNotFound",
+    "TenantRef",
+    "TenantSchemaMissing",
+    "TenantSuspended",
+    "TenantsStillRegistered",
+    "current_tenant",
+    "install",
+    "installed_version",
+    "tenant_connection",
+    "tenant_session",
+    "uninstall",
+    "use_tenant",
+]

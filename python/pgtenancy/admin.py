@@ -1,0 +1,231 @@
+"""``Tenancy``: the admin API, one method per SQL function of the core.
+
+Every method runs its SQL function in its own transaction and turns the
+function's SQLSTATE into the matching :mod:`pgtenancy.errors` exception.
+Python keeps no copy of tenant state: each call reads the database.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from pgtenancy.errors import TenancyError, translate
+from pgtenancy.queries import QUERIES
+from pgtenancy.slugs import validate_slug
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A row of the ``tenancy.tenants`` registry.
+
+    Attributes:
+        id: tenant id (uuid).
+        slug: tenant slug.
+        schema_name: the tenant's schema.
+        status: ``active``, ``suspended`` or ``deleted``.
+        isolation: ``schema``.
+        metadata: free-form JSON object.
+        created_at: creation time (timezone-aware).
+        updated_at: time of the last change (timezone-aware).
+        migration_version: latest migration applied, None when none.
+    """
+
+    id: uuid.UUID
+    slug: str
+    schema_name: str
+    status: str
+    isolation: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    migration_version: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Tenant:
+        """Build a tenant from a registry row (a mapping of column to value)."""
+        return cls(
+            id=row["id"],
+            slug=row["slug"],
+            schema_name=row["schema_name"],
+            status=row["status"],
+            isolation=row["isolation"],
+            metadata=dict(row["metadata"] or {}),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            migration_version=row["migration_version"],
+        )
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A registered tenant migration: version, SHA-256 checksum of its SQL, time."""
+
+    version: str
+    checksum: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    """Outcome of :meth:`Tenancy.migrate_tenants`.
+
+    Attributes:
+        migrated: tenants that are now current, with their version.
+        failed: ``(slug, error)`` for every tenant whose migration failed; each
+            such tenant stays at its previous version.
+    """
+
+    migrated: list[Tenant]
+    failed: list[tuple[str, TenancyError]]
+
+
+def engine_from_dsn(dsn: str) -> Engine:
+    """A SQLAlchemy engine (psycopg driver, no pooling) for a libpq DSN or URL.
+
+    Args:
+        dsn: ``postgresql://...`` URL or ``key=value`` connection string.
+    """
+    return create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+    )
+
+
+class Tenancy:
+    """Admin API over one database.
+
+    Args:
+        engine: a SQLAlchemy :class:`~sqlalchemy.Engine` using the psycopg
+            driver, or a DSN string (an engine without pooling is made).
+
+    All methods raise :class:`~pgtenancy.errors.NotInstalled` when the SQL core
+    is missing, and psycopg/SQLAlchemy errors for connection failures.
+    """
+
+    def __init__(self, engine: Engine | str) -> None:
+        self.engine = engine_from_dsn(engine) if isinstance(engine, str) else engine
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise translate(exc) from exc
+
+    def _one(self, query: str, **params: Any) -> Mapping[str, Any]:
+        with self._begin() as conn:
+            return conn.exec_driver_sql(QUERIES[query], params).mappings().one()
+
+    def create_tenant(self, slug: str, metadata: Mapping[str, Any] | None = None) -> Tenant:
+        """Create a tenant: schema, all migrations, registry row, ``tenant_created``.
+
+        Args:
+            slug: tenant slug (see :func:`pgtenancy.slugs.validate_slug`).
+            metadata: JSON-serializable mapping stored with the tenant.
+
+        Raises:
+            InvalidTenantSlug: PT001. TenantExists: PT002.
+            MigrationFailed: PT006; no schema, row or event is left behind.
+        """
+        validate_slug(slug)
+        row = self._one("create_tenant", slug=slug, metadata=json.dumps(dict(metadata or {})))
+        return Tenant.from_row(row)
+
+    def get_tenant(self, slug: str) -> Tenant:
+        """The registry row of ``slug``.
+
+        Raises:
+            TenantNotFound: PT003.
+        """
+        return Tenant.from_row(self._one("get_tenant", slug=slug))
+
+    def list_tenants(self) -> list[Tenant]:
+        """Every registered tenant, deleted ones included, ordered by slug."""
+        with self._begin() as conn:
+            rows = conn.exec_driver_sql(QUERIES["list_tenants"]).mappings().all()
+        return [Tenant.from_row(r) for r in rows]
+
+    def suspend_tenant(self, slug: str) -> Tenant:
+        """Suspend ``slug``; entering it fails from then on. Emits ``tenant_suspended``.
+
+        Raises:
+            TenantNotFound: PT003. TenantDeleted: PT005.
+        """
+        return Tenant.from_row(self._one("suspend_tenant", slug=slug))
+
+    def resume_tenant(self, slug: str) -> Tenant:
+        """Make suspended ``slug`` active again. Emits ``tenant_resumed``.
+
+        Raises:
+            TenantNotFound: PT003. TenantDeleted: PT005.
+        """
+        return Tenant.from_row(self._one("resume_tenant", slug=slug))
+
+    def drop_tenant(self, slug: str, destroy_data: bool = False) -> Tenant:
+        """Delete ``slug``: soft by default (schema kept, entry refused), or with
+        ``destroy_data=True`` drop its schema and row. Emits ``tenant_deleted``.
+
+        Returns:
+            The tenant as it was, with status ``deleted``.
+
+        Raises:
+            TenantNotFound: PT003.
+        """
+        return Tenant.from_row(self._one("drop_tenant", slug=slug, destroy_data=destroy_data))
+
+    def add_migration(self, version: str, sql: str) -> Migration:
+        """Register tenant DDL as migration ``version`` (it must sort after the
+        latest). Re-adding the same version with the same SQL is a no-op.
+
+        Raises:
+            InvalidMigration: PT008, bad version, changed SQL, out-of-order
+                version, or SQL that fails on an empty tenant schema.
+        """
+        row = self._one("add_migration", version=version, sql=sql)
+        return Migration(row["version"], row["checksum"], row["created_at"])
+
+    def list_migrations(self) -> list[Migration]:
+        """Registered migrations in the order they apply."""
+        with self._begin() as conn:
+            rows = conn.exec_driver_sql(QUERIES["list_migrations"]).mappings().all()
+        return [Migration(r["version"], r["checksum"], r["created_at"]) for r in rows]
+
+    def migrate_tenant(self, slug: str) -> Tenant:
+        """Apply to ``slug`` the migrations it lacks, in one transaction.
+        Emits ``tenant_migrated`` when anything was applied.
+
+        Raises:
+            TenantNotFound: PT003. TenantDeleted: PT005.
+            TenantSchemaMissing: PT007.
+            MigrationFailed: PT006; the tenant stays at its previous version.
+        """
+        return Tenant.from_row(self._one("migrate_tenant", slug=slug))
+
+    def migrate_tenants(self, slugs: list[str] | None = None) -> MigrationReport:
+        """Migrate several tenants, each in its own transaction; a failure is
+        recorded and the others go on.
+
+        Args:
+            slugs: tenants to migrate; None means every tenant not deleted.
+        """
+        if slugs is None:
+            slugs = [t.slug for t in self.list_tenants() if t.status != "deleted"]
+        migrated: list[Tenant] = []
+        failed: list[tuple[str, TenancyError]] = []
+        for slug in slugs:
+            try:
+                migrated.append(self.migrate_tenant(slug))
+            except TenancyError as exc:
+                failed.append((slug, exc))
+        return MigrationReport(migrated, failed)

@@ -1,0 +1,204 @@
+"""The ``pgtenancy`` command line: install the SQL, manage tenants, run a listener.
+
+Every command takes ``--dsn`` (default: the ``DATABASE_URL`` environment
+variable). Errors print one line, ``error: ...``, on stderr and exit with
+status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import psycopg
+
+from pgtenancy import install as install_mod
+from pgtenancy.admin import Tenancy, Tenant
+from pgtenancy.errors import TenancyError, translate
+from pgtenancy.listener import Listener, import_handlers
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Group(click.Group):
+    """Click group that turns pgtenancy and database errors into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (TenancyError, psycopg.Error, ImportError, FileNotFoundError) as exc:
+            err = translate(exc) if isinstance(exc, psycopg.Error) else exc
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(1)
+
+
+def dsn_option(func: F) -> F:
+    """Add the ``--dsn`` option (env ``DATABASE_URL``) to a command."""
+    return click.option(
+        "--dsn",
+        envvar="DATABASE_URL",
+        required=True,
+        help="Database URL or libpq string. Default: $DATABASE_URL.",
+    )(func)
+
+
+def _tenant_dict(t: Tenant) -> dict[str, Any]:
+    return {
+        "slug": t.slug,
+        "id": str(t.id),
+        "schema": t.schema_name,
+        "status": t.status,
+        "isolation": t.isolation,
+        "migration_version": t.migration_version,
+        "metadata": t.metadata,
+        "created_at": t.created_at.isoformat() if t.created_at else None,
+    }
+
+
+def _print_tenant(verb: str, t: Tenant) -> None:
+    click.echo(f"{verb} {t.slug} (schema {t.schema_name}, status {t.status}, "
+               f"migration {t.migration_version or '-'})")
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """pgtenancy: PostgreSQL-native multi-tenancy."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@main.command()
+@dsn_option
+def install(dsn: str) -> None:
+    """Install or upgrade the SQL core in one transaction (idempotent)."""
+    version = install_mod.install(dsn)
+    click.echo(f"pgtenancy {version} installed")
+
+
+@main.command()
+@dsn_option
+@click.option("--drop-tenants", is_flag=True, help="Also drop every tenant schema and its data.")
+def uninstall(dsn: str, drop_tenants: bool) -> None:
+    """Remove the SQL core. Refuses while tenants exist, unless --drop-tenants."""
+    install_mod.uninstall(dsn, drop_tenants=drop_tenants)
+    click.echo("pgtenancy uninstalled")
+
+
+@main.command()
+@dsn_option
+def version(dsn: str) -> None:
+    """Print the installed SQL version ("not installed" and status 1 if absent)."""
+    found = install_mod.installed_version(dsn)
+    if found is None:
+        click.echo("not installed")
+        sys.exit(1)
+    click.echo(found)
+
+
+@main.command()
+@dsn_option
+@click.argument("slug")
+@click.option("--metadata", default="{}", help="JSON object stored with the tenant.")
+def create(dsn: str, slug: str, metadata: str) -> None:
+    """Create tenant SLUG: schema, migrations, registry row, event."""
+    try:
+        meta = json.loads(metadata)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--metadata") from exc
+    if not isinstance(meta, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--metadata")
+    _print_tenant("created", Tenancy(dsn).create_tenant(slug, meta))
+
+
+@main.command(name="list")
+@dsn_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def list_(dsn: str, as_json: bool) -> None:
+    """List tenants."""
+    tenants = Tenancy(dsn).list_tenants()
+    if as_json:
+        for t in tenants:
+            click.echo(json.dumps(_tenant_dict(t)))
+        return
+    click.echo(f"{'slug':<24} {'status':<10} {'migration':<16} schema")
+    for t in tenants:
+        click.echo(f"{t.slug:<24} {t.status:<10} {t.migration_version or '-':<16} {t.schema_name}")
+
+
+@main.command()
+@dsn_option
+@click.argument("slug")
+def suspend(dsn: str, slug: str) -> None:
+    """Suspend tenant SLUG: entering it fails until resumed."""
+    _print_tenant("suspended", Tenancy(dsn).suspend_tenant(slug))
+
+
+@main.command()
+@dsn_option
+@click.argument("slug")
+def resume(dsn: str, slug: str) -> None:
+    """Resume suspended tenant SLUG."""
+    _print_tenant("resumed", Tenancy(dsn).resume_tenant(slug))
+
+
+@main.command()
+@dsn_option
+@click.argument("slug")
+@click.option("--destroy-data", is_flag=True, help="Drop the schema and the row, not a soft delete.")
+def drop(dsn: str, slug: str, destroy_data: bool) -> None:
+    """Delete tenant SLUG (soft by default)."""
+    t = Tenancy(dsn).drop_tenant(slug, destroy_data=destroy_data)
+    _print_tenant("destroyed" if destroy_data else "deleted", t)
+
+
+@main.command(name="add-migration")
+@dsn_option
+@click.argument("version_")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def add_migration(dsn: str, version_: str, file: Path) -> None:
+    """Register the SQL in FILE as tenant migration VERSION_."""
+    m = Tenancy(dsn).add_migration(version_, file.read_text("utf-8"))
+    click.echo(f"migration {m.version} registered ({m.checksum[:12]})")
+
+
+@main.command()
+@dsn_option
+@click.argument("slugs", nargs=-1)
+def migrate(dsn: str, slugs: tuple[str, ...]) -> None:
+    """Apply missing migrations to SLUGS (default: every tenant not deleted),
+    each in its own transaction. Exit status 1 when any tenant failed."""
+    report = Tenancy(dsn).migrate_tenants(list(slugs) if slugs else None)
+    for t in report.migrated:
+        click.echo(f"{t.slug}: at {t.migration_version or '-'}")
+    for slug, exc in report.failed:
+        click.echo(f"{slug}: FAILED [{exc.sqlstate}] {exc}", err=True)
+    if report.failed:
+        click.echo(f"error: {len(report.failed)} of {len(report.failed) + len(report.migrated)} "
+                   "tenants failed", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@dsn_option
+@click.option("--consumer", required=True, help="Consumer name; its cursor is durable.")
+@click.option("--handlers", "handlers", multiple=True,
+              help="Module that connects receivers (repeatable), e.g. myapp.handlers.")
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 60),
+              help="Seconds between polls when no notification arrives.")
+def listen(dsn: str, consumer: str, handlers: tuple[str, ...], batch_size: int,
+           poll_interval: float) -> None:
+    """Deliver lifecycle events to signal receivers until SIGTERM."""
+    import_handlers(handlers)
+    Listener(dsn, consumer, batch_size=batch_size, poll_interval=poll_interval).run()
+
+
+if __name__ == "__main__":
+    main()

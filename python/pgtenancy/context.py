@@ -1,0 +1,124 @@
+"""The tenant context of the running code, on :mod:`contextvars`.
+
+``use_tenant("acme")`` pushes a tenant for the current thread or asyncio task
+and pops it on exit; blocks nest like a stack. ``current_tenant()`` reads the
+top. Sessions and connections opened without an explicit slug use it. Entering
+and leaving send :data:`~pgtenancy.signals.tenant_activated` and
+:data:`~pgtenancy.signals.tenant_deactivated` in this process.
+
+This is Python-side state only: what the database sees is set per
+transaction by :func:`~pgtenancy.session.tenant_session` and
+:func:`~pgtenancy.connection.tenant_connection`.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from types import TracebackType
+
+from pgtenancy import signals
+from pgtenancy.errors import NoTenantContext
+from pgtenancy.slugs import validate_slug
+
+_stack: ContextVar[tuple[str, ...]] = ContextVar("pgtenancy_tenant_stack", default=())
+
+
+def current_tenant() -> str | None:
+    """Slug of the innermost active tenant context, or None outside any."""
+    stack = _stack.get()
+    return stack[-1] if stack else None
+
+
+def tenant_stack() -> tuple[str, ...]:
+    """Every active tenant context, outermost first."""
+    return _stack.get()
+
+
+def resolve_tenant(slug: str | None) -> str:
+    """The slug to use: ``slug`` itself, or the current context's tenant.
+
+    Raises:
+        pgtenancy.errors.NoTenantContext: ``slug`` is None and no tenant is active.
+        pgtenancy.errors.InvalidTenantSlug: the slug is invalid.
+    """
+    if slug is None:
+        slug = current_tenant()
+        if slug is None:
+            raise NoTenantContext(
+                "no tenant given and no tenant context active: pass a slug or use use_tenant()"
+            )
+    return validate_slug(slug)
+
+
+class use_tenant:  # noqa: N801 - used like a function: with use_tenant("acme"):
+    """Context manager that makes ``slug`` the current tenant for the block.
+
+    Works with ``with`` (receivers run through ``send``) and ``async with``
+    (receivers run through ``asend``, so async receivers are awaited).
+
+    Args:
+        slug: tenant slug, validated as ``tenancy.validate_slug`` would.
+
+    Raises:
+        pgtenancy.errors.InvalidTenantSlug: on an invalid slug, before anything changes.
+    """
+
+    def __init__(self, slug: str) -> None:
+        self.slug = validate_slug(slug)
+        self._token: Token[tuple[str, ...]] | None = None
+
+    def _push(self) -> None:
+        if self._token is not None:
+            raise RuntimeError("use_tenant() block is not reentrant; create a new one")
+        self._token = _stack.set((*_stack.get(), self.slug))
+
+    def _pop(self) -> None:
+        assert self._token is not None
+        _stack.reset(self._token)
+        self._token = None
+
+    def __enter__(self) -> str:
+        self._push()
+        try:
+            signals.tenant_activated.send(sender=self.slug, slug=self.slug)
+        except BaseException:
+            self._pop()
+            raise
+        return self.slug
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pop()
+        signals.tenant_deactivated.send(sender=self.slug, slug=self.slug)
+
+    async def __aenter__(self) -> str:
+        self._push()
+        try:
+            await signals.tenant_activated.asend(sender=self.slug, slug=self.slug)
+        except BaseException:
+            self._pop()
+            raise
+        return self.slug
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._pop()
+        await signals.tenant_deactivated.asend(sender=self.slug, slug=self.slug)
+
+
+class TenantContext:
+    """Namespace for the tenant context API: ``TenantContext.use(slug)``,
+    ``TenantContext.current()``, ``TenantContext.stack()``."""
+
+    use = use_tenant
+    current = staticmethod(current_tenant)
+    stack = staticmethod(tenant_stack)
+    resolve = staticmethod(resolve_tenant)

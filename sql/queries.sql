@@ -1,0 +1,54 @@
+-- pgtenancy — the queries the Python layer sends, each under a "-- name: x"
+-- header and loaded by name (pgtenancy.queries), so Python never builds SQL.
+-- Parameters use psycopg's %(name)s style.
+
+-- name: enter_tenant
+SELECT tenancy.enter_tenant(%(slug)s)
+
+-- name: installed_version
+SELECT CASE WHEN pg_catalog.to_regprocedure('tenancy.version()') IS NULL THEN NULL
+            ELSE tenancy.version() END AS version
+
+-- name: create_tenant
+SELECT * FROM tenancy.create_tenant(%(slug)s, %(metadata)s::jsonb)
+
+-- name: get_tenant
+SELECT * FROM tenancy.get_tenant(%(slug)s)
+
+-- name: list_tenants
+SELECT * FROM tenancy.tenants ORDER BY slug
+
+-- name: suspend_tenant
+SELECT * FROM tenancy.suspend_tenant(%(slug)s)
+
+-- name: resume_tenant
+SELECT * FROM tenancy.resume_tenant(%(slug)s)
+
+-- name: drop_tenant
+SELECT * FROM tenancy.drop_tenant(%(slug)s, %(destroy_data)s)
+
+-- name: add_migration
+SELECT version, checksum, created_at FROM tenancy.add_migration(%(version)s, %(sql)s)
+
+-- name: list_migrations
+SELECT version, checksum, created_at FROM tenancy.migrations ORDER BY version
+
+-- name: migrate_tenant
+SELECT * FROM tenancy.migrate_tenant(%(slug)s)
+
+-- name: register_consumer
+SELECT name, last_xid::text AS last_xid, last_id FROM tenancy.register_consumer(%(consumer)s)
+
+-- name: next_events
+SELECT id, xid::text AS xid, name, tenant_id, tenant_slug, tenant_schema, tenant_status,
+       payload, created_at
+  FROM tenancy.next_events(%(consumer)s, %(limit)s)
+
+-- name: events_held_back
+SELECT tenancy.events_held_back(%(consumer)s)
+
+-- name: advance_consumer
+SELECT tenancy.advance_consumer(%(consumer)s, %(xid)s::xid8, %(id)s)
+
+-- name: events_channel
+SELECT tenancy.events_channel()
