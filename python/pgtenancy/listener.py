@@ -115,6 +115,12 @@ class Listener:
         self._stop = threading.Event()
         self.delivered = 0
 
+    @property
+    def application_name(self) -> str:
+        """``application_name`` of the listener's connection, as seen in
+        ``pg_stat_activity``: ``pgtenancy-listener:<consumer>``."""
+        return f"pgtenancy-listener:{self.consumer}"[:63]
+
     # -- control -----------------------------------------------------------
 
     def stop(self) -> None:
@@ -167,6 +173,7 @@ class Listener:
                     self.dsn,
                     autocommit=True,
                     connect_timeout=self.connect_timeout,
+                    application_name=self.application_name,
                     row_factory=dict_row,
                 ) as conn:
                     self._listen(conn)

@@ -1,0 +1,138 @@
+"""Pool safety: 8 threads over a pool of 2 connections switch among 20 tenants
+for thousands of transactions, some raising, and never see another tenant's
+rows; no connection handed out by the pool carries a tenant setting."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+from sqlalchemy import create_engine, event, text
+
+from pgtenancy import Tenancy, tenant_connection, tenant_session
+
+TENANTS = [f"t{i:02d}" for i in range(20)]
+THREADS = 8
+TRANSACTIONS_PER_THREAD = 400
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def fleet(tenancy: Tenancy, dsn: str) -> None:
+    tenancy.add_migration("0001", "CREATE TABLE item (id int PRIMARY KEY, owner text NOT NULL)")
+    with psycopg.connect(dsn) as conn:
+        for slug in TENANTS:
+            conn.execute("SELECT tenancy.create_tenant(%s)", (slug,))
+            conn.execute(
+                f"INSERT INTO tenant_{slug}.item SELECT g, %s FROM generate_series(1, 5) g", (slug,)
+            )
+
+
+def run_threads(work: Callable[[random.Random], None]) -> None:
+    errors: list[BaseException] = []
+
+    def body(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for _ in range(TRANSACTIONS_PER_THREAD):
+                work(rnd)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def clean(settings: tuple[Any, ...]) -> None:
+    path, tenant_id, tenant = settings
+    assert path == '"$user", public', settings
+    assert tenant_id in (None, ""), settings
+    assert tenant in (None, ""), settings
+
+
+def test_sqlalchemy_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
+        pool_size=2, max_overflow=0, pool_timeout=60,
+    )
+    checkouts = 0
+    lock = threading.Lock()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        nonlocal checkouts
+        cur = dbapi_conn.cursor()
+        cur.execute("SELECT current_setting('search_path'), "
+                    "current_setting('app.tenant_id', true), current_setting('app.tenant', true)")
+        clean(cur.fetchone())
+        dbapi_conn.rollback()
+        with lock:
+            checkouts += 1
+
+    counts = {"ok": 0, "raised": 0}
+
+    def work(rnd: random.Random) -> None:
+        slug = rnd.choice(TENANTS)
+        raising = rnd.random() < 0.25
+        try:
+            with tenant_session(engine, slug) as session:
+                owners = session.execute(text("SELECT owner FROM item")).scalars().all()
+                assert owners == [slug] * 5, (slug, owners)
+                session.execute(text("UPDATE item SET owner = owner WHERE id = 1"))
+                if raising:
+                    raise Boom
+                if rnd.random() < 0.5:
+                    session.commit()
+                    assert session.execute(text("SELECT tenancy.current_tenant()")).scalar() == slug
+        except Boom:
+            counts["raised"] += 1
+        else:
+            counts["ok"] += 1
+
+    try:
+        run_threads(work)
+    finally:
+        engine.dispose()
+    assert counts["ok"] + counts["raised"] == THREADS * TRANSACTIONS_PER_THREAD
+    assert counts["raised"] > 0
+    assert checkouts >= THREADS * TRANSACTIONS_PER_THREAD
+
+
+def test_psycopg_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
+    def check(conn: psycopg.Connection[Any]) -> None:
+        clean(conn.execute(
+            "SELECT current_setting('search_path'), current_setting('app.tenant_id', true), "
+            "current_setting('app.tenant', true)").fetchone() or ())
+        conn.rollback()
+
+    with ConnectionPool(dsn, min_size=2, max_size=2, check=check, timeout=60) as pool:
+
+        def work(rnd: random.Random) -> None:
+            slug = rnd.choice(TENANTS)
+            try:
+                with tenant_connection(pool, slug) as conn:
+                    owners = [r[0] for r in conn.execute("SELECT owner FROM item")]
+                    assert owners == [slug] * 5, (slug, owners)
+                    if rnd.random() < 0.25:
+                        raise Boom
+            except Boom:
+                pass
+            if rnd.random() < 0.1:
+                with pool.connection() as conn:
+                    clean(conn.execute(
+                        "SELECT current_setting('search_path'), tenancy.current_tenant_id(), "
+                        "tenancy.current_tenant()").fetchone() or ())
+
+        run_threads(work)
