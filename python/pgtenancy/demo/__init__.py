@@ -1,0 +1,1 @@
+"""The pgtenancy demo on the Chinook sample database (``make demo``)."""
