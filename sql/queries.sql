@@ -5,9 +5,11 @@
 -- name: enter_tenant
 SELECT tenancy.enter_tenant(%(slug)s)
 
--- name: installed_version
-SELECT CASE WHEN pg_catalog.to_regprocedure('tenancy.version()') IS NULL THEN NULL
-            ELSE tenancy.version() END AS version
+-- name: is_installed
+SELECT pg_catalog.to_regprocedure('tenancy.version()') IS NOT NULL
+
+-- name: version
+SELECT tenancy.version()
 
 -- name: create_tenant
 SELECT * FROM tenancy.create_tenant(%(slug)s, %(metadata)s::jsonb)

@@ -33,7 +33,7 @@ from pgtenancy.errors import (
     TenantSuspended,
 )
 from pgtenancy.events import Event, TenantRef
-from pgtenancy.install import SQL_VERSION, install, installed_version, uninstall
+from pgtenancy.installer import SQL_VERSION, install, installed_version, uninstall
 from pgtenancy.listener import Listener
 from pgtenancy.session import tenant_session
 

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
+from sqlalchemy.exc import DBAPIError
 
-from pgtenancy import install as install_mod
+from pgtenancy import installer as install_mod
 from pgtenancy.admin import Tenancy, Tenant
 from pgtenancy.errors import TenancyError, translate
 from pgtenancy.listener import Listener, import_handlers
@@ -31,9 +32,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (TenancyError, psycopg.Error, ImportError, FileNotFoundError) as exc:
-            err = translate(exc) if isinstance(exc, psycopg.Error) else exc
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        except (TenancyError, psycopg.Error, DBAPIError, ImportError, FileNotFoundError) as exc:
+            err = translate(exc)
+            if isinstance(err, DBAPIError) and err.orig is not None:
+                err = err.orig
+            text = str(err).strip()
+            message = text.splitlines()[0] if text else type(err).__name__
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
 

@@ -109,8 +109,8 @@ class ConsumerNotFound(TenancyError, LookupError):
 
 
 class NotInstalled(TenancyError):
-    """The pgtenancy SQL is not installed in this database (SQLSTATE 3F000 or 42883
-    on a ``tenancy`` object)."""
+    """The pgtenancy SQL is not installed in this database (SQLSTATE 3F000, 42883 or
+    42P01 naming a ``tenancy`` object)."""
 
 
 class NoTenantContext(TenancyError):
@@ -169,7 +169,7 @@ def translate(exc: BaseException) -> BaseException:
     diag = err.diag
     message = diag.message_primary or str(err)
     cls = _BY_SQLSTATE.get(err.sqlstate)
-    if cls is None and err.sqlstate in ("3F000", "42883") and "tenancy" in message:
+    if cls is None and err.sqlstate in ("3F000", "42883", "42P01") and "tenancy" in message:
         cls = NotInstalled
         message = f"pgtenancy is not installed in this database ({message})"
     if cls is None:

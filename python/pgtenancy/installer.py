@@ -54,7 +54,7 @@ def install(dsn: str) -> str:
                 conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'warning', true)")
                 conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
                 conn.execute(install_script().encode("utf-8"))
-                row = conn.execute("SELECT tenancy.version()").fetchone()
+                row = conn.execute(QUERIES["version"]).fetchone()
         except psycopg.Error as exc:
             raise translate(exc) from exc
     assert row is not None
@@ -98,5 +98,8 @@ def installed_version(dsn: str) -> str | None:
         psycopg.OperationalError: when the database cannot be reached.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(QUERIES["installed_version"]).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+        present = conn.execute(QUERIES["is_installed"]).fetchone()
+        if present is None or not present[0]:
+            return None
+        row = conn.execute(QUERIES["version"]).fetchone()
+    return None if row is None else str(row[0])

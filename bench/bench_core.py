@@ -1,0 +1,403 @@
+"""Benchmarks of pgtenancy's core paths, as ratios against baselines run side by side.
+
+Run from the repository root (``make bench`` does exactly this)::
+
+    .venv/bin/python bench/bench_core.py --chinook ../shared/data/chinook/Chinook_PostgreSql.sql
+
+Everything runs in one process against one server: ``DATABASE_URL`` when set,
+else whatever :func:`pgtenancy.server.find_server` finds or starts (a Docker
+container or a throwaway local cluster, started with ``fsync=off``), in a
+fresh database that is dropped at the end. Absolute numbers depend on the
+machine and the server settings; the ratios are the point, because both sides
+of each ratio ran on the same server, in the same run, interleaved.
+
+1. **Transactions.** One web-request-like transaction: open a session, run
+   ``SELECT value FROM item WHERE id = :id`` for a random id among 1000 rows,
+   commit, close. The pgtenancy side is ``with tenant_session(engine, "bench")``
+   (it calls ``tenancy.enter_tenant()`` at the start of the transaction, then the
+   query finds ``item`` in the tenant's schema, where a tenant migration created
+   it); the baseline is ``with Session(engine)`` on an identical ``public.item``.
+   One thread, one engine with ``pool_size=1`` (psycopg driver), so both reuse
+   the same connection. After a warm-up, ``--rounds`` rounds of ``--seconds``
+   per side alternate which side goes first; the table shows the median
+   transactions per second of each side and ``tenant / plain``. Round trips are
+   not counted: the ratio is the whole per-transaction cost of entering the
+   tenant (one more statement, a PL/pgSQL function, the session hook).
+
+2. **Provisioning.** The Chinook script's DDL (11 tables, 11 foreign keys, 11
+   indexes; psql meta-commands and database statements skipped by
+   :mod:`pgtenancy.sqlscript`) is registered as tenant migration
+   ``0001_chinook``; the pgtenancy side times ``Tenancy.create_tenant()`` (slug
+   check, registry row, schema, migration, event in the outbox, one transaction
+   each, over the same pooled engine). The baseline is the bare DDL run by
+   ``psql`` from one script, one transaction per schema
+   (``BEGIN; CREATE SCHEMA p_i; SET LOCAL search_path = p_i, public; <DDL>;
+   COMMIT;``), psql start-up included. ``--tenants`` schemas are made per side,
+   in two halves ordered pgtenancy, psql, psql, pgtenancy so the growing
+   catalog weighs on both alike; the table shows tenants per second and
+   ``create_tenant / psql``.
+
+Reading the ratios: 1.0 means pgtenancy costs nothing over the baseline; 0.8
+means it reaches 80% of the baseline's rate (each operation takes 1/0.8 = 1.25
+times as long). The script asserts nothing about timings; it only checks that
+both sides did the same work (same tables, same schemas searched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+import pgtenancy
+from pgtenancy.server import find_bindir, find_server, fresh_database
+from pgtenancy.sqlscript import read_script
+
+DEFAULT_CHINOOK = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
+)
+ROWS = 1000
+SLUG = "bench"
+QUERY = text("SELECT value FROM item WHERE id = :id")
+ITEM_DDL = "CREATE TABLE item (id int PRIMARY KEY, value text NOT NULL)"
+ITEM_ROWS = (
+    "INSERT INTO item (id, value) SELECT g, md5(g::text) FROM generate_series(1, :rows) AS g"
+)
+RELATIONS = (
+    "SELECT count(*) FROM pg_catalog.pg_class AS c"
+    " JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+)
+
+
+@dataclass(frozen=True)
+class Results:
+    """Everything the run measured; ``--json`` prints it as one object."""
+
+    server_version: str
+    server_source: str
+    seconds_per_round: float
+    rounds: int
+    tenants: int
+    tenant_session_tps: float
+    plain_session_tps: float
+    session_ratio: float
+    tenant_session_tps_rounds: list[float]
+    plain_session_tps_rounds: list[float]
+    create_tenant_per_s: float
+    psql_ddl_per_s: float
+    provision_ratio: float
+    create_tenant_seconds: float
+    psql_ddl_seconds: float
+    chinook_ddl_statements: int
+    elapsed_seconds: float
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so stdout holds only the results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def pooled_engine(dsn: str) -> Engine:
+    """Engine on ``dsn`` with the psycopg driver and a single pooled connection."""
+    return create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(dsn),
+        pool_size=1,
+        max_overflow=0,
+    )
+
+
+def find_psql() -> Path:
+    """The ``psql`` executable: on PATH, else in the PostgreSQL bindir."""
+    found = shutil.which("psql")
+    if found:
+        return Path(found)
+    bindir = find_bindir()
+    if bindir is not None and (bindir / "psql").is_file():
+        return bindir / "psql"
+    raise SystemExit("psql not found: put it on PATH or set PG_BINDIR")
+
+
+# Transactions ----------------------------------------------------------------
+
+
+def tenant_tx(engine: Engine, ident: int) -> str:
+    """One transaction in tenant ``bench``: enter, one query, commit."""
+    with pgtenancy.tenant_session(engine, SLUG) as session:
+        value: str = session.execute(QUERY, {"id": ident}).scalar_one()
+        session.commit()
+    return value
+
+
+def plain_tx(engine: Engine, ident: int) -> str:
+    """The same transaction in a plain SQLAlchemy session (``public.item``)."""
+    with Session(engine) as session:
+        value: str = session.execute(QUERY, {"id": ident}).scalar_one()
+        session.commit()
+    return value
+
+
+def rate(tx: Callable[[Engine, int], str], engine: Engine, seconds: float, seed: int) -> float:
+    """Transactions per second of ``tx`` run back to back for ``seconds``."""
+    rng = random.Random(seed)
+    count = 0
+    start = now = time.perf_counter()
+    deadline = start + seconds
+    while now < deadline:
+        tx(engine, rng.randint(1, ROWS))
+        count += 1
+        now = time.perf_counter()
+    return count / (now - start)
+
+
+def prepare_items(dsn: str, engine: Engine, tenancy: pgtenancy.Tenancy) -> None:
+    """``item`` with ROWS rows in ``public`` and, via a migration, in tenant ``bench``."""
+    tenancy.add_migration("0002_item", ITEM_DDL)
+    tenancy.create_tenant(SLUG)
+    with pgtenancy.tenant_session(engine, SLUG) as session:
+        session.execute(text(ITEM_ROWS), {"rows": ROWS})
+        session.commit()
+    with psycopg.connect(dsn) as conn:
+        conn.execute(ITEM_DDL)
+        conn.execute(ITEM_ROWS.replace(":rows", "%(rows)s"), {"rows": ROWS})
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE public.item")
+        conn.execute(f"ANALYZE tenant_{SLUG}.item")
+    # Both sides read the same rows, each from its own schema.
+    with pgtenancy.tenant_session(engine, SLUG) as session:
+        where = session.execute(text("SELECT current_schema()")).scalar_one()
+        tenant_value = session.execute(QUERY, {"id": 7}).scalar_one()
+    with Session(engine) as session:
+        plain_where = session.execute(text("SELECT current_schema()")).scalar_one()
+        plain_value = session.execute(QUERY, {"id": 7}).scalar_one()
+    if (where, plain_where) != (f"tenant_{SLUG}", "public") or tenant_value != plain_value:
+        raise RuntimeError(f"unexpected setup: schemas {where}/{plain_where}")
+
+
+def bench_transactions(
+    engine: Engine, seconds: float, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Per-round tx/s of (tenant_session, plain Session), sides alternating."""
+    warm_up = min(0.5, seconds / 2)
+    rate(tenant_tx, engine, warm_up, seed=-1)
+    rate(plain_tx, engine, warm_up, seed=-2)
+    tenant: list[float] = []
+    plain: list[float] = []
+    for r in range(rounds):
+        order = [(tenant_tx, tenant), (plain_tx, plain)]
+        if r % 2:
+            order.reverse()
+        for tx, out in order:
+            out.append(rate(tx, engine, seconds, seed=r))
+        log(
+            f"  round {r + 1}/{rounds}: tenant_session {tenant[-1]:.0f} tx/s, "
+            f"plain Session {plain[-1]:.0f} tx/s"
+        )
+    return tenant, plain
+
+
+# Provisioning ----------------------------------------------------------------
+
+
+def provision_tenancy(tenancy: pgtenancy.Tenancy, slugs: Sequence[str]) -> float:
+    """Seconds to create ``slugs`` with ``Tenancy.create_tenant``."""
+    start = time.perf_counter()
+    for slug in slugs:
+        tenancy.create_tenant(slug)
+    return time.perf_counter() - start
+
+
+def provision_psql(psql: Path, dsn: str, ddl: str, schemas: Sequence[str]) -> float:
+    """Seconds for one ``psql`` run making ``schemas``, each with ``ddl``, one transaction each."""
+    if not schemas:
+        return 0.0
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".sql", prefix="pgtenancy-bench-", encoding="utf-8", delete=False
+    ) as script:
+        for schema in schemas:
+            script.write(
+                f"BEGIN;\nCREATE SCHEMA {schema};\nSET LOCAL search_path = {schema}, public;\n"
+                f"{ddl}COMMIT;\n"
+            )
+    try:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", script.name],
+            capture_output=True,
+            text=True,
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        os.unlink(script.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
+    return elapsed
+
+
+def bench_provisioning(
+    dsn: str, tenancy: pgtenancy.Tenancy, ddl: str, tenants: int
+) -> tuple[float, float]:
+    """Seconds for (create_tenant, psql DDL) to make ``tenants`` schemas each."""
+    psql = find_psql()
+    half = tenants // 2
+    slugs = [f"b{i}" for i in range(tenants)]
+    schemas = [f"p_{i}" for i in range(tenants)]
+    create_s = provision_tenancy(tenancy, slugs[:half])
+    psql_s = provision_psql(psql, dsn, ddl, schemas[:half])
+    psql_s += provision_psql(psql, dsn, ddl, schemas[half:])
+    create_s += provision_tenancy(tenancy, slugs[half:])
+    # Same work on both sides: the same relations in tenant_b0 and p_0.
+    with psycopg.connect(dsn) as conn:
+        ours = conn.execute(RELATIONS, ("tenant_b0",)).fetchone()
+        theirs = conn.execute(RELATIONS, ("p_0",)).fetchone()
+    if ours is None or theirs is None or ours[0] != theirs[0] or ours[0] == 0:
+        raise RuntimeError(f"schemas differ: tenant_b0 {ours}, p_0 {theirs} relations")
+    return create_s, psql_s
+
+
+# Run -------------------------------------------------------------------------
+
+
+def run(chinook: Path, seconds: float, rounds: int, tenants: int) -> Results:
+    """Set up a server and a fresh database, run both benchmarks, return the numbers."""
+    started = time.perf_counter()
+    script = read_script(chinook.read_text("utf-8"))
+    ddl = script.sql_of("ddl")
+    source = "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "find_server()"
+    with (
+        find_server(env=("DATABASE_URL",)) as admin,
+        fresh_database(admin, "pgtenancy_bench") as dsn,
+    ):
+        pgtenancy.install(dsn)
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        version = str(row[0]) if row else "?"
+        log(f"PostgreSQL {version}; database ready")
+        engine = pooled_engine(dsn)
+        try:
+            tenancy = pgtenancy.Tenancy(engine)
+            tenancy.add_migration("0001_chinook", ddl)
+            log(f"provisioning: {tenants} tenants per side")
+            create_s, psql_s = bench_provisioning(dsn, tenancy, ddl, tenants)
+            prepare_items(dsn, engine, tenancy)
+            log(f"transactions: {rounds} rounds x {seconds:g} s per side")
+            tenant_tps, plain_tps = bench_transactions(engine, seconds, rounds)
+        finally:
+            engine.dispose()
+    tenant_median = statistics.median(tenant_tps)
+    plain_median = statistics.median(plain_tps)
+    create_rate = tenants / create_s
+    psql_rate = tenants / psql_s
+    return Results(
+        server_version=version,
+        server_source=source,
+        seconds_per_round=seconds,
+        rounds=rounds,
+        tenants=tenants,
+        tenant_session_tps=round(tenant_median, 1),
+        plain_session_tps=round(plain_median, 1),
+        session_ratio=round(tenant_median / plain_median, 3),
+        tenant_session_tps_rounds=[round(x, 1) for x in tenant_tps],
+        plain_session_tps_rounds=[round(x, 1) for x in plain_tps],
+        create_tenant_per_s=round(create_rate, 2),
+        psql_ddl_per_s=round(psql_rate, 2),
+        provision_ratio=round(create_rate / psql_rate, 3),
+        create_tenant_seconds=round(create_s, 3),
+        psql_ddl_seconds=round(psql_s, 3),
+        chinook_ddl_statements=len(script.of_kind("ddl")),
+        elapsed_seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def report(r: Results) -> str:
+    """The results as a short header and a three-column table."""
+    lines = [
+        f"pgtenancy {pgtenancy.__version__} core benchmark: PostgreSQL {r.server_version} "
+        f"({r.server_source}), Python {sys.version.split()[0]}",
+        f"transactions: {r.rounds} rounds x {r.seconds_per_round:g} s per side, alternating, "
+        f"1 thread, pool_size=1, medians; round trips not counted",
+        f"provisioning: {r.tenants} tenants per side, Chinook DDL "
+        f"({r.chinook_ddl_statements} statements), one transaction per tenant",
+        f"total run time {r.elapsed_seconds:g} s",
+        "",
+        f"{'pgtenancy':<36} | {'baseline':<36} | ratio",
+        f"{'-' * 36}-+-{'-' * 36}-+------",
+        f"{'tenant_session tx/s':<26}{r.tenant_session_tps:>10.1f} | "
+        f"{'plain Session tx/s':<26}{r.plain_session_tps:>10.1f} | {r.session_ratio:.2f}",
+        f"{'create_tenant tenants/s':<26}{r.create_tenant_per_s:>10.1f} | "
+        f"{'psql DDL tenants/s':<26}{r.psql_ddl_per_s:>10.1f} | {r.provision_ratio:.2f}",
+        "",
+        "ratio = pgtenancy / baseline (1.00: no overhead; 0.80: 80% of the baseline's rate)",
+    ]
+    return "\n".join(lines)
+
+
+def positive_float(value: str) -> float:
+    """argparse type: a float > 0."""
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not > 0")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an int > 0."""
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not > 0")
+    return number
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the options, run, print the table (or JSON)."""
+    parser = argparse.ArgumentParser(
+        description="pgtenancy core benchmarks: ratios against same-run baselines."
+    )
+    parser.add_argument(
+        "--chinook",
+        type=Path,
+        default=DEFAULT_CHINOOK,
+        help="Chinook_PostgreSql.sql (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=positive_float,
+        default=2.0,
+        help="duration of one round per side, in seconds (default: 2)",
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="alternating rounds per side (default: 5)"
+    )
+    parser.add_argument(
+        "--tenants",
+        type=positive_int,
+        default=100,
+        help="tenants provisioned per side (default: 100)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    chinook: Path = args.chinook
+    if not chinook.is_file():
+        parser.error(f"Chinook script not found: {chinook}")
+    results = run(chinook, args.seconds, args.rounds, args.tenants)
+    print(json.dumps(asdict(results)) if args.json else report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""The pgtenancy CLI in a real process: every command, and one clear line on error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import outbox, pgtenancy_cli, subprocess_env
+
+
+def cli(*args: str, dsn: str | None = None, env_dsn: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = subprocess_env()
+    if env_dsn:
+        env["DATABASE_URL"] = env_dsn
+    argv = [*pgtenancy_cli(), *args]
+    if dsn:
+        argv += ["--dsn", dsn]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:
+    assert cli("install", dsn=empty_dsn).stdout.startswith("pgtenancy 0.1.0 installed")
+    migration = tmp_path / "0001.sql"
+    migration.write_text("CREATE TABLE invoice (id int PRIMARY KEY);")
+    r = cli("add-migration", "0001", str(migration), dsn=empty_dsn)
+    assert r.returncode == 0, r.stderr
+    r = cli("create", "acme", "--metadata", '{"plan": "pro"}', env_dsn=empty_dsn)  # DATABASE_URL
+    assert r.returncode == 0, r.stderr
+    assert "created acme (schema tenant_acme, status active, migration 0001)" in r.stdout
+    assert cli("create", "globex", dsn=empty_dsn).returncode == 0
+    assert cli("suspend", "globex", dsn=empty_dsn).returncode == 0
+    r = cli("list", "--json", dsn=empty_dsn)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["slug"], x["status"], x["metadata"]) for x in rows] == [
+        ("acme", "active", {"plan": "pro"}), ("globex", "suspended", {})]
+    assert "globex" in cli("list", dsn=empty_dsn).stdout
+    assert cli("resume", "globex", dsn=empty_dsn).returncode == 0
+    migration2 = tmp_path / "0002.sql"
+    migration2.write_text("ALTER TABLE invoice ADD COLUMN note text;")
+    assert cli("add-migration", "0002", str(migration2), dsn=empty_dsn).returncode == 0
+    r = cli("migrate", dsn=empty_dsn)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["acme: at 0002", "globex: at 0002"]
+    assert cli("drop", "globex", dsn=empty_dsn).stdout.startswith("deleted globex")
+    assert cli("drop", "acme", "--destroy-data", dsn=empty_dsn).stdout.startswith("destroyed acme")
+    assert [n for n, _ in outbox(empty_dsn)] == [
+        "tenant_created", "tenant_created", "tenant_suspended", "tenant_resumed",
+        "tenant_migrated", "tenant_migrated", "tenant_deleted", "tenant_deleted"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("create", "Bad-Slug"), "error: invalid tenant slug 'Bad-Slug'"),
+        (("suspend", "nobody"), "error: tenant 'nobody' not found"),
+        (("create", "dup"), "error: tenant 'dup' already exists"),
+        (("migrate", "nobody"), "error: 1 of 1 tenants failed"),
+        (("create", "x", "--metadata", "[1]"), "--metadata"),
+    ],
+)
+def test_errors_are_one_clear_line_and_change_nothing(
+    dsn: str, args: tuple[str, ...], message: str
+) -> None:
+    assert cli("create", "dup", dsn=dsn).returncode == 0
+    before = outbox(dsn)
+    r = cli(*args, dsn=dsn)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+    assert outbox(dsn) == before
+
+
+def test_not_installed_and_unreachable_and_missing_dsn(empty_dsn: str) -> None:
+    r = cli("list", dsn=empty_dsn)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: pgtenancy is not installed")
+    r = cli("list", dsn="postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: connection")
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("list")
+    assert r.returncode == 2
+    assert "--dsn" in r.stderr
+
+
+def test_help_on_every_command() -> None:
+    for command in ("install", "uninstall", "create", "list", "suspend", "resume", "drop",
+                    "migrate", "add-migration", "listen", "version"):
+        r = cli(command, "--help")
+        assert r.returncode == 0, command
+        assert "--dsn" in r.stdout, command

@@ -1,0 +1,135 @@
+"""Install twice changes nothing; uninstall removes everything; errors leave nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import pgtenancy_cli, subprocess_env
+
+from pgtenancy import (
+    NotInstalled,
+    SQL_VERSION,
+    Tenancy,
+    TenantsStillRegistered,
+    install,
+    installed_version,
+    uninstall,
+)
+
+CATALOG = """
+SELECT 'relation', c.relname || ':' || c.relkind::text, c.oid::text FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tenancy'
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)) FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
+UNION ALL
+SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t
+  JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'tenancy' AND NOT t.tgisinternal
+UNION ALL
+SELECT 'acl', p.oid::regprocedure::text, coalesce(p.proacl::text, '') FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
+ORDER BY 1, 2
+"""
+
+
+def snapshot(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(CATALOG).fetchall()
+
+
+def test_install_twice_changes_nothing(empty_dsn: str) -> None:
+    assert installed_version(empty_dsn) is None
+    assert install(empty_dsn) == SQL_VERSION
+    tenancy = Tenancy(empty_dsn)
+    tenancy.add_migration("0001", "CREATE TABLE t (x int)")
+    tenancy.create_tenant("acme")
+    before = snapshot(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        data_before = conn.execute(
+            "SELECT (SELECT json_agg(t ORDER BY slug) FROM tenancy.tenants t)::text, "
+            "(SELECT count(*) FROM tenancy.events), (SELECT count(*) FROM tenancy.migrations)"
+        ).fetchone()
+    assert install(empty_dsn) == SQL_VERSION
+    assert snapshot(empty_dsn) == before
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute(
+            "SELECT (SELECT json_agg(t ORDER BY slug) FROM tenancy.tenants t)::text, "
+            "(SELECT count(*) FROM tenancy.events), (SELECT count(*) FROM tenancy.migrations)"
+        ).fetchone() == data_before
+        assert conn.execute("SELECT tenancy.version()").fetchone() == (SQL_VERSION,)
+
+
+def test_uninstall_refuses_while_tenants_exist_then_removes_everything(empty_dsn: str) -> None:
+    install(empty_dsn)
+    tenancy = Tenancy(empty_dsn)
+    tenancy.create_tenant("acme")
+    with pytest.raises(TenantsStillRegistered) as info:
+        uninstall(empty_dsn)
+    assert info.value.sqlstate == "PT009"
+    assert installed_version(empty_dsn) == SQL_VERSION
+    assert [t.slug for t in tenancy.list_tenants()] == ["acme"]
+    uninstall(empty_dsn, drop_tenants=True)
+    assert installed_version(empty_dsn) is None
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('tenancy', 'tenant_acme')"
+        ).fetchone() == (0,)
+    uninstall(empty_dsn)  # nothing installed: a no-op
+    with pytest.raises(NotInstalled):
+        tenancy.list_tenants()
+
+
+def test_uninstall_without_tenants(empty_dsn: str) -> None:
+    install(empty_dsn)
+    uninstall(empty_dsn)
+    assert installed_version(empty_dsn) is None
+
+
+def test_failed_install_changes_nothing(empty_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgtenancy import installer as install_module
+
+    good = install_module.install_script()
+    broken = good + "\nCREATE TABLE tenancy.oops (;\n"
+    monkeypatch.setattr("pgtenancy.installer.install_script", lambda: broken)
+    with pytest.raises(psycopg.errors.SyntaxError):
+        install(empty_dsn)
+    assert installed_version(empty_dsn) is None
+    with psycopg.connect(empty_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenancy'").fetchone() == (0,)
+
+
+def test_refuses_to_downgrade(empty_dsn: str) -> None:
+    install(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION tenancy.version() RETURNS text "
+                     "LANGUAGE sql IMMUTABLE AS $$ SELECT '9.0.0'::text $$")
+    with pytest.raises(Exception, match="refusing to install the older"):
+        install(empty_dsn)
+    assert installed_version(empty_dsn) == "9.0.0"
+
+
+def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = subprocess_env()
+    for _ in range(2):
+        r = subprocess.run(["make", "-s", "install-sql", f"DATABASE_URL={empty_dsn}"], cwd=root,
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert f"pgtenancy {SQL_VERSION} installed" in r.stdout
+    r = subprocess.run([*pgtenancy_cli(), "version", "--dsn", empty_dsn], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.stdout.strip() == SQL_VERSION
+    r = subprocess.run(["make", "-s", "uninstall-sql", f"DATABASE_URL={empty_dsn}"], cwd=root,
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert installed_version(empty_dsn) is None
+    r = subprocess.run(["make", "-s", "install-sql"], cwd=root, capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2
+    assert "usage: make install-sql DATABASE_URL=" in r.stderr
