@@ -111,8 +111,9 @@ def read_script(text: str) -> Script:
     try:
         raw = pglast.parse_sql(source)
     except ParseError as exc:
-        location = exc.location if isinstance(exc.location, int) else 0
-        raise ScriptError(str(exc.args[0]), source[:location].count("\n") + 1) from exc
+        # ParseError args: (message, character offset of the error).
+        location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        raise ScriptError(str(exc.args[0]), source.count("\n", 0, location) + 1) from exc
     # pglast reports locations in characters of the source string.
     statements = []
     for item in raw:
