@@ -30,8 +30,15 @@ def record(sender: str, tenant: TenantRef, event: Event, **kwargs: Any) -> None:
             raise RuntimeError(f"failing once on event {event.id}")
     if DELAY:
         time.sleep(DELAY)
-    line = json.dumps({"id": event.id, "name": event.name, "slug": tenant.slug,
-                       "status": tenant.status, "pid": os.getpid()})
+    line = json.dumps(
+        {
+            "id": event.id,
+            "name": event.name,
+            "slug": tenant.slug,
+            "status": tenant.status,
+            "pid": os.getpid(),
+        }
+    )
     with RECORD_FILE.open("a") as f:
         f.write(line + "\n")
         f.flush()

@@ -7,10 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from conftest import outbox, pgtenancy_cli, subprocess_env
 
 
-def cli(*args: str, dsn: str | None = None, env_dsn: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, dsn: str | None = None, env_dsn: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = subprocess_env()
     if env_dsn:
         env["DATABASE_URL"] = env_dsn
@@ -34,7 +37,9 @@ def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:
     r = cli("list", "--json", dsn=empty_dsn)
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [(x["slug"], x["status"], x["metadata"]) for x in rows] == [
-        ("acme", "active", {"plan": "pro"}), ("globex", "suspended", {})]
+        ("acme", "active", {"plan": "pro"}),
+        ("globex", "suspended", {}),
+    ]
     assert "globex" in cli("list", dsn=empty_dsn).stdout
     assert cli("resume", "globex", dsn=empty_dsn).returncode == 0
     migration2 = tmp_path / "0002.sql"
@@ -46,8 +51,15 @@ def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:
     assert cli("drop", "globex", dsn=empty_dsn).stdout.startswith("deleted globex")
     assert cli("drop", "acme", "--destroy-data", dsn=empty_dsn).stdout.startswith("destroyed acme")
     assert [n for n, _ in outbox(empty_dsn)] == [
-        "tenant_created", "tenant_created", "tenant_suspended", "tenant_resumed",
-        "tenant_migrated", "tenant_migrated", "tenant_deleted", "tenant_deleted"]
+        "tenant_created",
+        "tenant_created",
+        "tenant_suspended",
+        "tenant_resumed",
+        "tenant_migrated",
+        "tenant_migrated",
+        "tenant_deleted",
+        "tenant_deleted",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -86,8 +98,19 @@ def test_not_installed_and_unreachable_and_missing_dsn(empty_dsn: str) -> None:
 
 
 def test_help_on_every_command() -> None:
-    for command in ("install", "uninstall", "create", "list", "suspend", "resume", "drop",
-                    "migrate", "add-migration", "listen", "version"):
+    for command in (
+        "install",
+        "uninstall",
+        "create",
+        "list",
+        "suspend",
+        "resume",
+        "drop",
+        "migrate",
+        "add-migration",
+        "listen",
+        "version",
+    ):
         r = cli(command, "--help")
         assert r.returncode == 0, command
         assert "--dsn" in r.stdout, command

@@ -6,11 +6,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import pgtenancy_cli, subprocess_env
 
+from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import (
-    NotInstalled,
     SQL_VERSION,
+    NotInstalled,
     Tenancy,
     TenantsStillRegistered,
     install,
@@ -55,10 +55,13 @@ def test_install_twice_changes_nothing(empty_dsn: str) -> None:
     assert install(empty_dsn) == SQL_VERSION
     assert snapshot(empty_dsn) == before
     with psycopg.connect(empty_dsn) as conn:
-        assert conn.execute(
-            "SELECT (SELECT json_agg(t ORDER BY slug) FROM tenancy.tenants t)::text, "
-            "(SELECT count(*) FROM tenancy.events), (SELECT count(*) FROM tenancy.migrations)"
-        ).fetchone() == data_before
+        assert (
+            conn.execute(
+                "SELECT (SELECT json_agg(t ORDER BY slug) FROM tenancy.tenants t)::text, "
+                "(SELECT count(*) FROM tenancy.events), (SELECT count(*) FROM tenancy.migrations)"
+            ).fetchone()
+            == data_before
+        )
         assert conn.execute("SELECT tenancy.version()").fetchone() == (SQL_VERSION,)
 
 
@@ -98,14 +101,18 @@ def test_failed_install_changes_nothing(empty_dsn: str, monkeypatch: pytest.Monk
         install(empty_dsn)
     assert installed_version(empty_dsn) is None
     with psycopg.connect(empty_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenancy'").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenancy'"
+        ).fetchone() == (0,)
 
 
 def test_refuses_to_downgrade(empty_dsn: str) -> None:
     install(empty_dsn)
     with psycopg.connect(empty_dsn) as conn:
-        conn.execute("CREATE OR REPLACE FUNCTION tenancy.version() RETURNS text "
-                     "LANGUAGE sql IMMUTABLE AS $$ SELECT '9.0.0'::text $$")
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION tenancy.version() RETURNS text "
+            "LANGUAGE sql IMMUTABLE AS $$ SELECT '9.0.0'::text $$"
+        )
     with pytest.raises(Exception, match="refusing to install the older"):
         install(empty_dsn)
     assert installed_version(empty_dsn) == "9.0.0"
@@ -118,18 +125,41 @@ def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:
     root = Path(__file__).resolve().parent.parent
     env = subprocess_env()
     for _ in range(2):
-        r = subprocess.run(["make", "-s", "install-sql", f"DATABASE_URL={empty_dsn}"], cwd=root,
-                           capture_output=True, text=True, env=env, timeout=300)
+        r = subprocess.run(
+            ["make", "-s", "install-sql", f"DATABASE_URL={empty_dsn}"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         assert f"pgtenancy {SQL_VERSION} installed" in r.stdout
-    r = subprocess.run([*pgtenancy_cli(), "version", "--dsn", empty_dsn], capture_output=True,
-                       text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [*pgtenancy_cli(), "version", "--dsn", empty_dsn],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.stdout.strip() == SQL_VERSION
-    r = subprocess.run(["make", "-s", "uninstall-sql", f"DATABASE_URL={empty_dsn}"], cwd=root,
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "uninstall-sql", f"DATABASE_URL={empty_dsn}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert installed_version(empty_dsn) is None
-    r = subprocess.run(["make", "-s", "install-sql"], cwd=root, capture_output=True, text=True,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        ["make", "-s", "install-sql"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert "usage: make install-sql DATABASE_URL=" in r.stderr

@@ -7,9 +7,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import outbox
 from sqlalchemy.exc import DBAPIError
 
+from conftest import outbox
 from pgtenancy import (
     ImmutableTenantColumn,
     InvalidMigration,
@@ -28,7 +28,10 @@ INVOICES = "CREATE TABLE invoice (invoice_id int PRIMARY KEY, total numeric(10, 
 
 
 def schemas(sql: SQL) -> list[str]:
-    return [r[0] for r in sql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1")]
+    return [
+        r[0]
+        for r in sql("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant\\_%' ORDER BY 1")
+    ]
 
 
 def test_create_tenant_provisions_schema_migrations_row_and_event(
@@ -36,7 +39,12 @@ def test_create_tenant_provisions_schema_migrations_row_and_event(
 ) -> None:
     tenancy.add_migration("0001", INVOICES)
     t = tenancy.create_tenant("acme", {"plan": "pro"})
-    assert (t.slug, t.schema_name, t.status, t.isolation) == ("acme", "tenant_acme", "active", "schema")
+    assert (t.slug, t.schema_name, t.status, t.isolation) == (
+        "acme",
+        "tenant_acme",
+        "active",
+        "schema",
+    )
     assert t.metadata == {"plan": "pro"}
     assert t.migration_version == "0001"
     assert sql("SELECT to_regclass('tenant_acme.invoice') IS NOT NULL") == [(True,)]
@@ -67,7 +75,9 @@ def test_invalid_slug_is_refused_in_python_too(tenancy: Tenancy, sql: SQL) -> No
     assert tenancy.create_tenant(longest).schema_name == "tenant_" + longest
 
 
-def test_duplicate_tenant_is_refused_and_changes_nothing(tenancy: Tenancy, sql: SQL, dsn: str) -> None:
+def test_duplicate_tenant_is_refused_and_changes_nothing(
+    tenancy: Tenancy, sql: SQL, dsn: str
+) -> None:
     first = tenancy.create_tenant("acme")
     with pytest.raises(TenantExists) as info:
         tenancy.create_tenant("acme")
@@ -119,8 +129,13 @@ def test_suspend_resume_and_their_events(tenancy: Tenancy, dsn: str) -> None:
 
 
 def test_unknown_tenant_errors_change_nothing(tenancy: Tenancy, dsn: str) -> None:
-    for call in (tenancy.get_tenant, tenancy.suspend_tenant, tenancy.resume_tenant,
-                 tenancy.drop_tenant, tenancy.migrate_tenant):
+    for call in (
+        tenancy.get_tenant,
+        tenancy.suspend_tenant,
+        tenancy.resume_tenant,
+        tenancy.drop_tenant,
+        tenancy.migrate_tenant,
+    ):
         with pytest.raises(TenantNotFound) as info:
             call("nobody")
         assert info.value.sqlstate == "PT003"
@@ -140,9 +155,9 @@ def test_soft_drop_keeps_schema_and_refuses_changes(tenancy: Tenancy, sql: SQL, 
     assert tenancy.drop_tenant("acme").status == "deleted"  # no-op, no second event
     events = outbox(dsn)
     assert events == [("tenant_created", "acme"), ("tenant_deleted", "acme")]
-    assert sql("SELECT payload->>'destroyed' FROM tenancy.events WHERE name = 'tenant_deleted'") == [
-        ("false",)
-    ]
+    assert sql(
+        "SELECT payload->>'destroyed' FROM tenancy.events WHERE name = 'tenant_deleted'"
+    ) == [("false",)]
 
 
 def test_drop_with_destroy_data_drops_schema_and_row(tenancy: Tenancy, sql: SQL, dsn: str) -> None:
@@ -169,8 +184,10 @@ def test_migrate_tenant_applies_what_is_missing_and_emits_versions(
     tenancy.add_migration("0003", "CREATE INDEX invoice_total_idx ON invoice (total)")
     t = tenancy.migrate_tenant("acme")
     assert t.migration_version == "0003"
-    assert sql("SELECT count(*) FROM information_schema.columns "
-               "WHERE table_schema = 'tenant_acme' AND column_name = 'note'") == [(1,)]
+    assert sql(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_schema = 'tenant_acme' AND column_name = 'note'"
+    ) == [(1,)]
     assert sql("SELECT payload FROM tenancy.events WHERE name = 'tenant_migrated'") == [
         ({"from_version": "0001", "to_version": "0003", "versions": ["0002", "0003"]},)
     ]
@@ -195,8 +212,10 @@ def test_failing_migration_leaves_tenant_at_previous_version(
     assert info.value.detail == "SQLSTATE 23505"
     assert tenancy.get_tenant("acme").migration_version == "0001"
     # 0002 ran in the same transaction and was rolled back with it.
-    assert sql("SELECT count(*) FROM information_schema.columns "
-               "WHERE table_schema = 'tenant_acme' AND column_name = 'note'") == [(0,)]
+    assert sql(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_schema = 'tenant_acme' AND column_name = 'note'"
+    ) == [(0,)]
     assert outbox(dsn) == before
     report = tenancy.migrate_tenants()
     assert [s for s, _ in report.failed] == ["acme"]
@@ -221,7 +240,9 @@ def test_add_migration_refuses_bad_input_and_registers_nothing(tenancy: Tenancy)
     assert tenancy.add_migration("0002", INVOICES).version == "0002"
 
 
-def test_registry_changes_made_in_plain_sql_emit_events(tenancy: Tenancy, sql: SQL, dsn: str) -> None:
+def test_registry_changes_made_in_plain_sql_emit_events(
+    tenancy: Tenancy, sql: SQL, dsn: str
+) -> None:
     sql("INSERT INTO tenancy.tenants (slug) VALUES ('acme')")
     assert sql("SELECT schema_name FROM tenancy.tenants") == [("tenant_acme",)]
     assert schemas(sql) == ["tenant_acme"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import pgtenancy_cli, subprocess_env
 
+from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import tenant_created, tenant_suspended
@@ -40,9 +40,25 @@ class ListenerProcess:
         env["RECORD_FILE"] = str(self.record)
         env.update(self.env)
         self.proc = subprocess.Popen(
-            [*pgtenancy_cli(), "-v", "listen", "--dsn", self.dsn, "--consumer", self.consumer,
-             "--handlers", "record_handlers", "--poll-interval", "0.2", "--batch-size", "10"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                *pgtenancy_cli(),
+                "-v",
+                "listen",
+                "--dsn",
+                self.dsn,
+                "--consumer",
+                self.consumer,
+                "--handlers",
+                "record_handlers",
+                "--poll-interval",
+                "0.2",
+                "--batch-size",
+                "10",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         return self
 
@@ -118,7 +134,11 @@ def test_delivers_in_order_and_resumes_from_its_cursor(
     wait_for(lambda: len(recorded(record)) == 4)
     time.sleep(0.5)
     assert [e["name"] for e in recorded(record)] == [
-        "tenant_created", "tenant_created", "tenant_suspended", "tenant_resumed"]
+        "tenant_created",
+        "tenant_created",
+        "tenant_suspended",
+        "tenant_resumed",
+    ]
     assert [e["id"] for e in recorded(record)] == all_event_ids(dsn)
 
 
@@ -245,7 +265,10 @@ def test_failing_receiver_blocks_and_retries_without_loss(
 def test_listener_refuses_a_database_without_the_kit(empty_dsn: str) -> None:
     result = subprocess.run(
         [*pgtenancy_cli(), "listen", "--dsn", empty_dsn, "--consumer", "x"],
-        capture_output=True, text=True, env=subprocess_env(), timeout=60,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: pgtenancy is not installed")

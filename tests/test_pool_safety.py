@@ -64,8 +64,11 @@ def clean(settings: tuple[Any, ...]) -> None:
 
 def test_sqlalchemy_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
     engine = create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
-        pool_size=2, max_overflow=0, pool_timeout=60,
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(dsn),
+        pool_size=2,
+        max_overflow=0,
+        pool_timeout=60,
     )
     checkouts = 0
     lock = threading.Lock()
@@ -74,8 +77,10 @@ def test_sqlalchemy_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
     def _check(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         nonlocal checkouts
         cur = dbapi_conn.cursor()
-        cur.execute("SELECT current_setting('search_path'), "
-                    "current_setting('app.tenant_id', true), current_setting('app.tenant', true)")
+        cur.execute(
+            "SELECT current_setting('search_path'), "
+            "current_setting('app.tenant_id', true), current_setting('app.tenant', true)"
+        )
         clean(cur.fetchone())
         dbapi_conn.rollback()
         with lock:
@@ -112,9 +117,13 @@ def test_sqlalchemy_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
 
 def test_psycopg_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
     def check(conn: psycopg.Connection[Any]) -> None:
-        clean(conn.execute(
-            "SELECT current_setting('search_path'), current_setting('app.tenant_id', true), "
-            "current_setting('app.tenant', true)").fetchone() or ())
+        clean(
+            conn.execute(
+                "SELECT current_setting('search_path'), current_setting('app.tenant_id', true), "
+                "current_setting('app.tenant', true)"
+            ).fetchone()
+            or ()
+        )
         conn.rollback()
 
     with ConnectionPool(dsn, min_size=2, max_size=2, check=check, timeout=60) as pool:
@@ -131,8 +140,12 @@ def test_psycopg_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
                 pass
             if rnd.random() < 0.1:
                 with pool.connection() as conn:
-                    clean(conn.execute(
-                        "SELECT current_setting('search_path'), tenancy.current_tenant_id(), "
-                        "tenancy.current_tenant()").fetchone() or ())
+                    clean(
+                        conn.execute(
+                            "SELECT current_setting('search_path'), tenancy.current_tenant_id(), "
+                            "tenancy.current_tenant()"
+                        ).fetchone()
+                        or ()
+                    )
 
         run_threads(work)

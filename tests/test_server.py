@@ -12,7 +12,13 @@ import psycopg
 import pytest
 
 from pgtenancy import server
-from pgtenancy.server import NoServerError, TemporaryCluster, find_bindir, find_server, fresh_database
+from pgtenancy.server import (
+    NoServerError,
+    TemporaryCluster,
+    find_bindir,
+    find_server,
+    fresh_database,
+)
 
 
 def test_explicit_url_comes_first(monkeypatch: pytest.MonkeyPatch, pg_admin_dsn: str) -> None:

@@ -46,7 +46,10 @@ def test_every_transaction_is_in_the_tenant_and_nothing_remains(
     engine: Engine, two_tenants: dict[str, str]
 ) -> None:
     with tenant_session(engine, "acme") as session:
-        assert session.execute(text("SELECT tenant FROM invoice")).scalars().all() == ["acme", "acme"]
+        assert session.execute(text("SELECT tenant FROM invoice")).scalars().all() == [
+            "acme",
+            "acme",
+        ]
         session.commit()
         # A new transaction after commit is entered again.
         path, tid, slug = session.execute(SETTINGS).one()
@@ -76,14 +79,16 @@ def test_every_transaction_is_in_the_tenant_and_nothing_remains(
 
 
 def test_no_tenant_means_no_tenant_data(engine: Engine, two_tenants: dict[str, str]) -> None:
-    with engine.connect() as conn, pytest.raises(Exception, match='relation "invoice" does not exist'):
+    with (
+        engine.connect() as conn,
+        pytest.raises(Exception, match='relation "invoice" does not exist'),
+    ):
         conn.execute(text("SELECT * FROM invoice"))
 
 
 def test_slug_from_context_and_none_raises(engine: Engine, two_tenants: dict[str, str]) -> None:
-    with pytest.raises(NoTenantContext):
-        with tenant_session(engine):
-            pass
+    with pytest.raises(NoTenantContext), tenant_session(engine):
+        pass
     with use_tenant("globex"), tenant_session(engine) as session:
         assert current_tenant() == "globex"
         assert session.execute(text("SELECT tenant FROM invoice")).scalar() == "globex"
@@ -113,8 +118,13 @@ def test_sessionmaker_and_nested_context(engine: Engine, two_tenants: dict[str, 
     ],
 )
 def test_entry_refused_by_the_database(
-    engine: Engine, tenancy: Tenancy, dsn: str, two_tenants: dict[str, str],
-    change: str, error: type[Exception], sqlstate: str,
+    engine: Engine,
+    tenancy: Tenancy,
+    dsn: str,
+    two_tenants: dict[str, str],
+    change: str,
+    error: type[Exception],
+    sqlstate: str,
 ) -> None:
     slug = "acme"
     if change == "suspend":
@@ -140,15 +150,18 @@ def test_entry_refused_by_the_database(
     with psycopg.connect(dsn) as conn:
         with pytest.raises(error), tenant_connection(conn, slug):
             pass
-        assert conn.execute("SELECT current_setting('search_path')").fetchone() == ('"$user", public',)
+        assert conn.execute("SELECT current_setting('search_path')").fetchone() == (
+            '"$user", public',
+        )
     # The pooled connections are fine afterwards.
     with tenant_session(engine, "globex") as session:
         assert session.execute(text("SELECT tenant FROM invoice")).scalar() == "globex"
 
 
 def test_autocommit_engine_is_refused(dsn: str, two_tenants: dict[str, str]) -> None:
-    eng = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
-                        isolation_level="AUTOCOMMIT")
+    eng = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), isolation_level="AUTOCOMMIT"
+    )
     try:
         with tenant_session(eng, "acme") as session, pytest.raises(InvalidConnectionState):
             session.execute(text("SELECT 1"))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CHINOOK
 
+from conftest import CHINOOK
 from pgtenancy.sqlscript import ScriptError, read_script
 
 
@@ -12,7 +12,9 @@ def test_chinook_is_split_and_classified_without_editing() -> None:
     script = read_script(CHINOOK.read_text("utf-8"))
     assert script.skipped == [(28, "\\c chinook;")]
     assert [(s.line, s.node) for s in script.of_kind("database")] == [
-        (19, "DropdbStmt"), (25, "CreatedbStmt")]
+        (19, "DropdbStmt"),
+        (25, "CreatedbStmt"),
+    ]
     ddl = script.of_kind("ddl")
     assert {s.node for s in ddl} == {"CreateStmt", "AlterTableStmt", "IndexStmt"}
     assert len([s for s in ddl if s.node == "CreateStmt"]) == 11
@@ -31,7 +33,12 @@ def test_parse_error_names_the_line() -> None:
 
 
 def test_comments_and_meta_commands() -> None:
-    script = read_script("-- heading\n\\set ON_ERROR_STOP 1\n/* block */\nBEGIN;\nSELECT 1;\nCOMMIT;\n")
+    script = read_script(
+        "-- heading\n\\set ON_ERROR_STOP 1\n/* block */\nBEGIN;\nSELECT 1;\nCOMMIT;\n"
+    )
     assert script.skipped == [(2, "\\set ON_ERROR_STOP 1")]
     assert [(s.line, s.kind, s.sql) for s in script.statements] == [
-        (4, "transaction", "BEGIN"), (5, "ddl", "SELECT 1"), (6, "transaction", "COMMIT")]
+        (4, "transaction", "BEGIN"),
+        (5, "ddl", "SELECT 1"),
+        (6, "transaction", "COMMIT"),
+    ]

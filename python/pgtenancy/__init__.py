@@ -53,6 +53,7 @@ __all__ = [
     "MigrationReport",
     "NoTenantContext",
     "NotInstalled",
+    "Tenancy",
     "TenancyError",
     "Tenant",
     "TenantContext",

@@ -125,7 +125,7 @@ class Tenancy:
 
     def _one(self, query: str, **params: Any) -> Mapping[str, Any]:
         with self._begin() as conn:
-            return conn.exec_driver_sql(QUERIES[query], params).mappings().one()
+            return dict(conn.exec_driver_sql(QUERIES[query], params).mappings().one())
 
     def create_tenant(self, slug: str, metadata: Mapping[str, Any] | None = None) -> Tenant:
         """Create a tenant: schema, all migrations, registry row, ``tenant_created``.
@@ -154,7 +154,7 @@ class Tenancy:
         """Every registered tenant, deleted ones included, ordered by slug."""
         with self._begin() as conn:
             rows = conn.exec_driver_sql(QUERIES["list_tenants"]).mappings().all()
-        return [Tenant.from_row(r) for r in rows]
+        return [Tenant.from_row(dict(r)) for r in rows]
 
     def suspend_tenant(self, slug: str) -> Tenant:
         """Suspend ``slug``; entering it fails from then on. Emits ``tenant_suspended``.

@@ -66,8 +66,10 @@ def _tenant_dict(t: Tenant) -> dict[str, Any]:
 
 
 def _print_tenant(verb: str, t: Tenant) -> None:
-    click.echo(f"{verb} {t.slug} (schema {t.schema_name}, status {t.status}, "
-               f"migration {t.migration_version or '-'})")
+    click.echo(
+        f"{verb} {t.slug} (schema {t.schema_name}, status {t.status}, "
+        f"migration {t.migration_version or '-'})"
+    )
 
 
 @click.group(cls=_Group)
@@ -155,7 +157,9 @@ def resume(dsn: str, slug: str) -> None:
 @main.command()
 @dsn_option
 @click.argument("slug")
-@click.option("--destroy-data", is_flag=True, help="Drop the schema and the row, not a soft delete.")
+@click.option(
+    "--destroy-data", is_flag=True, help="Drop the schema and the row, not a soft delete."
+)
 def drop(dsn: str, slug: str, destroy_data: bool) -> None:
     """Delete tenant SLUG (soft by default)."""
     t = Tenancy(dsn).drop_tenant(slug, destroy_data=destroy_data)
@@ -184,21 +188,34 @@ def migrate(dsn: str, slugs: tuple[str, ...]) -> None:
     for slug, exc in report.failed:
         click.echo(f"{slug}: FAILED [{exc.sqlstate}] {exc}", err=True)
     if report.failed:
-        click.echo(f"error: {len(report.failed)} of {len(report.failed) + len(report.migrated)} "
-                   "tenants failed", err=True)
+        click.echo(
+            f"error: {len(report.failed)} of {len(report.failed) + len(report.migrated)} "
+            "tenants failed",
+            err=True,
+        )
         sys.exit(1)
 
 
 @main.command()
 @dsn_option
 @click.option("--consumer", required=True, help="Consumer name; its cursor is durable.")
-@click.option("--handlers", "handlers", multiple=True,
-              help="Module that connects receivers (repeatable), e.g. myapp.handlers.")
+@click.option(
+    "--handlers",
+    "handlers",
+    multiple=True,
+    help="Module that connects receivers (repeatable), e.g. myapp.handlers.",
+)
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1, 10000))
-@click.option("--poll-interval", default=0.5, show_default=True, type=click.FloatRange(0.01, 60),
-              help="Seconds between polls when no notification arrives.")
-def listen(dsn: str, consumer: str, handlers: tuple[str, ...], batch_size: int,
-           poll_interval: float) -> None:
+@click.option(
+    "--poll-interval",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.01, 60),
+    help="Seconds between polls when no notification arrives.",
+)
+def listen(
+    dsn: str, consumer: str, handlers: tuple[str, ...], batch_size: int, poll_interval: float
+) -> None:
     """Deliver lifecycle events to signal receivers until SIGTERM."""
     import_handlers(handlers)
     Listener(dsn, consumer, batch_size=batch_size, poll_interval=poll_interval).run()

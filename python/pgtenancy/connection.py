@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -25,7 +26,9 @@ _ENTER = QUERIES["enter_tenant"]
 
 
 @contextmanager
-def _tenant_transaction(conn: psycopg.Connection[object], slug: str) -> Iterator[psycopg.Connection[object]]:
+def _tenant_transaction(
+    conn: psycopg.Connection[Any], slug: str
+) -> Iterator[psycopg.Connection[Any]]:
     status = conn.info.transaction_status
     if status != pq.TransactionStatus.IDLE:
         raise InvalidConnectionState(
@@ -42,9 +45,9 @@ def _tenant_transaction(conn: psycopg.Connection[object], slug: str) -> Iterator
 
 @contextmanager
 def tenant_connection(
-    conn_or_pool: psycopg.Connection[object] | ConnectionPool[psycopg.Connection[object]],  # type: ignore[type-var]
+    conn_or_pool: psycopg.Connection[Any] | ConnectionPool[Any],
     slug: str | None = None,
-) -> Iterator[psycopg.Connection[object]]:
+) -> Iterator[psycopg.Connection[Any]]:
     """Run the block as one transaction in tenant ``slug``.
 
     Args:

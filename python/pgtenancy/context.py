@@ -50,7 +50,7 @@ def resolve_tenant(slug: str | None) -> str:
     return validate_slug(slug)
 
 
-class use_tenant:  # noqa: N801 - used like a function: with use_tenant("acme"):
+class use_tenant:
     """Context manager that makes ``slug`` the current tenant for the block.
 
     Works with ``with`` (receivers run through ``send``) and ``async with``

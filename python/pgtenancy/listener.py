@@ -156,7 +156,7 @@ class Listener:
             logger.info("received signal %d, stopping", signum)
             self.stop()
 
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, _handler)
         return previous

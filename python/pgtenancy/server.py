@@ -78,11 +78,11 @@ def find_bindir() -> Path | None:
 def docker_available() -> bool:
     """True when a Docker daemon answers a ping within a few seconds."""
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
     except ImportError:
         return False
     try:
-        client = docker.from_env(timeout=3)
+        client = docker.from_env(timeout=3)  # type: ignore[attr-defined]
         client.ping()
         return True
     except Exception:
@@ -117,9 +117,7 @@ class TemporaryCluster:
         self._run_as: dict[str, Any] = {}
 
     def _run(self, *args: str) -> None:
-        result = subprocess.run(
-            args, capture_output=True, text=True, cwd=self.base, **self._run_as
-        )
+        result = subprocess.run(args, capture_output=True, text=True, cwd=self.base, **self._run_as)
         if result.returncode != 0:
             log = ""
             if self.base and (self.base / "server.log").exists():
@@ -144,15 +142,43 @@ class TemporaryCluster:
             }
         data = self.base / "data"
         port = _free_port()
-        self._run(str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                  "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C")
-        options = " ".join([
-            f"-p {port}", f"-k {self.base}", "-c listen_addresses=127.0.0.1",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
-            "-c max_connections=200",
-        ])
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(data), "-l",
-                  str(self.base / "server.log"), "-w", "-t", "60", "-o", options, "start")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--locale=C",
+        )
+        options = " ".join(
+            [
+                f"-p {port}",
+                f"-k {self.base}",
+                "-c listen_addresses=127.0.0.1",
+                "-c fsync=off",
+                "-c synchronous_commit=off",
+                "-c full_page_writes=off",
+                "-c max_connections=200",
+            ]
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
         self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         return self.dsn
 
@@ -161,8 +187,15 @@ class TemporaryCluster:
         if self.base is None:
             return
         with contextlib.suppress(NoServerError):
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"),
-                      "-m", "fast", "-w", "stop")
+            self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.base / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            )
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
 
@@ -194,7 +227,7 @@ def find_server(*, env: tuple[str, ...] = ("TEST_DATABASE_URL", "DATABASE_URL"))
             yield os.environ[var]
             return
     if docker_available():
-        from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+        from testcontainers.postgres import PostgresContainer
 
         logger.info("starting %s with testcontainers", POSTGRES_IMAGE)
         with PostgresContainer(POSTGRES_IMAGE, driver=None) as pg:
@@ -216,7 +249,7 @@ def with_dbname(dsn: str, dbname: str) -> str:
     """``dsn`` pointing at database ``dbname`` instead."""
     params = conninfo_to_dict(dsn)
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def create_database(admin_dsn: str, prefix: str = "pgtenancy", template: str | None = None) -> str:
@@ -230,23 +263,29 @@ def create_database(admin_dsn: str, prefix: str = "pgtenancy", template: str | N
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         if template is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
         else:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
     return with_dbname(admin_dsn, name)
 
 
 def drop_database(admin_dsn: str, dsn: str) -> None:
     """Drop the database of ``dsn``, disconnecting its sessions first."""
-    name = conninfo_to_dict(dsn)["dbname"]
+    name = str(conninfo_to_dict(dsn)["dbname"])
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @contextlib.contextmanager
-def fresh_database(admin_dsn: str, prefix: str = "pgtenancy",
-                   template: str | None = None) -> Iterator[str]:
+def fresh_database(
+    admin_dsn: str, prefix: str = "pgtenancy", template: str | None = None
+) -> Iterator[str]:
     """Create a uniquely named database, yield its DSN, drop it afterwards."""
     dsn = create_database(admin_dsn, prefix, template)
     try:

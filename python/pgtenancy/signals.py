@@ -128,7 +128,10 @@ class Signal:
         """
         if not callable(receiver):
             raise TypeError(f"receiver {receiver!r} is not callable")
-        key = (dispatch_uid if dispatch_uid is not None else _make_id(receiver), _sender_key(sender))
+        key = (
+            dispatch_uid if dispatch_uid is not None else _make_id(receiver),
+            _sender_key(sender),
+        )
         ref: Callable[[], Receiver | None]
         if weak:
             try:
@@ -360,7 +363,8 @@ tenant_suspended = Signal(
 )
 tenant_resumed = Signal(
     "tenant_resumed",
-    "A suspended tenant became active again (from the outbox). sender: slug; kwargs: tenant, event.",
+    "A suspended tenant became active again (from the outbox). "
+    "sender: slug; kwargs: tenant, event.",
 )
 tenant_deleted = Signal(
     "tenant_deleted",

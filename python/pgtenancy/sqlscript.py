@@ -18,11 +18,21 @@ import pglast
 from pglast.parser import ParseError
 
 #: Statement kinds that cannot run inside a tenant schema's transaction.
-DATABASE_NODES: Final = frozenset({
-    "CreatedbStmt", "DropdbStmt", "AlterDatabaseStmt", "AlterDatabaseSetStmt",
-    "AlterDatabaseRefreshCollStmt", "AlterSystemStmt", "CreateTableSpaceStmt",
-    "DropTableSpaceStmt", "CreateRoleStmt", "AlterRoleStmt", "DropRoleStmt",
-})
+DATABASE_NODES: Final = frozenset(
+    {
+        "CreatedbStmt",
+        "DropdbStmt",
+        "AlterDatabaseStmt",
+        "AlterDatabaseSetStmt",
+        "AlterDatabaseRefreshCollStmt",
+        "AlterSystemStmt",
+        "CreateTableSpaceStmt",
+        "DropTableSpaceStmt",
+        "CreateRoleStmt",
+        "AlterRoleStmt",
+        "DropRoleStmt",
+    }
+)
 #: Statement kinds that change data rather than the schema.
 DATA_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "CopyStmt", "MergeStmt"})
 TRANSACTION_NODES: Final = frozenset({"TransactionStmt"})
@@ -101,12 +111,12 @@ def read_script(text: str) -> Script:
     lines = text.splitlines(keepends=True)
     skipped: list[tuple[int, str]] = []
     kept = []
-    for number, line in enumerate(lines, start=1):
-        if line.lstrip().startswith("\\"):
-            skipped.append((number, line.strip()))
+    for number, raw_line in enumerate(lines, start=1):
+        if raw_line.lstrip().startswith("\\"):
+            skipped.append((number, raw_line.strip()))
             kept.append("\n")
         else:
-            kept.append(line)
+            kept.append(raw_line)
     source = "".join(kept)
     try:
         raw = pglast.parse_sql(source)

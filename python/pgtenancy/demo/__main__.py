@@ -36,7 +36,9 @@ from pgtenancy.admin import engine_from_dsn
 from pgtenancy.server import find_server, fresh_database
 from pgtenancy.sqlscript import read_script
 
-DEFAULT_CHINOOK = Path(__file__).resolve().parents[3].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
+DEFAULT_CHINOOK = (
+    Path(__file__).resolve().parents[3].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
+)
 EXPECTED_EVENTS = [
     ("tenant_created", "acme"),
     ("tenant_created", "globex"),
@@ -65,16 +67,31 @@ def run_demo(dsn: str, chinook: Path) -> bool:
     for stmt in script.of_kind("database"):
         say(f"  skipped database statement at line {stmt.line}: {stmt.sql.splitlines()[0]}")
     ddl, data = script.of_kind("ddl"), script.of_kind("data")
-    say(f"Chinook: {len(ddl)} DDL statements -> tenant migration 0001_chinook; "
-        f"{len(data)} data statements")
+    say(
+        f"Chinook: {len(ddl)} DDL statements -> tenant migration 0001_chinook; "
+        f"{len(data)} data statements"
+    )
 
     tenancy = Tenancy(dsn)
     tenancy.add_migration("0001_chinook", script.sql_of("ddl"))
 
     listener = subprocess.Popen(
-        [sys.executable, "-m", "pgtenancy.cli", "listen", "--dsn", dsn, "--consumer", "demo",
-         "--handlers", "pgtenancy.demo.handlers", "--poll-interval", "0.2"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pgtenancy.cli",
+            "listen",
+            "--dsn",
+            dsn,
+            "--consumer",
+            "demo",
+            "--handlers",
+            "pgtenancy.demo.handlers",
+            "--poll-interval",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read_lines, args=(listener.stdout, lines), daemon=True).start()
@@ -138,8 +155,13 @@ def run_demo(dsn: str, chinook: Path) -> bool:
 
 
 @click.command()
-@click.option("--chinook", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=DEFAULT_CHINOOK, show_default=True, help="Chinook_PostgreSql.sql to use.")
+@click.option(
+    "--chinook",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=DEFAULT_CHINOOK,
+    show_default=True,
+    help="Chinook_PostgreSql.sql to use.",
+)
 @click.option("--keep", is_flag=True, help="Keep the demo database instead of dropping it.")
 def main(chinook: Path, keep: bool) -> None:
     """Run the demo: a fresh database on $DATABASE_URL's server, or a throwaway cluster."""

@@ -13,14 +13,19 @@ from pgtenancy.signals import LIFECYCLE_SIGNALS
 
 def print_event(sender: str, tenant: TenantRef, event: Event, **kwargs: Any) -> None:
     """Print ``event`` as one JSON line: id, name, slug, status, time, listener pid."""
-    print(json.dumps({
-        "id": event.id,
-        "name": event.name,
-        "slug": tenant.slug,
-        "status": tenant.status,
-        "time": event.time.isoformat(),
-        "pid": os.getpid(),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "id": event.id,
+                "name": event.name,
+                "slug": tenant.slug,
+                "status": tenant.status,
+                "time": event.time.isoformat(),
+                "pid": os.getpid(),
+            }
+        ),
+        flush=True,
+    )
 
 
 for _signal in LIFECYCLE_SIGNALS.values():
