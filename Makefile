@@ -59,7 +59,7 @@ bench: $(STAMP) pg-binaries
 lint: $(STAMP)
 	$(BIN)/ruff check python tests bench
 	$(BIN)/ruff format --check python tests bench
-	$(BIN)/mypy python
+	$(BIN)/mypy python bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -195,3 +195,21 @@ def test_tenant_connection_commits_or_rolls_back_and_leaves_nothing(
             assert c.execute("SELECT tenant FROM invoice").fetchall() == [("globex",)]
         with pool.connection() as c:
             assert c.execute("SELECT tenancy.current_tenant()").fetchone() == (None,)
+
+
+def test_lost_connection_is_a_clear_error_and_the_pool_recovers(
+    engine: Engine, dsn: str, two_tenants: dict[str, str]
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    with tenant_session(engine, "acme") as session:
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(OperationalError, match="terminat|closed"):
+            session.execute(text("SELECT count(*) FROM invoice"))
+        session.rollback()
+        # The session reconnects on its next transaction, still in the tenant.
+        assert session.execute(text("SELECT DISTINCT tenant FROM invoice")).scalar() == "acme"
+    with tenant_session(engine, "globex") as session:
+        assert session.execute(text("SELECT tenant FROM invoice")).scalars().all() == ["globex"]
