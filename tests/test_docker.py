@@ -45,7 +45,7 @@ def test_init_script_installs_like_the_python_installer(empty_dsn: str, dsn: str
     assert result.returncode == 0, result.stderr
     assert installed_version(empty_dsn) == SQL_VERSION
     # Same objects as the template installed by pgtenancy.install() (ignoring oids).
-    strip = lambda rows: [r[:2] + ((r[2] if r[0] != "relation" else ""),) for r in rows]  # noqa: E731
+    strip = lambda rows: [(*r[:2], r[2] if r[0] != "relation" else "") for r in rows]  # noqa: E731
     assert strip(snapshot(empty_dsn)) == strip(snapshot(dsn))
     with psycopg.connect(empty_dsn) as conn:
         conn.execute("SELECT tenancy.create_tenant('acme')")

@@ -206,7 +206,7 @@ def test_lost_connection_is_a_clear_error_and_the_pool_recovers(
         pid = session.execute(text("SELECT pg_backend_pid()")).scalar_one()
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with pytest.raises(OperationalError, match="terminat|closed"):
+        with pytest.raises(OperationalError, match=r"terminat|closed"):
             session.execute(text("SELECT count(*) FROM invoice"))
         session.rollback()
         # The session reconnects on its next transaction, still in the tenant.
