@@ -7,6 +7,7 @@ status 1 (2 for usage errors).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -213,12 +214,27 @@ def migrate(dsn: str, slugs: tuple[str, ...]) -> None:
     type=click.FloatRange(0.01, 60),
     help="Seconds between polls when no notification arrives.",
 )
+@click.option(
+    "--asyncio",
+    "use_asyncio",
+    is_flag=True,
+    help="Run on asyncio (Listener.arun); async receivers are awaited in order.",
+)
 def listen(
-    dsn: str, consumer: str, handlers: tuple[str, ...], batch_size: int, poll_interval: float
+    dsn: str,
+    consumer: str,
+    handlers: tuple[str, ...],
+    batch_size: int,
+    poll_interval: float,
+    use_asyncio: bool,
 ) -> None:
     """Deliver lifecycle events to signal receivers until SIGTERM."""
     import_handlers(handlers)
-    Listener(dsn, consumer, batch_size=batch_size, poll_interval=poll_interval).run()
+    listener = Listener(dsn, consumer, batch_size=batch_size, poll_interval=poll_interval)
+    if use_asyncio:
+        asyncio.run(listener.arun())
+    else:
+        listener.run()
 
 
 if __name__ == "__main__":

@@ -15,15 +15,21 @@ A receiver that raises blocks the consumer at that event, which is retried
 with backoff: no event is lost, and delivery is at least once (use
 ``event.id`` as the idempotency key). SIGTERM and SIGINT stop it after the
 event in hand, with the cursor saved.
+
+``run()`` is the blocking form (receivers through ``send_robust``);
+``await arun()`` is the asyncio form on ``psycopg.AsyncConnection``, where
+async receivers are awaited in registration order (``asend_robust``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import random
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -164,43 +170,55 @@ class Listener:
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
+    async def _asleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": self.connect_timeout,
+            "application_name": self.application_name,
+            "row_factory": dict_row,
+        }
+
+    def _on_failure(self, exc: Exception, backoff: float, ever_connected: bool) -> float:
+        """Log a failure of one connection's life; return the delay before the
+        next try, or re-raise what retrying cannot cure."""
+        if isinstance(exc, ReceiverFailed):
+            logger.error("%s; retrying in %.2fs", exc, backoff)
+            return backoff
+        if isinstance(exc, psycopg.OperationalError):
+            if not ever_connected and _is_permanent(exc):
+                raise exc
+            delay = backoff * (1 + random.random() / 2)
+            logger.warning("connection lost (%s); reconnecting in %.2fs", exc, delay)
+            return delay
+        if isinstance(exc, psycopg.Error):
+            raise translate(exc) from exc
+        raise exc
+
     def _loop(self) -> None:
         backoff = self.backoff_min
         ever_connected = False
         while not self.stopping:
             try:
-                with psycopg.connect(
-                    self.dsn,
-                    autocommit=True,
-                    connect_timeout=self.connect_timeout,
-                    application_name=self.application_name,
-                    row_factory=dict_row,
-                ) as conn:
+                with psycopg.connect(self.dsn, **self._connect_kwargs()) as conn:
                     self._listen(conn)
                     ever_connected = True
                     backoff = self.backoff_min
                     logger.info("consumer %s listening", self.consumer)
                     self._serve(conn)
-            except ReceiverFailed as exc:
-                logger.error("%s; retrying in %.2fs", exc, backoff)
-                self._sleep(backoff)
+            except (ReceiverFailed, psycopg.Error) as exc:
+                self._sleep(self._on_failure(exc, backoff, ever_connected))
                 backoff = min(backoff * 2, self.backoff_max)
-            except psycopg.OperationalError as exc:
-                if not ever_connected and _is_permanent(exc):
-                    raise
-                delay = backoff * (1 + random.random() / 2)
-                logger.warning("connection lost (%s); reconnecting in %.2fs", exc, delay)
-                self._sleep(delay)
-                backoff = min(backoff * 2, self.backoff_max)
-            except psycopg.Error as exc:
-                raise translate(exc) from exc
         logger.info("consumer %s stopped after %d events", self.consumer, self.delivered)
 
     def _listen(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         row = conn.execute(QUERIES["events_channel"]).fetchone()
         assert row is not None
-        channel = str(next(iter(row.values())))
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        conn.execute(_listen_sql(row))
         conn.execute(QUERIES["register_consumer"], {"consumer": self.consumer})
 
     def _serve(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
@@ -209,10 +227,113 @@ class Listener:
             if self.stopping:
                 return
             held = conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer}).fetchone()
-            waiting = bool(held and next(iter(held.values())))
-            timeout = self.retry_interval if waiting else self.poll_interval
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
+            for _ in conn.notifies(timeout=self._wait_time(held), stop_after=1):
                 pass
+
+    def _wait_time(self, held: dict[str, Any] | None) -> float:
+        waiting = bool(held and next(iter(held.values())))
+        return self.retry_interval if waiting else self.poll_interval
+
+    # -- asyncio -----------------------------------------------------------
+
+    async def arun(self) -> None:
+        """Consume until :meth:`stop` (or SIGTERM/SIGINT when running in the
+        main thread's event loop), awaiting async receivers in order.
+
+        Raises:
+            pgtenancy.errors.NotInstalled: the SQL core is missing.
+            psycopg.Error: an error that reconnecting cannot cure, at the first
+                connection.
+        """
+        loop = asyncio.get_running_loop()
+        handled: list[signal.Signals] = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+                handled.append(sig)
+        try:
+            await self._aloop()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    async def _aloop(self) -> None:
+        backoff = self.backoff_min
+        ever_connected = False
+        while not self.stopping:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs())
+                async with conn:
+                    row = await (await conn.execute(QUERIES["events_channel"])).fetchone()
+                    assert row is not None
+                    await conn.execute(_listen_sql(row))
+                    await conn.execute(QUERIES["register_consumer"], {"consumer": self.consumer})
+                    ever_connected = True
+                    backoff = self.backoff_min
+                    logger.info("consumer %s listening (asyncio)", self.consumer)
+                    await self._aserve(conn)
+            except (ReceiverFailed, psycopg.Error) as exc:
+                await self._asleep(self._on_failure(exc, backoff, ever_connected))
+                backoff = min(backoff * 2, self.backoff_max)
+        logger.info("consumer %s stopped after %d events", self.consumer, self.delivered)
+
+    async def _aserve(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        while not self.stopping:
+            await self.acatch_up(conn)
+            if self.stopping:
+                return
+            cur = await conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer})
+            held = await cur.fetchone()
+            async for _ in conn.notifies(timeout=self._wait_time(held), stop_after=1):
+                pass
+
+    async def acatch_up(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> int:
+        """Async :meth:`catch_up`: deliver every readable event after the cursor.
+
+        Raises:
+            ReceiverFailed: a receiver raised; the cursor stays before that event.
+        """
+        total = 0
+        while not self.stopping:
+            cur = await conn.execute(QUERIES["next_events"], self._batch_params())
+            rows = await cur.fetchall()
+            if not rows:
+                break
+            done: Event | None = None
+            try:
+                for row in rows:
+                    event = Event.from_row(row)
+                    await self.adispatch(event)
+                    done = event
+                    total += 1
+                    self.delivered += 1
+                    if self.stopping:
+                        break
+            finally:
+                if done is not None:
+                    await conn.execute(QUERIES["advance_consumer"], self._advance_params(done))
+            if len(rows) < self.batch_size:
+                break
+        return total
+
+    async def adispatch(self, event: Event) -> None:
+        """Async :meth:`dispatch`: async receivers are awaited, in registration order.
+
+        Raises:
+            ReceiverFailed: when any receiver raised (all receivers still ran).
+        """
+        sig = LIFECYCLE_SIGNALS.get(event.name)
+        if sig is None:
+            logger.debug("event %d: no signal named %s", event.id, event.name)
+            return
+        results = await sig.asend_robust(sender=event.tenant.slug, tenant=event.tenant, event=event)
+        _raise_failures(event, results)
+
+    def _batch_params(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "limit": self.batch_size}
+
+    def _advance_params(self, done: Event) -> dict[str, Any]:
+        return {"consumer": self.consumer, "xid": str(done.xid), "id": done.id}
 
     # -- delivery ----------------------------------------------------------
 
@@ -230,9 +351,7 @@ class Listener:
         """
         total = 0
         while not self.stopping:
-            rows = conn.execute(
-                QUERIES["next_events"], {"consumer": self.consumer, "limit": self.batch_size}
-            ).fetchall()
+            rows = conn.execute(QUERIES["next_events"], self._batch_params()).fetchall()
             if not rows:
                 break
             done: Event | None = None
@@ -247,10 +366,7 @@ class Listener:
                         break
             finally:
                 if done is not None:
-                    conn.execute(
-                        QUERIES["advance_consumer"],
-                        {"consumer": self.consumer, "xid": str(done.xid), "id": done.id},
-                    )
+                    conn.execute(QUERIES["advance_consumer"], self._advance_params(done))
             if len(rows) < self.batch_size:
                 break
         return total
@@ -268,9 +384,18 @@ class Listener:
             logger.debug("event %d: no signal named %s", event.id, event.name)
             return
         results = sig.send_robust(sender=event.tenant.slug, tenant=event.tenant, event=event)
-        errors = [(r, v) for r, v in results if isinstance(v, BaseException)]
-        if errors:
-            raise ReceiverFailed(event, errors)
+        _raise_failures(event, results)
+
+
+def _raise_failures(event: Event, results: list[tuple[Any, Any]]) -> None:
+    errors = [(r, v) for r, v in results if isinstance(v, BaseException)]
+    if errors:
+        raise ReceiverFailed(event, errors)
+
+
+def _listen_sql(row: dict[str, Any]) -> sql.Composed:
+    channel = str(next(iter(row.values())))
+    return sql.SQL("LISTEN {}").format(sql.Identifier(channel))
 
 
 def _is_permanent(exc: psycopg.OperationalError) -> bool:

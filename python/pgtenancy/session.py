@@ -6,16 +6,21 @@ and again after every ``commit()`` or ``rollback()``), it calls
 deleted tenant right there, and otherwise sets ``search_path`` and
 ``app.tenant_id`` transaction-locally, so when the transaction ends the pooled
 connection carries nothing of the tenant.
+
+The same function serves sync and asyncio code::
+
+    with tenant_session(engine, "acme") as session: ...              # Session
+    async with tenant_session(async_engine, "acme") as session: ...  # AsyncSession
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from pgtenancy.context import resolve_tenant, use_tenant
@@ -24,6 +29,10 @@ from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
 
+SyncBind = Engine | Connection | sessionmaker[Session]
+AsyncBind = AsyncEngine | AsyncConnection | async_sessionmaker[AsyncSession]
+S = TypeVar("S", Session, AsyncSession)
+
 
 def enter_tenant(connection: Connection, slug: str) -> None:
     """Put the transaction open on ``connection`` into tenant ``slug``.
@@ -31,6 +40,7 @@ def enter_tenant(connection: Connection, slug: str) -> None:
     Args:
         connection: a SQLAlchemy connection inside a transaction, not in
             AUTOCOMMIT (transaction-local settings would vanish at once).
+            Inside an ``AsyncSession`` this is its sync-facing connection.
         slug: tenant slug.
 
     Raises:
@@ -50,30 +60,106 @@ def enter_tenant(connection: Connection, slug: str) -> None:
         raise translate(exc) from exc
 
 
-@contextmanager
+def _hook(session: Session, slug: str) -> None:
+    def _enter(_session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
+        enter_tenant(connection, slug)
+
+    event.listen(session, "after_begin", _enter)
+
+
+class _TenantSession(Generic[S]):
+    """The object ``tenant_session()`` returns: a sync or async context manager."""
+
+    def __init__(self, bind: SyncBind | AsyncBind, slug: str | None, kwargs: dict[str, Any]):
+        self.slug = resolve_tenant(slug)
+        self._bind = bind
+        self._kwargs = kwargs
+        self._scope = use_tenant(self.slug)
+        self._session: Any = None
+
+    def __enter__(self) -> Session:
+        bind = self._bind
+        if isinstance(bind, AsyncEngine | AsyncConnection | async_sessionmaker):
+            raise TypeError("tenant_session() on an async engine needs 'async with'")
+        session = bind() if isinstance(bind, sessionmaker) else Session(bind, **self._kwargs)
+        _hook(session, self.slug)
+        self._session = session
+        try:
+            self._scope.__enter__()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self._session.close()
+        finally:
+            self._scope.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> AsyncSession:
+        bind = self._bind
+        if not isinstance(bind, AsyncEngine | AsyncConnection | async_sessionmaker):
+            raise TypeError("tenant_session() on a sync engine needs 'with', not 'async with'")
+        if isinstance(bind, async_sessionmaker):
+            session = bind()
+        else:
+            session = AsyncSession(bind, **self._kwargs)
+        _hook(session.sync_session, self.slug)
+        self._session = session
+        try:
+            await self._scope.__aenter__()
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._session.close()
+        finally:
+            await self._scope.__aexit__(exc_type, exc, tb)
+
+
 def tenant_session(
-    bind: Engine | Connection | sessionmaker[Session],
+    bind: SyncBind | AsyncBind,
     slug: str | None = None,
     **session_kwargs: Any,
-) -> Iterator[Session]:
-    """Open a :class:`~sqlalchemy.orm.Session` whose every transaction runs in a tenant.
+) -> _TenantSession[Any]:
+    """Open a session whose every transaction runs in a tenant.
 
     Usage::
 
-        with tenant_session(engine, "acme") as session:
+        with tenant_session(engine, "acme") as session:            # sqlalchemy.orm.Session
             session.execute(select(Invoice)).scalars().all()
             session.commit()
 
+        async with tenant_session(async_engine, "acme") as session:  # AsyncSession
+            await session.execute(select(Invoice))
+
     The block is also a tenant context (:func:`~pgtenancy.context.use_tenant`),
-    so code inside it sees ``current_tenant() == slug``. The session is closed
-    on exit; an uncommitted transaction is rolled back.
+    so code inside it sees ``current_tenant() == slug``; in asyncio the
+    context belongs to the running task. The session is closed on exit; an
+    uncommitted transaction is rolled back.
 
     Args:
-        bind: an :class:`~sqlalchemy.Engine` (psycopg driver), a
-            :class:`~sqlalchemy.Connection` not yet in a transaction, or a
-            ``sessionmaker`` whose sessions are used.
+        bind: an :class:`~sqlalchemy.Engine`, :class:`~sqlalchemy.Connection`
+            or ``sessionmaker`` (use ``with``); or an ``AsyncEngine``,
+            ``AsyncConnection`` or ``async_sessionmaker`` (use ``async with``).
+            The driver must be psycopg (``postgresql+psycopg://``).
         slug: tenant slug; None means the current context's tenant.
-        **session_kwargs: passed to ``Session`` (ignored with a sessionmaker).
+        **session_kwargs: passed to ``Session``/``AsyncSession`` (ignored
+            with a session maker).
 
     Raises:
         pgtenancy.errors.NoTenantContext: no slug and no tenant context.
@@ -82,16 +168,6 @@ def tenant_session(
             TenantSchemaMissing: at the first query of a transaction, raised by
             the database before any tenant data is read.
         pgtenancy.errors.InvalidConnectionState: the bind is in AUTOCOMMIT mode.
+        TypeError: ``with`` on an async bind, or ``async with`` on a sync one.
     """
-    slug = resolve_tenant(slug)
-    session = bind() if isinstance(bind, sessionmaker) else Session(bind, **session_kwargs)
-
-    @event.listens_for(session, "after_begin")
-    def _enter(_session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
-        enter_tenant(connection, slug)
-
-    try:
-        with use_tenant(slug):
-            yield session
-    finally:
-        session.close()
+    return _TenantSession(bind, slug, session_kwargs)
