@@ -10,7 +10,8 @@
 --   PT003 tenant not found           PT008 invalid migration
 --   PT004 tenant suspended           PT009 tenants still registered
 --   PT005 tenant deleted             PT010 immutable tenant column
---                                    PT011 consumer not found
+--   PT012 no tenant in transaction   PT011 consumer not found
+--   PT013 unsafe application role    PT014 table cannot be guarded
 
 CREATE SCHEMA IF NOT EXISTS tenancy;
 
@@ -54,7 +55,7 @@ COMMENT ON FUNCTION tenancy.version() IS
 CREATE TABLE IF NOT EXISTS tenancy.tenants (
     id                uuid        NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
     slug              text        NOT NULL,
-    schema_name       text        NOT NULL,
+    schema_name       text,
     status            text        NOT NULL DEFAULT 'active',
     isolation         text        NOT NULL DEFAULT 'schema',
     metadata          jsonb       NOT NULL DEFAULT '{}',
@@ -65,12 +66,17 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_schema_name_key UNIQUE (schema_name),
     CONSTRAINT tenants_status_check CHECK (status IN ('active', 'suspended', 'deleted')),
-    CONSTRAINT tenants_isolation_check CHECK (isolation IN ('schema')),
+    CONSTRAINT tenants_isolation_check CHECK (isolation IN ('schema', 'shared')),
+    CONSTRAINT tenants_schema_name_check CHECK ((isolation = 'schema') = (schema_name IS NOT NULL)),
     CONSTRAINT tenants_metadata_check CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')
 );
 
 COMMENT ON TABLE tenancy.tenants IS
     'Tenant registry. Insert, update and delete go through triggers that validate, provision and emit events.';
+COMMENT ON COLUMN tenancy.tenants.isolation IS
+    'schema: the tenant has its own schema; shared: its rows live in RLS-guarded shared tables.';
+COMMENT ON COLUMN tenancy.tenants.schema_name IS
+    'The tenant''s schema (schema_prefix() || slug); NULL for a shared tenant.';
 COMMENT ON COLUMN tenancy.tenants.migration_version IS
     'Latest tenancy.migrations version applied to this tenant''s schema; NULL when none.';
 
@@ -123,3 +129,25 @@ CREATE TABLE IF NOT EXISTS tenancy.consumers (
 
 COMMENT ON TABLE tenancy.consumers IS
     'Outbox cursor per consumer name: (last_xid, last_id) of the last fully delivered event.';
+
+-- Shared tables guarded by RLS on a tenant column (tenancy.enable_rls).
+CREATE TABLE IF NOT EXISTS tenancy.guarded_tables (
+    table_name    regclass    NOT NULL,
+    tenant_column name        NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT guarded_tables_pkey PRIMARY KEY (table_name)
+);
+
+COMMENT ON TABLE tenancy.guarded_tables IS
+    'Shared tables whose rows belong to tenants, guarded by an RLS policy on tenant_column.';
+
+-- Application roles granted tenant access (tenancy.grant_app_role): every
+-- new tenant schema and guarded table is granted to them as it appears.
+CREATE TABLE IF NOT EXISTS tenancy.app_roles (
+    role_name  name        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT app_roles_pkey PRIMARY KEY (role_name)
+);
+
+COMMENT ON TABLE tenancy.app_roles IS
+    'Roles that use tenants without owning tables and without BYPASSRLS.';

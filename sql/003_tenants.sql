@@ -197,24 +197,36 @@ BEGIN
         RAISE EXCEPTION 'tenant % already exists', quote_literal(NEW.slug)
             USING ERRCODE = 'PT002';
     END IF;
+    NEW.isolation := coalesce(NEW.isolation, 'schema');
+    NEW.status := coalesce(NEW.status, 'active');
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    IF NEW.isolation = 'shared' THEN
+        -- Rows in guarded shared tables; no schema, no migrations.
+        NEW.schema_name := NULL;
+        NEW.migration_version := NULL;
+        RETURN NEW;
+    ELSIF NEW.isolation <> 'schema' THEN
+        RAISE EXCEPTION 'invalid isolation %: use schema or shared', quote_literal(NEW.isolation)
+            USING ERRCODE = '22023';
+    END IF;
     NEW.schema_name := tenancy.schema_prefix() || NEW.slug;
     IF to_regnamespace(quote_ident(NEW.schema_name)) IS NOT NULL THEN
         RAISE EXCEPTION 'schema % already exists but is not a registered tenant', quote_ident(NEW.schema_name)
             USING ERRCODE = 'PT002',
                   HINT = 'Rename or drop that schema, or choose another slug.';
     END IF;
-    NEW.status := coalesce(NEW.status, 'active');
-    NEW.created_at := now();
-    NEW.updated_at := now();
     EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
     NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+    PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
     RETURN NEW;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
-    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002), '
-    'derive schema_name, create the schema and apply every migration (PT006 on failure).';
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
+    'failure) and grant it to the application roles; a shared tenant gets no schema.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
     RETURNS trigger
@@ -253,13 +265,17 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
-            jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata));
+            jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
+                               'isolation', NEW.isolation));
         RETURN NULL;
     END IF;
 
     IF TG_OP = 'DELETE' THEN
         -- The row is the truth: a tenant whose row is gone has no data.
-        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
+        IF OLD.schema_name IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
+        END IF;
+        PERFORM tenancy.delete_shared_rows(OLD.id);
         v_gone := OLD;
         v_gone.status := 'deleted';
         PERFORM tenancy.emit_event('tenant_deleted', v_gone,
@@ -295,7 +311,7 @@ $$;
 COMMENT ON FUNCTION tenancy.tenants_after_change() IS
     'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
     'tenant_migrated for every change of the registry, whoever makes it; a deleted row also '
-    'drops its tenant schema.';
+    'drops its tenant schema and deletes its rows from every guarded shared table.';
 
 CREATE OR REPLACE TRIGGER tenants_before_insert
     BEFORE INSERT ON tenancy.tenants
@@ -333,7 +349,14 @@ COMMENT ON FUNCTION tenancy.lock_tenant(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.lock_tenant(text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.create_tenant(p_slug text, p_metadata jsonb DEFAULT '{}')
+-- 0.1.0 development builds had a two-argument create_tenant; keep one signature.
+DROP FUNCTION IF EXISTS tenancy.create_tenant(text, jsonb);
+
+CREATE OR REPLACE FUNCTION tenancy.create_tenant(
+    p_slug      text,
+    p_metadata  jsonb DEFAULT '{}',
+    p_isolation text DEFAULT 'schema'
+)
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -346,8 +369,8 @@ BEGIN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(p_metadata)
             USING ERRCODE = '22023';
     END IF;
-    INSERT INTO tenancy.tenants (slug, metadata)
-    VALUES (p_slug, coalesce(p_metadata, '{}'))
+    INSERT INTO tenancy.tenants (slug, metadata, isolation)
+    VALUES (p_slug, coalesce(p_metadata, '{}'), coalesce(p_isolation, 'schema'))
     RETURNING * INTO v_row;
     RETURN v_row;
 EXCEPTION
@@ -357,13 +380,14 @@ EXCEPTION
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb) IS
-    'Create tenant p_slug: validate the slug, create schema schema_prefix()||slug, apply every '
-    'migration, register the row and emit tenant_created, all in the caller''s transaction. '
-    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata '
-    'not an object); on error nothing is left behind.';
+COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
+    'Create tenant p_slug: validate the slug; with p_isolation schema (default) create schema '
+    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
+    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
+    '(metadata not an object, unknown isolation); on error nothing is left behind.';
 
-REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.get_tenant(p_slug text)
     RETURNS tenancy.tenants
@@ -478,8 +502,10 @@ BEGIN
         RAISE EXCEPTION 'tenant % is deleted', quote_literal(p_slug)
             USING ERRCODE = 'PT005';
     END IF;
-    -- Current tenants cost one comparison, not a replay.
-    IF v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
+    -- Current tenants cost one comparison, not a replay; shared tenants
+    -- have no schema to migrate.
+    IF v_row.isolation = 'shared'
+       OR v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
         RETURN v_row;
     END IF;
     IF to_regnamespace(quote_ident(v_row.schema_name)) IS NULL THEN
@@ -488,6 +514,7 @@ BEGIN
             USING ERRCODE = 'PT007';
     END IF;
     v_version := tenancy.apply_migrations(v_row.schema_name, v_row.migration_version);
+    PERFORM tenancy.grant_schema_to_app_roles(v_row.schema_name);
     UPDATE tenancy.tenants SET migration_version = v_version WHERE id = v_row.id RETURNING * INTO v_row;
     RETURN v_row;
 END

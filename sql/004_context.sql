@@ -34,13 +34,17 @@ BEGIN
             USING ERRCODE = 'PT005';
     END IF;
     -- Fail closed: never fall back to public when the schema is gone.
-    IF pg_catalog.to_regnamespace(pg_catalog.quote_ident(v_schema)) IS NULL THEN
+    IF v_schema IS NOT NULL
+       AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(v_schema)) IS NULL THEN
         RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
             pg_catalog.quote_literal(p_slug)
             USING ERRCODE = 'PT007';
     END IF;
+    -- A shared tenant sees the shared schema, guarded by RLS on app.tenant_id.
     PERFORM pg_catalog.set_config('search_path',
-                                  pg_catalog.quote_ident(v_schema) || ', public', true);
+                                  CASE WHEN v_schema IS NULL THEN 'public'
+                                       ELSE pg_catalog.quote_ident(v_schema) || ', public' END,
+                                  true);
     PERFORM pg_catalog.set_config('app.tenant_id', v_id::text, true);
     PERFORM pg_catalog.set_config('app.tenant', p_slug, true);
     RETURN v_id;
@@ -48,7 +52,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
-    'Put the current transaction into tenant p_slug: search_path = tenant schema, public; '
+    'Put the current transaction into tenant p_slug: search_path = tenant schema, public (public '
+    'alone for a shared tenant); '
     'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
     'Raises PT003 (unknown), PT004 (suspended), PT005 (deleted), PT007 (schema missing) before '
     'anything is set. Call it inside a transaction block.';

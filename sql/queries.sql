@@ -12,7 +12,7 @@ SELECT pg_catalog.to_regprocedure('tenancy.version()') IS NOT NULL
 SELECT tenancy.version()
 
 -- name: create_tenant
-SELECT * FROM tenancy.create_tenant(%(slug)s, %(metadata)s::jsonb)
+SELECT * FROM tenancy.create_tenant(%(slug)s, %(metadata)s::jsonb, %(isolation)s)
 
 -- name: get_tenant
 SELECT * FROM tenancy.get_tenant(%(slug)s)
@@ -54,3 +54,17 @@ SELECT tenancy.advance_consumer(%(consumer)s, %(xid)s::xid8, %(id)s)
 
 -- name: events_channel
 SELECT tenancy.events_channel()
+
+-- name: enable_rls
+SELECT table_name::text AS table_name, tenant_column::text AS tenant_column
+  FROM tenancy.enable_rls(%(table)s::regclass, %(tenant_column)s)
+
+-- name: disable_rls
+SELECT tenancy.disable_rls(%(table)s::regclass)
+
+-- name: guarded_tables
+SELECT table_name::text AS table_name, tenant_column::text AS tenant_column
+  FROM tenancy.guarded_tables ORDER BY 1
+
+-- name: grant_app_role
+SELECT tenancy.grant_app_role(%(role)s)

@@ -1,5 +1,6 @@
 -- pgtenancy — uninstall: remove the tenancy schema and everything in it.
 --
+-- Guarded shared tables get their row-level security removed (data kept).
 -- Refuses (PT009) while tenants are registered, because their schemas would
 -- be orphaned, unless the transaction sets pgtenancy.drop_tenants = 'on', in
 -- which case every tenant schema is dropped first.
@@ -12,6 +13,12 @@ BEGIN
     IF pg_catalog.to_regclass('tenancy.tenants') IS NULL THEN
         RETURN;
     END IF;
+    -- Guarded shared tables keep their data and lose their policy: without
+    -- the kit, FORCE ROW LEVEL SECURITY and no policy would hide every row.
+    IF pg_catalog.to_regclass('tenancy.guarded_tables') IS NOT NULL THEN
+        PERFORM tenancy.disable_rls(g.table_name)
+           FROM tenancy.guarded_tables AS g;
+    END IF;
     EXECUTE 'SELECT count(*) FROM tenancy.tenants' INTO v_count;
     IF v_count = 0 THEN
         RETURN;
@@ -21,7 +28,7 @@ BEGIN
             USING ERRCODE = 'PT009',
                   HINT = 'Drop the tenants first, or uninstall with --drop-tenants to drop their schemas too.';
     END IF;
-    FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants' LOOP
+    FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL' LOOP
         EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', v_schema);
     END LOOP;
 END

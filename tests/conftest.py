@@ -113,3 +113,32 @@ def subprocess_env() -> dict[str, str]:
     env.pop("DATABASE_URL", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture
+def app_role(dsn: str) -> Iterator[str]:
+    """A login role that owns nothing, without SUPERUSER or BYPASSRLS, granted
+    tenant use with tenancy.grant_app_role(); removed after the test."""
+    import uuid
+
+    from psycopg import sql as pgsql
+
+    name = f"pgtenancy_app_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(pgsql.Identifier(name))
+        )
+        conn.execute("SELECT tenancy.grant_app_role(%s)", (name,))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(name)))
+            conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
+
+
+def as_role(dsn: str, role: str) -> str:
+    """``dsn`` connecting as ``role`` (trust or the same password)."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(dsn, user=role)

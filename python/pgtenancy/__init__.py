@@ -16,6 +16,7 @@ from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
 from pgtenancy.connection import tenant_connection
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
+    CannotGuardTable,
     ConsumerNotFound,
     ImmutableTenantColumn,
     InvalidConnectionState,
@@ -23,6 +24,7 @@ from pgtenancy.errors import (
     InvalidTenantSlug,
     MigrationFailed,
     NoTenantContext,
+    NoTenantInTransaction,
     NotInstalled,
     TenancyError,
     TenantDeleted,
@@ -31,6 +33,7 @@ from pgtenancy.errors import (
     TenantSchemaMissing,
     TenantsStillRegistered,
     TenantSuspended,
+    UnsafeAppRole,
 )
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.installer import SQL_VERSION, install, installed_version, uninstall
@@ -41,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SQL_VERSION",
+    "CannotGuardTable",
     "ConsumerNotFound",
     "Event",
     "ImmutableTenantColumn",
@@ -52,6 +56,7 @@ __all__ = [
     "MigrationFailed",
     "MigrationReport",
     "NoTenantContext",
+    "NoTenantInTransaction",
     "NotInstalled",
     "Tenancy",
     "TenancyError",
@@ -64,6 +69,7 @@ __all__ = [
     "TenantSchemaMissing",
     "TenantSuspended",
     "TenantsStillRegistered",
+    "UnsafeAppRole",
     "current_tenant",
     "install",
     "installed_version",

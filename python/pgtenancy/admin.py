@@ -32,9 +32,9 @@ class Tenant:
     Attributes:
         id: tenant id (uuid).
         slug: tenant slug.
-        schema_name: the tenant's schema.
+        schema_name: the tenant's schema; None for a shared tenant.
         status: ``active``, ``suspended`` or ``deleted``.
-        isolation: ``schema``.
+        isolation: ``schema`` (own schema) or ``shared`` (rows in guarded shared tables).
         metadata: free-form JSON object.
         created_at: creation time (timezone-aware).
         updated_at: time of the last change (timezone-aware).
@@ -43,7 +43,7 @@ class Tenant:
 
     id: uuid.UUID
     slug: str
-    schema_name: str
+    schema_name: str | None
     status: str
     isolation: str
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +74,14 @@ class Migration:
     version: str
     checksum: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class GuardedTable:
+    """A shared table guarded by RLS: its qualified name and tenant column."""
+
+    table: str
+    tenant_column: str
 
 
 @dataclass(frozen=True)
@@ -127,19 +135,35 @@ class Tenancy:
         with self._begin() as conn:
             return dict(conn.exec_driver_sql(QUERIES[query], params).mappings().one())
 
-    def create_tenant(self, slug: str, metadata: Mapping[str, Any] | None = None) -> Tenant:
-        """Create a tenant: schema, all migrations, registry row, ``tenant_created``.
+    def create_tenant(
+        self,
+        slug: str,
+        metadata: Mapping[str, Any] | None = None,
+        isolation: str = "schema",
+    ) -> Tenant:
+        """Create a tenant, its registry row and ``tenant_created``, in one transaction.
 
         Args:
             slug: tenant slug (see :func:`pgtenancy.slugs.validate_slug`).
             metadata: JSON-serializable mapping stored with the tenant.
+            isolation: ``schema`` (a schema of its own with every migration
+                applied) or ``shared`` (its rows live in tables guarded by
+                :meth:`enable_rls`). Both kinds coexist.
 
         Raises:
             InvalidTenantSlug: PT001. TenantExists: PT002.
             MigrationFailed: PT006; no schema, row or event is left behind.
+            ValueError: unknown isolation, before any SQL runs.
         """
         validate_slug(slug)
-        row = self._one("create_tenant", slug=slug, metadata=json.dumps(dict(metadata or {})))
+        if isolation not in ("schema", "shared"):
+            raise ValueError(f"isolation must be 'schema' or 'shared', not {isolation!r}")
+        row = self._one(
+            "create_tenant",
+            slug=slug,
+            metadata=json.dumps(dict(metadata or {})),
+            isolation=isolation,
+        )
         return Tenant.from_row(row)
 
     def get_tenant(self, slug: str) -> Tenant:
@@ -229,3 +253,43 @@ class Tenancy:
             except TenancyError as exc:
                 failed.append((slug, exc))
         return MigrationReport(migrated, failed)
+
+    def enable_rls(self, table: str, tenant_column: str = "tenant_id") -> GuardedTable:
+        """Guard shared table ``table`` by tenant with row-level security.
+
+        Adds the uuid column if missing (existing rows get NULL and stay
+        invisible), defaults it to the current tenant, indexes it, turns on
+        ENABLE and FORCE ROW LEVEL SECURITY and creates one policy for all
+        commands: ``tenant_column = (SELECT tenancy.current_tenant_id())``.
+        Idempotent.
+
+        Args:
+            table: table name, optionally schema-qualified (``public.orders``).
+            tenant_column: name of the tenant column.
+
+        Raises:
+            CannotGuardTable: PT014.
+        """
+        row = self._one("enable_rls", table=table, tenant_column=tenant_column)
+        return GuardedTable(str(row["table_name"]), str(row["tenant_column"]))
+
+    def disable_rls(self, table: str) -> bool:
+        """Undo :meth:`enable_rls` (the column and its data stay). True when the
+        table was guarded."""
+        return bool(self._one("disable_rls", table=table)["disable_rls"])
+
+    def guarded_tables(self) -> list[GuardedTable]:
+        """Every guarded shared table with its tenant column."""
+        with self._begin() as conn:
+            rows = conn.exec_driver_sql(QUERIES["guarded_tables"]).mappings().all()
+        return [GuardedTable(str(r["table_name"]), str(r["tenant_column"])) for r in rows]
+
+    def grant_app_role(self, role: str) -> None:
+        """Let ``role`` use tenants (enter them, read and write tenant schemas and
+        guarded tables, now and later) without owning tables.
+
+        Raises:
+            UnsafeAppRole: PT013, the role is superuser, has BYPASSRLS or owns a
+                guarded table.
+        """
+        self._one("grant_app_role", role=role)

@@ -67,9 +67,9 @@ def _tenant_dict(t: Tenant) -> dict[str, Any]:
 
 
 def _print_tenant(verb: str, t: Tenant) -> None:
+    where = f"schema {t.schema_name}" if t.schema_name else "shared tables"
     click.echo(
-        f"{verb} {t.slug} (schema {t.schema_name}, status {t.status}, "
-        f"migration {t.migration_version or '-'})"
+        f"{verb} {t.slug} ({where}, status {t.status}, migration {t.migration_version or '-'})"
     )
 
 
@@ -113,15 +113,22 @@ def version(dsn: str) -> None:
 @dsn_option
 @click.argument("slug")
 @click.option("--metadata", default="{}", help="JSON object stored with the tenant.")
-def create(dsn: str, slug: str, metadata: str) -> None:
-    """Create tenant SLUG: schema, migrations, registry row, event."""
+@click.option(
+    "--isolation",
+    type=click.Choice(["schema", "shared"]),
+    default="schema",
+    show_default=True,
+    help="schema: a schema of its own; shared: rows in RLS-guarded shared tables.",
+)
+def create(dsn: str, slug: str, metadata: str, isolation: str) -> None:
+    """Create tenant SLUG: schema (or shared rows), migrations, registry row, event."""
     try:
         meta = json.loads(metadata)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--metadata") from exc
     if not isinstance(meta, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--metadata")
-    _print_tenant("created", Tenancy(dsn).create_tenant(slug, meta))
+    _print_tenant("created", Tenancy(dsn).create_tenant(slug, meta, isolation=isolation))
 
 
 @main.command(name="list")
@@ -136,7 +143,8 @@ def list_(dsn: str, as_json: bool) -> None:
         return
     click.echo(f"{'slug':<24} {'status':<10} {'migration':<16} schema")
     for t in tenants:
-        click.echo(f"{t.slug:<24} {t.status:<10} {t.migration_version or '-':<16} {t.schema_name}")
+        where = t.schema_name or "(shared)"
+        click.echo(f"{t.slug:<24} {t.status:<10} {t.migration_version or '-':<16} {where}")
 
 
 @main.command()
@@ -195,6 +203,34 @@ def migrate(dsn: str, slugs: tuple[str, ...]) -> None:
             err=True,
         )
         sys.exit(1)
+
+
+@main.command(name="enable-rls")
+@dsn_option
+@click.argument("table")
+@click.option("--column", default="tenant_id", show_default=True, help="Tenant column (uuid).")
+def enable_rls(dsn: str, table: str, column: str) -> None:
+    """Guard shared TABLE by tenant with row-level security (idempotent)."""
+    g = Tenancy(dsn).enable_rls(table, column)
+    click.echo(f"{g.table} guarded on {g.tenant_column}")
+
+
+@main.command(name="disable-rls")
+@dsn_option
+@click.argument("table")
+def disable_rls(dsn: str, table: str) -> None:
+    """Remove the row-level security enable-rls added to TABLE (data kept)."""
+    changed = Tenancy(dsn).disable_rls(table)
+    click.echo(f"{table} {'no longer guarded' if changed else 'was not guarded'}")
+
+
+@main.command(name="grant-app-role")
+@dsn_option
+@click.argument("role")
+def grant_app_role(dsn: str, role: str) -> None:
+    """Let ROLE use tenants without owning tables (refuses superuser/BYPASSRLS)."""
+    Tenancy(dsn).grant_app_role(role)
+    click.echo(f"{role} may use tenants")
 
 
 @main.command()

@@ -108,6 +108,26 @@ class ConsumerNotFound(TenancyError, LookupError):
     default_sqlstate = "PT011"
 
 
+class NoTenantInTransaction(TenancyError):
+    """A write to a guarded shared table with no tenant in the transaction (SQLSTATE PT012)."""
+
+    default_sqlstate = "PT012"
+
+
+class UnsafeAppRole(TenancyError):
+    """The role cannot be an application role: superuser, BYPASSRLS, or owner of a
+    guarded table, so row-level security would not hold (SQLSTATE PT013)."""
+
+    default_sqlstate = "PT013"
+
+
+class CannotGuardTable(TenancyError):
+    """``enable_rls`` refused the table: not a table, in a tenant or the tenancy
+    schema, tenant column not uuid, or guarded on another column (SQLSTATE PT014)."""
+
+    default_sqlstate = "PT014"
+
+
 class NotInstalled(TenancyError):
     """The pgtenancy SQL is not installed in this database (SQLSTATE 3F000, 42883 or
     42P01 naming a ``tenancy`` object)."""
@@ -137,6 +157,9 @@ _BY_SQLSTATE: dict[str, type[TenancyError]] = {
         TenantsStillRegistered,
         ImmutableTenantColumn,
         ConsumerNotFound,
+        NoTenantInTransaction,
+        UnsafeAppRole,
+        CannotGuardTable,
     )
     if cls.default_sqlstate is not None
 }
