@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 CHINOOK ?= ../shared/data/chinook/Chinook_PostgreSql.sql
 PYTEST_ARGS ?=
 
-.PHONY: venv pg-binaries install-sql uninstall-sql demo test bench lint clean
+.PHONY: venv pg-binaries pgbouncer install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,21 +39,47 @@ pg-binaries:
 	  fi; \
 	fi
 
+# The PgBouncer tests (transaction pooling) run a real pgbouncer; they are
+# skipped with a message when it is missing and cannot be installed.
+pgbouncer:
+	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing pgbouncer (apt-get install pgbouncer)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+	      || echo "note: could not install pgbouncer; its tests will be skipped" >&2; \
+	  else \
+	    echo "note: pgbouncer not found; its tests will be skipped" >&2; \
+	  fi; \
+	fi
+
 install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
 	$(BIN)/pgtenancy install --dsn "$(DATABASE_URL)"
 
-uninstall-sql: $(STAMP)
+un# The PgBouncer tests (transaction pooling) run a real pgbouncer; they are
+# skipped with a message when it is missing and cannot be installed.
+pgbouncer:
+	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing pgbouncer (apt-get install pgbouncer)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
+	      || echo "note: could not install pgbouncer; its tests will be skipped" >&2; \
+	  else \
+	    echo "note: pgbouncer not found; its tests will be skipped" >&2; \
+	  fi; \
+	fi
+
+install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make uninstall-sql DATABASE_URL=postgresql://... [DROP_TENANTS=1]" >&2; exit 2; }
 	$(BIN)/pgtenancy uninstall --dsn "$(DATABASE_URL)" $(if $(DROP_TENANTS),--drop-tenants)
 
 demo: $(STAMP) pg-binaries
 	$(BIN)/python -m pgtenancy.demo --chinook "$(CHINOOK)"
 
-test: $(STAMP) pg-binaries
+test: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP) pg-binaries
+bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
 
 lint: $(STAMP)

@@ -128,6 +128,12 @@ class CannotGuardTable(TenancyError):
     default_sqlstate = "PT014"
 
 
+class ListenNotSupported(TenancyError):
+    """The DSN cannot LISTEN: its statements do not keep one server backend, as
+    behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The
+    listener needs a direct or session-pooled connection."""
+
+
 class NotInstalled(TenancyError):
     """The pgtenancy SQL is not installed in this database (SQLSTATE 3F000, 42883 or
     42P01 naming a ``tenancy`` object)."""

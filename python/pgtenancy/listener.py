@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pgtenancy.errors import TenancyError, translate
+from pgtenancy.errors import ListenNotSupported, TenancyError, translate
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
 from pgtenancy.signals import LIFECYCLE_SIGNALS
@@ -59,6 +59,39 @@ class ReceiverFailed(TenancyError):
         super().__init__(f"event {event.id} ({event.name}): receivers raised: {names}")
         self.event = event
         self.errors = errors
+
+
+def check_listen_capable(dsn: str, connect_timeout: int = 5) -> None:
+    """Refuse a DSN on which LISTEN cannot work.
+
+    LISTEN belongs to one server backend; a transaction pooler hands each
+    transaction to any backend, so notifications would go astray. Two client
+    connections are compared: on a direct or session-pooled connection each
+    keeps its own backend; behind a transaction pooler a client's backend
+    changes between statements or is shared with the other client.
+
+    Args:
+        dsn: libpq DSN or URL.
+        connect_timeout: seconds allowed to connect.
+
+    Raises:
+        pgtenancy.errors.ListenNotSupported: the backends are not stable.
+        psycopg.OperationalError: the database cannot be reached.
+    """
+    query = "SELECT pg_catalog.pg_backend_pid()"
+    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": connect_timeout}
+    with psycopg.connect(dsn, **kwargs) as one, psycopg.connect(dsn, **kwargs) as two:
+        pids = []
+        for conn in (one, two, one, two):
+            row = conn.execute(query).fetchone()
+            assert row is not None
+            pids.append(int(row[0]))
+    if pids[0] != pids[2] or pids[1] != pids[3] or pids[0] == pids[1]:
+        raise ListenNotSupported(
+            "this DSN does not keep one server backend per connection (a transaction pooler "
+            "such as PgBouncer in transaction mode?): LISTEN would miss notifications; give the "
+            "listener a direct or session-pooled connection"
+        )
 
 
 def import_handlers(modules: Iterable[str]) -> None:
@@ -204,6 +237,8 @@ class Listener:
         ever_connected = False
         while not self.stopping:
             try:
+                if not ever_connected:
+                    check_listen_capable(self.dsn, self.connect_timeout)
                 with psycopg.connect(self.dsn, **self._connect_kwargs()) as conn:
                     self._listen(conn)
                     ever_connected = True
@@ -262,6 +297,8 @@ class Listener:
         ever_connected = False
         while not self.stopping:
             try:
+                if not ever_connected:
+                    await asyncio.to_thread(check_listen_capable, self.dsn, self.connect_timeout)
                 conn = await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs())
                 async with conn:
                     row = await (await conn.execute(QUERIES["events_channel"])).fetchone()

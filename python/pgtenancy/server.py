@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +199,117 @@ class TemporaryCluster:
             )
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
+
+
+class TemporaryPgBouncer:
+    """A throwaway PgBouncer in front of a server, for tests and benchmarks.
+
+    Args:
+        server_dsn: DSN of the PostgreSQL server behind it (host and port are used).
+        users: role names clients may connect as (trust authentication).
+        pool_mode: ``transaction`` (default), ``session`` or ``statement``.
+        pool_size: server connections per database/user pair.
+        os_user: OS user to run as when root (PgBouncer refuses root); default
+            ``postgres`` if it exists, else ``nobody``.
+
+    Attributes:
+        port: the port it listens on (127.0.0.1), set by :meth:`start`.
+    """
+
+    def __init__(
+        self,
+        server_dsn: str,
+        users: list[str],
+        *,
+        pool_mode: str = "transaction",
+        pool_size: int = 2,
+        os_user: str | None = None,
+    ) -> None:
+        self.server = conninfo_to_dict(server_dsn)
+        self.users = users
+        self.pool_mode = pool_mode
+        self.pool_size = pool_size
+        self.os_user = os_user
+        self.base: Path | None = None
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str | None:
+        """Path of the ``pgbouncer`` executable, or None when not installed."""
+        return shutil.which("pgbouncer") or (
+            "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+        )
+
+    def dsn(self, dsn: str) -> str:
+        """``dsn`` rewritten to go through this PgBouncer (same database and user)."""
+        params = conninfo_to_dict(dsn)
+        params.update(host="127.0.0.1", port=str(self.port))
+        return make_conninfo("", **params)
+
+    def start(self) -> None:
+        """Write the configuration, start PgBouncer and wait until it accepts connections.
+
+        Raises:
+            NoServerError: PgBouncer is not installed or did not start.
+        """
+        exe = self.binary()
+        if exe is None:
+            raise NoServerError("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
+        self.base = Path(tempfile.mkdtemp(prefix="pgtenancy-pgbouncer-"))
+        self.port = _free_port()
+        users = "\n".join(f'"{u}" ""' for u in self.users)
+        (self.base / "users.txt").write_text(users + "\n")
+        host, port = self.server.get("host", "127.0.0.1"), self.server.get("port", 5432)
+        (self.base / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={host} port={port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.base / 'users.txt'}\n"
+            f"pool_mode = {self.pool_mode}\ndefault_pool_size = {self.pool_size}\n"
+            "max_client_conn = 500\nreserve_pool_size = 0\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+            f"logfile = {self.base / 'pgbouncer.log'}\n"
+        )
+        run_as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(self.os_user or _default_os_user())
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+            for f in self.base.iterdir():
+                os.chown(f, pw.pw_uid, pw.pw_gid)
+            run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        self._proc = subprocess.Popen(
+            [exe, str(self.base / "pgbouncer.ini")],
+            cwd=self.base,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **run_as,
+        )
+        for _ in range(100):
+            if self._proc.poll() is not None:
+                break
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        log = (self.base / "pgbouncer.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise NoServerError(f"pgbouncer did not start:\n{log}")
+
+    def stop(self) -> None:
+        """Stop PgBouncer and delete its directory."""
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+            self._proc = None
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base = None
 
 
 def _default_os_user() -> str:
