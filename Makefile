@@ -56,20 +56,7 @@ install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
 	$(BIN)/pgtenancy install --dsn "$(DATABASE_URL)"
 
-un# The PgBouncer tests (transaction pooling) run a real pgbouncer; they are
-# skipped with a message when it is missing and cannot be installed.
-pgbouncer:
-	@if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing pgbouncer (apt-get install pgbouncer)"; \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; } \
-	      || echo "note: could not install pgbouncer; its tests will be skipped" >&2; \
-	  else \
-	    echo "note: pgbouncer not found; its tests will be skipped" >&2; \
-	  fi; \
-	fi
-
-install-sql: $(STAMP)
+uninstall-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make uninstall-sql DATABASE_URL=postgresql://... [DROP_TENANTS=1]" >&2; exit 2; }
 	$(BIN)/pgtenancy uninstall --dsn "$(DATABASE_URL)" $(if $(DROP_TENANTS),--drop-tenants)
 
