@@ -173,6 +173,7 @@ CREATE OR REPLACE FUNCTION tenancy.latest_migration()
     RETURNS text
     LANGUAGE sql
     STABLE
+    SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT max(version) FROM tenancy.migrations

@@ -130,10 +130,11 @@ BEGIN
 
     INSERT INTO tenancy.app_roles (role_name) VALUES (p_role) ON CONFLICT (role_name) DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
-    EXECUTE format('GRANT SELECT ON TABLE tenancy.tenants TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON TABLE tenancy.tenants, tenancy.guarded_tables TO %I', p_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text), '
                    'tenancy.current_tenant_id(), tenancy.current_tenant(), '
-                   'tenancy.require_tenant_id(), tenancy.get_tenant(text), tenancy.version() '
+                   'tenancy.require_tenant_id(), tenancy.get_tenant(text), tenancy.version(), '
+                   'tenancy.check_isolation(), tenancy.latest_migration() '
                    'TO %I', p_role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN

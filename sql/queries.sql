@@ -68,3 +68,6 @@ SELECT table_name::text AS table_name, tenant_column::text AS tenant_column
 
 -- name: grant_app_role
 SELECT tenancy.grant_app_role(%(role)s)
+
+-- name: check_isolation
+SELECT severity, check_name, object, message, fix FROM tenancy.check_isolation()

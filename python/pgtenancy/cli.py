@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from pgtenancy import installer as install_mod
 from pgtenancy.admin import Tenancy, Tenant
+from pgtenancy.doctor import ERROR, check_isolation
 from pgtenancy.errors import TenancyError, translate
 from pgtenancy.listener import Listener, import_handlers
 
@@ -231,6 +232,28 @@ def grant_app_role(dsn: str, role: str) -> None:
     """Let ROLE use tenants without owning tables (refuses superuser/BYPASSRLS)."""
     Tenancy(dsn).grant_app_role(role)
     click.echo(f"{role} may use tenants")
+
+
+@main.command()
+@dsn_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+def doctor(dsn: str, as_json: bool) -> None:
+    """Check tenant isolation as the connecting role (use the application's role).
+    Exit status 1 when any finding is an error."""
+    findings = check_isolation(dsn)
+    for f in findings:
+        if as_json:
+            click.echo(json.dumps(f.__dict__))
+        else:
+            click.echo(
+                f"{f.severity.upper():<8} {f.check:<28} {f.object}\n"
+                f"         {f.message}\n         fix: {f.fix}"
+            )
+    errors = sum(f.severity == ERROR for f in findings)
+    if not as_json:
+        click.echo(f"{errors} errors, {len(findings) - errors} warnings")
+    if errors:
+        sys.exit(1)
 
 
 @main.command()

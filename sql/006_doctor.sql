@@ -1,0 +1,126 @@
+-- pgtenancy 0.1.0 — 006: the isolation doctor.
+--
+-- tenancy.check_isolation() runs as the calling role (SECURITY INVOKER), so
+-- run it as the application's role: most of what can break isolation is a
+-- property of the role that queries.
+
+CREATE OR REPLACE FUNCTION tenancy.check_isolation()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me     pg_roles;
+    v_latest text;
+    r        record;
+BEGIN
+    SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
+    IF v_me.rolsuper OR v_me.rolbypassrls THEN
+        RETURN QUERY SELECT 'error'::text, 'role_bypasses_rls'::text, current_user::text,
+            format('role %s is %s: row-level security policies do not apply to it',
+                   current_user, CASE WHEN v_me.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END),
+            format('connect the application as a NOSUPERUSER NOBYPASSRLS role granted with '
+                   'tenancy.grant_app_role()')::text;
+    END IF;
+
+    FOR r IN
+        SELECT g.table_name, g.tenant_column, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               (SELECT a.attnum FROM pg_attribute AS a
+                 WHERE a.attrelid = g.table_name AND a.attname = g.tenant_column) AS attnum
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name
+    LOOP
+        IF pg_has_role(current_user, r.relowner, 'USAGE') THEN
+            RETURN QUERY SELECT 'error'::text, 'role_owns_guarded_table'::text, r.table_name::text,
+                format('role %s owns guarded table %s and can switch its row-level security off',
+                       current_user, r.table_name),
+                format('ALTER TABLE %s OWNER TO <the kit''s owner role>', r.table_name);
+        END IF;
+        IF NOT r.relrowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_disabled'::text, r.table_name::text,
+                format('row-level security is disabled on guarded table %s', r.table_name),
+                format('SELECT tenancy.enable_rls(%L)', r.table_name::text);
+        END IF;
+        IF NOT r.relforcerowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_not_forced'::text, r.table_name::text,
+                format('guarded table %s lacks FORCE ROW LEVEL SECURITY: its owner bypasses the policy',
+                       r.table_name),
+                format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = r.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            RETURN QUERY SELECT 'error'::text, 'policy_missing'::text, r.table_name::text,
+                format('guarded table %s has no tenancy_tenant_isolation policy', r.table_name),
+                format('SELECT tenancy.enable_rls(%L, %L)', r.table_name::text, r.tenant_column);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indrelid = r.table_name AND indkey[0] = r.attnum) THEN
+            RETURN QUERY SELECT 'warning'::text, 'tenant_index_missing'::text, r.table_name::text,
+                format('guarded table %s has no index led by %I: every tenant query scans it all',
+                       r.table_name, r.tenant_column),
+                format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
+        END IF;
+    END LOOP;
+
+    -- A setting read outside an InitPlan is evaluated once per row.
+    FOR r IN
+        SELECT p.polname, p.polrelid::regclass AS tbl,
+               coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
+               || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
+          FROM pg_policy AS p
+    LOOP
+        IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+            RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
+                format('%s on %s', r.polname, r.tbl),
+                format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
+                       'evaluated for every row', r.polname, r.tbl),
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.current_tenant_id())'::text;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_schema_missing'::text, t.slug,
+               format('tenant %s is registered but its schema %I does not exist', t.slug, t.schema_name),
+               format('restore the schema, or SELECT tenancy.drop_tenant(%L, true)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.schema_name IS NOT NULL AND t.status <> 'deleted'
+           AND to_regnamespace(quote_ident(t.schema_name)) IS NULL;
+
+    RETURN QUERY
+        SELECT 'warning'::text, 'unregistered_tenant_schema'::text, n.nspname::text,
+               format('schema %I has the tenant prefix but is not a registered tenant', n.nspname),
+               'drop or rename it, or register it (schemas are never adopted silently)'::text
+          FROM pg_namespace AS n
+         WHERE starts_with(n.nspname, tenancy.schema_prefix())
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
+
+    v_latest := tenancy.latest_migration();
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_lag'::text, t.slug,
+               format('tenant %s is at migration %s, the latest is %s', t.slug,
+                      coalesce(t.migration_version, 'none'), v_latest),
+               format('SELECT tenancy.migrate_tenant(%L)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
+           AND t.migration_version IS DISTINCT FROM v_latest;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database()
+                      AND application_name LIKE 'pgtenancy-listener:%') THEN
+        RETURN QUERY SELECT 'warning'::text, 'no_listener'::text, tenancy.events_channel(),
+            format('no pgtenancy listener is connected to this database: lifecycle events wait '
+                   'in the outbox'),
+            'run pgtenancy listen --consumer NAME --handlers MODULE'::text;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_isolation() IS
+    'Isolation findings for the current role and database, one row each: severity (error or '
+    'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
+    'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
+    'index led by the tenant column; policies reading the tenant setting outside an InitPlan; '
+    'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
+    'no listener connected. Run it as the application role.';
