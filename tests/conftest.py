@@ -142,3 +142,16 @@ def as_role(dsn: str, role: str) -> str:
     from psycopg.conninfo import make_conninfo
 
     return make_conninfo(dsn, user=role)
+
+
+@pytest.fixture
+def hybrid(tenancy: Tenancy, sql: Callable[..., list[tuple[Any, ...]]]) -> dict[str, str]:
+    """Schema tenant initech and shared tenants acme and globex; public.orders
+    guarded by RLS. Returns tenant ids by slug."""
+    tenancy.add_migration("0001", "CREATE TABLE note (id int PRIMARY KEY, body text)")
+    sql("CREATE TABLE public.orders (id serial PRIMARY KEY, item text NOT NULL)")
+    tenancy.enable_rls("public.orders")
+    ids = {}
+    for slug, isolation in (("acme", "shared"), ("globex", "shared"), ("initech", "schema")):
+        ids[slug] = str(tenancy.create_tenant(slug, isolation=isolation).id)
+    return ids

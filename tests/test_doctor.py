@@ -15,7 +15,6 @@ import pytest
 from conftest import as_role, pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy
 from pgtenancy.doctor import check_isolation
-from test_rls import hybrid  # noqa: F401 - fixture
 
 SQL = Callable[..., list[tuple[Any, ...]]]
 
@@ -48,7 +47,7 @@ def test_a_healthy_setup_as_the_app_role_has_no_findings(
     dsn: str,
     app_role: str,
     hybrid: dict[str, str],
-    listening: None,  # noqa: F811
+    listening: None,
 ) -> None:
     assert check_isolation(as_role(dsn, app_role)) == []
     r = subprocess.run(
@@ -89,7 +88,7 @@ def test_table_faults_are_reported(
     app_role: str,
     sql: SQL,
     hybrid: dict[str, str],
-    listening: None,  # noqa: F811
+    listening: None,
 ) -> None:
     app = as_role(dsn, app_role)
     sql("ALTER TABLE public.orders NO FORCE ROW LEVEL SECURITY")
@@ -117,7 +116,7 @@ def test_policy_outside_initplan_is_reported(
     app_role: str,
     sql: SQL,
     hybrid: dict[str, str],
-    listening: None,  # noqa: F811
+    listening: None,
 ) -> None:
     sql(
         "CREATE POLICY per_row ON public.orders FOR SELECT "

@@ -22,17 +22,6 @@ SQL = Callable[..., list[tuple[Any, ...]]]
 
 
 @pytest.fixture
-def hybrid(tenancy: Tenancy, sql: SQL) -> dict[str, str]:
-    tenancy.add_migration("0001", "CREATE TABLE note (id int PRIMARY KEY, body text)")
-    sql("CREATE TABLE public.orders (id serial PRIMARY KEY, item text NOT NULL)")
-    tenancy.enable_rls("public.orders")
-    ids = {}
-    for slug, isolation in (("acme", "shared"), ("globex", "shared"), ("initech", "schema")):
-        ids[slug] = str(tenancy.create_tenant(slug, isolation=isolation).id)
-    return ids
-
-
-@pytest.fixture
 def app_engine(dsn: str, app_role: str, hybrid: dict[str, str]) -> Iterator[Engine]:
     url = as_role(dsn, app_role)
     eng = create_engine(
