@@ -33,6 +33,31 @@ COMMENT ON FUNCTION tenancy.require_tenant_id() IS
     'Id of the tenant of the current transaction; raises PT012 when there is none. Default of '
     'the tenant column of guarded tables, so a write without a tenant fails clearly.';
 
+CREATE OR REPLACE FUNCTION tenancy.guard_write()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Roles that bypass row-level security (superusers, BYPASSRLS) are the
+    -- maintenance path; every other role writes inside a tenant.
+    IF tenancy.current_tenant_id() IS NULL
+       AND NOT EXISTS (SELECT 1 FROM pg_roles
+                        WHERE rolname = current_user AND (rolsuper OR rolbypassrls)) THEN
+        RAISE EXCEPTION 'no tenant in this transaction: % on guarded table %.% needs one',
+            TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'PT012',
+                  HINT = 'Enter a tenant first (tenant_session, or SELECT tenancy.enter_tenant(slug)).';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.guard_write() IS
+    'Statement trigger of guarded tables: refuse INSERT, UPDATE and DELETE with PT012 when the '
+    'transaction has no tenant (instead of silently touching no rows), except for roles that '
+    'bypass row-level security.';
+
 CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
     RETURNS void
     LANGUAGE plpgsql
@@ -246,6 +271,11 @@ BEGIN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s FOR ALL USING (%s) WITH CHECK (%s)',
                        p_table, v_check, v_check);
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = p_table AND tgname = 'tenancy_guard_write') THEN
+        EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', p_table);
+    END IF;
     INSERT INTO tenancy.guarded_tables (table_name, tenant_column)
     VALUES (p_table, p_tenant_column)
     ON CONFLICT (table_name) DO NOTHING;
@@ -258,8 +288,9 @@ $$;
 COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Guard shared table p_table by tenant: add uuid column p_tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
-    'LEVEL SECURITY, and create policy tenancy_tenant_isolation FOR ALL with USING and WITH CHECK '
-    'p_tenant_column = (SELECT tenancy.current_tenant_id()). Grants DML to application roles. '
+    'LEVEL SECURITY, create policy tenancy_tenant_isolation FOR ALL with USING and WITH CHECK '
+    'p_tenant_column = (SELECT tenancy.current_tenant_id()), and statement trigger '
+    'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
     'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
     'another column). The kit''s owner must own the table.';
 
@@ -279,6 +310,7 @@ BEGIN
         RETURN false;
     END IF;
     EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_isolation ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_write ON %s', p_table);
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', p_table);
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', p_table);
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', p_table, v_guard.tenant_column);
@@ -288,8 +320,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
-    'Undo enable_rls on p_table: drop the policy, NO FORCE and DISABLE ROW LEVEL SECURITY, drop the '
-    'column default; the column, its data and its index stay. True when the table was guarded; a '
+    'Undo enable_rls on p_table: drop the policy and the write trigger, NO FORCE and DISABLE ROW '
+    'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when the table was guarded; a '
     'no-op otherwise.';
 
 REVOKE ALL ON FUNCTION tenancy.disable_rls(regclass) FROM PUBLIC;

@@ -117,6 +117,12 @@ def test_no_tenant_sees_nothing_and_cannot_write(
         assert info.value.orig is not None
         assert getattr(info.value.orig, "sqlstate", None) == "PT012"
         assert "no tenant in this transaction" in str(info.value)
+        conn.rollback()
+        for statement in ("UPDATE orders SET item = 'x'", "DELETE FROM orders"):
+            with pytest.raises(DBAPIError, match="no tenant in this transaction") as info:
+                conn.execute(text(statement))
+            assert getattr(info.value.orig, "sqlstate", None) == "PT012"
+            conn.rollback()
     assert sql("SELECT count(*) FROM public.orders") == [(1,)]
 
 
