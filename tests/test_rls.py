@@ -185,6 +185,9 @@ def test_existing_rows_become_invisible_and_disable_undoes(tenancy: Tenancy, sql
     assert sql("SELECT count(*) FROM pg_policy WHERE polrelid = 'public.legacy'::regclass") == [
         (0,)
     ]
+    assert sql(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.legacy'::regclass AND NOT tgisinternal"
+    ) == [(0,)]
     assert tenancy.guarded_tables() == []
 
 
