@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from pgtenancy.errors import TenancyError, translate
+from pgtenancy.errors import TenancyError, raise_translated
 from pgtenancy.queries import QUERIES
 from pgtenancy.slugs import validate_slug
 
@@ -129,7 +129,7 @@ class Tenancy:
             with self.engine.begin() as conn:
                 yield conn
         except DBAPIError as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
 
     def _one(self, query: str, **params: Any) -> Mapping[str, Any]:
         with self._begin() as conn:

@@ -21,7 +21,7 @@ from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgtenancy.context import resolve_tenant, use_tenant
-from pgtenancy.errors import InvalidConnectionState, translate
+from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
@@ -64,7 +64,7 @@ class _TenantConnection:
             try:
                 conn.execute(_ENTER, {"slug": self.slug})
             except psycopg.Error as exc:
-                raise translate(exc) from exc
+                raise_translated(exc)
             self._stack = stack.pop_all()
         return conn
 
@@ -93,7 +93,7 @@ class _TenantConnection:
             try:
                 await conn.execute(_ENTER, {"slug": self.slug})
             except psycopg.Error as exc:
-                raise translate(exc) from exc
+                raise_translated(exc)
             self._astack = stack.pop_all()
         return conn
 

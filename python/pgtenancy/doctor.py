@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from pgtenancy.admin import engine_from_dsn
-from pgtenancy.errors import translate
+from pgtenancy.errors import raise_translated
 from pgtenancy.queries import QUERIES
 
 #: Severity of a finding that breaks isolation; ``warning`` findings degrade it.
@@ -58,6 +58,6 @@ def check_isolation(engine_or_dsn: Engine | str) -> list[Finding]:
         with engine.begin() as conn:
             rows = conn.exec_driver_sql(QUERIES["check_isolation"]).all()
     except DBAPIError as exc:
-        raise translate(exc) from exc
+        raise_translated(exc)
     findings = [Finding(*(str(v) for v in row)) for row in rows]
     return sorted(findings, key=lambda f: (f.severity != ERROR, f.check, f.object))

@@ -9,7 +9,7 @@ classes, so callers catch one type whatever path found the problem.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import psycopg
 
@@ -206,3 +206,12 @@ def translate(exc: BaseException) -> BaseException:
     new = cls(message, sqlstate=err.sqlstate, detail=diag.message_detail, hint=diag.message_hint)
     new.__cause__ = exc
     return new
+
+
+def raise_translated(exc: BaseException) -> NoReturn:
+    """Raise :func:`translate` of ``exc`` (chained to it), or ``exc`` itself when
+    it is not one of pgtenancy's errors. Call it in an ``except`` block."""
+    err = translate(exc)
+    if err is exc:
+        raise exc
+    raise err from exc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from pgtenancy.errors import translate
+from pgtenancy.errors import raise_translated
 from pgtenancy.queries import QUERIES, sql_dir
 
 #: Version of the SQL this package installs; ``tenancy.version()`` returns it.
@@ -56,7 +56,7 @@ def install(dsn: str) -> str:
                 conn.execute(install_script().encode("utf-8"))
                 row = conn.execute(QUERIES["version"]).fetchone()
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
     assert row is not None
     return str(row[0])
 
@@ -85,7 +85,7 @@ def uninstall(dsn: str, *, drop_tenants: bool = False) -> None:
                 )
                 conn.execute(script.encode("utf-8"))
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            raise_translated(exc)
 
 
 def installed_version(dsn: str) -> str | None:

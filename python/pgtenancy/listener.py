@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pgtenancy.errors import ListenNotSupported, TenancyError, translate
+from pgtenancy.errors import ListenNotSupported, TenancyError, raise_translated
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
 from pgtenancy.signals import LIFECYCLE_SIGNALS
@@ -229,7 +229,7 @@ class Listener:
             logger.warning("connection lost (%s); reconnecting in %.2fs", exc, delay)
             return delay
         if isinstance(exc, psycopg.Error):
-            raise translate(exc) from exc
+            raise_translated(exc)
         raise exc
 
     def _loop(self) -> None:

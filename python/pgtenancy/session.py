@@ -18,13 +18,15 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+import psycopg
+from psycopg import pq, sql
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from pgtenancy.context import resolve_tenant, use_tenant
-from pgtenancy.errors import InvalidConnectionState, translate
+from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
@@ -54,10 +56,55 @@ def enter_tenant(connection: Connection, slug: str) -> None:
             "tenant_session needs transactions: the engine or connection uses AUTOCOMMIT, "
             "where transaction-local tenant settings would last one statement"
         )
+    if isinstance(dbapi, psycopg.Connection) and (
+        dbapi.info.transaction_status == pq.TransactionStatus.IDLE
+    ):
+        begin_in_tenant(dbapi, slug)
+        return
     try:
         connection.exec_driver_sql(_ENTER, {"slug": slug})
     except DBAPIError as exc:
-        raise translate(exc) from exc
+        raise_translated(exc)
+
+
+def _begin_command(conn: psycopg.Connection[Any]) -> sql.Composable:
+    # The BEGIN psycopg itself would send for this connection's settings.
+    parts = ["BEGIN"]
+    if conn.isolation_level is not None:
+        parts.append("ISOLATION LEVEL " + conn.isolation_level.name.replace("_", " "))
+    if conn.read_only is not None:
+        parts.append("READ ONLY" if conn.read_only else "READ WRITE")
+    if conn.deferrable is not None:
+        parts.append("DEFERRABLE" if conn.deferrable else "NOT DEFERRABLE")
+    return sql.SQL(" ".join(parts))
+
+
+def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> None:
+    """Open a transaction on idle ``conn`` already in tenant ``slug``, in one round trip.
+
+    psycopg would send ``BEGIN`` on its own before the first statement; this
+    sends ``BEGIN; SELECT tenancy.enter_tenant('slug')`` as one simple query
+    instead, so entering the tenant costs no extra round trip. The slug is
+    rendered with :class:`psycopg.sql.Literal`, after validation.
+
+    Args:
+        conn: a psycopg connection in non-autocommit mode with no transaction open.
+        slug: a validated tenant slug.
+
+    Raises:
+        pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
+            TenantSchemaMissing: refused by the database; the transaction is
+            then aborted and must be rolled back.
+        psycopg.Error: any other database error.
+    """
+    query = sql.SQL("{}; SELECT tenancy.enter_tenant({})").format(
+        _begin_command(conn), sql.Literal(slug)
+    )
+    with conn.lock:
+        result = conn.pgconn.exec_(query.as_bytes(conn))
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        exc = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+        raise_translated(exc)
 
 
 def _hook(session: Session, slug: str) -> None:
