@@ -33,13 +33,20 @@ the same server, in the same run, interleaved.
      sending ``SELECT tenancy.enter_tenant(:slug)`` and then the query.
    * ``SELECT 1 + WHERE``: the admin role in a plain ``Session`` sending
      ``SELECT 1`` and then the explicit-WHERE query.
+   * ``enter_tenant + WHERE``: the admin role in a plain ``Session`` sending
+     ``SELECT tenancy.enter_tenant(:slug)`` and then the explicit-WHERE query
+     (the superuser bypasses RLS, so only the filter differs from the side
+     above it).
 
-   The first pair is the whole cost as an application sees it; the second pair
-   sends the same number of statements on each side, so its ratio is the cost
-   of the RLS filter (policy, InitPlan, ``current_setting``) and of the
-   function call alone, without the round trip that entering the tenant adds.
-   The table splits the extra time per query accordingly. The plan of the RLS
-   query, as the application role, goes to stderr once.
+   The first row of the table is the whole cost as an application sees it.
+   The second sends as many statements on each side, so its ratio leaves out
+   the round trip that entering the tenant adds and keeps the RLS filter and
+   the work of ``enter_tenant`` (a registry lookup, three ``set_config``)
+   compared with ``SELECT 1``. The third runs the same statements on each
+   side: its ratio is the RLS filter alone (policy, InitPlan,
+   ``current_setting``). A note under the table splits the extra time per
+   query into these three parts. The plan of the RLS query, as the application
+   role, goes to stderr once.
 
 2. **tenant_session through PgBouncer.** A schema-isolated tenant ``bench``
    whose table ``item`` (1000 rows) comes from a tenant migration, and an
@@ -164,9 +171,12 @@ class Results:
     rls_enter_qps: float
     where_select1_qps: float
     rls_same_statements_ratio: float
+    enter_where_qps: float
+    rls_filter_ratio: float
     rls_extra_us: float
     rls_filter_us: float
-    rls_entry_us: float
+    rls_enter_work_us: float
+    rls_entry_round_trip_us: float
     threads: int
     pgbouncer_pool_size: int
     pgbouncer_tenant_session_tps: float
@@ -246,6 +256,15 @@ def where_select1(engine: Engine, tenant: SharedTenant) -> Totals:
     return int(count), total
 
 
+def where_enter(engine: Engine, tenant: SharedTenant) -> Totals:
+    """Baseline with the same statements: ``enter_tenant``, then the explicit-WHERE query."""
+    with Session(engine) as session:
+        session.execute(ENTER, {"slug": tenant.slug})
+        count, total = session.execute(WHERE_QUERY, {"tid": tenant.id}).one()
+        session.commit()
+    return int(count), total
+
+
 def tenant_rate(
     tx: Callable[[Engine, SharedTenant], Totals],
     engine: Engine,
@@ -310,6 +329,7 @@ def check_rls(app: Engine, admin: Engine, tenants: Sequence[SharedTenant], rows:
             where_session(admin, tenant),
             rls_enter(app, tenant),
             where_select1(admin, tenant),
+            where_enter(admin, tenant),
         ]
         if len(set(totals)) != 1 or totals[0][0] != rows:
             raise RuntimeError(f"sides disagree for {tenant.slug}: {totals}")
@@ -332,7 +352,7 @@ def bench_rls(
     seconds: float,
     rounds: int,
 ) -> list[list[float]]:
-    """Per-round q/s of the four sides of part 1, in the order of :func:`check_rls`."""
+    """Per-round q/s of the five sides of part 1, in the order of :func:`check_rls`."""
     app = pooled_engine(make_conninfo(dsn, user=role))
     admin = pooled_engine(dsn)
     try:
@@ -342,6 +362,7 @@ def bench_rls(
             Side("Session+WHERE", partial(tenant_rate, where_session, admin, tenants)),
             Side("enter_tenant+RLS", partial(tenant_rate, rls_enter, app, tenants)),
             Side("SELECT 1+WHERE", partial(tenant_rate, where_select1, admin, tenants)),
+            Side("enter_tenant+WHERE", partial(tenant_rate, where_enter, admin, tenants)),
         ]
         log(f"RLS: {rounds} rounds x {seconds:g} s per side")
         return bench_sides(sides, seconds, rounds, "q/s")
@@ -481,17 +502,20 @@ def run(seconds: float, rounds: int, tenants: int, rows_per_tenant: int) -> Resu
             bouncer = bench_pgbouncer(dsn, seconds, rounds)
         finally:
             drop_app_role(dsn, role)
-    ts_rls, ts_where, enter_rls, select1_where = (statistics.median(x) for x in rls)
+    ts_rls, ts_where, enter_rls, select1_where, enter_where = (statistics.median(x) for x in rls)
     pgb_tenant, pgb_plain, direct_tenant = (statistics.median(x) for x in bouncer)
-    # Extra time per query, split between the RLS filter (same statements on both
-    # sides) and the rest: entering the tenant, one more round trip.
+    # Extra time per query (us), split into the RLS filter (same statements on both
+    # sides), the work of enter_tenant over SELECT 1, and the rest: the round trip
+    # that entering the tenant adds, and the session hook.
     extra = 1e6 / ts_rls - 1e6 / ts_where
-    filter_cost = 1e6 / enter_rls - 1e6 / select1_where
+    same_statements = 1e6 / enter_rls - 1e6 / select1_where
+    filter_cost = 1e6 / enter_rls - 1e6 / enter_where
     labels = [
         "tenant_session_rls",
         "session_where",
         "enter_tenant_rls",
         "select1_where",
+        "enter_tenant_where",
         "pgbouncer_tenant_session",
         "pgbouncer_plain_session",
         "direct_tenant_session",
@@ -510,8 +534,11 @@ def run(seconds: float, rounds: int, tenants: int, rows_per_tenant: int) -> Resu
         where_select1_qps=round(select1_where, 1),
         rls_same_statements_ratio=round(enter_rls / select1_where, 3),
         rls_extra_us=round(extra, 1),
+        enter_where_qps=round(enter_where, 1),
+        rls_filter_ratio=round(enter_rls / enter_where, 3),
         rls_filter_us=round(filter_cost, 1),
-        rls_entry_us=round(extra - filter_cost, 1),
+        rls_enter_work_us=round(same_statements - filter_cost, 1),
+        rls_entry_round_trip_us=round(extra - same_statements, 1),
         threads=THREADS,
         pgbouncer_pool_size=PGBOUNCER_POOL_SIZE,
         pgbouncer_tenant_session_tps=round(pgb_tenant, 1),
@@ -562,6 +589,13 @@ def report(r: Results) -> str:
             r.rls_same_statements_ratio,
         ),
         line(
+            "enter_tenant + RLS q/s",
+            r.rls_enter_qps,
+            "enter_tenant + WHERE q/s",
+            r.enter_where_qps,
+            r.rls_filter_ratio,
+        ),
+        line(
             "tenant_session, PgBouncer tx/s",
             r.pgbouncer_tenant_session_tps,
             "plain Session, PgBouncer tx/s",
@@ -582,9 +616,10 @@ def report(r: Results) -> str:
         "the last row compares PgBouncer with direct connections (a reference, not pgtenancy's "
         "cost).",
         f"RLS query: tenant_session takes {r.rls_extra_us:.0f} us more per query than the "
-        f"baseline: {r.rls_filter_us:.0f} us for RLS and the work of enter_tenant (second row, "
-        f"as many statements on both sides), {r.rls_entry_us:.0f} us for the round trip that "
-        "entering the tenant adds.",
+        f"baseline (first row): {r.rls_filter_us:.0f} us for the RLS filter (third row, same "
+        f"statements), {r.rls_enter_work_us:.0f} us for the work of enter_tenant over SELECT 1 "
+        f"(second row minus third), {r.rls_entry_round_trip_us:.0f} us for the round trip that "
+        "entering the tenant adds and the session hook (first row minus second).",
     )
     lines.extend(textwrap.fill(note, width=2 * w + 11) for note in notes)
     return "\n".join(lines)
