@@ -102,6 +102,9 @@ from pgtenancy.server import TemporaryPgBouncer, find_server, fresh_database
 APP_ROLE_PREFIX = "pgtenancy_bench_app"
 THREADS = 4
 PGBOUNCER_POOL_SIZE = 2
+# Seconds per turn of a side within a round (see bench_sides).
+RLS_TURN = 0.1
+PGBOUNCER_TURN = 0.25
 
 # Part 1: the shared table.
 ORDERS_DDL = (
@@ -149,10 +152,11 @@ Totals = tuple[int, Decimal | None]
 
 @dataclass(frozen=True)
 class Side:
-    """One side of a comparison: a label and a function (seconds, seed) -> operations/s."""
+    """One side of a comparison: a label and a function (seconds, seed) -> (operations,
+    seconds taken) that runs the side's operation back to back for about that long."""
 
     label: str
-    measure: Callable[[float, int], float]
+    measure: Callable[[float, int], tuple[int, float]]
 
 
 @dataclass(frozen=True)
@@ -204,16 +208,33 @@ def pooled_engine(dsn: str, **connect_kwargs: Any) -> Engine:
     )
 
 
-def bench_sides(sides: Sequence[Side], seconds: float, rounds: int, unit: str) -> list[list[float]]:
-    """Per-round rates of each side; the order of the sides rotates every round."""
+def bench_sides(
+    sides: Sequence[Side], seconds: float, rounds: int, turn: float, unit: str
+) -> list[list[float]]:
+    """Per-round rates (operations/s) of each side.
+
+    In a round the sides take turns of about ``turn`` seconds, until each has run
+    for ``seconds``; the order of the turns rotates every round, and every side
+    of a turn draws the same random keys. So a burst of load from elsewhere on
+    the machine falls on all sides alike instead of on one side's round.
+    """
     warm_up = min(0.5, seconds / 2)
     for i, side in enumerate(sides):
         side.measure(warm_up, -1 - i)
+    turns = max(1, round(seconds / turn))
     rates: list[list[float]] = [[] for _ in sides]
     for r in range(rounds):
         shift = r % len(sides)
-        for i in [*range(shift, len(sides)), *range(shift)]:
-            rates[i].append(sides[i].measure(seconds, r))
+        order = [*range(shift, len(sides)), *range(shift)]
+        counts = [0] * len(sides)
+        taken = [0.0] * len(sides)
+        for t in range(turns):
+            for i in order:
+                count, elapsed = sides[i].measure(seconds / turns, r * turns + t)
+                counts[i] += count
+                taken[i] += elapsed
+        for i in range(len(sides)):
+            rates[i].append(counts[i] / taken[i])
         done = ", ".join(f"{s.label} {x[-1]:.0f}" for s, x in zip(sides, rates, strict=True))
         log(f"  round {r + 1}/{rounds} ({unit}): {done}")
     return rates
@@ -271,8 +292,8 @@ def tenant_rate(
     tenants: Sequence[SharedTenant],
     seconds: float,
     seed: int,
-) -> float:
-    """Queries per second of ``tx`` on random tenants, run back to back for ``seconds``."""
+) -> tuple[int, float]:
+    """Queries of ``tx`` on random tenants run back to back for ``seconds``, and the time."""
     rng = random.Random(seed)
     count = 0
     start = now = time.perf_counter()
@@ -281,7 +302,7 @@ def tenant_rate(
         tx(engine, rng.choice(tenants))
         count += 1
         now = time.perf_counter()
-    return count / (now - start)
+    return count, now - start
 
 
 def load_orders(dsn: str, tenants: int, rows_per_tenant: int) -> list[SharedTenant]:
@@ -365,7 +386,7 @@ def bench_rls(
             Side("enter_tenant+WHERE", partial(tenant_rate, where_enter, admin, tenants)),
         ]
         log(f"RLS: {rounds} rounds x {seconds:g} s per side")
-        return bench_sides(sides, seconds, rounds, "q/s")
+        return bench_sides(sides, seconds, rounds, RLS_TURN, "q/s")
     finally:
         app.dispose()
         admin.dispose()
@@ -392,11 +413,12 @@ def plain_tx(engine: Engine, ident: int) -> str:
 
 def threaded_rate(
     tx: Callable[[Engine, int], str], engines: Sequence[Engine], seconds: float, seed: int
-) -> float:
-    """Total transactions per second of one thread per engine running ``tx`` back to back."""
+) -> tuple[int, float]:
+    """Transactions of one thread per engine running ``tx`` back to back for ``seconds``,
+    all threads together, and the mean time the threads took."""
     barrier = threading.Barrier(len(engines))
 
-    def worker(index: int) -> float:
+    def worker(index: int) -> tuple[int, float]:
         rng = random.Random(seed * len(engines) + index)
         engine = engines[index]
         barrier.wait()
@@ -407,10 +429,11 @@ def threaded_rate(
             tx(engine, rng.randint(1, ITEMS))
             count += 1
             now = time.perf_counter()
-        return count / (now - start)
+        return count, now - start
 
     with ThreadPoolExecutor(len(engines)) as pool:
-        return sum(pool.map(worker, range(len(engines))))
+        done = list(pool.map(worker, range(len(engines))))
+    return sum(c for c, _ in done), statistics.fmean(t for _, t in done)
 
 
 def prepare_items(dsn: str) -> None:
@@ -470,7 +493,7 @@ def bench_pgbouncer(dsn: str, seconds: float, rounds: int) -> list[list[float]]:
             f"PgBouncer: {THREADS} threads, transaction pooling, pool_size="
             f"{PGBOUNCER_POOL_SIZE}, {rounds} rounds x {seconds:g} s per side"
         )
-        return bench_sides(sides, seconds, rounds, "tx/s")
+        return bench_sides(sides, seconds, rounds, PGBOUNCER_TURN, "tx/s")
     finally:
         for engine in engines:
             engine.dispose()

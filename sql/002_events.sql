@@ -126,6 +126,13 @@ CREATE OR REPLACE FUNCTION tenancy.advance_consumer(p_consumer text, p_xid xid8,
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Only to a delivered position: an event that exists and is readable.
+    IF NOT EXISTS (SELECT 1 FROM tenancy.events
+                    WHERE xid = p_xid AND id = p_id
+                      AND xid < pg_snapshot_xmin(pg_current_snapshot())) THEN
+        RAISE EXCEPTION 'no readable outbox event at (%, %)', p_xid, p_id
+            USING ERRCODE = '22023';
+    END IF;
     UPDATE tenancy.consumers
        SET last_xid = p_xid, last_id = p_id, updated_at = now()
      WHERE name = p_consumer
@@ -142,5 +149,38 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.advance_consumer(text, xid8, bigint) IS
-    'Move the cursor of p_consumer forward to (p_xid, p_id); never backward. True when it moved. '
-    'Raises PT011 for an unknown consumer.';
+    'Move the cursor of p_consumer forward to (p_xid, p_id), which must be a readable event; never '
+    'backward. True when it moved. Raises PT011 for an unknown consumer, 22023 for a position that '
+    'is not a readable event.';
+
+-- The outbox functions are for listeners: the kit's owner, or roles granted
+-- with tenancy.grant_listener_role().
+REVOKE ALL ON FUNCTION tenancy.register_consumer(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.next_events(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.events_held_back(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.advance_consumer(text, xid8, bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.grant_listener_role(p_role name)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_role) THEN
+        RAISE EXCEPTION 'role % does not exist', quote_ident(p_role)
+            USING ERRCODE = '42704';
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.events_channel(), '
+                   'tenancy.register_consumer(text), tenancy.next_events(text, integer), '
+                   'tenancy.events_held_back(text), tenancy.advance_consumer(text, xid8, bigint), '
+                   'tenancy.version() TO %I', p_role);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
+    'Let role p_role run outbox consumers (pgtenancy listen): register a consumer, read events, '
+    'move its cursor. Raises 42704 when the role does not exist.';
+
+REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;

@@ -69,7 +69,7 @@ BEGIN
     LOOP
         -- The migration sees the tenant schema first; the function's own
         -- SET clause restores search_path when it returns.
-        PERFORM set_config('search_path', format('%I, public, pg_temp', p_schema), true);
+        PERFORM set_config('search_path', format('%I, pg_catalog, public, pg_temp', p_schema), true);
         BEGIN
             EXECUTE v_migration.sql;
         EXCEPTION WHEN OTHERS THEN
@@ -184,6 +184,41 @@ COMMENT ON FUNCTION tenancy.latest_migration() IS
 
 -- Registry triggers ---------------------------------------------------------
 
+CREATE OR REPLACE FUNCTION tenancy.assert_registry_trigger(p_relid oid)
+    RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- The registry triggers are SECURITY DEFINER: refuse to run them on any
+    -- table but the registry, where someone could feed them forged rows.
+    IF p_relid <> 'tenancy.tenants'::regclass THEN
+        RAISE EXCEPTION 'pgtenancy registry triggers run on tenancy.tenants only, not on %',
+            p_relid::regclass
+            USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.assert_registry_trigger(oid) IS
+    'Raise 42501 unless p_relid is tenancy.tenants; the first statement of every registry trigger.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_refuse_truncate()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'TRUNCATE of tenancy.tenants would orphan every tenant schema and emit no event'
+        USING ERRCODE = '42501',
+              HINT = 'Drop tenants with tenancy.drop_tenant(slug, true), or uninstall with --drop-tenants.';
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_refuse_truncate() IS
+    'Trigger: refuse TRUNCATE of the registry (42501).';
+
 CREATE OR REPLACE FUNCTION tenancy.tenants_before_insert()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -191,6 +226,7 @@ CREATE OR REPLACE FUNCTION tenancy.tenants_before_insert()
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
     NEW.slug := tenancy.validate_slug(NEW.slug);
     -- Serialize creations of one slug so a concurrent duplicate gets PT002.
     PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(NEW.slug));
@@ -236,6 +272,7 @@ CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF NEW.id IS DISTINCT FROM OLD.id
        OR NEW.slug IS DISTINCT FROM OLD.slug
        OR NEW.schema_name IS DISTINCT FROM OLD.schema_name
@@ -245,6 +282,22 @@ BEGIN
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
     END IF;
+    IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT005',
+                  HINT = 'A deleted tenant stays deleted; create a new one.';
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
+       AND (NEW.isolation <> 'schema'
+            OR NEW.migration_version IS NULL
+            OR NOT EXISTS (SELECT 1 FROM tenancy.migrations WHERE version = NEW.migration_version)
+            OR NEW.migration_version < coalesce(OLD.migration_version, '')) THEN
+        RAISE EXCEPTION 'tenant %: migration_version % is not a registered version after %',
+            quote_literal(OLD.slug), coalesce(quote_literal(NEW.migration_version), 'NULL'),
+            coalesce(quote_literal(OLD.migration_version), 'none')
+            USING ERRCODE = 'PT010',
+                  HINT = 'Use tenancy.migrate_tenant(slug).';
+    END IF;
     IF NEW IS DISTINCT FROM OLD THEN
         NEW.updated_at := now();
     END IF;
@@ -253,7 +306,9 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
-    'Trigger: refuse changes to immutable tenant columns (PT010) and stamp updated_at.';
+    'Trigger: refuse changes to immutable tenant columns or a migration_version that is not a '
+    'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
+    'updated_at.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_after_change()
     RETURNS trigger
@@ -264,6 +319,7 @@ AS $$
 DECLARE
     v_gone tenancy.tenants;
 BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
             jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
@@ -325,6 +381,17 @@ CREATE OR REPLACE TRIGGER tenants_before_update
 CREATE OR REPLACE TRIGGER tenants_after_change
     AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenants
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenants_after_change();
+
+CREATE OR REPLACE TRIGGER tenants_refuse_truncate
+    BEFORE TRUNCATE ON tenancy.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenants_refuse_truncate();
+
+-- Trigger functions run without an EXECUTE check when they fire; CREATE
+-- TRIGGER needs EXECUTE, so nobody can attach them elsewhere.
+REVOKE ALL ON FUNCTION tenancy.tenants_before_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_before_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_after_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_refuse_truncate() FROM PUBLIC;
 
 -- Lifecycle functions -------------------------------------------------------
 

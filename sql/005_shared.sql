@@ -58,6 +58,8 @@ COMMENT ON FUNCTION tenancy.guard_write() IS
     'transaction has no tenant (instead of silently touching no rows), except for roles that '
     'bypass row-level security.';
 
+REVOKE ALL ON FUNCTION tenancy.guard_write() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
     RETURNS void
     LANGUAGE plpgsql

@@ -285,3 +285,29 @@ def test_sqlstates_map_to_python_exceptions(tenancy: Tenancy) -> None:
     assert err.__cause__ is info.value
     other = psycopg.errors.DivisionByZero("x")
     assert translate(other) is other
+
+
+def test_direct_registry_changes_cannot_break_the_lifecycle(
+    tenancy: Tenancy, sql: SQL, dsn: str
+) -> None:
+    tenancy.add_migration("0001", INVOICES)
+    tenancy.create_tenant("acme")
+    tenancy.drop_tenant("acme")
+    before = outbox(dsn)
+    for statement, sqlstate in (
+        ("UPDATE tenancy.tenants SET status = 'active'", "PT005"),
+        ("UPDATE tenancy.tenants SET migration_version = 'zzz'", "PT010"),
+        ("TRUNCATE tenancy.tenants", "42501"),
+    ):
+        with pytest.raises(psycopg.Error) as info:
+            sql(statement)
+        assert info.value.sqlstate == sqlstate, statement
+    tenancy.create_tenant("globex")
+    with pytest.raises(psycopg.Error) as info:
+        sql("UPDATE tenancy.tenants SET migration_version = NULL WHERE slug = 'globex'")
+    assert info.value.sqlstate == "PT010"
+    assert outbox(dsn) == [*before, ("tenant_created", "globex")]
+    assert sql("SELECT status, migration_version FROM tenancy.tenants ORDER BY slug") == [
+        ("deleted", "0001"),
+        ("active", "0001"),
+    ]

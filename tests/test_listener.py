@@ -308,3 +308,39 @@ def test_in_process_listener_sends_signals_with_tenant_and_event(
     assert event.name == "tenant_created" and event.id > 0 and event.time.tzinfo is not None
     assert [g[0] for g in got] == ["acme", "globex", "acme-only"]
     assert got[2][1].status == "suspended"
+
+
+def test_a_listener_role_and_cursor_positions(
+    dsn: str, sql: Callable[..., Any], tenancy: Tenancy
+) -> None:
+    import uuid as uuidlib
+
+    from psycopg.conninfo import make_conninfo
+
+    role = f"pgtenancy_listen_{uuidlib.uuid4().hex[:8]}"
+    sql(f"CREATE ROLE {role} LOGIN")
+    try:
+        sql("SELECT tenancy.grant_listener_role(%s)", (role,))
+        tenancy.create_tenant("acme")
+        got: list[str] = []
+
+        def on_created(sender: str, **kwargs: Any) -> None:
+            got.append(sender)
+
+        tenant_created.connect(on_created)
+        listener = Listener(make_conninfo(dsn, user=role), "as-role", poll_interval=0.1)
+        thread = threading.Thread(target=listener.run)
+        thread.start()
+        try:
+            wait_for(lambda: got == ["acme"])
+        finally:
+            listener.stop()
+            thread.join(10)
+            tenant_created.disconnect(on_created)
+        # A cursor only moves to a readable event.
+        with pytest.raises(psycopg.Error) as info:
+            sql("SELECT tenancy.advance_consumer('as-role', '999999'::xid8, 999)")
+        assert info.value.sqlstate == "22023"
+    finally:
+        sql(f"DROP OWNED BY {role}")
+        sql(f"DROP ROLE {role}")

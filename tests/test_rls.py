@@ -248,3 +248,38 @@ def test_app_role_gets_new_tenants_and_migrations(
         conn.rollback()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT tenancy.create_tenant('evil')")
+
+
+def test_app_role_cannot_borrow_the_registry_triggers(
+    app_role: str, dsn: str, sql: SQL, hybrid: dict[str, str]
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        conn.execute("CREATE TEMP TABLE evil (LIKE tenancy.tenants)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "CREATE TRIGGER x AFTER DELETE ON evil FOR EACH ROW "
+                "EXECUTE FUNCTION tenancy.tenants_after_change()"
+            )
+    # Even the owner cannot run them on another table.
+    sql("CREATE TABLE public.fake (LIKE tenancy.tenants)")
+    sql(
+        "CREATE TRIGGER x AFTER DELETE ON public.fake FOR EACH ROW "
+        "EXECUTE FUNCTION tenancy.tenants_after_change()"
+    )
+    sql("INSERT INTO public.fake SELECT * FROM tenancy.tenants WHERE slug = 'initech'")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenancy.tenants only"):
+        sql("DELETE FROM public.fake")
+    assert sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_initech'") == [(1,)]
+
+
+def test_app_role_cannot_touch_the_outbox(app_role: str, dsn: str, tenancy: Tenancy) -> None:
+    tenancy.create_tenant("acme")
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        for call in (
+            "SELECT tenancy.register_consumer('billing')",
+            "SELECT * FROM tenancy.next_events('billing', 10)",
+            "SELECT tenancy.advance_consumer('billing', '999999'::xid8, 0)",
+            "SELECT * FROM tenancy.events",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(call)
