@@ -267,7 +267,7 @@ def test_app_role_cannot_borrow_the_registry_triggers(
         "EXECUTE FUNCTION tenancy.tenants_after_change()"
     )
     sql("INSERT INTO public.fake SELECT * FROM tenancy.tenants WHERE slug = 'initech'")
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="tenancy.tenants only"):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match=r"tenancy\.tenants only"):
         sql("DELETE FROM public.fake")
     assert sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_initech'") == [(1,)]
 
