@@ -62,8 +62,11 @@ the same server, in the same run, interleaved.
    ratio is PgBouncer's cost, not pgtenancy's.
 
 Each side gets a short warm-up, then ``--rounds`` rounds of ``--seconds`` per
-side, the order of the sides rotating from round to round; the table shows
-the median rate of each side. Reading the ratios: 1.0 means pgtenancy costs
+side. Within a round the sides take turns of 0.1 s (part 1) or 0.25 s (part
+2), every side of a turn drawing the same random tenants or ids, and the order
+of the turns rotates from round to round, so load from elsewhere on the
+machine weighs on all sides alike; the table shows the median rate of each
+side over the rounds. Reading the ratios: 1.0 means pgtenancy costs
 nothing over the baseline; 0.9 means it reaches 90% of the baseline's rate
 (each operation takes 1/0.9 = 1.11 times as long). The script asserts nothing
 about timings; it only checks that both sides of each ratio read the same
@@ -592,7 +595,8 @@ def report(r: Results) -> str:
         "SELECT count(*), sum(amount) for a random tenant, 1 thread, pool_size=1",
         f"PgBouncer: transaction pooling, default_pool_size={r.pgbouncer_pool_size}, "
         f"{r.threads} threads, one-query transactions in a schema tenant, prepare_threshold=None",
-        f"{r.rounds} rounds x {r.seconds_per_round:g} s per side, rotating order, medians; "
+        f"{r.rounds} rounds x {r.seconds_per_round:g} s per side in turns of {RLS_TURN:g} s "
+        f"(RLS) or {PGBOUNCER_TURN:g} s (PgBouncer), medians; "
         f"setup {r.setup_seconds:g} s, total run time {r.elapsed_seconds:g} s",
         "",
         f"{'pgtenancy':<{w}} | {'baseline':<{w}} | ratio",

@@ -60,6 +60,22 @@ COMMENT ON FUNCTION tenancy.guard_write() IS
 
 REVOKE ALL ON FUNCTION tenancy.guard_write() FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION tenancy.forget_dropped_tables()
+    RETURNS void
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM tenancy.guarded_tables AS g
+     WHERE NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = g.table_name::oid)
+$$;
+
+COMMENT ON FUNCTION tenancy.forget_dropped_tables() IS
+    'Remove guarded_tables rows whose table was dropped (a regclass keeps the dead oid). Called '
+    'before every loop over guarded tables. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.forget_dropped_tables() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
     RETURNS void
     LANGUAGE plpgsql
@@ -155,6 +171,7 @@ BEGIN
                   HINT = 'Let the application role own nothing; tables belong to the kit''s owner.';
     END IF;
 
+    PERFORM tenancy.forget_dropped_tables();
     INSERT INTO tenancy.app_roles (role_name) VALUES (p_role) ON CONFLICT (role_name) DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
     EXECUTE format('GRANT SELECT ON TABLE tenancy.tenants, tenancy.guarded_tables TO %I', p_role);
@@ -193,6 +210,7 @@ DECLARE
     v_total   bigint := 0;
     v_before  text := current_setting('app.tenant_id', true);
 BEGIN
+    PERFORM tenancy.forget_dropped_tables();
     -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
     FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
@@ -238,6 +256,7 @@ BEGIN
             USING ERRCODE = 'PT014',
                   HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
     END IF;
+    PERFORM tenancy.forget_dropped_tables();
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = p_table;
     IF FOUND AND v_guard.tenant_column <> p_tenant_column THEN
         RAISE EXCEPTION '% is already guarded on column %', p_table, quote_ident(v_guard.tenant_column)
@@ -268,10 +287,19 @@ BEGIN
     END IF;
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', p_table);
     EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', p_table);
+    -- The tenant check is RESTRICTIVE, so it is ANDed with every other
+    -- policy: a permissive policy added later (USING (true), say) cannot
+    -- open other tenants' rows. Restrictive policies need a permissive one
+    -- to grant access at all: tenancy_tenant_rows, USING (true).
     IF NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = p_table AND polname = 'tenancy_tenant_isolation') THEN
-        EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s FOR ALL USING (%s) WITH CHECK (%s)',
-                       p_table, v_check, v_check);
+        EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
+                       'USING (%s) WITH CHECK (%s)', p_table, v_check, v_check);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = p_table AND polname = 'tenancy_tenant_rows') THEN
+        EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
+                       'USING (true) WITH CHECK (true)', p_table);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
                     WHERE tgrelid = p_table AND tgname = 'tenancy_guard_write') THEN
@@ -290,8 +318,9 @@ $$;
 COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Guard shared table p_table by tenant: add uuid column p_tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
-    'LEVEL SECURITY, create policy tenancy_tenant_isolation FOR ALL with USING and WITH CHECK '
-    'p_tenant_column = (SELECT tenancy.current_tenant_id()), and statement trigger '
+    'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
+    'WITH CHECK p_tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
+    'tenancy_tenant_rows (true), and statement trigger '
     'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
     'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
     'another column). The kit''s owner must own the table.';
@@ -312,6 +341,7 @@ BEGIN
         RETURN false;
     END IF;
     EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_isolation ON %s', p_table);
+    EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_write ON %s', p_table);
     EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', p_table);
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', p_table);
@@ -322,7 +352,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
-    'Undo enable_rls on p_table: drop the policy and the write trigger, NO FORCE and DISABLE ROW '
+    'Undo enable_rls on p_table: drop the policies and the write trigger, NO FORCE and DISABLE ROW '
     'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when the table was guarded; a '
     'no-op otherwise.';
 

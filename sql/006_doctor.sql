@@ -29,7 +29,7 @@ BEGIN
                (SELECT a.attnum FROM pg_attribute AS a
                  WHERE a.attrelid = g.table_name AND a.attname = g.tenant_column) AS attnum
           FROM tenancy.guarded_tables AS g
-          JOIN pg_class AS c ON c.oid = g.table_name
+          JOIN pg_class AS c ON c.oid = g.table_name::oid
     LOOP
         IF pg_has_role(current_user, r.relowner, 'USAGE') THEN
             RETURN QUERY SELECT 'error'::text, 'role_owns_guarded_table'::text, r.table_name::text,

@@ -16,6 +16,7 @@ BEGIN
     -- Guarded shared tables keep their data and lose their policy: without
     -- the kit, FORCE ROW LEVEL SECURITY and no policy would hide every row.
     IF pg_catalog.to_regclass('tenancy.guarded_tables') IS NOT NULL THEN
+        PERFORM tenancy.forget_dropped_tables();
         PERFORM tenancy.disable_rls(g.table_name)
            FROM tenancy.guarded_tables AS g;
     END IF;

@@ -40,11 +40,19 @@ def test_enable_rls_builds_the_guard(
     ) == [(True, True)]
     ((qual, check),) = sql(
         "SELECT pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid) "
-        "FROM pg_policy WHERE polrelid = 'public.orders'::regclass"
+        "FROM pg_policy WHERE polrelid = 'public.orders'::regclass "
+        "AND polname = 'tenancy_tenant_isolation' AND NOT polpermissive"
     )
     assert (
         qual == check == "(tenant_id = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))"
     )
+    assert sql(
+        "SELECT polname, polpermissive, pg_get_expr(polqual, polrelid) FROM pg_policy "
+        "WHERE polrelid = 'public.orders'::regclass ORDER BY 1"
+    ) == [
+        ("tenancy_tenant_isolation", False, qual),
+        ("tenancy_tenant_rows", True, "true"),
+    ]
     assert sql(
         "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
         "AND a.attnum = i.indkey[0] WHERE i.indrelid = 'public.orders'::regclass "
@@ -53,7 +61,7 @@ def test_enable_rls_builds_the_guard(
     # Idempotent: nothing doubles.
     tenancy.enable_rls("public.orders")
     assert sql("SELECT count(*) FROM pg_policy WHERE polrelid = 'public.orders'::regclass") == [
-        (1,)
+        (2,)
     ]
     assert sql("SELECT count(*) FROM pg_index WHERE indrelid = 'public.orders'::regclass") == [(2,)]
     assert [(g.table, g.tenant_column) for g in tenancy.guarded_tables()] == [
@@ -283,3 +291,27 @@ def test_app_role_cannot_touch_the_outbox(app_role: str, dsn: str, tenancy: Tena
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(call)
+
+
+def test_another_permissive_policy_cannot_open_other_tenants(
+    app_engine: Engine, sql: SQL, hybrid: dict[str, str]
+) -> None:
+    with tenant_session(app_engine, "acme") as s:
+        s.execute(text("INSERT INTO orders (item) VALUES ('anvil')"))
+        s.commit()
+    sql("CREATE POLICY reporting ON public.orders FOR SELECT USING (true)")
+    with tenant_session(app_engine, "globex") as s:
+        assert s.execute(text("SELECT count(*) FROM orders")).scalar() == 0
+    with app_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM orders")).scalar() == 0
+
+
+def test_a_dropped_guarded_table_does_not_break_the_kit(
+    tenancy: Tenancy, sql: SQL, app_role: str, hybrid: dict[str, str]
+) -> None:
+    sql("CREATE TABLE public.gone (id int)")
+    tenancy.enable_rls("public.gone")
+    sql("DROP TABLE public.gone")
+    tenancy.drop_tenant("acme", destroy_data=True)
+    tenancy.grant_app_role(app_role)
+    assert [g.table for g in tenancy.guarded_tables()] == ["orders"]
