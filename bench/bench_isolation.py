@@ -642,11 +642,12 @@ def report(r: Results) -> str:
         "ratio = pgtenancy / baseline (1.00: no overhead; 0.90: 90% of the baseline's rate); "
         "the last row compares PgBouncer with direct connections (a reference, not pgtenancy's "
         "cost).",
-        f"RLS query: tenant_session takes {r.rls_extra_us:.0f} us more per query than the "
-        f"baseline (first row): {r.rls_filter_us:.0f} us for the RLS filter (third row, same "
-        f"statements), {r.rls_enter_work_us:.0f} us for the work of enter_tenant over SELECT 1 "
-        f"(second row minus third), {r.rls_entry_round_trip_us:.0f} us for the round trip that "
-        "entering the tenant adds and the session hook (first row minus second).",
+        f"RLS query: tenant_session takes {r.rls_extra_us:+.0f} us more per query than the "
+        f"baseline (first row): {r.rls_filter_us:+.0f} us for the RLS filter (third row, same "
+        f"statements), {r.rls_enter_work_us:+.0f} us for the work of enter_tenant over SELECT 1 "
+        f"(second row minus third), {r.rls_entry_round_trip_us:+.0f} us for the round trip that "
+        "entering the tenant adds and the session hook (first row minus second). Differences "
+        "of rates: expect noise of some tens of us.",
     )
     lines.extend(textwrap.fill(note, width=2 * w + 11) for note in notes)
     return "\n".join(lines)

@@ -3,6 +3,7 @@ reconnects, failing receivers and clean shutdown."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -344,3 +345,37 @@ def test_a_listener_role_and_cursor_positions(
     finally:
         sql(f"DROP OWNED BY {role}")
         sql(f"DROP ROLE {role}")
+
+
+def test_a_failing_receiver_backs_off_on_one_connection(dsn: str, tenancy: Tenancy) -> None:
+    calls: list[float] = []
+
+    def always_fails(sender: str, **kwargs: Any) -> None:
+        calls.append(time.monotonic())
+        raise RuntimeError("down")
+
+    tenant_created.connect(always_fails)
+    listener = Listener(dsn, "backoff", poll_interval=0.1, backoff_min=0.05, backoff_max=0.4)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        tenancy.create_tenant("acme")
+        wait_for(lambda: len(calls) >= 6, timeout=20)
+        with psycopg.connect(dsn) as conn:
+            backends = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'pgtenancy-listener:backoff'"
+            ).fetchone()
+    finally:
+        listener.stop()
+        thread.join(10)
+        tenant_created.disconnect(always_fails)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps[0] < gaps[2] < gaps[4] + 0.05  # grows ...
+    assert max(gaps) < 0.4 + 0.3  # ... up to backoff_max
+    assert backends == (1,)  # the same connection, not a reconnect per retry
+    assert listener.delivered == 0
+    with psycopg.connect(dsn) as conn:  # the cursor never passed the event
+        assert conn.execute(
+            "SELECT last_id FROM tenancy.consumers WHERE name = 'backoff'"
+        ).fetchone() == (0,)

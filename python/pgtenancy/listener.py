@@ -152,6 +152,8 @@ class Listener:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self._stop = threading.Event()
+        self._receiver_backoff = backoff_min
+        self._held_wait = retry_interval
         self.delivered = 0
 
     @property
@@ -216,21 +218,16 @@ class Listener:
             "row_factory": dict_row,
         }
 
-    def _on_failure(self, exc: Exception, backoff: float, ever_connected: bool) -> float:
-        """Log a failure of one connection's life; return the delay before the
-        next try, or re-raise what retrying cannot cure."""
-        if isinstance(exc, ReceiverFailed):
-            logger.error("%s; retrying in %.2fs", exc, backoff)
-            return backoff
+    def _on_failure(self, exc: psycopg.Error, backoff: float, ever_connected: bool) -> float:
+        """Log a lost connection; return the delay before reconnecting, or
+        re-raise what reconnecting cannot cure."""
         if isinstance(exc, psycopg.OperationalError):
             if not ever_connected and _is_permanent(exc):
                 raise exc
             delay = backoff * (1 + random.random() / 2)
             logger.warning("connection lost (%s); reconnecting in %.2fs", exc, delay)
             return delay
-        if isinstance(exc, psycopg.Error):
-            raise_translated(exc)
-        raise exc
+        raise_translated(exc)
 
     def _loop(self) -> None:
         backoff = self.backoff_min
@@ -245,7 +242,7 @@ class Listener:
                     backoff = self.backoff_min
                     logger.info("consumer %s listening", self.consumer)
                     self._serve(conn)
-            except (ReceiverFailed, psycopg.Error) as exc:
+            except psycopg.Error as exc:
                 self._sleep(self._on_failure(exc, backoff, ever_connected))
                 backoff = min(backoff * 2, self.backoff_max)
         logger.info("consumer %s stopped after %d events", self.consumer, self.delivered)
@@ -258,16 +255,36 @@ class Listener:
 
     def _serve(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         while not self.stopping:
-            self.catch_up(conn)
+            try:
+                self.catch_up(conn)
+            except ReceiverFailed as exc:
+                self._sleep(self._receiver_failed(exc))
+                continue
+            self._receiver_backoff = self.backoff_min
             if self.stopping:
                 return
             held = conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer}).fetchone()
             for _ in conn.notifies(timeout=self._wait_time(held), stop_after=1):
                 pass
 
+    def _receiver_failed(self, exc: ReceiverFailed) -> float:
+        """Log a failed delivery; return the delay before retrying it. The delay
+        doubles with each consecutive failure, up to ``backoff_max``."""
+        delay = self._receiver_backoff
+        logger.error("%s; retrying in %.2fs", exc, delay)
+        self._receiver_backoff = min(delay * 2, self.backoff_max)
+        return delay
+
     def _wait_time(self, held: dict[str, Any] | None) -> float:
-        waiting = bool(held and next(iter(held.values())))
-        return self.retry_interval if waiting else self.poll_interval
+        """How long to wait for a notification: ``poll_interval``, or while
+        committed events wait behind an older open transaction, a short delay
+        that doubles (from ``retry_interval`` up to ``poll_interval``)."""
+        if held and next(iter(held.values())):
+            wait = self._held_wait
+            self._held_wait = min(wait * 2, self.poll_interval)
+            return wait
+        self._held_wait = self.retry_interval
+        return self.poll_interval
 
     # -- asyncio -----------------------------------------------------------
 
@@ -309,14 +326,19 @@ class Listener:
                     backoff = self.backoff_min
                     logger.info("consumer %s listening (asyncio)", self.consumer)
                     await self._aserve(conn)
-            except (ReceiverFailed, psycopg.Error) as exc:
+            except psycopg.Error as exc:
                 await self._asleep(self._on_failure(exc, backoff, ever_connected))
                 backoff = min(backoff * 2, self.backoff_max)
         logger.info("consumer %s stopped after %d events", self.consumer, self.delivered)
 
     async def _aserve(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
         while not self.stopping:
-            await self.acatch_up(conn)
+            try:
+                await self.acatch_up(conn)
+            except ReceiverFailed as exc:
+                await self._asleep(self._receiver_failed(exc))
+                continue
+            self._receiver_backoff = self.backoff_min
             if self.stopping:
                 return
             cur = await conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer})
