@@ -1,34 +1,71 @@
 -- pgtenancy — uninstall: remove the tenancy schema and everything in it.
 --
--- Guarded shared tables get their row-level security removed (data kept).
--- Refuses (PT009) while tenants are registered, because their schemas would
--- be orphaned, unless the transaction sets pgtenancy.drop_tenants = 'on', in
--- which case every tenant schema is dropped first.
+-- Guarded shared tables get their row-level security removed (data kept)
+-- and the application roles lose their privileges on them, so no role reads
+-- every tenant's rows afterwards. Refuses (PT009) while tenants are
+-- registered, because their schemas would be orphaned, unless the
+-- transaction sets pgtenancy.drop_tenants = 'on', in which case every tenant
+-- schema is dropped first; and refuses while objects outside the kit (views,
+-- column defaults, policies of your own) use its functions or types, which
+-- DROP ... CASCADE would silently remove.
 
 DO $$
 DECLARE
-    v_count  bigint;
-    v_schema text;
+    v_count   bigint;
+    v_schema  text;
+    v_table   regclass;
+    v_role    name;
+    v_users   text;
 BEGIN
     IF pg_catalog.to_regclass('tenancy.tenants') IS NULL THEN
         RETURN;
     END IF;
-    -- Guarded shared tables keep their data and lose their policy: without
-    -- the kit, FORCE ROW LEVEL SECURITY and no policy would hide every row.
-    IF pg_catalog.to_regclass('tenancy.guarded_tables') IS NOT NULL THEN
-        PERFORM tenancy.forget_dropped_tables();
-        PERFORM tenancy.disable_rls(g.table_name)
-           FROM tenancy.guarded_tables AS g;
-    END IF;
     EXECUTE 'SELECT count(*) FROM tenancy.tenants' INTO v_count;
-    IF v_count = 0 THEN
-        RETURN;
-    END IF;
-    IF coalesce(pg_catalog.current_setting('pgtenancy.drop_tenants', true), '') <> 'on' THEN
+    IF v_count > 0
+       AND coalesce(pg_catalog.current_setting('pgtenancy.drop_tenants', true), '') <> 'on' THEN
         RAISE EXCEPTION '% tenants are registered; uninstalling would orphan their schemas', v_count
             USING ERRCODE = 'PT009',
                   HINT = 'Drop the tenants first, or uninstall with --drop-tenants to drop their schemas too.';
     END IF;
+
+    PERFORM tenancy.forget_dropped_tables();
+    FOR v_table IN EXECUTE 'SELECT table_name FROM tenancy.guarded_tables' LOOP
+        FOR v_role IN EXECUTE 'SELECT a.role_name FROM tenancy.app_roles AS a '
+                              'JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name' LOOP
+            EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM %I', v_table, v_role);
+        END LOOP;
+        PERFORM tenancy.disable_rls(v_table);
+    END LOOP;
+
+    SELECT string_agg(DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), ', ')
+      INTO v_users
+      FROM pg_catalog.pg_depend AS d
+     WHERE d.deptype = 'n'
+       AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass
+             AND d.refobjid IN (SELECT oid FROM pg_catalog.pg_proc
+                                 WHERE pronamespace = 'tenancy'::regnamespace))
+         OR (d.refclassid = 'pg_catalog.pg_class'::regclass
+             AND d.refobjid IN (SELECT oid FROM pg_catalog.pg_class
+                                 WHERE relnamespace = 'tenancy'::regnamespace))
+         OR (d.refclassid = 'pg_catalog.pg_type'::regclass
+             AND d.refobjid IN (SELECT oid FROM pg_catalog.pg_type
+                                 WHERE typnamespace = 'tenancy'::regnamespace)))
+       AND (pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).schema
+           IS DISTINCT FROM 'tenancy'
+       AND NOT (d.classid = 'pg_catalog.pg_trigger'::regclass
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger AS t
+                              JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
+                             WHERE t.oid = d.objid AND c.relnamespace = 'tenancy'::regnamespace))
+       AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS tt
+                        WHERE (pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).identity
+                              LIKE pg_catalog.quote_ident(tt.schema_name) || '.%'
+                          AND pg_catalog.current_setting('pgtenancy.drop_tenants', true) = 'on');
+    IF v_users IS NOT NULL THEN
+        RAISE EXCEPTION 'objects outside pgtenancy use it: %', v_users
+            USING ERRCODE = 'PT009',
+                  HINT = 'Drop or change them first; uninstalling would drop them silently.';
+    END IF;
+
     FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL' LOOP
         EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', v_schema);
     END LOOP;

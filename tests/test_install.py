@@ -163,3 +163,38 @@ def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:
     )
     assert r.returncode == 2
     assert "usage: make install-sql DATABASE_URL=" in r.stderr
+
+
+def test_uninstall_refuses_while_user_objects_use_the_kit(empty_dsn: str) -> None:
+    install(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE VIEW public.whoami AS SELECT tenancy.current_tenant_id() AS id")
+    with pytest.raises(TenantsStillRegistered, match="view whoami"):
+        uninstall(empty_dsn)
+    assert installed_version(empty_dsn) == SQL_VERSION
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("DROP VIEW public.whoami")
+    uninstall(empty_dsn)
+    assert installed_version(empty_dsn) is None
+
+
+def test_uninstall_unguards_shared_tables_and_revokes_the_app_role(
+    dsn: str, app_role: str, hybrid: dict[str, str]
+) -> None:
+    from conftest import as_role
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT tenancy.enter_tenant('acme')")
+        conn.execute("INSERT INTO public.orders (item) VALUES ('anvil')")
+    uninstall(dsn, drop_tenants=True)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT relrowsecurity, (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) "
+            "FROM pg_class c WHERE oid = 'public.orders'::regclass"
+        ).fetchone() == (False, 0)
+        assert conn.execute("SELECT count(*) FROM public.orders").fetchone() == (1,)
+    with (
+        psycopg.connect(as_role(dsn, app_role)) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM public.orders")

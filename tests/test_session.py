@@ -213,3 +213,18 @@ def test_lost_connection_is_a_clear_error_and_the_pool_recovers(
         assert session.execute(text("SELECT DISTINCT tenant FROM invoice")).scalar() == "acme"
     with tenant_session(engine, "globex") as session:
         assert session.execute(text("SELECT tenant FROM invoice")).scalars().all() == ["globex"]
+
+
+def test_connection_already_in_a_transaction_is_refused(
+    engine: Engine, two_tenants: dict[str, str]
+) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        with pytest.raises(InvalidConnectionState, match="already in a transaction"):
+            tenant_session(conn, "acme").__enter__()
+        conn.rollback()
+        with tenant_session(conn, "acme") as session:
+            assert session.execute(text("SELECT count(*) FROM invoice")).scalar() == 2
+        conn.rollback()
+        row = conn.execute(text("SELECT tenancy.current_tenant()")).one()
+        assert tuple(row) == (None,)

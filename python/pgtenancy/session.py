@@ -35,6 +35,11 @@ SyncBind = Engine | Connection | sessionmaker[Session]
 AsyncBind = AsyncEngine | AsyncConnection | async_sessionmaker[AsyncSession]
 S = TypeVar("S", Session, AsyncSession)
 
+_IN_TRANSACTION = (
+    "the connection is already in a transaction: the tenant settings would outlive the "
+    "session; pass an engine, or a connection with no transaction begun"
+)
+
 
 def enter_tenant(connection: Connection, slug: str) -> None:
     """Put the transaction open on ``connection`` into tenant ``slug``.
@@ -128,6 +133,8 @@ class _TenantSession(Generic[S]):
         bind = self._bind
         if isinstance(bind, AsyncEngine | AsyncConnection | async_sessionmaker):
             raise TypeError("tenant_session() on an async engine needs 'async with'")
+        if isinstance(bind, Connection) and bind.in_transaction():
+            raise InvalidConnectionState(_IN_TRANSACTION)
         session = bind() if isinstance(bind, sessionmaker) else Session(bind, **self._kwargs)
         _hook(session, self.slug)
         self._session = session
@@ -153,6 +160,8 @@ class _TenantSession(Generic[S]):
         bind = self._bind
         if not isinstance(bind, AsyncEngine | AsyncConnection | async_sessionmaker):
             raise TypeError("tenant_session() on a sync engine needs 'with', not 'async with'")
+        if isinstance(bind, AsyncConnection) and bind.in_transaction():
+            raise InvalidConnectionState(_IN_TRANSACTION)
         if isinstance(bind, async_sessionmaker):
             session = bind()
         else:
@@ -214,7 +223,8 @@ def tenant_session(
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: at the first query of a transaction, raised by
             the database before any tenant data is read.
-        pgtenancy.errors.InvalidConnectionState: the bind is in AUTOCOMMIT mode.
+        pgtenancy.errors.InvalidConnectionState: the bind is in AUTOCOMMIT mode,
+            or is a connection already inside a transaction.
         TypeError: ``with`` on an async bind, or ``async with`` on a sync one.
     """
     return _TenantSession(bind, slug, session_kwargs)
