@@ -17,16 +17,17 @@ the same server, in the same run, interleaved.
    (``isolation="shared"``), loaded in arrival order, so each tenant's rows are
    spread over the whole table as they would be after months of orders, then
    guarded by ``tenancy.enable_rls('public.orders')`` (index on ``tenant_id``,
-   ENABLE and FORCE ROW LEVEL SECURITY, policy
-   ``tenant_id = (SELECT tenancy.current_tenant_id())``) and vacuumed and
-   analyzed. The query is ``SELECT count(*), sum(amount) FROM orders`` for a
-   random tenant, in a one-query transaction (query, commit), one thread, one
-   engine per side with ``pool_size=1`` (psycopg driver). Four sides:
+   ENABLE and FORCE ROW LEVEL SECURITY, the policy
+   ``tenant_id = (SELECT tenancy.current_tenant_id())``, which the planner
+   turns into an InitPlan and an index condition) and vacuumed and analyzed.
+   The query is ``SELECT count(*), sum(amount) FROM orders`` for a random
+   tenant, then commit; one thread, one engine per role with
+   ``pool_size=1`` (psycopg driver, default prepared statements). Five sides:
 
    * ``tenant_session + RLS``: the application role (``NOSUPERUSER
      NOBYPASSRLS``, set up by ``tenancy.grant_app_role``) in
      ``tenant_session(engine, slug)``; the policy picks the tenant's rows.
-   * ``plain Session, WHERE``: the baseline, the admin role (a superuser, which
+   * ``plain Session + WHERE``: the baseline, the admin role (a superuser, which
      bypasses RLS) in a plain ``Session`` with an explicit
      ``WHERE tenant_id = :tid``.
    * ``enter_tenant + RLS``: the application role in a plain ``Session``
@@ -35,18 +36,21 @@ the same server, in the same run, interleaved.
      ``SELECT 1`` and then the explicit-WHERE query.
    * ``enter_tenant + WHERE``: the admin role in a plain ``Session`` sending
      ``SELECT tenancy.enter_tenant(:slug)`` and then the explicit-WHERE query
-     (the superuser bypasses RLS, so only the filter differs from the side
-     above it).
+     (the superuser bypasses RLS, so this side differs from
+     ``enter_tenant + RLS`` only in how the rows are filtered).
 
    The first row of the table is the whole cost as an application sees it.
    The second sends as many statements on each side, so its ratio leaves out
    the round trip that entering the tenant adds and keeps the RLS filter and
    the work of ``enter_tenant`` (a registry lookup, three ``set_config``)
    compared with ``SELECT 1``. The third runs the same statements on each
-   side: its ratio is the RLS filter alone (policy, InitPlan,
-   ``current_setting``). A note under the table splits the extra time per
+   side but the filter: its ratio is the cost of the RLS filter alone (policy,
+   InitPlan, ``current_setting``) against the explicit WHERE and its uuid
+   parameter. A note under the table splits the extra time per
    query into these three parts. The plan of the RLS query, as the application
-   role, goes to stderr once.
+   role, goes to stderr once. Before timing, the script checks that all five
+   sides return the same count and sum for two tenants, and that the
+   application role sees no row outside a tenant.
 
 2. **tenant_session through PgBouncer.** A schema-isolated tenant ``bench``
    whose table ``item`` (1000 rows) comes from a tenant migration, and an
@@ -70,7 +74,7 @@ side over the rounds. Reading the ratios: 1.0 means pgtenancy costs
 nothing over the baseline; 0.9 means it reaches 90% of the baseline's rate
 (each operation takes 1/0.9 = 1.11 times as long). The script asserts nothing
 about timings; it only checks that both sides of each ratio read the same
-rows.
+rows (the same schemas, for part 2).
 """
 
 from __future__ import annotations
@@ -334,7 +338,11 @@ def create_app_role(dsn: str) -> str:
         conn.execute(
             sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(role))
         )
-    Tenancy(dsn).grant_app_role(role)
+    try:
+        Tenancy(dsn).grant_app_role(role)
+    except BaseException:
+        drop_app_role(dsn, role)
+        raise
     return role
 
 
@@ -642,7 +650,7 @@ def report(r: Results) -> str:
         "ratio = pgtenancy / baseline (1.00: no overhead; 0.90: 90% of the baseline's rate); "
         "the last row compares PgBouncer with direct connections (a reference, not pgtenancy's "
         "cost).",
-        f"RLS query: tenant_session takes {r.rls_extra_us:+.0f} us more per query than the "
+        f"RLS query: tenant_session takes {r.rls_extra_us:.0f} us more per query than the "
         f"baseline (first row): {r.rls_filter_us:+.0f} us for the RLS filter (third row, same "
         f"statements), {r.rls_enter_work_us:+.0f} us for the work of enter_tenant over SELECT 1 "
         f"(second row minus third), {r.rls_entry_round_trip_us:+.0f} us for the round trip that "

@@ -7,6 +7,26 @@
 -- set_config calls on return), so it is SECURITY INVOKER and qualifies
 -- every name instead.
 
+CREATE OR REPLACE FUNCTION tenancy.tenant_entry(
+    p_slug          text,
+    OUT id          uuid,
+    OUT schema_name text,
+    OUT status      text
+)
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.id, t.schema_name, t.status FROM tenancy.tenants AS t WHERE t.slug = p_slug
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_entry(text) IS
+    'What enter_tenant() needs to know of tenant p_slug (id, schema_name, status; all NULL when '
+    'unknown), so application roles need no read access to the registry. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.tenant_entry(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.enter_tenant(p_slug text)
     RETURNS uuid
     LANGUAGE plpgsql
@@ -17,11 +37,10 @@ DECLARE
     v_schema text;
     v_status text;
 BEGIN
-    SELECT t.id, t.schema_name, t.status
+    SELECT e.id, e.schema_name, e.status
       INTO v_id, v_schema, v_status
-      FROM tenancy.tenants AS t
-     WHERE t.slug = p_slug;
-    IF NOT FOUND THEN
+      FROM tenancy.tenant_entry(p_slug) AS e;
+    IF v_id IS NULL THEN
         RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(p_slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;

@@ -174,12 +174,11 @@ BEGIN
     PERFORM tenancy.forget_dropped_tables();
     INSERT INTO tenancy.app_roles (role_name) VALUES (p_role) ON CONFLICT (role_name) DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
-    EXECUTE format('GRANT SELECT ON TABLE tenancy.tenants, tenancy.guarded_tables TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables TO %I', p_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text), '
-                   'tenancy.current_tenant_id(), tenancy.current_tenant(), '
-                   'tenancy.require_tenant_id(), tenancy.get_tenant(text), tenancy.version(), '
-                   'tenancy.check_isolation(), tenancy.latest_migration() '
-                   'TO %I', p_role);
+                   'tenancy.tenant_entry(text), tenancy.current_tenant_id(), '
+                   'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
+                   'tenancy.check_isolation(), tenancy.check_registry() TO %I', p_role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);
@@ -192,7 +191,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
-    'Let role p_role use tenants: enter them, read the registry, and read and write every tenant '
+    'Let role p_role use tenants: enter them, and read and write every tenant '
     'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
     '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
 

@@ -4,6 +4,52 @@
 -- run it as the application's role: most of what can break isolation is a
 -- property of the role that queries.
 
+CREATE OR REPLACE FUNCTION tenancy.check_registry()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_latest text;
+BEGIN
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_schema_missing'::text, t.slug,
+               format('tenant %s is registered but its schema %I does not exist', t.slug, t.schema_name),
+               format('restore the schema, or SELECT tenancy.drop_tenant(%L, true)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.schema_name IS NOT NULL AND t.status <> 'deleted'
+           AND to_regnamespace(quote_ident(t.schema_name)) IS NULL;
+
+    RETURN QUERY
+        SELECT 'warning'::text, 'unregistered_tenant_schema'::text, n.nspname::text,
+               format('schema %I has the tenant prefix but is not a registered tenant', n.nspname),
+               'drop or rename it, or register it (schemas are never adopted silently)'::text
+          FROM pg_namespace AS n
+         WHERE starts_with(n.nspname, tenancy.schema_prefix())
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
+
+    v_latest := tenancy.latest_migration();
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_lag'::text, t.slug,
+               format('tenant %s is at migration %s, the latest is %s', t.slug,
+                      coalesce(t.migration_version, 'none'), v_latest),
+               format('SELECT tenancy.migrate_tenant(%L)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
+           AND t.migration_version IS DISTINCT FROM v_latest;
+
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_registry() IS
+    'Registry findings of the doctor, readable without access to the registry: tenant schemas '
+    'missing (error), prefixed schemas not registered, tenants behind the latest migration '
+    '(warnings). Called by check_isolation().';
+
+REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.check_isolation()
     RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
     LANGUAGE plpgsql
@@ -12,7 +58,6 @@ CREATE OR REPLACE FUNCTION tenancy.check_isolation()
 AS $$
 DECLARE
     v_me     pg_roles;
-    v_latest text;
     r        record;
 BEGIN
     SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
@@ -80,31 +125,7 @@ BEGIN
         END IF;
     END LOOP;
 
-    RETURN QUERY
-        SELECT 'error'::text, 'tenant_schema_missing'::text, t.slug,
-               format('tenant %s is registered but its schema %I does not exist', t.slug, t.schema_name),
-               format('restore the schema, or SELECT tenancy.drop_tenant(%L, true)', t.slug)
-          FROM tenancy.tenants AS t
-         WHERE t.schema_name IS NOT NULL AND t.status <> 'deleted'
-           AND to_regnamespace(quote_ident(t.schema_name)) IS NULL;
-
-    RETURN QUERY
-        SELECT 'warning'::text, 'unregistered_tenant_schema'::text, n.nspname::text,
-               format('schema %I has the tenant prefix but is not a registered tenant', n.nspname),
-               'drop or rename it, or register it (schemas are never adopted silently)'::text
-          FROM pg_namespace AS n
-         WHERE starts_with(n.nspname, tenancy.schema_prefix())
-           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
-
-    v_latest := tenancy.latest_migration();
-    RETURN QUERY
-        SELECT 'warning'::text, 'migration_lag'::text, t.slug,
-               format('tenant %s is at migration %s, the latest is %s', t.slug,
-                      coalesce(t.migration_version, 'none'), v_latest),
-               format('SELECT tenancy.migrate_tenant(%L)', t.slug)
-          FROM tenancy.tenants AS t
-         WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
-           AND t.migration_version IS DISTINCT FROM v_latest;
+    RETURN QUERY SELECT * FROM tenancy.check_registry();
 
     IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
                     WHERE datname = current_database()

@@ -262,7 +262,11 @@ def test_app_role_cannot_borrow_the_registry_triggers(
     app_role: str, dsn: str, sql: SQL, hybrid: dict[str, str]
 ) -> None:
     with psycopg.connect(as_role(dsn, app_role)) as conn:
-        conn.execute("CREATE TEMP TABLE evil (LIKE tenancy.tenants)")
+        conn.execute(
+            "CREATE TEMP TABLE evil (id uuid, slug text, schema_name text, status text, "
+            "isolation text, metadata jsonb, created_at timestamptz, updated_at timestamptz, "
+            "migration_version text)"
+        )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(
                 "CREATE TRIGGER x AFTER DELETE ON evil FOR EACH ROW "
@@ -315,3 +319,16 @@ def test_a_dropped_guarded_table_does_not_break_the_kit(
     tenancy.drop_tenant("acme", destroy_data=True)
     tenancy.grant_app_role(app_role)
     assert [g.table for g in tenancy.guarded_tables()] == ["orders"]
+
+
+def test_app_role_cannot_read_the_registry(app_role: str, dsn: str, hybrid: dict[str, str]) -> None:
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT slug, metadata FROM tenancy.tenants")
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM tenancy.get_tenant('acme')")
+        conn.rollback()
+        assert conn.execute("SELECT tenancy.enter_tenant('acme')::text").fetchone() == (
+            hybrid["acme"],
+        )
