@@ -68,6 +68,7 @@ test: $(STAMP) pg-binaries pgbouncer
 
 bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
+	$(BIN)/python bench/bench_isolation.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check python tests bench

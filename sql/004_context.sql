@@ -7,25 +7,17 @@
 -- set_config calls on return), so it is SECURITY INVOKER and qualifies
 -- every name instead.
 
-CREATE OR REPLACE FUNCTION tenancy.tenant_entry(
-    p_slug          text,
-    OUT id          uuid,
-    OUT schema_name text,
-    OUT status      text
-)
-    LANGUAGE sql
-    STABLE
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT t.id, t.schema_name, t.status FROM tenancy.tenants AS t WHERE t.slug = p_slug
-$$;
+-- What enter_tenant() reads of the registry. A view (not a SECURITY DEFINER
+-- function, whose call costs more than the lookup) that application roles
+-- may read: no metadata, nothing they could not enter anyway.
+DROP FUNCTION IF EXISTS tenancy.tenant_entry(text);
 
-COMMENT ON FUNCTION tenancy.tenant_entry(text) IS
-    'What enter_tenant() needs to know of tenant p_slug (id, schema_name, status; all NULL when '
-    'unknown), so application roles need no read access to the registry. Internal.';
+CREATE OR REPLACE VIEW tenancy.tenant_directory AS
+    SELECT t.slug, t.id, t.schema_name, t.status FROM tenancy.tenants AS t;
 
-REVOKE ALL ON FUNCTION tenancy.tenant_entry(text) FROM PUBLIC;
+COMMENT ON VIEW tenancy.tenant_directory IS
+    'Slug, id, schema and status of every tenant: what entering a tenant needs, readable by '
+    'application roles that have no access to tenancy.tenants.';
 
 CREATE OR REPLACE FUNCTION tenancy.enter_tenant(p_slug text)
     RETURNS uuid
@@ -37,10 +29,11 @@ DECLARE
     v_schema text;
     v_status text;
 BEGIN
-    SELECT e.id, e.schema_name, e.status
+    SELECT d.id, d.schema_name, d.status
       INTO v_id, v_schema, v_status
-      FROM tenancy.tenant_entry(p_slug) AS e;
-    IF v_id IS NULL THEN
+      FROM tenancy.tenant_directory AS d
+     WHERE d.slug = p_slug;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(p_slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;

@@ -174,9 +174,10 @@ BEGIN
     PERFORM tenancy.forget_dropped_tables();
     INSERT INTO tenancy.app_roles (role_name) VALUES (p_role) ON CONFLICT (role_name) DO NOTHING;
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
-    EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables, tenancy.tenant_directory TO %I',
+                   p_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text), '
-                   'tenancy.tenant_entry(text), tenancy.current_tenant_id(), '
+                   'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', p_role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP

@@ -56,6 +56,10 @@ BEGIN
                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger AS t
                               JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid
                              WHERE t.oid = d.objid AND c.relnamespace = 'tenancy'::regnamespace))
+       AND NOT (d.classid = 'pg_catalog.pg_rewrite'::regclass
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS rw
+                              JOIN pg_catalog.pg_class AS c ON c.oid = rw.ev_class
+                             WHERE rw.oid = d.objid AND c.relnamespace = 'tenancy'::regnamespace))
        AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS tt
                         WHERE (pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).identity
                               LIKE pg_catalog.quote_ident(tt.schema_name) || '.%'
