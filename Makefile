@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 CHINOOK ?= ../shared/data/chinook/Chinook_PostgreSql.sql
 PYTEST_ARGS ?=
 
-.PHONY: venv pg-binaries pgbouncer install-sql uninstall-sql demo test bench lint clean
+.PHONY: venv pg-binaries pgbouncer plpgsql-check install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,20 @@ pgbouncer:
 	  fi; \
 	fi
 
+# plpgsql_check lints every PL/pgSQL function in the test suite; skipped with
+# a message when it cannot be installed.
+plpgsql-check:
+	@ver=$$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1); \
+	if [ -n "$$ver" ] && [ ! -f /usr/share/postgresql/$$ver/extension/plpgsql_check.control ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing plpgsql_check (apt-get install postgresql-$$ver-plpgsql-check)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$$ver-plpgsql-check >/dev/null; } \
+	      || echo "note: could not install plpgsql_check; its test will be skipped" >&2; \
+	  else \
+	    echo "note: plpgsql_check not installed; its test will be skipped" >&2; \
+	  fi; \
+	fi
+
 install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
 	$(BIN)/pgtenancy install --dsn "$(DATABASE_URL)"
@@ -63,7 +77,7 @@ uninstall-sql: $(STAMP)
 demo: $(STAMP) pg-binaries
 	$(BIN)/python -m pgtenancy.demo --chinook "$(CHINOOK)"
 
-test: $(STAMP) pg-binaries pgbouncer
+test: $(STAMP) pg-binaries pgbouncer plpgsql-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) pg-binaries pgbouncer

@@ -207,7 +207,7 @@ AS $$
 DECLARE
     v_guard   tenancy.guarded_tables;
     v_count   bigint;
-    v_total   bigint := 0;
+    v_total   bigint := 0::bigint;
     v_before  text := current_setting('app.tenant_id', true);
 BEGIN
     PERFORM tenancy.forget_dropped_tables();

@@ -1,0 +1,66 @@
+"""plpgsql_check over every PL/pgSQL function of the kit, with every warning on.
+
+Skipped, with the reason, where the plpgsql_check extension is not installed
+(`make test` installs Debian's postgresql-NN-plpgsql-check when it can).
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+# Findings that are intended, each with why.
+ALLOWED = {
+    # Migrations are SQL text run by design; only registered migrations run.
+    ("apply_migrations", "security", "text type variable is not sanitized"),
+    # It compares with 'tenancy.tenants'::regclass, a catalog lookup: STABLE is right.
+    ("assert_registry_trigger", "performance", "routine is marked as STABLE, should be IMMUTABLE"),
+}
+
+CHECK = """
+SELECT p.proname, c.lineno, c.level, c.message
+  FROM pg_proc AS p
+  JOIN pg_namespace AS n ON n.oid = p.pronamespace
+  JOIN pg_language AS l ON l.oid = p.prolang AND l.lanname = 'plpgsql'
+ CROSS JOIN LATERAL plpgsql_check_function_tb(
+        p.oid,
+        CASE WHEN p.prorettype = 'trigger'::regtype THEN %s::regclass ELSE 0 END,
+        fatal_errors => false, other_warnings => true, performance_warnings => true,
+        extra_warnings => true, security_warnings => true) AS c
+ WHERE n.nspname = 'tenancy'
+   AND (p.prorettype <> 'trigger'::regtype OR p.proname = ANY(%s))
+"""
+
+
+def test_plpgsql_check_is_clean(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        available = conn.execute(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'plpgsql_check'"
+        ).fetchone()
+        if not available or not available[0]:
+            pytest.skip("plpgsql_check is not installed (Debian: postgresql-NN-plpgsql-check)")
+        conn.execute("CREATE EXTENSION plpgsql_check")
+        conn.execute("CREATE TABLE public.guarded (id int)")
+        conn.execute("SELECT tenancy.enable_rls('public.guarded')")
+        findings = []
+        for relation, triggers in (
+            (
+                "tenancy.tenants",
+                [
+                    "tenants_before_insert",
+                    "tenants_before_update",
+                    "tenants_after_change",
+                    "tenants_refuse_truncate",
+                ],
+            ),
+            ("public.guarded", ["guard_write"]),
+        ):
+            rows = conn.execute(CHECK, (relation, triggers)).fetchall()
+            findings.extend(rows)
+        checked = conn.execute(
+            "SELECT count(*) FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+            "WHERE p.pronamespace = 'tenancy'::regnamespace AND l.lanname = 'plpgsql'"
+        ).fetchone()
+    unexpected = [f for f in findings if (f[0], f[2], f[3]) not in ALLOWED]
+    assert unexpected == []
+    assert checked is not None and checked[0] >= 20
