@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from conftest import pgtenancy_cli, subprocess_env
-from pgtenancy import Listener, Tenancy
+from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
+from pgtenancy.server import TemporaryCluster, find_bindir, fresh_database
 from pgtenancy.signals import tenant_created, tenant_suspended
 
 TESTS = Path(__file__).resolve().parent
@@ -379,3 +380,32 @@ def test_a_failing_receiver_backs_off_on_one_connection(dsn: str, tenancy: Tenan
         assert conn.execute(
             "SELECT last_id FROM tenancy.consumers WHERE name = 'backoff'"
         ).fetchone() == (0,)
+
+
+@pytest.mark.skipif(find_bindir() is None, reason="no local PostgreSQL binaries to restart")
+def test_listener_survives_a_server_restart(tmp_path: Path) -> None:
+    cluster = TemporaryCluster(find_bindir())  # type: ignore[arg-type]
+    cluster.start()
+    try:
+        with fresh_database(cluster.dsn, "restart") as dsn:
+            install(dsn)
+            tenancy = Tenancy(dsn)
+            record = tmp_path / "events.jsonl"
+            lp = ListenerProcess(dsn, record).start()
+            try:
+                tenancy.create_tenant("before")
+                wait_for(lambda: len(recorded(record)) == 1)
+                tenancy.create_tenant("racing")  # committed just before the restart
+                cluster.server_stop()
+                time.sleep(0.5)
+                cluster.server_start()
+                tenancy.create_tenant("after")
+                wait_for(lambda: len(recorded(record)) == 3, timeout=60)
+                assert [e["slug"] for e in recorded(record)] == ["before", "racing", "after"]
+                assert lp.terminate() == 0
+                assert "reconnecting" in lp.stderr()
+            finally:
+                if lp.proc is not None and lp.proc.poll() is None:
+                    lp.kill()
+    finally:
+        cluster.stop()

@@ -116,6 +116,7 @@ class TemporaryCluster:
         self.base: Path | None = None
         self.dsn = ""
         self._run_as: dict[str, Any] = {}
+        self._options = ""
 
     def _run(self, *args: str) -> None:
         result = subprocess.run(args, capture_output=True, text=True, cwd=self.base, **self._run_as)
@@ -167,36 +168,41 @@ class TemporaryCluster:
                 "-c max_connections=200",
             ]
         )
+        self._options = options
+        self.server_start()
+        self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        return self.dsn
+
+    def server_start(self) -> None:
+        """Start the server of a created cluster (after :meth:`server_stop`)."""
+        assert self.base is not None, "start() the cluster first"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
-            str(data),
+            str(self.base / "data"),
             "-l",
             str(self.base / "server.log"),
             "-w",
             "-t",
             "60",
             "-o",
-            options,
+            self._options,
             "start",
         )
-        self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        return self.dsn
+
+    def server_stop(self) -> None:
+        """Stop the server (fast shutdown: sessions are disconnected), keeping its data."""
+        assert self.base is not None, "start() the cluster first"
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", "fast", "-w", "stop"
+        )
 
     def stop(self) -> None:
         """Stop the cluster and delete its directory."""
         if self.base is None:
             return
         with contextlib.suppress(NoServerError):
-            self._run(
-                str(self.bindir / "pg_ctl"),
-                "-D",
-                str(self.base / "data"),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            )
+            self.server_stop()
         shutil.rmtree(self.base, ignore_errors=True)
         self.base = None
 
