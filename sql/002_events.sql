@@ -176,6 +176,10 @@ BEGIN
                    'tenancy.register_consumer(text), tenancy.next_events(text, integer), '
                    'tenancy.events_held_back(text), tenancy.advance_consumer(text, xid8, bigint), '
                    'tenancy.version() TO %I', p_role);
+    -- Defined in a later file; granted when present.
+    IF to_regprocedure('tenancy.consumer_heartbeat(text)') IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_heartbeat(text) TO %I', p_role);
+    END IF;
 END
 $$;
 

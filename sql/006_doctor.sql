@@ -40,13 +40,29 @@ BEGIN
          WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
            AND t.migration_version IS DISTINCT FROM v_latest;
 
+    -- Only when the operations functions are installed (007 comes later).
+    IF to_regclass('tenancy.consumers') IS NOT NULL THEN
+        RETURN QUERY
+            SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
+                   format('consumer %s has not been seen since %s and has undelivered events; '
+                          'prune_events no longer waits for it after its inactive_after',
+                          c.name, coalesce(c.seen_at, c.updated_at)),
+                   format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
+                          c.name)
+              FROM tenancy.consumers AS c
+             WHERE coalesce(c.seen_at, c.updated_at) < now() - interval '1 day'
+               AND EXISTS (SELECT 1 FROM tenancy.events AS e
+                            WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
+    END IF;
+
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
-    '(warnings). Called by check_isolation().';
+    '(warnings), consumers unseen for a day with undelivered events (warning). Called by '
+    'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
 

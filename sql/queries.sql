@@ -71,3 +71,15 @@ SELECT tenancy.grant_app_role(%(role)s)
 
 -- name: check_isolation
 SELECT severity, check_name, object, message, fix FROM tenancy.check_isolation()
+
+-- name: consumer_heartbeat
+SELECT tenancy.consumer_heartbeat(%(consumer)s)
+
+-- name: consumer_status
+SELECT consumer, last_id, lag_events, lag_seconds, seen_at, listeners FROM tenancy.consumer_status()
+
+-- name: outbox_health
+SELECT notification_queue_usage, oldest_transaction_seconds, events FROM tenancy.outbox_health()
+
+-- name: prune_events
+SELECT tenancy.prune_events(%(older_than)s::interval, %(inactive_after)s::interval) AS deleted

@@ -85,6 +85,43 @@ class GuardedTable:
 
 
 @dataclass(frozen=True)
+class ConsumerStatus:
+    """Where an outbox consumer stands.
+
+    Attributes:
+        consumer: consumer name.
+        last_id: id of the last event delivered (0 when none).
+        lag_events: events not yet delivered.
+        lag_seconds: age of the oldest undelivered event, in seconds (0 when none).
+        seen_at: last heartbeat of a listener, None when none ever ran.
+        listeners: listener connections open now.
+    """
+
+    consumer: str
+    last_id: int
+    lag_events: int
+    lag_seconds: float
+    seen_at: datetime | None
+    listeners: int
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    """Cluster-wide figures that bound delivery.
+
+    Attributes:
+        notification_queue_usage: fill of the NOTIFY queue, 0 to 1.
+        oldest_transaction_seconds: age of the oldest open transaction; it holds
+            back every consumer (seconds).
+        events: events kept in the outbox.
+    """
+
+    notification_queue_usage: float
+    oldest_transaction_seconds: float
+    events: int
+
+
+@dataclass(frozen=True)
 class MigrationReport:
     """Outcome of :meth:`Tenancy.migrate_tenants`.
 
@@ -293,3 +330,39 @@ class Tenancy:
                 guarded table.
         """
         self._one("grant_app_role", role=role)
+
+    def consumer_status(self) -> list[ConsumerStatus]:
+        """Cursor, lag and listeners of every outbox consumer."""
+        with self._begin() as conn:
+            rows = conn.exec_driver_sql(QUERIES["consumer_status"]).all()
+        return [
+            ConsumerStatus(str(r[0]), int(r[1]), int(r[2]), float(r[3]), r[4], int(r[5]))
+            for r in rows
+        ]
+
+    def outbox_health(self) -> OutboxHealth:
+        """NOTIFY queue usage, age of the oldest open transaction, outbox size."""
+        row = self._one("outbox_health")
+        return OutboxHealth(
+            float(row["notification_queue_usage"]),
+            float(row["oldest_transaction_seconds"]),
+            int(row["events"]),
+        )
+
+    def prune_events(self, older_than: str, inactive_after: str = "1 day") -> int:
+        """Delete outbox events older than ``older_than`` that every active
+        consumer has passed.
+
+        Args:
+            older_than: a Postgres interval, e.g. ``"7 days"``.
+            inactive_after: a consumer without heartbeat for this interval
+                stops holding events back.
+
+        Returns:
+            The number of events deleted.
+        """
+        return int(
+            self._one("prune_events", older_than=older_than, inactive_after=inactive_after)[
+                "deleted"
+            ]
+        )

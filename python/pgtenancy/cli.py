@@ -234,6 +234,47 @@ def grant_app_role(dsn: str, role: str) -> None:
     click.echo(f"{role} may use tenants")
 
 
+@main.group()
+def events() -> None:
+    """Outbox operations: consumer status and retention."""
+
+
+@events.command()
+@dsn_option
+def status(dsn: str) -> None:
+    """Per consumer: cursor, lag (events, seconds), heartbeat, listeners; and the
+    NOTIFY queue and the oldest open transaction, which bound every consumer."""
+    tenancy = Tenancy(dsn)
+    click.echo(f"{'consumer':<24} {'last_id':>8} {'lag':>8} {'lag_s':>8} {'listeners':>9}  seen_at")
+    for c in tenancy.consumer_status():
+        seen = c.seen_at.isoformat(timespec="seconds") if c.seen_at else "-"
+        click.echo(
+            f"{c.consumer:<24} {c.last_id:>8} {c.lag_events:>8} {c.lag_seconds:>8.1f} "
+            f"{c.listeners:>9}  {seen}"
+        )
+    h = tenancy.outbox_health()
+    click.echo(
+        f"outbox events: {h.events}; notification queue usage: "
+        f"{h.notification_queue_usage:.1%}; oldest open transaction: "
+        f"{h.oldest_transaction_seconds:.1f}s"
+    )
+
+
+@events.command()
+@dsn_option
+@click.option("--older-than", required=True, help="Postgres interval, e.g. '7 days'.")
+@click.option(
+    "--inactive-after",
+    default="1 day",
+    show_default=True,
+    help="Consumers unseen this long stop holding events back.",
+)
+def prune(dsn: str, older_than: str, inactive_after: str) -> None:
+    """Delete old events that every active consumer has passed."""
+    deleted = Tenancy(dsn).prune_events(older_than, inactive_after)
+    click.echo(f"{deleted} events deleted")
+
+
 @main.command()
 @dsn_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")

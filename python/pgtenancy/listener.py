@@ -127,6 +127,8 @@ class Listener:
         backoff_min, backoff_max: bounds, in seconds, of the exponential
             backoff after a lost connection or a failing receiver.
         connect_timeout: seconds allowed to connect.
+        heartbeat_interval: seconds between heartbeats (``consumers.seen_at``),
+            which keep the consumer active for ``tenancy.prune_events``.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Listener:
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
         connect_timeout: int = 5,
+        heartbeat_interval: float = 10.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -151,6 +154,8 @@ class Listener:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self._beat_at = 0.0
         self._stop = threading.Event()
         self._receiver_backoff = backoff_min
         self._held_wait = retry_interval
@@ -253,8 +258,18 @@ class Listener:
         conn.execute(_listen_sql(row))
         conn.execute(QUERIES["register_consumer"], {"consumer": self.consumer})
 
+    def _heartbeat_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._beat_at < self.heartbeat_interval:
+            return False
+        self._beat_at = now
+        return True
+
     def _serve(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        self._beat_at = 0.0
         while not self.stopping:
+            if self._heartbeat_due():
+                conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
             try:
                 self.catch_up(conn)
             except ReceiverFailed as exc:
@@ -332,7 +347,10 @@ class Listener:
         logger.info("consumer %s stopped after %d events", self.consumer, self.delivered)
 
     async def _aserve(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        self._beat_at = 0.0
         while not self.stopping:
+            if self._heartbeat_due():
+                await conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
             try:
                 await self.acatch_up(conn)
             except ReceiverFailed as exc:

@@ -1,0 +1,121 @@
+"""Outbox operations: heartbeats, retention that never drops what an active
+consumer still needs, consumer status, and the doctor's inactive-consumer check."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from conftest import pgtenancy_cli, subprocess_env
+from pgtenancy import Listener, Tenancy
+from pgtenancy.doctor import check_isolation
+from test_listener import wait_for
+
+SQL = Callable[..., list[tuple[Any, ...]]]
+
+
+def age_events(sql: SQL, seconds: int) -> None:
+    sql("UPDATE tenancy.events SET created_at = created_at - make_interval(secs => %s)", (seconds,))
+
+
+def test_prune_keeps_what_an_active_consumer_has_not_passed(tenancy: Tenancy, sql: SQL) -> None:
+    for slug in ("a1", "a2", "a3"):
+        tenancy.create_tenant(slug)
+    sql("SELECT tenancy.register_consumer('fast')")
+    sql("SELECT tenancy.register_consumer('slow')")
+    first, second, third = (r[0] for r in sql("SELECT id FROM tenancy.events ORDER BY id"))
+    (xid,) = sql("SELECT xid::text FROM tenancy.events WHERE id = %s", (third,))[0]
+    sql("SELECT tenancy.advance_consumer('fast', %s::xid8, %s)", (xid, third))
+    (xid1,) = sql("SELECT xid::text FROM tenancy.events WHERE id = %s", (first,))[0]
+    sql("SELECT tenancy.advance_consumer('slow', %s::xid8, %s)", (xid1, first))
+    sql("SELECT tenancy.consumer_heartbeat('fast'), tenancy.consumer_heartbeat('slow')")
+    age_events(sql, 3600)
+    # Too young: nothing goes.
+    assert tenancy.prune_events("2 hours") == 0
+    # Old enough: only what both active consumers passed.
+    assert tenancy.prune_events("30 minutes") == 1
+    assert [r[0] for r in sql("SELECT id FROM tenancy.events ORDER BY id")] == [second, third]
+    # 'slow' goes quiet for longer than inactive_after: it stops holding events back.
+    sql(
+        "UPDATE tenancy.consumers SET seen_at = now() - interval '2 days', "
+        "updated_at = now() - interval '2 days' WHERE name = 'slow'"
+    )
+    assert tenancy.prune_events("30 minutes", inactive_after="1 day") == 2
+    assert sql("SELECT count(*) FROM tenancy.events") == [(0,)]
+    with pytest.raises(psycopg.Error) as info:
+        sql("SELECT tenancy.prune_events('-1 day')")
+    assert info.value.sqlstate == "22023"
+
+
+def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -> None:
+    listener = Listener(dsn, "ops", poll_interval=0.1, heartbeat_interval=0.2)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        tenancy.create_tenant("acme")
+        wait_for(lambda: listener.delivered == 1)
+        time.sleep(0.5)
+        (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
+        assert (status.lag_events, status.listeners) == (0, 1)
+        assert status.seen_at is not None
+        seen_before = status.seen_at
+        time.sleep(0.5)
+        (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
+        assert status.seen_at is not None and status.seen_at > seen_before
+    finally:
+        listener.stop()
+        thread.join(10)
+    tenancy.create_tenant("globex")  # not delivered: the listener is gone
+    (status,) = tenancy.consumer_status()
+    assert (status.lag_events, status.listeners) == (1, 0)
+    assert status.lag_seconds >= 0
+    health = tenancy.outbox_health()
+    assert health.events == 2
+    assert 0 <= health.notification_queue_usage < 1
+    r = subprocess.run(
+        [*pgtenancy_cli(), "events", "status", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].split()[:5] == [
+        "ops",
+        str(status.last_id),
+        "1",
+        r.stdout.splitlines()[1].split()[3],
+        "0",
+    ]
+    assert "outbox events: 2" in r.stdout
+    # A consumer unseen for a day with work waiting is reported.
+    sql(
+        "UPDATE tenancy.consumers SET seen_at = now() - interval '2 days', "
+        "updated_at = now() - interval '2 days'"
+    )
+    assert ("warning", "consumer_inactive", "ops") in {
+        (f.severity, f.check, f.object) for f in check_isolation(dsn)
+    }
+    r = subprocess.run(
+        [*pgtenancy_cli(), "events", "prune", "--older-than", "0 seconds", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2 events deleted"
+
+
+def test_oldest_transaction_is_reported(dsn: str, tenancy: Tenancy) -> None:
+    with psycopg.connect(dsn) as other:
+        other.execute("SELECT txid_current()")
+        time.sleep(1.1)
+        assert tenancy.outbox_health().oldest_transaction_seconds >= 1.0
+        other.rollback()
