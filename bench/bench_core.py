@@ -49,38 +49,48 @@ both sides did the same work (same tables, same schemas searched).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
-import pgtenancy
+from common import (
+    ITEMS,
+    BaseResults,
+    TableRow,
+    add_json_option,
+    add_round_options,
+    bench_database,
+    bench_parser,
+    check_items,
+    fill_public_items,
+    fill_tenant_items,
+    log,
+    plain_tx,
+    pooled_engine,
+    positive_int,
+    print_results,
+    ratio_table,
+    repeat_for,
+    report_title,
+    tenant_tx,
+)
 from pgtenancy.admin import Tenancy
-from pgtenancy.server import find_bindir, find_server, fresh_database
+from pgtenancy.server import find_bindir
 from pgtenancy.sqlscript import read_script
 
 DEFAULT_CHINOOK = (
     Path(__file__).resolve().parents[1].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
-)
-ROWS = 1000
-SLUG = "bench"
-QUERY = text("SELECT value FROM item WHERE id = :id")
-ITEM_DDL = "CREATE TABLE item (id int PRIMARY KEY, value text NOT NULL)"
-ITEM_ROWS = (
-    "INSERT INTO item (id, value) SELECT g, md5(g::text) FROM generate_series(1, :rows) AS g"
 )
 RELATIONS = (
     "SELECT count(*) FROM pg_catalog.pg_class AS c"
@@ -89,13 +99,9 @@ RELATIONS = (
 
 
 @dataclass(frozen=True)
-class Results:
+class Results(BaseResults):
     """Everything the run measured; ``--json`` prints it as one object."""
 
-    server_version: str
-    server_source: str
-    seconds_per_round: float
-    rounds: int
     tenants: int
     tenant_session_tps: float
     plain_session_tps: float
@@ -109,21 +115,6 @@ class Results:
     psql_ddl_seconds: float
     chinook_ddl_statements: int
     elapsed_seconds: float
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout holds only the results."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def pooled_engine(dsn: str) -> Engine:
-    """Engine on ``dsn`` with the psycopg driver and a single pooled connection."""
-    return create_engine(
-        "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(dsn),
-        pool_size=1,
-        max_overflow=0,
-    )
 
 
 def find_psql() -> Path:
@@ -140,58 +131,18 @@ def find_psql() -> Path:
 # Transactions ----------------------------------------------------------------
 
 
-def tenant_tx(engine: Engine, ident: int) -> str:
-    """One transaction in tenant ``bench``: enter, one query, commit."""
-    with pgtenancy.tenant_session(engine, SLUG) as session:
-        value: str = session.execute(QUERY, {"id": ident}).scalar_one()
-        session.commit()
-    return value
-
-
-def plain_tx(engine: Engine, ident: int) -> str:
-    """The same transaction in a plain SQLAlchemy session (``public.item``)."""
-    with Session(engine) as session:
-        value: str = session.execute(QUERY, {"id": ident}).scalar_one()
-        session.commit()
-    return value
-
-
 def rate(tx: Callable[[Engine, int], str], engine: Engine, seconds: float, seed: int) -> float:
     """Transactions per second of ``tx`` run back to back for ``seconds``."""
     rng = random.Random(seed)
-    count = 0
-    start = now = time.perf_counter()
-    deadline = start + seconds
-    while now < deadline:
-        tx(engine, rng.randint(1, ROWS))
-        count += 1
-        now = time.perf_counter()
-    return count / (now - start)
+    count, elapsed = repeat_for(seconds, tx, engine, partial(rng.randint, 1, ITEMS))
+    return count / elapsed
 
 
 def prepare_items(dsn: str, engine: Engine, tenancy: Tenancy) -> None:
-    """``item`` with ROWS rows in ``public`` and, via a migration, in tenant ``bench``."""
-    tenancy.add_migration("0002_item", ITEM_DDL)
-    tenancy.create_tenant(SLUG)
-    with pgtenancy.tenant_session(engine, SLUG) as session:
-        session.execute(text(ITEM_ROWS), {"rows": ROWS})
-        session.commit()
-    with psycopg.connect(dsn) as conn:
-        conn.execute(ITEM_DDL)
-        conn.execute(ITEM_ROWS.replace(":rows", "%(rows)s"), {"rows": ROWS})
-        conn.commit()
-        conn.autocommit = True
-        conn.execute("ANALYZE public.item")
-        conn.execute(f"ANALYZE tenant_{SLUG}.item")
-    # Both sides read the same rows, each from its own schema.
-    with pgtenancy.tenant_session(engine, SLUG) as session:
-        where = session.execute(text("SELECT current_schema()")).scalar_one()
-        tenant_value = session.execute(QUERY, {"id": 7}).scalar_one()
-    with Session(engine) as session:
-        plain_where = session.execute(text("SELECT current_schema()")).scalar_one()
-        plain_value = session.execute(QUERY, {"id": 7}).scalar_one()
-    if (where, plain_where) != (f"tenant_{SLUG}", "public") or tenant_value != plain_value:
-        raise RuntimeError(f"unexpected setup: schemas {where}/{plain_where}")
+    """``item`` with ITEMS rows in ``public`` and, via a migration, in tenant ``bench``."""
+    fill_tenant_items(engine, tenancy, "0002_item")
+    fill_public_items(dsn)
+    check_items(engine)
 
 
 def bench_transactions(
@@ -281,16 +232,9 @@ def run(chinook: Path, seconds: float, rounds: int, tenants: int) -> Results:
     started = time.perf_counter()
     script = read_script(chinook.read_text("utf-8"))
     ddl = script.sql_of("ddl")
-    source = "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "find_server()"
-    with (
-        find_server(env=("DATABASE_URL",)) as admin,
-        fresh_database(admin, "pgtenancy_bench") as dsn,
-    ):
-        pgtenancy.install(dsn)
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-        version = str(row[0]) if row else "?"
-        log(f"PostgreSQL {version}; database ready")
+    with bench_database() as db:
+        dsn = db.dsn
+        log(f"PostgreSQL {db.server_version}; database ready")
         engine = pooled_engine(dsn)
         try:
             tenancy = Tenancy(engine)
@@ -307,8 +251,8 @@ def run(chinook: Path, seconds: float, rounds: int, tenants: int) -> Results:
     create_rate = tenants / create_s
     psql_rate = tenants / psql_s
     return Results(
-        server_version=version,
-        server_source=source,
+        server_version=db.server_version,
+        server_source=db.server_source,
         seconds_per_round=seconds,
         rounds=rounds,
         tenants=tenants,
@@ -330,75 +274,61 @@ def run(chinook: Path, seconds: float, rounds: int, tenants: int) -> Results:
 def report(r: Results) -> str:
     """The results as a short header and a three-column table."""
     lines = [
-        f"pgtenancy {pgtenancy.__version__} core benchmark: PostgreSQL {r.server_version} "
-        f"({r.server_source}), Python {sys.version.split()[0]}",
+        report_title("core", r),
         f"transactions: {r.rounds} rounds x {r.seconds_per_round:g} s per side, alternating, "
         f"1 thread, pool_size=1, medians; round trips not counted",
         f"provisioning: {r.tenants} tenants per side, Chinook DDL "
         f"({r.chinook_ddl_statements} statements), one transaction per tenant",
         f"total run time {r.elapsed_seconds:g} s",
         "",
-        f"{'pgtenancy':<36} | {'baseline':<36} | ratio",
-        f"{'-' * 36}-+-{'-' * 36}-+------",
-        f"{'tenant_session tx/s':<26}{r.tenant_session_tps:>10.1f} | "
-        f"{'plain Session tx/s':<26}{r.plain_session_tps:>10.1f} | {r.session_ratio:.2f}",
-        f"{'create_tenant tenants/s':<26}{r.create_tenant_per_s:>10.1f} | "
-        f"{'psql DDL tenants/s':<26}{r.psql_ddl_per_s:>10.1f} | {r.provision_ratio:.2f}",
+        *ratio_table(
+            36,
+            [
+                TableRow(
+                    "tenant_session tx/s",
+                    r.tenant_session_tps,
+                    "plain Session tx/s",
+                    r.plain_session_tps,
+                    r.session_ratio,
+                ),
+                TableRow(
+                    "create_tenant tenants/s",
+                    r.create_tenant_per_s,
+                    "psql DDL tenants/s",
+                    r.psql_ddl_per_s,
+                    r.provision_ratio,
+                ),
+            ],
+        ),
         "",
         "ratio = pgtenancy / baseline (1.00: no overhead; 0.80: 80% of the baseline's rate)",
     ]
     return "\n".join(lines)
 
 
-def positive_float(value: str) -> float:
-    """argparse type: a float > 0."""
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not > 0")
-    return number
-
-
-def positive_int(value: str) -> int:
-    """argparse type: an int > 0."""
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not > 0")
-    return number
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options, run, print the table (or JSON)."""
-    parser = argparse.ArgumentParser(
-        description="pgtenancy core benchmarks: ratios against same-run baselines."
-    )
+    parser = bench_parser("core")
     parser.add_argument(
         "--chinook",
         type=Path,
         default=DEFAULT_CHINOOK,
         help="Chinook_PostgreSql.sql (default: %(default)s)",
     )
-    parser.add_argument(
-        "--seconds",
-        type=positive_float,
-        default=2.0,
-        help="duration of one round per side, in seconds (default: 2)",
-    )
-    parser.add_argument(
-        "--rounds", type=positive_int, default=5, help="alternating rounds per side (default: 5)"
-    )
+    add_round_options(parser, "alternating")
     parser.add_argument(
         "--tenants",
         type=positive_int,
         default=100,
         help="tenants provisioned per side (default: 100)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     chinook: Path = args.chinook
     if not chinook.is_file():
         parser.error(f"Chinook script not found: {chinook}")
     results = run(chinook, args.seconds, args.rounds, args.tenants)
-    print(json.dumps(asdict(results)) if args.json else report(results))
+    print_results(results, report, args.json)
     return 0
 
 

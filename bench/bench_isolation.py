@@ -79,32 +79,48 @@ rows (the same schemas, for part 2).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import random
 import statistics
-import sys
 import textwrap
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
-from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 import pgtenancy
+from common import (
+    ITEMS,
+    BaseResults,
+    TableRow,
+    add_json_option,
+    add_round_options,
+    bench_database,
+    bench_parser,
+    check_items,
+    fill_public_items,
+    fill_tenant_items,
+    log,
+    plain_tx,
+    pooled_engine,
+    positive_int,
+    print_results,
+    ratio_table,
+    repeat_for,
+    report_title,
+    tenant_tx,
+)
 from pgtenancy.admin import Tenancy
-from pgtenancy.server import TemporaryPgBouncer, find_server, fresh_database
+from pgtenancy.server import TemporaryPgBouncer
 
 APP_ROLE_PREFIX = "pgtenancy_bench_app"
 THREADS = 4
@@ -135,15 +151,7 @@ WHERE_QUERY = text("SELECT count(*), sum(amount) FROM orders WHERE tenant_id = :
 ENTER = text("SELECT tenancy.enter_tenant(:slug)")
 NOOP = text("SELECT 1")
 EXPLAIN = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF, TIMING OFF, SUMMARY OFF) "
-
-# Part 2: a schema tenant and a plain table.
-SLUG = "bench"
-ITEMS = 1000
-ITEM_QUERY = text("SELECT value FROM item WHERE id = :id")
-ITEM_DDL = "CREATE TABLE item (id int PRIMARY KEY, value text NOT NULL)"
-ITEM_ROWS = (
-    "INSERT INTO item (id, value) SELECT g, md5(g::text) FROM generate_series(1, :rows) AS g"
-)
+# Part 2 uses the schema tenant ``bench`` and the item tables of common.
 
 
 @dataclass(frozen=True)
@@ -167,13 +175,9 @@ class Side:
 
 
 @dataclass(frozen=True)
-class Results:
+class Results(BaseResults):
     """Everything the run measured; ``--json`` prints it as one object."""
 
-    server_version: str
-    server_source: str
-    seconds_per_round: float
-    rounds: int
     tenants: int
     rows_per_tenant: int
     rls_tenant_session_qps: float
@@ -198,21 +202,6 @@ class Results:
     rounds_per_side: dict[str, list[float]]
     setup_seconds: float
     elapsed_seconds: float
-
-
-def log(message: str) -> None:
-    """Progress on stderr, so stdout holds only the results."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def pooled_engine(dsn: str, **connect_kwargs: Any) -> Engine:
-    """Engine on ``dsn`` with the psycopg driver and a single pooled connection."""
-    return create_engine(
-        "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(dsn, **connect_kwargs),
-        pool_size=1,
-        max_overflow=0,
-    )
 
 
 def bench_sides(
@@ -302,14 +291,7 @@ def tenant_rate(
 ) -> tuple[int, float]:
     """Queries of ``tx`` on random tenants run back to back for ``seconds``, and the time."""
     rng = random.Random(seed)
-    count = 0
-    start = now = time.perf_counter()
-    deadline = start + seconds
-    while now < deadline:
-        tx(engine, rng.choice(tenants))
-        count += 1
-        now = time.perf_counter()
-    return count, now - start
+    return repeat_for(seconds, tx, engine, partial(rng.choice, tenants))
 
 
 def load_orders(dsn: str, tenants: int, rows_per_tenant: int) -> list[SharedTenant]:
@@ -406,22 +388,6 @@ def bench_rls(
 # Part 2: PgBouncer -------------------------------------------------------------
 
 
-def tenant_tx(engine: Engine, ident: int) -> str:
-    """One transaction in tenant ``bench``: enter, one query, commit."""
-    with pgtenancy.tenant_session(engine, SLUG) as session:
-        value: str = session.execute(ITEM_QUERY, {"id": ident}).scalar_one()
-        session.commit()
-    return value
-
-
-def plain_tx(engine: Engine, ident: int) -> str:
-    """The same transaction in a plain SQLAlchemy session (``public.item``)."""
-    with Session(engine) as session:
-        value: str = session.execute(ITEM_QUERY, {"id": ident}).scalar_one()
-        session.commit()
-    return value
-
-
 def threaded_rate(
     tx: Callable[[Engine, int], str], engines: Sequence[Engine], seconds: float, seed: int
 ) -> tuple[int, float]:
@@ -432,15 +398,9 @@ def threaded_rate(
     def worker(index: int) -> tuple[int, float]:
         rng = random.Random(seed * len(engines) + index)
         engine = engines[index]
+        draw = partial(rng.randint, 1, ITEMS)
         barrier.wait()
-        count = 0
-        start = now = time.perf_counter()
-        deadline = start + seconds
-        while now < deadline:
-            tx(engine, rng.randint(1, ITEMS))
-            count += 1
-            now = time.perf_counter()
-        return count, now - start
+        return repeat_for(seconds, tx, engine, draw)
 
     with ThreadPoolExecutor(len(engines)) as pool:
         done = list(pool.map(worker, range(len(engines))))
@@ -451,33 +411,10 @@ def prepare_items(dsn: str) -> None:
     """``item`` with ITEMS rows in ``public`` and, via a migration, in tenant ``bench``."""
     engine = pooled_engine(dsn)
     try:
-        tenancy = Tenancy(engine)
-        tenancy.add_migration("0001_item", ITEM_DDL)
-        tenancy.create_tenant(SLUG)
-        with pgtenancy.tenant_session(engine, SLUG) as session:
-            session.execute(text(ITEM_ROWS), {"rows": ITEMS})
-            session.commit()
+        fill_tenant_items(engine, Tenancy(engine), "0001_item")
     finally:
         engine.dispose()
-    with psycopg.connect(dsn) as conn:
-        conn.execute(ITEM_DDL)
-        conn.execute(ITEM_ROWS.replace(":rows", "%(rows)s"), {"rows": ITEMS})
-        conn.commit()
-        conn.autocommit = True
-        conn.execute("ANALYZE public.item")
-        conn.execute(f"ANALYZE tenant_{SLUG}.item")
-
-
-def check_items(engine: Engine) -> None:
-    """Both sides read the same rows, each from its own schema."""
-    with pgtenancy.tenant_session(engine, SLUG) as session:
-        where = session.execute(text("SELECT current_schema()")).scalar_one()
-        tenant_value = session.execute(ITEM_QUERY, {"id": 7}).scalar_one()
-    with Session(engine) as session:
-        plain_where = session.execute(text("SELECT current_schema()")).scalar_one()
-        plain_value = session.execute(ITEM_QUERY, {"id": 7}).scalar_one()
-    if (where, plain_where) != (f"tenant_{SLUG}", "public") or tenant_value != plain_value:
-        raise RuntimeError(f"unexpected setup: schemas {where}/{plain_where}")
+    fill_public_items(dsn)
 
 
 def bench_pgbouncer(dsn: str, seconds: float, rounds: int) -> list[list[float]]:
@@ -517,16 +454,9 @@ def bench_pgbouncer(dsn: str, seconds: float, rounds: int) -> list[list[float]]:
 def run(seconds: float, rounds: int, tenants: int, rows_per_tenant: int) -> Results:
     """Set up a server, a fresh database and an app role, run both benchmarks."""
     started = time.perf_counter()
-    source = "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "find_server()"
-    with (
-        find_server(env=("DATABASE_URL",)) as admin,
-        fresh_database(admin, "pgtenancy_bench") as dsn,
-    ):
-        pgtenancy.install(dsn)
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-        version = str(row[0]) if row else "?"
-        log(f"PostgreSQL {version}; database ready; loading public.orders")
+    with bench_database() as db:
+        dsn = db.dsn
+        log(f"PostgreSQL {db.server_version}; database ready; loading public.orders")
         shared = load_orders(dsn, tenants, rows_per_tenant)
         role = create_app_role(dsn)
         setup = time.perf_counter() - started
@@ -555,8 +485,8 @@ def run(seconds: float, rounds: int, tenants: int, rows_per_tenant: int) -> Resu
         "direct_tenant_session",
     ]
     return Results(
-        server_version=version,
-        server_source=source,
+        server_version=db.server_version,
+        server_source=db.server_source,
         seconds_per_round=seconds,
         rounds=rounds,
         tenants=tenants,
@@ -592,13 +522,8 @@ def run(seconds: float, rounds: int, tenants: int, rows_per_tenant: int) -> Resu
 def report(r: Results) -> str:
     """The results as a short header and a three-column table."""
     w = 42
-
-    def line(left: str, lval: float, right: str, rval: float, ratio: float) -> str:
-        return f"{left:<{w - 10}}{lval:>10.1f} | {right:<{w - 10}}{rval:>10.1f} | {ratio:.2f}"
-
     lines = [
-        f"pgtenancy {pgtenancy.__version__} isolation benchmark: PostgreSQL {r.server_version} "
-        f"({r.server_source}), Python {sys.version.split()[0]}",
+        report_title("isolation", r),
         f"RLS: public.orders, {r.tenants} shared tenants x {r.rows_per_tenant} rows, "
         "SELECT count(*), sum(amount) for a random tenant, 1 thread, pool_size=1",
         f"PgBouncer: transaction pooling, default_pool_size={r.pgbouncer_pool_size}, "
@@ -607,42 +532,45 @@ def report(r: Results) -> str:
         f"(RLS) or {PGBOUNCER_TURN:g} s (PgBouncer), medians; "
         f"setup {r.setup_seconds:g} s, total run time {r.elapsed_seconds:g} s",
         "",
-        f"{'pgtenancy':<{w}} | {'baseline':<{w}} | ratio",
-        f"{'-' * w}-+-{'-' * w}-+------",
-        line(
-            "tenant_session + RLS q/s",
-            r.rls_tenant_session_qps,
-            "plain Session + WHERE q/s",
-            r.where_session_qps,
-            r.rls_ratio,
-        ),
-        line(
-            "enter_tenant + RLS q/s",
-            r.rls_enter_qps,
-            "SELECT 1 + WHERE q/s",
-            r.where_select1_qps,
-            r.rls_same_statements_ratio,
-        ),
-        line(
-            "enter_tenant + RLS q/s",
-            r.rls_enter_qps,
-            "enter_tenant + WHERE q/s",
-            r.enter_where_qps,
-            r.rls_filter_ratio,
-        ),
-        line(
-            "tenant_session, PgBouncer tx/s",
-            r.pgbouncer_tenant_session_tps,
-            "plain Session, PgBouncer tx/s",
-            r.pgbouncer_plain_session_tps,
-            r.pgbouncer_ratio,
-        ),
-        line(
-            "tenant_session, PgBouncer tx/s",
-            r.pgbouncer_tenant_session_tps,
-            "tenant_session, direct tx/s",
-            r.direct_tenant_session_tps,
-            r.pgbouncer_direct_ratio,
+        *ratio_table(
+            w,
+            [
+                TableRow(
+                    "tenant_session + RLS q/s",
+                    r.rls_tenant_session_qps,
+                    "plain Session + WHERE q/s",
+                    r.where_session_qps,
+                    r.rls_ratio,
+                ),
+                TableRow(
+                    "enter_tenant + RLS q/s",
+                    r.rls_enter_qps,
+                    "SELECT 1 + WHERE q/s",
+                    r.where_select1_qps,
+                    r.rls_same_statements_ratio,
+                ),
+                TableRow(
+                    "enter_tenant + RLS q/s",
+                    r.rls_enter_qps,
+                    "enter_tenant + WHERE q/s",
+                    r.enter_where_qps,
+                    r.rls_filter_ratio,
+                ),
+                TableRow(
+                    "tenant_session, PgBouncer tx/s",
+                    r.pgbouncer_tenant_session_tps,
+                    "plain Session, PgBouncer tx/s",
+                    r.pgbouncer_plain_session_tps,
+                    r.pgbouncer_ratio,
+                ),
+                TableRow(
+                    "tenant_session, PgBouncer tx/s",
+                    r.pgbouncer_tenant_session_tps,
+                    "tenant_session, direct tx/s",
+                    r.direct_tenant_session_tps,
+                    r.pgbouncer_direct_ratio,
+                ),
+            ],
         ),
         "",
     ]
@@ -661,36 +589,10 @@ def report(r: Results) -> str:
     return "\n".join(lines)
 
 
-def positive_float(value: str) -> float:
-    """argparse type: a float > 0."""
-    number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not > 0")
-    return number
-
-
-def positive_int(value: str) -> int:
-    """argparse type: an int > 0."""
-    number = int(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not > 0")
-    return number
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options, run, print the table (or JSON)."""
-    parser = argparse.ArgumentParser(
-        description="pgtenancy isolation benchmarks: ratios against same-run baselines."
-    )
-    parser.add_argument(
-        "--seconds",
-        type=positive_float,
-        default=2.0,
-        help="duration of one round per side, in seconds (default: 2)",
-    )
-    parser.add_argument(
-        "--rounds", type=positive_int, default=5, help="rotating rounds per side (default: 5)"
-    )
+    parser = bench_parser("isolation")
+    add_round_options(parser, "rotating")
     parser.add_argument(
         "--tenants",
         type=positive_int,
@@ -703,10 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1000,
         help="rows of public.orders per shared tenant (default: 1000)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     results = run(args.seconds, args.rounds, args.tenants, args.rows_per_tenant)
-    print(json.dumps(asdict(results)) if args.json else report(results))
+    print_results(results, report, args.json)
     return 0
 
 
