@@ -124,6 +124,8 @@ CREATE TABLE IF NOT EXISTS tenancy.consumers (
     last_id    bigint      NOT NULL DEFAULT 0,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    lease_holder text,
+    lease_until  timestamptz,
     CONSTRAINT consumers_pkey PRIMARY KEY (name)
 );
 

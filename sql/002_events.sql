@@ -119,13 +119,35 @@ COMMENT ON FUNCTION tenancy.events_held_back(text) IS
     'True when committed events after the cursor of p_consumer wait for an older transaction '
     'to finish before they may be read; a consumer then polls again shortly.';
 
-CREATE OR REPLACE FUNCTION tenancy.advance_consumer(p_consumer text, p_xid xid8, p_id bigint)
+-- Development builds had a three-argument advance_consumer; keep one signature.
+DROP FUNCTION IF EXISTS tenancy.advance_consumer(text, xid8, bigint);
+
+CREATE OR REPLACE FUNCTION tenancy.advance_consumer(
+    p_consumer text,
+    p_xid      xid8,
+    p_id       bigint,
+    p_holder   text DEFAULT NULL
+)
     RETURNS boolean
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_cursor tenancy.consumers;
 BEGIN
+    SELECT * INTO v_cursor FROM tenancy.consumers WHERE name = p_consumer FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+            USING ERRCODE = 'PT011';
+    END IF;
+    -- A listener that lost its lease must not move the cursor of the one
+    -- that took over.
+    IF p_holder IS NOT NULL
+       AND (v_cursor.lease_holder IS DISTINCT FROM p_holder OR v_cursor.lease_until < now()) THEN
+        RAISE EXCEPTION 'consumer %: the lease of % is lost', quote_literal(p_consumer), p_holder
+            USING ERRCODE = 'PT015';
+    END IF;
     -- Only to a delivered position: an event that exists and is readable.
     IF NOT EXISTS (SELECT 1 FROM tenancy.events
                     WHERE xid = p_xid AND id = p_id
@@ -137,28 +159,21 @@ BEGIN
        SET last_xid = p_xid, last_id = p_id, updated_at = now()
      WHERE name = p_consumer
        AND (last_xid, last_id) < (p_xid, p_id);
-    IF FOUND THEN
-        RETURN true;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM tenancy.consumers WHERE name = p_consumer) THEN
-        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
-            USING ERRCODE = 'PT011';
-    END IF;
-    RETURN false;
+    RETURN FOUND;
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.advance_consumer(text, xid8, bigint) IS
+COMMENT ON FUNCTION tenancy.advance_consumer(text, xid8, bigint, text) IS
     'Move the cursor of p_consumer forward to (p_xid, p_id), which must be a readable event; never '
-    'backward. True when it moved. Raises PT011 for an unknown consumer, 22023 for a position that '
-    'is not a readable event.';
+    'backward. With p_holder, only while p_holder holds the consumer''s lease. True when it moved. '
+    'Raises PT011 (unknown consumer), PT015 (lease lost), 22023 (not a readable event).';
 
 -- The outbox functions are for listeners: the kit's owner, or roles granted
 -- with tenancy.grant_listener_role().
 REVOKE ALL ON FUNCTION tenancy.register_consumer(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.next_events(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.events_held_back(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION tenancy.advance_consumer(text, xid8, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.advance_consumer(text, xid8, bigint, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.grant_listener_role(p_role name)
     RETURNS void
@@ -174,11 +189,13 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.events_channel(), '
                    'tenancy.register_consumer(text), tenancy.next_events(text, integer), '
-                   'tenancy.events_held_back(text), tenancy.advance_consumer(text, xid8, bigint), '
+                   'tenancy.events_held_back(text), tenancy.advance_consumer(text, xid8, bigint, text), '
                    'tenancy.version() TO %I', p_role);
     -- Defined in a later file; granted when present.
     IF to_regprocedure('tenancy.consumer_heartbeat(text)') IS NOT NULL THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_heartbeat(text) TO %I', p_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_heartbeat(text), '
+                       'tenancy.acquire_lease(text, text, interval), '
+                       'tenancy.release_lease(text, text) TO %I', p_role);
     END IF;
 END
 $$;

@@ -2,6 +2,60 @@
 -- and the status of every consumer.
 
 ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS seen_at timestamptz;
+ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS lease_holder text;
+ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS lease_until timestamptz;
+
+-- Several listeners may run one consumer name: the one holding the lease
+-- dispatches, the others wait and take over when it expires.
+CREATE OR REPLACE FUNCTION tenancy.acquire_lease(p_consumer text, p_holder text, p_ttl interval)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_holder IS NULL OR p_ttl IS NULL OR p_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'acquire_lease needs a holder and a positive ttl'
+            USING ERRCODE = '22023';
+    END IF;
+    UPDATE tenancy.consumers
+       SET lease_holder = p_holder, lease_until = clock_timestamp() + p_ttl
+     WHERE name = p_consumer
+       AND (lease_holder IS NULL OR lease_holder = p_holder OR lease_until < clock_timestamp());
+    IF FOUND THEN
+        RETURN true;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.consumers WHERE name = p_consumer) THEN
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+            USING ERRCODE = 'PT011';
+    END IF;
+    RETURN false;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.acquire_lease(text, text, interval) IS
+    'Take or renew the lease of consumer p_consumer for p_holder until now + p_ttl; true when '
+    'p_holder holds it now, false when another holder''s lease is still valid. Raises PT011 '
+    '(unknown consumer), 22023 (no holder, ttl not positive).';
+
+REVOKE ALL ON FUNCTION tenancy.acquire_lease(text, text, interval) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.release_lease(p_consumer text, p_holder text)
+    RETURNS boolean
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE tenancy.consumers SET lease_holder = NULL, lease_until = NULL
+     WHERE name = p_consumer AND lease_holder = p_holder
+    RETURNING true
+$$;
+
+COMMENT ON FUNCTION tenancy.release_lease(text, text) IS
+    'Give up the lease of p_consumer if p_holder holds it (a clean stop), so a waiting listener '
+    'takes over at once. True when released, NULL otherwise.';
+
+REVOKE ALL ON FUNCTION tenancy.release_lease(text, text) FROM PUBLIC;
 
 COMMENT ON COLUMN tenancy.consumers.seen_at IS
     'Last heartbeat of a listener running this consumer; NULL when none ever ran.';
@@ -70,7 +124,8 @@ CREATE OR REPLACE FUNCTION tenancy.consumer_status()
         lag_events      bigint,
         lag_seconds     double precision,
         seen_at         timestamptz,
-        listeners       bigint
+        listeners       bigint,
+        lease_holder    text
     )
     LANGUAGE sql
     STABLE
@@ -86,14 +141,15 @@ AS $$
            c.seen_at,
            (SELECT count(*) FROM pg_stat_activity AS a
              WHERE a.datname = current_database()
-               AND a.application_name = 'pgtenancy-listener:' || c.name)
+               AND a.application_name = 'pgtenancy-listener:' || c.name),
+           CASE WHEN c.lease_until > now() THEN c.lease_holder END
       FROM tenancy.consumers AS c
      ORDER BY c.name
 $$;
 
 COMMENT ON FUNCTION tenancy.consumer_status() IS
     'Per consumer: cursor (last_id), events not yet delivered, age in seconds of the oldest of '
-    'them, last heartbeat, and listeners connected now.';
+    'them, last heartbeat, listeners connected now, and the holder of a valid lease.';
 
 REVOKE ALL ON FUNCTION tenancy.consumer_status() FROM PUBLIC;
 

@@ -50,7 +50,7 @@ SELECT id, xid::text AS xid, name, tenant_id, tenant_slug, tenant_schema, tenant
 SELECT tenancy.events_held_back(%(consumer)s)
 
 -- name: advance_consumer
-SELECT tenancy.advance_consumer(%(consumer)s, %(xid)s::xid8, %(id)s)
+SELECT tenancy.advance_consumer(%(consumer)s, %(xid)s::xid8, %(id)s, %(holder)s)
 
 -- name: events_channel
 SELECT tenancy.events_channel()
@@ -76,10 +76,17 @@ SELECT severity, check_name, object, message, fix FROM tenancy.check_isolation()
 SELECT tenancy.consumer_heartbeat(%(consumer)s)
 
 -- name: consumer_status
-SELECT consumer, last_id, lag_events, lag_seconds, seen_at, listeners FROM tenancy.consumer_status()
+SELECT consumer, last_id, lag_events, lag_seconds, seen_at, listeners, lease_holder
+  FROM tenancy.consumer_status()
 
 -- name: outbox_health
 SELECT notification_queue_usage, oldest_transaction_seconds, events FROM tenancy.outbox_health()
 
 -- name: prune_events
 SELECT tenancy.prune_events(%(older_than)s::interval, %(inactive_after)s::interval) AS deleted
+
+-- name: acquire_lease
+SELECT tenancy.acquire_lease(%(consumer)s, %(holder)s, make_interval(secs => %(seconds)s)) AS held
+
+-- name: release_lease
+SELECT tenancy.release_lease(%(consumer)s, %(holder)s)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ class ListenerProcess:
         self.record = record
         self.consumer = consumer
         self.env = env
+        self.extra: list[str] = []
+        self.log = record.parent / f"listener-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> ListenerProcess:
@@ -56,10 +59,11 @@ class ListenerProcess:
                 "0.2",
                 "--batch-size",
                 "10",
+                *self.extra,
             ],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
             text=True,
         )
         return self
@@ -75,9 +79,7 @@ class ListenerProcess:
         return self.proc.wait(15)
 
     def stderr(self) -> str:
-        assert self.proc is not None
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()
+        return self.log.read_text()
 
 
 def recorded(path: Path) -> list[dict[str, Any]]:
@@ -409,3 +411,62 @@ def test_listener_survives_a_server_restart(tmp_path: Path) -> None:
                     lp.kill()
     finally:
         cluster.stop()
+
+
+def test_one_consumer_many_processes_one_dispatches_and_failover_after_kill(
+    dsn: str, tenancy: Tenancy, tmp_path: Path
+) -> None:
+    record = tmp_path / "events.jsonl"
+    lease = 2.0
+    env = {"RECORD_DELAY": "0.002"}
+    procs = []
+    for _ in range(3):
+        lp = ListenerProcess(dsn, record, consumer="group", **env)
+        lp.extra = ["--lease-seconds", str(lease)]
+        procs.append(lp.start())
+    tenancy.create_tenant("acme")
+    stop = threading.Event()
+
+    def produce() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            i = 0
+            while not stop.is_set():
+                fn = "suspend_tenant" if i % 2 == 0 else "resume_tenant"
+                conn.execute(f"SELECT tenancy.{fn}('acme')")
+                i += 1
+                time.sleep(0.01)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        wait_for(lambda: len(recorded(record)) >= 40)
+        holders = {e["pid"] for e in recorded(record)}
+        assert len(holders) == 1  # exactly one process dispatches
+        (holder_pid,) = holders
+        holder = next(lp for lp in procs if lp.proc is not None and lp.proc.pid == holder_pid)
+        killed_at = time.monotonic()
+        holder.kill()
+        count = len(recorded(record))
+        wait_for(lambda: any(e["pid"] != holder_pid for e in recorded(record)[count:]), timeout=20)
+        takeover = time.monotonic() - killed_at
+        assert takeover < 2 * lease + 1.0, takeover
+    finally:
+        stop.set()
+        producer.join()
+    expected = all_event_ids(dsn)
+    wait_for(lambda: {e["id"] for e in recorded(record)} >= set(expected), timeout=30)
+    got = [e["id"] for e in recorded(record)]
+    assert set(got) == set(expected)  # nothing skipped
+    assert len(got) - len(set(got)) <= 10  # duplicates only from the batch in flight
+    # A clean stop hands the lease over at once.
+    survivors = [lp for lp in procs if lp.proc is not None and lp.proc.poll() is None]
+    new_holder = recorded(record)[-1]["pid"]
+    holder = next(lp for lp in survivors if lp.proc is not None and lp.proc.pid == new_holder)
+    assert holder.terminate() == 0
+    stopped_at = time.monotonic()
+    tenancy.create_tenant("handover")
+    wait_for(lambda: recorded(record)[-1]["pid"] not in (holder_pid, new_holder), timeout=10)
+    assert time.monotonic() - stopped_at < lease
+    for lp in survivors:
+        if lp.proc is not None and lp.proc.poll() is None:
+            lp.terminate()

@@ -95,6 +95,8 @@ class ConsumerStatus:
         lag_seconds: age of the oldest undelivered event, in seconds (0 when none).
         seen_at: last heartbeat of a listener, None when none ever ran.
         listeners: listener connections open now.
+        lease_holder: the listener dispatching for it (``host:pid:random``),
+            None when no lease is valid.
     """
 
     consumer: str
@@ -103,6 +105,7 @@ class ConsumerStatus:
     lag_seconds: float
     seen_at: datetime | None
     listeners: int
+    lease_holder: str | None = None
 
 
 @dataclass(frozen=True)
@@ -332,11 +335,11 @@ class Tenancy:
         self._one("grant_app_role", role=role)
 
     def consumer_status(self) -> list[ConsumerStatus]:
-        """Cursor, lag and listeners of every outbox consumer."""
+        """Cursor, lag, listeners and lease holder of every outbox consumer."""
         with self._begin() as conn:
             rows = conn.exec_driver_sql(QUERIES["consumer_status"]).all()
         return [
-            ConsumerStatus(str(r[0]), int(r[1]), int(r[2]), float(r[3]), r[4], int(r[5]))
+            ConsumerStatus(str(r[0]), int(r[1]), int(r[2]), float(r[3]), r[4], int(r[5]), r[6])
             for r in rows
         ]
 

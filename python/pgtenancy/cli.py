@@ -242,15 +242,19 @@ def events() -> None:
 @events.command()
 @dsn_option
 def status(dsn: str) -> None:
-    """Per consumer: cursor, lag (events, seconds), heartbeat, listeners; and the
-    NOTIFY queue and the oldest open transaction, which bound every consumer."""
+    """Per consumer: cursor, lag (events, seconds), listeners, heartbeat, lease
+    holder; and the NOTIFY queue and the oldest open transaction, which bound
+    every consumer."""
     tenancy = Tenancy(dsn)
-    click.echo(f"{'consumer':<24} {'last_id':>8} {'lag':>8} {'lag_s':>8} {'listeners':>9}  seen_at")
+    click.echo(
+        f"{'consumer':<24} {'last_id':>8} {'lag':>8} {'lag_s':>8} {'listeners':>9}  "
+        f"{'seen_at':<25} lease_holder"
+    )
     for c in tenancy.consumer_status():
         seen = c.seen_at.isoformat(timespec="seconds") if c.seen_at else "-"
         click.echo(
             f"{c.consumer:<24} {c.last_id:>8} {c.lag_events:>8} {c.lag_seconds:>8.1f} "
-            f"{c.listeners:>9}  {seen}"
+            f"{c.listeners:>9}  {seen:<25} {c.lease_holder or '-'}"
         )
     h = tenancy.outbox_health()
     click.echo(
@@ -315,6 +319,13 @@ def doctor(dsn: str, as_json: bool) -> None:
     help="Seconds between polls when no notification arrives.",
 )
 @click.option(
+    "--lease-seconds",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 3600),
+    help="Consumer lease; a waiting listener of the same consumer takes over within ~1.3x this.",
+)
+@click.option(
     "--asyncio",
     "use_asyncio",
     is_flag=True,
@@ -326,11 +337,19 @@ def listen(
     handlers: tuple[str, ...],
     batch_size: int,
     poll_interval: float,
+    lease_seconds: float,
     use_asyncio: bool,
 ) -> None:
-    """Deliver lifecycle events to signal receivers until SIGTERM."""
+    """Deliver lifecycle events to signal receivers until SIGTERM. Several
+    processes may run one consumer: one dispatches, the others wait to take over."""
     import_handlers(handlers)
-    listener = Listener(dsn, consumer, batch_size=batch_size, poll_interval=poll_interval)
+    listener = Listener(
+        dsn,
+        consumer,
+        batch_size=batch_size,
+        poll_interval=poll_interval,
+        lease_seconds=lease_seconds,
+    )
     if use_asyncio:
         asyncio.run(listener.arun())
     else:

@@ -108,6 +108,13 @@ class ConsumerNotFound(TenancyError, LookupError):
     default_sqlstate = "PT011"
 
 
+class LeaseLost(TenancyError):
+    """A listener tried to move a consumer's cursor without holding its lease
+    (SQLSTATE PT015); another listener of that consumer took over."""
+
+    default_sqlstate = "PT015"
+
+
 class NoTenantInTransaction(TenancyError):
     """A write to a guarded shared table with no tenant in the transaction (SQLSTATE PT012)."""
 
@@ -166,6 +173,7 @@ _BY_SQLSTATE: dict[str, type[TenancyError]] = {
         NoTenantInTransaction,
         UnsafeAppRole,
         CannotGuardTable,
+        LeaseLost,
     )
     if cls.default_sqlstate is not None
 }

@@ -24,12 +24,16 @@ async receivers are awaited in registration order (``asend_robust``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
+import os
 import random
 import signal
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -38,7 +42,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from pgtenancy.errors import ListenNotSupported, TenancyError, raise_translated
+from pgtenancy.errors import LeaseLost, ListenNotSupported, TenancyError, raise_translated
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
 from pgtenancy.signals import LIFECYCLE_SIGNALS
@@ -129,6 +133,14 @@ class Listener:
         connect_timeout: seconds allowed to connect.
         heartbeat_interval: seconds between heartbeats (``consumers.seen_at``),
             which keep the consumer active for ``tenancy.prune_events``.
+        lease_seconds: length of the consumer lease. Several listeners may run
+            one consumer name: the one holding the lease dispatches and renews
+            it every third of this; the others wait and take over within about
+            1.3 times this after it stops renewing (at once after a clean stop).
+
+    Attributes:
+        holder: this listener's lease holder id, ``host:pid:random``.
+        delivered: events delivered so far.
     """
 
     def __init__(
@@ -143,6 +155,7 @@ class Listener:
         backoff_max: float = 10.0,
         connect_timeout: int = 5,
         heartbeat_interval: float = 10.0,
+        lease_seconds: float = 10.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -155,6 +168,10 @@ class Listener:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.lease_seconds = lease_seconds
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease_at = 0.0
+        self._holding = False
         self._beat_at = 0.0
         self._stop = threading.Event()
         self._receiver_backoff = backoff_min
@@ -265,22 +282,63 @@ class Listener:
         self._beat_at = now
         return True
 
+    def _lease_due(self) -> bool:
+        return not self._holding or time.monotonic() - self._lease_at >= self.lease_seconds / 3
+
+    def _lease_params(self) -> dict[str, Any]:
+        return {"consumer": self.consumer, "holder": self.holder, "seconds": self.lease_seconds}
+
+    def _lease_result(self, row: dict[str, Any] | None) -> bool:
+        held = bool(row and row["held"])
+        if held and not self._holding:
+            logger.info("consumer %s: %s holds the lease", self.consumer, self.holder)
+        elif not held and self._holding:
+            logger.warning("consumer %s: lease lost by %s", self.consumer, self.holder)
+        self._holding = held
+        self._lease_at = time.monotonic()
+        return held
+
+    def _keep_lease(self, conn: psycopg.Connection[dict[str, Any]]) -> bool:
+        if self._lease_due():
+            row = conn.execute(QUERIES["acquire_lease"], self._lease_params()).fetchone()
+            return self._lease_result(row)
+        return True
+
     def _serve(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         self._beat_at = 0.0
-        while not self.stopping:
-            if self._heartbeat_due():
-                conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
-            try:
-                self.catch_up(conn)
-            except ReceiverFailed as exc:
-                self._sleep(self._receiver_failed(exc))
-                continue
-            self._receiver_backoff = self.backoff_min
-            if self.stopping:
-                return
-            held = conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer}).fetchone()
-            for _ in conn.notifies(timeout=self._wait_time(held), stop_after=1):
+        self._holding = False
+        try:
+            while not self.stopping:
+                self._serve_once(conn)
+        finally:
+            if self._holding and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(QUERIES["release_lease"], self._lease_params())
+                self._holding = False
+
+    def _serve_once(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        if self._heartbeat_due():
+            conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
+        if not self._keep_lease(conn):
+            # Standby: wait for the holder's lease to lapse.
+            for _ in conn.notifies(timeout=self.lease_seconds / 3, stop_after=1):
                 pass
+            return
+        try:
+            self.catch_up(conn)
+        except ReceiverFailed as exc:
+            self._sleep(self._receiver_failed(exc))
+            return
+        except LeaseLost:
+            self._holding = False
+            return
+        self._receiver_backoff = self.backoff_min
+        if self.stopping:
+            return
+        held = conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer}).fetchone()
+        wait = min(self._wait_time(held), self.lease_seconds / 3)
+        for _ in conn.notifies(timeout=wait, stop_after=1):
+            pass
 
     def _receiver_failed(self, exc: ReceiverFailed) -> float:
         """Log a failed delivery; return the delay before retrying it. The delay
@@ -346,23 +404,47 @@ class Listener:
                 backoff = min(backoff * 2, self.backoff_max)
         logger.info("consumer %s stopped after %d events", self.consumer, self.delivered)
 
+    async def _akeep_lease(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> bool:
+        if self._lease_due():
+            cur = await conn.execute(QUERIES["acquire_lease"], self._lease_params())
+            return self._lease_result(await cur.fetchone())
+        return True
+
     async def _aserve(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
         self._beat_at = 0.0
-        while not self.stopping:
-            if self._heartbeat_due():
-                await conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
-            try:
-                await self.acatch_up(conn)
-            except ReceiverFailed as exc:
-                await self._asleep(self._receiver_failed(exc))
-                continue
-            self._receiver_backoff = self.backoff_min
-            if self.stopping:
-                return
-            cur = await conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer})
-            held = await cur.fetchone()
-            async for _ in conn.notifies(timeout=self._wait_time(held), stop_after=1):
+        self._holding = False
+        try:
+            while not self.stopping:
+                await self._aserve_once(conn)
+        finally:
+            if self._holding and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute(QUERIES["release_lease"], self._lease_params())
+                self._holding = False
+
+    async def _aserve_once(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        if self._heartbeat_due():
+            await conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
+        if not await self._akeep_lease(conn):
+            async for _ in conn.notifies(timeout=self.lease_seconds / 3, stop_after=1):
                 pass
+            return
+        try:
+            await self.acatch_up(conn)
+        except ReceiverFailed as exc:
+            await self._asleep(self._receiver_failed(exc))
+            return
+        except LeaseLost:
+            self._holding = False
+            return
+        self._receiver_backoff = self.backoff_min
+        if self.stopping:
+            return
+        cur = await conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer})
+        held = await cur.fetchone()
+        wait = min(self._wait_time(held), self.lease_seconds / 3)
+        async for _ in conn.notifies(timeout=wait, stop_after=1):
+            pass
 
     async def acatch_up(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> int:
         """Async :meth:`catch_up`: deliver every readable event after the cursor.
@@ -379,6 +461,8 @@ class Listener:
             done: Event | None = None
             try:
                 for row in rows:
+                    if not await self._akeep_lease(conn):
+                        raise LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
                     event = Event.from_row(row)
                     await self.adispatch(event)
                     done = event
@@ -388,7 +472,10 @@ class Listener:
                         break
             finally:
                 if done is not None:
-                    await conn.execute(QUERIES["advance_consumer"], self._advance_params(done))
+                    try:
+                        await conn.execute(QUERIES["advance_consumer"], self._advance_params(done))
+                    except psycopg.Error as exc:
+                        raise_translated(exc)
             if len(rows) < self.batch_size:
                 break
         return total
@@ -410,7 +497,12 @@ class Listener:
         return {"consumer": self.consumer, "limit": self.batch_size}
 
     def _advance_params(self, done: Event) -> dict[str, Any]:
-        return {"consumer": self.consumer, "xid": str(done.xid), "id": done.id}
+        return {
+            "consumer": self.consumer,
+            "xid": str(done.xid),
+            "id": done.id,
+            "holder": self.holder,
+        }
 
     # -- delivery ----------------------------------------------------------
 
@@ -434,6 +526,8 @@ class Listener:
             done: Event | None = None
             try:
                 for row in rows:
+                    if not self._keep_lease(conn):
+                        raise LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
                     event = Event.from_row(row)
                     self.dispatch(event)
                     done = event
@@ -443,7 +537,10 @@ class Listener:
                         break
             finally:
                 if done is not None:
-                    conn.execute(QUERIES["advance_consumer"], self._advance_params(done))
+                    try:
+                        conn.execute(QUERIES["advance_consumer"], self._advance_params(done))
+                    except psycopg.Error as exc:
+                        raise_translated(exc)
             if len(rows) < self.batch_size:
                 break
         return total
