@@ -90,3 +90,6 @@ SELECT tenancy.acquire_lease(%(consumer)s, %(holder)s, make_interval(secs => %(s
 
 -- name: release_lease
 SELECT tenancy.release_lease(%(consumer)s, %(holder)s)
+
+-- name: grant_listener_role
+SELECT tenancy.grant_listener_role(%(role)s)

@@ -47,7 +47,9 @@ def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:
     assert cli("add-migration", "0002", str(migration2), dsn=empty_dsn).returncode == 0
     r = cli("migrate", dsn=empty_dsn)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["acme: at 0002", "globex: at 0002"]
+    assert r.stdout.splitlines() == ["acme: migrated to 0002", "globex: migrated to 0002"]
+    r = cli("migrate", dsn=empty_dsn)
+    assert r.stdout.splitlines() == ["acme: current (0002)", "globex: current (0002)"]
     assert cli("drop", "globex", dsn=empty_dsn).stdout.startswith("deleted globex")
     assert cli("drop", "acme", "--destroy-data", dsn=empty_dsn).stdout.startswith("destroyed acme")
     assert [n for n, _ in outbox(empty_dsn)] == [
@@ -110,7 +112,35 @@ def test_help_on_every_command() -> None:
         "add-migration",
         "listen",
         "version",
+        "enable-rls",
+        "disable-rls",
+        "grant-app-role",
+        "grant-listener-role",
+        "doctor",
+        "events status",
+        "events prune",
     ):
-        r = cli(command, "--help")
+        r = cli(*command.split(), "--help")
         assert r.returncode == 0, command
         assert "--dsn" in r.stdout, command
+
+
+def test_sqlalchemy_urls_are_accepted_and_handlers_found_in_cwd(
+    dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from pgtenancy import Tenancy
+    from pgtenancy.listener import import_handlers
+
+    url = dsn if "://" in dsn else None
+    if url is not None:
+        t = Tenancy(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        assert t.create_tenant("acme").slug == "acme"
+    (tmp_path / "myhandlers_for_test.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    import_handlers(["myhandlers_for_test"])
+    assert sys.modules["myhandlers_for_test"].LOADED is True
+    with pytest.raises(ImportError, match="cannot import handlers module 'nope_not_here'"):
+        import_handlers(["nope_not_here"])

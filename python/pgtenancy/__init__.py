@@ -36,6 +36,8 @@ from pgtenancy.errors import (
     TenantsStillRegistered,
     TenantSuspended,
     UnsafeAppRole,
+    raise_translated,
+    translate,
 )
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.installer import SQL_VERSION, install, installed_version, uninstall
@@ -77,8 +79,10 @@ __all__ = [
     "current_tenant",
     "install",
     "installed_version",
+    "raise_translated",
     "tenant_connection",
     "tenant_session",
+    "translate",
     "uninstall",
     "use_tenant",
 ]

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import TenancyError, raise_translated
 from pgtenancy.queries import QUERIES
 from pgtenancy.slugs import validate_slug
@@ -129,23 +130,27 @@ class MigrationReport:
     """Outcome of :meth:`Tenancy.migrate_tenants`.
 
     Attributes:
-        migrated: tenants that are now current, with their version.
+        migrated: tenants to which migrations were applied, with their new version.
         failed: ``(slug, error)`` for every tenant whose migration failed; each
             such tenant stays at its previous version.
+        unchanged: tenants already current, and shared tenants (no schema).
     """
 
     migrated: list[Tenant]
     failed: list[tuple[str, TenancyError]]
+    unchanged: list[Tenant] = field(default_factory=list)
 
 
 def engine_from_dsn(dsn: str) -> Engine:
     """A SQLAlchemy engine (psycopg driver, no pooling) for a libpq DSN or URL.
 
     Args:
-        dsn: ``postgresql://...`` URL or ``key=value`` connection string.
+        dsn: ``postgresql://...`` URL (a ``postgresql+psycopg://`` SQLAlchemy URL
+            is accepted too) or ``key=value`` connection string.
     """
+    url = libpq_dsn(dsn)
     return create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=NullPool
     )
 
 
@@ -283,16 +288,24 @@ class Tenancy:
         Args:
             slugs: tenants to migrate; None means every tenant not deleted.
         """
+        before = {t.slug: t for t in self.list_tenants()}
         if slugs is None:
-            slugs = [t.slug for t in self.list_tenants() if t.status != "deleted"]
+            slugs = [t.slug for t in before.values() if t.status != "deleted"]
         migrated: list[Tenant] = []
         failed: list[tuple[str, TenancyError]] = []
+        unchanged: list[Tenant] = []
         for slug in slugs:
             try:
-                migrated.append(self.migrate_tenant(slug))
+                after = self.migrate_tenant(slug)
             except TenancyError as exc:
                 failed.append((slug, exc))
-        return MigrationReport(migrated, failed)
+                continue
+            old = before.get(slug)
+            if old is not None and old.migration_version == after.migration_version:
+                unchanged.append(after)
+            else:
+                migrated.append(after)
+        return MigrationReport(migrated, failed, unchanged)
 
     def enable_rls(self, table: str, tenant_column: str = "tenant_id") -> GuardedTable:
         """Guard shared table ``table`` by tenant with row-level security.
@@ -333,6 +346,15 @@ class Tenancy:
                 guarded table.
         """
         self._one("grant_app_role", role=role)
+
+    def grant_listener_role(self, role: str) -> None:
+        """Let ``role`` run outbox consumers (``pgtenancy listen``): register a
+        consumer, read events, move its cursor, hold its lease.
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: SQLSTATE 42704 when the role does not exist.
+        """
+        self._one("grant_listener_role", role=role)
 
     def consumer_status(self) -> list[ConsumerStatus]:
         """Cursor, lag, listeners and lease holder of every outbox consumer."""

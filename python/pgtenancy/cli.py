@@ -49,8 +49,9 @@ def dsn_option(func: F) -> F:
     return click.option(
         "--dsn",
         envvar="DATABASE_URL",
+        show_envvar=True,
         required=True,
-        help="Database URL or libpq string. Default: $DATABASE_URL.",
+        help="Database URL or libpq string (required unless DATABASE_URL is set).",
     )(func)
 
 
@@ -178,11 +179,11 @@ def drop(dsn: str, slug: str, destroy_data: bool) -> None:
 
 @main.command(name="add-migration")
 @dsn_option
-@click.argument("version_")
+@click.argument("migration_version", metavar="VERSION")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def add_migration(dsn: str, version_: str, file: Path) -> None:
-    """Register the SQL in FILE as tenant migration VERSION_."""
-    m = Tenancy(dsn).add_migration(version_, file.read_text("utf-8"))
+def add_migration(dsn: str, migration_version: str, file: Path) -> None:
+    """Register the SQL in FILE as tenant migration VERSION."""
+    m = Tenancy(dsn).add_migration(migration_version, file.read_text("utf-8"))
     click.echo(f"migration {m.version} registered ({m.checksum[:12]})")
 
 
@@ -194,15 +195,15 @@ def migrate(dsn: str, slugs: tuple[str, ...]) -> None:
     each in its own transaction. Exit status 1 when any tenant failed."""
     report = Tenancy(dsn).migrate_tenants(list(slugs) if slugs else None)
     for t in report.migrated:
-        click.echo(f"{t.slug}: at {t.migration_version or '-'}")
+        click.echo(f"{t.slug}: migrated to {t.migration_version}")
+    for t in report.unchanged:
+        state = "shared, no schema to migrate" if t.isolation == "shared" else "current"
+        click.echo(f"{t.slug}: {state} ({t.migration_version or '-'})")
     for slug, exc in report.failed:
         click.echo(f"{slug}: FAILED [{exc.sqlstate}] {exc}", err=True)
     if report.failed:
-        click.echo(
-            f"error: {len(report.failed)} of {len(report.failed) + len(report.migrated)} "
-            "tenants failed",
-            err=True,
-        )
+        total = len(report.failed) + len(report.migrated) + len(report.unchanged)
+        click.echo(f"error: {len(report.failed)} of {total} tenants failed", err=True)
         sys.exit(1)
 
 
@@ -279,6 +280,15 @@ def prune(dsn: str, older_than: str, inactive_after: str) -> None:
     click.echo(f"{deleted} events deleted")
 
 
+@main.command(name="grant-listener-role")
+@dsn_option
+@click.argument("role")
+def grant_listener_role(dsn: str, role: str) -> None:
+    """Let ROLE run outbox consumers (pgtenancy listen)."""
+    Tenancy(dsn).grant_listener_role(role)
+    click.echo(f"{role} may run listeners")
+
+
 @main.command()
 @dsn_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
@@ -350,6 +360,7 @@ def listen(
         poll_interval=poll_interval,
         lease_seconds=lease_seconds,
     )
+    click.echo(f"pgtenancy listen: consumer {consumer}, holder {listener.holder}", err=True)
     if use_asyncio:
         asyncio.run(listener.arun())
     else:

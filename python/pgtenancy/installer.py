@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 
+from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import raise_translated
 from pgtenancy.queries import QUERIES, sql_dir
 
@@ -48,7 +49,7 @@ def install(dsn: str) -> str:
             rolled back and nothing is changed.
         pgtenancy.errors.InvalidMigration: a newer version is installed (PT008).
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'warning', true)")
@@ -74,7 +75,7 @@ def uninstall(dsn: str, *, drop_tenants: bool = False) -> None:
         psycopg.Error: on connection failure or another SQL error.
     """
     script = (sql_dir() / "uninstall.sql").read_text("utf-8")
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'warning', true)")
@@ -97,7 +98,7 @@ def installed_version(dsn: str) -> str | None:
     Raises:
         psycopg.OperationalError: when the database cannot be reached.
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         present = conn.execute(QUERIES["is_installed"]).fetchone()
         if present is None or not present[0]:
             return None

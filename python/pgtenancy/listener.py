@@ -31,6 +31,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import LeaseLost, ListenNotSupported, TenancyError, raise_translated
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
@@ -82,6 +84,7 @@ def check_listen_capable(dsn: str, connect_timeout: int = 5) -> None:
         pgtenancy.errors.ListenNotSupported: the backends are not stable.
         psycopg.OperationalError: the database cannot be reached.
     """
+    dsn = libpq_dsn(dsn)
     query = "SELECT pg_catalog.pg_backend_pid()"
     kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": connect_timeout}
     with psycopg.connect(dsn, **kwargs) as one, psycopg.connect(dsn, **kwargs) as two:
@@ -102,11 +105,15 @@ def import_handlers(modules: Iterable[str]) -> None:
     """Import the modules that connect receivers to the signals.
 
     Args:
-        modules: dotted module paths, e.g. ``["myapp.handlers"]``.
+        modules: dotted module paths, e.g. ``["myapp.handlers"]``, importable
+            from ``sys.path`` or the current directory.
 
     Raises:
         ImportError: with the module name, when one cannot be imported.
     """
+    # Like `python -m`, find modules of the current directory.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in modules:
         try:
             importlib.import_module(name)
@@ -159,7 +166,7 @@ class Listener:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.dsn = dsn
+        self.dsn = libpq_dsn(dsn)
         self.consumer = consumer
         self.batch_size = batch_size
         self.poll_interval = poll_interval
