@@ -12,6 +12,7 @@
 --   PT005 tenant deleted             PT010 immutable tenant column
 --   PT012 no tenant in transaction   PT011 consumer not found
 --   PT013 unsafe application role    PT014 table cannot be guarded
+--   PT015 consumer lease lost        PT016 table cannot be tracked
 
 CREATE SCHEMA IF NOT EXISTS tenancy;
 

@@ -93,3 +93,9 @@ SELECT tenancy.release_lease(%(consumer)s, %(holder)s)
 
 -- name: grant_listener_role
 SELECT tenancy.grant_listener_role(%(role)s)
+
+-- name: track_changes
+SELECT tenancy.track_changes(%(table)s::regclass)
+
+-- name: untrack_changes
+SELECT tenancy.untrack_changes(%(table)s::regclass)

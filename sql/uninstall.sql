@@ -28,6 +28,12 @@ BEGIN
                   HINT = 'Drop the tenants first, or uninstall with --drop-tenants to drop their schemas too.';
     END IF;
 
+    -- Row-change triggers call generated functions of the tenancy schema.
+    IF pg_catalog.to_regprocedure('tenancy.untrack_changes(regclass)') IS NOT NULL THEN
+        PERFORM tenancy.untrack_changes(t.tgrelid::regclass)
+           FROM (SELECT DISTINCT tgrelid FROM pg_catalog.pg_trigger
+                  WHERE tgname LIKE 'tenancy\_changes\_%') AS t;
+    END IF;
     PERFORM tenancy.forget_dropped_tables();
     FOR v_table IN EXECUTE 'SELECT table_name FROM tenancy.guarded_tables' LOOP
         FOR v_role IN EXECUTE 'SELECT a.role_name FROM tenancy.app_roles AS a '

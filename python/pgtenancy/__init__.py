@@ -17,6 +17,7 @@ from pgtenancy.connection import tenant_connection
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
     CannotGuardTable,
+    CannotTrackTable,
     ConsumerNotFound,
     ImmutableTenantColumn,
     InvalidConnectionState,
@@ -49,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SQL_VERSION",
     "CannotGuardTable",
+    "CannotTrackTable",
     "ConsumerNotFound",
     "Event",
     "ImmutableTenantColumn",

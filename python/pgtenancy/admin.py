@@ -391,3 +391,21 @@ class Tenancy:
                 "deleted"
             ]
         )
+
+    def track_changes(self, table: str) -> None:
+        """Record every INSERT, UPDATE and DELETE of ``table`` (bulk statements
+        and COPY included) as row-change events, delivered by the listener as
+        ``row_inserted``/``row_updated``/``row_deleted``. Idempotent.
+
+        Args:
+            table: a table of a tenant schema or a guarded shared table, with a
+                primary key, optionally schema-qualified.
+
+        Raises:
+            CannotTrackTable: PT016, not a table or no primary key.
+        """
+        self._one("track_changes", table=table)
+
+    def untrack_changes(self, table: str) -> None:
+        """Stop recording the row changes of ``table``. Idempotent."""
+        self._one("untrack_changes", table=table)

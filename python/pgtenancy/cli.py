@@ -280,6 +280,24 @@ def prune(dsn: str, older_than: str, inactive_after: str) -> None:
     click.echo(f"{deleted} events deleted")
 
 
+@main.command()
+@dsn_option
+@click.argument("table")
+def track(dsn: str, table: str) -> None:
+    """Record TABLE's row changes as events (row_inserted/updated/deleted signals)."""
+    Tenancy(dsn).track_changes(table)
+    click.echo(f"{table} tracked")
+
+
+@main.command()
+@dsn_option
+@click.argument("table")
+def untrack(dsn: str, table: str) -> None:
+    """Stop recording TABLE's row changes."""
+    Tenancy(dsn).untrack_changes(table)
+    click.echo(f"{table} no longer tracked")
+
+
 @main.command(name="grant-listener-role")
 @dsn_option
 @click.argument("role")
@@ -360,7 +378,10 @@ def listen(
         poll_interval=poll_interval,
         lease_seconds=lease_seconds,
     )
-    click.echo(f"pgtenancy listen: consumer {consumer}, holder {listener.holder}", err=True)
+    # Say when it listens and when it takes or loses the lease, by default.
+    listener_log = logging.getLogger("pgtenancy.listener")
+    if listener_log.getEffectiveLevel() > logging.INFO:
+        listener_log.setLevel(logging.INFO)
     if use_asyncio:
         asyncio.run(listener.arun())
     else:

@@ -115,6 +115,13 @@ class LeaseLost(TenancyError):
     default_sqlstate = "PT015"
 
 
+class CannotTrackTable(TenancyError):
+    """``track_changes`` refused the table: not a table, or no primary key
+    (SQLSTATE PT016)."""
+
+    default_sqlstate = "PT016"
+
+
 class NoTenantInTransaction(TenancyError):
     """A write to a guarded shared table with no tenant in the transaction (SQLSTATE PT012)."""
 
@@ -174,6 +181,7 @@ _BY_SQLSTATE: dict[str, type[TenancyError]] = {
         UnsafeAppRole,
         CannotGuardTable,
         LeaseLost,
+        CannotTrackTable,
     )
     if cls.default_sqlstate is not None
 }

@@ -47,7 +47,7 @@ from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import LeaseLost, ListenNotSupported, TenancyError, raise_translated
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
-from pgtenancy.signals import LIFECYCLE_SIGNALS
+from pgtenancy.signals import LIFECYCLE_SIGNALS, ROW_SIGNALS, Signal
 
 logger = logging.getLogger("pgtenancy.listener")
 
@@ -183,6 +183,7 @@ class Listener:
         self._stop = threading.Event()
         self._receiver_backoff = backoff_min
         self._held_wait = retry_interval
+        self._flow_wait = poll_interval
         self.delivered = 0
 
     @property
@@ -269,7 +270,7 @@ class Listener:
                     self._listen(conn)
                     ever_connected = True
                     backoff = self.backoff_min
-                    logger.info("consumer %s listening", self.consumer)
+                    logger.info("consumer %s listening as %s", self.consumer, self.holder)
                     self._serve(conn)
             except psycopg.Error as exc:
                 self._sleep(self._on_failure(exc, backoff, ever_connected))
@@ -332,7 +333,7 @@ class Listener:
                 pass
             return
         try:
-            self.catch_up(conn)
+            delivered = self.catch_up(conn)
         except ReceiverFailed as exc:
             self._sleep(self._receiver_failed(exc))
             return
@@ -343,7 +344,7 @@ class Listener:
         if self.stopping:
             return
         held = conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer}).fetchone()
-        wait = min(self._wait_time(held), self.lease_seconds / 3)
+        wait = min(self._wait_time(held, delivered), self.lease_seconds / 3)
         for _ in conn.notifies(timeout=wait, stop_after=1):
             pass
 
@@ -355,16 +356,27 @@ class Listener:
         self._receiver_backoff = min(delay * 2, self.backoff_max)
         return delay
 
-    def _wait_time(self, held: dict[str, Any] | None) -> float:
-        """How long to wait for a notification: ``poll_interval``, or while
-        committed events wait behind an older open transaction, a short delay
-        that doubles (from ``retry_interval`` up to ``poll_interval``)."""
+    def _wait_time(self, held: dict[str, Any] | None, delivered: int) -> float:
+        """How long to wait for a notification before reading again.
+
+        Row-change events do not NOTIFY (it would serialize writers), so while
+        events flow the listener polls: ``retry_interval`` after a batch was
+        delivered, doubling on each empty read up to ``poll_interval``. The
+        same short, growing delay applies while committed events wait behind
+        an older open transaction. Idle, it waits ``poll_interval`` (or a
+        NOTIFY of a lifecycle event, whichever comes first).
+        """
+        if delivered:
+            self._flow_wait = self.retry_interval
+            return self.retry_interval
         if held and next(iter(held.values())):
             wait = self._held_wait
             self._held_wait = min(wait * 2, self.poll_interval)
             return wait
         self._held_wait = self.retry_interval
-        return self.poll_interval
+        wait = self._flow_wait
+        self._flow_wait = min(wait * 2, self.poll_interval)
+        return wait
 
     # -- asyncio -----------------------------------------------------------
 
@@ -437,7 +449,7 @@ class Listener:
                 pass
             return
         try:
-            await self.acatch_up(conn)
+            delivered = await self.acatch_up(conn)
         except ReceiverFailed as exc:
             await self._asleep(self._receiver_failed(exc))
             return
@@ -449,7 +461,7 @@ class Listener:
             return
         cur = await conn.execute(QUERIES["events_held_back"], {"consumer": self.consumer})
         held = await cur.fetchone()
-        wait = min(self._wait_time(held), self.lease_seconds / 3)
+        wait = min(self._wait_time(held, delivered), self.lease_seconds / 3)
         async for _ in conn.notifies(timeout=wait, stop_after=1):
             pass
 
@@ -493,11 +505,9 @@ class Listener:
         Raises:
             ReceiverFailed: when any receiver raised (all receivers still ran).
         """
-        sig = LIFECYCLE_SIGNALS.get(event.name)
-        if sig is None:
-            logger.debug("event %d: no signal named %s", event.id, event.name)
-            return
-        results = await sig.asend_robust(sender=event.tenant.slug, tenant=event.tenant, event=event)
+        results: list[tuple[Any, Any]] = []
+        for sig, sender, kwargs in _sends(event):
+            results.extend(await sig.asend_robust(sender=sender, **kwargs))
         _raise_failures(event, results)
 
     def _batch_params(self) -> dict[str, Any]:
@@ -553,19 +563,46 @@ class Listener:
         return total
 
     def dispatch(self, event: Event) -> None:
-        """Send ``event`` to its lifecycle signal, every receiver in order.
+        """Send ``event`` to its signals, every receiver in order: a lifecycle
+        event to its lifecycle signal, a ``rows_changed`` event to
+        ``row_inserted``/``row_updated``/``row_deleted`` once per row.
 
         Events whose name has no signal are skipped (logged at debug level).
 
         Raises:
             ReceiverFailed: when any receiver raised (all receivers still ran).
         """
-        sig = LIFECYCLE_SIGNALS.get(event.name)
-        if sig is None:
-            logger.debug("event %d: no signal named %s", event.id, event.name)
-            return
-        results = sig.send_robust(sender=event.tenant.slug, tenant=event.tenant, event=event)
+        results: list[tuple[Any, Any]] = []
+        for sig, sender, kwargs in _sends(event):
+            results.extend(sig.send_robust(sender=sender, **kwargs))
         _raise_failures(event, results)
+
+
+def _sends(event: Event) -> list[tuple[Signal, str | None, dict[str, Any]]]:
+    """The signal sends an event stands for: (signal, sender, keyword arguments)."""
+    if event.name == "rows_changed":
+        sig = ROW_SIGNALS.get(str(event.payload.get("op")))
+        if sig is None:
+            return []
+        table = str(event.payload.get("table"))
+        return [
+            (
+                sig,
+                table,
+                {
+                    "tenant": event.tenant,
+                    "event": event,
+                    "key": row.get("key"),
+                    **({"columns": row["columns"]} if "columns" in row else {}),
+                },
+            )
+            for row in event.payload.get("rows", [])
+        ]
+    lifecycle = LIFECYCLE_SIGNALS.get(event.name)
+    if lifecycle is None:
+        logger.debug("event %d: no signal named %s", event.id, event.name)
+        return []
+    return [(lifecycle, event.tenant.slug, {"tenant": event.tenant, "event": event})]
 
 
 def _raise_failures(event: Event, results: list[tuple[Any, Any]]) -> None:

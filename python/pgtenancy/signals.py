@@ -14,6 +14,11 @@ Two families of signals:
 * Context signals (:data:`tenant_activated`, :data:`tenant_deactivated`) are
   sent in-process when a tenant context is entered or left; ``sender`` is the
   slug and the receiver gets ``slug=``.
+* Row-change signals (:data:`row_inserted`, :data:`row_updated`,
+  :data:`row_deleted`) come through the listener too, one send per row of a
+  table tracked with ``tenancy.track_changes``; ``sender`` is the table's
+  qualified name and the receiver gets ``tenant=``, ``event=``, ``key=``
+  (the primary key, a dict) and, for updates, ``columns=``.
 * Lifecycle signals (:data:`tenant_created`, :data:`tenant_suspended`,
   :data:`tenant_resumed`, :data:`tenant_deleted`, :data:`tenant_migrated`) come
   from the database's outbox through a :class:`~pgtenancy.listener.Listener`,
@@ -376,6 +381,29 @@ tenant_migrated = Signal(
     "Migrations were applied to a tenant (event.payload['versions']). "
     "sender: slug; kwargs: tenant, event.",
 )
+
+row_inserted = Signal(
+    "row_inserted",
+    "Rows were inserted into a tracked table (from the outbox, one send per row). "
+    "sender: the table's qualified name; kwargs: tenant, event, key (primary key as a dict).",
+)
+row_updated = Signal(
+    "row_updated",
+    "Rows of a tracked table were updated (one send per row). sender: the table's qualified "
+    "name; kwargs: tenant, event, key, columns (names of the changed columns).",
+)
+row_deleted = Signal(
+    "row_deleted",
+    "Rows were deleted from a tracked table (one send per row). sender: the table's qualified "
+    "name; kwargs: tenant, event, key.",
+)
+
+#: Row-change signals by SQL operation.
+ROW_SIGNALS: dict[str, Signal] = {
+    "INSERT": row_inserted,
+    "UPDATE": row_updated,
+    "DELETE": row_deleted,
+}
 
 #: Lifecycle signals by outbox event name.
 LIFECYCLE_SIGNALS: dict[str, Signal] = {

@@ -1,0 +1,154 @@
+-- pgtenancy 0.1.0 — 008: row-change events for tenant tables.
+--
+-- tenancy.track_changes(table) adds three statement-level triggers with
+-- transition tables, so bulk UPDATE ... WHERE, DELETE, INSERT ... SELECT and
+-- COPY are caught like single-row writes. Each statement writes one outbox
+-- event per 1000 rows ('rows_changed': table, op, and per row its primary
+-- key and, for updates, the changed columns), in the writing transaction.
+-- Row changes never NOTIFY: NOTIFY takes a global lock at commit and would
+-- serialize writers; listeners poll at a short interval while events flow.
+-- The trigger function is generated per table with static SQL, so its plans
+-- are cached.
+
+CREATE OR REPLACE FUNCTION tenancy.changes_function(p_table regclass)
+    RETURNS text
+    LANGUAGE sql
+    IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('tenancy.%I', 'changes_' || p_table::oid)
+$$;
+
+COMMENT ON FUNCTION tenancy.changes_function(regclass) IS
+    'Name of the generated trigger function that records the changes of p_table.';
+
+CREATE OR REPLACE FUNCTION tenancy.track_changes(p_table regclass)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_pk      name[];
+    v_key     text;
+    v_join    text;
+    v_fn      text := tenancy.changes_function(p_table);
+    v_table   text;
+BEGIN
+    SELECT format('%I.%I', n.nspname, c.relname) INTO v_table
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE c.oid = p_table AND c.relkind IN ('r', 'p');
+    IF v_table IS NULL THEN
+        RAISE EXCEPTION '% is not a table', p_table
+            USING ERRCODE = 'PT016';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
+      FROM pg_index AS i
+     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = p_table AND i.indisprimary;
+    IF v_pk IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key: row-change events identify rows by it', p_table
+            USING ERRCODE = 'PT016';
+    END IF;
+    SELECT string_agg(format('%L, r.%I', c, c), ', '),
+           string_agg(format('o.%I = r.%I', c, c), ' AND ')
+      INTO v_key, v_join
+      FROM unnest(v_pk) AS c;
+
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %s()
+            RETURNS trigger
+            LANGUAGE plpgsql
+            SECURITY DEFINER
+            SET search_path = pg_catalog, pg_temp
+        AS $body$
+        DECLARE
+            v_tenant tenancy.tenants;
+        BEGIN
+            SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
+            IF NOT FOUND THEN
+                SELECT * INTO v_tenant FROM tenancy.tenants
+                 WHERE id = tenancy.current_tenant_id();
+            END IF;
+            IF TG_OP = 'UPDATE' THEN
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
+                  FROM (SELECT jsonb_build_object(
+                                   'key', jsonb_build_object(%s),
+                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                 FROM jsonb_each(to_jsonb(r)) AS e
+                                                WHERE o IS NULL
+                                                   OR to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                               ) AS row,
+                               (row_number() OVER () - 1) / 1000 AS chunk
+                          FROM new_rows AS r LEFT JOIN old_rows AS o ON %s) AS s
+                 GROUP BY s.chunk
+                 ORDER BY s.chunk;
+            ELSE
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
+                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
+                               (row_number() OVER () - 1) / 1000 AS chunk
+                          FROM changed_rows AS r) AS s
+                 GROUP BY s.chunk
+                 ORDER BY s.chunk;
+            END IF;
+            RETURN NULL;
+        END
+        $body$
+    $f$, v_fn, v_table, v_key, v_join, v_table, v_key);
+    EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
+                   format('Records row changes of %s as rows_changed events (tenancy.track_changes).',
+                          v_table));
+    EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
+
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', p_table);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   p_table, v_fn);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_fn);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   p_table, v_fn);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
+    'Record every INSERT, UPDATE and DELETE of p_table (a tenant-schema table or a guarded shared '
+    'table; bulk statements and COPY included) as rows_changed outbox events carrying the tenant, '
+    'the table, the operation, each row''s primary key and, for updates, the changed columns. '
+    'Statement-level triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when '
+    'p_table is not a table or has no primary key.';
+
+REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.untrack_changes(p_table regclass)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', p_table);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', tenancy.changes_function(p_table));
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.untrack_changes(regclass) IS
+    'Stop recording row changes of p_table (drops its triggers and generated function). '
+    'Idempotent.';
+
+REVOKE ALL ON FUNCTION tenancy.untrack_changes(regclass) FROM PUBLIC;
