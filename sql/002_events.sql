@@ -195,7 +195,10 @@ BEGIN
     IF to_regprocedure('tenancy.consumer_heartbeat(text)') IS NOT NULL THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_heartbeat(text), '
                        'tenancy.acquire_lease(text, text, interval), '
-                       'tenancy.release_lease(text, text) TO %I', p_role);
+                       'tenancy.release_lease(text, text), '
+                       'tenancy.park_event(text, bigint, text, integer, text), '
+                       'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text) '
+                       'TO %I', p_role);
     END IF;
 END
 $$;

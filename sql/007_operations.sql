@@ -104,14 +104,16 @@ BEGIN
        AND NOT EXISTS (
            SELECT 1 FROM tenancy.consumers AS c
             WHERE coalesce(c.seen_at, c.updated_at) > now() - p_inactive_after
-              AND (e.xid, e.id) > (c.last_xid, c.last_id));
+              AND (e.xid, e.id) > (c.last_xid, c.last_id))
+       AND NOT EXISTS (SELECT 1 FROM tenancy.parked_events AS p WHERE p.event_id = e.id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.prune_events(interval, interval) IS
-    'Delete outbox events older than p_older_than that every active consumer has passed; a '
+    'Delete outbox events older than p_older_than that every active consumer has passed and no '
+    'receiver has parked; a '
     'consumer not seen for p_inactive_after stops holding events back. Returns how many were '
     'deleted. Raises 22023 for a negative or NULL age.';
 
@@ -176,3 +178,80 @@ COMMENT ON FUNCTION tenancy.outbox_health() IS
     'holds back every consumer), and events kept in the outbox.';
 
 REVOKE ALL ON FUNCTION tenancy.outbox_health() FROM PUBLIC;
+
+-- Events parked for one receiver: it kept failing, the consumer went on.
+CREATE TABLE IF NOT EXISTS tenancy.parked_events (
+    consumer  text        NOT NULL,
+    event_id  bigint      NOT NULL,
+    receiver  text        NOT NULL,
+    attempts  integer     NOT NULL,
+    error     text        NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT parked_events_pkey PRIMARY KEY (consumer, event_id, receiver)
+);
+
+COMMENT ON TABLE tenancy.parked_events IS
+    'Events a receiver (by dispatch_uid or module.qualname) failed on after its retries; '
+    'pgtenancy events retry delivers them again to that receiver only.';
+
+CREATE OR REPLACE FUNCTION tenancy.park_event(
+    p_consumer text, p_event_id bigint, p_receiver text, p_attempts integer, p_error text
+)
+    RETURNS void
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO tenancy.parked_events AS p (consumer, event_id, receiver, attempts, error)
+    VALUES (p_consumer, p_event_id, p_receiver, p_attempts, p_error)
+    ON CONFLICT (consumer, event_id, receiver) DO UPDATE
+       SET attempts = p.attempts + excluded.attempts, error = excluded.error, parked_at = now()
+$$;
+
+COMMENT ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) IS
+    'Park event p_event_id of consumer p_consumer for receiver p_receiver with its last error; '
+    'parking it again adds the attempts.';
+
+REVOKE ALL ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.unpark_event(p_consumer text, p_event_id bigint, p_receiver text)
+    RETURNS boolean
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM tenancy.parked_events
+     WHERE consumer = p_consumer AND event_id = p_event_id AND receiver = p_receiver
+    RETURNING true
+$$;
+
+COMMENT ON FUNCTION tenancy.unpark_event(text, bigint, text) IS
+    'Forget a parked event once its receiver has run it; true when one was removed.';
+
+REVOKE ALL ON FUNCTION tenancy.unpark_event(text, bigint, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.parked_events(p_consumer text DEFAULT NULL)
+    RETURNS TABLE (
+        consumer text, receiver text, attempts integer, error text, parked_at timestamptz,
+        id bigint, xid text, name text, tenant_id uuid, tenant_slug text, tenant_schema text,
+        tenant_status text, payload jsonb, created_at timestamptz
+    )
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.consumer, p.receiver, p.attempts, p.error, p.parked_at,
+           e.id, e.xid::text, e.name, e.tenant_id, e.tenant_slug, e.tenant_schema,
+           e.tenant_status, e.payload, e.created_at
+      FROM tenancy.parked_events AS p
+      JOIN tenancy.events AS e ON e.id = p.event_id
+     WHERE p_consumer IS NULL OR p.consumer = p_consumer
+     ORDER BY p.consumer, e.xid, e.id, p.receiver
+$$;
+
+COMMENT ON FUNCTION tenancy.parked_events(text) IS
+    'Parked events (of p_consumer, or all), with their receiver, attempts, last error and the '
+    'event itself, in delivery order.';
+
+REVOKE ALL ON FUNCTION tenancy.parked_events(text) FROM PUBLIC;

@@ -99,3 +99,14 @@ SELECT tenancy.track_changes(%(table)s::regclass)
 
 -- name: untrack_changes
 SELECT tenancy.untrack_changes(%(table)s::regclass)
+
+-- name: park_event
+SELECT tenancy.park_event(%(consumer)s, %(event_id)s, %(receiver)s, %(attempts)s, %(error)s)
+
+-- name: unpark_event
+SELECT tenancy.unpark_event(%(consumer)s, %(event_id)s, %(receiver)s)
+
+-- name: parked_events
+SELECT consumer, receiver, attempts, error, parked_at, id, xid, name, tenant_id, tenant_slug,
+       tenant_schema, tenant_status, payload, created_at
+  FROM tenancy.parked_events(%(consumer)s)

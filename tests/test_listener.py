@@ -350,7 +350,9 @@ def test_a_listener_role_and_cursor_positions(
         sql(f"DROP ROLE {role}")
 
 
-def test_a_failing_receiver_backs_off_on_one_connection(dsn: str, tenancy: Tenancy) -> None:
+def test_an_ordering_critical_failure_blocks_and_backs_off_on_one_connection(
+    dsn: str, tenancy: Tenancy
+) -> None:
     calls: list[float] = []
 
     def always_fails(sender: str, **kwargs: Any) -> None:
@@ -358,12 +360,15 @@ def test_a_failing_receiver_backs_off_on_one_connection(dsn: str, tenancy: Tenan
         raise RuntimeError("down")
 
     tenant_created.connect(always_fails)
-    listener = Listener(dsn, "backoff", poll_interval=0.1, backoff_min=0.05, backoff_max=0.4)
+    tenant_created.ordering_critical = True  # block at the event instead of parking it
+    listener = Listener(
+        dsn, "backoff", poll_interval=0.1, backoff_min=0.05, backoff_max=0.4, max_attempts=2
+    )
     thread = threading.Thread(target=listener.run)
     thread.start()
     try:
         tenancy.create_tenant("acme")
-        wait_for(lambda: len(calls) >= 6, timeout=20)
+        wait_for(lambda: len(calls) >= 8, timeout=20)
         with psycopg.connect(dsn) as conn:
             backends = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity "
@@ -373,9 +378,12 @@ def test_a_failing_receiver_backs_off_on_one_connection(dsn: str, tenancy: Tenan
         listener.stop()
         thread.join(10)
         tenant_created.disconnect(always_fails)
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert gaps[0] < gaps[2] < gaps[4] + 0.05  # grows ...
-    assert max(gaps) < 0.4 + 0.3  # ... up to backoff_max
+        tenant_created.ordering_critical = False
+    # Each round is 2 attempts (0.05 s apart); rounds start further and further apart.
+    starts = calls[::2]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] < gaps[1] < gaps[2] + 0.05  # grows ...
+    assert max(gaps) < 0.4 + 0.05 + 0.3  # ... up to backoff_max
     assert backends == (1,)  # the same connection, not a reconnect per retry
     assert listener.delivered == 0
     with psycopg.connect(dsn) as conn:  # the cursor never passed the event
@@ -470,3 +478,60 @@ def test_one_consumer_many_processes_one_dispatches_and_failover_after_kill(
     for lp in survivors:
         if lp.proc is not None and lp.proc.poll() is None:
             lp.terminate()
+
+
+def test_failing_receiver_is_parked_and_retried_alone(dsn: str, tenancy: Tenancy) -> None:
+    calls: dict[str, list[int]] = {"good": [], "flaky": []}
+    broken = {"on": True}
+
+    def good(sender: str, event: Event, **kwargs: Any) -> None:
+        calls["good"].append(event.id)
+
+    def flaky(sender: str, event: Event, **kwargs: Any) -> None:
+        calls["flaky"].append(event.id)
+        if broken["on"] and sender == "globex":
+            raise RuntimeError("billing is down")
+
+    tenant_created.connect(good, dispatch_uid="tests.good")
+    tenant_created.connect(flaky, dispatch_uid="tests.flaky")
+    listener = Listener(dsn, "park", poll_interval=0.1, backoff_min=0.01, max_attempts=3)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        tenancy.create_tenant("acme")
+        tenancy.create_tenant("globex")
+        tenancy.create_tenant("initech")
+        wait_for(lambda: listener.delivered == 3)
+    finally:
+        listener.stop()
+        thread.join(10)
+    ids = all_event_ids(dsn)
+    assert calls["good"] == ids  # the consumer went on past the failure
+    assert calls["flaky"] == [ids[0], ids[1], ids[1], ids[1], ids[2]]  # 3 attempts, then parked
+    with psycopg.connect(dsn) as conn:
+        parked = conn.execute(
+            "SELECT receiver, event_id, attempts, error FROM tenancy.parked_events"
+        ).fetchall()
+    assert parked == [("tests.flaky", ids[1], 3, "RuntimeError: billing is down")]
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    r = subprocess.run(
+        [*pgtenancy_cli(), "events", "failed", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "tests.flaky" in r.stdout and "billing is down" in r.stdout
+    # Retry re-delivers to the receiver that failed only.
+    broken["on"] = False
+    good_before = list(calls["good"])
+    retried = Listener(dsn, "park").retry_parked()
+    assert retried == (1, 0)
+    assert calls["flaky"][-1] == ids[1]
+    assert calls["good"] == good_before
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM tenancy.parked_events").fetchone() == (0,)
+    tenant_created.disconnect(dispatch_uid="tests.good")
+    tenant_created.disconnect(dispatch_uid="tests.flaky")

@@ -409,3 +409,11 @@ class Tenancy:
     def untrack_changes(self, table: str) -> None:
         """Stop recording the row changes of ``table``. Idempotent."""
         self._one("untrack_changes", table=table)
+
+    def parked_events(self, consumer: str | None = None) -> list[dict[str, Any]]:
+        """Parked events (of ``consumer``, or all): ``consumer``, ``receiver``,
+        ``attempts``, ``error``, ``parked_at`` and the event's columns (``id``,
+        ``name``, ``tenant_slug``, ``payload``, ...)."""
+        with self._begin() as conn:
+            rows = conn.exec_driver_sql(QUERIES["parked_events"], {"consumer": consumer})
+            return [dict(r) for r in rows.mappings().all()]

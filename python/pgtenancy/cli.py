@@ -267,6 +267,35 @@ def status(dsn: str) -> None:
 
 @events.command()
 @dsn_option
+@click.option("--consumer", default=None, help="Only this consumer.")
+def failed(dsn: str, consumer: str | None) -> None:
+    """List parked events: consumer, event, receiver that failed, attempts, error."""
+    rows = Tenancy(dsn).parked_events(consumer)
+    for r in rows:
+        click.echo(
+            f"{r['consumer']} event {r['id']} ({r['name']} {r['tenant_slug'] or '-'}) "
+            f"receiver {r['receiver']}: {r['attempts']} attempts: {r['error']}"
+        )
+    click.echo(f"{len(rows)} parked")
+
+
+@events.command()
+@dsn_option
+@click.option("--consumer", required=True, help="Consumer whose parked events to retry.")
+@click.option("--handlers", "handlers", multiple=True, help="Module that connects receivers.")
+@click.option("--max-attempts", default=3, show_default=True, type=click.IntRange(1, 100))
+def retry(dsn: str, consumer: str, handlers: tuple[str, ...], max_attempts: int) -> None:
+    """Deliver parked events again, each to the receiver that failed only.
+    Exit status 1 when some still fail."""
+    import_handlers(handlers)
+    ok, failing = Listener(dsn, consumer, max_attempts=max_attempts).retry_parked()
+    click.echo(f"{ok} delivered, {failing} still parked")
+    if failing:
+        sys.exit(1)
+
+
+@events.command()
+@dsn_option
 @click.option("--older-than", required=True, help="Postgres interval, e.g. '7 days'.")
 @click.option(
     "--inactive-after",

@@ -47,7 +47,7 @@ from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import LeaseLost, ListenNotSupported, TenancyError, raise_translated
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
-from pgtenancy.signals import LIFECYCLE_SIGNALS, ROW_SIGNALS, Signal
+from pgtenancy.signals import LIFECYCLE_SIGNALS, ROW_SIGNALS, BoundReceiver, Signal
 
 logger = logging.getLogger("pgtenancy.listener")
 
@@ -144,6 +144,10 @@ class Listener:
             one consumer name: the one holding the lease dispatches and renews
             it every third of this; the others wait and take over within about
             1.3 times this after it stops renewing (at once after a clean stop).
+        max_attempts: calls of a failing receiver for one event (with backoff
+            from ``backoff_min``) before the event is parked for that receiver
+            and the consumer goes on; for an ``ordering_critical`` signal the
+            consumer blocks at the event instead, retrying with backoff.
 
     Attributes:
         holder: this listener's lease holder id, ``host:pid:random``.
@@ -163,6 +167,7 @@ class Listener:
         connect_timeout: int = 5,
         heartbeat_interval: float = 10.0,
         lease_seconds: float = 10.0,
+        max_attempts: int = 5,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -176,6 +181,9 @@ class Listener:
         self.connect_timeout = connect_timeout
         self.heartbeat_interval = heartbeat_interval
         self.lease_seconds = lease_seconds
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.max_attempts = max_attempts
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease_at = 0.0
         self._holding = False
@@ -483,7 +491,7 @@ class Listener:
                     if not await self._akeep_lease(conn):
                         raise LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
                     event = Event.from_row(row)
-                    await self.adispatch(event)
+                    await self.adispatch(event, conn)
                     done = event
                     total += 1
                     self.delivered += 1
@@ -499,16 +507,57 @@ class Listener:
                 break
         return total
 
-    async def adispatch(self, event: Event) -> None:
-        """Async :meth:`dispatch`: async receivers are awaited, in registration order.
+    async def adispatch(
+        self, event: Event, conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
+    ) -> None:
+        """Async :meth:`dispatch`: async receivers are awaited, in registration
+        order, with the same retries and parking.
 
         Raises:
-            ReceiverFailed: when any receiver raised (all receivers still ran).
+            ReceiverFailed: as :meth:`dispatch`.
         """
-        results: list[tuple[Any, Any]] = []
         for sig, sender, kwargs in _sends(event):
-            results.extend(await sig.asend_robust(sender=sender, **kwargs))
-        _raise_failures(event, results)
+            if sig.is_muted():
+                continue
+            for bound in sig.receivers(sender):
+                error = await self._acall_with_retries(bound, sig, sender, kwargs, event)
+                if error is None:
+                    continue
+                parked: list[dict[str, Any]] = []
+                self._park_or_raise(conn, event, sig, bound, error, parked=parked)
+                assert conn is not None
+                for params in parked:
+                    await conn.execute(QUERIES["park_event"], params)
+                logger.error(
+                    "event %d (%s) parked for receiver %s", event.id, event.name, bound.name
+                )
+
+    async def _acall_with_retries(
+        self,
+        bound: BoundReceiver,
+        sig: Signal,
+        sender: str | None,
+        kwargs: dict[str, Any],
+        event: Event,
+    ) -> BaseException | None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                await bound.acall(sig, sender, **kwargs)
+                return None
+            except Exception as exc:
+                logger.warning(
+                    "event %d (%s): receiver %s failed (attempt %d of %d): %s",
+                    event.id,
+                    event.name,
+                    bound.name,
+                    attempt,
+                    self.max_attempts,
+                    exc,
+                )
+                if attempt == self.max_attempts or self.stopping:
+                    return exc
+                await self._asleep(self._retry_delay(attempt))
+        return None
 
     def _batch_params(self) -> dict[str, Any]:
         return {"consumer": self.consumer, "limit": self.batch_size}
@@ -546,7 +595,7 @@ class Listener:
                     if not self._keep_lease(conn):
                         raise LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
                     event = Event.from_row(row)
-                    self.dispatch(event)
+                    self.dispatch(event, conn)
                     done = event
                     total += 1
                     self.delivered += 1
@@ -562,20 +611,125 @@ class Listener:
                 break
         return total
 
-    def dispatch(self, event: Event) -> None:
+    def dispatch(
+        self, event: Event, conn: psycopg.Connection[dict[str, Any]] | None = None
+    ) -> None:
         """Send ``event`` to its signals, every receiver in order: a lifecycle
         event to its lifecycle signal, a ``rows_changed`` event to
         ``row_inserted``/``row_updated``/``row_deleted`` once per row.
 
-        Events whose name has no signal are skipped (logged at debug level).
+        A receiver that raises is called again, up to ``max_attempts`` times
+        with backoff; then the event is parked for it (with ``conn``) and the
+        next receivers run. Events whose name has no signal are skipped.
 
         Raises:
-            ReceiverFailed: when any receiver raised (all receivers still ran).
+            ReceiverFailed: a receiver of an ordering-critical signal kept
+                failing (or no ``conn`` to park with, or stop was requested).
         """
-        results: list[tuple[Any, Any]] = []
         for sig, sender, kwargs in _sends(event):
-            results.extend(sig.send_robust(sender=sender, **kwargs))
-        _raise_failures(event, results)
+            if sig.is_muted():
+                continue
+            for bound in sig.receivers(sender):
+                error = self._call_with_retries(bound, sig, sender, kwargs, event)
+                if error is not None:
+                    self._park_or_raise(conn, event, sig, bound, error)
+
+    def retry_parked(self) -> tuple[int, int]:
+        """Deliver this consumer's parked events again, each to the receiver
+        that failed on it only (found by its name among the connected
+        receivers; import the handlers first).
+
+        Returns:
+            ``(delivered, still_failing)``; a delivered event is unparked, a
+            failing one stays parked with its attempts added.
+        """
+        delivered = failing = 0
+        with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
+            rows = conn.execute(QUERIES["parked_events"], {"consumer": self.consumer}).fetchall()
+            for row in rows:
+                event = Event.from_row(row)
+                name = row["receiver"]
+                matches = [
+                    (sig, sender, kwargs, bound)
+                    for sig, sender, kwargs in _sends(event)
+                    for bound in sig.receivers(sender)
+                    if bound.name == name
+                ]
+                error: BaseException | None = None
+                if not matches:
+                    error = LookupError(f"receiver {name} is not connected (import its handlers)")
+                for sig, sender, kwargs, bound in matches:
+                    error = error or self._call_with_retries(bound, sig, sender, kwargs, event)
+                key = {"consumer": self.consumer, "event_id": event.id, "receiver": name}
+                if error is None:
+                    conn.execute(QUERIES["unpark_event"], key)
+                    delivered += 1
+                else:
+                    conn.execute(
+                        QUERIES["park_event"],
+                        {
+                            **key,
+                            "attempts": 1 if not matches else self.max_attempts,
+                            "error": f"{type(error).__name__}: {error}",
+                        },
+                    )
+                    failing += 1
+        return delivered, failing
+
+    def _retry_delay(self, attempt: int) -> float:
+        return float(min(self.backoff_min * 2 ** (attempt - 1), self.backoff_max))
+
+    def _call_with_retries(
+        self,
+        bound: BoundReceiver,
+        sig: Signal,
+        sender: str | None,
+        kwargs: dict[str, Any],
+        event: Event,
+    ) -> BaseException | None:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                bound.call(sig, sender, **kwargs)
+                return None
+            except Exception as exc:
+                logger.warning(
+                    "event %d (%s): receiver %s failed (attempt %d of %d): %s",
+                    event.id,
+                    event.name,
+                    bound.name,
+                    attempt,
+                    self.max_attempts,
+                    exc,
+                )
+                if attempt == self.max_attempts or self.stopping:
+                    return exc
+                self._sleep(self._retry_delay(attempt))
+        return None
+
+    def _park_or_raise(
+        self,
+        conn: Any,
+        event: Event,
+        sig: Signal,
+        bound: BoundReceiver,
+        error: BaseException,
+        *,
+        parked: list[dict[str, Any]] | None = None,
+    ) -> None:
+        if sig.ordering_critical or conn is None or self.stopping:
+            raise ReceiverFailed(event, [(bound.receiver, error)])
+        params = {
+            "consumer": self.consumer,
+            "event_id": event.id,
+            "receiver": bound.name,
+            "attempts": self.max_attempts,
+            "error": f"{type(error).__name__}: {error}",
+        }
+        if parked is not None:  # async callers execute it themselves
+            parked.append(params)
+            return
+        conn.execute(QUERIES["park_event"], params)
+        logger.error("event %d (%s) parked for receiver %s", event.id, event.name, bound.name)
 
 
 def _sends(event: Event) -> list[tuple[Signal, str | None, dict[str, Any]]]:
@@ -603,12 +757,6 @@ def _sends(event: Event) -> list[tuple[Signal, str | None, dict[str, Any]]]:
         logger.debug("event %d: no signal named %s", event.id, event.name)
         return []
     return [(lifecycle, event.tenant.slug, {"tenant": event.tenant, "event": event})]
-
-
-def _raise_failures(event: Event, results: list[tuple[Any, Any]]) -> None:
-    errors = [(r, v) for r, v in results if isinstance(v, BaseException)]
-    if errors:
-        raise ReceiverFailed(event, errors)
 
 
 def _listen_sql(row: dict[str, Any]) -> sql.Composed:

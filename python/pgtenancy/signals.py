@@ -82,6 +82,47 @@ class _Entry:
     ref: Callable[[], Receiver | None]
     sender_key: Hashable
     is_async: bool
+    name: str
+
+
+@dataclass(frozen=True)
+class BoundReceiver:
+    """A live receiver of a send, as :meth:`Signal.receivers` returns it.
+
+    Attributes:
+        name: stable name of the registration: its ``dispatch_uid`` when one
+            was given (as text), else ``module.qualname`` of the receiver. Used
+            to park and retry events per receiver across processes.
+        receiver: the callable.
+        is_async: whether it is an ``async def``.
+    """
+
+    name: str
+    receiver: Receiver
+    is_async: bool
+
+    def call(self, signal: Signal, sender: object, **named: Any) -> Any:
+        """Call the receiver as a send would; run it to completion if async.
+
+        Raises:
+            Exception: whatever the receiver raises.
+        """
+        value = self.receiver(signal=signal, sender=sender, **named)
+        return _run_coroutine(value, self.receiver) if self.is_async else value
+
+    async def acall(self, signal: Signal, sender: object, **named: Any) -> Any:
+        """Call the receiver as :meth:`Signal.asend` would (awaiting it if async)."""
+        value = self.receiver(signal=signal, sender=sender, **named)
+        return await value if self.is_async else value
+
+
+def _receiver_name(receiver: Receiver, dispatch_uid: Hashable | None) -> str:
+    if dispatch_uid is not None:
+        return str(dispatch_uid)
+    func = getattr(receiver, "__func__", receiver)
+    module = getattr(func, "__module__", None) or type(receiver).__module__
+    qualname = getattr(func, "__qualname__", None) or type(receiver).__qualname__
+    return f"{module}.{qualname}"
 
 
 class Signal:
@@ -91,13 +132,18 @@ class Signal:
         name: the signal's name, used in logs and ``repr``.
         doc: what the signal means and which keyword arguments it sends.
 
+        ordering_critical: when a receiver of this signal keeps failing, the
+            listener blocks its consumer (retrying with backoff) instead of
+            parking the event for that receiver and going on. Settable later.
+
     Receivers are called in registration order as
     ``receiver(signal=self, sender=sender, **kwargs)``. They must accept
     ``**kwargs`` so new arguments can be added.
     """
 
-    def __init__(self, name: str, doc: str = "") -> None:
+    def __init__(self, name: str, doc: str = "", *, ordering_critical: bool = False) -> None:
         self.name = name
+        self.ordering_critical = ordering_critical
         self.__doc__ = doc or f"Signal {name}."
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
@@ -148,7 +194,9 @@ class Signal:
                 ref = _strong(receiver)
         else:
             ref = _strong(receiver)
-        entry = _Entry(key, ref, key[1], _is_async(receiver))
+        entry = _Entry(
+            key, ref, key[1], _is_async(receiver), _receiver_name(receiver, dispatch_uid)
+        )
         with self._lock:
             if any(e.key == key for e in self._entries):
                 return
@@ -188,6 +236,10 @@ class Signal:
         return bool(self._live(sender))
 
     def _live(self, sender: object) -> list[tuple[Receiver, bool]]:
+        return [(b.receiver, b.is_async) for b in self.receivers(sender)]
+
+    def receivers(self, sender: object = None) -> list[BoundReceiver]:
+        """The live receivers a send from ``sender`` would call, in order."""
         skey = _sender_key(sender)
         with self._lock:
             entries = list(self._entries)
@@ -197,7 +249,7 @@ class Signal:
                 continue
             r = e.ref()
             if r is not None:
-                live.append((r, e.is_async))
+                live.append(BoundReceiver(e.name, r, e.is_async))
         return live
 
     # -- muting ------------------------------------------------------------
