@@ -197,7 +197,8 @@ BEGIN
                        'tenancy.acquire_lease(text, text, interval), '
                        'tenancy.release_lease(text, text), '
                        'tenancy.park_event(text, bigint, text, integer, text), '
-                       'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text) '
+                       'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text), '
+                       'tenancy.inbox_claim(text, bigint) '
                        'TO %I', p_role);
     END IF;
 END

@@ -180,6 +180,9 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', p_role);
+    IF to_regprocedure('tenancy.inbox_claim(text, bigint)') IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', p_role);
+    END IF;
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);

@@ -107,6 +107,11 @@ BEGIN
               AND (e.xid, e.id) > (c.last_xid, c.last_id))
        AND NOT EXISTS (SELECT 1 FROM tenancy.parked_events AS p WHERE p.event_id = e.id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
+    -- A pruned event is never redelivered: its inbox claims are done with.
+    IF to_regclass('tenancy.inbox') IS NOT NULL THEN
+        DELETE FROM tenancy.inbox AS i
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.events AS e WHERE e.id = i.event_id);
+    END IF;
     RETURN v_count;
 END
 $$;
@@ -255,3 +260,38 @@ COMMENT ON FUNCTION tenancy.parked_events(text) IS
     'event itself, in delivery order.';
 
 REVOKE ALL ON FUNCTION tenancy.parked_events(text) FROM PUBLIC;
+
+-- The inbox: effectively-once effects in this database. A receiver claims
+-- (receiver, event) in the same transaction as its own writes; a redelivered
+-- event finds the claim and is skipped, and a rolled-back transaction takes
+-- its claim with it.
+CREATE TABLE IF NOT EXISTS tenancy.inbox (
+    receiver     text        NOT NULL,
+    event_id     bigint      NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT inbox_pkey PRIMARY KEY (receiver, event_id)
+);
+
+COMMENT ON TABLE tenancy.inbox IS
+    'Events each receiver (dispatch_uid) has applied, written in the receiver''s own transaction.';
+
+CREATE OR REPLACE FUNCTION tenancy.inbox_claim(p_receiver text, p_event_id bigint)
+    RETURNS boolean
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH claimed AS (
+        INSERT INTO tenancy.inbox (receiver, event_id) VALUES (p_receiver, p_event_id)
+        ON CONFLICT (receiver, event_id) DO NOTHING
+        RETURNING true
+    )
+    SELECT coalesce((SELECT true FROM claimed), false)
+$$;
+
+COMMENT ON FUNCTION tenancy.inbox_claim(text, bigint) IS
+    'Claim event p_event_id for receiver p_receiver in the current transaction: true the first '
+    'time (apply the effect), false when already applied (skip it). Call it in the transaction '
+    'that makes the effect.';
+
+REVOKE ALL ON FUNCTION tenancy.inbox_claim(text, bigint) FROM PUBLIC;

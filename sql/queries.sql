@@ -110,3 +110,6 @@ SELECT tenancy.unpark_event(%(consumer)s, %(event_id)s, %(receiver)s)
 SELECT consumer, receiver, attempts, error, parked_at, id, xid, name, tenant_id, tenant_slug,
        tenant_schema, tenant_status, payload, created_at
   FROM tenancy.parked_events(%(consumer)s)
+
+-- name: inbox_claim
+SELECT tenancy.inbox_claim(%(receiver)s, %(event_id)s)

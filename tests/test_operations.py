@@ -119,3 +119,53 @@ def test_oldest_transaction_is_reported(dsn: str, tenancy: Tenancy) -> None:
         time.sleep(1.1)
         assert tenancy.outbox_health().oldest_transaction_seconds >= 1.0
         other.rollback()
+
+
+def test_inbox_makes_redelivery_effectively_once(dsn: str, tenancy: Tenancy, sql: SQL) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from pgtenancy.inbox import claim
+
+    sql("CREATE TABLE public.accounts (slug text PRIMARY KEY)")
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex")
+    applied: list[str] = []
+
+    def open_account(sender: str, event: Any, **kwargs: Any) -> None:
+        with psycopg.connect(dsn) as conn:
+            if not claim(conn, "billing.open_account", event):
+                return
+            conn.execute("INSERT INTO public.accounts VALUES (%s)", (sender,))
+            applied.append(sender)
+            if sender == "globex" and len(applied) == 2:
+                raise RuntimeError("crash before commit")  # rolls back effect and claim
+
+    from pgtenancy.signals import tenant_created
+
+    tenant_created.connect(open_account, dispatch_uid="billing.open_account")
+    try:
+        for round_ in range(3):  # deliver everything three times over
+            sql("UPDATE tenancy.consumers SET last_xid = '0', last_id = 0")
+            listener = Listener(dsn, "inbox", poll_interval=0.1, backoff_min=0.01)
+            thread = threading.Thread(target=listener.run)
+            thread.start()
+            wait_for(lambda: listener.delivered == 2)
+            listener.stop()
+            thread.join(10)
+    finally:
+        tenant_created.disconnect(dispatch_uid="billing.open_account")
+    assert sql("SELECT slug FROM public.accounts ORDER BY 1") == [("acme",), ("globex",)]
+    assert applied == ["acme", "globex", "globex"]  # the crashed attempt, then the real one
+    assert sql("SELECT count(*) FROM tenancy.inbox") == [(2,)]
+    # The SQLAlchemy forms.
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
+    try:
+        with Session(engine) as session:
+            assert claim(session, "other", 12345) is True
+            assert claim(session, "other", 12345) is False
+            session.rollback()
+        with engine.begin() as conn:
+            assert claim(conn, "other", 12345) is True
+    finally:
+        engine.dispose()
