@@ -121,6 +121,16 @@ def test_oldest_transaction_is_reported(dsn: str, tenancy: Tenancy) -> None:
         other.rollback()
 
 
+def run_until_delivered(listener: Listener, count: int) -> None:
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        wait_for(lambda: listener.delivered == count)
+    finally:
+        listener.stop()
+        thread.join(10)
+
+
 def test_inbox_makes_redelivery_effectively_once(dsn: str, tenancy: Tenancy, sql: SQL) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import Session
@@ -145,14 +155,9 @@ def test_inbox_makes_redelivery_effectively_once(dsn: str, tenancy: Tenancy, sql
 
     tenant_created.connect(open_account, dispatch_uid="billing.open_account")
     try:
-        for round_ in range(3):  # deliver everything three times over
+        for _ in range(3):  # deliver everything three times over
             sql("UPDATE tenancy.consumers SET last_xid = '0', last_id = 0")
-            listener = Listener(dsn, "inbox", poll_interval=0.1, backoff_min=0.01)
-            thread = threading.Thread(target=listener.run)
-            thread.start()
-            wait_for(lambda: listener.delivered == 2)
-            listener.stop()
-            thread.join(10)
+            run_until_delivered(Listener(dsn, "inbox", poll_interval=0.1, backoff_min=0.01), 2)
     finally:
         tenant_created.disconnect(dispatch_uid="billing.open_account")
     assert sql("SELECT slug FROM public.accounts ORDER BY 1") == [("acme",), ("globex",)]
