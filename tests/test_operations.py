@@ -174,3 +174,14 @@ def test_inbox_makes_redelivery_effectively_once(dsn: str, tenancy: Tenancy, sql
             assert claim(conn, "other", 12345) is True
     finally:
         engine.dispose()
+
+
+def test_consumers_fan_out_with_their_own_cursors(dsn: str, tenancy: Tenancy, sql: SQL) -> None:
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex")
+    run_until_delivered(Listener(dsn, "billing", poll_interval=0.1), 2)
+    tenancy.suspend_tenant("acme")
+    run_until_delivered(Listener(dsn, "search", poll_interval=0.1), 3)
+    run_until_delivered(Listener(dsn, "billing", poll_interval=0.1), 1)
+    assert sql("SELECT name, last_id FROM tenancy.consumers ORDER BY name") == [
+        ("billing", 3), ("search", 3)]
