@@ -83,6 +83,7 @@ test: $(STAMP) pg-binaries pgbouncer plpgsql-check
 bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_isolation.py
+	$(BIN)/python bench/bench_events.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check python tests bench

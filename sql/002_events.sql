@@ -106,12 +106,16 @@ CREATE OR REPLACE FUNCTION tenancy.events_held_back(p_consumer text)
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+    -- Held-back events (xid >= xmin) sort after every readable one, so the
+    -- newest event alone decides, found by a backward scan of the (xid, id)
+    -- index whatever the table's statistics.
     SELECT EXISTS (
         SELECT 1
-          FROM tenancy.events AS e
+          FROM (SELECT e.xid, e.id FROM tenancy.events AS e
+                 ORDER BY e.xid DESC, e.id DESC LIMIT 1) AS newest
           JOIN tenancy.consumers AS c ON c.name = p_consumer
-         WHERE (e.xid, e.id) > (c.last_xid, c.last_id)
-           AND e.xid >= pg_snapshot_xmin(pg_current_snapshot())
+         WHERE (newest.xid, newest.id) > (c.last_xid, c.last_id)
+           AND newest.xid >= pg_snapshot_xmin(pg_current_snapshot())
     )
 $$;
 

@@ -184,4 +184,6 @@ def test_consumers_fan_out_with_their_own_cursors(dsn: str, tenancy: Tenancy, sq
     run_until_delivered(Listener(dsn, "search", poll_interval=0.1), 3)
     run_until_delivered(Listener(dsn, "billing", poll_interval=0.1), 1)
     assert sql("SELECT name, last_id FROM tenancy.consumers ORDER BY name") == [
-        ("billing", 3), ("search", 3)]
+        ("billing", 3),
+        ("search", 3),
+    ]
