@@ -61,22 +61,28 @@ DECLARE
     v_version   text := p_from;
     v_state     text;
     v_message   text;
+    -- Computed while search_path is pinned.
+    v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
 BEGIN
     FOR v_migration IN
         SELECT * FROM tenancy.migrations AS m
          WHERE p_from IS NULL OR m.version > p_from
          ORDER BY m.version
     LOOP
-        -- The migration sees the tenant schema first; the function's own
-        -- SET clause restores search_path when it returns.
-        PERFORM set_config('search_path', format('%I, pg_catalog, public, pg_temp', p_schema), true);
+        -- The migration sees the tenant schema first. Everything this
+        -- function calls while that path is set is schema-qualified, and the
+        -- pinned path comes back right after: an object in public (say a
+        -- better-matching format()) must never run with this function's rights.
+        PERFORM pg_catalog.set_config('search_path', v_path, true);
         BEGIN
             EXECUTE v_migration.sql;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         EXCEPTION WHEN OTHERS THEN
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
             RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema, v_message
                 USING ERRCODE = 'PT006',
-                      DETAIL = format('SQLSTATE %s', v_state),
+                      DETAIL = pg_catalog.format('SQLSTATE %s', v_state),
                       HINT = 'The tenant stays at its previous migration version.';
         END;
         v_version := v_migration.version;
