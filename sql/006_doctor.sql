@@ -45,12 +45,12 @@ BEGIN
         RETURN QUERY
             SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
                    format('consumer %s has not been seen since %s and has undelivered events; '
-                          'prune_events no longer waits for it after its inactive_after',
+                          'prune_events no longer waits for it',
                           c.name, coalesce(c.seen_at, c.updated_at)),
                    format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
                           c.name)
               FROM tenancy.consumers AS c
-             WHERE coalesce(c.seen_at, c.updated_at) < now() - interval '1 day'
+             WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
                AND EXISTS (SELECT 1 FROM tenancy.events AS e
                             WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
     END IF;
@@ -61,7 +61,8 @@ $$;
 COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
-    '(warnings), consumers unseen for a day with undelivered events (warning). Called by '
+    '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
+    '(warning). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;

@@ -81,9 +81,24 @@ COMMENT ON FUNCTION tenancy.consumer_heartbeat(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.consumer_heartbeat(text) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION tenancy.consumer_inactive_after()
+    RETURNS interval
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(nullif(current_setting('pgtenancy.consumer_inactive_after', true), ''),
+                    '1 day')::interval
+$$;
+
+COMMENT ON FUNCTION tenancy.consumer_inactive_after() IS
+    'How long a consumer may go without a heartbeat before it stops holding events back: the '
+    'setting pgtenancy.consumer_inactive_after (e.g. ALTER DATABASE ... SET '
+    'pgtenancy.consumer_inactive_after = ''6 hours''), default 1 day.';
+
 CREATE OR REPLACE FUNCTION tenancy.prune_events(
     p_older_than     interval,
-    p_inactive_after interval DEFAULT '1 day'
+    p_inactive_after interval DEFAULT NULL
 )
     RETURNS bigint
     LANGUAGE plpgsql
@@ -91,7 +106,8 @@ CREATE OR REPLACE FUNCTION tenancy.prune_events(
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_count bigint;
+    v_count    bigint;
+    v_inactive interval := coalesce(p_inactive_after, tenancy.consumer_inactive_after());
 BEGIN
     IF p_older_than IS NULL OR p_older_than < interval '0' THEN
         RAISE EXCEPTION 'prune_events needs a non-negative age, not %', p_older_than
@@ -103,7 +119,7 @@ BEGIN
      WHERE e.created_at < now() - p_older_than
        AND NOT EXISTS (
            SELECT 1 FROM tenancy.consumers AS c
-            WHERE coalesce(c.seen_at, c.updated_at) > now() - p_inactive_after
+            WHERE coalesce(c.seen_at, c.updated_at) > now() - v_inactive
               AND (e.xid, e.id) > (c.last_xid, c.last_id))
        AND NOT EXISTS (SELECT 1 FROM tenancy.parked_events AS p WHERE p.event_id = e.id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
@@ -118,8 +134,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.prune_events(interval, interval) IS
     'Delete outbox events older than p_older_than that every active consumer has passed and no '
-    'receiver has parked; a '
-    'consumer not seen for p_inactive_after stops holding events back. Returns how many were '
+    'receiver has parked; a consumer not seen for p_inactive_after (default: '
+    'consumer_inactive_after()) stops holding events back. Returns how many were '
     'deleted. Raises 22023 for a negative or NULL age.';
 
 REVOKE ALL ON FUNCTION tenancy.prune_events(interval, interval) FROM PUBLIC;

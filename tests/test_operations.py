@@ -187,3 +187,22 @@ def test_consumers_fan_out_with_their_own_cursors(dsn: str, tenancy: Tenancy, sq
         ("billing", 3),
         ("search", 3),
     ]
+
+
+def test_inactivity_threshold_is_a_database_setting(dsn: str, tenancy: Tenancy, sql: SQL) -> None:
+    tenancy.create_tenant("acme")
+    sql("SELECT tenancy.register_consumer('quiet')")
+    sql(
+        "UPDATE tenancy.consumers SET seen_at = now() - interval '2 hours', "
+        "updated_at = now() - interval '2 hours'"
+    )
+    assert ("warning", "consumer_inactive", "quiet") not in {
+        (f.severity, f.check, f.object) for f in check_isolation(dsn)
+    }
+    dbname = sql("SELECT current_database()")[0][0]
+    sql(f"ALTER DATABASE {dbname} SET pgtenancy.consumer_inactive_after = '1 hour'")
+    assert ("warning", "consumer_inactive", "quiet") in {
+        (f.severity, f.check, f.object) for f in check_isolation(dsn)
+    }
+    age_events(sql, 7200)
+    assert tenancy.prune_events("1 minute") == 1

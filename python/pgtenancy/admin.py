@@ -374,14 +374,15 @@ class Tenancy:
             int(row["events"]),
         )
 
-    def prune_events(self, older_than: str, inactive_after: str = "1 day") -> int:
+    def prune_events(self, older_than: str, inactive_after: str | None = None) -> int:
         """Delete outbox events older than ``older_than`` that every active
         consumer has passed.
 
         Args:
             older_than: a Postgres interval, e.g. ``"7 days"``.
             inactive_after: a consumer without heartbeat for this interval
-                stops holding events back.
+                stops holding events back; None means the database setting
+                ``pgtenancy.consumer_inactive_after`` (default 1 day).
 
         Returns:
             The number of events deleted.

@@ -299,11 +299,11 @@ def retry(dsn: str, consumer: str, handlers: tuple[str, ...], max_attempts: int)
 @click.option("--older-than", required=True, help="Postgres interval, e.g. '7 days'.")
 @click.option(
     "--inactive-after",
-    default="1 day",
-    show_default=True,
-    help="Consumers unseen this long stop holding events back.",
+    default=None,
+    help="Consumers unseen this long stop holding events back "
+    "(default: setting pgtenancy.consumer_inactive_after, else 1 day).",
 )
-def prune(dsn: str, older_than: str, inactive_after: str) -> None:
+def prune(dsn: str, older_than: str, inactive_after: str | None) -> None:
     """Delete old events that every active consumer has passed."""
     deleted = Tenancy(dsn).prune_events(older_than, inactive_after)
     click.echo(f"{deleted} events deleted")
