@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 CHINOOK ?= ../shared/data/chinook/Chinook_PostgreSql.sql
 PYTEST_ARGS ?=
 
-.PHONY: venv pg-binaries pgbouncer plpgsql-check install-sql uninstall-sql demo test bench lint clean
+.PHONY: venv pg-binaries pgbouncer pg-extensions install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,19 +52,23 @@ pgbouncer:
 	  fi; \
 	fi
 
-# plpgsql_check lints every PL/pgSQL function in the test suite; skipped with
-# a message when it cannot be installed.
-plpgsql-check:
+# Test-only PostgreSQL extensions: plpgsql_check (lints every PL/pgSQL
+# function) and pgTAP (SQL-level tests). Their tests are skipped with a
+# message when they cannot be installed.
+pg-extensions:
 	@ver=$$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1); \
-	if [ -n "$$ver" ] && [ ! -f /usr/share/postgresql/$$ver/extension/plpgsql_check.control ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing plpgsql_check (apt-get install postgresql-$$ver-plpgsql-check)"; \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$$ver-plpgsql-check >/dev/null; } \
-	      || echo "note: could not install plpgsql_check; its test will be skipped" >&2; \
-	  else \
-	    echo "note: plpgsql_check not installed; its test will be skipped" >&2; \
+	for ext in plpgsql_check:plpgsql-check pgtap:pgtap; do \
+	  name=$${ext%%:*}; pkg=postgresql-$$ver-$${ext##*:}; \
+	  if [ -n "$$ver" ] && [ ! -f /usr/share/postgresql/$$ver/extension/$$name.control ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing $$name (apt-get install $$pkg)"; \
+	      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null; } \
+	        || echo "note: could not install $$name; its tests will be skipped" >&2; \
+	    else \
+	      echo "note: $$name not installed; its tests will be skipped" >&2; \
+	    fi; \
 	  fi; \
-	fi
+	done
 
 install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
@@ -77,7 +81,7 @@ uninstall-sql: $(STAMP)
 demo: $(STAMP) pg-binaries
 	$(BIN)/python -m pgtenancy.demo --chinook "$(CHINOOK)"
 
-test: $(STAMP) pg-binaries pgbouncer plpgsql-check
+test: $(STAMP) pg-binaries pgbouncer pg-extensions
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) pg-binaries pgbouncer
