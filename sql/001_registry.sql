@@ -127,6 +127,7 @@ CREATE TABLE IF NOT EXISTS tenancy.consumers (
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     lease_holder text,
     lease_until  timestamptz,
+    seen_at      timestamptz,
     CONSTRAINT consumers_pkey PRIMARY KEY (name)
 );
 

@@ -145,10 +145,10 @@ BEGIN
         RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
             USING ERRCODE = 'PT011';
     END IF;
-    -- A listener that lost its lease must not move the cursor of the one
-    -- that took over.
-    IF p_holder IS NOT NULL
-       AND (v_cursor.lease_holder IS DISTINCT FROM p_holder OR v_cursor.lease_until < now()) THEN
+    -- A listener whose lease was taken over must not move the cursor of the
+    -- one that took over; a lease that merely expired during a long event,
+    -- with nobody taking over, is still its own.
+    IF p_holder IS NOT NULL AND v_cursor.lease_holder IS DISTINCT FROM p_holder THEN
         RAISE EXCEPTION 'consumer %: the lease of % is lost', quote_literal(p_consumer), p_holder
             USING ERRCODE = 'PT015';
     END IF;
@@ -159,17 +159,20 @@ BEGIN
         RAISE EXCEPTION 'no readable outbox event at (%, %)', p_xid, p_id
             USING ERRCODE = '22023';
     END IF;
+    -- Delivering counts as being seen (prune_events keeps what it needs).
     UPDATE tenancy.consumers
-       SET last_xid = p_xid, last_id = p_id, updated_at = now()
-     WHERE name = p_consumer
-       AND (last_xid, last_id) < (p_xid, p_id);
-    RETURN FOUND;
+       SET last_xid = CASE WHEN (last_xid, last_id) < (p_xid, p_id) THEN p_xid ELSE last_xid END,
+           last_id  = CASE WHEN (last_xid, last_id) < (p_xid, p_id) THEN p_id ELSE last_id END,
+           updated_at = now(), seen_at = now()
+     WHERE name = p_consumer;
+    RETURN (v_cursor.last_xid, v_cursor.last_id) < (p_xid, p_id);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.advance_consumer(text, xid8, bigint, text) IS
     'Move the cursor of p_consumer forward to (p_xid, p_id), which must be a readable event; never '
-    'backward. With p_holder, only while p_holder holds the consumer''s lease. True when it moved. '
+    'backward. With p_holder, only while no other holder has taken the consumer''s lease. Marks '
+    'the consumer seen. True when it moved. '
     'Raises PT011 (unknown consumer), PT015 (lease lost), 22023 (not a readable event).';
 
 -- The outbox functions are for listeners: the kit's owner, or roles granted

@@ -119,7 +119,8 @@ BEGIN
      WHERE e.created_at < now() - p_older_than
        AND NOT EXISTS (
            SELECT 1 FROM tenancy.consumers AS c
-            WHERE coalesce(c.seen_at, c.updated_at) > now() - v_inactive
+            WHERE (coalesce(c.seen_at, c.updated_at) > now() - v_inactive
+                   OR c.lease_until > now())
               AND (e.xid, e.id) > (c.last_xid, c.last_id))
        AND NOT EXISTS (SELECT 1 FROM tenancy.parked_events AS p WHERE p.event_id = e.id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
@@ -297,8 +298,12 @@ CREATE OR REPLACE FUNCTION tenancy.inbox_claim(p_receiver text, p_event_id bigin
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+    -- Only an event that exists and is readable can be claimed: nobody can
+    -- claim future events to make a receiver skip them.
     WITH claimed AS (
-        INSERT INTO tenancy.inbox (receiver, event_id) VALUES (p_receiver, p_event_id)
+        INSERT INTO tenancy.inbox (receiver, event_id)
+        SELECT p_receiver, e.id FROM tenancy.events AS e
+         WHERE e.id = p_event_id AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
         ON CONFLICT (receiver, event_id) DO NOTHING
         RETURNING true
     )
@@ -307,7 +312,7 @@ $$;
 
 COMMENT ON FUNCTION tenancy.inbox_claim(text, bigint) IS
     'Claim event p_event_id for receiver p_receiver in the current transaction: true the first '
-    'time (apply the effect), false when already applied (skip it). Call it in the transaction '
-    'that makes the effect.';
+    'time (apply the effect), false when already applied (skip it) or when no readable event has '
+    'that id. Call it in the transaction that makes the effect.';
 
 REVOKE ALL ON FUNCTION tenancy.inbox_claim(text, bigint) FROM PUBLIC;

@@ -34,8 +34,10 @@ DECLARE
     v_join    text;
     v_fn      text := tenancy.changes_function(p_table);
     v_table   text;
+    v_child   regclass;
 BEGIN
-    SELECT format('%I.%I', n.nspname, c.relname) INTO v_table
+    -- The sender of row signals: schema.table, unquoted.
+    SELECT n.nspname || '.' || c.relname INTO v_table
       FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
      WHERE c.oid = p_table AND c.relkind IN ('r', 'p');
     IF v_table IS NULL THEN
@@ -71,7 +73,14 @@ BEGIN
                 SELECT * INTO v_tenant FROM tenancy.tenants
                  WHERE id = tenancy.current_tenant_id();
             END IF;
-            IF TG_OP = 'UPDATE' THEN
+            IF TG_OP = 'TRUNCATE' THEN
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                        v_tenant.status,
+                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+            ELSIF TG_OP = 'UPDATE' THEN
+                -- Rows whose key is unchanged, with the columns that changed.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
                 SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
@@ -81,13 +90,27 @@ BEGIN
                                    'key', jsonb_build_object(%s),
                                    'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
                                                  FROM jsonb_each(to_jsonb(r)) AS e
-                                                WHERE o IS NULL
-                                                   OR to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
                                ) AS row,
                                (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM new_rows AS r LEFT JOIN old_rows AS o ON %s) AS s
+                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
                  GROUP BY s.chunk
                  ORDER BY s.chunk;
+                -- An update that changed a key: the old key went, the new one came.
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
+                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                          FROM old_rows AS r
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                        UNION ALL
+                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                          FROM new_rows AS r
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
+                 GROUP BY s.op
+                 ORDER BY s.op;
             ELSE
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
@@ -103,7 +126,7 @@ BEGIN
             RETURN NULL;
         END
         $body$
-    $f$, v_fn, v_table, v_key, v_join, v_table, v_key);
+    $f$, v_fn, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
                    format('Records row changes of %s as rows_changed events (tenancy.track_changes).',
                           v_table));
@@ -121,15 +144,24 @@ BEGIN
     EXECUTE format('CREATE TRIGGER tenancy_changes_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                    p_table, v_fn);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', p_table);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_fn);
+    -- Statements aimed at a partition fire the partition's triggers only.
+    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = p_table LOOP
+        PERFORM tenancy.track_changes(v_child);
+    END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'Record every INSERT, UPDATE and DELETE of p_table (a tenant-schema table or a guarded shared '
-    'table; bulk statements and COPY included) as rows_changed outbox events carrying the tenant, '
-    'the table, the operation, each row''s primary key and, for updates, the changed columns. '
-    'Statement-level triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when '
-    'p_table is not a table or has no primary key.';
+    'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
+    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'for updates, the changed columns; an update that changes a key is reported as the old key '
+    'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
+    'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when p_table is not a '
+    'table or has no primary key.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 
@@ -139,11 +171,17 @@ CREATE OR REPLACE FUNCTION tenancy.untrack_changes(p_table regclass)
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_child regclass;
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', p_table);
     EXECUTE format('DROP FUNCTION IF EXISTS %s()', tenancy.changes_function(p_table));
+    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = p_table LOOP
+        PERFORM tenancy.untrack_changes(v_child);
+    END LOOP;
 END
 $$;
 

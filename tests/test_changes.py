@@ -146,3 +146,38 @@ def test_uninstall_untracks_tables(tenancy: Tenancy, sql: SQL, dsn: str) -> None
     ) == [(0,)]
     sql("INSERT INTO public.audit VALUES (1)")
     install(dsn)
+
+
+def test_key_changes_truncate_partitions_and_quoted_names(tenancy: Tenancy, sql: SQL) -> None:
+    tenancy.create_tenant("acme", isolation="shared")
+    sql('CREATE SCHEMA "My Sch"')
+    sql('CREATE TABLE "My Sch"."Ord Er" (id int PRIMARY KEY, v text)')
+    sql(
+        "CREATE TABLE public.measure (day int, id int, v int, PRIMARY KEY (day, id)) "
+        "PARTITION BY RANGE (day)"
+    )
+    sql("CREATE TABLE public.measure_1 PARTITION OF public.measure FOR VALUES FROM (0) TO (10)")
+    tenancy.track_changes('"My Sch"."Ord Er"')
+    tenancy.track_changes("public.measure")
+    sql("INSERT INTO \"My Sch\".\"Ord Er\" VALUES (1, 'a'), (2, 'b')")
+    sql('UPDATE "My Sch"."Ord Er" SET id = 10 WHERE id = 1')
+    sql('TRUNCATE "My Sch"."Ord Er"')
+    sql("INSERT INTO public.measure VALUES (1, 1, 5)")  # through the parent
+    sql("INSERT INTO public.measure_1 VALUES (2, 2, 6)")  # straight into the partition
+    rows = sql(
+        "SELECT payload->>'table', payload->>'op', payload->'rows' FROM tenancy.events "
+        "WHERE name = 'rows_changed' ORDER BY id"
+    )
+    assert rows == [
+        ("My Sch.Ord Er", "INSERT", [{"key": {"id": 1}}, {"key": {"id": 2}}]),
+        ("My Sch.Ord Er", "DELETE", [{"key": {"id": 1}}]),
+        ("My Sch.Ord Er", "INSERT", [{"key": {"id": 10}}]),
+        ("My Sch.Ord Er", "TRUNCATE", []),
+        ("public.measure", "INSERT", [{"key": {"day": 1, "id": 1}}]),
+        ("public.measure_1", "INSERT", [{"key": {"day": 2, "id": 2}}]),
+    ]
+    tenancy.untrack_changes("public.measure")
+    assert sql(
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tenancy\\_changes\\_%' "
+        "AND tgrelid IN ('public.measure'::regclass, 'public.measure_1'::regclass)"
+    ) == [(0,)]

@@ -535,3 +535,31 @@ def test_failing_receiver_is_parked_and_retried_alone(dsn: str, tenancy: Tenancy
         assert conn.execute("SELECT count(*) FROM tenancy.parked_events").fetchone() == (0,)
     tenant_created.disconnect(dispatch_uid="tests.good")
     tenant_created.disconnect(dispatch_uid="tests.flaky")
+
+
+def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Tenancy) -> None:
+    calls: list[int] = []
+
+    def slow(sender: str, event: Event, **kwargs: Any) -> None:
+        calls.append(event.id)
+        time.sleep(0.8)
+
+    tenant_created.connect(slow)
+    listener = Listener(dsn, "slow", poll_interval=0.1, lease_seconds=0.3)
+    thread = threading.Thread(target=listener.run)
+    thread.start()
+    try:
+        tenancy.create_tenant("acme")
+        tenancy.create_tenant("globex")
+        wait_for(lambda: listener.delivered == 2, timeout=20)
+        time.sleep(1.0)
+    finally:
+        listener.stop()
+        thread.join(10)
+        tenant_created.disconnect(slow)
+    ids = all_event_ids(dsn)
+    assert calls == ids
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT last_id FROM tenancy.consumers WHERE name = 'slow'"
+        ).fetchone() == (ids[-1],)

@@ -166,12 +166,14 @@ def test_inbox_makes_redelivery_effectively_once(dsn: str, tenancy: Tenancy, sql
     # The SQLAlchemy forms.
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn))
     try:
+        first = sql("SELECT min(id) FROM tenancy.events")[0][0]
         with Session(engine) as session:
-            assert claim(session, "other", 12345) is True
-            assert claim(session, "other", 12345) is False
+            assert claim(session, "other", first) is True
+            assert claim(session, "other", first) is False
+            assert claim(session, "other", 10**9) is False  # no such event: nothing to claim
             session.rollback()
         with engine.begin() as conn:
-            assert claim(conn, "other", 12345) is True
+            assert claim(conn, "other", first) is True
     finally:
         engine.dispose()
 

@@ -142,8 +142,11 @@ class Listener:
             which keep the consumer active for ``tenancy.prune_events``.
         lease_seconds: length of the consumer lease. Several listeners may run
             one consumer name: the one holding the lease dispatches and renews
-            it every third of this; the others wait and take over within about
-            1.3 times this after it stops renewing (at once after a clean stop).
+            it every third of this (between events); the others wait and take
+            over within about 1.3 times this after it stops renewing (at once
+            after a clean stop). Make it longer than the slowest event takes
+            (retries included), or a waiting listener takes over while the
+            holder is still busy and the event runs twice.
         max_attempts: calls of a failing receiver for one event (with backoff
             from ``backoff_min``) before the event is parked for that receiver
             and the consumer goes on; for an ``ordering_critical`` signal the
@@ -301,6 +304,9 @@ class Listener:
     def _lease_due(self) -> bool:
         return not self._holding or time.monotonic() - self._lease_at >= self.lease_seconds / 3
 
+    def _standby_wait(self) -> float:
+        return min(self.poll_interval, self.lease_seconds / 3)
+
     def _lease_params(self) -> dict[str, Any]:
         return {"consumer": self.consumer, "holder": self.holder, "seconds": self.lease_seconds}
 
@@ -337,7 +343,7 @@ class Listener:
             conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
         if not self._keep_lease(conn):
             # Standby: wait for the holder's lease to lapse.
-            for _ in conn.notifies(timeout=self.lease_seconds / 3, stop_after=1):
+            for _ in conn.notifies(timeout=self._standby_wait(), stop_after=1):
                 pass
             return
         try:
@@ -453,7 +459,7 @@ class Listener:
         if self._heartbeat_due():
             await conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
         if not await self._akeep_lease(conn):
-            async for _ in conn.notifies(timeout=self.lease_seconds / 3, stop_after=1):
+            async for _ in conn.notifies(timeout=self._standby_wait(), stop_after=1):
                 pass
             return
         try:
@@ -481,6 +487,8 @@ class Listener:
         """
         total = 0
         while not self.stopping:
+            if self._heartbeat_due():
+                await conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
             cur = await conn.execute(QUERIES["next_events"], self._batch_params())
             rows = await cur.fetchall()
             if not rows:
@@ -586,6 +594,8 @@ class Listener:
         """
         total = 0
         while not self.stopping:
+            if self._heartbeat_due():  # a long catch-up is still alive
+                conn.execute(QUERIES["consumer_heartbeat"], {"consumer": self.consumer})
             rows = conn.execute(QUERIES["next_events"], self._batch_params()).fetchall()
             if not rows:
                 break
@@ -739,6 +749,8 @@ def _sends(event: Event) -> list[tuple[Signal, str | None, dict[str, Any]]]:
         if sig is None:
             return []
         table = str(event.payload.get("table"))
+        if event.payload.get("op") == "TRUNCATE":
+            return [(sig, table, {"tenant": event.tenant, "event": event})]
         return [
             (
                 sig,

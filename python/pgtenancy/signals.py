@@ -450,11 +450,18 @@ row_deleted = Signal(
     "name; kwargs: tenant, event, key.",
 )
 
+table_truncated = Signal(
+    "table_truncated",
+    "A tracked table was truncated (one send per statement). sender: the table's qualified "
+    "name; kwargs: tenant, event.",
+)
+
 #: Row-change signals by SQL operation.
 ROW_SIGNALS: dict[str, Signal] = {
     "INSERT": row_inserted,
     "UPDATE": row_updated,
     "DELETE": row_deleted,
+    "TRUNCATE": table_truncated,
 }
 
 #: Lifecycle signals by outbox event name.
