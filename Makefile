@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-stamp
 CHINOOK ?= ../shared/data/chinook/Chinook_PostgreSql.sql
 PYTEST_ARGS ?=
 
-.PHONY: venv pg-binaries pgbouncer pg-extensions install-sql uninstall-sql demo test bench lint clean
+.PHONY: venv pg-binaries pgbouncer pg-extensions install-extension install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,15 @@ pg-extensions:
 	    fi; \
 	  fi; \
 	done
+	@if [ "$$(id -u)" = 0 ] && command -v pg_config >/dev/null 2>&1; then \
+	  $(MAKE) -s --no-print-directory install-extension >/dev/null \
+	    || echo "note: could not install the pgtenancy extension; its tests will be skipped" >&2; \
+	fi
+
+# The extension (CREATE EXTENSION pgtenancy) for self-hosted servers, built
+# from the same SQL files and installed with PGXS into pg_config's share dir.
+install-extension:
+	$(MAKE) -C sql install PG_CONFIG="$${PG_CONFIG:-pg_config}"
 
 install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
@@ -95,4 +104,4 @@ lint: $(STAMP)
 	$(BIN)/mypy python bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql

@@ -210,6 +210,21 @@ $$;
 COMMENT ON FUNCTION tenancy.assert_registry_trigger(oid) IS
     'Raise 42501 unless p_relid is tenancy.tenants; the first statement of every registry trigger.';
 
+CREATE OR REPLACE FUNCTION tenancy.restoring()
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT current_setting('row_security') = 'off'
+$$;
+
+COMMENT ON FUNCTION tenancy.restoring() IS
+    'True while a pg_dump script is being restored (pg_dump sets row_security = off): the '
+    'registry triggers then load rows as they were, without provisioning or events. Rows of '
+    'the extension''s configuration tables are restored after CREATE EXTENSION, so its '
+    'triggers are active during the restore.';
+
 CREATE OR REPLACE FUNCTION tenancy.tenants_refuse_truncate()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -233,6 +248,11 @@ CREATE OR REPLACE FUNCTION tenancy.tenants_before_insert()
 AS $$
 BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    -- A restore of a pg_dump (which sets row_security = off) loads registry
+    -- rows of tenants whose schemas it restores too: take them as they were.
+    IF tenancy.restoring() THEN
+        RETURN NEW;
+    END IF;
     NEW.slug := tenancy.validate_slug(NEW.slug);
     -- Serialize creations of one slug so a concurrent duplicate gets PT002.
     PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(NEW.slug));
@@ -326,6 +346,9 @@ DECLARE
     v_gone tenancy.tenants;
 BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF tenancy.restoring() THEN
+        RETURN NULL;  -- the dump brings the outbox as it was
+    END IF;
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
             jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,

@@ -1,0 +1,13 @@
+-- pgtenancy — extension only: the tables whose rows are the users' data, so
+-- pg_dump dumps their contents (and restore brings them back) although the
+-- tables themselves belong to the extension.
+
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenants', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.migrations', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.events', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.events_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.guarded_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.app_roles', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.parked_events', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.inbox', '');

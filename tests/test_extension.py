@@ -1,0 +1,113 @@
+"""The extension (`make install-extension`, PGXS): CREATE EXTENSION gives the
+same objects as `make install-sql`, and pg_dump/restore keeps the registry,
+outbox and cursors (configuration tables marked with pg_extension_config_dump).
+
+Skipped, with the reason, where the extension files are not installed into
+the server's share directory (`make test` installs them when run as root).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from pgtenancy import SQL_VERSION, Tenancy
+from pgtenancy.server import fresh_database
+from test_dump_restore import tool
+from test_install import snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_extension(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'pgtenancy'"
+        ).fetchone()
+    if row is None:
+        pytest.skip("the pgtenancy extension is not installed (make install-extension, as root)")
+    if row[0] != SQL_VERSION:
+        pytest.skip(
+            f"an older pgtenancy extension ({row[0]}) is installed; run make install-extension"
+        )
+
+
+def test_control_file_version_matches_the_sql() -> None:
+    control = (ROOT / "sql" / "pgtenancy.control").read_text()
+    match = re.search(r"^default_version = '([^']+)'", control, re.MULTILINE)
+    assert match is not None and match.group(1) == SQL_VERSION
+
+
+def test_create_extension_matches_install_sql(empty_dsn: str, dsn: str) -> None:
+    require_extension(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pgtenancy")
+        members = conn.execute(
+            "SELECT count(*) FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid "
+            "WHERE e.extname = 'pgtenancy' AND d.deptype = 'e'"
+        ).fetchone()
+    assert members is not None and members[0] > 40
+    strip = lambda rows: [(*r[:2], r[2] if r[0] != "relation" else "") for r in rows]  # noqa: E731
+    assert strip(snapshot(empty_dsn)) == strip(snapshot(dsn))
+
+
+def test_extension_survives_dump_and_restore(
+    empty_dsn: str, pg_admin_dsn: str, tmp_path: Path
+) -> None:
+    require_extension(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pgtenancy")
+        conn.execute(
+            "SELECT tenancy.add_migration('0001', 'CREATE TABLE note (id int PRIMARY KEY)')"
+        )
+        conn.execute("SELECT tenancy.create_tenant('acme')")
+        conn.execute("SELECT tenancy.register_consumer('billing')")
+        events = conn.execute("SELECT count(*) FROM tenancy.events").fetchone()
+    params = conninfo_to_dict(empty_dsn)
+    args = [
+        "-h",
+        str(params.get("host", "127.0.0.1")),
+        "-p",
+        str(params.get("port", 5432)),
+        "-U",
+        str(params.get("user", "postgres")),
+    ]
+    dump = tmp_path / "dump.sql"
+    pg_dump, psql = tool("pg_dump"), tool("psql")
+    assert pg_dump is not None and psql is not None
+    subprocess.run([pg_dump, *args, "-d", str(params["dbname"]), "-f", str(dump)], check=True)
+    assert "CREATE EXTENSION IF NOT EXISTS pgtenancy" in dump.read_text()
+    with fresh_database(pg_admin_dsn, "pgtenancy_extrestore") as restored:
+        result = subprocess.run(
+            [
+                psql,
+                *args,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                str(conninfo_to_dict(restored)["dbname"]),
+                "-f",
+                str(dump),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        tenancy = Tenancy(restored)
+        assert [t.slug for t in tenancy.list_tenants()] == ["acme"]
+        with psycopg.connect(restored) as conn:
+            assert conn.execute("SELECT count(*) FROM tenancy.events").fetchone() == events
+            assert conn.execute("SELECT name FROM tenancy.consumers").fetchall() == [("billing",)]
+        created = tenancy.create_tenant("globex")  # the identity sequence came back too
+        assert created.migration_version == "0001"
+        with psycopg.connect(restored) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM tenancy.events ORDER BY id")]
+        assert len(ids) == len(set(ids))
+        tenancy.engine.dispose()
