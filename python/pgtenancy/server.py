@@ -142,6 +142,18 @@ class TemporaryCluster:
                 "extra_groups": [],
                 "env": {**os.environ, "HOME": str(self.base), "USER": name},
             }
+            if not str(self.bindir).startswith("/usr/"):
+                # Binaries from a wheel or a build tree may sit where the OS
+                # user cannot reach them (under /root, say): run a copy.
+                # Keep the layout two levels up, where wheels put the shared
+                # libraries their RPATH ($ORIGIN/../../../<pkg>.libs) points to.
+                install = self.bindir.parent
+                root = install.parent.parent
+                dest = self.base / "pgroot"
+                shutil.copytree(install, dest / install.relative_to(root), symlinks=True)
+                for libs in root.glob(f"{install.parent.name}*.libs"):
+                    shutil.copytree(libs, dest / libs.name, symlinks=True)
+                self.bindir = dest / install.relative_to(root) / self.bindir.name
         data = self.base / "data"
         port = _free_port()
         self._run(
