@@ -5,7 +5,7 @@
 #   make install-sql DATABASE_URL=postgresql://...
 #   make uninstall-sql DATABASE_URL=postgresql://... [DROP_TENANTS=1]
 #   make bench                     benchmarks (ratios against same-run baselines)
-#   make lint                      ruff and mypy --strict
+#   make lint                      ruff, mypy --strict, plpgsql_check
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -109,10 +109,12 @@ bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_isolation.py
 	$(BIN)/python bench/bench_events.py
 
-lint: $(STAMP)
-	$(BIN)/ruff check python tests bench
-	$(BIN)/ruff format --check python tests bench
-	$(BIN)/mypy python bench
+lint: $(STAMP) pg-binaries pg-extensions
+	$(BIN)/ruff check python tests bench docker
+	$(BIN)/ruff format --check python tests bench docker
+	$(BIN)/mypy python bench docker/citus
+	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_plpgsql_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql

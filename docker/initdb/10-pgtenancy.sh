@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Install the pgtenancy SQL into $POSTGRES_DB in one transaction, stopping at
-# the first error (run by the postgres image's entrypoint at first start).
+# Put pgtenancy into $POSTGRES_DB at first start (the postgres image's
+# entrypoint runs this): CREATE EXTENSION when the extension is installed,
+# else the plain install from $PGTENANCY_SQL_DIR, in one transaction.
 set -euo pipefail
-sql_dir="${PGTENANCY_SQL_DIR:-/usr/share/pgtenancy/sql}"
-cat "$sql_dir"/[0-9][0-9][0-9]_*.sql |
-    psql -X -q -v ON_ERROR_STOP=1 --single-transaction \
-        --username "${POSTGRES_USER:-postgres}" --dbname "${POSTGRES_DB:-postgres}"
+db=(--username "${POSTGRES_USER:-postgres}" --dbname "${POSTGRES_DB:-postgres}")
+if [ -n "${PGTENANCY_SQL_DIR:-}" ]; then
+    cat "$PGTENANCY_SQL_DIR"/[0-9][0-9][0-9]_*.sql |
+        psql -X -q -v ON_ERROR_STOP=1 --single-transaction "${db[@]}"
+else
+    psql -X -q -v ON_ERROR_STOP=1 "${db[@]}" -c 'CREATE EXTENSION IF NOT EXISTS pgtenancy'
+fi
