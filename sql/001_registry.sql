@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 001: the tenancy schema and its tables.
+-- pgtenancy 0.2.0 — 001: the tenancy schema and its tables.
 --
 -- Every file in sql/ is idempotent: the installer runs all of them, in name
 -- order, in one transaction, and a second run changes nothing.  Tables use
@@ -28,8 +28,8 @@ BEGIN
     IF pg_catalog.to_regprocedure('tenancy.version()') IS NOT NULL THEN
         EXECUTE 'SELECT tenancy.version()' INTO v_installed;
         IF pg_catalog.string_to_array(v_installed, '.')::int[]
-           > pg_catalog.string_to_array('0.1.0', '.')::int[] THEN
-            RAISE EXCEPTION 'pgtenancy % is installed; refusing to install the older 0.1.0',
+           > pg_catalog.string_to_array('0.2.0', '.')::int[] THEN
+            RAISE EXCEPTION 'pgtenancy % is installed; refusing to install the older 0.2.0',
                 v_installed
                 USING ERRCODE = 'PT008';
         END IF;
@@ -43,7 +43,7 @@ CREATE OR REPLACE FUNCTION tenancy.version()
     IMMUTABLE
     PARALLEL SAFE
 AS $$
-    SELECT '0.1.0'::text
+    SELECT '0.2.0'::text
 $$;
 
 COMMENT ON FUNCTION tenancy.version() IS
@@ -71,6 +71,23 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
     CONSTRAINT tenants_schema_name_check CHECK ((isolation = 'schema') = (schema_name IS NOT NULL)),
     CONSTRAINT tenants_metadata_check CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')
 );
+
+-- Upgrade in place from 0.1.0 (schema tenants only): shared tenants have no
+-- schema. Idempotent, like everything here.
+ALTER TABLE tenancy.tenants ALTER COLUMN schema_name DROP NOT NULL;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                    WHERE conrelid = 'tenancy.tenants'::regclass
+                      AND conname = 'tenants_schema_name_check') THEN
+        ALTER TABLE tenancy.tenants DROP CONSTRAINT tenants_isolation_check;
+        ALTER TABLE tenancy.tenants ADD CONSTRAINT tenants_isolation_check
+            CHECK (isolation IN ('schema', 'shared'));
+        ALTER TABLE tenancy.tenants ADD CONSTRAINT tenants_schema_name_check
+            CHECK ((isolation = 'schema') = (schema_name IS NOT NULL));
+    END IF;
+END
+$$;
 
 COMMENT ON TABLE tenancy.tenants IS
     'Tenant registry. Insert, update and delete go through triggers that validate, provision and emit events.';

@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 002: the outbox and its consumers.
+-- pgtenancy 0.2.0 — 002: the outbox and its consumers.
 --
 -- NOTIFY is only a wake-up: events live in tenancy.events, and a consumer
 -- that missed a notification catches up from its cursor.  The payload is

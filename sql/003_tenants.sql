@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 003: tenant slugs, tenant migrations, provisioning and
+-- pgtenancy 0.2.0 — 003: tenant slugs, tenant migrations, provisioning and
 -- the lifecycle functions, with the registry triggers that emit events.
 --
 -- Functions that create or drop schemas are SECURITY DEFINER, owned by the
@@ -446,7 +446,7 @@ COMMENT ON FUNCTION tenancy.lock_tenant(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.lock_tenant(text) FROM PUBLIC;
 
--- 0.1.0 development builds had a two-argument create_tenant; keep one signature.
+-- 0.1.0 had a two-argument create_tenant; keep one signature.
 DROP FUNCTION IF EXISTS tenancy.create_tenant(text, jsonb);
 
 CREATE OR REPLACE FUNCTION tenancy.create_tenant(

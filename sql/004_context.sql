@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 004: entering a tenant.
+-- pgtenancy 0.2.0 — 004: entering a tenant.
 --
 -- Tenant context is per transaction: enter_tenant() sets search_path and
 -- app.tenant_id with set_config(..., true), so both vanish at COMMIT or

@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 005: shared tables guarded by row-level security, and
+-- pgtenancy 0.2.0 — 005: shared tables guarded by row-level security, and
 -- the application role.
 --
 -- A guarded table has a tenant column (uuid) whose default is the current

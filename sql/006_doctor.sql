@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 006: the isolation doctor.
+-- pgtenancy 0.2.0 — 006: the isolation doctor.
 --
 -- tenancy.check_isolation() runs as the calling role (SECURITY INVOKER), so
 -- run it as the application's role: most of what can break isolation is a

@@ -1,9 +1,10 @@
--- pgtenancy 0.1.0 — 007: outbox operations: consumer heartbeats, retention,
+-- pgtenancy 0.2.0 — 007: outbox operations: consumer heartbeats, retention,
 -- and the status of every consumer.
 
-ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS seen_at timestamptz;
+-- Upgrade in place from 0.1.0 (same column order as a fresh install).
 ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS lease_holder text;
 ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS lease_until timestamptz;
+ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS seen_at timestamptz;
 
 -- Several listeners may run one consumer name: the one holding the lease
 -- dispatches, the others wait and take over when it expires.

@@ -1,4 +1,4 @@
--- pgtenancy 0.1.0 — 008: row-change events for tenant tables.
+-- pgtenancy 0.2.0 — 008: row-change events for tenant tables.
 --
 -- tenancy.track_changes(table) adds three statement-level triggers with
 -- transition tables, so bulk UPDATE ... WHERE, DELETE, INSERT ... SELECT and

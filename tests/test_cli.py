@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import outbox, pgtenancy_cli, subprocess_env
+from pgtenancy import SQL_VERSION
 
 
 def cli(
@@ -24,7 +25,7 @@ def cli(
 
 
 def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:
-    assert cli("install", dsn=empty_dsn).stdout.startswith("pgtenancy 0.1.0 installed")
+    assert cli("install", dsn=empty_dsn).stdout.startswith(f"pgtenancy {SQL_VERSION} installed")
     migration = tmp_path / "0001.sql"
     migration.write_text("CREATE TABLE invoice (id int PRIMARY KEY);")
     r = cli("add-migration", "0001", str(migration), dsn=empty_dsn)

@@ -45,7 +45,7 @@ from pgtenancy.installer import SQL_VERSION, install, installed_version, uninsta
 from pgtenancy.listener import Listener
 from pgtenancy.session import tenant_session
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SQL_VERSION",

@@ -17,7 +17,7 @@ from pgtenancy.errors import raise_translated
 from pgtenancy.queries import QUERIES, sql_dir
 
 #: Version of the SQL this package installs; ``tenancy.version()`` returns it.
-SQL_VERSION = "0.1.0"
+SQL_VERSION = "0.2.0"
 
 # Arbitrary constant key of the advisory lock that serializes installs.
 _INSTALL_LOCK_KEY = 7_242_001
