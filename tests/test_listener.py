@@ -410,7 +410,10 @@ def test_listener_survives_a_server_restart(tmp_path: Path) -> None:
                 time.sleep(0.5)
                 cluster.server_start()
                 tenancy.create_tenant("after")
-                wait_for(lambda: len(recorded(record)) == 3, timeout=60)
+                try:
+                    wait_for(lambda: len(recorded(record)) == 3, timeout=60)
+                except AssertionError:
+                    raise AssertionError(f"{recorded(record)}\n{lp.stderr()}") from None
                 assert [e["slug"] for e in recorded(record)] == ["before", "racing", "after"]
                 assert lp.terminate() == 0
                 assert "reconnecting" in lp.stderr()
