@@ -317,3 +317,31 @@ COMMENT ON FUNCTION tenancy.inbox_claim(text, bigint) IS
     'that id. Call it in the transaction that makes the effect.';
 
 REVOKE ALL ON FUNCTION tenancy.inbox_claim(text, bigint) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.record_migration_failure(
+    p_slug text, p_version text, p_sqlstate text, p_message text
+)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    SELECT * INTO v_row FROM tenancy.tenants WHERE slug = p_slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(p_slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    RETURN tenancy.emit_event('tenant_migration_failed', v_row,
+        jsonb_build_object('from_version', v_row.migration_version, 'to_version', p_version,
+                           'sqlstate', p_sqlstate, 'message', p_message));
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.record_migration_failure(text, text, text, text) IS
+    'Emit tenant_migration_failed for tenant p_slug (payload: from_version, to_version, sqlstate, '
+    'message), in its own transaction after the failed migration rolled back. Raises PT003.';
+
+REVOKE ALL ON FUNCTION tenancy.record_migration_failure(text, text, text, text) FROM PUBLIC;

@@ -113,3 +113,23 @@ SELECT consumer, receiver, attempts, error, parked_at, id, xid, name, tenant_id,
 
 -- name: inbox_claim
 SELECT tenancy.inbox_claim(%(receiver)s, %(event_id)s)
+
+-- name: tenants_to_migrate
+SELECT slug, migration_version FROM tenancy.tenants
+ WHERE isolation = 'schema' AND status <> 'deleted'
+   AND migration_version IS DISTINCT FROM tenancy.latest_migration()
+ ORDER BY slug
+
+-- name: migrate_tenant_locked
+SELECT slug, migration_version FROM tenancy.migrate_tenant(%(slug)s)
+
+-- name: set_lock_timeout
+SELECT pg_catalog.set_config('lock_timeout', %(timeout)s, true)
+
+-- name: record_migration_failure
+SELECT tenancy.record_migration_failure(%(slug)s, %(version)s, %(sqlstate)s, %(message)s)
+
+-- name: pending_migrations
+SELECT version FROM tenancy.migrations
+ WHERE %(from_version)s::text IS NULL OR version > %(from_version)s::text
+ ORDER BY version

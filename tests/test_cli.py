@@ -48,9 +48,11 @@ def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:
     assert cli("add-migration", "0002", str(migration2), dsn=empty_dsn).returncode == 0
     r = cli("migrate", dsn=empty_dsn)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["acme: migrated to 0002", "globex: migrated to 0002"]
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["acme: migrated to 0002", "globex: migrated to 0002"]
+    assert lines[2].startswith("2 migrated, 0 failed, 0 already current")
     r = cli("migrate", dsn=empty_dsn)
-    assert r.stdout.splitlines() == ["acme: current (0002)", "globex: current (0002)"]
+    assert r.stdout.startswith("0 migrated, 0 failed, 2 already current")
     assert cli("drop", "globex", dsn=empty_dsn).stdout.startswith("deleted globex")
     assert cli("drop", "acme", "--destroy-data", dsn=empty_dsn).stdout.startswith("destroyed acme")
     assert [n for n, _ in outbox(empty_dsn)] == [

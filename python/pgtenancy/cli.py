@@ -11,19 +11,30 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import psycopg
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from sqlalchemy.exc import DBAPIError
 
 from pgtenancy import installer as install_mod
 from pgtenancy.admin import Tenancy, Tenant
 from pgtenancy.doctor import ERROR, check_isolation
-from pgtenancy.errors import TenancyError, translate
+from pgtenancy.errors import InvalidMigration, TenancyError, translate
+from pgtenancy.fleet import TenantOutcome, migrate_fleet, pending_versions
 from pgtenancy.listener import Listener, import_handlers
+from pgtenancy.migration_files import MigrationCheckError, check_migration, read_migration_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,7 +45,14 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (TenancyError, psycopg.Error, DBAPIError, ImportError, FileNotFoundError) as exc:
+        except (
+            TenancyError,
+            psycopg.Error,
+            DBAPIError,
+            ImportError,
+            FileNotFoundError,
+            MigrationCheckError,
+        ) as exc:
             err = translate(exc)
             if isinstance(err, DBAPIError) and err.orig is not None:
                 err = err.orig
@@ -190,21 +208,179 @@ def add_migration(dsn: str, migration_version: str, file: Path) -> None:
 @main.command()
 @dsn_option
 @click.argument("slugs", nargs=-1)
-def migrate(dsn: str, slugs: tuple[str, ...]) -> None:
-    """Apply missing migrations to SLUGS (default: every tenant not deleted),
-    each in its own transaction. Exit status 1 when any tenant failed."""
-    report = Tenancy(dsn).migrate_tenants(list(slugs) if slugs else None)
-    for t in report.migrated:
-        click.echo(f"{t.slug}: migrated to {t.migration_version}")
-    for t in report.unchanged:
-        state = "shared, no schema to migrate" if t.isolation == "shared" else "current"
-        click.echo(f"{t.slug}: {state} ({t.migration_version or '-'})")
-    for slug, exc in report.failed:
-        click.echo(f"{slug}: FAILED [{exc.sqlstate}] {exc}", err=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Register the NNNN_name.sql files of this directory first (checked).",
+)
+@click.option(
+    "--shared-schema",
+    "shared_schemas",
+    multiple=True,
+    default=("public",),
+    show_default=True,
+    help="Schema migrations may reference (repeatable).",
+)
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Tenants migrated in parallel, one connection each.",
+)
+@click.option(
+    "--lock-timeout",
+    default="5s",
+    show_default=True,
+    help="A tenant whose tables stay locked longer fails instead of waiting.",
+)
+@click.option(
+    "--tenants",
+    "tenant_list",
+    default=None,
+    help="Comma-separated slugs to migrate (a canary); default all.",
+)
+@click.option(
+    "--limit", type=click.IntRange(1, None), default=None, help="Migrate at most this many tenants."
+)
+@click.option("--dry-run", is_flag=True, help="Print per tenant what would run; change nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar; failures and the summary only.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for CI).")
+def migrate(
+    dsn: str,
+    slugs: tuple[str, ...],
+    directory: Path | None,
+    shared_schemas: tuple[str, ...],
+    jobs: int,
+    lock_timeout: str,
+    tenant_list: str | None,
+    limit: int | None,
+    dry_run: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Apply missing migrations to every tenant (or SLUGS / --tenants), each in
+    its own transaction, over --jobs connections. Exit status 1 when any failed."""
+    tenancy = Tenancy(dsn)
+    new_versions: list[str] = []
+    if directory is not None:
+        files = read_migration_dir(directory)
+        for f in files:
+            check_migration(f, shared_schemas)
+        registered = {m.version: m.checksum for m in tenancy.list_migrations()}
+        for f in files:
+            if f.version in registered:
+                if registered[f.version] != f.checksum:
+                    raise InvalidMigration(
+                        f"{f.path.name} changed after it was registered (checksum differs); "
+                        "add a new migration instead"
+                    )
+                continue
+            if f.outside_transaction:
+                raise InvalidMigration(
+                    f"{f.path.name} is marked no-transaction: the fleet runner cannot run "
+                    "migrations outside a transaction yet"
+                )
+            if dry_run:
+                new_versions.append(f.version)
+            else:
+                tenancy.add_migration(f.version, f.sql)
+    wanted = [*slugs, *(tenant_list.split(",") if tenant_list else [])]
+    selected = [s.strip() for s in wanted if s.strip()] or None
+    if dry_run:
+        _dry_run(dsn, tenancy, selected, limit, new_versions, as_json)
+        return
+    show_progress = not (quiet or as_json)
+    with Progress(
+        TextColumn("migrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.fields[rate]}/s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    ) as progress:
+        task = progress.add_task("migrate", total=None, failed=0, rate="0.0")
+        started = time.monotonic()
+        failures = [0]
+
+        def on_plan(count: int) -> None:
+            progress.update(task, total=count)
+
+        def on_outcome(outcome: TenantOutcome) -> None:
+            failures[0] += 0 if outcome.ok else 1
+            done = progress.tasks[0].completed + 1
+            rate = f"{done / max(time.monotonic() - started, 1e-9):.1f}"
+            progress.update(task, advance=1, failed=failures[0], rate=rate)
+
+        report = migrate_fleet(
+            dsn,
+            jobs=jobs,
+            lock_timeout=lock_timeout,
+            tenants=selected,
+            limit=limit,
+            on_outcome=on_outcome,
+            on_plan=on_plan,
+        )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "migrated": [o.__dict__ for o in report.migrated],
+                    "failed": [o.__dict__ for o in report.failed],
+                    "current": report.current,
+                    "elapsed": report.elapsed,
+                }
+            )
+        )
+    else:
+        if not quiet:
+            for o in report.migrated:
+                click.echo(f"{o.slug}: migrated to {o.to_version}")
+        for o in report.failed:
+            click.echo(
+                f"{o.slug}: FAILED at {o.from_version or '-'} [{o.sqlstate}] {o.message}", err=True
+            )
+        click.echo(
+            f"{len(report.migrated)} migrated, {len(report.failed)} failed, "
+            f"{report.current} already current in {report.elapsed:.1f}s"
+        )
     if report.failed:
-        total = len(report.failed) + len(report.migrated) + len(report.unchanged)
+        total = len(report.failed) + len(report.migrated)
         click.echo(f"error: {len(report.failed)} of {total} tenants failed", err=True)
         sys.exit(1)
+
+
+def _dry_run(
+    dsn: str,
+    tenancy: Tenancy,
+    selected: list[str] | None,
+    limit: int | None,
+    new_versions: list[str],
+    as_json: bool,
+) -> None:
+    tenants = [
+        t
+        for t in tenancy.list_tenants()
+        if t.isolation == "schema"
+        and t.status != "deleted"
+        and (selected is None or t.slug in selected)
+    ]
+    plans: list[dict[str, Any]] = []
+    for t in tenants:
+        versions = pending_versions(dsn, t.migration_version) + new_versions
+        if versions:
+            plans.append({"slug": t.slug, "from": t.migration_version, "versions": versions})
+    plans = plans[:limit] if limit is not None else plans
+    if as_json:
+        click.echo(json.dumps({"dry_run": plans}))
+        return
+    for p in plans:
+        versions_text = ", ".join(p["versions"])
+        click.echo(f"{p['slug']}: at {p['from'] or '-'}, would apply {versions_text}")
+    click.echo(f"{len(plans)} tenants would be migrated")
 
 
 @main.command(name="enable-rls")

@@ -464,8 +464,22 @@ ROW_SIGNALS: dict[str, Signal] = {
     "TRUNCATE": table_truncated,
 }
 
+tenant_migration_failed = Signal(
+    "tenant_migration_failed",
+    "A migration run failed for a tenant, which stays at its previous version "
+    "(event.payload: from_version, to_version, sqlstate, message). sender: slug; kwargs: "
+    "tenant, event.",
+)
+
 #: Lifecycle signals by outbox event name.
 LIFECYCLE_SIGNALS: dict[str, Signal] = {
     s.name: s
-    for s in (tenant_created, tenant_suspended, tenant_resumed, tenant_deleted, tenant_migrated)
+    for s in (
+        tenant_created,
+        tenant_suspended,
+        tenant_resumed,
+        tenant_deleted,
+        tenant_migrated,
+        tenant_migration_failed,
+    )
 }
