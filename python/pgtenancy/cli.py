@@ -35,6 +35,8 @@ from pgtenancy.errors import InvalidMigration, TenancyError, translate
 from pgtenancy.fleet import TenantOutcome, migrate_fleet, pending_versions
 from pgtenancy.listener import Listener, import_handlers
 from pgtenancy.migration_files import MigrationCheckError, check_migration, read_migration_dir
+from pgtenancy.sqlscript import ScriptError
+from pgtenancy.templates import import_template
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +54,7 @@ class _Group(click.Group):
             ImportError,
             FileNotFoundError,
             MigrationCheckError,
+            ScriptError,
         ) as exc:
             err = translate(exc)
             if isinstance(err, DBAPIError) and err.orig is not None:
@@ -381,6 +384,50 @@ def _dry_run(
         versions_text = ", ".join(p["versions"])
         click.echo(f"{p['slug']}: at {p['from'] or '-'}, would apply {versions_text}")
     click.echo(f"{len(plans)} tenants would be migrated")
+
+
+@main.group()
+def template() -> None:
+    """Existing single-tenant schemas as tenant templates."""
+
+
+@template.command(name="import")
+@click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--keep-acl", is_flag=True, help="Keep OWNER TO, GRANT and REVOKE statements.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the migration here (default: standard output).",
+)
+@click.option(
+    "--register",
+    "version",
+    default=None,
+    metavar="VERSION",
+    help="Also register it as tenant migration VERSION (needs --dsn).",
+)
+@click.option("--dsn", envvar="DATABASE_URL", default=None, help="Database for --register.")
+def template_import(
+    dump: Path, keep_acl: bool, out: Path | None, version: str | None, dsn: str | None
+) -> None:
+    """Turn DUMP, a pg_dump --schema-only of a single-tenant app (names
+    qualified with public.), into a tenant migration. What was dropped and what
+    could not be handled go to standard error."""
+    result = import_template(dump.read_text("utf-8"), keep_acl=keep_acl)
+    for line in result.dropped:
+        click.echo(f"dropped: {line}", err=True)
+    for line in result.warnings:
+        click.echo(f"warning: {line}", err=True)
+    if out is not None:
+        out.write_text(result.sql, "utf-8")
+    else:
+        click.echo(result.sql)
+    if version is not None:
+        if not dsn:
+            raise click.UsageError("--register needs --dsn or DATABASE_URL")
+        m = Tenancy(dsn).add_migration(version, result.sql)
+        click.echo(f"migration {m.version} registered", err=True)
 
 
 @main.command(name="enable-rls")
