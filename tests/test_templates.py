@@ -384,9 +384,23 @@ def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
     )
     out = tmp_path / "0001.sql"
     r = subprocess.run(
-        [*pgtenancy_cli(), "template", "import", str(dump), "--out", str(out),
-         "--register", "0001_template", "--dsn", dsn],
-        capture_output=True, text=True, env=subprocess_env(), timeout=120)
+        [
+            *pgtenancy_cli(),
+            "template",
+            "import",
+            str(dump),
+            "--out",
+            str(out),
+            "--register",
+            "0001_template",
+            "--dsn",
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "dropped:" in r.stderr and "OWNER" in r.stderr
     assert "public." not in out.read_text()
@@ -394,6 +408,11 @@ def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
     assert tenancy.create_tenant("acme").migration_version == "0001_template"
     bad = tmp_path / "bad.sql"
     bad.write_text("CREATE TABLE public.x (;\n")
-    r = subprocess.run([*pgtenancy_cli(), "template", "import", str(bad)],
-                       capture_output=True, text=True, env=subprocess_env(), timeout=60)
+    r = subprocess.run(
+        [*pgtenancy_cli(), "template", "import", str(bad)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stderr.startswith("error: line 1")
