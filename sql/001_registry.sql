@@ -106,8 +106,13 @@ CREATE TABLE IF NOT EXISTS tenancy.migrations (
     sql        text        NOT NULL,
     checksum   text        NOT NULL,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    outside_transaction boolean NOT NULL DEFAULT false,
     CONSTRAINT migrations_pkey PRIMARY KEY (version)
 );
+
+-- Upgrade in place from 0.1.0.
+ALTER TABLE tenancy.migrations
+    ADD COLUMN IF NOT EXISTS outside_transaction boolean NOT NULL DEFAULT false;
 
 COMMENT ON TABLE tenancy.migrations IS
     'Tenant DDL, applied inside each tenant schema in version order (C collation).';

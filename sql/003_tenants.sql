@@ -69,6 +69,9 @@ BEGIN
          WHERE p_from IS NULL OR m.version > p_from
          ORDER BY m.version
     LOOP
+        -- It cannot run in this transaction: the fleet runner applies it
+        -- outside one, then everything after it.
+        EXIT WHEN v_migration.outside_transaction;
         -- The migration sees the tenant schema first. Everything this
         -- function calls while that path is set is schema-qualified, and the
         -- pinned path comes back right after: an object in public (say a
@@ -98,7 +101,14 @@ COMMENT ON FUNCTION tenancy.apply_migrations(text, text) IS
 
 REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.add_migration(p_version text, p_sql text)
+-- 0.1.0 had a two-argument add_migration; keep one signature.
+DROP FUNCTION IF EXISTS tenancy.add_migration(text, text);
+
+CREATE OR REPLACE FUNCTION tenancy.add_migration(
+    p_version             text,
+    p_sql                 text,
+    p_outside_transaction boolean DEFAULT false
+)
     RETURNS tenancy.migrations
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -140,9 +150,14 @@ BEGIN
                   HINT = 'Versions are applied in C-collation order: use a later version.';
     END IF;
 
-    INSERT INTO tenancy.migrations (version, sql, checksum)
-    VALUES (p_version, p_sql, v_checksum)
+    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
     RETURNING * INTO v_row;
+    IF v_row.outside_transaction THEN
+        -- Statements such as CREATE INDEX CONCURRENTLY cannot be tried in a
+        -- scratch schema inside this transaction.
+        RETURN v_row;
+    END IF;
 
     -- Try every migration, the new one included, in a scratch schema, and
     -- undo it all: broken SQL is refused here, before any tenant sees it.
@@ -167,13 +182,15 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.add_migration(text, text) IS
+COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'Register tenant DDL p_sql as migration p_version, which must sort after every registered '
     'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
-    'same version with the same SQL is a no-op. Raises PT008 for a bad version, changed SQL, '
+    'same version with the same SQL is a no-op. With p_outside_transaction it is not tried and '
+    'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
+    'transactional paths stop before it. Raises PT008 for a bad version, changed SQL, '
     'out-of-order version or SQL that fails; nothing is registered then.';
 
-REVOKE ALL ON FUNCTION tenancy.add_migration(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.latest_migration()
     RETURNS text

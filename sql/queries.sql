@@ -30,7 +30,8 @@ SELECT * FROM tenancy.resume_tenant(%(slug)s)
 SELECT * FROM tenancy.drop_tenant(%(slug)s, %(destroy_data)s)
 
 -- name: add_migration
-SELECT version, checksum, created_at FROM tenancy.add_migration(%(version)s, %(sql)s)
+SELECT version, checksum, created_at
+  FROM tenancy.add_migration(%(version)s, %(sql)s, %(outside_transaction)s)
 
 -- name: list_migrations
 SELECT version, checksum, created_at FROM tenancy.migrations ORDER BY version
@@ -133,3 +134,25 @@ SELECT tenancy.record_migration_failure(%(slug)s, %(version)s, %(sqlstate)s, %(m
 SELECT version FROM tenancy.migrations
  WHERE %(from_version)s::text IS NULL OR version > %(from_version)s::text
  ORDER BY version
+
+-- name: next_pending_migration
+SELECT m.version, m.sql, m.outside_transaction, t.schema_name
+  FROM tenancy.tenants AS t
+  JOIN tenancy.migrations AS m
+    ON t.migration_version IS NULL OR m.version > t.migration_version
+ WHERE t.slug = %(slug)s AND t.isolation = 'schema'
+ ORDER BY m.version
+ LIMIT 1
+
+-- name: lock_tenant_migration
+SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext('tenancy.migrate'), pg_catalog.hashtext(%(slug)s))
+
+-- name: unlock_tenant_migration
+SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('tenancy.migrate'), pg_catalog.hashtext(%(slug)s))
+
+-- name: session_setting
+SELECT pg_catalog.set_config(%(name)s, %(value)s, false)
+
+-- name: mark_migrated
+UPDATE tenancy.tenants SET migration_version = %(version)s WHERE slug = %(slug)s
+RETURNING migration_version

@@ -233,3 +233,41 @@ def test_kill_9_leaves_every_tenant_old_or_new_and_a_rerun_finishes(
     r = cli(dsn, "--jobs", "2", "--quiet")
     assert r.returncode == 0, r.stderr
     assert sql("SELECT count(*) FROM tenancy.tenants WHERE migration_version = '0002'") == [(40,)]
+
+
+def test_a_no_transaction_migration_runs_outside_one(
+    dsn: str, tenancy: Tenancy, sql: SQL, tmp_path: Path
+) -> None:
+    d = tmp_path / "m"
+    write(d, "0001_item.sql", "CREATE TABLE item (id int PRIMARY KEY, v int);")
+    write(
+        d,
+        "0002_idx.sql",
+        "-- pgtenancy: no-transaction\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS item_v_idx ON item (v);",
+    )
+    write(d, "0003_col.sql", "ALTER TABLE item ADD COLUMN w int;")
+    r = cli(dsn, "--dir", str(d), "--quiet")
+    assert r.returncode == 0, r.stderr
+    tenancy.create_tenant("acme")  # provisioning stops before 0002 ...
+    assert tenancy.get_tenant("acme").migration_version == "0001_item"
+    tenancy.create_tenant("globex")
+    r = cli(dsn, "--jobs", "2", "--quiet")  # ... and the runner does the rest
+    assert r.returncode == 0, r.stderr
+    assert "2 migrated, 0 failed" in r.stdout
+    for schema in ("tenant_acme", "tenant_globex"):
+        assert sql(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexname = 'item_v_idx'",
+            (schema,),
+        ) == [(1,)]
+        assert sql(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s "
+            "AND column_name = 'w'",
+            (schema,),
+        ) == [(1,)]
+    assert [t.migration_version for t in tenancy.list_tenants()] == ["0003_col", "0003_col"]
+    assert sql(
+        "SELECT payload->'versions' FROM tenancy.events WHERE name = 'tenant_migrated' "
+        "AND tenant_slug = 'acme' ORDER BY id"
+    ) == [(["0002_idx"],), (["0003_col"],)]
+    assert sql("SHOW search_path") == [('"$user", public',)]

@@ -253,15 +253,24 @@ class Tenancy:
         """
         return Tenant.from_row(self._one("drop_tenant", slug=slug, destroy_data=destroy_data))
 
-    def add_migration(self, version: str, sql: str) -> Migration:
+    def add_migration(self, version: str, sql: str, outside_transaction: bool = False) -> Migration:
         """Register tenant DDL as migration ``version`` (it must sort after the
         latest). Re-adding the same version with the same SQL is a no-op.
+
+        Args:
+            version: version text, sorting after every registered version.
+            sql: the tenant DDL.
+            outside_transaction: the SQL cannot run in a transaction (``CREATE
+                INDEX CONCURRENTLY``); it is not tried, and the fleet runner
+                (``pgtenancy migrate``) applies it statement by statement.
 
         Raises:
             InvalidMigration: PT008, bad version, changed SQL, out-of-order
                 version, or SQL that fails on an empty tenant schema.
         """
-        row = self._one("add_migration", version=version, sql=sql)
+        row = self._one(
+            "add_migration", version=version, sql=sql, outside_transaction=outside_transaction
+        )
         return Migration(row["version"], row["checksum"], row["created_at"])
 
     def list_migrations(self) -> list[Migration]:

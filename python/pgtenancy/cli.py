@@ -280,15 +280,10 @@ def migrate(
                         "add a new migration instead"
                     )
                 continue
-            if f.outside_transaction:
-                raise InvalidMigration(
-                    f"{f.path.name} is marked no-transaction: the fleet runner cannot run "
-                    "migrations outside a transaction yet"
-                )
             if dry_run:
                 new_versions.append(f.version)
             else:
-                tenancy.add_migration(f.version, f.sql)
+                tenancy.add_migration(f.version, f.sql, outside_transaction=f.outside_transaction)
     wanted = [*slugs, *(tenant_list.split(",") if tenant_list else [])]
     selected = [s.strip() for s in wanted if s.strip()] or None
     if dry_run:

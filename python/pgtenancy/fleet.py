@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import translate
 from pgtenancy.queries import QUERIES
+from pgtenancy.sqlscript import read_script
 
 
 @dataclass(frozen=True)
@@ -175,13 +177,24 @@ def _migrate_one(
 ) -> TenantOutcome:
     began = time.monotonic()
     try:
-        with conn.transaction():
-            conn.execute(QUERIES["set_lock_timeout"], {"timeout": lock_timeout})
-            row = conn.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
+        row: dict[str, Any] | None = None
+        while True:
+            with conn.transaction():
+                conn.execute(QUERIES["set_lock_timeout"], {"timeout": lock_timeout})
+                row = conn.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
+                nxt = conn.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+            if nxt is None or not nxt["outside_transaction"]:
+                break
+            # The next migration cannot run in a transaction: apply it
+            # statement by statement, then go on with the rest.
+            _apply_outside_transaction(conn, slug, lock_timeout)
         assert row is not None
-        return TenantOutcome(
-            slug, version, row["migration_version"], True, seconds=time.monotonic() - began
-        )
+        with conn.transaction():
+            final = conn.execute(
+                "SELECT migration_version FROM tenancy.tenants WHERE slug = %s", (slug,)
+            ).fetchone()
+        to_version = final["migration_version"] if final else row["migration_version"]
+        return TenantOutcome(slug, version, to_version, True, seconds=time.monotonic() - began)
     except psycopg.Error as exc:
         err = translate(exc)
         message = str(getattr(err, "message", None) or exc.diag.message_primary or exc)
@@ -199,3 +212,40 @@ def _migrate_one(
         return TenantOutcome(
             slug, version, version, False, exc.sqlstate, message, time.monotonic() - began
         )
+
+
+def _apply_outside_transaction(
+    conn: psycopg.Connection[dict[str, Any]], slug: str, lock_timeout: str
+) -> None:
+    """Run the tenant's next migration, marked to run outside a transaction,
+    one statement at a time on the runner's own connection, serialized per
+    tenant by an advisory lock; then record the version (which emits
+    tenant_migrated). Such a migration is not atomic: write it to be rerun
+    (IF NOT EXISTS), as a killed run repeats it."""
+    conn.autocommit = True
+    try:
+        conn.execute(QUERIES["lock_tenant_migration"], {"slug": slug})
+        try:
+            nxt = conn.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+            if nxt is None or not nxt["outside_transaction"]:
+                return  # another run did it meanwhile
+            path = (
+                sql.SQL("{}, pg_catalog, public, pg_temp")
+                .format(sql.Identifier(nxt["schema_name"]))
+                .as_string(conn)
+            )
+            conn.execute(QUERIES["session_setting"], {"name": "search_path", "value": path})
+            conn.execute(
+                QUERIES["session_setting"], {"name": "lock_timeout", "value": lock_timeout}
+            )
+            try:
+                for stmt in read_script(nxt["sql"]).statements:
+                    conn.execute(stmt.sql.encode("utf-8"))
+            finally:
+                conn.execute("RESET search_path")
+                conn.execute("RESET lock_timeout")
+            conn.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
+        finally:
+            conn.execute(QUERIES["unlock_tenant_migration"], {"slug": slug})
+    finally:
+        conn.autocommit = False

@@ -10,7 +10,7 @@ SELECT has_function('tenancy', 'create_tenant', ARRAY['text', 'jsonb', 'text']);
 SELECT has_function('tenancy', 'suspend_tenant', ARRAY['text']);
 SELECT has_function('tenancy', 'resume_tenant', ARRAY['text']);
 SELECT has_function('tenancy', 'drop_tenant', ARRAY['text', 'boolean']);
-SELECT has_function('tenancy', 'add_migration', ARRAY['text', 'text']);
+SELECT has_function('tenancy', 'add_migration', ARRAY['text', 'text', 'boolean']);
 SELECT has_function('tenancy', 'migrate_tenant', ARRAY['text']);
 SELECT has_function('tenancy', 'enter_tenant', ARRAY['text']);
 SELECT has_function('tenancy', 'enable_rls', ARRAY['regclass', 'name']);
