@@ -108,6 +108,7 @@ bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_isolation.py
 	$(BIN)/python bench/bench_events.py
+	$(BIN)/python bench/bench_migrations.py --chinook "$(CHINOOK)"
 
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker
