@@ -49,12 +49,8 @@ both sides did the same work (same tables, same schemas searched).
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +61,7 @@ import psycopg
 from sqlalchemy import Engine
 
 from common import (
+    DEFAULT_CHINOOK,
     ITEMS,
     BaseResults,
     TableRow,
@@ -75,6 +72,7 @@ from common import (
     check_items,
     fill_public_items,
     fill_tenant_items,
+    find_psql,
     log,
     plain_tx,
     pooled_engine,
@@ -84,14 +82,11 @@ from common import (
     repeat_for,
     report_title,
     tenant_tx,
+    time_psql_script,
 )
 from pgtenancy.admin import Tenancy
-from pgtenancy.server import find_bindir
 from pgtenancy.sqlscript import read_script
 
-DEFAULT_CHINOOK = (
-    Path(__file__).resolve().parents[1].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
-)
 RELATIONS = (
     "SELECT count(*) FROM pg_catalog.pg_class AS c"
     " JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace WHERE n.nspname = %s"
@@ -115,17 +110,6 @@ class Results(BaseResults):
     psql_ddl_seconds: float
     chinook_ddl_statements: int
     elapsed_seconds: float
-
-
-def find_psql() -> Path:
-    """The ``psql`` executable: on PATH, else in the PostgreSQL bindir."""
-    found = shutil.which("psql")
-    if found:
-        return Path(found)
-    bindir = find_bindir()
-    if bindir is not None and (bindir / "psql").is_file():
-        return bindir / "psql"
-    raise SystemExit("psql not found: put it on PATH or set PG_BINDIR")
 
 
 # Transactions ----------------------------------------------------------------
@@ -182,27 +166,12 @@ def provision_psql(psql: Path, dsn: str, ddl: str, schemas: Sequence[str]) -> fl
     """Seconds for one ``psql`` run making ``schemas``, each with ``ddl``, one transaction each."""
     if not schemas:
         return 0.0
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".sql", prefix="pgtenancy-bench-", encoding="utf-8", delete=False
-    ) as script:
-        for schema in schemas:
-            script.write(
-                f"BEGIN;\nCREATE SCHEMA {schema};\nSET LOCAL search_path = {schema}, public;\n"
-                f"{ddl}COMMIT;\n"
-            )
-    try:
-        start = time.perf_counter()
-        done = subprocess.run(
-            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", script.name],
-            capture_output=True,
-            text=True,
-        )
-        elapsed = time.perf_counter() - start
-    finally:
-        os.unlink(script.name)
-    if done.returncode != 0:
-        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
-    return elapsed
+    text = "".join(
+        f"BEGIN;\nCREATE SCHEMA {schema};\nSET LOCAL search_path = {schema}, public;\n"
+        f"{ddl}COMMIT;\n"
+        for schema in schemas
+    )
+    return time_psql_script(psql, dsn, text)
 
 
 def bench_provisioning(dsn: str, tenancy: Tenancy, ddl: str, tenants: int) -> tuple[float, float]:

@@ -44,10 +44,8 @@ at ``0002_add_column`` and that every schema has both columns and both indexes.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,18 +53,20 @@ from pathlib import Path
 
 import psycopg
 
-from bench_core import DEFAULT_CHINOOK, find_psql
 from common import (
+    DEFAULT_CHINOOK,
     BaseResults,
     TableRow,
     add_json_option,
     bench_database,
     bench_parser,
+    find_psql,
     log,
     positive_int,
     print_results,
     ratio_table,
     report_title,
+    time_psql_script,
 )
 from pgtenancy.admin import Tenancy
 from pgtenancy.sqlscript import read_script
@@ -171,27 +171,12 @@ def cli_startup() -> float:
 def run_psql(psql: Path, dsn: str, schemas: Sequence[str]) -> float:
     """Seconds for one ``psql`` run adding ``note2`` and its index to ``schemas``'
     ``invoice``, one transaction each."""
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".sql", prefix="pgtenancy-bench-", encoding="utf-8", delete=False
-    ) as script:
-        for schema in schemas:
-            script.write(
-                f"BEGIN;\nALTER TABLE {schema}.invoice ADD COLUMN note2 text;\n"
-                f"CREATE INDEX invoice_note2_idx ON {schema}.invoice (note2);\nCOMMIT;\n"
-            )
-    try:
-        start = time.perf_counter()
-        done = subprocess.run(
-            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", script.name],
-            capture_output=True,
-            text=True,
-        )
-        elapsed = time.perf_counter() - start
-    finally:
-        os.unlink(script.name)
-    if done.returncode != 0:
-        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
-    return elapsed
+    text = "".join(
+        f"BEGIN;\nALTER TABLE {schema}.invoice ADD COLUMN note2 text;\n"
+        f"CREATE INDEX invoice_note2_idx ON {schema}.invoice (note2);\nCOMMIT;\n"
+        for schema in schemas
+    )
+    return time_psql_script(psql, dsn, text)
 
 
 def check_same_work(dsn: str, tenants: int) -> None:

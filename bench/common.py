@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import psycopg
@@ -22,7 +26,7 @@ from sqlalchemy.orm import Session
 
 import pgtenancy
 from pgtenancy.admin import Tenancy
-from pgtenancy.server import find_server, fresh_database
+from pgtenancy.server import find_bindir, find_server, fresh_database
 
 # The schema tenant and its table ``item``, with an identical ``public.item``.
 SLUG = "bench"
@@ -241,3 +245,44 @@ def ratio_table(width: int, rows: Sequence[TableRow]) -> list[str]:
         for row in rows
     )
     return lines
+
+
+DEFAULT_CHINOOK = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
+)
+
+
+def find_psql() -> Path:
+    """The ``psql`` executable: on PATH, else in the PostgreSQL bindir."""
+    found = shutil.which("psql")
+    if found:
+        return Path(found)
+    bindir = find_bindir()
+    if bindir is not None and (bindir / "psql").is_file():
+        return bindir / "psql"
+    raise SystemExit("psql not found: put it on PATH or set PG_BINDIR")
+
+
+def time_psql_script(psql: Path, dsn: str, script_text: str) -> float:
+    """Seconds for one ``psql -X -q -v ON_ERROR_STOP=1`` run of ``script_text``.
+
+    Raises:
+        RuntimeError: psql failed (with its standard error).
+    """
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".sql", prefix="pgtenancy-bench-", encoding="utf-8", delete=False
+    ) as script:
+        script.write(script_text)
+    try:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-f", script.name],
+            capture_output=True,
+            text=True,
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        os.unlink(script.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"psql failed ({done.returncode}): {done.stderr.strip()}")
+    return elapsed

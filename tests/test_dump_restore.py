@@ -22,6 +22,40 @@ def tool(name: str) -> str | None:
     return shutil.which(name)
 
 
+def _connection_args(dsn: str) -> list[str]:
+    params = conninfo_to_dict(dsn)
+    return [
+        "-h",
+        str(params.get("host", "127.0.0.1")),
+        "-p",
+        str(params.get("port", 5432)),
+        "-U",
+        str(params.get("user", "postgres")),
+        "-d",
+        str(params["dbname"]),
+    ]
+
+
+def pg_dump(dsn: str, path: Path) -> None:
+    """Dump the database of ``dsn`` as a plain SQL script to ``path``."""
+    program = tool("pg_dump")
+    assert program is not None
+    subprocess.run(
+        [program, *_connection_args(dsn), "-f", str(path)], check=True, capture_output=True
+    )
+
+
+def psql_restore(dsn: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the script ``path`` into the database of ``dsn``, stopping at the first error."""
+    program = tool("psql")
+    assert program is not None
+    return subprocess.run(
+        [program, *_connection_args(dsn), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.mark.skipif(tool("pg_dump") is None or tool("psql") is None, reason="no pg_dump/psql")
 def test_dump_and_restore(dsn: str, pg_admin_dsn: str, tenancy: Tenancy, tmp_path: Path) -> None:
     tenancy.add_migration(
@@ -42,38 +76,9 @@ def test_dump_and_restore(dsn: str, pg_admin_dsn: str, tenancy: Tenancy, tmp_pat
             conn.execute("INSERT INTO orders (item) VALUES ('anvil')")
         before = conn.execute("SELECT count(*) FROM tenancy.events").fetchone()
     dump = tmp_path / "dump.sql"
-    params = conninfo_to_dict(dsn)
-    env_args = [
-        "-h",
-        str(params.get("host", "127.0.0.1")),
-        "-p",
-        str(params.get("port", 5432)),
-        "-U",
-        str(params.get("user", "postgres")),
-    ]
-    subprocess.run(
-        [tool("pg_dump"), *env_args, "-d", str(params["dbname"]), "-f", str(dump)],
-        check=True,
-        capture_output=True,
-    )
+    pg_dump(dsn, dump)
     with fresh_database(pg_admin_dsn, "pgtenancy_restored") as restored:
-        rparams = conninfo_to_dict(restored)
-        result = subprocess.run(
-            [
-                tool("psql"),
-                *env_args,
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                str(rparams["dbname"]),
-                "-f",
-                str(dump),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        result = psql_restore(restored, dump)
         assert result.returncode == 0, result.stderr
         again = Tenancy(restored)
         assert [(t.slug, t.isolation, t.migration_version) for t in again.list_tenants()] == [

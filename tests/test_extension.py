@@ -9,16 +9,14 @@ the server's share directory (`make test` installs them when run as root).
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from pgtenancy import SQL_VERSION, Tenancy
 from pgtenancy.server import fresh_database
-from test_dump_restore import tool
+from test_dump_restore import pg_dump, psql_restore
 from test_install import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,37 +66,11 @@ def test_extension_survives_dump_and_restore(
         conn.execute("SELECT tenancy.create_tenant('acme')")
         conn.execute("SELECT tenancy.register_consumer('billing')")
         events = conn.execute("SELECT count(*) FROM tenancy.events").fetchone()
-    params = conninfo_to_dict(empty_dsn)
-    args = [
-        "-h",
-        str(params.get("host", "127.0.0.1")),
-        "-p",
-        str(params.get("port", 5432)),
-        "-U",
-        str(params.get("user", "postgres")),
-    ]
     dump = tmp_path / "dump.sql"
-    pg_dump, psql = tool("pg_dump"), tool("psql")
-    assert pg_dump is not None and psql is not None
-    subprocess.run([pg_dump, *args, "-d", str(params["dbname"]), "-f", str(dump)], check=True)
+    pg_dump(empty_dsn, dump)
     assert "CREATE EXTENSION IF NOT EXISTS pgtenancy" in dump.read_text()
     with fresh_database(pg_admin_dsn, "pgtenancy_extrestore") as restored:
-        result = subprocess.run(
-            [
-                psql,
-                *args,
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                str(conninfo_to_dict(restored)["dbname"]),
-                "-f",
-                str(dump),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        result = psql_restore(restored, dump)
         assert result.returncode == 0, result.stderr
         tenancy = Tenancy(restored)
         assert [t.slug for t in tenancy.list_tenants()] == ["acme"]

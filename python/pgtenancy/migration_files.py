@@ -22,28 +22,16 @@ from typing import Any
 import pglast
 from pglast import ast
 
-from pgtenancy.sqlscript import ScriptError, read_script
+from pgtenancy.sqlscript import DATABASE_NODES, ScriptError, read_script
 
 FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
 NO_TRANSACTION = "-- pgtenancy: no-transaction"
 #: Schemas a migration may name besides its own: system catalogs.
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 _FORBIDDEN_SETTINGS = frozenset({"search_path", "role", "session_authorization"})
-_DATABASE_NODES = frozenset(
-    {
-        "CreatedbStmt",
-        "DropdbStmt",
-        "AlterDatabaseStmt",
-        "AlterDatabaseSetStmt",
-        "AlterSystemStmt",
-        "CreateTableSpaceStmt",
-        "DropTableSpaceStmt",
-        "CreateRoleStmt",
-        "AlterRoleStmt",
-        "DropRoleStmt",
-        "CreateSchemaStmt",
-    }
-)
+# Database-level statements (as the psql-script reader classifies them), and
+# schemas: a migration works inside the tenant's schema.
+_DATABASE_NODES = DATABASE_NODES | {"CreateSchemaStmt"}
 
 
 class MigrationCheckError(ValueError):
