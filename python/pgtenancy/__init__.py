@@ -10,10 +10,19 @@ Main entry points:
   transactions in a tenant.
 * :class:`Tenancy`: the admin API (create, suspend, resume, drop, migrate).
 * :mod:`pgtenancy.signals` and :class:`Listener`: lifecycle events as signals.
+
+``import pgtenancy`` loads only psycopg and the small core modules (context,
+errors, events, installer); the names backed by SQLAlchemy, psycopg_pool, the
+listener or the admin API are imported on first use (PEP 562), so a command
+line or a worker pays only for what it uses.
 """
 
-from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
-from pgtenancy.connection import tenant_connection
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pgtenancy._version import __version__
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
     CannotGuardTable,
@@ -26,6 +35,7 @@ from pgtenancy.errors import (
     LeaseLost,
     ListenNotSupported,
     MigrationFailed,
+    NewerVersionInstalled,
     NoTenantContext,
     NoTenantInTransaction,
     NotInstalled,
@@ -37,15 +47,44 @@ from pgtenancy.errors import (
     TenantsStillRegistered,
     TenantSuspended,
     UnsafeAppRole,
+    UnsafeMigration,
+    VersionMismatch,
     raise_translated,
     translate,
 )
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.installer import SQL_VERSION, install, installed_version, uninstall
-from pgtenancy.listener import Listener
-from pgtenancy.session import tenant_session
 
-__version__ = "0.2.0"
+if TYPE_CHECKING:
+    from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
+    from pgtenancy.connection import tenant_connection
+    from pgtenancy.listener import Listener
+    from pgtenancy.session import tenant_session
+
+# Public names imported on first access: name -> module that defines it.
+_LAZY: dict[str, str] = {
+    "Listener": "pgtenancy.listener",
+    "Migration": "pgtenancy.admin",
+    "MigrationReport": "pgtenancy.admin",
+    "Tenancy": "pgtenancy.admin",
+    "Tenant": "pgtenancy.admin",
+    "tenant_connection": "pgtenancy.connection",
+    "tenant_session": "pgtenancy.session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pgtenancy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "SQL_VERSION",
@@ -63,6 +102,7 @@ __all__ = [
     "Migration",
     "MigrationFailed",
     "MigrationReport",
+    "NewerVersionInstalled",
     "NoTenantContext",
     "NoTenantInTransaction",
     "NotInstalled",
@@ -78,6 +118,9 @@ __all__ = [
     "TenantSuspended",
     "TenantsStillRegistered",
     "UnsafeAppRole",
+    "UnsafeMigration",
+    "VersionMismatch",
+    "__version__",
     "current_tenant",
     "install",
     "installed_version",

@@ -1,30 +1,69 @@
 """Exceptions of pgtenancy, one per SQLSTATE of the SQL core.
 
-The SQL functions raise errors in SQLSTATE class ``PT``; :func:`translate`
-turns a psycopg or SQLAlchemy database error carrying one of those SQLSTATEs
-into the matching :class:`TenancyError` subclass. Errors raised before any SQL
-runs (an invalid slug caught in Python, no tenant in context) use the same
-classes, so callers catch one type whatever path found the problem.
+The SQL functions raise errors in SQLSTATE class ``PT``. Each exception class
+declares its code once, as the class attribute ``sqlstate``, and registers
+itself under it when the class is defined (as psycopg's ``errors`` module
+does); :func:`translate` looks a database error's SQLSTATE up in that
+registry. Errors found in Python before any SQL runs (an invalid slug, no
+tenant in context) use the same classes, so callers catch one type whatever
+path found the problem. Classes without a code (``sqlstate = None``) are
+raised by Python only.
+
+Every exception of the kit is a :class:`TenancyError` and survives a pickle
+round trip (for process pools and task queues), keeping its message,
+``sqlstate``, ``detail``, ``hint`` and its own attributes.
+
+The one list of codes is the README's error table; ``tests/test_error_contract.py``
+checks it, these classes and the ``ERRCODE``\\ s of ``sql/`` against each other.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NoReturn
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any, NoReturn
 
 import psycopg
+
+from pgtenancy._version import __version__
+
+_REGISTRY: dict[str, type[TenancyError]] = {}
+
+#: SQLSTATE -> exception class, for every class that declares a code (read-only).
+BY_SQLSTATE = MappingProxyType(_REGISTRY)
+
+
+def _rebuild(cls: type[TenancyError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle a :class:`TenancyError` without calling its ``__init__``."""
+    obj = cls.__new__(cls)
+    obj.args = args
+    obj.__dict__.update(state)
+    return obj
 
 
 class TenancyError(Exception):
     """Base class of every pgtenancy error.
 
     Attributes:
-        sqlstate: the five-character SQLSTATE the database raised, or None when
-            the error was found in Python before reaching the database.
+        sqlstate: on the class, the SQLSTATE it is registered under (None for
+            errors Python raises by itself); on an instance, the SQLSTATE the
+            database raised, or the class's code when Python found the problem.
+        message: the primary message.
         detail: the server's DETAIL text, if any.
         hint: the server's HINT text, if any.
     """
 
-    default_sqlstate: ClassVar[str | None] = None
+    sqlstate: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        code = cls.__dict__.get("sqlstate")
+        if code is None:
+            return
+        other = _REGISTRY.get(code)
+        if other is not None and other.__qualname__ != cls.__qualname__:
+            raise TypeError(f"SQLSTATE {code} is declared by {other.__name__} already")
+        _REGISTRY[code] = cls
 
     def __init__(
         self,
@@ -36,155 +75,195 @@ class TenancyError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.sqlstate = sqlstate if sqlstate is not None else self.default_sqlstate
+        self.sqlstate = sqlstate if sqlstate is not None else type(self).sqlstate
         self.detail = detail
         self.hint = hint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments (or keyword-only ones
+        # that BaseException's default reduce would drop): rebuild from the
+        # args and the instance dict instead of calling __init__.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def lookup(sqlstate: str) -> type[TenancyError] | None:
+    """The exception class registered for ``sqlstate`` (e.g. ``"PT003"``), or None."""
+    return _REGISTRY.get(sqlstate)
 
 
 class InvalidTenantSlug(TenancyError, ValueError):
     """The slug is not a valid tenant slug (SQLSTATE PT001)."""
 
-    default_sqlstate = "PT001"
+    sqlstate = "PT001"
 
 
 class TenantExists(TenancyError):
     """A tenant with this slug, or its schema, already exists (SQLSTATE PT002)."""
 
-    default_sqlstate = "PT002"
+    sqlstate = "PT002"
 
 
 class TenantNotFound(TenancyError, LookupError):
     """No tenant has this slug (SQLSTATE PT003)."""
 
-    default_sqlstate = "PT003"
+    sqlstate = "PT003"
 
 
 class TenantSuspended(TenancyError):
     """The tenant is suspended and cannot be entered (SQLSTATE PT004)."""
 
-    default_sqlstate = "PT004"
+    sqlstate = "PT004"
 
 
 class TenantDeleted(TenancyError):
     """The tenant is deleted and cannot be entered or changed (SQLSTATE PT005)."""
 
-    default_sqlstate = "PT005"
+    sqlstate = "PT005"
 
 
 class MigrationFailed(TenancyError):
     """A tenant migration raised; the tenant stays at its previous version (SQLSTATE PT006)."""
 
-    default_sqlstate = "PT006"
+    sqlstate = "PT006"
 
 
 class TenantSchemaMissing(TenancyError):
     """The tenant is registered but its schema does not exist (SQLSTATE PT007)."""
 
-    default_sqlstate = "PT007"
+    sqlstate = "PT007"
 
 
 class InvalidMigration(TenancyError):
     """A migration was refused at registration: bad version, changed SQL, SQL that
     fails on an empty tenant schema, or a version out of order (SQLSTATE PT008)."""
 
-    default_sqlstate = "PT008"
+    sqlstate = "PT008"
 
 
 class TenantsStillRegistered(TenancyError):
     """Uninstall refused because tenants are registered (SQLSTATE PT009)."""
 
-    default_sqlstate = "PT009"
+    sqlstate = "PT009"
 
 
 class ImmutableTenantColumn(TenancyError):
     """An update tried to change a tenant's id, slug, schema or isolation (SQLSTATE PT010)."""
 
-    default_sqlstate = "PT010"
+    sqlstate = "PT010"
 
 
 class ConsumerNotFound(TenancyError, LookupError):
     """The outbox consumer has no cursor (SQLSTATE PT011)."""
 
-    default_sqlstate = "PT011"
-
-
-class LeaseLost(TenancyError):
-    """A listener tried to move a consumer's cursor without holding its lease
-    (SQLSTATE PT015); another listener of that consumer took over."""
-
-    default_sqlstate = "PT015"
-
-
-class CannotTrackTable(TenancyError):
-    """``track_changes`` refused the table: not a table, or no primary key
-    (SQLSTATE PT016)."""
-
-    default_sqlstate = "PT016"
+    sqlstate = "PT011"
 
 
 class NoTenantInTransaction(TenancyError):
     """A write to a guarded shared table with no tenant in the transaction (SQLSTATE PT012)."""
 
-    default_sqlstate = "PT012"
+    sqlstate = "PT012"
 
 
 class UnsafeAppRole(TenancyError):
     """The role cannot be an application role: superuser, BYPASSRLS, or owner of a
     guarded table, so row-level security would not hold (SQLSTATE PT013)."""
 
-    default_sqlstate = "PT013"
+    sqlstate = "PT013"
 
 
 class CannotGuardTable(TenancyError):
     """``enable_rls`` refused the table: not a table, in a tenant or the tenancy
     schema, tenant column not uuid, or guarded on another column (SQLSTATE PT014)."""
 
-    default_sqlstate = "PT014"
+    sqlstate = "PT014"
+
+
+class LeaseLost(TenancyError):
+    """A listener tried to move a consumer's cursor without holding its lease
+    (SQLSTATE PT015); another listener of that consumer took over."""
+
+    sqlstate = "PT015"
+
+
+class CannotTrackTable(TenancyError):
+    """``track_changes`` refused the table: not a table, or no primary key
+    (SQLSTATE PT016)."""
+
+    sqlstate = "PT016"
+
+
+class UnsafeMigration(TenancyError):
+    """A tenant migration tried to change something outside its tenant schema:
+    another schema, the ``tenancy`` schema, an extension, a role or a grant
+    (SQLSTATE PT017). Nothing of it is applied."""
+
+    sqlstate = "PT017"
+
+
+class NewerVersionInstalled(TenancyError):
+    """The install was refused: a newer version of the pgtenancy SQL is installed
+    in the database than the one this package carries (SQLSTATE PT018).
+    Upgrade the Python package instead; nothing was changed."""
+
+    sqlstate = "PT018"
 
 
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The
-    listener needs a direct or session-pooled connection."""
+    listener needs a direct or session-pooled connection. Python only."""
 
 
 class NotInstalled(TenancyError):
-    """The pgtenancy SQL is not installed in this database (SQLSTATE 3F000, 42883 or
-    42P01 naming a ``tenancy`` object)."""
+    """The pgtenancy SQL is not installed in this database. Found in Python from
+    the database's 3F000 (schema ``tenancy`` missing), or 42883/42P01 naming a
+    ``tenancy`` object when the database has no ``tenancy.version()``."""
+
+
+class VersionMismatch(TenancyError):
+    """The pgtenancy SQL installed in the database is another version than this
+    Python package's, and a call needed something the installed version lacks
+    (a ``tenancy`` function or table is missing). Python only.
+
+    Attributes:
+        installed: the version ``tenancy.version()`` reports, e.g. ``"0.2.0"``.
+        expected: this package's version (:data:`pgtenancy.__version__`).
+    """
+
+    def __init__(self, installed: str, expected: str = __version__) -> None:
+        if _version_key(installed) < _version_key(expected):
+            advice = "upgrade the SQL: pgtenancy install (or ALTER EXTENSION pgtenancy UPDATE)"
+        else:
+            advice = f"install pgtenancy {installed} or later in Python"
+        super().__init__(
+            f"pgtenancy SQL {installed} is installed, but this Python package is {expected}: "
+            f"{advice}"
+        )
+        self.installed = installed
+        self.expected = expected
 
 
 class NoTenantContext(TenancyError):
-    """No tenant slug was given and none is active in the current context."""
+    """No tenant slug was given and none is active in the current context. Python only."""
 
 
 class InvalidConnectionState(TenancyError):
     """The connection cannot carry a tenant transaction: it is already inside a
     transaction, or it runs in autocommit mode where transaction-local settings
-    would vanish after one statement."""
+    would vanish after one statement. Python only."""
 
 
-_BY_SQLSTATE: dict[str, type[TenancyError]] = {
-    cls.default_sqlstate: cls
-    for cls in (
-        InvalidTenantSlug,
-        TenantExists,
-        TenantNotFound,
-        TenantSuspended,
-        TenantDeleted,
-        MigrationFailed,
-        TenantSchemaMissing,
-        InvalidMigration,
-        TenantsStillRegistered,
-        ImmutableTenantColumn,
-        ConsumerNotFound,
-        NoTenantInTransaction,
-        UnsafeAppRole,
-        CannotGuardTable,
-        LeaseLost,
-        CannotTrackTable,
-    )
-    if cls.default_sqlstate is not None
-}
+def _version_key(version: str) -> tuple[int, ...]:
+    parts: list[int] = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+# SQLSTATEs of "something is missing": invalid_schema_name, undefined_function,
+# undefined_table.
+_MISSING = ("3F000", "42883", "42P01")
 
 
 def _psycopg_error(exc: BaseException) -> psycopg.Error | None:
@@ -196,38 +275,69 @@ def _psycopg_error(exc: BaseException) -> psycopg.Error | None:
     return None
 
 
-def translate(exc: BaseException) -> BaseException:
+def translate(
+    exc: BaseException, *, installed_version: Callable[[], str | None] | None = None
+) -> BaseException:
     """Map a database error to the pgtenancy exception for its SQLSTATE.
 
     Args:
         exc: any exception; psycopg errors and SQLAlchemy ``DBAPIError`` (through
             its ``orig``) are inspected.
+        installed_version: called when a ``tenancy`` object is missing
+            (SQLSTATE 42883 or 42P01) to tell "not installed" from "another
+            version installed"; it returns what ``tenancy.version()`` says, or
+            None when that function does not exist. The admin API, the
+            installer and the CLI pass one; without it such an error is
+            reported as :class:`NotInstalled`.
 
     Returns:
         A new :class:`TenancyError` subclass instance (its ``__cause__`` is set
-        to ``exc``) when the SQLSTATE is one of pgtenancy's or says the kit is
-        not installed; otherwise ``exc`` itself, unchanged.
+        to ``exc``) when the SQLSTATE is registered by one of pgtenancy's
+        classes, or says the kit is missing (:class:`NotInstalled`) or is
+        another version (:class:`VersionMismatch`); otherwise ``exc`` itself,
+        unchanged.
     """
     err = _psycopg_error(exc)
     if err is None or err.sqlstate is None:
         return exc
     diag = err.diag
     message = diag.message_primary or str(err)
-    cls = _BY_SQLSTATE.get(err.sqlstate)
-    if cls is None and err.sqlstate in ("3F000", "42883", "42P01") and "tenancy" in message:
-        cls = NotInstalled
-        message = f"pgtenancy is not installed in this database ({message})"
-    if cls is None:
+    new: TenancyError
+    cls = _REGISTRY.get(err.sqlstate)
+    if cls is not None:
+        new = cls(message, sqlstate=err.sqlstate, detail=diag.message_detail, hint=diag.message_hint)
+    elif err.sqlstate in _MISSING and "tenancy" in message:
+        installed = None
+        if err.sqlstate != "3F000" and installed_version is not None:
+            try:
+                installed = installed_version()
+            except psycopg.Error:
+                installed = None
+        if installed is not None and installed != __version__:
+            new = VersionMismatch(installed)
+        elif installed is not None:
+            return exc  # the installed version is ours: a genuinely missing object
+        else:
+            new = NotInstalled(
+                f"pgtenancy is not installed in this database ({message})", sqlstate=err.sqlstate
+            )
+    else:
         return exc
-    new = cls(message, sqlstate=err.sqlstate, detail=diag.message_detail, hint=diag.message_hint)
     new.__cause__ = exc
     return new
 
 
-def raise_translated(exc: BaseException) -> NoReturn:
+def raise_translated(
+    exc: BaseException, *, installed_version: Callable[[], str | None] | None = None
+) -> NoReturn:
     """Raise :func:`translate` of ``exc`` (chained to it), or ``exc`` itself when
-    it is not one of pgtenancy's errors. Call it in an ``except`` block."""
-    err = translate(exc)
+    it is not one of pgtenancy's errors. Call it in an ``except`` block.
+
+    Args:
+        exc: the caught exception.
+        installed_version: as for :func:`translate`.
+    """
+    err = translate(exc, installed_version=installed_version)
     if err is exc:
         raise exc
     raise err from exc

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import psycopg
 
+from pgtenancy._version import __version__
 from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import raise_translated
 from pgtenancy.queries import QUERIES, sql_dir
 
 #: Version of the SQL this package installs; ``tenancy.version()`` returns it.
-SQL_VERSION = "0.2.0"
+SQL_VERSION = __version__
 
 # Arbitrary constant key of the advisory lock that serializes installs.
 _INSTALL_LOCK_KEY = 7_242_001

@@ -22,6 +22,7 @@ from typing import Any
 import pglast
 from pglast import ast
 
+from pgtenancy.errors import TenancyError
 from pgtenancy.sqlscript import DATABASE_NODES, ScriptError, read_script
 
 FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
@@ -34,8 +35,8 @@ _FORBIDDEN_SETTINGS = frozenset({"search_path", "role", "session_authorization"}
 _DATABASE_NODES = DATABASE_NODES | {"CreateSchemaStmt"}
 
 
-class MigrationCheckError(ValueError):
-    """A migration file was refused.
+class MigrationCheckError(TenancyError, ValueError):
+    """A migration file was refused (Python only: found before any SQL runs).
 
     Attributes:
         file: the file's name.

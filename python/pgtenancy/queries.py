@@ -7,27 +7,68 @@ refers to queries only through :data:`QUERIES`, so no module builds SQL text.
 from __future__ import annotations
 
 import re
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Final
 
 _HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
-def sql_dir() -> Path:
-    """Directory holding the kit's SQL files.
+def sql_resources() -> Traversable:
+    """The kit's SQL files as an :mod:`importlib.resources` tree.
 
     Returns:
-        ``pgtenancy/sql`` inside an installed wheel, or the repository's ``sql/``
-        for a source checkout or editable install.
+        ``pgtenancy/sql`` package data in an installed wheel (only the files
+        read at run time ship there: install scripts, ``upgrades/``,
+        ``queries.sql``, ``uninstall.sql``). In a source checkout or an
+        editable install, which keep the SQL in the repository's top-level
+        ``sql/``, that directory.
 
     Raises:
-        FileNotFoundError: when neither exists.
+        FileNotFoundError: neither holds ``queries.sql``.
     """
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "sql", here.parent.parent / "sql"):
-        if (candidate / "queries.sql").is_file():
-            return candidate
-    raise FileNotFoundError(f"pgtenancy SQL files not found next to {here}")
+    packaged = resources.files("pgtenancy").joinpath("sql")
+    if packaged.joinpath("queries.sql").is_file():
+        return packaged
+    # A source tree: python/pgtenancy/ sits two levels below the repository.
+    source = Path(__file__).resolve().parents[2] / "sql"
+    if (source / "queries.sql").is_file():
+        return source
+    raise FileNotFoundError("pgtenancy SQL files not found: neither pgtenancy/sql nor a source sql/")
+
+
+def read_sql(name: str) -> str:
+    """The text of one SQL file of the kit.
+
+    Args:
+        name: path relative to the SQL directory, ``/``-separated, e.g.
+            ``"queries.sql"`` or ``"upgrades/0.2.0--0.3.0.sql"``.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    node = sql_resources()
+    for part in name.split("/"):
+        node = node.joinpath(part)
+    return node.read_text("utf-8")
+
+
+def sql_dir() -> Path:
+    """Directory holding the kit's SQL files, on the file system.
+
+    Returns:
+        The directory :func:`sql_resources` found (a wheel installed into a
+        site-packages directory, or the source tree's ``sql/``).
+
+    Raises:
+        FileNotFoundError: the SQL is not on the file system (a zipped install:
+            use :func:`read_sql`), or not found at all.
+    """
+    found = sql_resources()
+    if not isinstance(found, Path):
+        raise FileNotFoundError(f"pgtenancy SQL files are not on the file system ({found})")
+    return found
 
 
 def load_queries(text: str) -> dict[str, str]:
@@ -55,4 +96,4 @@ def load_queries(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES: Final[dict[str, str]] = load_queries((sql_dir() / "queries.sql").read_text("utf-8"))
+QUERIES: Final[dict[str, str]] = load_queries(read_sql("queries.sql"))

@@ -17,6 +17,8 @@ from typing import Final
 import pglast
 from pglast.parser import ParseError
 
+from pgtenancy.errors import TenancyError
+
 #: Statement kinds that cannot run inside a tenant schema's transaction.
 DATABASE_NODES: Final = frozenset(
     {
@@ -40,8 +42,8 @@ TRANSACTION_NODES: Final = frozenset({"TransactionStmt"})
 _LEADING: Final = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 
 
-class ScriptError(ValueError):
-    """The script does not parse.
+class ScriptError(TenancyError, ValueError):
+    """The script does not parse (Python only: found before any SQL runs).
 
     Attributes:
         line: 1-based line of the error.
