@@ -91,7 +91,7 @@ uninstall-sql: $(STAMP)
 	$(BIN)/pgtenancy uninstall --dsn "$(DATABASE_URL)" $(if $(DROP_TENANTS),--drop-tenants)
 
 demo: $(STAMP) pg-binaries
-	$(BIN)/python -m pgtenancy.demo --chinook "$(CHINOOK)"
+	$(BIN)/python examples/chinook/demo.py --chinook "$(CHINOOK)"
 
 test: $(STAMP) pg-binaries pgbouncer pg-extensions
 ifeq ($(PG),)

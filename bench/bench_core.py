@@ -5,7 +5,7 @@ Run from the repository root (``make bench`` does exactly this)::
     .venv/bin/python bench/bench_core.py --chinook ../shared/data/chinook/Chinook_PostgreSql.sql
 
 Everything runs in one process against one server: ``DATABASE_URL`` when set,
-else whatever :func:`pgtenancy.server.find_server` finds or starts (a Docker
+else whatever :func:`pgtenancy.testing.find_server` finds or starts (a Docker
 container or a throwaway local cluster, started with ``fsync=off``), in a
 fresh database that is dropped at the end. Absolute numbers depend on the
 machine and the server settings; the ratios are the point, because both sides

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/bench_events.py
 
 Everything runs in one process against one server: ``DATABASE_URL`` when set,
-else whatever :func:`pgtenancy.server.find_server` finds or starts (a Docker
+else whatever :func:`pgtenancy.testing.find_server` finds or starts (a Docker
 container or a throwaway local cluster, started with ``fsync=off`` and
 ``synchronous_commit=off``), in a fresh database that is dropped at the end.
 Absolute numbers depend on the machine and the server settings; the ratios are

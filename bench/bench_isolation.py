@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python bench/bench_isolation.py
 
 Everything runs in one process against one server: ``DATABASE_URL`` when set,
-else whatever :func:`pgtenancy.server.find_server` finds or starts (a Docker
+else whatever :func:`pgtenancy.testing.find_server` finds or starts (a Docker
 container or a throwaway local cluster, started with ``fsync=off``), in a
 fresh database that is dropped at the end, with an application role that is
 dropped at the end too. Absolute numbers depend on the machine and the server
@@ -120,7 +120,7 @@ from common import (
     tenant_tx,
 )
 from pgtenancy.admin import Tenancy
-from pgtenancy.server import TemporaryPgBouncer
+from pgtenancy.testing import TemporaryPgBouncer
 
 APP_ROLE_PREFIX = "pgtenancy_bench_app"
 THREADS = 4

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 import pgtenancy
 from pgtenancy.admin import Tenancy
-from pgtenancy.server import find_bindir, find_server, fresh_database
+from pgtenancy.testing import find_bindir, find_server, fresh_database
 
 # The schema tenant and its table ``item``, with an identical ``public.item``.
 SLUG = "bench"

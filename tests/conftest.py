@@ -1,6 +1,6 @@
 """Fixtures: a real PostgreSQL server and a fresh database per test.
 
-The server comes from pgtenancy.server.find_server(): TEST_DATABASE_URL or
+The server comes from pgtenancy.testing.find_server(): TEST_DATABASE_URL or
 DATABASE_URL, else a testcontainers Postgres when Docker answers, else a
 throwaway cluster from the local binaries; the session fails with a message
 saying how to provide one when none works. Every database made here is
@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from pgtenancy import Tenancy, install
 from pgtenancy.admin import engine_from_dsn
-from pgtenancy.server import NoServerError, find_server, fresh_database
+from pgtenancy.testing import NoServerError, find_server, fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 CHINOOK = ROOT.parent / "shared" / "data" / "chinook" / "Chinook_PostgreSql.sql"

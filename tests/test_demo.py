@@ -1,25 +1,38 @@
-"""`make demo`'s program end to end on the Chinook file, in real processes."""
+"""`make demo`'s program (examples/chinook/demo.py) end to end on the Chinook
+file, in real processes; and its clear refusal without the data file."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 
-from conftest import CHINOOK, subprocess_env
+from conftest import CHINOOK, ROOT, subprocess_env
+
+DEMO = ROOT / "examples" / "chinook" / "demo.py"
+#: The Chinook script: $CHINOOK (as for `make demo CHINOOK=...`), else the
+#: repository's ../shared/data/chinook/Chinook_PostgreSql.sql.
+CHINOOK_FILE = Path(os.environ.get("CHINOOK") or CHINOOK)
 
 
-def test_demo_on_chinook(pg_admin_dsn: str) -> None:
+def run_demo(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
     env = subprocess_env()
-    env["DATABASE_URL"] = pg_admin_dsn
-    result = subprocess.run(
-        [sys.executable, "-m", "pgtenancy.demo", "--chinook", str(CHINOOK)],
+    env["DATABASE_URL"] = dsn
+    return subprocess.run(
+        [sys.executable, str(DEMO), *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
+        cwd="/",  # nothing may depend on the working directory
     )
+
+
+def check_demo_output(result: subprocess.CompletedProcess[str], admin_dsn: str) -> None:
+    """Assert what `make demo` promises, and that its database is gone."""
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "skipped psql meta-command at line 28: \\c chinook;" in out
@@ -38,8 +51,21 @@ def test_demo_on_chinook(pg_admin_dsn: str) -> None:
         "tenant_suspended initech",
     ]
     assert out.rstrip().endswith("demo OK")
-    with psycopg.connect(pg_admin_dsn) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgtenancy_demo%'"
-        ).fetchone()
-    assert left == (0,)
+    name = out.splitlines()[0].removeprefix("database ")
+    assert name.startswith("pgtenancy_demo")
+    with psycopg.connect(admin_dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+        assert left.fetchone() == (0,)
+
+
+def test_demo_on_chinook(pg_admin_dsn: str) -> None:
+    check_demo_output(run_demo("--chinook", str(CHINOOK_FILE), dsn=pg_admin_dsn), pg_admin_dsn)
+
+
+def test_demo_without_the_chinook_file_says_how(pg_admin_dsn: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "Chinook_PostgreSql.sql"
+    result = run_demo("--chinook", str(missing), dsn=pg_admin_dsn)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: Chinook script not found at {missing}")
+    assert "--chinook PATH" in result.stderr
+    assert "Traceback" not in result.stderr

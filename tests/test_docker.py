@@ -39,7 +39,8 @@ def test_compose_files_parse_and_wire_up() -> None:
     assert set(services) == {"postgres", "pgbouncer", "demo"}
     assert services["postgres"]["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
     assert services["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
-    assert "pgtenancy.demo" in services["demo"]["command"]
+    assert "examples/chinook/demo.py" in services["demo"]["command"]
+    assert (DOCKER.parent / "examples" / "chinook" / "demo.py").is_file()
     assert (DOCKER / services["postgres"]["build"]["context"] / "sql").is_dir()
     citus = yaml.safe_load((DOCKER / "citus" / "compose.yaml").read_text())
     assert {"coordinator", "worker1", "worker2", "demo"} <= set(citus["services"])

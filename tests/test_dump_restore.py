@@ -12,7 +12,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pgtenancy import Tenancy
-from pgtenancy.server import find_bindir, fresh_database
+from pgtenancy.testing import find_bindir, fresh_database
 
 
 def tool(name: str) -> str | None:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgtenancy import SQL_VERSION, Tenancy
-from pgtenancy.server import fresh_database
+from pgtenancy.testing import fresh_database
 from test_dump_restore import pg_dump, psql_restore
 from test_install import snapshot
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
-from pgtenancy.server import TemporaryCluster, find_bindir, fresh_database
+from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
 from pgtenancy.signals import tenant_created, tenant_suspended
 
 TESTS = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, event, text
 from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, ListenNotSupported, Tenancy, tenant_session
 from pgtenancy.listener import check_listen_capable
-from pgtenancy.server import TemporaryPgBouncer
+from pgtenancy.testing import TemporaryPgBouncer
 from test_pool_safety import TENANTS, Boom, clean, run_threads
 
 pytestmark = pytest.mark.skipif(

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgtenancy import server
-from pgtenancy.server import (
+from pgtenancy.testing import server
+from pgtenancy.testing import (
     NoServerError,
     TemporaryCluster,
     find_bindir,

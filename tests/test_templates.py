@@ -18,7 +18,7 @@ import pytest
 
 from conftest import CHINOOK
 from pgtenancy import Tenancy
-from pgtenancy.server import find_bindir, fresh_database
+from pgtenancy.testing import find_bindir, fresh_database
 from pgtenancy.sqlscript import ScriptError, read_script
 from pgtenancy.templates import import_template
 

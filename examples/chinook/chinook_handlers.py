@@ -29,4 +29,4 @@ def print_event(sender: str, tenant: TenantRef, event: Event, **kwargs: Any) -> 
 
 
 for _signal in LIFECYCLE_SIGNALS.values():
-    _signal.connect(print_event, dispatch_uid="pgtenancy.demo.print_event")
+    _signal.connect(print_event, dispatch_uid="chinook_demo.print_event")

@@ -1,4 +1,9 @@
-"""``python -m pgtenancy.demo``: the kit end to end on the Chinook database.
+"""``python examples/chinook/demo.py``: the kit end to end on the Chinook database.
+
+Runs against an installed pgtenancy (a wheel or a source checkout) with the
+extras it uses: ``pip install 'pgtenancy[binary,sqlalchemy,cli,migrations]'``.
+The Chinook script is an argument (``--chinook PATH``); by default the
+repository's ``../shared/data/chinook/Chinook_PostgreSql.sql`` when present.
 
 1. finds or starts a PostgreSQL server and creates a fresh database on it;
 2. installs the SQL core;
@@ -13,12 +18,15 @@
 8. prints the events the listener process received, in order;
 9. drops the demo database (unless ``--keep``).
 
-Exit status 0 when everything above held, 1 otherwise.
+Exit status 0 when everything above held, 1 otherwise (2 when the Chinook
+file is missing).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -28,17 +36,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import click
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import text
 
 from pgtenancy import Tenancy, TenancyError, TenantSuspended, install, tenant_session
 from pgtenancy.admin import engine_from_dsn
-from pgtenancy.server import find_server, fresh_database
 from pgtenancy.sqlscript import read_script
+from pgtenancy.testing import create_database, find_server, fresh_database
 
-DEFAULT_CHINOOK = (
-    Path(__file__).resolve().parents[3].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
-)
+HERE = Path(__file__).resolve().parent
+#: ``../shared/data/chinook/Chinook_PostgreSql.sql`` relative to the repository.
+DEFAULT_CHINOOK = HERE.parents[1].parent / "shared/data/chinook/Chinook_PostgreSql.sql"
+#: The receivers of the listener process, a module beside this script.
+HANDLERS = "chinook_handlers"
 EXPECTED_EVENTS = [
     ("tenant_created", "acme"),
     ("tenant_created", "globex"),
@@ -48,7 +58,7 @@ EXPECTED_EVENTS = [
 
 
 def say(message: str = "") -> None:
-    click.echo(message)
+    print(message, flush=True)
 
 
 def _read_lines(stream: Any, out: queue.Queue[str]) -> None:
@@ -59,6 +69,7 @@ def _read_lines(stream: Any, out: queue.Queue[str]) -> None:
 def run_demo(dsn: str, chinook: Path) -> bool:
     """Run the demo against the empty database ``dsn``; True when it all held."""
     ok = True
+    say(f"database {conninfo_to_dict(dsn)['dbname']}")
     say(f"pgtenancy {install(dsn)} installed")
 
     script = read_script(chinook.read_text("utf-8"))
@@ -86,12 +97,16 @@ def run_demo(dsn: str, chinook: Path) -> bool:
             "--consumer",
             "demo",
             "--handlers",
-            "pgtenancy.demo.handlers",
+            HANDLERS,
             "--poll-interval",
             "0.2",
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
+        },
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read_lines, args=(listener.stdout, lines), daemon=True).start()
@@ -154,22 +169,31 @@ def run_demo(dsn: str, chinook: Path) -> bool:
     return ok
 
 
-@click.command()
-@click.option(
-    "--chinook",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=DEFAULT_CHINOOK,
-    show_default=True,
-    help="Chinook_PostgreSql.sql to use.",
-)
-@click.option("--keep", is_flag=True, help="Keep the demo database instead of dropping it.")
-def main(chinook: Path, keep: bool) -> None:
-    """Run the demo: a fresh database on $DATABASE_URL's server, or a throwaway cluster."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo on a fresh database of $DATABASE_URL's server, or a throwaway
+    cluster. Returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--chinook",
+        type=Path,
+        default=DEFAULT_CHINOOK,
+        help=f"Chinook_PostgreSql.sql to use (default: {DEFAULT_CHINOOK})",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="Keep the demo database instead of dropping it."
+    )
+    args = parser.parse_args(argv)
+    chinook: Path = args.chinook
+    if not chinook.is_file():
+        print(
+            f"error: Chinook script not found at {chinook}; pass --chinook PATH to "
+            "Chinook_PostgreSql.sql (https://github.com/lerocha/chinook-database)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with find_server(env=("DATABASE_URL",)) as admin:
-            if keep:
-                from pgtenancy.server import create_database
-
+            if args.keep:
                 dsn = create_database(admin, "pgtenancy_demo")
                 ok = run_demo(dsn, chinook)
                 say(f"kept database: {dsn}")
@@ -177,11 +201,11 @@ def main(chinook: Path, keep: bool) -> None:
                 with fresh_database(admin, "pgtenancy_demo") as dsn:
                     ok = run_demo(dsn, chinook)
     except TenancyError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     say("demo OK" if ok else "demo FAILED")
-    sys.exit(0 if ok else 1)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-logger = logging.getLogger("pgtenancy.server")
+logger = logging.getLogger("pgtenancy.testing")
 
 #: Image used when a Docker daemon is available.
 POSTGRES_IMAGE = os.environ.get("PGTENANCY_POSTGRES_IMAGE", "postgres:15")

@@ -1,1 +1,0 @@
-"""The pgtenancy demo on the Chinook sample database (``make demo``)."""
