@@ -156,3 +156,19 @@ SELECT pg_catalog.set_config(%(name)s, %(value)s, false)
 -- name: mark_migrated
 UPDATE tenancy.tenants SET migration_version = %(version)s WHERE slug = %(slug)s
 RETURNING migration_version
+
+-- name: live_tenant_isolations
+SELECT slug, isolation FROM tenancy.tenants WHERE status <> 'deleted'
+
+-- name: tenant_migration_version
+SELECT migration_version FROM tenancy.tenants WHERE slug = %(slug)s
+
+-- name: latest_migration
+SELECT tenancy.latest_migration() AS latest_migration
+
+-- name: reset_setting
+-- RESET for a setting named by a parameter (RESET takes no parameters):
+-- back to the value the session started with.
+SELECT pg_catalog.set_config(%(name)s, s.reset_val, false)
+  FROM pg_catalog.pg_settings AS s
+ WHERE s.name = %(name)s

@@ -1,29 +1,37 @@
 """``Tenancy``: the admin API, one method per SQL function of the core.
 
-Every method runs its SQL function in its own transaction and turns the
+Every method runs its SQL function in its own transaction (a savepoint when
+``Tenancy`` was given a psycopg connection already inside one) and turns the
 function's SQLSTATE into the matching :mod:`pgtenancy.errors` exception.
-Python keeps no copy of tenant state: each call reads the database.
+Python keeps no copy of tenant state: each call reads the database. The
+database access goes through psycopg (:mod:`pgtenancy.database`); a
+SQLAlchemy engine is accepted as one way to reach it, not required.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
-import psycopg
-from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import NullPool
-
+from pgtenancy.database import Connectable, Database
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import TenancyError, raise_translated
-from pgtenancy.queries import QUERIES
+from pgtenancy.errors import TenancyError
 from pgtenancy.slugs import validate_slug
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+#: How a tenant's data is kept: a schema of its own, or rows in shared tables
+#: guarded by row-level security (the registry's ``isolation`` column).
+Isolation = Literal["schema", "shared"]
+#: A tenant's lifecycle status (the registry's ``status`` column).
+TenantStatus = Literal["active", "suspended", "deleted"]
+#: A Postgres interval: text such as ``"7 days"``, or a :class:`~datetime.timedelta`.
+Interval = str | timedelta
 
 
 @dataclass(frozen=True)
@@ -45,8 +53,8 @@ class Tenant:
     id: uuid.UUID
     slug: str
     schema_name: str | None
-    status: str
-    isolation: str
+    status: TenantStatus
+    isolation: Isolation
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -143,11 +151,16 @@ class MigrationReport:
 
 def engine_from_dsn(dsn: str) -> Engine:
     """A SQLAlchemy engine (psycopg driver, no pooling) for a libpq DSN or URL.
+    Needs the ``sqlalchemy`` extra.
 
     Args:
         dsn: ``postgresql://...`` URL (a ``postgresql+psycopg://`` SQLAlchemy URL
             is accepted too) or ``key=value`` connection string.
     """
+    import psycopg
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
     url = libpq_dsn(dsn)
     return create_engine(
         "postgresql+psycopg://", creator=lambda: psycopg.connect(url), poolclass=NullPool
@@ -158,33 +171,51 @@ class Tenancy:
     """Admin API over one database.
 
     Args:
-        engine: a SQLAlchemy :class:`~sqlalchemy.Engine` using the psycopg
-            driver, or a DSN string (an engine without pooling is made).
+        database: where to connect (a :data:`pgtenancy.database.Connectable`):
+            a DSN string (a connection per call, no pooling), a psycopg
+            ``Connection`` (used as it is: calls run in savepoints when it is
+            inside a transaction; never closed), a psycopg_pool
+            ``ConnectionPool``, a callable returning a new psycopg connection,
+            or a SQLAlchemy :class:`~sqlalchemy.Engine` using the psycopg
+            driver. Only the engine needs SQLAlchemy installed.
 
     All methods raise :class:`~pgtenancy.errors.NotInstalled` when the SQL core
-    is missing, and psycopg/SQLAlchemy errors for connection failures.
+    is missing, :class:`~pgtenancy.errors.VersionMismatch` when another
+    version of it is installed and lacks what the call needs, and psycopg
+    errors for connection failures.
     """
 
-    def __init__(self, engine: Engine | str) -> None:
-        self.engine = engine_from_dsn(engine) if isinstance(engine, str) else engine
+    def __init__(self, database: Connectable) -> None:
+        self.database = Database(database)
+        self._engine: Engine | None = None
 
-    @contextmanager
-    def _begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except DBAPIError as exc:
-            raise_translated(exc)
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine given, or for a DSN one made on first access
+        (no pooling; needs the ``sqlalchemy`` extra).
 
-    def _one(self, query: str, **params: Any) -> Mapping[str, Any]:
-        with self._begin() as conn:
-            return dict(conn.exec_driver_sql(QUERIES[query], params).mappings().one())
+        Raises:
+            AttributeError: ``Tenancy`` was given a psycopg connection, pool or
+                connection factory.
+        """
+        source = self.database.source
+        if self._engine is None:
+            if isinstance(source, str):
+                self._engine = engine_from_dsn(source)
+            elif type(source).__module__.startswith("sqlalchemy"):
+                self._engine = cast("Engine", source)
+            else:
+                raise AttributeError(f"this Tenancy has no SQLAlchemy engine ({source!r})")
+        return self._engine
+
+    def _one(self, query: str, **params: Any) -> dict[str, Any]:
+        return self.database.one(query, params)
 
     def create_tenant(
         self,
         slug: str,
         metadata: Mapping[str, Any] | None = None,
-        isolation: str = "schema",
+        isolation: Isolation = "schema",
     ) -> Tenant:
         """Create a tenant, its registry row and ``tenant_created``, in one transaction.
 
@@ -201,7 +232,7 @@ class Tenancy:
             ValueError: unknown isolation, before any SQL runs.
         """
         validate_slug(slug)
-        if isolation not in ("schema", "shared"):
+        if isolation not in get_args(Isolation):
             raise ValueError(f"isolation must be 'schema' or 'shared', not {isolation!r}")
         row = self._one(
             "create_tenant",
@@ -221,9 +252,7 @@ class Tenancy:
 
     def list_tenants(self) -> list[Tenant]:
         """Every registered tenant, deleted ones included, ordered by slug."""
-        with self._begin() as conn:
-            rows = conn.exec_driver_sql(QUERIES["list_tenants"]).mappings().all()
-        return [Tenant.from_row(dict(r)) for r in rows]
+        return [Tenant.from_row(r) for r in self.database.rows("list_tenants")]
 
     def suspend_tenant(self, slug: str) -> Tenant:
         """Suspend ``slug``; entering it fails from then on. Emits ``tenant_suspended``.
@@ -275,8 +304,7 @@ class Tenancy:
 
     def list_migrations(self) -> list[Migration]:
         """Registered migrations in the order they apply."""
-        with self._begin() as conn:
-            rows = conn.exec_driver_sql(QUERIES["list_migrations"]).mappings().all()
+        rows = self.database.rows("list_migrations")
         return [Migration(r["version"], r["checksum"], r["created_at"]) for r in rows]
 
     def migrate_tenant(self, slug: str) -> Tenant:
@@ -342,8 +370,7 @@ class Tenancy:
 
     def guarded_tables(self) -> list[GuardedTable]:
         """Every guarded shared table with its tenant column."""
-        with self._begin() as conn:
-            rows = conn.exec_driver_sql(QUERIES["guarded_tables"]).mappings().all()
+        rows = self.database.rows("guarded_tables")
         return [GuardedTable(str(r["table_name"]), str(r["tenant_column"])) for r in rows]
 
     def grant_app_role(self, role: str) -> None:
@@ -361,17 +388,23 @@ class Tenancy:
         consumer, read events, move its cursor, hold its lease.
 
         Raises:
-            sqlalchemy.exc.DBAPIError: SQLSTATE 42704 when the role does not exist.
+            psycopg.errors.UndefinedObject: SQLSTATE 42704, the role does not exist.
         """
         self._one("grant_listener_role", role=role)
 
     def consumer_status(self) -> list[ConsumerStatus]:
         """Cursor, lag, listeners and lease holder of every outbox consumer."""
-        with self._begin() as conn:
-            rows = conn.exec_driver_sql(QUERIES["consumer_status"]).all()
         return [
-            ConsumerStatus(str(r[0]), int(r[1]), int(r[2]), float(r[3]), r[4], int(r[5]), r[6])
-            for r in rows
+            ConsumerStatus(
+                str(r["consumer"]),
+                int(r["last_id"]),
+                int(r["lag_events"]),
+                float(r["lag_seconds"]),
+                r["seen_at"],
+                int(r["listeners"]),
+                r["lease_holder"],
+            )
+            for r in self.database.rows("consumer_status")
         ]
 
     def outbox_health(self) -> OutboxHealth:
@@ -383,12 +416,13 @@ class Tenancy:
             int(row["events"]),
         )
 
-    def prune_events(self, older_than: str, inactive_after: str | None = None) -> int:
+    def prune_events(self, older_than: Interval, inactive_after: Interval | None = None) -> int:
         """Delete outbox events older than ``older_than`` that every active
         consumer has passed.
 
         Args:
-            older_than: a Postgres interval, e.g. ``"7 days"``.
+            older_than: a Postgres interval, e.g. ``"7 days"`` or
+                ``timedelta(days=7)``.
             inactive_after: a consumer without heartbeat for this interval
                 stops holding events back; None means the database setting
                 ``pgtenancy.consumer_inactive_after`` (default 1 day).
@@ -424,6 +458,4 @@ class Tenancy:
         """Parked events (of ``consumer``, or all): ``consumer``, ``receiver``,
         ``attempts``, ``error``, ``parked_at`` and the event's columns (``id``,
         ``name``, ``tenant_slug``, ``payload``, ...)."""
-        with self._begin() as conn:
-            rows = conn.exec_driver_sql(QUERIES["parked_events"], {"consumer": consumer})
-            return [dict(r) for r in rows.mappings().all()]
+        return self.database.rows("parked_events", {"consumer": consumer})

@@ -14,29 +14,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 import psycopg
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from sqlalchemy.exc import DBAPIError
 
-from pgtenancy import installer as install_mod
-from pgtenancy.admin import Tenancy, Tenant
-from pgtenancy.doctor import ERROR, check_isolation
 from pgtenancy.errors import InvalidMigration, TenancyError, translate
-from pgtenancy.fleet import TenantOutcome, migrate_fleet, pending_versions
-from pgtenancy.listener import Listener, import_handlers
-from pgtenancy.migration_files import MigrationCheckError, check_migration, read_migration_dir
-from pgtenancy.sqlscript import ScriptError
-from pgtenancy.templates import import_template
+
+# Commands import what they use when they run, so `pgtenancy --help` and
+# `pgtenancy version` start without SQLAlchemy, rich, pglast or the listener.
+if TYPE_CHECKING:
+    from pgtenancy.admin import Isolation, Tenancy, Tenant
+    from pgtenancy.fleet import TenantOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,22 +36,25 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (
-            TenancyError,
-            psycopg.Error,
-            DBAPIError,
-            ImportError,
-            FileNotFoundError,
-            MigrationCheckError,
-            ScriptError,
-        ) as exc:
+        except (TenancyError, psycopg.Error, ImportError, FileNotFoundError) as exc:
             err = translate(exc)
-            if isinstance(err, DBAPIError) and err.orig is not None:
-                err = err.orig
-            text = str(err).strip()
-            message = text.splitlines()[0] if text else type(err).__name__
+            message = _one_line(err)
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
+        except Exception as exc:
+            orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError, when one leaks
+            if not isinstance(orig, psycopg.Error):
+                raise
+            err = translate(exc)
+            if err is exc:
+                err = orig
+            click.echo(f"error: {_one_line(err)}", err=True)
+            sys.exit(1)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def dsn_option(func: F) -> F:
@@ -89,6 +81,12 @@ def _tenant_dict(t: Tenant) -> dict[str, Any]:
     }
 
 
+def _tenancy(dsn: str) -> Tenancy:
+    from pgtenancy.admin import Tenancy
+
+    return Tenancy(dsn)
+
+
 def _print_tenant(verb: str, t: Tenant) -> None:
     where = f"schema {t.schema_name}" if t.schema_name else "shared tables"
     click.echo(
@@ -108,7 +106,9 @@ def main(verbose: int) -> None:
 @dsn_option
 def install(dsn: str) -> None:
     """Install or upgrade the SQL core in one transaction (idempotent)."""
-    version = install_mod.install(dsn)
+    from pgtenancy.installer import install as install_sql
+
+    version = install_sql(dsn)
     click.echo(f"pgtenancy {version} installed")
 
 
@@ -117,7 +117,9 @@ def install(dsn: str) -> None:
 @click.option("--drop-tenants", is_flag=True, help="Also drop every tenant schema and its data.")
 def uninstall(dsn: str, drop_tenants: bool) -> None:
     """Remove the SQL core. Refuses while tenants exist, unless --drop-tenants."""
-    install_mod.uninstall(dsn, drop_tenants=drop_tenants)
+    from pgtenancy.installer import uninstall as uninstall_sql
+
+    uninstall_sql(dsn, drop_tenants=drop_tenants)
     click.echo("pgtenancy uninstalled")
 
 
@@ -125,7 +127,9 @@ def uninstall(dsn: str, drop_tenants: bool) -> None:
 @dsn_option
 def version(dsn: str) -> None:
     """Print the installed SQL version ("not installed" and status 1 if absent)."""
-    found = install_mod.installed_version(dsn)
+    from pgtenancy.installer import installed_version
+
+    found = installed_version(dsn)
     if found is None:
         click.echo("not installed")
         sys.exit(1)
@@ -151,7 +155,10 @@ def create(dsn: str, slug: str, metadata: str, isolation: str) -> None:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--metadata") from exc
     if not isinstance(meta, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--metadata")
-    _print_tenant("created", Tenancy(dsn).create_tenant(slug, meta, isolation=isolation))
+    tenancy = _tenancy(dsn)
+    _print_tenant(
+        "created", tenancy.create_tenant(slug, meta, isolation=cast("Isolation", isolation))
+    )
 
 
 @main.command(name="list")
@@ -159,7 +166,7 @@ def create(dsn: str, slug: str, metadata: str, isolation: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def list_(dsn: str, as_json: bool) -> None:
     """List tenants."""
-    tenants = Tenancy(dsn).list_tenants()
+    tenants = _tenancy(dsn).list_tenants()
     if as_json:
         for t in tenants:
             click.echo(json.dumps(_tenant_dict(t)))
@@ -175,7 +182,7 @@ def list_(dsn: str, as_json: bool) -> None:
 @click.argument("slug")
 def suspend(dsn: str, slug: str) -> None:
     """Suspend tenant SLUG: entering it fails until resumed."""
-    _print_tenant("suspended", Tenancy(dsn).suspend_tenant(slug))
+    _print_tenant("suspended", _tenancy(dsn).suspend_tenant(slug))
 
 
 @main.command()
@@ -183,7 +190,7 @@ def suspend(dsn: str, slug: str) -> None:
 @click.argument("slug")
 def resume(dsn: str, slug: str) -> None:
     """Resume suspended tenant SLUG."""
-    _print_tenant("resumed", Tenancy(dsn).resume_tenant(slug))
+    _print_tenant("resumed", _tenancy(dsn).resume_tenant(slug))
 
 
 @main.command()
@@ -194,7 +201,7 @@ def resume(dsn: str, slug: str) -> None:
 )
 def drop(dsn: str, slug: str, destroy_data: bool) -> None:
     """Delete tenant SLUG (soft by default)."""
-    t = Tenancy(dsn).drop_tenant(slug, destroy_data=destroy_data)
+    t = _tenancy(dsn).drop_tenant(slug, destroy_data=destroy_data)
     _print_tenant("destroyed" if destroy_data else "deleted", t)
 
 
@@ -204,7 +211,7 @@ def drop(dsn: str, slug: str, destroy_data: bool) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def add_migration(dsn: str, migration_version: str, file: Path) -> None:
     """Register the SQL in FILE as tenant migration VERSION."""
-    m = Tenancy(dsn).add_migration(migration_version, file.read_text("utf-8"))
+    m = _tenancy(dsn).add_migration(migration_version, file.read_text("utf-8"))
     click.echo(f"migration {m.version} registered ({m.checksum[:12]})")
 
 
@@ -265,9 +272,13 @@ def migrate(
 ) -> None:
     """Apply missing migrations to every tenant (or SLUGS / --tenants), each in
     its own transaction, over --jobs connections. Exit status 1 when any failed."""
-    tenancy = Tenancy(dsn)
+    from pgtenancy.fleet import migrate_fleet
+
+    tenancy = _tenancy(dsn)
     new_versions: list[str] = []
     if directory is not None:
+        from pgtenancy.migration_files import check_migration, read_migration_dir
+
         files = read_migration_dir(directory)
         for f in files:
             check_migration(f, shared_schemas)
@@ -289,6 +300,15 @@ def migrate(
     if dry_run:
         _dry_run(dsn, tenancy, selected, limit, new_versions, as_json)
         return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     show_progress = not (quiet or as_json)
     with Progress(
         TextColumn("migrating"),
@@ -359,6 +379,8 @@ def _dry_run(
     new_versions: list[str],
     as_json: bool,
 ) -> None:
+    from pgtenancy.fleet import pending_versions
+
     tenants = [
         t
         for t in tenancy.list_tenants()
@@ -409,6 +431,8 @@ def template_import(
     """Turn DUMP, a pg_dump --schema-only of a single-tenant app (names
     qualified with public.), into a tenant migration. What was dropped and what
     could not be handled go to standard error."""
+    from pgtenancy.templates import import_template
+
     result = import_template(dump.read_text("utf-8"), keep_acl=keep_acl)
     for line in result.dropped:
         click.echo(f"dropped: {line}", err=True)
@@ -421,7 +445,7 @@ def template_import(
     if version is not None:
         if not dsn:
             raise click.UsageError("--register needs --dsn or DATABASE_URL")
-        m = Tenancy(dsn).add_migration(version, result.sql)
+        m = _tenancy(dsn).add_migration(version, result.sql)
         click.echo(f"migration {m.version} registered", err=True)
 
 
@@ -431,7 +455,7 @@ def template_import(
 @click.option("--column", default="tenant_id", show_default=True, help="Tenant column (uuid).")
 def enable_rls(dsn: str, table: str, column: str) -> None:
     """Guard shared TABLE by tenant with row-level security (idempotent)."""
-    g = Tenancy(dsn).enable_rls(table, column)
+    g = _tenancy(dsn).enable_rls(table, column)
     click.echo(f"{g.table} guarded on {g.tenant_column}")
 
 
@@ -440,7 +464,7 @@ def enable_rls(dsn: str, table: str, column: str) -> None:
 @click.argument("table")
 def disable_rls(dsn: str, table: str) -> None:
     """Remove the row-level security enable-rls added to TABLE (data kept)."""
-    changed = Tenancy(dsn).disable_rls(table)
+    changed = _tenancy(dsn).disable_rls(table)
     click.echo(f"{table} {'no longer guarded' if changed else 'was not guarded'}")
 
 
@@ -449,7 +473,7 @@ def disable_rls(dsn: str, table: str) -> None:
 @click.argument("role")
 def grant_app_role(dsn: str, role: str) -> None:
     """Let ROLE use tenants without owning tables (refuses superuser/BYPASSRLS)."""
-    Tenancy(dsn).grant_app_role(role)
+    _tenancy(dsn).grant_app_role(role)
     click.echo(f"{role} may use tenants")
 
 
@@ -464,7 +488,7 @@ def status(dsn: str) -> None:
     """Per consumer: cursor, lag (events, seconds), listeners, heartbeat, lease
     holder; and the NOTIFY queue and the oldest open transaction, which bound
     every consumer."""
-    tenancy = Tenancy(dsn)
+    tenancy = _tenancy(dsn)
     click.echo(
         f"{'consumer':<24} {'last_id':>8} {'lag':>8} {'lag_s':>8} {'listeners':>9}  "
         f"{'seen_at':<25} lease_holder"
@@ -488,7 +512,7 @@ def status(dsn: str) -> None:
 @click.option("--consumer", default=None, help="Only this consumer.")
 def failed(dsn: str, consumer: str | None) -> None:
     """List parked events: consumer, event, receiver that failed, attempts, error."""
-    rows = Tenancy(dsn).parked_events(consumer)
+    rows = _tenancy(dsn).parked_events(consumer)
     for r in rows:
         click.echo(
             f"{r['consumer']} event {r['id']} ({r['name']} {r['tenant_slug'] or '-'}) "
@@ -505,6 +529,8 @@ def failed(dsn: str, consumer: str | None) -> None:
 def retry(dsn: str, consumer: str, handlers: tuple[str, ...], max_attempts: int) -> None:
     """Deliver parked events again, each to the receiver that failed only.
     Exit status 1 when some still fail."""
+    from pgtenancy.listener import Listener, import_handlers
+
     import_handlers(handlers)
     ok, failing = Listener(dsn, consumer, max_attempts=max_attempts).retry_parked()
     click.echo(f"{ok} delivered, {failing} still parked")
@@ -523,7 +549,7 @@ def retry(dsn: str, consumer: str, handlers: tuple[str, ...], max_attempts: int)
 )
 def prune(dsn: str, older_than: str, inactive_after: str | None) -> None:
     """Delete old events that every active consumer has passed."""
-    deleted = Tenancy(dsn).prune_events(older_than, inactive_after)
+    deleted = _tenancy(dsn).prune_events(older_than, inactive_after)
     click.echo(f"{deleted} events deleted")
 
 
@@ -532,7 +558,7 @@ def prune(dsn: str, older_than: str, inactive_after: str | None) -> None:
 @click.argument("table")
 def track(dsn: str, table: str) -> None:
     """Record TABLE's row changes as events (row_inserted/updated/deleted signals)."""
-    Tenancy(dsn).track_changes(table)
+    _tenancy(dsn).track_changes(table)
     click.echo(f"{table} tracked")
 
 
@@ -541,7 +567,7 @@ def track(dsn: str, table: str) -> None:
 @click.argument("table")
 def untrack(dsn: str, table: str) -> None:
     """Stop recording TABLE's row changes."""
-    Tenancy(dsn).untrack_changes(table)
+    _tenancy(dsn).untrack_changes(table)
     click.echo(f"{table} no longer tracked")
 
 
@@ -550,7 +576,7 @@ def untrack(dsn: str, table: str) -> None:
 @click.argument("role")
 def grant_listener_role(dsn: str, role: str) -> None:
     """Let ROLE run outbox consumers (pgtenancy listen)."""
-    Tenancy(dsn).grant_listener_role(role)
+    _tenancy(dsn).grant_listener_role(role)
     click.echo(f"{role} may run listeners")
 
 
@@ -560,6 +586,8 @@ def grant_listener_role(dsn: str, role: str) -> None:
 def doctor(dsn: str, as_json: bool) -> None:
     """Check tenant isolation as the connecting role (use the application's role).
     Exit status 1 when any finding is an error."""
+    from pgtenancy.doctor import ERROR, check_isolation
+
     findings = check_isolation(dsn)
     for f in findings:
         if as_json:
@@ -617,6 +645,8 @@ def listen(
 ) -> None:
     """Deliver lifecycle events to signal receivers until SIGTERM. Several
     processes may run one consumer: one dispatches, the others wait to take over."""
+    from pgtenancy.listener import Listener, import_handlers
+
     import_handlers(handlers)
     listener = Listener(
         dsn,

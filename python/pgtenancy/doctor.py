@@ -9,15 +9,15 @@ and exits with status 1 when any is an error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from sqlalchemy import Engine
+from pgtenancy.database import Connectable, Database
 
-from pgtenancy.admin import engine_from_dsn
-from pgtenancy.errors import raise_translated
-from pgtenancy.queries import QUERIES
+#: How bad a finding is: ``error`` breaks isolation, ``warning`` degrades it.
+Severity = Literal["error", "warning"]
 
 #: Severity of a finding that breaks isolation; ``warning`` findings degrade it.
-ERROR = "error"
+ERROR: Severity = "error"
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,19 @@ class Finding:
         fix: how to fix it (often a SQL statement).
     """
 
-    severity: str
+    severity: Severity
     check: str
     object: str
     message: str
     fix: str
 
 
-def check_isolation(engine_or_dsn: Engine | str) -> list[Finding]:
+def check_isolation(database: Connectable) -> list[Finding]:
     """Run every isolation check as the connecting role.
 
     Args:
-        engine_or_dsn: SQLAlchemy engine (psycopg driver) or DSN string.
+        database: DSN string, psycopg connection or pool, connection factory,
+            or SQLAlchemy engine (see :class:`pgtenancy.database.Database`).
 
     Returns:
         The findings, errors first.
@@ -51,13 +52,15 @@ def check_isolation(engine_or_dsn: Engine | str) -> list[Finding]:
     Raises:
         pgtenancy.errors.NotInstalled: the SQL core is missing.
     """
-    from sqlalchemy.exc import DBAPIError
-
-    engine = engine_from_dsn(engine_or_dsn) if isinstance(engine_or_dsn, str) else engine_or_dsn
-    try:
-        with engine.begin() as conn:
-            rows = conn.exec_driver_sql(QUERIES["check_isolation"]).all()
-    except DBAPIError as exc:
-        raise_translated(exc)
-    findings = [Finding(*(str(v) for v in row)) for row in rows]
+    rows = Database(database).rows("check_isolation")
+    findings = [
+        Finding(
+            str(r["severity"]),  # type: ignore[arg-type]  # the SQL returns error or warning
+            str(r["check_name"]),
+            str(r["object"]),
+            str(r["message"]),
+            str(r["fix"]),
+        )
+        for r in rows
+    ]
     return sorted(findings, key=lambda f: (f.severity != ERROR, f.check, f.object))

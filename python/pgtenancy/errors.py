@@ -305,7 +305,8 @@ def translate(
     new: TenancyError
     cls = _REGISTRY.get(err.sqlstate)
     if cls is not None:
-        new = cls(message, sqlstate=err.sqlstate, detail=diag.message_detail, hint=diag.message_hint)
+        detail, hint = diag.message_detail, diag.message_hint
+        new = cls(message, sqlstate=err.sqlstate, detail=detail, hint=hint)
     elif err.sqlstate in _MISSING and "tenancy" in message:
         installed = None
         if err.sqlstate != "3F000" and installed_version is not None:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -27,7 +28,6 @@ from psycopg.rows import dict_row
 from pgtenancy.dsn import libpq_dsn
 from pgtenancy.errors import translate
 from pgtenancy.queries import QUERIES
-from pgtenancy.sqlscript import read_script
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def plan(
     """
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         behind = [(r[0], r[1]) for r in conn.execute(QUERIES["tenants_to_migrate"])]
-        rows = conn.execute("SELECT slug, isolation FROM tenancy.tenants WHERE status <> 'deleted'")
+        rows = conn.execute(QUERIES["live_tenant_isolations"])
         registered: dict[str, str] = {str(r[0]): str(r[1]) for r in rows}
     schema_tenants = {slug for slug, isolation in registered.items() if isolation == "schema"}
     unknown: list[str] = []
@@ -109,7 +109,7 @@ def migrate_fleet(
     dsn: str,
     *,
     jobs: int = 1,
-    lock_timeout: str = "5s",
+    lock_timeout: str | timedelta = "5s",
     tenants: Sequence[str] | None = None,
     limit: int | None = None,
     on_outcome: Callable[[TenantOutcome], None] | None = None,
@@ -121,8 +121,9 @@ def migrate_fleet(
         dsn: database DSN (a transaction pooler is fine: nothing here needs
             session state).
         jobs: connections working in parallel (>= 1).
-        lock_timeout: Postgres interval; a tenant whose tables stay locked
-            longer fails (PT006, "lock timeout", 55P03 in the detail) instead
+        lock_timeout: a Postgres duration (``"5s"``) or a
+            :class:`~datetime.timedelta` (whole milliseconds); a tenant whose
+            tables stay locked longer fails (PT006, "lock timeout", 55P03 in the detail) instead
             of blocking the run.
         tenants: migrate only these slugs (the canary); None means all.
         limit: migrate at most this many tenants.
@@ -134,6 +135,8 @@ def migrate_fleet(
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
+    if isinstance(lock_timeout, timedelta):
+        lock_timeout = f"{max(int(lock_timeout.total_seconds() * 1000), 1)}ms"
     started = time.monotonic()
     todo, unknown, current = plan(dsn, tenants, limit)
     report = FleetReport(current=current)
@@ -190,21 +193,19 @@ def _migrate_one(
             _apply_outside_transaction(conn, slug, lock_timeout)
         assert row is not None
         with conn.transaction():
-            final = conn.execute(
-                "SELECT migration_version FROM tenancy.tenants WHERE slug = %s", (slug,)
-            ).fetchone()
+            final = conn.execute(QUERIES["tenant_migration_version"], {"slug": slug}).fetchone()
         to_version = final["migration_version"] if final else row["migration_version"]
         return TenantOutcome(slug, version, to_version, True, seconds=time.monotonic() - began)
     except psycopg.Error as exc:
         err = translate(exc)
         message = str(getattr(err, "message", None) or exc.diag.message_primary or exc)
         with conn.transaction():
-            target = conn.execute("SELECT tenancy.latest_migration() AS v").fetchone()
+            target = conn.execute(QUERIES["latest_migration"]).fetchone()
             conn.execute(
                 QUERIES["record_migration_failure"],
                 {
                     "slug": slug,
-                    "version": target["v"] if target else None,
+                    "version": target["latest_migration"] if target else None,
                     "sqlstate": exc.sqlstate,
                     "message": message,
                 },
@@ -222,6 +223,8 @@ def _apply_outside_transaction(
     tenant by an advisory lock; then record the version (which emits
     tenant_migrated). Such a migration is not atomic: write it to be rerun
     (IF NOT EXISTS), as a killed run repeats it."""
+    from pgtenancy.sqlscript import read_script  # pglast: only when such a migration runs
+
     conn.autocommit = True
     try:
         conn.execute(QUERIES["lock_tenant_migration"], {"slug": slug})
@@ -242,8 +245,8 @@ def _apply_outside_transaction(
                 for stmt in read_script(nxt["sql"]).statements:
                     conn.execute(stmt.sql.encode("utf-8"))
             finally:
-                conn.execute("RESET search_path")
-                conn.execute("RESET lock_timeout")
+                conn.execute(QUERIES["reset_setting"], {"name": "search_path"})
+                conn.execute(QUERIES["reset_setting"], {"name": "lock_timeout"})
             conn.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
         finally:
             conn.execute(QUERIES["unlock_tenant_migration"], {"slug": slug})

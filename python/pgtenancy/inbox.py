@@ -18,14 +18,16 @@ back, the claim goes with it and the next delivery applies the effect.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
 from pgtenancy.events import Event
 from pgtenancy.queries import QUERIES
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import Session
 
 
 def claim(
@@ -36,7 +38,9 @@ def claim(
     Args:
         conn: a psycopg connection, SQLAlchemy connection or session, inside
             the transaction that makes the receiver's effect (psycopg and
-            SQLAlchemy open one implicitly).
+            SQLAlchemy open one implicitly). The claim is sent through psycopg
+            in every case (SQLAlchemy's own psycopg connection for the
+            SQLAlchemy ones), so it joins that transaction.
         receiver: the receiver's stable name, normally its ``dispatch_uid``.
         event: the event, or its id.
 
@@ -45,13 +49,27 @@ def claim(
         already applied the event (skip it).
 
     Raises:
-        psycopg.Error / sqlalchemy.exc.DBAPIError: the role lacks EXECUTE on
-            ``tenancy.inbox_claim`` (granted by grant_app_role and
-            grant_listener_role) or the database is unreachable.
+        psycopg.Error: the role lacks EXECUTE on ``tenancy.inbox_claim``
+            (granted by grant_app_role and grant_listener_role) or the
+            database is unreachable.
+        TypeError: ``conn`` is none of those, or SQLAlchemy's driver is not psycopg.
     """
     params = {"receiver": receiver, "event_id": event.id if isinstance(event, Event) else event}
-    if isinstance(conn, psycopg.Connection):
-        row = conn.execute(QUERIES["inbox_claim"], params).fetchone()
-        return bool(row and row[0])
-    bind = conn.connection() if isinstance(conn, Session) else conn
-    return bool(bind.exec_driver_sql(QUERIES["inbox_claim"], params).scalar())
+    driver = conn if isinstance(conn, psycopg.Connection) else _driver_connection(conn)
+    row = driver.execute(QUERIES["inbox_claim"], params).fetchone()
+    return bool(row and row[0])
+
+
+def _driver_connection(conn: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection under a SQLAlchemy ``Connection`` or ``Session``,
+    with SQLAlchemy's transaction begun on it."""
+    sa_conn = conn.connection() if callable(getattr(conn, "connection", None)) else conn
+    if hasattr(sa_conn, "in_transaction") and not sa_conn.in_transaction():
+        sa_conn.begin()  # as SQLAlchemy's autobegin would, so its commit() commits the claim
+    driver = getattr(getattr(sa_conn, "connection", None), "driver_connection", None)
+    if not isinstance(driver, psycopg.Connection):
+        raise TypeError(
+            "claim() needs a psycopg connection, or a SQLAlchemy Connection or Session "
+            f"on the psycopg driver; got {type(conn).__name__}"
+        )
+    return driver

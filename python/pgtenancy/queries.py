@@ -35,7 +35,7 @@ def sql_resources() -> Traversable:
     source = Path(__file__).resolve().parents[2] / "sql"
     if (source / "queries.sql").is_file():
         return source
-    raise FileNotFoundError("pgtenancy SQL files not found: neither pgtenancy/sql nor a source sql/")
+    raise FileNotFoundError("pgtenancy SQL files not found: no pgtenancy/sql, no source sql/")
 
 
 def read_sql(name: str) -> str:
