@@ -33,14 +33,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgtenancy.errors import TenancyError
+
 logger = logging.getLogger("pgtenancy.testing")
 
 #: Image used when a Docker daemon is available.
 POSTGRES_IMAGE = os.environ.get("PGTENANCY_POSTGRES_IMAGE", "postgres:15")
 
 
-class NoServerError(RuntimeError):
-    """No PostgreSQL server could be found or started."""
+class NoServerError(TenancyError, RuntimeError):
+    """No PostgreSQL server could be found or started (Python only)."""
 
 
 HOW_TO = (
