@@ -1,0 +1,97 @@
+"""`import pgtenancy`, `pgtenancy --help` and `pgtenancy version` load neither
+SQLAlchemy, rich, pglast, psycopg_pool, the listener nor templates (issue 16:
+every CLI call paid ~1.4 s for them); the public names still resolve."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import subprocess_env
+
+HEAVY = (
+    "sqlalchemy",
+    "rich",
+    "pglast",
+    "psycopg_pool",
+    "pgtenancy.listener",
+    "pgtenancy.templates",
+    "pgtenancy.session",
+    "pgtenancy.admin",
+)
+# What the CLI start-up may not load (the admin API is fine once a command runs).
+CLI_HEAVY = ("sqlalchemy", "rich", "pglast", "pgtenancy.listener", "pgtenancy.templates")
+
+PROBE = """
+import json, sys
+{body}
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {roots!r} or m in {heavy!r})))
+"""
+
+
+def loaded_after(body: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """Heavy modules present in a fresh interpreter after running ``body``."""
+    roots = {h.split(".")[0] for h in heavy if "." not in h}
+    code = PROBE.format(body=body, roots=sorted(roots), heavy=list(heavy))
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert r.returncode == 0, r.stderr
+    found: list[str] = json.loads(r.stdout.splitlines()[-1])
+    return found
+
+
+def run_cli(*args: str) -> str:
+    """Run the CLI in-process in a fresh interpreter, like the console script."""
+    return (
+        "from pgtenancy.cli import main\n"
+        "try:\n"
+        f"    main({list(args)!r}, prog_name='pgtenancy')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+    )
+
+
+def test_import_pgtenancy_loads_no_heavy_module() -> None:
+    assert loaded_after("import pgtenancy") == []
+
+
+def test_public_names_still_resolve_on_first_use() -> None:
+    body = (
+        "import pgtenancy\n"
+        "from pgtenancy import tenant_session, Tenancy, Listener, tenant_connection\n"
+        "assert set(pgtenancy.__all__) <= set(dir(pgtenancy))\n"
+        "assert all(getattr(pgtenancy, n) is not None for n in pgtenancy.__all__)\n"
+    )
+    found = loaded_after(body)
+    assert {"sqlalchemy", "pgtenancy.session", "pgtenancy.listener", "pgtenancy.admin"} <= set(
+        found
+    )
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    body = (
+        "import pgtenancy\n"
+        "try:\n"
+        "    pgtenancy.nope\n"
+        "except AttributeError as exc:\n"
+        "    assert \"no attribute 'nope'\" in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit(1)\n"
+    )
+    assert loaded_after(body) == []
+
+
+def test_cli_help_and_version_load_no_heavy_module(dsn: str) -> None:
+    assert loaded_after(run_cli("--help"), CLI_HEAVY) == []
+    assert loaded_after(run_cli("migrate", "--help"), CLI_HEAVY) == []
+    assert loaded_after(run_cli("version", "--dsn", dsn), CLI_HEAVY) == []
+    # And they still work, through the console script's module.
+    r = subprocess.run(
+        [sys.executable, "-m", "pgtenancy.cli", "version", "--dsn", dsn],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert r.returncode == 0, r.stderr
