@@ -21,8 +21,8 @@ import pytest
 from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
-from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
 from pgtenancy.signals import tenant_created, tenant_suspended
+from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
 
 TESTS = Path(__file__).resolve().parent
 

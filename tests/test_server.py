@@ -11,13 +11,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgtenancy.testing import server
 from pgtenancy.testing import (
     NoServerError,
     TemporaryCluster,
     find_bindir,
     find_server,
     fresh_database,
+    server,
 )
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from conftest import CHINOOK
 from pgtenancy import Tenancy
-from pgtenancy.testing import find_bindir, fresh_database
 from pgtenancy.sqlscript import ScriptError, read_script
 from pgtenancy.templates import import_template
+from pgtenancy.testing import find_bindir, fresh_database
 
 Sql = Callable[..., list[tuple[Any, ...]]]
 
