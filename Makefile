@@ -111,9 +111,9 @@ bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_migrations.py --chinook "$(CHINOOK)"
 
 lint: $(STAMP) pg-binaries pg-extensions
-	$(BIN)/ruff check python tests bench docker
-	$(BIN)/ruff format --check python tests bench docker
-	$(BIN)/mypy python bench docker/citus
+	$(BIN)/ruff check python tests bench docker examples hatch_build.py
+	$(BIN)/ruff format --check python tests bench docker examples hatch_build.py
+	$(BIN)/mypy python bench docker/citus examples/chinook
 	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_plpgsql_check.py
 
