@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import subprocess_env
 
@@ -95,3 +96,18 @@ def test_cli_help_and_version_load_no_heavy_module(dsn: str) -> None:
         env=subprocess_env(),
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "0001_x.sql").write_text("CREATE TABLE t (id int);\n")
+    body = (
+        "import sys\n"
+        "sys.modules['pglast'] = None  # as if the migrations extra were not installed\n"
+        + run_cli("migrate", "--dsn", "postgresql://nobody@127.0.0.1:1/x", "--dir", str(tmp_path))
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", body], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert (
+        r.stderr.strip() == "error: this command needs pglast: pip install 'pgtenancy[migrations]'"
+    )

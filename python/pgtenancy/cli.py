@@ -30,16 +30,28 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Optional dependency -> the extra that installs it.
+_EXTRAS = {"sqlalchemy": "sqlalchemy", "rich": "cli", "pglast": "migrations"}
+
+
 class _Group(click.Group):
     """Click group that turns pgtenancy and database errors into one line."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            extra = _EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                click.echo(f"error: {_one_line(exc)}", err=True)
+            else:
+                click.echo(
+                    f"error: this command needs {exc.name}: pip install 'pgtenancy[{extra}]'",
+                    err=True,
+                )
+            sys.exit(1)
         except (TenancyError, psycopg.Error, ImportError, FileNotFoundError) as exc:
-            err = translate(exc)
-            message = _one_line(err)
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {_one_line(translate(exc))}", err=True)
             sys.exit(1)
         except Exception as exc:
             orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError, when one leaks
