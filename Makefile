@@ -113,7 +113,8 @@ bench: $(STAMP) pg-binaries pgbouncer
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py
 	$(BIN)/ruff format --check python tests bench docker examples hatch_build.py
-	$(BIN)/mypy python bench docker/citus examples/chinook
+	$(BIN)/mypy python bench docker/citus
+	$(BIN)/mypy examples/chinook
 	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_plpgsql_check.py
 
