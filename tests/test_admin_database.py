@@ -76,9 +76,8 @@ from pgtenancy.inbox import claim
 t = Tenancy({dsn!r})
 t.create_tenant("acme")
 print([x.slug for x in t.list_tenants()], len(check_isolation({dsn!r})) >= 0)
-with psycopg.connect({dsn!r}) as conn:
-    first = conn.execute("SELECT min(id) FROM tenancy.events").fetchone()[0]
-    print(claim(conn, "r", first), claim(conn, "r", first))
+with psycopg.connect({dsn!r}) as conn:  # (claiming real events: test_operations)
+    print(claim(conn, "r", 10**9))  # no such event: nothing to claim
 try:
     t.engine
 except ImportError as exc:
@@ -88,7 +87,7 @@ except ImportError as exc:
         [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env()
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["['acme'] True", "True False", "engine: True"]
+    assert r.stdout.splitlines() == ["['acme'] True", "False", "engine: True"]
 
 
 def test_not_installed(empty_dsn: str) -> None:
