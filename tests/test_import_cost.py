@@ -84,10 +84,13 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
     assert loaded_after(body) == []
 
 
-def test_cli_help_and_version_load_no_heavy_module(dsn: str) -> None:
+def test_cli_help_version_and_quiet_migrate_load_no_heavy_module(dsn: str) -> None:
     assert loaded_after(run_cli("--help"), CLI_HEAVY) == []
     assert loaded_after(run_cli("migrate", "--help"), CLI_HEAVY) == []
     assert loaded_after(run_cli("version", "--dsn", dsn), CLI_HEAVY) == []
+    # A no-op fleet run without a progress bar needs none of them either.
+    assert loaded_after(run_cli("migrate", "--quiet", "--dsn", dsn), CLI_HEAVY) == []
+    assert loaded_after(run_cli("migrate", "--json", "--dsn", dsn), CLI_HEAVY) == []
     # And they still work, through the console script's module.
     r = subprocess.run(
         [sys.executable, "-m", "pgtenancy.cli", "version", "--dsn", dsn],

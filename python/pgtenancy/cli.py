@@ -25,7 +25,7 @@ from pgtenancy.errors import InvalidMigration, TenancyError, translate
 # `pgtenancy version` start without SQLAlchemy, rich, pglast or the listener.
 if TYPE_CHECKING:
     from pgtenancy.admin import Isolation, Tenancy, Tenant
-    from pgtenancy.fleet import TenantOutcome
+    from pgtenancy.fleet import FleetReport, TenantOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -312,48 +312,12 @@ def migrate(
     if dry_run:
         _dry_run(dsn, tenancy, selected, limit, new_versions, as_json)
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    show_progress = not (quiet or as_json)
-    with Progress(
-        TextColumn("migrating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TextColumn("{task.fields[rate]}/s"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not show_progress,
-    ) as progress:
-        task = progress.add_task("migrate", total=None, failed=0, rate="0.0")
-        started = time.monotonic()
-        failures = [0]
-
-        def on_plan(count: int) -> None:
-            progress.update(task, total=count)
-
-        def on_outcome(outcome: TenantOutcome) -> None:
-            failures[0] += 0 if outcome.ok else 1
-            done = progress.tasks[0].completed + 1
-            rate = f"{done / max(time.monotonic() - started, 1e-9):.1f}"
-            progress.update(task, advance=1, failed=failures[0], rate=rate)
-
+    if quiet or as_json:  # no progress bar: rich is not even imported
         report = migrate_fleet(
-            dsn,
-            jobs=jobs,
-            lock_timeout=lock_timeout,
-            tenants=selected,
-            limit=limit,
-            on_outcome=on_outcome,
-            on_plan=on_plan,
+            dsn, jobs=jobs, lock_timeout=lock_timeout, tenants=selected, limit=limit
         )
+    else:
+        report = _migrate_with_progress(dsn, jobs, lock_timeout, selected, limit)
     if as_json:
         click.echo(
             json.dumps(
@@ -381,6 +345,54 @@ def migrate(
         total = len(report.failed) + len(report.migrated)
         click.echo(f"error: {len(report.failed)} of {total} tenants failed", err=True)
         sys.exit(1)
+
+
+def _migrate_with_progress(
+    dsn: str, jobs: int, lock_timeout: str, selected: list[str] | None, limit: int | None
+) -> FleetReport:
+    """migrate_fleet with a rich progress bar on standard error."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from pgtenancy.fleet import migrate_fleet
+
+    with Progress(
+        TextColumn("migrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.fields[rate]}/s"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+        task = progress.add_task("migrate", total=None, failed=0, rate="0.0")
+        started = time.monotonic()
+        failures = [0]
+
+        def on_plan(count: int) -> None:
+            progress.update(task, total=count)
+
+        def on_outcome(outcome: TenantOutcome) -> None:
+            failures[0] += 0 if outcome.ok else 1
+            done = progress.tasks[0].completed + 1
+            rate = f"{done / max(time.monotonic() - started, 1e-9):.1f}"
+            progress.update(task, advance=1, failed=failures[0], rate=rate)
+
+        return migrate_fleet(
+            dsn,
+            jobs=jobs,
+            lock_timeout=lock_timeout,
+            tenants=selected,
+            limit=limit,
+            on_outcome=on_outcome,
+            on_plan=on_plan,
+        )
 
 
 def _dry_run(
