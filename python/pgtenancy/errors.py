@@ -142,6 +142,13 @@ class CannotGuardTable(TenancyError):
     default_sqlstate = "PT014"
 
 
+class NewerVersionInstalled(TenancyError):
+    """The database has a newer pgtenancy SQL than this package installs; installing
+    would downgrade it, so nothing is changed (SQLSTATE PT018)."""
+
+    default_sqlstate = "PT018"
+
+
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The
@@ -182,6 +189,7 @@ _BY_SQLSTATE: dict[str, type[TenancyError]] = {
         CannotGuardTable,
         LeaseLost,
         CannotTrackTable,
+        NewerVersionInstalled,
     )
     if cls.default_sqlstate is not None
 }
