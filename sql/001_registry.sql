@@ -7,9 +7,9 @@
 -- CREATE OR REPLACE), so re-installing the same version changes nothing.
 -- SQLSTATE class PT is pgtenancy's own; the README lists every code.
 --
--- @PGTENANCY_VERSION@ is stamped with the release (pgtenancy/_version.py)
--- by the installer when it reads these files and by sql/Makefile when it
--- builds the extension scripts.
+-- The version in tenancy.version() is a placeholder, stamped with the
+-- release (python/pgtenancy/_version.py) by the installer when it reads
+-- these files and by sql/Makefile when it builds the extension scripts.
 
 CREATE SCHEMA IF NOT EXISTS tenancy;
 

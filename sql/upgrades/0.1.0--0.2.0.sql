@@ -6,8 +6,9 @@
 -- A delta: run once over a 0.1.0 install (by pgtenancy install, or as the
 -- extension's pgtenancy--0.1.0--0.2.0.sql by ALTER EXTENSION pgtenancy
 -- UPDATE), in one transaction. Objects 0.2.0 left as 0.1.0 had them are not
--- repeated here. @PGTENANCY_VERSION@ is stamped with 0.2.0, the version
--- this file upgrades to (the installer and sql/Makefile do it).
+-- repeated here. The version placeholder in tenancy.version() is stamped
+-- with the version this file upgrades to (the installer and sql/Makefile
+-- do it).
 
 CREATE OR REPLACE FUNCTION tenancy.version()
     RETURNS text

@@ -5,8 +5,9 @@
 --
 -- A delta: run once over a 0.2.0 install (by pgtenancy install, or as the
 -- extension's pgtenancy--0.2.0--0.3.0.sql by ALTER EXTENSION pgtenancy
--- UPDATE), in one transaction. @PGTENANCY_VERSION@ is stamped with 0.3.0,
--- the version this file upgrades to (the installer and sql/Makefile do it).
+-- UPDATE), in one transaction. The version placeholder in tenancy.version()
+-- is stamped with the version this file upgrades to (the installer and
+-- sql/Makefile do it).
 
 -- CREATE OR REPLACE cannot rename parameters: the functions are dropped and
 -- created again, which loses their grants. Keep every role's EXECUTE grant
