@@ -65,7 +65,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.register_consumer(text) IS
-    'Create the cursor of consumer consumer at the start of the outbox unless it exists; '
+    'Create the cursor of the named consumer at the start of the outbox unless it exists; '
     'return the cursor row. Raises 22023 for an invalid name.';
 
 CREATE OR REPLACE FUNCTION tenancy.next_events(consumer text, max_events integer DEFAULT 100)

@@ -184,7 +184,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
-    'Register tenant DDL sql as migration version, which must sort after every registered '
+    'Register tenant DDL (sql) as migration version, which must sort after every registered '
     'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
     'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
     'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '

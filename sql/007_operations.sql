@@ -59,7 +59,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.acquire_lease(text, text, interval) IS
-    'Take or renew the lease of consumer consumer for holder until now + ttl; true when '
+    'Take or renew the lease of the consumer for holder until now + ttl; true when '
     'holder holds it now, false when another holder''s lease is still valid. Raises PT011 '
     '(unknown consumer), 22023 (no holder, ttl not positive).';
 
@@ -98,7 +98,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.consumer_heartbeat(text) IS
-    'Record that a listener of consumer consumer is alive (listeners call it every few '
+    'Record that a listener of the consumer is alive (listeners call it every few '
     'seconds). Raises PT011 for an unknown consumer.';
 
 REVOKE ALL ON FUNCTION tenancy.consumer_heartbeat(text) FROM PUBLIC;
@@ -221,7 +221,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) IS
-    'Park event event_id of consumer consumer for receiver receiver with its last error; '
+    'Park event event_id of the consumer for the receiver with its last error; '
     'parking it again adds the attempts.';
 
 REVOKE ALL ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) FROM PUBLIC;
@@ -287,7 +287,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION tenancy.inbox_claim(text, bigint) IS
-    'Claim event event_id for receiver receiver in the current transaction: true the first '
+    'Claim event event_id for the receiver in the current transaction: true the first '
     'time (apply the effect), false when already applied (skip it) or when no readable event has '
     'that id. Call it in the transaction that makes the effect.';
 

@@ -86,7 +86,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.register_consumer(text) IS
-    'Create the cursor of consumer consumer at the start of the outbox unless it exists; '
+    'Create the cursor of the named consumer at the start of the outbox unless it exists; '
     'return the cursor row. Raises 22023 for an invalid name.';
 
 REVOKE ALL ON FUNCTION tenancy.register_consumer(text) FROM PUBLIC;
@@ -320,7 +320,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
-    'Register tenant DDL sql as migration version, which must sort after every registered '
+    'Register tenant DDL (sql) as migration version, which must sort after every registered '
     'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
     'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
     'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
@@ -775,7 +775,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.acquire_lease(text, text, interval) IS
-    'Take or renew the lease of consumer consumer for holder until now + ttl; true when '
+    'Take or renew the lease of the consumer for holder until now + ttl; true when '
     'holder holds it now, false when another holder''s lease is still valid. Raises PT011 '
     '(unknown consumer), 22023 (no holder, ttl not positive).';
 
@@ -814,7 +814,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.consumer_heartbeat(text) IS
-    'Record that a listener of consumer consumer is alive (listeners call it every few '
+    'Record that a listener of the consumer is alive (listeners call it every few '
     'seconds). Raises PT011 for an unknown consumer.';
 
 REVOKE ALL ON FUNCTION tenancy.consumer_heartbeat(text) FROM PUBLIC;
@@ -877,7 +877,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) IS
-    'Park event event_id of consumer consumer for receiver receiver with its last error; '
+    'Park event event_id of the consumer for the receiver with its last error; '
     'parking it again adds the attempts.';
 
 REVOKE ALL ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) FROM PUBLIC;
@@ -943,7 +943,7 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION tenancy.inbox_claim(text, bigint) IS
-    'Claim event event_id for receiver receiver in the current transaction: true the first '
+    'Claim event event_id for the receiver in the current transaction: true the first '
     'time (apply the effect), false when already applied (skip it) or when no readable event has '
     'that id. Call it in the transaction that makes the effect.';
 
