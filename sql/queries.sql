@@ -187,3 +187,6 @@ $$
 
 -- name: uninstall_drop_tenants
 SELECT pg_catalog.set_config('pgtenancy.drop_tenants', %(drop_tenants)s, true)
+
+-- name: extension_version
+SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy'

@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from catalog import catalog, differences
-from pgtenancy import SQL_VERSION, Listener, Tenancy, install, installed_version
+from pgtenancy import SQL_VERSION, Listener, Tenancy, TenancyError, install, installed_version
 from pgtenancy import installer as installer_module
 from pgtenancy.server import fresh_database
 from pgtenancy.signals import tenant_created, tenant_suspended
@@ -260,6 +260,10 @@ def test_extension_upgrades_with_alter_extension(
         )
     cursor_id, events = populate(empty_dsn, release.version)
     granted_before = grant_roles(empty_dsn, roles)
+    # The plain installer leaves an extension to ALTER EXTENSION, changing nothing.
+    with pytest.raises(TenancyError, match="ALTER EXTENSION pgtenancy UPDATE"):
+        install(empty_dsn)
+    assert installed_version(empty_dsn) == release.version
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute("ALTER EXTENSION pgtenancy UPDATE")
         assert conn.execute(

@@ -135,7 +135,8 @@ def install(dsn: str) -> str:
         pgtenancy.errors.NewerVersionInstalled: a newer version is installed
             (PT018); nothing is changed.
         pgtenancy.errors.TenancyError: no chain of deltas leads from the
-            installed version to this one.
+            installed version to this one, or an earlier version is installed
+            as the extension (upgrade it with ALTER EXTENSION pgtenancy UPDATE).
         psycopg.Error: on connection failure or an SQL error; the transaction is
             rolled back and nothing is changed.
     """
@@ -156,6 +157,13 @@ def install(dsn: str) -> str:
                     if installed == SQL_VERSION:
                         script = install_script()
                     else:
+                        extension = conn.execute(QUERIES["extension_version"]).fetchone()
+                        if extension is not None:
+                            raise TenancyError(
+                                f"pgtenancy {installed} is installed as an extension; "
+                                "upgrade it with ALTER EXTENSION pgtenancy UPDATE",
+                                hint="make install-extension installs the upgrade scripts.",
+                            )
                         script = upgrade_script(installed)
                 conn.execute(script.encode("utf-8"))
                 row = conn.execute(QUERIES["version"]).fetchone()
