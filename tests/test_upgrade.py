@@ -284,3 +284,12 @@ def test_extension_upgrades_with_alter_extension(
         check_data(empty_dsn, cursor_id, events)
     finally:
         revoke_roles(empty_dsn, roles)
+
+
+def test_a_release_missing_from_git_is_reported_not_guessed() -> None:
+    """Without the release's commit (a shallow clone, no .git) the tests skip with this reason."""
+    gone = Release("0.0.1", "0" * 40, "-")
+    with pytest.raises(NoHistory, match="0000000000"):
+        plain_script(gone)
+    with pytest.raises(NoHistory):
+        extension_script(gone)
