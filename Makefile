@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # default is the machine's PostgreSQL (Debian's 15 here).
 PG ?=
 
-.PHONY: venv pg-binaries pgbouncer pg-extensions install-extension install-sql uninstall-sql demo test bench lint clean
+.PHONY: venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -75,12 +75,20 @@ pg-extensions:
 	@if [ "$$(id -u)" = 0 ] && command -v pg_config >/dev/null 2>&1; then \
 	  $(MAKE) -s --no-print-directory install-extension >/dev/null \
 	    || echo "note: could not install the pgtenancy extension; its tests will be skipped" >&2; \
+	  $(MAKE) -s --no-print-directory install-extension-releases \
+	    || echo "note: could not install the earlier releases; their extension upgrade tests will be skipped" >&2; \
 	fi
 
 # The extension (CREATE EXTENSION pgtenancy) for self-hosted servers, built
 # from the same SQL files and installed with PGXS into pg_config's share dir.
 install-extension:
 	$(MAKE) -C sql install PG_CONFIG="$${PG_CONFIG:-pg_config}"
+
+# For the upgrade tests only: the install scripts of the earlier releases,
+# rebuilt from git (sql/upgrades/RELEASES), so CREATE EXTENSION pgtenancy
+# VERSION '<earlier>' works. Users upgrade with the deltas and never need them.
+install-extension-releases: $(STAMP)
+	$(BIN)/python tests/releases.py "$$($${PG_CONFIG:-pg_config} --sharedir)/extension"
 
 install-sql: $(STAMP)
 	@test -n "$(DATABASE_URL)" || { echo "usage: make install-sql DATABASE_URL=postgresql://..." >&2; exit 2; }
@@ -119,4 +127,4 @@ lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_plpgsql_check.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql sql/pgtenancy.control

@@ -1,41 +1,20 @@
--- pgtenancy 0.2.0 — 001: the tenancy schema and its tables.
+-- pgtenancy — 001: the tenancy schema and its tables.
 --
--- Every file in sql/ is idempotent: the installer runs all of them, in name
--- order, in one transaction, and a second run changes nothing.  Tables use
--- IF NOT EXISTS, functions CREATE OR REPLACE, triggers CREATE OR REPLACE.
+-- sql/NNN_*.sql hold the current schema only, in name order; a file uses
+-- only objects of itself and of earlier files.  A fresh install runs them
+-- all in one transaction; an existing install is upgraded by the deltas in
+-- sql/upgrades/ instead.  Every file stays idempotent (IF NOT EXISTS,
+-- CREATE OR REPLACE), so re-installing the same version changes nothing.
+-- SQLSTATE class PT is pgtenancy's own; the README lists every code.
 --
--- SQLSTATE class PT is pgtenancy's own:
---   PT001 invalid tenant slug        PT006 migration failed
---   PT002 tenant already exists      PT007 tenant schema missing
---   PT003 tenant not found           PT008 invalid migration
---   PT004 tenant suspended           PT009 tenants still registered
---   PT005 tenant deleted             PT010 immutable tenant column
---   PT012 no tenant in transaction   PT011 consumer not found
---   PT013 unsafe application role    PT014 table cannot be guarded
---   PT015 consumer lease lost        PT016 table cannot be tracked
+-- The version in tenancy.version() is a placeholder, stamped with the
+-- release (python/pgtenancy/_version.py) by the installer when it reads
+-- these files and by sql/Makefile when it builds the extension scripts.
 
 CREATE SCHEMA IF NOT EXISTS tenancy;
 
 COMMENT ON SCHEMA tenancy IS
     'pgtenancy: tenant registry, tenant migrations, lifecycle outbox and consumer cursors.';
-
--- Refuse to install over a newer version of the kit: a downgrade would
--- replace newer functions with older ones.
-DO $$
-DECLARE
-    v_installed text;
-BEGIN
-    IF pg_catalog.to_regprocedure('tenancy.version()') IS NOT NULL THEN
-        EXECUTE 'SELECT tenancy.version()' INTO v_installed;
-        IF pg_catalog.string_to_array(v_installed, '.')::int[]
-           > pg_catalog.string_to_array('0.2.0', '.')::int[] THEN
-            RAISE EXCEPTION 'pgtenancy % is installed; refusing to install the older 0.2.0',
-                v_installed
-                USING ERRCODE = 'PT008';
-        END IF;
-    END IF;
-END
-$$;
 
 CREATE OR REPLACE FUNCTION tenancy.version()
     RETURNS text
@@ -43,7 +22,7 @@ CREATE OR REPLACE FUNCTION tenancy.version()
     IMMUTABLE
     PARALLEL SAFE
 AS $$
-    SELECT '0.2.0'::text
+    SELECT '@PGTENANCY_VERSION@'::text
 $$;
 
 COMMENT ON FUNCTION tenancy.version() IS
@@ -72,23 +51,6 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
     CONSTRAINT tenants_metadata_check CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')
 );
 
--- Upgrade in place from 0.1.0 (schema tenants only): shared tenants have no
--- schema. Idempotent, like everything here.
-ALTER TABLE tenancy.tenants ALTER COLUMN schema_name DROP NOT NULL;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
-                    WHERE conrelid = 'tenancy.tenants'::regclass
-                      AND conname = 'tenants_schema_name_check') THEN
-        ALTER TABLE tenancy.tenants DROP CONSTRAINT tenants_isolation_check;
-        ALTER TABLE tenancy.tenants ADD CONSTRAINT tenants_isolation_check
-            CHECK (isolation IN ('schema', 'shared'));
-        ALTER TABLE tenancy.tenants ADD CONSTRAINT tenants_schema_name_check
-            CHECK ((isolation = 'schema') = (schema_name IS NOT NULL));
-    END IF;
-END
-$$;
-
 COMMENT ON TABLE tenancy.tenants IS
     'Tenant registry. Insert, update and delete go through triggers that validate, provision and emit events.';
 COMMENT ON COLUMN tenancy.tenants.isolation IS
@@ -109,10 +71,6 @@ CREATE TABLE IF NOT EXISTS tenancy.migrations (
     outside_transaction boolean NOT NULL DEFAULT false,
     CONSTRAINT migrations_pkey PRIMARY KEY (version)
 );
-
--- Upgrade in place from 0.1.0.
-ALTER TABLE tenancy.migrations
-    ADD COLUMN IF NOT EXISTS outside_transaction boolean NOT NULL DEFAULT false;
 
 COMMENT ON TABLE tenancy.migrations IS
     'Tenant DDL, applied inside each tenant schema in version order (C collation).';
@@ -155,6 +113,8 @@ CREATE TABLE IF NOT EXISTS tenancy.consumers (
 
 COMMENT ON TABLE tenancy.consumers IS
     'Outbox cursor per consumer name: (last_xid, last_id) of the last fully delivered event.';
+COMMENT ON COLUMN tenancy.consumers.seen_at IS
+    'Last heartbeat of a listener running this consumer; NULL when none ever ran.';
 
 -- Shared tables guarded by RLS on a tenant column (tenancy.enable_rls).
 CREATE TABLE IF NOT EXISTS tenancy.guarded_tables (

@@ -1,4 +1,4 @@
--- pgtenancy 0.2.0 — 002: the outbox and its consumers.
+-- pgtenancy — 002: the outbox and its consumers.
 --
 -- NOTIFY is only a wake-up: events live in tenancy.events, and a consumer
 -- that missed a notification catches up from its cursor.  The payload is
@@ -44,7 +44,7 @@ COMMENT ON FUNCTION tenancy.emit_event(text, tenancy.tenants, jsonb) IS
 
 REVOKE ALL ON FUNCTION tenancy.emit_event(text, tenancy.tenants, jsonb) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.register_consumer(p_consumer text)
+CREATE OR REPLACE FUNCTION tenancy.register_consumer(consumer text)
     RETURNS tenancy.consumers
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -53,22 +53,22 @@ AS $$
 DECLARE
     v_row tenancy.consumers;
 BEGIN
-    IF p_consumer IS NULL OR p_consumer !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$' THEN
-        RAISE EXCEPTION 'invalid consumer name %', coalesce(quote_literal(p_consumer), 'NULL')
+    IF register_consumer.consumer IS NULL OR register_consumer.consumer !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid consumer name %', coalesce(quote_literal(register_consumer.consumer), 'NULL')
             USING ERRCODE = '22023',
                   HINT = 'Use 1 to 128 letters, digits, "_", ".", ":" or "-".';
     END IF;
-    INSERT INTO tenancy.consumers (name) VALUES (p_consumer) ON CONFLICT (name) DO NOTHING;
-    SELECT * INTO v_row FROM tenancy.consumers WHERE name = p_consumer;
+    INSERT INTO tenancy.consumers (name) VALUES (register_consumer.consumer) ON CONFLICT (name) DO NOTHING;
+    SELECT * INTO v_row FROM tenancy.consumers WHERE name = register_consumer.consumer;
     RETURN v_row;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.register_consumer(text) IS
-    'Create the cursor of consumer p_consumer at the start of the outbox unless it exists; '
+    'Create the cursor of the named consumer at the start of the outbox unless it exists; '
     'return the cursor row. Raises 22023 for an invalid name.';
 
-CREATE OR REPLACE FUNCTION tenancy.next_events(p_consumer text, p_limit integer DEFAULT 100)
+CREATE OR REPLACE FUNCTION tenancy.next_events(consumer text, max_events integer DEFAULT 100)
     RETURNS SETOF tenancy.events
     LANGUAGE plpgsql
     STABLE
@@ -78,9 +78,9 @@ AS $$
 DECLARE
     v_cursor tenancy.consumers;
 BEGIN
-    SELECT * INTO v_cursor FROM tenancy.consumers WHERE name = p_consumer;
+    SELECT * INTO v_cursor FROM tenancy.consumers WHERE name = next_events.consumer;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(next_events.consumer)
             USING ERRCODE = 'PT011';
     END IF;
     -- Only transactions below the snapshot's xmin are finished for every
@@ -91,15 +91,15 @@ BEGIN
          WHERE (e.xid, e.id) > (v_cursor.last_xid, v_cursor.last_id)
            AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY e.xid, e.id
-         LIMIT p_limit;
+         LIMIT next_events.max_events;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.next_events(text, integer) IS
-    'Up to p_limit outbox events after the cursor of p_consumer, ordered by (xid, id), only from '
+    'Up to max_events outbox events after the cursor of consumer, ordered by (xid, id), only from '
     'transactions that no snapshot can still see as running. Raises PT011 for an unknown consumer.';
 
-CREATE OR REPLACE FUNCTION tenancy.events_held_back(p_consumer text)
+CREATE OR REPLACE FUNCTION tenancy.events_held_back(consumer text)
     RETURNS boolean
     LANGUAGE sql
     STABLE
@@ -113,65 +113,63 @@ AS $$
         SELECT 1
           FROM (SELECT e.xid, e.id FROM tenancy.events AS e
                  ORDER BY e.xid DESC, e.id DESC LIMIT 1) AS newest
-          JOIN tenancy.consumers AS c ON c.name = p_consumer
+          JOIN tenancy.consumers AS c ON c.name = events_held_back.consumer
          WHERE (newest.xid, newest.id) > (c.last_xid, c.last_id)
            AND newest.xid >= pg_snapshot_xmin(pg_current_snapshot())
     )
 $$;
 
 COMMENT ON FUNCTION tenancy.events_held_back(text) IS
-    'True when committed events after the cursor of p_consumer wait for an older transaction '
+    'True when committed events after the cursor of consumer wait for an older transaction '
     'to finish before they may be read; a consumer then polls again shortly.';
 
--- Development builds had a three-argument advance_consumer; keep one signature.
-DROP FUNCTION IF EXISTS tenancy.advance_consumer(text, xid8, bigint);
-
 CREATE OR REPLACE FUNCTION tenancy.advance_consumer(
-    p_consumer text,
-    p_xid      xid8,
-    p_id       bigint,
-    p_holder   text DEFAULT NULL
+    consumer text,
+    xid      xid8,
+    id       bigint,
+    holder   text DEFAULT NULL
 )
     RETURNS boolean
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_cursor tenancy.consumers;
 BEGIN
-    SELECT * INTO v_cursor FROM tenancy.consumers WHERE name = p_consumer FOR UPDATE;
+    SELECT * INTO v_cursor FROM tenancy.consumers WHERE name = advance_consumer.consumer FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(advance_consumer.consumer)
             USING ERRCODE = 'PT011';
     END IF;
     -- A listener whose lease was taken over must not move the cursor of the
     -- one that took over; a lease that merely expired during a long event,
     -- with nobody taking over, is still its own.
-    IF p_holder IS NOT NULL AND v_cursor.lease_holder IS DISTINCT FROM p_holder THEN
-        RAISE EXCEPTION 'consumer %: the lease of % is lost', quote_literal(p_consumer), p_holder
+    IF advance_consumer.holder IS NOT NULL AND v_cursor.lease_holder IS DISTINCT FROM advance_consumer.holder THEN
+        RAISE EXCEPTION 'consumer %: the lease of % is lost', quote_literal(advance_consumer.consumer), advance_consumer.holder
             USING ERRCODE = 'PT015';
     END IF;
     -- Only to a delivered position: an event that exists and is readable.
     IF NOT EXISTS (SELECT 1 FROM tenancy.events
-                    WHERE xid = p_xid AND id = p_id
+                    WHERE xid = advance_consumer.xid AND id = advance_consumer.id
                       AND xid < pg_snapshot_xmin(pg_current_snapshot())) THEN
-        RAISE EXCEPTION 'no readable outbox event at (%, %)', p_xid, p_id
+        RAISE EXCEPTION 'no readable outbox event at (%, %)', advance_consumer.xid, advance_consumer.id
             USING ERRCODE = '22023';
     END IF;
     -- Delivering counts as being seen (prune_events keeps what it needs).
     UPDATE tenancy.consumers
-       SET last_xid = CASE WHEN (last_xid, last_id) < (p_xid, p_id) THEN p_xid ELSE last_xid END,
-           last_id  = CASE WHEN (last_xid, last_id) < (p_xid, p_id) THEN p_id ELSE last_id END,
+       SET last_xid = CASE WHEN (last_xid, last_id) < (advance_consumer.xid, advance_consumer.id) THEN advance_consumer.xid ELSE last_xid END,
+           last_id  = CASE WHEN (last_xid, last_id) < (advance_consumer.xid, advance_consumer.id) THEN advance_consumer.id ELSE last_id END,
            updated_at = now(), seen_at = now()
-     WHERE name = p_consumer;
-    RETURN (v_cursor.last_xid, v_cursor.last_id) < (p_xid, p_id);
+     WHERE name = advance_consumer.consumer;
+    RETURN (v_cursor.last_xid, v_cursor.last_id) < (advance_consumer.xid, advance_consumer.id);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.advance_consumer(text, xid8, bigint, text) IS
-    'Move the cursor of p_consumer forward to (p_xid, p_id), which must be a readable event; never '
-    'backward. With p_holder, only while no other holder has taken the consumer''s lease. Marks '
+    'Move the cursor of consumer forward to (xid, id), which must be a readable event; never '
+    'backward. With holder, only while no other holder has taken the consumer''s lease. Marks '
     'the consumer seen. True when it moved. '
     'Raises PT011 (unknown consumer), PT015 (lease lost), 22023 (not a readable event).';
 
@@ -182,37 +180,17 @@ REVOKE ALL ON FUNCTION tenancy.next_events(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.events_held_back(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.advance_consumer(text, xid8, bigint, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.grant_listener_role(p_role name)
-    RETURNS void
-    LANGUAGE plpgsql
-    SECURITY DEFINER
+CREATE OR REPLACE FUNCTION tenancy.consumer_inactive_after()
+    RETURNS interval
+    LANGUAGE sql
+    STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_role) THEN
-        RAISE EXCEPTION 'role % does not exist', quote_ident(p_role)
-            USING ERRCODE = '42704';
-    END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.events_channel(), '
-                   'tenancy.register_consumer(text), tenancy.next_events(text, integer), '
-                   'tenancy.events_held_back(text), tenancy.advance_consumer(text, xid8, bigint, text), '
-                   'tenancy.version() TO %I', p_role);
-    -- Defined in a later file; granted when present.
-    IF to_regprocedure('tenancy.consumer_heartbeat(text)') IS NOT NULL THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_heartbeat(text), '
-                       'tenancy.acquire_lease(text, text, interval), '
-                       'tenancy.release_lease(text, text), '
-                       'tenancy.park_event(text, bigint, text, integer, text), '
-                       'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text), '
-                       'tenancy.inbox_claim(text, bigint) '
-                       'TO %I', p_role);
-    END IF;
-END
+    SELECT coalesce(nullif(current_setting('pgtenancy.consumer_inactive_after', true), ''),
+                    '1 day')::interval
 $$;
 
-COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
-    'Let role p_role run outbox consumers (pgtenancy listen): register a consumer, read events, '
-    'move its cursor. Raises 42704 when the role does not exist.';
-
-REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;
+COMMENT ON FUNCTION tenancy.consumer_inactive_after() IS
+    'How long a consumer may go without a heartbeat before it stops holding events back: the '
+    'setting pgtenancy.consumer_inactive_after (e.g. ALTER DATABASE ... SET '
+    'pgtenancy.consumer_inactive_after = ''6 hours''), default 1 day.';

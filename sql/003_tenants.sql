@@ -1,4 +1,4 @@
--- pgtenancy 0.2.0 — 003: tenant slugs, tenant migrations, provisioning and
+-- pgtenancy — 003: tenant slugs, tenant migrations, provisioning and
 -- the lifecycle functions, with the registry triggers that emit events.
 --
 -- Functions that create or drop schemas are SECURITY DEFINER, owned by the
@@ -16,7 +16,7 @@ $$;
 COMMENT ON FUNCTION tenancy.schema_prefix() IS
     'Prefix of every tenant schema name: schema_name = schema_prefix() || slug.';
 
-CREATE OR REPLACE FUNCTION tenancy.validate_slug(p_slug text)
+CREATE OR REPLACE FUNCTION tenancy.validate_slug(slug text)
     RETURNS text
     LANGUAGE plpgsql
     IMMUTABLE
@@ -25,30 +25,30 @@ AS $$
 DECLARE
     v_max integer := 63 - octet_length(tenancy.schema_prefix());
 BEGIN
-    IF p_slug IS NULL THEN
+    IF validate_slug.slug IS NULL THEN
         RAISE EXCEPTION 'invalid tenant slug: NULL'
             USING ERRCODE = 'PT001';
     END IF;
-    IF p_slug !~ '^[a-z][a-z0-9_]*$' THEN
+    IF validate_slug.slug !~ '^[a-z][a-z0-9_]*$' THEN
         RAISE EXCEPTION 'invalid tenant slug %: use a lowercase letter, then lowercase letters, digits or "_"',
-            quote_literal(p_slug)
+            quote_literal(validate_slug.slug)
             USING ERRCODE = 'PT001';
     END IF;
-    IF octet_length(p_slug) > v_max THEN
-        RAISE EXCEPTION 'invalid tenant slug %: longer than % characters', quote_literal(p_slug), v_max
+    IF octet_length(validate_slug.slug) > v_max THEN
+        RAISE EXCEPTION 'invalid tenant slug %: longer than % characters', quote_literal(validate_slug.slug), v_max
             USING ERRCODE = 'PT001',
                   DETAIL = 'The schema name, prefix included, must fit in 63 bytes.';
     END IF;
-    IF p_slug IN ('public', 'tenancy', 'information_schema') OR p_slug LIKE 'pg\_%' THEN
-        RAISE EXCEPTION 'invalid tenant slug %: the name is reserved', quote_literal(p_slug)
+    IF validate_slug.slug IN ('public', 'tenancy', 'information_schema') OR validate_slug.slug LIKE 'pg\_%' THEN
+        RAISE EXCEPTION 'invalid tenant slug %: the name is reserved', quote_literal(validate_slug.slug)
             USING ERRCODE = 'PT001';
     END IF;
-    RETURN p_slug;
+    RETURN validate_slug.slug;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.validate_slug(text) IS
-    'Return p_slug when it is a valid tenant slug: ^[a-z][a-z0-9_]*$, at most 63 bytes minus the '
+    'Return slug when it is a valid tenant slug: ^[a-z][a-z0-9_]*$, at most 63 bytes minus the '
     'schema prefix, not public, tenancy, information_schema or pg_*. Raises PT001 otherwise.';
 
 CREATE OR REPLACE FUNCTION tenancy.apply_migrations(p_schema text, p_from text)
@@ -101,20 +101,21 @@ COMMENT ON FUNCTION tenancy.apply_migrations(text, text) IS
 
 REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text) FROM PUBLIC;
 
--- 0.1.0 had a two-argument add_migration; keep one signature.
-DROP FUNCTION IF EXISTS tenancy.add_migration(text, text);
-
 CREATE OR REPLACE FUNCTION tenancy.add_migration(
-    p_version             text,
-    p_sql                 text,
-    p_outside_transaction boolean DEFAULT false
+    version             text,
+    sql                 text,
+    outside_transaction boolean DEFAULT false
 )
     RETURNS tenancy.migrations
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
+    p_version ALIAS FOR version;
+    p_sql ALIAS FOR sql;
+    p_outside_transaction ALIAS FOR outside_transaction;
     v_row      tenancy.migrations;
     v_checksum text;
     v_scratch  text;
@@ -183,9 +184,9 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
-    'Register tenant DDL p_sql as migration p_version, which must sort after every registered '
+    'Register tenant DDL (sql) as migration version, which must sort after every registered '
     'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
-    'same version with the same SQL is a no-op. With p_outside_transaction it is not tried and '
+    'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
     'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
     'transactional paths stop before it. Raises PT008 for a bad version, changed SQL, '
     'out-of-order version or SQL that fails; nothing is registered then.';
@@ -204,6 +205,84 @@ $$;
 
 COMMENT ON FUNCTION tenancy.latest_migration() IS
     'Latest registered migration version, NULL when none is registered.';
+
+-- Application roles and guarded shared tables, as provisioning and the
+-- registry triggers need them (enable_rls and grant_app_role come later).
+
+CREATE OR REPLACE FUNCTION tenancy.forget_dropped_tables()
+    RETURNS void
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM tenancy.guarded_tables AS g
+     WHERE NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = g.table_name::oid)
+$$;
+
+COMMENT ON FUNCTION tenancy.forget_dropped_tables() IS
+    'Remove guarded_tables rows whose table was dropped (a regclass keeps the dead oid). Called '
+    'before every loop over guarded tables. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.forget_dropped_tables() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN
+        SELECT a.role_name FROM tenancy.app_roles AS a
+          JOIN pg_roles AS r ON r.rolname = a.role_name
+    LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', p_schema, v_role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I',
+                       p_schema, v_role);
+        EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', p_schema, v_role);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_schema_to_app_roles(text) IS
+    'Grant every application role usage of tenant schema p_schema and DML on its tables and '
+    'sequences. Run after provisioning and after each migration. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.delete_shared_rows(p_tenant uuid)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_guard   tenancy.guarded_tables;
+    v_count   bigint;
+    v_total   bigint := 0::bigint;
+    v_before  text := current_setting('app.tenant_id', true);
+BEGIN
+    PERFORM tenancy.forget_dropped_tables();
+    -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
+        EXECUTE format('DELETE FROM %s WHERE %I = $1', v_guard.table_name, v_guard.tenant_column)
+            USING p_tenant;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_total := v_total + v_count;
+    END LOOP;
+    PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    RETURN v_total;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.delete_shared_rows(uuid) IS
+    'Delete the rows of tenant p_tenant from every guarded table; return how many. Run by the '
+    'registry trigger when a tenant is destroyed. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.delete_shared_rows(uuid) FROM PUBLIC;
 
 -- Registry triggers ---------------------------------------------------------
 
@@ -463,39 +542,37 @@ COMMENT ON FUNCTION tenancy.lock_tenant(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.lock_tenant(text) FROM PUBLIC;
 
--- 0.1.0 had a two-argument create_tenant; keep one signature.
-DROP FUNCTION IF EXISTS tenancy.create_tenant(text, jsonb);
-
 CREATE OR REPLACE FUNCTION tenancy.create_tenant(
-    p_slug      text,
-    p_metadata  jsonb DEFAULT '{}',
-    p_isolation text DEFAULT 'schema'
+    slug      text,
+    metadata  jsonb DEFAULT '{}',
+    isolation text DEFAULT 'schema'
 )
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_row tenancy.tenants;
 BEGIN
-    IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
-        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(p_metadata)
+    IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
     END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
-    VALUES (p_slug, coalesce(p_metadata, '{}'), coalesce(p_isolation, 'schema'))
+    VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
     RETURN v_row;
 EXCEPTION
     WHEN unique_violation THEN
-        RAISE EXCEPTION 'tenant % already exists', quote_literal(p_slug)
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(create_tenant.slug)
             USING ERRCODE = 'PT002';
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
-    'Create tenant p_slug: validate the slug; with p_isolation schema (default) create schema '
+    'Create tenant slug: validate the slug; with isolation schema (default) create schema '
     'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
     'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
@@ -503,18 +580,19 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.get_tenant(p_slug text)
+CREATE OR REPLACE FUNCTION tenancy.get_tenant(slug text)
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_row tenancy.tenants;
 BEGIN
-    SELECT * INTO v_row FROM tenancy.tenants WHERE slug = p_slug;
+    SELECT * INTO v_row FROM tenancy.tenants WHERE slug = get_tenant.slug;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(p_slug), 'NULL')
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(get_tenant.slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;
     RETURN v_row;
@@ -522,19 +600,19 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.get_tenant(text) IS
-    'Registry row of tenant p_slug. Raises PT003 when no such tenant exists.';
+    'Registry row of tenant slug. Raises PT003 when no such tenant exists.';
 
-CREATE OR REPLACE FUNCTION tenancy.suspend_tenant(p_slug text)
+CREATE OR REPLACE FUNCTION tenancy.suspend_tenant(slug text)
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_row tenancy.tenants := tenancy.lock_tenant(p_slug);
+    v_row tenancy.tenants := tenancy.lock_tenant(suspend_tenant.slug);
 BEGIN
     IF v_row.status = 'deleted' THEN
-        RAISE EXCEPTION 'tenant % is deleted', quote_literal(p_slug)
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(suspend_tenant.slug)
             USING ERRCODE = 'PT005';
     END IF;
     IF v_row.status = 'active' THEN
@@ -545,22 +623,22 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.suspend_tenant(text) IS
-    'Suspend tenant p_slug: entering it fails with PT004 from then on; emits tenant_suspended. '
+    'Suspend tenant slug: entering it fails with PT004 from then on; emits tenant_suspended. '
     'A no-op for a suspended tenant. Raises PT003 (not found), PT005 (deleted).';
 
 REVOKE ALL ON FUNCTION tenancy.suspend_tenant(text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.resume_tenant(p_slug text)
+CREATE OR REPLACE FUNCTION tenancy.resume_tenant(slug text)
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_row tenancy.tenants := tenancy.lock_tenant(p_slug);
+    v_row tenancy.tenants := tenancy.lock_tenant(resume_tenant.slug);
 BEGIN
     IF v_row.status = 'deleted' THEN
-        RAISE EXCEPTION 'tenant % is deleted', quote_literal(p_slug)
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(resume_tenant.slug)
             USING ERRCODE = 'PT005';
     END IF;
     IF v_row.status = 'suspended' THEN
@@ -571,21 +649,21 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.resume_tenant(text) IS
-    'Make suspended tenant p_slug active again; emits tenant_resumed. A no-op for an active '
+    'Make suspended tenant slug active again; emits tenant_resumed. A no-op for an active '
     'tenant. Raises PT003 (not found), PT005 (deleted).';
 
 REVOKE ALL ON FUNCTION tenancy.resume_tenant(text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.drop_tenant(p_slug text, p_destroy_data boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant(slug text, destroy_data boolean DEFAULT false)
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_row tenancy.tenants := tenancy.lock_tenant(p_slug);
+    v_row tenancy.tenants := tenancy.lock_tenant(drop_tenant.slug);
 BEGIN
-    IF p_destroy_data THEN
+    IF drop_tenant.destroy_data THEN
         DELETE FROM tenancy.tenants WHERE id = v_row.id;
         v_row.status := 'deleted';
     ELSIF v_row.status <> 'deleted' THEN
@@ -596,24 +674,24 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.drop_tenant(text, boolean) IS
-    'Delete tenant p_slug. By default a soft delete: status becomes deleted, the schema is kept '
-    'and entry fails with PT005. With p_destroy_data the schema and the row are dropped. Emits '
+    'Delete tenant slug. By default a soft delete: status becomes deleted, the schema is kept '
+    'and entry fails with PT005. With destroy_data the schema and the row are dropped. Emits '
     'tenant_deleted (payload destroyed true/false). Raises PT003 (not found).';
 
 REVOKE ALL ON FUNCTION tenancy.drop_tenant(text, boolean) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.migrate_tenant(p_slug text)
+CREATE OR REPLACE FUNCTION tenancy.migrate_tenant(slug text)
     RETURNS tenancy.tenants
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_row     tenancy.tenants := tenancy.lock_tenant(p_slug);
+    v_row     tenancy.tenants := tenancy.lock_tenant(migrate_tenant.slug);
     v_version text;
 BEGIN
     IF v_row.status = 'deleted' THEN
-        RAISE EXCEPTION 'tenant % is deleted', quote_literal(p_slug)
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(migrate_tenant.slug)
             USING ERRCODE = 'PT005';
     END IF;
     -- Current tenants cost one comparison, not a replay; shared tenants
@@ -624,7 +702,7 @@ BEGIN
     END IF;
     IF to_regnamespace(quote_ident(v_row.schema_name)) IS NULL THEN
         RAISE EXCEPTION 'schema % of tenant % is missing', quote_ident(v_row.schema_name),
-            quote_literal(p_slug)
+            quote_literal(migrate_tenant.slug)
             USING ERRCODE = 'PT007';
     END IF;
     v_version := tenancy.apply_migrations(v_row.schema_name, v_row.migration_version);
@@ -635,7 +713,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.migrate_tenant(text) IS
-    'Apply to tenant p_slug the registered migrations it lacks, in order, in the caller''s '
+    'Apply to tenant slug the registered migrations it lacks, in order, in the caller''s '
     'transaction (the row lock serializes concurrent runs); emits tenant_migrated with the '
     'versions applied. Raises PT003 (not found), PT005 (deleted), PT007 (schema missing), '
     'PT006 (a migration failed: the tenant stays at its previous version).';

@@ -1,4 +1,4 @@
--- pgtenancy 0.2.0 — 004: entering a tenant.
+-- pgtenancy — 004: entering a tenant.
 --
 -- Tenant context is per transaction: enter_tenant() sets search_path and
 -- app.tenant_id with set_config(..., true), so both vanish at COMMIT or
@@ -10,8 +10,6 @@
 -- What enter_tenant() reads of the registry. A view (not a SECURITY DEFINER
 -- function, whose call costs more than the lookup) that application roles
 -- may read: no metadata, nothing they could not enter anyway.
-DROP FUNCTION IF EXISTS tenancy.tenant_entry(text);
-
 CREATE OR REPLACE VIEW tenancy.tenant_directory AS
     SELECT t.slug, t.id, t.schema_name, t.status FROM tenancy.tenants AS t;
 
@@ -19,12 +17,13 @@ COMMENT ON VIEW tenancy.tenant_directory IS
     'Slug, id, schema and status of every tenant: what entering a tenant needs, readable by '
     'application roles that have no access to tenancy.tenants.';
 
-CREATE OR REPLACE FUNCTION tenancy.enter_tenant(p_slug text)
+CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     RETURNS uuid
     LANGUAGE plpgsql
     VOLATILE
 AS $$
 DECLARE
+    p_slug ALIAS FOR slug;
     v_id     uuid;
     v_schema text;
     v_status text;
@@ -64,7 +63,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
-    'Put the current transaction into tenant p_slug: search_path = tenant schema, public (public '
+    'Put the current transaction into tenant slug: search_path = tenant schema, public (public '
     'alone for a shared tenant); '
     'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
     'Raises PT003 (unknown), PT004 (suspended), PT005 (deleted), PT007 (schema missing) before '

@@ -1,4 +1,4 @@
--- pgtenancy 0.2.0 — 005: shared tables guarded by row-level security, and
+-- pgtenancy — 005: shared tables guarded by row-level security, and
 -- the application role.
 --
 -- A guarded table has a tenant column (uuid) whose default is the current
@@ -60,49 +60,6 @@ COMMENT ON FUNCTION tenancy.guard_write() IS
 
 REVOKE ALL ON FUNCTION tenancy.guard_write() FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.forget_dropped_tables()
-    RETURNS void
-    LANGUAGE sql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    DELETE FROM tenancy.guarded_tables AS g
-     WHERE NOT EXISTS (SELECT 1 FROM pg_class AS c WHERE c.oid = g.table_name::oid)
-$$;
-
-COMMENT ON FUNCTION tenancy.forget_dropped_tables() IS
-    'Remove guarded_tables rows whose table was dropped (a regclass keeps the dead oid). Called '
-    'before every loop over guarded tables. Internal.';
-
-REVOKE ALL ON FUNCTION tenancy.forget_dropped_tables() FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
-    RETURNS void
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_role name;
-BEGIN
-    FOR v_role IN
-        SELECT a.role_name FROM tenancy.app_roles AS a
-          JOIN pg_roles AS r ON r.rolname = a.role_name
-    LOOP
-        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', p_schema, v_role);
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I',
-                       p_schema, v_role);
-        EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', p_schema, v_role);
-    END LOOP;
-END
-$$;
-
-COMMENT ON FUNCTION tenancy.grant_schema_to_app_roles(text) IS
-    'Grant every application role usage of tenant schema p_schema and DML on its tables and '
-    'sequences. Run after provisioning and after each migration. Internal.';
-
-REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
-
 CREATE OR REPLACE FUNCTION tenancy.grant_table_to_app_roles(p_table regclass)
     RETURNS void
     LANGUAGE plpgsql
@@ -137,108 +94,13 @@ COMMENT ON FUNCTION tenancy.grant_table_to_app_roles(regclass) IS
 
 REVOKE ALL ON FUNCTION tenancy.grant_table_to_app_roles(regclass) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.grant_app_role(p_role name)
-    RETURNS void
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_role   pg_roles;
-    v_schema text;
-    v_table  regclass;
-BEGIN
-    SELECT * INTO v_role FROM pg_roles WHERE rolname = p_role;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'role % does not exist', quote_ident(p_role)
-            USING ERRCODE = '42704';
-    END IF;
-    IF v_role.rolsuper OR v_role.rolbypassrls THEN
-        RAISE EXCEPTION 'role % is a superuser or has BYPASSRLS: row-level security would not apply',
-            quote_ident(p_role)
-            USING ERRCODE = 'PT013',
-                  HINT = 'Use a role with NOSUPERUSER NOBYPASSRLS for the application.';
-    END IF;
-    SELECT g.table_name INTO v_table
-      FROM tenancy.guarded_tables AS g
-      JOIN pg_class AS c ON c.oid = g.table_name
-     WHERE pg_has_role(p_role, c.relowner, 'USAGE')
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'role % owns guarded table %: an owner can turn row-level security off',
-            quote_ident(p_role), v_table
-            USING ERRCODE = 'PT013',
-                  HINT = 'Let the application role own nothing; tables belong to the kit''s owner.';
-    END IF;
-
-    PERFORM tenancy.forget_dropped_tables();
-    INSERT INTO tenancy.app_roles (role_name) VALUES (p_role) ON CONFLICT (role_name) DO NOTHING;
-    EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', p_role);
-    EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables, tenancy.tenant_directory TO %I',
-                   p_role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text), '
-                   'tenancy.current_tenant_id(), '
-                   'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
-                   'tenancy.check_isolation(), tenancy.check_registry() TO %I', p_role);
-    IF to_regprocedure('tenancy.inbox_claim(text, bigint)') IS NOT NULL THEN
-        EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', p_role);
-    END IF;
-    FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
-        IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
-            PERFORM tenancy.grant_schema_to_app_roles(v_schema);
-        END IF;
-    END LOOP;
-    FOR v_table IN SELECT table_name FROM tenancy.guarded_tables LOOP
-        PERFORM tenancy.grant_table_to_app_roles(v_table);
-    END LOOP;
-END
-$$;
-
-COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
-    'Let role p_role use tenants: enter them, and read and write every tenant '
-    'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
-    '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
-
-REVOKE ALL ON FUNCTION tenancy.grant_app_role(name) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION tenancy.delete_shared_rows(p_tenant uuid)
-    RETURNS bigint
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_guard   tenancy.guarded_tables;
-    v_count   bigint;
-    v_total   bigint := 0::bigint;
-    v_before  text := current_setting('app.tenant_id', true);
-BEGIN
-    PERFORM tenancy.forget_dropped_tables();
-    -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
-    PERFORM set_config('app.tenant_id', p_tenant::text, true);
-    FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
-        EXECUTE format('DELETE FROM %s WHERE %I = $1', v_guard.table_name, v_guard.tenant_column)
-            USING p_tenant;
-        GET DIAGNOSTICS v_count = ROW_COUNT;
-        v_total := v_total + v_count;
-    END LOOP;
-    PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
-    RETURN v_total;
-END
-$$;
-
-COMMENT ON FUNCTION tenancy.delete_shared_rows(uuid) IS
-    'Delete the rows of tenant p_tenant from every guarded table; return how many. Run by the '
-    'registry trigger when a tenant is destroyed. Internal.';
-
-REVOKE ALL ON FUNCTION tenancy.delete_shared_rows(uuid) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION tenancy.enable_rls(p_table regclass, p_tenant_column name DEFAULT 'tenant_id')
+CREATE OR REPLACE FUNCTION tenancy.enable_rls(table_name regclass, tenant_column name DEFAULT 'tenant_id')
     RETURNS tenancy.guarded_tables
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_class   pg_class;
     v_schema  name;
@@ -246,83 +108,83 @@ DECLARE
     v_attnum  smallint;
     v_guard   tenancy.guarded_tables;
     v_nulls   boolean;
-    v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', p_tenant_column);
+    v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', enable_rls.tenant_column);
 BEGIN
-    SELECT * INTO v_class FROM pg_class WHERE oid = p_table;
+    SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
     IF v_class.relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', p_table
+        RAISE EXCEPTION '% is not a table', enable_rls.table_name
             USING ERRCODE = 'PT014';
     END IF;
     IF v_schema = 'tenancy' OR EXISTS (SELECT 1 FROM tenancy.tenants WHERE schema_name = v_schema) THEN
-        RAISE EXCEPTION '% is in schema %, which is not shared', p_table, quote_ident(v_schema)
+        RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
             USING ERRCODE = 'PT014',
                   HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
-    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = p_table;
-    IF FOUND AND v_guard.tenant_column <> p_tenant_column THEN
-        RAISE EXCEPTION '% is already guarded on column %', p_table, quote_ident(v_guard.tenant_column)
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    IF FOUND AND v_guard.tenant_column <> enable_rls.tenant_column THEN
+        RAISE EXCEPTION '% is already guarded on column %', enable_rls.table_name, quote_ident(v_guard.tenant_column)
             USING ERRCODE = 'PT014';
     END IF;
 
     SELECT a.atttypid::regtype, a.attnum INTO v_type, v_attnum
       FROM pg_attribute AS a
-     WHERE a.attrelid = p_table AND a.attname = p_tenant_column AND NOT a.attisdropped;
+     WHERE a.attrelid = enable_rls.table_name AND a.attname = enable_rls.tenant_column AND NOT a.attisdropped;
     IF NOT FOUND THEN
         -- Existing rows get NULL: they belong to no tenant and nobody sees them.
-        EXECUTE format('ALTER TABLE %s ADD COLUMN %I uuid', p_table, p_tenant_column);
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I uuid', enable_rls.table_name, enable_rls.tenant_column);
         SELECT a.attnum INTO v_attnum FROM pg_attribute AS a
-         WHERE a.attrelid = p_table AND a.attname = p_tenant_column;
+         WHERE a.attrelid = enable_rls.table_name AND a.attname = enable_rls.tenant_column;
     ELSIF v_type <> 'uuid'::regtype THEN
-        RAISE EXCEPTION 'tenant column %.% is %, not uuid', p_table, quote_ident(p_tenant_column), v_type
+        RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
             USING ERRCODE = 'PT014';
     END IF;
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
-                   p_table, p_tenant_column);
-    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', p_table, p_tenant_column)
+                   enable_rls.table_name, enable_rls.tenant_column);
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
         INTO v_nulls;
     IF NOT v_nulls THEN
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', p_table, p_tenant_column);
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', enable_rls.table_name, enable_rls.tenant_column);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = p_table AND indkey[0] = v_attnum) THEN
-        EXECUTE format('CREATE INDEX ON %s (%I)', p_table, p_tenant_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = enable_rls.table_name AND indkey[0] = v_attnum) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', enable_rls.table_name, enable_rls.tenant_column);
     END IF;
-    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', p_table);
-    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', p_table);
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', enable_rls.table_name);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', enable_rls.table_name);
     -- The tenant check is RESTRICTIVE, so it is ANDed with every other
     -- policy: a permissive policy added later (USING (true), say) cannot
     -- open other tenants' rows. Restrictive policies need a permissive one
     -- to grant access at all: tenancy_tenant_rows, USING (true).
     IF NOT EXISTS (SELECT 1 FROM pg_policy
-                    WHERE polrelid = p_table AND polname = 'tenancy_tenant_isolation') THEN
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
-                       'USING (%s) WITH CHECK (%s)', p_table, v_check, v_check);
+                       'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_policy
-                    WHERE polrelid = p_table AND polname = 'tenancy_tenant_rows') THEN
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
-                       'USING (true) WITH CHECK (true)', p_table);
+                       'USING (true) WITH CHECK (true)', enable_rls.table_name);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                    WHERE tgrelid = p_table AND tgname = 'tenancy_guard_write') THEN
+                    WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
         EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', p_table);
+                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
     END IF;
     INSERT INTO tenancy.guarded_tables (table_name, tenant_column)
-    VALUES (p_table, p_tenant_column)
+    VALUES (enable_rls.table_name, enable_rls.tenant_column)
     ON CONFLICT (table_name) DO NOTHING;
-    PERFORM tenancy.grant_table_to_app_roles(p_table);
-    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = p_table;
+    PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
-    'Guard shared table p_table by tenant: add uuid column p_tenant_column if missing (existing rows '
+    'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
     'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
-    'WITH CHECK p_tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
+    'WITH CHECK tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
     'tenancy_tenant_rows (true), and statement trigger '
     'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
     'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
@@ -330,32 +192,33 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.disable_rls(p_table regclass)
+CREATE OR REPLACE FUNCTION tenancy.disable_rls(table_name regclass)
     RETURNS boolean
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_guard tenancy.guarded_tables;
 BEGIN
-    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = p_table;
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_isolation ON %s', p_table);
-    EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_write ON %s', p_table);
-    EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', p_table);
-    EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', p_table);
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', p_table, v_guard.tenant_column);
-    DELETE FROM tenancy.guarded_tables WHERE table_name = p_table;
+    EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_isolation ON %s', disable_rls.table_name);
+    EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', disable_rls.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_write ON %s', disable_rls.table_name);
+    EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', disable_rls.table_name);
+    EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', disable_rls.table_name);
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', disable_rls.table_name, v_guard.tenant_column);
+    DELETE FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
     RETURN true;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
-    'Undo enable_rls on p_table: drop the policies and the write trigger, NO FORCE and DISABLE ROW '
+    'Undo enable_rls on table_name: drop the policies and the write trigger, NO FORCE and DISABLE ROW '
     'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when the table was guarded; a '
     'no-op otherwise.';
 

@@ -1,4 +1,4 @@
--- pgtenancy 0.2.0 — 006: the isolation doctor.
+-- pgtenancy — 006: the isolation doctor.
 --
 -- tenancy.check_isolation() runs as the calling role (SECURITY INVOKER), so
 -- run it as the application's role: most of what can break isolation is a
@@ -40,21 +40,17 @@ BEGIN
          WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
            AND t.migration_version IS DISTINCT FROM v_latest;
 
-    -- Only when the operations functions are installed (007 comes later).
-    IF to_regclass('tenancy.consumers') IS NOT NULL THEN
-        RETURN QUERY
-            SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
-                   format('consumer %s has not been seen since %s and has undelivered events; '
-                          'prune_events no longer waits for it',
-                          c.name, coalesce(c.seen_at, c.updated_at)),
-                   format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
-                          c.name)
-              FROM tenancy.consumers AS c
-             WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
-               AND EXISTS (SELECT 1 FROM tenancy.events AS e
-                            WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
-    END IF;
-
+    RETURN QUERY
+        SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
+               format('consumer %s has not been seen since %s and has undelivered events; '
+                      'prune_events no longer waits for it',
+                      c.name, coalesce(c.seen_at, c.updated_at)),
+               format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
+                      c.name)
+          FROM tenancy.consumers AS c
+         WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
+           AND EXISTS (SELECT 1 FROM tenancy.events AS e
+                        WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
 END
 $$;
 

@@ -1,33 +1,57 @@
--- pgtenancy 0.2.0 — 007: outbox operations: consumer heartbeats, retention,
+-- pgtenancy — 007: outbox operations: consumer heartbeats, retention,
 -- and the status of every consumer.
 
--- Upgrade in place from 0.1.0 (same column order as a fresh install).
-ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS lease_holder text;
-ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS lease_until timestamptz;
-ALTER TABLE tenancy.consumers ADD COLUMN IF NOT EXISTS seen_at timestamptz;
+-- Events parked for one receiver: it kept failing, the consumer went on.
+CREATE TABLE IF NOT EXISTS tenancy.parked_events (
+    consumer  text        NOT NULL,
+    event_id  bigint      NOT NULL,
+    receiver  text        NOT NULL,
+    attempts  integer     NOT NULL,
+    error     text        NOT NULL,
+    parked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT parked_events_pkey PRIMARY KEY (consumer, event_id, receiver)
+);
+
+COMMENT ON TABLE tenancy.parked_events IS
+    'Events a receiver (by dispatch_uid or module.qualname) failed on after its retries; '
+    'pgtenancy events retry delivers them again to that receiver only.';
+
+-- The inbox: effectively-once effects in this database. A receiver claims
+-- (receiver, event) in the same transaction as its own writes; a redelivered
+-- event finds the claim and is skipped, and a rolled-back transaction takes
+-- its claim with it.
+CREATE TABLE IF NOT EXISTS tenancy.inbox (
+    receiver     text        NOT NULL,
+    event_id     bigint      NOT NULL,
+    processed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT inbox_pkey PRIMARY KEY (receiver, event_id)
+);
+
+COMMENT ON TABLE tenancy.inbox IS
+    'Events each receiver (dispatch_uid) has applied, written in the receiver''s own transaction.';
 
 -- Several listeners may run one consumer name: the one holding the lease
 -- dispatches, the others wait and take over when it expires.
-CREATE OR REPLACE FUNCTION tenancy.acquire_lease(p_consumer text, p_holder text, p_ttl interval)
+CREATE OR REPLACE FUNCTION tenancy.acquire_lease(consumer text, holder text, ttl interval)
     RETURNS boolean
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF p_holder IS NULL OR p_ttl IS NULL OR p_ttl <= interval '0' THEN
+    IF acquire_lease.holder IS NULL OR acquire_lease.ttl IS NULL OR acquire_lease.ttl <= interval '0' THEN
         RAISE EXCEPTION 'acquire_lease needs a holder and a positive ttl'
             USING ERRCODE = '22023';
     END IF;
     UPDATE tenancy.consumers
-       SET lease_holder = p_holder, lease_until = clock_timestamp() + p_ttl
-     WHERE name = p_consumer
-       AND (lease_holder IS NULL OR lease_holder = p_holder OR lease_until < clock_timestamp());
+       SET lease_holder = acquire_lease.holder, lease_until = clock_timestamp() + acquire_lease.ttl
+     WHERE name = acquire_lease.consumer
+       AND (lease_holder IS NULL OR lease_holder = acquire_lease.holder OR lease_until < clock_timestamp());
     IF FOUND THEN
         RETURN true;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM tenancy.consumers WHERE name = p_consumer) THEN
-        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+    IF NOT EXISTS (SELECT 1 FROM tenancy.consumers WHERE name = acquire_lease.consumer) THEN
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(acquire_lease.consumer)
             USING ERRCODE = 'PT011';
     END IF;
     RETURN false;
@@ -35,71 +59,53 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.acquire_lease(text, text, interval) IS
-    'Take or renew the lease of consumer p_consumer for p_holder until now + p_ttl; true when '
-    'p_holder holds it now, false when another holder''s lease is still valid. Raises PT011 '
+    'Take or renew the lease of the consumer for holder until now + ttl; true when '
+    'holder holds it now, false when another holder''s lease is still valid. Raises PT011 '
     '(unknown consumer), 22023 (no holder, ttl not positive).';
 
 REVOKE ALL ON FUNCTION tenancy.acquire_lease(text, text, interval) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.release_lease(p_consumer text, p_holder text)
+CREATE OR REPLACE FUNCTION tenancy.release_lease(consumer text, holder text)
     RETURNS boolean
     LANGUAGE sql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE tenancy.consumers SET lease_holder = NULL, lease_until = NULL
-     WHERE name = p_consumer AND lease_holder = p_holder
+     WHERE name = release_lease.consumer AND lease_holder = release_lease.holder
     RETURNING true
 $$;
 
 COMMENT ON FUNCTION tenancy.release_lease(text, text) IS
-    'Give up the lease of p_consumer if p_holder holds it (a clean stop), so a waiting listener '
+    'Give up the lease of consumer if holder holds it (a clean stop), so a waiting listener '
     'takes over at once. True when released, NULL otherwise.';
 
 REVOKE ALL ON FUNCTION tenancy.release_lease(text, text) FROM PUBLIC;
 
-COMMENT ON COLUMN tenancy.consumers.seen_at IS
-    'Last heartbeat of a listener running this consumer; NULL when none ever ran.';
-
-CREATE OR REPLACE FUNCTION tenancy.consumer_heartbeat(p_consumer text)
+CREATE OR REPLACE FUNCTION tenancy.consumer_heartbeat(consumer text)
     RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    UPDATE tenancy.consumers SET seen_at = now() WHERE name = p_consumer;
+    UPDATE tenancy.consumers SET seen_at = now() WHERE name = consumer_heartbeat.consumer;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'consumer % is not registered', quote_literal(p_consumer)
+        RAISE EXCEPTION 'consumer % is not registered', quote_literal(consumer_heartbeat.consumer)
             USING ERRCODE = 'PT011';
     END IF;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.consumer_heartbeat(text) IS
-    'Record that a listener of consumer p_consumer is alive (listeners call it every few '
+    'Record that a listener of the consumer is alive (listeners call it every few '
     'seconds). Raises PT011 for an unknown consumer.';
 
 REVOKE ALL ON FUNCTION tenancy.consumer_heartbeat(text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.consumer_inactive_after()
-    RETURNS interval
-    LANGUAGE sql
-    STABLE
-    SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(nullif(current_setting('pgtenancy.consumer_inactive_after', true), ''),
-                    '1 day')::interval
-$$;
-
-COMMENT ON FUNCTION tenancy.consumer_inactive_after() IS
-    'How long a consumer may go without a heartbeat before it stops holding events back: the '
-    'setting pgtenancy.consumer_inactive_after (e.g. ALTER DATABASE ... SET '
-    'pgtenancy.consumer_inactive_after = ''6 hours''), default 1 day.';
-
 CREATE OR REPLACE FUNCTION tenancy.prune_events(
-    p_older_than     interval,
-    p_inactive_after interval DEFAULT NULL
+    older_than     interval,
+    inactive_after interval DEFAULT NULL
 )
     RETURNS bigint
     LANGUAGE plpgsql
@@ -108,16 +114,16 @@ CREATE OR REPLACE FUNCTION tenancy.prune_events(
 AS $$
 DECLARE
     v_count    bigint;
-    v_inactive interval := coalesce(p_inactive_after, tenancy.consumer_inactive_after());
+    v_inactive interval := coalesce(prune_events.inactive_after, tenancy.consumer_inactive_after());
 BEGIN
-    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
-        RAISE EXCEPTION 'prune_events needs a non-negative age, not %', p_older_than
+    IF prune_events.older_than IS NULL OR prune_events.older_than < interval '0' THEN
+        RAISE EXCEPTION 'prune_events needs a non-negative age, not %', prune_events.older_than
             USING ERRCODE = '22023';
     END IF;
-    -- An active consumer (heartbeat within p_inactive_after) holds back
+    -- An active consumer (heartbeat within prune_events.inactive_after) holds back
     -- every event it has not passed; an inactive one no longer does.
     DELETE FROM tenancy.events AS e
-     WHERE e.created_at < now() - p_older_than
+     WHERE e.created_at < now() - prune_events.older_than
        AND NOT EXISTS (
            SELECT 1 FROM tenancy.consumers AS c
             WHERE (coalesce(c.seen_at, c.updated_at) > now() - v_inactive
@@ -126,17 +132,15 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM tenancy.parked_events AS p WHERE p.event_id = e.id);
     GET DIAGNOSTICS v_count = ROW_COUNT;
     -- A pruned event is never redelivered: its inbox claims are done with.
-    IF to_regclass('tenancy.inbox') IS NOT NULL THEN
-        DELETE FROM tenancy.inbox AS i
-         WHERE NOT EXISTS (SELECT 1 FROM tenancy.events AS e WHERE e.id = i.event_id);
-    END IF;
+    DELETE FROM tenancy.inbox AS i
+     WHERE NOT EXISTS (SELECT 1 FROM tenancy.events AS e WHERE e.id = i.event_id);
     RETURN v_count;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.prune_events(interval, interval) IS
-    'Delete outbox events older than p_older_than that every active consumer has passed and no '
-    'receiver has parked; a consumer not seen for p_inactive_after (default: '
+    'Delete outbox events older than older_than that every active consumer has passed and no '
+    'receiver has parked; a consumer not seen for inactive_after (default: '
     'consumer_inactive_after()) stops holding events back. Returns how many were '
     'deleted. Raises 22023 for a negative or NULL age.';
 
@@ -202,23 +206,8 @@ COMMENT ON FUNCTION tenancy.outbox_health() IS
 
 REVOKE ALL ON FUNCTION tenancy.outbox_health() FROM PUBLIC;
 
--- Events parked for one receiver: it kept failing, the consumer went on.
-CREATE TABLE IF NOT EXISTS tenancy.parked_events (
-    consumer  text        NOT NULL,
-    event_id  bigint      NOT NULL,
-    receiver  text        NOT NULL,
-    attempts  integer     NOT NULL,
-    error     text        NOT NULL,
-    parked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT parked_events_pkey PRIMARY KEY (consumer, event_id, receiver)
-);
-
-COMMENT ON TABLE tenancy.parked_events IS
-    'Events a receiver (by dispatch_uid or module.qualname) failed on after its retries; '
-    'pgtenancy events retry delivers them again to that receiver only.';
-
 CREATE OR REPLACE FUNCTION tenancy.park_event(
-    p_consumer text, p_event_id bigint, p_receiver text, p_attempts integer, p_error text
+    consumer text, event_id bigint, receiver text, attempts integer, error text
 )
     RETURNS void
     LANGUAGE sql
@@ -226,25 +215,25 @@ CREATE OR REPLACE FUNCTION tenancy.park_event(
     SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO tenancy.parked_events AS p (consumer, event_id, receiver, attempts, error)
-    VALUES (p_consumer, p_event_id, p_receiver, p_attempts, p_error)
+    VALUES (park_event.consumer, park_event.event_id, park_event.receiver, park_event.attempts, park_event.error)
     ON CONFLICT (consumer, event_id, receiver) DO UPDATE
        SET attempts = p.attempts + excluded.attempts, error = excluded.error, parked_at = now()
 $$;
 
 COMMENT ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) IS
-    'Park event p_event_id of consumer p_consumer for receiver p_receiver with its last error; '
+    'Park event event_id of the consumer for the receiver with its last error; '
     'parking it again adds the attempts.';
 
 REVOKE ALL ON FUNCTION tenancy.park_event(text, bigint, text, integer, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.unpark_event(p_consumer text, p_event_id bigint, p_receiver text)
+CREATE OR REPLACE FUNCTION tenancy.unpark_event(consumer text, event_id bigint, receiver text)
     RETURNS boolean
     LANGUAGE sql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
     DELETE FROM tenancy.parked_events
-     WHERE consumer = p_consumer AND event_id = p_event_id AND receiver = p_receiver
+     WHERE consumer = unpark_event.consumer AND event_id = unpark_event.event_id AND receiver = unpark_event.receiver
     RETURNING true
 $$;
 
@@ -253,7 +242,7 @@ COMMENT ON FUNCTION tenancy.unpark_event(text, bigint, text) IS
 
 REVOKE ALL ON FUNCTION tenancy.unpark_event(text, bigint, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.parked_events(p_consumer text DEFAULT NULL)
+CREATE OR REPLACE FUNCTION tenancy.parked_events(consumer_name text DEFAULT NULL)
     RETURNS TABLE (
         consumer text, receiver text, attempts integer, error text, parked_at timestamptz,
         id bigint, xid text, name text, tenant_id uuid, tenant_slug text, tenant_schema text,
@@ -269,31 +258,17 @@ AS $$
            e.tenant_status, e.payload, e.created_at
       FROM tenancy.parked_events AS p
       JOIN tenancy.events AS e ON e.id = p.event_id
-     WHERE p_consumer IS NULL OR p.consumer = p_consumer
+     WHERE parked_events.consumer_name IS NULL OR p.consumer = parked_events.consumer_name
      ORDER BY p.consumer, e.xid, e.id, p.receiver
 $$;
 
 COMMENT ON FUNCTION tenancy.parked_events(text) IS
-    'Parked events (of p_consumer, or all), with their receiver, attempts, last error and the '
+    'Parked events (of consumer_name, or all), with their receiver, attempts, last error and the '
     'event itself, in delivery order.';
 
 REVOKE ALL ON FUNCTION tenancy.parked_events(text) FROM PUBLIC;
 
--- The inbox: effectively-once effects in this database. A receiver claims
--- (receiver, event) in the same transaction as its own writes; a redelivered
--- event finds the claim and is skipped, and a rolled-back transaction takes
--- its claim with it.
-CREATE TABLE IF NOT EXISTS tenancy.inbox (
-    receiver     text        NOT NULL,
-    event_id     bigint      NOT NULL,
-    processed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT inbox_pkey PRIMARY KEY (receiver, event_id)
-);
-
-COMMENT ON TABLE tenancy.inbox IS
-    'Events each receiver (dispatch_uid) has applied, written in the receiver''s own transaction.';
-
-CREATE OR REPLACE FUNCTION tenancy.inbox_claim(p_receiver text, p_event_id bigint)
+CREATE OR REPLACE FUNCTION tenancy.inbox_claim(receiver text, event_id bigint)
     RETURNS boolean
     LANGUAGE sql
     SECURITY DEFINER
@@ -303,8 +278,8 @@ AS $$
     -- claim future events to make a receiver skip them.
     WITH claimed AS (
         INSERT INTO tenancy.inbox (receiver, event_id)
-        SELECT p_receiver, e.id FROM tenancy.events AS e
-         WHERE e.id = p_event_id AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
+        SELECT inbox_claim.receiver, e.id FROM tenancy.events AS e
+         WHERE e.id = inbox_claim.event_id AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
         ON CONFLICT (receiver, event_id) DO NOTHING
         RETURNING true
     )
@@ -312,36 +287,37 @@ AS $$
 $$;
 
 COMMENT ON FUNCTION tenancy.inbox_claim(text, bigint) IS
-    'Claim event p_event_id for receiver p_receiver in the current transaction: true the first '
+    'Claim event event_id for the receiver in the current transaction: true the first '
     'time (apply the effect), false when already applied (skip it) or when no readable event has '
     'that id. Call it in the transaction that makes the effect.';
 
 REVOKE ALL ON FUNCTION tenancy.inbox_claim(text, bigint) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.record_migration_failure(
-    p_slug text, p_version text, p_sqlstate text, p_message text
+    slug text, version text, sqlstate text, message text
 )
     RETURNS bigint
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_row tenancy.tenants;
 BEGIN
-    SELECT * INTO v_row FROM tenancy.tenants WHERE slug = p_slug;
+    SELECT * INTO v_row FROM tenancy.tenants WHERE slug = record_migration_failure.slug;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(p_slug), 'NULL')
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(record_migration_failure.slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;
     RETURN tenancy.emit_event('tenant_migration_failed', v_row,
-        jsonb_build_object('from_version', v_row.migration_version, 'to_version', p_version,
-                           'sqlstate', p_sqlstate, 'message', p_message));
+        jsonb_build_object('from_version', v_row.migration_version, 'to_version', record_migration_failure.version,
+                           'sqlstate', record_migration_failure.sqlstate, 'message', record_migration_failure.message));
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.record_migration_failure(text, text, text, text) IS
-    'Emit tenant_migration_failed for tenant p_slug (payload: from_version, to_version, sqlstate, '
+    'Emit tenant_migration_failed for tenant slug (payload: from_version, to_version, sqlstate, '
     'message), in its own transaction after the failed migration rolled back. Raises PT003.';
 
 REVOKE ALL ON FUNCTION tenancy.record_migration_failure(text, text, text, text) FROM PUBLIC;

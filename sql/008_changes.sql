@@ -1,4 +1,4 @@
--- pgtenancy 0.2.0 — 008: row-change events for tenant tables.
+-- pgtenancy — 008: row-change events for tenant tables.
 --
 -- tenancy.track_changes(table) adds three statement-level triggers with
 -- transition tables, so bulk UPDATE ... WHERE, DELETE, INSERT ... SELECT and
@@ -22,7 +22,7 @@ $$;
 COMMENT ON FUNCTION tenancy.changes_function(regclass) IS
     'Name of the generated trigger function that records the changes of p_table.';
 
-CREATE OR REPLACE FUNCTION tenancy.track_changes(p_table regclass)
+CREATE OR REPLACE FUNCTION tenancy.track_changes(table_name regclass)
     RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -32,25 +32,25 @@ DECLARE
     v_pk      name[];
     v_key     text;
     v_join    text;
-    v_fn      text := tenancy.changes_function(p_table);
+    v_fn      text := tenancy.changes_function(track_changes.table_name);
     v_table   text;
     v_child   regclass;
 BEGIN
     -- The sender of row signals: schema.table, unquoted.
     SELECT n.nspname || '.' || c.relname INTO v_table
       FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
-     WHERE c.oid = p_table AND c.relkind IN ('r', 'p');
+     WHERE c.oid = track_changes.table_name AND c.relkind IN ('r', 'p');
     IF v_table IS NULL THEN
-        RAISE EXCEPTION '% is not a table', p_table
+        RAISE EXCEPTION '% is not a table', track_changes.table_name
             USING ERRCODE = 'PT016';
     END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-     WHERE i.indrelid = p_table AND i.indisprimary;
+     WHERE i.indrelid = track_changes.table_name AND i.indisprimary;
     IF v_pk IS NULL THEN
-        RAISE EXCEPTION 'table % has no primary key: row-change events identify rows by it', p_table
+        RAISE EXCEPTION 'table % has no primary key: row-change events identify rows by it', track_changes.table_name
             USING ERRCODE = 'PT016';
     END IF;
     SELECT string_agg(format('%L, r.%I', c, c), ', '),
@@ -132,40 +132,40 @@ BEGIN
                           v_table));
     EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
 
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', p_table);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', track_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', track_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', track_changes.table_name);
     EXECUTE format('CREATE TRIGGER tenancy_changes_insert AFTER INSERT ON %s '
                    'REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                   p_table, v_fn);
+                   track_changes.table_name, v_fn);
     EXECUTE format('CREATE TRIGGER tenancy_changes_update AFTER UPDATE ON %s '
                    'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_fn);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', track_changes.table_name, v_fn);
     EXECUTE format('CREATE TRIGGER tenancy_changes_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                   p_table, v_fn);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', p_table);
+                   track_changes.table_name, v_fn);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', track_changes.table_name);
     EXECUTE format('CREATE TRIGGER tenancy_changes_truncate AFTER TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', p_table, v_fn);
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', track_changes.table_name, v_fn);
     -- Statements aimed at a partition fire the partition's triggers only.
-    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = p_table LOOP
+    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = track_changes.table_name LOOP
         PERFORM tenancy.track_changes(v_child);
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
-    'Record every INSERT, UPDATE and DELETE of p_table (a tenant-schema table or a guarded shared '
+    'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
     'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
     'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
-    'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when p_table is not a '
+    'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
     'table or has no primary key.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.untrack_changes(p_table regclass)
+CREATE OR REPLACE FUNCTION tenancy.untrack_changes(table_name regclass)
     RETURNS void
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -174,19 +174,19 @@ AS $$
 DECLARE
     v_child regclass;
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', p_table);
-    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', p_table);
-    EXECUTE format('DROP FUNCTION IF EXISTS %s()', tenancy.changes_function(p_table));
-    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = p_table LOOP
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', untrack_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', untrack_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', untrack_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', untrack_changes.table_name);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', tenancy.changes_function(untrack_changes.table_name));
+    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = untrack_changes.table_name LOOP
         PERFORM tenancy.untrack_changes(v_child);
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.untrack_changes(regclass) IS
-    'Stop recording row changes of p_table (drops its triggers and generated function). '
+    'Stop recording row changes of table_name (drops its triggers and generated function). '
     'Idempotent.';
 
 REVOKE ALL ON FUNCTION tenancy.untrack_changes(regclass) FROM PUBLIC;

@@ -172,3 +172,36 @@ SELECT tenancy.latest_migration() AS latest_migration
 SELECT pg_catalog.set_config(%(name)s, s.reset_val, false)
   FROM pg_catalog.pg_settings AS s
  WHERE s.name = %(name)s
+-- name: install_quiet
+SELECT pg_catalog.set_config('client_min_messages', 'warning', true)
+
+-- name: install_lock
+-- Serializes installs, upgrades and uninstalls (an arbitrary constant key).
+SELECT pg_catalog.pg_advisory_xact_lock(7242001)
+
+-- name: install_target_version
+SELECT pg_catalog.set_config('pgtenancy.install_version', %(version)s, true)
+
+-- name: refuse_newer_install
+-- Installing over a newer version would replace newer functions with older
+-- ones: refuse (PT018). The version to install comes from install_target_version.
+DO $$
+DECLARE
+    v_installed text := tenancy.version();
+    v_target    text := pg_catalog.current_setting('pgtenancy.install_version');
+BEGIN
+    IF pg_catalog.string_to_array(v_installed, '.')::int[]
+       > pg_catalog.string_to_array(v_target, '.')::int[] THEN
+        RAISE EXCEPTION 'newer pgtenancy installed: % is installed; refusing to install the older %',
+            v_installed, v_target
+            USING ERRCODE = 'PT018',
+                  HINT = 'Upgrade the pgtenancy Python package (or use the newer one''s installer).';
+    END IF;
+END
+$$
+
+-- name: uninstall_drop_tenants
+SELECT pg_catalog.set_config('pgtenancy.drop_tenants', %(drop_tenants)s, true)
+
+-- name: extension_version
+SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy'

@@ -8,16 +8,16 @@ the server's share directory (`make test` installs them when run as root).
 
 from __future__ import annotations
 
-import re
+import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from catalog import catalog, differences
 from pgtenancy import SQL_VERSION, Tenancy
 from pgtenancy.testing import fresh_database
 from test_dump_restore import pg_dump, psql_restore
-from test_install import snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,10 +35,30 @@ def require_extension(dsn: str) -> None:
         )
 
 
-def test_control_file_version_matches_the_sql() -> None:
-    control = (ROOT / "sql" / "pgtenancy.control").read_text()
-    match = re.search(r"^default_version = '([^']+)'", control, re.MULTILINE)
-    assert match is not None and match.group(1) == SQL_VERSION
+def test_the_build_stamps_the_one_version(tmp_path: Path) -> None:
+    """sql/Makefile builds the control file and the scripts with the version of
+    pgtenancy/_version.py; no source file carries it."""
+    assert (
+        "default_version = '@PGTENANCY_VERSION@'"
+        in (ROOT / "sql" / "pgtenancy.control.in").read_text()
+    )
+    build = tmp_path / "sql"
+    subprocess.run(["cp", "-r", str(ROOT / "sql"), str(build)], check=True)
+    (tmp_path / "python" / "pgtenancy").mkdir(parents=True)
+    (tmp_path / "python" / "pgtenancy" / "_version.py").write_text('__version__ = "7.8.9"\n')
+    for stale in build.glob("pgtenancy--*.sql"):
+        stale.unlink()
+    (build / "pgtenancy.control").unlink(missing_ok=True)
+    result = subprocess.run(["make", "-s", "-C", str(build)], capture_output=True, text=True)
+    if result.returncode != 0 and "pgxs" in result.stderr.lower():
+        pytest.skip(f"PGXS is not available: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert "default_version = '7.8.9'" in (build / "pgtenancy.control").read_text()
+    assert "SELECT '7.8.9'::text" in (build / "pgtenancy--7.8.9.sql").read_text()
+    # Each upgrade script says the version it upgrades to.
+    assert "SELECT '0.2.0'::text" in (build / "pgtenancy--0.1.0--0.2.0.sql").read_text()
+    for path in build.glob("pgtenancy--*.sql"):
+        assert "@PGTENANCY_VERSION@" not in path.read_text(), path.name
 
 
 def test_create_extension_matches_install_sql(empty_dsn: str, dsn: str) -> None:
@@ -50,8 +70,8 @@ def test_create_extension_matches_install_sql(empty_dsn: str, dsn: str) -> None:
             "WHERE e.extname = 'pgtenancy' AND d.deptype = 'e'"
         ).fetchone()
     assert members is not None and members[0] > 40
-    strip = lambda rows: [(*r[:2], r[2] if r[0] != "relation" else "") for r in rows]  # noqa: E731
-    assert strip(snapshot(empty_dsn)) == strip(snapshot(dsn))
+    diff = differences(catalog(empty_dsn), catalog(dsn))
+    assert diff == [], "\n".join(diff)
 
 
 def test_extension_survives_dump_and_restore(

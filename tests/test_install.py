@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from catalog import catalog, differences
 from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import (
     SQL_VERSION,
+    NewerVersionInstalled,
     NotInstalled,
     Tenancy,
+    TenancyError,
     TenantsStillRegistered,
     install,
     installed_version,
     uninstall,
 )
+from pgtenancy.installer import install_files
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 CATALOG = """
 SELECT 'relation', c.relname || ':' || c.relkind::text, c.oid::text FROM pg_class c
@@ -47,6 +55,7 @@ def test_install_twice_changes_nothing(empty_dsn: str) -> None:
     tenancy.add_migration("0001", "CREATE TABLE t (x int)")
     tenancy.create_tenant("acme")
     before = snapshot(empty_dsn)
+    full_before = catalog(empty_dsn)
     with psycopg.connect(empty_dsn) as conn:
         data_before = conn.execute(
             "SELECT (SELECT json_agg(t ORDER BY slug) FROM tenancy.tenants t)::text, "
@@ -54,6 +63,7 @@ def test_install_twice_changes_nothing(empty_dsn: str) -> None:
         ).fetchone()
     assert install(empty_dsn) == SQL_VERSION
     assert snapshot(empty_dsn) == before
+    assert differences(catalog(empty_dsn), full_before) == []
     with psycopg.connect(empty_dsn) as conn:
         assert (
             conn.execute(
@@ -106,16 +116,66 @@ def test_failed_install_changes_nothing(empty_dsn: str, monkeypatch: pytest.Monk
         ).fetchone() == (0,)
 
 
-def test_refuses_to_downgrade(empty_dsn: str) -> None:
-    install(empty_dsn)
-    with psycopg.connect(empty_dsn) as conn:
+def set_installed_version(dsn: str, version: str) -> None:
+    with psycopg.connect(dsn) as conn:
         conn.execute(
             "CREATE OR REPLACE FUNCTION tenancy.version() RETURNS text "
-            "LANGUAGE sql IMMUTABLE AS $$ SELECT '9.0.0'::text $$"
+            f"LANGUAGE sql IMMUTABLE AS $$ SELECT '{version}'::text $$"
         )
-    with pytest.raises(Exception, match="refusing to install the older"):
+
+
+def test_refuses_to_downgrade(empty_dsn: str) -> None:
+    install(empty_dsn)
+    set_installed_version(empty_dsn, "9.0.0")
+    before = catalog(empty_dsn)
+    with pytest.raises(NewerVersionInstalled, match="refusing to install the older") as info:
         install(empty_dsn)
+    assert info.value.sqlstate == "PT018"
+    assert f"9.0.0 is installed; refusing to install the older {SQL_VERSION}" in str(info.value)
     assert installed_version(empty_dsn) == "9.0.0"
+    assert differences(catalog(empty_dsn), before) == []
+
+
+def test_refuses_a_version_without_an_upgrade_path(empty_dsn: str) -> None:
+    install(empty_dsn)
+    set_installed_version(empty_dsn, "0.0.9")
+    before = catalog(empty_dsn)
+    with pytest.raises(TenancyError, match=r"no upgrade path from pgtenancy 0\.0\.9"):
+        install(empty_dsn)
+    assert differences(catalog(empty_dsn), before) == []
+
+
+def test_schema_files_carry_no_version_and_no_upgrade_history() -> None:
+    for path in install_files():
+        text = path.read_text()
+        assert not re.search(r"\b0\.\d+\.\d+\b", text), path.name
+        assert not re.search(r"^DROP FUNCTION", text, re.MULTILINE), path.name
+        assert "ADD COLUMN IF NOT EXISTS" not in text, path.name
+        assert "to_regprocedure" not in text and "to_regclass" not in text, path.name
+
+
+def test_schema_files_use_only_objects_of_themselves_and_earlier_files() -> None:
+    """No file calls a function or names a table of a later file (no runtime
+    guards needed): every tenancy.name a file mentions is defined by then."""
+    defined: set[str] = set()
+    created = re.compile(
+        r"^CREATE (?:OR REPLACE )?(?:FUNCTION|TABLE(?: IF NOT EXISTS)?|VIEW) tenancy\.(\w+)",
+        re.MULTILINE,
+    )
+    for path in install_files():
+        text = path.read_text()
+        mine = set(created.findall(text))
+        # Comments are not uses; string literals are (EXECUTE format('GRANT ...')).
+        code = re.sub(r"('(?:[^']|'')*')|--[^\n]*", lambda m: m.group(1) or "", text)
+        used = set(re.findall(r"\btenancy\.(\w+)", code))
+        # The identity sequence of tenancy.events (001); an advisory lock key.
+        used -= {"events_id_seq", "tenant"}
+        if path.name == "006_doctor.sql":
+            used.discard("grant_app_role")  # named in a finding's advice, not called
+        later = sorted(used - defined - mine)
+        assert later == [], f"{path.name} uses objects of later files: {later}"
+        defined |= mine
+    assert {"grant_app_role", "grant_listener_role"} <= defined
 
 
 def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:

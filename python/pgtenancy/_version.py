@@ -1,3 +1,3 @@
 """The one version source of pgtenancy: the package, the SQL and the extension."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -1,41 +1,127 @@
-"""Install, upgrade in place and uninstall the SQL core, without psql.
+"""Install, upgrade and uninstall the SQL core, without psql.
 
-The SQL lives in ordered files ``sql/NNN_*.sql``. :func:`install` runs all of
-them in one transaction under an advisory lock, so a failure changes nothing
-and concurrent installs wait for each other; every file is idempotent, so
-running it twice changes nothing.
+``sql/NNN_*.sql`` hold the current schema only; ``sql/upgrades/<from>--<to>.sql``
+are the deltas from each earlier release (the extension's upgrade scripts are
+the same files). :func:`install` looks at what the database has, in one
+transaction under an advisory lock, so a failure changes nothing and
+concurrent installs wait for each other:
+
+* nothing installed: run the schema files;
+* this version installed: run the schema files again (idempotent: nothing
+  changes, damage such as a replaced function is repaired);
+* an earlier version installed: run the chain of deltas up to this version;
+* a newer version installed: refuse (``PT018``, :class:`NewerVersionInstalled`).
+
+The version is not written by hand in any SQL file: ``@PGTENANCY_VERSION@`` is
+stamped with :data:`SQL_VERSION` (``pgtenancy/_version.py``) when the files are
+read here, and by ``sql/Makefile`` when it builds the extension scripts.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Final
 
 import psycopg
 
 from pgtenancy._version import __version__
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import raise_translated
+from pgtenancy.errors import TenancyError, raise_translated
 from pgtenancy.queries import QUERIES, sql_dir
 
 #: Version of the SQL this package installs; ``tenancy.version()`` returns it.
-SQL_VERSION = __version__
+SQL_VERSION: Final[str] = __version__
 
-# Arbitrary constant key of the advisory lock that serializes installs.
-_INSTALL_LOCK_KEY = 7_242_001
+#: The placeholder the SQL files carry instead of the version literal.
+VERSION_PLACEHOLDER: Final[str] = "@PGTENANCY_VERSION@"
+
+_UPGRADE_NAME = re.compile(r"^(\d+(?:\.\d+)*)--(\d+(?:\.\d+)*)\.sql$")
+
+
+def stamp(text: str, version: str) -> str:
+    """``text`` with every ``@PGTENANCY_VERSION@`` replaced by ``version``.
+
+    Args:
+        text: SQL text of a schema file or a delta.
+        version: ``major.minor.patch``; for a delta, the version it upgrades to.
+    """
+    return text.replace(VERSION_PLACEHOLDER, version)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """``"0.10.1"`` -> ``(0, 10, 1)``, so versions compare numerically.
+
+    Raises:
+        ValueError: when ``version`` is not dot-separated integers.
+    """
+    return tuple(int(part) for part in version.split("."))
 
 
 def install_files() -> list[Path]:
-    """The install scripts, in the order they run (``sql/[0-9]*.sql`` by name)."""
+    """The schema files, in the order they run (``sql/[0-9][0-9][0-9]_*.sql`` by name)."""
     return sorted(sql_dir().glob("[0-9][0-9][0-9]_*.sql"))
 
 
 def install_script() -> str:
-    """All install scripts concatenated, in order, as one SQL text."""
-    return "\n".join(p.read_text("utf-8") for p in install_files())
+    """The schema files concatenated in order, stamped with :data:`SQL_VERSION`."""
+    return stamp("\n".join(p.read_text("utf-8") for p in install_files()), SQL_VERSION)
+
+
+def upgrade_files() -> dict[tuple[str, str], Path]:
+    """The deltas ``sql/upgrades/<from>--<to>.sql``, by ``(from, to)``."""
+    found: dict[tuple[str, str], Path] = {}
+    for path in sorted((sql_dir() / "upgrades").glob("*--*.sql")):
+        match = _UPGRADE_NAME.match(path.name)
+        if match is not None:
+            found[(match.group(1), match.group(2))] = path
+    return found
+
+
+def upgrade_path(installed: str, target: str = SQL_VERSION) -> list[tuple[str, str]]:
+    """The shortest chain of deltas from ``installed`` to ``target``.
+
+    Args:
+        installed: version ``tenancy.version()`` reports.
+        target: version to reach (this package's by default).
+
+    Returns:
+        ``[(from, to), ...]`` in the order to run them; empty when equal.
+
+    Raises:
+        pgtenancy.errors.TenancyError: no chain of ``sql/upgrades`` files leads
+            from ``installed`` to ``target``.
+    """
+    edges = upgrade_files()
+    paths: dict[str, list[tuple[str, str]]] = {installed: []}
+    frontier = [installed]
+    while frontier and target not in paths:
+        step: list[str] = []
+        for version in frontier:
+            for source, dest in sorted(edges):
+                if source == version and dest not in paths:
+                    paths[dest] = [*paths[version], (source, dest)]
+                    step.append(dest)
+        frontier = step
+    if target not in paths:
+        raise TenancyError(
+            f"no upgrade path from pgtenancy {installed} to {target} in sql/upgrades",
+            hint="Install an intermediate release of pgtenancy first.",
+        )
+    return paths[target]
+
+
+def upgrade_script(installed: str, target: str = SQL_VERSION) -> str:
+    """The deltas from ``installed`` to ``target`` concatenated, each stamped with
+    the version it upgrades to. Raises as :func:`upgrade_path`."""
+    edges = upgrade_files()
+    return "\n".join(
+        stamp(edges[step].read_text("utf-8"), step[1]) for step in upgrade_path(installed, target)
+    )
 
 
 def install(dsn: str) -> str:
-    """Install (or re-install in place) the pgtenancy SQL into a database.
+    """Install the pgtenancy SQL into a database, or upgrade the installed one.
 
     Args:
         dsn: libpq connection string or URL of the target database; the role
@@ -46,16 +132,40 @@ def install(dsn: str) -> str:
         The installed version, as ``tenancy.version()`` reports it.
 
     Raises:
+        pgtenancy.errors.NewerVersionInstalled: a newer version is installed
+            (PT018); nothing is changed.
+        pgtenancy.errors.TenancyError: no chain of deltas leads from the
+            installed version to this one, or an earlier version is installed
+            as the extension (upgrade it with ALTER EXTENSION pgtenancy UPDATE).
         psycopg.Error: on connection failure or an SQL error; the transaction is
             rolled back and nothing is changed.
-        pgtenancy.errors.InvalidMigration: a newer version is installed (PT008).
     """
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'warning', true)")
-                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
-                conn.execute(install_script().encode("utf-8"))
+                conn.execute(QUERIES["install_quiet"])
+                conn.execute(QUERIES["install_lock"])
+                present = conn.execute(QUERIES["is_installed"]).fetchone()
+                if present is None or not present[0]:
+                    script = install_script()
+                else:
+                    conn.execute(QUERIES["install_target_version"], {"version": SQL_VERSION})
+                    conn.execute(QUERIES["refuse_newer_install"])
+                    old = conn.execute(QUERIES["version"]).fetchone()
+                    assert old is not None
+                    installed = str(old[0])
+                    if installed == SQL_VERSION:
+                        script = install_script()
+                    else:
+                        extension = conn.execute(QUERIES["extension_version"]).fetchone()
+                        if extension is not None:
+                            raise TenancyError(
+                                f"pgtenancy {installed} is installed as an extension; "
+                                "upgrade it with ALTER EXTENSION pgtenancy UPDATE",
+                                hint="make install-extension installs the upgrade scripts.",
+                            )
+                        script = upgrade_script(installed)
+                conn.execute(script.encode("utf-8"))
                 row = conn.execute(QUERIES["version"]).fetchone()
         except psycopg.Error as exc:
             raise_translated(exc)
@@ -79,11 +189,11 @@ def uninstall(dsn: str, *, drop_tenants: bool = False) -> None:
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         try:
             with conn.transaction():
-                conn.execute("SELECT pg_catalog.set_config('client_min_messages', 'warning', true)")
-                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_INSTALL_LOCK_KEY,))
+                conn.execute(QUERIES["install_quiet"])
+                conn.execute(QUERIES["install_lock"])
                 conn.execute(
-                    "SELECT pg_catalog.set_config('pgtenancy.drop_tenants', %s, true)",
-                    ("on" if drop_tenants else "off",),
+                    QUERIES["uninstall_drop_tenants"],
+                    {"drop_tenants": "on" if drop_tenants else "off"},
                 )
                 conn.execute(script.encode("utf-8"))
         except psycopg.Error as exc:

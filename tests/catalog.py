@@ -1,0 +1,102 @@
+"""The full catalog of schema ``tenancy``, to compare two installs object by object.
+
+One row per object: schema, relations (tables, views, sequences, indexes: owner,
+ACL, RLS flags, comment, view definition), columns (position among live
+columns, type, NOT NULL, identity, collation, default, ACL, comment),
+constraints, indexes, sequences, functions (the full definition with body,
+arguments, result, flags, proconfig, owner, ACL, comment), triggers, policies,
+types, rules and default privileges. Keys are names, never oids, so two
+databases compare.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+CATALOG = """
+SELECT 'schema', n.nspname, jsonb_build_array(pg_get_userbyid(n.nspowner), n.nspacl::text,
+       obj_description(n.oid, 'pg_namespace'))::text
+  FROM pg_namespace AS n WHERE n.nspname = 'tenancy'
+UNION ALL
+SELECT 'relation', c.relname, jsonb_build_array(c.relkind, pg_get_userbyid(c.relowner), c.relacl::text,
+       c.relrowsecurity, c.relforcerowsecurity, c.relpersistence, c.reloptions::text,
+       obj_description(c.oid, 'pg_class'),
+       CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END)::text
+  FROM pg_class AS c WHERE c.relnamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'column', c.relname || '.' || a.attname,
+       jsonb_build_array(row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
+       format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, a.attgenerated,
+       (SELECT co.collname FROM pg_collation co WHERE co.oid = a.attcollation AND a.attcollation <> 100),
+       pg_get_expr(d.adbin, d.adrelid), a.attacl::text, col_description(c.oid, a.attnum))::text
+  FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid
+  LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE c.relnamespace = 'tenancy'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'constraint', c.relname || '.' || k.conname,
+       jsonb_build_array(k.contype, pg_get_constraintdef(k.oid), k.condeferrable, k.convalidated,
+       obj_description(k.oid, 'pg_constraint'))::text
+  FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid
+ WHERE c.relnamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'index', i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid)
+  FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indrelid
+ WHERE c.relnamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'sequence', s.seqrelid::regclass::text,
+       jsonb_build_array(format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmax,
+       s.seqmin, s.seqcache, s.seqcycle,
+       (SELECT d.refobjid::regclass::text || '.' || d.refobjsubid FROM pg_depend AS d
+         WHERE d.classid = 'pg_class'::regclass AND d.objid = s.seqrelid AND d.deptype IN ('a', 'i')))::text
+  FROM pg_sequence AS s JOIN pg_class AS c ON c.oid = s.seqrelid
+ WHERE c.relnamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text,
+       jsonb_build_array(pg_get_functiondef(p.oid), p.prokind, pg_get_userbyid(p.proowner),
+       p.proacl::text, p.proconfig::text, p.prosecdef, p.provolatile, p.proparallel, p.proisstrict,
+       p.proleakproof, p.procost, p.prorows, pg_get_function_arguments(p.oid),
+       pg_get_function_result(p.oid), obj_description(p.oid, 'pg_proc'))::text
+  FROM pg_proc AS p WHERE p.pronamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'trigger', c.relname || '.' || t.tgname,
+       jsonb_build_array(pg_get_triggerdef(t.oid), t.tgenabled, obj_description(t.oid, 'pg_trigger'))::text
+  FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+ WHERE c.relnamespace = 'tenancy'::regnamespace AND NOT t.tgisinternal
+UNION ALL
+SELECT 'policy', c.relname || '.' || p.polname,
+       jsonb_build_array(p.polcmd, p.polpermissive, p.polroles::regrole[]::text,
+       pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))::text
+  FROM pg_policy AS p JOIN pg_class AS c ON c.oid = p.polrelid
+ WHERE c.relnamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'type', t.typname, jsonb_build_array(t.typtype, pg_get_userbyid(t.typowner), t.typacl::text,
+       obj_description(t.oid, 'pg_type'))::text
+  FROM pg_type AS t WHERE t.typnamespace = 'tenancy'::regnamespace
+UNION ALL
+SELECT 'rule', c.relname || '.' || r.rulename, pg_get_ruledef(r.oid)
+  FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+ WHERE c.relnamespace = 'tenancy'::regnamespace AND r.rulename <> '_RETURN'
+UNION ALL
+SELECT 'default_acl', d.defaclobjtype::text, d.defaclacl::text
+  FROM pg_default_acl AS d WHERE d.defaclnamespace = 'tenancy'::regnamespace
+ORDER BY 1, 2, 3
+"""
+
+
+def catalog(dsn: str) -> dict[tuple[str, str], str]:
+    """``{(kind, name): description}`` of every object of schema ``tenancy``."""
+    with psycopg.connect(dsn) as conn:
+        return {(row[0], row[1]): row[2] for row in conn.execute(CATALOG)}
+
+
+def differences(got: dict[tuple[str, str], str], want: dict[tuple[str, str], str]) -> list[str]:
+    """Readable differences between two catalogs (empty when equal)."""
+    lines = []
+    for key in sorted(set(got) | set(want)):
+        if key not in want:
+            lines.append(f"extra {key[0]} {key[1]}: {got[key]}")
+        elif key not in got:
+            lines.append(f"missing {key[0]} {key[1]}: {want[key]}")
+        elif got[key] != want[key]:
+            lines.append(f"changed {key[0]} {key[1]}:\n  got:  {got[key]}\n  want: {want[key]}")
+    return lines
