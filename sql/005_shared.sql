@@ -313,6 +313,8 @@ BEGIN
     VALUES (p_table, p_tenant_column)
     ON CONFLICT (table_name) DO NOTHING;
     PERFORM tenancy.grant_table_to_app_roles(p_table);
+    -- Tenant migrations may reference a guarded table, never read its rows.
+    EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', p_table, tenancy.migrator_role());
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = p_table;
     RETURN v_guard;
 END
