@@ -168,6 +168,50 @@ $$;
 COMMENT ON FUNCTION tenancy.migration_schema() IS
     'Tenant schema the current transaction is migrating (set by the runner), NULL otherwise.';
 
+CREATE OR REPLACE FUNCTION tenancy.is_migration_target(schema_name text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The schema the runner opened to the migrator in this transaction: a
+    -- schema of the kit's owner the migrator may create in (that grant never
+    -- commits), neither tenancy nor public nor one everybody may create in.
+    SELECT schema_name NOT IN ('tenancy', 'public')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
+                    WHERE n.nspname = schema_name
+                      AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
+                                         WHERE s.nspname = 'tenancy')
+                      AND pg_catalog.has_schema_privilege(
+                              (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
+                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'))
+$$;
+
+COMMENT ON FUNCTION tenancy.is_migration_target(text) IS
+    'True when schema_name is the tenant schema a migration of the current transaction may '
+    'change; the migration cannot forge this (it rests on a grant only the runner makes).';
+
+CREATE OR REPLACE FUNCTION tenancy.called_from_migration()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stack text;
+BEGIN
+    -- The call stack cannot be forged by the code on it.
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
+    RETURN pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') > 0;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.called_from_migration() IS
+    'True when the caller runs inside a tenant migration (tenancy.execute_migration is on the '
+    'call stack): kit functions a migration may call then act on its tenant schema only.';
+
 CREATE OR REPLACE FUNCTION tenancy.fence_target()
     RETURNS text
     LANGUAGE plpgsql
@@ -185,19 +229,8 @@ BEGIN
         RETURN NULL;
     END IF;
     -- The migration itself could have rewritten the setting: trust it only
-    -- when it names a schema of the kit's owner that the runner opened to
-    -- the migrator (the grant exists only inside the migrating transaction),
-    -- never the tenancy schema nor one that everybody may create in.
-    IF v_target IS NOT NULL
-       AND v_target NOT IN ('tenancy', 'public')
-       AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
-                    WHERE n.nspname = v_target
-                      AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
-                                         WHERE s.nspname = 'tenancy')
-                      AND pg_catalog.has_schema_privilege(
-                              (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
-                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
-                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')) THEN
+    -- when it names the schema the runner opened to the migrator.
+    IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
         RETURN v_target;
     END IF;
     RETURN '';  -- in a migration, but no schema it may change
