@@ -7,10 +7,11 @@
 -- functions and dynamic SQL included:
 --
 -- 1. Privileges. Migrations run as the migrator role, a NOLOGIN role of its
---    own that owns the objects of tenant schemas and nothing else. It gets
---    USAGE and CREATE on the one tenant schema being migrated for the span
---    of the migration, inside the migrating transaction, so no other
---    session ever sees the grant. It has no privilege on the tenancy
+--    own that owns nothing at rest. For the span of a migration, inside the
+--    migrating transaction (so no other session ever sees it), it gets
+--    USAGE and CREATE on the one tenant schema being migrated and owns that
+--    schema's objects; then they go back to the kit's owner. So it cannot
+--    reach another tenant's objects, even with DROP OWNED. It has no privilege on the tenancy
 --    tables, no CREATE on the database, is no member of any role and cannot
 --    change role: the migration runs inside a SECURITY DEFINER function
 --    owned by the migrator, where SET ROLE and SET SESSION AUTHORIZATION are
@@ -88,6 +89,8 @@ CREATE OR REPLACE FUNCTION tenancy.migrator_role()
 AS $$
     SELECT c.migrator_role FROM tenancy.confinement AS c
 $$;
+
+REVOKE ALL ON FUNCTION tenancy.migrator_role() FROM PUBLIC;
 
 COMMENT ON FUNCTION tenancy.migrator_role() IS
     'Name of the role tenant migrations run as: it owns the objects of tenant schemas, may '
@@ -189,6 +192,8 @@ AS $$
                                        WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'))
 $$;
 
+REVOKE ALL ON FUNCTION tenancy.is_migration_target(text) FROM PUBLIC;
+
 COMMENT ON FUNCTION tenancy.is_migration_target(text) IS
     'True when schema_name is the tenant schema a migration of the current transaction may '
     'change; the migration cannot forge this (it rests on a grant only the runner makes).';
@@ -268,6 +273,7 @@ CREATE OR REPLACE FUNCTION tenancy.fence_in_target(object_schema text, target te
 AS $$
     -- Temporary objects vanish with the session: allowed.
     SELECT object_schema = target
+        OR object_schema = 'pg_temp'
         OR object_schema LIKE 'pg\_temp\_%'
         OR object_schema LIKE 'pg\_toast\_temp\_%'
 $$;
@@ -396,75 +402,137 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tenancy.adopt_tenant_schema(schema_name text)
+CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
     RETURNS integer
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_role  name := tenancy.migrator_role();
-    v_nsp   oid := pg_catalog.to_regnamespace(pg_catalog.quote_ident(schema_name));
-    v_obj   record;
-    v_count integer := 0;
+    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+    v_from     oid;
+    v_to       name;
+    v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj      record;
+    v_count    integer := 0;
 BEGIN
     IF v_nsp IS NULL THEN
         RETURN 0;
     END IF;
-    -- Relations (indexes and owned sequences follow their table).
+    IF to_migrator THEN
+        v_from := v_owner;
+        v_to := tenancy.migrator_role();
+    ELSE
+        v_from := v_migrator;
+        v_to := (SELECT r.rolname FROM pg_roles AS r WHERE r.oid = v_owner);
+        -- Given back to the owner, these would run with the owner's rights
+        -- for whoever calls them: never from a tenant migration.
+        SELECT p.oid::regprocedure::text AS name INTO v_obj
+          FROM pg_proc AS p
+         WHERE p.pronamespace = v_nsp AND p.prosecdef AND p.proowner = v_migrator
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unsafe migration: SECURITY DEFINER function % in a tenant schema would run with the owner''s rights',
+                v_obj.name
+                USING ERRCODE = 'PT017',
+                      HINT = 'Declare it SECURITY INVOKER (the default).';
+        END IF;
+        SELECT format('%s on %s', r.rulename, r.ev_class::regclass) AS name INTO v_obj
+          FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+         WHERE c.relnamespace = v_nsp AND r.rulename <> '_RETURN'
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unsafe migration: rule % would run with the owner''s rights', v_obj.name
+                USING ERRCODE = 'PT017',
+                      HINT = 'Use a trigger instead of a rule.';
+        END IF;
+    END IF;
+    -- Everything in the schema, found through its namespace dependencies
+    -- (indexed), not a scan of the catalogs.
     FOR v_obj IN
-        SELECT c.oid::regclass::text AS name, c.relkind
-          FROM pg_catalog.pg_class AS c
-         WHERE c.relnamespace = v_nsp
-           AND c.relowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = v_role)
-           AND (c.relkind IN ('r', 'p', 'v', 'm', 'f')
-                OR (c.relkind = 'S' AND NOT EXISTS (
-                        SELECT 1 FROM pg_catalog.pg_depend AS d
-                         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid
-                           AND d.deptype IN ('a', 'i'))))
+        SELECT d.classid, d.objid FROM pg_depend AS d
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
     LOOP
-        EXECUTE pg_catalog.format('ALTER %s %s OWNER TO %I',
-            CASE v_obj.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                               WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                               ELSE 'TABLE' END,
-            v_obj.name, v_role);
-        v_count := v_count + 1;
-    END LOOP;
-    FOR v_obj IN
-        SELECT p.oid::regprocedure::text AS name, p.prokind
-          FROM pg_catalog.pg_proc AS p
-         WHERE p.pronamespace = v_nsp
-           AND p.proowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = v_role)
-    LOOP
-        EXECUTE pg_catalog.format('ALTER %s %s OWNER TO %I',
-            CASE v_obj.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE'
-                               ELSE 'FUNCTION' END,
-            v_obj.name, v_role);
-        v_count := v_count + 1;
-    END LOOP;
-    FOR v_obj IN
-        SELECT t.oid::regtype::text AS name, t.typtype
-          FROM pg_catalog.pg_type AS t
-         WHERE t.typnamespace = v_nsp
-           AND t.typowner <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = v_role)
-           AND (t.typtype IN ('d', 'e', 'r')
-                OR (t.typtype = 'c' AND EXISTS (
-                        SELECT 1 FROM pg_catalog.pg_class AS c
-                         WHERE c.oid = t.typrelid AND c.relkind = 'c')))
-    LOOP
-        EXECUTE pg_catalog.format('ALTER %s %s OWNER TO %I',
-            CASE v_obj.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, v_obj.name, v_role);
+        IF v_obj.classid = 'pg_class'::regclass THEN
+            PERFORM 1 FROM pg_class AS c
+             WHERE c.oid = v_obj.objid AND c.relowner = v_from
+               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+                    OR (c.relkind = 'S' AND NOT EXISTS (
+                            SELECT 1 FROM pg_depend AS o
+                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
+            CONTINUE WHEN NOT FOUND;
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
+                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
+                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                     THEN v_obj.objid::regclass::text::regtype::text
+                     ELSE v_obj.objid::regclass::text END,
+                v_to);
+            -- A view given back to the owner reads with its caller's rights,
+            -- so it never lends the owner's to the application.
+            IF NOT to_migrator
+               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
+            END IF;
+        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                                       WHERE p.oid = v_obj.objid AND p.proowner = v_from);
+            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, v_to);
+        ELSIF v_obj.classid = 'pg_type'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
+                                       WHERE t.oid = v_obj.objid AND t.typowner = v_from
+                                         AND t.typtype IN ('d', 'e', 'r'));
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
+                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                v_obj.objid::regtype, v_to);
+        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
+                                       WHERE o.oid = v_obj.objid AND o.oprowner = v_from);
+            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, v_to);
+        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
+                                       WHERE o.oid = v_obj.objid AND o.collowner = v_from);
+            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, v_to);
+        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
+                                       WHERE o.oid = v_obj.objid AND o.stxowner = v_from);
+            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), v_to);
+        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
+                                       WHERE o.oid = v_obj.objid AND o.cfgowner = v_from);
+            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, v_to);
+        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
+                                       WHERE o.oid = v_obj.objid AND o.dictowner = v_from);
+            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, v_to);
+        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
+                                       WHERE o.oid = v_obj.objid AND o.conowner = v_from);
+            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), v_to);
+        ELSE
+            CONTINUE;
+        END IF;
         v_count := v_count + 1;
     END LOOP;
     RETURN v_count;
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.adopt_tenant_schema(text) IS
-    'Give the objects of tenant schema schema_name (relations, functions, types) to the migrator '
-    'role, as migrations create them; returns how many changed owner. Used when upgrading from '
-    '0.2.0, whose migrations ran as the owner. Internal: not granted to PUBLIC.';
+COMMENT ON FUNCTION tenancy.hand_over_schema(text, boolean) IS
+    'Give the objects of tenant schema schema_name to the migrator role (to_migrator) for the '
+    'span of a migration, or back to the kit''s owner afterwards, so at rest the migrator owns '
+    'nothing and a migration reaches no other tenant. Giving back raises PT017 for a SECURITY '
+    'DEFINER function or a rule the migration created (they would run with the owner''s '
+    'rights) and makes views security_invoker. Returns how many objects changed owner. '
+    'Internal: not granted to PUBLIC.';
 
-REVOKE ALL ON FUNCTION tenancy.adopt_tenant_schema(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.hand_over_schema(text, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.grant_shared_to_migrator()
     RETURNS void

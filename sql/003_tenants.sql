@@ -81,6 +81,7 @@ BEGIN
             -- The migrator may create in this schema for the rest of this
             -- transaction only; nobody else ever sees the grant committed.
             EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
+            PERFORM tenancy.hand_over_schema(p_schema, true);
             v_granted := true;
         END IF;
         -- The migration runs as the migrator, confined to this schema (see
@@ -92,9 +93,12 @@ BEGIN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_context = PG_EXCEPTION_CONTEXT;
             PERFORM set_config('pgtenancy.migration_schema', '', true);
-            IF v_state IN ('PT017', '42501') THEN
+            IF v_state IN ('PT017', '42501')
+               OR (v_state = '25001'
+                   AND v_message ~ '^(ALTER SYSTEM|CREATE DATABASE|DROP DATABASE|CREATE TABLESPACE|DROP TABLESPACE|ALTER DATABASE)') THEN
                 -- Out of its tenant schema: the fence (PT017) or the missing
-                -- privilege (42501) stopped it.
+                -- privilege (42501) stopped it, or a server-wide statement
+                -- that could never run in a transaction (25001).
                 RAISE EXCEPTION 'unsafe migration % (schema %): %', v_migration.version, p_schema,
                     v_message
                     USING ERRCODE = 'PT017',
@@ -114,6 +118,15 @@ BEGIN
         v_version := v_migration.version;
     END LOOP;
     IF v_granted THEN
+        -- At rest the owner owns everything again and the migrator nothing.
+        BEGIN
+            PERFORM tenancy.hand_over_schema(p_schema, false);
+        EXCEPTION WHEN SQLSTATE 'PT017' THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+            RAISE EXCEPTION 'unsafe migration % (schema %): %', v_version, p_schema, v_message
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
     RETURN v_version;

@@ -37,6 +37,7 @@ from pgtenancy.errors import (
     TenantsStillRegistered,
     TenantSuspended,
     UnsafeAppRole,
+    UnsafeMigration,
     raise_translated,
     translate,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "TenantSuspended",
     "TenantsStillRegistered",
     "UnsafeAppRole",
+    "UnsafeMigration",
     "current_tenant",
     "install",
     "installed_version",

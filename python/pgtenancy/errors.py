@@ -142,6 +142,14 @@ class CannotGuardTable(TenancyError):
     default_sqlstate = "PT014"
 
 
+class UnsafeMigration(TenancyError):
+    """A tenant migration tried to change something outside its tenant schema
+    (SQLSTATE PT017): another schema, an extension, a role, a privilege, the
+    registry or outbox, search_path or the role; nothing was changed."""
+
+    default_sqlstate = "PT017"
+
+
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The
@@ -174,6 +182,7 @@ _BY_SQLSTATE: dict[str, type[TenancyError]] = {
         MigrationFailed,
         TenantSchemaMissing,
         InvalidMigration,
+        UnsafeMigration,
         TenantsStillRegistered,
         ImmutableTenantColumn,
         ConsumerNotFound,
