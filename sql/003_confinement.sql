@@ -225,12 +225,24 @@ CREATE OR REPLACE FUNCTION tenancy.fence_target()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_target text := tenancy.migration_schema();
+    v_target  text := tenancy.migration_schema();
+    v_outside text := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
+    v_role    name := (SELECT c.migrator_role FROM tenancy.confinement AS c);
 BEGIN
+    -- The fleet runner applies a no-transaction migration statement by
+    -- statement on its own connection, as the owner (each statement checked
+    -- to be CREATE INDEX CONCURRENTLY or the like); its objects must lie in
+    -- that tenant's schema. The migrator itself never reaches this branch.
+    IF v_outside IS NOT NULL AND current_user IS DISTINCT FROM v_role THEN
+        IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = v_outside) THEN
+            RETURN v_outside;
+        END IF;
+        RETURN '';
+    END IF;
     -- Outside a migration the fence stays out of the way of everyone's DDL.
     IF v_target IS NULL
-       AND session_user IS DISTINCT FROM (SELECT c.migrator_role FROM tenancy.confinement AS c)
-       AND current_user IS DISTINCT FROM (SELECT c.migrator_role FROM tenancy.confinement AS c) THEN
+       AND session_user IS DISTINCT FROM v_role
+       AND current_user IS DISTINCT FROM v_role THEN
         RETURN NULL;
     END IF;
     -- The migration itself could have rewritten the setting: trust it only

@@ -373,3 +373,39 @@ def test_python_api_raises_unsafe_migration(world: dict[str, str], tenancy: Tena
         tenancy.add_migration("0002", "DROP TABLE public.canary")
     assert info.value.sqlstate == "PT017"
     assert "canary" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "DROP TABLE public.canary",
+        "CREATE INDEX CONCURRENTLY canary_v ON public.canary (v)",
+        "DROP INDEX CONCURRENTLY IF EXISTS public.canary_pkey",
+        "VACUUM",
+        "CREATE INDEX CONCURRENTLY ok_idx ON canary (v); DELETE FROM tenancy.events",
+    ],
+)
+def test_no_transaction_migrations_are_confined_too(
+    body: str, world: dict[str, str], dsn: str
+) -> None:
+    """Registered in SQL (no parser there, no scratch try), a no-transaction
+    migration is checked statement by statement by the fleet runner."""
+    from pgtenancy.fleet import migrate_fleet
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_migration('0002', %s, true)", (body,))
+    before = _snapshot(dsn)
+    report = migrate_fleet(dsn, jobs=2)
+    assert sorted(o.slug for o in report.failed) == ["acme", "globex"]
+    assert {o.sqlstate for o in report.failed} == {"PT017"}
+    after = _snapshot(dsn)
+    new_events = [e for e in after.pop("events") if e not in before["events"]]
+    assert {e[1] for e in new_events} == {"tenant_migration_failed"}
+    before.pop("events")
+    assert after == before
+    assert not (set(_indexes(dsn)) & {"ok_idx", "canary_v"})
+
+
+def _indexes(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()]
