@@ -81,7 +81,18 @@ BEGIN
             -- The migrator may create in this schema for the rest of this
             -- transaction only; nobody else ever sees the grant committed.
             EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
-            PERFORM tenancy.hand_over_schema(p_schema, true);
+            -- Taking the schema's objects locks them all for the rest of the
+            -- transaction: a busy tenant fails here under lock_timeout.
+            BEGIN
+                PERFORM tenancy.hand_over_schema(p_schema, true);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT006',
+                          DETAIL = format('SQLSTATE %s', v_state),
+                          HINT = 'The tenant stays at its previous migration version.';
+            END;
             v_granted := true;
         END IF;
         -- The migration runs as the migrator, confined to this schema (see

@@ -49,7 +49,7 @@ def check_outside_transaction_statement(statement: str) -> None:
         raise UnsafeMigration(f"unsafe migration: cannot parse {statement!r}: {exc}") from exc
     for raw in parsed:
         node = raw.stmt
-        reason = _outside_reason(node)
+        reason = "an empty statement" if node is None else _outside_reason(node)
         if reason is not None:
             raise UnsafeMigration(
                 f"unsafe migration: {reason}: {statement.strip()[:200]}",
