@@ -591,3 +591,90 @@ COMMENT ON FUNCTION tenancy.grant_shared_to_migrator() IS
 REVOKE ALL ON FUNCTION tenancy.grant_shared_to_migrator() FROM PUBLIC;
 
 SELECT tenancy.grant_shared_to_migrator();
+
+-- Shared-schema migrations ---------------------------------------------------
+--
+-- The sanctioned way to change shared schemas (public's tables, extensions,
+-- a second schema): ordered files applied once per database, by the owner,
+-- with the owner's rights, recorded here. Tenant migrations never do this.
+
+CREATE TABLE IF NOT EXISTS tenancy.shared_migrations (
+    version    text COLLATE "C" NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    applied_by name        NOT NULL DEFAULT current_user,
+    CONSTRAINT shared_migrations_pkey PRIMARY KEY (version)
+);
+
+COMMENT ON TABLE tenancy.shared_migrations IS
+    'Shared-schema migrations applied to this database once each, in version order (C collation).';
+
+CREATE OR REPLACE FUNCTION tenancy.apply_shared_migration(version text, sql text)
+    RETURNS tenancy.shared_migrations
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_row      tenancy.shared_migrations;
+    v_checksum text;
+BEGIN
+    IF version IS NULL OR version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid shared migration version %', coalesce(quote_literal(version), 'NULL')
+            USING ERRCODE = 'PT008',
+                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_plans.';
+    END IF;
+    IF sql IS NULL OR btrim(sql) = '' THEN
+        RAISE EXCEPTION 'shared migration % has no SQL', version
+            USING ERRCODE = 'PT008';
+    END IF;
+    v_checksum := encode(sha256(convert_to(sql, 'UTF8')), 'hex');
+    -- One runner at a time per database; the caller's own lock space.
+    PERFORM pg_advisory_xact_lock(hashtext('tenancy.shared_migrations'));
+    SELECT * INTO v_row FROM tenancy.shared_migrations AS s WHERE s.version = version;
+    IF FOUND THEN
+        IF v_row.checksum = v_checksum THEN
+            RETURN v_row;  -- applied already: a no-op
+        END IF;
+        RAISE EXCEPTION 'shared migration % was applied with different SQL', version
+            USING ERRCODE = 'PT008',
+                  HINT = 'Applied migrations never change: add a new version instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.shared_migrations AS s WHERE s.version > version) THEN
+        RAISE EXCEPTION 'shared migration % sorts before the latest applied version %', version,
+            (SELECT max(s.version) FROM tenancy.shared_migrations AS s)
+            USING ERRCODE = 'PT008',
+                  HINT = 'Versions are applied in C-collation order: use a later version.';
+    END IF;
+    -- With the caller's rights (it is not SECURITY DEFINER), public first.
+    PERFORM set_config('search_path', 'public, pg_catalog, pg_temp', true);
+    EXECUTE sql;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    INSERT INTO tenancy.shared_migrations (version, checksum)
+    VALUES (version, v_checksum)
+    RETURNING * INTO v_row;
+    -- Tenant migrations may read and reference the new shared tables.
+    PERFORM tenancy.grant_shared_to_migrator();
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_shared_migration(text, text) IS
+    'Apply shared-schema migration sql as version (once: the same version with the same SQL is '
+    'a no-op) with the caller''s rights and search_path public, pg_catalog; record it in '
+    'tenancy.shared_migrations. Raises PT008 for a bad version, changed SQL or an out-of-order '
+    'version; on any error nothing is recorded or changed. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_shared_migration(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.latest_shared_migration()
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT max(s.version) FROM tenancy.shared_migrations AS s
+$$;
+
+COMMENT ON FUNCTION tenancy.latest_shared_migration() IS
+    'Latest applied shared-schema migration version, NULL when none.';

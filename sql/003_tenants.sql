@@ -126,6 +126,16 @@ BEGIN
                       HINT = 'The tenant stays at its previous migration version.';
         END;
         PERFORM set_config('pgtenancy.migration_schema', '', true);
+        -- DROP OWNED BY the migrator would take the kit's runner and the
+        -- migrator's privileges with it (the fence, where installed, stops it
+        -- earlier).
+        IF to_regprocedure('tenancy.execute_migration(text,text)') IS NULL
+           OR NOT has_schema_privilege(v_role, 'tenancy', 'USAGE') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): it dropped the migrator role''s own objects or privileges',
+                v_migration.version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END IF;
         v_version := v_migration.version;
     END LOOP;
     IF v_granted THEN

@@ -156,3 +156,12 @@ SELECT pg_catalog.set_config(%(name)s, %(value)s, false)
 -- name: mark_migrated
 UPDATE tenancy.tenants SET migration_version = %(version)s WHERE slug = %(slug)s
 RETURNING migration_version
+
+-- name: shared_migration_checksum
+SELECT checksum FROM tenancy.shared_migrations WHERE version = %(version)s
+
+-- name: apply_shared_migration
+SELECT version FROM tenancy.apply_shared_migration(%(version)s, %(sql)s)
+
+-- name: shared_migration_versions
+SELECT version FROM tenancy.shared_migrations

@@ -75,6 +75,12 @@ HOSTILE: dict[str, str] = {
     "dynamic_drop": "DO $$ BEGIN EXECUTE 'DROP TABLE public.' || 'canary'; END $$",
     "drop_view_in_public_by_cascade": "DROP TABLE IF EXISTS t_dep CASCADE",
     "foreign_server": "CREATE SERVER sneaky FOREIGN DATA WRAPPER postgres_fdw",
+    "security_definer": (
+        "CREATE FUNCTION lend() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'"
+    ),
+    "rule": (
+        "CREATE TABLE t (i int); CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM tenancy.events"
+    ),
 }
 
 
@@ -409,3 +415,153 @@ def test_no_transaction_migrations_are_confined_too(
 def _indexes(dsn: str) -> list[str]:
     with psycopg.connect(dsn) as conn:
         return [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()]
+
+
+def _doctor(dsn: str) -> set[tuple[str, str, str]]:
+    from pgtenancy.doctor import check_isolation
+
+    return {(f.severity, f.check, f.object) for f in check_isolation(dsn)}
+
+
+def test_doctor_reports_shared_schemas_others_may_create_in(dsn: str, sql: SQL) -> None:
+    assert ("warning", "shared_schema_writable", "public") not in _doctor(dsn)
+    sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    from pgtenancy.doctor import check_isolation
+
+    finding = next(f for f in check_isolation(dsn) if f.check == "shared_schema_writable")
+    assert finding.object == "public" and finding.severity == "warning"
+    assert finding.fix == "REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+    sql(finding.fix)
+    assert ("warning", "shared_schema_writable", "public") not in _doctor(dsn)
+    assert ("warning", "migration_fence_missing", "tenancy") not in _doctor(dsn)
+
+
+@pytest.fixture
+def owner_dsn(empty_dsn: str) -> Iterator[str]:
+    """A database whose kit owner is no superuser (CREATEROLE only)."""
+    name = f"pgtenancy_owner_{uuid.uuid4().hex[:8]}"
+    ident = pgsql.Identifier(name)
+    db = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(ident))
+        conn.execute(
+            pgsql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(pgsql.Identifier(str(db)), ident)
+        )
+        conn.execute(pgsql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(ident))
+    try:
+        yield as_role(empty_dsn, name)
+    finally:
+        with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT migrator_role FROM tenancy.confinement"
+                " WHERE to_regclass('tenancy.confinement') IS NOT NULL"
+            ).fetchone()
+            conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
+            conn.execute(
+                "DROP SCHEMA IF EXISTS tenant_acme CASCADE; DROP TABLE IF EXISTS public.canary"
+            )
+            conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident))
+            if row is not None:
+                migrator = pgsql.Identifier(row[0])
+                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(migrator))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(migrator))
+            conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_without_a_superuser_privileges_still_confine(owner_dsn: str) -> None:
+    """Installed by a CREATEROLE owner: no event-trigger fence, the doctor says
+    so, and the migrator role's privileges still refuse what matters."""
+    from pgtenancy import install
+
+    install(owner_dsn)
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT fence FROM tenancy.confinement").fetchone() == (False,)
+        conn.execute("CREATE TABLE public.canary (id int); INSERT INTO public.canary VALUES (1)")
+        conn.execute("SELECT tenancy.add_migration('0001', 'CREATE TABLE t (id int)')")
+        conn.execute("SELECT tenancy.create_tenant('acme')")
+    assert ("warning", "migration_fence_missing", "tenancy") in _doctor(owner_dsn)
+    for body in (
+        "DROP TABLE public.canary",
+        "DELETE FROM public.canary",
+        "UPDATE tenancy.tenants SET status = 'suspended'",
+        "CREATE EXTENSION IF NOT EXISTS ltree",
+        "DROP OWNED BY CURRENT_USER",
+        "DO $$ BEGIN EXECUTE 'RESET ROLE'; END $$",
+    ):
+        with pytest.raises(psycopg.Error) as info, psycopg.connect(owner_dsn) as conn:
+            conn.execute("SELECT tenancy.add_migration('0002', %s)", (body,))
+        assert info.value.sqlstate == "PT017", (body, str(info.value))
+    with psycopg.connect(owner_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM public.canary").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM tenant_acme.t").fetchone() == (0,)
+        assert conn.execute("SELECT status FROM tenancy.tenants").fetchall() == [("active",)]
+
+
+def _cli(*args: str) -> Any:
+    import subprocess
+
+    from conftest import pgtenancy_cli, subprocess_env
+
+    return subprocess.run(
+        [*pgtenancy_cli(), "migrate", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+
+
+def test_shared_migrations_run_once_before_tenant_migrations(
+    dsn: str, tenancy: Tenancy, sql: SQL, tmp_path: Any
+) -> None:
+    shared = tmp_path / "shared"
+    tenant = tmp_path / "tenant"
+    shared.mkdir()
+    tenant.mkdir()
+    (shared / "0001_plans.sql").write_text(
+        "CREATE TABLE plans (id int PRIMARY KEY, name text);"
+        "INSERT INTO plans VALUES (1, 'free'), (2, 'pro');"
+    )
+    (shared / "0002_trgm.sql").write_text("CREATE EXTENSION IF NOT EXISTS pg_trgm;")
+    (tenant / "0001_sub.sql").write_text(
+        "CREATE TABLE sub (id int PRIMARY KEY, plan int REFERENCES public.plans (id), note text);"
+        "CREATE INDEX sub_note ON sub USING gin (note public.gin_trgm_ops);"
+    )
+    tenancy.create_tenant("acme")
+    dry = _cli("--dsn", dsn, "--shared-dir", str(shared), "--dir", str(tenant), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "shared: would apply 0001_plans" in dry.stdout
+    assert sql("SELECT to_regclass('public.plans')") == [(None,)]
+
+    first = _cli("--dsn", dsn, "--shared-dir", str(shared), "--dir", str(tenant), "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "shared migrations: 2 applied, 0 current" in first.stderr
+    assert sql("SELECT version FROM tenancy.shared_migrations ORDER BY 1") == [
+        ("0001_plans",),
+        ("0002_trgm",),
+    ]
+    assert sql("SELECT migration_version FROM tenancy.tenants") == [("0001_sub",)]
+    sql("INSERT INTO tenant_acme.sub VALUES (1, 2, 'hello')")
+
+    again = _cli("--dsn", dsn, "--shared-dir", str(shared), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert sql("SELECT count(*) FROM public.plans") == [(2,)]  # not applied twice
+
+    (shared / "0001_plans.sql").write_text("DROP TABLE plans CASCADE;")
+    (shared / "0003_more.sql").write_text("CREATE TABLE more (id int);")
+    changed = _cli("--dsn", dsn, "--shared-dir", str(shared), "--quiet")
+    assert changed.returncode != 0
+    assert "0001_plans was applied with different SQL" in changed.stderr
+    assert sql("SELECT count(*) FROM public.plans") == [(2,)]
+    assert sql("SELECT to_regclass('public.more')") == [(None,)]
+
+
+def test_a_view_cannot_lend_the_owners_rights(world: dict[str, str], dsn: str) -> None:
+    """A view a migration creates reads with its caller's rights."""
+    _add_migration(dsn, "0002", "CREATE VIEW peek AS SELECT slug, metadata FROM tenancy.tenants")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.migrate_tenant('acme')")
+    with psycopg.connect(as_role(dsn, world["app"])) as conn:
+        conn.execute("SELECT tenancy.enter_tenant('acme')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM peek")
