@@ -61,8 +61,13 @@ DECLARE
     v_version   text := p_from;
     v_state     text;
     v_message   text;
-    -- Computed while search_path is pinned.
+    v_context   text;
+    v_role      name := tenancy.migrator_role();
+    -- The migration sees the tenant schema first, then the system catalogs,
+    -- then public (references to shared objects), and temporary objects
+    -- last, so a temporary table never shadows a tenant table.
     v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
+    v_granted   boolean := false;
 BEGIN
     FOR v_migration IN
         SELECT * FROM tenancy.migrations AS m
@@ -72,32 +77,91 @@ BEGIN
         -- It cannot run in this transaction: the fleet runner applies it
         -- outside one, then everything after it.
         EXIT WHEN v_migration.outside_transaction;
-        -- The migration sees the tenant schema first. Everything this
-        -- function calls while that path is set is schema-qualified, and the
-        -- pinned path comes back right after: an object in public (say a
-        -- better-matching format()) must never run with this function's rights.
-        PERFORM pg_catalog.set_config('search_path', v_path, true);
+        IF NOT v_granted THEN
+            -- The migrator may create in this schema for the rest of this
+            -- transaction only; nobody else ever sees the grant committed.
+            EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
+            -- Taking the schema's objects locks them all for the rest of the
+            -- transaction: a busy tenant fails here under lock_timeout.
+            BEGIN
+                PERFORM tenancy.hand_over_schema(p_schema, true);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT006',
+                          DETAIL = format('SQLSTATE %s', v_state),
+                          HINT = 'The tenant stays at its previous migration version.';
+            END;
+            v_granted := true;
+        END IF;
+        -- The migration runs as the migrator, confined to this schema (see
+        -- 003_confinement.sql); the fence reads the target schema from here.
+        PERFORM set_config('pgtenancy.migration_schema', p_schema, true);
         BEGIN
-            EXECUTE v_migration.sql;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            PERFORM tenancy.execute_migration(v_migration.sql, v_path);
         EXCEPTION WHEN OTHERS THEN
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_context = PG_EXCEPTION_CONTEXT;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            IF v_state IN ('PT017', '42501')
+               OR (v_state = '25001'
+                   AND v_message ~ '^(ALTER SYSTEM|CREATE DATABASE|DROP DATABASE|CREATE TABLESPACE|DROP TABLESPACE|ALTER DATABASE)') THEN
+                -- Out of its tenant schema: the fence (PT017) or the missing
+                -- privilege (42501) stopped it, or a server-wide statement
+                -- that could never run in a transaction (25001).
+                RAISE EXCEPTION 'unsafe migration % (schema %): %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = format('SQLSTATE %s; %s', v_state,
+                                          coalesce(substring(v_context FROM 'SQL statement "(.*?)"'),
+                                                   'at the migration''s top level')),
+                          HINT = 'A tenant migration may change its own tenant schema only. '
+                                 'Change shared schemas with a shared migration '
+                                 '(pgtenancy migrate --shared-dir). Nothing was changed.';
+            END IF;
             RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema, v_message
                 USING ERRCODE = 'PT006',
-                      DETAIL = pg_catalog.format('SQLSTATE %s', v_state),
+                      DETAIL = format('SQLSTATE %s', v_state),
                       HINT = 'The tenant stays at its previous migration version.';
         END;
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+        -- DROP OWNED BY the migrator would take the kit's runner and the
+        -- migrator's privileges with it (the fence, where installed, stops it
+        -- earlier).
+        IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                        WHERE p.proname = 'execute_migration'
+                          AND p.pronamespace = 'tenancy'::regnamespace)
+           OR NOT has_schema_privilege(v_role, 'tenancy', 'USAGE') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): it dropped the migrator role''s own objects or privileges',
+                v_migration.version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END IF;
         v_version := v_migration.version;
     END LOOP;
+    IF v_granted THEN
+        -- At rest the owner owns everything again and the migrator nothing.
+        BEGIN
+            PERFORM tenancy.hand_over_schema(p_schema, false);
+        EXCEPTION WHEN SQLSTATE 'PT017' THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+            RAISE EXCEPTION 'unsafe migration % (schema %): %', v_version, p_schema, v_message
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END;
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    END IF;
     RETURN v_version;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.apply_migrations(text, text) IS
     'Run, inside schema p_schema, every registered migration after version p_from (all when NULL), '
-    'in version order; return the last version applied (p_from when none). Raises PT006 with the '
-    'failing migration''s SQLSTATE in DETAIL. Internal: not granted to PUBLIC.';
+    'in version order, each as the migrator role confined to that schema; return the last '
+    'version applied (p_from when none). Raises PT017 when a migration reaches outside its '
+    'schema, PT006 with the failing migration''s SQLSTATE in DETAIL for any other error. '
+    'Internal: not granted to PUBLIC.';
 
 REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text) FROM PUBLIC;
 
@@ -173,6 +237,13 @@ BEGIN
         WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
             RAISE EXCEPTION 'migration % does not apply to an empty tenant schema: %', p_version, v_message
                 USING ERRCODE = 'PT008',
                       DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
@@ -188,8 +259,9 @@ COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
     'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
     'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
-    'transactional paths stop before it. Raises PT008 for a bad version, changed SQL, '
-    'out-of-order version or SQL that fails; nothing is registered then.';
+    'transactional paths stop before it. Raises PT017 for SQL that reaches outside its tenant '
+    'schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that fails; '
+    'nothing is registered then.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 

@@ -175,6 +175,8 @@ BEGIN
     VALUES (enable_rls.table_name, enable_rls.tenant_column)
     ON CONFLICT (table_name) DO NOTHING;
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
+    -- Tenant migrations may reference a guarded table, never read its rows.
+    EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END

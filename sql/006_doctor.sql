@@ -40,6 +40,43 @@ BEGIN
          WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
            AND t.migration_version IS DISTINCT FROM v_latest;
 
+    -- A shared schema others may create in: code planted there could
+    -- shadow what the application or its migrations call.
+    RETURN QUERY
+        SELECT 'warning'::text, 'shared_schema_writable'::text, n.nspname::text,
+               format('schema %I can be created in by %s, not only by its owner %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee),
+                      quote_ident(pg_get_userbyid(n.nspowner))),
+               format('REVOKE CREATE ON SCHEMA %I FROM %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee))
+          FROM pg_namespace AS n
+         CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) AS a
+         WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+           AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+           -- The database owner's role and the migrator are the kit's own.
+           AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
+         GROUP BY n.nspname, n.nspowner;
+
+    -- Without the event-trigger fence only privileges confine migrations.
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
+               'the event-trigger fence of tenant migrations is not installed (the kit was '
+               'installed without superuser rights): migrations are confined by the migrator '
+               'role''s privileges alone, so a create in a schema everybody may create in is '
+               'not refused'::text,
+               'install the kit again as a superuser (make install-sql), or REVOKE CREATE ON '
+               'SCHEMA public FROM PUBLIC'::text
+         WHERE (SELECT count(*) FROM pg_event_trigger
+                 WHERE evtname IN ('pgtenancy_fence_ddl_start', 'pgtenancy_fence_ddl_end',
+                                   'pgtenancy_fence_sql_drop')
+                   AND evtenabled <> 'D') < 3;
+
     RETURN QUERY
         SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
                format('consumer %s has not been seen since %s and has undelivered events; '
@@ -58,7 +95,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
-    '(warning). Called by '
+    '(warning), shared schemas that roles other than their owner may create in (warning), the '
+    'migration fence missing (warning). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;

@@ -29,6 +29,8 @@ CREATE OR REPLACE FUNCTION tenancy.track_changes(table_name regclass)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_in_migration boolean := tenancy.called_from_migration();
+    v_fence        text;
     v_pk      name[];
     v_key     text;
     v_join    text;
@@ -36,6 +38,18 @@ DECLARE
     v_table   text;
     v_child   regclass;
 BEGIN
+    -- From a tenant migration: its own tenant's tables only, and the kit's
+    -- own DDL (the generated function lives in tenancy) passes the fence.
+    IF v_in_migration THEN
+        IF NOT tenancy.is_migration_target(
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE c.oid = track_changes.table_name)) THEN
+            RAISE EXCEPTION 'unsafe migration: %(%) is outside its tenant schema', 'track_changes', track_changes.table_name
+                USING ERRCODE = 'PT017';
+        END IF;
+        v_fence := current_setting('pgtenancy.migration_schema', true);
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+    END IF;
     -- The sender of row signals: schema.table, unquoted.
     SELECT n.nspname || '.' || c.relname INTO v_table
       FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -151,6 +165,9 @@ BEGIN
     FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = track_changes.table_name LOOP
         PERFORM tenancy.track_changes(v_child);
     END LOOP;
+    IF v_in_migration THEN
+        PERFORM set_config('pgtenancy.migration_schema', v_fence, true);
+    END IF;
 END
 $$;
 
@@ -172,8 +189,22 @@ CREATE OR REPLACE FUNCTION tenancy.untrack_changes(table_name regclass)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_in_migration boolean := tenancy.called_from_migration();
+    v_fence        text;
     v_child regclass;
 BEGIN
+    -- From a tenant migration: its own tenant's tables only, and the kit's
+    -- own DDL (the generated function lives in tenancy) passes the fence.
+    IF v_in_migration THEN
+        IF NOT tenancy.is_migration_target(
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE c.oid = untrack_changes.table_name)) THEN
+            RAISE EXCEPTION 'unsafe migration: %(%) is outside its tenant schema', 'untrack_changes', untrack_changes.table_name
+                USING ERRCODE = 'PT017';
+        END IF;
+        v_fence := current_setting('pgtenancy.migration_schema', true);
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+    END IF;
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', untrack_changes.table_name);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', untrack_changes.table_name);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', untrack_changes.table_name);
@@ -182,6 +213,9 @@ BEGIN
     FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = untrack_changes.table_name LOOP
         PERFORM tenancy.untrack_changes(v_child);
     END LOOP;
+    IF v_in_migration THEN
+        PERFORM set_config('pgtenancy.migration_schema', v_fence, true);
+    END IF;
 END
 $$;
 
@@ -190,3 +224,13 @@ COMMENT ON FUNCTION tenancy.untrack_changes(regclass) IS
     'Idempotent.';
 
 REVOKE ALL ON FUNCTION tenancy.untrack_changes(regclass) FROM PUBLIC;
+
+-- Tenant migrations may track their own tables (the functions check that).
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.track_changes(regclass) TO %I',
+                              tenancy.migrator_role());
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.untrack_changes(regclass) TO %I',
+                              tenancy.migrator_role());
+END
+$$;

@@ -205,3 +205,11 @@ SELECT pg_catalog.set_config('pgtenancy.drop_tenants', %(drop_tenants)s, true)
 
 -- name: extension_version
 SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy'
+-- name: shared_migration_checksum
+SELECT checksum FROM tenancy.shared_migrations WHERE version = %(version)s
+
+-- name: apply_shared_migration
+SELECT version FROM tenancy.apply_shared_migration(%(version)s, %(sql)s)
+
+-- name: shared_migration_versions
+SELECT version FROM tenancy.shared_migrations

@@ -35,6 +35,10 @@ BEGIN
                   WHERE tgname LIKE 'tenancy\_changes\_%') AS t;
     END IF;
     PERFORM tenancy.forget_dropped_tables();
+    -- The migration fence goes first: its event triggers use the kit's functions.
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_start;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_end;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_sql_drop;
     FOR v_table IN EXECUTE 'SELECT table_name FROM tenancy.guarded_tables' LOOP
         FOR v_role IN EXECUTE 'SELECT a.role_name FROM tenancy.app_roles AS a '
                               'JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name' LOOP
@@ -82,4 +86,36 @@ BEGIN
 END
 $$;
 
+-- The migrator role goes with the kit when nothing else of it remains
+-- (another database copied from this one may still use it).
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    IF pg_catalog.to_regclass('tenancy.confinement') IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT migrator_role FROM tenancy.confinement' INTO v_role;
+    PERFORM pg_catalog.set_config('pgtenancy.drop_migrator', coalesce(v_role, ''), true);
+END
+$$;
+
 DROP SCHEMA IF EXISTS tenancy CASCADE;
+
+DO $$
+DECLARE
+    v_role name := nullif(pg_catalog.current_setting('pgtenancy.drop_migrator', true), '');
+BEGIN
+    IF v_role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+        RETURN;
+    END IF;
+    BEGIN
+        -- Its grants here (shared tables, default privileges) go first.
+        EXECUTE pg_catalog.format('DROP OWNED BY %I', v_role);
+        EXECUTE pg_catalog.format('DROP ROLE %I', v_role);
+    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+        -- Still used by another database, or not ours to drop: keep it.
+        NULL;
+    END;
+END
+$$;

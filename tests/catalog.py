@@ -14,11 +14,11 @@ from __future__ import annotations
 import psycopg
 
 CATALOG = """
-SELECT 'schema', n.nspname, jsonb_build_array(pg_get_userbyid(n.nspowner), n.nspacl::text,
+SELECT 'schema', n.nspname, jsonb_build_array(pg_get_userbyid(n.nspowner), (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(n.nspacl) AS x)::text,
        obj_description(n.oid, 'pg_namespace'))::text
   FROM pg_namespace AS n WHERE n.nspname = 'tenancy'
 UNION ALL
-SELECT 'relation', c.relname, jsonb_build_array(c.relkind, pg_get_userbyid(c.relowner), c.relacl::text,
+SELECT 'relation', c.relname, jsonb_build_array(c.relkind, pg_get_userbyid(c.relowner), (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(c.relacl) AS x)::text,
        c.relrowsecurity, c.relforcerowsecurity, c.relpersistence, c.reloptions::text,
        obj_description(c.oid, 'pg_class'),
        CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END)::text
@@ -28,7 +28,7 @@ SELECT 'column', c.relname || '.' || a.attname,
        jsonb_build_array(row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
        format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, a.attgenerated,
        (SELECT co.collname FROM pg_collation co WHERE co.oid = a.attcollation AND a.attcollation <> 100),
-       pg_get_expr(d.adbin, d.adrelid), a.attacl::text, col_description(c.oid, a.attnum))::text
+       pg_get_expr(d.adbin, d.adrelid), (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(a.attacl) AS x)::text, col_description(c.oid, a.attnum))::text
   FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid
   LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE c.relnamespace = 'tenancy'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
@@ -53,7 +53,7 @@ SELECT 'sequence', s.seqrelid::regclass::text,
 UNION ALL
 SELECT 'function', p.oid::regprocedure::text,
        jsonb_build_array(pg_get_functiondef(p.oid), p.prokind, pg_get_userbyid(p.proowner),
-       p.proacl::text, p.proconfig::text, p.prosecdef, p.provolatile, p.proparallel, p.proisstrict,
+       (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(p.proacl) AS x)::text, p.proconfig::text, p.prosecdef, p.provolatile, p.proparallel, p.proisstrict,
        p.proleakproof, p.procost, p.prorows, pg_get_function_arguments(p.oid),
        pg_get_function_result(p.oid), obj_description(p.oid, 'pg_proc'))::text
   FROM pg_proc AS p WHERE p.pronamespace = 'tenancy'::regnamespace
@@ -69,7 +69,7 @@ SELECT 'policy', c.relname || '.' || p.polname,
   FROM pg_policy AS p JOIN pg_class AS c ON c.oid = p.polrelid
  WHERE c.relnamespace = 'tenancy'::regnamespace
 UNION ALL
-SELECT 'type', t.typname, jsonb_build_array(t.typtype, pg_get_userbyid(t.typowner), t.typacl::text,
+SELECT 'type', t.typname, jsonb_build_array(t.typtype, pg_get_userbyid(t.typowner), (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(t.typacl) AS x)::text,
        obj_description(t.oid, 'pg_type'))::text
   FROM pg_type AS t WHERE t.typnamespace = 'tenancy'::regnamespace
 UNION ALL
@@ -77,7 +77,7 @@ SELECT 'rule', c.relname || '.' || r.rulename, pg_get_ruledef(r.oid)
   FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
  WHERE c.relnamespace = 'tenancy'::regnamespace AND r.rulename <> '_RETURN'
 UNION ALL
-SELECT 'default_acl', d.defaclobjtype::text, d.defaclacl::text
+SELECT 'default_acl', d.defaclobjtype::text, (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(d.defaclacl) AS x)::text
   FROM pg_default_acl AS d WHERE d.defaclnamespace = 'tenancy'::regnamespace
 ORDER BY 1, 2, 3
 """
@@ -86,7 +86,21 @@ ORDER BY 1, 2, 3
 def catalog(dsn: str) -> dict[tuple[str, str], str]:
     """``{(kind, name): description}`` of every object of schema ``tenancy``."""
     with psycopg.connect(dsn) as conn:
-        return {(row[0], row[1]): row[2] for row in conn.execute(CATALOG)}
+        rows = conn.execute(CATALOG).fetchall()
+        # The migrator role's name is derived from the database's name.
+        has_migrator = conn.execute(
+            "SELECT pg_catalog.to_regclass('tenancy.confinement') IS NOT NULL"
+        ).fetchone()
+        migrator = (
+            conn.execute("SELECT migrator_role FROM tenancy.confinement").fetchone()
+            if has_migrator and has_migrator[0]
+            else None
+        )
+    name = None if migrator is None else str(migrator[0])
+    return {
+        (row[0], row[1]): row[2] if name is None else row[2].replace(name, "<migrator>")
+        for row in rows
+    }
 
 
 def differences(got: dict[tuple[str, str], str], want: dict[tuple[str, str], str]) -> list[str]:

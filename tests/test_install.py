@@ -37,7 +37,11 @@ SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t
   JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'tenancy' AND NOT t.tgisinternal
 UNION ALL
-SELECT 'acl', p.oid::regprocedure::text, coalesce(p.proacl::text, '') FROM pg_proc p
+SELECT 'acl', p.oid::regprocedure::text,
+       -- The migrator role's name is derived from the database's.
+       replace(coalesce(p.proacl::text, ''),
+               (SELECT migrator_role FROM tenancy.confinement), '<migrator>')
+  FROM pg_proc p
   JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
 ORDER BY 1, 2
 """

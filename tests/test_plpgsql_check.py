@@ -13,6 +13,11 @@ import pytest
 ALLOWED = {
     # Migrations are SQL text run by design; only registered migrations run.
     ("apply_migrations", "security", "text type variable is not sanitized"),
+    ("execute_migration", "security", "text type variable is not sanitized"),
+    # Shared migrations are the owner's own SQL, run with the owner's rights by design.
+    ("apply_shared_migration", "security", "text type variable is not sanitized"),
+    # Its ALTER ... OWNER statements are dynamic SQL, which the checker cannot see.
+    ("hand_over_schema", "performance", "routine is marked as VOLATILE, should be STABLE"),
     # Names built with format('%I') (changes_function, the qualified table name).
     ("track_changes", "security", "text type variable is not sanitized"),
     ("untrack_changes", "security", "text type variable is not sanitized"),
@@ -65,5 +70,5 @@ def test_plpgsql_check_is_clean(dsn: str) -> None:
             "WHERE p.pronamespace = 'tenancy'::regnamespace AND l.lanname = 'plpgsql'"
         ).fetchone()
     unexpected = [f for f in findings if (f[0], f[2], f[3]) not in ALLOWED]
-    assert unexpected == []
+    assert unexpected == [], unexpected
     assert checked is not None and checked[0] >= 20

@@ -237,6 +237,12 @@ def add_migration(dsn: str, migration_version: str, file: Path) -> None:
     help="Register the NNNN_name.sql files of this directory first (checked).",
 )
 @click.option(
+    "--shared-dir",
+    "shared_directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Apply the shared-schema migrations of this directory first (once per database).",
+)
+@click.option(
     "--shared-schema",
     "shared_schemas",
     multiple=True,
@@ -273,6 +279,7 @@ def migrate(
     dsn: str,
     slugs: tuple[str, ...],
     directory: Path | None,
+    shared_directory: Path | None,
     shared_schemas: tuple[str, ...],
     jobs: int,
     lock_timeout: str,
@@ -288,6 +295,20 @@ def migrate(
 
     tenancy = _tenancy(dsn)
     new_versions: list[str] = []
+    if shared_directory is not None and dry_run:
+        from pgtenancy.shared_migrations import pending_shared_migrations
+
+        for version in pending_shared_migrations(dsn, shared_directory):
+            click.echo(f"shared: would apply {version}")
+    if shared_directory is not None and not dry_run:
+        from pgtenancy.shared_migrations import apply_shared_migrations
+
+        shared = apply_shared_migrations(dsn, shared_directory)
+        if not (quiet or as_json) or shared.applied:
+            click.echo(
+                f"shared migrations: {len(shared.applied)} applied, {len(shared.current)} current",
+                err=True,
+            )
     if directory is not None:
         from pgtenancy.migration_files import check_migration, read_migration_dir
 

@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import translate
+from pgtenancy.errors import TenancyError, translate
 from pgtenancy.queries import QUERIES
 
 
@@ -196,9 +196,13 @@ def _migrate_one(
             final = conn.execute(QUERIES["tenant_migration_version"], {"slug": slug}).fetchone()
         to_version = final["migration_version"] if final else row["migration_version"]
         return TenantOutcome(slug, version, to_version, True, seconds=time.monotonic() - began)
-    except psycopg.Error as exc:
-        err = translate(exc)
-        message = str(getattr(err, "message", None) or exc.diag.message_primary or exc)
+    except (psycopg.Error, TenancyError) as exc:
+        if isinstance(exc, psycopg.Error):
+            err = translate(exc)
+            sqlstate = exc.sqlstate
+            message = str(getattr(err, "message", None) or exc.diag.message_primary or exc)
+        else:
+            sqlstate, message = exc.sqlstate, exc.message
         with conn.transaction():
             target = conn.execute(QUERIES["latest_migration"]).fetchone()
             conn.execute(
@@ -206,12 +210,12 @@ def _migrate_one(
                 {
                     "slug": slug,
                     "version": target["latest_migration"] if target else None,
-                    "sqlstate": exc.sqlstate,
+                    "sqlstate": sqlstate,
                     "message": message,
                 },
             )
         return TenantOutcome(
-            slug, version, version, False, exc.sqlstate, message, time.monotonic() - began
+            slug, version, version, False, sqlstate, message, time.monotonic() - began
         )
 
 
@@ -223,7 +227,9 @@ def _apply_outside_transaction(
     tenant by an advisory lock; then record the version (which emits
     tenant_migrated). Such a migration is not atomic: write it to be rerun
     (IF NOT EXISTS), as a killed run repeats it."""
-    from pgtenancy.sqlscript import read_script  # pglast: only when such a migration runs
+    # pglast: only when such a migration runs.
+    from pgtenancy.confinement import check_outside_transaction_statement
+    from pgtenancy.sqlscript import read_script
 
     conn.autocommit = True
     try:
@@ -232,21 +238,29 @@ def _apply_outside_transaction(
             nxt = conn.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
             if nxt is None or not nxt["outside_transaction"]:
                 return  # another run did it meanwhile
-            path = (
-                sql.SQL("{}, pg_catalog, public, pg_temp")
-                .format(sql.Identifier(nxt["schema_name"]))
-                .as_string(conn)
-            )
+            statements = [stmt.sql for stmt in read_script(nxt["sql"]).statements]
+            for statement in statements:  # all checked before any runs
+                check_outside_transaction_statement(statement)
+            # Unqualified names resolve in the tenant schema alone (pg_catalog
+            # is searched first implicitly); the fence checks the objects.
+            path = sql.SQL("{}, pg_temp").format(sql.Identifier(nxt["schema_name"])).as_string(conn)
             conn.execute(QUERIES["session_setting"], {"name": "search_path", "value": path})
             conn.execute(
                 QUERIES["session_setting"], {"name": "lock_timeout", "value": lock_timeout}
             )
+            conn.execute(
+                QUERIES["session_setting"],
+                {"name": "pgtenancy.outside_migration_schema", "value": nxt["schema_name"]},
+            )
             try:
-                for stmt in read_script(nxt["sql"]).statements:
-                    conn.execute(stmt.sql.encode("utf-8"))
+                for statement in statements:
+                    conn.execute(statement.encode("utf-8"))
             finally:
                 conn.execute(QUERIES["reset_setting"], {"name": "search_path"})
                 conn.execute(QUERIES["reset_setting"], {"name": "lock_timeout"})
+                conn.execute(
+                    QUERIES["reset_setting"], {"name": "pgtenancy.outside_migration_schema"}
+                )
             conn.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
         finally:
             conn.execute(QUERIES["unlock_tenant_migration"], {"slug": slug})

@@ -11,3 +11,4 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.guarded_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.app_roles', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.parked_events', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');

@@ -1,7 +1,9 @@
 -- pgtenancy upgrade 0.2.0 -> 0.3.0: the SQL functions answer to the
 -- parameter names the README documents (slug, isolation, destroy_data,
 -- consumer, ...), in named notation too; the role grants and the doctor no
--- longer look for functions of later files.
+-- longer look for functions of later files; tenant migrations are confined
+-- to their tenant schema (the migrator role, the event-trigger fence) and
+-- shared-schema migrations are recorded.
 --
 -- A delta: run once over a 0.2.0 install (by pgtenancy install, or as the
 -- extension's pgtenancy--0.2.0--0.3.0.sql by ALTER EXTENSION pgtenancy
@@ -309,6 +311,13 @@ BEGIN
         WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
             RAISE EXCEPTION 'migration % does not apply to an empty tenant schema: %', p_version, v_message
                 USING ERRCODE = 'PT008',
                       DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
@@ -324,8 +333,9 @@ COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
     'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
     'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
-    'transactional paths stop before it. Raises PT008 for a bad version, changed SQL, '
-    'out-of-order version or SQL that fails; nothing is registered then.';
+    'transactional paths stop before it. Raises PT017 for SQL that reaches outside its tenant '
+    'schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that fails; '
+    'nothing is registered then.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
@@ -640,6 +650,8 @@ BEGIN
     VALUES (enable_rls.table_name, enable_rls.tenant_column)
     ON CONFLICT (table_name) DO NOTHING;
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
+    -- Tenant migrations may reference a guarded table, never read its rows.
+    EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END
@@ -725,6 +737,43 @@ BEGIN
          WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
            AND t.migration_version IS DISTINCT FROM v_latest;
 
+    -- A shared schema others may create in: code planted there could
+    -- shadow what the application or its migrations call.
+    RETURN QUERY
+        SELECT 'warning'::text, 'shared_schema_writable'::text, n.nspname::text,
+               format('schema %I can be created in by %s, not only by its owner %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee),
+                      quote_ident(pg_get_userbyid(n.nspowner))),
+               format('REVOKE CREATE ON SCHEMA %I FROM %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee))
+          FROM pg_namespace AS n
+         CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) AS a
+         WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+           AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+           -- The database owner's role and the migrator are the kit's own.
+           AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
+         GROUP BY n.nspname, n.nspowner;
+
+    -- Without the event-trigger fence only privileges confine migrations.
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
+               'the event-trigger fence of tenant migrations is not installed (the kit was '
+               'installed without superuser rights): migrations are confined by the migrator '
+               'role''s privileges alone, so a create in a schema everybody may create in is '
+               'not refused'::text,
+               'install the kit again as a superuser (make install-sql), or REVOKE CREATE ON '
+               'SCHEMA public FROM PUBLIC'::text
+         WHERE (SELECT count(*) FROM pg_event_trigger
+                 WHERE evtname IN ('pgtenancy_fence_ddl_start', 'pgtenancy_fence_ddl_end',
+                                   'pgtenancy_fence_sql_drop')
+                   AND evtenabled <> 'D') < 3;
+
     RETURN QUERY
         SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
                format('consumer %s has not been seen since %s and has undelivered events; '
@@ -743,7 +792,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
-    '(warning). Called by '
+    '(warning), shared schemas that roles other than their owner may create in (warning), the '
+    'migration fence missing (warning). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
@@ -985,6 +1035,8 @@ CREATE OR REPLACE FUNCTION tenancy.track_changes(table_name regclass)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_in_migration boolean := tenancy.called_from_migration();
+    v_fence        text;
     v_pk      name[];
     v_key     text;
     v_join    text;
@@ -992,6 +1044,18 @@ DECLARE
     v_table   text;
     v_child   regclass;
 BEGIN
+    -- From a tenant migration: its own tenant's tables only, and the kit's
+    -- own DDL (the generated function lives in tenancy) passes the fence.
+    IF v_in_migration THEN
+        IF NOT tenancy.is_migration_target(
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE c.oid = track_changes.table_name)) THEN
+            RAISE EXCEPTION 'unsafe migration: %(%) is outside its tenant schema', 'track_changes', track_changes.table_name
+                USING ERRCODE = 'PT017';
+        END IF;
+        v_fence := current_setting('pgtenancy.migration_schema', true);
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+    END IF;
     -- The sender of row signals: schema.table, unquoted.
     SELECT n.nspname || '.' || c.relname INTO v_table
       FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -1107,6 +1171,9 @@ BEGIN
     FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = track_changes.table_name LOOP
         PERFORM tenancy.track_changes(v_child);
     END LOOP;
+    IF v_in_migration THEN
+        PERFORM set_config('pgtenancy.migration_schema', v_fence, true);
+    END IF;
 END
 $$;
 
@@ -1128,8 +1195,22 @@ CREATE OR REPLACE FUNCTION tenancy.untrack_changes(table_name regclass)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    v_in_migration boolean := tenancy.called_from_migration();
+    v_fence        text;
     v_child regclass;
 BEGIN
+    -- From a tenant migration: its own tenant's tables only, and the kit's
+    -- own DDL (the generated function lives in tenancy) passes the fence.
+    IF v_in_migration THEN
+        IF NOT tenancy.is_migration_target(
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE c.oid = untrack_changes.table_name)) THEN
+            RAISE EXCEPTION 'unsafe migration: %(%) is outside its tenant schema', 'untrack_changes', untrack_changes.table_name
+                USING ERRCODE = 'PT017';
+        END IF;
+        v_fence := current_setting('pgtenancy.migration_schema', true);
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+    END IF;
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', untrack_changes.table_name);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', untrack_changes.table_name);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', untrack_changes.table_name);
@@ -1138,6 +1219,9 @@ BEGIN
     FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = untrack_changes.table_name LOOP
         PERFORM tenancy.untrack_changes(v_child);
     END LOOP;
+    IF v_in_migration THEN
+        PERFORM set_config('pgtenancy.migration_schema', v_fence, true);
+    END IF;
 END
 $$;
 
@@ -1252,5 +1336,821 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s', v_grant->>0, v_grant->>1,
                                   CASE WHEN (v_grant->>2)::boolean THEN ' WITH GRANT OPTION' END);
     END LOOP;
+END
+$$;
+
+-- Migration confinement (new in 0.3.0): the migrator role, its runner, the
+-- event-trigger fence and shared-schema migrations, as in
+-- sql/003_confinement.sql; then apply_migrations runs migrations as the
+-- migrator, and tenant migrations may track their own tables.
+
+--
+-- A tenant migration may create, alter and drop objects in its own tenant
+-- schema and nothing else (DESIGN.md principle 7). Two fences enforce that
+-- at execution time, on every path (create_tenant, migrate_tenant, the
+-- scratch check of add_migration, the fleet runner), DO blocks, called
+-- functions and dynamic SQL included:
+--
+-- 1. Privileges. Migrations run as the migrator role, a NOLOGIN role of its
+--    own that owns nothing at rest. For the span of a migration, inside the
+--    migrating transaction (so no other session ever sees it), it gets
+--    USAGE and CREATE on the one tenant schema being migrated and owns that
+--    schema's objects; then they go back to the kit's owner. So it cannot
+--    reach another tenant's objects, even with DROP OWNED. It has no privilege on the tenancy
+--    tables, no CREATE on the database, is no member of any role and cannot
+--    change role: the migration runs inside a SECURITY DEFINER function
+--    owned by the migrator, where SET ROLE and SET SESSION AUTHORIZATION are
+--    refused by the server. Code planted in public by another role runs with
+--    the migrator's rights at most, never with the owner's.
+-- 2. An event-trigger fence (created when a superuser installs the kit):
+--    while a migration runs it refuses, with PT017, DDL whose objects lie
+--    outside the tenant schema (creates in a PUBLIC-writable schema
+--    included), drops of anything outside it, and statements that are
+--    never a tenant's business (extensions, schemas, default privileges,
+--    foreign servers, publications, casts, languages, ...).
+-- After each migration, the runner also refuses a changed search_path,
+-- default privileges of the migrator and large objects it owns, which no
+-- event trigger sees.
+
+-- The migrator role of this database, and whether the fence is installed.
+CREATE TABLE IF NOT EXISTS tenancy.confinement (
+    singleton     boolean     NOT NULL DEFAULT true,
+    migrator_role name        NOT NULL,
+    fence         boolean     NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT confinement_pkey PRIMARY KEY (singleton),
+    CONSTRAINT confinement_singleton_check CHECK (singleton)
+);
+
+COMMENT ON TABLE tenancy.confinement IS
+    'One row: the role tenant migrations run as (migrator_role) and whether the event-trigger '
+    'fence is installed (fence).';
+
+-- Create (or adopt) the migrator role. Its name is derived from the
+-- database so two databases of one server never share it (roles are
+-- cluster-wide); a database copied from a template keeps the template's.
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    SELECT c.migrator_role INTO v_role FROM tenancy.confinement AS c;
+    IF v_role IS NULL THEN
+        v_role := 'pgtenancy_migrator_'
+                  || pg_catalog.left(pg_catalog.md5(pg_catalog.current_database()), 12);
+        INSERT INTO tenancy.confinement (migrator_role) VALUES (v_role);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                        WHERE rolname = current_user AND (rolsuper OR rolcreaterole)) THEN
+            RAISE EXCEPTION 'pgtenancy needs role % to confine tenant migrations, and % may not create it',
+                v_role, current_user
+                USING ERRCODE = '42501',
+                      HINT = pg_catalog.format('As a superuser: CREATE ROLE %I NOLOGIN; GRANT %I TO %I;',
+                                               v_role, v_role, current_user);
+        END IF;
+        EXECUTE pg_catalog.format(
+            'CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT', v_role);
+        EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', v_role,
+            'pgtenancy: tenant migrations of database ' || pg_catalog.current_database()
+            || ' run as this role; it owns the objects of tenant schemas.');
+    END IF;
+    -- The owner manages the objects the migrator owns (grants, DROP SCHEMA
+    -- ... CASCADE, ALTER ... OWNER); the migrator never gets the owner's.
+    IF NOT pg_catalog.pg_has_role(current_user, v_role, 'USAGE') THEN
+        EXECUTE pg_catalog.format('GRANT %I TO %I', v_role, current_user);
+    END IF;
+    -- Migrations may call the kit's public functions (current_tenant_id()
+    -- in a policy, say); the tables stay out of reach.
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA tenancy TO %I', v_role);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.migrator_role()
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.migrator_role FROM tenancy.confinement AS c
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.migrator_role() FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.migrator_role() IS
+    'Name of the role tenant migrations run as: it owns the objects of tenant schemas, may '
+    'create objects only in the schema being migrated, and only while a migration runs.';
+
+-- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
+-- migrator role (re-owned below), so the server refuses SET ROLE and SET
+-- SESSION AUTHORIZATION inside; called only by apply_migrations.
+CREATE OR REPLACE FUNCTION tenancy.execute_migration(migration_sql text, migration_path text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_path_after text;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', migration_path, true);
+    EXECUTE migration_sql;
+    -- Read before anything else resolves a name through the migration's path.
+    v_path_after := pg_catalog.current_setting('search_path');
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    IF v_path_after OPERATOR(pg_catalog.<>) migration_path THEN
+        RAISE EXCEPTION 'unsafe migration: it changed search_path to %', v_path_after
+            USING ERRCODE = 'PT017',
+                  HINT = 'A tenant migration runs in its tenant schema; qualify names instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl AS d
+                WHERE d.defaclrole OPERATOR(pg_catalog.=)
+                      (SELECT r.oid FROM pg_catalog.pg_roles AS r
+                        WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+        RAISE EXCEPTION 'unsafe migration: ALTER DEFAULT PRIVILEGES changes privileges beyond its tenant schema'
+            USING ERRCODE = 'PT017',
+                  HINT = 'Grant on the tenant''s own objects instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS l
+                WHERE l.lomowner OPERATOR(pg_catalog.=)
+                      (SELECT r.oid FROM pg_catalog.pg_roles AS r
+                        WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+        RAISE EXCEPTION 'unsafe migration: it created a large object, which lies outside its tenant schema'
+            USING ERRCODE = 'PT017',
+                  HINT = 'Store the data in a table of the tenant schema.';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.execute_migration(text, text) IS
+    'Run migration_sql as the migrator role with search_path = migration_path (pinned again '
+    'right after); raise PT017 when the migration changed search_path, set default privileges '
+    'or created a large object. Internal: executable by the owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.execute_migration(text, text) FROM PUBLIC;
+
+-- Give the runner to the migrator. ALTER ... OWNER needs the new owner to
+-- have CREATE on the schema: grant it for this statement only.
+DO $$
+DECLARE
+    v_role name := tenancy.migrator_role();
+BEGIN
+    EXECUTE pg_catalog.format('GRANT CREATE ON SCHEMA tenancy TO %I', v_role);
+    EXECUTE pg_catalog.format('ALTER FUNCTION tenancy.execute_migration(text, text) OWNER TO %I', v_role);
+    EXECUTE pg_catalog.format('REVOKE CREATE ON SCHEMA tenancy FROM %I', v_role);
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION tenancy.execute_migration(text, text) FROM %I', v_role);
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.execute_migration(text, text) TO %I',
+                              current_user);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.migration_schema()
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT nullif(pg_catalog.current_setting('pgtenancy.migration_schema', true), '')
+$$;
+
+COMMENT ON FUNCTION tenancy.migration_schema() IS
+    'Tenant schema the current transaction is migrating (set by the runner), NULL otherwise.';
+
+CREATE OR REPLACE FUNCTION tenancy.is_migration_target(schema_name text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The schema the runner opened to the migrator in this transaction: a
+    -- schema of the kit's owner the migrator may create in (that grant never
+    -- commits), neither tenancy nor public nor one everybody may create in.
+    SELECT schema_name NOT IN ('tenancy', 'public')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
+                    WHERE n.nspname = schema_name
+                      AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
+                                         WHERE s.nspname = 'tenancy')
+                      AND pg_catalog.has_schema_privilege(
+                              (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
+                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'))
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.is_migration_target(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.is_migration_target(text) IS
+    'True when schema_name is the tenant schema a migration of the current transaction may '
+    'change; the migration cannot forge this (it rests on a grant only the runner makes).';
+
+CREATE OR REPLACE FUNCTION tenancy.called_from_migration()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stack text;
+BEGIN
+    -- The call stack cannot be forged by the code on it.
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
+    RETURN pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') > 0;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.called_from_migration() IS
+    'True when the caller runs inside a tenant migration (tenancy.execute_migration is on the '
+    'call stack): kit functions a migration may call then act on its tenant schema only.';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_target()
+    RETURNS text
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_target  text := tenancy.migration_schema();
+    v_outside text := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
+    v_role    name := (SELECT c.migrator_role FROM tenancy.confinement AS c);
+BEGIN
+    -- The fleet runner applies a no-transaction migration statement by
+    -- statement on its own connection, as the owner (each statement checked
+    -- to be CREATE INDEX CONCURRENTLY or the like); its objects must lie in
+    -- that tenant's schema. The migrator itself never reaches this branch.
+    IF v_outside IS NOT NULL AND current_user IS DISTINCT FROM v_role THEN
+        IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = v_outside) THEN
+            RETURN v_outside;
+        END IF;
+        RETURN '';
+    END IF;
+    -- Outside a migration the fence stays out of the way of everyone's DDL.
+    IF v_target IS NULL
+       AND session_user IS DISTINCT FROM v_role
+       AND current_user IS DISTINCT FROM v_role THEN
+        RETURN NULL;
+    END IF;
+    -- The migration itself could have rewritten the setting: trust it only
+    -- when it names the schema the runner opened to the migrator.
+    IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
+        RETURN v_target;
+    END IF;
+    RETURN '';  -- in a migration, but no schema it may change
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_target() IS
+    'For the migration fence: NULL outside a migration; inside one, the tenant schema it may '
+    'change, or the empty string when the setting names no tenant schema (everything refused).';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_refuse(command text, object text, target text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'unsafe migration: % %', command,
+        CASE WHEN object IS NULL THEN 'is not allowed in a tenant migration'
+             ELSE pg_catalog.format('on %s is outside tenant schema %s', object,
+                                    coalesce(nullif(target, ''), '(none)')) END
+        USING ERRCODE = 'PT017',
+              HINT = 'A tenant migration changes its own tenant schema only; change shared '
+                     'schemas with a shared migration (pgtenancy migrate --shared-dir).';
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_refuse(text, text, text) IS
+    'Raise PT017 for command on object (NULL: the command itself) outside tenant schema target.';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_in_target(object_schema text, target text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Temporary objects vanish with the session: allowed.
+    SELECT object_schema = target
+        OR object_schema = 'pg_temp'
+        OR object_schema LIKE 'pg\_temp\_%'
+        OR object_schema LIKE 'pg\_toast\_temp\_%'
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS
+    'True when an object in schema object_schema is the current migration''s to change.';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_ddl_start()
+    RETURNS event_trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_target text := tenancy.fence_target();
+BEGIN
+    IF v_target IS NULL THEN
+        RETURN;
+    END IF;
+    IF TG_TAG IN ('CREATE EXTENSION', 'ALTER EXTENSION', 'DROP EXTENSION',
+                  'CREATE SCHEMA', 'ALTER SCHEMA', 'DROP SCHEMA',
+                  'ALTER DEFAULT PRIVILEGES',
+                  'CREATE FOREIGN DATA WRAPPER', 'ALTER FOREIGN DATA WRAPPER',
+                  'DROP FOREIGN DATA WRAPPER', 'CREATE SERVER', 'ALTER SERVER', 'DROP SERVER',
+                  'CREATE USER MAPPING', 'ALTER USER MAPPING', 'DROP USER MAPPING',
+                  'IMPORT FOREIGN SCHEMA',
+                  'CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION',
+                  'CREATE SUBSCRIPTION', 'ALTER SUBSCRIPTION', 'DROP SUBSCRIPTION',
+                  'CREATE CAST', 'DROP CAST', 'CREATE LANGUAGE', 'ALTER LANGUAGE', 'DROP LANGUAGE',
+                  'CREATE TRANSFORM', 'DROP TRANSFORM', 'CREATE ACCESS METHOD',
+                  'DROP ACCESS METHOD', 'SECURITY LABEL') THEN
+        PERFORM tenancy.fence_refuse(TG_TAG, NULL, v_target);
+    END IF;
+    IF v_target = '' THEN
+        PERFORM tenancy.fence_refuse(TG_TAG, 'an object', v_target);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_ddl_start() IS
+    'Event trigger (ddl_command_start): during a tenant migration refuse, with PT017, commands '
+    'that are never a tenant''s (extensions, schemas, default privileges, foreign servers, '
+    'publications, casts, languages, security labels) and all DDL when no tenant schema is set.';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_ddl_end()
+    RETURNS event_trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_target text := tenancy.fence_target();
+    v_cmd    record;
+BEGIN
+    IF v_target IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_cmd IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
+        IF v_cmd.schema_name IS NOT NULL
+           AND NOT tenancy.fence_in_target(v_cmd.schema_name, v_target) THEN
+            PERFORM tenancy.fence_refuse(v_cmd.command_tag, v_cmd.object_identity, v_target);
+        END IF;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_ddl_end() IS
+    'Event trigger (ddl_command_end): during a tenant migration refuse, with PT017, any command '
+    'whose objects lie outside the tenant schema being migrated.';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_sql_drop()
+    RETURNS event_trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_target text := tenancy.fence_target();
+    v_obj    record;
+BEGIN
+    IF v_target IS NULL THEN
+        RETURN;
+    END IF;
+    FOR v_obj IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+        -- Objects without a schema (schemas, extensions, casts, ...) are
+        -- never a tenant's; policies, triggers, rules and constraints carry
+        -- their table's schema in the identity.
+        IF (v_obj.schema_name IS NULL
+            AND v_obj.object_type NOT IN ('policy', 'trigger', 'rule', 'table constraint',
+                                          'domain constraint', 'default value', 'default acl'))
+           OR (v_obj.schema_name IS NOT NULL
+               AND NOT tenancy.fence_in_target(v_obj.schema_name, v_target)) THEN
+            PERFORM tenancy.fence_refuse('DROP ' || pg_catalog.upper(v_obj.object_type),
+                                         v_obj.object_identity, v_target);
+        END IF;
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_sql_drop() IS
+    'Event trigger (sql_drop): during a tenant migration refuse, with PT017, dropping (also by '
+    'CASCADE) anything outside the tenant schema being migrated.';
+
+REVOKE ALL ON FUNCTION tenancy.fence_target() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.fence_ddl_start() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.fence_ddl_end() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.fence_sql_drop() FROM PUBLIC;
+
+-- Event triggers need a superuser. Without one the privilege fence alone
+-- holds, and the doctor says so.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = current_user AND rolsuper) THEN
+        RETURN;
+    END IF;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_start;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_end;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_sql_drop;
+    CREATE EVENT TRIGGER pgtenancy_fence_ddl_start ON ddl_command_start
+        EXECUTE FUNCTION tenancy.fence_ddl_start();
+    CREATE EVENT TRIGGER pgtenancy_fence_ddl_end ON ddl_command_end
+        EXECUTE FUNCTION tenancy.fence_ddl_end();
+    CREATE EVENT TRIGGER pgtenancy_fence_sql_drop ON sql_drop
+        EXECUTE FUNCTION tenancy.fence_sql_drop();
+    UPDATE tenancy.confinement SET fence = true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+    v_from     oid;
+    v_to       name;
+    v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj      record;
+    v_count    integer := 0;
+BEGIN
+    IF v_nsp IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF to_migrator THEN
+        v_from := v_owner;
+        v_to := tenancy.migrator_role();
+    ELSE
+        v_from := v_migrator;
+        v_to := (SELECT r.rolname FROM pg_roles AS r WHERE r.oid = v_owner);
+        -- Given back to the owner, these would run with the owner's rights
+        -- for whoever calls them: never from a tenant migration.
+        SELECT p.oid::regprocedure::text AS name INTO v_obj
+          FROM pg_proc AS p
+         WHERE p.pronamespace = v_nsp AND p.prosecdef AND p.proowner = v_migrator
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unsafe migration: SECURITY DEFINER function % in a tenant schema would run with the owner''s rights',
+                v_obj.name
+                USING ERRCODE = 'PT017',
+                      HINT = 'Declare it SECURITY INVOKER (the default).';
+        END IF;
+        SELECT format('%s on %s', r.rulename, r.ev_class::regclass) AS name INTO v_obj
+          FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+         WHERE c.relnamespace = v_nsp AND r.rulename <> '_RETURN'
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unsafe migration: rule % would run with the owner''s rights', v_obj.name
+                USING ERRCODE = 'PT017',
+                      HINT = 'Use a trigger instead of a rule.';
+        END IF;
+    END IF;
+    -- Everything in the schema, found through its namespace dependencies
+    -- (indexed), not a scan of the catalogs.
+    FOR v_obj IN
+        SELECT d.classid, d.objid FROM pg_depend AS d
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+    LOOP
+        IF v_obj.classid = 'pg_class'::regclass THEN
+            PERFORM 1 FROM pg_class AS c
+             WHERE c.oid = v_obj.objid AND c.relowner = v_from
+               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+                    OR (c.relkind = 'S' AND NOT EXISTS (
+                            SELECT 1 FROM pg_depend AS o
+                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
+            CONTINUE WHEN NOT FOUND;
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
+                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
+                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                     THEN v_obj.objid::regclass::text::regtype::text
+                     ELSE v_obj.objid::regclass::text END,
+                v_to);
+            -- A view given back to the owner reads with its caller's rights,
+            -- so it never lends the owner's to the application.
+            IF NOT to_migrator
+               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
+            END IF;
+        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                                       WHERE p.oid = v_obj.objid AND p.proowner = v_from);
+            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, v_to);
+        ELSIF v_obj.classid = 'pg_type'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
+                                       WHERE t.oid = v_obj.objid AND t.typowner = v_from
+                                         AND t.typtype IN ('d', 'e', 'r'));
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
+                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                v_obj.objid::regtype, v_to);
+        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
+                                       WHERE o.oid = v_obj.objid AND o.oprowner = v_from);
+            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, v_to);
+        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
+                                       WHERE o.oid = v_obj.objid AND o.collowner = v_from);
+            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, v_to);
+        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
+                                       WHERE o.oid = v_obj.objid AND o.stxowner = v_from);
+            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), v_to);
+        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
+                                       WHERE o.oid = v_obj.objid AND o.cfgowner = v_from);
+            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, v_to);
+        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
+                                       WHERE o.oid = v_obj.objid AND o.dictowner = v_from);
+            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, v_to);
+        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
+                                       WHERE o.oid = v_obj.objid AND o.conowner = v_from);
+            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), v_to);
+        ELSE
+            CONTINUE;
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.hand_over_schema(text, boolean) IS
+    'Give the objects of tenant schema schema_name to the migrator role (to_migrator) for the '
+    'span of a migration, or back to the kit''s owner afterwards, so at rest the migrator owns '
+    'nothing and a migration reaches no other tenant. Giving back raises PT017 for a SECURITY '
+    'DEFINER function or a rule the migration created (they would run with the owner''s '
+    'rights) and makes views security_invoker. Returns how many objects changed owner. '
+    'Internal: not granted to PUBLIC.';
+
+REVOKE ALL ON FUNCTION tenancy.hand_over_schema(text, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.grant_shared_to_migrator()
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role  name := tenancy.migrator_role();
+    v_table record;
+BEGIN
+    -- Migrations may read and reference the shared tables of public (a
+    -- foreign key to public.plans needs REFERENCES); guarded tables hold
+    -- every tenant's rows, so they may only be referenced. Tables the
+    -- owner creates later are covered by the default privileges below;
+    -- tables of other roles need a grant of their own.
+    FOR v_table IN
+        SELECT c.oid::regclass AS name,
+               EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
+          FROM pg_catalog.pg_class AS c
+         WHERE c.relnamespace = 'public'::regnamespace
+           AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+           AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+    LOOP
+        IF v_table.guarded THEN
+            EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
+            EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
+        ELSE
+            EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
+        END IF;
+    END LOOP;
+    IF pg_catalog.has_schema_privilege('public', 'CREATE') THEN
+        EXECUTE pg_catalog.format(
+            'ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, REFERENCES ON TABLES TO %I', v_role);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_shared_to_migrator() IS
+    'Let tenant migrations read and reference the tables of public (REFERENCES only for guarded '
+    'tables), now and for tables the owner creates later. Run at install, after enable_rls and '
+    'after shared migrations. Internal: not granted to PUBLIC.';
+
+REVOKE ALL ON FUNCTION tenancy.grant_shared_to_migrator() FROM PUBLIC;
+
+SELECT tenancy.grant_shared_to_migrator();
+
+-- Shared-schema migrations ---------------------------------------------------
+--
+-- The sanctioned way to change shared schemas (public's tables, extensions,
+-- a second schema): ordered files applied once per database, by the owner,
+-- with the owner's rights, recorded here. Tenant migrations never do this.
+
+CREATE TABLE IF NOT EXISTS tenancy.shared_migrations (
+    version    text COLLATE "C" NOT NULL,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    applied_by name        NOT NULL DEFAULT current_user,
+    CONSTRAINT shared_migrations_pkey PRIMARY KEY (version)
+);
+
+COMMENT ON TABLE tenancy.shared_migrations IS
+    'Shared-schema migrations applied to this database once each, in version order (C collation).';
+
+CREATE OR REPLACE FUNCTION tenancy.apply_shared_migration(version text, sql text)
+    RETURNS tenancy.shared_migrations
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    v_row      tenancy.shared_migrations;
+    v_checksum text;
+BEGIN
+    IF version IS NULL OR version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid shared migration version %', coalesce(quote_literal(version), 'NULL')
+            USING ERRCODE = 'PT008',
+                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_plans.';
+    END IF;
+    IF sql IS NULL OR btrim(sql) = '' THEN
+        RAISE EXCEPTION 'shared migration % has no SQL', version
+            USING ERRCODE = 'PT008';
+    END IF;
+    v_checksum := encode(sha256(convert_to(sql, 'UTF8')), 'hex');
+    -- One runner at a time per database; the caller's own lock space.
+    PERFORM pg_advisory_xact_lock(hashtext('tenancy.shared_migrations'));
+    SELECT * INTO v_row FROM tenancy.shared_migrations AS s WHERE s.version = version;
+    IF FOUND THEN
+        IF v_row.checksum = v_checksum THEN
+            RETURN v_row;  -- applied already: a no-op
+        END IF;
+        RAISE EXCEPTION 'shared migration % was applied with different SQL', version
+            USING ERRCODE = 'PT008',
+                  HINT = 'Applied migrations never change: add a new version instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.shared_migrations AS s WHERE s.version > version) THEN
+        RAISE EXCEPTION 'shared migration % sorts before the latest applied version %', version,
+            (SELECT max(s.version) FROM tenancy.shared_migrations AS s)
+            USING ERRCODE = 'PT008',
+                  HINT = 'Versions are applied in C-collation order: use a later version.';
+    END IF;
+    -- With the caller's rights (it is not SECURITY DEFINER), public first.
+    PERFORM set_config('search_path', 'public, pg_catalog, pg_temp', true);
+    EXECUTE sql;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    INSERT INTO tenancy.shared_migrations (version, checksum)
+    VALUES (version, v_checksum)
+    RETURNING * INTO v_row;
+    -- Tenant migrations may read and reference the new shared tables.
+    PERFORM tenancy.grant_shared_to_migrator();
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_shared_migration(text, text) IS
+    'Apply shared-schema migration sql as version (once: the same version with the same SQL is '
+    'a no-op) with the caller''s rights and search_path public, pg_catalog; record it in '
+    'tenancy.shared_migrations. Raises PT008 for a bad version, changed SQL or an out-of-order '
+    'version; on any error nothing is recorded or changed. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_shared_migration(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.latest_shared_migration()
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT max(s.version) FROM tenancy.shared_migrations AS s
+$$;
+
+COMMENT ON FUNCTION tenancy.latest_shared_migration() IS
+    'Latest applied shared-schema migration version, NULL when none.';
+
+CREATE OR REPLACE FUNCTION tenancy.apply_migrations(p_schema text, p_from text)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_migration tenancy.migrations;
+    v_version   text := p_from;
+    v_state     text;
+    v_message   text;
+    v_context   text;
+    v_role      name := tenancy.migrator_role();
+    -- The migration sees the tenant schema first, then the system catalogs,
+    -- then public (references to shared objects), and temporary objects
+    -- last, so a temporary table never shadows a tenant table.
+    v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
+    v_granted   boolean := false;
+BEGIN
+    FOR v_migration IN
+        SELECT * FROM tenancy.migrations AS m
+         WHERE p_from IS NULL OR m.version > p_from
+         ORDER BY m.version
+    LOOP
+        -- It cannot run in this transaction: the fleet runner applies it
+        -- outside one, then everything after it.
+        EXIT WHEN v_migration.outside_transaction;
+        IF NOT v_granted THEN
+            -- The migrator may create in this schema for the rest of this
+            -- transaction only; nobody else ever sees the grant committed.
+            EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
+            -- Taking the schema's objects locks them all for the rest of the
+            -- transaction: a busy tenant fails here under lock_timeout.
+            BEGIN
+                PERFORM tenancy.hand_over_schema(p_schema, true);
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT006',
+                          DETAIL = format('SQLSTATE %s', v_state),
+                          HINT = 'The tenant stays at its previous migration version.';
+            END;
+            v_granted := true;
+        END IF;
+        -- The migration runs as the migrator, confined to this schema (see
+        -- 003_confinement.sql); the fence reads the target schema from here.
+        PERFORM set_config('pgtenancy.migration_schema', p_schema, true);
+        BEGIN
+            PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_context = PG_EXCEPTION_CONTEXT;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            IF v_state IN ('PT017', '42501')
+               OR (v_state = '25001'
+                   AND v_message ~ '^(ALTER SYSTEM|CREATE DATABASE|DROP DATABASE|CREATE TABLESPACE|DROP TABLESPACE|ALTER DATABASE)') THEN
+                -- Out of its tenant schema: the fence (PT017) or the missing
+                -- privilege (42501) stopped it, or a server-wide statement
+                -- that could never run in a transaction (25001).
+                RAISE EXCEPTION 'unsafe migration % (schema %): %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = format('SQLSTATE %s; %s', v_state,
+                                          coalesce(substring(v_context FROM 'SQL statement "(.*?)"'),
+                                                   'at the migration''s top level')),
+                          HINT = 'A tenant migration may change its own tenant schema only. '
+                                 'Change shared schemas with a shared migration '
+                                 '(pgtenancy migrate --shared-dir). Nothing was changed.';
+            END IF;
+            RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema, v_message
+                USING ERRCODE = 'PT006',
+                      DETAIL = format('SQLSTATE %s', v_state),
+                      HINT = 'The tenant stays at its previous migration version.';
+        END;
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+        -- DROP OWNED BY the migrator would take the kit's runner and the
+        -- migrator's privileges with it (the fence, where installed, stops it
+        -- earlier).
+        IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                        WHERE p.proname = 'execute_migration'
+                          AND p.pronamespace = 'tenancy'::regnamespace)
+           OR NOT has_schema_privilege(v_role, 'tenancy', 'USAGE') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): it dropped the migrator role''s own objects or privileges',
+                v_migration.version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END IF;
+        v_version := v_migration.version;
+    END LOOP;
+    IF v_granted THEN
+        -- At rest the owner owns everything again and the migrator nothing.
+        BEGIN
+            PERFORM tenancy.hand_over_schema(p_schema, false);
+        EXCEPTION WHEN SQLSTATE 'PT017' THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+            RAISE EXCEPTION 'unsafe migration % (schema %): %', v_version, p_schema, v_message
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END;
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    END IF;
+    RETURN v_version;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_migrations(text, text) IS
+    'Run, inside schema p_schema, every registered migration after version p_from (all when NULL), '
+    'in version order, each as the migrator role confined to that schema; return the last '
+    'version applied (p_from when none). Raises PT017 when a migration reaches outside its '
+    'schema, PT006 with the failing migration''s SQLSTATE in DETAIL for any other error. '
+    'Internal: not granted to PUBLIC.';
+
+-- Tenant migrations may track their own tables (the functions check that).
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.track_changes(regclass) TO %I',
+                              tenancy.migrator_role());
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.untrack_changes(regclass) TO %I',
+                              tenancy.migrator_role());
+END
+$$;
+
+-- The extension's new configuration table: pg_dump keeps its rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
+    END IF;
 END
 $$;

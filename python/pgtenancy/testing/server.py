@@ -406,12 +406,24 @@ def create_database(admin_dsn: str, prefix: str = "pgtenancy", template: str | N
 
 
 def drop_database(admin_dsn: str, dsn: str) -> None:
-    """Drop the database of ``dsn``, disconnecting its sessions first."""
+    """Drop the database of ``dsn``, disconnecting its sessions first, and the
+    migrator role pgtenancy made for it when no other database still uses it."""
     name = str(conninfo_to_dict(dsn)["dbname"])
+    migrator = None
+    with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT migrator_role FROM tenancy.confinement"
+            " WHERE pg_catalog.to_regclass('tenancy.confinement') IS NOT NULL"
+        ).fetchone()
+        migrator = None if row is None else str(row[0])
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+        if migrator is not None:
+            # A database copied from this one may still use the role: keep it then.
+            with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(migrator)))
 
 
 @contextlib.contextmanager

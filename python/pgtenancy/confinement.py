@@ -1,0 +1,100 @@
+"""Confinement of the statements of no-transaction migrations.
+
+Transactional tenant migrations are confined by the database itself (they run
+as the migrator role, behind the event-trigger fence: see
+``sql/003_confinement.sql``). A migration marked ``-- pgtenancy:
+no-transaction`` cannot run inside a function, so the fleet runner applies it
+statement by statement on its own connection; each statement must then be one
+of the few kinds that need to run outside a transaction, and name its objects
+unqualified, so that with ``search_path`` set to the tenant schema alone it can
+only reach that schema. The event-trigger fence checks the objects as well.
+"""
+
+from __future__ import annotations
+
+from pglast import ast, parse_sql
+from pglast.enums import ObjectType
+
+from pgtenancy.errors import UnsafeMigration
+
+#: What a no-transaction migration may contain (PostgreSQL docs: the commands
+#: that "cannot be executed inside a transaction block" a tenant needs).
+OUTSIDE_TRANSACTION_KINDS = (
+    "CREATE INDEX CONCURRENTLY",
+    "DROP INDEX CONCURRENTLY",
+    "REINDEX ... CONCURRENTLY",
+    "VACUUM",
+    "ANALYZE",
+    "ALTER TYPE ... ADD VALUE",
+)
+
+
+def _qualified(names: object) -> bool:
+    return isinstance(names, tuple | list) and len(names) > 1
+
+
+def check_outside_transaction_statement(statement: str) -> None:
+    """Refuse a statement a no-transaction tenant migration may not run.
+
+    Args:
+        statement: one SQL statement (as split by :mod:`pgtenancy.sqlscript`).
+
+    Raises:
+        UnsafeMigration: (PT017) the statement is not one of
+            :data:`OUTSIDE_TRANSACTION_KINDS`, or it names a schema.
+    """
+    try:
+        parsed = parse_sql(statement)
+    except Exception as exc:  # pglast.parser.ParseError
+        raise UnsafeMigration(f"unsafe migration: cannot parse {statement!r}: {exc}") from exc
+    for raw in parsed:
+        node = raw.stmt
+        reason = "an empty statement" if node is None else _outside_reason(node)
+        if reason is not None:
+            raise UnsafeMigration(
+                f"unsafe migration: {reason}: {statement.strip()[:200]}",
+                hint="A no-transaction migration may hold only "
+                + ", ".join(OUTSIDE_TRANSACTION_KINDS)
+                + ", on unqualified names of the tenant schema.",
+            )
+
+
+def _outside_reason(node: ast.Node) -> str | None:
+    if isinstance(node, ast.IndexStmt):
+        if not node.concurrent:
+            return "CREATE INDEX without CONCURRENTLY belongs in a transactional migration"
+        if node.relation is not None and node.relation.schemaname:
+            return f"the index names schema {node.relation.schemaname}"
+        return None
+    if isinstance(node, ast.DropStmt):
+        if node.removeType != ObjectType.OBJECT_INDEX or not node.concurrent:
+            return "only DROP INDEX CONCURRENTLY may run outside a transaction"
+        if any(_qualified(obj) for obj in node.objects or ()):
+            return "the index is schema-qualified"
+        return None
+    if isinstance(node, ast.ReindexStmt):
+        concurrently = any(
+            isinstance(p, ast.DefElem) and p.defname == "concurrently" for p in node.params or ()
+        )
+        if not concurrently:
+            return "REINDEX without CONCURRENTLY belongs in a transactional migration"
+        if node.relation is None:
+            return "REINDEX of a schema, database or system is not a tenant's"
+        if node.relation.schemaname:
+            return f"REINDEX names schema {node.relation.schemaname}"
+        return None
+    if isinstance(node, ast.VacuumStmt):
+        for rel in node.rels or ():
+            relation = getattr(rel, "relation", None)
+            if relation is None:
+                continue
+            if relation.schemaname:
+                return f"VACUUM/ANALYZE names schema {relation.schemaname}"
+        if not node.rels:
+            return "VACUUM/ANALYZE of the whole database is not a tenant's: name its tables"
+        return None
+    if isinstance(node, ast.AlterEnumStmt):
+        if _qualified(node.typeName):
+            return "the type is schema-qualified"
+        return None
+    return f"{type(node).__name__} may not run outside a transaction in a tenant migration"

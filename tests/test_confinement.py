@@ -1,0 +1,567 @@
+"""Tenant migrations change their own tenant schema and nothing else.
+
+A corpus of hostile and careless migrations, each tried on every path that
+executes migrations (the scratch check of add_migration, create_tenant,
+migrate_tenant, the fleet runner): each must fail with PT017 and change
+nothing. "Nothing" is a snapshot of what a user would miss: canary rows in
+public and in another tenant, public's tables and their RLS flags, the
+extension and schema lists, the registry, the migrations, the outbox, role
+attributes and memberships, privileges, default privileges, large objects
+and database settings.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+
+from conftest import as_role
+from pgtenancy import Tenancy
+
+SQL = Callable[..., list[tuple[Any, ...]]]
+
+# Statements a tenant migration must never get away with. {app} is the
+# application role, {db} the database, {other} another tenant's schema.
+HOSTILE: dict[str, str] = {
+    "drop_unqualified_shared_table": "DROP TABLE IF EXISTS legacy",
+    "drop_qualified_shared_table": "DROP TABLE public.canary",
+    "truncate_shared_table": "TRUNCATE public.canary",
+    "delete_shared_rows": "DELETE FROM public.canary",
+    "drop_extension": "DROP EXTENSION IF EXISTS pg_trgm",
+    "drop_extension_cascade": "DROP EXTENSION pg_trgm CASCADE",
+    "create_extension": "CREATE EXTENSION IF NOT EXISTS ltree",
+    "create_extension_in_schema": "CREATE EXTENSION IF NOT EXISTS hstore SCHEMA public",
+    "drop_other_schema": "DROP SCHEMA IF EXISTS partman CASCADE",
+    "drop_other_tenant": "DROP SCHEMA {other} CASCADE",
+    "create_schema": "CREATE SCHEMA sneaky",
+    "rename_other_tenant": "ALTER SCHEMA {other} RENAME TO stolen",
+    "other_tenant_table": "DROP TABLE {other}.canary",
+    "other_tenant_rows": "DELETE FROM {other}.canary",
+    "create_in_public": "CREATE TABLE public.planted (id int)",
+    "function_in_public": (
+        "CREATE FUNCTION public.round(integer) RETURNS integer LANGUAGE sql AS 'SELECT 1'"
+    ),
+    "empty_outbox": "DELETE FROM tenancy.events",
+    "truncate_outbox": "TRUNCATE tenancy.events",
+    "suspend_everyone": "UPDATE tenancy.tenants SET status = 'suspended'",
+    "forge_tenant": "INSERT INTO tenancy.tenants (slug) VALUES ('forged')",
+    "registry_to_public": "GRANT ALL ON tenancy.tenants TO PUBLIC",
+    "drop_registry_trigger": "ALTER TABLE tenancy.tenants DISABLE TRIGGER ALL",
+    "superuser_from_do": "DO $$ BEGIN EXECUTE 'ALTER ROLE {app} SUPERUSER'; END $$",
+    "create_role": "CREATE ROLE sneaky_admin SUPERUSER",
+    "grant_owner_role": "DO $$ BEGIN EXECUTE format('GRANT %I TO {app}', session_user); END $$",
+    "disable_rls": "ALTER TABLE public.orders DISABLE ROW LEVEL SECURITY",
+    "drop_policy": "DROP POLICY IF EXISTS tenancy_tenant_isolation ON public.orders",
+    "alter_database": "ALTER DATABASE {db} SET work_mem = '1GB'",
+    "alter_system": "ALTER SYSTEM SET work_mem = '1GB'",
+    "copy_program": "COPY (SELECT 1) TO PROGRAM 'true'",
+    "copy_from_file": "CREATE TABLE loot (line text); COPY loot FROM '/etc/passwd'",
+    "set_role": "SET ROLE NONE",
+    "reset_role": "RESET ROLE",
+    "session_authorization": "SET SESSION AUTHORIZATION DEFAULT",
+    "change_search_path": "SELECT pg_catalog.set_config('search_path', 'public', true)",
+    "set_search_path": "SET LOCAL search_path = public",
+    "default_privileges": "ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC",
+    "default_privileges_other": (
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA {other} GRANT ALL ON TABLES TO PUBLIC"
+    ),
+    "drop_owned": "DROP OWNED BY CURRENT_USER",
+    "large_object": "SELECT pg_catalog.lo_from_bytea(0, 'x')",
+    "dynamic_drop": "DO $$ BEGIN EXECUTE 'DROP TABLE public.' || 'canary'; END $$",
+    "drop_view_in_public_by_cascade": "DROP TABLE IF EXISTS t_dep CASCADE",
+    "foreign_server": "CREATE SERVER sneaky FOREIGN DATA WRAPPER postgres_fdw",
+    "security_definer": (
+        "CREATE FUNCTION lend() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'"
+    ),
+    "rule": (
+        "CREATE TABLE t (i int); CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM tenancy.events"
+    ),
+}
+
+
+_ROLES = """SELECT role_name FROM tenancy.app_roles
+             UNION ALL SELECT tenancy.migrator_role()
+             UNION ALL SELECT current_user UNION ALL SELECT 'sneaky_admin'"""
+
+
+def _snapshot(dsn: str) -> dict[str, Any]:
+    """Everything a user would miss if a migration reached outside its tenant."""
+    queries = {
+        "public_canary": "SELECT * FROM public.canary ORDER BY id",
+        "legacy_rows": "SELECT count(*) FROM public.legacy",
+        "other_canary": "SELECT * FROM tenant_globex.canary ORDER BY id",
+        "public_tables": """
+            SELECT c.relname, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+                   coalesce(c.relacl::text, '')
+              FROM pg_class AS c WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1""",
+        "policies": "SELECT schemaname, tablename, policyname FROM pg_policies ORDER BY 1, 2, 3",
+        "extensions": "SELECT extname, extnamespace::regnamespace::text FROM pg_extension ORDER BY 1",
+        "schemas": "SELECT nspname, coalesce(nspacl::text, '') FROM pg_namespace ORDER BY 1",
+        "tenants": """SELECT slug, status, schema_name, migration_version, metadata::text
+                        FROM tenancy.tenants ORDER BY slug""",
+        "migrations": "SELECT version, checksum FROM tenancy.migrations ORDER BY version",
+        "events": "SELECT id, name, tenant_slug FROM tenancy.events ORDER BY id",
+        "tenancy_acl": """SELECT c.relname, coalesce(c.relacl::text, '') FROM pg_class AS c
+                           WHERE c.relnamespace = 'tenancy'::regnamespace ORDER BY 1""",
+        "triggers": """SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger
+                        WHERE NOT tgisinternal ORDER BY 1, 2""",
+        # Roles are server-wide: only the ones this database's kit knows of,
+        # the owner and those the corpus would create.
+        "roles": f"""SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls,
+                           rolcanlogin, rolinherit
+                      FROM pg_roles WHERE rolname IN ({_ROLES}) ORDER BY 1""",
+        "memberships": f"""SELECT roleid::regrole::text, member::regrole::text
+                            FROM pg_auth_members
+                           WHERE roleid IN (SELECT oid FROM pg_roles WHERE rolname IN ({_ROLES}))
+                              OR member IN (SELECT oid FROM pg_roles WHERE rolname IN ({_ROLES}))
+                           ORDER BY 1, 2""",
+        "default_acl": "SELECT defaclrole::regrole::text, defaclnamespace, defaclacl::text "
+        "FROM pg_default_acl ORDER BY 1, 2, 3",
+        "large_objects": "SELECT count(*) FROM pg_largeobject_metadata",
+        "db_settings": """SELECT coalesce(setconfig::text, '') FROM pg_db_role_setting
+                           WHERE setdatabase = (SELECT oid FROM pg_database
+                                                 WHERE datname = current_database())""",
+        "event_triggers": "SELECT evtname, evtenabled FROM pg_event_trigger ORDER BY 1",
+        "servers": "SELECT srvname FROM pg_foreign_server ORDER BY 1",
+    }
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {name: conn.execute(q).fetchall() for name, q in queries.items()}
+
+
+@pytest.fixture
+def world(dsn: str, tenancy: Tenancy, sql: SQL, app_role: str) -> dict[str, str]:
+    """Shared tables with rows, a guarded table, an extension used from
+    public, a second schema, and two tenants with canary rows."""
+    sql("CREATE TABLE public.canary (id int PRIMARY KEY, v text)")
+    sql("INSERT INTO public.canary SELECT g, 'row ' || g FROM generate_series(1, 5) AS g")
+    sql("CREATE TABLE public.legacy (id int)")
+    sql("INSERT INTO public.legacy SELECT generate_series(1, 412)")
+    sql("CREATE TABLE public.t_dep (id int)")
+    sql("CREATE VIEW public.v_dep AS SELECT id FROM public.t_dep")
+    sql("CREATE TABLE public.orders (id serial PRIMARY KEY, item text)")
+    sql("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+    sql("CREATE SCHEMA partman")
+    sql("CREATE TABLE partman.template_orders (id int)")
+    tenancy.enable_rls("public.orders")
+    tenancy.add_migration("0001", "CREATE TABLE canary (id int PRIMARY KEY, v text)")
+    for slug in ("acme", "globex"):
+        tenancy.create_tenant(slug)
+        sql(f"INSERT INTO tenant_{slug}.canary VALUES (1, '{slug} one'), (2, '{slug} two')")
+    tenancy.create_tenant("initech", isolation="shared")
+    return {"app": app_role, "db": str(sql("SELECT current_database()")[0][0])}
+
+
+def _format(template: str, world: dict[str, str], other: str) -> str:
+    return (
+        template.replace("{app}", world["app"])
+        .replace("{db}", world["db"])
+        .replace("{other}", other)
+    )
+
+
+def _add_migration(dsn: str, version: str, body: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_migration(%s, %s)", (version, body))
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_add_migration_refuses_and_changes_nothing(
+    case: str, world: dict[str, str], dsn: str
+) -> None:
+    body = _format(HOSTILE[case], world, "tenant_globex")
+    before = _snapshot(dsn)
+    with pytest.raises(psycopg.Error) as info:
+        _add_migration(dsn, "0002", body)
+    assert info.value.sqlstate == "PT017", (case, info.value.sqlstate, str(info.value))
+    assert "unsafe migration" in str(info.value)
+    assert _snapshot(dsn) == before
+
+
+# Passes the scratch check, then strikes in a real tenant: the runtime fence
+# must hold on create_tenant, migrate_tenant and the fleet runner as well.
+def _sleeper(body: str) -> str:
+    return (
+        "DO $sleeper$ BEGIN IF current_schema() NOT LIKE 'tenancy\\_check\\_%' THEN "
+        f"EXECUTE {_dollar(body)}; END IF; END $sleeper$"
+    )
+
+
+def _dollar(text: str) -> str:
+    return f"$q${text}$q$"
+
+
+RUNTIME_CASES = [
+    "drop_unqualified_shared_table",
+    "drop_extension",
+    "create_extension",
+    "drop_other_tenant",
+    "empty_outbox",
+    "suspend_everyone",
+    "registry_to_public",
+    "disable_rls",
+    "drop_owned",
+    "default_privileges",
+    "create_in_public",
+]
+
+
+@pytest.mark.parametrize("case", RUNTIME_CASES)
+def test_sleeper_migration_is_refused_on_every_path(
+    case: str, world: dict[str, str], dsn: str, tenancy: Tenancy
+) -> None:
+    body = _format(HOSTILE[case], world, "tenant_globex")
+    if "DO $$" in body:
+        pytest.skip("nested DO blocks are covered by the direct case")
+    _add_migration(dsn, "0002", _sleeper(body))  # the scratch schema sees nothing
+    before = _snapshot(dsn)
+
+    with pytest.raises(psycopg.Error) as info, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.create_tenant('newco')")
+    assert info.value.sqlstate == "PT017", str(info.value)
+    assert _snapshot(dsn) == before
+
+    with pytest.raises(psycopg.Error) as info, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.migrate_tenant('acme')")
+    assert info.value.sqlstate == "PT017", str(info.value)
+    assert _snapshot(dsn) == before
+
+    report = tenancy.migrate_tenants()
+    assert {slug for slug, _ in report.failed} == {"acme", "globex"}
+    assert {exc.sqlstate for _, exc in report.failed} == {"PT017"}
+    after = _snapshot(dsn)
+    # The fleet runner records failures as events; nothing else changed.
+    new_events = [e for e in after.pop("events") if e not in before["events"]]
+    assert {e[1] for e in new_events} <= {"tenant_migration_failed"}
+    before.pop("events")
+    assert after == before
+
+
+def test_a_migration_changes_its_own_tenant(world: dict[str, str], dsn: str, sql: SQL) -> None:
+    """What a tenant migration may do still works: DDL and DML in its schema,
+    references to shared tables, types and operator classes, ANALYZE,
+    temporary tables, comments, grants on its own tables, row-change tracking."""
+    _add_migration(
+        dsn,
+        "0002",
+        """
+        CREATE TABLE item (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            canary_id int REFERENCES public.canary (id),
+            name text NOT NULL
+        );
+        CREATE INDEX item_name_trgm ON item USING gin (name public.gin_trgm_ops);
+        CREATE TYPE mood AS ENUM ('ok', 'meh');
+        CREATE VIEW item_names AS SELECT name FROM item;
+        CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM item';
+        COMMENT ON TABLE item IS 'items';
+        CREATE TEMP TABLE scratch ON COMMIT DROP AS SELECT 1 AS x;
+        INSERT INTO item (canary_id, name) SELECT id, v FROM public.canary;
+        UPDATE canary SET v = upper(v);
+        DROP TABLE IF EXISTS not_there;
+        ANALYZE item;
+        SELECT tenancy.track_changes('item');
+        """,
+    )
+    _add_migration(dsn, "0003", "ALTER TABLE item ADD COLUMN mood mood; DROP VIEW item_names")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.migrate_tenant('acme')")
+        conn.execute("SELECT tenancy.create_tenant('newco')")
+    assert sql("SELECT count(*) FROM tenant_acme.item") == [(5,)]
+    assert sql("SELECT count(*) FROM tenant_newco.item") == [(5,)]
+    assert sql("SELECT v FROM tenant_acme.canary ORDER BY id") == [("ACME ONE",), ("ACME TWO",)]
+    assert sql("SELECT v FROM tenant_globex.canary ORDER BY id") == [
+        ("globex one",),
+        ("globex two",),
+    ]
+    assert sql(
+        "SELECT count(*) FROM pg_class WHERE relname IN ('item', 'item_name_trgm')"
+        " AND relnamespace = 'public'::regnamespace"
+    ) == [(0,)]
+    # The app role reaches the new tables of its tenant.
+    with psycopg.connect(as_role(dsn, world["app"])) as conn:
+        conn.execute("SELECT tenancy.enter_tenant('acme')")
+        assert conn.execute("SELECT count(*) FROM item").fetchone() == (5,)
+
+
+def test_unqualified_names_never_resolve_into_shared_schemas(
+    world: dict[str, str], dsn: str, sql: SQL
+) -> None:
+    """ALTER/DROP of a name the tenant lacks errors (PT017) rather than
+    reaching public.legacy; names a migration creates land in the tenant."""
+    for body in ("ALTER TABLE legacy ADD COLUMN x int", "DROP TABLE legacy", "TRUNCATE legacy"):
+        before = _snapshot(dsn)
+        with pytest.raises(psycopg.Error) as info:
+            _add_migration(dsn, "0002", body)
+        assert info.value.sqlstate == "PT017", (body, str(info.value))
+        assert _snapshot(dsn) == before
+    _add_migration(dsn, "0002", "CREATE TABLE legacy (id int); DROP TABLE IF EXISTS legacy")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.migrate_tenant('acme')")
+    assert sql("SELECT count(*) FROM public.legacy") == [(412,)]
+
+
+@pytest.fixture
+def planter(dsn: str, sql: SQL) -> Iterator[str]:
+    """An unprivileged role in a database whose public anyone may create in
+    (as in databases upgraded from PostgreSQL 14 or older), with traps that
+    shadow pg_catalog functions and operators and record who ran them."""
+    name = f"pgtenancy_planter_{uuid.uuid4().hex[:8]}"
+    ident = pgsql.Identifier(name)
+    sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    sql(pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER").format(ident).as_string(None))
+    with psycopg.connect(as_role(dsn, name), autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE TABLE public.trap_log (who text, what text, escalated boolean);
+            GRANT INSERT, SELECT ON public.trap_log TO PUBLIC;
+            CREATE FUNCTION public.trap(what text) RETURNS boolean LANGUAGE plpgsql AS $$
+            DECLARE ok boolean := true;
+            BEGIN
+                BEGIN
+                    EXECUTE format('ALTER ROLE %I SUPERUSER', session_user);
+                    UPDATE tenancy.tenants SET status = 'suspended';
+                EXCEPTION WHEN OTHERS THEN ok := false;
+                END;
+                INSERT INTO public.trap_log VALUES (current_user, what, ok);
+                RETURN true;
+            END $$;
+            CREATE FUNCTION public.round(integer) RETURNS integer LANGUAGE plpgsql AS
+                $$ BEGIN PERFORM public.trap('round'); RETURN $1; END $$;
+            CREATE FUNCTION public.lt_trap(integer, numeric) RETURNS boolean LANGUAGE plpgsql AS
+                $$ BEGIN RETURN public.trap('<'); END $$;
+            CREATE OPERATOR public.< (LEFTARG = integer, RIGHTARG = numeric,
+                                      FUNCTION = public.lt_trap);
+            """
+        )
+    try:
+        yield name
+    finally:
+        sql(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident).as_string(None))
+        sql(pgsql.SQL("DROP ROLE {}").format(ident).as_string(None))
+        sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+
+
+def test_code_planted_in_public_never_runs_with_the_owners_rights(
+    world: dict[str, str], planter: str, dsn: str, sql: SQL
+) -> None:
+    owner = sql("SELECT current_user")[0][0]
+    before = _snapshot(dsn)
+    _add_migration(dsn, "0002", "CREATE TABLE r AS SELECT round(1) AS v, (1 < 2.5) AS b")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.migrate_tenant('acme')")
+        conn.execute("SELECT tenancy.create_tenant('newco')")
+    log = sql("SELECT who, what, escalated FROM public.trap_log")
+    assert log, "the traps were expected to fire (the test must be able to fail)"
+    assert all(who != owner and not escalated for who, _, escalated in log), log
+    migrator = sql("SELECT tenancy.migrator_role()")[0][0]
+    assert {who for who, _, _ in log} == {migrator}
+    after = _snapshot(dsn)
+    assert after["roles"] == before["roles"]
+    assert [t[:2] for t in after["tenants"] if t[0] != "newco"] == [
+        t[:2] for t in before["tenants"]
+    ]
+    # Even with public open to everyone, a migration cannot create there.
+    with pytest.raises(psycopg.Error) as info:
+        _add_migration(dsn, "0003", "CREATE TABLE public.planted (id int)")
+    assert info.value.sqlstate == "PT017"
+    assert sql("SELECT to_regclass('public.planted')") == [(None,)]
+
+
+def test_python_api_raises_unsafe_migration(world: dict[str, str], tenancy: Tenancy) -> None:
+    from pgtenancy import errors
+
+    with pytest.raises(errors.UnsafeMigration) as info:
+        tenancy.add_migration("0002", "DROP TABLE public.canary")
+    assert info.value.sqlstate == "PT017"
+    assert "canary" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "DROP TABLE public.canary",
+        "CREATE INDEX CONCURRENTLY canary_v ON public.canary (v)",
+        "DROP INDEX CONCURRENTLY IF EXISTS public.canary_pkey",
+        "VACUUM",
+        "CREATE INDEX CONCURRENTLY ok_idx ON canary (v); DELETE FROM tenancy.events",
+    ],
+)
+def test_no_transaction_migrations_are_confined_too(
+    body: str, world: dict[str, str], dsn: str
+) -> None:
+    """Registered in SQL (no parser there, no scratch try), a no-transaction
+    migration is checked statement by statement by the fleet runner."""
+    from pgtenancy.fleet import migrate_fleet
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_migration('0002', %s, true)", (body,))
+    before = _snapshot(dsn)
+    report = migrate_fleet(dsn, jobs=2)
+    assert sorted(o.slug for o in report.failed) == ["acme", "globex"]
+    assert {o.sqlstate for o in report.failed} == {"PT017"}
+    after = _snapshot(dsn)
+    new_events = [e for e in after.pop("events") if e not in before["events"]]
+    assert {e[1] for e in new_events} == {"tenant_migration_failed"}
+    before.pop("events")
+    assert after == before
+    assert not (set(_indexes(dsn)) & {"ok_idx", "canary_v"})
+
+
+def _indexes(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes").fetchall()]
+
+
+def _doctor(dsn: str) -> set[tuple[str, str, str]]:
+    from pgtenancy.doctor import check_isolation
+
+    return {(f.severity, f.check, f.object) for f in check_isolation(dsn)}
+
+
+def test_doctor_reports_shared_schemas_others_may_create_in(dsn: str, sql: SQL) -> None:
+    assert ("warning", "shared_schema_writable", "public") not in _doctor(dsn)
+    sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    from pgtenancy.doctor import check_isolation
+
+    finding = next(f for f in check_isolation(dsn) if f.check == "shared_schema_writable")
+    assert finding.object == "public" and finding.severity == "warning"
+    assert finding.fix == "REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+    sql(finding.fix)
+    assert ("warning", "shared_schema_writable", "public") not in _doctor(dsn)
+    assert ("warning", "migration_fence_missing", "tenancy") not in _doctor(dsn)
+
+
+@pytest.fixture
+def owner_dsn(empty_dsn: str) -> Iterator[str]:
+    """A database whose kit owner is no superuser (CREATEROLE only)."""
+    name = f"pgtenancy_owner_{uuid.uuid4().hex[:8]}"
+    ident = pgsql.Identifier(name)
+    db = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(ident))
+        conn.execute(
+            pgsql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(pgsql.Identifier(str(db)), ident)
+        )
+        conn.execute(pgsql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(ident))
+    try:
+        yield as_role(empty_dsn, name)
+    finally:
+        with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT migrator_role FROM tenancy.confinement"
+                " WHERE to_regclass('tenancy.confinement') IS NOT NULL"
+            ).fetchone()
+            conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
+            conn.execute(
+                "DROP SCHEMA IF EXISTS tenant_acme CASCADE; DROP TABLE IF EXISTS public.canary"
+            )
+            conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident))
+            if row is not None:
+                migrator = pgsql.Identifier(row[0])
+                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(migrator))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(migrator))
+            conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_without_a_superuser_privileges_still_confine(owner_dsn: str) -> None:
+    """Installed by a CREATEROLE owner: no event-trigger fence, the doctor says
+    so, and the migrator role's privileges still refuse what matters."""
+    from pgtenancy import install
+
+    install(owner_dsn)
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT fence FROM tenancy.confinement").fetchone() == (False,)
+        conn.execute("CREATE TABLE public.canary (id int); INSERT INTO public.canary VALUES (1)")
+        conn.execute("SELECT tenancy.add_migration('0001', 'CREATE TABLE t (id int)')")
+        conn.execute("SELECT tenancy.create_tenant('acme')")
+    assert ("warning", "migration_fence_missing", "tenancy") in _doctor(owner_dsn)
+    for body in (
+        "DROP TABLE public.canary",
+        "DELETE FROM public.canary",
+        "UPDATE tenancy.tenants SET status = 'suspended'",
+        "CREATE EXTENSION IF NOT EXISTS ltree",
+        "DROP OWNED BY CURRENT_USER",
+        "DO $$ BEGIN EXECUTE 'RESET ROLE'; END $$",
+    ):
+        with pytest.raises(psycopg.Error) as info, psycopg.connect(owner_dsn) as conn:
+            conn.execute("SELECT tenancy.add_migration('0002', %s)", (body,))
+        assert info.value.sqlstate == "PT017", (body, str(info.value))
+    with psycopg.connect(owner_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM public.canary").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM tenant_acme.t").fetchone() == (0,)
+        assert conn.execute("SELECT status FROM tenancy.tenants").fetchall() == [("active",)]
+
+
+def _cli(*args: str) -> Any:
+    import subprocess
+
+    from conftest import pgtenancy_cli, subprocess_env
+
+    return subprocess.run(
+        [*pgtenancy_cli(), "migrate", *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+
+
+def test_shared_migrations_run_once_before_tenant_migrations(
+    dsn: str, tenancy: Tenancy, sql: SQL, tmp_path: Any
+) -> None:
+    shared = tmp_path / "shared"
+    tenant = tmp_path / "tenant"
+    shared.mkdir()
+    tenant.mkdir()
+    (shared / "0001_plans.sql").write_text(
+        "CREATE TABLE plans (id int PRIMARY KEY, name text);"
+        "INSERT INTO plans VALUES (1, 'free'), (2, 'pro');"
+    )
+    (shared / "0002_trgm.sql").write_text("CREATE EXTENSION IF NOT EXISTS pg_trgm;")
+    (tenant / "0001_sub.sql").write_text(
+        "CREATE TABLE sub (id int PRIMARY KEY, plan int REFERENCES public.plans (id), note text);"
+        "CREATE INDEX sub_note ON sub USING gin (note public.gin_trgm_ops);"
+    )
+    tenancy.create_tenant("acme")
+    dry = _cli("--dsn", dsn, "--shared-dir", str(shared), "--dir", str(tenant), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "shared: would apply 0001_plans" in dry.stdout
+    assert sql("SELECT to_regclass('public.plans')") == [(None,)]
+
+    first = _cli("--dsn", dsn, "--shared-dir", str(shared), "--dir", str(tenant), "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert "shared migrations: 2 applied, 0 current" in first.stderr
+    assert sql("SELECT version FROM tenancy.shared_migrations ORDER BY 1") == [
+        ("0001_plans",),
+        ("0002_trgm",),
+    ]
+    assert sql("SELECT migration_version FROM tenancy.tenants") == [("0001_sub",)]
+    sql("INSERT INTO tenant_acme.sub VALUES (1, 2, 'hello')")
+
+    again = _cli("--dsn", dsn, "--shared-dir", str(shared), "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert sql("SELECT count(*) FROM public.plans") == [(2,)]  # not applied twice
+
+    (shared / "0001_plans.sql").write_text("DROP TABLE plans CASCADE;")
+    (shared / "0003_more.sql").write_text("CREATE TABLE more (id int);")
+    changed = _cli("--dsn", dsn, "--shared-dir", str(shared), "--quiet")
+    assert changed.returncode != 0
+    assert "0001_plans was applied with different SQL" in changed.stderr
+    assert sql("SELECT count(*) FROM public.plans") == [(2,)]
+    assert sql("SELECT to_regclass('public.more')") == [(None,)]
+
+
+def test_a_view_cannot_lend_the_owners_rights(world: dict[str, str], dsn: str) -> None:
+    """A view a migration creates reads with its caller's rights."""
+    _add_migration(dsn, "0002", "CREATE VIEW peek AS SELECT slug, metadata FROM tenancy.tenants")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.migrate_tenant('acme')")
+    with psycopg.connect(as_role(dsn, world["app"])) as conn:
+        conn.execute("SELECT tenancy.enter_tenant('acme')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM peek")
