@@ -156,3 +156,10 @@ SELECT pg_catalog.set_config(%(name)s, %(value)s, false)
 -- name: mark_migrated
 UPDATE tenancy.tenants SET migration_version = %(version)s WHERE slug = %(slug)s
 RETURNING migration_version
+
+-- name: backend_pid
+SELECT pg_catalog.pg_backend_pid()
+
+-- name: listen
+-- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
+LISTEN {channel}
