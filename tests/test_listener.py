@@ -566,3 +566,58 @@ def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Ten
         assert conn.execute(
             "SELECT last_id FROM tenancy.consumers WHERE name = 'slow'"
         ).fetchone() == (ids[-1],)
+
+
+def test_a_sync_receiver_slower_than_the_lease_keeps_it_and_the_standby_waits(
+    dsn: str, tenancy: Tenancy, tmp_path: Path
+) -> None:
+    """The point of the async core: while a sync receiver sleeps for several
+    lease lengths in its worker thread, the holder goes on renewing the lease,
+    so the standby process of the same consumer never takes over and never
+    delivers the event a second time."""
+    record = tmp_path / "events.jsonl"
+    started = record.with_suffix(".started")
+    lease, slow = 0.6, 3.0  # the receiver sleeps for 5 lease lengths
+    procs = []
+    for _ in range(2):
+        lp = ListenerProcess(dsn, record, consumer="slowgroup", SLOW_SLUG="slow")
+        lp.env["SLOW_DELAY"] = str(slow)
+        lp.extra = ["--lease-seconds", str(lease)]
+        procs.append(lp.start())
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+
+            def both_listening() -> bool:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'pgtenancy-listener:slowgroup'"
+                ).fetchone()
+                return row == (2,)
+
+            wait_for(both_listening)
+            tenancy.create_tenant("slow")
+            wait_for(lambda: len(recorded(started)) == 1)
+            # While the receiver sleeps, the lease stays valid and with its holder.
+            holders = set()
+            deadline = time.monotonic() + slow - 0.5
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT lease_holder, lease_until > clock_timestamp() "
+                    "FROM tenancy.consumers WHERE name = 'slowgroup'"
+                ).fetchone()
+                assert row is not None and row[1] is True, row
+                holders.add(row[0])
+                time.sleep(0.1)
+            assert len(holders) == 1
+        tenancy.create_tenant("sentinel")  # delivered after the slow event, by the holder
+        wait_for(lambda: [e["slug"] for e in recorded(record)] == ["slow", "sentinel"])
+    finally:
+        stderr = "\n".join(lp.stderr() for lp in procs)
+        for lp in procs:
+            if lp.proc is not None and lp.proc.poll() is None:
+                lp.terminate()
+    ids = all_event_ids(dsn)
+    assert [e["id"] for e in recorded(started)] == ids, stderr  # each started once
+    assert len({e["pid"] for e in recorded(started)}) == 1, stderr  # by one process
+    assert [e["id"] for e in recorded(record)] == ids
+    assert "lease lost" not in stderr and "ran out" not in stderr, stderr

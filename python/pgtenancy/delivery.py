@@ -135,8 +135,8 @@ def retry_delay(attempt: int, backoff_min: float, backoff_max: float) -> float:
     """
     if attempt < 1:
         raise ValueError(f"attempt must be at least 1, not {attempt}")
-    # Capped before the power can overflow a float.
-    exponent = min(attempt - 1, 1024)
+    # 2.0 ** 1024 raises OverflowError; a product too large is inf, then capped.
+    exponent = min(attempt - 1, 1000)
     return float(min(backoff_min * 2.0**exponent, backoff_max))
 
 
