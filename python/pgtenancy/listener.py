@@ -49,6 +49,7 @@ The timing and failure decisions are the pure functions of
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import functools
@@ -63,9 +64,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -82,6 +83,7 @@ from pgtenancy.signals import LIFECYCLE_SIGNALS, ROW_SIGNALS, BoundReceiver, Sig
 logger = logging.getLogger("pgtenancy.listener")
 
 AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
+_T = TypeVar("_T")
 
 
 class ReceiverFailed(TenancyError):
@@ -302,6 +304,9 @@ class Listener:
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"pgtenancy-receiver-{self.consumer}")
         try:
             await self._loop_forever(executor)
+        except asyncio.CancelledError:
+            self._stop.set()  # the worker thread stops after the event in hand
+            raise
         finally:
             for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
@@ -314,18 +319,11 @@ class Listener:
         self.stop()
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, waking early on :meth:`stop`."""
-        if self.stopping:
-            return
-        wake = self._wake
-        if wake is not None and self._loop is asyncio.get_running_loop():
+        """Sleep in :meth:`arun`, waking early on :meth:`stop`."""
+        assert self._wake is not None
+        if not self.stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), seconds)
-            return
-        # Outside arun (adispatch, aretry_parked): poll the stop flag.
-        deadline = time.monotonic() + seconds
-        while not self.stopping and (left := deadline - time.monotonic()) > 0:
-            await asyncio.sleep(min(0.05, left))
+                await asyncio.wait_for(self._wake.wait(), seconds)
 
     # -- connection --------------------------------------------------------
 
@@ -523,28 +521,24 @@ class Listener:
                 rows = await cur.fetchall()
                 if not rows:
                     break
-                done: Event | None = None
-                try:
-                    for row in rows:
-                        self._check_keeper()
-                        event = Event.from_row(row)
-                        await self._dispatch(event, conn, executor)
-                        done = event
-                        total += 1
-                        self.delivered += 1
-                        if self.stopping:
-                            break
-                finally:
-                    if done is not None:
-                        try:
-                            await conn.execute(
-                                QUERIES["advance_consumer"], self._advance_params(done)
-                            )
-                        except psycopg.Error as exc:
-                            raise_translated(exc)
-                if len(rows) < self.batch_size:
+                self._check_keeper()
+                events = [Event.from_row(row) for row in rows]
+                # The whole batch in one trip to the worker thread; it stops at
+                # a failure, a stop request or a lost lease.
+                count, error = await self._in_worker(executor, self._deliver_events, events, conn)
+                total += count
+                if count:
+                    try:
+                        await conn.execute(
+                            QUERIES["advance_consumer"], self._advance_params(events[count - 1])
+                        )
+                    except psycopg.Error as exc:
+                        raise_translated(exc)
+                if error is not None:
+                    raise error
+                self._check_keeper()
+                if len(rows) < self.batch_size or count < len(events):
                     break
-            self._check_keeper()
         finally:
             done_event.set()
             await keeper
@@ -562,13 +556,50 @@ class Listener:
         }
 
     # -- delivery ----------------------------------------------------------
+    #
+    # Receivers are called from the listener's worker thread, so the event
+    # loop stays free for the keeper task; async receivers are handed back to
+    # the loop and awaited there, in their turn.
+
+    async def _in_worker(
+        self, executor: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any
+    ) -> _T:
+        """Run ``fn(*args, loop)`` in the worker thread, in this context (so
+        muting holds there)."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, fn, *args, loop)
+        return await loop.run_in_executor(executor, call)
+
+    def _deliver_events(
+        self, events: list[Event], conn: AsyncConn | None, loop: asyncio.AbstractEventLoop
+    ) -> tuple[int, BaseException | None]:
+        """Worker thread: dispatch ``events`` in order until one fails, a stop
+        is requested, the lease is lost or the keeper met an error.
+
+        Returns:
+            ``(events delivered, the exception that stopped it or None)``.
+        """
+        for i, event in enumerate(events):
+            if i and self.stopping:
+                return i, None
+            if self._keeper_error is not None:
+                return i, None  # the delivering task raises it
+            if conn is not None and self._renewed_at is None:
+                return i, LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
+            try:
+                self._dispatch(event, conn, loop)
+            except BaseException as exc:  # SystemExit too: the cursor keeps what was done
+                return i, exc
+            self.delivered += 1
+        return len(events), None
 
     async def adispatch(self, event: Event, conn: AsyncConn | None = None) -> None:
         """Send ``event`` to its signals, every receiver in order: a lifecycle
         event to its lifecycle signal, a ``rows_changed`` event to
         ``row_inserted``/``row_updated``/``row_deleted`` once per row,
-        ``table_truncated`` once. Async receivers are awaited, sync receivers
-        run in a worker thread made for this call.
+        ``table_truncated`` once. Sync receivers run in a worker thread made
+        for this call, async receivers are awaited on this loop.
 
         A receiver that raises is called again, up to ``max_attempts`` times
         with backoff; then the event is parked for it (with ``conn``, an
@@ -580,71 +611,57 @@ class Listener:
                 failing (or no ``conn`` to park with, or stop was requested).
         """
         with ThreadPoolExecutor(1, thread_name_prefix="pgtenancy-receiver") as executor:
-            await self._dispatch(event, conn, executor)
+            await self._in_worker(executor, self._dispatch, event, conn)
 
-    async def _dispatch(
-        self, event: Event, conn: AsyncConn | None, executor: ThreadPoolExecutor
+    def _dispatch(
+        self, event: Event, conn: AsyncConn | None, loop: asyncio.AbstractEventLoop
     ) -> None:
+        """Worker thread: one event to all its receivers (see :meth:`adispatch`)."""
         for sig, sender, kwargs in _sends(event):
             if sig.is_muted():
                 continue
             for bound in sig.receivers(sender):
-                error, action = await self._deliver(
-                    bound, sig, sender, kwargs, event, executor, can_park=conn is not None
+                error, action = self._deliver(
+                    bound, sig, sender, kwargs, event, loop, can_park=conn is not None
                 )
                 if error is None:
                     continue
                 if action == "block" or conn is None:
                     raise ReceiverFailed(event, [(bound.receiver, error)])
-                await conn.execute(
-                    QUERIES["park_event"],
-                    {
-                        "consumer": self.consumer,
-                        "event_id": event.id,
-                        "receiver": bound.name,
-                        "attempts": self.max_attempts,
-                        "error": _error_text(error),
-                    },
-                )
+                params = {
+                    "consumer": self.consumer,
+                    "event_id": event.id,
+                    "receiver": bound.name,
+                    "attempts": self.max_attempts,
+                    "error": _error_text(error),
+                }
+                _on_loop(loop, conn.execute(QUERIES["park_event"], params))
                 logger.error(
                     "event %d (%s) parked for receiver %s", event.id, event.name, bound.name
                 )
 
-    async def _call(
-        self,
-        bound: BoundReceiver,
-        sig: Signal,
-        sender: str | None,
-        kwargs: dict[str, Any],
-        executor: ThreadPoolExecutor,
-    ) -> None:
-        """One call of a receiver: awaited when async, in the worker thread
-        (with this context, so muting holds there) when sync."""
-        if bound.is_async:
-            await bound.acall(sig, sender, **kwargs)
-            return
-        context = contextvars.copy_context()
-        call = functools.partial(context.run, bound.call, sig, sender, **kwargs)
-        await asyncio.get_running_loop().run_in_executor(executor, call)
-
-    async def _deliver(
+    def _deliver(
         self,
         bound: BoundReceiver,
         sig: Signal,
         sender: str | None,
         kwargs: dict[str, Any],
         event: Event,
-        executor: ThreadPoolExecutor,
+        loop: asyncio.AbstractEventLoop,
         *,
         can_park: bool,
     ) -> tuple[BaseException | None, FailureAction | None]:
-        """Call a receiver, retrying with backoff; return ``(None, None)`` when
-        it succeeded, else its last error and ``"park"`` or ``"block"``."""
+        """Worker thread: call a receiver (an async one on ``loop``), retrying
+        with backoff; return ``(None, None)`` when it succeeded, else its last
+        error and ``"park"`` or ``"block"``."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._call(bound, sig, sender, kwargs, executor)
+                if bound.is_async:
+                    _on_loop(loop, bound.acall(sig, sender, **kwargs))
+                else:
+                    bound.call(sig, sender, **kwargs)
                 return None, None
             except Exception as exc:
                 logger.warning(
@@ -665,7 +682,7 @@ class Listener:
                 )
                 if action != "retry":
                     return exc, action
-                await self._sleep(delivery.retry_delay(attempt, self.backoff_min, self.backoff_max))
+                self._stop.wait(delivery.retry_delay(attempt, self.backoff_min, self.backoff_max))
 
     # -- parked events -----------------------------------------------------
 
@@ -681,6 +698,7 @@ class Listener:
         """Deliver this consumer's parked events again, each to the receiver
         that failed on it only (found by its name among the connected
         receivers; import the handlers first), up to ``max_attempts`` calls.
+        Sync receivers run in a worker thread made for this call.
 
         Returns:
             ``(delivered, still_failing)``; a delivered event is unparked, a
@@ -690,7 +708,6 @@ class Listener:
         Raises:
             psycopg.Error: the database cannot be reached.
         """
-        delivered = failing = 0
         conn = await psycopg.AsyncConnection.connect(
             self.dsn, autocommit=True, connect_timeout=self.connect_timeout, row_factory=dict_row
         )
@@ -698,37 +715,72 @@ class Listener:
             cur = await conn.execute(QUERIES["parked_events"], {"consumer": self.consumer})
             rows = await cur.fetchall()
             with ThreadPoolExecutor(1, thread_name_prefix="pgtenancy-receiver") as executor:
-                for row in rows:
-                    event = Event.from_row(row)
-                    name = row["receiver"]
-                    matches = [
-                        (sig, sender, kwargs, bound)
-                        for sig, sender, kwargs in _sends(event)
-                        for bound in sig.receivers(sender)
-                        if bound.name == name
-                    ]
-                    error: BaseException | None = None
-                    if not matches:
-                        error = LookupError(
-                            f"receiver {name} is not connected (import its handlers)"
-                        )
-                    for sig, sender, kwargs, bound in matches:
-                        if error is None:
-                            error, _ = await self._deliver(
-                                bound, sig, sender, kwargs, event, executor, can_park=True
-                            )
-                    key = {"consumer": self.consumer, "event_id": event.id, "receiver": name}
-                    if error is None:
-                        await conn.execute(QUERIES["unpark_event"], key)
-                        delivered += 1
-                    else:
-                        attempts = 1 if not matches else self.max_attempts
-                        await conn.execute(
-                            QUERIES["park_event"],
-                            {**key, "attempts": attempts, "error": _error_text(error)},
-                        )
-                        failing += 1
+                return await self._in_worker(executor, self._retry_rows, rows, conn)
+
+    def _retry_rows(
+        self, rows: list[dict[str, Any]], conn: AsyncConn, loop: asyncio.AbstractEventLoop
+    ) -> tuple[int, int]:
+        """Worker thread: the body of :meth:`aretry_parked`."""
+        delivered = failing = 0
+        for row in rows:
+            event = Event.from_row(row)
+            name = row["receiver"]
+            matches = [
+                (sig, sender, kwargs, bound)
+                for sig, sender, kwargs in _sends(event)
+                for bound in sig.receivers(sender)
+                if bound.name == name
+            ]
+            error: BaseException | None = None
+            if not matches:
+                error = LookupError(f"receiver {name} is not connected (import its handlers)")
+            for sig, sender, kwargs, bound in matches:
+                if error is None:
+                    error, _ = self._deliver(bound, sig, sender, kwargs, event, loop, can_park=True)
+            key = {"consumer": self.consumer, "event_id": event.id, "receiver": name}
+            if error is None:
+                _on_loop(loop, conn.execute(QUERIES["unpark_event"], key))
+                delivered += 1
+            else:
+                attempts = 1 if not matches else self.max_attempts
+                params = {**key, "attempts": attempts, "error": _error_text(error)}
+                _on_loop(loop, conn.execute(QUERIES["park_event"], params))
+                failing += 1
         return delivered, failing
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T]) -> _T:
+    """From the worker thread: run ``coro`` as a task on ``loop``, in the
+    worker's context, and wait for its result (or exception).
+
+    Raises:
+        RuntimeError: the loop closed before the task finished.
+    """
+    context = contextvars.copy_context()
+    result: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+    def finish(task: asyncio.Task[_T]) -> None:
+        if task.cancelled():
+            result.cancel()
+        elif (exc := task.exception()) is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(task.result())
+
+    def start() -> None:
+        loop.create_task(coro, context=context).add_done_callback(finish)
+
+    try:
+        loop.call_soon_threadsafe(start)
+    except RuntimeError:
+        coro.close()
+        raise
+    while True:
+        try:
+            return result.result(timeout=1.0)
+        except TimeoutError:
+            if loop.is_closed():
+                raise RuntimeError("the listener's event loop closed") from None
 
 
 def _error_text(error: BaseException) -> str:
