@@ -23,11 +23,12 @@ entry points run the same asyncio core on one ``psycopg.AsyncConnection``
    wait behind an older open transaction, growing to ``poll_interval`` when idle
    (row changes do not NOTIFY), never longer than a third of the lease.
 
-Receivers run in registration order, one at a time: async receivers are
-awaited on the listener's event loop, sync receivers run in a worker thread of
-the listener (the same thread each time), so while one runs, however long, a
-keeper task goes on sending heartbeats (``tenancy.consumer_heartbeat``, for
-``tenancy.prune_events`` and ``pgtenancy events status``) and renewing the
+Receivers run in registration order, one at a time, called from the
+listener's worker thread (one thread, the same for every event): sync
+receivers run there, async receivers are handed back to the listener's event
+loop and awaited. Meanwhile the event loop is free, so however long a receiver
+takes, a keeper task goes on sending heartbeats (``tenancy.consumer_heartbeat``,
+for ``tenancy.prune_events`` and ``pgtenancy events status``) and renewing the
 lease every third of its length. An async receiver that blocks the event loop
 stops both.
 
@@ -310,7 +311,8 @@ class Listener:
         finally:
             for signum, handler in previous.items():
                 loop.remove_signal_handler(signum)
-                signal.signal(signum, handler)
+                if handler is not None:  # None: not set from Python; left at the default
+                    signal.signal(signum, handler)
             self._loop = self._wake = None
             executor.shutdown(wait=False)
 
