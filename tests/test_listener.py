@@ -3,6 +3,7 @@ reconnects, failing receivers and clean shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.server import TemporaryCluster, find_bindir, fresh_database
-from pgtenancy.signals import tenant_created, tenant_suspended
+from pgtenancy.signals import muted, tenant_created, tenant_suspended
 
 TESTS = Path(__file__).resolve().parent
 
@@ -542,13 +544,30 @@ def test_failing_receiver_is_parked_and_retried_alone(dsn: str, tenancy: Tenancy
 
 def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Tenancy) -> None:
     calls: list[int] = []
+    seen: list[tuple[Any, Any]] = []  # (seen_at, lease_until) as each receiver starts and ends
+
+    def consumer_row() -> tuple[Any, Any]:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT seen_at, lease_until FROM tenancy.consumers WHERE name = 'slow'"
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
 
     def slow(sender: str, event: Event, **kwargs: Any) -> None:
         calls.append(event.id)
+        seen.append(consumer_row())
         time.sleep(0.8)
+        seen.append(consumer_row())
 
     tenant_created.connect(slow)
-    listener = Listener(dsn, "slow", poll_interval=0.1, lease_seconds=0.3)
+    listener = Listener(
+        dsn,
+        "slow",
+        poll_interval=0.1,
+        lease_seconds=timedelta(milliseconds=300),
+        heartbeat_interval=timedelta(milliseconds=200),
+    )
     thread = threading.Thread(target=listener.run)
     thread.start()
     try:
@@ -566,6 +585,87 @@ def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Ten
         assert conn.execute(
             "SELECT last_id FROM tenancy.consumers WHERE name = 'slow'"
         ).fetchone() == (ids[-1],)
+    # Heartbeats and lease renewals went on while each receiver slept.
+    assert len(seen) == 4
+    for (seen_before, until_before), (seen_after, until_after) in zip(
+        seen[::2], seen[1::2], strict=True
+    ):
+        assert seen_after > seen_before
+        assert until_after > until_before
+
+
+def test_muting_holds_in_the_worker_thread_and_the_cursor_still_moves(
+    dsn: str, tenancy: Tenancy
+) -> None:
+    calls: list[str] = []
+
+    def on_created(sender: str, **kwargs: Any) -> None:
+        calls.append(sender)
+
+    tenant_created.connect(on_created)
+    listener = Listener(dsn, "muted", poll_interval=0.1)
+
+    def run_muted() -> None:
+        with muted(tenant_created):
+            listener.run()
+
+    thread = threading.Thread(target=run_muted)
+    thread.start()
+    try:
+        tenancy.create_tenant("acme")
+        wait_for(lambda: listener.delivered == 1)
+    finally:
+        listener.stop()
+        thread.join(10)
+        tenant_created.disconnect(on_created)
+    assert calls == []
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT last_id FROM tenancy.consumers WHERE name = 'muted'"
+        ).fetchone() == (all_event_ids(dsn)[-1],)
+
+
+def test_an_async_receiver_is_parked_and_retried_with_aretry_parked(
+    dsn: str, tenancy: Tenancy
+) -> None:
+    broken = {"on": True}
+    calls: list[int] = []
+
+    async def flaky(sender: str, event: Event, **kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        calls.append(event.id)
+        if broken["on"]:
+            raise RuntimeError("mail is down")
+
+    tenant_created.connect(flaky, dispatch_uid="tests.async_flaky")
+    listener = Listener(dsn, "apark", poll_interval=0.1, backoff_min=0.01, max_attempts=2)
+
+    async def consume() -> None:
+        task = asyncio.create_task(listener.arun())
+        while listener.delivered < 1:
+            await asyncio.sleep(0.05)
+        listener.stop()
+        await task
+
+    try:
+        tenancy.create_tenant("acme")
+        asyncio.run(asyncio.wait_for(consume(), 30))
+        (event_id,) = all_event_ids(dsn)
+        assert calls == [event_id, event_id]
+        with psycopg.connect(dsn) as conn:
+            parked = conn.execute(
+                "SELECT receiver, event_id, attempts, error FROM tenancy.parked_events"
+            ).fetchall()
+        assert parked == [("tests.async_flaky", event_id, 2, "RuntimeError: mail is down")]
+        # Still failing: stays parked, its attempts added.
+        assert asyncio.run(Listener(dsn, "apark", max_attempts=1).aretry_parked()) == (0, 1)
+        broken["on"] = False
+        assert asyncio.run(Listener(dsn, "apark").aretry_parked()) == (1, 0)
+        assert calls == [event_id] * 4
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM tenancy.parked_events").fetchone() == (0,)
+    finally:
+        tenant_created.disconnect(dispatch_uid="tests.async_flaky")
 
 
 def test_a_sync_receiver_slower_than_the_lease_keeps_it_and_the_standby_waits(

@@ -134,3 +134,34 @@ def test_only_refusals_at_the_first_connection_are_permanent() -> None:
     assert not delivery.is_permanent("08006", ever_connected=False)  # connection failure
     assert not delivery.is_permanent(None, ever_connected=False)
     assert not delivery.is_permanent("28P01", ever_connected=True)  # it worked before
+
+
+def test_listener_intervals_take_timedeltas_and_bad_settings_are_refused() -> None:
+    from pgtenancy import Listener
+
+    dsn = "postgresql://nobody@127.0.0.1:1/none"  # never connected to
+    listener = Listener(
+        dsn,
+        "c",
+        poll_interval=timedelta(milliseconds=250),
+        lease_seconds=timedelta(seconds=30),
+        heartbeat_interval=2,
+        backoff_min=timedelta(milliseconds=10),
+        backoff_max=0.5,
+        connect_timeout=timedelta(seconds=2.5),
+    )
+    assert (listener.poll_interval, listener.lease_seconds, listener.heartbeat_interval) == (
+        0.25,
+        30.0,
+        2.0,
+    )
+    assert (listener.backoff_min, listener.backoff_max) == (0.01, 0.5)
+    assert listener.connect_timeout == 3  # whole seconds for libpq, rounded up
+    with pytest.raises(ValueError, match="lease_seconds must be greater than zero"):
+        Listener(dsn, "c", lease_seconds=timedelta(0))
+    with pytest.raises(ValueError, match="backoff_min must not be above backoff_max"):
+        Listener(dsn, "c", backoff_min=2, backoff_max=1)
+    with pytest.raises(ValueError, match="max_attempts must be at least 1"):
+        Listener(dsn, "c", max_attempts=0)
+    with pytest.raises(TypeError, match="poll_interval must be seconds"):
+        Listener(dsn, "c", poll_interval="1s")  # type: ignore[arg-type]
