@@ -26,11 +26,11 @@ entry points run the same asyncio core on one ``psycopg.AsyncConnection``
 Receivers run in registration order, one at a time, called from the
 listener's worker thread (one thread, the same for every event): sync
 receivers run there, async receivers are handed back to the listener's event
-loop and awaited. Meanwhile the event loop is free, so however long a receiver
-takes, a keeper task goes on sending heartbeats (``tenancy.consumer_heartbeat``,
-for ``tenancy.prune_events`` and ``pgtenancy events status``) and renewing the
-lease every third of its length. An async receiver that blocks the event loop
-stops both.
+loop and awaited. Meanwhile the event loop, waiting for the worker, goes on
+sending heartbeats (``tenancy.consumer_heartbeat``, for ``tenancy.prune_events``
+and ``pgtenancy events status``) and renewing the lease every third of its
+length, however long a receiver takes. An async receiver that blocks the event
+loop stops both.
 
 A receiver that raises is called again with backoff (``backoff_min`` doubling,
 up to ``backoff_max``), up to ``max_attempts`` calls; then the event is parked
@@ -241,10 +241,10 @@ class Listener:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Per connection: monotonic times of the last lease renewal (None: not
-        # held) and heartbeat; an error the keeper task met.
+        # held) and heartbeat; an error met renewing while receivers ran.
         self._renewed_at: float | None = None
         self._beat_at: float | None = None
-        self._keeper_error: psycopg.Error | None = None
+        self._renew_error: psycopg.Error | None = None
         self._receiver_backoff = self.backoff_min
         self._poll = PollState(flow_wait=self.poll_interval, held_wait=self.retry_interval)
 
@@ -411,33 +411,9 @@ class Listener:
         self._renewed_at = now if held else None
         return held
 
-    async def _keep_alive(self, conn: AsyncConn, done: asyncio.Event) -> None:
-        """Keeper task: heartbeats and lease renewals, each when due, until
-        ``done`` is set or the lease is lost. An SQL error (a lost connection)
-        is kept for the delivering task to raise."""
-        while True:
-            wait = delivery.next_tick(
-                time.monotonic(),
-                self._beat_at,
-                self.heartbeat_interval,
-                self._renewed_at,
-                self.lease_seconds,
-            )
-            if wait is None:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), wait)
-            if done.is_set():
-                return
-            try:
-                await self._tick(conn)
-            except psycopg.Error as exc:
-                self._keeper_error = exc
-                return
-
-    def _check_keeper(self) -> None:
-        if self._keeper_error is not None:
-            exc, self._keeper_error = self._keeper_error, None
+    def _check_lease(self) -> None:
+        if self._renew_error is not None:
+            exc, self._renew_error = self._renew_error, None
             raise exc
         if self._renewed_at is None:
             raise LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
@@ -447,7 +423,7 @@ class Listener:
     async def _serve(self, conn: AsyncConn, executor: ThreadPoolExecutor) -> None:
         self._beat_at = None
         self._renewed_at = None
-        self._keeper_error = None
+        self._renew_error = None
         try:
             while not self.stopping:
                 await self._serve_once(conn, executor)
@@ -507,7 +483,7 @@ class Listener:
             ReceiverFailed: a receiver raised; the cursor stays before that event.
             pgtenancy.errors.LeaseLost: another listener holds the consumer's lease.
         """
-        self._keeper_error = None
+        self._renew_error = None
         if not await self._tick(conn):
             raise LeaseLost(f"consumer {self.consumer}: lease held by another listener")
         with ThreadPoolExecutor(1, thread_name_prefix="pgtenancy-receiver") as executor:
@@ -515,35 +491,31 @@ class Listener:
 
     async def _catch_up(self, conn: AsyncConn, executor: ThreadPoolExecutor) -> int:
         total = 0
-        done_event = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_alive(conn, done_event))
-        try:
-            while not self.stopping:
-                cur = await conn.execute(QUERIES["next_events"], self._batch_params())
-                rows = await cur.fetchall()
-                if not rows:
-                    break
-                self._check_keeper()
-                events = [Event.from_row(row) for row in rows]
-                # The whole batch in one trip to the worker thread; it stops at
-                # a failure, a stop request or a lost lease.
-                count, error = await self._in_worker(executor, self._deliver_events, events, conn)
-                total += count
-                if count:
-                    try:
-                        await conn.execute(
-                            QUERIES["advance_consumer"], self._advance_params(events[count - 1])
-                        )
-                    except psycopg.Error as exc:
-                        raise_translated(exc)
-                if error is not None:
-                    raise error
-                self._check_keeper()
-                if len(rows) < self.batch_size or count < len(events):
-                    break
-        finally:
-            done_event.set()
-            await keeper
+        while not self.stopping:
+            cur = await conn.execute(QUERIES["next_events"], self._batch_params())
+            rows = await cur.fetchall()
+            if not rows:
+                break
+            self._check_lease()
+            events = [Event.from_row(row) for row in rows]
+            # The whole batch in one trip to the worker thread; it stops at a
+            # failure, a stop request or a lost lease.
+            count, error = await self._in_worker(
+                executor, self._deliver_events, events, conn, keep=conn
+            )
+            total += count
+            if count:
+                try:
+                    await conn.execute(
+                        QUERIES["advance_consumer"], self._advance_params(events[count - 1])
+                    )
+                except psycopg.Error as exc:
+                    raise_translated(exc)
+            if error is not None:
+                raise error
+            self._check_lease()
+            if len(rows) < self.batch_size or count < len(events):
+                break
         return total
 
     def _batch_params(self) -> dict[str, Any]:
@@ -560,24 +532,49 @@ class Listener:
     # -- delivery ----------------------------------------------------------
     #
     # Receivers are called from the listener's worker thread, so the event
-    # loop stays free for the keeper task; async receivers are handed back to
+    # loop stays free to renew the lease; async receivers are handed back to
     # the loop and awaited there, in their turn.
 
     async def _in_worker(
-        self, executor: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any
+        self,
+        executor: ThreadPoolExecutor,
+        fn: Callable[..., _T],
+        *args: Any,
+        keep: AsyncConn | None = None,
     ) -> _T:
         """Run ``fn(*args, loop)`` in the worker thread, in this context (so
-        muting holds there)."""
+        muting holds there), and wait for it. With ``keep``, send heartbeats and
+        renew the lease on that connection meanwhile, each when due; an SQL
+        error doing so is kept for :meth:`_check_lease` (the worker stops after
+        the event in hand)."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         call = functools.partial(context.run, fn, *args, loop)
-        return await loop.run_in_executor(executor, call)
+        future = loop.run_in_executor(executor, call)
+        while keep is not None and self._renew_error is None:
+            wait = delivery.next_tick(
+                time.monotonic(),
+                self._beat_at,
+                self.heartbeat_interval,
+                self._renewed_at,
+                self.lease_seconds,
+            )
+            if wait is None:  # the lease is lost: the worker stops after this event
+                break
+            done, _ = await asyncio.wait({future}, timeout=wait)
+            if done:
+                break
+            try:
+                await self._tick(keep)
+            except psycopg.Error as exc:
+                self._renew_error = exc
+        return await future
 
     def _deliver_events(
         self, events: list[Event], conn: AsyncConn | None, loop: asyncio.AbstractEventLoop
     ) -> tuple[int, BaseException | None]:
         """Worker thread: dispatch ``events`` in order until one fails, a stop
-        is requested, the lease is lost or the keeper met an error.
+        is requested, the lease is lost or renewing it met an error.
 
         Returns:
             ``(events delivered, the exception that stopped it or None)``.
@@ -585,7 +582,7 @@ class Listener:
         for i, event in enumerate(events):
             if i and self.stopping:
                 return i, None
-            if self._keeper_error is not None:
+            if self._renew_error is not None:
                 return i, None  # the delivering task raises it
             if conn is not None and self._renewed_at is None:
                 return i, LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
