@@ -165,3 +165,28 @@ def test_listener_intervals_take_timedeltas_and_bad_settings_are_refused() -> No
         Listener(dsn, "c", max_attempts=0)
     with pytest.raises(TypeError, match="poll_interval must be seconds"):
         Listener(dsn, "c", poll_interval="1s")  # type: ignore[arg-type]
+
+
+def _receiver_for_pickling(**kwargs: object) -> None:
+    raise RuntimeError("down")
+
+
+def test_receiver_failed_survives_pickling() -> None:
+    import pickle
+    from datetime import UTC, datetime
+
+    from pgtenancy import TenancyError
+    from pgtenancy.events import Event, TenantRef
+    from pgtenancy.listener import ReceiverFailed
+
+    event = Event(7, "tenant_created", datetime.now(UTC), 42, TenantRef("acme", None, None, None))
+    exc = ReceiverFailed(event, [(_receiver_for_pickling, RuntimeError("down"))])
+    copy = pickle.loads(pickle.dumps(exc))
+    assert isinstance(copy, ReceiverFailed) and isinstance(copy, TenancyError)
+    assert (
+        str(copy)
+        == str(exc)
+        == ("event 7 (tenant_created): receivers raised: _receiver_for_pickling")
+    )
+    assert copy.event == event
+    assert [(r, str(e)) for r, e in copy.errors] == [(_receiver_for_pickling, "down")]

@@ -101,6 +101,11 @@ class ReceiverFailed(TenancyError):
         self.event = event
         self.errors = errors
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its own arguments (pickling needs the receivers to be
+        # importable, as for any function).
+        return (type(self), (self.event, self.errors))
+
 
 def check_listen_capable(dsn: str, connect_timeout: int = 5) -> None:
     """Refuse a DSN on which LISTEN cannot work.
@@ -571,7 +576,7 @@ class Listener:
         return await future
 
     def _deliver_events(
-        self, events: list[Event], conn: AsyncConn | None, loop: asyncio.AbstractEventLoop
+        self, events: list[Event], conn: AsyncConn, loop: asyncio.AbstractEventLoop
     ) -> tuple[int, BaseException | None]:
         """Worker thread: dispatch ``events`` in order until one fails, a stop
         is requested, the lease is lost or renewing it met an error.
@@ -584,7 +589,7 @@ class Listener:
                 return i, None
             if self._renew_error is not None:
                 return i, None  # the delivering task raises it
-            if conn is not None and self._renewed_at is None:
+            if self._renewed_at is None:
                 return i, LeaseLost(f"consumer {self.consumer}: lease lost by {self.holder}")
             try:
                 self._dispatch(event, conn, loop)
