@@ -725,3 +725,29 @@ def test_a_sync_receiver_slower_than_the_lease_keeps_it_and_the_standby_waits(
     assert len({e["pid"] for e in recorded(started)}) == 1, stderr  # by one process
     assert [e["id"] for e in recorded(record)] == ids
     assert "lease lost" not in stderr and "ran out" not in stderr, stderr
+
+
+def test_a_lapsed_lease_is_still_its_holders_until_another_takes_over(
+    dsn: str, sql: Callable[..., Any], tenancy: Tenancy
+) -> None:
+    """The rule the listener relies on when its lease ran out during an event
+    (an event loop blocked past the lease): with nobody taking over, the holder
+    still moves the cursor and renews; once another holder took the lease, the
+    old holder's cursor moves are refused (PT015) and nothing changes."""
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex")
+    sql("SELECT tenancy.register_consumer('lapse')")
+    wait_for(lambda: len(sql("SELECT 1 FROM tenancy.next_events('lapse')")) == 2)
+    (first, second) = sql("SELECT xid::text, id FROM tenancy.next_events('lapse')")
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
+    time.sleep(0.1)  # the lease has run out, and nobody took over
+    assert sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    assert sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", first) == [(True,)]
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
+    time.sleep(0.1)
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'b', interval '10 s')") == [(True,)]
+    with pytest.raises(psycopg.Error) as info:
+        sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", second)
+    assert info.value.sqlstate == "PT015"
+    assert sql("SELECT last_id, lease_holder FROM tenancy.consumers") == [(first[1], "b")]
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '10 s')") == [(False,)]
