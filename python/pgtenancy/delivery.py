@@ -7,11 +7,10 @@ on as arguments and returns the decision, so each rule is tested on its own
 calls them and does the I/O.
 
 The lease rules mirror the SQL of ``tenancy.acquire_lease`` and
-``tenancy.advance_consumer``:
-a lease lasts until ``lease_until`` and another holder may take it only once
-``lease_until < clock_timestamp()``, so a lease is still valid at exactly its
-end; a holder whose lease merely lapsed, with nobody taking over, may renew it
-and move the cursor.
+``tenancy.advance_consumer``: a lease lasts until ``lease_until`` and another
+holder may take it only once ``lease_until < clock_timestamp()``, so a lease is
+still valid at exactly its end; a holder whose lease merely lapsed, with nobody
+taking over, may renew it and move the cursor.
 """
 
 from __future__ import annotations
