@@ -213,3 +213,9 @@ SELECT version FROM tenancy.apply_shared_migration(%(version)s, %(sql)s)
 
 -- name: shared_migration_versions
 SELECT version FROM tenancy.shared_migrations
+-- name: backend_pid
+SELECT pg_catalog.pg_backend_pid()
+
+-- name: listen
+-- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
+LISTEN {channel}

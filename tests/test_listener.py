@@ -3,6 +3,7 @@ reconnects, failing receivers and clean shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import os
@@ -12,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import pytest
 from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
-from pgtenancy.signals import tenant_created, tenant_suspended
+from pgtenancy.signals import muted, tenant_created, tenant_suspended
 from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
 
 TESTS = Path(__file__).resolve().parent
@@ -160,7 +162,11 @@ def test_out_of_order_commit_is_not_skipped_sql(dsn: str, sql: Callable[..., Any
         assert sql("SELECT count(*) FROM tenancy.next_events('c')") == [(0,)]
         assert sql("SELECT tenancy.events_held_back('c')") == [(True,)]
         a.commit()
-        rows = sql("SELECT tenant_slug, id, xid::text FROM tenancy.next_events('c')")
+        # Readable once no transaction anywhere on the server is older (the
+        # snapshot's xmin is cluster-wide): other sessions may delay it a little.
+        query = "SELECT tenant_slug, id, xid::text FROM tenancy.next_events('c')"
+        wait_for(lambda: len(sql(query)) == 2)
+        rows = sql(query)
         assert [r[0] for r in rows] == ["a", "b"]
         assert rows[0][1] < rows[1][1]
         last = rows[-1]
@@ -542,13 +548,30 @@ def test_failing_receiver_is_parked_and_retried_alone(dsn: str, tenancy: Tenancy
 
 def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Tenancy) -> None:
     calls: list[int] = []
+    seen: list[tuple[Any, Any]] = []  # (seen_at, lease_until) as each receiver starts and ends
+
+    def consumer_row() -> tuple[Any, Any]:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT seen_at, lease_until FROM tenancy.consumers WHERE name = 'slow'"
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
 
     def slow(sender: str, event: Event, **kwargs: Any) -> None:
         calls.append(event.id)
+        seen.append(consumer_row())
         time.sleep(0.8)
+        seen.append(consumer_row())
 
     tenant_created.connect(slow)
-    listener = Listener(dsn, "slow", poll_interval=0.1, lease_seconds=0.3)
+    listener = Listener(
+        dsn,
+        "slow",
+        poll_interval=0.1,
+        lease_seconds=timedelta(milliseconds=300),
+        heartbeat_interval=timedelta(milliseconds=200),
+    )
     thread = threading.Thread(target=listener.run)
     thread.start()
     try:
@@ -566,3 +589,165 @@ def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Ten
         assert conn.execute(
             "SELECT last_id FROM tenancy.consumers WHERE name = 'slow'"
         ).fetchone() == (ids[-1],)
+    # Heartbeats and lease renewals went on while each receiver slept.
+    assert len(seen) == 4
+    for (seen_before, until_before), (seen_after, until_after) in zip(
+        seen[::2], seen[1::2], strict=True
+    ):
+        assert seen_after > seen_before
+        assert until_after > until_before
+
+
+def test_muting_holds_in_the_worker_thread_and_the_cursor_still_moves(
+    dsn: str, tenancy: Tenancy
+) -> None:
+    calls: list[str] = []
+
+    def on_created(sender: str, **kwargs: Any) -> None:
+        calls.append(sender)
+
+    tenant_created.connect(on_created)
+    listener = Listener(dsn, "muted", poll_interval=0.1)
+
+    def run_muted() -> None:
+        with muted(tenant_created):
+            listener.run()
+
+    thread = threading.Thread(target=run_muted)
+    thread.start()
+    try:
+        tenancy.create_tenant("acme")
+        wait_for(lambda: listener.delivered == 1)
+    finally:
+        listener.stop()
+        thread.join(10)
+        tenant_created.disconnect(on_created)
+    assert calls == []
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(
+            "SELECT last_id FROM tenancy.consumers WHERE name = 'muted'"
+        ).fetchone() == (all_event_ids(dsn)[-1],)
+
+
+def test_an_async_receiver_is_parked_and_retried_with_aretry_parked(
+    dsn: str, tenancy: Tenancy
+) -> None:
+    broken = {"on": True}
+    calls: list[int] = []
+
+    async def flaky(sender: str, event: Event, **kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        calls.append(event.id)
+        if broken["on"]:
+            raise RuntimeError("mail is down")
+
+    tenant_created.connect(flaky, dispatch_uid="tests.async_flaky")
+    listener = Listener(dsn, "apark", poll_interval=0.1, backoff_min=0.01, max_attempts=2)
+
+    async def consume() -> None:
+        task = asyncio.create_task(listener.arun())
+        while listener.delivered < 1:
+            await asyncio.sleep(0.05)
+        listener.stop()
+        await task
+
+    try:
+        tenancy.create_tenant("acme")
+        asyncio.run(asyncio.wait_for(consume(), 30))
+        (event_id,) = all_event_ids(dsn)
+        assert calls == [event_id, event_id]
+        with psycopg.connect(dsn) as conn:
+            parked = conn.execute(
+                "SELECT receiver, event_id, attempts, error FROM tenancy.parked_events"
+            ).fetchall()
+        assert parked == [("tests.async_flaky", event_id, 2, "RuntimeError: mail is down")]
+        # Still failing: stays parked, its attempts added.
+        assert asyncio.run(Listener(dsn, "apark", max_attempts=1).aretry_parked()) == (0, 1)
+        broken["on"] = False
+        assert asyncio.run(Listener(dsn, "apark").aretry_parked()) == (1, 0)
+        assert calls == [event_id] * 4
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM tenancy.parked_events").fetchone() == (0,)
+    finally:
+        tenant_created.disconnect(dispatch_uid="tests.async_flaky")
+
+
+def test_a_sync_receiver_slower_than_the_lease_keeps_it_and_the_standby_waits(
+    dsn: str, tenancy: Tenancy, tmp_path: Path
+) -> None:
+    """The point of the async core: while a sync receiver sleeps for several
+    lease lengths in its worker thread, the holder goes on renewing the lease,
+    so the standby process of the same consumer never takes over and never
+    delivers the event a second time."""
+    record = tmp_path / "events.jsonl"
+    started = record.with_suffix(".started")
+    lease, slow = 0.6, 3.0  # the receiver sleeps for 5 lease lengths
+    procs = []
+    for _ in range(2):
+        lp = ListenerProcess(dsn, record, consumer="slowgroup", SLOW_SLUG="slow")
+        lp.env["SLOW_DELAY"] = str(slow)
+        lp.extra = ["--lease-seconds", str(lease)]
+        procs.append(lp.start())
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+
+            def both_listening() -> bool:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'pgtenancy-listener:slowgroup'"
+                ).fetchone()
+                return row == (2,)
+
+            wait_for(both_listening)
+            tenancy.create_tenant("slow")
+            wait_for(lambda: len(recorded(started)) == 1)
+            # While the receiver sleeps, the lease stays valid and with its holder.
+            holders = set()
+            deadline = time.monotonic() + slow - 0.5
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT lease_holder, lease_until > clock_timestamp() "
+                    "FROM tenancy.consumers WHERE name = 'slowgroup'"
+                ).fetchone()
+                assert row is not None and row[1] is True, row
+                holders.add(row[0])
+                time.sleep(0.1)
+            assert len(holders) == 1
+        tenancy.create_tenant("sentinel")  # delivered after the slow event, by the holder
+        wait_for(lambda: [e["slug"] for e in recorded(record)] == ["slow", "sentinel"])
+    finally:
+        stderr = "\n".join(lp.stderr() for lp in procs)
+        for lp in procs:
+            if lp.proc is not None and lp.proc.poll() is None:
+                lp.terminate()
+    ids = all_event_ids(dsn)
+    assert [e["id"] for e in recorded(started)] == ids, stderr  # each started once
+    assert len({e["pid"] for e in recorded(started)}) == 1, stderr  # by one process
+    assert [e["id"] for e in recorded(record)] == ids
+    assert "lease lost" not in stderr and "ran out" not in stderr, stderr
+
+
+def test_a_lapsed_lease_is_still_its_holders_until_another_takes_over(
+    dsn: str, sql: Callable[..., Any], tenancy: Tenancy
+) -> None:
+    """The rule the listener relies on when its lease ran out during an event
+    (an event loop blocked past the lease): with nobody taking over, the holder
+    still moves the cursor and renews; once another holder took the lease, the
+    old holder's cursor moves are refused (PT015) and nothing changes."""
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex")
+    sql("SELECT tenancy.register_consumer('lapse')")
+    wait_for(lambda: len(sql("SELECT 1 FROM tenancy.next_events('lapse')")) == 2)
+    (first, second) = sql("SELECT xid::text, id FROM tenancy.next_events('lapse')")
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
+    time.sleep(0.1)  # the lease has run out, and nobody took over
+    assert sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    assert sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", first) == [(True,)]
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
+    time.sleep(0.1)
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'b', interval '10 s')") == [(True,)]
+    with pytest.raises(psycopg.Error) as info:
+        sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", second)
+    assert info.value.sqlstate == "PT015"
+    assert sql("SELECT last_id, lease_holder FROM tenancy.consumers") == [(first[1], "b")]
+    assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '10 s')") == [(False,)]

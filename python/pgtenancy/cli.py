@@ -677,7 +677,8 @@ def doctor(dsn: str, as_json: bool) -> None:
     "--asyncio",
     "use_asyncio",
     is_flag=True,
-    help="Run on asyncio (Listener.arun); async receivers are awaited in order.",
+    help="Kept for compatibility: the listener always runs on asyncio (Listener.run "
+    "drives Listener.arun).",
 )
 def listen(
     dsn: str,
