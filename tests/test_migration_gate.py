@@ -126,7 +126,7 @@ def test_shared_schema_references_follow_the_option(tmp_path: Path) -> None:
     # Naming a shared schema as the object stays refused.
     path.write_text("CREATE TABLE extensions.doc (title text);\n")
     (migration,) = read_migration_dir(tmp_path)
-    with pytest.raises(MigrationCheckError, match="acts on extensions.doc"):
+    with pytest.raises(MigrationCheckError, match=r"acts on extensions\.doc"):
         check_migration(migration, ("public", "extensions"))
 
 

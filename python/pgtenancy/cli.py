@@ -36,7 +36,7 @@ from pgtenancy.fleet import TenantOutcome, migrate_fleet, pending_versions
 from pgtenancy.listener import Listener, import_handlers
 from pgtenancy.migration_files import MigrationCheckError, check_migration, read_migration_dir
 from pgtenancy.sqlscript import ScriptError
-from pgtenancy.templates import import_template
+from pgtenancy.templates import TemplateError, import_template
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -396,6 +396,13 @@ def template() -> None:
     help="Write the migration here (default: standard output).",
 )
 @click.option(
+    "--shared-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write objects of schemas other than public here (a shared migration);"
+    " without it they are refused.",
+)
+@click.option(
     "--register",
     "version",
     default=None,
@@ -404,16 +411,38 @@ def template() -> None:
 )
 @click.option("--dsn", envvar="DATABASE_URL", default=None, help="Database for --register.")
 def template_import(
-    dump: Path, keep_acl: bool, out: Path | None, version: str | None, dsn: str | None
+    dump: Path,
+    keep_acl: bool,
+    out: Path | None,
+    shared_out: Path | None,
+    version: str | None,
+    dsn: str | None,
 ) -> None:
     """Turn DUMP, a pg_dump --schema-only of a single-tenant app (names
-    qualified with public.), into a tenant migration. What was dropped and what
-    could not be handled go to standard error."""
-    result = import_template(dump.read_text("utf-8"), keep_acl=keep_acl)
+    qualified with public., --clean or not), into a tenant migration. What was
+    dropped, split off and warned about goes to standard error; statements that
+    cannot be made tenant-local are refused (FILE:LINE: reason, exit status 1,
+    nothing written)."""
+    try:
+        result = import_template(
+            dump.read_text("utf-8"), keep_acl=keep_acl, split_shared=shared_out is not None
+        )
+    except ScriptError as exc:
+        click.echo(f"error: {dump}:{exc.line}: {str(exc).split(': ', 1)[-1]}", err=True)
+        sys.exit(1)
+    except TemplateError as exc:
+        for line, reason in exc.problems:
+            click.echo(f"error: {dump}:{line}: {reason}", err=True)
+        click.echo(f"error: {len(exc.problems)} statements refused; nothing written", err=True)
+        sys.exit(1)
     for line in result.dropped:
         click.echo(f"dropped: {line}", err=True)
+    for line in result.shared:
+        click.echo(f"shared: {line}", err=True)
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
+    if shared_out is not None:
+        shared_out.write_text(result.shared_sql, "utf-8")
     if out is not None:
         out.write_text(result.sql, "utf-8")
     else:

@@ -352,6 +352,12 @@ def import_template(
                 )
                 continue
             text = rendered
+        residue = _token_residue(text, own)
+        if residue is not None:
+            problems.append(
+                (line, f"{_summary(text)}: still names {SOURCE_SCHEMA}.{residue} after the rewrite")
+            )
+            continue
         if isinstance(node, ast.DoStmt):
             result.warnings.append(
                 f"line {line}: DO block kept; it runs in every tenant's migration"
@@ -935,6 +941,33 @@ def _cut_qualifications(text: str, own: frozenset[str], literals: dict[str, str]
         i += 1
     out.append(text[pos:])
     return "".join(out)
+
+
+def _token_residue(text: str, own: frozenset[str]) -> str | None:
+    """The first of the dump's objects ``text`` still names as ``public.x`` (identifiers)."""
+    tokens = scan(text)
+    for i, tok in enumerate(tokens[:-2]):
+        if tok.name not in ("IDENT", "UIDENT") or tokens[i + 1].name != "ASCII_46":
+            continue
+        if i > 0 and tokens[i - 1].name == "ASCII_46":
+            continue
+        raw = text[tok.start : tok.end + 1]
+        value = _literal_ident(raw) if tok.name == "UIDENT" else _ident_value(raw)
+        after = tokens[i + 2]
+        word = text[after.start : after.end + 1]
+        named = word if after.name == "Op" else _ident_value(word)
+        if value == SOURCE_SCHEMA and named in own:
+            return named
+    return None
+
+
+def _literal_ident(raw: str) -> str:
+    """The name a ``U&"..."`` identifier spells (pglast parses it)."""
+    try:
+        stmt = pglast.parse_sql(f"SELECT 1 AS {raw}")[0].stmt
+        return str(stmt.targetList[0].name)  # type: ignore[union-attr]
+    except Exception:
+        return raw
 
 
 def _literal_value(raw: str) -> str | None:
