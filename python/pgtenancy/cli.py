@@ -431,8 +431,8 @@ def template_import(
         click.echo(f"error: {dump}:{exc.line}: {str(exc).split(': ', 1)[-1]}", err=True)
         sys.exit(1)
     except TemplateError as exc:
-        for line, reason in exc.problems:
-            click.echo(f"error: {dump}:{line}: {reason}", err=True)
+        for number, reason in exc.problems:
+            click.echo(f"error: {dump}:{number}: {reason}", err=True)
         click.echo(f"error: {len(exc.problems)} statements refused; nothing written", err=True)
         sys.exit(1)
     for line in result.dropped:
