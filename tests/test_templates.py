@@ -787,3 +787,136 @@ def test_statements_outside_the_tenant_are_refused(statement: str, reason: str) 
         import_template(dump, split_shared=True)
     [(line, text)] = info.value.problems
     assert line == 2 and reason in text, text
+
+
+# Less common object kinds real applications have: collations, domains, range,
+# composite types, aggregates, operators, text search, inheritance, exclusion
+# constraints, rules, statistics, BEGIN ATOMIC, constraint triggers, comments.
+MORE_KINDS = """
+CREATE EXTENSION btree_gist;
+CREATE EXTENSION citext;
+CREATE COLLATION public.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE DOMAIN public.email AS public.citext CHECK (VALUE ~ '@');
+CREATE TYPE public.span AS RANGE (subtype = integer);
+CREATE TYPE public.money2 AS (amount numeric, currency text);
+CREATE FUNCTION public.add_money(public.money2, public.money2) RETURNS public.money2 LANGUAGE sql IMMUTABLE STRICT
+    RETURN ROW(($1).amount + ($2).amount, ($1).currency)::public.money2;
+CREATE AGGREGATE public.total(public.money2) (SFUNC = public.add_money, STYPE = public.money2);
+CREATE FUNCTION public.money_eq(public.money2, public.money2) RETURNS boolean LANGUAGE sql IMMUTABLE
+    AS $$ SELECT ($1).amount = ($2).amount AND ($1).currency = ($2).currency $$;
+CREATE OPERATOR public.=== (LEFTARG = public.money2, RIGHTARG = public.money2, FUNCTION = public.money_eq);
+CREATE TEXT SEARCH DICTIONARY public.english_stem_nostop (TEMPLATE = pg_catalog.snowball, language = 'english');
+CREATE TEXT SEARCH CONFIGURATION public.english_nostop (COPY = pg_catalog.english);
+ALTER TEXT SEARCH CONFIGURATION public.english_nostop ALTER MAPPING FOR asciiword WITH public.english_stem_nostop;
+CREATE TABLE public.people (
+    id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    email public.email NOT NULL,
+    nick text COLLATE public.ci,
+    first text, last text,
+    full_name text GENERATED ALWAYS AS (first || ' ' || last) STORED,
+    doc tsvector GENERATED ALWAYS AS (to_tsvector('public.english_nostop'::regconfig, coalesce(first, ''))) STORED
+);
+CREATE TABLE public.employees (salary public.money2) INHERITS (public.people);
+CREATE TABLE public.bookings (
+    room integer NOT NULL,
+    during tsrange NOT NULL,
+    seats public.span,
+    EXCLUDE USING gist (room WITH =, during WITH &&)
+);
+CREATE STATISTICS public.people_names ON first, last FROM public.people;
+CREATE VIEW public.adults WITH (security_barrier) AS SELECT id, full_name FROM public.people WHERE id > 0 WITH CHECK OPTION;
+CREATE TABLE public.log (what text);
+CREATE RULE people_log AS ON DELETE TO public.people DO ALSO INSERT INTO public.log VALUES ('deleted ' || OLD.id);
+CREATE FUNCTION public.people_count() RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog
+BEGIN ATOMIC
+    SELECT count(*) FROM public.people;
+END;
+CREATE FUNCTION public.check_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.room < 0 THEN RAISE EXCEPTION 'bad room'; END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER booking_check AFTER INSERT ON public.bookings DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION public.check_booking();
+CREATE INDEX people_doc ON public.people USING gin (doc);
+CREATE INDEX people_nick ON public.people (nick COLLATE public.ci);
+CREATE INDEX people_lower ON public.people (lower(first)) INCLUDE (last) WITH (fillfactor = 70);
+COMMENT ON TABLE public.people IS 'people, from public.people';
+COMMENT ON COLUMN public.people.email IS 'address';
+COMMENT ON FUNCTION public.people_count() IS 'count';
+COMMENT ON TYPE public.money2 IS 'money';
+COMMENT ON DOMAIN public.email IS 'mail';
+COMMENT ON INDEX public.people_doc IS 'fts';
+COMMENT ON CONSTRAINT bookings_room_during_excl ON public.bookings IS 'no overlap';
+COMMENT ON TRIGGER booking_check ON public.bookings IS 'check';
+COMMENT ON VIEW public.adults IS 'view';
+COMMENT ON AGGREGATE public.total(public.money2) IS 'agg';
+COMMENT ON OPERATOR public.=== (public.money2, public.money2) IS 'op';
+COMMENT ON TEXT SEARCH CONFIGURATION public.english_nostop IS 'ts';
+COMMENT ON COLLATION public.ci IS 'ci';
+COMMENT ON RULE people_log ON public.people IS 'rule';
+ALTER TABLE public.people ALTER COLUMN first SET STATISTICS 500;
+ALTER TABLE public.log REPLICA IDENTITY FULL;
+CLUSTER public.people USING people_pkey;
+"""
+MORE_TABLES = {"people", "employees", "bookings", "log"}
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["plain", "clean"])
+def test_pg_dump_more_object_kinds_become_two_tenants(
+    pg_admin_dsn: str, dsn: str, sql: Sql, clean: bool
+) -> None:
+    with fresh_database(pg_admin_dsn, "tpl_kinds") as src:
+        with psycopg.connect(src, autocommit=True) as conn:
+            conn.execute(MORE_KINDS)
+        dump = pg_dump(src, *(["--clean", "--if-exists"] if clean else []))
+    result = import_template(dump)
+    assert [w.split(": ", 1)[1] for w in result.warnings] == [
+        "extension btree_gist dropped: install it in the database once, not per tenant",
+        "extension citext dropped: install it in the database once, not per tenant",
+        "function people_count is SECURITY DEFINER: it will run with the rights of the role"
+        " that applies the migration",
+    ]
+    # Only the extensions' objects keep their qualification.
+    assert set(re.findall(r"public\.(\w+|===)", result.sql)) == {"citext", "people"}
+    assert "'people, from public.people'" in result.sql  # a comment's text is data
+
+    sql("CREATE EXTENSION btree_gist; CREATE EXTENSION citext")
+    sql("CREATE TABLE public.people (id int PRIMARY KEY); INSERT INTO public.people VALUES (7)")
+    before = public_state(sql)
+    tenancy = Tenancy(dsn)
+    tenancy.add_migration("0001_kinds", result.sql)
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex")
+    assert public_state(sql) == before
+    for schema in ("tenant_acme", "tenant_globex"):
+        tables = {
+            r[0] for r in sql("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))
+        }
+        assert tables == MORE_TABLES
+        assert sql(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexname IN"
+            " ('people_doc', 'people_nick', 'people_lower', 'bookings_room_during_excl')",
+            (schema,),
+        ) == [(4,)]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"SET search_path = {schema}, public")
+            conn.execute("INSERT INTO people (email, first, last) VALUES ('a@b', 'Ann', 'Lee')")
+            assert conn.execute("SELECT full_name, people_count() FROM people").fetchone() == (
+                "Ann Lee",
+                1,
+            )
+            assert conn.execute(
+                "SELECT (total(ROW(x, 'EUR')::money2)).amount FROM generate_series(1, 3) x"
+            ).fetchone() == (6,)
+            assert conn.execute(
+                "SELECT ROW(1, 'EUR')::money2 === ROW(1, 'EUR')::money2"
+            ).fetchone() == (True,)
+            conn.execute("INSERT INTO bookings VALUES (1, '[2024-01-01,2024-01-02)')")
+            with pytest.raises(psycopg.errors.ExclusionViolation):
+                conn.execute("INSERT INTO bookings VALUES (1, '[2024-01-01 12:00,2024-01-03)')")
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("INSERT INTO people (email) VALUES ('no-at')")
+            conn.execute("DELETE FROM people")
+            assert conn.execute("SELECT what FROM log").fetchall() == [("deleted 1",)]
+    assert sql("SELECT * FROM public.people") == [(7,)]

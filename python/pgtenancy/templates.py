@@ -108,6 +108,7 @@ _NAME_LISTS: Final[dict[str, tuple[str, ...]]] = {
 _NAME_LIST_LISTS: Final[dict[str, tuple[str, ...]]] = {
     "DropStmt": ("objects",),
     "GrantStmt": ("objects",),
+    "AlterTSConfigurationStmt": ("dicts",),
 }
 # DefElem options whose argument is a qualified name (identity and OWNED BY).
 _NAME_OPTIONS: Final = frozenset({"sequence_name", "owned_by"})
@@ -403,8 +404,12 @@ def _dump_objects(nodes: object) -> frozenset[str]:
         for inner in _tree(node):
             if isinstance(inner, ast.Constraint) and inner.conname:
                 names.add(inner.conname)
-            elif isinstance(inner, ast.DefElem) and inner.defname == "sequence_name":
-                seq = _names(inner.arg)
+            elif isinstance(inner, ast.DefElem) and inner.defname in (
+                "sequence_name",
+                "multirange_type_name",
+            ):
+                arg = inner.arg.names if isinstance(inner.arg, ast.TypeName) else inner.arg
+                seq = _names(arg)
                 if seq:
                     names.add(seq[-1])
     return frozenset(names)
@@ -780,6 +785,11 @@ class _Rewriter:
                 language = (option.arg.sval or "").lower()
             elif option.defname == "as":
                 body_option = option
+            elif option.defname == "security" and getattr(option.arg, "boolval", False):
+                self._warn(
+                    f"function {name} is SECURITY DEFINER: it will run with the rights of"
+                    " the role that applies the migration"
+                )
             elif option.defname == "set" and isinstance(option.arg, ast.VariableSetStmt):
                 setting = option.arg
                 values = [
