@@ -19,6 +19,7 @@ import pytest
 
 from conftest import CHINOOK, ROOT
 from pgtenancy import Tenancy
+from pgtenancy.migration_files import check_migration, read_migration_dir
 from pgtenancy.server import find_bindir, fresh_database
 from pgtenancy.sqlscript import ScriptError, read_script
 from pgtenancy.templates import TemplateError, import_template
@@ -696,6 +697,12 @@ def test_pg_dump_features_become_two_working_tenants(
     assert result.shared_sql.startswith("CREATE SCHEMA IF NOT EXISTS partman;")
     assert "CREATE TABLE partman.part_config" in result.shared_sql
     assert "public" not in result.shared_sql
+
+    # The migration passes the gate of migrate --dir (with partman as a shared schema).
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "0001_app.sql").write_text(result.sql)
+    (migration,) = read_migration_dir(tmp_path / "m")
+    assert check_migration(migration, ("public", "partman")) == []
 
     sql(TARGET_PUBLIC)
     sql(result.shared_sql)  # the shared migration, once

@@ -397,9 +397,13 @@ def _mentions_format_or_execute(body: str) -> bool:
 
 
 def _uses_set_config(node: ast.Node) -> bool:
+    """A ``set_config`` call whose setting is not a constant naming a harmless one."""
     for n in _walk(node):
         if isinstance(n, ast.FuncCall) and _names(n.funcname)[-1:] == ["set_config"]:
-            return True
+            first = (n.args or (None,))[0]
+            value = getattr(getattr(first, "val", None), "sval", None)
+            if not isinstance(value, str) or value.lower() in _FORBIDDEN_SETTINGS:
+                return True
     return False
 
 
@@ -489,6 +493,15 @@ def check_migration(
             elif body is not None and language == "plpgsql" and _mentions_format_or_execute(body):
                 fname = ".".join(_names(node.funcname))
                 warnings.append(f"{name}:{stmt.line}: function {fname} builds SQL with format()")
+        if isinstance(node, ast.CreateFunctionStmt) and any(
+            getattr(o, "defname", "") == "security" and getattr(o.arg, "boolval", False)
+            for o in node.options or ()
+        ):
+            fname = ".".join(_names(node.funcname))
+            warnings.append(
+                f"{name}:{stmt.line}: function {fname} is SECURITY DEFINER: it runs with the"
+                " rights of the role that applied the migration"
+            )
         if _uses_set_config(node):
             warnings.append(
                 f"{name}:{stmt.line}: set_config() call: the database refuses changes to"

@@ -193,6 +193,8 @@ _NAME_TARGETS: Final[dict[str, str]] = {
     "CreateConversionStmt": "conversion_name",
     "AlterTSConfigurationStmt": "cfgname",
     "AlterTSDictionaryStmt": "dictname",
+    "AlterStatsStmt": "defnames",
+    "AlterCollationStmt": "collname",
 }
 # Object kinds named ``[schema.]table.object`` (the table is what matters).
 _ON_TABLE: Final = frozenset(
@@ -283,14 +285,17 @@ def statement_targets(node: object) -> list[Target]:
         if names:
             schema, name = _qualified(names)
             found.append(Target(schema, name))
-    if isinstance(node, pglast.ast.CreateTableAsStmt) and node.into and node.into.rel:
-        found.append(Target(node.into.rel.schemaname, node.into.rel.relname or ""))
+    if isinstance(node, pglast.ast.CreateTableAsStmt | pglast.ast.SelectStmt):
+        into = node.into if isinstance(node, pglast.ast.CreateTableAsStmt) else node.intoClause
+        if into is not None and into.rel is not None:
+            found.append(Target(into.rel.schemaname, into.rel.relname or ""))
     if isinstance(node, pglast.ast.CreateForeignTableStmt) and node.base:
         base = node.base.relation
         if base is not None:
             found.append(Target(base.schemaname, base.relname or ""))
-    if isinstance(node, pglast.ast.AlterFunctionStmt) and node.func:
-        names = _strings(node.func.objname)
+    func = getattr(node, "func", None) or getattr(node, "opername", None)
+    if isinstance(node, pglast.ast.AlterFunctionStmt | pglast.ast.AlterOperatorStmt) and func:
+        names = _strings(func.objname)
         if names:
             found.append(Target(*_qualified(names)))
     if isinstance(node, pglast.ast.CreateStmt):
