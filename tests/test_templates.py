@@ -927,3 +927,25 @@ def test_pg_dump_more_object_kinds_become_two_tenants(
             conn.execute("DELETE FROM people")
             assert conn.execute("SELECT what FROM log").fetchall() == [("deleted 1",)]
     assert sql("SELECT * FROM public.people") == [(7,)]
+
+
+def test_large_objects_and_database_wide_statements_are_dropped_with_warnings() -> None:
+    dump = (
+        "CREATE TABLE public.t (id integer);\n"
+        "SELECT pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata"
+        " WHERE oid = '16401';\n"
+        "SELECT pg_catalog.lo_create('16401');\n"
+        "ALTER LARGE OBJECT 16401 OWNER TO app;\n"
+        "GRANT SELECT ON LARGE OBJECT 16401 TO app;\n"
+        "CREATE PUBLICATION everything FOR ALL TABLES;\n"
+        "CREATE EVENT TRIGGER no_ddl ON ddl_command_start EXECUTE FUNCTION public.f();\n"
+    )
+    result = import_template(dump, keep_acl=True)
+    assert statements(result.sql) == [("CreateStmt", "CREATE TABLE t (id integer)")]
+    assert len(result.dropped) == 6
+    assert [w.split(": ", 1)[1].split(":")[0] for w in result.warnings] == [
+        "large object dropped",
+        "large object dropped",
+        "CreatePublicationStmt dropped",
+        "CreateEventTrigStmt dropped",
+    ]

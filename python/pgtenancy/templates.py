@@ -126,6 +126,8 @@ _REG_TYPES: Final = frozenset(
         "regcollation",
     }
 )
+# Functions pg_dump calls for large objects.
+_LARGE_OBJECT_FUNCS: Final = frozenset({"lo_create", "lo_unlink", "lo_open", "lowrite", "lo_close"})
 # Functions whose first argument, a string, names a sequence.
 _SEQUENCE_FUNCS: Final = frozenset({"nextval", "currval", "setval"})
 # ``public.name`` (or ``"public"."name"``) inside a string; group 1 quoted, 2 plain.
@@ -506,6 +508,8 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
         return ""
     if kind == "SelectStmt" and _is_set_config(node):
         return ""
+    if kind == "SelectStmt" and _is_large_object_call(node):
+        return "large object dropped: large objects belong to the database, not to a schema"
     if kind in _ACL_NODES or (kind == "AlterTableStmt" and _is_owner_change(node)):
         if _on_schema(node):
             return ""
@@ -529,6 +533,19 @@ def _is_clean_alter(node: ast.AlterTableStmt) -> bool:
 def _is_set_config(node: ast.Node) -> bool:
     """``SELECT pg_catalog.set_config(...)`` and nothing else."""
     return _only_calls(node, "set_config")
+
+
+def _is_large_object_call(node: ast.Node) -> bool:
+    """``SELECT pg_catalog.lo_create(...)`` / ``lo_unlink(...) FROM ...`` of a dump."""
+    if not isinstance(node, ast.SelectStmt) or not node.targetList:
+        return False
+    calls = [getattr(t, "val", None) for t in node.targetList]
+    return all(
+        isinstance(c, ast.FuncCall)
+        and (_names(c.funcname) or [""])[-1] in _LARGE_OBJECT_FUNCS
+        and (_names(c.funcname) or [])[:-1] in ([], ["pg_catalog"])
+        for c in calls
+    )
 
 
 def _is_setval(node: ast.Node) -> bool:
@@ -560,12 +577,14 @@ def _is_owner_change(node: ast.Node) -> bool:
 def _on_schema(node: ast.Node) -> bool:
     """An ACL or owner statement about a schema (``public`` itself, for a dump)."""
     if isinstance(node, ast.GrantStmt):
-        return node.objtype == ObjectType.OBJECT_SCHEMA or getattr(node.targtype, "name", "") in (
+        return node.objtype in (ObjectType.OBJECT_SCHEMA, ObjectType.OBJECT_LARGEOBJECT) or getattr(
+            node.targtype, "name", ""
+        ) in (
             "ACL_TARGET_ALL_IN_SCHEMA",
             "ACL_TARGET_DEFAULTS",
         )
     if isinstance(node, ast.AlterOwnerStmt):
-        return node.objectType == ObjectType.OBJECT_SCHEMA
+        return node.objectType in (ObjectType.OBJECT_SCHEMA, ObjectType.OBJECT_LARGEOBJECT)
     return False
 
 
