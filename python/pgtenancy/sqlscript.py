@@ -96,12 +96,76 @@ def _kind(node: str) -> str:
     return "ddl"
 
 
+_DOLLAR: Final = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+
+
+def _lex_line(line: str, state: str | None) -> str | None:
+    """The lexical state at the end of ``line``, given the state at its start.
+
+    States: None (SQL), ``'`` or ``E'`` (string), ``"`` (identifier),
+    ``/*N`` (block comment, nesting N), or a dollar-quote tag such as ``$$``.
+    """
+    i, n = 0, len(line)
+    while i < n:
+        if state is None:
+            char = line[i]
+            if line.startswith("--", i):
+                return None
+            if line.startswith("/*", i):
+                state, i = "/*1", i + 2
+            elif char == "'":
+                escapes = i > 0 and line[i - 1] in "eE" and not (i > 1 and line[i - 2].isalnum())
+                state, i = ("E'" if escapes else "'"), i + 1
+            elif char == '"':
+                state, i = '"', i + 1
+            elif (
+                char == "$"
+                and (tag := _DOLLAR.match(line, i))
+                and not (i > 0 and (line[i - 1].isalnum() or line[i - 1] == "_"))
+            ):
+                state, i = tag.group(0), tag.end()
+            else:
+                i += 1
+        elif state.startswith("/*"):
+            depth = int(state[2:])
+            if line.startswith("*/", i):
+                depth, i = depth - 1, i + 2
+            elif line.startswith("/*", i):
+                depth, i = depth + 1, i + 2
+            else:
+                i += 1
+            state = f"/*{depth}" if depth else None
+        elif state in ("'", "E'"):
+            if (state == "E'" and line[i] == "\\") or line.startswith("''", i):
+                i += 2
+            elif line[i] == "'":
+                state, i = None, i + 1
+            else:
+                i += 1
+        elif state == '"':
+            if line.startswith('""', i):
+                i += 2
+            elif line[i] == '"':
+                state, i = None, i + 1
+            else:
+                i += 1
+        else:
+            end = line.find(state, i)
+            if end < 0:
+                return state
+            i = end + len(state)
+            state = None
+    return state
+
+
 def read_script(text: str) -> Script:
     """Parse a psql script into classified statements.
 
-    Lines whose first non-blank character is a backslash are psql
+    Lines whose first non-blank character is a backslash, outside string
+    literals, quoted identifiers, dollar-quoted bodies and comments, are psql
     meta-commands: they are blanked (keeping line numbers) and listed in
-    ``Script.skipped``.
+    ``Script.skipped``. A line of a function body that starts with a
+    backslash stays part of the body.
 
     Args:
         text: the script.
@@ -112,8 +176,12 @@ def read_script(text: str) -> Script:
     lines = text.splitlines(keepends=True)
     skipped: list[tuple[int, str]] = []
     kept = []
+    state: str | None = None
     for number, raw_line in enumerate(lines, start=1):
-        if raw_line.lstrip().startswith("\\"):
+        at_start = state
+        state = _lex_line(raw_line, state)
+        if at_start is None and raw_line.lstrip().startswith("\\"):
+            state = None
             skipped.append((number, raw_line.strip()))
             kept.append("\n")
         else:
