@@ -351,23 +351,24 @@ def _plpgsql_statements(body: str) -> tuple[list[tuple[int, str]], bool]:
         return [], False
     found: list[tuple[int, str]] = []
     dynamic = False
-    stack: list[Any] = [tree]
+    stack: list[tuple[Any, int]] = [(tree, 1)]
     while stack:
-        item = stack.pop()
+        item, lineno = stack.pop()
         if isinstance(item, list):
-            stack.extend(item)
+            stack.extend((value, lineno) for value in item)
         elif isinstance(item, dict):
+            lineno = int(item.get("lineno", lineno))
             for key, value in item.items():
                 if key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"):
                     dynamic = True
                 if key == "PLpgSQL_stmt_open" and isinstance(value, dict) and "dynquery" in value:
                     dynamic = True
-                if key == "PLpgSQL_stmt_execsql" and isinstance(value, dict):
-                    query = value.get("sqlstmt", {}).get("PLpgSQL_expr", {}).get("query")
-                    if isinstance(query, str):
-                        found.append((int(value.get("lineno", 1)), query))
-                stack.append(value)
-    return found, dynamic
+                if key == "PLpgSQL_expr" and isinstance(value, dict):
+                    query = value.get("query")
+                    if isinstance(query, str) and value.get("parseMode", 0) == 0:
+                        found.append((lineno, query))
+                stack.append((value, lineno))
+    return sorted(found), dynamic
 
 
 def _dollar(body: str) -> str:
