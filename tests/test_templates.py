@@ -783,6 +783,7 @@ def test_unrenderable_statement_is_refused_never_kept() -> None:
         ("ALTER TABLE public.elsewhere ADD COLUMN x int", "acts on public.elsewhere"),
         ("CREATE VIEW partman.v AS SELECT * FROM public.t", "depends on public.t"),
         ("CREATE TABLE tenancy.t (id int)", "in schema tenancy"),
+        ("CREATE TABLE tenant_acme.t (id int)", "a tenant's schema of the kit"),
         ("CREATE CAST (text AS public.t) WITH INOUT", "CreateCastStmt cannot be part"),
         ("INSERT INTO public.t VALUES (1)", "dump with --schema-only"),
         ("CREATE TABLE public.p PARTITION OF partman.parent FOR VALUES IN (1)", "changes partman"),

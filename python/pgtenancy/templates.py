@@ -73,6 +73,8 @@ __all__ = ["TemplateError", "TemplateResult", "import_template"]
 SOURCE_SCHEMA: Final = "public"
 # Schemas no template object may land in.
 _FORBIDDEN_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema", "pg_toast", "tenancy"})
+# Schemas of the kit's tenants (tenancy.schema_prefix()).
+_TENANT_PREFIX: Final = "tenant_"
 # Node attributes holding a possibly schema-qualified name as a list of String.
 _NAME_LISTS: Final[dict[str, tuple[str, ...]]] = {
     "TypeName": ("names",),
@@ -324,6 +326,11 @@ def import_template(
         schema = targets[0].schema if targets else None
         if schema is not None and (schema in _FORBIDDEN_SCHEMAS or schema.startswith("pg_")):
             problems.append((line, f"creates or changes an object in schema {schema}"))
+            continue
+        if schema is not None and schema.startswith(_TENANT_PREFIX):
+            problems.append(
+                (line, f"creates or changes an object in {schema}, a tenant's schema of the kit")
+            )
             continue
         if schema not in (None, SOURCE_SCHEMA):
             problem = _shared_problem(node, schema, own, split_shared)
