@@ -431,8 +431,11 @@ def _shared_schemas(nodes: object) -> frozenset[str]:
         if type(node).__name__ not in _TEMPLATE_NODES:
             continue
         targets = statement_targets(node)
-        if targets and targets[0].schema not in (None, SOURCE_SCHEMA):
-            found.add(str(targets[0].schema))
+        schema = targets[0].schema if targets else None
+        if schema is None or schema == SOURCE_SCHEMA or schema in _FORBIDDEN_SCHEMAS:
+            continue
+        if not schema.startswith(("pg_", _TENANT_PREFIX)):
+            found.add(schema)
     return frozenset(found)
 
 
