@@ -366,7 +366,7 @@ $body$;
     assert texts[2] == "SELECT pg_catalog.setval('t_seq', 1, FALSE)"
     assert "public" not in texts[3]
     assert " ".join(texts[3].split()).endswith(
-        "AS $$ SELECT g(x) + (SELECT CAST(count(*) AS integer) FROM t) $$"
+        "AS $$ SELECT g(x) + (SELECT count(*)::integer FROM t) $$"
     )
     assert "PERFORM g(1), g(2), $x$ public $x$;" in texts[4]
     assert "UPDATE t SET n = g(n);" in texts[4]

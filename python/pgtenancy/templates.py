@@ -875,6 +875,12 @@ class _Rewriter:
             return body
         if not inner.changed:
             return body
+        try:
+            cut = _cut_qualifications(body, self.own, inner.literals)
+            if [raw.stmt for raw in pglast.parse_sql(cut)] == [raw.stmt for raw in statements]:
+                return cut  # the body as written, qualifications cut out
+        except Exception:  # fall back to pglast's printers
+            pass
         texts = [_render_body(raw.stmt) for raw in statements]
         if any(text is None for text in texts):
             return None
