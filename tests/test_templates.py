@@ -305,19 +305,23 @@ def test_acl_dropped_by_default() -> None:
     assert "OWNER TO" not in result.sql
 
 
-def test_acl_kept_with_keep_acl() -> None:
+def test_acl_kept_with_keep_acl(tmp_path: Path) -> None:
     result = import_template(ACL_DUMP, keep_acl=True)
-    # Those on schema public itself are dropped either way.
+    # Those on schema public itself and owners are dropped either way.
     assert [line.split(": ", 1)[1] for line in result.dropped] == [
+        "ALTER TABLE public.t OWNER TO postgres",
+        "ALTER FUNCTION public.f() OWNER TO postgres",
         "REVOKE USAGE ON SCHEMA public FROM PUBLIC",
         "GRANT ALL ON SCHEMA public TO PUBLIC",
         "ALTER SCHEMA public OWNER TO pg_database_owner",
     ]
     texts = [text for _, text in statements(result.sql)]
-    assert "ALTER TABLE t OWNER TO postgres" in texts
-    assert "ALTER FUNCTION f () OWNER TO postgres" in texts
+    assert "OWNER TO" not in result.sql
     assert "REVOKE ALL PRIVILEGES ON FUNCTION f () FROM PUBLIC" in texts
     assert "GRANT SELECT ON TABLE t TO app_reader" in texts
+    # What is kept passes the gate of migrate --dir.
+    (tmp_path / "0001_acl.sql").write_text(result.sql)
+    assert check_migration(read_migration_dir(tmp_path)[0]) == []
 
 
 def test_extension_and_schema_statements_dropped() -> None:

@@ -388,7 +388,9 @@ def template() -> None:
 
 @template.command(name="import")
 @click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--keep-acl", is_flag=True, help="Keep OWNER TO, GRANT and REVOKE statements.")
+@click.option(
+    "--keep-acl", is_flag=True, help="Keep GRANT and REVOKE on the dump's objects (never OWNER TO)."
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

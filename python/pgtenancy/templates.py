@@ -12,8 +12,9 @@ inside that schema, and nothing outside it:
   DROP IDENTITY``, with or without ``IF EXISTS``); ``CREATE/ALTER/DROP
   EXTENSION`` and comments on extensions (install extensions once per
   database); ``CREATE/DROP SCHEMA`` and comments on schemas; database-wide
-  statements; and, unless ``keep_acl``, owners and privileges (``ALTER ...
-  OWNER TO``, ``GRANT``, ``REVOKE``); psql meta-commands (``\\restrict``...)
+  statements; owners (``ALTER ... OWNER TO``: the kit owns tenant objects)
+  and, unless ``keep_acl``, privileges (``GRANT``, ``REVOKE``); psql
+  meta-commands (``\\restrict``...)
   are skipped by :func:`pgtenancy.sqlscript.read_script`;
 * ``public.`` is removed from the names of the objects the dump creates in
   ``public`` — relations, types, functions, operators, sequences of identity
@@ -274,9 +275,10 @@ def import_template(
     Args:
         dump_sql: the dump, as pg_dump wrote it (plain format, with or
             without ``--clean --if-exists``).
-        keep_acl: keep ``ALTER ... OWNER TO``, ``GRANT`` and ``REVOKE`` on
-            the application's objects (rewritten like the rest) instead of
-            dropping them; those on schemas are dropped either way.
+        keep_acl: keep ``GRANT`` and ``REVOKE`` on the application's objects
+            (rewritten like the rest) instead of dropping them; those on
+            schemas, and ``ALTER ... OWNER TO``, are dropped either way (a
+            tenant migration may not change owners).
         split_shared: write objects of schemas other than ``public`` to
             ``TemplateResult.shared_sql`` instead of refusing them.
 
@@ -520,8 +522,10 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
         return ""
     if kind == "SelectStmt" and _is_large_object_call(node):
         return "large object dropped: large objects belong to the database, not to a schema"
-    if kind in _ACL_NODES or (kind == "AlterTableStmt" and _is_owner_change(node)):
-        if _on_schema(node):
+    if kind == "AlterOwnerStmt" or (kind == "AlterTableStmt" and _is_owner_change(node)):
+        return ""
+    if kind in _ACL_NODES:
+        if _on_schema(node) or kind == "GrantRoleStmt":
             return ""
         return None if keep_acl else ""
     return None
