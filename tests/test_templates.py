@@ -598,7 +598,19 @@ TENANT_INDEXES = {
 }
 
 
+def need_extensions(dsn: str, *names: str) -> None:
+    """Skip unless the server has these contrib extensions (postgresql-contrib)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT name FROM pg_available_extensions WHERE name = ANY(%s)", (list(names),)
+        ).fetchall()
+    missing = set(names) - {r[0] for r in rows}
+    if missing:
+        pytest.skip(f"contrib extensions {sorted(missing)} not available on the server")
+
+
 def features_dump(pg_admin_dsn: str, clean: bool) -> str:
+    need_extensions(pg_admin_dsn, "pg_trgm")
     with fresh_database(pg_admin_dsn, "tpl_features") as src:
         with psycopg.connect(src, autocommit=True) as conn:
             conn.execute(FEATURES)
@@ -878,6 +890,7 @@ MORE_TABLES = {"people", "employees", "bookings", "log"}
 def test_pg_dump_more_object_kinds_become_two_tenants(
     pg_admin_dsn: str, dsn: str, sql: Sql, clean: bool
 ) -> None:
+    need_extensions(pg_admin_dsn, "btree_gist", "citext")
     with fresh_database(pg_admin_dsn, "tpl_kinds") as src:
         with psycopg.connect(src, autocommit=True) as conn:
             conn.execute(MORE_KINDS)
