@@ -28,6 +28,18 @@ $$;
 COMMENT ON FUNCTION tenancy.version() IS
     'Version of the installed pgtenancy SQL, as major.minor.patch text.';
 
+CREATE OR REPLACE FUNCTION tenancy.schema_prefix()
+    RETURNS text
+    LANGUAGE sql
+    IMMUTABLE
+    PARALLEL SAFE
+AS $$
+    SELECT 'tenant_'::text
+$$;
+
+COMMENT ON FUNCTION tenancy.schema_prefix() IS
+    'Prefix of every tenant schema name: schema_name = schema_prefix() || slug.';
+
 -- The registry: one row per tenant.  The row is the truth about a tenant;
 -- triggers on it provision schemas and emit lifecycle events, so every path
 -- that changes it (functions, psql, other services) gets the same checks

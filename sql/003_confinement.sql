@@ -344,6 +344,16 @@ BEGIN
         RETURN;
     END IF;
     FOR v_cmd IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
+        -- GRANT and REVOKE name no object here, only its kind: privileges on
+        -- schemas, databases, languages, servers, large objects, ... are
+        -- never a tenant's (on its own tables they are; on other tables
+        -- the server grants nothing, as the migrator owns none).
+        IF v_cmd.command_tag IN ('GRANT', 'REVOKE')
+           AND v_cmd.object_type NOT IN ('TABLE', 'SEQUENCE', 'FUNCTION', 'PROCEDURE', 'ROUTINE',
+                                         'TYPE', 'DOMAIN', 'COLUMN', 'FOREIGN TABLE', 'VIEW') THEN
+            PERFORM tenancy.fence_refuse(v_cmd.command_tag || ' ON ' || v_cmd.object_type, NULL,
+                                         v_target);
+        END IF;
         IF v_cmd.schema_name IS NOT NULL
            AND NOT tenancy.fence_in_target(v_cmd.schema_name, v_target) THEN
             PERFORM tenancy.fence_refuse(v_cmd.command_tag, v_cmd.object_identity, v_target);
@@ -553,40 +563,58 @@ CREATE OR REPLACE FUNCTION tenancy.grant_shared_to_migrator()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_role  name := tenancy.migrator_role();
-    v_table record;
+    v_role   name := tenancy.migrator_role();
+    v_schema record;
+    v_table  record;
 BEGIN
-    -- Migrations may read and reference the shared tables of public (a
-    -- foreign key to public.plans needs REFERENCES); guarded tables hold
-    -- every tenant's rows, so they may only be referenced. Tables the
-    -- owner creates later are covered by the default privileges below;
-    -- tables of other roles need a grant of their own.
-    FOR v_table IN
-        SELECT c.oid::regclass AS name,
-               EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
-          FROM pg_catalog.pg_class AS c
-         WHERE c.relnamespace = 'public'::regnamespace
-           AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-           AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+    -- Migrations may read and reference what the shared schemas hold (a
+    -- foreign key to public.plans needs REFERENCES, a type of partman needs
+    -- USAGE on partman): every schema of the owner's that is no tenant's,
+    -- not the kit's and not the system's. Guarded tables hold every
+    -- tenant's rows, so they may only be referenced. Tables the owner
+    -- creates later are covered by default privileges; objects of other
+    -- roles need grants of their own.
+    FOR v_schema IN
+        SELECT n.oid, n.nspname
+          FROM pg_catalog.pg_namespace AS n
+         WHERE n.nspname NOT IN ('tenancy', 'information_schema')
+           AND n.nspname NOT LIKE 'pg\_%'
+           AND n.nspname NOT LIKE 'tenancy\_check\_%'
+           AND NOT starts_with(n.nspname, tenancy.schema_prefix())
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+           AND pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION')
     LOOP
-        IF v_table.guarded THEN
-            EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
-            EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
-        ELSE
-            EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
+        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', v_schema.nspname, v_role);
+        FOR v_table IN
+            SELECT c.oid::regclass AS name,
+                   EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
+              FROM pg_catalog.pg_class AS c
+             WHERE c.relnamespace = v_schema.oid
+               AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+        LOOP
+            IF v_table.guarded THEN
+                EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
+                EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
+            ELSE
+                EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I',
+                                          v_table.name, v_role);
+            END IF;
+        END LOOP;
+        IF pg_catalog.has_schema_privilege(v_schema.oid, 'CREATE') THEN
+            EXECUTE pg_catalog.format(
+                'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, REFERENCES ON TABLES TO %I',
+                v_schema.nspname, v_role);
         END IF;
     END LOOP;
-    IF pg_catalog.has_schema_privilege('public', 'CREATE') THEN
-        EXECUTE pg_catalog.format(
-            'ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, REFERENCES ON TABLES TO %I', v_role);
-    END IF;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_shared_to_migrator() IS
-    'Let tenant migrations read and reference the tables of public (REFERENCES only for guarded '
-    'tables), now and for tables the owner creates later. Run at install, after enable_rls and '
-    'after shared migrations. Internal: not granted to PUBLIC.';
+    'Let tenant migrations use the shared schemas (every schema of the owner''s that is no '
+    'tenant''s, not tenancy and not a system schema) and read and reference their tables '
+    '(REFERENCES only for guarded tables), now and for tables the owner creates later. Run at '
+    'install and after shared migrations. Internal: not granted to PUBLIC.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_shared_to_migrator() FROM PUBLIC;
 

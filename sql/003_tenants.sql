@@ -4,18 +4,6 @@
 -- Functions that create or drop schemas are SECURITY DEFINER, owned by the
 -- installing role, and pin search_path; they are not granted to PUBLIC.
 
-CREATE OR REPLACE FUNCTION tenancy.schema_prefix()
-    RETURNS text
-    LANGUAGE sql
-    IMMUTABLE
-    PARALLEL SAFE
-AS $$
-    SELECT 'tenant_'::text
-$$;
-
-COMMENT ON FUNCTION tenancy.schema_prefix() IS
-    'Prefix of every tenant schema name: schema_name = schema_prefix() || slug.';
-
 CREATE OR REPLACE FUNCTION tenancy.validate_slug(slug text)
     RETURNS text
     LANGUAGE plpgsql
@@ -106,10 +94,12 @@ BEGIN
             PERFORM set_config('pgtenancy.migration_schema', '', true);
             IF v_state IN ('PT017', '42501')
                OR (v_state = '25001'
-                   AND v_message ~ '^(ALTER SYSTEM|CREATE DATABASE|DROP DATABASE|CREATE TABLESPACE|DROP TABLESPACE|ALTER DATABASE)') THEN
+                   AND v_message ~ '^(ALTER SYSTEM|CREATE DATABASE|DROP DATABASE|CREATE TABLESPACE|DROP TABLESPACE|ALTER DATABASE|DISCARD|REINDEX (SCHEMA|DATABASE|SYSTEM))')
+               OR (v_state = '0A000' AND v_message LIKE 'EXECUTE of transaction commands%') THEN
                 -- Out of its tenant schema: the fence (PT017) or the missing
-                -- privilege (42501) stopped it, or a server-wide statement
-                -- that could never run in a transaction (25001).
+                -- privilege (42501) stopped it, or a statement on the whole
+                -- server, database or session that could never run in a
+                -- transaction (25001), or transaction control (0A000).
                 RAISE EXCEPTION 'unsafe migration % (schema %): %', v_migration.version, p_schema,
                     v_message
                     USING ERRCODE = 'PT017',

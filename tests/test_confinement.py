@@ -565,3 +565,91 @@ def test_a_view_cannot_lend_the_owners_rights(world: dict[str, str], dsn: str) -
         conn.execute("SELECT tenancy.enter_tenant('acme')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT * FROM peek")
+
+
+def _corpus() -> list[Any]:
+    from test_migration_gate import CORPUS, load
+
+    return [load(p) for p in sorted(CORPUS.glob("*.sql"))]
+
+
+# Shared objects the corpus files name, so each statement meets a real target.
+CORPUS_WORLD = """
+CREATE TABLE public.plans (id bigint PRIMARY KEY, name text, price numeric);
+INSERT INTO public.plans VALUES (1, 'free', 0), (2, 'pro', 10);
+CREATE TABLE public.accounts (id bigint PRIMARY KEY);
+CREATE TABLE public.audit (what text);
+CREATE TABLE public.invoice (id serial PRIMARY KEY, total numeric);
+INSERT INTO public.invoice (total) VALUES (1), (2);
+CREATE TABLE public.events (tenant text, id int) PARTITION BY LIST (tenant);
+CREATE MATERIALIZED VIEW public.totals AS SELECT count(*) AS n FROM public.invoice;
+CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE FUNCTION public.eq3(integer, integer) RETURNS boolean LANGUAGE sql AS 'SELECT $1 = $2';
+CREATE OPERATOR public.=== (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.eq3);
+CREATE EXTENSION IF NOT EXISTS postgres_fdw;
+CREATE SERVER remote FOREIGN DATA WRAPPER postgres_fdw;
+SELECT pg_catalog.lo_create(1234);
+"""
+
+# No error, and nothing changes: PostgreSQL answers a GRANT or REVOKE on an
+# object the migrator does not own with a WARNING ("no privileges were
+# granted"; event triggers never see GRANT on a database), and DROP ... IF
+# EXISTS of an object that does not exist, or a PREPARE never executed, do
+# nothing. The test checks that nothing changed.
+WARNED_NO_OP = {
+    "grant_execute_public_function",
+    "revoke_on_public_table",
+    "grant_on_database",
+    "drop_policy_on_public",
+    "drop_trigger_on_public",
+    "prepare_delete_outbox",
+}
+# Refused, but as statements that cannot run in a migration at all (PT008).
+INVALID_ANYWAY = {"concurrently_without_marker", "copy_public", "do_perform_cte_update"}
+
+
+@pytest.fixture
+def corpus_world(world: dict[str, str], sql: SQL) -> Iterator[dict[str, str]]:
+    sql(CORPUS_WORLD)
+    reporting = f"pgtenancy_reporting_{uuid.uuid4().hex[:8]}"
+    sql(pgsql.SQL("CREATE ROLE {}").format(pgsql.Identifier(reporting)).as_string(None))
+    try:
+        yield {**world, "reporting": reporting}
+    finally:
+        sql(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(reporting)).as_string(None))
+        sql(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(reporting)).as_string(None))
+
+
+@pytest.mark.parametrize("case", _corpus(), ids=lambda c: c.path.stem)
+def test_gate_corpus_at_execution(case: Any, corpus_world: dict[str, str], dsn: str) -> None:
+    """Every file of the gate's corpus, run by the database itself (as if
+    registered in SQL, where no gate runs): what is refused is refused with
+    PT017 and changes nothing; what is allowed applies."""
+    import re
+
+    body = case.path.read_text("utf-8")
+    if "-- pgtenancy: no-transaction" in body:
+        pytest.skip("no-transaction files are checked by the fleet runner (tested above)")
+    # The corpus names roles app and reporting: use this test's own roles.
+    body = re.sub(r"(?<![\w.$'])app(?![\w.'])", corpus_world["app"], body)
+    body = re.sub(r"(?<![\w.])reporting(?![\w.])", corpus_world["reporting"], body)
+    before = _snapshot(dsn)
+    name = case.path.stem
+    if case.execution == "refused" and name not in WARNED_NO_OP:
+        with pytest.raises(psycopg.Error) as info:
+            _add_migration(dsn, "0002", body)
+        want = {"PT006", "PT008"} if name in INVALID_ANYWAY else {"PT017"}
+        assert info.value.sqlstate in want, (name, str(info.value))
+        assert _snapshot(dsn) == before
+    elif case.execution == "refused":
+        _add_migration(dsn, "0002", body)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT tenancy.migrate_tenant('acme')")
+        after = _snapshot(dsn)
+        for key in ("migrations", "events", "tenants"):
+            after.pop(key), before.pop(key)
+        assert after == before
+    else:
+        _add_migration(dsn, "0002", body)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT tenancy.migrate_tenant('acme')")

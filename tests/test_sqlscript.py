@@ -42,3 +42,24 @@ def test_comments_and_meta_commands() -> None:
         (5, "ddl", "SELECT 1"),
         (6, "transaction", "COMMIT"),
     ]
+
+
+def test_backslash_lines_inside_bodies_and_strings_are_not_meta_commands() -> None:
+    text = (
+        "\\restrict abc\n"
+        "CREATE FUNCTION f() RETURNS text LANGUAGE plpgsql AS $_$\n"
+        "BEGIN\n"
+        "    RETURN '\n"
+        "\\d+ is a regex, not psql';\n"
+        "END\n"
+        "$_$;\n"
+        "/* a comment\n"
+        "\\still the comment */\n"
+        "SELECT E'it''s\\\n"
+        "\\x';\n"
+        "\\unrestrict abc\n"
+    )
+    script = read_script(text)
+    assert script.skipped == [(1, "\\restrict abc"), (12, "\\unrestrict abc")]
+    assert [s.line for s in script.statements] == [2, 10]
+    assert "\\d+ is a regex" in script.statements[0].sql

@@ -314,7 +314,8 @@ def migrate(
 
         files = read_migration_dir(directory)
         for f in files:
-            check_migration(f, shared_schemas)
+            for warning in check_migration(f, shared_schemas):
+                click.echo(f"warning: {warning}", err=True)
         registered = {m.version: m.checksum for m in tenancy.list_migrations()}
         for f in files:
             if f.version in registered:
@@ -455,12 +456,21 @@ def template() -> None:
 
 @template.command(name="import")
 @click.argument("dump", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--keep-acl", is_flag=True, help="Keep OWNER TO, GRANT and REVOKE statements.")
+@click.option(
+    "--keep-acl", is_flag=True, help="Keep GRANT and REVOKE on the dump's objects (never OWNER TO)."
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Write the migration here (default: standard output).",
+)
+@click.option(
+    "--shared-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write objects of schemas other than public here (a shared migration);"
+    " without it they are refused.",
 )
 @click.option(
     "--register",
@@ -471,18 +481,41 @@ def template() -> None:
 )
 @click.option("--dsn", envvar="DATABASE_URL", default=None, help="Database for --register.")
 def template_import(
-    dump: Path, keep_acl: bool, out: Path | None, version: str | None, dsn: str | None
+    dump: Path,
+    keep_acl: bool,
+    out: Path | None,
+    shared_out: Path | None,
+    version: str | None,
+    dsn: str | None,
 ) -> None:
     """Turn DUMP, a pg_dump --schema-only of a single-tenant app (names
-    qualified with public.), into a tenant migration. What was dropped and what
-    could not be handled go to standard error."""
-    from pgtenancy.templates import import_template
+    qualified with public., --clean or not), into a tenant migration. What was
+    dropped, split off and warned about goes to standard error; statements that
+    cannot be made tenant-local are refused (FILE:LINE: reason, exit status 1,
+    nothing written)."""
+    from pgtenancy.sqlscript import ScriptError
+    from pgtenancy.templates import TemplateError, import_template
 
-    result = import_template(dump.read_text("utf-8"), keep_acl=keep_acl)
+    try:
+        result = import_template(
+            dump.read_text("utf-8"), keep_acl=keep_acl, split_shared=shared_out is not None
+        )
+    except ScriptError as exc:
+        click.echo(f"error: {dump}:{exc.line}: {str(exc).split(': ', 1)[-1]}", err=True)
+        sys.exit(1)
+    except TemplateError as exc:
+        for number, reason in exc.problems:
+            click.echo(f"error: {dump}:{number}: {reason}", err=True)
+        click.echo(f"error: {len(exc.problems)} statements refused; nothing written", err=True)
+        sys.exit(1)
     for line in result.dropped:
         click.echo(f"dropped: {line}", err=True)
+    for line in result.shared:
+        click.echo(f"shared: {line}", err=True)
     for line in result.warnings:
         click.echo(f"warning: {line}", err=True)
+    if shared_out is not None:
+        shared_out.write_text(result.shared_sql, "utf-8")
     if out is not None:
         out.write_text(result.sql, "utf-8")
     else:

@@ -259,7 +259,8 @@ def _apply_outside_transaction(
                 conn.execute(QUERIES["reset_setting"], {"name": "search_path"})
                 conn.execute(QUERIES["reset_setting"], {"name": "lock_timeout"})
                 conn.execute(
-                    QUERIES["reset_setting"], {"name": "pgtenancy.outside_migration_schema"}
+                    QUERIES["session_setting"],
+                    {"name": "pgtenancy.outside_migration_schema", "value": ""},
                 )
             conn.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
         finally:

@@ -2,12 +2,41 @@
 
 A migrations directory holds ``NNNN_name.sql`` files, applied in name order;
 the version of a file is its name without ``.sql``. :func:`check_migration`
-parses each file with pglast and refuses, with the file, line and reason:
-transaction control, ``SET``/``RESET`` of ``search_path`` or the role,
-database-level statements, references to a schema other than the tenant's
-own (unqualified names) or an allowed shared schema, and statements that
-cannot run inside a transaction (``CREATE INDEX CONCURRENTLY``, ``VACUUM``,
-...) unless the file's first line is ``-- pgtenancy: no-transaction``.
+parses each file with pglast and refuses, with the file, line and reason,
+what the database refuses at execution time (SQLSTATE PT017,
+``UnsafeMigration``): a migration creates, changes and writes only objects
+of its own tenant schema, named without a schema (the tenant's schema name
+is not known when the file is registered). Refused:
+
+* DDL or DML whose object is schema-qualified (any schema): CREATE, ALTER,
+  DROP, COMMENT ON, SECURITY LABEL, GRANT/REVOKE on objects, TRUNCATE,
+  INSERT/UPDATE/DELETE/MERGE (CTEs and rules included), COPY, REINDEX,
+  CLUSTER, VACUUM, REFRESH MATERIALIZED VIEW, CREATE INDEX/TRIGGER/POLICY/RULE
+  on a qualified table, a partition or child of a qualified table, ``SET
+  SCHEMA``. References are allowed: foreign keys, types, functions,
+  operators and operator classes of the shared schemas, tables read;
+* extensions, schemas, roles and role membership, ``ALTER ... OWNER TO``,
+  default privileges, GRANT/REVOKE on schemas, databases, ``ALL ... IN
+  SCHEMA``, languages, tablespaces, foreign data wrappers and servers,
+  large objects and parameters; database-wide statements (ALTER DATABASE,
+  ALTER SYSTEM, CREATE/DROP DATABASE and TABLESPACE, event triggers,
+  FDWs, servers, user mappings, publications, subscriptions, languages,
+  casts, access methods, transforms), LOAD, CHECKPOINT, DISCARD;
+* ``COPY ... PROGRAM`` and COPY to or from a server file (``FROM STDIN``
+  and ``TO STDOUT`` stay allowed);
+* ``SET``/``RESET`` (``LOCAL`` or not) of ``search_path``, ``role`` and
+  ``session_authorization``, ``SET ROLE``, ``SET SESSION AUTHORIZATION``,
+  ``RESET ALL``; transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT,
+  PREPARE TRANSACTION ...);
+* statements that cannot run in a transaction unless the file is marked
+  ``-- pgtenancy: no-transaction`` (in its leading comment lines); a marked
+  file holds only CREATE/DROP INDEX CONCURRENTLY, REINDEX ... CONCURRENTLY,
+  VACUUM, ANALYZE and ALTER TYPE ... ADD VALUE, unqualified.
+
+DO blocks are checked the same way for the SQL they run directly
+(PL/pgSQL statements, parsed); they, dynamic SQL (``EXECUTE``, ``format``)
+in DO blocks and functions, and ``set_config`` calls are reported as
+warnings: the database confines them at execution.
 """
 
 from __future__ import annotations
@@ -23,16 +52,13 @@ import pglast
 from pglast import ast
 
 from pgtenancy.errors import TenancyError
-from pgtenancy.sqlscript import DATABASE_NODES, ScriptError, read_script
+from pgtenancy.sqlscript import DATABASE_NODES, ScriptError, read_script, statement_targets
 
 FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
 NO_TRANSACTION = "-- pgtenancy: no-transaction"
-#: Schemas a migration may name besides its own: system catalogs.
-SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+#: Schemas a migration may always reference besides the shared ones.
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "tenancy", "pg_temp"})
 _FORBIDDEN_SETTINGS = frozenset({"search_path", "role", "session_authorization"})
-# Database-level statements (as the psql-script reader classifies them), and
-# schemas: a migration works inside the tenant's schema.
-_DATABASE_NODES = DATABASE_NODES | {"CreateSchemaStmt"}
 
 
 class MigrationCheckError(TenancyError, ValueError):
@@ -90,7 +116,7 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
                 path=path,
                 sql=text,
                 checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                outside_transaction=text.lstrip().startswith(NO_TRANSACTION),
+                outside_transaction=marked_no_transaction(text),
             )
         )
     return files
@@ -110,34 +136,297 @@ def _names(items: Any) -> list[str]:
     return [getattr(i, "sval", "") for i in items or ()]
 
 
+# Node attributes that hold a possibly qualified name (a list of String).
+_REFERENCE_NAMES: dict[str, tuple[str, ...]] = {
+    "TypeName": ("names",),
+    "FuncCall": ("funcname",),
+    "CreateFunctionStmt": ("funcname",),
+    "DefineStmt": ("defnames",),
+    "CreateEnumStmt": ("typeName",),
+    "CreateDomainStmt": ("domainname",),
+    "IndexElem": ("opclass", "collation"),
+    "CollateClause": ("collname",),
+    "ObjectWithArgs": ("objname",),
+    "A_Expr": ("name",),
+    "CreateTrigStmt": ("funcname",),
+}
+
+
 def _schemas(node: ast.Node) -> Iterator[str]:
-    """Schema names a statement's tree refers to explicitly."""
+    """Schema names a statement's tree refers to explicitly (targets and references)."""
     for n in _walk(node):
         if isinstance(n, ast.RangeVar) and n.schemaname:
             yield n.schemaname
-        elif isinstance(n, ast.TypeName | ast.FuncCall | ast.CreateFunctionStmt | ast.DefineStmt):
-            attr = {
-                "TypeName": "names",
-                "FuncCall": "funcname",
-                "CreateFunctionStmt": "funcname",
-                "DefineStmt": "defnames",
-            }[type(n).__name__]
-            parts = _names(getattr(n, attr))
-            if len(parts) > 1:
-                yield parts[0]
-        elif isinstance(n, ast.CreateEnumStmt | ast.CreateDomainStmt):
-            parts = _names(n.typeName if isinstance(n, ast.CreateEnumStmt) else n.domainname)
-            if len(parts) > 1:
-                yield parts[0]
+            continue
+        for attr in _REFERENCE_NAMES.get(type(n).__name__, ()):
+            parts = _names(getattr(n, attr, None))
+            if len(parts) > 1 and not (isinstance(n, ast.TypeName) and n.pct_type):
+                yield parts[-2]
 
 
-def check_migration(migration: MigrationFile, shared_schemas: Sequence[str] = ("public",)) -> None:
+def marked_no_transaction(text: str) -> bool:
+    """``-- pgtenancy: no-transaction`` is one of the file's leading comment lines."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if not line.startswith("--"):
+            return False
+        if line == NO_TRANSACTION:
+            return True
+    return False
+
+
+# Statement kinds refused whatever their object, with the reason.
+_REFUSED_KINDS: dict[str, str] = {
+    **{kind: "not a statement for a tenant schema (database-wide)" for kind in DATABASE_NODES},
+    "CreateSchemaStmt": "CREATE SCHEMA: a migration works inside its tenant's schema",
+    "CreateExtensionStmt": "extensions are installed once per database, not by a tenant migration",
+    "AlterExtensionStmt": "extensions are installed once per database, not by a tenant migration",
+    "AlterExtensionContentsStmt": "extensions are changed once per database, not per tenant",
+    "AlterRoleSetStmt": "roles are database-wide",
+    "GrantRoleStmt": "role membership is database-wide",
+    "ReassignOwnedStmt": "REASSIGN OWNED acts on every schema",
+    "DropOwnedStmt": "DROP OWNED acts on every schema",
+    "AlterOwnerStmt": "ALTER ... OWNER TO: the kit owns tenant objects",
+    "AlterDefaultPrivilegesStmt": "ALTER DEFAULT PRIVILEGES is database-wide",
+    "AlterTableSpaceOptionsStmt": "tablespaces are database-wide",
+    "AlterTableMoveAllStmt": "ALTER ... ALL IN TABLESPACE acts on every schema",
+    "CreateEventTrigStmt": "event triggers are database-wide",
+    "AlterEventTrigStmt": "event triggers are database-wide",
+    "CreateFdwStmt": "foreign data wrappers are database-wide",
+    "AlterFdwStmt": "foreign data wrappers are database-wide",
+    "CreateForeignServerStmt": "foreign servers are database-wide",
+    "AlterForeignServerStmt": "foreign servers are database-wide",
+    "CreateUserMappingStmt": "user mappings are database-wide",
+    "AlterUserMappingStmt": "user mappings are database-wide",
+    "DropUserMappingStmt": "user mappings are database-wide",
+    "ImportForeignSchemaStmt": "IMPORT FOREIGN SCHEMA names a local schema",
+    "CreatePublicationStmt": "publications are database-wide",
+    "AlterPublicationStmt": "publications are database-wide",
+    "CreateSubscriptionStmt": "subscriptions are database-wide",
+    "AlterSubscriptionStmt": "subscriptions are database-wide",
+    "DropSubscriptionStmt": "subscriptions are database-wide",
+    "CreatePLangStmt": "languages are database-wide",
+    "CreateCastStmt": "casts are database-wide",
+    "CreateTransformStmt": "transforms are database-wide",
+    "CreateAmStmt": "access methods are database-wide",
+    "LoadStmt": "LOAD loads a library into the server process",
+    "CheckPointStmt": "CHECKPOINT acts on the whole server",
+    "DiscardStmt": "DISCARD resets the session the runner uses",
+    "AlterObjectSchemaStmt": "SET SCHEMA moves an object between schemas",
+    "AlterSystemStmt": "not a statement for a tenant schema (server-wide)",
+}
+# DROP/COMMENT/RENAME/SECURITY LABEL of these object kinds: outside any schema.
+_DATABASE_OBJECTS = frozenset(
+    {
+        "OBJECT_SCHEMA",
+        "OBJECT_EXTENSION",
+        "OBJECT_DATABASE",
+        "OBJECT_ROLE",
+        "OBJECT_TABLESPACE",
+        "OBJECT_EVENT_TRIGGER",
+        "OBJECT_FDW",
+        "OBJECT_FOREIGN_SERVER",
+        "OBJECT_USER_MAPPING",
+        "OBJECT_PUBLICATION",
+        "OBJECT_SUBSCRIPTION",
+        "OBJECT_LANGUAGE",
+        "OBJECT_ACCESS_METHOD",
+        "OBJECT_CAST",
+        "OBJECT_TRANSFORM",
+        "OBJECT_LARGEOBJECT",
+        "OBJECT_PARAMETER_ACL",
+    }
+)
+_NO_TRANSACTION_KINDS = (
+    "CREATE INDEX CONCURRENTLY, DROP INDEX CONCURRENTLY, REINDEX ... CONCURRENTLY,"
+    " VACUUM, ANALYZE and ALTER TYPE ... ADD VALUE"
+)
+
+
+def _object_kind(node: ast.Node) -> str:
+    for attr in ("removeType", "objtype", "objectType", "renameType"):
+        value = getattr(node, attr, None)
+        if value is not None:
+            return str(getattr(value, "name", value))
+    return ""
+
+
+def _kind_refusal(node: ast.Node) -> str | None:
+    """Why a statement is refused whatever it names (None: look further)."""
+    kind = type(node).__name__
+    if isinstance(node, ast.TransactionStmt):
+        return (
+            "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION):"
+            " each tenant migrates in one transaction of its own"
+        )
+    if isinstance(node, ast.VariableSetStmt) and (
+        node.name is None or node.name.lower() in _FORBIDDEN_SETTINGS
+    ):
+        what = "RESET ALL" if node.name is None else f"SET/RESET {node.name}"
+        return f"{what}: the runner sets search_path and the role for the tenant"
+    if kind in DATABASE_NODES:
+        return f"{kind}: not a statement for a tenant schema (database-wide)"
+    if kind in _REFUSED_KINDS:
+        return f"{kind}: {_REFUSED_KINDS[kind]}"
+    if isinstance(node, ast.AlterTableStmt) and any(
+        getattr(getattr(c, "subtype", None), "name", "") == "AT_ChangeOwner"
+        for c in node.cmds or ()
+    ):
+        return "ALTER ... OWNER TO: the kit owns tenant objects"
+    if isinstance(node, ast.DropStmt | ast.CommentStmt | ast.SecLabelStmt | ast.RenameStmt):
+        objkind = _object_kind(node)
+        if objkind in _DATABASE_OBJECTS:
+            return f"{kind} of {objkind.removeprefix('OBJECT_').lower()}: not a tenant object"
+    if isinstance(node, ast.GrantStmt):
+        target = getattr(node.targtype, "name", "")
+        if target != "ACL_TARGET_OBJECT":
+            return "GRANT/REVOKE ON ALL ... IN SCHEMA acts on a whole schema"
+        objkind = _object_kind(node)
+        if objkind in _DATABASE_OBJECTS:
+            return (
+                f"GRANT/REVOKE on a {objkind.removeprefix('OBJECT_').lower()}: not a tenant object"
+            )
+    if isinstance(node, ast.CopyStmt):
+        if node.is_program:
+            return "COPY ... PROGRAM runs a program on the server"
+        if node.filename is not None:
+            return "COPY to or from a server file: use COPY ... FROM STDIN"
+    if isinstance(node, ast.ReindexStmt) and getattr(node.kind, "name", "") in (
+        "REINDEX_OBJECT_SCHEMA",
+        "REINDEX_OBJECT_SYSTEM",
+        "REINDEX_OBJECT_DATABASE",
+    ):
+        return "REINDEX SCHEMA/SYSTEM/DATABASE acts outside the tenant"
+    return None
+
+
+def _target_refusal(node: ast.Node) -> str | None:
+    for target in statement_targets(node):
+        if target.schema is not None and target.schema != "pg_temp":
+            what = {"data": "writes", "attached": "changes"}.get(target.role, "acts on")
+            return (
+                f"{type(node).__name__} {what} {target.schema}.{target.name}: a migration"
+                " names its tenant's objects without a schema and changes nothing else"
+            )
+    return None
+
+
+def _references(node: ast.Node, allowed: set[str]) -> str | None:
+    for schema in _schemas(node):
+        if schema not in allowed:
+            return f"references schema {schema!r}: allowed shared schemas: {sorted(allowed)}"
+    return None
+
+
+def _is_no_transaction(node: ast.Node) -> bool:
+    return bool(
+        (isinstance(node, ast.IndexStmt) and node.concurrent)
+        or (isinstance(node, ast.VacuumStmt) and node.is_vacuumcmd)
+        or (isinstance(node, ast.DropStmt) and node.concurrent)
+        or (
+            isinstance(node, ast.ReindexStmt)
+            and any(getattr(p, "defname", "") == "concurrently" for p in node.params or ())
+        )
+    )
+
+
+def _outside_transaction_ok(node: ast.Node) -> bool:
+    """One of the statements a no-transaction file may hold."""
+    return bool(
+        _is_no_transaction(node)
+        or isinstance(node, ast.VacuumStmt)
+        or (isinstance(node, ast.AlterEnumStmt) and node.newVal and not node.oldVal)
+    )
+
+
+def _plpgsql_statements(body: str) -> tuple[list[tuple[int, str]], bool]:
+    """SQL run directly by a PL/pgSQL body (line in body, text), and whether it runs dynamic SQL."""
+    try:
+        tree = pglast.parse_plpgsql(
+            "CREATE FUNCTION pg_temp.pgtenancy_do() RETURNS void LANGUAGE plpgsql AS "
+            + _dollar(body)
+        )
+    except Exception:
+        return [], False
+    found: list[tuple[int, str]] = []
+    dynamic = False
+    stack: list[tuple[Any, int]] = [(tree, 1)]
+    while stack:
+        item, lineno = stack.pop()
+        if isinstance(item, list):
+            stack.extend((value, lineno) for value in item)
+        elif isinstance(item, dict):
+            lineno = int(item.get("lineno", lineno))
+            for key, value in item.items():
+                if key in ("PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"):
+                    dynamic = True
+                if key == "PLpgSQL_stmt_open" and isinstance(value, dict) and "dynquery" in value:
+                    dynamic = True
+                if key == "PLpgSQL_expr" and isinstance(value, dict):
+                    query = value.get("query")
+                    if isinstance(query, str) and value.get("parseMode", 0) == 0:
+                        found.append((lineno, query))
+                stack.append((value, lineno))
+    return sorted(found), dynamic
+
+
+def _dollar(body: str) -> str:
+    tag = "$pgtenancy$"
+    while tag in body:
+        tag = tag[:-1] + "_$"
+    return f"{tag}{body}{tag}"
+
+
+def _body_of(options: Any) -> tuple[str | None, str]:
+    body, language = None, ""
+    for option in options or ():
+        if not isinstance(option, ast.DefElem):
+            continue
+        if option.defname == "language":
+            language = (getattr(option.arg, "sval", "") or "").lower()
+        elif option.defname == "as":
+            arg = option.arg
+            parts = arg if isinstance(arg, tuple) else (arg,)
+            if len(parts) == 1 and isinstance(parts[0], ast.String):
+                body = parts[0].sval
+    return body, language
+
+
+def _mentions_format_or_execute(body: str) -> bool:
+    return bool(re.search(r"(?i)\b(execute|format)\b", body))
+
+
+def _uses_set_config(node: ast.Node) -> bool:
+    """A ``set_config`` call whose setting is not a constant naming a harmless one."""
+    for n in _walk(node):
+        if isinstance(n, ast.FuncCall) and _names(n.funcname)[-1:] == ["set_config"]:
+            first = (n.args or (None,))[0]
+            value = getattr(getattr(first, "val", None), "sval", None)
+            if not isinstance(value, str) or value.lower() in _FORBIDDEN_SETTINGS:
+                return True
+    return False
+
+
+def check_migration(
+    migration: MigrationFile, shared_schemas: Sequence[str] = ("public",)
+) -> list[str]:
     """Refuse a migration that cannot run safely inside every tenant schema.
+
+    The rules are those the database enforces at execution (SQLSTATE PT017,
+    see the module's docstring and README "Migrating the fleet").
 
     Args:
         migration: the file.
-        shared_schemas: schemas a migration may name (to reference shared
-            tables); the tenant's own objects are named without a schema.
+        shared_schemas: schemas a migration may reference (foreign keys,
+            types, functions, tables read); ``pg_catalog``,
+            ``information_schema`` and ``tenancy`` always may be. No schema
+            may be the object of a statement.
+
+    Returns:
+        Warnings, ``"FILE:LINE: text"``: DO blocks, dynamic SQL in DO blocks
+        and functions, ``set_config`` calls.
 
     Raises:
         MigrationCheckError: with the file, line and reason, for the first
@@ -154,48 +443,76 @@ def check_migration(migration: MigrationFile, shared_schemas: Sequence[str] = ("
     if not script.statements:
         raise MigrationCheckError(name, 1, "no SQL statement")
     allowed = set(shared_schemas) | SYSTEM_SCHEMAS
+    warnings: list[str] = []
     for stmt in script.statements:
         node = pglast.parse_sql(stmt.sql)[0].stmt
         assert node is not None
         kind = type(node).__name__
-        if isinstance(node, ast.TransactionStmt):
-            raise MigrationCheckError(
-                name,
-                stmt.line,
-                "transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT): "
-                "each tenant migrates in one transaction of its own",
-            )
-        if isinstance(node, ast.VariableSetStmt) and (
-            node.name is None or node.name.lower() in _FORBIDDEN_SETTINGS
-        ):
-            what = "RESET ALL" if node.name is None else f"SET/RESET {node.name}"
-            raise MigrationCheckError(
-                name, stmt.line, f"{what}: the runner sets search_path to the tenant's schema"
-            )
-        if kind in _DATABASE_NODES:
-            raise MigrationCheckError(
-                name, stmt.line, f"{kind}: not a statement for a tenant schema"
-            )
-        no_transaction = (
-            (isinstance(node, ast.IndexStmt) and node.concurrent)
-            or isinstance(node, ast.VacuumStmt)
-            or (
-                isinstance(node, ast.ReindexStmt)
-                and any(getattr(p, "defname", "") == "concurrently" for p in node.params or ())
-            )
-        )
-        if no_transaction and not migration.outside_transaction:
+        reason = _kind_refusal(node) or _target_refusal(node) or _references(node, allowed)
+        if reason is not None:
+            raise MigrationCheckError(name, stmt.line, reason)
+        if migration.outside_transaction:
+            if not _outside_transaction_ok(node):
+                raise MigrationCheckError(
+                    name,
+                    stmt.line,
+                    f"{kind} in a '{NO_TRANSACTION}' file: such a file holds only "
+                    f"{_NO_TRANSACTION_KINDS}",
+                )
+        elif _is_no_transaction(node):
             raise MigrationCheckError(
                 name,
                 stmt.line,
                 f"{kind} cannot run inside a transaction; mark the file with "
                 f"'{NO_TRANSACTION}' as its first line",
             )
-        for schema in _schemas(node):
-            if schema not in allowed:
-                raise MigrationCheckError(
-                    name,
-                    stmt.line,
-                    f"references schema {schema!r}: name the tenant's objects "
-                    f"without a schema; allowed shared schemas: {sorted(shared_schemas)}",
-                )
+        if isinstance(node, ast.DoStmt):
+            body, language = _body_of(node.args)
+            warnings.append(
+                f"{name}:{stmt.line}: DO block: its code runs at migration time and is"
+                " confined by the database at execution"
+            )
+            if body is not None and language in ("", "plpgsql"):
+                inner, dynamic = _plpgsql_statements(body)
+                for offset, query in inner:
+                    try:
+                        inner_nodes = [r.stmt for r in pglast.parse_sql(query) if r.stmt]
+                    except Exception:
+                        continue
+                    for inner_node in inner_nodes:
+                        why = _kind_refusal(inner_node) or _target_refusal(inner_node)
+                        if why is not None:
+                            raise MigrationCheckError(
+                                name, stmt.line + offset - 1, f"in a DO block: {why}"
+                            )
+                if dynamic:
+                    warnings.append(f"{name}:{stmt.line}: DO block runs dynamic SQL (EXECUTE)")
+        elif isinstance(node, ast.CreateFunctionStmt):
+            body, language = _body_of(node.options)
+            if body is not None and language == "plpgsql" and _plpgsql_statements(body)[1]:
+                fname = ".".join(_names(node.funcname))
+                warnings.append(f"{name}:{stmt.line}: function {fname} runs dynamic SQL (EXECUTE)")
+            elif body is not None and language == "plpgsql" and _mentions_format_or_execute(body):
+                fname = ".".join(_names(node.funcname))
+                warnings.append(f"{name}:{stmt.line}: function {fname} builds SQL with format()")
+        if isinstance(node, ast.CreateFunctionStmt) and any(
+            getattr(o, "defname", "") == "security" and getattr(o.arg, "boolval", False)
+            for o in node.options or ()
+        ):
+            fname = ".".join(_names(node.funcname))
+            raise MigrationCheckError(
+                name,
+                stmt.line,
+                f"function {fname} is SECURITY DEFINER: in a tenant schema it would run with the"
+                " kit owner's rights (make it SECURITY INVOKER, or use a shared migration)",
+            )
+        if isinstance(node, ast.RuleStmt):
+            raise MigrationCheckError(
+                name, stmt.line, "a rule runs with its table owner's rights: use a trigger"
+            )
+        if _uses_set_config(node):
+            warnings.append(
+                f"{name}:{stmt.line}: set_config() call: the database refuses changes to"
+                " search_path, role and session authorization at execution"
+            )
+    return warnings

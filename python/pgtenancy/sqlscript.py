@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import pglast
+import pglast.ast
 from pglast.parser import ParseError
 
 from pgtenancy.errors import TenancyError
@@ -97,12 +98,76 @@ def _kind(node: str) -> str:
     return "ddl"
 
 
+_DOLLAR: Final = re.compile(r"\$(?:[^\W\d]\w*)?\$")
+
+
+def _lex_line(line: str, state: str | None) -> str | None:
+    """The lexical state at the end of ``line``, given the state at its start.
+
+    States: None (SQL), ``'`` or ``E'`` (string), ``"`` (identifier),
+    ``/*N`` (block comment, nesting N), or a dollar-quote tag such as ``$$``.
+    """
+    i, n = 0, len(line)
+    while i < n:
+        if state is None:
+            char = line[i]
+            if line.startswith("--", i):
+                return None
+            if line.startswith("/*", i):
+                state, i = "/*1", i + 2
+            elif char == "'":
+                escapes = i > 0 and line[i - 1] in "eE" and not (i > 1 and line[i - 2].isalnum())
+                state, i = ("E'" if escapes else "'"), i + 1
+            elif char == '"':
+                state, i = '"', i + 1
+            elif (
+                char == "$"
+                and (tag := _DOLLAR.match(line, i))
+                and not (i > 0 and (line[i - 1].isalnum() or line[i - 1] == "_"))
+            ):
+                state, i = tag.group(0), tag.end()
+            else:
+                i += 1
+        elif state.startswith("/*"):
+            depth = int(state[2:])
+            if line.startswith("*/", i):
+                depth, i = depth - 1, i + 2
+            elif line.startswith("/*", i):
+                depth, i = depth + 1, i + 2
+            else:
+                i += 1
+            state = f"/*{depth}" if depth else None
+        elif state in ("'", "E'"):
+            if (state == "E'" and line[i] == "\\") or line.startswith("''", i):
+                i += 2
+            elif line[i] == "'":
+                state, i = None, i + 1
+            else:
+                i += 1
+        elif state == '"':
+            if line.startswith('""', i):
+                i += 2
+            elif line[i] == '"':
+                state, i = None, i + 1
+            else:
+                i += 1
+        else:
+            end = line.find(state, i)
+            if end < 0:
+                return state
+            i = end + len(state)
+            state = None
+    return state
+
+
 def read_script(text: str) -> Script:
     """Parse a psql script into classified statements.
 
-    Lines whose first non-blank character is a backslash are psql
+    Lines whose first non-blank character is a backslash, outside string
+    literals, quoted identifiers, dollar-quoted bodies and comments, are psql
     meta-commands: they are blanked (keeping line numbers) and listed in
-    ``Script.skipped``.
+    ``Script.skipped``. A line of a function body that starts with a
+    backslash stays part of the body.
 
     Args:
         text: the script.
@@ -113,8 +178,12 @@ def read_script(text: str) -> Script:
     lines = text.splitlines(keepends=True)
     skipped: list[tuple[int, str]] = []
     kept = []
+    state: str | None = None
     for number, raw_line in enumerate(lines, start=1):
-        if raw_line.lstrip().startswith("\\"):
+        at_start = state
+        state = _lex_line(raw_line, state)
+        if at_start is None and raw_line.lstrip().startswith("\\"):
+            state = None
             skipped.append((number, raw_line.strip()))
             kept.append("\n")
         else:
@@ -137,3 +206,233 @@ def read_script(text: str) -> Script:
         node = type(item.stmt).__name__
         statements.append(Statement(body.strip(), line, node, _kind(node)))
     return Script(statements, skipped)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An object a statement creates, changes or writes (not one it only reads).
+
+    Attributes:
+        schema: the schema it is qualified with, None when unqualified.
+        name: the object's name (for columns, triggers, policies, rules and
+            table constraints: the table's name).
+        role: ``primary`` for the statement's own object; ``attached`` for a
+            relation it changes on the side (the parent of ``PARTITION OF``,
+            the partition of ``ATTACH PARTITION``, an ``OWNED BY`` table);
+            ``data`` for the relation DML writes (also inside CTEs and rules).
+    """
+
+    schema: str | None
+    name: str
+    role: str = "primary"
+
+
+# Statement kinds whose object is a RangeVar attribute (or a list of them).
+_RANGEVAR_TARGETS: Final[dict[str, str]] = {
+    "CreateStmt": "relation",
+    "AlterTableStmt": "relation",
+    "IndexStmt": "relation",
+    "CreateSeqStmt": "sequence",
+    "AlterSeqStmt": "sequence",
+    "ViewStmt": "view",
+    "CreateTrigStmt": "relation",
+    "CreatePolicyStmt": "table",
+    "AlterPolicyStmt": "table",
+    "RuleStmt": "relation",
+    "CompositeTypeStmt": "typevar",
+    "CopyStmt": "relation",
+    "TruncateStmt": "relations",
+    "ClusterStmt": "relation",
+    "RefreshMatViewStmt": "relation",
+    "ReindexStmt": "relation",
+}
+# Statement kinds whose object is a list of String names (a TypeName for some).
+_NAME_TARGETS: Final[dict[str, str]] = {
+    "CreateFunctionStmt": "funcname",
+    "CreateEnumStmt": "typeName",
+    "AlterEnumStmt": "typeName",
+    "CreateRangeStmt": "typeName",
+    "AlterTypeStmt": "typeName",
+    "CreateDomainStmt": "domainname",
+    "AlterDomainStmt": "typeName",
+    "DefineStmt": "defnames",
+    "CreateStatsStmt": "defnames",
+    "CreateOpClassStmt": "opclassname",
+    "CreateOpFamilyStmt": "opfamilyname",
+    "AlterOpFamilyStmt": "opfamilyname",
+    "CreateConversionStmt": "conversion_name",
+    "AlterTSConfigurationStmt": "cfgname",
+    "AlterTSDictionaryStmt": "dictname",
+    "AlterStatsStmt": "defnames",
+    "AlterCollationStmt": "collname",
+}
+# Object kinds named ``[schema.]table.object`` (the table is what matters).
+_ON_TABLE: Final = frozenset(
+    {"OBJECT_COLUMN", "OBJECT_TRIGGER", "OBJECT_POLICY", "OBJECT_RULE", "OBJECT_TABCONSTRAINT"}
+)
+_DML_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
+def _strings(value: object) -> list[str] | None:
+    if not isinstance(value, tuple | list) or not value:
+        return None
+    if not all(isinstance(v, pglast.ast.String) for v in value):
+        return None
+    return [v.sval or "" for v in value]
+
+
+def _qualified(names: list[str]) -> tuple[str | None, str]:
+    """(schema, name) of a possibly qualified name (``db.schema.name`` too)."""
+    if len(names) >= 2:
+        return names[-2], names[-1]
+    return None, names[-1]
+
+
+def object_name(objtype: object, obj: object) -> tuple[str | None, str] | None:
+    """(schema, name) of the object of COMMENT, DROP, ALTER ... OWNER and the like.
+
+    Args:
+        objtype: the statement's ``pglast.enums.ObjectType``.
+        obj: the object node: a RangeVar, ObjectWithArgs, TypeName, String,
+            or a tuple of String names.
+
+    Returns:
+        None for objects outside any schema (schemas, roles, extensions,
+        languages, casts...); for columns, triggers, policies, rules and table
+        constraints, the table.
+    """
+    kind = getattr(objtype, "name", str(objtype))
+    if isinstance(obj, pglast.ast.RangeVar):
+        return obj.schemaname, obj.relname or ""
+    if isinstance(obj, pglast.ast.ObjectWithArgs):
+        names = _strings(obj.objname)
+        return _qualified(names) if names else None
+    if isinstance(obj, pglast.ast.TypeName):
+        names = _strings(obj.names)
+        return _qualified(names) if names else None
+    if isinstance(obj, tuple) and obj and isinstance(obj[0], pglast.ast.TypeName):
+        return object_name(objtype, obj[0]) if kind == "OBJECT_DOMCONSTRAINT" else None
+    names = _strings(obj)
+    if names is None:
+        return None
+    if kind in _ON_TABLE:
+        return _qualified(names[:-1]) if len(names) >= 2 else None
+    if kind in ("OBJECT_OPCLASS", "OBJECT_OPFAMILY"):
+        return _qualified(names[1:]) if len(names) >= 2 else None
+    if kind == "OBJECT_LARGEOBJECT":
+        return None
+    return _qualified(names)
+
+
+def statement_targets(node: object) -> list[Target]:
+    """What a statement (a pglast node) creates, changes or writes, in order.
+
+    The statement's own object comes first. References — foreign keys, types,
+    functions and operators used, tables read — are not targets. DML found
+    anywhere in the tree (CTEs, rule actions) adds ``data`` targets.
+    """
+    found: list[Target] = []
+    kind = type(node).__name__
+    attr = _RANGEVAR_TARGETS.get(kind)
+    if attr is not None:
+        value = getattr(node, attr, None)
+        for rv in value if isinstance(value, tuple) else (value,):
+            if isinstance(rv, pglast.ast.RangeVar):
+                found.append(Target(rv.schemaname, rv.relname or ""))
+    if isinstance(node, pglast.ast.VacuumStmt):
+        for rel in node.rels or ():
+            rv = getattr(rel, "relation", None)
+            if isinstance(rv, pglast.ast.RangeVar):
+                found.append(Target(rv.schemaname, rv.relname or ""))
+    if kind == "ReindexStmt" and getattr(node, "name", None):
+        found.append(Target(None, node.name))  # type: ignore[attr-defined]
+    attr = _NAME_TARGETS.get(kind)
+    if attr is not None:
+        value = getattr(node, attr, None)
+        if isinstance(value, pglast.ast.TypeName):
+            value = value.names
+        names = _strings(value)
+        if names:
+            schema, name = _qualified(names)
+            found.append(Target(schema, name))
+    if isinstance(node, pglast.ast.CreateTableAsStmt | pglast.ast.SelectStmt):
+        into = node.into if isinstance(node, pglast.ast.CreateTableAsStmt) else node.intoClause
+        if into is not None and into.rel is not None:
+            found.append(Target(into.rel.schemaname, into.rel.relname or ""))
+    if isinstance(node, pglast.ast.CreateForeignTableStmt) and node.base:
+        base = node.base.relation
+        if base is not None:
+            found.append(Target(base.schemaname, base.relname or ""))
+    func = getattr(node, "func", None) or getattr(node, "opername", None)
+    if isinstance(node, pglast.ast.AlterFunctionStmt | pglast.ast.AlterOperatorStmt) and func:
+        names = _strings(func.objname)
+        if names:
+            found.append(Target(*_qualified(names)))
+    if isinstance(node, pglast.ast.CreateStmt):
+        for rv in node.inhRelations or ():
+            if isinstance(rv, pglast.ast.RangeVar):
+                found.append(Target(rv.schemaname, rv.relname or "", "attached"))
+    if isinstance(node, pglast.ast.AlterTableStmt):
+        for cmd in node.cmds or ():
+            sub = getattr(cmd, "def_", None)
+            rv = getattr(sub, "name", None) if isinstance(sub, pglast.ast.PartitionCmd) else sub
+            if isinstance(rv, pglast.ast.RangeVar):
+                found.append(Target(rv.schemaname, rv.relname or "", "attached"))
+    if isinstance(node, pglast.ast.AlterSeqStmt | pglast.ast.CreateSeqStmt):
+        for option in node.options or ():
+            names = _strings(getattr(option, "arg", None))
+            if getattr(option, "defname", "") == "owned_by" and names and len(names) >= 2:
+                found.append(Target(*_qualified(names[:-1]), "attached"))
+    if isinstance(
+        node,
+        pglast.ast.CommentStmt
+        | pglast.ast.SecLabelStmt
+        | pglast.ast.AlterOwnerStmt
+        | pglast.ast.AlterObjectDependsStmt
+        | pglast.ast.AlterObjectSchemaStmt
+        | pglast.ast.RenameStmt,
+    ):
+        objtype = getattr(node, "objtype", None) or getattr(node, "objectType", None)
+        if isinstance(node, pglast.ast.RenameStmt):
+            objtype = node.renameType
+        rel = getattr(node, "relation", None)
+        if isinstance(rel, pglast.ast.RangeVar):
+            found.append(Target(rel.schemaname, rel.relname or ""))
+        elif getattr(node, "object", None) is not None:
+            named = object_name(objtype, node.object)
+            if named is not None:
+                found.append(Target(*named))
+    if isinstance(node, pglast.ast.DropStmt):
+        for obj in node.objects or ():
+            named = object_name(node.removeType, obj)
+            if named is not None:
+                found.append(Target(*named))
+    if isinstance(node, pglast.ast.GrantStmt) and getattr(node.targtype, "name", "") == (
+        "ACL_TARGET_OBJECT"
+    ):
+        for obj in node.objects or ():
+            named = object_name(node.objtype, obj)
+            if named is not None:
+                found.append(Target(*named))
+    for inner in _walk(node):
+        if type(inner).__name__ in _DML_NODES:
+            rv = getattr(inner, "relation", None)
+            if isinstance(rv, pglast.ast.RangeVar):
+                found.append(Target(rv.schemaname, rv.relname or "", "data"))
+    return found
+
+
+def _walk(node: object) -> list[object]:
+    """Every pglast node of a tree, depth first."""
+    out: list[object] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple | list):
+            stack.extend(reversed(item))
+        elif isinstance(item, pglast.ast.Node):
+            out.append(item)
+            stack.extend(
+                reversed([getattr(item, s, None) for s in getattr(type(item), "__slots__", ())])
+            )
+    return out

@@ -4,27 +4,45 @@ A team that ran its application in ``public`` has a dump in which pg_dump
 qualified every name with ``public.``. :func:`import_template` rewrites it
 into SQL that, run with ``search_path`` set to a tenant schema (as
 :meth:`pgtenancy.Tenancy.add_migration` migrations are), creates the objects
-inside that schema:
+inside that schema, and nothing outside it:
 
-* statements that do not belong in a tenant schema are dropped: session
-  settings of pg_dump's header (``SET ...``, ``SELECT
-  pg_catalog.set_config(...)``), extensions, ``CREATE SCHEMA`` and comments
-  on schemas, database-level statements and, unless ``keep_acl``, owners and
-  privileges (``ALTER ... OWNER TO``, ``GRANT``, ``REVOKE``); psql
-  meta-commands (``\\restrict``...) are skipped by
-  :func:`pgtenancy.sqlscript.read_script`;
-* ``public.`` qualifications are removed from the parse tree (pglast) of
-  every other statement, which is then deparsed: relations, types, functions,
-  operators, sequence names of identity columns and ``OWNED BY``, and string
-  literals cast to ``regclass`` and friends (``nextval('public.x'::regclass)``);
-* bodies of ``LANGUAGE sql`` functions are parsed and rewritten the same way;
-  PL/pgSQL bodies get a textual rewrite outside string literals and comments,
-  and are left alone, with a warning, when ``public`` shows up where that is
-  not safe (dynamic SQL in a string, a variable or label called ``public``).
+* dropped (listed in ``dropped``): pg_dump's session settings (``SET ...``,
+  ``SELECT pg_catalog.set_config(...)``); the whole ``--clean`` section
+  (every ``DROP ...`` and ``ALTER TABLE ... DROP CONSTRAINT / DROP DEFAULT /
+  DROP IDENTITY``, with or without ``IF EXISTS``); ``CREATE/ALTER/DROP
+  EXTENSION`` and comments on extensions (install extensions once per
+  database); ``CREATE/DROP SCHEMA`` and comments on schemas; database-wide
+  statements; owners (``ALTER ... OWNER TO``: the kit owns tenant objects)
+  and, unless ``keep_acl``, privileges (``GRANT``, ``REVOKE``); psql
+  meta-commands (``\\restrict``...)
+  are skipped by :func:`pgtenancy.sqlscript.read_script`;
+* ``public.`` is removed from the names of the objects the dump creates in
+  ``public`` — relations, types, functions, operators, sequences of identity
+  columns and ``OWNED BY``, string literals cast to ``regclass`` and friends
+  (``nextval('public.x'::regclass)``), bodies of ``LANGUAGE sql`` functions
+  (parsed) and of PL/pgSQL functions and DO blocks (outside literals and
+  comments). Names of objects the dump does not create there (extension
+  members such as ``public.gin_trgm_ops``, ``public.similarity``) keep their
+  qualification: they are shared objects the tenant's objects reference;
+* objects of another schema (``CREATE TABLE partman.x``) go, unchanged, to
+  ``shared_sql`` when ``split_shared`` (with a ``CREATE SCHEMA IF NOT
+  EXISTS``), for a shared migration applied once; otherwise they are refused;
+* refused (:class:`TemplateError`, every problem with its line): a statement
+  whose object would still be in ``public`` or in a system schema, a shared
+  object that depends on a tenant object, a PL/pgSQL body naming one of the
+  dump's objects as ``public.x`` inside a string (dynamic SQL), data
+  statements, statement kinds a tenant schema cannot hold (casts, access
+  methods...), and any statement pglast cannot print back to exactly the
+  rewritten tree. A statement is written as the dump had it with only the
+  qualifications cut out (pglast's scanner) when that parses to the
+  rewritten tree, else as pglast prints it, checked the same way.
+* warned: DO blocks and PL/pgSQL bodies with dynamic SQL (``EXECUTE``), which
+  the database confines at execution time, and functions that pin
+  ``search_path`` to ``public``.
 
 Example::
 
-    result = import_template(Path("app.sql").read_text())
+    result = import_template(Path("app.sql").read_text(), split_shared=True)
     for warning in result.warnings:
         print("warning:", warning)
     Tenancy(dsn).add_migration("0001", result.sql)
@@ -33,22 +51,31 @@ Example::
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
 import pglast
 from pglast import ast
 from pglast.enums import AlterTableType, ObjectType
-from pglast.parser import ParseError
+from pglast.parser import ParseError, scan
 from pglast.stream import IndentedStream, RawStream
 
-from pgtenancy.sqlscript import DATABASE_NODES, TRANSACTION_NODES, ScriptError, read_script
+from pgtenancy.sqlscript import (
+    DATABASE_NODES,
+    TRANSACTION_NODES,
+    ScriptError,
+    read_script,
+    statement_targets,
+)
 
-__all__ = ["TemplateResult", "import_template"]
+__all__ = ["TemplateError", "TemplateResult", "import_template"]
 
 SOURCE_SCHEMA: Final = "public"
-# Schemas whose qualification is kept without comment.
-_SYSTEM_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema", SOURCE_SCHEMA})
+# Schemas no template object may land in.
+_FORBIDDEN_SCHEMAS: Final = frozenset({"pg_catalog", "information_schema", "pg_toast", "tenancy"})
+# Schemas of the kit's tenants (tenancy.schema_prefix()).
+_TENANT_PREFIX: Final = "tenant_"
 # Node attributes holding a possibly schema-qualified name as a list of String.
 _NAME_LISTS: Final[dict[str, tuple[str, ...]]] = {
     "TypeName": ("names",),
@@ -84,6 +111,7 @@ _NAME_LISTS: Final[dict[str, tuple[str, ...]]] = {
 _NAME_LIST_LISTS: Final[dict[str, tuple[str, ...]]] = {
     "DropStmt": ("objects",),
     "GrantStmt": ("objects",),
+    "AlterTSConfigurationStmt": ("dicts",),
 }
 # DefElem options whose argument is a qualified name (identity and OWNED BY).
 _NAME_OPTIONS: Final = frozenset({"sequence_name", "owned_by"})
@@ -101,15 +129,20 @@ _REG_TYPES: Final = frozenset(
         "regcollation",
     }
 )
+# Functions pg_dump calls for large objects.
+_LARGE_OBJECT_FUNCS: Final = frozenset({"lo_create", "lo_unlink", "lo_open", "lowrite", "lo_close"})
 # Functions whose first argument, a string, names a sequence.
 _SEQUENCE_FUNCS: Final = frozenset({"nextval", "currval", "setval"})
-# ``public.`` (or ``"public".``) at the start of a name inside a string.
-_PUBLIC_PREFIX: Final = re.compile(r'(?i)(?<![\w$."])(?:public|"public")\s*\.\s*')
-# Any word ``public``, to spot what the rewrite leaves behind.
+# ``public.name`` (or ``"public"."name"``) inside a string; group 1 quoted, 2 plain.
+_PUBLIC_REF: Final = re.compile(
+    r'(?i)(?<![\w$."])(?:public|"public")\s*\.\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*))'
+)
+# Any word ``public``, to spot a search_path naming it.
 _PUBLIC_WORD: Final = re.compile(r'(?i)(?<![\w$])"?public"?(?![\w$])')
 _WORD: Final = re.compile(r"[^\W\d]\w*(?:\$\w*)*")
 _DOLLAR_TAG: Final = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 _DOT_AFTER: Final = re.compile(r"\s*\.\s*")
+_QUOTED_NAME: Final = re.compile(r'"((?:[^"]|"")+)"')
 _ACL_NODES: Final = frozenset({"GrantStmt", "GrantRoleStmt", "AlterOwnerStmt"})
 # Statements that act on the whole database: they cannot be repeated per tenant.
 _DATABASE_WIDE: Final = DATABASE_NODES | {
@@ -121,10 +154,63 @@ _DATABASE_WIDE: Final = DATABASE_NODES | {
     "AlterSubscriptionStmt",
     "AlterDefaultPrivilegesStmt",
     "CreatePLangStmt",
+    "AlterRoleSetStmt",
+    "CreateFdwStmt",
+    "AlterFdwStmt",
+    "CreateForeignServerStmt",
+    "AlterForeignServerStmt",
+    "CreateUserMappingStmt",
+    "AlterUserMappingStmt",
 }
+# Statements of pg_dump's --clean section besides DROP: ALTER TABLE subcommands.
+_CLEAN_SUBCOMMANDS: Final = frozenset(
+    {AlterTableType.AT_DropConstraint, AlterTableType.AT_DropIdentity}
+)
 _SCHEMA_LEVEL_COMMENTS: Final = (ObjectType.OBJECT_EXTENSION, ObjectType.OBJECT_SCHEMA)
 _EXTENSION_NODES: Final = frozenset(
     {"CreateExtensionStmt", "AlterExtensionStmt", "AlterExtensionContentsStmt"}
+)
+# Statement kinds a tenant template may hold (after the drops above).
+_TEMPLATE_NODES: Final = frozenset(
+    {
+        "CreateStmt",
+        "AlterTableStmt",
+        "IndexStmt",
+        "CreateSeqStmt",
+        "AlterSeqStmt",
+        "ViewStmt",
+        "CreateTableAsStmt",
+        "CreateFunctionStmt",
+        "AlterFunctionStmt",
+        "CreateTrigStmt",
+        "CreatePolicyStmt",
+        "AlterPolicyStmt",
+        "RuleStmt",
+        "CommentStmt",
+        "SecLabelStmt",
+        "CreateEnumStmt",
+        "AlterEnumStmt",
+        "CreateDomainStmt",
+        "AlterDomainStmt",
+        "CompositeTypeStmt",
+        "CreateRangeStmt",
+        "AlterTypeStmt",
+        "DefineStmt",
+        "CreateStatsStmt",
+        "AlterStatsStmt",
+        "CreateOpClassStmt",
+        "CreateOpFamilyStmt",
+        "AlterOpFamilyStmt",
+        "CreateConversionStmt",
+        "AlterTSConfigurationStmt",
+        "AlterTSDictionaryStmt",
+        "CreateForeignTableStmt",
+        "AlterObjectDependsStmt",
+        "DoStmt",
+        "SelectStmt",
+        "GrantStmt",
+        "AlterOwnerStmt",
+    }
 )
 # Opening and closing of the migration when it creates LANGUAGE sql functions:
 # pg_dump creates functions before the tables their bodies read, as it runs
@@ -141,85 +227,260 @@ _BODIES_BACK: Final = (
 )
 
 
+class TemplateError(ValueError):
+    """The dump holds statements :func:`import_template` cannot make safe.
+
+    Attributes:
+        problems: ``(line, reason)`` for every refused statement, in dump
+            order; ``line`` is 1-based.
+    """
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"line {first[0]}: {first[1]}{more}")
+        self.problems = problems
+
+
 @dataclass
 class TemplateResult:
     """What :func:`import_template` made of a dump.
 
     Attributes:
-        sql: the tenant migration: ``;``-terminated statements with no
-            ``public.`` qualification left, for
+        sql: the tenant migration: ``;``-terminated statements that name none
+            of the dump's own objects with ``public.``, for
             :meth:`pgtenancy.Tenancy.add_migration`.
+        shared_sql: the statements creating objects of other schemas, as the
+            dump had them, preceded by ``CREATE SCHEMA IF NOT EXISTS``: a
+            shared migration, applied once ('' when there are none).
         dropped: one line per statement or psql meta-command removed,
             ``line N: <text>``.
-        warnings: one line per thing left as it was that may not work in a
-            tenant schema (a PL/pgSQL body it could not rewrite, a dropped
-            extension, a reference to another schema...).
+        warnings: one line per thing kept that needs a look (``line N: ...``):
+            DO blocks, dynamic SQL, dropped extensions to install once.
+        shared: one line per statement written to ``shared_sql``.
     """
 
     sql: str
+    shared_sql: str = ""
     dropped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
 
 
-def import_template(dump_sql: str, *, keep_acl: bool = False) -> TemplateResult:
+def import_template(
+    dump_sql: str, *, keep_acl: bool = False, split_shared: bool = False
+) -> TemplateResult:
     """Turn a ``pg_dump --schema-only`` of schema ``public`` into a tenant migration.
 
     Args:
-        dump_sql: the dump, as pg_dump wrote it (plain format).
-        keep_acl: keep ``ALTER ... OWNER TO``, ``GRANT`` and ``REVOKE`` on
-            the application's objects (rewritten like the rest) instead of
-            dropping them; those on schema ``public`` itself are dropped
-            either way.
+        dump_sql: the dump, as pg_dump wrote it (plain format, with or
+            without ``--clean --if-exists``).
+        keep_acl: keep ``GRANT`` and ``REVOKE`` on the application's objects
+            (rewritten like the rest) instead of dropping them; those on
+            schemas, and ``ALTER ... OWNER TO``, are dropped either way (a
+            tenant migration may not change owners).
+        split_shared: write objects of schemas other than ``public`` to
+            ``TemplateResult.shared_sql`` instead of refusing them.
 
     Returns:
-        The migration SQL with what was dropped and what could not be handled.
+        The migration SQL, the shared SQL, what was dropped and the warnings.
 
     Raises:
         ScriptError: the dump does not parse; ``line`` is the 1-based line.
+        TemplateError: statements that cannot be made tenant-local safely,
+            each with its line (nothing is returned then).
     """
     script = read_script(dump_sql)
-    result = TemplateResult(sql="")
-    dropped: list[tuple[int, str]] = list(script.skipped)
-    parts: list[str] = []
-    sql_functions = False
+    parsed: list[tuple[int, str, ast.Node]] = []
     for statement in script.statements:
         try:
             node = pglast.parse_sql(statement.sql)[0].stmt
         except ParseError as exc:  # pragma: no cover - read_script parsed it already
             raise ScriptError(str(exc.args[0]), statement.line) from exc
-        if node is None:  # pragma: no cover - an empty statement
-            continue
+        if node is not None:
+            parsed.append((statement.line, statement.sql, node))
+    own = _dump_objects(node for _, _, node in parsed)
+    shared_schemas = _shared_schemas(node for _, _, node in parsed)
+    result = TemplateResult(sql="")
+    dropped: list[tuple[int, str]] = list(script.skipped)
+    problems: list[tuple[int, str]] = []
+    parts: list[str] = []
+    shared_parts: list[str] = []
+    sql_functions = False
+    for line, text, node in parsed:
+        kind = type(node).__name__
+        if isinstance(node, ast.CreateSchemaStmt) and split_shared:
+            name = node.schemaname or ""
+            if name in shared_schemas:
+                shared_parts.append(f"CREATE SCHEMA IF NOT EXISTS {_quote_ident(name)};\n\n")
+                result.shared.append(f"line {line}: CREATE SCHEMA IF NOT EXISTS {name}")
+                continue
         reason = _drop_reason(node, keep_acl)
         if reason is not None:
-            dropped.append((statement.line, _summary(statement.sql)))
+            dropped.append((line, _summary(text)))
             if reason:
-                result.warnings.append(f"line {statement.line}: {reason}")
+                result.warnings.append(f"line {line}: {reason}")
             continue
-        rewriter = _Rewriter(statement.line, result.warnings)
+        if kind == "RuleStmt":
+            # The database refuses rules in a tenant migration (PT017).
+            problems.append(
+                (
+                    line,
+                    f"{_summary(text)}: a rule runs with its table owner's rights; use a trigger",
+                )
+            )
+            continue
+        if kind not in _TEMPLATE_NODES or (kind == "SelectStmt" and not _is_setval(node)):
+            problems.append((line, f"{_summary(text)}: {_not_template_reason(kind)}"))
+            continue
+        targets = statement_targets(node)
+        schema = targets[0].schema if targets else None
+        if schema is not None and (schema in _FORBIDDEN_SCHEMAS or schema.startswith("pg_")):
+            problems.append((line, f"creates or changes an object in schema {schema}"))
+            continue
+        if schema is not None and schema.startswith(_TENANT_PREFIX):
+            problems.append(
+                (line, f"creates or changes an object in {schema}, a tenant's schema of the kit")
+            )
+            continue
+        if schema not in (None, SOURCE_SCHEMA):
+            problem = _shared_problem(node, schema, own, split_shared)
+            if problem:
+                problems.append((line, problem))
+                continue
+            shared_parts.append(f"{text};\n\n")
+            result.shared.append(f"line {line}: {_summary(text)}")
+            continue
+        rewriter = _Rewriter(line, result.warnings, own)
         rewriter.visit(node)
         sql_functions = sql_functions or rewriter.sql_functions
-        text = statement.sql
+        problems.extend((line, p) for p in rewriter.problems)
+        if rewriter.problems:
+            continue
+        problem = _tenant_problem(node, own)
+        if problem:
+            problems.append((line, problem))
+            continue
         if rewriter.changed:
-            deparsed = _deparse(node)
-            if deparsed is None:
-                result.warnings.append(
-                    f"line {statement.line}: could not deparse the rewritten statement;"
-                    " it is kept as it was and still names schema public"
+            rendered = _render(text, node, own, rewriter.literals)
+            if rendered is None:
+                problems.append(
+                    (
+                        line,
+                        f"{_summary(text)}: pglast cannot print the rewritten statement back"
+                        " (unsupported syntax); rewrite it by hand",
+                    )
                 )
-            else:
-                text = deparsed
-        for residue in _residues(node):
+                continue
+            text = rendered
+        residue = _token_residue(text, own)
+        if residue is not None:
+            problems.append(
+                (line, f"{_summary(text)}: still names {SOURCE_SCHEMA}.{residue} after the rewrite")
+            )
+            continue
+        if isinstance(node, ast.DoStmt):
             result.warnings.append(
-                f"line {statement.line}: {type(node).__name__} still references schema"
-                f" public ({residue})"
+                f"line {line}: DO block kept; it runs in every tenant's migration"
+                " (confined by the database at execution)"
             )
         parts.append(f"{text};\n\n")
+    if problems:
+        raise TemplateError(problems)
     body = "".join(parts)
     if sql_functions and body:
         body = _BODIES_OFF + body + _BODIES_BACK
     result.sql = body
+    result.shared_sql = "".join(shared_parts)
     result.dropped = [f"line {line}: {text}" for line, text in sorted(dropped)]
     return result
+
+
+def _not_template_reason(kind: str) -> str:
+    if kind in ("InsertStmt", "CopyStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "SelectStmt"):
+        return "data or queries are not part of a template; dump with --schema-only"
+    return f"{kind} cannot be part of a tenant schema (database-wide or not a schema object)"
+
+
+def _dump_objects(nodes: object) -> frozenset[str]:
+    """Names of the objects the dump creates in ``public`` (unqualified).
+
+    Relations, indexes, constraints (their indexes), sequences of identity
+    columns, types, functions, operators and the other schema objects whose
+    statement's object is qualified with ``public``.
+    """
+    names: set[str] = set()
+    for node in nodes:  # type: ignore[attr-defined]
+        kind = type(node).__name__
+        if not kind.startswith(("Create", "Define", "Composite", "View", "Index", "Alter")):
+            continue
+        targets = statement_targets(node)
+        if not targets or targets[0].schema not in (SOURCE_SCHEMA, None):
+            continue
+        if not kind.startswith("Alter"):
+            names.add(targets[0].name)
+        if isinstance(node, ast.IndexStmt) and node.idxname:
+            names.add(node.idxname)
+        for inner in _tree(node):
+            if isinstance(inner, ast.Constraint) and inner.conname:
+                names.add(inner.conname)
+            elif isinstance(inner, ast.DefElem) and inner.defname in (
+                "sequence_name",
+                "multirange_type_name",
+            ):
+                arg = inner.arg.names if isinstance(inner.arg, ast.TypeName) else inner.arg
+                seq = _names(arg)
+                if seq:
+                    names.add(seq[-1])
+    return frozenset(names)
+
+
+def _shared_schemas(nodes: object) -> frozenset[str]:
+    """Schemas other than public that the dump creates objects in."""
+    found: set[str] = set()
+    for node in nodes:  # type: ignore[attr-defined]
+        if type(node).__name__ not in _TEMPLATE_NODES:
+            continue
+        targets = statement_targets(node)
+        schema = targets[0].schema if targets else None
+        if schema is None or schema == SOURCE_SCHEMA or schema in _FORBIDDEN_SCHEMAS:
+            continue
+        if not schema.startswith(("pg_", _TENANT_PREFIX)):
+            found.add(schema)
+    return frozenset(found)
+
+
+def _shared_problem(node: ast.Node, schema: str, own: frozenset[str], split: bool) -> str | None:
+    """Why a statement about an object of another schema cannot go to the shared file."""
+    for ref in _public_refs(node, own):
+        return (
+            f"object in schema {schema} depends on {SOURCE_SCHEMA}.{ref}, which becomes a"
+            " tenant object: a shared object cannot depend on one tenant's object"
+        )
+    if not split:
+        name = statement_targets(node)[0].name
+        return (
+            f"creates or changes {schema}.{name} in schema {schema}, shared by every tenant:"
+            " write such objects to a shared migration with --shared-out FILE"
+        )
+    return None
+
+
+def _tenant_problem(node: ast.Node, own: frozenset[str]) -> str | None:
+    """Why a rewritten tenant statement is still unsafe: it acts outside the tenant."""
+    for target in statement_targets(node):
+        if target.schema is None:
+            continue
+        if target.schema == SOURCE_SCHEMA:
+            return (
+                f"acts on {SOURCE_SCHEMA}.{target.name}, which the dump does not create:"
+                " it would change the shared schema"
+            )
+        return f"changes {target.schema}.{target.name} in another schema from a tenant statement"
+    residues = _public_refs(node, own)
+    if residues:  # pragma: no cover - the rewriter removes them all
+        return f"still names {SOURCE_SCHEMA}.{residues[0]}"
+    return None
 
 
 def _summary(sql: str) -> str:
@@ -246,8 +507,12 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
         return ""
     if kind in TRANSACTION_NODES:
         return ""
+    if kind == "DropStmt" or kind.startswith("Drop"):
+        return ""  # pg_dump --clean: a template creates, it never drops
+    if isinstance(node, ast.AlterTableStmt) and _is_clean_alter(node):
+        return ""
     if kind == "CreateSchemaStmt":
-        if _is_public_schema(node):
+        if getattr(node, "schemaname", None) == SOURCE_SCHEMA:
             return ""
         name = getattr(node, "schemaname", None)
         return f"CREATE SCHEMA {name} dropped: a tenant migration creates objects in its schema"
@@ -258,23 +523,60 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
         return f"extension {name} dropped: install it in the database once, not per tenant"
     if kind in _EXTENSION_NODES:
         return ""
-    if isinstance(node, ast.CommentStmt) and node.objtype in _SCHEMA_LEVEL_COMMENTS:
+    if isinstance(node, ast.CommentStmt | ast.SecLabelStmt) and node.objtype in (
+        _SCHEMA_LEVEL_COMMENTS
+    ):
         return ""
     if kind == "SelectStmt" and _is_set_config(node):
         return ""
-    if kind in _ACL_NODES or (kind == "AlterTableStmt" and _is_owner_change(node)):
-        if _on_schema(node):
+    if kind == "SelectStmt" and _is_large_object_call(node):
+        return "large object dropped: large objects belong to the database, not to a schema"
+    if kind == "AlterOwnerStmt" or (kind == "AlterTableStmt" and _is_owner_change(node)):
+        return ""
+    if kind in _ACL_NODES:
+        if _on_schema(node) or kind == "GrantRoleStmt":
             return ""
         return None if keep_acl else ""
     return None
 
 
-def _is_public_schema(node: ast.Node) -> bool:
-    return getattr(node, "schemaname", None) == SOURCE_SCHEMA
+def _is_clean_alter(node: ast.AlterTableStmt) -> bool:
+    """``ALTER TABLE ... DROP CONSTRAINT / DROP IDENTITY / ALTER COLUMN DROP DEFAULT``."""
+    cmds = node.cmds or ()
+    return bool(cmds) and all(
+        getattr(cmd, "subtype", None) in _CLEAN_SUBCOMMANDS
+        or (
+            getattr(cmd, "subtype", None) == AlterTableType.AT_ColumnDefault
+            and getattr(cmd, "def_", None) is None
+        )
+        for cmd in cmds
+    )
 
 
 def _is_set_config(node: ast.Node) -> bool:
     """``SELECT pg_catalog.set_config(...)`` and nothing else."""
+    return _only_calls(node, "set_config")
+
+
+def _is_large_object_call(node: ast.Node) -> bool:
+    """``SELECT pg_catalog.lo_create(...)`` / ``lo_unlink(...) FROM ...`` of a dump."""
+    if not isinstance(node, ast.SelectStmt) or not node.targetList:
+        return False
+    calls = [getattr(t, "val", None) for t in node.targetList]
+    return all(
+        isinstance(c, ast.FuncCall)
+        and (_names(c.funcname) or [""])[-1] in _LARGE_OBJECT_FUNCS
+        and (_names(c.funcname) or [])[:-1] in ([], ["pg_catalog"])
+        for c in calls
+    )
+
+
+def _is_setval(node: ast.Node) -> bool:
+    """``SELECT pg_catalog.setval(...)`` and nothing else."""
+    return _only_calls(node, "setval")
+
+
+def _only_calls(node: ast.Node, function: str) -> bool:
     if not isinstance(node, ast.SelectStmt) or node.fromClause or not node.targetList:
         return False
     for target in node.targetList:
@@ -282,7 +584,7 @@ def _is_set_config(node: ast.Node) -> bool:
         if not isinstance(value, ast.FuncCall):
             return False
         names = _names(value.funcname) or []
-        if names[-1:] != ["set_config"]:
+        if names[-1:] != [function] or names[:-1] not in ([], ["pg_catalog"]):
             return False
     return True
 
@@ -298,51 +600,136 @@ def _is_owner_change(node: ast.Node) -> bool:
 def _on_schema(node: ast.Node) -> bool:
     """An ACL or owner statement about a schema (``public`` itself, for a dump)."""
     if isinstance(node, ast.GrantStmt):
-        return node.objtype == ObjectType.OBJECT_SCHEMA
+        return node.objtype in (ObjectType.OBJECT_SCHEMA, ObjectType.OBJECT_LARGEOBJECT) or getattr(
+            node.targtype, "name", ""
+        ) in (
+            "ACL_TARGET_ALL_IN_SCHEMA",
+            "ACL_TARGET_DEFAULTS",
+        )
     if isinstance(node, ast.AlterOwnerStmt):
-        return node.objectType == ObjectType.OBJECT_SCHEMA
+        return node.objectType in (ObjectType.OBJECT_SCHEMA, ObjectType.OBJECT_LARGEOBJECT)
     return False
 
 
-def _strip_in_text(text: str) -> str:
-    """Remove ``public.`` qualifications inside a string naming an object."""
-    return _PUBLIC_PREFIX.sub("", text)
+def _ident_value(word: str) -> str:
+    """The name an identifier spells: unquoted ones fold to lower case."""
+    if word.startswith('"') and word.endswith('"') and len(word) >= 2:
+        return word[1:-1].replace('""', '"')
+    return word.lower()
+
+
+def _quote_ident(name: str) -> str:
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _ref_name(match: re.Match[str]) -> str:
+    quoted, plain = match.group(1), match.group(2)
+    return quoted.replace('""', '"') if quoted is not None else plain.lower()
+
+
+def _strip_in_text(text: str, own: frozenset[str]) -> str:
+    """Remove ``public.`` before the dump's own objects inside a string naming one."""
+
+    def replace(match: re.Match[str]) -> str:
+        full = match.group(0)
+        return full if _ref_name(match) not in own else full[full.index(".") + 1 :].lstrip()
+
+    return _PUBLIC_REF.sub(replace, text)
+
+
+def _names_own(text: str, own: frozenset[str]) -> bool:
+    """``text`` (a string's content) names one of the dump's objects as ``public.x``."""
+    return any(_ref_name(m) in own for m in _PUBLIC_REF.finditer(text))
+
+
+def _public_refs(node: object, own: frozenset[str]) -> list[str]:
+    """The dump's own objects a tree still names with ``public.`` (identifiers only)."""
+    found: list[str] = []
+    for inner in _tree(node):
+        if isinstance(inner, ast.A_Const):
+            continue
+        if isinstance(inner, ast.RangeVar):
+            if inner.schemaname == SOURCE_SCHEMA and inner.relname in own:
+                found.append(inner.relname)
+            continue
+        attrs = list(_NAME_LISTS.get(type(inner).__name__, ()))
+        if isinstance(inner, ast.ColumnRef):
+            attrs.append("fields")
+        elif isinstance(inner, ast.DefElem) and inner.defname in _NAME_OPTIONS:
+            attrs.append("arg")
+        for attr in attrs:
+            names = _names(getattr(inner, attr, None))
+            if names and len(names) >= 2 and names[0] == SOURCE_SCHEMA and names[1] in own:
+                found.append(names[1])
+        if isinstance(inner, ast.TypeCast | ast.FuncCall):
+            for const in _tree(inner.arg if isinstance(inner, ast.TypeCast) else inner.args):
+                if (
+                    isinstance(const, ast.A_Const)
+                    and isinstance(const.val, ast.String)
+                    and _is_name_literal(inner)
+                    and _names_own(const.val.sval or "", own)
+                ):
+                    found.append(const.val.sval or "")
+    return found
+
+
+def _is_name_literal(node: ast.TypeCast | ast.FuncCall) -> bool:
+    if isinstance(node, ast.TypeCast):
+        names = _names(node.typeName.names if node.typeName else None) or []
+        return bool(names) and names[-1] in _REG_TYPES
+    names = _names(node.funcname) or []
+    return bool(names) and names[-1] in _SEQUENCE_FUNCS
+
+
+def _tree(node: object) -> list[ast.Node]:
+    """Every pglast node of a tree."""
+    out: list[ast.Node] = []
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple | list):
+            stack.extend(item)
+        elif isinstance(item, ast.Node):
+            out.append(item)
+            stack.extend(getattr(item, slot, None) for slot in _slots(item))
+    return out
 
 
 class _Rewriter:
-    """Remove ``public`` qualifications from one statement's tree, in place.
+    """Remove ``public`` qualifications of the dump's objects from one statement's tree.
 
     Attributes:
-        changed: something was rewritten (the statement must be deparsed).
+        changed: something was rewritten (the statement must be rendered again).
         sql_functions: the statement creates a LANGUAGE sql function with a
             string body (its body is checked at creation time).
+        literals: string constants rewritten, old value to new value.
+        problems: why the statement cannot be made safe ('' none).
     """
 
-    def __init__(self, line: int, warnings: list[str]) -> None:
+    def __init__(self, line: int, warnings: list[str], own: frozenset[str]) -> None:
         self.line = line
         self.warnings = warnings
+        self.own = own
         self.changed = False
         self.sql_functions = False
-        self._foreign: set[str] = set()
+        self.literals: dict[str, str] = {}
+        self.problems: list[str] = []
 
     def _warn(self, message: str) -> None:
         self.warnings.append(f"line {self.line}: {message}")
 
     def _unqualified(self, value: object, minimum: int = 2) -> object:
-        """``value`` without a leading ``public`` when it is a qualified name."""
+        """``value`` without a leading ``public`` when it names one of the dump's objects."""
         names = _names(value)
         if names is None or len(names) < minimum:
             return value
-        if names[0] == SOURCE_SCHEMA:
+        if names[0] == SOURCE_SCHEMA and names[1] in self.own:
             self.changed = True
             assert isinstance(value, tuple)
             return value[1:]
         return value
-
-    def _note_schema(self, schema: str | None) -> None:
-        if schema is not None and schema not in _SYSTEM_SCHEMAS and schema not in self._foreign:
-            self._foreign.add(schema)
-            self._warn(f"references schema {schema}, left as it is (shared by every tenant)")
 
     def visit(self, node: object) -> None:
         """Rewrite ``node`` and everything below it."""
@@ -353,19 +740,15 @@ class _Rewriter:
         if not isinstance(node, ast.Node):
             return
         kind = type(node).__name__
-        if isinstance(node, ast.RangeVar):
-            if node.schemaname == SOURCE_SCHEMA:
-                node.schemaname = None
-                self.changed = True
-            self._note_schema(node.schemaname)
+        if (
+            isinstance(node, ast.RangeVar)
+            and node.schemaname == SOURCE_SCHEMA
+            and node.relname in self.own
+        ):
+            node.schemaname = None
+            self.changed = True
         for attr in _NAME_LISTS.get(kind, ()):
-            value = getattr(node, attr, None)
-            if kind in ("TypeName", "FuncCall", "ObjectWithArgs", "CreateFunctionStmt"):
-                names = _names(value)
-                # table.column%TYPE is not schema-qualified.
-                if names is not None and len(names) >= 2 and not getattr(node, "pct_type", False):
-                    self._note_schema(names[0])
-            setattr(node, attr, self._unqualified(value))
+            setattr(node, attr, self._unqualified(getattr(node, attr, None)))
         for attr in _NAME_LIST_LISTS.get(kind, ()):
             value = getattr(node, attr, None)
             if isinstance(value, tuple):
@@ -375,33 +758,62 @@ class _Rewriter:
             setattr(node, "fields", self._unqualified(node.fields, minimum=3))  # noqa: B010
         elif isinstance(node, ast.DefElem) and node.defname in _NAME_OPTIONS:
             setattr(node, "arg", self._unqualified(node.arg))  # noqa: B010
-        elif isinstance(node, ast.TypeCast):
-            self._reg_literal(node)
-        elif isinstance(node, ast.FuncCall):
-            self._sequence_literal(node)
+        elif isinstance(node, ast.TypeCast | ast.FuncCall) and _is_name_literal(node):
+            arg = node.arg if isinstance(node, ast.TypeCast) else (node.args or (None,))[0]
+            self._rewrite_const(arg)
         elif isinstance(node, ast.CreateFunctionStmt):
             self._function(node)
+        elif isinstance(node, ast.DoStmt):
+            self._do(node)
         for attr in _slots(node):
             self.visit(getattr(node, attr, None))
 
     def _rewrite_const(self, const: object) -> None:
         if isinstance(const, ast.A_Const) and isinstance(const.val, ast.String):
-            new = _strip_in_text(const.val.sval or "")
-            if new != const.val.sval:
+            old = const.val.sval or ""
+            new = _strip_in_text(old, self.own)
+            if new != old:
                 const.val = ast.String(sval=new)
+                self.literals[old] = new
                 self.changed = True
 
-    def _reg_literal(self, node: ast.TypeCast) -> None:
-        """``'public.x'::regclass`` (and regtype, regproc...) to ``'x'::regclass``."""
-        names = _names(node.typeName.names if node.typeName else None) or []
-        if names and names[-1] in _REG_TYPES:
-            self._rewrite_const(node.arg)
+    def _set_body(self, option: ast.DefElem, old: str, new: str) -> None:
+        if new != old:
+            option.arg = (
+                ast.String(sval=new)
+                if isinstance(option.arg, ast.String)
+                else (ast.String(sval=new),)
+            )
+            self.literals[old] = new
+            self.changed = True
 
-    def _sequence_literal(self, node: ast.FuncCall) -> None:
-        """``nextval('public.x')`` without a cast, as hand-written SQL has it."""
-        names = _names(node.funcname) or []
-        if names and names[-1] in _SEQUENCE_FUNCS and node.args:
-            self._rewrite_const(node.args[0])
+    def _do(self, node: ast.DoStmt) -> None:
+        language = "plpgsql"
+        body_option: ast.DefElem | None = None
+        for option in node.args or ():
+            if isinstance(option, ast.DefElem) and option.defname == "language":
+                language = (getattr(option.arg, "sval", "") or "").lower()
+            elif isinstance(option, ast.DefElem) and option.defname == "as":
+                body_option = option
+        if body_option is None or not isinstance(body_option.arg, ast.String):
+            return
+        body = body_option.arg.sval or ""
+        if language != "plpgsql":
+            if _names_own(body, self.own):
+                self.problems.append(
+                    f"DO block in language {language} names the dump's objects with public."
+                )
+            return
+        new, dynamic = _rewrite_body_text(body, self.own)
+        if new is None:
+            self.problems.append(
+                "DO block names the dump's objects as public.x inside a string (dynamic SQL)"
+                " or has a literal or comment that does not end: rewrite it by hand"
+            )
+            return
+        if dynamic:
+            self._warn("DO block runs dynamic SQL (EXECUTE)")
+        self._set_body(body_option, body, new)
 
     def _function(self, node: ast.CreateFunctionStmt) -> None:
         """Rewrite the body of a function or procedure according to its language."""
@@ -415,6 +827,13 @@ class _Rewriter:
                 language = (option.arg.sval or "").lower()
             elif option.defname == "as":
                 body_option = option
+            elif option.defname == "security" and getattr(option.arg, "boolval", False):
+                # The database refuses it in a tenant migration (PT017).
+                self.problems.append(
+                    f"function {name} is SECURITY DEFINER: in a tenant schema it would run"
+                    " with the kit owner's rights; make it SECURITY INVOKER, or create it"
+                    " with a shared migration"
+                )
             elif option.defname == "set" and isinstance(option.arg, ast.VariableSetStmt):
                 setting = option.arg
                 values = [
@@ -433,30 +852,29 @@ class _Rewriter:
         if parts is None or len(parts) != 1:
             return  # C functions: object file and symbol.
         body = parts[0]
+        new: str | None
         if language == "sql":
             self.sql_functions = True
             new = self._sql_body(body)
             if new is None:
-                new = _rewrite_body_text(body)
+                new, _ = _rewrite_body_text(body, self.own)
         elif language == "plpgsql":
-            new = _rewrite_body_text(body)
+            new, dynamic = _rewrite_body_text(body, self.own)
             if new is not None and new != body and not _plpgsql_parses(node, body_option, new):
                 new = None
-        elif _PUBLIC_WORD.search(body):
-            self._warn(
-                f"function {name}: body in language {language} mentions public and is left as it is"
-            )
-            return
+            if dynamic:
+                self._warn(f"function {name} runs dynamic SQL (EXECUTE)")
+        elif _names_own(body, self.own):
+            new = None
         else:
             return
         if new is None:
-            self._warn(
-                f"function {name}: {language} body mentions public where it cannot be rewritten"
-                " safely (dynamic SQL in a string, or public used as a name); left as it is"
+            self.problems.append(
+                f"function {name}: its {language} body names the dump's objects as public.x"
+                " where that cannot be rewritten safely (inside a string: dynamic SQL)"
             )
-        elif new != body:
-            body_option.arg = (ast.String(sval=new),)
-            self.changed = True
+            return
+        self._set_body(body_option, body, new)
 
     def _sql_body(self, body: str) -> str | None:
         """A LANGUAGE sql body parsed and rewritten; None when pglast cannot parse it."""
@@ -464,16 +882,28 @@ class _Rewriter:
             statements = pglast.parse_sql(body)
         except ParseError:
             return None
-        inner = _Rewriter(self.line, self.warnings)
-        inner._foreign = self._foreign
+        inner = _Rewriter(self.line, self.warnings, self.own)
         for raw in statements:
             inner.visit(raw.stmt)
+        if inner.problems:
+            self.problems.extend(inner.problems)
+            return body
         if not inner.changed:
             return body
-        texts = [_deparse(raw.stmt) if raw.stmt else "" for raw in statements]
+        try:
+            cut = _cut_qualifications(body, self.own, inner.literals)
+            if [raw.stmt for raw in pglast.parse_sql(cut)] == [raw.stmt for raw in statements]:
+                return cut  # the body as written, qualifications cut out
+        except Exception:  # fall back to pglast's printers
+            pass
+        texts = [_render_body(raw.stmt) for raw in statements]
         if any(text is None for text in texts):
             return None
         return "\n" + ";\n".join(t for t in texts if t is not None) + "\n"
+
+
+def _render_body(node: ast.Node | None) -> str | None:
+    return "" if node is None else _deparse(node)
 
 
 def _plpgsql_parses(node: ast.CreateFunctionStmt, option: ast.DefElem, new: str) -> bool:
@@ -496,48 +926,145 @@ def _plpgsql_parses(node: ast.CreateFunctionStmt, option: ast.DefElem, new: str)
     return True
 
 
-def _deparse(node: ast.Node) -> str | None:
-    """SQL of a statement tree, None when pglast cannot print it back."""
-    for stream in (IndentedStream(), RawStream()):
+def _render(text: str, node: ast.Node, own: frozenset[str], literals: dict[str, str]) -> str | None:
+    """The rewritten statement as SQL that parses back to exactly ``node``.
+
+    First the dump's own text with the qualifications cut out and rewritten
+    literals replaced (pglast's scanner finds them), then pglast's printers;
+    None when neither parses back to the rewritten tree.
+    """
+    candidates: list[Callable[[], str | None]] = [
+        lambda: _cut_qualifications(text, own, literals),
+        lambda: _printed(node, IndentedStream),
+        lambda: _printed(node, RawStream),
+    ]
+    for make in candidates:
         try:
-            text = str(stream(node)).strip()
-            pglast.parse_sql(text)
+            candidate = make()
+            if candidate is None:
+                continue
+            back = pglast.parse_sql(candidate)
         except Exception:
             continue
-        return text
+        if len(back) == 1 and back[0].stmt == node:
+            return candidate
     return None
 
 
-def _residues(node: object) -> list[str]:
-    """Places where ``public`` still qualifies a name in a rewritten tree."""
-    found: list[str] = []
-    if isinstance(node, tuple):
-        for item in node:
-            found.extend(_residues(item))
-        return found
-    if not isinstance(node, ast.Node) or isinstance(node, ast.A_Const):
-        return found
-    if isinstance(node, ast.RangeVar) and node.schemaname == SOURCE_SCHEMA:
-        found.append(f"{node.schemaname}.{node.relname}")
-    for attr in _NAME_LISTS.get(type(node).__name__, ()):
-        names = _names(getattr(node, attr, None))
-        if names and len(names) >= 2 and names[0] == SOURCE_SCHEMA:
-            found.append(".".join(names))
-    for slot in _slots(node):
-        found.extend(_residues(getattr(node, slot, None)))
-    return found
+def _printed(node: ast.Node, stream: type[RawStream]) -> str:
+    return str(stream()(node)).strip()
 
 
-def _rewrite_body_text(body: str) -> str | None:
-    """Remove ``public.`` qualifications from procedural code, outside literals.
+def _deparse(node: ast.Node) -> str | None:
+    """SQL of a statement tree that parses back to it, None when pglast cannot print it."""
+    for stream in (IndentedStream, RawStream):
+        try:
+            text = _printed(node, stream)
+            back = pglast.parse_sql(text)
+        except Exception:
+            continue
+        if len(back) == 1 and back[0].stmt == node:
+            return text
+    return None
 
-    Skips comments, string literals (``'...'``, ``E'...'``, dollar-quoted)
-    and quoted identifiers other than ``"public"``. Returns None when that is
-    not safe: ``public.`` inside a string literal (dynamic SQL), the word
-    ``public`` used other than as a qualification, or a literal or comment
-    that does not end.
+
+def _cut_qualifications(text: str, own: frozenset[str], literals: dict[str, str]) -> str:
+    """``text`` without ``public.`` before the dump's objects, with ``literals`` replaced."""
+    tokens = scan(text)
+    out: list[str] = []
+    pos = 0
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        raw = text[tok.start : tok.end + 1]
+        if (
+            tok.name == "IDENT"
+            and _ident_value(raw) == SOURCE_SCHEMA
+            and i + 2 < len(tokens)
+            and tokens[i + 1].name == "ASCII_46"
+            and not (i > 0 and tokens[i - 1].name == "ASCII_46")
+        ):
+            after = tokens[i + 2]
+            word = text[after.start : after.end + 1]
+            named = word if after.name == "Op" else _ident_value(word)
+            if (after.name in ("IDENT", "Op") or after.kind != "NO_KEYWORD") and named in own:
+                out.append(text[pos : tok.start])
+                pos = after.start
+                i += 2
+                continue
+        elif tok.name == "SCONST" and literals:
+            value = _literal_value(raw)
+            if value is not None and value in literals:
+                out.append(text[pos : tok.start])
+                out.append(_quote_literal(literals[value], raw))
+                pos = tok.end + 1
+        i += 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _token_residue(text: str, own: frozenset[str]) -> str | None:
+    """The first of the dump's objects ``text`` still names as ``public.x`` (identifiers)."""
+    tokens = scan(text)
+    for i, tok in enumerate(tokens[:-2]):
+        if tok.name not in ("IDENT", "UIDENT") or tokens[i + 1].name != "ASCII_46":
+            continue
+        if i > 0 and tokens[i - 1].name == "ASCII_46":
+            continue
+        raw = text[tok.start : tok.end + 1]
+        value = _literal_ident(raw) if tok.name == "UIDENT" else _ident_value(raw)
+        after = tokens[i + 2]
+        word = text[after.start : after.end + 1]
+        named = word if after.name == "Op" else _ident_value(word)
+        if value == SOURCE_SCHEMA and named in own:
+            return named
+    return None
+
+
+def _literal_ident(raw: str) -> str:
+    """The name a ``U&"..."`` identifier spells (pglast parses it)."""
+    try:
+        stmt = pglast.parse_sql(f"SELECT 1 AS {raw}")[0].stmt
+        return str(stmt.targetList[0].name)  # type: ignore[union-attr]
+    except Exception:
+        return raw
+
+
+def _literal_value(raw: str) -> str | None:
+    """The value of a string constant token."""
+    try:
+        stmt = pglast.parse_sql(f"SELECT {raw}")[0].stmt
+        value = stmt.targetList[0].val  # type: ignore[union-attr]
+        return value.val.sval  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+def _quote_literal(value: str, original: str) -> str:
+    """``value`` as a string constant, dollar-quoted like ``original`` when it was."""
+    tag = _DOLLAR_TAG.match(original)
+    if tag is not None:
+        candidate = tag.group(0)
+        n = 0
+        while candidate in value:
+            n += 1
+            candidate = "$" + "_" * n + "$"
+        return f"{candidate}{value}{candidate}"
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _rewrite_body_text(body: str, own: frozenset[str]) -> tuple[str | None, bool]:
+    """Remove ``public.`` before the dump's objects from procedural code, outside literals.
+
+    Skips comments and string literals (``'...'``, ``E'...'``,
+    dollar-quoted); ``public.x`` of an object the dump does not create is
+    kept. Returns the new body (None when that is not safe: a string literal
+    naming one of the dump's objects as ``public.x`` — dynamic SQL — or a
+    literal or comment that does not end) and whether the code runs dynamic
+    SQL (the word ``EXECUTE`` outside literals).
     """
     out: list[str] = []
+    dynamic = False
     i, n = 0, len(body)
     while i < n:
         char = body[i]
@@ -558,7 +1085,7 @@ def _rewrite_body_text(body: str) -> str | None:
                 else:
                     j += 1
             if depth:
-                return None
+                return None, dynamic
             out.append(body[i:j])
             i = j
         elif char == "'":
@@ -566,7 +1093,7 @@ def _rewrite_body_text(body: str) -> str | None:
             j = i + 1
             while True:
                 if j >= n:
-                    return None
+                    return None, dynamic
                 if (escapes and body[j] == "\\") or body.startswith("''", j):
                     j += 2
                 elif body[j] == "'":
@@ -574,8 +1101,8 @@ def _rewrite_body_text(body: str) -> str | None:
                 else:
                     j += 1
             literal = body[i : j + 1]
-            if _PUBLIC_PREFIX.search(literal[1:-1]):
-                return None
+            if _names_own(literal[1:-1], own):
+                return None, dynamic
             out.append(literal)
             i = j + 1
         elif (
@@ -585,10 +1112,10 @@ def _rewrite_body_text(body: str) -> str | None:
         ):
             end = body.find(tag.group(0), tag.end())
             if end < 0:
-                return None
+                return None, dynamic
             literal = body[i : end + len(tag.group(0))]
-            if _PUBLIC_PREFIX.search(literal[len(tag.group(0)) : -len(tag.group(0))]):
-                return None
+            if _names_own(literal[len(tag.group(0)) : -len(tag.group(0))], own):
+                return None, dynamic
             out.append(literal)
             i = end + len(tag.group(0))
         elif char == '"':
@@ -596,34 +1123,37 @@ def _rewrite_body_text(body: str) -> str | None:
             while True:
                 j = body.find('"', j)
                 if j < 0:
-                    return None
+                    return None, dynamic
                 if body.startswith('""', j):
                     j += 2
                     continue
                 break
             word = body[i : j + 1]
             i = j + 1
-            if word == '"public"':
-                dot = _DOT_AFTER.match(body, i)
-                if dot is None or _after_dot(out):
-                    return None
-                i = dot.end()
-            else:
-                out.append(word)
+            i = _after_schema(body, word, i, out, own)
         elif (match := _WORD.match(body, i)) and not (i > 0 and _is_word_char(body[i - 1])):
             word = match.group(0)
-            i = match.end()
-            if word.lower() == SOURCE_SCHEMA:
-                dot = _DOT_AFTER.match(body, i)
-                if dot is None or _after_dot(out):
-                    return None
-                i = dot.end()
-            else:
-                out.append(word)
+            dynamic = dynamic or word.lower() == "execute"
+            i = _after_schema(body, word, match.end(), out, own)
         else:
             out.append(char)
             i += 1
-    return "".join(out)
+    return "".join(out), dynamic
+
+
+def _after_schema(body: str, word: str, i: int, out: list[str], own: frozenset[str]) -> int:
+    """Append ``word`` unless it is ``public`` qualifying one of the dump's objects.
+
+    Returns where to go on reading ``body``.
+    """
+    if _ident_value(word) == SOURCE_SCHEMA and not _after_dot(out):
+        dot = _DOT_AFTER.match(body, i)
+        if dot is not None:
+            name = _QUOTED_NAME.match(body, dot.end()) or _WORD.match(body, dot.end())
+            if name is not None and _ident_value(name.group(0)) in own:
+                return dot.end()
+    out.append(word)
+    return i
 
 
 def _slots(node: ast.Node) -> tuple[str, ...]:

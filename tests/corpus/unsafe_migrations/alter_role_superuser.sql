@@ -1,0 +1,4 @@
+-- expect: refused: ALTER ROLE ... SUPERUSER
+-- execution: refused
+-- reason: line 4: AlterRoleStmt
+ALTER ROLE app SUPERUSER;

@@ -1,0 +1,4 @@
+-- expect: refused: CHECKPOINT
+-- execution: refused
+-- reason: line 4: CHECKPOINT
+CHECKPOINT;

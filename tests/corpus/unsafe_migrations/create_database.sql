@@ -1,0 +1,4 @@
+-- expect: refused: CREATE DATABASE
+-- execution: refused
+-- reason: line 4: CreatedbStmt
+CREATE DATABASE other;

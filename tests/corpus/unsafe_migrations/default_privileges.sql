@@ -1,0 +1,4 @@
+-- expect: refused: ALTER DEFAULT PRIVILEGES
+-- execution: refused
+-- reason: line 4: DEFAULT PRIVILEGES
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC;

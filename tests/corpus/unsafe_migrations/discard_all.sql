@@ -1,0 +1,4 @@
+-- expect: refused: DISCARD
+-- execution: refused
+-- reason: line 4: DISCARD
+DISCARD ALL;

@@ -1,0 +1,8 @@
+-- expect: refused: make the application role SUPERUSER from a DO block (static statement)
+-- execution: refused
+-- reason: line 6: in a DO block: AlterRoleStmt
+DO $$
+BEGIN
+    ALTER ROLE app SUPERUSER;
+END
+$$;

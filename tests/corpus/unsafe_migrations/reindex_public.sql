@@ -1,0 +1,4 @@
+-- expect: refused: REINDEX a qualified table
+-- execution: refused
+-- reason: line 4: acts on public.orders
+REINDEX TABLE public.orders;

@@ -1,0 +1,4 @@
+-- expect: refused: SET LOCAL ROLE
+-- execution: refused
+-- reason: line 4: SET/RESET role
+SET LOCAL ROLE postgres;
