@@ -12,15 +12,22 @@ caller) carries nothing of the tenant afterwards. With a
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, ExitStack
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    AsyncExitStack,
+    ExitStack,
+)
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg import pq
+from psycopg.rows import Row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgtenancy.context import resolve_tenant, use_tenant
+from pgtenancy._entry import abegin_in_tenant, begin_in_tenant
+from pgtenancy.context import enter_validated, resolve_tenant
 from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
@@ -28,6 +35,8 @@ _ENTER = QUERIES["enter_tenant"]
 
 SyncTarget = psycopg.Connection[Any] | ConnectionPool[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
+CT = TypeVar("CT", bound=psycopg.Connection[Any])
+ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any])
 
 
 def _check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -39,14 +48,36 @@ def _check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
         )
 
 
+def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
+
+
+# psycopg refuses commit(), rollback() and autocommit changes on a connection
+# whose Transaction-block counter is non-zero. The block opens its transaction
+# with its own one-message BEGIN (psycopg's transaction() would cost a round
+# trip of its own), so it holds that counter itself, to keep the same
+# protection: a commit() in the block would end the tenant transaction and let
+# the next statements run outside the tenant.
+def _hold(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], step: int) -> None:
+    if hasattr(conn, "_num_transactions"):
+        conn._num_transactions += step
+
+
 class _TenantConnection:
     """The object ``tenant_connection()`` returns: a sync or async context manager."""
+
+    __slots__ = ("_aconn", "_astack", "_conn", "_held", "_stack", "_target", "slug")
 
     def __init__(self, target: SyncTarget | AsyncTarget, slug: str | None) -> None:
         self.slug = resolve_tenant(slug)
         self._target = target
+        self._conn: psycopg.Connection[Any] | None = None
+        self._aconn: psycopg.AsyncConnection[Any] | None = None
         self._stack: ExitStack | None = None
         self._astack: AsyncExitStack | None = None
+        self._held = False
+
+    # -- sync -----------------------------------------------------------------
 
     def __enter__(self) -> psycopg.Connection[Any]:
         target = self._target
@@ -59,14 +90,34 @@ class _TenantConnection:
                 else target
             )
             _check_idle(conn)
-            stack.enter_context(use_tenant(self.slug))
-            stack.enter_context(conn.transaction())
-            try:
-                conn.execute(_ENTER, {"slug": self.slug})
-            except psycopg.Error as exc:
-                raise_translated(exc)
+            stack.enter_context(enter_validated(self.slug))
+            if _in_pipeline(conn):
+                # Pipeline mode batches on its own: psycopg's transaction().
+                stack.enter_context(conn.transaction())
+                try:
+                    conn.execute(_ENTER, {"slug": self.slug})
+                except psycopg.Error as exc:
+                    raise_translated(exc)
+            else:
+                stack.callback(self._end)
+                try:
+                    begin_in_tenant(conn, self.slug)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                _hold(conn, 1)
+                self._held = True
+            self._conn = conn
             self._stack = stack.pop_all()
         return conn
+
+    def _end(self) -> None:
+        # Runs last on exit (the stack unwinds in reverse): make sure nothing
+        # of the tenant transaction stays open on the connection.
+        conn = self._conn
+        if self._held and conn is not None:
+            self._held = False
+            _hold(conn, -1)
 
     def __exit__(
         self,
@@ -75,7 +126,27 @@ class _TenantConnection:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
-        return self._stack.__exit__(exc_type, exc, tb)
+        stack, self._stack = self._stack, None
+        conn = self._conn
+        suppress = False
+        try:
+            if self._held and conn is not None:
+                self._end()
+                if exc is None:
+                    try:
+                        conn.commit()
+                    except psycopg.Error as error:
+                        raise_translated(error)
+                else:
+                    conn.rollback()
+                    suppress = isinstance(exc, psycopg.Rollback)
+        except BaseException as error:
+            if stack.__exit__(type(error), error, error.__traceback__):
+                return True
+            raise
+        return stack.__exit__(exc_type, exc, tb) or suppress
+
+    # -- async ----------------------------------------------------------------
 
     async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
         target = self._target
@@ -88,14 +159,31 @@ class _TenantConnection:
                 else target
             )
             _check_idle(conn)
-            await stack.enter_async_context(use_tenant(self.slug))
-            await stack.enter_async_context(conn.transaction())
-            try:
-                await conn.execute(_ENTER, {"slug": self.slug})
-            except psycopg.Error as exc:
-                raise_translated(exc)
+            await stack.enter_async_context(enter_validated(self.slug))
+            if _in_pipeline(conn):
+                await stack.enter_async_context(conn.transaction())
+                try:
+                    await conn.execute(_ENTER, {"slug": self.slug})
+                except psycopg.Error as exc:
+                    raise_translated(exc)
+            else:
+                stack.callback(self._aend)
+                try:
+                    await abegin_in_tenant(conn, self.slug)
+                except BaseException:
+                    await conn.rollback()
+                    raise
+                _hold(conn, 1)
+                self._held = True
+            self._aconn = conn
             self._astack = stack.pop_all()
         return conn
+
+    def _aend(self) -> None:
+        conn = self._aconn
+        if self._held and conn is not None:
+            self._held = False
+            _hold(conn, -1)
 
     async def __aexit__(
         self,
@@ -104,12 +192,44 @@ class _TenantConnection:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._astack is not None
-        return await self._astack.__aexit__(exc_type, exc, tb)
+        stack, self._astack = self._astack, None
+        conn = self._aconn
+        suppress = False
+        try:
+            if self._held and conn is not None:
+                self._aend()
+                if exc is None:
+                    try:
+                        await conn.commit()
+                    except psycopg.Error as error:
+                        raise_translated(error)
+                else:
+                    await conn.rollback()
+                    suppress = isinstance(exc, psycopg.Rollback)
+        except BaseException as error:
+            if await stack.__aexit__(type(error), error, error.__traceback__):
+                return True
+            raise
+        return await stack.__aexit__(exc_type, exc, tb) or suppress
 
 
+@overload
 def tenant_connection(
-    conn_or_pool: SyncTarget | AsyncTarget, slug: str | None = None
-) -> _TenantConnection:
+    conn_or_pool: psycopg.Connection[Row], slug: str | None = None
+) -> AbstractContextManager[psycopg.Connection[Row]]: ...
+@overload
+def tenant_connection(
+    conn_or_pool: ConnectionPool[CT], slug: str | None = None
+) -> AbstractContextManager[CT]: ...
+@overload
+def tenant_connection(
+    conn_or_pool: psycopg.AsyncConnection[Row], slug: str | None = None
+) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Row]]: ...
+@overload
+def tenant_connection(
+    conn_or_pool: AsyncConnectionPool[ACT], slug: str | None = None
+) -> AbstractAsyncContextManager[ACT]: ...
+def tenant_connection(conn_or_pool: SyncTarget | AsyncTarget, slug: str | None = None) -> Any:
     """Run the block as one transaction in tenant ``slug``.
 
     Usage::
@@ -127,10 +247,19 @@ def tenant_connection(
             the block.
         slug: tenant slug; None means the current context's tenant.
 
-    Yields:
-        The connection, inside the tenant transaction. Do not call ``commit()``
-        in the block (psycopg refuses it inside ``transaction()``); leave the
-        block to commit.
+    The transaction starts with one message, ``BEGIN; SELECT
+    tenancy.enter_tenant('acme')``, so the block costs the same round trips
+    as a plain ``with conn.transaction():`` block (BEGIN, your statements,
+    COMMIT). Raising ``psycopg.Rollback`` in the block rolls back quietly.
+
+    Returns:
+        For a sync connection or pool, a context manager (``with``) yielding
+        the ``psycopg.Connection`` (the pool's connection class); for an
+        async one, an async context manager (``async with``) yielding the
+        ``psycopg.AsyncConnection``. Inside the block the connection is in
+        the tenant transaction. Do not call ``commit()`` or ``rollback()`` in
+        the block (psycopg refuses them, as inside ``transaction()``); leave
+        the block to commit.
 
     Raises:
         pgtenancy.errors.NoTenantContext: no slug and no tenant context.
