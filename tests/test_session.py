@@ -53,7 +53,11 @@ def test_every_transaction_is_in_the_tenant_and_nothing_remains(
         session.commit()
         # A new transaction after commit is entered again.
         path, tid, slug = session.execute(SETTINGS).one()
-        assert (path, str(tid), slug) == ("tenant_acme, public, pg_temp", two_tenants["acme"], "acme")
+        assert (path, str(tid), slug) == (
+            "tenant_acme, public, pg_temp",
+            two_tenants["acme"],
+            "acme",
+        )
         session.rollback()
         assert session.execute(text("SELECT count(*) FROM invoice")).scalar() == 2
         with pytest.raises(Exception, match="division by zero"):
