@@ -171,10 +171,12 @@ def test_commit_inside_tenant_connection_is_refused_and_rollback_is_quiet(
     dsn: str, fleet: None
 ) -> None:
     with psycopg.connect(dsn) as conn:
-        with pytest.raises(psycopg.ProgrammingError, match="commit"):
-            with tenant_connection(conn, "t00") as c:
-                c.execute("UPDATE item SET owner = 'x'")
-                c.commit()
+        with (
+            pytest.raises(psycopg.ProgrammingError, match="commit"),
+            tenant_connection(conn, "t00") as c,
+        ):
+            c.execute("UPDATE item SET owner = 'x'")
+            c.commit()
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         with tenant_connection(conn, "t00") as c:
             c.execute("UPDATE item SET owner = 'x'")
