@@ -186,3 +186,20 @@ def test_commit_inside_tenant_connection_is_refused_and_rollback_is_quiet(
         # Nothing of the tenant after the block; the connection is reusable.
         assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
         conn.commit()
+
+
+def test_lost_connection_in_tenant_connection_keeps_its_error_and_the_pool_recovers(
+    dsn: str, fleet: None
+) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
+        with (
+            pytest.raises(psycopg.OperationalError, match=r"terminat|server closed"),
+            tenant_connection(pool, "t00") as conn,
+        ):
+            pid = conn.info.backend_pid
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute("SELECT count(*) FROM item")
+        # The pool replaces the broken connection; the next block is in its tenant.
+        with tenant_connection(pool, "t01") as conn:
+            assert conn.execute("SELECT DISTINCT owner FROM item").fetchall() == [("t01",)]

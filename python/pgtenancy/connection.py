@@ -12,6 +12,8 @@ caller) carries nothing of the tenant afterwards. With a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -27,6 +29,7 @@ from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
+logger = logging.getLogger("pgtenancy.connection")
 
 SyncTarget = psycopg.Connection[Any] | ConnectionPool[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
@@ -56,6 +59,23 @@ def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -
 def _hold(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], step: int) -> None:
     if hasattr(conn, "_num_transactions"):
         conn._num_transactions += step
+
+
+# A rollback after an error must not hide that error: when the connection is
+# gone the rollback fails too (psycopg's transaction() ignores that failure the
+# same way, with a warning); the pool discards the broken connection.
+def _quiet(rollback: Callable[[], None]) -> None:
+    try:
+        rollback()
+    except psycopg.OperationalError as exc:
+        logger.warning("rollback of the tenant transaction failed: %s", exc)
+
+
+async def _aquiet(rollback: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await rollback()
+    except psycopg.OperationalError as exc:
+        logger.warning("rollback of the tenant transaction failed: %s", exc)
 
 
 _NOT_A_TARGET = "tenant_connection() needs a psycopg connection or connection pool, not "
@@ -113,7 +133,7 @@ class _TenantConnection:
                     try:
                         begin_in_tenant(conn, self.slug)
                     except BaseException:
-                        conn.rollback()
+                        _quiet(conn.rollback)
                         raise
                     _hold(conn, 1)
             except BaseException as exc:
@@ -145,7 +165,7 @@ class _TenantConnection:
                 except psycopg.Error as failed:
                     raise_translated(failed)
                 return None
-            conn.rollback()
+            _quiet(conn.rollback)
             return isinstance(exc, psycopg.Rollback) or None
         except BaseException as raised:
             error = raised
@@ -194,7 +214,7 @@ class _TenantConnection:
                     try:
                         await abegin_in_tenant(conn, self.slug)
                     except BaseException:
-                        await conn.rollback()
+                        await _aquiet(conn.rollback)
                         raise
                     _hold(conn, 1)
             except BaseException as exc:
@@ -226,7 +246,7 @@ class _TenantConnection:
                 except psycopg.Error as failed:
                     raise_translated(failed)
                 return None
-            await conn.rollback()
+            await _aquiet(conn.rollback)
             return isinstance(exc, psycopg.Rollback) or None
         except BaseException as raised:
             error = raised
