@@ -101,6 +101,20 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 
+-- Application roles granted before a reinstall that had to drop the function
+-- (see above) keep their EXECUTE right on the new one.
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
+                   WHERE pg_catalog.to_regrole(pg_catalog.quote_ident(a.role_name)) IS NOT NULL LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text) TO %I',
+                                  v_role);
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id()
     RETURNS uuid
     LANGUAGE sql

@@ -114,3 +114,32 @@ def test_asyncio_tasks_do_not_share_context() -> None:
     assert a == ["acme"] * 20 + [None]
     assert g == ["globex"] * 20 + [None]
     assert sorted(activated) == ["acme", "globex"]
+
+
+def test_reinstall_over_the_old_parameter_name_keeps_app_role_grants(
+    dsn: str, app_role: str
+) -> None:
+    """enter_tenant's parameter became ``slug``: reinstalling over a database whose
+    function still has ``p_slug`` replaces it, and roles granted with
+    grant_app_role keep their own EXECUTE grant (not only PUBLIC's)."""
+    import psycopg
+
+    import pgtenancy
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION tenancy.enter_tenant(text)")
+        conn.execute(
+            "CREATE FUNCTION tenancy.enter_tenant(p_slug text) RETURNS uuid"
+            " LANGUAGE sql AS 'SELECT NULL::uuid'"
+        )
+        conn.execute("REVOKE ALL ON FUNCTION tenancy.enter_tenant(text) FROM PUBLIC")
+        conn.execute(f'GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text) TO "{app_role}"')
+    pgtenancy.install(dsn)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT p.proargnames, EXISTS (SELECT FROM aclexplode(p.proacl) AS a"
+            "  WHERE a.grantee = %s::regrole AND a.privilege_type = 'EXECUTE')"
+            " FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure",
+            (f'"{app_role}"',),
+        ).fetchone()
+    assert row == (["slug"], True)
