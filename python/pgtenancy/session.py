@@ -2,10 +2,12 @@
 
 Each time the session begins a transaction on a connection (the first query,
 and again after every ``commit()`` or ``rollback()``), it calls
-``tenancy.enter_tenant(slug)``. The database refuses an unknown, suspended or
-deleted tenant right there, and otherwise sets ``search_path`` and
-``app.tenant_id`` transaction-locally, so when the transaction ends the pooled
-connection carries nothing of the tenant.
+``tenancy.enter_tenant(slug)``, sent in the same message as ``BEGIN`` (sync
+and async), from one ``after_begin`` listener on the ``Session`` class that
+acts only on sessions opened by :func:`tenant_session`. The database refuses
+an unknown, suspended or deleted tenant right there, and otherwise sets
+``search_path`` and ``app.tenant_id`` transaction-locally, so when the
+transaction ends the pooled connection carries nothing of the tenant.
 
 The same function serves sync and asyncio code::
 
