@@ -114,6 +114,7 @@ endif
 
 bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
+	$(BIN)/python bench/bench_entry.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_isolation.py
 	$(BIN)/python bench/bench_events.py
 	$(BIN)/python bench/bench_migrations.py --chinook "$(CHINOOK)"

@@ -10,13 +10,18 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_type
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from conftest import pgtenancy_cli, subprocess_env
 from pgtenancy import (
@@ -99,7 +104,8 @@ def test_async_entry_refused_and_wrong_protocol(
         async with tenant_session(aengine, "a3") as session:
             with pytest.raises(TenantSuspended):
                 await session.execute(text("SELECT 1"))
-        with pytest.raises(TypeError, match="async with"), tenant_session(aengine, "a1"):
+        # The overloads make this a type error; at run time it is a clear TypeError.
+        with pytest.raises(TypeError, match="async with"), tenant_session(aengine, "a1"):  # type: ignore[attr-defined]
             pass
 
     asyncio.run(main())
@@ -232,3 +238,25 @@ def test_async_listener_process_survives_kill_and_stops_on_sigterm(
         if proc.poll() is None:
             proc.kill()
     assert [e["slug"] for e in recorded(record)] == ["acme", "globex"]
+
+
+def test_async_factories_return_public_types(dsn: str, aengine: AsyncEngine, fleet: None) -> None:
+    """Async binds give ``AsyncSession`` and ``AsyncConnection`` (checked by mypy
+    on tests), and entry is in the same message as BEGIN (see test_round_trips)."""
+
+    async def main() -> None:
+        async with tenant_session(aengine, "a1") as session:
+            assert_type(session, AsyncSession)
+            owners = (await session.execute(text("SELECT DISTINCT owner FROM note"))).all()
+            assert owners == [("a1",)]
+        maker = async_sessionmaker(aengine)
+        async with tenant_session(maker, "a2") as made:
+            assert_type(made, AsyncSession)
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            async with tenant_connection(conn, "a3") as c:
+                assert_type(c, psycopg.AsyncConnection[tuple[Any, ...]])
+                cur = await c.execute("SELECT DISTINCT owner FROM note")
+                assert await cur.fetchall() == [("a3",)]
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+    asyncio.run(main())

@@ -149,3 +149,57 @@ def test_psycopg_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:
                     )
 
         run_threads(work)
+
+
+def test_a_temp_table_never_shadows_a_tenant_table(dsn: str, fleet: None) -> None:
+    """pg_temp is searched last inside a tenant (issue 13): a temporary ``item``
+    left on a pooled connection by one request is not what the next reads."""
+    with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
+        with tenant_connection(pool, "t00") as conn:
+            conn.execute("CREATE TEMP TABLE item (id int, owner text)")
+            conn.execute("INSERT INTO pg_temp.item VALUES (1, 'planted')")
+            assert conn.execute("SELECT DISTINCT owner FROM item").fetchall() == [("t00",)]
+        with tenant_connection(pool, "t01") as conn:
+            assert conn.execute("SELECT DISTINCT owner FROM item").fetchall() == [("t01",)]
+            path = conn.execute("SHOW search_path").fetchone()
+            assert path == ("tenant_t01, public, pg_temp",)
+            # The planted rows are still there, reachable only by their qualified name.
+            assert conn.execute("SELECT owner FROM pg_temp.item").fetchall() == [("planted",)]
+
+
+def test_commit_inside_tenant_connection_is_refused_and_rollback_is_quiet(
+    dsn: str, fleet: None
+) -> None:
+    with psycopg.connect(dsn) as conn:
+        with (
+            pytest.raises(psycopg.ProgrammingError, match="commit"),
+            tenant_connection(conn, "t00") as c,
+        ):
+            c.execute("UPDATE item SET owner = 'x'")
+            c.commit()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with tenant_connection(conn, "t00") as c:
+            c.execute("UPDATE item SET owner = 'x'")
+            raise psycopg.Rollback()
+        with tenant_connection(conn, "t00") as c:
+            assert c.execute("SELECT DISTINCT owner FROM item").fetchall() == [("t00",)]
+        # Nothing of the tenant after the block; the connection is reusable.
+        assert conn.execute("SHOW search_path").fetchone() == ('"$user", public',)
+        conn.commit()
+
+
+def test_lost_connection_in_tenant_connection_keeps_its_error_and_the_pool_recovers(
+    dsn: str, fleet: None
+) -> None:
+    with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
+        with (
+            pytest.raises(psycopg.OperationalError, match=r"terminat|server closed"),
+            tenant_connection(pool, "t00") as conn,
+        ):
+            pid = conn.info.backend_pid
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            conn.execute("SELECT count(*) FROM item")
+        # The pool replaces the broken connection; the next block is in its tenant.
+        with tenant_connection(pool, "t01") as conn:
+            assert conn.execute("SELECT DISTINCT owner FROM item").fetchall() == [("t01",)]

@@ -12,22 +12,29 @@ caller) carries nothing of the tenant afterwards. With a
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, ExitStack
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg import pq
+from psycopg.rows import Row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgtenancy.context import resolve_tenant, use_tenant
+from pgtenancy._entry import abegin_in_tenant, begin_in_tenant
+from pgtenancy.context import enter_validated, resolve_tenant
 from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
+logger = logging.getLogger("pgtenancy.connection")
 
 SyncTarget = psycopg.Connection[Any] | ConnectionPool[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
+CT = TypeVar("CT", bound=psycopg.Connection[Any])
+ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any])
 
 
 def _check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -39,33 +46,104 @@ def _check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
         )
 
 
+def _in_pipeline(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    return conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
+
+
+# psycopg refuses commit(), rollback() and autocommit changes on a connection
+# whose Transaction-block counter is non-zero. The block opens its transaction
+# with its own one-message BEGIN (psycopg's transaction() would cost a round
+# trip of its own), so it holds that counter itself, to keep the same
+# protection: a commit() in the block would end the tenant transaction and let
+# the next statements run outside the tenant.
+def _hold(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], step: int) -> None:
+    if hasattr(conn, "_num_transactions"):
+        conn._num_transactions += step
+
+
+# A rollback after an error must not hide that error: when the connection is
+# gone the rollback fails too (psycopg's transaction() ignores that failure the
+# same way, with a warning); the pool discards the broken connection.
+def _quiet(rollback: Callable[[], None]) -> None:
+    try:
+        rollback()
+    except psycopg.OperationalError as exc:
+        logger.warning("rollback of the tenant transaction failed: %s", exc)
+
+
+async def _aquiet(rollback: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await rollback()
+    except psycopg.OperationalError as exc:
+        logger.warning("rollback of the tenant transaction failed: %s", exc)
+
+
+_NOT_A_TARGET = "tenant_connection() needs a psycopg connection or connection pool, not "
+
+
 class _TenantConnection:
-    """The object ``tenant_connection()`` returns: a sync or async context manager."""
+    """The object ``tenant_connection()`` returns: a sync or async context manager.
+
+    Written out by hand rather than with an ExitStack: it runs around every
+    tenant transaction, and each layer costs microseconds there.
+    """
+
+    __slots__ = ("_conn", "_lease", "_scope", "_target", "_tx", "slug")
 
     def __init__(self, target: SyncTarget | AsyncTarget, slug: str | None) -> None:
         self.slug = resolve_tenant(slug)
         self._target = target
-        self._stack: ExitStack | None = None
-        self._astack: AsyncExitStack | None = None
+        self._conn: Any = None
+        self._lease: Any = None
+        self._scope: Any = None
+        self._tx: Any = None
+
+    # -- sync -----------------------------------------------------------------
 
     def __enter__(self) -> psycopg.Connection[Any]:
         target = self._target
-        if isinstance(target, psycopg.AsyncConnection | AsyncConnectionPool):
+        lease: AbstractContextManager[psycopg.Connection[Any]] | None = None
+        if isinstance(target, psycopg.Connection):
+            conn = target
+        elif isinstance(target, ConnectionPool):
+            lease = target.connection()
+            conn = lease.__enter__()
+        elif isinstance(target, psycopg.AsyncConnection | AsyncConnectionPool):
             raise TypeError("tenant_connection() on an async connection needs 'async with'")
-        with ExitStack() as stack:
-            conn = (
-                stack.enter_context(target.connection())
-                if isinstance(target, ConnectionPool)
-                else target
-            )
+        else:
+            raise TypeError(_NOT_A_TARGET + type(target).__name__)
+        try:
             _check_idle(conn)
-            stack.enter_context(use_tenant(self.slug))
-            stack.enter_context(conn.transaction())
+            scope = enter_validated(self.slug)
+            scope.__enter__()
             try:
-                conn.execute(_ENTER, {"slug": self.slug})
-            except psycopg.Error as exc:
-                raise_translated(exc)
-            self._stack = stack.pop_all()
+                if _in_pipeline(conn):
+                    # Pipeline mode batches on its own: psycopg's transaction().
+                    tx = conn.transaction()
+                    tx.__enter__()
+                    try:
+                        conn.execute(_ENTER, {"slug": self.slug})
+                    except BaseException as exc:
+                        tx.__exit__(type(exc), exc, exc.__traceback__)
+                        if isinstance(exc, psycopg.Error):
+                            raise_translated(exc)
+                        raise
+                    self._tx = tx
+                else:
+                    try:
+                        begin_in_tenant(conn, self.slug)
+                    except BaseException:
+                        _quiet(conn.rollback)
+                        raise
+                    _hold(conn, 1)
+            except BaseException as exc:
+                scope.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException as exc:
+            if lease is not None:
+                lease.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._conn, self._lease, self._scope = conn, lease, scope
         return conn
 
     def __exit__(
@@ -74,27 +152,79 @@ class _TenantConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._stack is not None
-        return self._stack.__exit__(exc_type, exc, tb)
+        conn, lease, scope, tx = self._conn, self._lease, self._scope, self._tx
+        self._conn = self._lease = self._scope = self._tx = None
+        error = exc
+        try:
+            if tx is not None:
+                return bool(tx.__exit__(exc_type, exc, tb)) or None
+            _hold(conn, -1)
+            if exc is None:
+                try:
+                    conn.commit()
+                except psycopg.Error as failed:
+                    raise_translated(failed)
+                return None
+            _quiet(conn.rollback)
+            return isinstance(exc, psycopg.Rollback) or None
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            try:
+                scope.__exit__(exc_type, exc, tb)
+            finally:
+                if lease is not None:
+                    if error is None:
+                        lease.__exit__(None, None, None)
+                    else:
+                        lease.__exit__(type(error), error, error.__traceback__)
+
+    # -- async ----------------------------------------------------------------
 
     async def __aenter__(self) -> psycopg.AsyncConnection[Any]:
         target = self._target
-        if not isinstance(target, psycopg.AsyncConnection | AsyncConnectionPool):
+        lease: AbstractAsyncContextManager[psycopg.AsyncConnection[Any]] | None = None
+        if isinstance(target, psycopg.AsyncConnection):
+            conn = target
+        elif isinstance(target, AsyncConnectionPool):
+            lease = target.connection()
+            conn = await lease.__aenter__()
+        elif isinstance(target, psycopg.Connection | ConnectionPool):
             raise TypeError("tenant_connection() on a sync connection needs 'with'")
-        async with AsyncExitStack() as stack:
-            conn = (
-                await stack.enter_async_context(target.connection())
-                if isinstance(target, AsyncConnectionPool)
-                else target
-            )
+        else:
+            raise TypeError(_NOT_A_TARGET + type(target).__name__)
+        try:
             _check_idle(conn)
-            await stack.enter_async_context(use_tenant(self.slug))
-            await stack.enter_async_context(conn.transaction())
+            scope = enter_validated(self.slug)
+            await scope.__aenter__()
             try:
-                await conn.execute(_ENTER, {"slug": self.slug})
-            except psycopg.Error as exc:
-                raise_translated(exc)
-            self._astack = stack.pop_all()
+                if _in_pipeline(conn):
+                    tx = conn.transaction()
+                    await tx.__aenter__()
+                    try:
+                        await conn.execute(_ENTER, {"slug": self.slug})
+                    except BaseException as exc:
+                        await tx.__aexit__(type(exc), exc, exc.__traceback__)
+                        if isinstance(exc, psycopg.Error):
+                            raise_translated(exc)
+                        raise
+                    self._tx = tx
+                else:
+                    try:
+                        await abegin_in_tenant(conn, self.slug)
+                    except BaseException:
+                        await _aquiet(conn.rollback)
+                        raise
+                    _hold(conn, 1)
+            except BaseException as exc:
+                await scope.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException as exc:
+            if lease is not None:
+                await lease.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._conn, self._lease, self._scope = conn, lease, scope
         return conn
 
     async def __aexit__(
@@ -103,13 +233,52 @@ class _TenantConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._astack is not None
-        return await self._astack.__aexit__(exc_type, exc, tb)
+        conn, lease, scope, tx = self._conn, self._lease, self._scope, self._tx
+        self._conn = self._lease = self._scope = self._tx = None
+        error = exc
+        try:
+            if tx is not None:
+                return bool(await tx.__aexit__(exc_type, exc, tb)) or None
+            _hold(conn, -1)
+            if exc is None:
+                try:
+                    await conn.commit()
+                except psycopg.Error as failed:
+                    raise_translated(failed)
+                return None
+            await _aquiet(conn.rollback)
+            return isinstance(exc, psycopg.Rollback) or None
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            try:
+                await scope.__aexit__(exc_type, exc, tb)
+            finally:
+                if lease is not None:
+                    if error is None:
+                        await lease.__aexit__(None, None, None)
+                    else:
+                        await lease.__aexit__(type(error), error, error.__traceback__)
 
 
+@overload
 def tenant_connection(
-    conn_or_pool: SyncTarget | AsyncTarget, slug: str | None = None
-) -> _TenantConnection:
+    conn_or_pool: psycopg.Connection[Row], slug: str | None = None
+) -> AbstractContextManager[psycopg.Connection[Row]]: ...
+@overload
+def tenant_connection(
+    conn_or_pool: ConnectionPool[CT], slug: str | None = None
+) -> AbstractContextManager[CT]: ...
+@overload
+def tenant_connection(
+    conn_or_pool: psycopg.AsyncConnection[Row], slug: str | None = None
+) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Row]]: ...
+@overload
+def tenant_connection(
+    conn_or_pool: AsyncConnectionPool[ACT], slug: str | None = None
+) -> AbstractAsyncContextManager[ACT]: ...
+def tenant_connection(conn_or_pool: SyncTarget | AsyncTarget, slug: str | None = None) -> Any:
     """Run the block as one transaction in tenant ``slug``.
 
     Usage::
@@ -127,10 +296,19 @@ def tenant_connection(
             the block.
         slug: tenant slug; None means the current context's tenant.
 
-    Yields:
-        The connection, inside the tenant transaction. Do not call ``commit()``
-        in the block (psycopg refuses it inside ``transaction()``); leave the
-        block to commit.
+    The transaction starts with one message, ``BEGIN; SELECT
+    tenancy.enter_tenant('acme')``, so the block costs the same round trips
+    as a plain ``with conn.transaction():`` block (BEGIN, your statements,
+    COMMIT). Raising ``psycopg.Rollback`` in the block rolls back quietly.
+
+    Returns:
+        For a sync connection or pool, a context manager (``with``) yielding
+        the ``psycopg.Connection`` (the pool's connection class); for an
+        async one, an async context manager (``async with``) yielding the
+        ``psycopg.AsyncConnection``. Inside the block the connection is in
+        the tenant transaction. Do not call ``commit()`` or ``rollback()`` in
+        the block (psycopg refuses them, as inside ``transaction()``); leave
+        the block to commit.
 
     Raises:
         pgtenancy.errors.NoTenantContext: no slug and no tenant context.

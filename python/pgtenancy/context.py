@@ -21,6 +21,10 @@ from pgtenancy.errors import NoTenantContext
 from pgtenancy.slugs import validate_slug
 
 _stack: ContextVar[tuple[str, ...]] = ContextVar("pgtenancy_tenant_stack", default=())
+# Sending a signal nobody listens to still walks the registry under a lock:
+# the hot path (every tenant transaction) looks at the receiver list first.
+_ACTIVATED = signals.tenant_activated
+_DEACTIVATED = signals.tenant_deactivated
 
 
 def current_tenant() -> str | None:
@@ -63,6 +67,8 @@ class use_tenant:
         pgtenancy.errors.InvalidTenantSlug: on an invalid slug, before anything changes.
     """
 
+    __slots__ = ("_token", "slug")
+
     def __init__(self, slug: str) -> None:
         self.slug = validate_slug(slug)
         self._token: Token[tuple[str, ...]] | None = None
@@ -79,11 +85,12 @@ class use_tenant:
 
     def __enter__(self) -> str:
         self._push()
-        try:
-            signals.tenant_activated.send(sender=self.slug, slug=self.slug)
-        except BaseException:
-            self._pop()
-            raise
+        if _ACTIVATED._entries:
+            try:
+                _ACTIVATED.send(sender=self.slug, slug=self.slug)
+            except BaseException:
+                self._pop()
+                raise
         return self.slug
 
     def __exit__(
@@ -93,15 +100,17 @@ class use_tenant:
         tb: TracebackType | None,
     ) -> None:
         self._pop()
-        signals.tenant_deactivated.send(sender=self.slug, slug=self.slug)
+        if _DEACTIVATED._entries:
+            _DEACTIVATED.send(sender=self.slug, slug=self.slug)
 
     async def __aenter__(self) -> str:
         self._push()
-        try:
-            await signals.tenant_activated.asend(sender=self.slug, slug=self.slug)
-        except BaseException:
-            self._pop()
-            raise
+        if _ACTIVATED._entries:
+            try:
+                await _ACTIVATED.asend(sender=self.slug, slug=self.slug)
+            except BaseException:
+                self._pop()
+                raise
         return self.slug
 
     async def __aexit__(
@@ -111,7 +120,24 @@ class use_tenant:
         tb: TracebackType | None,
     ) -> None:
         self._pop()
-        await signals.tenant_deactivated.asend(sender=self.slug, slug=self.slug)
+        if _DEACTIVATED._entries:
+            await _DEACTIVATED.asend(sender=self.slug, slug=self.slug)
+
+
+class _ValidatedScope(use_tenant):
+    """:class:`use_tenant` for a slug the caller has just validated."""
+
+    __slots__ = ()
+
+    def __init__(self, slug: str) -> None:
+        self.slug = slug
+        self._token = None
+
+
+def enter_validated(slug: str) -> use_tenant:
+    """A :class:`use_tenant` block for ``slug``, already checked by
+    :func:`resolve_tenant` (sessions and connections validate once)."""
+    return _ValidatedScope(slug)
 
 
 class TenantContext:

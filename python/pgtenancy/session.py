@@ -2,10 +2,12 @@
 
 Each time the session begins a transaction on a connection (the first query,
 and again after every ``commit()`` or ``rollback()``), it calls
-``tenancy.enter_tenant(slug)``. The database refuses an unknown, suspended or
-deleted tenant right there, and otherwise sets ``search_path`` and
-``app.tenant_id`` transaction-locally, so when the transaction ends the pooled
-connection carries nothing of the tenant.
+``tenancy.enter_tenant(slug)``, sent in the same message as ``BEGIN`` (sync
+and async), from one ``after_begin`` listener on the ``Session`` class that
+acts only on sessions opened by :func:`tenant_session`. The database refuses
+an unknown, suspended or deleted tenant right there, and otherwise sets
+``search_path`` and ``app.tenant_id`` transaction-locally, so when the
+transaction ends the pooled connection carries nothing of the tenant.
 
 The same function serves sync and asyncio code::
 
@@ -15,17 +17,22 @@ The same function serves sync and asyncio code::
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import pq
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.util import await_only
 
-from pgtenancy.context import resolve_tenant, use_tenant
+from pgtenancy._entry import abegin_in_tenant
+from pgtenancy._entry import begin_in_tenant as begin_in_tenant
+from pgtenancy.context import enter_validated, resolve_tenant
 from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
@@ -33,22 +40,33 @@ _ENTER = QUERIES["enter_tenant"]
 
 SyncBind = Engine | Connection | sessionmaker[Session]
 AsyncBind = AsyncEngine | AsyncConnection | async_sessionmaker[AsyncSession]
-S = TypeVar("S", Session, AsyncSession)
+S = TypeVar("S", bound=Session)
+AS = TypeVar("AS", bound=AsyncSession)
+
+#: Key in ``Session.info`` holding the slug of a tenant session.
+SLUG_KEY = "pgtenancy.slug"
 
 _IN_TRANSACTION = (
     "the connection is already in a transaction: the tenant settings would outlive the "
     "session; pass an engine, or a connection with no transaction begun"
 )
+_IDLE = pq.TransactionStatus.IDLE
 
 
 def enter_tenant(connection: Connection, slug: str) -> None:
     """Put the transaction open on ``connection`` into tenant ``slug``.
 
+    When the DBAPI connection has sent nothing yet (SQLAlchemy begins
+    lazily), ``BEGIN`` and the entry go as one message, sync or async, so the
+    transaction costs no round trip more than a plain one; otherwise the
+    entry is one statement.
+
     Args:
         connection: a SQLAlchemy connection inside a transaction, not in
             AUTOCOMMIT (transaction-local settings would vanish at once).
             Inside an ``AsyncSession`` this is its sync-facing connection.
-        slug: tenant slug.
+        slug: a tenant slug, already validated (see
+            :func:`pgtenancy.slugs.validate_slug`).
 
     Raises:
         pgtenancy.errors.InvalidConnectionState: the connection is in autocommit mode.
@@ -61,10 +79,12 @@ def enter_tenant(connection: Connection, slug: str) -> None:
             "tenant_session needs transactions: the engine or connection uses AUTOCOMMIT, "
             "where transaction-local tenant settings would last one statement"
         )
-    if isinstance(dbapi, psycopg.Connection) and (
-        dbapi.info.transaction_status == pq.TransactionStatus.IDLE
-    ):
-        begin_in_tenant(dbapi, slug)
+    driver = connection.connection.driver_connection
+    if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
+        begin_in_tenant(driver, slug)
+        return
+    if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
+        await_only(abegin_in_tenant(driver, slug))
         return
     try:
         connection.exec_driver_sql(_ENTER, {"slug": slug})
@@ -72,62 +92,44 @@ def enter_tenant(connection: Connection, slug: str) -> None:
         raise_translated(exc)
 
 
-def _begin_command(conn: psycopg.Connection[Any]) -> sql.Composable:
-    # The BEGIN psycopg itself would send for this connection's settings.
-    parts = ["BEGIN"]
-    if conn.isolation_level is not None:
-        parts.append("ISOLATION LEVEL " + conn.isolation_level.name.replace("_", " "))
-    if conn.read_only is not None:
-        parts.append("READ ONLY" if conn.read_only else "READ WRITE")
-    if conn.deferrable is not None:
-        parts.append("DEFERRABLE" if conn.deferrable else "NOT DEFERRABLE")
-    return sql.SQL(" ".join(parts))
-
-
-def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> None:
-    """Open a transaction on idle ``conn`` already in tenant ``slug``, in one round trip.
-
-    psycopg would send ``BEGIN`` on its own before the first statement; this
-    sends ``BEGIN; SELECT tenancy.enter_tenant('slug')`` as one simple query
-    instead, so entering the tenant costs no extra round trip. The slug is
-    rendered with :class:`psycopg.sql.Literal`, after validation.
-
-    Args:
-        conn: a psycopg connection in non-autocommit mode with no transaction open.
-        slug: a validated tenant slug.
-
-    Raises:
-        pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
-            TenantSchemaMissing: refused by the database; the transaction is
-            then aborted and must be rolled back.
-        psycopg.Error: any other database error.
-    """
-    query = sql.SQL("{}; SELECT tenancy.enter_tenant({})").format(
-        _begin_command(conn), sql.Literal(slug)
-    )
-    with conn.lock:
-        result = conn.pgconn.exec_(query.as_bytes(conn))
-    if result.status != pq.ExecStatus.TUPLES_OK:
-        exc = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
-        raise_translated(exc)
-
-
-def _hook(session: Session, slug: str) -> None:
-    def _enter(_session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
+def _after_begin(
+    session: Session, _transaction: SessionTransaction, connection: Connection
+) -> None:
+    slug = session.info.get(SLUG_KEY)
+    if slug is not None:
         enter_tenant(connection, slug)
 
-    event.listen(session, "after_begin", _enter)
+
+# One listener on the Session class, registered at the first tenant_session
+# (not one per session: registering costs more than the whole entry). It
+# fires for every Session and subclass, and does nothing for a session that
+# tenant_session did not open.
+_registered = False
+_register_lock = threading.Lock()
 
 
-class _TenantSession(Generic[S]):
+def _ensure_listener() -> None:
+    global _registered
+    if _registered:
+        return
+    with _register_lock:
+        if not _registered:
+            event.listen(Session, "after_begin", _after_begin)
+            _registered = True
+
+
+class _TenantSession:
     """The object ``tenant_session()`` returns: a sync or async context manager."""
+
+    __slots__ = ("_bind", "_kwargs", "_scope", "_session", "slug")
 
     def __init__(self, bind: SyncBind | AsyncBind, slug: str | None, kwargs: dict[str, Any]):
         self.slug = resolve_tenant(slug)
         self._bind = bind
         self._kwargs = kwargs
-        self._scope = use_tenant(self.slug)
+        self._scope = enter_validated(self.slug)
         self._session: Any = None
+        _ensure_listener()
 
     def __enter__(self) -> Session:
         bind = self._bind
@@ -136,7 +138,7 @@ class _TenantSession(Generic[S]):
         if isinstance(bind, Connection) and bind.in_transaction():
             raise InvalidConnectionState(_IN_TRANSACTION)
         session = bind() if isinstance(bind, sessionmaker) else Session(bind, **self._kwargs)
-        _hook(session, self.slug)
+        session.info[SLUG_KEY] = self.slug
         self._session = session
         try:
             self._scope.__enter__()
@@ -151,9 +153,11 @@ class _TenantSession(Generic[S]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        session = self._session
         try:
-            self._session.close()
+            session.close()
         finally:
+            session.info.pop(SLUG_KEY, None)
             self._scope.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> AsyncSession:
@@ -166,7 +170,7 @@ class _TenantSession(Generic[S]):
             session = bind()
         else:
             session = AsyncSession(bind, **self._kwargs)
-        _hook(session.sync_session, self.slug)
+        session.sync_session.info[SLUG_KEY] = self.slug
         self._session = session
         try:
             await self._scope.__aenter__()
@@ -181,17 +185,35 @@ class _TenantSession(Generic[S]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        session = self._session
         try:
-            await self._session.close()
+            await session.close()
         finally:
+            session.sync_session.info.pop(SLUG_KEY, None)
             await self._scope.__aexit__(exc_type, exc, tb)
 
 
+@overload
 def tenant_session(
-    bind: SyncBind | AsyncBind,
+    bind: Engine | Connection, slug: str | None = None, **session_kwargs: Any
+) -> AbstractContextManager[Session]: ...
+@overload
+def tenant_session(
+    bind: sessionmaker[S], slug: str | None = None, **session_kwargs: Any
+) -> AbstractContextManager[S]: ...
+@overload
+def tenant_session(
+    bind: AsyncEngine | AsyncConnection, slug: str | None = None, **session_kwargs: Any
+) -> AbstractAsyncContextManager[AsyncSession]: ...
+@overload
+def tenant_session(
+    bind: async_sessionmaker[AS], slug: str | None = None, **session_kwargs: Any
+) -> AbstractAsyncContextManager[AS]: ...
+def tenant_session(
+    bind: SyncBind | AsyncBind | sessionmaker[Any] | async_sessionmaker[Any],
     slug: str | None = None,
     **session_kwargs: Any,
-) -> _TenantSession[Any]:
+) -> Any:
     """Open a session whose every transaction runs in a tenant.
 
     Usage::
@@ -216,6 +238,16 @@ def tenant_session(
         slug: tenant slug; None means the current context's tenant.
         **session_kwargs: passed to ``Session``/``AsyncSession`` (ignored
             with a session maker).
+
+    Returns:
+        For an ``Engine``, ``Connection`` or ``sessionmaker``, a context
+        manager (``with``) yielding a :class:`~sqlalchemy.orm.Session` (the
+        maker's class); for an async bind, an async context manager
+        (``async with``) yielding an ``AsyncSession``.
+
+    Each transaction starts with one message, ``BEGIN; SELECT
+    tenancy.enter_tenant('acme')``, sync and async alike: a tenant session
+    sends no more round trips than a plain one.
 
     Raises:
         pgtenancy.errors.NoTenantContext: no slug and no tenant context.

@@ -523,51 +523,60 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     VOLATILE
 AS $$
 DECLARE
-    p_slug ALIAS FOR slug;
-    v_id     uuid;
-    v_schema text;
-    v_status text;
+    v_id         uuid;
+    v_schema     text;
+    v_status     text;
+    v_has_schema boolean;
 BEGIN
-    SELECT d.id, d.schema_name, d.status
-      INTO v_id, v_schema, v_status
+    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL
+      INTO v_id, v_schema, v_status, v_has_schema
       FROM tenancy.tenant_directory AS d
-     WHERE d.slug = p_slug;
+      LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
+     WHERE d.slug = enter_tenant.slug;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(p_slug), 'NULL')
+        RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;
-    IF v_status = 'suspended' THEN
-        RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(p_slug)
+    IF v_status <> 'active' THEN
+        IF v_status = 'suspended' THEN
+            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT004';
+        END IF;
+        IF v_status = 'deleted' THEN
+            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT005';
+        END IF;
+        -- Any status added later (provisioning, ...) is refused too: fail closed.
+        RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
+            v_status
             USING ERRCODE = 'PT004';
     END IF;
-    IF v_status = 'deleted' THEN
-        RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(p_slug)
-            USING ERRCODE = 'PT005';
-    END IF;
     -- Fail closed: never fall back to public when the schema is gone.
-    IF v_schema IS NOT NULL
-       AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(v_schema)) IS NULL THEN
+    IF v_schema IS NOT NULL AND NOT v_has_schema THEN
         RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
-            pg_catalog.quote_literal(p_slug)
+            pg_catalog.quote_literal(enter_tenant.slug)
             USING ERRCODE = 'PT007';
     END IF;
     -- A shared tenant sees the shared schema, guarded by RLS on app.tenant_id.
+    -- pg_temp is named last, so a temporary table (left on a pooled
+    -- connection by an earlier request) never shadows a tenant table.
     PERFORM pg_catalog.set_config('search_path',
-                                  CASE WHEN v_schema IS NULL THEN 'public'
-                                       ELSE pg_catalog.quote_ident(v_schema) || ', public' END,
-                                  true);
-    PERFORM pg_catalog.set_config('app.tenant_id', v_id::text, true);
-    PERFORM pg_catalog.set_config('app.tenant', p_slug, true);
+                                  CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
+                                       ELSE pg_catalog.quote_ident(v_schema) || ', public, pg_temp'
+                                  END,
+                                  true),
+            pg_catalog.set_config('app.tenant_id', v_id::text, true),
+            pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
     RETURN v_id;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
-    'Put the current transaction into tenant slug: search_path = tenant schema, public (public '
-    'alone for a shared tenant); '
-    'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
-    'Raises PT003 (unknown), PT004 (suspended), PT005 (deleted), PT007 (schema missing) before '
-    'anything is set. Call it inside a transaction block.';
+    'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
+    '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; all '
+    'transaction-local (set_config(..., true)). Returns the tenant id. Raises PT003 (unknown), '
+    'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
+    'anything is set. Call it as the first statement of a transaction block.';
 
 CREATE OR REPLACE FUNCTION tenancy.enable_rls(table_name regclass, tenant_column name DEFAULT 'tenant_id')
     RETURNS tenancy.guarded_tables

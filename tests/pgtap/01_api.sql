@@ -50,7 +50,7 @@ SELECT is((SELECT count(*)::int FROM pg_namespace WHERE nspname = 'tenant_bad sl
 -- Entering a tenant is transaction-local.
 SELECT lives_ok($$ SELECT tenancy.create_tenant('globex') $$, 'create globex');
 SELECT lives_ok($$ SELECT tenancy.enter_tenant('globex') $$, 'enter globex');
-SELECT is(current_setting('search_path'), 'tenant_globex, public', 'search_path set');
+SELECT is(current_setting('search_path'), 'tenant_globex, public, pg_temp', 'search_path set');
 SELECT is(tenancy.current_tenant(), 'globex', 'current_tenant');
 
 -- Shared tables guarded by RLS.

@@ -1,0 +1,289 @@
+"""Round trips of every tenant path against its plain baseline, counted on the wire.
+
+libpq's protocol trace (``PGconn.trace``) records every message the client
+sends. A round trip ends with a message the client must wait for: a simple
+``Query`` or an extended-protocol ``Sync``. Each pgtenancy path must send no
+more of them than the same work done without a tenant (issue 16, goal 3): the
+tenant entry rides in the message that opens the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import pq
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from pgtenancy import Tenancy, tenant_connection, tenant_session
+
+QUERY = "SELECT count(*) FROM note"
+ENDS_ROUND_TRIP = ("Query", "Sync")
+
+
+@pytest.fixture
+def tenants(tenancy: Tenancy, dsn: str) -> None:
+    """Schema tenant acme and shared tenant globex, each with a ``note`` to read;
+    a ``public.note`` for the plain baselines."""
+    tenancy.add_migration("0001", "CREATE TABLE note (id int PRIMARY KEY)")
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex", isolation="shared")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE public.note (id int PRIMARY KEY)")
+
+
+class Trace:
+    """A libpq trace file of one connection, read back as client messages."""
+
+    def __init__(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="pgtenancy-trace-")
+        os.close(fd)
+        self.path = Path(name)
+        self._file = self.path.open("w")
+
+    def attach(self, pgconn: pq.abc.PGconn) -> None:
+        pgconn.trace(self._file.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def mark(self) -> int:
+        """Position after everything traced so far."""
+        self._file.flush()
+        return len(self.sent())
+
+    def sent(self) -> list[str]:
+        """Names of the messages the client sent, in order."""
+        self._file.flush()
+        names = []
+        for line in self.path.read_text().splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 3 and fields[0] == "F":
+                names.append(fields[2].split()[0])
+        return names
+
+    def round_trips_since(self, mark: int) -> int:
+        return sum(1 for name in self.sent()[mark:] if name in ENDS_ROUND_TRIP)
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink()
+
+
+@pytest.fixture
+def trace() -> Iterator[Trace]:
+    t = Trace()
+    yield t
+    t.close()
+
+
+def counted(trace: Trace, work: Callable[[], object]) -> int:
+    """Round trips ``work`` sends, measured on its second run (caches warm)."""
+    work()
+    mark = trace.mark()
+    work()
+    return trace.round_trips_since(mark)
+
+
+async def acounted(trace: Trace, work: Callable[[], Any]) -> int:
+    await work()
+    mark = trace.mark()
+    await work()
+    return trace.round_trips_since(mark)
+
+
+# psycopg -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slug", ["acme", "globex"])
+def test_tenant_connection_sends_no_more_round_trips_than_a_plain_transaction(
+    dsn: str, tenants: None, trace: Trace, slug: str
+) -> None:
+    with psycopg.connect(dsn) as conn:
+        trace.attach(conn.pgconn)
+
+        def plain() -> None:
+            with conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def tenant() -> None:
+            with tenant_connection(conn, slug) as c:
+                c.execute(QUERY).fetchone()
+
+        baseline = counted(trace, plain)
+        ours = counted(trace, tenant)
+    assert baseline == 3  # BEGIN, the query, COMMIT
+    assert ours <= baseline, trace.sent()
+
+
+def test_tenant_connection_on_a_pool_and_an_autocommit_connection(
+    dsn: str, tenants: None, trace: Trace
+) -> None:
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        trace.attach(conn.pgconn)
+
+    with ConnectionPool(dsn, min_size=1, max_size=1, configure=configure, open=True) as pool:
+
+        def plain() -> None:
+            with pool.connection() as conn, conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def tenant() -> None:
+            with tenant_connection(pool, "acme") as conn:
+                conn.execute(QUERY).fetchone()
+
+        baseline = counted(trace, plain)
+        ours = counted(trace, tenant)
+    assert ours <= baseline, trace.sent()
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        trace.attach(conn.pgconn)
+
+        def plain_ac() -> None:
+            with conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def tenant_ac() -> None:
+            with tenant_connection(conn, "acme") as c:
+                c.execute(QUERY).fetchone()
+
+        assert counted(trace, tenant_ac) <= counted(trace, plain_ac)
+
+
+def test_async_tenant_connection_sends_no_more_round_trips(
+    dsn: str, tenants: None, trace: Trace
+) -> None:
+    async def main() -> tuple[int, int, int, int]:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            trace.attach(conn.pgconn)
+
+            async def plain() -> None:
+                async with conn.transaction():
+                    await (await conn.execute(QUERY)).fetchone()
+
+            async def tenant() -> None:
+                async with tenant_connection(conn, "acme") as c:
+                    await (await c.execute(QUERY)).fetchone()
+
+            conn_counts = (await acounted(trace, plain), await acounted(trace, tenant))
+
+        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            trace.attach(conn.pgconn)
+
+        async with AsyncConnectionPool(
+            dsn, min_size=1, max_size=1, configure=configure, open=False
+        ) as pool:
+
+            async def pool_plain() -> None:
+                async with pool.connection() as conn, conn.transaction():
+                    await (await conn.execute(QUERY)).fetchone()
+
+            async def pool_tenant() -> None:
+                async with tenant_connection(pool, "globex") as conn:
+                    await (await conn.execute(QUERY)).fetchone()
+
+            pool_counts = (await acounted(trace, pool_plain), await acounted(trace, pool_tenant))
+        return (*conn_counts, *pool_counts)
+
+    plain, ours, pool_plain, pool_ours = asyncio.run(main())
+    assert plain == 3
+    assert ours <= plain, trace.sent()
+    assert pool_ours <= pool_plain, trace.sent()
+
+
+# SQLAlchemy ------------------------------------------------------------------
+
+
+def traced_engine(dsn: str, trace: Trace) -> Engine:
+    def connect() -> psycopg.Connection[Any]:
+        conn = psycopg.connect(dsn)
+        trace.attach(conn.pgconn)
+        return conn
+
+    return create_engine("postgresql+psycopg://", creator=connect, pool_size=1, max_overflow=0)
+
+
+@pytest.mark.parametrize("slug", ["acme", "globex"])
+def test_tenant_session_sends_no_more_round_trips_than_a_plain_session(
+    dsn: str, tenants: None, trace: Trace, slug: str
+) -> None:
+    engine = traced_engine(dsn, trace)
+    try:
+
+        def plain() -> None:
+            with Session(engine) as session:
+                session.execute(text(QUERY)).one()
+                session.commit()
+                session.execute(text(QUERY)).one()  # a second transaction
+                session.rollback()
+
+        def tenant() -> None:
+            with tenant_session(engine, slug) as session:
+                session.execute(text(QUERY)).one()
+                session.commit()
+                session.execute(text(QUERY)).one()
+                session.rollback()
+
+        baseline = counted(trace, plain)
+        ours = counted(trace, tenant)
+    finally:
+        engine.dispose()
+    assert baseline == 6  # twice BEGIN, the query, COMMIT/ROLLBACK
+    assert ours <= baseline, trace.sent()
+
+
+def test_async_tenant_session_sends_no_more_round_trips(
+    dsn: str, tenants: None, trace: Trace
+) -> None:
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(dsn)
+        trace.attach(conn.pgconn)
+        return conn
+
+    async def main() -> tuple[int, int]:
+        engine = create_async_engine(
+            "postgresql+psycopg://", async_creator=connect, pool_size=1, max_overflow=0
+        )
+        try:
+
+            async def plain() -> None:
+                async with AsyncSession(engine) as session:
+                    (await session.execute(text(QUERY))).one()
+                    await session.commit()
+
+            async def tenant() -> None:
+                async with tenant_session(engine, "acme") as session:
+                    (await session.execute(text(QUERY))).one()
+                    await session.commit()
+
+            return await acounted(trace, plain), await acounted(trace, tenant)
+        finally:
+            await engine.dispose()
+
+    plain, ours = asyncio.run(main())
+    assert plain == 3
+    assert ours <= plain, trace.sent()
+
+
+def test_the_trace_sees_an_extra_round_trip(dsn: str, tenants: None, trace: Trace) -> None:
+    """The counter can fail: entering with a separate statement is one more."""
+    with psycopg.connect(dsn) as conn:
+        trace.attach(conn.pgconn)
+
+        def plain() -> None:
+            with conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def separate() -> None:
+            with conn.transaction():
+                conn.execute("SELECT tenancy.enter_tenant('acme')")
+                conn.execute(QUERY).fetchone()
+
+        assert counted(trace, separate) == counted(trace, plain) + 1
