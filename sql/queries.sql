@@ -219,3 +219,12 @@ SELECT pg_catalog.pg_backend_pid()
 -- name: listen
 -- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
 LISTEN {channel}
+
+-- name: reset_runner_session
+-- After each tenant the fleet runner gives its session back as it was: no
+-- setting, temporary object, LISTEN or advisory lock of a migration may
+-- reach the next tenant's migration or the runner's own queries.
+RESET ALL;
+DISCARD TEMP;
+UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all()

@@ -302,9 +302,28 @@ def _kind_refusal(node: ast.Node) -> str | None:
     return None
 
 
+def _is_temporary(node: ast.Node) -> bool:
+    """CREATE TEMP TABLE / SEQUENCE / VIEW / TABLE AS (the database refuses
+    temporary objects in tenant migrations: they outlive the migration in the
+    session, where the next tenant's migration would meet them)."""
+    relation = None
+    if isinstance(node, ast.CreateStmt | ast.CreateSeqStmt):
+        relation = node.relation if isinstance(node, ast.CreateStmt) else node.sequence
+    elif isinstance(node, ast.ViewStmt):
+        relation = node.view
+    elif isinstance(node, ast.CreateTableAsStmt) and node.into is not None:
+        relation = node.into.rel
+    return relation is not None and getattr(relation, "relpersistence", "p") == "t"
+
+
 def _target_refusal(node: ast.Node) -> str | None:
+    if _is_temporary(node):
+        return (
+            "temporary objects outlive the migration in the session (the next tenant's"
+            " migration would see them): use a table of the tenant schema and drop it"
+        )
     for target in statement_targets(node):
-        if target.schema is not None and target.schema != "pg_temp":
+        if target.schema is not None:
             what = {"data": "writes", "attached": "changes"}.get(target.role, "acts on")
             return (
                 f"{type(node).__name__} {what} {target.schema}.{target.name}: a migration"
@@ -452,13 +471,23 @@ def check_migration(
         if reason is not None:
             raise MigrationCheckError(name, stmt.line, reason)
         if migration.outside_transaction:
+            # The same rule the fleet runner applies before running it.
+            from pgtenancy.confinement import (
+                OUTSIDE_TRANSACTION_KINDS,
+                check_outside_transaction_statement,
+            )
+
             if not _outside_transaction_ok(node):
                 raise MigrationCheckError(
                     name,
                     stmt.line,
                     f"{kind} in a '{NO_TRANSACTION}' file: such a file holds only "
-                    f"{_NO_TRANSACTION_KINDS}",
+                    f"{', '.join(OUTSIDE_TRANSACTION_KINDS)}",
                 )
+            try:
+                check_outside_transaction_statement(stmt.sql)
+            except TenancyError as exc:
+                raise MigrationCheckError(name, stmt.line, exc.message) from exc
         elif _is_no_transaction(node):
             raise MigrationCheckError(
                 name,
