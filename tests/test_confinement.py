@@ -601,7 +601,6 @@ WARNED_NO_OP = {
     "grant_on_database",
     "drop_policy_on_public",
     "drop_trigger_on_public",
-    "prepare_delete_outbox",
 }
 # Refused, but as statements that cannot run in a migration at all (PT008).
 INVALID_ANYWAY = {"concurrently_without_marker", "copy_public", "do_perform_cte_update"}
@@ -669,9 +668,10 @@ ATTACKS: dict[str, str] = {
         " CREATE FUNCTION mytype_int(mytype) RETURNS int LANGUAGE sql AS 'SELECT 1';"
         " CREATE CAST (mytype AS int) WITH FUNCTION mytype_int(mytype)"
     ),
-    # A setting outliving the migration (a session-level search_path equal
-    # to the migration's own cannot be told apart: see the fleet test below).
-    "session_setting": "SELECT pg_catalog.set_config('statement_timeout', '1', false)",
+    # A setting that steers later statements, outliving the migration (a
+    # session-level search_path equal to the migration's own cannot be told
+    # apart: see the fleet test below).
+    "session_row_security": "SELECT pg_catalog.set_config('row_security', 'off', false)",
     "forged_tenant_setting": (
         "SELECT pg_catalog.set_config('app.tenant_id', gen_random_uuid()::text, false)"
     ),

@@ -316,6 +316,19 @@ def _is_temporary(node: ast.Node) -> bool:
     return relation is not None and getattr(relation, "relpersistence", "p") == "t"
 
 
+def _public_grant_refusal(node: ast.Node) -> str | None:
+    """GRANT to PUBLIC of the tenant's own objects (the database refuses it)."""
+    if isinstance(node, ast.GrantStmt) and any(
+        getattr(getattr(g, "roletype", None), "name", "") == "ROLESPEC_PUBLIC"
+        for g in node.grantees or ()
+    ):
+        return (
+            "GRANT/REVOKE to PUBLIC: the tenant's objects are the kit's to grant"
+            " (the application roles get theirs from grant_app_role)"
+        )
+    return None
+
+
 def _target_refusal(node: ast.Node) -> str | None:
     if _is_temporary(node):
         return (
@@ -467,7 +480,12 @@ def check_migration(
         node = pglast.parse_sql(stmt.sql)[0].stmt
         assert node is not None
         kind = type(node).__name__
-        reason = _kind_refusal(node) or _target_refusal(node) or _references(node, allowed)
+        reason = (
+            _kind_refusal(node)
+            or _target_refusal(node)
+            or _references(node, allowed)
+            or _public_grant_refusal(node)
+        )
         if reason is not None:
             raise MigrationCheckError(name, stmt.line, reason)
         if migration.outside_transaction:

@@ -1459,14 +1459,17 @@ CREATE OR REPLACE FUNCTION tenancy.watched_settings()
     IMMUTABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT ARRAY['app.tenant_id', 'app.tenant', 'pgtenancy.migration_schema',
+    SELECT ARRAY['search_path', 'row_security', 'default_transaction_read_only',
+                 'app.tenant_id', 'app.tenant', 'pgtenancy.migration_schema',
                  'pgtenancy.outside_migration_schema', 'pgtenancy.drop_tenants',
                  'pgtenancy.consumer_inactive_after']::text[]
 $$;
 
 COMMENT ON FUNCTION tenancy.watched_settings() IS
-    'Custom settings a tenant migration must leave as it found them (pg_settings does not list '
-    'custom settings): the tenant context and the kit''s own.';
+    'Settings a tenant migration must leave as it found them: the name resolution and row '
+    'security of later statements, the tenant context and the kit''s own. Others (lock_timeout, '
+    'work_mem, ...) a migration may change, SET LOCAL or not: the fleet runner resets its '
+    'session after each tenant.';
 
 CREATE OR REPLACE FUNCTION tenancy.session_state()
     RETURNS jsonb
@@ -1511,26 +1514,17 @@ BEGIN
     -- state a migration could leave behind for the next tenant or for the
     -- owner's own statements after it (settings made with SET, not SET
     -- LOCAL, outlive the transaction and this function's SET clause).
-    -- Custom settings (the kit's and the application's) are not listed in
-    -- pg_settings: the ones the kit and its policies read are added by name.
-    SELECT pg_catalog.jsonb_object_agg(s.name, s.setting) INTO v_settings
-      FROM (SELECT g.name, g.setting FROM pg_catalog.pg_settings AS g
-            UNION ALL
-            SELECT c.name, pg_catalog.current_setting(c.name, true)
-              FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)) AS s;
+    SELECT pg_catalog.jsonb_object_agg(c.name, pg_catalog.current_setting(c.name, true))
+      INTO v_settings
+      FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name);
     SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
     v_session := tenancy.session_state();
     EXECUTE migration_sql;
     -- Read before anything else resolves a name through the migration's path.
-    -- (A setting that appeared meanwhile comes from a library the migration
-    -- loaded, such as pg_trgm's: not a change.)
-    SELECT pg_catalog.string_agg(s.name, ', ' ORDER BY s.name) INTO v_changed
-      FROM (SELECT g.name, g.setting FROM pg_catalog.pg_settings AS g
-            UNION ALL
-            SELECT c.name, pg_catalog.current_setting(c.name, true)
-              FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)) AS s
-     WHERE v_settings OPERATOR(pg_catalog.?) s.name
-       AND (v_settings OPERATOR(pg_catalog.->>) s.name) IS DISTINCT FROM s.setting;
+    SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) INTO v_changed
+      FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)
+     WHERE (v_settings OPERATOR(pg_catalog.->>) c.name)
+           IS DISTINCT FROM pg_catalog.current_setting(c.name, true);
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     -- Prepared statements are not transactional: remove the migration's
     -- before refusing it, so nothing of it stays in the session.
