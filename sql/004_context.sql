@@ -11,10 +11,10 @@
 -- function, whose call costs more than the lookup) that application roles
 -- may read: no metadata, nothing they could not enter anyway.
 CREATE OR REPLACE VIEW tenancy.tenant_directory AS
-    SELECT t.slug, t.id, t.schema_name, t.status FROM tenancy.tenants AS t;
+    SELECT t.slug, t.id, t.schema_name, t.status, t.limits FROM tenancy.tenants AS t;
 
 COMMENT ON VIEW tenancy.tenant_directory IS
-    'Slug, id, schema and status of every tenant: what entering a tenant needs, readable by '
+    'Slug, id, schema, status and limits of every tenant: what entering a tenant needs, readable by '
     'application roles that have no access to tenancy.tenants.';
 
 CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
@@ -27,12 +27,22 @@ DECLARE
     v_id     uuid;
     v_schema text;
     v_status text;
+    v_limits text[];
+    v_renamed text;
 BEGIN
-    SELECT d.id, d.schema_name, d.status
-      INTO v_id, v_schema, v_status
+    SELECT d.id, d.schema_name, d.status, d.limits
+      INTO v_id, v_schema, v_status, v_limits
       FROM tenancy.tenant_directory AS d
      WHERE d.slug = p_slug;
     IF NOT FOUND THEN
+        -- issue 15 (rename): an old slug says where the tenant went.
+        SELECT r.new_slug INTO v_renamed FROM tenancy.tenant_renames AS r WHERE r.old_slug = p_slug;
+        IF FOUND THEN
+            RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(p_slug),
+                pg_catalog.quote_literal(v_renamed)
+                USING ERRCODE = 'PT020',
+                      DETAIL = pg_catalog.format('new slug: %s', v_renamed);
+        END IF;
         RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(p_slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;
@@ -58,6 +68,11 @@ BEGIN
                                   true);
     PERFORM pg_catalog.set_config('app.tenant_id', v_id::text, true);
     PERFORM pg_catalog.set_config('app.tenant', p_slug, true);
+    -- issue 15 (limits): the tenant's (setting, value) pairs, transaction-local.
+    IF v_limits IS NOT NULL THEN
+        PERFORM pg_catalog.set_config(v_limits[i], v_limits[i + 1], true)
+           FROM pg_catalog.generate_series(1, pg_catalog.cardinality(v_limits), 2) AS i;
+    END IF;
     RETURN v_id;
 END
 $$;
@@ -66,8 +81,10 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public (public '
     'alone for a shared tenant); '
     'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
-    'Raises PT003 (unknown), PT004 (suspended), PT005 (deleted), PT007 (schema missing) before '
-    'anything is set. Call it inside a transaction block.';
+    'The tenant''s limits (tenancy.set_tenant_limits) are set transaction-locally too. '
+    'Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), PT004 (suspended), '
+    'PT005 (deleted), PT007 (schema missing) before anything is set. Call it inside a '
+    'transaction block.';
 
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id()
     RETURNS uuid
