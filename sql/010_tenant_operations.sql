@@ -97,14 +97,14 @@ CREATE OR REPLACE FUNCTION tenancy.fk_order(p_tables regclass[])
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_done regclass[] := '{}';
-    v_left regclass[] := coalesce(p_tables, '{}');
+    v_done regclass[] := '{}'::regclass[];
+    v_left regclass[] := coalesce(p_tables, '{}'::regclass[]);
     v_next regclass[];
 BEGIN
     WHILE cardinality(v_left) > 0 LOOP
         -- Tables whose foreign keys (to the others still left) are all satisfied;
         -- a self-reference is checked at the end of the one INSERT of the table.
-        SELECT coalesce(array_agg(t.rel ORDER BY t.rel::text), '{}') INTO v_next
+        SELECT coalesce(array_agg(t.rel ORDER BY t.rel::text), '{}'::regclass[]) INTO v_next
           FROM unnest(v_left) AS t(rel)
          WHERE NOT EXISTS (SELECT 1 FROM pg_constraint AS c
                             WHERE c.contype = 'f' AND c.conrelid = t.rel
@@ -154,7 +154,7 @@ DECLARE
     v_total  bigint := 0::bigint;
     v_seq    record;
 BEGIN
-    SELECT coalesce(array_agg(c.oid::regclass), '{}') INTO v_tables
+    SELECT coalesce(array_agg(c.oid::regclass), '{}'::regclass[]) INTO v_tables
       FROM pg_class AS c
      WHERE c.relnamespace = to_regnamespace(quote_ident(p_source))
        AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
@@ -226,7 +226,7 @@ DECLARE
     v_cols   text;
     v_count  bigint;
     v_total  bigint := 0::bigint;
-    v_maps   jsonb := '{}';
+    v_maps   jsonb := '{}'::jsonb;
     v_own    jsonb;
     v_n      integer := 0;
     v_tmp    text;
@@ -236,7 +236,7 @@ DECLARE
     v_before text := current_setting('app.tenant_id', true);
 BEGIN
     PERFORM tenancy.forget_dropped_tables();
-    SELECT coalesce(array_agg(g.table_name), '{}') INTO v_tables FROM tenancy.guarded_tables AS g;
+    SELECT coalesce(array_agg(g.table_name), '{}'::regclass[]) INTO v_tables FROM tenancy.guarded_tables AS g;
     FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
         v_n := v_n + 1;
         v_column := (SELECT g.tenant_column FROM tenancy.guarded_tables AS g WHERE g.table_name = v_table);
@@ -313,7 +313,6 @@ AS $$
 DECLARE
     v_src   tenancy.tenants := tenancy.lock_tenant(clone_tenant.source);
     v_row   tenancy.tenants;
-    v_rows  bigint;
 BEGIN
     IF v_src.status = 'deleted' THEN
         RAISE EXCEPTION 'tenant % is deleted', quote_literal(clone_tenant.source)
@@ -345,9 +344,9 @@ BEGIN
                   HINT = 'Migrate the source tenant first (pgtenancy migrate). Nothing was created.';
     END IF;
     IF v_src.isolation = 'schema' THEN
-        v_rows := tenancy.clone_schema_data(v_src.schema_name, v_row.schema_name);
+        PERFORM tenancy.clone_schema_data(v_src.schema_name, v_row.schema_name);
     ELSE
-        v_rows := tenancy.clone_shared_rows(v_src.id, v_row.id);
+        PERFORM tenancy.clone_shared_rows(v_src.id, v_row.id);
     END IF;
     RETURN v_row;
 EXCEPTION
@@ -410,11 +409,10 @@ DECLARE
         'lock_timeout', set_tenant_limits.lock_timeout,
         'idle_in_transaction_session_timeout', set_tenant_limits.idle_in_transaction_session_timeout,
         'work_mem', set_tenant_limits.work_mem];
-    v_limits text[] := '{}';
+    v_limits text[] := '{}'::text[];
     v_bad    text;
     v_max    bigint;
     v_mem    bigint;
-    v_i      integer;
     v_max_text text := tenancy.max_work_mem();
 BEGIN
     IF v_row.status = 'deleted' THEN
@@ -494,52 +492,58 @@ CREATE OR REPLACE FUNCTION tenancy.tenant_sizes()
 AS $$
 DECLARE
     v_guard  record;
-    v_tenant record;
+    v_tenant uuid;
     v_count  bigint;
+    v_ids    uuid[] := '{}'::uuid[];
+    v_bytes  numeric[] := '{}'::numeric[];
+    v_rows   bigint[] := '{}'::bigint[];
     v_before text := current_setting('app.tenant_id', true);
 BEGIN
-    CREATE TEMPORARY TABLE IF NOT EXISTS pgtenancy_sizes (
-        tenant_id uuid NOT NULL, bytes numeric NOT NULL, row_count numeric NOT NULL
-    ) ON COMMIT DROP;
-    TRUNCATE pgtenancy_sizes;
-    -- Schema tenants: what the catalog says of every table of the schema, its
-    -- indexes and TOAST included; rows are the planner's estimates.
-    INSERT INTO pgtenancy_sizes
-    SELECT t.id, coalesce(sum(pg_total_relation_size(c.oid)), 0),
-           coalesce(sum(greatest(c.reltuples, 0)), 0)
-      FROM tenancy.tenants AS t
-      LEFT JOIN pg_namespace AS n ON n.nspname = t.schema_name
-      LEFT JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
-     WHERE t.isolation = 'schema'
-     GROUP BY t.id;
     -- Shared tenants: rows counted through the tenant column's index, under
     -- the tenant's own policy (FORCE ROW LEVEL SECURITY binds the owner
-    -- too); bytes are the tenant's share of the table's total size.
+    -- too); bytes are the tenant's share of the table's rows times the
+    -- table's total size.
     PERFORM tenancy.forget_dropped_tables();
     FOR v_guard IN
         SELECT g.table_name, g.tenant_column, pg_total_relation_size(g.table_name) AS total,
-               greatest(c.reltuples, 0) AS tuples
+               greatest(c.reltuples, 0::real)::numeric AS tuples
           FROM tenancy.guarded_tables AS g JOIN pg_class AS c ON c.oid = g.table_name::oid
     LOOP
         FOR v_tenant IN SELECT t.id FROM tenancy.tenants AS t WHERE t.isolation = 'shared' LOOP
-            PERFORM set_config('app.tenant_id', v_tenant.id::text, true);
+            PERFORM set_config('app.tenant_id', v_tenant::text, true);
             EXECUTE format('SELECT count(*) FROM %s WHERE %I = $1', v_guard.table_name,
                            v_guard.tenant_column)
-                INTO v_count USING v_tenant.id;
-            INSERT INTO pgtenancy_sizes
-            VALUES (v_tenant.id,
-                    CASE WHEN v_count = 0 THEN 0
-                         ELSE v_guard.total * least(1, v_count / greatest(v_guard.tuples, v_count)) END,
-                    v_count);
+                INTO v_count USING v_tenant;
+            IF v_count > 0 THEN
+                v_ids := v_ids || v_tenant;
+                v_rows := v_rows || v_count;
+                v_bytes := v_bytes || (v_guard.total * v_count / greatest(v_guard.tuples, v_count::numeric));
+            END IF;
         END LOOP;
     END LOOP;
     PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    -- Schema tenants: what the catalog says of every table of the schema, its
+    -- indexes and TOAST included; rows are the planner's estimates.
     RETURN QUERY
-        SELECT t.slug, coalesce(sum(s.bytes), 0)::bigint, coalesce(sum(s.row_count), 0)::bigint
-          FROM tenancy.tenants AS t LEFT JOIN pgtenancy_sizes AS s ON s.tenant_id = t.id
-         GROUP BY t.slug
+        WITH schema_sizes AS (
+            SELECT t.id, coalesce(sum(pg_total_relation_size(c.oid)), 0) AS bytes,
+                   coalesce(sum(greatest(c.reltuples, 0::real)), 0) AS row_count
+              FROM tenancy.tenants AS t
+              JOIN pg_namespace AS n ON n.nspname = t.schema_name
+              JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+             WHERE t.isolation = 'schema'
+             GROUP BY t.id
+        ), shared_sizes AS (
+            SELECT u.id, sum(u.bytes) AS bytes, sum(u.row_count) AS row_count
+              FROM unnest(v_ids, v_bytes, v_rows) AS u(id, bytes, row_count)
+             GROUP BY u.id
+        )
+        SELECT t.slug, coalesce(s.bytes, h.bytes, 0)::bigint,
+               coalesce(s.row_count, h.row_count, 0)::bigint
+          FROM tenancy.tenants AS t
+          LEFT JOIN schema_sizes AS s ON s.id = t.id
+          LEFT JOIN shared_sizes AS h ON h.id = t.id
          ORDER BY t.slug;
-    TRUNCATE pgtenancy_sizes;
 END
 $$;
 
