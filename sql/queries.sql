@@ -219,3 +219,24 @@ SELECT pg_catalog.pg_backend_pid()
 -- name: listen
 -- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
 LISTEN {channel}
+
+-- name: rename_tenant
+SELECT * FROM tenancy.rename_tenant(%(slug)s, %(new_slug)s)
+
+-- name: clone_tenant
+SELECT * FROM tenancy.clone_tenant(%(source)s, %(new_slug)s, %(metadata)s::jsonb)
+
+-- name: set_tenant_limits
+SELECT * FROM tenancy.set_tenant_limits(%(slug)s, statement_timeout => %(statement_timeout)s,
+    lock_timeout => %(lock_timeout)s,
+    idle_in_transaction_session_timeout => %(idle_in_transaction_session_timeout)s,
+    work_mem => %(work_mem)s)
+
+-- name: tenant_limits
+SELECT limits FROM tenancy.tenants WHERE slug = %(slug)s
+
+-- name: tenant_sizes
+SELECT slug, bytes, "rows" FROM tenancy.tenant_sizes()
+
+-- name: repeatable_read
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ

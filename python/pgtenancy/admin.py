@@ -25,6 +25,8 @@ from pgtenancy.slugs import validate_slug
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from pgtenancy.tenant_ops import TenantSize
+
 #: How a tenant's data is kept: a schema of its own, or rows in shared tables
 #: guarded by row-level security (the registry's ``isolation`` column).
 Isolation = Literal["schema", "shared"]
@@ -459,3 +461,58 @@ class Tenancy:
         ``attempts``, ``error``, ``parked_at`` and the event's columns (``id``,
         ``name``, ``tenant_slug``, ``payload``, ...)."""
         return self.database.rows("parked_events", {"consumer": consumer})
+
+    # Operating on one tenant (issue 15; pgtenancy.tenant_ops does the work).
+
+    def rename_tenant(self, slug: str, new_slug: str) -> Tenant:
+        """Rename ``slug`` to ``new_slug`` and its schema with it, atomically;
+        entering under the old slug then raises :class:`~pgtenancy.errors.TenantRenamed`.
+        Emits ``tenant_renamed``. See :func:`pgtenancy.tenant_ops.rename_tenant`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.rename_tenant(self.database, slug, new_slug)
+
+    def clone_tenant(
+        self, source: str, new_slug: str, metadata: Mapping[str, Any] | None = None
+    ) -> Tenant:
+        """Create ``new_slug`` as a copy of ``source`` (schema or shared) in one
+        transaction. Emits ``tenant_created`` with ``cloned_from``. See
+        :func:`pgtenancy.tenant_ops.clone_tenant`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.clone_tenant(self.database, source, new_slug, metadata)
+
+    def set_tenant_limits(
+        self,
+        slug: str,
+        statement_timeout: str | None = None,
+        lock_timeout: str | None = None,
+        idle_in_transaction_session_timeout: str | None = None,
+        work_mem: str | None = None,
+    ) -> dict[str, str]:
+        """Set the resource limits of ``slug`` (the whole set; None clears one),
+        applied transaction-locally at entry. Returns the limits now in force.
+        See :func:`pgtenancy.tenant_ops.set_tenant_limits`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.set_tenant_limits(
+            self.database,
+            slug,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+            work_mem=work_mem,
+        )
+
+    def tenant_limits(self, slug: str) -> dict[str, str]:
+        """The resource limits of ``slug``, setting -> value (empty when none)."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.tenant_limits(self.database, slug)
+
+    def tenant_sizes(self) -> list[TenantSize]:
+        """Bytes and rows of every tenant (:class:`pgtenancy.tenant_ops.TenantSize`),
+        by slug. See ``tenancy.tenant_sizes()`` for how each is measured."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.tenant_sizes(self.database)
