@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CHINOOK, as_role, pgtenancy_cli, subprocess_env
 
+from conftest import CHINOOK, as_role, pgtenancy_cli, subprocess_env
 from pgtenancy import (
     CannotCloneTenant,
     InvalidTenantLimit,
