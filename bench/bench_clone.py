@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 import psycopg
-from common import bench_database, log
 
+from common import bench_database, log
 from pgtenancy.admin import Tenancy
 from pgtenancy.sqlscript import read_script
 

@@ -24,8 +24,8 @@ import sys
 import time
 
 import psycopg
-from common import bench_database, log
 
+from common import bench_database, log
 from pgtenancy.admin import Tenancy
 
 MIGRATION = """
