@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pgtenancy.database import Connectable, Database
@@ -516,3 +517,40 @@ class Tenancy:
         from pgtenancy import tenant_ops
 
         return tenant_ops.tenant_sizes(self.database)
+
+    def _dsn(self) -> str:
+        source = self.database.source
+        if not isinstance(source, str):
+            raise TypeError("tenant export, import and move need a Tenancy made from a DSN")
+        return source
+
+    def export_tenant(self, slug: str, out: str | Path) -> dict[str, Any]:
+        """Write ``slug`` to the archive ``out``, consistent at one snapshot;
+        returns its manifest. Needs a Tenancy made from a DSN (pg_dump
+        connects too). See :func:`pgtenancy.tenant_archive.export_tenant`."""
+        from pgtenancy import tenant_archive
+
+        return tenant_archive.export_tenant(self._dsn(), slug, out)
+
+    def import_tenant(self, path: str | Path, as_slug: str | None = None) -> Tenant:
+        """Recreate the tenant of archive ``path`` here (same id; ``as_slug``
+        renames), in one transaction. Emits ``tenant_created`` with ``imported``.
+        See :func:`pgtenancy.tenant_archive.import_tenant`.
+
+        Raises:
+            ArchiveRefused: nothing changed. TenantExists: PT002.
+        """
+        from pgtenancy import tenant_archive
+
+        result = tenant_archive.import_tenant(self._dsn(), path, as_slug)
+        return self.get_tenant(result.slug)
+
+    def move_tenant(self, slug: str, to: str, archive: str | Path | None = None) -> Tenant:
+        """Move ``slug`` from this database to database ``to`` (a DSN): suspended
+        here for the copy, imported and verified there, then soft-deleted here.
+        Rerun after a failure to resume. Returns the tenant at the target. See
+        :func:`pgtenancy.tenant_archive.move_tenant`."""
+        from pgtenancy import tenant_archive
+
+        result = tenant_archive.move_tenant(self._dsn(), slug, to, archive)
+        return Tenancy(to).get_tenant(result.slug)

@@ -753,6 +753,50 @@ def tenant_clone(dsn: str, source: str, new_slug: str) -> None:
     _print_tenant(f"cloned {source} as", _tenancy(dsn).clone_tenant(source, new_slug))
 
 
+@tenant.command(name="export")
+@dsn_option
+@click.argument("slug")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Archive to write (default: SLUG.pgtenancy).",
+)
+def tenant_export(dsn: str, slug: str, out: Path | None) -> None:
+    """Write tenant SLUG to one self-describing archive, at one snapshot."""
+    path = out or Path(f"{slug}.pgtenancy")
+    manifest = _tenancy(dsn).export_tenant(slug, path)
+    rows = sum(t["rows"] for t in manifest["tables"])
+    click.echo(f"exported {slug}: {len(manifest['tables'])} tables, {rows} rows -> {path}")
+
+
+@tenant.command(name="import")
+@dsn_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--as", "as_slug", default=None, help="Slug in this database (default: the archive's)."
+)
+def tenant_import(dsn: str, file: Path, as_slug: str | None) -> None:
+    """Recreate the tenant of archive FILE here, in one transaction."""
+    _print_tenant("imported", _tenancy(dsn).import_tenant(file, as_slug))
+
+
+@tenant.command(name="move")
+@dsn_option
+@click.argument("slug")
+@click.option("--to", "to", required=True, help="DSN of the target database.")
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the archive here (default: a temporary file, removed on success).",
+)
+def tenant_move(dsn: str, slug: str, to: str, archive: Path | None) -> None:
+    """Move tenant SLUG to database --to: suspended here during the copy,
+    imported and verified there, then soft-deleted here. Rerun to resume."""
+    _print_tenant("moved", _tenancy(dsn).move_tenant(slug, to, archive))
+
+
 @main.command()
 @dsn_option
 @click.argument("slug")

@@ -240,6 +240,14 @@ class CannotCloneTenant(TenancyError):
     sqlstate = "PT022"
 
 
+class ArchiveRefused(TenancyError):
+    """A tenant import was refused and nothing changed: not a pgtenancy tenant
+    archive or of a newer format, the target's migrations are behind, differ
+    from or go past the archive's, the tenant id exists in the target, or the
+    rows loaded do not match the archive's counts and checksums. Python only
+    (``pgtenancy.tenant_archive``)."""
+
+
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The
