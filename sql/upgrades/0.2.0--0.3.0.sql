@@ -2865,3 +2865,12 @@ COMMENT ON FUNCTION tenancy.tenant_sizes() IS
     'assumed).';
 
 REVOKE ALL ON FUNCTION tenancy.tenant_sizes() FROM PUBLIC;
+
+-- The extension's configuration table of issue 15: pg_dump keeps its rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
+    END IF;
+END
+$$;
