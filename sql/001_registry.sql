@@ -62,7 +62,7 @@ COMMENT ON COLUMN tenancy.tenants.migration_version IS
     'Latest tenancy.migrations version applied to this tenant''s schema; NULL when none.';
 COMMENT ON COLUMN tenancy.tenants.limits IS
     'Resource limits as (setting, value) pairs, applied transaction-locally at entry '
-    '(tenancy.set_tenant_limits); NULL when none.';
+    '(set by the limits function of 010_tenant_operations.sql); NULL when none.';
 
 -- Tenant migrations: DDL run inside every tenant schema, in version order
 -- (C collation).  A tenant's state is the single migration_version above,
@@ -142,7 +142,7 @@ CREATE TABLE IF NOT EXISTS tenancy.app_roles (
 COMMENT ON TABLE tenancy.app_roles IS
     'Roles that use tenants without owning tables and without BYPASSRLS.';
 
--- Old slugs of renamed tenants (tenancy.rename_tenant, in 010).
+-- Old slugs of renamed tenants (the rename of 010_tenant_operations.sql).
 CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
     old_slug   text        NOT NULL,
     tenant_id  uuid        NOT NULL,
@@ -152,7 +152,7 @@ CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
 );
 
 COMMENT ON TABLE tenancy.tenant_renames IS
-    'Slugs tenants had before tenancy.rename_tenant, with the slug each tenant has now; '
+    'Slugs tenants had before a rename, with the slug each tenant has now; '
     'enter_tenant reads it to fail with PT020 under an old slug. Readable by everyone.';
 
 -- enter_tenant runs as the calling (application) role.

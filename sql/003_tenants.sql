@@ -502,7 +502,7 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'tenancy.rename_tenant only) or a migration_version that is not a '
+    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
     'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
     'updated_at.';
 

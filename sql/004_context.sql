@@ -81,7 +81,7 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public (public '
     'alone for a shared tenant); '
     'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
-    'The tenant''s limits (tenancy.set_tenant_limits) are set transaction-locally too. '
+    'The tenant''s limits (tenancy.tenants.limits) are set transaction-locally too. '
     'Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), PT004 (suspended), '
     'PT005 (deleted), PT007 (schema missing) before anything is set. Call it inside a '
     'transaction block.';

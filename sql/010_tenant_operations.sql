@@ -166,8 +166,9 @@ BEGIN
         END LOOP;
     END IF;
     FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
-        v_dest := to_regclass(format('%I.%I', p_target,
-                                     (SELECT c.relname FROM pg_class AS c WHERE c.oid = v_table)));
+        SELECT d.oid::regclass INTO v_dest
+          FROM pg_class AS s JOIN pg_class AS d ON d.relname = s.relname
+         WHERE s.oid = v_table AND d.relnamespace = to_regnamespace(quote_ident(p_target));
         IF v_dest IS NULL THEN
             RAISE EXCEPTION 'table % has no counterpart in the clone: the migrations do not create it',
                 v_table
@@ -187,13 +188,12 @@ BEGIN
     END LOOP;
     -- Sequences (serial and identity ones too) continue from the source's values.
     FOR v_seq IN
-        SELECT c.relname FROM pg_class AS c
+        SELECT c.relname FROM pg_class AS c JOIN pg_class AS d ON d.relname = c.relname
          WHERE c.relnamespace = to_regnamespace(quote_ident(p_source)) AND c.relkind = 'S'
+           AND d.relnamespace = to_regnamespace(quote_ident(p_target)) AND d.relkind = 'S'
     LOOP
-        IF to_regclass(format('%I.%I', p_target, v_seq.relname)) IS NOT NULL THEN
-            EXECUTE format('SELECT setval(%L, s.last_value, s.is_called) FROM %I.%I AS s',
-                           format('%I.%I', p_target, v_seq.relname), p_source, v_seq.relname);
-        END IF;
+        EXECUTE format('SELECT setval(%L, s.last_value, s.is_called) FROM %I.%I AS s',
+                       format('%I.%I', p_target, v_seq.relname), p_source, v_seq.relname);
     END LOOP;
     FOR v_seq IN
         SELECT c.relname FROM pg_class AS c

@@ -523,7 +523,7 @@ ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS limits text[];
 
 COMMENT ON COLUMN tenancy.tenants.limits IS
     'Resource limits as (setting, value) pairs, applied transaction-locally at entry '
-    '(tenancy.set_tenant_limits); NULL when none.';
+    '(set by the limits function of 010_tenant_operations.sql); NULL when none.';
 
 CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
     old_slug   text        NOT NULL,
@@ -534,7 +534,7 @@ CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
 );
 
 COMMENT ON TABLE tenancy.tenant_renames IS
-    'Slugs tenants had before tenancy.rename_tenant, with the slug each tenant has now; '
+    'Slugs tenants had before a rename, with the slug each tenant has now; '
     'enter_tenant reads it to fail with PT020 under an old slug. Readable by everyone.';
 
 -- enter_tenant runs as the calling (application) role.
@@ -611,7 +611,7 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public (public '
     'alone for a shared tenant); '
     'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
-    'The tenant''s limits (tenancy.set_tenant_limits) are set transaction-locally too. '
+    'The tenant''s limits (tenancy.tenants.limits) are set transaction-locally too. '
     'Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), PT004 (suspended), '
     'PT005 (deleted), PT007 (schema missing) before anything is set. Call it inside a '
     'transaction block.';
@@ -2246,7 +2246,7 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'tenancy.rename_tenant only) or a migration_version that is not a '
+    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
     'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
     'updated_at.';
 
@@ -2475,8 +2475,9 @@ BEGIN
         END LOOP;
     END IF;
     FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
-        v_dest := to_regclass(format('%I.%I', p_target,
-                                     (SELECT c.relname FROM pg_class AS c WHERE c.oid = v_table)));
+        SELECT d.oid::regclass INTO v_dest
+          FROM pg_class AS s JOIN pg_class AS d ON d.relname = s.relname
+         WHERE s.oid = v_table AND d.relnamespace = to_regnamespace(quote_ident(p_target));
         IF v_dest IS NULL THEN
             RAISE EXCEPTION 'table % has no counterpart in the clone: the migrations do not create it',
                 v_table
@@ -2496,13 +2497,12 @@ BEGIN
     END LOOP;
     -- Sequences (serial and identity ones too) continue from the source's values.
     FOR v_seq IN
-        SELECT c.relname FROM pg_class AS c
+        SELECT c.relname FROM pg_class AS c JOIN pg_class AS d ON d.relname = c.relname
          WHERE c.relnamespace = to_regnamespace(quote_ident(p_source)) AND c.relkind = 'S'
+           AND d.relnamespace = to_regnamespace(quote_ident(p_target)) AND d.relkind = 'S'
     LOOP
-        IF to_regclass(format('%I.%I', p_target, v_seq.relname)) IS NOT NULL THEN
-            EXECUTE format('SELECT setval(%L, s.last_value, s.is_called) FROM %I.%I AS s',
-                           format('%I.%I', p_target, v_seq.relname), p_source, v_seq.relname);
-        END IF;
+        EXECUTE format('SELECT setval(%L, s.last_value, s.is_called) FROM %I.%I AS s',
+                       format('%I.%I', p_target, v_seq.relname), p_source, v_seq.relname);
     END LOOP;
     FOR v_seq IN
         SELECT c.relname FROM pg_class AS c
