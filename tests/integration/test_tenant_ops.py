@@ -7,13 +7,15 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as pgsql
 
 from conftest import CHINOOK, as_role, pgtenancy_cli, subprocess_env
 from pgtenancy import (
@@ -373,3 +375,72 @@ def test_tenant_sizes_schema_and_shared(
     total = sql("SELECT pg_total_relation_size('public.orders')")[0][0]
     assert sizes["acme"].bytes + sizes["globex"].bytes == pytest.approx(total, rel=0.01)
     assert sizes["acme"].bytes == pytest.approx(3 * sizes["globex"].bytes, rel=0.01)
+
+
+# A kit owner bound by its own policies ------------------------------------------
+
+
+@pytest.fixture
+def owner_dsn(empty_dsn: str) -> Iterator[str]:
+    """A database whose kit owner is no superuser (CREATEROLE only), so FORCE
+    ROW LEVEL SECURITY binds it."""
+    name = f"pgtenancy_owner_{uuid.uuid4().hex[:8]}"
+    ident = pgsql.Identifier(name)
+    db = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(ident))
+        conn.execute(
+            pgsql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(pgsql.Identifier(str(db)), ident)
+        )
+        conn.execute(pgsql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(ident))
+    try:
+        yield as_role(empty_dsn, name)
+    finally:
+        with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT migrator_role FROM tenancy.confinement"
+                " WHERE to_regclass('tenancy.confinement') IS NOT NULL"
+            ).fetchone()
+            conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
+            conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident))
+            if row is not None:
+                migrator = pgsql.Identifier(row[0])
+                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(migrator))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(migrator))
+            conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
+
+
+def test_shared_clone_and_sizes_with_an_owner_bound_by_rls(owner_dsn: str, tmp_path: Path) -> None:
+    from pgtenancy import install
+    from pgtenancy.tenant_archive import export_tenant
+
+    install(owner_dsn)
+    tenancy = Tenancy(owner_dsn)
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        ).fetchone() == (False,)
+        conn.execute("CREATE TABLE public.orders (id serial PRIMARY KEY, item text NOT NULL)")
+    tenancy.enable_rls("public.orders")
+    tenancy.add_migration("0001", "CREATE TABLE note (id serial PRIMARY KEY, body text)")
+    acme = tenancy.create_tenant("acme", isolation="shared")
+    tenancy.create_tenant("globex", isolation="shared")
+    tenancy.create_tenant("initech")
+    for slug, n in (("acme", 30), ("globex", 10)):
+        with psycopg.connect(owner_dsn) as conn:
+            conn.execute("SELECT tenancy.enter_tenant(%s)", (slug,))
+            conn.execute(
+                "INSERT INTO orders (item) SELECT 'o' || g FROM generate_series(1, %s) g", (n,)
+            )
+    clone = tenancy.clone_tenant("acme", "acme_copy")
+    with psycopg.connect(owner_dsn) as conn:
+        conn.execute("SELECT tenancy.enter_tenant('acme_copy')")
+        assert conn.execute("SELECT count(*), count(DISTINCT item) FROM orders").fetchone() == (
+            30,
+            30,
+        )
+    sizes = {s.slug: s.rows for s in tenancy.tenant_sizes()}
+    assert sizes == {"acme": 30, "acme_copy": 30, "globex": 10, "initech": 0}
+    manifest = export_tenant(owner_dsn, "acme", tmp_path / "acme.pgtenancy")
+    assert [t["rows"] for t in manifest["tables"]] == [30]
+    assert clone.id != acme.id
