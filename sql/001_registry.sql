@@ -157,3 +157,15 @@ COMMENT ON TABLE tenancy.tenant_renames IS
 
 -- enter_tenant runs as the calling (application) role.
 GRANT SELECT ON TABLE tenancy.tenant_renames TO PUBLIC;
+
+-- Database-wide maxima of tenant limits, set by the kit's owner (010).
+CREATE TABLE IF NOT EXISTS tenancy.limit_maxima (
+    setting    text        NOT NULL,
+    maximum    text        NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT limit_maxima_pkey PRIMARY KEY (setting),
+    CONSTRAINT limit_maxima_setting_check CHECK (setting IN ('work_mem'))
+);
+
+COMMENT ON TABLE tenancy.limit_maxima IS
+    'Largest value a tenant limit may set, per setting (work_mem), for the whole database.';

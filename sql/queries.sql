@@ -328,3 +328,6 @@ SELECT pg_catalog.setval(%(sequence)s::regclass,
 
 -- name: archive_slug_exists
 SELECT 1 FROM tenancy.tenants WHERE slug = %(slug)s
+
+-- name: set_max_work_mem
+SELECT tenancy.set_max_work_mem(%(maximum)s) AS maximum

@@ -113,6 +113,7 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         "lock_timeout => '1s', idle_in_transaction_session_timeout => '1min', work_mem => '1MB')"
     )
     call("SELECT tenancy.max_work_mem()")
+    call("SELECT tenancy.set_max_work_mem(maximum => '8MB')")
     call("SELECT tenancy.apply_tenant_limits(limits => ARRAY['lock_timeout', '2s'])")
     call("SELECT * FROM tenancy.tenant_sizes()")
     call("SELECT tenancy.drop_tenant(slug => 'acme_twin', destroy_data => true)")

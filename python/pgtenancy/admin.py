@@ -505,6 +505,14 @@ class Tenancy:
             work_mem=work_mem,
         )
 
+    def set_max_work_mem(self, maximum: str | None) -> str:
+        """Set the database-wide maximum of tenants' ``work_mem`` limits (None
+        removes it); returns the maximum in force. See
+        :func:`pgtenancy.tenant_ops.set_max_work_mem`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.set_max_work_mem(self.database, maximum)
+
     def tenant_limits(self, slug: str) -> dict[str, str]:
         """The resource limits of ``slug``, setting -> value (empty when none)."""
         from pgtenancy import tenant_ops

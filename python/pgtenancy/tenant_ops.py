@@ -175,3 +175,14 @@ def tenant_sizes(db: Database) -> list[TenantSize]:
     return [
         TenantSize(str(r["slug"]), int(r["bytes"]), int(r["rows"])) for r in db.rows("tenant_sizes")
     ]
+
+
+def set_max_work_mem(db: Database, maximum: str | None) -> str:
+    """Set the largest ``work_mem`` a tenant limit may set in this database
+    (``tenancy.set_max_work_mem``); None goes back to the database's default
+    ``work_mem``. Returns the maximum now in force, normalized.
+
+    Raises:
+        InvalidTenantLimit: PT021, a value the server refuses.
+    """
+    return str(db.one("set_max_work_mem", {"maximum": maximum})["maximum"])

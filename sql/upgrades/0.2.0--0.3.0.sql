@@ -2203,6 +2203,17 @@ END
 $$;
 
 -- issue 15: rename, clone, resource limits and size accounting.
+CREATE TABLE IF NOT EXISTS tenancy.limit_maxima (
+    setting    text        NOT NULL,
+    maximum    text        NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT limit_maxima_pkey PRIMARY KEY (setting),
+    CONSTRAINT limit_maxima_setting_check CHECK (setting IN ('work_mem'))
+);
+
+COMMENT ON TABLE tenancy.limit_maxima IS
+    'Largest value a tenant limit may set, per setting (work_mem), for the whole database.';
+
 CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -2689,15 +2700,54 @@ CREATE OR REPLACE FUNCTION tenancy.max_work_mem()
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(nullif(current_setting('pgtenancy.max_work_mem', true), ''),
+    SELECT coalesce((SELECT m.maximum FROM tenancy.limit_maxima AS m WHERE m.setting = 'work_mem'),
                     (SELECT s.reset_val || coalesce(s.unit, '') FROM pg_settings AS s
                       WHERE s.name = 'work_mem'))
 $$;
 
 COMMENT ON FUNCTION tenancy.max_work_mem() IS
-    'Largest work_mem a tenant limit may set: the setting pgtenancy.max_work_mem (the database '
-    'owner sets it: ALTER DATABASE d SET pgtenancy.max_work_mem = ''256MB''), else the '
-    'database''s default work_mem, so without it limits can only lower work_mem.';
+    'Largest work_mem a tenant limit may set: the maximum set with '
+    'tenancy.set_max_work_mem, else the database''s default work_mem (so without one, '
+    'limits can only lower work_mem).';
+
+CREATE OR REPLACE FUNCTION tenancy.set_max_work_mem(maximum text)
+    RETURNS text
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_value text;
+BEGIN
+    IF set_max_work_mem.maximum IS NULL THEN
+        DELETE FROM tenancy.limit_maxima AS m WHERE m.setting = 'work_mem';
+        RETURN tenancy.max_work_mem();
+    END IF;
+    -- Parsed and normalized by the server, in a subtransaction always undone.
+    BEGIN
+        PERFORM set_config('work_mem', set_max_work_mem.maximum, true);
+        v_value := current_setting('work_mem');
+        RAISE EXCEPTION 'checked' USING ERRCODE = 'PTZ00';
+    EXCEPTION
+        WHEN SQLSTATE 'PTZ00' THEN
+            NULL;
+        WHEN OTHERS THEN
+            RAISE EXCEPTION 'invalid work_mem maximum %: %', quote_literal(set_max_work_mem.maximum),
+                SQLERRM
+                USING ERRCODE = 'PT021';
+    END;
+    INSERT INTO tenancy.limit_maxima AS m (setting, maximum) VALUES ('work_mem', v_value)
+    ON CONFLICT (setting) DO UPDATE SET maximum = EXCLUDED.maximum, updated_at = now();
+    RETURN v_value;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.set_max_work_mem(text) IS
+    'Set the largest work_mem a tenant limit may set in this database (NULL: back to the '
+    'database''s default work_mem); returns the maximum now in force. Limits set earlier are '
+    'not changed. Raises PT021 for a value the server refuses.';
+
+REVOKE ALL ON FUNCTION tenancy.set_max_work_mem(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.set_tenant_limits(
     slug                                text,
@@ -2738,7 +2788,7 @@ BEGIN
             v_limits := v_limits || ARRAY[v_given[v_i], current_setting(v_given[v_i])];
             IF v_given[v_i] = 'work_mem' THEN
                 v_mem := (SELECT s.setting::bigint FROM pg_settings AS s WHERE s.name = 'work_mem');
-                v_bad := format('pgtenancy.max_work_mem = %s', quote_literal(v_max_text));
+                v_bad := format('maximum work_mem = %s', quote_literal(v_max_text));
                 PERFORM set_config('work_mem', v_max_text, true);
                 v_max := (SELECT s.setting::bigint FROM pg_settings AS s WHERE s.name = 'work_mem');
             END IF;
@@ -2756,8 +2806,8 @@ BEGIN
         RAISE EXCEPTION 'invalid tenant limit work_mem = %: above the maximum %',
             quote_literal(set_tenant_limits.work_mem), v_max_text
             USING ERRCODE = 'PT021',
-                  HINT = 'The database owner raises the maximum with ALTER DATABASE ... SET '
-                         'pgtenancy.max_work_mem. Nothing was changed.';
+                  HINT = 'The kit''s owner raises the maximum with tenancy.set_max_work_mem(...). '
+                         'Nothing was changed.';
     END IF;
     UPDATE tenancy.tenants AS t SET limits = nullif(v_limits, '{}')
      WHERE t.id = v_row.id RETURNING * INTO v_row;
@@ -2871,6 +2921,7 @@ DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
     END IF;
 END
 $$;

@@ -315,11 +315,16 @@ def test_limit_refusals_change_nothing(tenancy: Tenancy, dsn: str, sql: Sql) -> 
         tenancy.set_tenant_limits("acme", work_mem="64GB")
     assert tenancy.tenant_limits("acme") == {"lock_timeout": "1s"}
     # The owner raises the maximum for the database.
-    dbname = sql("SELECT current_database()")[0][0]
-    sql(f"ALTER DATABASE \"{dbname}\" SET pgtenancy.max_work_mem = '128MB'")
+    with pytest.raises(InvalidTenantLimit):
+        tenancy.set_max_work_mem("lots")
+    assert tenancy.set_max_work_mem("131072kB") == "128MB"
     with psycopg.connect(dsn, autocommit=True) as conn:
         Tenancy(conn).set_tenant_limits("acme", work_mem="100MB")
         assert Tenancy(conn).tenant_limits("acme") == {"work_mem": "100MB"}
+    with pytest.raises(InvalidTenantLimit, match="maximum"):
+        tenancy.set_tenant_limits("acme", work_mem="129MB")
+    default = sql("SELECT reset_val || unit FROM pg_settings WHERE name = 'work_mem'")
+    assert tenancy.set_max_work_mem(None) == default[0][0]
     assert tenancy.set_tenant_limits("acme") == {}
     assert sql("SELECT limits FROM tenancy.tenants") == [(None,)]
 
