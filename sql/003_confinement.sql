@@ -304,16 +304,25 @@ DECLARE
     v_target  text;
     v_outside text;
     v_stack   text;
+    v_frame   text;
 BEGIN
     -- Inside a tenant migration: tenancy.execute_migration is on the call
     -- stack, which the migration cannot forge (settings it can).
     IF tenancy.called_from_migration() THEN
-        -- The kit's own functions a migration may call check their target
-        -- themselves (track_changes: a table of the schema being migrated)
-        -- and create their objects in tenancy.
+        -- DDL run by a kit function the migration called (row-change tracking of
+        -- one of its tables, which checks its target itself and creates its
+        -- function in tenancy) is the kit's: the innermost PL/pgSQL frame
+        -- below the fence's own is then a tenancy function other than the
+        -- runner. A migration cannot create functions in tenancy.
         GET DIAGNOSTICS v_stack = PG_CONTEXT;
-        IF pg_catalog.strpos(v_stack, 'function tenancy.track_changes(regclass)') > 0
-           OR pg_catalog.strpos(v_stack, 'function tenancy.untrack_changes(regclass)') > 0 THEN
+        v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
+                                       WITH ORDINALITY AS f(line, n)
+                     WHERE f.line LIKE 'PL/pgSQL function %'
+                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.fence\_%'
+                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.called\_from\_migration()%'
+                     ORDER BY f.n LIMIT 1);
+        IF v_frame LIKE 'PL/pgSQL function tenancy.%'
+           AND v_frame NOT LIKE 'PL/pgSQL function tenancy.execute\_migration(%' THEN
             RETURN NULL;
         END IF;
         v_target := tenancy.migration_schema();

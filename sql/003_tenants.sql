@@ -470,8 +470,9 @@ AS $$
 BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF NEW.id IS DISTINCT FROM OLD.id
-       OR NEW.slug IS DISTINCT FROM OLD.slug
-       OR NEW.schema_name IS DISTINCT FROM OLD.schema_name
+       OR ((NEW.slug IS DISTINCT FROM OLD.slug OR NEW.schema_name IS DISTINCT FROM OLD.schema_name)
+           -- tenancy.rename_tenant renames the schema and then the row.
+           AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
        OR NEW.isolation IS DISTINCT FROM OLD.isolation
        OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
         RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
@@ -502,7 +503,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
-    'Trigger: refuse changes to immutable tenant columns or a migration_version that is not a '
+    'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
+    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
     'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
     'updated_at.';
 
@@ -522,7 +524,10 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
             jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
-                               'isolation', NEW.isolation));
+                               'isolation', NEW.isolation)
+            -- clone_tenant and imports say where the tenant came from.
+            || coalesce(nullif(current_setting('pgtenancy.created_payload', true), '')::jsonb,
+                        '{}'::jsonb));
         RETURN NULL;
     END IF;
 

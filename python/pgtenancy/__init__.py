@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 from pgtenancy._version import __version__
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
+    CannotCloneTenant,
     CannotGuardTable,
     CannotTrackTable,
     ConsumerNotFound,
     ImmutableTenantColumn,
     InvalidConnectionState,
     InvalidMigration,
+    InvalidTenantLimit,
     InvalidTenantSlug,
     LeaseLost,
     ListenNotSupported,
@@ -43,6 +45,7 @@ from pgtenancy.errors import (
     TenantDeleted,
     TenantExists,
     TenantNotFound,
+    TenantRenamed,
     TenantSchemaMissing,
     TenantsStillRegistered,
     TenantSuspended,
@@ -88,6 +91,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "SQL_VERSION",
+    "CannotCloneTenant",
     "CannotGuardTable",
     "CannotTrackTable",
     "ConsumerNotFound",
@@ -95,6 +99,7 @@ __all__ = [
     "ImmutableTenantColumn",
     "InvalidConnectionState",
     "InvalidMigration",
+    "InvalidTenantLimit",
     "InvalidTenantSlug",
     "LeaseLost",
     "ListenNotSupported",
@@ -114,6 +119,7 @@ __all__ = [
     "TenantExists",
     "TenantNotFound",
     "TenantRef",
+    "TenantRenamed",
     "TenantSchemaMissing",
     "TenantSuspended",
     "TenantsStillRegistered",
