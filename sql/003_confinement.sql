@@ -317,12 +317,11 @@ BEGIN
         GET DIAGNOSTICS v_stack = PG_CONTEXT;
         v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
                                        WITH ORDINALITY AS f(line, n)
-                     WHERE f.line LIKE 'PL/pgSQL function %'
-                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.fence\_%'
-                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.called\_from\_migration()%'
+                     WHERE f.line ~ '^PL/pgSQL function '
+                       AND f.line !~ '^PL/pgSQL function tenancy[.](fence_|called_from_migration[(])'
                      ORDER BY f.n LIMIT 1);
-        IF v_frame LIKE 'PL/pgSQL function tenancy.%'
-           AND v_frame NOT LIKE 'PL/pgSQL function tenancy.execute\_migration(%' THEN
+        IF v_frame ~ '^PL/pgSQL function tenancy[.]'
+           AND v_frame !~ '^PL/pgSQL function tenancy[.]execute_migration[(]' THEN
             RETURN NULL;
         END IF;
         v_target := tenancy.migration_schema();
