@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import as_role, subprocess_env
 from fastapi_support import HERE, SLUGS, make_tenants, uvicorn_server
 
+from conftest import as_role, subprocess_env
 from pgtenancy import Tenancy, current_tenant, use_tenant
 from pgtenancy.context import tenant_stack
 
