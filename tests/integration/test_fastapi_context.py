@@ -111,17 +111,19 @@ def test_plain_dependencies_under_testclient(app_env: dict[str, str]) -> None:
 
 
 def test_plain_dependencies_under_uvicorn(app_env: dict[str, str]) -> None:
-    with uvicorn_server("plain_fastapi_app:app", app_env) as (url, log):
-        with httpx.Client(base_url=url, timeout=30) as client:
+    with (
+        uvicorn_server("plain_fastapi_app:app", app_env) as (url, log),
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
 
-            def one(i: int) -> tuple[str, int, dict[str, Any]]:
-                slug = SLUGS[i % len(SLUGS)]
-                path = ENDPOINTS[(i // len(SLUGS)) % len(ENDPOINTS)]
-                response = client.get(path, headers={"X-Tenant": slug})
-                return slug, response.status_code, response.json()
+        def one(i: int) -> tuple[str, int, dict[str, Any]]:
+            slug = SLUGS[i % len(SLUGS)]
+            path = ENDPOINTS[(i // len(SLUGS)) % len(ENDPOINTS)]
+            response = client.get(path, headers={"X-Tenant": slug})
+            return slug, response.status_code, response.json()
 
-            with ThreadPoolExecutor(16) as pool:
-                results = list(pool.map(one, range(400)))
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(one, range(400)))
     for slug, status, body in results:
         assert status == 200, body
         _check(body, slug)
