@@ -219,3 +219,30 @@ SELECT pg_catalog.pg_backend_pid()
 -- name: listen
 -- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
 LISTEN {channel}
+
+-- name: add_tenant_domain
+SELECT d.domain, t.slug, d.created_at
+  FROM tenancy.add_tenant_domain(%(slug)s, %(domain)s) AS d
+  JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+
+-- name: remove_tenant_domain
+SELECT tenancy.remove_tenant_domain(%(domain)s) AS removed
+
+-- name: resolve_domain
+SELECT tenancy.resolve_domain(%(domain)s) AS slug
+
+-- name: tenant_domains
+SELECT d.domain, t.slug, d.created_at
+  FROM tenancy.tenant_domains AS d
+  JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+ WHERE %(slug)s::text IS NULL OR t.slug = %(slug)s::text
+ ORDER BY t.slug, d.domain
+
+-- name: tenant_info
+SELECT id, slug, status, public FROM tenancy.tenant_info()
+
+-- name: enter_tenant_info
+-- Two statements in one simple query, hence one implicit transaction (on an
+-- autocommit connection): enter, then read the tenant's public fields. {slug}
+-- is formatted in as a psycopg.sql.Literal after validation.
+SELECT tenancy.enter_tenant({slug}); SELECT id, slug, status, public FROM tenancy.tenant_info()

@@ -459,3 +459,36 @@ class Tenancy:
         ``attempts``, ``error``, ``parked_at`` and the event's columns (``id``,
         ``name``, ``tenant_slug``, ``payload``, ...)."""
         return self.database.rows("parked_events", {"consumer": consumer})
+
+    def add_tenant_domain(self, slug: str, domain: str) -> dict[str, Any]:
+        """Map host name ``domain`` to tenant ``slug`` (``tenancy.tenant_domains``),
+        e.g. ``acme-corp.example.com`` for slug ``acme_corp``: what the FastAPI
+        subdomain resolver looks up. Idempotent for the same tenant.
+
+        Args:
+            slug: the tenant's slug.
+            domain: a host name without port or scheme; stored trimmed,
+                lowercase, without trailing dots.
+
+        Returns:
+            ``{"domain": str, "slug": str, "created_at": datetime}``.
+
+        Raises:
+            TenantNotFound: PT003. TenantDeleted: PT005. InvalidDomain: PT030.
+            DomainTaken: PT031, the name belongs to another tenant.
+        """
+        return self._one("add_tenant_domain", slug=slug, domain=domain)
+
+    def remove_tenant_domain(self, domain: str) -> bool:
+        """Forget host name ``domain``; True when it was mapped."""
+        return bool(self._one("remove_tenant_domain", domain=domain)["removed"])
+
+    def resolve_domain(self, domain: str) -> str | None:
+        """Slug of the tenant host name ``domain`` is mapped to, or None."""
+        slug: str | None = self._one("resolve_domain", domain=domain)["slug"]
+        return slug
+
+    def tenant_domains(self, slug: str | None = None) -> list[dict[str, Any]]:
+        """Mapped host names (of ``slug``, or all): ``domain``, ``slug``,
+        ``created_at``, ordered by slug and domain."""
+        return self.database.rows("tenant_domains", {"slug": slug})

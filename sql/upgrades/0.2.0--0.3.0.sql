@@ -1275,6 +1275,8 @@ BEGIN
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
+                   grant_app_role.role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);
@@ -1287,12 +1289,15 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
-    'Let role role use tenants: enter them, and read and write every tenant '
+    'Let role role use tenants: enter them, read the public fields of the entered tenant '
+    '(tenant_info) and resolve host names (resolve_domain), and read and write every tenant '
     'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
     '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_app_role(name) FROM PUBLIC;
 
+-- The outbox functions are for listeners: the kit's owner, or roles granted
+-- with tenancy.grant_listener_role().
 CREATE OR REPLACE FUNCTION tenancy.grant_listener_role(role name)
     RETURNS void
     LANGUAGE plpgsql
@@ -1316,12 +1321,16 @@ BEGIN
                    'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text), '
                    'tenancy.inbox_claim(text, bigint) '
                    'TO %I', grant_listener_role.role);
+    -- For `pgtenancy events status` and `events health` run as the listener.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), tenancy.outbox_health() '
+                   'TO %I', grant_listener_role.role);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
     'Let role role run outbox consumers (pgtenancy listen): register a consumer, read events, '
-    'move its cursor. Raises 42704 when the role does not exist.';
+    'move its cursor, read consumer_status and outbox_health. Raises 42704 when the role does '
+    'not exist.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;
 
@@ -2151,6 +2160,185 @@ DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
+    END IF;
+END
+$$;
+
+-- Host names of tenants and tenant_info() (issue 12) -------------------------
+
+CREATE TABLE IF NOT EXISTS tenancy.tenant_domains (
+    domain     text        NOT NULL,
+    tenant_id  uuid        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT tenant_domains_pkey PRIMARY KEY (domain),
+    CONSTRAINT tenant_domains_tenant_id_fkey FOREIGN KEY (tenant_id)
+        REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
+    CONSTRAINT tenant_domains_domain_check CHECK (
+        pg_catalog.length(domain) <= 253
+        AND domain ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$')
+);
+
+CREATE INDEX IF NOT EXISTS tenant_domains_tenant_id_idx ON tenancy.tenant_domains (tenant_id);
+
+COMMENT ON TABLE tenancy.tenant_domains IS
+    'Host names of tenants (lowercase, no trailing dot, no port): what tenancy.resolve_domain() '
+    'and the pgtenancy.fastapi subdomain resolver look up. A row goes with its tenant.';
+
+CREATE OR REPLACE FUNCTION tenancy.normalize_domain(domain text)
+    RETURNS text
+    LANGUAGE sql
+    IMMUTABLE
+    PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.rtrim(pg_catalog.lower(pg_catalog.btrim(normalize_domain.domain)), '.')
+$$;
+
+COMMENT ON FUNCTION tenancy.normalize_domain(text) IS
+    'Host name domain as tenant_domains stores it: trimmed, lowercase, without trailing dots. '
+    'NULL for NULL.';
+
+CREATE OR REPLACE FUNCTION tenancy.add_tenant_domain(slug text, domain text)
+    RETURNS tenancy.tenant_domains
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_domain text := tenancy.normalize_domain(add_tenant_domain.domain);
+    v_tenant tenancy.tenants := tenancy.lock_tenant(add_tenant_domain.slug);
+    v_row    tenancy.tenant_domains;
+    v_owner  text;
+BEGIN
+    IF v_tenant.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(add_tenant_domain.slug)
+            USING ERRCODE = 'PT005';
+    END IF;
+    IF v_domain IS NULL OR length(v_domain) > 253
+       OR v_domain !~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$' THEN
+        RAISE EXCEPTION 'invalid host name %', coalesce(quote_literal(add_tenant_domain.domain), 'NULL')
+            USING ERRCODE = 'PT030',
+                  HINT = 'A host name is dot-separated labels of letters, digits and inner '
+                         'hyphens, 63 characters each, 253 in all, without port or scheme.';
+    END IF;
+    SELECT t.slug INTO v_owner
+      FROM tenancy.tenant_domains AS d
+      JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+     WHERE d.domain = v_domain;
+    IF FOUND AND v_owner <> v_tenant.slug THEN
+        RAISE EXCEPTION 'host name % belongs to tenant %', quote_literal(v_domain), quote_literal(v_owner)
+            USING ERRCODE = 'PT031',
+                  HINT = 'Remove it first: tenancy.remove_tenant_domain(domain).';
+    END IF;
+    INSERT INTO tenancy.tenant_domains (domain, tenant_id) VALUES (v_domain, v_tenant.id)
+    ON CONFLICT ON CONSTRAINT tenant_domains_pkey DO NOTHING;
+    SELECT * INTO v_row FROM tenancy.tenant_domains AS d WHERE d.domain = v_domain;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_tenant_domain(text, text) IS
+    'Map host name domain (normalized by normalize_domain) to tenant slug; returns the row. '
+    'Idempotent for the same tenant. Raises PT003 (no such tenant), PT005 (deleted tenant), '
+    'PT030 (invalid host name), PT031 (the name belongs to another tenant).';
+
+REVOKE ALL ON FUNCTION tenancy.add_tenant_domain(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.remove_tenant_domain(domain text)
+    RETURNS boolean
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (
+        DELETE FROM tenancy.tenant_domains AS d
+         WHERE d.domain = tenancy.normalize_domain(remove_tenant_domain.domain)
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM gone)
+$$;
+
+COMMENT ON FUNCTION tenancy.remove_tenant_domain(text) IS
+    'Forget host name domain; true when it was mapped.';
+
+REVOKE ALL ON FUNCTION tenancy.remove_tenant_domain(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.resolve_domain(domain text)
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.slug
+      FROM tenancy.tenant_domains AS d
+      JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+     WHERE d.domain = tenancy.normalize_domain(resolve_domain.domain)
+$$;
+
+COMMENT ON FUNCTION tenancy.resolve_domain(text) IS
+    'Slug of the tenant host name domain is mapped to (whatever its status: entering it says '
+    'whether it may be used), NULL when none. Granted by grant_app_role.';
+
+REVOKE ALL ON FUNCTION tenancy.resolve_domain(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_info()
+    RETURNS TABLE (id uuid, slug text, status text, public jsonb)
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id uuid := tenancy.current_tenant_id();
+BEGIN
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'no tenant in this transaction'
+            USING ERRCODE = 'PT012',
+                  HINT = 'Call tenancy.tenant_info() in a transaction that entered a tenant '
+                         '(tenancy.enter_tenant, tenant_session, tenant_connection).';
+    END IF;
+    RETURN QUERY
+        SELECT t.id, t.slug, t.status, coalesce(t.metadata -> 'public', '{}'::jsonb)
+          FROM tenancy.tenants AS t
+         WHERE t.id = v_id;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_info() IS
+    'Id, slug, status and the public part of the metadata (metadata -> ''public'', {} when '
+    'absent) of the tenant the current transaction entered; the rest of the metadata stays '
+    'with the owner. Raises PT012 outside a tenant. Granted by grant_app_role.';
+
+REVOKE ALL ON FUNCTION tenancy.tenant_info() FROM PUBLIC;
+
+-- Roles granted before this version get what grant_app_role and
+-- grant_listener_role now grant.
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
+                   WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = a.role_name) LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), '
+                                  'tenancy.resolve_domain(text) TO %I', v_role);
+    END LOOP;
+    FOR v_role IN SELECT r.rolname FROM pg_catalog.pg_roles AS r
+                   WHERE r.oid <> (SELECT p.proowner FROM pg_catalog.pg_proc AS p
+                                    WHERE p.oid = 'tenancy.next_events(text, integer)'::pg_catalog.regprocedure)
+                     AND pg_catalog.has_function_privilege(r.oid, 'tenancy.next_events(text, integer)', 'EXECUTE')
+                     AND NOT r.rolsuper LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), '
+                                  'tenancy.outbox_health() TO %I', v_role);
+    END LOOP;
+END
+$$;
+
+-- The extension's new configuration table: pg_dump keeps its rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');
     END IF;
 END
 $$;
