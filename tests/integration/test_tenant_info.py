@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from conftest import as_role
 
+from conftest import as_role
 from pgtenancy import (
     DomainTaken,
     InvalidDomain,
@@ -96,9 +96,11 @@ def test_user_permission_errors_stay_untouched(dsn: str, app_role: str, sql: obj
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.private_stuff (id int)")
-    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
-            conn.execute("SELECT * FROM public.private_stuff")
+    with (
+        psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege) as info,
+    ):
+        conn.execute("SELECT * FROM public.private_stuff")
     assert translate(info.value) is info.value
 
 
