@@ -246,3 +246,11 @@ SELECT id, slug, status, public FROM tenancy.tenant_info()
 -- autocommit connection): enter, then read the tenant's public fields. {slug}
 -- is formatted in as a psycopg.sql.Literal after validation.
 SELECT tenancy.enter_tenant({slug}); SELECT id, slug, status, public FROM tenancy.tenant_info()
+
+-- name: each_tenants
+-- Readable by the application role (tenant_directory): what for_each_tenant
+-- visits. A NULL status means every tenant not deleted.
+SELECT slug, id, schema_name, status
+  FROM tenancy.tenant_directory
+ WHERE (%(status)s::text IS NULL AND status <> 'deleted') OR status = %(status)s::text
+ ORDER BY slug

@@ -711,5 +711,133 @@ def listen(
         listener.run()
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@dsn_option
+@click.option("--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--status",
+    default="active",
+    show_default=True,
+    type=click.Choice(["active", "suspended", "all"]),
+    help="Which tenants to visit (all: every tenant not deleted).",
+)
+@click.option(
+    "--call",
+    "call",
+    default=None,
+    metavar="MODULE:FUNCTION",
+    help="Call FUNCTION(session) inside each tenant (a SQLAlchemy Session, committed "
+    "when it returns) instead of running a command.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per tenant.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def each(
+    dsn: str, jobs: int, status: str, call: str | None, as_json: bool, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND (after --) or --call MODULE:FUNCTION once per tenant, JOBS at
+    a time. A command gets PGTENANCY_TENANT, PGTENANCY_TENANT_ID and PGOPTIONS
+    putting libpq clients (psql) in the tenant's search_path and app.tenant_id.
+    Tenants suspended or deleted since the listing are skipped. Exit status 1
+    when any tenant failed.
+
+        pgtenancy each --jobs 8 -- psql -c 'SELECT count(*) FROM invoice'
+        pgtenancy each --call myapp.jobs:close_month
+    """
+    from pgtenancy.each import EachReport, for_each_tenant
+
+    if (call is None) == (not command):
+        raise click.UsageError("give either a COMMAND after -- or --call MODULE:FUNCTION")
+    wanted = None if status == "all" else status
+    report: EachReport
+    if call is not None:
+        from pgtenancy.admin import engine_from_dsn
+
+        fn = _import_callable(call)
+        report = for_each_tenant(engine_from_dsn(dsn), fn, jobs=jobs, status=wanted)
+        for slug, value in sorted(report.done.items()):
+            _each_line(as_json, slug, "done", None if value is None else repr(value))
+    else:
+        report = _each_command(dsn, list(command), jobs, wanted, as_json)
+    for slug, reason in sorted(report.skipped.items()):
+        _each_line(as_json, slug, "skipped", reason)
+    for slug, exc in sorted(report.failed.items()):
+        _each_line(as_json, slug, "failed", _one_line(exc))
+    if not as_json:
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+def _each_line(as_json: bool, slug: str, outcome: str, text: str | None) -> None:
+    if as_json:
+        click.echo(json.dumps({"tenant": slug, "outcome": outcome, "detail": text}))
+    else:
+        click.echo(f"{outcome.upper():<8} {slug}" + (f": {text}" if text else ""))
+
+
+def _import_callable(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter("expected MODULE:FUNCTION", param_hint="--call")
+    sys.path.insert(0, ".")
+    try:
+        target: Any = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(".")
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise click.BadParameter(f"{spec} is not callable", param_hint="--call")
+    return cast(Callable[..., Any], target)
+
+
+def _each_command(
+    dsn: str, command: list[str], jobs: int, status: str | None, as_json: bool
+) -> Any:
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from psycopg_pool import ConnectionPool
+
+    from pgtenancy.dsn import libpq_dsn
+    from pgtenancy.each import EachReport, _run_sync, list_tenants
+
+    url = libpq_dsn(dsn)
+    report = EachReport()
+    rows = {t.slug: t for t in list_tenants(url, status)}
+    with ConnectionPool(url, min_size=1, max_size=jobs, open=True) as pool:
+
+        def one(slug: str) -> None:
+            # Enter once right before: a tenant suspended meanwhile is skipped.
+            kind, value = _run_sync(pool, slug, lambda _conn: None)
+            if kind != "done":
+                getattr(report, kind)[slug] = value
+                return
+            row = rows[slug]
+            env = dict(os.environ)
+            path = f"{row.schema_name},public" if row.schema_name else "public"
+            options = f"-c search_path={path} -c app.tenant_id={row.id} -c app.tenant={slug}"
+            env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + options).strip()
+            env["PGTENANCY_TENANT"] = slug
+            env["PGTENANCY_TENANT_ID"] = str(row.id)
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            out = (done.stdout + done.stderr).rstrip()
+            if not as_json and out:
+                click.echo("\n".join(f"[{slug}] {line}" for line in out.splitlines()))
+            if done.returncode == 0:
+                report.done[slug] = out
+                if as_json:
+                    _each_line(True, slug, "done", out or None)
+            else:
+                report.failed[slug] = RuntimeError(f"exit status {done.returncode}: {out}")
+
+        with ThreadPoolExecutor(max_workers=jobs) as threads:
+            list(threads.map(one, sorted(rows)))
+    return report
+
+
 if __name__ == "__main__":
     main()
