@@ -95,14 +95,15 @@ BEGIN
                    'tenancy.inbox_claim(text, bigint) '
                    'TO %I', grant_listener_role.role);
     -- For `pgtenancy events status` and `events health` run as the listener.
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), tenancy.outbox_health() '
-                   'TO %I', grant_listener_role.role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), tenancy.outbox_health(), '
+                   'tenancy.start_consumer(text, text) TO %I', grant_listener_role.role);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
     'Let role role run outbox consumers (pgtenancy listen): register a consumer, read events, '
-    'move its cursor, read consumer_status and outbox_health. Raises 42704 when the role does '
+    'move its cursor (start_consumer: from now or the oldest event), read consumer_status and '
+    'outbox_health. Raises 42704 when the role does '
     'not exist.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;

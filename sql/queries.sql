@@ -81,7 +81,9 @@ SELECT consumer, last_id, lag_events, lag_seconds, seen_at, listeners, lease_hol
   FROM tenancy.consumer_status()
 
 -- name: outbox_health
-SELECT notification_queue_usage, oldest_transaction_seconds, events FROM tenancy.outbox_health()
+SELECT notification_queue_usage, oldest_transaction_seconds, events, held_back_events,
+       prepared_transactions, oldest_prepared_seconds, xid_holders
+  FROM tenancy.outbox_health()
 
 -- name: prune_events
 SELECT tenancy.prune_events(%(older_than)s::interval, %(inactive_after)s::interval) AS deleted
@@ -254,3 +256,9 @@ SELECT slug, id, schema_name, status
   FROM tenancy.tenant_directory
  WHERE (%(status)s::text IS NULL AND status <> 'deleted') OR status = %(status)s::text
  ORDER BY slug
+
+-- name: start_consumer
+SELECT name, last_id FROM tenancy.start_consumer(%(consumer)s, %(start_from)s)
+
+-- name: drop_consumer
+SELECT tenancy.drop_consumer(%(consumer)s) AS dropped

@@ -19,14 +19,17 @@ import pgtenancy
 from pgtenancy import errors
 from pgtenancy.errors import BY_SQLSTATE, TenancyError, VersionMismatch
 from pgtenancy.events import Event, TenantRef
+from pgtenancy.fastapi import TenantRefused
 from pgtenancy.listener import ReceiverFailed
 from pgtenancy.migration_files import MigrationCheckError
 from pgtenancy.sqlscript import ScriptError
 from pgtenancy.testing import NoServerError
 
 #: Exceptions defined outside pgtenancy.errors, by name.
+
 ELSEWHERE: dict[str, type[TenancyError]] = {
-    c.__name__: c for c in (MigrationCheckError, ScriptError, ReceiverFailed, NoServerError)
+    c.__name__: c
+    for c in (MigrationCheckError, ScriptError, ReceiverFailed, NoServerError, TenantRefused)
 }
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -75,7 +75,6 @@ from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -153,34 +152,41 @@ class Domain:
 Resolver = Callable[[Request], "str | Domain | Awaitable[str | Domain | None] | None"]
 
 
-class TenantRefused(HTTPException):
+class TenantRefused(TenancyError):
     """The request gets no tenant: answered with ``status_code`` and a JSON body
-    ``{"detail": detail, "tenant": slug, "code": code}``.
+    ``{"detail": message, "tenant": slug, "code": code}`` (by the middleware,
+    or by the handler :meth:`Tenants.install` adds when a dependency raises it).
 
-    Attributes:
-        status_code: HTTP status.
-        detail: message.
+    Args:
+        message: what the client reads in ``detail``.
+        status_code: HTTP status (400 by default).
         slug: the tenant asked for, when known.
         code: the SQLSTATE of the database's refusal, when it was one.
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
     """
 
     def __init__(
         self,
-        status_code: int,
-        detail: str,
+        message: str,
         *,
+        status_code: int = 400,
         slug: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
     ) -> None:
-        super().__init__(status_code, detail, headers=dict(headers) if headers else None)
+        super().__init__(message, sqlstate=sqlstate, detail=detail, hint=hint)
+        self.status_code = status_code
         self.slug = slug
         self.code = code
+        self.headers = dict(headers) if headers else None
 
     def response(self) -> JSONResponse:
         """The JSON response for this refusal."""
         return JSONResponse(
-            {"detail": self.detail, "tenant": self.slug, "code": self.code},
+            {"detail": self.message, "tenant": self.slug, "code": self.code},
             status_code=self.status_code,
             headers=self.headers,
         )
@@ -337,7 +343,7 @@ def jwt_claim(
             claims = verify(token.strip())
         except Exception as exc:
             raise TenantRefused(
-                401, f"invalid token: {exc}", headers={"WWW-Authenticate": scheme}
+                f"invalid token: {exc}", status_code=401, headers={"WWW-Authenticate": scheme}
             ) from exc
         slug = claims.get(claim)
         return slug if isinstance(slug, str) and slug else None
@@ -555,7 +561,7 @@ class Tenants:
         code = getattr(exc, "sqlstate", None)
         headers = {"Retry-After": "5"} if status == 503 else None
         message = exc.message if isinstance(exc, TenancyError) else str(exc)
-        return TenantRefused(status, message, slug=slug, code=code, headers=headers)
+        return TenantRefused(message, status_code=status, slug=slug, code=code, headers=headers)
 
     async def identify(self, request: Request) -> TenantInfo | None:
         """Resolve and enter the request's tenant; None when no resolver names
@@ -567,7 +573,7 @@ class Tenants:
         slug = await self.resolve(request)
         if slug is None:
             if self.required:
-                raise TenantRefused(400, "no tenant in the request")
+                raise TenantRefused("no tenant in the request")
             return None
         try:
             return await self.enter(slug)
@@ -589,7 +595,7 @@ class Tenants:
             return info
         info = await self.identify(request)
         if info is None:
-            raise TenantRefused(400, "no tenant in the request")
+            raise TenantRefused("no tenant in the request")
         request.state.tenant = info
         return info
 
