@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
+
 from conftest import pgtenancy_cli, subprocess_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "docker" / "listener"
