@@ -117,6 +117,8 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     call("SELECT tenancy.untrack_changes(table_name => 'tenant_acme.note')")
 
     call("SELECT tenancy.register_consumer(consumer => 'billing')")
+    call("SELECT tenancy.start_consumer(consumer => 'later', start_from => 'now')")
+    assert call("SELECT tenancy.drop_consumer(consumer => 'later')") == [(True,)]
     call("SELECT tenancy.consumer_heartbeat(consumer => 'billing')")
     assert call(
         "SELECT tenancy.acquire_lease(consumer => 'billing', holder => 'h1', ttl => '10 s')"
