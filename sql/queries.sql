@@ -262,3 +262,30 @@ SELECT name, last_id FROM tenancy.start_consumer(%(consumer)s, %(start_from)s)
 
 -- name: drop_consumer
 SELECT tenancy.drop_consumer(%(consumer)s) AS dropped
+
+-- name: testing_tenant_tables
+-- The tables of a tenant schema, newest first (children before the tables
+-- they reference, as migrations usually create them), for pgtenancy.testing
+-- to empty a recycled tenant; and its sequences.
+SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, c.relkind::text AS kind
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'S')
+ ORDER BY c.oid DESC
+
+-- name: testing_reset_tenant
+UPDATE tenancy.tenants SET metadata = %(metadata)s::jsonb, status = 'active'
+ WHERE slug = %(slug)s AND status <> 'deleted'
+RETURNING slug
+
+-- name: testing_delete
+-- {table} is a psycopg.sql.Identifier-quoted name: empty it (cheaper than
+-- TRUNCATE for the few rows a test leaves).
+DELETE FROM {table}
+
+-- name: testing_restart_sequence
+-- {sequence} is a psycopg.sql.Literal of the sequence's quoted name.
+SELECT pg_catalog.setval({sequence}::regclass, 1, false)
+
+-- name: testing_lock_timeout
+SET lock_timeout = '5s'
