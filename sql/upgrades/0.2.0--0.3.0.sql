@@ -2197,8 +2197,6 @@ CREATE TABLE IF NOT EXISTS tenancy.tenant_domains (
     tenant_id  uuid        NOT NULL,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CONSTRAINT tenant_domains_pkey PRIMARY KEY (domain),
-    CONSTRAINT tenant_domains_tenant_id_fkey FOREIGN KEY (tenant_id)
-        REFERENCES tenancy.tenants (id) ON DELETE CASCADE,
     CONSTRAINT tenant_domains_domain_check CHECK (
         pg_catalog.length(domain) <= 253
         AND domain ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$')
@@ -2206,9 +2204,12 @@ CREATE TABLE IF NOT EXISTS tenancy.tenant_domains (
 
 CREATE INDEX IF NOT EXISTS tenant_domains_tenant_id_idx ON tenancy.tenant_domains (tenant_id);
 
+-- No foreign key to tenancy.tenants: it would change how TRUNCATE of the
+-- registry is refused. A row whose tenant is gone (drop_tenant with
+-- destroy_data) matches nothing, and add_tenant_domain reuses its name.
 COMMENT ON TABLE tenancy.tenant_domains IS
     'Host names of tenants (lowercase, no trailing dot, no port): what tenancy.resolve_domain() '
-    'and the pgtenancy.fastapi subdomain resolver look up. A row goes with its tenant.';
+    'and the pgtenancy.fastapi subdomain resolver look up. Rows of removed tenants are ignored.';
 
 CREATE OR REPLACE FUNCTION tenancy.normalize_domain(domain text)
     RETURNS text
@@ -2256,8 +2257,11 @@ BEGIN
             USING ERRCODE = 'PT031',
                   HINT = 'Remove it first: tenancy.remove_tenant_domain(domain).';
     END IF;
-    INSERT INTO tenancy.tenant_domains (domain, tenant_id) VALUES (v_domain, v_tenant.id)
-    ON CONFLICT ON CONSTRAINT tenant_domains_pkey DO NOTHING;
+    -- A name left by a removed tenant is taken over.
+    INSERT INTO tenancy.tenant_domains AS d (domain, tenant_id) VALUES (v_domain, v_tenant.id)
+    ON CONFLICT ON CONSTRAINT tenant_domains_pkey DO UPDATE
+       SET tenant_id = excluded.tenant_id, created_at = now()
+     WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.id = d.tenant_id);
     SELECT * INTO v_row FROM tenancy.tenant_domains AS d WHERE d.domain = v_domain;
     RETURN v_row;
 END

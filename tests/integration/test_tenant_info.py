@@ -148,3 +148,8 @@ def test_domains(tenancy: Tenancy, dsn: str, app_role: str, acme: str) -> None:
         tenancy.add_tenant_domain("acme", "acme.example.com")
     tenancy.drop_tenant("acme_corp", destroy_data=True)
     assert tenancy.tenant_domains() == []
+    assert tenancy.resolve_domain("acme-corp.example.com") is None
+    # The name of a removed tenant can be given to another.
+    tenancy.create_tenant("acme_corp")
+    assert tenancy.add_tenant_domain("acme_corp", "acme-corp.example.com")["slug"] == "acme_corp"
+    assert tenancy.resolve_domain("acme-corp.example.com") == "acme_corp"
