@@ -118,6 +118,9 @@ bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_isolation.py
 	$(BIN)/python bench/bench_events.py
 	$(BIN)/python bench/bench_migrations.py --chinook "$(CHINOOK)"
+	$(BIN)/python bench/bench_fastapi.py
+	$(BIN)/python bench/bench_clone.py --chinook "$(CHINOOK)"
+	$(BIN)/python bench/bench_sizes.py
 
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py

@@ -29,6 +29,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -55,7 +56,7 @@ TABLES = (
 )
 
 
-def rows_of(conn: psycopg.Connection[object], schema: str) -> int:
+def rows_of(conn: psycopg.Connection[Any], schema: str) -> int:
     total = 0
     for t in TABLES:
         row = conn.execute(f'SELECT count(*) FROM "{schema}"."{t}"').fetchone()

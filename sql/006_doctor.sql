@@ -82,12 +82,36 @@ BEGIN
                format('consumer %s has not been seen since %s and has undelivered events; '
                       'prune_events no longer waits for it',
                       c.name, coalesce(c.seen_at, c.updated_at)),
-               format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
-                      c.name)
+               format('run its listener again, or pgtenancy events drop-consumer %s', c.name)
           FROM tenancy.consumers AS c
          WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
            AND EXISTS (SELECT 1 FROM tenancy.events AS e
                         WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
+
+    -- Stale: nobody listens, and undelivered events wait longer than the
+    -- setting pgtenancy.consumer_stale_after (default 15 minutes), well
+    -- before consumer_inactive_after().
+    RETURN QUERY
+        SELECT 'warning'::text, 'consumer_stale'::text, c.name,
+               format('consumer %s has no listener (last seen %s) and %s undelivered events, '
+                      'the oldest %s old',
+                      c.name, coalesce(c.seen_at::text, 'never'), s.lag_events,
+                      date_trunc('second', now() - s.oldest)),
+               format('start its listener (pgtenancy listen --consumer %s), or drop it: '
+                      'pgtenancy events drop-consumer %s', c.name, c.name)
+          FROM tenancy.consumers AS c
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS lag_events, min(e.created_at) AS oldest
+               FROM tenancy.events AS e
+              WHERE (e.xid, e.id) > (c.last_xid, c.last_id)) AS s
+         WHERE s.lag_events > 0
+           AND s.oldest < now() - coalesce(nullif(current_setting('pgtenancy.consumer_stale_after', true),
+                                                  ''), '15 minutes')::interval
+           AND coalesce(c.seen_at, c.updated_at) >= now() - tenancy.consumer_inactive_after()
+           AND (c.lease_until IS NULL OR c.lease_until < now())
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                            WHERE a.datname = current_database()
+                              AND a.application_name = 'pgtenancy-listener:' || c.name);
 END
 $$;
 
@@ -95,7 +119,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
-    '(warning), shared schemas that roles other than their owner may create in (warning), the '
+    '(warning), consumers without a listener whose undelivered events are older than '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas that roles other than their owner may create in (warning), the '
     'migration fence missing (warning). Called by '
     'check_isolation().';
 

@@ -185,26 +185,129 @@ REVOKE ALL ON FUNCTION tenancy.consumer_status() FROM PUBLIC;
 CREATE OR REPLACE FUNCTION tenancy.outbox_health(
     OUT notification_queue_usage double precision,
     OUT oldest_transaction_seconds double precision,
-    OUT events bigint
+    OUT events bigint,
+    OUT held_back_events bigint,
+    OUT prepared_transactions bigint,
+    OUT oldest_prepared_seconds double precision,
+    OUT xid_holders jsonb
 )
     LANGUAGE sql
     STABLE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+    -- What holds the snapshot xmin back, so that no consumer may pass: open
+    -- transactions that have an xid (any database of the cluster) and
+    -- prepared transactions, which no pg_stat_activity row shows.
+    WITH holders AS (
+        SELECT 'transaction'::text AS kind, a.pid::text AS holder, a.datname::text AS database,
+               a.usename::text AS role, a.state AS state,
+               extract(epoch FROM now() - a.xact_start)::double precision AS age_seconds
+          FROM pg_stat_activity AS a
+         WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+        UNION ALL
+        SELECT 'prepared', p.gid, p.database::text, p.owner::text, 'prepared',
+               extract(epoch FROM now() - p.prepared)::double precision
+          FROM pg_prepared_xacts AS p
+    )
     SELECT pg_notification_queue_usage(),
-           coalesce((SELECT extract(epoch FROM now() - min(a.xact_start))
-                       FROM pg_stat_activity AS a
-                      WHERE (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
-                        AND a.pid <> pg_backend_pid()), 0)::double precision,
-           (SELECT count(*) FROM tenancy.events)
+           greatest(
+               coalesce((SELECT extract(epoch FROM now() - min(a.xact_start))
+                           FROM pg_stat_activity AS a
+                          WHERE (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
+                            AND a.pid <> pg_backend_pid()), 0),
+               coalesce((SELECT max(h.age_seconds) FROM holders AS h WHERE h.kind = 'prepared'), 0)
+           )::double precision,
+           (SELECT count(*) FROM tenancy.events),
+           (SELECT count(*) FROM tenancy.events AS e
+             WHERE e.xid >= pg_snapshot_xmin(pg_current_snapshot())),
+           (SELECT count(*) FROM holders AS h WHERE h.kind = 'prepared'),
+           coalesce((SELECT max(h.age_seconds) FROM holders AS h WHERE h.kind = 'prepared'),
+                    0)::double precision,
+           coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'kind', h.kind, 'holder', h.holder, 'database', h.database,
+                                'role', h.role, 'state', h.state,
+                                'age_seconds', round(h.age_seconds::numeric, 3))
+                            ORDER BY h.age_seconds DESC)
+                       FROM (SELECT * FROM holders ORDER BY age_seconds DESC LIMIT 20) AS h),
+                    '[]'::jsonb)
 $$;
 
 COMMENT ON FUNCTION tenancy.outbox_health() IS
-    'Fill of the NOTIFY queue (0 to 1), age in seconds of the oldest open transaction (which '
-    'holds back every consumer), and events kept in the outbox.';
+    'Fill of the NOTIFY queue (0 to 1); age in seconds of the oldest open or prepared '
+    'transaction (which holds back every consumer); events kept in the outbox; events '
+    'committed or running but held back by an older transaction; prepared transactions and '
+    'the age of the oldest; the 20 oldest xid holders (open transactions with an xid in any '
+    'database, prepared transactions) as [{kind, holder (pid or gid), database, role, state, '
+    'age_seconds}].';
 
 REVOKE ALL ON FUNCTION tenancy.outbox_health() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.start_consumer(consumer text, start_from text DEFAULT 'oldest')
+    RETURNS tenancy.consumers
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.consumers;
+    v_xid xid8;
+    v_id  bigint;
+BEGIN
+    IF start_consumer.start_from IS NULL OR start_consumer.start_from NOT IN ('oldest', 'now') THEN
+        RAISE EXCEPTION 'start_from must be ''oldest'' or ''now'', not %',
+            coalesce(quote_literal(start_consumer.start_from), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO v_row FROM tenancy.consumers AS c WHERE c.name = start_consumer.consumer;
+    IF FOUND THEN
+        RETURN v_row;
+    END IF;
+    v_row := tenancy.register_consumer(start_consumer.consumer);
+    IF start_consumer.start_from = 'now' THEN
+        -- After the newest event readable now; events of transactions still
+        -- running sort after it and are delivered.
+        SELECT e.xid, e.id INTO v_xid, v_id
+          FROM tenancy.events AS e
+         WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY e.xid DESC, e.id DESC
+         LIMIT 1;
+        IF FOUND THEN
+            UPDATE tenancy.consumers AS c SET last_xid = v_xid, last_id = v_id
+             WHERE c.name = start_consumer.consumer
+            RETURNING * INTO v_row;
+        END IF;
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.start_consumer(text, text) IS
+    'Register consumer unless it exists, with its cursor at the start of the outbox '
+    '(start_from = oldest, as register_consumer) or after the newest event readable now '
+    '(now: the retained history is not replayed); an existing consumer is returned unchanged. '
+    'Raises 22023 for an invalid name or start_from.';
+
+REVOKE ALL ON FUNCTION tenancy.start_consumer(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.drop_consumer(consumer text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM tenancy.parked_events AS p WHERE p.consumer = drop_consumer.consumer;
+    DELETE FROM tenancy.consumers AS c WHERE c.name = drop_consumer.consumer;
+    RETURN FOUND;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.drop_consumer(text) IS
+    'Forget consumer: its cursor, lease and parked events; it no longer holds events back from '
+    'prune_events. True when it existed. For the kit''s owner (pgtenancy events drop-consumer).';
+
+REVOKE ALL ON FUNCTION tenancy.drop_consumer(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.park_event(
     consumer text, event_id bigint, receiver text, attempts integer, error text

@@ -48,6 +48,8 @@ BEGIN
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
+                   grant_app_role.role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);
@@ -60,7 +62,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
-    'Let role role use tenants: enter them, and read and write every tenant '
+    'Let role role use tenants: enter them, read the public fields of the entered tenant '
+    '(tenant_info) and resolve host names (resolve_domain), and read and write every tenant '
     'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
     '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
 
@@ -91,11 +94,16 @@ BEGIN
                    'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text), '
                    'tenancy.inbox_claim(text, bigint) '
                    'TO %I', grant_listener_role.role);
+    -- For `pgtenancy events status` and `events health` run as the listener.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), tenancy.outbox_health(), '
+                   'tenancy.start_consumer(text, text) TO %I', grant_listener_role.role);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
     'Let role role run outbox consumers (pgtenancy listen): register a consumer, read events, '
-    'move its cursor. Raises 42704 when the role does not exist.';
+    'move its cursor (start_consumer: from now or the oldest event), read consumer_status and '
+    'outbox_health. Raises 42704 when the role does '
+    'not exist.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;

@@ -81,7 +81,9 @@ SELECT consumer, last_id, lag_events, lag_seconds, seen_at, listeners, lease_hol
   FROM tenancy.consumer_status()
 
 -- name: outbox_health
-SELECT notification_queue_usage, oldest_transaction_seconds, events FROM tenancy.outbox_health()
+SELECT notification_queue_usage, oldest_transaction_seconds, events, held_back_events,
+       prepared_transactions, oldest_prepared_seconds, xid_holders
+  FROM tenancy.outbox_health()
 
 -- name: prune_events
 SELECT tenancy.prune_events(%(older_than)s::interval, %(inactive_after)s::interval) AS deleted
@@ -339,3 +341,70 @@ SELECT 1 FROM tenancy.tenants WHERE slug = %(slug)s
 
 -- name: set_max_work_mem
 SELECT tenancy.set_max_work_mem(%(maximum)s) AS maximum
+-- name: add_tenant_domain
+SELECT d.domain, t.slug, d.created_at
+  FROM tenancy.add_tenant_domain(%(slug)s, %(domain)s) AS d
+  JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+
+-- name: remove_tenant_domain
+SELECT tenancy.remove_tenant_domain(%(domain)s) AS removed
+
+-- name: resolve_domain
+SELECT tenancy.resolve_domain(%(domain)s) AS slug
+
+-- name: tenant_domains
+SELECT d.domain, t.slug, d.created_at
+  FROM tenancy.tenant_domains AS d
+  JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+ WHERE %(slug)s::text IS NULL OR t.slug = %(slug)s::text
+ ORDER BY t.slug, d.domain
+
+-- name: tenant_info
+SELECT id, slug, status, public FROM tenancy.tenant_info()
+
+-- name: enter_tenant_info
+-- Two statements in one simple query, hence one implicit transaction (on an
+-- autocommit connection): enter, then read the tenant's public fields. {slug}
+-- is formatted in as a psycopg.sql.Literal after validation.
+SELECT tenancy.enter_tenant({slug}); SELECT id, slug, status, public FROM tenancy.tenant_info()
+
+-- name: each_tenants
+-- Readable by the application role (tenant_directory): what for_each_tenant
+-- visits. A NULL status means every tenant not deleted.
+SELECT slug, id, schema_name, status
+  FROM tenancy.tenant_directory
+ WHERE (%(status)s::text IS NULL AND status <> 'deleted') OR status = %(status)s::text
+ ORDER BY slug
+
+-- name: start_consumer
+SELECT name, last_id FROM tenancy.start_consumer(%(consumer)s, %(start_from)s)
+
+-- name: drop_consumer
+SELECT tenancy.drop_consumer(%(consumer)s) AS dropped
+
+-- name: testing_tenant_tables
+-- The tables of a tenant schema, newest first (children before the tables
+-- they reference, as migrations usually create them), for pgtenancy.testing
+-- to empty a recycled tenant; and its sequences.
+SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, c.relkind::text AS kind
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'S')
+ ORDER BY c.oid DESC
+
+-- name: testing_reset_tenant
+UPDATE tenancy.tenants SET metadata = %(metadata)s::jsonb, status = 'active'
+ WHERE slug = %(slug)s AND status <> 'deleted'
+RETURNING slug
+
+-- name: testing_delete
+-- {table} is a psycopg.sql.Identifier-quoted name: empty it (cheaper than
+-- TRUNCATE for the few rows a test leaves).
+DELETE FROM {table}
+
+-- name: testing_restart_sequence
+-- {sequence} is a psycopg.sql.Literal of the sequence's quoted name.
+SELECT pg_catalog.setval({sequence}::regclass, 1, false)
+
+-- name: testing_lock_timeout
+SET lock_timeout = '5s'

@@ -19,6 +19,7 @@ import pgtenancy
 from pgtenancy import errors
 from pgtenancy.errors import BY_SQLSTATE, TenancyError, VersionMismatch
 from pgtenancy.events import Event, TenantRef
+from pgtenancy.fastapi import TenantRefused
 from pgtenancy.listener import ReceiverFailed
 from pgtenancy.migration_files import MigrationCheckError
 from pgtenancy.sqlscript import ScriptError
@@ -26,9 +27,17 @@ from pgtenancy.templates import TemplateError
 from pgtenancy.testing import NoServerError
 
 #: Exceptions defined outside pgtenancy.errors, by name.
+
 ELSEWHERE: dict[str, type[TenancyError]] = {
     c.__name__: c
-    for c in (MigrationCheckError, ScriptError, ReceiverFailed, NoServerError, TemplateError)
+    for c in (
+        MigrationCheckError,
+        ScriptError,
+        ReceiverFailed,
+        NoServerError,
+        TemplateError,
+        TenantRefused,
+    )
 }
 
 ROOT = Path(__file__).resolve().parent.parent

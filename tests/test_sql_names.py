@@ -97,6 +97,16 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         "SELECT tenancy.enter_tenant(slug => 'acme') IS NOT NULL, tenancy.current_tenant(), "
         "tenancy.current_tenant_id() IS NOT NULL"
     ) == [(True, "acme", True)]
+    assert call(
+        "SELECT (SELECT i.slug FROM tenancy.tenant_info() AS i) "
+        "FROM (SELECT tenancy.enter_tenant(slug => 'acme')) AS e"
+    ) == [("acme",)]
+    call("SELECT tenancy.add_tenant_domain(slug => 'acme', domain => 'Acme-Corp.example.com.')")
+    assert call("SELECT tenancy.resolve_domain(domain => 'acme-corp.EXAMPLE.com')") == [("acme",)]
+    assert call("SELECT tenancy.normalize_domain(domain => ' A.b. ')") == [("a.b",)]
+    assert call("SELECT tenancy.remove_tenant_domain(domain => 'acme-corp.example.com')") == [
+        (True,)
+    ]
     call("CREATE TABLE public.orders (id int PRIMARY KEY)")
     call("SELECT tenancy.enable_rls(table_name => 'public.orders', tenant_column => 'org_id')")
     assert call("SELECT tenancy.disable_rls(table_name => 'public.orders')") == [(True,)]
@@ -119,6 +129,8 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     call("SELECT tenancy.drop_tenant(slug => 'acme_twin', destroy_data => true)")
 
     call("SELECT tenancy.register_consumer(consumer => 'billing')")
+    call("SELECT tenancy.start_consumer(consumer => 'later', start_from => 'now')")
+    assert call("SELECT tenancy.drop_consumer(consumer => 'later')") == [(True,)]
     call("SELECT tenancy.consumer_heartbeat(consumer => 'billing')")
     assert call(
         "SELECT tenancy.acquire_lease(consumer => 'billing', holder => 'h1', ttl => '10 s')"

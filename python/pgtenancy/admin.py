@@ -126,14 +126,27 @@ class OutboxHealth:
 
     Attributes:
         notification_queue_usage: fill of the NOTIFY queue, 0 to 1.
-        oldest_transaction_seconds: age of the oldest open transaction; it holds
-            back every consumer (seconds).
+        oldest_transaction_seconds: age of the oldest open or prepared
+            transaction; it holds back every consumer (seconds).
         events: events kept in the outbox.
+        held_back_events: events no consumer may read yet because an older
+            transaction is still open (or prepared).
+        prepared_transactions: prepared (two-phase) transactions on the
+            server; an orphaned one holds every consumer back until
+            ``COMMIT PREPARED``/``ROLLBACK PREPARED``.
+        oldest_prepared_seconds: age of the oldest of them (0 when none).
+        xid_holders: the 20 oldest transactions holding consumers back, oldest
+            first: ``{"kind": "transaction"|"prepared", "holder": pid or gid,
+            "database", "role", "state", "age_seconds"}``.
     """
 
     notification_queue_usage: float
     oldest_transaction_seconds: float
     events: int
+    held_back_events: int = 0
+    prepared_transactions: int = 0
+    oldest_prepared_seconds: float = 0.0
+    xid_holders: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,13 +424,35 @@ class Tenancy:
         ]
 
     def outbox_health(self) -> OutboxHealth:
-        """NOTIFY queue usage, age of the oldest open transaction, outbox size."""
+        """NOTIFY queue usage, age of the oldest open or prepared transaction,
+        outbox size, held-back events and what holds them (:class:`OutboxHealth`).
+        Allowed for listener roles."""
         row = self._one("outbox_health")
         return OutboxHealth(
             float(row["notification_queue_usage"]),
             float(row["oldest_transaction_seconds"]),
             int(row["events"]),
+            int(row["held_back_events"]),
+            int(row["prepared_transactions"]),
+            float(row["oldest_prepared_seconds"]),
+            tuple(row["xid_holders"] or ()),
         )
+
+    def start_consumer(self, consumer: str, start_from: str = "oldest") -> int:
+        """Register ``consumer`` unless it exists, its cursor at the oldest
+        retained event (``"oldest"``) or after the newest readable now
+        (``"now"``: the history is not replayed). An existing consumer is left
+        as it is. Returns its cursor's ``last_id``.
+
+        Raises:
+            psycopg.errors.InvalidParameterValue: 22023, invalid name or start_from.
+        """
+        return int(self._one("start_consumer", consumer=consumer, start_from=start_from)["last_id"])
+
+    def drop_consumer(self, consumer: str) -> bool:
+        """Forget ``consumer`` (cursor, lease, parked events); True when it
+        existed. It no longer holds events back from pruning."""
+        return bool(self._one("drop_consumer", consumer=consumer)["dropped"])
 
     def prune_events(self, older_than: Interval, inactive_after: Interval | None = None) -> int:
         """Delete outbox events older than ``older_than`` that every active
@@ -562,3 +597,36 @@ class Tenancy:
 
         result = tenant_archive.move_tenant(self._dsn(), slug, to, archive)
         return Tenancy(to).get_tenant(result.slug)
+
+    def add_tenant_domain(self, slug: str, domain: str) -> dict[str, Any]:
+        """Map host name ``domain`` to tenant ``slug`` (``tenancy.tenant_domains``),
+        e.g. ``acme-corp.example.com`` for slug ``acme_corp``: what the FastAPI
+        subdomain resolver looks up. Idempotent for the same tenant.
+
+        Args:
+            slug: the tenant's slug.
+            domain: a host name without port or scheme; stored trimmed,
+                lowercase, without trailing dots.
+
+        Returns:
+            ``{"domain": str, "slug": str, "created_at": datetime}``.
+
+        Raises:
+            TenantNotFound: PT003. TenantDeleted: PT005. InvalidDomain: PT030.
+            DomainTaken: PT031, the name belongs to another tenant.
+        """
+        return self._one("add_tenant_domain", slug=slug, domain=domain)
+
+    def remove_tenant_domain(self, domain: str) -> bool:
+        """Forget host name ``domain``; True when it was mapped."""
+        return bool(self._one("remove_tenant_domain", domain=domain)["removed"])
+
+    def resolve_domain(self, domain: str) -> str | None:
+        """Slug of the tenant host name ``domain`` is mapped to, or None."""
+        slug: str | None = self._one("resolve_domain", domain=domain)["slug"]
+        return slug
+
+    def tenant_domains(self, slug: str | None = None) -> list[dict[str, Any]]:
+        """Mapped host names (of ``slug``, or all): ``domain``, ``slug``,
+        ``created_at``, ordered by slug and domain."""
+        return self.database.rows("tenant_domains", {"slug": slug})

@@ -566,11 +566,17 @@ def events() -> None:
 
 @events.command()
 @dsn_option
-def status(dsn: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status(dsn: str, as_json: bool) -> None:
     """Per consumer: cursor, lag (events, seconds), listeners, heartbeat, lease
-    holder; and the NOTIFY queue and the oldest open transaction, which bound
-    every consumer."""
+    holder; and the NOTIFY queue, the oldest open or prepared transaction and
+    the events it holds back, which bound every consumer. Allowed for listener roles."""
+    from pgtenancy.ops import status_document
+
     tenancy = _tenancy(dsn)
+    if as_json:
+        click.echo(json.dumps(status_document(tenancy)))
+        return
     click.echo(
         f"{'consumer':<24} {'last_id':>8} {'lag':>8} {'lag_s':>8} {'listeners':>9}  "
         f"{'seen_at':<25} lease_holder"
@@ -585,8 +591,80 @@ def status(dsn: str) -> None:
     click.echo(
         f"outbox events: {h.events}; notification queue usage: "
         f"{h.notification_queue_usage:.1%}; oldest open transaction: "
-        f"{h.oldest_transaction_seconds:.1f}s"
+        f"{h.oldest_transaction_seconds:.1f}s; held back: {h.held_back_events}; "
+        f"prepared transactions: {h.prepared_transactions}"
     )
+    for holder in h.xid_holders[:5]:
+        click.echo(
+            f"  xid holder: {holder['kind']} {holder['holder']} in {holder['database']} "
+            f"({holder['role']}, {holder['state']}) for {holder['age_seconds']}s"
+        )
+
+
+@events.command()
+@dsn_option
+@click.option("--consumer", default=None, help="Judge only this consumer (default: every one).")
+@click.option(
+    "--max-lag-seconds",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Oldest undelivered event may be this old.",
+)
+@click.option("--max-lag-events", default=None, type=click.IntRange(0), help="Undelivered events.")
+@click.option(
+    "--max-stall-seconds",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Events held back by a transaction (open or prepared) older than this: stalled.",
+)
+@click.option("--no-lease-ok", is_flag=True, help="A consumer without a lease holder is fine.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def health(
+    dsn: str,
+    consumer: str | None,
+    max_lag_seconds: float,
+    max_lag_events: int | None,
+    max_stall_seconds: float,
+    no_lease_ok: bool,
+    as_json: bool,
+) -> None:
+    """Health check for containers: exit 0 healthy, 2 lag over the limit, 3 no
+    listener holds the lease, 4 delivery stalled behind an old (or prepared)
+    transaction, 5 unknown consumer, 1 error (e.g. no connection). Allowed for
+    listener roles."""
+    from pgtenancy.ops import check_health
+
+    tenancy = _tenancy(dsn)
+    report = check_health(
+        tenancy.consumer_status(),
+        tenancy.outbox_health(),
+        consumer=consumer,
+        max_lag_seconds=max_lag_seconds,
+        max_lag_events=max_lag_events,
+        require_lease=not no_lease_ok,
+        max_stall_seconds=max_stall_seconds,
+    )
+    if as_json:
+        click.echo(json.dumps({"status": report.status, "problems": list(report.problems)}))
+    else:
+        click.echo(report.status)
+        for line in report.problems:
+            click.echo(f"  {line}")
+    sys.exit(report.exit_code)
+
+
+@events.command(name="drop-consumer")
+@dsn_option
+@click.argument("name")
+def drop_consumer(dsn: str, name: str) -> None:
+    """Forget consumer NAME: its cursor, lease and parked events. Exit status 1
+    when there is no such consumer."""
+    if not _tenancy(dsn).drop_consumer(name):
+        click.echo(f"error: consumer {name} is not registered", err=True)
+        sys.exit(1)
+    click.echo(f"consumer {name} dropped")
 
 
 @events.command()
@@ -717,6 +795,28 @@ def doctor(dsn: str, as_json: bool) -> None:
     help="Kept for compatibility: the listener always runs on asyncio (Listener.run "
     "drives Listener.arun).",
 )
+@click.option(
+    "--start-from",
+    type=click.Choice(["oldest", "now"]),
+    default="oldest",
+    show_default=True,
+    help="Where a NEW consumer starts: the oldest retained event, or after the newest "
+    "one (no replay). An existing consumer goes on from its cursor.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per log line (ts, level, logger, message).",
+)
+@click.option(
+    "--metrics-port",
+    default=None,
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (/metrics; needs pgtenancy[metrics]).",
+)
+@click.option("--metrics-addr", default="0.0.0.0", show_default=True, help="Metrics bind address.")
 def listen(
     dsn: str,
     consumer: str,
@@ -725,12 +825,22 @@ def listen(
     poll_interval: float,
     lease_seconds: float,
     use_asyncio: bool,
+    start_from: str,
+    log_format: str,
+    metrics_port: int | None,
+    metrics_addr: str,
 ) -> None:
     """Deliver lifecycle events to signal receivers until SIGTERM. Several
     processes may run one consumer: one dispatches, the others wait to take over."""
     from pgtenancy.listener import Listener, import_handlers
 
+    if log_format == "json":
+        from pgtenancy.ops import use_json_logs
+
+        use_json_logs()
     import_handlers(handlers)
+    if start_from == "now":
+        _tenancy(dsn).start_consumer(consumer, "now")
     listener = Listener(
         dsn,
         consumer,
@@ -742,6 +852,16 @@ def listen(
     listener_log = logging.getLogger("pgtenancy.listener")
     if listener_log.getEffectiveLevel() > logging.INFO:
         listener_log.setLevel(logging.INFO)
+    if metrics_port is not None:
+        try:
+            from pgtenancy.ops import serve_metrics
+
+            serve_metrics(listener, metrics_port, metrics_addr)
+        except ModuleNotFoundError as exc:
+            raise click.ClickException(
+                "--metrics-port needs prometheus_client: pip install 'pgtenancy[metrics]'"
+            ) from exc
+        listener_log.info("metrics on http://%s:%d/metrics", metrics_addr, metrics_port)
     if use_asyncio:
         asyncio.run(listener.arun())
     else:
@@ -869,6 +989,134 @@ def limits(
         click.echo(f"{slug}: no limits")
     for name, value in now.items():
         click.echo(f"{slug}: {name} = {value}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@dsn_option
+@click.option("--jobs", "-j", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--status",
+    default="active",
+    show_default=True,
+    type=click.Choice(["active", "suspended", "all"]),
+    help="Which tenants to visit (all: every tenant not deleted).",
+)
+@click.option(
+    "--call",
+    "call",
+    default=None,
+    metavar="MODULE:FUNCTION",
+    help="Call FUNCTION(session) inside each tenant (a SQLAlchemy Session, committed "
+    "when it returns) instead of running a command.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per tenant.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def each(
+    dsn: str, jobs: int, status: str, call: str | None, as_json: bool, command: tuple[str, ...]
+) -> None:
+    """Run COMMAND (after --) or --call MODULE:FUNCTION once per tenant, JOBS at
+    a time. A command gets PGTENANCY_TENANT, PGTENANCY_TENANT_ID and PGOPTIONS
+    putting libpq clients (psql) in the tenant's search_path and app.tenant_id.
+    Tenants suspended or deleted since the listing are skipped. Exit status 1
+    when any tenant failed.
+
+        pgtenancy each --jobs 8 -- psql -c 'SELECT count(*) FROM invoice'
+        pgtenancy each --call myapp.jobs:close_month
+    """
+    from pgtenancy.each import EachReport, for_each_tenant
+
+    if (call is None) == (not command):
+        raise click.UsageError("give either a COMMAND after -- or --call MODULE:FUNCTION")
+    wanted = None if status == "all" else status
+    report: EachReport
+    if call is not None:
+        from pgtenancy.admin import engine_from_dsn
+
+        fn = _import_callable(call)
+        report = for_each_tenant(engine_from_dsn(dsn), fn, jobs=jobs, status=wanted)
+        for slug, value in sorted(report.done.items()):
+            _each_line(as_json, slug, "done", None if value is None else repr(value))
+    else:
+        report = _each_command(dsn, list(command), jobs, wanted, as_json)
+    for slug, reason in sorted(report.skipped.items()):
+        _each_line(as_json, slug, "skipped", reason)
+    for slug, exc in sorted(report.failed.items()):
+        _each_line(as_json, slug, "failed", _one_line(exc))
+    if not as_json:
+        click.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+def _each_line(as_json: bool, slug: str, outcome: str, text: str | None) -> None:
+    if as_json:
+        click.echo(json.dumps({"tenant": slug, "outcome": outcome, "detail": text}))
+    else:
+        click.echo(f"{outcome.upper():<8} {slug}" + (f": {text}" if text else ""))
+
+
+def _import_callable(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise click.BadParameter("expected MODULE:FUNCTION", param_hint="--call")
+    sys.path.insert(0, ".")
+    try:
+        target: Any = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(".")
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise click.BadParameter(f"{spec} is not callable", param_hint="--call")
+    return cast(Callable[..., Any], target)
+
+
+def _each_command(
+    dsn: str, command: list[str], jobs: int, status: str | None, as_json: bool
+) -> Any:
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from psycopg_pool import ConnectionPool
+
+    from pgtenancy.dsn import libpq_dsn
+    from pgtenancy.each import EachReport, _run_sync, list_tenants
+
+    url = libpq_dsn(dsn)
+    report = EachReport()
+    rows = {t.slug: t for t in list_tenants(url, status)}
+    with ConnectionPool(url, min_size=1, max_size=jobs, open=True) as pool:
+
+        def one(slug: str) -> None:
+            # Enter once right before: a tenant suspended meanwhile is skipped.
+            kind, value = _run_sync(pool, slug, lambda _conn: None)
+            if kind != "done":
+                getattr(report, kind)[slug] = value
+                return
+            row = rows[slug]
+            env = dict(os.environ)
+            path = f"{row.schema_name},public" if row.schema_name else "public"
+            options = f"-c search_path={path} -c app.tenant_id={row.id} -c app.tenant={slug}"
+            env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + options).strip()
+            env["PGTENANCY_TENANT"] = slug
+            env["PGTENANCY_TENANT_ID"] = str(row.id)
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            out = (done.stdout + done.stderr).rstrip()
+            if not as_json and out:
+                click.echo("\n".join(f"[{slug}] {line}" for line in out.splitlines()))
+            if done.returncode == 0:
+                report.done[slug] = out
+                if as_json:
+                    _each_line(True, slug, "done", out or None)
+            else:
+                report.failed[slug] = RuntimeError(f"exit status {done.returncode}: {out}")
+
+        with ThreadPoolExecutor(max_workers=jobs) as threads:
+            list(threads.map(one, sorted(rows)))
+    return report
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ class use_tenant:
     Works with ``with`` (receivers run through ``send``) and ``async with``
     (receivers run through ``asend``, so async receivers are awaited).
 
+    The block may be left in another thread or :class:`contextvars.Context`
+    than the one it was entered in (FastAPI runs a sync generator
+    dependency's setup and teardown as two threadpool calls, each in a copy
+    of the request's context): leaving then undoes the push where it is
+    visible and raises nothing.
+
     Args:
         slug: tenant slug, validated as ``tenancy.validate_slug`` would.
 
@@ -67,21 +73,36 @@ class use_tenant:
         pgtenancy.errors.InvalidTenantSlug: on an invalid slug, before anything changes.
     """
 
-    __slots__ = ("_token", "slug")
+    __slots__ = ("_previous", "_pushed", "_token", "slug")
 
     def __init__(self, slug: str) -> None:
         self.slug = validate_slug(slug)
         self._token: Token[tuple[str, ...]] | None = None
+        self._previous: tuple[str, ...] = ()
+        self._pushed: tuple[str, ...] = ()
 
     def _push(self) -> None:
         if self._token is not None:
             raise RuntimeError("use_tenant() block is not reentrant; create a new one")
-        self._token = _stack.set((*_stack.get(), self.slug))
+        previous = _stack.get()
+        pushed = (*previous, self.slug)
+        self._token = _stack.set(pushed)
+        self._previous = previous
+        self._pushed = pushed
 
     def _pop(self) -> None:
         assert self._token is not None
-        _stack.reset(self._token)
-        self._token = None
+        token, self._token = self._token, None
+        try:
+            _stack.reset(token)
+        except ValueError:
+            # Left in another Context than the one it was entered in: FastAPI
+            # and Starlette run a sync generator dependency's enter and exit
+            # as two threadpool calls, each in its own copy of the request's
+            # context. The push then happened in a copy that is gone; undo it
+            # here only if this context sees exactly what was pushed.
+            if _stack.get() is self._pushed:
+                _stack.set(self._previous)
 
     def __enter__(self) -> str:
         self._push()
@@ -132,6 +153,8 @@ class _ValidatedScope(use_tenant):
     def __init__(self, slug: str) -> None:
         self.slug = slug
         self._token = None
+        self._previous = ()
+        self._pushed = ()
 
 
 def enter_validated(slug: str) -> use_tenant:

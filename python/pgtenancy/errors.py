@@ -19,6 +19,8 @@ checks it, these classes and the ``ERRCODE``\\ s of ``sql/`` against each other.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -248,6 +250,19 @@ class ArchiveRefused(TenancyError):
     (``pgtenancy.tenant_archive``)."""
 
 
+class InvalidDomain(TenancyError, ValueError):
+    """A host name given to ``tenancy.add_tenant_domain`` is not one: labels of
+    letters, digits and inner hyphens, 63 characters each, 253 in all."""
+
+    sqlstate = "PT030"
+
+
+class DomainTaken(TenancyError):
+    """The host name is mapped to another tenant already (``tenancy.add_tenant_domain``)."""
+
+    sqlstate = "PT031"
+
+
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The
@@ -283,6 +298,24 @@ class VersionMismatch(TenancyError):
         self.expected = expected
 
 
+class PermissionDenied(TenancyError, PermissionError):
+    """The connected role may not use this part of the kit (the server's 42501
+    on a ``tenancy`` object). ``sqlstate`` is ``"42501"``; ``hint`` says which
+    role may, and which grant lets another role do what. Found in Python by
+    :func:`translate` from the server's error; the kit raises no code of its own."""
+
+
+#: What a role may do, for the hint of :class:`PermissionDenied`.
+PERMISSION_HINT = (
+    "This needs the kit's owner (the role that installed pgtenancy). "
+    "tenancy.grant_app_role(role) lets an application role enter tenants, read its "
+    "tenant's id, slug, status and public metadata (tenancy.tenant_info()) and resolve host "
+    "names (tenancy.resolve_domain); tenancy.grant_listener_role(role) lets a role run "
+    "listeners and read consumer_status()/outbox_health(). Admin calls (creating, "
+    "suspending, listing tenants, migrations) stay with the owner."
+)
+
+
 class NoTenantContext(TenancyError):
     """No tenant slug was given and none is active in the current context. Python only."""
 
@@ -304,6 +337,25 @@ def _version_key(version: str) -> tuple[int, ...]:
 # SQLSTATEs of "something is missing": invalid_schema_name, undefined_function,
 # undefined_table.
 _MISSING = ("3F000", "42883", "42P01")
+
+
+_DENIED = re.compile(r"permission denied for (?:\w+ )+?\"?([A-Za-z0-9_]+)\"?$")
+
+
+@functools.cache
+def _kit_object_names() -> frozenset[str]:
+    """Names of the schema ``tenancy`` and of every object the kit's SQL creates in it."""
+    from pgtenancy.queries import sql_dir
+
+    names = {"tenancy"}
+    for path in sql_dir().glob("[0-9][0-9][0-9]_*.sql"):
+        names.update(re.findall(r"\btenancy\.([a-z_][a-z0-9_]*)", path.read_text("utf-8")))
+    return frozenset(names)
+
+
+def _is_kit_permission_error(message: str) -> bool:
+    match = _DENIED.search(message)
+    return match is not None and match.group(1) in _kit_object_names()
 
 
 def _psycopg_error(exc: BaseException) -> psycopg.Error | None:
@@ -334,8 +386,9 @@ def translate(
         A new :class:`TenancyError` subclass instance (its ``__cause__`` is set
         to ``exc``) when the SQLSTATE is registered by one of pgtenancy's
         classes, or says the kit is missing (:class:`NotInstalled`) or is
-        another version (:class:`VersionMismatch`); otherwise ``exc`` itself,
-        unchanged.
+        another version (:class:`VersionMismatch`), or is a permission error
+        (42501) on a ``tenancy`` object (:class:`PermissionDenied`, with a
+        hint); otherwise ``exc`` itself, unchanged.
     """
     err = _psycopg_error(exc)
     if err is None or err.sqlstate is None:
@@ -362,6 +415,14 @@ def translate(
             new = NotInstalled(
                 f"pgtenancy is not installed in this database ({message})", sqlstate=err.sqlstate
             )
+    elif err.sqlstate == "42501" and _is_kit_permission_error(message):
+        hint = diag.message_hint
+        new = PermissionDenied(
+            message,
+            sqlstate=err.sqlstate,
+            detail=diag.message_detail,
+            hint=f"{hint} {PERMISSION_HINT}" if hint else PERMISSION_HINT,
+        )
     else:
         return exc
     new.__cause__ = exc

@@ -206,6 +206,9 @@ class Listener:
     Attributes:
         holder: this listener's lease holder id, ``host:pid:random``.
         delivered: events delivered so far.
+        receiver_failures: failed receiver calls so far (each attempt counts).
+        parked: events parked for a receiver so far.
+        lease_held: whether this listener holds the consumer's lease now.
     """
 
     def __init__(
@@ -242,6 +245,8 @@ class Listener:
         self.max_attempts = max_attempts
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.delivered = 0
+        self.receiver_failures = 0
+        self.parked = 0
         self._stop = threading.Event()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,6 +257,11 @@ class Listener:
         self._renew_error: psycopg.Error | None = None
         self._receiver_backoff = self.backoff_min
         self._poll = PollState(flow_wait=self.poll_interval, held_wait=self.retry_interval)
+
+    @property
+    def lease_held(self) -> bool:
+        """Whether this listener holds the consumer's lease (dispatches) now."""
+        return self._renewed_at is not None
 
     @property
     def application_name(self) -> str:
@@ -640,6 +650,7 @@ class Listener:
                     "error": _error_text(error),
                 }
                 _on_loop(loop, conn.execute(QUERIES["park_event"], params))
+                self.parked += 1
                 logger.error(
                     "event %d (%s) parked for receiver %s", event.id, event.name, bound.name
                 )
@@ -668,6 +679,7 @@ class Listener:
                     bound.call(sig, sender, **kwargs)
                 return None, None
             except Exception as exc:
+                self.receiver_failures += 1
                 logger.warning(
                     "event %d (%s): receiver %s failed (attempt %d of %d): %s",
                     event.id,

@@ -14,3 +14,4 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');

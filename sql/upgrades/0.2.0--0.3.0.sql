@@ -836,12 +836,36 @@ BEGIN
                format('consumer %s has not been seen since %s and has undelivered events; '
                       'prune_events no longer waits for it',
                       c.name, coalesce(c.seen_at, c.updated_at)),
-               format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
-                      c.name)
+               format('run its listener again, or pgtenancy events drop-consumer %s', c.name)
           FROM tenancy.consumers AS c
          WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
            AND EXISTS (SELECT 1 FROM tenancy.events AS e
                         WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
+
+    -- Stale: nobody listens, and undelivered events wait longer than the
+    -- setting pgtenancy.consumer_stale_after (default 15 minutes), well
+    -- before consumer_inactive_after().
+    RETURN QUERY
+        SELECT 'warning'::text, 'consumer_stale'::text, c.name,
+               format('consumer %s has no listener (last seen %s) and %s undelivered events, '
+                      'the oldest %s old',
+                      c.name, coalesce(c.seen_at::text, 'never'), s.lag_events,
+                      date_trunc('second', now() - s.oldest)),
+               format('start its listener (pgtenancy listen --consumer %s), or drop it: '
+                      'pgtenancy events drop-consumer %s', c.name, c.name)
+          FROM tenancy.consumers AS c
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS lag_events, min(e.created_at) AS oldest
+               FROM tenancy.events AS e
+              WHERE (e.xid, e.id) > (c.last_xid, c.last_id)) AS s
+         WHERE s.lag_events > 0
+           AND s.oldest < now() - coalesce(nullif(current_setting('pgtenancy.consumer_stale_after', true),
+                                                  ''), '15 minutes')::interval
+           AND coalesce(c.seen_at, c.updated_at) >= now() - tenancy.consumer_inactive_after()
+           AND (c.lease_until IS NULL OR c.lease_until < now())
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                            WHERE a.datname = current_database()
+                              AND a.application_name = 'pgtenancy-listener:' || c.name);
 END
 $$;
 
@@ -849,7 +873,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
-    '(warning), shared schemas that roles other than their owner may create in (warning), the '
+    '(warning), consumers without a listener whose undelivered events are older than '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas that roles other than their owner may create in (warning), the '
     'migration fence missing (warning). Called by '
     'check_isolation().';
 
@@ -1332,6 +1357,8 @@ BEGIN
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
+                   grant_app_role.role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);
@@ -1344,7 +1371,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
-    'Let role role use tenants: enter them, and read and write every tenant '
+    'Let role role use tenants: enter them, read the public fields of the entered tenant '
+    '(tenant_info) and resolve host names (resolve_domain), and read and write every tenant '
     'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
     '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
 
@@ -1373,12 +1401,17 @@ BEGIN
                    'tenancy.unpark_event(text, bigint, text), tenancy.parked_events(text), '
                    'tenancy.inbox_claim(text, bigint) '
                    'TO %I', grant_listener_role.role);
+    -- For `pgtenancy events status` and `events health` run as the listener.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), tenancy.outbox_health(), '
+                   'tenancy.start_consumer(text, text) TO %I', grant_listener_role.role);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
     'Let role role run outbox consumers (pgtenancy listen): register a consumer, read events, '
-    'move its cursor. Raises 42704 when the role does not exist.';
+    'move its cursor (start_consumer: from now or the oldest event), read consumer_status and '
+    'outbox_health. Raises 42704 when the role does '
+    'not exist.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;
 
@@ -3110,6 +3143,345 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
+    END IF;
+END
+$$;
+
+-- Host names of tenants and tenant_info() (issue 12) -------------------------
+
+CREATE TABLE IF NOT EXISTS tenancy.tenant_domains (
+    domain     text        NOT NULL,
+    tenant_id  uuid        NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT tenant_domains_pkey PRIMARY KEY (domain),
+    CONSTRAINT tenant_domains_domain_check CHECK (
+        pg_catalog.length(domain) <= 253
+        AND domain ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$')
+);
+
+CREATE INDEX IF NOT EXISTS tenant_domains_tenant_id_idx ON tenancy.tenant_domains (tenant_id);
+
+-- No foreign key to tenancy.tenants: it would change how TRUNCATE of the
+-- registry is refused. A row whose tenant is gone (drop_tenant with
+-- destroy_data) matches nothing, and add_tenant_domain reuses its name.
+COMMENT ON TABLE tenancy.tenant_domains IS
+    'Host names of tenants (lowercase, no trailing dot, no port): what tenancy.resolve_domain() '
+    'and the pgtenancy.fastapi subdomain resolver look up. Rows of removed tenants are ignored.';
+
+CREATE OR REPLACE FUNCTION tenancy.normalize_domain(domain text)
+    RETURNS text
+    LANGUAGE sql
+    IMMUTABLE
+    PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.rtrim(pg_catalog.lower(pg_catalog.btrim(normalize_domain.domain)), '.')
+$$;
+
+COMMENT ON FUNCTION tenancy.normalize_domain(text) IS
+    'Host name domain as tenant_domains stores it: trimmed, lowercase, without trailing dots. '
+    'NULL for NULL.';
+
+CREATE OR REPLACE FUNCTION tenancy.add_tenant_domain(slug text, domain text)
+    RETURNS tenancy.tenant_domains
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_domain text := tenancy.normalize_domain(add_tenant_domain.domain);
+    v_tenant tenancy.tenants := tenancy.lock_tenant(add_tenant_domain.slug);
+    v_row    tenancy.tenant_domains;
+    v_owner  text;
+BEGIN
+    IF v_tenant.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(add_tenant_domain.slug)
+            USING ERRCODE = 'PT005';
+    END IF;
+    IF v_domain IS NULL OR length(v_domain) > 253
+       OR v_domain !~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$' THEN
+        RAISE EXCEPTION 'invalid host name %', coalesce(quote_literal(add_tenant_domain.domain), 'NULL')
+            USING ERRCODE = 'PT030',
+                  HINT = 'A host name is dot-separated labels of letters, digits and inner '
+                         'hyphens, 63 characters each, 253 in all, without port or scheme.';
+    END IF;
+    SELECT t.slug INTO v_owner
+      FROM tenancy.tenant_domains AS d
+      JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+     WHERE d.domain = v_domain;
+    IF FOUND AND v_owner <> v_tenant.slug THEN
+        RAISE EXCEPTION 'host name % belongs to tenant %', quote_literal(v_domain), quote_literal(v_owner)
+            USING ERRCODE = 'PT031',
+                  HINT = 'Remove it first: tenancy.remove_tenant_domain(domain).';
+    END IF;
+    -- A name left by a removed tenant is taken over.
+    INSERT INTO tenancy.tenant_domains AS d (domain, tenant_id) VALUES (v_domain, v_tenant.id)
+    ON CONFLICT ON CONSTRAINT tenant_domains_pkey DO UPDATE
+       SET tenant_id = excluded.tenant_id, created_at = now()
+     WHERE NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.id = d.tenant_id);
+    SELECT * INTO v_row FROM tenancy.tenant_domains AS d WHERE d.domain = v_domain;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_tenant_domain(text, text) IS
+    'Map host name domain (normalized by normalize_domain) to tenant slug; returns the row. '
+    'Idempotent for the same tenant. Raises PT003 (no such tenant), PT005 (deleted tenant), '
+    'PT030 (invalid host name), PT031 (the name belongs to another tenant).';
+
+REVOKE ALL ON FUNCTION tenancy.add_tenant_domain(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.remove_tenant_domain(domain text)
+    RETURNS boolean
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (
+        DELETE FROM tenancy.tenant_domains AS d
+         WHERE d.domain = tenancy.normalize_domain(remove_tenant_domain.domain)
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM gone)
+$$;
+
+COMMENT ON FUNCTION tenancy.remove_tenant_domain(text) IS
+    'Forget host name domain; true when it was mapped.';
+
+REVOKE ALL ON FUNCTION tenancy.remove_tenant_domain(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.resolve_domain(domain text)
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.slug
+      FROM tenancy.tenant_domains AS d
+      JOIN tenancy.tenants AS t ON t.id = d.tenant_id
+     WHERE d.domain = tenancy.normalize_domain(resolve_domain.domain)
+$$;
+
+COMMENT ON FUNCTION tenancy.resolve_domain(text) IS
+    'Slug of the tenant host name domain is mapped to (whatever its status: entering it says '
+    'whether it may be used), NULL when none. Granted by grant_app_role.';
+
+REVOKE ALL ON FUNCTION tenancy.resolve_domain(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_info()
+    RETURNS TABLE (id uuid, slug text, status text, public jsonb)
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id uuid := tenancy.current_tenant_id();
+BEGIN
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'no tenant in this transaction'
+            USING ERRCODE = 'PT012',
+                  HINT = 'Call tenancy.tenant_info() in a transaction that entered a tenant '
+                         '(tenancy.enter_tenant, tenant_session, tenant_connection).';
+    END IF;
+    RETURN QUERY
+        SELECT t.id, t.slug, t.status, coalesce(t.metadata -> 'public', '{}'::jsonb)
+          FROM tenancy.tenants AS t
+         WHERE t.id = v_id;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_info() IS
+    'Id, slug, status and the public part of the metadata (metadata -> ''public'', {} when '
+    'absent) of the tenant the current transaction entered; the rest of the metadata stays '
+    'with the owner. Raises PT012 outside a tenant. Granted by grant_app_role.';
+
+REVOKE ALL ON FUNCTION tenancy.tenant_info() FROM PUBLIC;
+
+-- Listener operations (issue 12) -------------------------------------------
+
+-- outbox_health() reports more columns: dropped and created again, keeping
+-- its grants.
+SELECT pg_catalog.set_config('pgtenancy.upgrade_outbox_health_acl', coalesce((
+    SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(
+               a.grantee::pg_catalog.regrole::text, a.is_grantable))
+      FROM pg_catalog.pg_proc AS p
+     CROSS JOIN LATERAL pg_catalog.aclexplode(p.proacl) AS a
+     WHERE p.oid = 'tenancy.outbox_health()'::pg_catalog.regprocedure
+       AND a.privilege_type = 'EXECUTE' AND a.grantee <> 0 AND a.grantee <> p.proowner),
+    '[]'::pg_catalog.jsonb)::text, true);
+
+DROP FUNCTION tenancy.outbox_health();
+
+CREATE OR REPLACE FUNCTION tenancy.outbox_health(
+    OUT notification_queue_usage double precision,
+    OUT oldest_transaction_seconds double precision,
+    OUT events bigint,
+    OUT held_back_events bigint,
+    OUT prepared_transactions bigint,
+    OUT oldest_prepared_seconds double precision,
+    OUT xid_holders jsonb
+)
+    LANGUAGE sql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- What holds the snapshot xmin back, so that no consumer may pass: open
+    -- transactions that have an xid (any database of the cluster) and
+    -- prepared transactions, which no pg_stat_activity row shows.
+    WITH holders AS (
+        SELECT 'transaction'::text AS kind, a.pid::text AS holder, a.datname::text AS database,
+               a.usename::text AS role, a.state AS state,
+               extract(epoch FROM now() - a.xact_start)::double precision AS age_seconds
+          FROM pg_stat_activity AS a
+         WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+        UNION ALL
+        SELECT 'prepared', p.gid, p.database::text, p.owner::text, 'prepared',
+               extract(epoch FROM now() - p.prepared)::double precision
+          FROM pg_prepared_xacts AS p
+    )
+    SELECT pg_notification_queue_usage(),
+           greatest(
+               coalesce((SELECT extract(epoch FROM now() - min(a.xact_start))
+                           FROM pg_stat_activity AS a
+                          WHERE (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
+                            AND a.pid <> pg_backend_pid()), 0),
+               coalesce((SELECT max(h.age_seconds) FROM holders AS h WHERE h.kind = 'prepared'), 0)
+           )::double precision,
+           (SELECT count(*) FROM tenancy.events),
+           (SELECT count(*) FROM tenancy.events AS e
+             WHERE e.xid >= pg_snapshot_xmin(pg_current_snapshot())),
+           (SELECT count(*) FROM holders AS h WHERE h.kind = 'prepared'),
+           coalesce((SELECT max(h.age_seconds) FROM holders AS h WHERE h.kind = 'prepared'),
+                    0)::double precision,
+           coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                'kind', h.kind, 'holder', h.holder, 'database', h.database,
+                                'role', h.role, 'state', h.state,
+                                'age_seconds', round(h.age_seconds::numeric, 3))
+                            ORDER BY h.age_seconds DESC)
+                       FROM (SELECT * FROM holders ORDER BY age_seconds DESC LIMIT 20) AS h),
+                    '[]'::jsonb)
+$$;
+
+COMMENT ON FUNCTION tenancy.outbox_health() IS
+    'Fill of the NOTIFY queue (0 to 1); age in seconds of the oldest open or prepared '
+    'transaction (which holds back every consumer); events kept in the outbox; events '
+    'committed or running but held back by an older transaction; prepared transactions and '
+    'the age of the oldest; the 20 oldest xid holders (open transactions with an xid in any '
+    'database, prepared transactions) as [{kind, holder (pid or gid), database, role, state, '
+    'age_seconds}].';
+
+REVOKE ALL ON FUNCTION tenancy.outbox_health() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.start_consumer(consumer text, start_from text DEFAULT 'oldest')
+    RETURNS tenancy.consumers
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.consumers;
+    v_xid xid8;
+    v_id  bigint;
+BEGIN
+    IF start_consumer.start_from IS NULL OR start_consumer.start_from NOT IN ('oldest', 'now') THEN
+        RAISE EXCEPTION 'start_from must be ''oldest'' or ''now'', not %',
+            coalesce(quote_literal(start_consumer.start_from), 'NULL')
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO v_row FROM tenancy.consumers AS c WHERE c.name = start_consumer.consumer;
+    IF FOUND THEN
+        RETURN v_row;
+    END IF;
+    v_row := tenancy.register_consumer(start_consumer.consumer);
+    IF start_consumer.start_from = 'now' THEN
+        -- After the newest event readable now; events of transactions still
+        -- running sort after it and are delivered.
+        SELECT e.xid, e.id INTO v_xid, v_id
+          FROM tenancy.events AS e
+         WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY e.xid DESC, e.id DESC
+         LIMIT 1;
+        IF FOUND THEN
+            UPDATE tenancy.consumers AS c SET last_xid = v_xid, last_id = v_id
+             WHERE c.name = start_consumer.consumer
+            RETURNING * INTO v_row;
+        END IF;
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.start_consumer(text, text) IS
+    'Register consumer unless it exists, with its cursor at the start of the outbox '
+    '(start_from = oldest, as register_consumer) or after the newest event readable now '
+    '(now: the retained history is not replayed); an existing consumer is returned unchanged. '
+    'Raises 22023 for an invalid name or start_from.';
+
+REVOKE ALL ON FUNCTION tenancy.start_consumer(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.drop_consumer(consumer text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM tenancy.parked_events AS p WHERE p.consumer = drop_consumer.consumer;
+    DELETE FROM tenancy.consumers AS c WHERE c.name = drop_consumer.consumer;
+    RETURN FOUND;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.drop_consumer(text) IS
+    'Forget consumer: its cursor, lease and parked events; it no longer holds events back from '
+    'prune_events. True when it existed. For the kit''s owner (pgtenancy events drop-consumer).';
+
+REVOKE ALL ON FUNCTION tenancy.drop_consumer(text) FROM PUBLIC;
+
+DO $$
+DECLARE
+    v_grant pg_catalog.jsonb;
+BEGIN
+    FOR v_grant IN SELECT pg_catalog.jsonb_array_elements(
+                       pg_catalog.current_setting('pgtenancy.upgrade_outbox_health_acl')::pg_catalog.jsonb) LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.outbox_health() TO %s%s',
+                                  v_grant ->> 0,
+                                  CASE WHEN (v_grant ->> 1)::boolean THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;
+
+-- Roles granted before this version get what grant_app_role and
+-- grant_listener_role now grant.
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
+                   WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = a.role_name) LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), '
+                                  'tenancy.resolve_domain(text) TO %I', v_role);
+    END LOOP;
+    FOR v_role IN SELECT r.rolname FROM pg_catalog.pg_roles AS r
+                   WHERE r.oid <> (SELECT p.proowner FROM pg_catalog.pg_proc AS p
+                                    WHERE p.oid = 'tenancy.next_events(text, integer)'::pg_catalog.regprocedure)
+                     AND pg_catalog.has_function_privilege(r.oid, 'tenancy.next_events(text, integer)', 'EXECUTE')
+                     AND NOT r.rolsuper LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.consumer_status(), '
+                                  'tenancy.outbox_health(), tenancy.start_consumer(text, text) '
+                                  'TO %I', v_role);
+    END LOOP;
+END
+$$;
+
+-- The extension's new configuration table: pg_dump keeps its rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');
     END IF;
 END
 $$;

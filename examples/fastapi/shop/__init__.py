@@ -1,0 +1,1 @@
+"""A small multi-tenant shop on FastAPI and pgtenancy (see ../README.md)."""

@@ -1,0 +1,655 @@
+"""FastAPI integration: find the request's tenant, enter it before the endpoint
+runs, and hand out sessions in it (extra ``fastapi``).
+
+::
+
+    from fastapi import Depends, FastAPI
+    from pgtenancy.fastapi import TenantInfo, Tenants, header, subdomain
+
+    tenants = Tenants(
+        "postgresql://app@db/shop",
+        resolvers=[subdomain("example.com"), header("X-Tenant")],
+    )
+    app = FastAPI(lifespan=tenants.lifespan)
+    tenants.install(app)
+
+    @app.get("/invoices")
+    def invoices(session: Session = Depends(tenants.session)) -> list[str]:
+        return session.scalars(select(Invoice.number)).all()
+
+    @app.get("/me")
+    async def me(tenant: TenantInfo = Depends(tenants.tenant)) -> dict[str, object]:
+        return {"slug": tenant.slug, "plan": tenant.public.get("plan")}
+
+What happens per request (:class:`TenantMiddleware`, a pure ASGI middleware):
+
+1. Paths in ``exclude`` (exact, or a prefix ending in ``/``) pass through untouched.
+2. The resolvers run in order; the first that names a tenant wins (see
+   :data:`Resolver`). None naming one: 400, or the request passes through
+   without a tenant when ``required=False``.
+3. The tenant is entered right away, in one round trip on a small autocommit
+   pool (``SELECT tenancy.enter_tenant(..); SELECT .. FROM
+   tenancy.tenant_info()``): the database refuses an unknown, suspended,
+   deleted or provisioning tenant before any endpoint code runs, also for
+   endpoints that never query. Refusals become JSON responses
+   ``{"detail": ..., "tenant": slug, "code": sqlstate}``:
+
+   =========================================  =====================================
+   tenant                                     status
+   =========================================  =====================================
+   unknown (PT003), or not a valid slug       404 Not Found
+   suspended (PT004)                          423 Locked (``suspended_status=403``
+                                              for 403 Forbidden)
+   deleted (PT005)                            410 Gone
+   being provisioned (PT019)                  503 Service Unavailable, Retry-After
+   schema missing (PT007)                     500 (the registry and the database
+                                              disagree: an operator's problem)
+   =========================================  =====================================
+
+4. ``request.state.tenant`` is the :class:`TenantInfo` (id, slug, status and
+   the public part of the metadata, ``metadata -> 'public'``) and the rest
+   of the request runs in :func:`~pgtenancy.context.use_tenant` of the slug,
+   so ``current_tenant()`` is right in sync and async endpoints.
+
+Dependencies: :attr:`Tenants.tenant` (the :class:`TenantInfo`; without the
+middleware it resolves and enters by itself), :attr:`Tenants.session` (a
+SQLAlchemy ``Session`` in the tenant, sync endpoints) and
+:attr:`Tenants.async_session` (an ``AsyncSession``). Each session transaction
+enters the tenant again (``tenant_session``), so a tenant suspended during
+the request is refused from its next transaction on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pgtenancy.context import use_tenant
+from pgtenancy.dsn import libpq_dsn
+from pgtenancy.errors import (
+    InvalidTenantSlug,
+    TenancyError,
+    TenantDeleted,
+    TenantNotFound,
+    TenantSchemaMissing,
+    TenantSuspended,
+    translate,
+)
+from pgtenancy.queries import QUERIES
+from pgtenancy.session import tenant_session
+from pgtenancy.slugs import validate_slug
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "Domain",
+    "Resolver",
+    "TenantInfo",
+    "TenantMiddleware",
+    "TenantRefused",
+    "Tenants",
+    "header",
+    "http_status",
+    "jwt_claim",
+    "path_prefix",
+    "subdomain",
+]
+
+#: SQLSTATE of "the tenant is being provisioned" (issue 10's ``TenantProvisioning``).
+PROVISIONING = "PT019"
+
+#: Paths the middleware leaves alone unless told otherwise: FastAPI's docs.
+DEFAULT_EXCLUDE: tuple[str, ...] = ("/docs", "/docs/", "/redoc", "/openapi.json")
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """The public fields of a tenant, as ``tenancy.tenant_info()`` gives them
+    to the application role.
+
+    Attributes:
+        id: the tenant's id.
+        slug: its slug.
+        status: ``"active"`` (entering any other status is refused).
+        public: ``metadata -> 'public'`` of the registry row (``{}`` when
+            absent): what the application may know (plan, limits). The rest of
+            the metadata stays with the owner.
+    """
+
+    id: UUID
+    slug: str
+    status: str
+    public: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What the subdomain resolver yields: look ``host`` up in
+    ``tenancy.tenant_domains``; when it is not mapped, use ``fallback`` (a
+    slug, or None to let the next resolver try)."""
+
+    host: str
+    fallback: str | None = None
+
+
+#: A resolver takes the request and returns a slug, a :class:`Domain` to look
+#: up, or None ("not mine": the next resolver tries). It may be async. It may
+#: raise :class:`TenantRefused` to answer the request itself (e.g. 401).
+Resolver = Callable[[Request], "str | Domain | Awaitable[str | Domain | None] | None"]
+
+
+class TenantRefused(TenancyError):
+    """The request gets no tenant: answered with ``status_code`` and a JSON body
+    ``{"detail": message, "tenant": slug, "code": code}`` (by the middleware,
+    or by the handler :meth:`Tenants.install` adds when a dependency raises it).
+
+    Args:
+        message: what the client reads in ``detail``.
+        status_code: HTTP status (400 by default).
+        slug: the tenant asked for, when known.
+        code: the SQLSTATE of the database's refusal, when it was one.
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 400,
+        slug: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate, detail=detail, hint=hint)
+        self.status_code = status_code
+        self.slug = slug
+        self.code = code
+        self.headers = dict(headers) if headers else None
+
+    def response(self) -> JSONResponse:
+        """The JSON response for this refusal."""
+        return JSONResponse(
+            {"detail": self.message, "tenant": self.slug, "code": self.code},
+            status_code=self.status_code,
+            headers=self.headers,
+        )
+
+
+def http_status(exc: BaseException, *, suspended_status: int = 423) -> int | None:
+    """HTTP status for a tenant refusal, None when ``exc`` is not one.
+
+    Args:
+        exc: a kit exception (or any exception carrying ``sqlstate``).
+        suspended_status: status for a suspended tenant, 423 (Locked: the
+            tenant exists, is known to the client and will be back) or 403.
+
+    Returns:
+        404 unknown or invalid slug, ``suspended_status`` suspended, 410
+        deleted, 503 provisioning (PT019), 500 schema missing, else None.
+    """
+    if isinstance(exc, TenantNotFound | InvalidTenantSlug):
+        return 404
+    if isinstance(exc, TenantSuspended):
+        return suspended_status
+    if isinstance(exc, TenantDeleted):
+        return 410
+    if getattr(exc, "sqlstate", None) == PROVISIONING:
+        return 503
+    if isinstance(exc, TenantSchemaMissing):
+        return 500
+    return None
+
+
+# Resolvers -----------------------------------------------------------------
+
+
+def header(name: str = "X-Tenant") -> Resolver:
+    """The tenant slug is the value of request header ``name`` (None when absent)."""
+
+    def resolve(request: Request) -> str | None:
+        value = request.headers.get(name)
+        return value.strip() if value else None
+
+    return resolve
+
+
+def _host(request: Request) -> str | None:
+    raw = request.headers.get("host") or (request.url.hostname or "")
+    if raw.startswith("["):  # IPv6 literal: never a tenant's name
+        return None
+    host = raw.rsplit(":", 1)[0] if ":" in raw else raw
+    host = host.strip().lower().rstrip(".")
+    return host or None
+
+
+def subdomain(
+    *base_domains: str, registry: bool = True, hyphens_to_underscores: bool = True
+) -> Resolver:
+    """The tenant comes from the request's host name.
+
+    First the full host name is looked up in ``tenancy.tenant_domains``
+    (``Tenancy.add_tenant_domain("acme_corp", "acme-corp.example.com")``, or
+    a custom domain ``shop.acme.test``). When it is not mapped and the host is
+    one label below one of ``base_domains`` (``acme.example.com`` under
+    ``example.com``), that label is the slug, with hyphens read as
+    underscores (``acme-corp`` -> ``acme_corp``) unless
+    ``hyphens_to_underscores=False``.
+
+    Args:
+        base_domains: parent domains whose first-level labels name tenants;
+            none: only the registry counts.
+        registry: look the host up in ``tenant_domains`` first (one indexed
+            query per request, granted to the application role by
+            ``grant_app_role``); False: labels only, no query.
+        hyphens_to_underscores: map ``-`` in a label to ``_``.
+
+    The port is ignored; IP addresses and the base domains themselves yield None.
+    """
+    bases = tuple(b.strip().lower().strip(".") for b in base_domains)
+
+    def from_label(host: str) -> str | None:
+        for base in bases:
+            if host.endswith("." + base):
+                label = host[: -len(base) - 1]
+                if "." in label:
+                    return None
+                return label.replace("-", "_") if hyphens_to_underscores else label
+        return None
+
+    def resolve(request: Request) -> str | Domain | None:
+        host = _host(request)
+        if host is None or host in bases:
+            return None
+        fallback = from_label(host)
+        return Domain(host, fallback) if registry else fallback
+
+    return resolve
+
+
+def path_prefix(prefix: str = "/t", *, strip: bool = True) -> Resolver:
+    """The tenant is the path segment after ``prefix``: ``/t/acme/invoices``.
+
+    Args:
+        prefix: a path such as ``"/t"`` (``"/"`` for the first segment).
+        strip: route the rest of the path (``/invoices``): the prefix and the
+            slug are moved into the ASGI ``root_path``, as a mount would.
+    """
+    base = "/" + prefix.strip("/")
+    base = "" if base == "/" else base
+
+    def resolve(request: Request) -> str | None:
+        scope = request.scope
+        root = scope.get("root_path", "")
+        path: str = scope["path"]
+        rest = path[len(root) :] if root and path.startswith(root) else path
+        if not rest.startswith(base + "/"):
+            return None
+        slug, _, _tail = rest[len(base) + 1 :].partition("/")
+        if not slug:
+            return None
+        if strip:
+            scope["root_path"] = root + base + "/" + slug
+        return slug
+
+    return resolve
+
+
+def jwt_claim(
+    verify: Callable[[str], Mapping[str, Any]],
+    claim: str = "tenant",
+    *,
+    header_name: str = "Authorization",
+    scheme: str = "Bearer",
+) -> Resolver:
+    """The tenant is claim ``claim`` of a bearer token the caller's ``verify`` checks.
+
+    Args:
+        verify: takes the token and returns its verified claims, raising on a
+            bad token (e.g. ``lambda t: jwt.decode(t, key, algorithms=["HS256"])``
+            with PyJWT). pgtenancy decodes nothing itself.
+        claim: the claim holding the slug.
+        header_name: the header carrying the token.
+        scheme: the authorization scheme (case-insensitive).
+
+    No header, or another scheme: None (the next resolver tries). A token
+    ``verify`` rejects: 401. A verified token without the claim: None.
+    """
+
+    def resolve(request: Request) -> str | None:
+        value = request.headers.get(header_name)
+        if not value:
+            return None
+        got, _, token = value.partition(" ")
+        if got.lower() != scheme.lower() or not token.strip():
+            return None
+        try:
+            claims = verify(token.strip())
+        except Exception as exc:
+            raise TenantRefused(
+                f"invalid token: {exc}", status_code=401, headers={"WWW-Authenticate": scheme}
+            ) from exc
+        slug = claims.get(claim)
+        return slug if isinstance(slug, str) and slug else None
+
+    return resolve
+
+
+# The integration -------------------------------------------------------------
+
+
+class Tenants:
+    """Tenant resolution, eager entry, sessions and their engines for one FastAPI app.
+
+    Args:
+        database: libpq DSN or URL the application connects with (the
+            application role, granted with ``tenancy.grant_app_role``).
+        resolvers: tried in order (:data:`Resolver`): :func:`header`,
+            :func:`subdomain`, :func:`path_prefix`, :func:`jwt_claim`, or any
+            callable of yours.
+        exclude: paths the middleware leaves alone (exact; a path ending in
+            ``/`` covers everything below it).
+        required: a request no resolver names a tenant for gets 400; False
+            lets it through without a tenant.
+        suspended_status: 423 (default) or 403 for a suspended tenant.
+        engine, async_engine: your own SQLAlchemy engines (psycopg driver) for
+            the sessions; by default the lifespan makes pooled ones from
+            ``database`` (``engine_options`` passed to ``create_engine``) and
+            disposes them at shutdown. Your own are not disposed.
+        pool_size: connections of the small autocommit pool that checks tenants.
+
+    Attributes:
+        tenant: dependency giving the request's :class:`TenantInfo`.
+        session: dependency (sync generator) giving a ``Session`` in the tenant.
+        async_session: dependency giving an ``AsyncSession`` in the tenant.
+    """
+
+    def __init__(
+        self,
+        database: str,
+        *,
+        resolvers: Sequence[Resolver],
+        exclude: Sequence[str] = DEFAULT_EXCLUDE,
+        required: bool = True,
+        suspended_status: int = 423,
+        engine: Engine | None = None,
+        async_engine: AsyncEngine | None = None,
+        engine_options: Mapping[str, Any] | None = None,
+        pool_size: int = 4,
+    ) -> None:
+        if not resolvers:
+            raise ValueError("Tenants needs at least one resolver")
+        if suspended_status not in (403, 423):
+            raise ValueError("suspended_status must be 403 or 423")
+        self.dsn = libpq_dsn(database)
+        self.resolvers = tuple(resolvers)
+        self.exclude = tuple(exclude)
+        self.required = required
+        self.suspended_status = suspended_status
+        self._own_engine = engine is None
+        self._own_async_engine = async_engine is None
+        self._engine = engine
+        self._async_engine = async_engine
+        self._engine_options = dict(engine_options or {})
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._pool_lock = asyncio.Lock()
+        self.tenant, self.session, self.async_session = self._dependencies()
+
+    # Engines and pools ---------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The sync engine of :attr:`session` (made on first use)."""
+        if self._engine is None:
+            dsn = self.dsn
+            self._engine = create_engine(
+                "postgresql+psycopg://",
+                creator=lambda: psycopg.connect(dsn),
+                **self._engine_options,
+            )
+        return self._engine
+
+    @property
+    def async_engine(self) -> AsyncEngine:
+        """The async engine of :attr:`async_session` (made on first use)."""
+        if self._async_engine is None:
+            dsn = self.dsn
+
+            async def connect() -> psycopg.AsyncConnection[Any]:
+                return await psycopg.AsyncConnection.connect(dsn)
+
+            self._async_engine = create_async_engine(
+                "postgresql+psycopg://", async_creator=connect, **self._engine_options
+            )
+        return self._async_engine
+
+    async def open(self) -> None:
+        """Open the pool that checks tenants (the lifespan does it; idempotent)."""
+        async with self._pool_lock:
+            if self._pool is None:
+                pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    kwargs={"autocommit": True},
+                    open=False,
+                )
+                await pool.open(wait=True)
+                self._pool = pool
+
+    async def close(self) -> None:
+        """Close the pool and dispose the engines this object made."""
+        async with self._pool_lock:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+        if self._own_async_engine and self._async_engine is not None:
+            await self._async_engine.dispose()
+            self._async_engine = None
+        if self._own_engine and self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """FastAPI lifespan: ``FastAPI(lifespan=tenants.lifespan)``. Opens the
+        check pool and the engines at start-up, closes them at shutdown. To
+        combine with your own lifespan, ``async with tenants.lifespan(app):``
+        inside it."""
+        await self.open()
+        _ = self.engine, self.async_engine
+        try:
+            yield
+        finally:
+            await self.close()
+
+    def install(self, app: Any) -> None:
+        """Add :class:`TenantMiddleware` for this object to FastAPI/Starlette
+        ``app``, and a handler answering :class:`TenantRefused` raised by the
+        dependencies with the middleware's JSON body."""
+
+        async def handle(_request: Request, exc: Exception) -> JSONResponse:
+            assert isinstance(exc, TenantRefused)
+            return exc.response()
+
+        app.add_exception_handler(TenantRefused, handle)
+        app.add_middleware(TenantMiddleware, tenants=self)
+
+    # Resolution and entry -------------------------------------------------
+
+    def excluded(self, path: str) -> bool:
+        """Whether the middleware leaves ``path`` alone."""
+        for pattern in self.exclude:
+            if path == pattern or (pattern.endswith("/") and path.startswith(pattern)):
+                return True
+        return False
+
+    async def resolve(self, request: Request) -> str | None:
+        """The slug the resolvers name for ``request``, or None.
+
+        Raises:
+            TenantRefused: a resolver refused the request (e.g. a bad token).
+        """
+        for resolver in self.resolvers:
+            found = resolver(request)
+            if inspect.isawaitable(found):
+                found = await found
+            if isinstance(found, Domain):
+                slug = await self._lookup_domain(found.host)
+                found = slug if slug is not None else found.fallback
+            if found:
+                return str(found)
+        return None
+
+    async def _lookup_domain(self, host: str) -> str | None:
+        await self.open()
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(QUERIES["resolve_domain"], {"domain": host})
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        return None if row is None else row[0]
+
+    async def enter(self, slug: str) -> TenantInfo:
+        """Enter ``slug`` once, now, and return its public fields.
+
+        Raises:
+            pgtenancy.errors.InvalidTenantSlug: not a valid slug (no SQL runs).
+            pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
+                TenantSchemaMissing: PT003/PT004/PT005/PT007; PT019 (being
+                provisioned) as its kit class when that exists.
+        """
+        slug = validate_slug(slug)
+        await self.open()
+        assert self._pool is not None
+        query = sql.SQL(QUERIES["enter_tenant_info"]).format(slug=sql.Literal(slug))
+        try:
+            async with self._pool.connection() as conn:
+                cur = conn.cursor()
+                await cur.execute(query)
+                cur.nextset()
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+        assert row is not None
+        return TenantInfo(id=row[0], slug=row[1], status=row[2], public=row[3] or {})
+
+    def refusal(self, exc: BaseException, slug: str | None) -> TenantRefused | None:
+        """The :class:`TenantRefused` for kit error ``exc``, None when it is no refusal."""
+        status = http_status(exc, suspended_status=self.suspended_status)
+        if status is None:
+            return None
+        code = getattr(exc, "sqlstate", None)
+        headers = {"Retry-After": "5"} if status == 503 else None
+        message = exc.message if isinstance(exc, TenancyError) else str(exc)
+        return TenantRefused(message, status_code=status, slug=slug, code=code, headers=headers)
+
+    async def identify(self, request: Request) -> TenantInfo | None:
+        """Resolve and enter the request's tenant; None when no resolver names
+        one and ``required`` is False.
+
+        Raises:
+            TenantRefused: no tenant named (400), or the database refused it.
+        """
+        slug = await self.resolve(request)
+        if slug is None:
+            if self.required:
+                raise TenantRefused("no tenant in the request")
+            return None
+        try:
+            return await self.enter(slug)
+        except Exception as exc:
+            refused = self.refusal(exc, slug)
+            if refused is None:
+                raise
+            raise refused from exc
+
+    async def tenant_of(self, request: Request) -> TenantInfo:
+        """``request.state.tenant``, resolving and entering it when the
+        middleware did not (excluded path, no middleware).
+
+        Raises:
+            TenantRefused: as :meth:`identify`; 400 when no tenant is named.
+        """
+        info = getattr(request.state, "tenant", None)
+        if isinstance(info, TenantInfo):
+            return info
+        info = await self.identify(request)
+        if info is None:
+            raise TenantRefused("no tenant in the request")
+        request.state.tenant = info
+        return info
+
+    def _dependencies(
+        self,
+    ) -> tuple[
+        Callable[[Request], Awaitable[TenantInfo]],
+        Callable[..., Iterator[Session]],
+        Callable[..., AsyncIterator[AsyncSession]],
+    ]:
+        from fastapi import Depends
+
+        async def tenant(request: Request) -> TenantInfo:
+            return await self.tenant_of(request)
+
+        def session(info: TenantInfo = Depends(tenant)) -> Iterator[Session]:
+            with tenant_session(self.engine, info.slug) as s:
+                yield s
+
+        async def async_session(info: TenantInfo = Depends(tenant)) -> AsyncIterator[AsyncSession]:
+            async with tenant_session(self.async_engine, info.slug) as s:
+                yield s
+
+        return tenant, session, async_session
+
+
+class TenantMiddleware:
+    """Pure ASGI middleware: resolve, enter eagerly, map refusals, set
+    ``request.state.tenant`` and the tenant context (see the module docstring).
+
+    Args:
+        app: the wrapped ASGI app.
+        tenants: the :class:`Tenants` configuration.
+
+    Only HTTP requests are handled; websockets and lifespan events pass through.
+    """
+
+    def __init__(self, app: ASGIApp, tenants: Tenants) -> None:
+        self.app = app
+        self.tenants = tenants
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.tenants.excluded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            info = await self.tenants.identify(request)
+        except TenantRefused as refused:
+            await refused.response()(scope, receive, send)
+            return
+        if info is None:
+            await self.app(scope, receive, send)
+            return
+        request.state.tenant = info
+        async with use_tenant(info.slug):
+            await self.app(scope, receive, send)
