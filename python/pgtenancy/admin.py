@@ -318,30 +318,54 @@ class Tenancy:
         """
         return Tenant.from_row(self._one("migrate_tenant", slug=slug))
 
-    def migrate_tenants(self, slugs: list[str] | None = None) -> MigrationReport:
-        """Migrate several tenants, each in its own transaction; a failure is
-        recorded and the others go on.
+    def migrate_tenants(
+        self,
+        slugs: list[str] | None = None,
+        *,
+        jobs: int = 1,
+        lock_timeout: Interval = "5s",
+    ) -> MigrationReport:
+        """Migrate several tenants with the fleet runner
+        (:func:`pgtenancy.fleet.migrate_fleet`, as ``pgtenancy migrate``):
+        each in its own transaction, migrations marked ``-- pgtenancy:
+        no-transaction`` applied between them; a failure is recorded
+        (``tenant_migration_failed``) and the others go on; a lost connection
+        is replaced and the tenant retried.
 
         Args:
             slugs: tenants to migrate; None means every tenant not deleted.
+            jobs: connections working in parallel (1 when ``Tenancy`` was
+                given a psycopg connection).
+            lock_timeout: how long a tenant may wait for its tables' locks
+                before it fails (PT006).
+
+        Returns:
+            A :class:`MigrationReport`; every selected tenant is in exactly
+            one of its lists.
+
+        Raises:
+            ValueError: ``Tenancy`` was given a psycopg connection inside a
+                transaction (each tenant commits on its own).
         """
-        before = {t.slug: t for t in self.list_tenants()}
-        if slugs is None:
-            slugs = [t.slug for t in before.values() if t.status != "deleted"]
-        migrated: list[Tenant] = []
+        from pgtenancy.errors import lookup
+        from pgtenancy.fleet import migrate_fleet
+
+        report = migrate_fleet(
+            self.database.source, jobs=jobs, lock_timeout=lock_timeout, tenants=slugs
+        )
+        tenants = {t.slug: t for t in self.list_tenants()}
+        migrated = [tenants[o.slug] for o in report.migrated if o.slug in tenants]
         failed: list[tuple[str, TenancyError]] = []
-        unchanged: list[Tenant] = []
-        for slug in slugs:
-            try:
-                after = self.migrate_tenant(slug)
-            except TenancyError as exc:
-                failed.append((slug, exc))
-                continue
-            old = before.get(slug)
-            if old is not None and old.migration_version == after.migration_version:
-                unchanged.append(after)
-            else:
-                migrated.append(after)
+        for o in report.failed:
+            cls = lookup(o.sqlstate) if o.sqlstate else None
+            failed.append((o.slug, (cls or TenancyError)(o.message or "failed", sqlstate=o.sqlstate)))
+        done = {o.slug for o in report.migrated} | {o.slug for o in report.failed}
+        wanted = set(slugs) if slugs is not None else None
+        unchanged = [
+            t
+            for t in tenants.values()
+            if t.slug not in done and t.status != "deleted" and (wanted is None or t.slug in wanted)
+        ]
         return MigrationReport(migrated, failed, unchanged)
 
     def enable_rls(self, table: str, tenant_column: str = "tenant_id") -> GuardedTable:
