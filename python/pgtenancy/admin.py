@@ -358,7 +358,8 @@ class Tenancy:
         failed: list[tuple[str, TenancyError]] = []
         for o in report.failed:
             cls = lookup(o.sqlstate) if o.sqlstate else None
-            failed.append((o.slug, (cls or TenancyError)(o.message or "failed", sqlstate=o.sqlstate)))
+            error = (cls or TenancyError)(o.message or "failed", sqlstate=o.sqlstate)
+            failed.append((o.slug, error))
         done = {o.slug for o in report.migrated} | {o.slug for o in report.failed}
         wanted = set(slugs) if slugs is not None else None
         unchanged = [

@@ -184,12 +184,13 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
     natural order, and the reader refuses a directory where it would not be.
 
     Raises:
-        MigrationCheckError: with the file and the reason: a name none of the
-            forms above; a directory mixing forms; two names with the same
-            version (Flyway: the same version number); names whose natural order and registered (C-collation)
-            order disagree (numbers longer than :data:`VERSION_PAD` digits of
-            different widths, digits in the name part); a version the
-            registry refuses (over 128 characters).
+        MigrationCheckError: with the file and the reason: a name none of
+            the forms above; a directory mixing forms; two names with the
+            same version (Flyway: the same version number); names whose
+            natural order and registered (C-collation) order disagree
+            (numbers longer than :data:`VERSION_PAD` digits of different
+            widths, digits in the name part); a version the registry refuses
+            (over 128 characters).
         FileNotFoundError: the directory does not exist.
     """
     if not directory.is_dir():
