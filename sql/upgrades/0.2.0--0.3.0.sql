@@ -1715,6 +1715,10 @@ BEGIN
         RETURN;
     END IF;
     FOR v_obj IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+        -- A dropped table takes its TOAST table and index (schema pg_toast)
+        -- with it; they cannot be dropped on their own, and the table itself
+        -- is checked.
+        CONTINUE WHEN v_obj.schema_name = 'pg_toast' AND NOT v_obj.original;
         -- Objects without a schema (schemas, extensions, casts, ...) are
         -- never a tenant's; policies, triggers, rules and constraints carry
         -- their table's schema in the identity.
