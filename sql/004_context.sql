@@ -44,6 +44,11 @@ BEGIN
         RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(p_slug)
             USING ERRCODE = 'PT005';
     END IF;
+    IF v_status = 'provisioning' THEN
+        RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(p_slug)
+            USING ERRCODE = 'PT019',
+                  HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
+    END IF;
     -- Fail closed: never fall back to public when the schema is gone.
     IF v_schema IS NOT NULL
        AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(v_schema)) IS NULL THEN
@@ -66,8 +71,8 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public (public '
     'alone for a shared tenant); '
     'app.tenant_id = tenant id; app.tenant = slug; all transaction-local. Returns the tenant id. '
-    'Raises PT003 (unknown), PT004 (suspended), PT005 (deleted), PT007 (schema missing) before '
-    'anything is set. Call it inside a transaction block.';
+    'Raises PT003 (unknown), PT004 (suspended), PT005 (deleted), PT019 (being provisioned), '
+    'PT007 (schema missing) before anything is set. Call it inside a transaction block.';
 
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id()
     RETURNS uuid

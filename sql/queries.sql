@@ -237,3 +237,12 @@ SELECT t.slug, t.isolation, t.status, t.migration_version,
 
 -- name: fleet_application_name
 SELECT pg_catalog.set_config('application_name', %(name)s, false)
+
+-- name: record_provisioning_failure
+SELECT tenancy.record_provisioning_failure(%(slug)s, %(version)s, %(sqlstate)s, %(message)s)
+  AS recorded
+
+-- name: provisioning_failure
+SELECT f.version, f.sqlstate, f.message, f.failed_at
+  FROM tenancy.provisioning_failures AS f JOIN tenancy.tenants AS t ON t.id = f.tenant_id
+ WHERE t.slug = %(slug)s

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 #: guarded by row-level security (the registry's ``isolation`` column).
 Isolation = Literal["schema", "shared"]
 #: A tenant's lifecycle status (the registry's ``status`` column).
-TenantStatus = Literal["active", "suspended", "deleted"]
+TenantStatus = Literal["active", "suspended", "deleted", "provisioning"]
 #: A Postgres interval: text such as ``"7 days"``, or a :class:`~datetime.timedelta`.
 Interval = str | timedelta
 
@@ -42,7 +42,9 @@ class Tenant:
         id: tenant id (uuid).
         slug: tenant slug.
         schema_name: the tenant's schema; None for a shared tenant.
-        status: ``active``, ``suspended`` or ``deleted``.
+        status: ``active``, ``suspended``, ``deleted``, or ``provisioning``
+            (created, its migrations not all applied yet: see
+            :meth:`Tenancy.create_tenant`).
         isolation: ``schema`` (own schema) or ``shared`` (rows in guarded shared tables).
         metadata: free-form JSON object.
         created_at: creation time (timezone-aware).
@@ -217,7 +219,20 @@ class Tenancy:
         metadata: Mapping[str, Any] | None = None,
         isolation: Isolation = "schema",
     ) -> Tenant:
-        """Create a tenant, its registry row and ``tenant_created``, in one transaction.
+        """Create a tenant, its registry row and ``tenant_created``, in one
+        transaction; or, when the migration history needs commit boundaries
+        (an enum value added by one migration and used by a later one, a
+        no-transaction migration), register it in status ``provisioning``
+        and apply each migration in a transaction of its own (the fleet
+        runner), then make it ``active`` and emit ``tenant_created``.
+
+        A failure there leaves the tenant ``provisioning`` (entering it raises
+        :class:`~pgtenancy.errors.TenantProvisioning`, PT019) with the failing
+        version, SQLSTATE and message in ``tenancy.provisioning_failures``;
+        calling ``create_tenant`` again (or ``pgtenancy migrate``) resumes it,
+        ``drop_tenant`` removes it. Given a psycopg connection inside a
+        transaction, only the first step runs (in the caller's transaction):
+        the tenant is returned ``provisioning``; finish it after the commit.
 
         Args:
             slug: tenant slug (see :func:`pgtenancy.slugs.validate_slug`).
@@ -228,7 +243,9 @@ class Tenancy:
 
         Raises:
             InvalidTenantSlug: PT001. TenantExists: PT002.
-            MigrationFailed: PT006; no schema, row or event is left behind.
+            MigrationFailed: PT006; no schema, row or event is left behind
+                (with commit boundaries: the tenant stays ``provisioning``,
+                the failure recorded).
             ValueError: unknown isolation, before any SQL runs.
         """
         validate_slug(slug)
@@ -240,7 +257,35 @@ class Tenancy:
             metadata=json.dumps(dict(metadata or {})),
             isolation=isolation,
         )
-        return Tenant.from_row(row)
+        tenant = Tenant.from_row(row)
+        if tenant.status != "provisioning":
+            return tenant
+        return self._finish_provisioning(tenant)
+
+    def _finish_provisioning(self, tenant: Tenant) -> Tenant:
+        import psycopg
+        from psycopg.pq import TransactionStatus
+
+        from pgtenancy.errors import MigrationFailed, lookup
+        from pgtenancy.fleet import migrate_fleet
+
+        source = self.database.source
+        if (
+            isinstance(source, psycopg.Connection)
+            and source.info.transaction_status != TransactionStatus.IDLE
+        ):
+            return tenant  # the caller's transaction: finish it after the commit
+        report = migrate_fleet(source, tenants=[tenant.slug])
+        if report.failed:
+            failure = report.failed[0]
+            cls = (lookup(failure.sqlstate) if failure.sqlstate else None) or MigrationFailed
+            raise cls(
+                failure.message or "provisioning failed",
+                sqlstate=failure.sqlstate,
+                hint=f"tenant {tenant.slug!r} stays provisioning: create it again to resume, "
+                "or drop it",
+            )
+        return self.get_tenant(tenant.slug)
 
     def get_tenant(self, slug: str) -> Tenant:
         """The registry row of ``slug``.
@@ -295,7 +340,8 @@ class Tenancy:
 
         Raises:
             InvalidMigration: PT008, bad version, changed SQL, out-of-order
-                version, or SQL that fails on an empty tenant schema.
+                version, or SQL that fails on a tenant schema at the latest
+                registered version (the scratch schema ``tenancy_scratch``).
         """
         row = self._one(
             "add_migration", version=version, sql=sql, outside_transaction=outside_transaction

@@ -579,6 +579,20 @@ def _record_failure(
             conn.rollback()
         cur = conn.cursor(row_factory=dict_row)
         with conn.transaction():
+            # A tenant being provisioned keeps its failure (the migration
+            # that failed: its next one) and announces nothing.
+            nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+            provisioning = cur.execute(
+                QUERIES["record_provisioning_failure"],
+                {
+                    "slug": slug,
+                    "version": nxt["version"] if nxt else None,
+                    "sqlstate": sqlstate,
+                    "message": message,
+                },
+            ).fetchone()
+            if provisioning is not None and provisioning["recorded"]:
+                return True
             target = cur.execute(QUERIES["latest_migration"]).fetchone()
             cur.execute(
                 QUERIES["record_migration_failure"],
@@ -597,16 +611,25 @@ def _record_failure(
 def _migrate_one(conn: psycopg.Connection[Any], slug: str, lock_timeout: str) -> str | None:
     """Bring one tenant to the latest version; returns its version after."""
     cur = conn.cursor(row_factory=dict_row)
+    previous: object = object()
     while True:
+        # One transaction applies what needs no commit in between: all that
+        # is missing, or (commit boundaries) the next migration.
         with conn.transaction():
             cur.execute(QUERIES["set_lock_timeout"], {"timeout": lock_timeout})
-            cur.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
+            row = cur.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
             nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
-        if nxt is None or not nxt["outside_transaction"]:
+        if nxt is None:
             break
-        # The next migration cannot run in a transaction: apply it
-        # statement by statement, then go on with the rest.
-        _apply_outside_transaction(conn, slug, lock_timeout)
+        if nxt["outside_transaction"]:
+            # The next migration cannot run in a transaction: apply it
+            # statement by statement, then go on with the rest.
+            _apply_outside_transaction(conn, slug, lock_timeout)
+            continue
+        version = None if row is None else row["migration_version"]
+        if version == previous:
+            break  # no progress: reported as stopped short
+        previous = version
     with conn.transaction():
         final = cur.execute(QUERIES["tenant_migration_version"], {"slug": slug}).fetchone()
     return None if final is None else final["migration_version"]

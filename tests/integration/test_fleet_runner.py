@@ -139,14 +139,15 @@ def test_migrate_tenants_runs_the_fleet_runner_past_no_transaction_migrations(
     tenancy: Tenancy, sql: SQL
 ) -> None:
     tenancy.add_migration("0001", "CREATE TABLE item (id int PRIMARY KEY, v int)")
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("hooli", isolation="shared")
     tenancy.add_migration(
         "0002",
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS item_v ON item (v)",
         outside_transaction=True,
     )
-    tenancy.create_tenant("acme")  # provisioning stops before 0002
-    tenancy.create_tenant("hooli", isolation="shared")
-    assert tenancy.get_tenant("acme").migration_version == "0001"
+    # The SQL function stops before it: acme is stuck at 0001 ...
+    assert tenancy.migrate_tenant("acme").migration_version == "0001"
     report = tenancy.migrate_tenants()
     assert [t.slug for t in report.migrated] == ["acme"]
     assert report.migrated[0].migration_version == "0002"
