@@ -186,7 +186,7 @@ def test_add_migration_refuses_and_changes_nothing(
 # must hold on create_tenant, migrate_tenant and the fleet runner as well.
 def _sleeper(body: str) -> str:
     return (
-        "DO $sleeper$ BEGIN IF current_schema() NOT LIKE 'tenancy\\_check\\_%' THEN "
+        "DO $sleeper$ BEGIN IF current_schema() <> 'tenancy_scratch' THEN "
         f"EXECUTE {_dollar(body)}; END IF; END $sleeper$"
     )
 

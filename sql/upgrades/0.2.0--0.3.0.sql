@@ -2174,9 +2174,9 @@ CREATE TABLE IF NOT EXISTS tenancy.provisioning_failures (
     sqlstate  text,
     message   text,
     failed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    CONSTRAINT provisioning_failures_pkey PRIMARY KEY (tenant_id),
-    CONSTRAINT provisioning_failures_tenant_id_fkey FOREIGN KEY (tenant_id)
-        REFERENCES tenancy.tenants (id) ON DELETE CASCADE
+    -- No foreign key: the registry refuses TRUNCATE with its own error, and
+    -- the row goes with the tenant's (tenants_after_change).
+    CONSTRAINT provisioning_failures_pkey PRIMARY KEY (tenant_id)
 );
 
 COMMENT ON TABLE tenancy.provisioning_failures IS
@@ -2628,6 +2628,7 @@ BEGIN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
         END IF;
         PERFORM tenancy.delete_shared_rows(OLD.id);
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = OLD.id;
         IF OLD.status = 'provisioning' THEN
             RETURN NULL;  -- never created: nothing to announce
         END IF;
