@@ -2340,7 +2340,28 @@ BEGIN
         v_version := v_migration.version;
         v_applied := v_applied + 1;
     END LOOP;
-    IF v_granted THEN
+    IF v_granted AND p_scratch THEN
+        -- The scratch schema's objects stay the migrator's (it holds no
+        -- data and nobody reads it), so the next registration re-owns
+        -- nothing and registering stays linear; the checks of a hand-back
+        -- still refuse what a tenant could not take back.
+        IF EXISTS (SELECT 1 FROM pg_proc AS p
+                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
+                      AND r.rulename <> '_RETURN') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+        END IF;
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
         BEGIN
             PERFORM tenancy.hand_over_schema(p_schema, false);
@@ -2360,7 +2381,7 @@ COMMENT ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) IS
     'Run, inside schema p_schema, the registered migrations after version p_from (all when NULL; '
     'at most p_max when given), in version order, each as the migrator role confined to that '
     'schema, stopping before a no-transaction migration (p_scratch: the scratch schema tries it '
-    'without CONCURRENTLY instead); return the last version applied (p_from when none). Raises '
+    'without CONCURRENTLY instead, and its objects stay the migrator''s); return the last version applied (p_from when none). Raises '
     'PT017 when a migration reaches outside its schema, PT006 with the failing migration''s '
     'SQLSTATE in DETAIL for any other error. Internal: not granted to PUBLIC.';
 
