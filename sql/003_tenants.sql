@@ -144,9 +144,12 @@ BEGIN
             -- transaction only; nobody else ever sees the grant committed.
             EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
             -- Taking the schema's objects locks them all for the rest of the
-            -- transaction: a busy tenant fails here under lock_timeout.
+            -- transaction: a busy tenant fails here under lock_timeout. The
+            -- scratch schema's objects are the migrator's already.
             BEGIN
-                PERFORM tenancy.hand_over_schema(p_schema, true);
+                IF NOT p_scratch THEN
+                    PERFORM tenancy.hand_over_schema(p_schema, true);
+                END IF;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
                 RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,

@@ -48,6 +48,7 @@ from pgtenancy.errors import InvalidMigration, TenancyError, translate
 from pgtenancy.queries import QUERIES
 
 if TYPE_CHECKING:
+    from pgtenancy.admin import Tenancy
     from pgtenancy.database import Connectable
     from pgtenancy.migration_files import MigrationFile
 
@@ -737,7 +738,15 @@ def sync_migration_dir(
     files = read_migration_dir(Path(directory))
     for f in files:
         check_migration(f, shared_schemas)
-    tenancy = Tenancy(source)
+    if isinstance(source, str):  # one connection for the whole directory
+        with psycopg.connect(
+            libpq_dsn(source), autocommit=True, application_name=APPLICATION_NAME
+        ) as conn:
+            return _sync(Tenancy(conn), files, dry_run)
+    return _sync(Tenancy(source), files, dry_run)
+
+
+def _sync(tenancy: Tenancy, files: list[MigrationFile], dry_run: bool) -> SyncResult:
     registered = {m.version: m.checksum for m in tenancy.list_migrations()}
     result = SyncResult(files=files)
     new: list[MigrationFile] = []
@@ -745,7 +754,7 @@ def sync_migration_dir(
         if f.version in registered:
             if registered[f.version] != f.checksum:
                 raise InvalidMigration(
-                    f"{f.path.name} changed after it was registered (checksum differs); "
+                    f"{f.name or f.path.name} changed after it was registered (checksum differs); "
                     "add a new migration instead"
                 )
             result.current.append(f.version)
