@@ -138,6 +138,7 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_isolation.py
 	$(BIN)/python bench/bench_events.py
 	$(BIN)/python bench/bench_migrations.py --chinook "$(CHINOOK)"
+	$(BIN)/python bench/bench_registration.py
 
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py
