@@ -241,8 +241,3 @@ SELECT pg_catalog.set_config('application_name', %(name)s, false)
 -- name: record_provisioning_failure
 SELECT tenancy.record_provisioning_failure(%(slug)s, %(version)s, %(sqlstate)s, %(message)s)
   AS recorded
-
--- name: provisioning_failure
-SELECT f.version, f.sqlstate, f.message, f.failed_at
-  FROM tenancy.provisioning_failures AS f JOIN tenancy.tenants AS t ON t.id = f.tenant_id
- WHERE t.slug = %(slug)s

@@ -354,8 +354,10 @@ class Tenancy:
         return [Migration(r["version"], r["checksum"], r["created_at"]) for r in rows]
 
     def migrate_tenant(self, slug: str) -> Tenant:
-        """Apply to ``slug`` the migrations it lacks, in one transaction.
-        Emits ``tenant_migrated`` when anything was applied.
+        """Apply to ``slug`` the migrations it lacks, in one transaction (one
+        SQL call: when they need commit boundaries, only the next one, and it
+        stops before a no-transaction migration; :meth:`migrate_tenants` goes
+        all the way). Emits ``tenant_migrated`` when anything was applied.
 
         Raises:
             TenantNotFound: PT003. TenantDeleted: PT005.
