@@ -338,7 +338,9 @@ BEGIN
        AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
         v_from := v_previous;
     ELSE
-        EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', v_scratch);
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
         EXECUTE format('CREATE SCHEMA %I', v_scratch);
         v_from := NULL;
     END IF;

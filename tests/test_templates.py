@@ -157,7 +157,10 @@ def test_real_app_dump_becomes_tenant_migration(pg_admin_dsn: str, dsn: str, sql
         ]
     ):
         assert expected in objects
-    assert sql("SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'orders_touch'") == [
+    assert sql(
+        "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'orders_touch' "
+        "AND tgrelid::regclass::text LIKE 'tenant\\_%%' ORDER BY 1"
+    ) == [
         ("tenant_acme.orders",),
         ("tenant_globex.orders",),
     ]
