@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # default is the machine's PostgreSQL (Debian's 15 here).
 PG ?=
 
-.PHONY: venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
+.PHONY: procrastinate venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -101,7 +101,28 @@ uninstall-sql: $(STAMP)
 demo: $(STAMP) pg-binaries
 	$(BIN)/python examples/chinook/demo.py --chinook "$(CHINOOK)"
 
-test: $(STAMP) pg-binaries pgbouncer pg-extensions
+# A real migration history for the tests and bench/bench_registration.py:
+# procrastinate's 38-file series, from its wheel on PyPI (not committed).
+# Without network the tests that need it are skipped with a message.
+PROCRASTINATE_VERSION ?= 3.10.0
+PROCRASTINATE_DIR := .cache/procrastinate-$(PROCRASTINATE_VERSION)
+procrastinate: $(PROCRASTINATE_DIR)/migrations/.stamp
+
+$(PROCRASTINATE_DIR)/migrations/.stamp: $(STAMP)
+	@mkdir -p $(PROCRASTINATE_DIR)
+	@if $(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: \
+	      "procrastinate==$(PROCRASTINATE_VERSION)" -d $(PROCRASTINATE_DIR) 2>/dev/null; then \
+	  rm -rf $(PROCRASTINATE_DIR)/migrations && mkdir -p $(PROCRASTINATE_DIR)/migrations && \
+	  $(BIN)/python -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); \
+	    [open(sys.argv[2] + '/' + n.rsplit('/', 1)[1], 'wb').write(z.read(n)) for n in z.namelist() \
+	     if n.startswith('procrastinate/sql/migrations/') and n.endswith('.sql')]" \
+	    $(PROCRASTINATE_DIR)/procrastinate-$(PROCRASTINATE_VERSION)-py3-none-any.whl \
+	    $(PROCRASTINATE_DIR)/migrations && touch $@; \
+	else \
+	  echo "note: could not download procrastinate from PyPI; its tests will be skipped" >&2; \
+	fi
+
+test: $(STAMP) pg-binaries pgbouncer pg-extensions procrastinate
 ifeq ($(PG),)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 else ifeq ($(PG),18)
@@ -112,7 +133,7 @@ else
 	@echo "PG=$(PG) is not supported: use PG=18, or nothing for the machine's PostgreSQL" >&2; exit 2
 endif
 
-bench: $(STAMP) pg-binaries pgbouncer
+bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_entry.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_isolation.py
@@ -121,6 +142,7 @@ bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_fastapi.py
 	$(BIN)/python bench/bench_clone.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_sizes.py
+	$(BIN)/python bench/bench_registration.py
 
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py
@@ -131,4 +153,4 @@ lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_plpgsql_check.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql sql/pgtenancy.control
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql sql/pgtenancy.control

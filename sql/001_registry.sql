@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_schema_name_key UNIQUE (schema_name),
-    CONSTRAINT tenants_status_check CHECK (status IN ('active', 'suspended', 'deleted')),
+    CONSTRAINT tenants_status_check CHECK (status IN ('active', 'suspended', 'deleted', 'provisioning')),
     CONSTRAINT tenants_isolation_check CHECK (isolation IN ('schema', 'shared')),
     CONSTRAINT tenants_schema_name_check CHECK ((isolation = 'schema') = (schema_name IS NOT NULL)),
     CONSTRAINT tenants_metadata_check CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')

@@ -488,6 +488,10 @@ BEGIN
         RETURN;
     END IF;
     FOR v_obj IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+        -- A dropped table takes its TOAST table and index (schema pg_toast)
+        -- with it; they cannot be dropped on their own, and the table itself
+        -- is checked.
+        CONTINUE WHEN v_obj.schema_name = 'pg_toast' AND NOT v_obj.original;
         -- Objects without a schema (schemas, extensions, casts, ...) are
         -- never a tenant's; policies, triggers, rules and constraints carry
         -- their table's schema in the identity.
@@ -531,6 +535,53 @@ BEGIN
     UPDATE tenancy.confinement SET fence = true;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION tenancy.check_tenant_grants(schema_name text)
+    RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+    v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj      record;
+BEGIN
+    -- The application roles get their privileges from grant_app_role: a
+    -- migration must not grant the tenant's objects to PUBLIC or to other
+    -- roles.
+    SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                            ELSE pg_get_userbyid(a.grantee) END) AS name
+      INTO v_obj
+      FROM pg_depend AS d
+      CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
+                              WHEN 'pg_class'::regclass
+                                  THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
+                              WHEN 'pg_proc'::regclass
+                                  THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
+                              WHEN 'pg_type'::regclass
+                                  THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
+                          END, '{}'::aclitem[]) AS acl) AS o
+      CROSS JOIN LATERAL aclexplode(o.acl) AS a
+     WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+       AND a.grantee NOT IN (v_owner, v_migrator)
+       AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
+                               JOIN pg_roles AS r ON r.rolname = ar.role_name)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'unsafe migration: it granted privileges on a tenant object (%)', v_obj.name
+            USING ERRCODE = 'PT017',
+                  HINT = 'The kit grants the application roles (grant_app_role); grant nothing else.';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_tenant_grants(text) IS
+    'Raise PT017 when an object of tenant schema schema_name is granted to PUBLIC or to a role '
+    'other than the kit''s owner, the migrator and the application roles. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.check_tenant_grants(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
     RETURNS integer
@@ -577,33 +628,9 @@ BEGIN
                       HINT = 'Use a trigger instead of a rule.';
         END IF;
     END IF;
-    -- Privileges on the tenant's objects are the kit's to give (the
-    -- application roles get theirs from grant_app_role): a migration must
-    -- not grant them to PUBLIC or to other roles.
+    -- Privileges on the tenant's objects are the kit's to give.
     IF NOT to_migrator THEN
-        SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                                                ELSE pg_get_userbyid(a.grantee) END) AS name
-          INTO v_obj
-          FROM pg_depend AS d
-          CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
-                                  WHEN 'pg_class'::regclass
-                                      THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
-                                  WHEN 'pg_proc'::regclass
-                                      THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
-                                  WHEN 'pg_type'::regclass
-                                      THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
-                              END, '{}'::aclitem[]) AS acl) AS o
-          CROSS JOIN LATERAL aclexplode(o.acl) AS a
-         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-           AND a.grantee NOT IN (v_owner, v_migrator)
-           AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
-                                   JOIN pg_roles AS r ON r.rolname = ar.role_name)
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'unsafe migration: it granted privileges on a tenant object (%)', v_obj.name
-                USING ERRCODE = 'PT017',
-                      HINT = 'The kit grants the application roles (grant_app_role); grant nothing else.';
-        END IF;
+        PERFORM tenancy.check_tenant_grants(schema_name);
     END IF;
     -- Everything in the schema, found through its namespace dependencies
     -- (indexed), not a scan of the catalogs.

@@ -39,7 +39,67 @@ COMMENT ON FUNCTION tenancy.validate_slug(text) IS
     'Return slug when it is a valid tenant slug: ^[a-z][a-z0-9_]*$, at most 63 bytes minus the '
     'schema prefix, not public, tenancy, information_schema or pg_*. Raises PT001 otherwise.';
 
-CREATE OR REPLACE FUNCTION tenancy.apply_migrations(p_schema text, p_from text)
+-- Provisioning: a new tenant whose history needs commits between migrations
+-- (an enum value added and used later, a no-transaction migration) is
+-- registered in status provisioning and migrated one migration per
+-- transaction; its last failure is kept here until it becomes active.
+CREATE TABLE IF NOT EXISTS tenancy.provisioning_failures (
+    tenant_id uuid        NOT NULL,
+    version   text COLLATE "C",
+    sqlstate  text,
+    message   text,
+    failed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- No foreign key: the registry refuses TRUNCATE with its own error, and
+    -- the row goes with the tenant's (tenants_after_change).
+    CONSTRAINT provisioning_failures_pkey PRIMARY KEY (tenant_id)
+);
+
+COMMENT ON TABLE tenancy.provisioning_failures IS
+    'Last failure of each tenant in status provisioning: the migration version, SQLSTATE and message.';
+
+-- The scratch schema registration checks a new migration in: kept at the
+-- latest registered version, so registering a migration applies that one
+-- migration only.
+CREATE TABLE IF NOT EXISTS tenancy.scratch (
+    singleton boolean NOT NULL DEFAULT true,
+    version   text COLLATE "C",
+    CONSTRAINT scratch_pkey PRIMARY KEY (singleton),
+    CONSTRAINT scratch_singleton_check CHECK (singleton)
+);
+
+COMMENT ON TABLE tenancy.scratch IS
+    'Version the scratch schema tenancy_scratch is at (one row; none before the first registration).';
+
+CREATE OR REPLACE FUNCTION tenancy.needs_commit_boundaries(from_version text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- An enum value added by one migration cannot be used before it commits;
+    -- a no-transaction migration runs between transactions.
+    SELECT EXISTS (
+        SELECT 1 FROM tenancy.migrations AS m
+         WHERE (needs_commit_boundaries.from_version IS NULL
+                OR m.version > needs_commit_boundaries.from_version)
+           AND (m.outside_transaction
+                OR (m.sql ~* '\mALTER\s+TYPE\M.*\mADD\s+VALUE\M'
+                    AND m.version < (SELECT max(l.version) FROM tenancy.migrations AS l))))
+$$;
+
+COMMENT ON FUNCTION tenancy.needs_commit_boundaries(text) IS
+    'True when the migrations after from_version (all when NULL) need a commit between '
+    'migrations: one adds an enum value (ALTER TYPE ... ADD VALUE) and others follow it, or '
+    'one runs outside a transaction. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.needs_commit_boundaries(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.apply_migrations(
+    p_schema  text,
+    p_from    text,
+    p_max     integer DEFAULT NULL,
+    p_scratch boolean DEFAULT false
+)
     RETURNS text
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -56,25 +116,28 @@ DECLARE
     -- temporary objects last.
     v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
     v_granted   boolean := false;
+    v_applied   integer := 0;
 BEGIN
     FOR v_migration IN
         SELECT * FROM tenancy.migrations AS m
          WHERE p_from IS NULL OR m.version > p_from
          ORDER BY m.version
     LOOP
+        EXIT WHEN v_applied >= p_max;
         -- It cannot run in this transaction: the fleet runner applies it
-        -- outside one, then everything after it. The scratch check of
-        -- add_migration skips it and tries the rest.
-        CONTINUE WHEN v_migration.outside_transaction AND p_schema LIKE 'tenancy\_check\_%';
-        EXIT WHEN v_migration.outside_transaction;
+        -- outside one, then everything after it.
+        EXIT WHEN v_migration.outside_transaction AND NOT p_scratch;
         IF NOT v_granted THEN
             -- The migrator may create in this schema for the rest of this
             -- transaction only; nobody else ever sees the grant committed.
             EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
             -- Taking the schema's objects locks them all for the rest of the
-            -- transaction: a busy tenant fails here under lock_timeout.
+            -- transaction: a busy tenant fails here under lock_timeout. The
+            -- scratch schema's objects are the migrator's already.
             BEGIN
-                PERFORM tenancy.hand_over_schema(p_schema, true);
+                IF NOT p_scratch THEN
+                    PERFORM tenancy.hand_over_schema(p_schema, true);
+                END IF;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
                 RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,
@@ -97,6 +160,22 @@ BEGIN
             RAISE EXCEPTION 'the migration runner tenancy.execute_migration was changed: it no longer runs as the migrator role'
                 USING ERRCODE = 'PT017',
                       HINT = 'Install the kit again (pgtenancy install) to restore it.';
+        END IF;
+        IF v_migration.outside_transaction THEN
+            -- The scratch schema (empty tables) takes a no-transaction
+            -- migration in this transaction: CREATE/DROP INDEX without
+            -- CONCURRENTLY; VACUUM and the like change no catalog and fail
+            -- here harmlessly. The fleet runner checks and runs the real one.
+            BEGIN
+                PERFORM tenancy.execute_migration(
+                    regexp_replace(v_migration.sql, '\mCONCURRENTLY\M', '', 'gi'), v_path);
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            v_version := v_migration.version;
+            v_applied := v_applied + 1;
+            CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
@@ -141,8 +220,31 @@ BEGIN
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
         v_version := v_migration.version;
+        v_applied := v_applied + 1;
     END LOOP;
-    IF v_granted THEN
+    IF v_granted AND p_scratch THEN
+        -- The scratch schema's objects stay the migrator's (it holds no
+        -- data and nobody reads it), so the next registration re-owns
+        -- nothing and registering stays linear; the checks of a hand-back
+        -- still refuse what a tenant could not take back.
+        IF EXISTS (SELECT 1 FROM pg_proc AS p
+                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
+                      AND r.rulename <> '_RETURN') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+        END IF;
+        PERFORM tenancy.check_tenant_grants(p_schema);
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
         BEGIN
             PERFORM tenancy.hand_over_schema(p_schema, false);
@@ -158,14 +260,15 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.apply_migrations(text, text) IS
-    'Run, inside schema p_schema, every registered migration after version p_from (all when NULL), '
-    'in version order, each as the migrator role confined to that schema; return the last '
-    'version applied (p_from when none). Raises PT017 when a migration reaches outside its '
-    'schema, PT006 with the failing migration''s SQLSTATE in DETAIL for any other error. '
-    'Internal: not granted to PUBLIC.';
+COMMENT ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) IS
+    'Run, inside schema p_schema, the registered migrations after version p_from (all when NULL; '
+    'at most p_max when given), in version order, each as the migrator role confined to that '
+    'schema, stopping before a no-transaction migration (p_scratch: the scratch schema tries it '
+    'without CONCURRENTLY instead, and its objects stay the migrator''s); return the last version applied (p_from when none). Raises '
+    'PT017 when a migration reaches outside its schema, PT006 with the failing migration''s '
+    'SQLSTATE in DETAIL for any other error. Internal: not granted to PUBLIC.';
 
-REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.add_migration(
     version             text,
@@ -184,7 +287,10 @@ DECLARE
     p_outside_transaction ALIAS FOR outside_transaction;
     v_row      tenancy.migrations;
     v_checksum text;
-    v_scratch  text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_from     text;
+    v_at       text;
     v_state    text;
     v_message  text;
     v_detail   text;
@@ -217,25 +323,31 @@ BEGIN
                   HINT = 'Versions are applied in C-collation order: use a later version.';
     END IF;
 
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
     INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
     VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
     RETURNING * INTO v_row;
-    IF v_row.outside_transaction THEN
-        -- Statements such as CREATE INDEX CONCURRENTLY cannot be tried in a
-        -- scratch schema inside this transaction.
-        RETURN v_row;
-    END IF;
 
-    -- Try every migration, the new one included, in a scratch schema, and
-    -- undo it all: broken SQL is refused here, before any tenant sees it.
-    v_scratch := format('tenancy_check_%s', pg_current_xact_id());
-    BEGIN
+    -- Try the new migration on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (one
+    -- migration applied, not the chain; earlier ones committed, so an enum
+    -- value an earlier migration added is usable). A missing or stale
+    -- scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
         EXECUTE format('CREATE SCHEMA %I', v_scratch);
-        PERFORM tenancy.apply_migrations(v_scratch, NULL);
-        RAISE EXCEPTION 'scratch check passed' USING ERRCODE = 'PTZ00';
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
     EXCEPTION
-        WHEN SQLSTATE 'PTZ00' THEN
-            NULL;
         WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_detail = PG_EXCEPTION_DETAIL;
@@ -246,24 +358,27 @@ BEGIN
                           HINT = 'A tenant migration may change its own tenant schema only; '
                                  'change shared schemas with a shared migration. Nothing was registered.';
             END IF;
-            RAISE EXCEPTION 'migration % does not apply to an empty tenant schema: %', p_version, v_message
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
                 USING ERRCODE = 'PT008',
                       DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
                                     ELSE format('SQLSTATE %s', v_state) END,
                       HINT = 'Nothing was registered.';
     END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
     RETURN v_row;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'Register tenant DDL (sql) as migration version, which must sort after every registered '
-    'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
-    'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
-    'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
-    'transactional paths stop before it. Raises PT017 for SQL that reaches outside its tenant '
-    'schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that fails; '
-    'nothing is registered then.';
+    'version. It is first applied to the scratch schema tenancy_scratch, kept at the latest '
+    'registered version (rebuilt by a replay when missing). Re-adding the same version with the '
+    'same SQL is a no-op. With outside_transaction the fleet runner applies it outside a '
+    'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
+    'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
+    'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
+    'fails; nothing is registered then.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
@@ -450,7 +565,14 @@ BEGIN
                   HINT = 'Rename or drop that schema, or choose another slug.';
     END IF;
     EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
-    NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+    IF tenancy.needs_commit_boundaries(NULL) THEN
+        -- One migration per transaction: the first one here, the others by
+        -- migrate_tenant (the fleet runner, or create_tenant rerun).
+        NEW.status := 'provisioning';
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL, 1);
+    ELSE
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+    END IF;
     PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
     RETURN NEW;
 END
@@ -459,7 +581,8 @@ $$;
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
     'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
     'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
-    'failure) and grant it to the application roles; a shared tenant gets no schema.';
+    'failure; when the history needs commit boundaries only the first, in status provisioning) '
+    'and grant it to the application roles; a shared tenant gets no schema.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
     RETURNS trigger
@@ -484,6 +607,15 @@ BEGIN
             USING ERRCODE = 'PT005',
                   HINT = 'A deleted tenant stays deleted; create a new one.';
     END IF;
+    IF NEW.status = 'provisioning' AND OLD.status <> 'provisioning' THEN
+        RAISE EXCEPTION 'tenant %: status provisioning is only for new tenants', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF OLD.status = 'provisioning' AND NEW.status = 'suspended' THEN
+        RAISE EXCEPTION 'tenant % is being provisioned', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT019',
+                  HINT = 'Finish it first (rerun create_tenant or pgtenancy migrate), or drop it.';
+    END IF;
     IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
        AND (NEW.isolation <> 'schema'
             OR NEW.migration_version IS NULL
@@ -504,8 +636,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
-    'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
+    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
+    'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
     'updated_at.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_after_change()
@@ -520,6 +653,18 @@ BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF tenancy.restoring() THEN
         RETURN NULL;  -- the dump brings the outbox as it was
+    END IF;
+    IF TG_OP = 'INSERT' AND NEW.status = 'provisioning' THEN
+        RETURN NULL;  -- tenant_created comes when it becomes active
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.status = 'provisioning' THEN
+        -- Its migrations so far were provisioning, not migrations of a tenant.
+        IF NEW.status = 'active' THEN
+            PERFORM tenancy.emit_event('tenant_created', NEW,
+                jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
+                                   'isolation', NEW.isolation));
+        END IF;
+        RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
@@ -537,6 +682,10 @@ BEGIN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
         END IF;
         PERFORM tenancy.delete_shared_rows(OLD.id);
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = OLD.id;
+        IF OLD.status = 'provisioning' THEN
+            RETURN NULL;  -- never created: nothing to announce
+        END IF;
         v_gone := OLD;
         v_gone.status := 'deleted';
         PERFORM tenancy.emit_event('tenant_deleted', v_gone,
@@ -571,8 +720,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_after_change() IS
     'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
-    'tenant_migrated for every change of the registry, whoever makes it; a deleted row also '
-    'drops its tenant schema and deletes its rows from every guarded shared table.';
+    'tenant_migrated for every change of the registry, whoever makes it (a tenant in status '
+    'provisioning emits tenant_created once, when it becomes active, and nothing before); a '
+    'deleted row also drops its tenant schema and deletes its rows from every guarded shared table.';
 
 CREATE OR REPLACE TRIGGER tenants_before_insert
     BEFORE INSERT ON tenancy.tenants
@@ -635,6 +785,11 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
+    -- A tenant left in provisioning by a failure or a killed run: go on.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
+        RETURN tenancy.migrate_tenant(create_tenant.slug);
+    END IF;
     IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
@@ -654,8 +809,11 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
     'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
-    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
-    '(metadata not an object, unknown isolation); on error nothing is left behind.';
+    'transaction. When the history needs commit boundaries the tenant is registered in status '
+    'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
+    'the next one in its own transaction, and the last makes it active (tenant_created then). '
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata not '
+    'an object, unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -742,7 +900,7 @@ AS $$
 DECLARE
     v_row tenancy.tenants := tenancy.lock_tenant(drop_tenant.slug);
 BEGIN
-    IF drop_tenant.destroy_data THEN
+    IF drop_tenant.destroy_data OR v_row.status = 'provisioning' THEN
         DELETE FROM tenancy.tenants WHERE id = v_row.id;
         v_row.status := 'deleted';
     ELSIF v_row.status <> 'deleted' THEN
@@ -775,8 +933,15 @@ BEGIN
     END IF;
     -- Current tenants cost one comparison, not a replay; shared tenants
     -- have no schema to migrate.
-    IF v_row.isolation = 'shared'
-       OR v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
+    IF v_row.isolation = 'shared' THEN
+        RETURN v_row;
+    END IF;
+    IF v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
+        IF v_row.status = 'provisioning' THEN
+            -- Its last migration ran outside a transaction: it is done.
+            UPDATE tenancy.tenants SET status = 'active' WHERE id = v_row.id RETURNING * INTO v_row;
+            DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = v_row.id;
+        END IF;
         RETURN v_row;
     END IF;
     IF to_regnamespace(quote_ident(v_row.schema_name)) IS NULL THEN
@@ -784,9 +949,20 @@ BEGIN
             quote_literal(migrate_tenant.slug)
             USING ERRCODE = 'PT007';
     END IF;
-    v_version := tenancy.apply_migrations(v_row.schema_name, v_row.migration_version);
+    v_version := tenancy.apply_migrations(
+        v_row.schema_name, v_row.migration_version,
+        CASE WHEN v_row.status = 'provisioning'
+                   OR tenancy.needs_commit_boundaries(v_row.migration_version) THEN 1 END);
     PERFORM tenancy.grant_schema_to_app_roles(v_row.schema_name);
-    UPDATE tenancy.tenants SET migration_version = v_version WHERE id = v_row.id RETURNING * INTO v_row;
+    UPDATE tenancy.tenants
+       SET migration_version = v_version,
+           status = CASE WHEN status = 'provisioning'
+                          AND v_version IS NOT DISTINCT FROM tenancy.latest_migration()
+                         THEN 'active' ELSE status END
+     WHERE id = v_row.id RETURNING * INTO v_row;
+    IF v_row.status <> 'provisioning' THEN
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = v_row.id;
+    END IF;
     RETURN v_row;
 END
 $$;
@@ -794,7 +970,45 @@ $$;
 COMMENT ON FUNCTION tenancy.migrate_tenant(text) IS
     'Apply to tenant slug the registered migrations it lacks, in order, in the caller''s '
     'transaction (the row lock serializes concurrent runs); emits tenant_migrated with the '
-    'versions applied. Raises PT003 (not found), PT005 (deleted), PT007 (schema missing), '
-    'PT006 (a migration failed: the tenant stays at its previous version).';
+    'versions applied. When they need commit boundaries (an enum value added and used later, a '
+    'no-transaction migration) only the next one is applied: call it until current (the fleet '
+    'runner does). A tenant in status provisioning becomes active with its last migration '
+    '(tenant_created). Stops before a no-transaction migration. Raises PT003 (not found), PT005 '
+    '(deleted), PT007 (schema missing), PT006 (a migration failed: the tenant stays at its '
+    'previous version).';
 
 REVOKE ALL ON FUNCTION tenancy.migrate_tenant(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.record_provisioning_failure(
+    slug text, version text, sqlstate text, message text
+)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id uuid;
+BEGIN
+    SELECT t.id INTO v_id FROM tenancy.tenants AS t
+     WHERE t.slug = record_provisioning_failure.slug AND t.status = 'provisioning';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO tenancy.provisioning_failures AS f (tenant_id, version, sqlstate, message)
+    VALUES (v_id, record_provisioning_failure.version, record_provisioning_failure.sqlstate,
+            record_provisioning_failure.message)
+        ON CONFLICT (tenant_id) DO UPDATE
+       SET version = EXCLUDED.version, sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message,
+           failed_at = pg_catalog.now();
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.record_provisioning_failure(text, text, text, text) IS
+    'Record why tenant slug, in status provisioning, failed (the migration version, SQLSTATE and '
+    'message; replaces the previous record) and return true; false (nothing recorded) when the '
+    'tenant is not being provisioned. Call it in its own transaction after the failed one.';
+
+REVOKE ALL ON FUNCTION tenancy.record_provisioning_failure(text, text, text, text) FROM PUBLIC;

@@ -64,7 +64,12 @@ BEGIN
             RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
                 USING ERRCODE = 'PT005';
         END IF;
-        -- Any status added later (provisioning, ...) is refused too: fail closed.
+        IF v_status = 'provisioning' THEN
+            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT019',
+                      HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
+        END IF;
+        -- Any status added later is refused too: fail closed.
         RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
             v_status
             USING ERRCODE = 'PT004';
@@ -100,7 +105,8 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
     'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
     'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
-    'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
+    'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
+    'PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id()

@@ -408,3 +408,24 @@ SELECT pg_catalog.setval({sequence}::regclass, 1, false)
 
 -- name: testing_lock_timeout
 SET lock_timeout = '5s'
+-- name: fleet_plan
+-- One query plans the whole fleet: every live tenant (or the slugs asked for,
+-- deleted ones included so they can be reported), its version and the
+-- registered versions it lacks, in the order they apply (C collation).
+SELECT t.slug, t.isolation, t.status, t.migration_version,
+       CASE WHEN t.isolation = 'schema' AND t.status <> 'deleted' THEN
+           ARRAY(SELECT m.version FROM tenancy.migrations AS m
+                  WHERE t.migration_version IS NULL OR m.version > t.migration_version
+                  ORDER BY m.version)
+       ELSE '{}'::text[] END AS pending
+  FROM tenancy.tenants AS t
+ WHERE (%(slugs)s::text[] IS NULL AND t.status <> 'deleted')
+    OR t.slug = ANY (%(slugs)s::text[])
+ ORDER BY t.slug
+
+-- name: fleet_application_name
+SELECT pg_catalog.set_config('application_name', %(name)s, false)
+
+-- name: record_provisioning_failure
+SELECT tenancy.record_provisioning_failure(%(slug)s, %(version)s, %(sqlstate)s, %(message)s)
+  AS recorded

@@ -83,6 +83,8 @@ BEGIN
     FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL' LOOP
         EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', v_schema);
     END LOOP;
+    -- The scratch schema registration checks migrations in goes with the kit.
+    DROP SCHEMA IF EXISTS tenancy_scratch CASCADE;
 END
 $$;
 

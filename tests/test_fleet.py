@@ -249,13 +249,17 @@ def test_a_no_transaction_migration_runs_outside_one(
     write(d, "0003_col.sql", "ALTER TABLE item ADD COLUMN w int;")
     r = cli(dsn, "--dir", str(d), "--quiet")
     assert r.returncode == 0, r.stderr
-    tenancy.create_tenant("acme")  # provisioning stops before 0002 ...
+    # In SQL, provisioning stops before 0002: the tenant stays provisioning ...
+    sql("SELECT tenancy.create_tenant('acme')")
     assert tenancy.get_tenant("acme").migration_version == "0001_item"
-    tenancy.create_tenant("globex")
-    r = cli(dsn, "--jobs", "2", "--quiet")  # ... and the runner does the rest
+    assert tenancy.get_tenant("acme").status == "provisioning"
+    # ... the admin API finishes it with the fleet runner ...
+    assert tenancy.create_tenant("globex").migration_version == "0003_col"
+    sql("SELECT tenancy.create_tenant('initech')")
+    r = cli(dsn, "--jobs", "2", "--quiet")  # ... and so does pgtenancy migrate
     assert r.returncode == 0, r.stderr
-    assert "2 migrated, 0 failed" in r.stdout
-    for schema in ("tenant_acme", "tenant_globex"):
+    assert "2 migrated, 0 failed, 1 already current" in r.stdout
+    for schema in ("tenant_acme", "tenant_globex", "tenant_initech"):
         assert sql(
             "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND indexname = 'item_v_idx'",
             (schema,),
@@ -265,9 +269,12 @@ def test_a_no_transaction_migration_runs_outside_one(
             "AND column_name = 'w'",
             (schema,),
         ) == [(1,)]
-    assert [t.migration_version for t in tenancy.list_tenants()] == ["0003_col", "0003_col"]
+    assert [(t.migration_version, t.status) for t in tenancy.list_tenants()] == [
+        ("0003_col", "active")
+    ] * 3
+    # Provisioning announces the tenant once, when it is done, and no migrations.
     assert sql(
-        "SELECT payload->'versions' FROM tenancy.events WHERE name = 'tenant_migrated' "
-        "AND tenant_slug = 'acme' ORDER BY id"
-    ) == [(["0002_idx"],), (["0003_col"],)]
+        "SELECT name, payload->>'migration_version' FROM tenancy.events "
+        "WHERE tenant_slug = 'acme' ORDER BY id"
+    ) == [("tenant_created", "0003_col")]
     assert sql("SHOW search_path") == [('"$user", public',)]

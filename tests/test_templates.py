@@ -159,7 +159,10 @@ def test_real_app_dump_becomes_tenant_migration(pg_admin_dsn: str, dsn: str, sql
         ]
     ):
         assert expected in objects
-    assert sql("SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'orders_touch'") == [
+    assert sql(
+        "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'orders_touch' "
+        "AND tgrelid::regclass::text LIKE 'tenant\\_%%' ORDER BY 1"
+    ) == [
         ("tenant_acme.orders",),
         ("tenant_globex.orders",),
     ]
@@ -507,7 +510,9 @@ def public_state(sql: Sql) -> dict[str, Any]:
             "SELECT extname, extversion, extnamespace::regnamespace::text FROM pg_extension"
             " ORDER BY 1"
         ),
-        "schemas": sql("SELECT nspname FROM pg_namespace WHERE nspname !~ '^tenant_' ORDER BY 1"),
+        "schemas": sql(
+            "SELECT nspname FROM pg_namespace WHERE nspname !~ '^tenant_' AND nspname <> 'tenancy_scratch' ORDER BY 1"
+        ),
     }
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 #: guarded by row-level security (the registry's ``isolation`` column).
 Isolation = Literal["schema", "shared"]
 #: A tenant's lifecycle status (the registry's ``status`` column).
-TenantStatus = Literal["active", "suspended", "deleted"]
+TenantStatus = Literal["active", "suspended", "deleted", "provisioning"]
 #: A Postgres interval: text such as ``"7 days"``, or a :class:`~datetime.timedelta`.
 Interval = str | timedelta
 
@@ -45,7 +45,9 @@ class Tenant:
         id: tenant id (uuid).
         slug: tenant slug.
         schema_name: the tenant's schema; None for a shared tenant.
-        status: ``active``, ``suspended`` or ``deleted``.
+        status: ``active``, ``suspended``, ``deleted``, or ``provisioning``
+            (created, its migrations not all applied yet: see
+            :meth:`Tenancy.create_tenant`).
         isolation: ``schema`` (own schema) or ``shared`` (rows in guarded shared tables).
         metadata: free-form JSON object.
         created_at: creation time (timezone-aware).
@@ -233,7 +235,20 @@ class Tenancy:
         metadata: Mapping[str, Any] | None = None,
         isolation: Isolation = "schema",
     ) -> Tenant:
-        """Create a tenant, its registry row and ``tenant_created``, in one transaction.
+        """Create a tenant, its registry row and ``tenant_created``, in one
+        transaction; or, when the migration history needs commit boundaries
+        (an enum value added by one migration and used by a later one, a
+        no-transaction migration), register it in status ``provisioning``
+        and apply each migration in a transaction of its own (the fleet
+        runner), then make it ``active`` and emit ``tenant_created``.
+
+        A failure there leaves the tenant ``provisioning`` (entering it raises
+        :class:`~pgtenancy.errors.TenantProvisioning`, PT019) with the failing
+        version, SQLSTATE and message in ``tenancy.provisioning_failures``;
+        calling ``create_tenant`` again (or ``pgtenancy migrate``) resumes it,
+        ``drop_tenant`` removes it. Given a psycopg connection inside a
+        transaction, only the first step runs (in the caller's transaction):
+        the tenant is returned ``provisioning``; finish it after the commit.
 
         Args:
             slug: tenant slug (see :func:`pgtenancy.slugs.validate_slug`).
@@ -244,7 +259,9 @@ class Tenancy:
 
         Raises:
             InvalidTenantSlug: PT001. TenantExists: PT002.
-            MigrationFailed: PT006; no schema, row or event is left behind.
+            MigrationFailed: PT006; no schema, row or event is left behind
+                (with commit boundaries: the tenant stays ``provisioning``,
+                the failure recorded).
             ValueError: unknown isolation, before any SQL runs.
         """
         validate_slug(slug)
@@ -256,7 +273,35 @@ class Tenancy:
             metadata=json.dumps(dict(metadata or {})),
             isolation=isolation,
         )
-        return Tenant.from_row(row)
+        tenant = Tenant.from_row(row)
+        if tenant.status != "provisioning":
+            return tenant
+        return self._finish_provisioning(tenant)
+
+    def _finish_provisioning(self, tenant: Tenant) -> Tenant:
+        import psycopg
+        from psycopg.pq import TransactionStatus
+
+        from pgtenancy.errors import MigrationFailed, lookup
+        from pgtenancy.fleet import migrate_fleet
+
+        source = self.database.source
+        if (
+            isinstance(source, psycopg.Connection)
+            and source.info.transaction_status != TransactionStatus.IDLE
+        ):
+            return tenant  # the caller's transaction: finish it after the commit
+        report = migrate_fleet(source, tenants=[tenant.slug])
+        if report.failed:
+            failure = report.failed[0]
+            cls = (lookup(failure.sqlstate) if failure.sqlstate else None) or MigrationFailed
+            raise cls(
+                failure.message or "provisioning failed",
+                sqlstate=failure.sqlstate,
+                hint=f"tenant {tenant.slug!r} stays provisioning: create it again to resume, "
+                "or drop it",
+            )
+        return self.get_tenant(tenant.slug)
 
     def get_tenant(self, slug: str) -> Tenant:
         """The registry row of ``slug``.
@@ -311,7 +356,8 @@ class Tenancy:
 
         Raises:
             InvalidMigration: PT008, bad version, changed SQL, out-of-order
-                version, or SQL that fails on an empty tenant schema.
+                version, or SQL that fails on a tenant schema at the latest
+                registered version (the scratch schema ``tenancy_scratch``).
         """
         row = self._one(
             "add_migration", version=version, sql=sql, outside_transaction=outside_transaction
@@ -324,8 +370,10 @@ class Tenancy:
         return [Migration(r["version"], r["checksum"], r["created_at"]) for r in rows]
 
     def migrate_tenant(self, slug: str) -> Tenant:
-        """Apply to ``slug`` the migrations it lacks, in one transaction.
-        Emits ``tenant_migrated`` when anything was applied.
+        """Apply to ``slug`` the migrations it lacks, in one transaction (one
+        SQL call: when they need commit boundaries, only the next one, and it
+        stops before a no-transaction migration; :meth:`migrate_tenants` goes
+        all the way). Emits ``tenant_migrated`` when anything was applied.
 
         Raises:
             TenantNotFound: PT003. TenantDeleted: PT005.
@@ -334,30 +382,55 @@ class Tenancy:
         """
         return Tenant.from_row(self._one("migrate_tenant", slug=slug))
 
-    def migrate_tenants(self, slugs: list[str] | None = None) -> MigrationReport:
-        """Migrate several tenants, each in its own transaction; a failure is
-        recorded and the others go on.
+    def migrate_tenants(
+        self,
+        slugs: list[str] | None = None,
+        *,
+        jobs: int = 1,
+        lock_timeout: Interval = "5s",
+    ) -> MigrationReport:
+        """Migrate several tenants with the fleet runner
+        (:func:`pgtenancy.fleet.migrate_fleet`, as ``pgtenancy migrate``):
+        each in its own transaction, migrations marked ``-- pgtenancy:
+        no-transaction`` applied between them; a failure is recorded
+        (``tenant_migration_failed``) and the others go on; a lost connection
+        is replaced and the tenant retried.
 
         Args:
             slugs: tenants to migrate; None means every tenant not deleted.
+            jobs: connections working in parallel (1 when ``Tenancy`` was
+                given a psycopg connection).
+            lock_timeout: how long a tenant may wait for its tables' locks
+                before it fails (PT006).
+
+        Returns:
+            A :class:`MigrationReport`; every selected tenant is in exactly
+            one of its lists.
+
+        Raises:
+            ValueError: ``Tenancy`` was given a psycopg connection inside a
+                transaction (each tenant commits on its own).
         """
-        before = {t.slug: t for t in self.list_tenants()}
-        if slugs is None:
-            slugs = [t.slug for t in before.values() if t.status != "deleted"]
-        migrated: list[Tenant] = []
+        from pgtenancy.errors import lookup
+        from pgtenancy.fleet import migrate_fleet
+
+        report = migrate_fleet(
+            self.database.source, jobs=jobs, lock_timeout=lock_timeout, tenants=slugs
+        )
+        tenants = {t.slug: t for t in self.list_tenants()}
+        migrated = [tenants[o.slug] for o in report.migrated if o.slug in tenants]
         failed: list[tuple[str, TenancyError]] = []
-        unchanged: list[Tenant] = []
-        for slug in slugs:
-            try:
-                after = self.migrate_tenant(slug)
-            except TenancyError as exc:
-                failed.append((slug, exc))
-                continue
-            old = before.get(slug)
-            if old is not None and old.migration_version == after.migration_version:
-                unchanged.append(after)
-            else:
-                migrated.append(after)
+        for o in report.failed:
+            cls = lookup(o.sqlstate) if o.sqlstate else None
+            error = (cls or TenancyError)(o.message or "failed", sqlstate=o.sqlstate)
+            failed.append((o.slug, error))
+        done = {o.slug for o in report.migrated} | {o.slug for o in report.failed}
+        wanted = set(slugs) if slugs is not None else None
+        unchanged = [
+            t
+            for t in tenants.values()
+            if t.slug not in done and t.status != "deleted" and (wanted is None or t.slug in wanted)
+        ]
         return MigrationReport(migrated, failed, unchanged)
 
     def enable_rls(self, table: str, tenant_column: str = "tenant_id") -> GuardedTable:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import click
 import psycopg
 
-from pgtenancy.errors import InvalidMigration, TenancyError, translate
+from pgtenancy.errors import TenancyError, translate
 
 # Commands import what they use when they run, so `pgtenancy --help` and
 # `pgtenancy version` start without SQLAlchemy, rich, pglast or the listener.
@@ -294,11 +294,10 @@ def migrate(
     as_json: bool,
 ) -> None:
     """Apply missing migrations to every tenant (or SLUGS / --tenants), each in
-    its own transaction, over --jobs connections. Exit status 1 when any failed."""
-    from pgtenancy.fleet import migrate_fleet
+    its own transaction, over --jobs connections. Exit status 1 when any tenant
+    failed or is unaccounted for."""
+    from pgtenancy.fleet import migrate_fleet, plan_fleet, sync_migration_dir
 
-    tenancy = _tenancy(dsn)
-    new_versions: list[str] = []
     if shared_directory is not None and dry_run:
         from pgtenancy.shared_migrations import pending_shared_migrations
 
@@ -313,30 +312,26 @@ def migrate(
                 f"shared migrations: {len(shared.applied)} applied, {len(shared.current)} current",
                 err=True,
             )
+    new_versions: list[str] = []
     if directory is not None:
-        from pgtenancy.migration_files import check_migration, read_migration_dir
-
-        files = read_migration_dir(directory)
-        for f in files:
-            for warning in check_migration(f, shared_schemas):
-                click.echo(f"warning: {warning}", err=True)
-        registered = {m.version: m.checksum for m in tenancy.list_migrations()}
-        for f in files:
-            if f.version in registered:
-                if registered[f.version] != f.checksum:
-                    raise InvalidMigration(
-                        f"{f.path.name} changed after it was registered (checksum differs); "
-                        "add a new migration instead"
-                    )
-                continue
-            if dry_run:
-                new_versions.append(f.version)
-            else:
-                tenancy.add_migration(f.version, f.sql, outside_transaction=f.outside_transaction)
+        synced = sync_migration_dir(dsn, directory, shared_schemas=shared_schemas, dry_run=dry_run)
+        for warning in synced.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        new_versions = synced.registered if dry_run else []
     wanted = [*slugs, *(tenant_list.split(",") if tenant_list else [])]
     selected = [s.strip() for s in wanted if s.strip()] or None
     if dry_run:
-        _dry_run(dsn, tenancy, selected, limit, new_versions, as_json)
+        fleet = plan_fleet(dsn, tenants=selected, limit=limit, new_versions=new_versions)
+        if as_json:
+            click.echo(json.dumps({"dry_run": fleet.as_dict()}))
+            return
+        for t in fleet.todo:
+            click.echo(f"{t.slug}: at {t.from_version or '-'}, would apply {', '.join(t.versions)}")
+        for slug in fleet.unknown:
+            click.echo(f"{slug}: not found", err=True)
+        for slug in fleet.deleted:
+            click.echo(f"{slug}: deleted", err=True)
+        click.echo(f"{len(fleet.todo)} tenants would be migrated, {fleet.current} current")
         return
     if quiet or as_json:  # no progress bar: rich is not even imported
         report = migrate_fleet(
@@ -345,16 +340,7 @@ def migrate(
     else:
         report = _migrate_with_progress(dsn, jobs, lock_timeout, selected, limit)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "migrated": [o.__dict__ for o in report.migrated],
-                    "failed": [o.__dict__ for o in report.failed],
-                    "current": report.current,
-                    "elapsed": report.elapsed,
-                }
-            )
-        )
+        click.echo(json.dumps(report.as_dict()))
     else:
         if not quiet:
             for o in report.migrated:
@@ -365,11 +351,14 @@ def migrate(
             )
         click.echo(
             f"{len(report.migrated)} migrated, {len(report.failed)} failed, "
-            f"{report.current} already current in {report.elapsed:.1f}s"
+            f"{report.current} already current of {report.planned} in {report.elapsed:.1f}s"
         )
-    if report.failed:
-        total = len(report.failed) + len(report.migrated)
-        click.echo(f"error: {len(report.failed)} of {total} tenants failed", err=True)
+    if not report.ok:
+        missing = report.planned - len(report.migrated) - report.current - len(report.failed)
+        extra = f", {missing} unaccounted for" if missing else ""
+        click.echo(
+            f"error: {len(report.failed)} of {report.planned} tenants failed{extra}", err=True
+        )
         sys.exit(1)
 
 
@@ -419,38 +408,6 @@ def _migrate_with_progress(
             on_outcome=on_outcome,
             on_plan=on_plan,
         )
-
-
-def _dry_run(
-    dsn: str,
-    tenancy: Tenancy,
-    selected: list[str] | None,
-    limit: int | None,
-    new_versions: list[str],
-    as_json: bool,
-) -> None:
-    from pgtenancy.fleet import pending_versions
-
-    tenants = [
-        t
-        for t in tenancy.list_tenants()
-        if t.isolation == "schema"
-        and t.status != "deleted"
-        and (selected is None or t.slug in selected)
-    ]
-    plans: list[dict[str, Any]] = []
-    for t in tenants:
-        versions = pending_versions(dsn, t.migration_version) + new_versions
-        if versions:
-            plans.append({"slug": t.slug, "from": t.migration_version, "versions": versions})
-    plans = plans[:limit] if limit is not None else plans
-    if as_json:
-        click.echo(json.dumps({"dry_run": plans}))
-        return
-    for p in plans:
-        versions_text = ", ".join(p["versions"])
-        click.echo(f"{p['slug']}: at {p['from'] or '-'}, would apply {versions_text}")
-    click.echo(f"{len(plans)} tenants would be migrated")
 
 
 @main.group()

@@ -263,6 +263,15 @@ class DomainTaken(TenancyError):
     sqlstate = "PT031"
 
 
+class TenantProvisioning(TenancyError):
+    """The tenant is being provisioned (status ``provisioning``): its history
+    needs commits between migrations and not all are applied yet, or one
+    failed (SQLSTATE PT019). Rerun ``create_tenant`` or ``pgtenancy migrate``
+    to finish it; ``drop_tenant`` removes it."""
+
+    sqlstate = "PT019"
+
+
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The

@@ -1,33 +1,62 @@
-"""Migrating the whole fleet: every tenant in its own transaction, in parallel.
+"""Migrating the whole fleet: one runner, every tenant in its own transaction.
 
-:func:`migrate_fleet` finds the tenants behind the latest migration with one
-indexed query (a current tenant costs nothing more), then migrates each of
-them with ``tenancy.migrate_tenant`` on ``jobs`` connections. The row lock
-that ``migrate_tenant`` takes means two runs never migrate one tenant at once;
-``lock_timeout`` makes a busy tenant fail instead of hanging the run. A
+:func:`migrate_fleet` is the one runner behind ``pgtenancy migrate`` and
+:meth:`pgtenancy.Tenancy.migrate_tenants`. It plans the run with one query
+(:func:`plan_fleet`, also what ``--dry-run`` prints), then migrates each
+tenant behind the latest migration with ``tenancy.migrate_tenant`` on
+``jobs`` connections, applying migrations marked ``-- pgtenancy:
+no-transaction`` statement by statement between those transactions. The row
+lock that ``migrate_tenant`` takes means two runs never migrate one tenant at
+once; ``lock_timeout`` makes a busy tenant fail instead of hanging the run. A
 failure rolls that tenant back to its previous version, is recorded with its
 SQLSTATE, emits ``tenant_migration_failed`` in a transaction of its own, and
-the others go on. Killing the runner leaves every tenant at its old or its new
-version; a rerun picks up what is left.
+the others go on. A lost connection (server restart, ``pg_terminate_backend``)
+is replaced and that tenant retried (``retries`` times), then recorded as
+failed. The report always accounts for every tenant planned:
+``len(migrated) + len(failed) + current == planned``. Killing the runner leaves
+every tenant at its old or its new version; a rerun picks up what is left.
+
+:func:`sync_migration_dir` registers the migration files of a directory
+(checked with pglast first), as ``pgtenancy migrate --dir`` does.
+
+Every connection the runner opens carries ``application_name``
+(:data:`APPLICATION_NAME` unless told otherwise, or the DSN's own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
+from pgtenancy.database import _is_engine, _is_pool
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import TenancyError, translate
+from pgtenancy.errors import InvalidMigration, TenancyError, translate
 from pgtenancy.queries import QUERIES
+
+if TYPE_CHECKING:
+    from pgtenancy.admin import Tenancy
+    from pgtenancy.database import Connectable
+    from pgtenancy.migration_files import MigrationFile
+
+#: ``application_name`` of the runner's connections, as ``pg_stat_activity`` shows it.
+APPLICATION_NAME = "pgtenancy migrate"
+#: SQLSTATE reported for a tenant whose connection was lost and could not be
+#: replaced or retried successfully (connection_failure).
+CONNECTION_LOST = "08006"
 
 
 @dataclass(frozen=True)
@@ -40,9 +69,11 @@ class TenantOutcome:
         to_version: version after the run (unchanged on failure).
         ok: whether the tenant is now current.
         sqlstate: SQLSTATE of the failure (PT006 for a failing migration,
-            a lock timeout included; PT003 for an unknown tenant, ...).
+            a lock timeout included; PT003 for an unknown tenant, PT005 for a
+            deleted one, 08006 when the connection was lost, ...).
         message: the failure's message.
         seconds: time spent on this tenant.
+        attempts: how many times it was tried (more than 1 after a lost connection).
     """
 
     slug: str
@@ -52,50 +83,258 @@ class TenantOutcome:
     sqlstate: str | None = None
     message: str | None = None
     seconds: float = 0.0
+    attempts: int = 1
 
 
 @dataclass
 class FleetReport:
-    """Outcome of a fleet run: tenants migrated, failed, and already current."""
+    """Outcome of a fleet run.
+
+    Attributes:
+        migrated: tenants brought to the latest version, by slug.
+        failed: tenants that are not, by slug (unknown or deleted slugs asked
+            for included).
+        current: tenants already current (shared tenants included: they have
+            no schema to migrate).
+        planned: tenants the run took on; always
+            ``len(migrated) + len(failed) + current``.
+        deferred: tenants behind that ``limit`` left for a later run (not a
+            failure: they were not asked for).
+        elapsed: seconds.
+    """
 
     migrated: list[TenantOutcome] = field(default_factory=list)
     failed: list[TenantOutcome] = field(default_factory=list)
     current: int = 0
+    planned: int = 0
+    deferred: int = 0
     elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """No tenant failed and every planned tenant is accounted for."""
+        return not self.failed and len(self.migrated) + self.current == self.planned
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (what ``migrate --json`` prints)."""
+        return {
+            "planned": self.planned,
+            "migrated": [o.__dict__ for o in self.migrated],
+            "failed": [o.__dict__ for o in self.failed],
+            "current": self.current,
+            "deferred": self.deferred,
+            "elapsed": self.elapsed,
+        }
+
+
+@dataclass(frozen=True)
+class PlannedTenant:
+    """One tenant of a :class:`FleetPlan`.
+
+    Attributes:
+        slug: tenant slug.
+        from_version: its migration version now (None: none applied).
+        versions: the versions it would be migrated through, in order.
+    """
+
+    slug: str
+    from_version: str | None
+    versions: list[str]
+
+
+@dataclass
+class FleetPlan:
+    """What a fleet run would do, read with one query.
+
+    Attributes:
+        todo: tenants behind, in slug order (after ``limit``).
+        current: selected tenants already current (shared tenants included).
+        unknown: requested slugs that are not registered.
+        deleted: requested slugs of deleted tenants.
+        deferred: tenants behind beyond ``limit``.
+        latest: the latest registered version (None: none registered).
+    """
+
+    todo: list[PlannedTenant] = field(default_factory=list)
+    current: int = 0
+    unknown: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    deferred: int = 0
+    latest: str | None = None
+
+    @property
+    def planned(self) -> int:
+        """Tenants a run takes on: behind, current, unknown and deleted ones asked for."""
+        return len(self.todo) + self.current + len(self.unknown) + len(self.deleted)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready data (what ``migrate --dry-run --json`` prints under ``dry_run``)."""
+        return {
+            "tenants": [
+                {"slug": t.slug, "from": t.from_version, "versions": t.versions} for t in self.todo
+            ],
+            "current": self.current,
+            "unknown": self.unknown,
+            "deleted": self.deleted,
+            "deferred": self.deferred,
+            "latest": self.latest,
+        }
+
+
+class _Connector:
+    """Connections for the runner, from whatever the caller holds (a
+    :data:`pgtenancy.database.Connectable`): ``acquire`` one, ``release`` it
+    (a broken one is discarded, never given back to a pool)."""
+
+    def __init__(self, source: Connectable, application_name: str) -> None:
+        self.source = source
+        self.application_name = application_name
+        #: A caller's own connection: one worker, never replaced or closed.
+        self.borrowed = isinstance(source, psycopg.Connection)
+        self._proxies: dict[int, Any] = {}
+        if (
+            isinstance(source, psycopg.Connection)
+            and source.info.transaction_status != TransactionStatus.IDLE
+        ):
+            raise ValueError(
+                "the fleet runner commits each tenant on its own: give it a connection "
+                "outside a transaction (or a DSN, pool, engine or connection factory)"
+            )
+
+    def acquire(self) -> psycopg.Connection[Any]:
+        source = self.source
+        conn: psycopg.Connection[Any]
+        if isinstance(source, str):
+            dsn = libpq_dsn(source)
+            if "application_name" in conninfo_to_dict(dsn):
+                return psycopg.connect(dsn)
+            return psycopg.connect(dsn, application_name=self.application_name)
+        if isinstance(source, psycopg.Connection):
+            conn = source
+        elif _is_pool(source):
+            conn = source.getconn()
+        elif _is_engine(source):
+            proxy = source.raw_connection()
+            driver = proxy.driver_connection
+            if not isinstance(driver, psycopg.Connection):
+                proxy.close()
+                raise TypeError("the engine must use the psycopg driver (postgresql+psycopg://)")
+            conn = driver
+            self._proxies[id(conn)] = proxy
+        else:
+            conn = source()  # type: ignore[operator]
+        # A connection made elsewhere: name it for the span of the run.
+        with conn.transaction():
+            conn.execute(QUERIES["fleet_application_name"], {"name": self.application_name})
+        return conn
+
+    def release(self, conn: psycopg.Connection[Any]) -> None:
+        source = self.source
+        broken = conn.broken or conn.closed
+        if not broken and not isinstance(source, str):
+            try:
+                with conn.transaction():
+                    conn.execute(QUERIES["reset_setting"], {"name": "application_name"})
+            except psycopg.Error:
+                broken = True
+        if isinstance(source, str):
+            conn.close()
+        elif isinstance(source, psycopg.Connection):
+            pass  # the caller's: never closed
+        elif _is_pool(source):
+            source.putconn(conn)  # the pool discards a broken connection
+        elif _is_engine(source):
+            proxy = self._proxies.pop(id(conn))
+            if broken:
+                proxy.invalidate()
+            proxy.close()
+        else:
+            conn.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = self.acquire()
+        try:
+            yield conn
+        finally:
+            self.release(conn)
+
+
+def _selection(tenants: Sequence[str] | None) -> list[str] | None:
+    return None if tenants is None else list(dict.fromkeys(tenants))
+
+
+def _plan(
+    conn: psycopg.Connection[Any],
+    tenants: Sequence[str] | None,
+    limit: int | None,
+    new_versions: Sequence[str] = (),
+) -> FleetPlan:
+    wanted = _selection(tenants)
+    with conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        rows = cur.execute(QUERIES["fleet_plan"], {"slugs": wanted}).fetchall()
+        latest_row = cur.execute(QUERIES["latest_migration"]).fetchone()
+    result = FleetPlan(latest=new_versions[-1] if new_versions else None)
+    if result.latest is None and latest_row is not None:
+        result.latest = latest_row["latest_migration"]
+    found = {r["slug"] for r in rows}
+    result.unknown = [s for s in wanted or () if s not in found]
+    behind: list[PlannedTenant] = []
+    for r in rows:
+        if r["status"] == "deleted":
+            result.deleted.append(r["slug"])
+            continue
+        versions = [*r["pending"], *new_versions] if r["isolation"] == "schema" else []
+        if versions:
+            behind.append(PlannedTenant(r["slug"], r["migration_version"], versions))
+        else:
+            result.current += 1
+    if limit is not None:
+        result.deferred = max(len(behind) - limit, 0)
+        behind = behind[:limit]
+    result.todo = behind
+    return result
+
+
+def plan_fleet(
+    source: Connectable,
+    *,
+    tenants: Sequence[str] | None = None,
+    limit: int | None = None,
+    new_versions: Sequence[str] = (),
+    application_name: str = APPLICATION_NAME,
+) -> FleetPlan:
+    """What a fleet run would do, read with one query; changes nothing.
+
+    Args:
+        source: where to connect (a :data:`pgtenancy.database.Connectable`).
+        tenants: only these slugs (the canary); None means every live tenant.
+        limit: at most this many tenants behind, in slug order.
+        new_versions: versions not registered yet that a run would register
+            first (``migrate --dir --dry-run``): every schema tenant lacks them.
+        application_name: of the connection.
+
+    Returns:
+        A :class:`FleetPlan`.
+    """
+    connector = _Connector(source, application_name)
+    with connector.connection() as conn:
+        return _plan(conn, tenants, limit, new_versions)
 
 
 def plan(
     dsn: str, tenants: Sequence[str] | None = None, limit: int | None = None
 ) -> tuple[list[tuple[str, str | None]], list[str], int]:
-    """Which tenants a run would migrate.
-
-    Args:
-        dsn: database DSN.
-        tenants: only these slugs (the canary); None means all.
-        limit: at most this many tenants, in slug order.
+    """Which tenants a run would migrate (kept for callers of 0.2: see :func:`plan_fleet`).
 
     Returns:
         ``(todo, unknown, current)``: ``(slug, version)`` of tenants behind the
         latest migration, requested slugs that are not registered, and how
         many selected tenants are already current.
     """
-    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
-        behind = [(r[0], r[1]) for r in conn.execute(QUERIES["tenants_to_migrate"])]
-        rows = conn.execute(QUERIES["live_tenant_isolations"])
-        registered: dict[str, str] = {str(r[0]): str(r[1]) for r in rows}
-    schema_tenants = {slug for slug, isolation in registered.items() if isolation == "schema"}
-    unknown: list[str] = []
-    if tenants is None:
-        selected = behind
-        current = len(schema_tenants) - len(behind)
-    else:
-        wanted = list(dict.fromkeys(tenants))
-        unknown = [s for s in wanted if s not in registered]
-        selected = [t for t in behind if t[0] in set(wanted)]
-        current = len(set(wanted) & schema_tenants) - len(selected)
-    if limit is not None:
-        selected = selected[:limit]
-    return selected, unknown, current
+    p = plan_fleet(dsn, tenants=tenants, limit=limit)
+    return [(t.slug, t.from_version) for t in p.todo], p.unknown, p.current
 
 
 def pending_versions(dsn: str, from_version: str | None) -> list[str]:
@@ -106,7 +345,7 @@ def pending_versions(dsn: str, from_version: str | None) -> list[str]:
 
 
 def migrate_fleet(
-    dsn: str,
+    source: Connectable,
     *,
     jobs: int = 1,
     lock_timeout: str | timedelta = "5s",
@@ -114,100 +353,249 @@ def migrate_fleet(
     limit: int | None = None,
     on_outcome: Callable[[TenantOutcome], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    retries: int = 2,
+    application_name: str = APPLICATION_NAME,
 ) -> FleetReport:
     """Migrate every tenant that lacks migrations, each in its own transaction.
 
     Args:
-        dsn: database DSN (a transaction pooler is fine: nothing here needs
-            session state).
+        source: where to connect (a :data:`pgtenancy.database.Connectable`: a
+            DSN, a psycopg pool, a SQLAlchemy engine, a connection factory, or
+            a psycopg connection outside a transaction, which is used alone,
+            as one job). A transaction pooler is fine: nothing here needs
+            session state across transactions.
         jobs: connections working in parallel (>= 1).
         lock_timeout: a Postgres duration (``"5s"``) or a
             :class:`~datetime.timedelta` (whole milliseconds); a tenant whose
-            tables stay locked longer fails (PT006, "lock timeout", 55P03 in the detail) instead
-            of blocking the run.
+            tables stay locked longer fails (PT006, "lock timeout", 55P03 in
+            the detail) instead of blocking the run.
         tenants: migrate only these slugs (the canary); None means all.
         limit: migrate at most this many tenants.
         on_outcome: called (from worker threads) after each tenant.
         on_plan: called once with the number of tenants to migrate.
+        retries: after a lost connection, how many more times a tenant is
+            tried on a new connection before it is recorded as failed (08006).
+        application_name: of every connection the runner opens.
 
     Returns:
-        A :class:`FleetReport`.
+        A :class:`FleetReport`; ``len(migrated) + len(failed) + current ==
+        planned`` always holds, and ``report.ok`` is false on any shortfall.
+
+    Raises:
+        ValueError: ``jobs`` < 1, ``retries`` < 0, or a psycopg connection
+            inside a transaction.
+        psycopg.Error: the database cannot be reached to plan the run.
     """
     if jobs < 1:
         raise ValueError("jobs must be at least 1")
+    if retries < 0:
+        raise ValueError("retries must be at least 0")
     if isinstance(lock_timeout, timedelta):
         lock_timeout = f"{max(int(lock_timeout.total_seconds() * 1000), 1)}ms"
     started = time.monotonic()
-    todo, unknown, current = plan(dsn, tenants, limit)
-    report = FleetReport(current=current)
-    for slug in unknown:
+    connector = _Connector(source, application_name)
+    with connector.connection() as conn:
+        fleet = _plan(conn, tenants, limit)
+    report = FleetReport(current=fleet.current, planned=fleet.planned, deferred=fleet.deferred)
+    for slug in fleet.unknown:
         report.failed.append(
             TenantOutcome(slug, None, None, False, "PT003", f"tenant '{slug}' not found")
         )
+    for slug in fleet.deleted:
+        report.failed.append(
+            TenantOutcome(slug, None, None, False, "PT005", f"tenant '{slug}' is deleted")
+        )
     if on_plan is not None:
-        on_plan(len(todo))
-    work: queue.Queue[tuple[str, str | None]] = queue.Queue()
-    for item in todo:
+        on_plan(len(fleet.todo))
+    work: queue.Queue[PlannedTenant] = queue.Queue()
+    for item in fleet.todo:
         work.put(item)
     lock = threading.Lock()
+    done: dict[str, TenantOutcome] = {}
 
     def worker() -> None:
-        with psycopg.connect(libpq_dsn(dsn), row_factory=dict_row) as conn:
+        conn: psycopg.Connection[Any] | None = None
+        try:
             while True:
                 try:
-                    slug, version = work.get_nowait()
+                    item = work.get_nowait()
                 except queue.Empty:
                     return
-                outcome = _migrate_one(conn, slug, version, lock_timeout)
+                outcome, conn = _run_tenant(connector, conn, item, lock_timeout, retries)
                 with lock:
-                    (report.migrated if outcome.ok else report.failed).append(outcome)
+                    done[item.slug] = outcome
                 if on_outcome is not None:
-                    on_outcome(outcome)
+                    # A reporting callback never stops the run.
+                    with contextlib.suppress(Exception):
+                        on_outcome(outcome)
+        finally:
+            if conn is not None:
+                connector.release(conn)
 
-    threads = [threading.Thread(target=worker) for _ in range(min(jobs, max(len(todo), 1)))]
+    workers = 1 if connector.borrowed else min(jobs, max(len(fleet.todo), 1))
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for item in fleet.todo:
+        outcome = done.get(item.slug) or TenantOutcome(
+            item.slug,
+            item.from_version,
+            item.from_version,
+            False,
+            None,
+            "not attempted: the runner's worker stopped",
+        )
+        (report.migrated if outcome.ok else report.failed).append(outcome)
     report.migrated.sort(key=lambda o: o.slug)
     report.failed.sort(key=lambda o: o.slug)
     report.elapsed = time.monotonic() - started
     return report
 
 
-def _migrate_one(
-    conn: psycopg.Connection[dict[str, Any]], slug: str, version: str | None, lock_timeout: str
-) -> TenantOutcome:
+def _lost(conn: psycopg.Connection[Any] | None) -> bool:
+    return conn is None or conn.broken or conn.closed
+
+
+def _run_tenant(
+    connector: _Connector,
+    conn: psycopg.Connection[Any] | None,
+    item: PlannedTenant,
+    lock_timeout: str,
+    retries: int,
+) -> tuple[TenantOutcome, psycopg.Connection[Any] | None]:
+    """Migrate one tenant, replacing a lost connection and retrying it; never
+    raises: every way it ends is an outcome. Returns the outcome and the
+    connection to go on with (None when none could be made)."""
     began = time.monotonic()
-    try:
-        row: dict[str, Any] | None = None
-        while True:
-            with conn.transaction():
-                conn.execute(QUERIES["set_lock_timeout"], {"timeout": lock_timeout})
-                row = conn.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
-                nxt = conn.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
-            with conn.transaction():
-                conn.execute(QUERIES["reset_runner_session"])
-            if nxt is None or not nxt["outside_transaction"]:
-                break
-            # The next migration cannot run in a transaction: apply it
-            # statement by statement, then go on with the rest.
-            _apply_outside_transaction(conn, slug, lock_timeout)
-        assert row is not None
-        with conn.transaction():
-            final = conn.execute(QUERIES["tenant_migration_version"], {"slug": slug}).fetchone()
-        to_version = final["migration_version"] if final else row["migration_version"]
-        return TenantOutcome(slug, version, to_version, True, seconds=time.monotonic() - began)
-    except (psycopg.Error, TenancyError) as exc:
-        if isinstance(exc, psycopg.Error):
-            err = translate(exc)
-            sqlstate = exc.sqlstate
-            message = str(getattr(err, "message", None) or exc.diag.message_primary or exc)
+    attempts = 0
+    sqlstate: str | None = None
+    message = ""
+    while attempts <= retries:
+        if _lost(conn):
+            if conn is not None:
+                connector.release(conn)
+                conn = None
+                if connector.borrowed:
+                    message = f"{message}; the caller's connection is closed".lstrip("; ")
+                    break
+            try:
+                conn = connector.acquire()
+            except Exception as exc:  # the server is unreachable
+                sqlstate = CONNECTION_LOST
+                message = f"connection lost and not replaced: {_text(exc)}"
+                attempts += 1
+                time.sleep(min(0.2 * attempts, 2.0))
+                continue
+        assert conn is not None
+        attempts += 1
+        try:
+            to_version = _migrate_one(conn, item.slug, lock_timeout)
+        except Exception as exc:
+            sqlstate, message = _failure(exc)
+            if _lost(conn):
+                sqlstate = sqlstate or CONNECTION_LOST
+                message = f"connection lost: {message}"
+                continue  # a new connection, the same tenant again
+            recorded = _record_failure(conn, item.slug, sqlstate, message)
+            if not recorded:
+                message += " (the failure could not be recorded: connection lost)"
+            outcome = TenantOutcome(
+                item.slug,
+                item.from_version,
+                item.from_version,
+                False,
+                sqlstate,
+                message,
+                time.monotonic() - began,
+                attempts,
+            )
+            return outcome, conn
+        target = item.versions[-1]
+        if to_version is None or to_version < target:  # C collation = code point order
+            sqlstate, message = "PT006", f"stopped at {to_version or '-'} before {target}"
+            _record_failure(conn, item.slug, sqlstate, message)
+            ok = False
         else:
-            sqlstate, message = exc.sqlstate, exc.message
+            sqlstate, message, ok = None, "", True
+        outcome = TenantOutcome(
+            item.slug,
+            item.from_version,
+            to_version,
+            ok,
+            sqlstate,
+            message or None,
+            time.monotonic() - began,
+            attempts,
+        )
+        return outcome, conn
+    # Out of attempts on lost connections: record it if the server answers now.
+    if _lost(conn) and not connector.borrowed:
+        if conn is not None:
+            connector.release(conn)
+        try:
+            conn = connector.acquire()
+        except Exception:
+            conn = None
+    if conn is not None and not _lost(conn):
+        if not _record_failure(conn, item.slug, sqlstate or CONNECTION_LOST, message):
+            message += " (the failure could not be recorded)"
+    else:
+        message += " (the failure could not be recorded)"
+    outcome = TenantOutcome(
+        item.slug,
+        item.from_version,
+        item.from_version,
+        False,
+        sqlstate or CONNECTION_LOST,
+        message,
+        time.monotonic() - began,
+        attempts,
+    )
+    return outcome, conn
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _failure(exc: BaseException) -> tuple[str | None, str]:
+    if isinstance(exc, TenancyError):
+        return exc.sqlstate, exc.message
+    if isinstance(exc, psycopg.Error):
+        err = translate(exc)
+        message = getattr(err, "message", None) or exc.diag.message_primary or _text(exc)
+        return exc.sqlstate, str(message)
+    return None, f"{type(exc).__name__}: {_text(exc)}"
+
+
+def _record_failure(
+    conn: psycopg.Connection[Any], slug: str, sqlstate: str | None, message: str
+) -> bool:
+    """Emit tenant_migration_failed in a transaction of its own; False when
+    the connection is gone (the outcome says so)."""
+    try:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            conn.rollback()
+        cur = conn.cursor(row_factory=dict_row)
         with conn.transaction():
-            target = conn.execute(QUERIES["latest_migration"]).fetchone()
-            conn.execute(
+            # A tenant being provisioned keeps its failure (the migration
+            # that failed: its next one) and announces nothing.
+            nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+            provisioning = cur.execute(
+                QUERIES["record_provisioning_failure"],
+                {
+                    "slug": slug,
+                    "version": nxt["version"] if nxt else None,
+                    "sqlstate": sqlstate,
+                    "message": message,
+                },
+            ).fetchone()
+            if provisioning is not None and provisioning["recorded"]:
+                return True
+            target = cur.execute(QUERIES["latest_migration"]).fetchone()
+            cur.execute(
                 QUERIES["record_migration_failure"],
                 {
                     "slug": slug,
@@ -216,14 +604,43 @@ def _migrate_one(
                     "message": message,
                 },
             )
-        return TenantOutcome(
-            slug, version, version, False, sqlstate, message, time.monotonic() - began
-        )
+        return True
+    except psycopg.Error:
+        return False
 
 
-def _apply_outside_transaction(
-    conn: psycopg.Connection[dict[str, Any]], slug: str, lock_timeout: str
-) -> None:
+def _migrate_one(conn: psycopg.Connection[Any], slug: str, lock_timeout: str) -> str | None:
+    """Bring one tenant to the latest version; returns its version after."""
+    cur = conn.cursor(row_factory=dict_row)
+    previous: object = object()
+    while True:
+        # One transaction applies what needs no commit in between: all that
+        # is missing, or (commit boundaries) the next migration.
+        with conn.transaction():
+            cur.execute(QUERIES["set_lock_timeout"], {"timeout": lock_timeout})
+            row = cur.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
+            nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+        # Nothing a migration left in this session (settings, temporary
+        # objects, LISTEN, advisory locks) may reach the next tenant.
+        with conn.transaction():
+            cur.execute(QUERIES["reset_runner_session"])
+        if nxt is None:
+            break
+        if nxt["outside_transaction"]:
+            # The next migration cannot run in a transaction: apply it
+            # statement by statement, then go on with the rest.
+            _apply_outside_transaction(conn, slug, lock_timeout)
+            continue
+        version = None if row is None else row["migration_version"]
+        if version == previous:
+            break  # no progress: reported as stopped short
+        previous = version
+    with conn.transaction():
+        final = cur.execute(QUERIES["tenant_migration_version"], {"slug": slug}).fetchone()
+    return None if final is None else final["migration_version"]
+
+
+def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_timeout: str) -> None:
     """Run the tenant's next migration, marked to run outside a transaction,
     one statement at a time on the runner's own connection, serialized per
     tenant by an advisory lock; then record the version (which emits
@@ -233,11 +650,13 @@ def _apply_outside_transaction(
     from pgtenancy.confinement import check_outside_transaction_statement
     from pgtenancy.sqlscript import read_script
 
+    autocommit = conn.autocommit
     conn.autocommit = True
+    cur = conn.cursor(row_factory=dict_row)
     try:
-        conn.execute(QUERIES["lock_tenant_migration"], {"slug": slug})
+        cur.execute(QUERIES["lock_tenant_migration"], {"slug": slug})
         try:
-            nxt = conn.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+            nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
             if nxt is None or not nxt["outside_transaction"]:
                 return  # another run did it meanwhile
             statements = [stmt.sql for stmt in read_script(nxt["sql"]).statements]
@@ -246,26 +665,113 @@ def _apply_outside_transaction(
             # Unqualified names resolve in the tenant schema alone (pg_catalog
             # is searched first implicitly); the fence checks the objects.
             path = sql.SQL("{}, pg_temp").format(sql.Identifier(nxt["schema_name"])).as_string(conn)
-            conn.execute(QUERIES["session_setting"], {"name": "search_path", "value": path})
-            conn.execute(
-                QUERIES["session_setting"], {"name": "lock_timeout", "value": lock_timeout}
-            )
-            conn.execute(
+            cur.execute(QUERIES["session_setting"], {"name": "search_path", "value": path})
+            cur.execute(QUERIES["session_setting"], {"name": "lock_timeout", "value": lock_timeout})
+            cur.execute(
                 QUERIES["session_setting"],
                 {"name": "pgtenancy.outside_migration_schema", "value": nxt["schema_name"]},
             )
             try:
                 for statement in statements:
-                    conn.execute(statement.encode("utf-8"))
+                    cur.execute(statement.encode("utf-8"))
             finally:
-                conn.execute(QUERIES["reset_setting"], {"name": "search_path"})
-                conn.execute(QUERIES["reset_setting"], {"name": "lock_timeout"})
-                conn.execute(
-                    QUERIES["session_setting"],
-                    {"name": "pgtenancy.outside_migration_schema", "value": ""},
-                )
-            conn.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
+                if not _lost(conn):
+                    cur.execute(QUERIES["reset_setting"], {"name": "search_path"})
+                    cur.execute(QUERIES["reset_setting"], {"name": "lock_timeout"})
+                    cur.execute(
+                        QUERIES["session_setting"],
+                        {"name": "pgtenancy.outside_migration_schema", "value": ""},
+                    )
+            cur.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
         finally:
-            conn.execute(QUERIES["unlock_tenant_migration"], {"slug": slug})
+            if not _lost(conn):
+                cur.execute(QUERIES["unlock_tenant_migration"], {"slug": slug})
     finally:
-        conn.autocommit = False
+        if not _lost(conn):
+            conn.autocommit = autocommit
+
+
+@dataclass
+class SyncResult:
+    """Outcome of :func:`sync_migration_dir`.
+
+    Attributes:
+        files: every migration file of the directory, in version order.
+        registered: versions registered by this call (with ``dry_run``: that
+            would be registered).
+        current: versions that were registered already, with the same checksum.
+        warnings: what the checks let through but report (``FILE:LINE: text``:
+            DO blocks, dynamic SQL, ``set_config``), in file order.
+    """
+
+    files: list[MigrationFile] = field(default_factory=list)
+    registered: list[str] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def sync_migration_dir(
+    source: Connectable,
+    directory: Path | str,
+    *,
+    shared_schemas: Sequence[str] = ("public",),
+    dry_run: bool = False,
+) -> SyncResult:
+    """Register the migration files of ``directory`` that are not registered
+    yet, in version order, as ``pgtenancy migrate --dir`` does. Every file is
+    read and checked (pglast; needs the ``migrations`` extra) before anything
+    is registered.
+
+    Args:
+        source: where to connect (a :data:`pgtenancy.database.Connectable`).
+        directory: the migrations directory (naming rules:
+            :func:`pgtenancy.migration_files.read_migration_dir`).
+        shared_schemas: schemas migrations may reference.
+        dry_run: check and compare only; register nothing.
+
+    Returns:
+        A :class:`SyncResult`.
+
+    Raises:
+        pgtenancy.migration_files.MigrationCheckError: a file was refused
+            (file, line, reason); nothing registered.
+        InvalidMigration: PT008, a registered file changed (checksum differs;
+            raised before anything is registered), or the database refused one
+            (the files before it stay registered).
+        FileNotFoundError: no such directory.
+    """
+    from pgtenancy.admin import Tenancy
+    from pgtenancy.migration_files import check_migration, read_migration_dir
+
+    files = read_migration_dir(Path(directory))
+    warnings = [w for f in files for w in check_migration(f, shared_schemas)]
+    if isinstance(source, str):  # one connection for the whole directory
+        with psycopg.connect(
+            libpq_dsn(source), autocommit=True, application_name=APPLICATION_NAME
+        ) as conn:
+            result = _sync(Tenancy(conn), files, dry_run)
+    else:
+        result = _sync(Tenancy(source), files, dry_run)
+    result.warnings = warnings
+    return result
+
+
+def _sync(tenancy: Tenancy, files: list[MigrationFile], dry_run: bool) -> SyncResult:
+    registered = {m.version: m.checksum for m in tenancy.list_migrations()}
+    result = SyncResult(files=files)
+    new: list[MigrationFile] = []
+    for f in files:
+        if f.version in registered:
+            if registered[f.version] != f.checksum:
+                raise InvalidMigration(
+                    f"{f.name or f.path.name} changed after it was registered (checksum differs); "
+                    "add a new migration instead"
+                )
+            result.current.append(f.version)
+        else:
+            new.append(f)
+    for f in new:
+        if not dry_run:
+            tenancy.add_migration(f.version, f.sql, outside_transaction=f.outside_transaction)
+        result.registered.append(f.version)
+    return result

@@ -1,7 +1,8 @@
 """Tenant migrations as files, checked with pglast before anything runs.
 
-A migrations directory holds ``NNNN_name.sql`` files, applied in name order;
-the version of a file is its name without ``.sql``. :func:`check_migration`
+A migrations directory holds ``NNNN_name.sql`` files, or the other namings
+:func:`read_migration_dir` reads (dotted versions, Flyway, golang-migrate,
+diesel), applied in natural version order. :func:`check_migration`
 parses each file with pglast and refuses, with the file, line and reason,
 what the database refuses at execution time (SQLSTATE PT017,
 ``UnsafeMigration``): a migration creates, changes and writes only objects
@@ -30,8 +31,9 @@ is not known when the file is registered). Refused:
   PREPARE TRANSACTION ...);
 * statements that cannot run in a transaction unless the file is marked
   ``-- pgtenancy: no-transaction`` (in its leading comment lines); a marked
-  file holds only CREATE/DROP INDEX CONCURRENTLY, REINDEX ... CONCURRENTLY,
-  VACUUM, ANALYZE and ALTER TYPE ... ADD VALUE, unqualified.
+  file holds only what :mod:`pgtenancy.confinement` allows (CREATE INDEX
+  CONCURRENTLY of plain columns, DROP INDEX CONCURRENTLY, VACUUM, ALTER TYPE
+  ... ADD VALUE), unqualified.
 
 DO blocks are checked the same way for the SQL they run directly
 (PL/pgSQL statements, parsed); they, dynamic SQL (``EXECUTE``, ``format``)
@@ -42,7 +44,9 @@ warnings: the database confines them at execution.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +58,6 @@ from pglast import ast
 from pgtenancy.errors import TenancyError
 from pgtenancy.sqlscript import DATABASE_NODES, ScriptError, read_script, statement_targets
 
-FILE_NAME = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
 NO_TRANSACTION = "-- pgtenancy: no-transaction"
 #: Schemas a migration may always reference besides the shared ones.
 SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "tenancy", "pg_temp"})
@@ -86,7 +89,10 @@ class MigrationFile:
         path: where it was read.
         sql: its text.
         checksum: SHA-256 of the text (hex), as ``tenancy.migrations`` keeps it.
-        outside_transaction: marked ``-- pgtenancy: no-transaction``.
+        outside_transaction: marked ``-- pgtenancy: no-transaction`` (or
+            diesel's ``run_in_transaction = false``).
+        name: the file as named in its directory (``0001_init.sql``,
+            ``2024-01-31-120000_users/up.sql``); empty when not read from one.
     """
 
     version: str
@@ -94,29 +100,188 @@ class MigrationFile:
     sql: str
     checksum: str
     outside_transaction: bool
+    name: str = ""
+
+
+#: The version text ``tenancy.add_migration`` accepts.
+VERSION_RULE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
+#: Digit runs of a version part shorter than this are zero-padded when registered.
+VERSION_PAD = 4
+_NAMING_HELP = (
+    "name it NNNN_name.sql or <version>_<name>.sql (version: digits separated by "
+    "'.' or '-'), V<version>__<description>.sql (Flyway), NNNN_name.up.sql "
+    "(golang-migrate), or a directory <version>_<name>/ holding up.sql (diesel)"
+)
+# <version>_<name>.sql, or <version>.sql: the version is digits separated by . or -.
+_PLAIN = re.compile(r"^(?P<version>\d+(?:[.-]\d+)*)(?:_(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*))?$")
+# Flyway: V<version>__<description>; its version separates numbers with . or _.
+_FLYWAY = re.compile(r"^V(?P<version>\d+(?:[._]\d+)*)__(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*)$")
+_DIGITS = re.compile(r"\d+")
+
+
+def _pad(version: str) -> str:
+    return _DIGITS.sub(lambda m: m.group().rjust(VERSION_PAD, "0"), version)
+
+
+def natural_key(text: str) -> tuple[tuple[int, int, str], ...]:
+    """Natural sort key of a version: runs of digits compare as numbers
+    (``2.9`` < ``2.10``, ``9_a`` < ``10_a``), other runs as text (code points)."""
+    return tuple(
+        (0, int(part), part) if part.isdigit() else (1, 0, part)
+        for part in re.split(r"(\d+)", text)
+        if part
+    )
+
+
+_Entry = tuple[str, tuple[int, ...], str, str, Path]
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in _DIGITS.findall(version))
+
+
+def _plain(form: str, text: str, path: Path) -> _Entry | None:
+    m = _PLAIN.match(text)
+    if m is None:
+        return None
+    version = m["version"]
+    return form, _numbers(version), m["name"] or "", _pad(version) + text[len(version) :], path
+
+
+def _classify(entry: Path) -> _Entry | str | None:
+    """``(form, version numbers, name, registered version, sql_path)`` of a
+    directory entry, a refusal reason, or None when the entry is not a
+    migration (ignored)."""
+    name = entry.name
+    if name.startswith("."):
+        return None
+    if entry.is_dir():
+        up = entry / "up.sql"
+        if not up.is_file():
+            return "a directory per migration must hold up.sql"
+        return _plain("diesel", name, up) or "a migration directory is named <version>_<name>"
+    if not name.endswith(".sql"):
+        return None
+    stem = name[: -len(".sql")]
+    if stem.endswith(".down"):
+        return None  # golang-migrate's down migration: pgtenancy never runs it
+    if stem.endswith(".up"):
+        found = _plain("golang-migrate", stem[: -len(".up")], entry)
+        return found or "a golang-migrate file is named NNNN_name.up.sql"
+    if stem.startswith("U") and re.match(r"^U\d", stem) and "__" in stem:
+        return None  # Flyway's undo migration: pgtenancy never runs it
+    if stem.startswith("R__"):
+        return "a Flyway repeatable migration (R__) has no version: make it a versioned one"
+    if stem.startswith("V"):
+        m = _FLYWAY.match(stem)
+        if m is None:
+            return "a Flyway file is named V<version>__<description>.sql"
+        # "-" ends the version: it sorts before ".", so V1 comes before V1.1.
+        version = _pad(m["version"].replace("_", "."))
+        return "flyway", _numbers(m["version"]), m["name"], f"V{version}-{m['name']}", entry
+    return _plain("plain", stem, entry) or _NAMING_HELP
 
 
 def read_migration_dir(directory: Path) -> list[MigrationFile]:
-    """Read the ``NNNN_name.sql`` files of ``directory``, in version order.
+    """Read the migrations of ``directory``, in natural version order.
+
+    Naming (one form per directory; hidden entries and files not ending in
+    ``.sql`` are ignored):
+
+    - ``<version>_<name>.sql`` or ``<version>.sql``, the version being digits
+      separated by ``.`` or ``-`` (``0001_init.sql``,
+      ``00.00.00_01_pre_cancel_notification.sql``, ``2024-01-31_add.sql``);
+    - Flyway ``V<version>__<description>.sql`` (``V1.1__add_index.sql``; ``_``
+      in the version reads as ``.``); undo files ``U<version>__*.sql`` are
+      ignored, repeatable ``R__*.sql`` ones refused;
+    - golang-migrate ``<version>_<name>.up.sql``; ``.down.sql`` files are ignored;
+    - diesel: a directory ``<version>_<name>/`` holding ``up.sql`` (its
+      ``down.sql`` ignored; ``run_in_transaction = false`` in its
+      ``metadata.toml`` marks it no-transaction).
+
+    Order: natural version sort: versions compare as sequences of numbers
+    (``2.9`` < ``2.10`` < ``10``; ``1`` < ``1.1``; leading zeros do not
+    count), then names with :func:`natural_key` (digit runs as numbers). The
+    registered version is the name without ``.sql`` / ``.up.sql`` (a diesel
+    directory's name), with every digit run of its version part zero-padded
+    to :data:`VERSION_PAD` digits (``1.10_x`` -> ``0001.0010_x``; ``0001_init``
+    stays); a Flyway file registers as ``V<padded version>-<description>``
+    (``V1.1__fix`` -> ``V0001.0001-fix``: ``-`` sorts before ``.``, so ``V1``
+    comes before ``V1.1``). The registry's C-collation order is then the
+    natural order, and the reader refuses a directory where it would not be.
 
     Raises:
-        MigrationCheckError: a ``.sql`` file whose name is not ``NNNN_name.sql``.
+        MigrationCheckError: with the file and the reason: a name none of
+            the forms above; a directory mixing forms; two names with the
+            same version (Flyway: the same version number); names whose
+            natural order and registered (C-collation) order disagree
+            (numbers longer than :data:`VERSION_PAD` digits of different
+            widths, digits in the name part); a version the registry refuses
+            (over 128 characters).
         FileNotFoundError: the directory does not exist.
     """
     if not directory.is_dir():
         raise FileNotFoundError(f"migrations directory {directory} not found")
+    found: list[tuple[Path, _Entry]] = []
+    for entry in sorted(directory.iterdir()):
+        kind = _classify(entry)
+        if kind is None:
+            continue
+        if isinstance(kind, str):
+            raise MigrationCheckError(entry.name + ("/" if entry.is_dir() else ""), 0, kind)
+        if not VERSION_RULE.match(kind[3]):
+            raise MigrationCheckError(
+                entry.name,
+                0,
+                f"version {kind[3]!r} is not one the registry accepts (128 characters)",
+            )
+        found.append((entry, kind))
+    forms = {kind[0] for _, kind in found}
+    if len(forms) > 1:
+        first: dict[str, str] = {}
+        for entry, kind in found:
+            first.setdefault(kind[0], entry.name)
+        listed = ", ".join(f"{form} ({name})" for form, name in sorted(first.items()))
+        raise MigrationCheckError(
+            directory.name, 0, f"the directory mixes naming forms: {listed}; use one"
+        )
+    found.sort(key=lambda f: (f[1][1], natural_key(f[1][2])))
+    for (ent_a, a), (ent_b, b) in itertools.pairwise(found):
+        same = (
+            a[1] == b[1]
+            if a[0] == "flyway"
+            else (a[1], natural_key(a[2]))
+            == (
+                b[1],
+                natural_key(b[2]),
+            )
+        )
+        if same or a[3] == b[3]:
+            raise MigrationCheckError(
+                ent_b.name, 0, f"ambiguous: same version as {ent_a.name} ({b[3]})"
+            )
+        if not a[3] < b[3]:  # code point order = the registry's C collation
+            raise MigrationCheckError(
+                ent_b.name,
+                0,
+                f"ambiguous: sorts after {ent_a.name} naturally but before it as registered "
+                f"({b[3]} < {a[3]}); zero-pad the numbers to one width",
+            )
     files = []
-    for path in sorted(directory.glob("*.sql")):
-        if not FILE_NAME.match(path.name):
-            raise MigrationCheckError(path.name, 0, "name it NNNN_name.sql (digits, then a name)")
-        text = path.read_text("utf-8")
+    for entry, (form, _, _, version, sql_path) in found:
+        text = sql_path.read_text("utf-8")
+        outside = marked_no_transaction(text)
+        if form == "diesel" and (entry / "metadata.toml").is_file():
+            meta = tomllib.loads((entry / "metadata.toml").read_text("utf-8"))
+            outside = outside or meta.get("run_in_transaction") is False
         files.append(
             MigrationFile(
-                version=path.stem,
-                path=path,
+                version=version,
+                path=sql_path,
                 sql=text,
                 checksum=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                outside_transaction=marked_no_transaction(text),
+                outside_transaction=outside,
+                name=str(sql_path.relative_to(directory)),
             )
         )
     return files
@@ -318,12 +483,16 @@ def _is_temporary(node: ast.Node) -> bool:
 
 def _public_grant_refusal(node: ast.Node) -> str | None:
     """GRANT to PUBLIC of the tenant's own objects (the database refuses it)."""
-    if isinstance(node, ast.GrantStmt) and any(
-        getattr(getattr(g, "roletype", None), "name", "") == "ROLESPEC_PUBLIC"
-        for g in node.grantees or ()
+    if (
+        isinstance(node, ast.GrantStmt)
+        and node.is_grant
+        and any(
+            getattr(getattr(g, "roletype", None), "name", "") == "ROLESPEC_PUBLIC"
+            for g in node.grantees or ()
+        )
     ):
         return (
-            "GRANT/REVOKE to PUBLIC: the tenant's objects are the kit's to grant"
+            "GRANT to PUBLIC: the tenant's objects are the kit's to grant"
             " (the application roles get theirs from grant_app_role)"
         )
     return None

@@ -15,3 +15,5 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.provisioning_failures', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.scratch', '');

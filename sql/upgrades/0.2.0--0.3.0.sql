@@ -256,7 +256,10 @@ DECLARE
     p_outside_transaction ALIAS FOR outside_transaction;
     v_row      tenancy.migrations;
     v_checksum text;
-    v_scratch  text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_from     text;
+    v_at       text;
     v_state    text;
     v_message  text;
     v_detail   text;
@@ -289,25 +292,31 @@ BEGIN
                   HINT = 'Versions are applied in C-collation order: use a later version.';
     END IF;
 
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
     INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
     VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
     RETURNING * INTO v_row;
-    IF v_row.outside_transaction THEN
-        -- Statements such as CREATE INDEX CONCURRENTLY cannot be tried in a
-        -- scratch schema inside this transaction.
-        RETURN v_row;
-    END IF;
 
-    -- Try every migration, the new one included, in a scratch schema, and
-    -- undo it all: broken SQL is refused here, before any tenant sees it.
-    v_scratch := format('tenancy_check_%s', pg_current_xact_id());
-    BEGIN
+    -- Try the new migration on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (one
+    -- migration applied, not the chain; earlier ones committed, so an enum
+    -- value an earlier migration added is usable). A missing or stale
+    -- scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
         EXECUTE format('CREATE SCHEMA %I', v_scratch);
-        PERFORM tenancy.apply_migrations(v_scratch, NULL);
-        RAISE EXCEPTION 'scratch check passed' USING ERRCODE = 'PTZ00';
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
     EXCEPTION
-        WHEN SQLSTATE 'PTZ00' THEN
-            NULL;
         WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_detail = PG_EXCEPTION_DETAIL;
@@ -318,24 +327,27 @@ BEGIN
                           HINT = 'A tenant migration may change its own tenant schema only; '
                                  'change shared schemas with a shared migration. Nothing was registered.';
             END IF;
-            RAISE EXCEPTION 'migration % does not apply to an empty tenant schema: %', p_version, v_message
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
                 USING ERRCODE = 'PT008',
                       DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
                                     ELSE format('SQLSTATE %s', v_state) END,
                       HINT = 'Nothing was registered.';
     END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
     RETURN v_row;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'Register tenant DDL (sql) as migration version, which must sort after every registered '
-    'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
-    'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
-    'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
-    'transactional paths stop before it. Raises PT017 for SQL that reaches outside its tenant '
-    'schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that fails; '
-    'nothing is registered then.';
+    'version. It is first applied to the scratch schema tenancy_scratch, kept at the latest '
+    'registered version (rebuilt by a replay when missing). Re-adding the same version with the '
+    'same SQL is a no-op. With outside_transaction the fleet runner applies it outside a '
+    'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
+    'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
+    'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
+    'fails; nothing is registered then.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
@@ -353,6 +365,11 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
+    -- A tenant left in provisioning by a failure or a killed run: go on.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
+        RETURN tenancy.migrate_tenant(create_tenant.slug);
+    END IF;
     IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
@@ -372,8 +389,11 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
     'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
-    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
-    '(metadata not an object, unknown isolation); on error nothing is left behind.';
+    'transaction. When the history needs commit boundaries the tenant is registered in status '
+    'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
+    'the next one in its own transaction, and the last makes it active (tenant_created then). '
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata not '
+    'an object, unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -460,7 +480,7 @@ AS $$
 DECLARE
     v_row tenancy.tenants := tenancy.lock_tenant(drop_tenant.slug);
 BEGIN
-    IF drop_tenant.destroy_data THEN
+    IF drop_tenant.destroy_data OR v_row.status = 'provisioning' THEN
         DELETE FROM tenancy.tenants WHERE id = v_row.id;
         v_row.status := 'deleted';
     ELSIF v_row.status <> 'deleted' THEN
@@ -493,8 +513,15 @@ BEGIN
     END IF;
     -- Current tenants cost one comparison, not a replay; shared tenants
     -- have no schema to migrate.
-    IF v_row.isolation = 'shared'
-       OR v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
+    IF v_row.isolation = 'shared' THEN
+        RETURN v_row;
+    END IF;
+    IF v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
+        IF v_row.status = 'provisioning' THEN
+            -- Its last migration ran outside a transaction: it is done.
+            UPDATE tenancy.tenants SET status = 'active' WHERE id = v_row.id RETURNING * INTO v_row;
+            DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = v_row.id;
+        END IF;
         RETURN v_row;
     END IF;
     IF to_regnamespace(quote_ident(v_row.schema_name)) IS NULL THEN
@@ -502,9 +529,20 @@ BEGIN
             quote_literal(migrate_tenant.slug)
             USING ERRCODE = 'PT007';
     END IF;
-    v_version := tenancy.apply_migrations(v_row.schema_name, v_row.migration_version);
+    v_version := tenancy.apply_migrations(
+        v_row.schema_name, v_row.migration_version,
+        CASE WHEN v_row.status = 'provisioning'
+                   OR tenancy.needs_commit_boundaries(v_row.migration_version) THEN 1 END);
     PERFORM tenancy.grant_schema_to_app_roles(v_row.schema_name);
-    UPDATE tenancy.tenants SET migration_version = v_version WHERE id = v_row.id RETURNING * INTO v_row;
+    UPDATE tenancy.tenants
+       SET migration_version = v_version,
+           status = CASE WHEN status = 'provisioning'
+                          AND v_version IS NOT DISTINCT FROM tenancy.latest_migration()
+                         THEN 'active' ELSE status END
+     WHERE id = v_row.id RETURNING * INTO v_row;
+    IF v_row.status <> 'provisioning' THEN
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = v_row.id;
+    END IF;
     RETURN v_row;
 END
 $$;
@@ -512,8 +550,12 @@ $$;
 COMMENT ON FUNCTION tenancy.migrate_tenant(text) IS
     'Apply to tenant slug the registered migrations it lacks, in order, in the caller''s '
     'transaction (the row lock serializes concurrent runs); emits tenant_migrated with the '
-    'versions applied. Raises PT003 (not found), PT005 (deleted), PT007 (schema missing), '
-    'PT006 (a migration failed: the tenant stays at its previous version).';
+    'versions applied. When they need commit boundaries (an enum value added and used later, a '
+    'no-transaction migration) only the next one is applied: call it until current (the fleet '
+    'runner does). A tenant in status provisioning becomes active with its last migration '
+    '(tenant_created). Stops before a no-transaction migration. Raises PT003 (not found), PT005 '
+    '(deleted), PT007 (schema missing), PT006 (a migration failed: the tenant stays at its '
+    'previous version).';
 
 REVOKE ALL ON FUNCTION tenancy.migrate_tenant(text) FROM PUBLIC;
 
@@ -587,7 +629,12 @@ BEGIN
             RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
                 USING ERRCODE = 'PT005';
         END IF;
-        -- Any status added later (provisioning, ...) is refused too: fail closed.
+        IF v_status = 'provisioning' THEN
+            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT019',
+                      HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
+        END IF;
+        -- Any status added later is refused too: fail closed.
         RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
             v_status
             USING ERRCODE = 'PT004';
@@ -623,7 +670,8 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
     'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
     'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
-    'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
+    'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
+    'PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 
 CREATE OR REPLACE FUNCTION tenancy.enable_rls(table_name regclass, tenant_column name DEFAULT 'tenant_id')
@@ -1923,6 +1971,10 @@ BEGIN
         RETURN;
     END IF;
     FOR v_obj IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+        -- A dropped table takes its TOAST table and index (schema pg_toast)
+        -- with it; they cannot be dropped on their own, and the table itself
+        -- is checked.
+        CONTINUE WHEN v_obj.schema_name = 'pg_toast' AND NOT v_obj.original;
         -- Objects without a schema (schemas, extensions, casts, ...) are
         -- never a tenant's; policies, triggers, rules and constraints carry
         -- their table's schema in the identity.
@@ -1966,6 +2018,53 @@ BEGIN
     UPDATE tenancy.confinement SET fence = true;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION tenancy.check_tenant_grants(schema_name text)
+    RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+    v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj      record;
+BEGIN
+    -- The application roles get their privileges from grant_app_role: a
+    -- migration must not grant the tenant's objects to PUBLIC or to other
+    -- roles.
+    SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                            ELSE pg_get_userbyid(a.grantee) END) AS name
+      INTO v_obj
+      FROM pg_depend AS d
+      CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
+                              WHEN 'pg_class'::regclass
+                                  THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
+                              WHEN 'pg_proc'::regclass
+                                  THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
+                              WHEN 'pg_type'::regclass
+                                  THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
+                          END, '{}'::aclitem[]) AS acl) AS o
+      CROSS JOIN LATERAL aclexplode(o.acl) AS a
+     WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+       AND a.grantee NOT IN (v_owner, v_migrator)
+       AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
+                               JOIN pg_roles AS r ON r.rolname = ar.role_name)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'unsafe migration: it granted privileges on a tenant object (%)', v_obj.name
+            USING ERRCODE = 'PT017',
+                  HINT = 'The kit grants the application roles (grant_app_role); grant nothing else.';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_tenant_grants(text) IS
+    'Raise PT017 when an object of tenant schema schema_name is granted to PUBLIC or to a role '
+    'other than the kit''s owner, the migrator and the application roles. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.check_tenant_grants(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
     RETURNS integer
@@ -2012,33 +2111,9 @@ BEGIN
                       HINT = 'Use a trigger instead of a rule.';
         END IF;
     END IF;
-    -- Privileges on the tenant's objects are the kit's to give (the
-    -- application roles get theirs from grant_app_role): a migration must
-    -- not grant them to PUBLIC or to other roles.
+    -- Privileges on the tenant's objects are the kit's to give.
     IF NOT to_migrator THEN
-        SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                                                ELSE pg_get_userbyid(a.grantee) END) AS name
-          INTO v_obj
-          FROM pg_depend AS d
-          CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
-                                  WHEN 'pg_class'::regclass
-                                      THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
-                                  WHEN 'pg_proc'::regclass
-                                      THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
-                                  WHEN 'pg_type'::regclass
-                                      THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
-                              END, '{}'::aclitem[]) AS acl) AS o
-          CROSS JOIN LATERAL aclexplode(o.acl) AS a
-         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-           AND a.grantee NOT IN (v_owner, v_migrator)
-           AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
-                                   JOIN pg_roles AS r ON r.rolname = ar.role_name)
-         LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'unsafe migration: it granted privileges on a tenant object (%)', v_obj.name
-                USING ERRCODE = 'PT017',
-                      HINT = 'The kit grants the application roles (grant_app_role); grant nothing else.';
-        END IF;
+        PERFORM tenancy.check_tenant_grants(schema_name);
     END IF;
     -- Everything in the schema, found through its namespace dependencies
     -- (indexed), not a scan of the catalogs.
@@ -2278,7 +2353,12 @@ $$;
 COMMENT ON FUNCTION tenancy.latest_shared_migration() IS
     'Latest applied shared-schema migration version, NULL when none.';
 
-CREATE OR REPLACE FUNCTION tenancy.apply_migrations(p_schema text, p_from text)
+CREATE OR REPLACE FUNCTION tenancy.apply_migrations(
+    p_schema  text,
+    p_from    text,
+    p_max     integer DEFAULT NULL,
+    p_scratch boolean DEFAULT false
+)
     RETURNS text
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -2295,25 +2375,28 @@ DECLARE
     -- temporary objects last.
     v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
     v_granted   boolean := false;
+    v_applied   integer := 0;
 BEGIN
     FOR v_migration IN
         SELECT * FROM tenancy.migrations AS m
          WHERE p_from IS NULL OR m.version > p_from
          ORDER BY m.version
     LOOP
+        EXIT WHEN v_applied >= p_max;
         -- It cannot run in this transaction: the fleet runner applies it
-        -- outside one, then everything after it. The scratch check of
-        -- add_migration skips it and tries the rest.
-        CONTINUE WHEN v_migration.outside_transaction AND p_schema LIKE 'tenancy\_check\_%';
-        EXIT WHEN v_migration.outside_transaction;
+        -- outside one, then everything after it.
+        EXIT WHEN v_migration.outside_transaction AND NOT p_scratch;
         IF NOT v_granted THEN
             -- The migrator may create in this schema for the rest of this
             -- transaction only; nobody else ever sees the grant committed.
             EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
             -- Taking the schema's objects locks them all for the rest of the
-            -- transaction: a busy tenant fails here under lock_timeout.
+            -- transaction: a busy tenant fails here under lock_timeout. The
+            -- scratch schema's objects are the migrator's already.
             BEGIN
-                PERFORM tenancy.hand_over_schema(p_schema, true);
+                IF NOT p_scratch THEN
+                    PERFORM tenancy.hand_over_schema(p_schema, true);
+                END IF;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
                 RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,
@@ -2336,6 +2419,22 @@ BEGIN
             RAISE EXCEPTION 'the migration runner tenancy.execute_migration was changed: it no longer runs as the migrator role'
                 USING ERRCODE = 'PT017',
                       HINT = 'Install the kit again (pgtenancy install) to restore it.';
+        END IF;
+        IF v_migration.outside_transaction THEN
+            -- The scratch schema (empty tables) takes a no-transaction
+            -- migration in this transaction: CREATE/DROP INDEX without
+            -- CONCURRENTLY; VACUUM and the like change no catalog and fail
+            -- here harmlessly. The fleet runner checks and runs the real one.
+            BEGIN
+                PERFORM tenancy.execute_migration(
+                    regexp_replace(v_migration.sql, '\mCONCURRENTLY\M', '', 'gi'), v_path);
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            v_version := v_migration.version;
+            v_applied := v_applied + 1;
+            CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
@@ -2380,8 +2479,31 @@ BEGIN
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
         v_version := v_migration.version;
+        v_applied := v_applied + 1;
     END LOOP;
-    IF v_granted THEN
+    IF v_granted AND p_scratch THEN
+        -- The scratch schema's objects stay the migrator's (it holds no
+        -- data and nobody reads it), so the next registration re-owns
+        -- nothing and registering stays linear; the checks of a hand-back
+        -- still refuse what a tenant could not take back.
+        IF EXISTS (SELECT 1 FROM pg_proc AS p
+                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
+                      AND r.rulename <> '_RETURN') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+        END IF;
+        PERFORM tenancy.check_tenant_grants(p_schema);
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
         BEGIN
             PERFORM tenancy.hand_over_schema(p_schema, false);
@@ -2397,12 +2519,13 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.apply_migrations(text, text) IS
-    'Run, inside schema p_schema, every registered migration after version p_from (all when NULL), '
-    'in version order, each as the migrator role confined to that schema; return the last '
-    'version applied (p_from when none). Raises PT017 when a migration reaches outside its '
-    'schema, PT006 with the failing migration''s SQLSTATE in DETAIL for any other error. '
-    'Internal: not granted to PUBLIC.';
+COMMENT ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) IS
+    'Run, inside schema p_schema, the registered migrations after version p_from (all when NULL; '
+    'at most p_max when given), in version order, each as the migrator role confined to that '
+    'schema, stopping before a no-transaction migration (p_scratch: the scratch schema tries it '
+    'without CONCURRENTLY instead, and its objects stay the migrator''s); return the last version applied (p_from when none). Raises '
+    'PT017 when a migration reaches outside its schema, PT006 with the failing migration''s '
+    'SQLSTATE in DETAIL for any other error. Internal: not granted to PUBLIC.';
 
 -- Tenant migrations may track their own tables (the functions check that).
 DO $$
@@ -2458,6 +2581,15 @@ BEGIN
             USING ERRCODE = 'PT005',
                   HINT = 'A deleted tenant stays deleted; create a new one.';
     END IF;
+    IF NEW.status = 'provisioning' AND OLD.status <> 'provisioning' THEN
+        RAISE EXCEPTION 'tenant %: status provisioning is only for new tenants', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF OLD.status = 'provisioning' AND NEW.status = 'suspended' THEN
+        RAISE EXCEPTION 'tenant % is being provisioned', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT019',
+                  HINT = 'Finish it first (rerun create_tenant or pgtenancy migrate), or drop it.';
+    END IF;
     IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
        AND (NEW.isolation <> 'schema'
             OR NEW.migration_version IS NULL
@@ -2478,8 +2610,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
-    'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
+    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
+    'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
     'updated_at.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_after_change()
@@ -2494,6 +2627,18 @@ BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF tenancy.restoring() THEN
         RETURN NULL;  -- the dump brings the outbox as it was
+    END IF;
+    IF TG_OP = 'INSERT' AND NEW.status = 'provisioning' THEN
+        RETURN NULL;  -- tenant_created comes when it becomes active
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.status = 'provisioning' THEN
+        -- Its migrations so far were provisioning, not migrations of a tenant.
+        IF NEW.status = 'active' THEN
+            PERFORM tenancy.emit_event('tenant_created', NEW,
+                jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
+                                   'isolation', NEW.isolation));
+        END IF;
+        RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
@@ -2511,6 +2656,10 @@ BEGIN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
         END IF;
         PERFORM tenancy.delete_shared_rows(OLD.id);
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = OLD.id;
+        IF OLD.status = 'provisioning' THEN
+            RETURN NULL;  -- never created: nothing to announce
+        END IF;
         v_gone := OLD;
         v_gone.status := 'deleted';
         PERFORM tenancy.emit_event('tenant_deleted', v_gone,
@@ -2545,8 +2694,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_after_change() IS
     'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
-    'tenant_migrated for every change of the registry, whoever makes it; a deleted row also '
-    'drops its tenant schema and deletes its rows from every guarded shared table.';
+    'tenant_migrated for every change of the registry, whoever makes it (a tenant in status '
+    'provisioning emits tenant_created once, when it becomes active, and nothing before); a '
+    'deleted row also drops its tenant schema and deletes its rows from every guarded shared table.';
 
 CREATE OR REPLACE FUNCTION tenancy.rename_tenant(slug text, new_slug text)
     RETURNS tenancy.tenants
@@ -3485,3 +3635,811 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Issue 10: a tenant whose migration history needs commits between
+-- migrations is provisioned one migration per transaction (status
+-- provisioning, PT019 on entry, failures kept); registration checks a new
+-- migration on the scratch schema tenancy_scratch kept at the latest version;
+-- the fence lets a migration drop its own tables' TOAST tables.
+ALTER TABLE tenancy.tenants DROP CONSTRAINT tenants_status_check;
+ALTER TABLE tenancy.tenants ADD CONSTRAINT tenants_status_check
+    CHECK (status IN ('active', 'suspended', 'deleted', 'provisioning'));
+
+CREATE TABLE IF NOT EXISTS tenancy.provisioning_failures (
+    tenant_id uuid        NOT NULL,
+    version   text COLLATE "C",
+    sqlstate  text,
+    message   text,
+    failed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- No foreign key: the registry refuses TRUNCATE with its own error, and
+    -- the row goes with the tenant's (tenants_after_change).
+    CONSTRAINT provisioning_failures_pkey PRIMARY KEY (tenant_id)
+);
+
+COMMENT ON TABLE tenancy.provisioning_failures IS
+    'Last failure of each tenant in status provisioning: the migration version, SQLSTATE and message.';
+
+CREATE TABLE IF NOT EXISTS tenancy.scratch (
+    singleton boolean NOT NULL DEFAULT true,
+    version   text COLLATE "C",
+    CONSTRAINT scratch_pkey PRIMARY KEY (singleton),
+    CONSTRAINT scratch_singleton_check CHECK (singleton)
+);
+
+COMMENT ON TABLE tenancy.scratch IS
+    'Version the scratch schema tenancy_scratch is at (one row; none before the first registration).';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.provisioning_failures', '');
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.scratch', '');
+    END IF;
+END
+$$;
+
+DROP FUNCTION tenancy.apply_migrations(text, text);
+
+CREATE OR REPLACE FUNCTION tenancy.needs_commit_boundaries(from_version text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- An enum value added by one migration cannot be used before it commits;
+    -- a no-transaction migration runs between transactions.
+    SELECT EXISTS (
+        SELECT 1 FROM tenancy.migrations AS m
+         WHERE (needs_commit_boundaries.from_version IS NULL
+                OR m.version > needs_commit_boundaries.from_version)
+           AND (m.outside_transaction
+                OR (m.sql ~* '\mALTER\s+TYPE\M.*\mADD\s+VALUE\M'
+                    AND m.version < (SELECT max(l.version) FROM tenancy.migrations AS l))))
+$$;
+
+COMMENT ON FUNCTION tenancy.needs_commit_boundaries(text) IS
+    'True when the migrations after from_version (all when NULL) need a commit between '
+    'migrations: one adds an enum value (ALTER TYPE ... ADD VALUE) and others follow it, or '
+    'one runs outside a transaction. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.needs_commit_boundaries(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.apply_migrations(
+    p_schema  text,
+    p_from    text,
+    p_max     integer DEFAULT NULL,
+    p_scratch boolean DEFAULT false
+)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_migration tenancy.migrations;
+    v_version   text := p_from;
+    v_state     text;
+    v_message   text;
+    v_context   text;
+    v_role      name := tenancy.migrator_role();
+    -- The migration sees the tenant schema first (where it creates), then
+    -- the system catalogs, then public (references to shared objects), and
+    -- temporary objects last.
+    v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
+    v_granted   boolean := false;
+    v_applied   integer := 0;
+BEGIN
+    FOR v_migration IN
+        SELECT * FROM tenancy.migrations AS m
+         WHERE p_from IS NULL OR m.version > p_from
+         ORDER BY m.version
+    LOOP
+        EXIT WHEN v_applied >= p_max;
+        -- It cannot run in this transaction: the fleet runner applies it
+        -- outside one, then everything after it.
+        EXIT WHEN v_migration.outside_transaction AND NOT p_scratch;
+        IF NOT v_granted THEN
+            -- The migrator may create in this schema for the rest of this
+            -- transaction only; nobody else ever sees the grant committed.
+            EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
+            -- Taking the schema's objects locks them all for the rest of the
+            -- transaction: a busy tenant fails here under lock_timeout. The
+            -- scratch schema's objects are the migrator's already.
+            BEGIN
+                IF NOT p_scratch THEN
+                    PERFORM tenancy.hand_over_schema(p_schema, true);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT006',
+                          DETAIL = format('SQLSTATE %s', v_state),
+                          HINT = 'The tenant stays at its previous migration version.';
+            END;
+            v_granted := true;
+        END IF;
+        -- The migration runs as the migrator, confined to this schema (see
+        -- 003_confinement.sql); the fence reads the target schema from here.
+        PERFORM set_config('pgtenancy.migration_schema', p_schema, true);
+        -- The runner must still run as the migrator: refuse to go on if an
+        -- earlier migration managed to change that.
+        IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                        WHERE p.oid = 'tenancy.execute_migration(text,text)'::regprocedure
+                          AND p.prosecdef
+                          AND p.proowner = (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role)) THEN
+            RAISE EXCEPTION 'the migration runner tenancy.execute_migration was changed: it no longer runs as the migrator role'
+                USING ERRCODE = 'PT017',
+                      HINT = 'Install the kit again (pgtenancy install) to restore it.';
+        END IF;
+        IF v_migration.outside_transaction THEN
+            -- The scratch schema (empty tables) takes a no-transaction
+            -- migration in this transaction: CREATE/DROP INDEX without
+            -- CONCURRENTLY; VACUUM and the like change no catalog and fail
+            -- here harmlessly. The fleet runner checks and runs the real one.
+            BEGIN
+                PERFORM tenancy.execute_migration(
+                    regexp_replace(v_migration.sql, '\mCONCURRENTLY\M', '', 'gi'), v_path);
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            v_version := v_migration.version;
+            v_applied := v_applied + 1;
+            CONTINUE;
+        END IF;
+        BEGIN
+            PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_context = PG_EXCEPTION_CONTEXT;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            IF v_state IN ('PT017', '42501')
+               OR (v_state = '25001'
+                   AND v_message ~ '^(ALTER SYSTEM|CREATE DATABASE|DROP DATABASE|CREATE TABLESPACE|DROP TABLESPACE|ALTER DATABASE|DISCARD|REINDEX (SCHEMA|DATABASE|SYSTEM))')
+               OR (v_state = '0A000' AND v_message LIKE 'EXECUTE of transaction commands%') THEN
+                -- Out of its tenant schema: the fence (PT017) or the missing
+                -- privilege (42501) stopped it, or a statement on the whole
+                -- server, database or session that could never run in a
+                -- transaction (25001), or transaction control (0A000).
+                RAISE EXCEPTION 'unsafe migration % (schema %): %', v_migration.version, p_schema,
+                    v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = format('SQLSTATE %s; %s', v_state,
+                                          coalesce(substring(v_context FROM 'SQL statement "(.*?)"'),
+                                                   'at the migration''s top level')),
+                          HINT = 'A tenant migration may change its own tenant schema only. '
+                                 'Change shared schemas with a shared migration '
+                                 '(pgtenancy migrate --shared-dir). Nothing was changed.';
+            END IF;
+            RAISE EXCEPTION 'migration % failed in schema %: %', v_migration.version, p_schema, v_message
+                USING ERRCODE = 'PT006',
+                      DETAIL = format('SQLSTATE %s', v_state),
+                      HINT = 'The tenant stays at its previous migration version.';
+        END;
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+        -- DROP OWNED BY the migrator would take the kit's runner and the
+        -- migrator's privileges with it (the fence, where installed, stops it
+        -- earlier).
+        IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                        WHERE p.proname = 'execute_migration'
+                          AND p.pronamespace = 'tenancy'::regnamespace)
+           OR NOT has_schema_privilege(v_role, 'tenancy', 'USAGE') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): it dropped the migrator role''s own objects or privileges',
+                v_migration.version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END IF;
+        v_version := v_migration.version;
+        v_applied := v_applied + 1;
+    END LOOP;
+    IF v_granted AND p_scratch THEN
+        -- The scratch schema's objects stay the migrator's (it holds no
+        -- data and nobody reads it), so the next registration re-owns
+        -- nothing and registering stays linear; the checks of a hand-back
+        -- still refuse what a tenant could not take back.
+        IF EXISTS (SELECT 1 FROM pg_proc AS p
+                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
+                      AND r.rulename <> '_RETURN') THEN
+            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+                v_version, p_schema
+                USING ERRCODE = 'PT017',
+                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+        END IF;
+        PERFORM tenancy.check_tenant_grants(p_schema);
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    ELSIF v_granted THEN
+        -- At rest the owner owns everything again and the migrator nothing.
+        BEGIN
+            PERFORM tenancy.hand_over_schema(p_schema, false);
+        EXCEPTION WHEN SQLSTATE 'PT017' THEN
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+            RAISE EXCEPTION 'unsafe migration % (schema %): %', v_version, p_schema, v_message
+                USING ERRCODE = 'PT017',
+                      HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
+        END;
+        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    END IF;
+    RETURN v_version;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) IS
+    'Run, inside schema p_schema, the registered migrations after version p_from (all when NULL; '
+    'at most p_max when given), in version order, each as the migrator role confined to that '
+    'schema, stopping before a no-transaction migration (p_scratch: the scratch schema tries it '
+    'without CONCURRENTLY instead, and its objects stay the migrator''s); return the last version applied (p_from when none). Raises '
+    'PT017 when a migration reaches outside its schema, PT006 with the failing migration''s '
+    'SQLSTATE in DETAIL for any other error. Internal: not granted to PUBLIC.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.add_migration(
+    version             text,
+    sql                 text,
+    outside_transaction boolean DEFAULT false
+)
+    RETURNS tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_version ALIAS FOR version;
+    p_sql ALIAS FOR sql;
+    p_outside_transaction ALIAS FOR outside_transaction;
+    v_row      tenancy.migrations;
+    v_checksum text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_from     text;
+    v_at       text;
+    v_state    text;
+    v_message  text;
+    v_detail   text;
+BEGIN
+    IF p_version IS NULL OR p_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(p_version), 'NULL')
+            USING ERRCODE = 'PT008',
+                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+    END IF;
+    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
+        RAISE EXCEPTION 'migration % has no SQL', p_version
+            USING ERRCODE = 'PT008';
+    END IF;
+    v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
+
+    PERFORM pg_advisory_xact_lock(hashtext('tenancy.migrations'));
+    SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
+    IF FOUND THEN
+        IF v_row.checksum = v_checksum THEN
+            RETURN v_row;
+        END IF;
+        RAISE EXCEPTION 'migration % is already registered with different SQL', p_version
+            USING ERRCODE = 'PT008',
+                  HINT = 'Registered migrations never change: add a new version instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > p_version) THEN
+        RAISE EXCEPTION 'migration % sorts before the latest registered version %', p_version,
+            (SELECT max(version) FROM tenancy.migrations)
+            USING ERRCODE = 'PT008',
+                  HINT = 'Versions are applied in C-collation order: use a later version.';
+    END IF;
+
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
+    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
+    RETURNING * INTO v_row;
+
+    -- Try the new migration on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (one
+    -- migration applied, not the chain; earlier ones committed, so an enum
+    -- value an earlier migration added is usable). A missing or stale
+    -- scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
+        EXECUTE format('CREATE SCHEMA %I', v_scratch);
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
+    EXCEPTION
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
+                USING ERRCODE = 'PT008',
+                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
+                                    ELSE format('SQLSTATE %s', v_state) END,
+                      HINT = 'Nothing was registered.';
+    END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
+    'Register tenant DDL (sql) as migration version, which must sort after every registered '
+    'version. It is first applied to the scratch schema tenancy_scratch, kept at the latest '
+    'registered version (rebuilt by a replay when missing). Re-adding the same version with the '
+    'same SQL is a no-op. With outside_transaction the fleet runner applies it outside a '
+    'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
+    'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
+    'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
+    'fails; nothing is registered then.';
+
+REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_insert()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    -- A restore of a pg_dump (which sets row_security = off) loads registry
+    -- rows of tenants whose schemas it restores too: take them as they were.
+    IF tenancy.restoring() THEN
+        RETURN NEW;
+    END IF;
+    NEW.slug := tenancy.validate_slug(NEW.slug);
+    -- Serialize creations of one slug so a concurrent duplicate gets PT002.
+    PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(NEW.slug));
+    IF EXISTS (SELECT 1 FROM tenancy.tenants WHERE slug = NEW.slug) THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(NEW.slug)
+            USING ERRCODE = 'PT002';
+    END IF;
+    NEW.isolation := coalesce(NEW.isolation, 'schema');
+    NEW.status := coalesce(NEW.status, 'active');
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    IF NEW.isolation = 'shared' THEN
+        -- Rows in guarded shared tables; no schema, no migrations.
+        NEW.schema_name := NULL;
+        NEW.migration_version := NULL;
+        RETURN NEW;
+    ELSIF NEW.isolation <> 'schema' THEN
+        RAISE EXCEPTION 'invalid isolation %: use schema or shared', quote_literal(NEW.isolation)
+            USING ERRCODE = '22023';
+    END IF;
+    NEW.schema_name := tenancy.schema_prefix() || NEW.slug;
+    IF to_regnamespace(quote_ident(NEW.schema_name)) IS NOT NULL THEN
+        RAISE EXCEPTION 'schema % already exists but is not a registered tenant', quote_ident(NEW.schema_name)
+            USING ERRCODE = 'PT002',
+                  HINT = 'Rename or drop that schema, or choose another slug.';
+    END IF;
+    EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
+    IF tenancy.needs_commit_boundaries(NULL) THEN
+        -- One migration per transaction: the first one here, the others by
+        -- migrate_tenant (the fleet runner, or create_tenant rerun).
+        NEW.status := 'provisioning';
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL, 1);
+    ELSE
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+    END IF;
+    PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
+    'failure; when the history needs commit boundaries only the first, in status provisioning) '
+    'and grant it to the application roles; a shared tenant gets no schema.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR ((NEW.slug IS DISTINCT FROM OLD.slug OR NEW.schema_name IS DISTINCT FROM OLD.schema_name)
+           -- tenancy.rename_tenant renames the schema and then the row.
+           AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
+       OR NEW.isolation IS DISTINCT FROM OLD.isolation
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+            quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT005',
+                  HINT = 'A deleted tenant stays deleted; create a new one.';
+    END IF;
+    IF NEW.status = 'provisioning' AND OLD.status <> 'provisioning' THEN
+        RAISE EXCEPTION 'tenant %: status provisioning is only for new tenants', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF OLD.status = 'provisioning' AND NEW.status = 'suspended' THEN
+        RAISE EXCEPTION 'tenant % is being provisioned', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT019',
+                  HINT = 'Finish it first (rerun create_tenant or pgtenancy migrate), or drop it.';
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
+       AND (NEW.isolation <> 'schema'
+            OR NEW.migration_version IS NULL
+            OR NOT EXISTS (SELECT 1 FROM tenancy.migrations WHERE version = NEW.migration_version)
+            OR NEW.migration_version < coalesce(OLD.migration_version, '')) THEN
+        RAISE EXCEPTION 'tenant %: migration_version % is not a registered version after %',
+            quote_literal(OLD.slug), coalesce(quote_literal(NEW.migration_version), 'NULL'),
+            coalesce(quote_literal(OLD.migration_version), 'none')
+            USING ERRCODE = 'PT010',
+                  HINT = 'Use tenancy.migrate_tenant(slug).';
+    END IF;
+    IF NEW IS DISTINCT FROM OLD THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_update() IS
+    'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
+    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
+    'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
+    'updated_at.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_after_change()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_gone tenancy.tenants;
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF tenancy.restoring() THEN
+        RETURN NULL;  -- the dump brings the outbox as it was
+    END IF;
+    IF TG_OP = 'INSERT' AND NEW.status = 'provisioning' THEN
+        RETURN NULL;  -- tenant_created comes when it becomes active
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.status = 'provisioning' THEN
+        -- Its migrations so far were provisioning, not migrations of a tenant.
+        IF NEW.status = 'active' THEN
+            PERFORM tenancy.emit_event('tenant_created', NEW,
+                jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
+                                   'isolation', NEW.isolation));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tenancy.emit_event('tenant_created', NEW,
+            jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
+                               'isolation', NEW.isolation)
+            -- clone_tenant and imports say where the tenant came from.
+            || coalesce(nullif(current_setting('pgtenancy.created_payload', true), '')::jsonb,
+                        '{}'::jsonb));
+        RETURN NULL;
+    END IF;
+
+    IF TG_OP = 'DELETE' THEN
+        -- The row is the truth: a tenant whose row is gone has no data.
+        IF OLD.schema_name IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
+        END IF;
+        PERFORM tenancy.delete_shared_rows(OLD.id);
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = OLD.id;
+        IF OLD.status = 'provisioning' THEN
+            RETURN NULL;  -- never created: nothing to announce
+        END IF;
+        v_gone := OLD;
+        v_gone.status := 'deleted';
+        PERFORM tenancy.emit_event('tenant_deleted', v_gone,
+            jsonb_build_object('previous_status', OLD.status, 'destroyed', true));
+        RETURN NULL;
+    END IF;
+
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM tenancy.emit_event(
+            CASE NEW.status
+                WHEN 'suspended' THEN 'tenant_suspended'
+                WHEN 'deleted' THEN 'tenant_deleted'
+                ELSE 'tenant_resumed'
+            END,
+            NEW,
+            jsonb_build_object('previous_status', OLD.status, 'destroyed', false));
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version THEN
+        PERFORM tenancy.emit_event('tenant_migrated', NEW,
+            jsonb_build_object(
+                'from_version', OLD.migration_version,
+                'to_version', NEW.migration_version,
+                'versions', coalesce((
+                    SELECT jsonb_agg(m.version ORDER BY m.version)
+                      FROM tenancy.migrations AS m
+                     WHERE (OLD.migration_version IS NULL OR m.version > OLD.migration_version)
+                       AND m.version <= NEW.migration_version), '[]'::jsonb)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_after_change() IS
+    'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
+    'tenant_migrated for every change of the registry, whoever makes it (a tenant in status '
+    'provisioning emits tenant_created once, when it becomes active, and nothing before); a '
+    'deleted row also drops its tenant schema and deletes its rows from every guarded shared table.';
+
+CREATE OR REPLACE FUNCTION tenancy.create_tenant(
+    slug      text,
+    metadata  jsonb DEFAULT '{}',
+    isolation text DEFAULT 'schema'
+)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    -- A tenant left in provisioning by a failure or a killed run: go on.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
+        RETURN tenancy.migrate_tenant(create_tenant.slug);
+    END IF;
+    IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO tenancy.tenants (slug, metadata, isolation)
+    VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
+    RETURNING * INTO v_row;
+    RETURN v_row;
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(create_tenant.slug)
+            USING ERRCODE = 'PT002';
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
+    'Create tenant slug: validate the slug; with isolation schema (default) create schema '
+    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
+    'transaction. When the history needs commit boundaries the tenant is registered in status '
+    'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
+    'the next one in its own transaction, and the last makes it active (tenant_created then). '
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata not '
+    'an object, unknown isolation); on error nothing is left behind.';
+
+REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant(slug text, destroy_data boolean DEFAULT false)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.tenants := tenancy.lock_tenant(drop_tenant.slug);
+BEGIN
+    IF drop_tenant.destroy_data OR v_row.status = 'provisioning' THEN
+        DELETE FROM tenancy.tenants WHERE id = v_row.id;
+        v_row.status := 'deleted';
+    ELSIF v_row.status <> 'deleted' THEN
+        UPDATE tenancy.tenants SET status = 'deleted' WHERE id = v_row.id RETURNING * INTO v_row;
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.drop_tenant(text, boolean) IS
+    'Delete tenant slug. By default a soft delete: status becomes deleted, the schema is kept '
+    'and entry fails with PT005. With destroy_data the schema and the row are dropped. Emits '
+    'tenant_deleted (payload destroyed true/false). Raises PT003 (not found).';
+
+REVOKE ALL ON FUNCTION tenancy.drop_tenant(text, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.migrate_tenant(slug text)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row     tenancy.tenants := tenancy.lock_tenant(migrate_tenant.slug);
+    v_version text;
+BEGIN
+    IF v_row.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(migrate_tenant.slug)
+            USING ERRCODE = 'PT005';
+    END IF;
+    -- Current tenants cost one comparison, not a replay; shared tenants
+    -- have no schema to migrate.
+    IF v_row.isolation = 'shared' THEN
+        RETURN v_row;
+    END IF;
+    IF v_row.migration_version IS NOT DISTINCT FROM tenancy.latest_migration() THEN
+        IF v_row.status = 'provisioning' THEN
+            -- Its last migration ran outside a transaction: it is done.
+            UPDATE tenancy.tenants SET status = 'active' WHERE id = v_row.id RETURNING * INTO v_row;
+            DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = v_row.id;
+        END IF;
+        RETURN v_row;
+    END IF;
+    IF to_regnamespace(quote_ident(v_row.schema_name)) IS NULL THEN
+        RAISE EXCEPTION 'schema % of tenant % is missing', quote_ident(v_row.schema_name),
+            quote_literal(migrate_tenant.slug)
+            USING ERRCODE = 'PT007';
+    END IF;
+    v_version := tenancy.apply_migrations(
+        v_row.schema_name, v_row.migration_version,
+        CASE WHEN v_row.status = 'provisioning'
+                   OR tenancy.needs_commit_boundaries(v_row.migration_version) THEN 1 END);
+    PERFORM tenancy.grant_schema_to_app_roles(v_row.schema_name);
+    UPDATE tenancy.tenants
+       SET migration_version = v_version,
+           status = CASE WHEN status = 'provisioning'
+                          AND v_version IS NOT DISTINCT FROM tenancy.latest_migration()
+                         THEN 'active' ELSE status END
+     WHERE id = v_row.id RETURNING * INTO v_row;
+    IF v_row.status <> 'provisioning' THEN
+        DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = v_row.id;
+    END IF;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.migrate_tenant(text) IS
+    'Apply to tenant slug the registered migrations it lacks, in order, in the caller''s '
+    'transaction (the row lock serializes concurrent runs); emits tenant_migrated with the '
+    'versions applied. When they need commit boundaries (an enum value added and used later, a '
+    'no-transaction migration) only the next one is applied: call it until current (the fleet '
+    'runner does). A tenant in status provisioning becomes active with its last migration '
+    '(tenant_created). Stops before a no-transaction migration. Raises PT003 (not found), PT005 '
+    '(deleted), PT007 (schema missing), PT006 (a migration failed: the tenant stays at its '
+    'previous version).';
+
+REVOKE ALL ON FUNCTION tenancy.migrate_tenant(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.record_provisioning_failure(
+    slug text, version text, sqlstate text, message text
+)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_id uuid;
+BEGIN
+    SELECT t.id INTO v_id FROM tenancy.tenants AS t
+     WHERE t.slug = record_provisioning_failure.slug AND t.status = 'provisioning';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO tenancy.provisioning_failures AS f (tenant_id, version, sqlstate, message)
+    VALUES (v_id, record_provisioning_failure.version, record_provisioning_failure.sqlstate,
+            record_provisioning_failure.message)
+        ON CONFLICT (tenant_id) DO UPDATE
+       SET version = EXCLUDED.version, sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message,
+           failed_at = pg_catalog.now();
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.record_provisioning_failure(text, text, text, text) IS
+    'Record why tenant slug, in status provisioning, failed (the migration version, SQLSTATE and '
+    'message; replaces the previous record) and return true; false (nothing recorded) when the '
+    'tenant is not being provisioned. Call it in its own transaction after the failed one.';
+
+REVOKE ALL ON FUNCTION tenancy.record_provisioning_failure(text, text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
+    RETURNS uuid
+    LANGUAGE plpgsql
+    VOLATILE
+AS $$
+DECLARE
+    v_id         uuid;
+    v_schema     text;
+    v_status     text;
+    v_has_schema boolean;
+    v_limits     text[];
+    v_renamed    text;
+BEGIN
+    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL, d.limits
+      INTO v_id, v_schema, v_status, v_has_schema, v_limits
+      FROM tenancy.tenant_directory AS d
+      LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
+     WHERE d.slug = enter_tenant.slug;
+    IF NOT FOUND THEN
+        -- A renamed tenant's old slug says where the tenant went.
+        SELECT r.new_slug INTO v_renamed
+          FROM tenancy.tenant_renames AS r WHERE r.old_slug = enter_tenant.slug;
+        IF FOUND THEN
+            RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                pg_catalog.quote_literal(v_renamed)
+                USING ERRCODE = 'PT020',
+                      DETAIL = pg_catalog.format('new slug: %s', v_renamed);
+        END IF;
+        RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF v_status <> 'active' THEN
+        IF v_status = 'suspended' THEN
+            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT004';
+        END IF;
+        IF v_status = 'deleted' THEN
+            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT005';
+        END IF;
+        IF v_status = 'provisioning' THEN
+            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
+                USING ERRCODE = 'PT019',
+                      HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
+        END IF;
+        -- Any status added later is refused too: fail closed.
+        RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
+            v_status
+            USING ERRCODE = 'PT004';
+    END IF;
+    -- Fail closed: never fall back to public when the schema is gone.
+    IF v_schema IS NOT NULL AND NOT v_has_schema THEN
+        RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
+            pg_catalog.quote_literal(enter_tenant.slug)
+            USING ERRCODE = 'PT007';
+    END IF;
+    -- A shared tenant sees the shared schema, guarded by RLS on app.tenant_id.
+    -- pg_temp is named last, so a temporary table (left on a pooled
+    -- connection by an earlier request) never shadows a tenant table.
+    PERFORM pg_catalog.set_config('search_path',
+                                  CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
+                                       ELSE pg_catalog.quote_ident(v_schema) || ', public, pg_temp'
+                                  END,
+                                  true),
+            pg_catalog.set_config('app.tenant_id', v_id::text, true),
+            pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
+    -- The tenant's resource limits (tenancy.set_tenant_limits), as
+    -- (setting, value) pairs, transaction-local too; nothing for most tenants.
+    IF v_limits IS NOT NULL THEN
+        PERFORM pg_catalog.set_config(v_limits[i], v_limits[i + 1], true)
+           FROM pg_catalog.generate_series(1, pg_catalog.cardinality(v_limits), 2) AS i;
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
+    'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
+    '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
+    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
+    'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
+    'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
+    'PT007 (schema missing) before '
+    'anything is set. Call it as the first statement of a transaction block.';

@@ -1,0 +1,204 @@
+"""Benchmark of migration registration: ``sync_migration_dir`` against psql.
+
+Run from the repository root (``make procrastinate`` fetches the first series)::
+
+    .venv/bin/python bench/bench_registration.py [--generated 250]
+
+Two series, each registered into a fresh database on one server (as the other
+benchmarks find it: ``DATABASE_URL``, Docker or a throwaway cluster), in one
+run:
+
+1. **procrastinate** 3.10.0's 38 migration files, from its PyPI wheel
+   (``.cache/``, see the Makefile). Its first line, ``CREATE EXTENSION IF NOT
+   EXISTS plpgsql``, runs first as plain SQL: a tenant migration may not
+   create extensions. The series adds enum values that later files use.
+2. **generated**: ``--generated`` files (default 250), each creating a table
+   with an index, every tenth also adding a column to the previous table.
+
+The pgtenancy side times :func:`pgtenancy.fleet.sync_migration_dir` (the
+library call behind ``pgtenancy migrate --dir``): read the directory, check
+every file with pglast, register each one, which applies it to the scratch
+schema kept at the latest version. The baseline is one ``psql`` run applying
+the same files to one empty schema, each in its own ``BEGIN; ... COMMIT;``.
+Both sides run each migration's SQL once; registration adds its checks and
+bookkeeping. Goal: registration within 2x of psql, and linear (per-file cost
+flat as the series grows; compare the two series' seconds per file).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (
+    BaseResults,
+    TableRow,
+    add_json_option,
+    bench_database,
+    bench_parser,
+    find_psql,
+    log,
+    positive_int,
+    print_results,
+    ratio_table,
+    report_title,
+    time_psql_script,
+)
+from pgtenancy.fleet import sync_migration_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+PROCRASTINATE = ROOT / ".cache" / "procrastinate-3.10.0" / "migrations"
+RATIO_GOAL = 2.0
+DEFAULT_GENERATED = 250
+
+
+@dataclass(frozen=True)
+class Results(BaseResults):
+    """Seconds per series, both sides, and the ratios."""
+
+    procrastinate_files: int
+    procrastinate_register_seconds: float
+    procrastinate_psql_seconds: float
+    procrastinate_ratio: float
+    generated_files: int
+    generated_register_seconds: float
+    generated_psql_seconds: float
+    generated_ratio: float
+    ratio_goal: float
+
+
+def procrastinate_series(directory: Path) -> str:
+    """Copy procrastinate's files into ``directory``; return the extension line."""
+    if not any(PROCRASTINATE.glob("*.sql")):
+        raise SystemExit("procrastinate's migrations are missing: run `make procrastinate`")
+    for path in sorted(PROCRASTINATE.glob("*.sql")):
+        shutil.copy(path, directory / path.name)
+    initial = directory / "00.00.00_01_initial.sql"
+    first, rest = initial.read_text("utf-8").split("\n", 1)
+    initial.write_text(rest, "utf-8")
+    return first
+
+
+def generated_series(directory: Path, count: int) -> None:
+    """``count`` files: a table and an index each, every tenth a column more."""
+    for i in range(1, count + 1):
+        sql = f"CREATE TABLE t{i} (id int PRIMARY KEY, v text);\nCREATE INDEX t{i}_v ON t{i} (v);\n"
+        if i % 10 == 0:
+            sql += f"ALTER TABLE t{i - 1} ADD COLUMN c{i} int;\n"
+        (directory / f"{i:04d}_t{i}.sql").write_text(sql, "utf-8")
+
+
+def psql_script(directory: Path, prelude: str) -> str:
+    """The same files in version order, one transaction each, in schema bench_psql."""
+    from pgtenancy.migration_files import read_migration_dir
+
+    parts = [prelude, "CREATE SCHEMA bench_psql;", "SET search_path = bench_psql, public;"]
+    for f in read_migration_dir(directory):
+        parts += ["BEGIN;", f.sql, "COMMIT;"]
+    return "\n".join(parts) + "\n"
+
+
+def time_series(psql: Path, directory: Path, prelude: str) -> tuple[int, float, float]:
+    """(files, registration seconds, psql seconds), each side in a fresh database."""
+    with bench_database() as db:
+        if prelude:
+            time_psql_script(psql, db.dsn, prelude)
+        start = time.perf_counter()
+        synced = sync_migration_dir(db.dsn, directory)
+        register_s = time.perf_counter() - start
+    with bench_database() as db:
+        psql_s = time_psql_script(psql, db.dsn, psql_script(directory, prelude))
+    return len(synced.registered), register_s, psql_s
+
+
+def run(generated: int) -> Results:
+    """Both series, both sides."""
+    psql = find_psql()
+    with tempfile.TemporaryDirectory(prefix="pgtenancy-bench-") as tmp:
+        proc_dir, gen_dir = Path(tmp) / "procrastinate", Path(tmp) / "generated"
+        proc_dir.mkdir()
+        gen_dir.mkdir()
+        prelude = procrastinate_series(proc_dir)
+        generated_series(gen_dir, generated)
+        log("procrastinate: registering, then psql")
+        p_files, p_reg, p_psql = time_series(psql, proc_dir, prelude)
+        log(f"  {p_files} files: {p_reg:.2f} s vs {p_psql:.2f} s")
+        log(f"generated: {generated} files")
+        g_files, g_reg, g_psql = time_series(psql, gen_dir, "")
+        log(f"  {g_files} files: {g_reg:.2f} s vs {g_psql:.2f} s")
+        with bench_database() as db:
+            version, source = db.server_version, db.server_source
+    return Results(
+        server_version=version,
+        server_source=source,
+        seconds_per_round=0.0,
+        rounds=1,
+        procrastinate_files=p_files,
+        procrastinate_register_seconds=round(p_reg, 3),
+        procrastinate_psql_seconds=round(p_psql, 3),
+        procrastinate_ratio=round(p_reg / p_psql, 3),
+        generated_files=g_files,
+        generated_register_seconds=round(g_reg, 3),
+        generated_psql_seconds=round(g_psql, 3),
+        generated_ratio=round(g_reg / g_psql, 3),
+        ratio_goal=RATIO_GOAL,
+    )
+
+
+def report(r: Results) -> str:
+    """A header and a three-column table."""
+    ok = max(r.procrastinate_ratio, r.generated_ratio) <= r.ratio_goal
+    return "\n".join(
+        [
+            report_title("registration", r),
+            "sync_migration_dir (pglast checks, add_migration on the scratch schema) vs one psql "
+            "run of the same files, one transaction each, into an empty schema",
+            "",
+            *ratio_table(
+                40,
+                [
+                    TableRow(
+                        f"procrastinate, {r.procrastinate_files} files s",
+                        r.procrastinate_register_seconds,
+                        "psql s",
+                        r.procrastinate_psql_seconds,
+                        r.procrastinate_ratio,
+                    ),
+                    TableRow(
+                        f"generated, {r.generated_files} files s",
+                        r.generated_register_seconds,
+                        "psql s",
+                        r.generated_psql_seconds,
+                        r.generated_ratio,
+                    ),
+                ],
+            ),
+            "",
+            "ratio = pgtenancy seconds / baseline seconds (lower is better); "
+            f"goal <= {r.ratio_goal:g}: {'met' if ok else 'MISSED'}",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the options, run, print the table (or JSON)."""
+    parser = bench_parser("registration")
+    parser.add_argument(
+        "--generated",
+        type=positive_int,
+        default=DEFAULT_GENERATED,
+        help=f"files in the generated series (default: {DEFAULT_GENERATED})",
+    )
+    add_json_option(parser)
+    args = parser.parse_args(argv)
+    print_results(run(args.generated), report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
