@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -20,13 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import TESTS, pgtenancy_cli, recorded, subprocess_env, wait_for
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import muted, tenant_created, tenant_suspended
 from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
-
-TESTS = Path(__file__).resolve().parent
 
 
 class ListenerProcess:
@@ -82,21 +79,6 @@ class ListenerProcess:
 
     def stderr(self) -> str:
         return self.log.read_text()
-
-
-def recorded(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def all_event_ids(dsn: str) -> list[int]:

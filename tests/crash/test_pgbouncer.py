@@ -13,11 +13,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, event, text
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import TENANTS, Boom, clean, pgtenancy_cli, run_threads, subprocess_env
 from pgtenancy import Listener, ListenNotSupported, Tenancy, tenant_session
 from pgtenancy.listener import check_listen_capable
 from pgtenancy.testing import TemporaryPgBouncer
-from test_pool_safety import TENANTS, Boom, clean, run_threads
 
 pytestmark = pytest.mark.skipif(
     TemporaryPgBouncer.binary() is None,

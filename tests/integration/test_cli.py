@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import outbox, pgtenancy_cli, subprocess_env
+from helpers import outbox, pgtenancy_cli, subprocess_env
 from pgtenancy import SQL_VERSION
 
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from conftest import as_role
+from helpers import as_role
 from pgtenancy import Tenancy
 
 SQL = Callable[..., list[tuple[Any, ...]]]
@@ -500,7 +500,7 @@ def test_without_a_superuser_privileges_still_confine(owner_dsn: str) -> None:
 def _cli(*args: str) -> Any:
     import subprocess
 
-    from conftest import pgtenancy_cli, subprocess_env
+    from helpers import pgtenancy_cli, subprocess_env
 
     return subprocess.run(
         [*pgtenancy_cli(), "migrate", *args],

@@ -3,19 +3,11 @@ file, in real processes; and its clear refusal without the data file."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
-
-from conftest import CHINOOK, ROOT, subprocess_env
-
-DEMO = ROOT / "examples" / "chinook" / "demo.py"
-#: The Chinook script: $CHINOOK (as for `make demo CHINOOK=...`), else the
-#: repository's ../shared/data/chinook/Chinook_PostgreSql.sql.
-CHINOOK_FILE = Path(os.environ.get("CHINOOK") or CHINOOK)
+from helpers import CHINOOK_FILE, DEMO, check_demo_output, subprocess_env
 
 
 def run_demo(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
@@ -29,33 +21,6 @@ def run_demo(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         cwd="/",  # nothing may depend on the working directory
     )
-
-
-def check_demo_output(result: subprocess.CompletedProcess[str], admin_dsn: str) -> None:
-    """Assert what `make demo` promises, and that its database is gone."""
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
-    assert "skipped psql meta-command at line 28: \\c chinook;" in out
-    assert "tenant_session(engine, 'acme'): 412 invoices in tenant_acme [ok]" in out
-    assert "tenant_session(engine, 'globex'): 0 invoices in tenant_globex [ok]" in out
-    assert "entering initech refused by the database: [PT004]" in out
-    events = [
-        line.split()[1] + " " + line.split()[2]
-        for line in out.splitlines()
-        if line.startswith("  #")
-    ]
-    assert events == [
-        "tenant_created acme",
-        "tenant_created globex",
-        "tenant_created initech",
-        "tenant_suspended initech",
-    ]
-    assert out.rstrip().endswith("demo OK")
-    name = out.splitlines()[0].removeprefix("database ")
-    assert name.startswith("pgtenancy_demo")
-    with psycopg.connect(admin_dsn) as conn:
-        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
-        assert left.fetchone() == (0,)
 
 
 def test_demo_on_chinook(pg_admin_dsn: str) -> None:

@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
+from helpers import ROOT, snapshot
 from pgtenancy import SQL_VERSION, installed_version
-from test_install import snapshot
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import as_role, pgtenancy_cli, subprocess_env
+from helpers import as_role, pgtenancy_cli, subprocess_env
 from pgtenancy import Listener, Tenancy
 from pgtenancy.doctor import check_isolation
 

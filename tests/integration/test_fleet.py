@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import pgtenancy_cli, subprocess_env
 from pgtenancy import Tenancy
 from pgtenancy.migration_files import MigrationCheckError, check_migration, read_migration_dir
 

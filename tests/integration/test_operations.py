@@ -12,10 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import pgtenancy_cli, subprocess_env, wait_for
 from pgtenancy import Listener, Tenancy
 from pgtenancy.doctor import check_isolation
-from test_listener import wait_for
 
 SQL = Callable[..., list[tuple[Any, ...]]]
 

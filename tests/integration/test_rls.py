@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from conftest import as_role, outbox
+from helpers import as_role, outbox
 from pgtenancy import (
     CannotGuardTable,
     Tenancy,

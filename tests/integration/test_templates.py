@@ -16,7 +16,7 @@ import pglast
 import psycopg
 import pytest
 
-from conftest import CHINOOK
+from helpers import CHINOOK
 from pgtenancy import Tenancy
 from pgtenancy.sqlscript import ScriptError, read_script
 from pgtenancy.templates import import_template
@@ -373,7 +373,7 @@ def test_function_pinning_public_search_path_warns() -> None:
 def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
     import subprocess
 
-    from conftest import pgtenancy_cli, subprocess_env
+    from helpers import pgtenancy_cli, subprocess_env
 
     dump = tmp_path / "dump.sql"
     dump.write_text(

@@ -1,0 +1,252 @@
+"""Helpers shared by the test modules of every folder (unit/, integration/,
+crash/, sql/): ``from helpers import X``. No test module imports another test
+module; whatever two of them share lives here (fixtures live in conftest.py).
+
+pytest puts ``tests/`` on ``sys.path`` (``pythonpath = ["tests"]`` in
+pyproject.toml), so this module, catalog.py, releases.py and record_handlers.py
+import the same way from any folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from click.testing import CliRunner, Result
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgtenancy.testing import find_bindir
+
+#: The tests/ folder (record_handlers.py lives here: child processes get it
+#: on their PYTHONPATH).
+TESTS = Path(__file__).resolve().parent
+#: The repository root.
+ROOT = TESTS.parent
+#: The Chinook script in the shared data folder.
+CHINOOK = ROOT.parent / "shared" / "data" / "chinook" / "Chinook_PostgreSql.sql"
+
+
+# --- databases -------------------------------------------------------------
+
+
+def outbox(dsn: str) -> list[tuple[str, str]]:
+    """Every outbox event as (name, tenant slug), in id order."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT name, tenant_slug FROM tenancy.events ORDER BY id").fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def as_role(dsn: str, role: str) -> str:
+    """``dsn`` connecting as ``role`` (trust or the same password)."""
+    return make_conninfo(dsn, user=role)
+
+
+#: What an install creates in the tenancy schema, one row per object: its
+#: kind, name and a fingerprint (oid, definition, trigger text, ACL).
+SNAPSHOT = """
+SELECT 'relation', c.relname || ':' || c.relkind::text, c.oid::text FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tenancy'
+UNION ALL
+SELECT 'function', p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)) FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
+UNION ALL
+SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t
+  JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'tenancy' AND NOT t.tgisinternal
+UNION ALL
+SELECT 'acl', p.oid::regprocedure::text,
+       -- The migrator role's name is derived from the database's.
+       replace(coalesce(p.proacl::text, ''),
+               (SELECT migrator_role FROM tenancy.confinement), '<migrator>')
+  FROM pg_proc p
+  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
+ORDER BY 1, 2
+"""
+
+
+def snapshot(dsn: str) -> list[tuple[Any, ...]]:
+    """The rows of SNAPSHOT in the database of ``dsn``: (kind, name, fingerprint)."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(SNAPSHOT).fetchall()
+
+
+# --- processes -------------------------------------------------------------
+
+
+def pgtenancy_cli() -> list[str]:
+    """Command line that runs the pgtenancy CLI of this environment."""
+    return [sys.executable, "-m", "pgtenancy.cli"]
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: ours, without DATABASE_URL surprises."""
+    env = dict(os.environ)
+    env.pop("DATABASE_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> Result:
+    """Run the pgtenancy command group in this process with click's CliRunner.
+
+    ``args`` are the command-line arguments after ``pgtenancy``; ``env`` are
+    extra environment variables for the run (DATABASE_URL is always cleared
+    unless given). Returns click's Result: ``exit_code``, ``stdout``,
+    ``stderr`` (kept apart) and ``output``. Exceptions the CLI does not turn
+    into an exit code stay in ``Result.exception``.
+    """
+    from pgtenancy.cli import main
+
+    runner = CliRunner()
+    environ: dict[str, str | None] = {"DATABASE_URL": None}
+    environ.update(env or {})
+    return runner.invoke(main, list(args), env=environ, catch_exceptions=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``predicate`` every 50 ms until it is true; AssertionError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def recorded(path: Path) -> list[dict[str, Any]]:
+    """The events record_handlers.py wrote to ``path`` (JSON lines), in order."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- pg_dump / psql --------------------------------------------------------
+
+
+def tool(name: str) -> str | None:
+    """Path of the PostgreSQL client program ``name`` (the server's binaries
+    first, then PATH), None when there is none."""
+    bindir = find_bindir()
+    if bindir is not None and (bindir / name).exists():
+        return str(bindir / name)
+    return shutil.which(name)
+
+
+def _connection_args(dsn: str) -> list[str]:
+    params = conninfo_to_dict(dsn)
+    return [
+        "-h",
+        str(params.get("host", "127.0.0.1")),
+        "-p",
+        str(params.get("port", 5432)),
+        "-U",
+        str(params.get("user", "postgres")),
+        "-d",
+        str(params["dbname"]),
+    ]
+
+
+def pg_dump(dsn: str, path: Path) -> None:
+    """Dump the database of ``dsn`` as a plain SQL script to ``path``."""
+    program = tool("pg_dump")
+    assert program is not None
+    subprocess.run(
+        [program, *_connection_args(dsn), "-f", str(path)], check=True, capture_output=True
+    )
+
+
+def psql_restore(dsn: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """Run the script ``path`` into the database of ``dsn``, stopping at the first error."""
+    program = tool("psql")
+    assert program is not None
+    return subprocess.run(
+        [program, *_connection_args(dsn), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+# --- the Chinook demo ------------------------------------------------------
+
+DEMO = ROOT / "examples" / "chinook" / "demo.py"
+#: The Chinook script: $CHINOOK (as for `make demo CHINOOK=...`), else the
+#: repository's ../shared/data/chinook/Chinook_PostgreSql.sql.
+CHINOOK_FILE = Path(os.environ.get("CHINOOK") or CHINOOK)
+
+
+def check_demo_output(result: subprocess.CompletedProcess[str], admin_dsn: str) -> None:
+    """Assert what `make demo` promises, and that its database is gone."""
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "skipped psql meta-command at line 28: \\c chinook;" in out
+    assert "tenant_session(engine, 'acme'): 412 invoices in tenant_acme [ok]" in out
+    assert "tenant_session(engine, 'globex'): 0 invoices in tenant_globex [ok]" in out
+    assert "entering initech refused by the database: [PT004]" in out
+    events = [
+        line.split()[1] + " " + line.split()[2]
+        for line in out.splitlines()
+        if line.startswith("  #")
+    ]
+    assert events == [
+        "tenant_created acme",
+        "tenant_created globex",
+        "tenant_created initech",
+        "tenant_suspended initech",
+    ]
+    assert out.rstrip().endswith("demo OK")
+    name = out.splitlines()[0].removeprefix("database ")
+    assert name.startswith("pgtenancy_demo")
+    with psycopg.connect(admin_dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (name,))
+        assert left.fetchone() == (0,)
+
+
+# --- the pool-safety workload ----------------------------------------------
+
+TENANTS = [f"t{i:02d}" for i in range(20)]
+THREADS = 8
+TRANSACTIONS_PER_THREAD = 400
+
+
+class Boom(Exception):
+    """Raised inside a tenant transaction to roll it back."""
+
+
+def run_threads(work: Callable[[random.Random], None]) -> None:
+    """Run ``work(rnd)`` TRANSACTIONS_PER_THREAD times in each of THREADS
+    threads (one seeded Random each); assert that none raised."""
+    errors: list[BaseException] = []
+
+    def body(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for _ in range(TRANSACTIONS_PER_THREAD):
+                work(rnd)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def clean(settings: tuple[Any, ...]) -> None:
+    """Assert that (search_path, tenancy.tenant_id, tenancy.tenant) carry no tenant."""
+    path, tenant_id, tenant = settings
+    assert path == '"$user", public', settings
+    assert tenant_id in (None, ""), settings
+    assert tenant in (None, ""), settings
