@@ -17,12 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtenancy.testing import find_bindir
@@ -96,21 +96,26 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> Result:
-    """Run the pgtenancy command group in this process with click's CliRunner.
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``pgtenancy ARGS...`` in this process with click's CliRunner.
 
-    ``args`` are the command-line arguments after ``pgtenancy``; ``env`` are
-    extra environment variables for the run (DATABASE_URL is always cleared
-    unless given). Returns click's Result: ``exit_code``, ``stdout``,
-    ``stderr`` (kept apart) and ``output``. Exceptions the CLI does not turn
-    into an exit code stay in ``Result.exception``.
+    ``args`` are the command-line arguments after ``pgtenancy``; ``env`` sets
+    environment variables for the run (DATABASE_URL is cleared unless given).
+    Returns what subprocess.run(..., capture_output=True, text=True) would:
+    ``returncode`` (the exit status), ``stdout`` and ``stderr`` (kept apart).
+    An exception the CLI lets escape (a traceback, for a real process) is
+    raised here, so a test sees it as it would see "Traceback" on stderr.
     """
     from pgtenancy.cli import main
 
-    runner = CliRunner()
     environ: dict[str, str | None] = {"DATABASE_URL": None}
     environ.update(env or {})
-    return runner.invoke(main, list(args), env=environ, catch_exceptions=True)
+    result = CliRunner().invoke(main, list(args), env=environ, catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(
+        ["pgtenancy", *args], result.exit_code, result.stdout, result.stderr
+    )
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

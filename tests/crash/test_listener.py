@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import TESTS, pgtenancy_cli, recorded, subprocess_env, wait_for
+from helpers import TESTS, pgtenancy_cli, recorded, run_cli, subprocess_env, wait_for
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import muted, tenant_created, tenant_suspended
@@ -255,13 +255,7 @@ def test_failing_receiver_blocks_and_retries_without_loss(
 
 
 def test_listener_refuses_a_database_without_the_kit(empty_dsn: str) -> None:
-    result = subprocess.run(
-        [*pgtenancy_cli(), "listen", "--dsn", empty_dsn, "--consumer", "x"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    result = run_cli("listen", "--dsn", empty_dsn, "--consumer", "x")
     assert result.returncode == 1
     assert result.stderr.startswith("error: pgtenancy is not installed")
 
@@ -504,15 +498,7 @@ def test_failing_receiver_is_parked_and_retried_alone(dsn: str, tenancy: Tenancy
             "SELECT receiver, event_id, attempts, error FROM tenancy.parked_events"
         ).fetchall()
     assert parked == [("tests.flaky", ids[1], 3, "RuntimeError: billing is down")]
-    env = subprocess_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    r = subprocess.run(
-        [*pgtenancy_cli(), "events", "failed", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    r = run_cli("events", "failed", "--dsn", dsn)
     assert r.returncode == 0, r.stderr
     assert "tests.flaky" in r.stdout and "billing is down" in r.stdout
     # Retry re-delivers to the receiver that failed only.

@@ -498,17 +498,9 @@ def test_without_a_superuser_privileges_still_confine(owner_dsn: str) -> None:
 
 
 def _cli(*args: str) -> Any:
-    import subprocess
+    from helpers import run_cli
 
-    from helpers import pgtenancy_cli, subprocess_env
-
-    return subprocess.run(
-        [*pgtenancy_cli(), "migrate", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    return run_cli("migrate", *args)
 
 
 def test_shared_migrations_run_once_before_tenant_migrations(

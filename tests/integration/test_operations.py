@@ -3,7 +3,6 @@ consumer still needs, consumer status, and the doctor's inactive-consumer check.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import pgtenancy_cli, subprocess_env, wait_for
+from helpers import run_cli, wait_for
 from pgtenancy import Listener, Tenancy
 from pgtenancy.doctor import check_isolation
 
@@ -77,13 +76,7 @@ def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -
     health = tenancy.outbox_health()
     assert health.events == 2
     assert 0 <= health.notification_queue_usage < 1
-    r = subprocess.run(
-        [*pgtenancy_cli(), "events", "status", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("events", "status", "--dsn", dsn)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].split()[:5] == [
         "ops",
@@ -101,13 +94,7 @@ def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -
     assert ("warning", "consumer_inactive", "ops") in {
         (f.severity, f.check, f.object) for f in check_isolation(dsn)
     }
-    r = subprocess.run(
-        [*pgtenancy_cli(), "events", "prune", "--older-than", "0 seconds", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("events", "prune", "--older-than", "0 seconds", "--dsn", dsn)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2 events deleted"
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from catalog import catalog, differences
-from helpers import ROOT, pgtenancy_cli, snapshot, subprocess_env
+from helpers import ROOT, run_cli, snapshot, subprocess_env
 from pgtenancy import (
     SQL_VERSION,
     NewerVersionInstalled,
@@ -171,13 +171,7 @@ def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert f"pgtenancy {SQL_VERSION} installed" in r.stdout
-    r = subprocess.run(
-        [*pgtenancy_cli(), "version", "--dsn", empty_dsn],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    r = run_cli("version", "--dsn", empty_dsn)
     assert r.stdout.strip() == SQL_VERSION
     r = subprocess.run(
         ["make", "-s", "uninstall-sql", f"DATABASE_URL={empty_dsn}"],
