@@ -136,6 +136,91 @@ def recorded(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# --- the outbox on a shared server ----------------------------------------
+
+
+def wait_until_readable(dsn: str, timeout: float = 300.0) -> None:
+    """Wait until every outbox event of ``dsn``'s database is readable: its
+    transaction below the current snapshot's xmin, which is server-wide, so a
+    transaction open in any database of the server holds it back.
+
+    This is the condition tenancy.next_events and tenancy.advance_consumer
+    need; a test waits for it rather than assume nobody else uses the server.
+    AssertionError after ``timeout`` seconds, naming the sessions that hold
+    the xmin back.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def readable() -> bool:
+            row = conn.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM tenancy.events "
+                "WHERE xid >= pg_snapshot_xmin(pg_current_snapshot()))"
+            ).fetchone()
+            return bool(row and row[0])
+
+        try:
+            wait_for(readable, timeout)
+        except AssertionError:
+            holders = conn.execute(
+                "SELECT pid, datname, application_name, state, xact_start, "
+                "backend_xid, backend_xmin FROM pg_stat_activity "
+                "WHERE backend_xid IS NOT NULL OR backend_xmin IS NOT NULL"
+            ).fetchall()
+            raise AssertionError(
+                f"outbox events not readable after {timeout}s; sessions holding xids: {holders}"
+            ) from None
+
+
+def until_sentinel(dsn: str, record: Path, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """What a record_handlers listener recorded before a sentinel event.
+
+    Emits one more lifecycle event (creates the tenant ``sentinel``) in the
+    database of ``dsn``, waits until the listener recording to ``record`` has
+    recorded it, and returns the entries before it. A consumer delivers in
+    outbox order, so once the sentinel arrived everything that was going to
+    arrive before it (a redelivery, a duplicate) has: the result is final
+    without a sleep. The sentinel commits last, so it is readable last.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.create_tenant('sentinel')")
+
+    def arrived() -> bool:
+        return any(e["slug"] == "sentinel" for e in recorded(record))
+
+    wait_for(arrived, timeout)
+    entries = recorded(record)
+    return entries[: next(i for i, e in enumerate(entries) if e["slug"] == "sentinel")]
+
+
+def wait_for_polls(dsn: str, consumer: str, polls: int = 2, timeout: float = 30.0) -> None:
+    """Wait until the listener of ``consumer`` has finished ``polls`` polls
+    that started after this call, seen in its session (pg_stat_activity of this
+    database, application_name ``pgtenancy-listener:<consumer>``).
+
+    Each poll ends with tenancy.events_held_back, after reading what is
+    readable; with ``polls`` >= 2 the last poll read the outbox entirely after
+    this call, so what it would deliver has been delivered: a sentinel for
+    "nothing arrived" when no event can pass the one held back.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        since = row[0]
+        seen: set[Any] = set()
+
+        def polled() -> bool:
+            for (started,) in conn.execute(
+                "SELECT query_start FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = %s "
+                "AND query LIKE '%%tenancy.events_held_back(%%' AND query_start > %s",
+                (f"pgtenancy-listener:{consumer}", since),
+            ):
+                seen.add(started)
+            return len(seen) >= polls
+
+        wait_for(polled, timeout)
+
+
 # --- pg_dump / psql --------------------------------------------------------
 
 

@@ -19,7 +19,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import TESTS, pgtenancy_cli, recorded, run_cli, subprocess_env, wait_for
+from helpers import (
+    TESTS,
+    pgtenancy_cli,
+    recorded,
+    run_cli,
+    subprocess_env,
+    until_sentinel,
+    wait_for,
+    wait_for_polls,
+    wait_until_readable,
+)
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import muted, tenant_created, tenant_suspended
@@ -119,15 +129,14 @@ def test_delivers_in_order_and_resumes_from_its_cursor(
     # Restarted, the consumer does not see them again, only what is new.
     tenancy.resume_tenant("globex")
     listeners()
-    wait_for(lambda: len(recorded(record)) == 4)
-    time.sleep(0.5)
-    assert [e["name"] for e in recorded(record)] == [
+    before = until_sentinel(dsn, record)  # nothing else arrives before it
+    assert [e["name"] for e in before] == [
         "tenant_created",
         "tenant_created",
         "tenant_suspended",
         "tenant_resumed",
     ]
-    assert [e["id"] for e in recorded(record)] == all_event_ids(dsn)
+    assert [e["id"] for e in before] == all_event_ids(dsn)[:-1]
 
 
 def test_out_of_order_commit_is_not_skipped_sql(dsn: str, sql: Callable[..., Any]) -> None:
@@ -145,10 +154,10 @@ def test_out_of_order_commit_is_not_skipped_sql(dsn: str, sql: Callable[..., Any
         assert sql("SELECT tenancy.events_held_back('c')") == [(True,)]
         a.commit()
         # Readable once no transaction anywhere on the server is older (the
-        # snapshot's xmin is cluster-wide): other sessions may delay it a little.
-        query = "SELECT tenant_slug, id, xid::text FROM tenancy.next_events('c')"
-        wait_for(lambda: len(sql(query)) == 2)
-        rows = sql(query)
+        # snapshot's xmin is server-wide): wait for that, however long other
+        # sessions hold it back.
+        wait_until_readable(dsn)
+        rows = sql("SELECT tenant_slug, id, xid::text FROM tenancy.next_events('c')")
         assert [r[0] for r in rows] == ["a", "b"]
         assert rows[0][1] < rows[1][1]
         last = rows[-1]
@@ -170,9 +179,10 @@ def test_out_of_order_commit_is_delivered_by_the_listener(
         a.execute("SELECT tenancy.create_tenant('alpha')")
         b.execute("SELECT tenancy.create_tenant('beta')")
         b.commit()
-        time.sleep(1.0)
+        wait_for_polls(dsn, "test")  # the listener read the outbox after beta's commit
         assert recorded(record) == []  # beta waits for alpha's transaction
         a.commit()
+        wait_until_readable(dsn)
         wait_for(lambda: len(recorded(record)) == 2)
     finally:
         a.close()
@@ -354,7 +364,8 @@ def test_an_ordering_critical_failure_blocks_and_backs_off_on_one_connection(
         with psycopg.connect(dsn) as conn:
             backends = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'pgtenancy-listener:backoff'"
+                "WHERE datname = current_database() "
+                "AND application_name = 'pgtenancy-listener:backoff'"
             ).fetchone()
     finally:
         listener.stop()
@@ -546,13 +557,16 @@ def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Ten
         tenancy.create_tenant("acme")
         tenancy.create_tenant("globex")
         wait_for(lambda: listener.delivered == 2, timeout=20)
-        time.sleep(1.0)
+        # Sentinel: an event after them (not a tenant_created, so not slow);
+        # a second delivery of either would come before it.
+        tenancy.suspend_tenant("globex")
+        wait_for(lambda: listener.delivered == 3, timeout=20)
     finally:
         listener.stop()
         thread.join(10)
         tenant_created.disconnect(slow)
     ids = all_event_ids(dsn)
-    assert calls == ids
+    assert calls == ids[:2]  # each slow event once, before the sentinel
     with psycopg.connect(dsn) as conn:
         assert conn.execute(
             "SELECT last_id FROM tenancy.consumers WHERE name = 'slow'"
@@ -705,14 +719,18 @@ def test_a_lapsed_lease_is_still_its_holders_until_another_takes_over(
     tenancy.create_tenant("acme")
     tenancy.create_tenant("globex")
     sql("SELECT tenancy.register_consumer('lapse')")
-    wait_for(lambda: len(sql("SELECT 1 FROM tenancy.next_events('lapse')")) == 2)
+    wait_until_readable(dsn)
     (first, second) = sql("SELECT xid::text, id FROM tenancy.next_events('lapse')")
     assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
-    time.sleep(0.1)  # the lease has run out, and nobody took over
-    assert sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    # The lease runs out, and nobody takes over.
+    wait_for(
+        lambda: sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    )
     assert sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", first) == [(True,)]
     assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
-    time.sleep(0.1)
+    wait_for(
+        lambda: sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    )
     assert sql("SELECT tenancy.acquire_lease('lapse', 'b', interval '10 s')") == [(True,)]
     with pytest.raises(psycopg.Error) as info:
         sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", second)

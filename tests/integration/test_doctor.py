@@ -31,8 +31,8 @@ def listening(dsn: str) -> Iterator[None]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'pgtenancy-listener:doctor'"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'pgtenancy-listener:doctor'"
             ).fetchone()
             if row and row[0]:
                 break

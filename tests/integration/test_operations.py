@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from helpers import run_cli, wait_for
+from helpers import run_cli, wait_for, wait_until_readable
 from pgtenancy import Listener, Tenancy
+from pgtenancy.admin import ConsumerStatus
 from pgtenancy.doctor import check_isolation
 
 SQL = Callable[..., list[tuple[Any, ...]]]
@@ -22,11 +23,16 @@ def age_events(sql: SQL, seconds: int) -> None:
     sql("UPDATE tenancy.events SET created_at = created_at - make_interval(secs => %s)", (seconds,))
 
 
-def test_prune_keeps_what_an_active_consumer_has_not_passed(tenancy: Tenancy, sql: SQL) -> None:
+def test_prune_keeps_what_an_active_consumer_has_not_passed(
+    dsn: str, tenancy: Tenancy, sql: SQL
+) -> None:
     for slug in ("a1", "a2", "a3"):
         tenancy.create_tenant(slug)
     sql("SELECT tenancy.register_consumer('fast')")
     sql("SELECT tenancy.register_consumer('slow')")
+    # A cursor moves only to readable events: wait until no transaction on
+    # the server (ours or anybody's) is older than them.
+    wait_until_readable(dsn)
     first, second, third = (r[0] for r in sql("SELECT id FROM tenancy.events ORDER BY id"))
     (xid,) = sql("SELECT xid::text FROM tenancy.events WHERE id = %s", (third,))[0]
     sql("SELECT tenancy.advance_consumer('fast', %s::xid8, %s)", (xid, third))
@@ -58,14 +64,19 @@ def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -
     try:
         tenancy.create_tenant("acme")
         wait_for(lambda: listener.delivered == 1)
-        time.sleep(0.5)
-        (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
+
+        def ops() -> ConsumerStatus:
+            (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
+            return status
+
+        # The cursor moves once the event is delivered.
+        wait_for(lambda: ops().lag_events == 0)
+        status = ops()
         assert (status.lag_events, status.listeners) == (0, 1)
         assert status.seen_at is not None
         seen_before = status.seen_at
-        time.sleep(0.5)
-        (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
-        assert status.seen_at is not None and status.seen_at > seen_before
+        # Heartbeats (every 0.2 s) move seen_at while nothing happens.
+        wait_for(lambda: (ops().seen_at or seen_before) > seen_before, timeout=5)
     finally:
         listener.stop()
         thread.join(10)
