@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 # imports them from helpers.
 from helpers import CHINOOK, ROOT, as_role, outbox, pgtenancy_cli, subprocess_env
 from pgtenancy import Tenancy, install
-from pgtenancy.admin import engine_from_dsn
+from pgtenancy.admin import Isolation, engine_from_dsn
 from pgtenancy.testing import NoServerError, find_server, fresh_database
 
 __all__ = ["CHINOOK", "ROOT", "as_role", "outbox", "pgtenancy_cli", "subprocess_env"]
@@ -89,7 +89,7 @@ def template_db(pg_admin_dsn: str) -> Iterator[str]:
     """Name of a database with the SQL core installed, copied for each test."""
     with fresh_database(pg_admin_dsn, "pgtenancy_tpl") as dsn:
         install(dsn)
-        yield conninfo_to_dict(dsn)["dbname"]
+        yield str(conninfo_to_dict(dsn)["dbname"])
 
 
 @pytest.fixture
@@ -167,6 +167,11 @@ def hybrid(tenancy: Tenancy, sql: Callable[..., list[tuple[Any, ...]]]) -> dict[
     sql("CREATE TABLE public.orders (id serial PRIMARY KEY, item text NOT NULL)")
     tenancy.enable_rls("public.orders")
     ids = {}
-    for slug, isolation in (("acme", "shared"), ("globex", "shared"), ("initech", "schema")):
+    tenants: tuple[tuple[str, Isolation], ...] = (
+        ("acme", "shared"),
+        ("globex", "shared"),
+        ("initech", "schema"),
+    )
+    for slug, isolation in tenants:
         ids[slug] = str(tenancy.create_tenant(slug, isolation=isolation).id)
     return ids

@@ -134,7 +134,7 @@ def test_real_app_dump_becomes_tenant_migration(pg_admin_dsn: str, dsn: str, sql
     assert catalog(sql, "public") == before
 
     objects = catalog(sql, "tenant_acme")
-    for expected in (
+    for obj in (
         [
             ("rel", name)
             for name in (
@@ -156,7 +156,7 @@ def test_real_app_dump_becomes_tenant_migration(pg_admin_dsn: str, dsn: str, sql
             ("func", "touch"),
         ]
     ):
-        assert expected in objects
+        assert obj in objects
     assert sql("SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'orders_touch'") == [
         ("tenant_acme.orders",),
         ("tenant_globex.orders",),
@@ -258,6 +258,7 @@ def statements(sql_text: str) -> list[tuple[str, str]]:
     return [
         (type(raw.stmt).__name__, pglast.stream.RawStream()(raw.stmt))
         for raw in pglast.parse_sql(sql_text)
+        if raw.stmt is not None
     ]
 
 
