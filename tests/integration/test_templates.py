@@ -372,9 +372,7 @@ def test_function_pinning_public_search_path_warns() -> None:
 
 
 def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
-    import subprocess
-
-    from helpers import pgtenancy_cli, subprocess_env
+    from helpers import run_cli
 
     dump = tmp_path / "dump.sql"
     dump.write_text(
@@ -384,23 +382,16 @@ def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
         "ALTER TABLE ONLY public.account ADD CONSTRAINT account_pkey PRIMARY KEY (id);\n"
     )
     out = tmp_path / "0001.sql"
-    r = subprocess.run(
-        [
-            *pgtenancy_cli(),
-            "template",
-            "import",
-            str(dump),
-            "--out",
-            str(out),
-            "--register",
-            "0001_template",
-            "--dsn",
-            dsn,
-        ],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
+    r = run_cli(
+        "template",
+        "import",
+        str(dump),
+        "--out",
+        str(out),
+        "--register",
+        "0001_template",
+        "--dsn",
+        dsn,
     )
     assert r.returncode == 0, r.stderr
     assert "dropped:" in r.stderr and "OWNER" in r.stderr
@@ -409,11 +400,5 @@ def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
     assert tenancy.create_tenant("acme").migration_version == "0001_template"
     bad = tmp_path / "bad.sql"
     bad.write_text("CREATE TABLE public.x (;\n")
-    r = subprocess.run(
-        [*pgtenancy_cli(), "template", "import", str(bad)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("template", "import", str(bad))
     assert r.returncode == 1 and r.stderr.startswith("error: line 1")
