@@ -130,10 +130,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def recorded(path: Path) -> list[dict[str, Any]]:
-    """The events record_handlers.py wrote to ``path`` (JSON lines), in order."""
+    """The events record_handlers.py wrote to ``path`` (JSON lines), in order.
+
+    Only complete lines count: a listener process may be appending the last
+    one while it is read (the file can even show the new size before the
+    bytes), so whatever follows the last newline is left for the next read.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().rpartition("\n")[0]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 # --- the outbox on a shared server ----------------------------------------
