@@ -84,9 +84,9 @@ HOSTILE: dict[str, str] = {
 }
 
 
-_ROLES = """SELECT role_name FROM tenancy.app_roles
-             UNION ALL SELECT tenancy.migrator_role()
-             UNION ALL SELECT current_user UNION ALL SELECT 'sneaky_admin'"""
+_KIT_ROLES = """SELECT role_name FROM tenancy.app_roles
+                 UNION ALL SELECT tenancy.migrator_role() UNION ALL SELECT 'sneaky_admin'"""
+_ROLES = _KIT_ROLES + " UNION ALL SELECT current_user"
 
 
 def _snapshot(dsn: str) -> dict[str, Any]:
@@ -115,10 +115,13 @@ def _snapshot(dsn: str) -> dict[str, Any]:
         "roles": f"""SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls,
                            rolcanlogin, rolinherit
                       FROM pg_roles WHERE rolname IN ({_ROLES}) ORDER BY 1""",
+        # Memberships with a role of this database's kit on one side (the
+        # owner's own come and go with roles other sessions on the server
+        # create; a grant of the owner to a kit role is still seen).
         "memberships": f"""SELECT roleid::regrole::text, member::regrole::text
                             FROM pg_auth_members
-                           WHERE roleid IN (SELECT oid FROM pg_roles WHERE rolname IN ({_ROLES}))
-                              OR member IN (SELECT oid FROM pg_roles WHERE rolname IN ({_ROLES}))
+                           WHERE roleid IN (SELECT oid FROM pg_roles WHERE rolname IN ({_KIT_ROLES}))
+                              OR member IN (SELECT oid FROM pg_roles WHERE rolname IN ({_KIT_ROLES}))
                            ORDER BY 1, 2""",
         "default_acl": "SELECT defaclrole::regrole::text, defaclnamespace, defaclacl::text "
         "FROM pg_default_acl ORDER BY 1, 2, 3",
