@@ -147,10 +147,10 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py
 	$(BIN)/ruff format --check python tests bench docker examples hatch_build.py
-	$(BIN)/mypy python bench docker/citus
+	$(BIN)/mypy python tests bench docker/citus
 	$(BIN)/mypy examples/chinook
 	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_plpgsql_check.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/sql/test_plpgsql_check.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql sql/pgtenancy.control

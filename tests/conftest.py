@@ -1,15 +1,24 @@
-"""Fixtures: a real PostgreSQL server and a fresh database per test.
+"""Fixtures for every test folder: a real PostgreSQL server and a fresh
+database per test; and the kind markers.
 
 The server comes from pgtenancy.testing.find_server(): TEST_DATABASE_URL or
 DATABASE_URL, else a testcontainers Postgres when Docker answers, else a
 throwaway cluster from the local binaries; the session fails with a message
 saying how to provide one when none works. Every database made here is
 dropped at the end.
+
+Each test is marked with the kind its folder holds (registered in
+pyproject.toml): ``unit`` (tests/unit/, no database: a unit test asking for a
+database fixture is an error), ``integration`` (tests/integration/, a real
+PostgreSQL), ``crash`` (tests/crash/, killed processes and backends, threads
+racing, PgBouncer) and ``sql`` (tests/sql/, SQL-level: pgTAP, plpgsql_check,
+contracts, catalogs, upgrades). The few crash tests that live with the
+feature they break (CRASH_TESTS_ELSEWHERE) are marked ``crash`` as well, so
+``pytest -m "not crash"`` leaves out every killed process.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +29,45 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine
 
+# Re-exported: `from conftest import X` keeps working for these names; new code
+# imports them from helpers.
+from helpers import CHINOOK, ROOT, as_role, outbox, pgtenancy_cli, subprocess_env
 from pgtenancy import Tenancy, install
-from pgtenancy.admin import engine_from_dsn
+from pgtenancy.admin import Isolation, engine_from_dsn
 from pgtenancy.testing import NoServerError, find_server, fresh_database
 
-ROOT = Path(__file__).resolve().parent.parent
-CHINOOK = ROOT.parent / "shared" / "data" / "chinook" / "Chinook_PostgreSql.sql"
+__all__ = ["CHINOOK", "ROOT", "as_role", "outbox", "pgtenancy_cli", "subprocess_env"]
+
+KINDS = ("unit", "integration", "crash", "sql")
+#: Tests that kill a process or a backend but live in an integration module,
+#: next to the feature: (file name, test name).
+CRASH_TESTS_ELSEWHERE = {
+    ("test_async.py", "test_async_listener_process_survives_kill_and_stops_on_sigterm"),
+    ("test_fleet.py", "test_kill_9_leaves_every_tenant_old_or_new_and_a_rerun_finishes"),
+    ("test_session.py", "test_lost_connection_is_a_clear_error_and_the_pool_recovers"),
+}
+#: Fixtures that need the server; unit tests may not ask for them.
+DATABASE_FIXTURES = {"pg_admin_dsn", "template_db", "dsn", "empty_dsn"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its folder's kind; refuse a database in unit/."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        kind = path.parent.name if path.parent.parent == tests else ""
+        if kind in KINDS:
+            item.add_marker(kind)
+        name = getattr(item, "originalname", item.name)
+        if (path.name, name) in CRASH_TESTS_ELSEWHERE:
+            item.add_marker("crash")
+        if kind == "unit":
+            wanted = DATABASE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if wanted:
+                raise pytest.UsageError(
+                    f"{item.nodeid} is a unit test but asks for {sorted(wanted)}: "
+                    "move it to tests/integration/"
+                )
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +89,7 @@ def template_db(pg_admin_dsn: str) -> Iterator[str]:
     """Name of a database with the SQL core installed, copied for each test."""
     with fresh_database(pg_admin_dsn, "pgtenancy_tpl") as dsn:
         install(dsn)
-        yield conninfo_to_dict(dsn)["dbname"]
+        yield str(conninfo_to_dict(dsn)["dbname"])
 
 
 @pytest.fixture
@@ -95,26 +137,6 @@ def sql(dsn: str) -> Iterator[Callable[..., list[tuple[Any, ...]]]]:
     conn.close()
 
 
-def outbox(dsn: str) -> list[tuple[str, str]]:
-    """Every outbox event as (name, tenant slug), in id order."""
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute("SELECT name, tenant_slug FROM tenancy.events ORDER BY id").fetchall()
-    return [(r[0], r[1]) for r in rows]
-
-
-def pgtenancy_cli() -> list[str]:
-    """Command line that runs the pgtenancy CLI of this environment."""
-    return [sys.executable, "-m", "pgtenancy.cli"]
-
-
-def subprocess_env() -> dict[str, str]:
-    """Environment for child processes: ours, without DATABASE_URL surprises."""
-    env = dict(os.environ)
-    env.pop("DATABASE_URL", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @pytest.fixture
 def app_role(dsn: str) -> Iterator[str]:
     """A login role that owns nothing, without SUPERUSER or BYPASSRLS, granted
@@ -137,13 +159,6 @@ def app_role(dsn: str) -> Iterator[str]:
             conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
 
 
-def as_role(dsn: str, role: str) -> str:
-    """``dsn`` connecting as ``role`` (trust or the same password)."""
-    from psycopg.conninfo import make_conninfo
-
-    return make_conninfo(dsn, user=role)
-
-
 @pytest.fixture
 def hybrid(tenancy: Tenancy, sql: Callable[..., list[tuple[Any, ...]]]) -> dict[str, str]:
     """Schema tenant initech and shared tenants acme and globex; public.orders
@@ -152,6 +167,11 @@ def hybrid(tenancy: Tenancy, sql: Callable[..., list[tuple[Any, ...]]]) -> dict[
     sql("CREATE TABLE public.orders (id serial PRIMARY KEY, item text NOT NULL)")
     tenancy.enable_rls("public.orders")
     ids = {}
-    for slug, isolation in (("acme", "shared"), ("globex", "shared"), ("initech", "schema")):
+    tenants: tuple[tuple[str, Isolation], ...] = (
+        ("acme", "shared"),
+        ("globex", "shared"),
+        ("initech", "schema"),
+    )
+    for slug, isolation in tenants:
         ids[slug] = str(tenancy.create_tenant(slug, isolation=isolation).id)
     return ids

@@ -155,7 +155,7 @@ def test_suspended_as_403_and_provisioning_as_503(app_dsn: str, dsn: str) -> Non
         return tenant.slug
 
     with TestClient(app) as client:
-        assert get(client, "/me", headers={"X-Tenant": "acme"}) == (200, "acme")
+        assert get(client, "/me", headers={"X-Tenant": "acme"}) == (200, "acme")  # type: ignore[comparison-overlap]
         status, body = get(client, "/me", headers={"X-Tenant": "hooli"})
         assert (status, body["code"]) == (403, "PT004")
 

@@ -199,7 +199,7 @@ def test_doctor_warns_about_stale_consumers(tenancy: Tenancy, dsn: str, sql: SQL
     assert "drop-consumer old_reports" in stale[0].fix
     sql(
         "ALTER DATABASE "
-        + psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]  # type: ignore[operator]
+        + str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
         + " SET pgtenancy.consumer_stale_after = '1 hour'"
     )
     assert not [f for f in check_isolation(dsn) if f.check == "consumer_stale"]

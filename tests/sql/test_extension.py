@@ -15,11 +15,9 @@ import psycopg
 import pytest
 
 from catalog import catalog, differences
+from helpers import ROOT, pg_dump, psql_restore
 from pgtenancy import SQL_VERSION, Tenancy
 from pgtenancy.testing import fresh_database
-from test_dump_restore import pg_dump, psql_restore
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def require_extension(dsn: str) -> None:

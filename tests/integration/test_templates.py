@@ -17,7 +17,7 @@ import pglast
 import psycopg
 import pytest
 
-from conftest import CHINOOK, ROOT
+from helpers import CHINOOK, ROOT, pgtenancy_cli, subprocess_env
 from pgtenancy import Tenancy
 from pgtenancy.migration_files import check_migration, read_migration_dir
 from pgtenancy.sqlscript import ScriptError, read_script
@@ -136,7 +136,7 @@ def test_real_app_dump_becomes_tenant_migration(pg_admin_dsn: str, dsn: str, sql
     assert catalog(sql, "public") == before
 
     objects = catalog(sql, "tenant_acme")
-    for expected in (
+    for obj in (
         [
             ("rel", name)
             for name in (
@@ -158,7 +158,7 @@ def test_real_app_dump_becomes_tenant_migration(pg_admin_dsn: str, dsn: str, sql
             ("func", "touch"),
         ]
     ):
-        assert expected in objects
+        assert obj in objects
     assert sql(
         "SELECT tgrelid::regclass::text FROM pg_trigger WHERE tgname = 'orders_touch' "
         "AND tgrelid::regclass::text LIKE 'tenant\\_%%' ORDER BY 1"
@@ -288,6 +288,7 @@ def statements(sql_text: str) -> list[tuple[str, str]]:
     return [
         (type(raw.stmt).__name__, pglast.stream.RawStream()(raw.stmt))
         for raw in pglast.parse_sql(sql_text)
+        if raw.stmt is not None
     ]
 
 
@@ -431,9 +432,7 @@ def test_function_pinning_public_search_path_warns() -> None:
 
 
 def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
-    import subprocess
-
-    from conftest import pgtenancy_cli, subprocess_env
+    from helpers import run_cli
 
     dump = tmp_path / "dump.sql"
     dump.write_text(
@@ -443,23 +442,16 @@ def test_cli_template_import_and_register(dsn: str, tmp_path: Path) -> None:
         "ALTER TABLE ONLY public.account ADD CONSTRAINT account_pkey PRIMARY KEY (id);\n"
     )
     out = tmp_path / "0001.sql"
-    r = subprocess.run(
-        [
-            *pgtenancy_cli(),
-            "template",
-            "import",
-            str(dump),
-            "--out",
-            str(out),
-            "--register",
-            "0001_template",
-            "--dsn",
-            dsn,
-        ],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
+    r = run_cli(
+        "template",
+        "import",
+        str(dump),
+        "--out",
+        str(out),
+        "--register",
+        "0001_template",
+        "--dsn",
+        dsn,
     )
     assert r.returncode == 0, r.stderr
     assert "dropped:" in r.stderr and "OWNER" in r.stderr
@@ -746,7 +738,6 @@ def test_pg_dump_features_become_two_working_tenants(
 
 
 def test_cli_shared_out_and_refusals(pg_admin_dsn: str, tmp_path: Path) -> None:
-    from conftest import pgtenancy_cli, subprocess_env
 
     dump = tmp_path / "app.sql"
     dump.write_text(features_dump(pg_admin_dsn, clean=True))

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import TESTS, pgtenancy_cli, recorded, subprocess_env, wait_for
 from pgtenancy import (
     Listener,
     Tenancy,
@@ -34,9 +34,7 @@ from pgtenancy import (
 )
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import tenant_created
-from test_listener import recorded, wait_for
 
-TESTS = Path(__file__).resolve().parent
 SLUGS = [f"a{i}" for i in range(6)]
 
 

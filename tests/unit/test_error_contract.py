@@ -10,12 +10,12 @@ import pickle
 import pkgutil
 import re
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import pgtenancy
+from helpers import ROOT
 from pgtenancy import errors
 from pgtenancy.errors import BY_SQLSTATE, TenancyError, VersionMismatch
 from pgtenancy.events import Event, TenantRef
@@ -40,7 +40,6 @@ ELSEWHERE: dict[str, type[TenancyError]] = {
     )
 }
 
-ROOT = Path(__file__).resolve().parent.parent
 SQL_FILES = sorted([*ROOT.glob("sql/*.sql"), *ROOT.glob("sql/upgrades/*.sql")])
 ERRCODE = re.compile(r"ERRCODE\s*=\s*'(PT[0-9A-Z]{3})'")
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import pgtenancy_cli, run_cli, subprocess_env
 from pgtenancy import Tenancy
 from pgtenancy.migration_files import MigrationCheckError, check_migration, read_migration_dir
 
@@ -23,13 +23,7 @@ SQL = Callable[..., list[tuple[Any, ...]]]
 
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*pgtenancy_cli(), "migrate", "--dsn", dsn, *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=300,
-    )
+    return run_cli("migrate", "--dsn", dsn, *args)
 
 
 def write(directory: Path, name: str, sql: str) -> Path:

@@ -1,4 +1,4 @@
-"""pgTAP tests of the SQL API (tests/pgtap/*.sql), run in the database.
+"""pgTAP tests of the SQL API (tests/sql/pgtap/*.sql), run in the database.
 
 Skipped, with the reason, where the pgtap extension is not installed
 (`make test` installs Debian's postgresql-NN-pgtap when it can).

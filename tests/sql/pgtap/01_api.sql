@@ -1,5 +1,5 @@
 -- pgTAP: the SQL API of pgtenancy, its triggers and its error SQLSTATEs.
--- Run by tests/test_pgtap.py in a fresh database with the kit installed,
+-- Run by tests/sql/test_pgtap.py in a fresh database with the kit installed,
 -- inside a transaction that is rolled back.
 
 SELECT plan(40);

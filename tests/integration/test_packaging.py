@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, subprocess_env
+from helpers import ROOT, subprocess_env
 from pgtenancy import __version__
 
 PIP_INSTALL = (sys.executable, "-m", "pip", "install", "--no-deps", "--quiet")
@@ -126,7 +126,7 @@ def test_a_wheel_install_installs_the_sql_from_its_package_data(
 def test_the_demo_runs_from_a_wheel_install(
     wheel_install: dict[str, str], pg_admin_dsn: str
 ) -> None:
-    from test_demo import CHINOOK_FILE, DEMO, check_demo_output
+    from helpers import CHINOOK_FILE, DEMO, check_demo_output
 
     env = dict(wheel_install, DATABASE_URL=pg_admin_dsn)
     r = subprocess.run(

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from conftest import outbox
+from helpers import outbox
 from pgtenancy import (
     ImmutableTenantColumn,
     InvalidMigration,

@@ -3,57 +3,14 @@ outbox, cursors, migrations, guarded tables and tracked tables come back."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
+from helpers import pg_dump, psql_restore, tool
 from pgtenancy import Tenancy
-from pgtenancy.testing import find_bindir, fresh_database
-
-
-def tool(name: str) -> str | None:
-    bindir = find_bindir()
-    if bindir is not None and (bindir / name).exists():
-        return str(bindir / name)
-    return shutil.which(name)
-
-
-def _connection_args(dsn: str) -> list[str]:
-    params = conninfo_to_dict(dsn)
-    return [
-        "-h",
-        str(params.get("host", "127.0.0.1")),
-        "-p",
-        str(params.get("port", 5432)),
-        "-U",
-        str(params.get("user", "postgres")),
-        "-d",
-        str(params["dbname"]),
-    ]
-
-
-def pg_dump(dsn: str, path: Path) -> None:
-    """Dump the database of ``dsn`` as a plain SQL script to ``path``."""
-    program = tool("pg_dump")
-    assert program is not None
-    subprocess.run(
-        [program, *_connection_args(dsn), "-f", str(path)], check=True, capture_output=True
-    )
-
-
-def psql_restore(dsn: str, path: Path) -> subprocess.CompletedProcess[str]:
-    """Run the script ``path`` into the database of ``dsn``, stopping at the first error."""
-    program = tool("psql")
-    assert program is not None
-    return subprocess.run(
-        [program, *_connection_args(dsn), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(path)],
-        capture_output=True,
-        text=True,
-    )
+from pgtenancy.testing import fresh_database
 
 
 @pytest.mark.skipif(tool("pg_dump") is None or tool("psql") is None, reason="no pg_dump/psql")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 import uuid
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import as_role, pgtenancy_cli, subprocess_env
+from helpers import as_role, run_cli
 from pgtenancy import Listener, Tenancy
 from pgtenancy.doctor import check_isolation
 
@@ -32,8 +31,8 @@ def listening(dsn: str) -> Iterator[None]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'pgtenancy-listener:doctor'"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'pgtenancy-listener:doctor'"
             ).fetchone()
             if row and row[0]:
                 break
@@ -50,26 +49,14 @@ def test_a_healthy_setup_as_the_app_role_has_no_findings(
     listening: None,
 ) -> None:
     assert check_isolation(as_role(dsn, app_role)) == []
-    r = subprocess.run(
-        [*pgtenancy_cli(), "doctor", "--dsn", as_role(dsn, app_role)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("doctor", "--dsn", as_role(dsn, app_role))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "0 errors, 0 warnings" in r.stdout
 
 
 def test_superuser_and_bypassrls_are_errors(dsn: str, sql: SQL, listening: None) -> None:
     assert ("error", "role_bypasses_rls", "postgres") in checks(dsn)
-    r = subprocess.run(
-        [*pgtenancy_cli(), "doctor", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("doctor", "--dsn", dsn)
     assert r.returncode == 1
     assert "role_bypasses_rls" in r.stdout
     name = f"pgtenancy_byp_{uuid.uuid4().hex[:8]}"

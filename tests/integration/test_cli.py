@@ -1,27 +1,48 @@
-"""The pgtenancy CLI in a real process: every command, and one clear line on error."""
+"""The pgtenancy CLI: every command, and one clear line on error.
+
+The commands run in this process (click's CliRunner, helpers.run_cli): the
+same group, options, output and exit status as the real program, without a
+Python start-up per call. One smoke test runs the installed program for real.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import outbox, pgtenancy_cli, subprocess_env
+from helpers import outbox, run_cli, subprocess_env
 from pgtenancy import SQL_VERSION
 
 
 def cli(
     *args: str, dsn: str | None = None, env_dsn: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = subprocess_env()
-    if env_dsn:
-        env["DATABASE_URL"] = env_dsn
-    argv = [*pgtenancy_cli(), *args]
+    argv = list(args)
     if dsn:
         argv += ["--dsn", dsn]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    return run_cli(*argv, env={"DATABASE_URL": env_dsn} if env_dsn else None)
+
+
+def test_the_installed_program_runs(empty_dsn: str) -> None:
+    """The console script itself, in a real process: --help and one database command."""
+    program = Path(sys.executable).with_name("pgtenancy")
+    assert program.exists(), program
+    r = subprocess.run(
+        [str(program), "--help"], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pgtenancy: PostgreSQL-native multi-tenancy." in r.stdout
+    env = subprocess_env()
+    env["DATABASE_URL"] = empty_dsn
+    r = subprocess.run(
+        [str(program), "install"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"pgtenancy {SQL_VERSION} installed")
 
 
 def test_lifecycle_through_the_cli(empty_dsn: str, tmp_path: Path) -> None:

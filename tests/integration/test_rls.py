@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from conftest import as_role, outbox
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
+
+from helpers import as_role, outbox
 from pgtenancy import (
     CannotGuardTable,
     Tenancy,
@@ -82,8 +85,10 @@ def test_shared_tenants_see_only_their_rows(app_engine: Engine, hybrid: dict[str
         s.commit()
         assert s.execute(text("SELECT item FROM orders")).scalars().all() == ["hammock"]
         # Another tenant's rows can be neither changed nor deleted.
-        assert s.execute(text("UPDATE orders SET item = 'x' WHERE item = 'anvil'")).rowcount == 0
-        assert s.execute(text("DELETE FROM orders WHERE item = 'rocket'")).rowcount == 0
+        changed = s.execute(text("UPDATE orders SET item = 'x' WHERE item = 'anvil'"))
+        assert cast("CursorResult[Any]", changed).rowcount == 0
+        deleted = s.execute(text("DELETE FROM orders WHERE item = 'rocket'"))
+        assert cast("CursorResult[Any]", deleted).rowcount == 0
         s.commit()
     with tenant_session(app_engine, "acme") as s:
         assert sorted(s.execute(text("SELECT item FROM orders")).scalars()) == ["anvil", "rocket"]
@@ -167,7 +172,7 @@ def test_shared_tenant_has_no_schema_and_skips_migrations(
     assert tenancy.migrate_tenant("acme") == acme
     assert sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'") == [(0,)]
     with pytest.raises(ValueError, match="isolation"):
-        tenancy.create_tenant("x", isolation="database")
+        tenancy.create_tenant("x", isolation="database")  # type: ignore[arg-type]
     with pytest.raises(psycopg.Error) as info:
         sql("SELECT tenancy.create_tenant('y', '{}', 'database')")
     assert info.value.sqlstate == "22023"

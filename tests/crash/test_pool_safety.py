@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -14,15 +13,8 @@ import pytest
 from psycopg_pool import ConnectionPool
 from sqlalchemy import create_engine, event, text
 
+from helpers import TENANTS, THREADS, TRANSACTIONS_PER_THREAD, Boom, clean, run_threads
 from pgtenancy import Tenancy, tenant_connection, tenant_session
-
-TENANTS = [f"t{i:02d}" for i in range(20)]
-THREADS = 8
-TRANSACTIONS_PER_THREAD = 400
-
-
-class Boom(Exception):
-    pass
 
 
 @pytest.fixture
@@ -34,32 +26,6 @@ def fleet(tenancy: Tenancy, dsn: str) -> None:
             conn.execute(
                 f"INSERT INTO tenant_{slug}.item SELECT g, %s FROM generate_series(1, 5) g", (slug,)
             )
-
-
-def run_threads(work: Callable[[random.Random], None]) -> None:
-    errors: list[BaseException] = []
-
-    def body(seed: int) -> None:
-        rnd = random.Random(seed)
-        try:
-            for _ in range(TRANSACTIONS_PER_THREAD):
-                work(rnd)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-
-
-def clean(settings: tuple[Any, ...]) -> None:
-    path, tenant_id, tenant = settings
-    assert path == '"$user", public', settings
-    assert tenant_id in (None, ""), settings
-    assert tenant in (None, ""), settings
 
 
 def test_sqlalchemy_pool_never_leaks_a_tenant(fleet: None, dsn: str) -> None:

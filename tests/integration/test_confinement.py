@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from conftest import as_role
+from helpers import as_role
 from pgtenancy import Tenancy
 
 SQL = Callable[..., list[tuple[Any, ...]]]
@@ -84,9 +84,9 @@ HOSTILE: dict[str, str] = {
 }
 
 
-_ROLES = """SELECT role_name FROM tenancy.app_roles
-             UNION ALL SELECT tenancy.migrator_role()
-             UNION ALL SELECT current_user UNION ALL SELECT 'sneaky_admin'"""
+_KIT_ROLES = """SELECT role_name FROM tenancy.app_roles
+                 UNION ALL SELECT tenancy.migrator_role() UNION ALL SELECT 'sneaky_admin'"""
+_ROLES = _KIT_ROLES + " UNION ALL SELECT current_user"
 
 
 def _snapshot(dsn: str) -> dict[str, Any]:
@@ -115,10 +115,13 @@ def _snapshot(dsn: str) -> dict[str, Any]:
         "roles": f"""SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls,
                            rolcanlogin, rolinherit
                       FROM pg_roles WHERE rolname IN ({_ROLES}) ORDER BY 1""",
+        # Memberships with a role of this database's kit on one side (the
+        # owner's own come and go with roles other sessions on the server
+        # create; a grant of the owner to a kit role is still seen).
         "memberships": f"""SELECT roleid::regrole::text, member::regrole::text
                             FROM pg_auth_members
-                           WHERE roleid IN (SELECT oid FROM pg_roles WHERE rolname IN ({_ROLES}))
-                              OR member IN (SELECT oid FROM pg_roles WHERE rolname IN ({_ROLES}))
+                           WHERE roleid IN (SELECT oid FROM pg_roles WHERE rolname IN ({_KIT_ROLES}))
+                              OR member IN (SELECT oid FROM pg_roles WHERE rolname IN ({_KIT_ROLES}))
                            ORDER BY 1, 2""",
         "default_acl": "SELECT defaclrole::regrole::text, defaclnamespace, defaclacl::text "
         "FROM pg_default_acl ORDER BY 1, 2, 3",
@@ -497,17 +500,9 @@ def test_without_a_superuser_privileges_still_confine(owner_dsn: str) -> None:
 
 
 def _cli(*args: str) -> Any:
-    import subprocess
+    from helpers import run_cli
 
-    from conftest import pgtenancy_cli, subprocess_env
-
-    return subprocess.run(
-        [*pgtenancy_cli(), "migrate", *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-    )
+    return run_cli("migrate", *args)
 
 
 def test_shared_migrations_run_once_before_tenant_migrations(
@@ -567,7 +562,7 @@ def test_a_view_cannot_lend_the_owners_rights(world: dict[str, str], dsn: str) -
 
 
 def _corpus() -> list[Any]:
-    from test_migration_gate import CORPUS, load
+    from helpers import CORPUS, load
 
     return [load(p) for p in sorted(CORPUS.glob("*.sql"))]
 

@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from helpers import wait_for
 from pgtenancy import CannotTrackTable, Listener, Tenancy
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import row_deleted, row_inserted, row_updated
-from test_listener import wait_for
 
 SQL = Callable[..., list[tuple[Any, ...]]]
 

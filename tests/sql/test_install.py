@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
 from catalog import catalog, differences
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import ROOT, run_cli, snapshot, subprocess_env
 from pgtenancy import (
     SQL_VERSION,
     NewerVersionInstalled,
@@ -24,32 +22,7 @@ from pgtenancy import (
 )
 from pgtenancy.installer import install_files
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
-
-CATALOG = """
-SELECT 'relation', c.relname || ':' || c.relkind::text, c.oid::text FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'tenancy'
-UNION ALL
-SELECT 'function', p.oid::regprocedure::text, md5(pg_get_functiondef(p.oid)) FROM pg_proc p
-  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
-UNION ALL
-SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t
-  JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'tenancy' AND NOT t.tgisinternal
-UNION ALL
-SELECT 'acl', p.oid::regprocedure::text,
-       -- The migrator role's name is derived from the database's.
-       replace(coalesce(p.proacl::text, ''),
-               (SELECT migrator_role FROM tenancy.confinement), '<migrator>')
-  FROM pg_proc p
-  JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'tenancy'
-ORDER BY 1, 2
-"""
-
-
-def snapshot(dsn: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(CATALOG).fetchall()
+SQL_DIR = ROOT / "sql"
 
 
 def test_install_twice_changes_nothing(empty_dsn: str) -> None:
@@ -184,9 +157,8 @@ def test_schema_files_use_only_objects_of_themselves_and_earlier_files() -> None
 
 def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:
     import subprocess
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     env = subprocess_env()
     for _ in range(2):
         r = subprocess.run(
@@ -199,13 +171,7 @@ def test_make_install_sql_and_uninstall_sql(empty_dsn: str) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert f"pgtenancy {SQL_VERSION} installed" in r.stdout
-    r = subprocess.run(
-        [*pgtenancy_cli(), "version", "--dsn", empty_dsn],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    r = run_cli("version", "--dsn", empty_dsn)
     assert r.stdout.strip() == SQL_VERSION
     r = subprocess.run(
         ["make", "-s", "uninstall-sql", f"DATABASE_URL={empty_dsn}"],
@@ -245,7 +211,7 @@ def test_uninstall_refuses_while_user_objects_use_the_kit(empty_dsn: str) -> Non
 def test_uninstall_unguards_shared_tables_and_revokes_the_app_role(
     dsn: str, app_role: str, hybrid: dict[str, str]
 ) -> None:
-    from conftest import as_role
+    from helpers import as_role
 
     with psycopg.connect(dsn) as conn:
         conn.execute("SELECT tenancy.enter_tenant('acme')")

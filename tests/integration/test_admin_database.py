@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from conftest import outbox, subprocess_env
+from helpers import outbox, subprocess_env
 from pgtenancy import NotInstalled, Tenancy, TenantExists, VersionMismatch, __version__
 from pgtenancy.admin import engine_from_dsn
 from pgtenancy.doctor import check_isolation

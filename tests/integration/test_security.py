@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from conftest import as_role
+from helpers import as_role
 from pgtenancy import Tenancy
 
 SQL = Callable[..., list[tuple[Any, ...]]]

@@ -3,7 +3,6 @@ consumer still needs, consumer status, and the doctor's inactive-consumer check.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -12,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import run_cli, wait_for, wait_until_readable
 from pgtenancy import Listener, Tenancy
+from pgtenancy.admin import ConsumerStatus
 from pgtenancy.doctor import check_isolation
-from test_listener import wait_for
 
 SQL = Callable[..., list[tuple[Any, ...]]]
 
@@ -24,11 +23,16 @@ def age_events(sql: SQL, seconds: int) -> None:
     sql("UPDATE tenancy.events SET created_at = created_at - make_interval(secs => %s)", (seconds,))
 
 
-def test_prune_keeps_what_an_active_consumer_has_not_passed(tenancy: Tenancy, sql: SQL) -> None:
+def test_prune_keeps_what_an_active_consumer_has_not_passed(
+    dsn: str, tenancy: Tenancy, sql: SQL
+) -> None:
     for slug in ("a1", "a2", "a3"):
         tenancy.create_tenant(slug)
     sql("SELECT tenancy.register_consumer('fast')")
     sql("SELECT tenancy.register_consumer('slow')")
+    # A cursor moves only to readable events: wait until no transaction on
+    # the server (ours or anybody's) is older than them.
+    wait_until_readable(dsn)
     first, second, third = (r[0] for r in sql("SELECT id FROM tenancy.events ORDER BY id"))
     (xid,) = sql("SELECT xid::text FROM tenancy.events WHERE id = %s", (third,))[0]
     sql("SELECT tenancy.advance_consumer('fast', %s::xid8, %s)", (xid, third))
@@ -60,14 +64,19 @@ def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -
     try:
         tenancy.create_tenant("acme")
         wait_for(lambda: listener.delivered == 1)
-        time.sleep(0.5)
-        (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
+
+        def ops() -> ConsumerStatus:
+            (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
+            return status
+
+        # The cursor moves once the event is delivered.
+        wait_for(lambda: ops().lag_events == 0)
+        status = ops()
         assert (status.lag_events, status.listeners) == (0, 1)
         assert status.seen_at is not None
         seen_before = status.seen_at
-        time.sleep(0.5)
-        (status,) = [s for s in tenancy.consumer_status() if s.consumer == "ops"]
-        assert status.seen_at is not None and status.seen_at > seen_before
+        # Heartbeats (every 0.2 s) move seen_at while nothing happens.
+        wait_for(lambda: (ops().seen_at or seen_before) > seen_before, timeout=5)
     finally:
         listener.stop()
         thread.join(10)
@@ -78,13 +87,7 @@ def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -
     health = tenancy.outbox_health()
     assert health.events == 2
     assert 0 <= health.notification_queue_usage < 1
-    r = subprocess.run(
-        [*pgtenancy_cli(), "events", "status", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("events", "status", "--dsn", dsn)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].split()[:5] == [
         "ops",
@@ -102,13 +105,7 @@ def test_status_heartbeat_and_the_doctor(dsn: str, tenancy: Tenancy, sql: SQL) -
     assert ("warning", "consumer_inactive", "ops") in {
         (f.severity, f.check, f.object) for f in check_isolation(dsn)
     }
-    r = subprocess.run(
-        [*pgtenancy_cli(), "events", "prune", "--older-than", "0 seconds", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    r = run_cli("events", "prune", "--older-than", "0 seconds", "--dsn", dsn)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2 events deleted"
 

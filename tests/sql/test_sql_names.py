@@ -8,14 +8,15 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from helpers import ROOT
+
+README = ROOT / "README.md"
 SQL = Callable[..., list[tuple[Any, ...]]]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CHINOOK
+from helpers import CHINOOK
 from pgtenancy.sqlscript import ScriptError, read_script
 
 

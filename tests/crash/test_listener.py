@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -20,13 +19,21 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import (
+    TESTS,
+    pgtenancy_cli,
+    recorded,
+    run_cli,
+    subprocess_env,
+    until_sentinel,
+    wait_for,
+    wait_for_polls,
+    wait_until_readable,
+)
 from pgtenancy import Listener, Tenancy, install
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import muted, tenant_created, tenant_suspended
 from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
-
-TESTS = Path(__file__).resolve().parent
 
 
 class ListenerProcess:
@@ -84,21 +91,6 @@ class ListenerProcess:
         return self.log.read_text()
 
 
-def recorded(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def all_event_ids(dsn: str) -> list[int]:
     with psycopg.connect(dsn) as conn:
         return [r[0] for r in conn.execute("SELECT id FROM tenancy.events ORDER BY id")]
@@ -137,15 +129,14 @@ def test_delivers_in_order_and_resumes_from_its_cursor(
     # Restarted, the consumer does not see them again, only what is new.
     tenancy.resume_tenant("globex")
     listeners()
-    wait_for(lambda: len(recorded(record)) == 4)
-    time.sleep(0.5)
-    assert [e["name"] for e in recorded(record)] == [
+    before = until_sentinel(dsn, record)  # nothing else arrives before it
+    assert [e["name"] for e in before] == [
         "tenant_created",
         "tenant_created",
         "tenant_suspended",
         "tenant_resumed",
     ]
-    assert [e["id"] for e in recorded(record)] == all_event_ids(dsn)
+    assert [e["id"] for e in before] == all_event_ids(dsn)[:-1]
 
 
 def test_out_of_order_commit_is_not_skipped_sql(dsn: str, sql: Callable[..., Any]) -> None:
@@ -163,10 +154,10 @@ def test_out_of_order_commit_is_not_skipped_sql(dsn: str, sql: Callable[..., Any
         assert sql("SELECT tenancy.events_held_back('c')") == [(True,)]
         a.commit()
         # Readable once no transaction anywhere on the server is older (the
-        # snapshot's xmin is cluster-wide): other sessions may delay it a little.
-        query = "SELECT tenant_slug, id, xid::text FROM tenancy.next_events('c')"
-        wait_for(lambda: len(sql(query)) == 2)
-        rows = sql(query)
+        # snapshot's xmin is server-wide): wait for that, however long other
+        # sessions hold it back.
+        wait_until_readable(dsn)
+        rows = sql("SELECT tenant_slug, id, xid::text FROM tenancy.next_events('c')")
         assert [r[0] for r in rows] == ["a", "b"]
         assert rows[0][1] < rows[1][1]
         last = rows[-1]
@@ -188,9 +179,10 @@ def test_out_of_order_commit_is_delivered_by_the_listener(
         a.execute("SELECT tenancy.create_tenant('alpha')")
         b.execute("SELECT tenancy.create_tenant('beta')")
         b.commit()
-        time.sleep(1.0)
+        wait_for_polls(dsn, "test")  # the listener read the outbox after beta's commit
         assert recorded(record) == []  # beta waits for alpha's transaction
         a.commit()
+        wait_until_readable(dsn)
         wait_for(lambda: len(recorded(record)) == 2)
     finally:
         a.close()
@@ -273,13 +265,7 @@ def test_failing_receiver_blocks_and_retries_without_loss(
 
 
 def test_listener_refuses_a_database_without_the_kit(empty_dsn: str) -> None:
-    result = subprocess.run(
-        [*pgtenancy_cli(), "listen", "--dsn", empty_dsn, "--consumer", "x"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    result = run_cli("listen", "--dsn", empty_dsn, "--consumer", "x")
     assert result.returncode == 1
     assert result.stderr.startswith("error: pgtenancy is not installed")
 
@@ -378,7 +364,8 @@ def test_an_ordering_critical_failure_blocks_and_backs_off_on_one_connection(
         with psycopg.connect(dsn) as conn:
             backends = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'pgtenancy-listener:backoff'"
+                "WHERE datname = current_database() "
+                "AND application_name = 'pgtenancy-listener:backoff'"
             ).fetchone()
     finally:
         listener.stop()
@@ -453,6 +440,14 @@ def test_one_consumer_many_processes_one_dispatches_and_failover_after_kill(
                 i += 1
                 time.sleep(0.01)
 
+    def lease_pid() -> int | None:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT lease_holder FROM tenancy.consumers "
+                "WHERE name = 'group' AND lease_until > clock_timestamp()"
+            ).fetchone()
+        return int(row[0].split(":")[1]) if row and row[0] else None
+
     producer = threading.Thread(target=produce)
     producer.start()
     try:
@@ -464,13 +459,17 @@ def test_one_consumer_many_processes_one_dispatches_and_failover_after_kill(
         killed_at = time.monotonic()
         holder.kill()
         count = len(recorded(record))
-        wait_for(lambda: any(e["pid"] != holder_pid for e in recorded(record)[count:]), timeout=20)
+        # Measured on the lease, which no other session on the server can
+        # delay (an event's delivery can: it waits for older transactions).
+        wait_for(lambda: lease_pid() not in (None, holder_pid), timeout=20)
         takeover = time.monotonic() - killed_at
         assert takeover < 2 * lease + 1.0, takeover
+        wait_for(lambda: any(e["pid"] != holder_pid for e in recorded(record)[count:]), timeout=60)
     finally:
         stop.set()
         producer.join()
     expected = all_event_ids(dsn)
+    wait_until_readable(dsn)
     wait_for(lambda: {e["id"] for e in recorded(record)} >= set(expected), timeout=30)
     got = [e["id"] for e in recorded(record)]
     assert set(got) == set(expected)  # nothing skipped
@@ -481,9 +480,12 @@ def test_one_consumer_many_processes_one_dispatches_and_failover_after_kill(
     holder = next(lp for lp in survivors if lp.proc is not None and lp.proc.pid == new_holder)
     assert holder.terminate() == 0
     stopped_at = time.monotonic()
-    tenancy.create_tenant("handover")
-    wait_for(lambda: recorded(record)[-1]["pid"] not in (holder_pid, new_holder), timeout=10)
+    wait_for(lambda: lease_pid() not in (None, holder_pid, new_holder), timeout=10)
     assert time.monotonic() - stopped_at < lease
+    taker = lease_pid()
+    tenancy.create_tenant("handover")
+    wait_until_readable(dsn)
+    wait_for(lambda: recorded(record)[-1]["pid"] == taker, timeout=30)
     for lp in survivors:
         if lp.proc is not None and lp.proc.poll() is None:
             lp.terminate()
@@ -522,15 +524,7 @@ def test_failing_receiver_is_parked_and_retried_alone(dsn: str, tenancy: Tenancy
             "SELECT receiver, event_id, attempts, error FROM tenancy.parked_events"
         ).fetchall()
     assert parked == [("tests.flaky", ids[1], 3, "RuntimeError: billing is down")]
-    env = subprocess_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    r = subprocess.run(
-        [*pgtenancy_cli(), "events", "failed", "--dsn", dsn],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    r = run_cli("events", "failed", "--dsn", dsn)
     assert r.returncode == 0, r.stderr
     assert "tests.flaky" in r.stdout and "billing is down" in r.stdout
     # Retry re-delivers to the receiver that failed only.
@@ -578,13 +572,16 @@ def test_an_event_slower_than_the_lease_is_delivered_once(dsn: str, tenancy: Ten
         tenancy.create_tenant("acme")
         tenancy.create_tenant("globex")
         wait_for(lambda: listener.delivered == 2, timeout=20)
-        time.sleep(1.0)
+        # Sentinel: an event after them (not a tenant_created, so not slow);
+        # a second delivery of either would come before it.
+        tenancy.suspend_tenant("globex")
+        wait_for(lambda: listener.delivered == 3, timeout=20)
     finally:
         listener.stop()
         thread.join(10)
         tenant_created.disconnect(slow)
     ids = all_event_ids(dsn)
-    assert calls == ids
+    assert calls == ids[:2]  # each slow event once, before the sentinel
     with psycopg.connect(dsn) as conn:
         assert conn.execute(
             "SELECT last_id FROM tenancy.consumers WHERE name = 'slow'"
@@ -737,14 +734,18 @@ def test_a_lapsed_lease_is_still_its_holders_until_another_takes_over(
     tenancy.create_tenant("acme")
     tenancy.create_tenant("globex")
     sql("SELECT tenancy.register_consumer('lapse')")
-    wait_for(lambda: len(sql("SELECT 1 FROM tenancy.next_events('lapse')")) == 2)
+    wait_until_readable(dsn)
     (first, second) = sql("SELECT xid::text, id FROM tenancy.next_events('lapse')")
     assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
-    time.sleep(0.1)  # the lease has run out, and nobody took over
-    assert sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    # The lease runs out, and nobody takes over.
+    wait_for(
+        lambda: sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    )
     assert sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", first) == [(True,)]
     assert sql("SELECT tenancy.acquire_lease('lapse', 'a', interval '50 ms')") == [(True,)]
-    time.sleep(0.1)
+    wait_for(
+        lambda: sql("SELECT lease_until < clock_timestamp() FROM tenancy.consumers") == [(True,)]
+    )
     assert sql("SELECT tenancy.acquire_lease('lapse', 'b', interval '10 s')") == [(True,)]
     with pytest.raises(psycopg.Error) as info:
         sql("SELECT tenancy.advance_consumer('lapse', %s::xid8, %s, 'a')", second)

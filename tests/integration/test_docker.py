@@ -10,17 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
+from helpers import ROOT, snapshot
 from pgtenancy import SQL_VERSION, installed_version
-from test_install import snapshot
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 
 
@@ -72,7 +71,10 @@ def test_init_script_plain_install_matches_the_python_installer(empty_dsn: str, 
     result = run_init_script(empty_dsn, PGTENANCY_SQL_DIR=str(ROOT / "sql"))
     assert result.returncode == 0, result.stderr
     assert installed_version(empty_dsn) == SQL_VERSION
-    strip = lambda rows: [(*r[:2], r[2] if r[0] != "relation" else "") for r in rows]  # noqa: E731
+
+    def strip(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return [(*r[:2], r[2] if r[0] != "relation" else "") for r in rows]
+
     assert strip(snapshot(empty_dsn)) == strip(snapshot(dsn))
     with psycopg.connect(empty_dsn) as conn:
         conn.execute("SELECT tenancy.create_tenant('acme')")

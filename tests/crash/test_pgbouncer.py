@@ -4,7 +4,6 @@ sessions and the admin API work; the listener refuses the DSN."""
 from __future__ import annotations
 
 import random
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,11 +12,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, event, text
 
-from conftest import pgtenancy_cli, subprocess_env
+from helpers import TENANTS, Boom, clean, run_cli, run_threads
 from pgtenancy import Listener, ListenNotSupported, Tenancy, tenant_session
 from pgtenancy.listener import check_listen_capable
 from pgtenancy.testing import TemporaryPgBouncer
-from test_pool_safety import TENANTS, Boom, clean, run_threads
 
 pytestmark = pytest.mark.skipif(
     TemporaryPgBouncer.binary() is None,
@@ -106,13 +104,7 @@ def test_listener_refuses_a_transaction_pooler(dsn: str, bouncer: TemporaryPgBou
         check_listen_capable(url)
     with pytest.raises(ListenNotSupported):
         Listener(url, "through-bouncer").run()
-    result = subprocess.run(
-        [*pgtenancy_cli(), "listen", "--dsn", url, "--consumer", "x"],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=60,
-    )
+    result = run_cli("listen", "--dsn", url, "--consumer", "x")
     assert result.returncode == 1
     assert result.stderr.startswith("error: this DSN does not keep one server backend")
 

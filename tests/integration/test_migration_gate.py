@@ -12,52 +12,19 @@ The gate needs no database; the execution-time tests reuse the same files.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from conftest import pgtenancy_cli, subprocess_env
+from helpers import CORPUS, Case, load
 from pgtenancy.migration_files import (
     MigrationCheckError,
     check_migration,
     read_migration_dir,
 )
-
-CORPUS = Path(__file__).parent / "corpus" / "unsafe_migrations"
-HEADER = re.compile(r"^-- expect: (refused|warned|allowed): (.+)$")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One corpus file and what it expects."""
-
-    path: Path
-    expect: str
-    what: str
-    execution: str
-    line: int
-    text: str
-
-
-def load(path: Path) -> Case:
-    """Read the header of a corpus file."""
-    lines = path.read_text("utf-8").splitlines()
-    match = HEADER.match(lines[0])
-    assert match, f"{path.name}: first line must be '-- expect: ...'"
-    execution = lines[1].removeprefix("-- execution: ")
-    line, text = 0, ""
-    if match.group(1) == "refused":
-        reason = re.match(r"^-- reason: line (\d+): (.+)$", lines[2])
-        assert reason, f"{path.name}: third line must be '-- reason: line N: ...'"
-        line, text = int(reason.group(1)), reason.group(2)
-    elif match.group(1) == "warned":
-        text = lines[2].removeprefix("-- warning: ")
-    return Case(path, match.group(1), match.group(2), execution, line, text)
-
 
 CASES = [load(p) for p in sorted(CORPUS.glob("*.sql"))]
 
