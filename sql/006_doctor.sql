@@ -159,6 +159,17 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- A partition or inheritance child is queried by name with its own
+    -- policies: a child of a guarded table must be guarded itself.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_child'::text, i.inhrelid::regclass::text,
+               format('%s is a partition or child of guarded table %s but is not guarded: read by '
+                      'name it shows every tenant''s rows', i.inhrelid::regclass, g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhrelid::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+
     -- A setting read outside an InitPlan is evaluated once per row.
     FOR r IN
         SELECT p.polname, p.polrelid::regclass AS tbl,
@@ -167,12 +178,12 @@ BEGIN
           FROM pg_policy AS p
     LOOP
         IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
-           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
             RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
                 format('%s on %s', r.polname, r.tbl),
                 format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
                        'evaluated for every row', r.polname, r.tbl),
-                'wrap it in a sub-select: tenant_id = (SELECT tenancy.current_tenant_id())'::text;
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.active_tenant_id())'::text;
         END IF;
     END LOOP;
 
@@ -193,6 +204,6 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'Isolation findings for the current role and database, one row each: severity (error or '
     'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
-    'index led by the tenant column; policies reading the tenant setting outside an InitPlan; '
+    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected. Run it as the application role.';

@@ -219,3 +219,10 @@ SELECT pg_catalog.pg_backend_pid()
 -- name: listen
 -- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
 LISTEN {channel}
+
+-- name: discard_session
+-- Run in autocommit by pgtenancy.pool_reset: drops temporary tables, closes
+-- cursors (WITH HOLD ones too), deallocates prepared statements, resets
+-- session settings to their connection defaults, UNLISTEN *, releases
+-- session advisory locks.
+DISCARD ALL

@@ -44,7 +44,7 @@ def test_enable_rls_builds_the_guard(
         "AND polname = 'tenancy_tenant_isolation' AND NOT polpermissive"
     )
     assert (
-        qual == check == "(tenant_id = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))"
+        qual == check == "(tenant_id = ( SELECT tenancy.active_tenant_id() AS active_tenant_id))"
     )
     assert sql(
         "SELECT polname, polpermissive, pg_get_expr(polqual, polrelid) FROM pg_policy "
