@@ -272,7 +272,9 @@ BEGIN
     END IF;
     v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
 
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.migrations'));
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN
@@ -353,10 +355,7 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
-    IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
-        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
-            USING ERRCODE = '22023';
-    END IF;
+    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
@@ -372,8 +371,8 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
     'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
-    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
-    '(metadata not an object, unknown isolation); on error nothing is left behind.';
+    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 '
+    '(metadata not a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -592,7 +591,9 @@ DECLARE
     v_attnum  smallint;
     v_guard   tenancy.guarded_tables;
     v_nulls   boolean;
-    v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', enable_rls.tenant_column);
+    v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
+    v_child   regclass;
+    v_role    name;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -604,6 +605,17 @@ BEGIN
         RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
             USING ERRCODE = 'PT014',
                   HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
+    END IF;
+    -- An owner (or a member of the owner's role) can switch RLS off.
+    SELECT a.role_name INTO v_role
+      FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
+     WHERE pg_has_role(r.oid, v_class.relowner, 'MEMBER')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'application role % owns % (or is a member of its owner): it could switch '
+                        'row-level security off', quote_ident(v_role), enable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
@@ -644,6 +656,10 @@ BEGIN
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+    ELSE
+        -- A policy of an earlier version (current_tenant_id) gets the status test.
+        EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                       enable_rls.table_name, v_check, v_check);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
@@ -661,6 +677,13 @@ BEGIN
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
     -- Tenant migrations may reference a guarded table, never read its rows.
     EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    -- Partitions and inheritance children are tables of their own: queried
+    -- by name they apply their own policies, not the parent's. Guard each
+    -- (recursively); one that cannot be guarded makes the whole call fail.
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = enable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
+    END LOOP;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END
@@ -670,11 +693,13 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
     'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
-    'WITH CHECK tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
+    'WITH CHECK tenant_column = (SELECT tenancy.active_tenant_id()) and its permissive companion '
     'tenancy_tenant_rows (true), and statement trigger '
     'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
-    'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
-    'another column). The kit''s owner must own the table.';
+    'Partitions and inheritance children are guarded too (and, with the kit installed by a '
+    'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
+    'schema, column not uuid, guarded on another column, owned by an application role or a role '
+    'it is a member of). The kit''s owner must own the table.';
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 
@@ -1073,6 +1098,13 @@ BEGIN
         RAISE EXCEPTION '% is not a table', track_changes.table_name
             USING ERRCODE = 'PT016';
     END IF;
+    -- The kit's own tables: tracking the outbox would write events about
+    -- writing events, without end.
+    IF starts_with(v_table, 'tenancy.') THEN
+        RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
+            USING ERRCODE = 'PT016',
+                  HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -1193,7 +1225,7 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table or has no primary key.';
+    'table, is a table of the tenancy schema, or has no primary key.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 
@@ -1283,7 +1315,8 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', grant_app_role.role);
+    -- No outbox function: the application role could pre-claim events
+    -- (inbox_claim) or move cursors; receivers run as listener roles.
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);
@@ -2191,5 +2224,435 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
     END IF;
+END
+$$;
+
+-- The attack run's gaps (issue 13): a suspended or deleted tenant out of the
+-- application roles' reach (grants revoked on status changes; the shared
+-- policy compares with active_tenant_id()), partitions and inheritance
+-- children guarded, no outbox function for application roles, enable_rls
+-- and track_changes refusals, admin locks the application role cannot
+-- take, no tenant inserted deleted, metadata of at most 64 KiB (PT029).
+
+CREATE TABLE IF NOT EXISTS tenancy.slug_locks (
+    slug text NOT NULL,
+    CONSTRAINT slug_locks_pkey PRIMARY KEY (slug)
+);
+
+COMMENT ON TABLE tenancy.slug_locks IS
+    'Row locks serializing the creation of each tenant slug. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.check_metadata(metadata jsonb)
+    RETURNS jsonb
+    LANGUAGE plpgsql
+    IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF check_metadata.metadata IS NULL OR jsonb_typeof(check_metadata.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %',
+            coalesce(jsonb_typeof(check_metadata.metadata), 'NULL')
+            USING ERRCODE = 'PT029';
+    END IF;
+    -- Metadata is copied into every tenant_created event: keep it small.
+    IF octet_length(check_metadata.metadata::text) > 65536 THEN
+        RAISE EXCEPTION 'tenant metadata is % bytes as JSON text, more than 65536',
+            octet_length(check_metadata.metadata::text)
+            USING ERRCODE = 'PT029',
+                  HINT = 'Keep large data in your own tables, keyed by the tenant id.';
+    END IF;
+    RETURN check_metadata.metadata;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_metadata(jsonb) IS
+    'Return metadata when it is a JSON object of at most 65536 bytes as JSON text; raise PT029 '
+    'otherwise. Checked by the registry triggers on every insert and update.';
+
+CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name;
+BEGIN
+    -- A suspended or deleted tenant's schema is out of every application
+    -- role's reach, whatever route skips enter_tenant (qualified names,
+    -- search_path); resume_tenant grants it back.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = p_schema AND t.status <> 'active') THEN
+        FOR v_role IN
+            SELECT a.role_name FROM tenancy.app_roles AS a
+              JOIN pg_roles AS r ON r.rolname = a.role_name
+        LOOP
+            EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', p_schema, v_role);
+        END LOOP;
+        RETURN;
+    END IF;
+    FOR v_role IN
+        SELECT a.role_name FROM tenancy.app_roles AS a
+          JOIN pg_roles AS r ON r.rolname = a.role_name
+    LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', p_schema, v_role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I',
+                       p_schema, v_role);
+        EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', p_schema, v_role);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_schema_to_app_roles(text) IS
+    'Grant every application role usage of tenant schema p_schema and DML on its tables and '
+    'sequences; when the schema''s tenant is not active (suspended, deleted), revoke them all '
+    'instead. Run after provisioning, after each migration and on every status change. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_insert()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    -- A restore of a pg_dump (which sets row_security = off) loads registry
+    -- rows of tenants whose schemas it restores too: take them as they were.
+    IF tenancy.restoring() THEN
+        RETURN NEW;
+    END IF;
+    NEW.slug := tenancy.validate_slug(NEW.slug);
+    NEW.metadata := tenancy.check_metadata(coalesce(NEW.metadata, '{}'));
+    IF NEW.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % cannot be created deleted', quote_literal(NEW.slug)
+            USING ERRCODE = '22023';
+    END IF;
+    -- Serialize creations of one slug so a concurrent duplicate gets PT002:
+    -- a row lock the application role cannot take (it could hold an advisory lock).
+    INSERT INTO tenancy.slug_locks AS l (slug) VALUES (NEW.slug)
+        ON CONFLICT (slug) DO UPDATE SET slug = l.slug;
+    IF EXISTS (SELECT 1 FROM tenancy.tenants WHERE slug = NEW.slug) THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(NEW.slug)
+            USING ERRCODE = 'PT002';
+    END IF;
+    NEW.isolation := coalesce(NEW.isolation, 'schema');
+    NEW.status := coalesce(NEW.status, 'active');
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    IF NEW.isolation = 'shared' THEN
+        -- Rows in guarded shared tables; no schema, no migrations.
+        NEW.schema_name := NULL;
+        NEW.migration_version := NULL;
+        RETURN NEW;
+    ELSIF NEW.isolation <> 'schema' THEN
+        RAISE EXCEPTION 'invalid isolation %: use schema or shared', quote_literal(NEW.isolation)
+            USING ERRCODE = '22023';
+    END IF;
+    NEW.schema_name := tenancy.schema_prefix() || NEW.slug;
+    IF to_regnamespace(quote_ident(NEW.schema_name)) IS NOT NULL THEN
+        RAISE EXCEPTION 'schema % already exists but is not a registered tenant', quote_ident(NEW.schema_name)
+            USING ERRCODE = 'PT002',
+                  HINT = 'Rename or drop that schema, or choose another slug.';
+    END IF;
+    EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
+    NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+    PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
+    'failure) and grant it to the application roles; a shared tenant gets no schema.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.slug IS DISTINCT FROM OLD.slug
+       OR NEW.schema_name IS DISTINCT FROM OLD.schema_name
+       OR NEW.isolation IS DISTINCT FROM OLD.isolation
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+            quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        PERFORM tenancy.check_metadata(NEW.metadata);
+    END IF;
+    IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT005',
+                  HINT = 'A deleted tenant stays deleted; create a new one.';
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
+       AND (NEW.isolation <> 'schema'
+            OR NEW.migration_version IS NULL
+            OR NOT EXISTS (SELECT 1 FROM tenancy.migrations WHERE version = NEW.migration_version)
+            OR NEW.migration_version < coalesce(OLD.migration_version, '')) THEN
+        RAISE EXCEPTION 'tenant %: migration_version % is not a registered version after %',
+            quote_literal(OLD.slug), coalesce(quote_literal(NEW.migration_version), 'NULL'),
+            coalesce(quote_literal(OLD.migration_version), 'none')
+            USING ERRCODE = 'PT010',
+                  HINT = 'Use tenancy.migrate_tenant(slug).';
+    END IF;
+    IF NEW IS DISTINCT FROM OLD THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_update() IS
+    'Trigger: refuse changes to immutable tenant columns or a migration_version that is not a '
+    'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
+    'updated_at.';
+
+CREATE OR REPLACE FUNCTION tenancy.active_tenant_id()
+    RETURNS uuid
+    LANGUAGE sql
+    STABLE
+    PARALLEL SAFE
+AS $$
+    -- The kit's owner (its SECURITY DEFINER functions: delete_shared_rows
+    -- deleting a destroyed tenant's rows) sees the tenant whatever its
+    -- status; tested only when the active lookup found nothing.
+    SELECT coalesce(
+        (SELECT d.id FROM tenancy.tenant_directory AS d
+          WHERE d.id = nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid
+            AND d.status OPERATOR(pg_catalog.=) 'active'),
+        (SELECT nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid
+          WHERE pg_catalog.pg_has_role((SELECT n.nspowner FROM pg_catalog.pg_namespace AS n
+                                         WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy'), 'MEMBER')))
+$$;
+
+COMMENT ON FUNCTION tenancy.active_tenant_id() IS
+    'Id of the tenant the current transaction entered while that tenant is active; NULL outside '
+    'a tenant or when the tenant is suspended or deleted (except for the kit''s owner and its '
+    'members). Compared with the tenant column by the policy of guarded tables.';
+
+CREATE OR REPLACE FUNCTION tenancy.check_isolation()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me     pg_roles;
+    r        record;
+BEGIN
+    SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
+    IF v_me.rolsuper OR v_me.rolbypassrls THEN
+        RETURN QUERY SELECT 'error'::text, 'role_bypasses_rls'::text, current_user::text,
+            format('role %s is %s: row-level security policies do not apply to it',
+                   current_user, CASE WHEN v_me.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END),
+            format('connect the application as a NOSUPERUSER NOBYPASSRLS role granted with '
+                   'tenancy.grant_app_role()')::text;
+    END IF;
+
+    FOR r IN
+        SELECT g.table_name, g.tenant_column, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               (SELECT a.attnum FROM pg_attribute AS a
+                 WHERE a.attrelid = g.table_name AND a.attname = g.tenant_column) AS attnum
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name::oid
+    LOOP
+        IF pg_has_role(current_user, r.relowner, 'USAGE') THEN
+            RETURN QUERY SELECT 'error'::text, 'role_owns_guarded_table'::text, r.table_name::text,
+                format('role %s owns guarded table %s and can switch its row-level security off',
+                       current_user, r.table_name),
+                format('ALTER TABLE %s OWNER TO <the kit''s owner role>', r.table_name);
+        END IF;
+        IF NOT r.relrowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_disabled'::text, r.table_name::text,
+                format('row-level security is disabled on guarded table %s', r.table_name),
+                format('SELECT tenancy.enable_rls(%L)', r.table_name::text);
+        END IF;
+        IF NOT r.relforcerowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_not_forced'::text, r.table_name::text,
+                format('guarded table %s lacks FORCE ROW LEVEL SECURITY: its owner bypasses the policy',
+                       r.table_name),
+                format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = r.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            RETURN QUERY SELECT 'error'::text, 'policy_missing'::text, r.table_name::text,
+                format('guarded table %s has no tenancy_tenant_isolation policy', r.table_name),
+                format('SELECT tenancy.enable_rls(%L, %L)', r.table_name::text, r.tenant_column);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indrelid = r.table_name AND indkey[0] = r.attnum) THEN
+            RETURN QUERY SELECT 'warning'::text, 'tenant_index_missing'::text, r.table_name::text,
+                format('guarded table %s has no index led by %I: every tenant query scans it all',
+                       r.table_name, r.tenant_column),
+                format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
+        END IF;
+    END LOOP;
+
+    -- A partition or inheritance child is queried by name with its own
+    -- policies: a child of a guarded table must be guarded itself.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_child'::text, i.inhrelid::regclass::text,
+               format('%s is a partition or child of guarded table %s but is not guarded: read by '
+                      'name it shows every tenant''s rows', i.inhrelid::regclass, g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhrelid::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+
+    -- A setting read outside an InitPlan is evaluated once per row.
+    FOR r IN
+        SELECT p.polname, p.polrelid::regclass AS tbl,
+               coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
+               || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
+          FROM pg_policy AS p
+    LOOP
+        IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+            RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
+                format('%s on %s', r.polname, r.tbl),
+                format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
+                       'evaluated for every row', r.polname, r.tbl),
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.active_tenant_id())'::text;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY SELECT * FROM tenancy.check_registry();
+
+    IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database()
+                      AND application_name LIKE 'pgtenancy-listener:%') THEN
+        RETURN QUERY SELECT 'warning'::text, 'no_listener'::text, tenancy.events_channel(),
+            format('no pgtenancy listener is connected to this database: lifecycle events wait '
+                   'in the outbox'),
+            'run pgtenancy listen --consumer NAME --handlers MODULE'::text;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_isolation() IS
+    'Isolation findings for the current role and database, one row each: severity (error or '
+    'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
+    'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
+    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
+    'no listener connected. Run it as the application role.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_sync_grants()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF tenancy.restoring() OR NEW.schema_name IS NULL
+       OR (TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status)
+       OR (TG_OP = 'INSERT' AND NEW.status = 'active')
+       OR to_regnamespace(quote_ident(NEW.schema_name)) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_sync_grants() IS
+    'Trigger: when a schema tenant''s status changes (or it is created in a status other than '
+    'active), grant its schema to the application roles when active, revoke every privilege on '
+    'it otherwise.';
+
+CREATE OR REPLACE FUNCTION tenancy.guard_new_children()
+    RETURNS event_trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    -- enable_rls runs DDL itself, which fires this trigger again; the
+    -- setting lives only inside this call (the SET clause scopes it).
+    IF current_setting('pgtenancy.guarding_children', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
+    FOR r IN
+        SELECT i.inhrelid::regclass AS child, g.tenant_column
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid)
+         ORDER BY i.inhrelid
+    LOOP
+        -- A child that cannot be guarded (another owner, a foreign table)
+        -- fails here, and with it the DDL that attached it.
+        PERFORM tenancy.enable_rls(r.child, r.tenant_column);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.guard_new_children() IS
+    'Event trigger (ddl_command_end of CREATE TABLE and ALTER TABLE): guard with enable_rls every '
+    'partition or inheritance child of a guarded table that is not guarded yet (CREATE TABLE ... '
+    'PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL fails when one cannot be guarded.';
+
+REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_before_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_before_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_sync_grants() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.guard_new_children() FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER tenants_sync_grants
+    AFTER INSERT OR UPDATE OF status ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenants_sync_grants();
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = current_user AND rolsuper) THEN
+        RETURN;
+    END IF;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
+    CREATE EVENT TRIGGER pgtenancy_guard_children ON ddl_command_end
+        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+        EXECUTE FUNCTION tenancy.guard_new_children();
+END
+$$;
+
+-- Existing data: the policies of guarded tables test the tenant's status,
+-- suspended and deleted schema tenants lose the application roles'
+-- privileges, and application roles lose inbox_claim (0.2.0 granted it).
+DO $$
+DECLARE
+    v_guard tenancy.guarded_tables;
+    v_check text;
+    v_role  name;
+BEGIN
+    FOR v_guard IN
+        SELECT g.* FROM tenancy.guarded_tables AS g
+         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_policy AS p
+                        WHERE p.polrelid = g.table_name AND p.polname = 'tenancy_tenant_isolation')
+    LOOP
+        v_check := pg_catalog.format('%I = (SELECT tenancy.active_tenant_id())', v_guard.tenant_column);
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                                  v_guard.table_name, v_check, v_check);
+    END LOOP;
+    PERFORM tenancy.grant_schema_to_app_roles(t.schema_name)
+       FROM tenancy.tenants AS t
+      WHERE t.status <> 'active' AND t.schema_name IS NOT NULL
+        AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name)) IS NOT NULL;
+    FOR v_role IN
+        SELECT a.role_name FROM tenancy.app_roles AS a
+          JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) FROM %I', v_role);
+    END LOOP;
 END
 $$;
