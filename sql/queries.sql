@@ -221,8 +221,11 @@ SELECT pg_catalog.pg_backend_pid()
 LISTEN {channel}
 
 -- name: discard_session
--- Run in autocommit by pgtenancy.pool_reset: drops temporary tables, closes
--- cursors (WITH HOLD ones too), deallocates prepared statements, resets
--- session settings to their connection defaults, UNLISTEN *, releases
--- session advisory locks.
-DISCARD ALL
+-- Run in autocommit by pgtenancy.pool_reset: DISCARD ALL without DISCARD
+-- PLANS and DISCARD SEQUENCES, so the kit's cached plans (enter_tenant's)
+-- survive: closes cursors (WITH HOLD ones too), deallocates prepared
+-- statements, resets session settings (role included) to their connection
+-- defaults, drops temporary tables, UNLISTEN *, releases session advisory
+-- locks.
+CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP

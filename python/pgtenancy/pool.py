@@ -5,16 +5,22 @@ settings are transaction-local, and ``pg_temp`` is searched last inside a
 tenant), but application code can: a ``CREATE TEMP TABLE``, a ``WITH HOLD``
 cursor, a ``PREPARE``, a session-level ``SET`` or ``set_config(..., false)``,
 a ``LISTEN`` or a session advisory lock all outlive the transaction. These
-hooks run ``DISCARD ALL`` (PostgreSQL manual, "DISCARD") when a connection
-goes back to its pool, so the next checkout starts clean:
+hooks run what ``DISCARD ALL`` runs (PostgreSQL manual, "DISCARD": ``CLOSE
+ALL``, ``SET SESSION AUTHORIZATION DEFAULT``, ``RESET ALL``, ``DEALLOCATE
+ALL``, ``UNLISTEN *``, ``pg_advisory_unlock_all()``, ``DISCARD TEMP``) but
+``DISCARD PLANS`` and ``DISCARD SEQUENCES``, in one message, when a
+connection goes back to its pool, so the next checkout starts clean while
+cached plans (``enter_tenant``'s among them) survive:
 
     pool = ConnectionPool(dsn, reset=pgtenancy.pool_reset)
     apool = AsyncConnectionPool(dsn, reset=pgtenancy.pool_reset_async)
     engine = create_engine(url); pgtenancy.install_sqlalchemy_reset(engine)
 
 Cost: one extra round trip per checkout, measured by ``bench/bench_reset.py``.
-``DISCARD ALL`` also drops server-side prepared statements psycopg made
-(psycopg notices the command and forgets them, so they are prepared again).
+``DEALLOCATE ALL`` drops server-side prepared statements psycopg made; the
+hooks make psycopg forget them too, so they are prepared again (psycopg
+notices a ``DEALLOCATE ALL`` by itself only the first time it runs one on a
+connection: the bench caught "prepared statement _pg3_0 does not exist").
 Behind a transaction pooler (PgBouncer) use the pooler's own reset instead:
 there the session belongs to the pooler.
 """
@@ -33,12 +39,26 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 
+def _forget_prepared(conn: Any) -> None:
+    """Drop psycopg's client-side cache of prepared statements of ``conn``.
+
+    After ``DEALLOCATE ALL`` the server has none left. psycopg clears its cache
+    when it sees the command's status, but only for a query it has not seen
+    before on that connection, so the second reset would leave names of
+    statements that no longer exist. ``_prepared`` is psycopg's own
+    attribute (psycopg 3.0-3.3); without it there is nothing to clear.
+    """
+    prepared = getattr(conn, "_prepared", None)
+    if prepared is not None:
+        prepared.clear()
+
+
 def pool_reset(conn: psycopg.Connection[Any]) -> None:
-    """Reset hook for ``psycopg_pool.ConnectionPool(reset=...)``: ``DISCARD ALL``.
+    """Reset hook for ``psycopg_pool.ConnectionPool(reset=...)``: discard the session state.
 
     Args:
         conn: the connection being returned to the pool. An open or failed
-            transaction is rolled back first; ``DISCARD ALL`` runs in
+            transaction is rolled back first; the reset runs in
             autocommit and the connection's autocommit setting is restored.
 
     Raises:
@@ -51,12 +71,13 @@ def pool_reset(conn: psycopg.Connection[Any]) -> None:
     conn.autocommit = True
     try:
         conn.execute(QUERIES["discard_session"])
+        _forget_prepared(conn)
     finally:
         conn.autocommit = autocommit
 
 
 async def pool_reset_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Reset hook for ``psycopg_pool.AsyncConnectionPool(reset=...)``: ``DISCARD ALL``.
+    """Reset hook for ``psycopg_pool.AsyncConnectionPool(reset=...)``: as :func:`pool_reset`.
 
     Args:
         conn: the async connection being returned; as :func:`pool_reset`.
@@ -70,15 +91,16 @@ async def pool_reset_async(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
     try:
         await conn.execute(QUERIES["discard_session"])
+        _forget_prepared(conn)
     finally:
         await conn.set_autocommit(autocommit)
 
 
 def install_sqlalchemy_reset(engine: Engine | AsyncEngine) -> None:
-    """Make ``engine``'s pool run ``DISCARD ALL`` on every connection returned to it.
+    """Make ``engine``'s pool reset every connection returned to it, as :func:`pool_reset`.
 
     Registers a handler for SQLAlchemy's pool ``reset`` event (SQLAlchemy 2.0
-    docs, "Pooling: Reset On Return"): it rolls back, runs ``DISCARD ALL`` in
+    docs, "Pooling: Reset On Return"): it rolls back, runs the reset in
     autocommit, and leaves the connection as it found it (no transaction,
     autocommit off); SQLAlchemy's own rollback that follows is then a no-op.
     Connections that are being closed are not reset. Calling it twice
@@ -114,5 +136,7 @@ def _sqlalchemy_reset(dbapi_connection: Any, connection_record: Any, reset_state
             cursor.execute(QUERIES["discard_session"])
         finally:
             cursor.close()
+        # The psycopg connection (the async adapter wraps it as _connection).
+        _forget_prepared(getattr(dbapi_connection, "_connection", dbapi_connection))
     finally:
         dbapi_connection.autocommit = False

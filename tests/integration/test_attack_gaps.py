@@ -101,6 +101,37 @@ def test_psycopg_pool_reset_leaves_nothing_for_the_next_checkout(
             assert c.execute("SELECT body FROM invoice").fetchall() == [("globex invoice",)]
 
 
+def test_pool_reset_keeps_psycopg_prepared_statements_working(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    """DISCARD ALL drops the server's prepared statements on every return:
+    psycopg must forget them each time (it notices only the first DISCARD)."""
+    from sqlalchemy import create_engine, text
+
+    from pgtenancy import tenant_session
+
+    with ConnectionPool(
+        as_role(dsn, app_role), min_size=1, max_size=1, reset=pool_reset, open=True
+    ) as pool:
+        for i in range(20):
+            with tenant_connection(pool, "acme") as c:
+                assert c.execute("SELECT id FROM invoice WHERE id = %s", (1,)).fetchone() == (1,), i
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(as_role(dsn, app_role)),
+        pool_size=1,
+        max_overflow=0,
+    )
+    install_sqlalchemy_reset(engine)
+    try:
+        for i in range(20):
+            with tenant_session(engine, "globex") as session:
+                got = session.execute(text("SELECT id FROM invoice WHERE id = :i"), {"i": 1})
+                assert got.all() == [(1,)], i
+    finally:
+        engine.dispose()
+
+
 def test_psycopg_pool_without_reset_keeps_the_leftovers(
     schema_tenants: None, dsn: str, app_role: str
 ) -> None:
