@@ -124,15 +124,15 @@ def main() -> None:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     med = {k: statistics.median(v) * 1e6 for k, v in results.items()}
-    print("side                                             µs/tx   ratio")
-    print(
-        f"policy with status test (active_tenant_id)   {med['active']:8.1f}   {med['active'] / med['plain']:.3f}"
-    )
-    print(f"policy without (current_tenant_id, 0.2.0)    {med['plain']:8.1f}   1.000")
-    print(
-        f"pool with reset=pool_reset                    {med['reset']:8.1f}   {med['reset'] / med['noreset']:.3f}"
-    )
-    print(f"pool without reset                           {med['noreset']:8.1f}   1.000")
+    rows = [
+        ("policy with status test (active_tenant_id)", med["active"], med["active"] / med["plain"]),
+        ("policy without (current_tenant_id, 0.2.0)", med["plain"], 1.0),
+        ("pool with reset=pool_reset", med["reset"], med["reset"] / med["noreset"]),
+        ("pool without reset", med["noreset"], 1.0),
+    ]
+    print(f"{'side':<46} {'us/tx':>8}  ratio")
+    for name, us, ratio in rows:
+        print(f"{name:<46} {us:8.1f}  {ratio:.3f}")
 
 
 if __name__ == "__main__":
