@@ -794,6 +794,40 @@ BEGIN
            AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
          GROUP BY n.nspname, n.nspowner;
 
+    -- Whoever owns a tenant table can switch its privileges and policies
+    -- off; the kit's owner owns them all, the migrator only for the span of
+    -- one migration (so one left at rest means an interrupted hand-over).
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
+               format('%I.%I', n.nspname, c.relname),
+               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+                      CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                     WHEN 'm' THEN 'materialized view' ELSE 'table' END,
+                      n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
+                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
+                           THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          JOIN pg_class AS c ON c.relnamespace = n.oid
+         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+
+    -- A member of the owner's role has the owner's rights: every tenant,
+    -- every policy, the registry.
+    RETURN QUERY
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tenancy.app_roles AS a WHERE a.role_name = r.rolname)
+                    THEN 'error' ELSE 'warning' END::text,
+               'owner_role_member'::text, r.rolname::text,
+               format('role %s is a member of the kit''s owner %s and has all its rights (every '
+                      'tenant''s data, the registry, the policies)', quote_ident(r.rolname),
+                      quote_ident(pg_get_userbyid(k.nspowner))),
+               format('REVOKE %I FROM %I', pg_get_userbyid(k.nspowner), r.rolname)
+          FROM (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+          JOIN pg_roles AS r ON r.oid <> k.nspowner AND pg_has_role(r.oid, k.nspowner, 'MEMBER')
+         WHERE NOT r.rolsuper;
+
     -- Without the event-trigger fence only privileges confine migrations.
     RETURN QUERY
         SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
@@ -827,7 +861,9 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), shared schemas that roles other than their owner may create in (warning), the '
-    'migration fence missing (warning). Called by '
+    'migration fence missing (warning), objects of tenant schemas owned by a role other than the '
+    'kit''s owner (error), members of the owner''s role (error for an application role, '
+    'warning otherwise). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;

@@ -575,3 +575,47 @@ def test_metadata_is_limited_and_bad_metadata_gives_a_kit_error(
         )
     assert info.value.sqlstate == "PT029"
     assert sql("SELECT metadata = %s::jsonb FROM tenancy.tenants", (json.dumps(ok),)) == [(True,)]
+
+
+# -- the doctor on roles that defeat the model ----------------------------------
+
+
+def _findings(dsn: str, role: str, check: str) -> list[tuple[str, str]]:
+    with psycopg.connect(as_role(dsn, role)) as conn:
+        rows = conn.execute("SELECT * FROM tenancy.check_isolation()").fetchall()
+    return [(r[0], r[2]) for r in rows if r[1] == check]
+
+
+def test_doctor_reports_tenant_tables_owned_by_another_role(
+    schema_tenants: None, dsn: str, app_role: str, sql: SQL
+) -> None:
+    assert _findings(dsn, app_role, "tenant_object_foreign_owner") == []
+    sql(f"ALTER TABLE tenant_acme.invoice OWNER TO {app_role}")
+    assert _findings(dsn, app_role, "tenant_object_foreign_owner") == [
+        ("error", "tenant_acme.invoice")
+    ]
+    migrator = sql("SELECT tenancy.migrator_role()")[0][0]
+    sql(f"ALTER TABLE tenant_acme.invoice OWNER TO {migrator}")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        messages = [
+            r[3]
+            for r in conn.execute("SELECT * FROM tenancy.check_isolation()")
+            if r[1] == "tenant_object_foreign_owner"
+        ]
+    assert len(messages) == 1 and "migrator role owns nothing at rest" in messages[0]
+
+
+def test_doctor_reports_members_of_the_owner_role(
+    tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    owner = sql("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'tenancy'")[0][
+        0
+    ]
+    assert _findings(dsn, app_role, "owner_role_member") == []
+    # Membership (not the SUPERUSER attribute, which is not inherited) gives
+    # the owner's rights on its objects; the role is dropped after the test.
+    sql(f"GRANT {owner} TO {app_role}")
+    try:
+        assert ("error", app_role) in _findings(dsn, app_role, "owner_role_member")
+    finally:
+        sql(f"REVOKE {owner} FROM {app_role}")
