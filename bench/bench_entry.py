@@ -74,7 +74,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from pgtenancy.testing import TemporaryPgBouncer, find_server, fresh_database
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -95,6 +94,7 @@ from common import (
 from pgtenancy import Tenancy, tenant_connection, tenant_session
 from pgtenancy._entry import begin_command, entry_message
 from pgtenancy.sqlscript import read_script
+from pgtenancy.testing import TemporaryPgBouncer, find_server, fresh_database
 
 TENANTS = 10
 ROWS = 2000

@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     migration_version text COLLATE "C",
+    limits            text[],
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_schema_name_key UNIQUE (schema_name),
@@ -71,6 +72,9 @@ COMMENT ON COLUMN tenancy.tenants.schema_name IS
     'The tenant''s schema (schema_prefix() || slug); NULL for a shared tenant.';
 COMMENT ON COLUMN tenancy.tenants.migration_version IS
     'Latest tenancy.migrations version applied to this tenant''s schema; NULL when none.';
+COMMENT ON COLUMN tenancy.tenants.limits IS
+    'Resource limits as (setting, value) pairs, applied transaction-locally at entry '
+    '(set by the limits function of 010_tenant_operations.sql); NULL when none.';
 
 -- Tenant migrations: DDL run inside every tenant schema, in version order
 -- (C collation).  A tenant's state is the single migration_version above,
@@ -188,3 +192,30 @@ $$;
 COMMENT ON FUNCTION tenancy.check_metadata(jsonb) IS
     'Return metadata when it is a JSON object of at most 65536 bytes as JSON text; raise PT029 '
     'otherwise. Checked by the registry triggers on every insert and update.';
+-- Old slugs of renamed tenants (the rename of 010_tenant_operations.sql).
+CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
+    old_slug   text        NOT NULL,
+    tenant_id  uuid        NOT NULL,
+    new_slug   text        NOT NULL,
+    renamed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT tenant_renames_pkey PRIMARY KEY (old_slug)
+);
+
+COMMENT ON TABLE tenancy.tenant_renames IS
+    'Slugs tenants had before a rename, with the slug each tenant has now; '
+    'enter_tenant reads it to fail with PT020 under an old slug. Readable by everyone.';
+
+-- enter_tenant runs as the calling (application) role.
+GRANT SELECT ON TABLE tenancy.tenant_renames TO PUBLIC;
+
+-- Database-wide maxima of tenant limits, set by the kit's owner (010).
+CREATE TABLE IF NOT EXISTS tenancy.limit_maxima (
+    setting    text        NOT NULL,
+    maximum    text        NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT limit_maxima_pkey PRIMARY KEY (setting),
+    CONSTRAINT limit_maxima_setting_check CHECK (setting IN ('work_mem'))
+);
+
+COMMENT ON TABLE tenancy.limit_maxima IS
+    'Largest value a tenant limit may set, per setting (work_mem), for the whole database.';

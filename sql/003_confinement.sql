@@ -96,6 +96,48 @@ COMMENT ON FUNCTION tenancy.migrator_role() IS
     'Name of the role tenant migrations run as: it owns the objects of tenant schemas, may '
     'create objects only in the schema being migrated, and only while a migration runs.';
 
+CREATE OR REPLACE FUNCTION tenancy.watched_settings()
+    RETURNS text[]
+    LANGUAGE sql
+    IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY['search_path', 'row_security', 'default_transaction_read_only',
+                 'app.tenant_id', 'app.tenant', 'pgtenancy.migration_schema',
+                 'pgtenancy.outside_migration_schema', 'pgtenancy.drop_tenants',
+                 'pgtenancy.consumer_inactive_after']::text[]
+$$;
+
+COMMENT ON FUNCTION tenancy.watched_settings() IS
+    'Settings a tenant migration must leave as it found them: the name resolution and row '
+    'security of later statements, the tenant context and the kit''s own. Others (lock_timeout, '
+    'work_mem, ...) a migration may change, SET LOCAL or not: the fleet runner resets its '
+    'session after each tenant.';
+
+CREATE OR REPLACE FUNCTION tenancy.session_state()
+    RETURNS jsonb
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- What a statement can leave in a session beyond its transaction.
+    SELECT pg_catalog.jsonb_build_array(
+        (SELECT count(*) FROM pg_catalog.pg_class AS c
+          WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()),
+        (SELECT count(*) FROM pg_catalog.pg_proc AS p
+          WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()),
+        (SELECT count(*) FROM pg_catalog.pg_locks AS l
+          WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'),
+        (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
+        (SELECT count(*) FROM pg_catalog.pg_prepared_statements),
+        (SELECT count(*) FROM pg_catalog.pg_cursors))
+$$;
+
+COMMENT ON FUNCTION tenancy.session_state() IS
+    'Counts of what outlives a transaction in this session: temporary relations and functions, '
+    'advisory locks, LISTEN channels, prepared statements, cursors. A tenant migration must '
+    'leave them as it found them.';
+
 -- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
 -- migrator role (re-owned below), so the server refuses SET ROLE and SET
 -- SESSION AUTHORIZATION inside; called only by apply_migrations.
@@ -106,40 +148,74 @@ CREATE OR REPLACE FUNCTION tenancy.execute_migration(migration_sql text, migrati
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_path_after text;
+    v_me        oid;
+    v_settings  jsonb;
+    v_session   jsonb;
+    v_changed   text;
+    v_prepared  text[];
+    v_name      text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', migration_path, true);
+    -- What the session holds before the migration: every setting, and the
+    -- state a migration could leave behind for the next tenant or for the
+    -- owner's own statements after it (settings made with SET, not SET
+    -- LOCAL, outlive the transaction and this function's SET clause).
+    SELECT pg_catalog.jsonb_object_agg(c.name, pg_catalog.current_setting(c.name, true))
+      INTO v_settings
+      FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name);
+    SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
+    v_session := tenancy.session_state();
     EXECUTE migration_sql;
     -- Read before anything else resolves a name through the migration's path.
-    v_path_after := pg_catalog.current_setting('search_path');
+    SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) INTO v_changed
+      FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)
+     WHERE (v_settings OPERATOR(pg_catalog.->>) c.name)
+           IS DISTINCT FROM pg_catalog.current_setting(c.name, true);
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF v_path_after OPERATOR(pg_catalog.<>) migration_path THEN
-        RAISE EXCEPTION 'unsafe migration: it changed search_path to %', v_path_after
+    -- Prepared statements are not transactional: remove the migration's
+    -- before refusing it, so nothing of it stays in the session.
+    FOR v_name IN SELECT p.name FROM pg_catalog.pg_prepared_statements AS p
+                   WHERE p.name OPERATOR(pg_catalog.<>) ALL (coalesce(v_prepared, '{}'::text[])) LOOP
+        EXECUTE pg_catalog.format('DEALLOCATE %I', v_name);
+        v_changed := coalesce(v_changed || ', ', '') || 'a prepared statement ' || v_name;
+    END LOOP;
+    IF v_changed IS NOT NULL THEN
+        RAISE EXCEPTION 'unsafe migration: it changed the setting(s) % without setting them back', v_changed
             USING ERRCODE = 'PT017',
-                  HINT = 'A tenant migration runs in its tenant schema; qualify names instead.';
+                  HINT = 'A tenant migration leaves the session as it found it: set back what it '
+                         'changes, and qualify names instead of changing search_path.';
     END IF;
+    IF tenancy.session_state() OPERATOR(pg_catalog.<>) v_session THEN
+        RAISE EXCEPTION 'unsafe migration: it left session state behind (temporary objects, '
+                        'advisory locks, LISTEN, prepared statements or cursors)'
+            USING ERRCODE = 'PT017',
+                  HINT = 'Use tables of the tenant schema; release what it takes.';
+    END IF;
+    SELECT r.oid INTO v_me FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl AS d
-                WHERE d.defaclrole OPERATOR(pg_catalog.=)
-                      (SELECT r.oid FROM pg_catalog.pg_roles AS r
-                        WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+                WHERE d.defaclrole OPERATOR(pg_catalog.=) v_me) THEN
         RAISE EXCEPTION 'unsafe migration: ALTER DEFAULT PRIVILEGES changes privileges beyond its tenant schema'
             USING ERRCODE = 'PT017',
                   HINT = 'Grant on the tenant''s own objects instead.';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS l
-                WHERE l.lomowner OPERATOR(pg_catalog.=)
-                      (SELECT r.oid FROM pg_catalog.pg_roles AS r
-                        WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+                WHERE l.lomowner OPERATOR(pg_catalog.=) v_me) THEN
         RAISE EXCEPTION 'unsafe migration: it created a large object, which lies outside its tenant schema'
             USING ERRCODE = 'PT017',
                   HINT = 'Store the data in a table of the tenant schema.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting AS d
+                WHERE d.setrole OPERATOR(pg_catalog.=) v_me) THEN
+        RAISE EXCEPTION 'unsafe migration: ALTER ROLE ... SET changes settings beyond its tenant schema'
+            USING ERRCODE = 'PT017';
     END IF;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.execute_migration(text, text) IS
     'Run migration_sql as the migrator role with search_path = migration_path (pinned again '
-    'right after); raise PT017 when the migration changed search_path, set default privileges '
+    'right after); raise PT017 when the migration changed a setting without setting it back, '
+    'left session state behind (tenancy.session_state()), set role settings or default privileges '
     'or created a large object. Internal: executable by the owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.execute_migration(text, text) FROM PUBLIC;
@@ -225,32 +301,51 @@ CREATE OR REPLACE FUNCTION tenancy.fence_target()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_target  text := tenancy.migration_schema();
-    v_outside text := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
-    v_role    name := (SELECT c.migrator_role FROM tenancy.confinement AS c);
+    v_target  text;
+    v_outside text;
+    v_stack   text;
+    v_frame   text;
 BEGIN
+    -- Inside a tenant migration: tenancy.execute_migration is on the call
+    -- stack, which the migration cannot forge (settings it can).
+    IF tenancy.called_from_migration() THEN
+        -- DDL run by a kit function the migration called (row-change tracking of
+        -- one of its tables, which checks its target itself and creates its
+        -- function in tenancy) is the kit's: the innermost PL/pgSQL frame
+        -- below the fence's own is then a tenancy function other than the
+        -- runner. A migration cannot create functions in tenancy.
+        GET DIAGNOSTICS v_stack = PG_CONTEXT;
+        v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
+                                       WITH ORDINALITY AS f(line, n)
+                     WHERE f.line LIKE 'PL/pgSQL function %'
+                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.fence\_%'
+                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.called\_from\_migration()%'
+                     ORDER BY f.n LIMIT 1);
+        IF v_frame LIKE 'PL/pgSQL function tenancy.%'
+           AND v_frame NOT LIKE 'PL/pgSQL function tenancy.execute\_migration(%' THEN
+            RETURN NULL;
+        END IF;
+        v_target := tenancy.migration_schema();
+        -- Trust the setting only when it names the schema the runner opened
+        -- to the migrator (a grant that exists only in this transaction).
+        IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
+            RETURN v_target;
+        END IF;
+        RETURN '';  -- in a migration, but no schema it may change
+    END IF;
     -- The fleet runner applies a no-transaction migration statement by
     -- statement on its own connection, as the owner (each statement checked
-    -- to be CREATE INDEX CONCURRENTLY or the like); its objects must lie in
-    -- that tenant's schema. The migrator itself never reaches this branch.
-    IF v_outside IS NOT NULL AND current_user IS DISTINCT FROM v_role THEN
+    -- to be CREATE INDEX CONCURRENTLY of columns or the like); its objects
+    -- must lie in that tenant's schema.
+    v_outside := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
+    IF v_outside IS NOT NULL THEN
         IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = v_outside) THEN
             RETURN v_outside;
         END IF;
         RETURN '';
     END IF;
     -- Outside a migration the fence stays out of the way of everyone's DDL.
-    IF v_target IS NULL
-       AND session_user IS DISTINCT FROM v_role
-       AND current_user IS DISTINCT FROM v_role THEN
-        RETURN NULL;
-    END IF;
-    -- The migration itself could have rewritten the setting: trust it only
-    -- when it names the schema the runner opened to the migrator.
-    IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
-        RETURN v_target;
-    END IF;
-    RETURN '';  -- in a migration, but no schema it may change
+    RETURN NULL;
 END
 $$;
 
@@ -283,11 +378,9 @@ CREATE OR REPLACE FUNCTION tenancy.fence_in_target(object_schema text, target te
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    -- Temporary objects vanish with the session: allowed.
+    -- Temporary objects are refused too: they outlive the migration in the
+    -- session, where the next tenant's migration or the owner would meet them.
     SELECT object_schema = target
-        OR object_schema = 'pg_temp'
-        OR object_schema LIKE 'pg\_temp\_%'
-        OR object_schema LIKE 'pg\_toast\_temp\_%'
 $$;
 
 COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS
@@ -357,6 +450,22 @@ BEGIN
         IF v_cmd.schema_name IS NOT NULL
            AND NOT tenancy.fence_in_target(v_cmd.schema_name, v_target) THEN
             PERFORM tenancy.fence_refuse(v_cmd.command_tag, v_cmd.object_identity, v_target);
+        END IF;
+        -- A function or operator named like a built-in one would be found
+        -- before it wherever the tenant schema comes first in a path, and
+        -- run as whoever calls it there.
+        IF v_cmd.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p, pg_catalog.pg_proc AS b
+                        WHERE p.oid = v_cmd.objid AND b.proname = p.proname
+                          AND b.pronamespace = 'pg_catalog'::pg_catalog.regnamespace)
+           OR v_cmd.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_operator AS o, pg_catalog.pg_operator AS b
+                        WHERE o.oid = v_cmd.objid AND b.oprname = o.oprname
+                          AND b.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace) THEN
+            RAISE EXCEPTION 'unsafe migration: % shadows a built-in function or operator of the same name',
+                v_cmd.object_identity
+                USING ERRCODE = 'PT017',
+                      HINT = 'Give it a name of its own.';
         END IF;
     END LOOP;
 END
@@ -467,6 +576,34 @@ BEGIN
             RAISE EXCEPTION 'unsafe migration: rule % would run with the owner''s rights', v_obj.name
                 USING ERRCODE = 'PT017',
                       HINT = 'Use a trigger instead of a rule.';
+        END IF;
+    END IF;
+    -- Privileges on the tenant's objects are the kit's to give (the
+    -- application roles get theirs from grant_app_role): a migration must
+    -- not grant them to PUBLIC or to other roles.
+    IF NOT to_migrator THEN
+        SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                                ELSE pg_get_userbyid(a.grantee) END) AS name
+          INTO v_obj
+          FROM pg_depend AS d
+          CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
+                                  WHEN 'pg_class'::regclass
+                                      THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
+                                  WHEN 'pg_proc'::regclass
+                                      THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
+                                  WHEN 'pg_type'::regclass
+                                      THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
+                              END, '{}'::aclitem[]) AS acl) AS o
+          CROSS JOIN LATERAL aclexplode(o.acl) AS a
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND a.grantee NOT IN (v_owner, v_migrator)
+           AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
+                                   JOIN pg_roles AS r ON r.rolname = ar.role_name)
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unsafe migration: it granted privileges on a tenant object (%)', v_obj.name
+                USING ERRCODE = 'PT017',
+                      HINT = 'The kit grants the application roles (grant_app_role); grant nothing else.';
         END IF;
     END IF;
     -- Everything in the schema, found through its namespace dependencies

@@ -51,9 +51,9 @@ DECLARE
     v_message   text;
     v_context   text;
     v_role      name := tenancy.migrator_role();
-    -- The migration sees the tenant schema first, then the system catalogs,
-    -- then public (references to shared objects), and temporary objects
-    -- last, so a temporary table never shadows a tenant table.
+    -- The migration sees the tenant schema first (where it creates), then
+    -- the system catalogs, then public (references to shared objects), and
+    -- temporary objects last.
     v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
     v_granted   boolean := false;
 BEGIN
@@ -63,7 +63,9 @@ BEGIN
          ORDER BY m.version
     LOOP
         -- It cannot run in this transaction: the fleet runner applies it
-        -- outside one, then everything after it.
+        -- outside one, then everything after it. The scratch check of
+        -- add_migration skips it and tries the rest.
+        CONTINUE WHEN v_migration.outside_transaction AND p_schema LIKE 'tenancy\_check\_%';
         EXIT WHEN v_migration.outside_transaction;
         IF NOT v_granted THEN
             -- The migrator may create in this schema for the rest of this
@@ -86,6 +88,16 @@ BEGIN
         -- The migration runs as the migrator, confined to this schema (see
         -- 003_confinement.sql); the fence reads the target schema from here.
         PERFORM set_config('pgtenancy.migration_schema', p_schema, true);
+        -- The runner must still run as the migrator: refuse to go on if an
+        -- earlier migration managed to change that.
+        IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                        WHERE p.oid = 'tenancy.execute_migration(text,text)'::regprocedure
+                          AND p.prosecdef
+                          AND p.proowner = (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role)) THEN
+            RAISE EXCEPTION 'the migration runner tenancy.execute_migration was changed: it no longer runs as the migrator role'
+                USING ERRCODE = 'PT017',
+                      HINT = 'Install the kit again (pgtenancy install) to restore it.';
+        END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
         EXCEPTION WHEN OTHERS THEN
@@ -483,8 +495,9 @@ AS $$
 BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF NEW.id IS DISTINCT FROM OLD.id
-       OR NEW.slug IS DISTINCT FROM OLD.slug
-       OR NEW.schema_name IS DISTINCT FROM OLD.schema_name
+       OR ((NEW.slug IS DISTINCT FROM OLD.slug OR NEW.schema_name IS DISTINCT FROM OLD.schema_name)
+           -- tenancy.rename_tenant renames the schema and then the row.
+           AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
        OR NEW.isolation IS DISTINCT FROM OLD.isolation
        OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
         RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
@@ -518,7 +531,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
-    'Trigger: refuse changes to immutable tenant columns or a migration_version that is not a '
+    'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
+    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
     'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
     'updated_at.';
 
@@ -538,7 +552,10 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         PERFORM tenancy.emit_event('tenant_created', NEW,
             jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
-                               'isolation', NEW.isolation));
+                               'isolation', NEW.isolation)
+            -- clone_tenant and imports say where the tenant came from.
+            || coalesce(nullif(current_setting('pgtenancy.created_payload', true), '')::jsonb,
+                        '{}'::jsonb));
         RETURN NULL;
     END IF;
 

@@ -11,10 +11,10 @@
 -- function, whose call costs more than the lookup) that application roles
 -- may read: no metadata, nothing they could not enter anyway.
 CREATE OR REPLACE VIEW tenancy.tenant_directory AS
-    SELECT t.slug, t.id, t.schema_name, t.status FROM tenancy.tenants AS t;
+    SELECT t.slug, t.id, t.schema_name, t.status, t.limits FROM tenancy.tenants AS t;
 
 COMMENT ON VIEW tenancy.tenant_directory IS
-    'Slug, id, schema and status of every tenant: what entering a tenant needs, readable by '
+    'Slug, id, schema, status and limits of every tenant: what entering a tenant needs, readable by '
     'application roles that have no access to tenancy.tenants.';
 
 -- The hot path: every tenant transaction starts with this call, sent in the
@@ -34,13 +34,24 @@ DECLARE
     v_schema     text;
     v_status     text;
     v_has_schema boolean;
+    v_limits     text[];
+    v_renamed    text;
 BEGIN
-    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL
-      INTO v_id, v_schema, v_status, v_has_schema
+    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL, d.limits
+      INTO v_id, v_schema, v_status, v_has_schema, v_limits
       FROM tenancy.tenant_directory AS d
       LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
      WHERE d.slug = enter_tenant.slug;
     IF NOT FOUND THEN
+        -- A renamed tenant's old slug says where the tenant went.
+        SELECT r.new_slug INTO v_renamed
+          FROM tenancy.tenant_renames AS r WHERE r.old_slug = enter_tenant.slug;
+        IF FOUND THEN
+            RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                pg_catalog.quote_literal(v_renamed)
+                USING ERRCODE = 'PT020',
+                      DETAIL = pg_catalog.format('new slug: %s', v_renamed);
+        END IF;
         RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;
@@ -74,14 +85,21 @@ BEGIN
                                   true),
             pg_catalog.set_config('app.tenant_id', v_id::text, true),
             pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
+    -- The tenant's resource limits (tenancy.set_tenant_limits), as
+    -- (setting, value) pairs, transaction-local too; nothing for most tenants.
+    IF v_limits IS NOT NULL THEN
+        PERFORM pg_catalog.set_config(v_limits[i], v_limits[i + 1], true)
+           FROM pg_catalog.generate_series(1, pg_catalog.cardinality(v_limits), 2) AS i;
+    END IF;
     RETURN v_id;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
-    '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; all '
-    'transaction-local (set_config(..., true)). Returns the tenant id. Raises PT003 (unknown), '
+    '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
+    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
+    'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
     'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 

@@ -229,3 +229,122 @@ LISTEN {channel}
 -- locks.
 CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;
 SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP
+-- name: reset_runner_session
+-- After each tenant the fleet runner gives its session back as it was: no
+-- setting, temporary object, LISTEN or advisory lock of a migration may
+-- reach the next tenant's migration or the runner's own queries.
+RESET ALL;
+DISCARD TEMP;
+UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all()
+-- name: rename_tenant
+SELECT * FROM tenancy.rename_tenant(%(slug)s, %(new_slug)s)
+
+-- name: clone_tenant
+SELECT * FROM tenancy.clone_tenant(%(source)s, %(new_slug)s, %(metadata)s::jsonb)
+
+-- name: set_tenant_limits
+SELECT * FROM tenancy.set_tenant_limits(%(slug)s, statement_timeout => %(statement_timeout)s,
+    lock_timeout => %(lock_timeout)s,
+    idle_in_transaction_session_timeout => %(idle_in_transaction_session_timeout)s,
+    work_mem => %(work_mem)s)
+
+-- name: tenant_limits
+SELECT limits FROM tenancy.tenants WHERE slug = %(slug)s
+
+-- name: tenant_sizes
+SELECT slug, bytes, "rows" FROM tenancy.tenant_sizes()
+
+-- name: repeatable_read
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ
+
+-- Tenant archives (pgtenancy.tenant_archive): export, import, move.
+
+-- name: export_snapshot
+SELECT pg_catalog.pg_export_snapshot() AS snapshot
+
+-- name: archive_tenant_row
+SELECT id::text AS id, slug, schema_name, status, isolation, metadata, migration_version, limits,
+       created_at::text AS created_at
+  FROM tenancy.tenants WHERE slug = %(slug)s
+
+-- name: archive_tenant_by_id
+SELECT slug FROM tenancy.tenants WHERE id = %(id)s::uuid
+
+-- name: archive_migrations
+SELECT version, checksum FROM tenancy.migrations ORDER BY version
+
+-- name: archive_schema_tables
+SELECT c.oid::regclass::text AS qualified, c.relname AS name,
+       tenancy.copy_columns(c.oid) AS columns
+  FROM unnest(tenancy.fk_order(ARRAY(
+           SELECT r.oid::regclass FROM pg_catalog.pg_class AS r
+            WHERE r.relnamespace = pg_catalog.to_regnamespace(pg_catalog.quote_ident(%(schema)s))
+              AND r.relkind IN ('r', 'p') AND NOT r.relispartition))) WITH ORDINALITY AS o(rel, n)
+  JOIN pg_catalog.pg_class AS c ON c.oid = o.rel
+ ORDER BY o.n
+
+-- name: archive_guarded_tables
+SELECT g.table_name::text AS qualified, g.tenant_column, tenancy.copy_columns(g.table_name) AS columns
+  FROM unnest(tenancy.fk_order(ARRAY(SELECT t.table_name FROM tenancy.guarded_tables AS t
+                                      WHERE pg_catalog.to_regclass(t.table_name::text) IS NOT NULL)))
+       WITH ORDINALITY AS o(rel, n)
+  JOIN tenancy.guarded_tables AS g ON g.table_name = o.rel
+ ORDER BY o.n
+
+-- name: archive_schema_sequences
+SELECT c.relname AS name FROM pg_catalog.pg_class AS c
+ WHERE c.relnamespace = pg_catalog.to_regnamespace(pg_catalog.quote_ident(%(schema)s))
+   AND c.relkind = 'S'
+ ORDER BY c.relname
+
+-- name: archive_sequence_value
+SELECT last_value, is_called FROM {sequence}
+
+-- name: archive_checksum
+SELECT count(*) AS row_count,
+       pg_catalog.md5(coalesce(pg_catalog.string_agg(t::text, '|' ORDER BY t::text), '')) AS md5
+  FROM (SELECT {columns} FROM {table} WHERE {filter}) AS t
+
+-- name: archive_copy_out
+COPY (SELECT {columns} FROM {table} WHERE {filter}) TO STDOUT
+
+-- name: archive_copy_in
+COPY {table} ({columns}) FROM STDIN
+
+-- name: archive_disable_triggers
+ALTER TABLE {table} DISABLE TRIGGER USER
+
+-- name: archive_enable_triggers
+ALTER TABLE {table} ENABLE TRIGGER USER
+
+-- name: archive_enter
+SELECT pg_catalog.set_config('app.tenant_id', %(id)s, true)
+
+-- name: archive_created_payload
+SELECT pg_catalog.set_config('pgtenancy.created_payload', %(payload)s, true)
+
+-- name: archive_insert_tenant
+INSERT INTO tenancy.tenants (id, slug, metadata, isolation, limits)
+VALUES (%(id)s::uuid, %(slug)s, %(metadata)s::jsonb, %(isolation)s, %(limits)s::text[])
+RETURNING *
+
+-- name: archive_setval
+SELECT pg_catalog.setval(%(sequence)s::regclass, %(value)s, %(called)s)
+
+-- name: archive_serial_sequences
+SELECT pg_catalog.pg_get_serial_sequence(%(table)s, a.attname) AS sequence, a.attname AS column_name
+  FROM pg_catalog.pg_attribute AS a
+ WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+   AND pg_catalog.pg_get_serial_sequence(%(table)s, a.attname) IS NOT NULL
+
+-- name: archive_bump_sequence
+SELECT pg_catalog.setval(%(sequence)s::regclass,
+       greatest((SELECT s.last_value FROM {sequence} AS s), coalesce(max({column}), 1)))
+  FROM {table} WHERE {filter}
+
+-- name: archive_slug_exists
+SELECT 1 FROM tenancy.tenants WHERE slug = %(slug)s
+
+-- name: set_max_work_mem
+SELECT tenancy.set_max_work_mem(%(maximum)s) AS maximum

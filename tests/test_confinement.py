@@ -259,7 +259,6 @@ def test_a_migration_changes_its_own_tenant(world: dict[str, str], dsn: str, sql
         CREATE VIEW item_names AS SELECT name FROM item;
         CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM item';
         COMMENT ON TABLE item IS 'items';
-        CREATE TEMP TABLE scratch ON COMMIT DROP AS SELECT 1 AS x;
         INSERT INTO item (canary_id, name) SELECT id, v FROM public.canary;
         UPDATE canary SET v = upper(v);
         DROP TABLE IF EXISTS not_there;
@@ -602,7 +601,6 @@ WARNED_NO_OP = {
     "grant_on_database",
     "drop_policy_on_public",
     "drop_trigger_on_public",
-    "prepare_delete_outbox",
 }
 # Refused, but as statements that cannot run in a migration at all (PT008).
 INVALID_ANYWAY = {"concurrently_without_marker", "copy_public", "do_perform_cte_update"}
@@ -653,3 +651,120 @@ def test_gate_corpus_at_execution(case: Any, corpus_world: dict[str, str], dsn: 
         _add_migration(dsn, "0002", body)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT tenancy.migrate_tenant('acme')")
+
+
+# Found by an attack run against the first version of the fence: each was a
+# way for a migration to run code as the owner or leave state behind.
+ATTACKS: dict[str, str] = {
+    # Clearing the setting the fence reads, then flipping the runner to
+    # SECURITY INVOKER so the next tenant's migration runs as the owner.
+    "fence_off_then_invoker": (
+        "SELECT pg_catalog.set_config('pgtenancy.migration_schema', '', true);"
+        " ALTER FUNCTION tenancy.execute_migration(text, text) SECURITY INVOKER"
+    ),
+    "fence_off_then_cast": (
+        "SELECT pg_catalog.set_config('pgtenancy.migration_schema', '', true);"
+        " CREATE TYPE mytype AS (a int);"
+        " CREATE FUNCTION mytype_int(mytype) RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        " CREATE CAST (mytype AS int) WITH FUNCTION mytype_int(mytype)"
+    ),
+    # A setting that steers later statements, outliving the migration (a
+    # session-level search_path equal to the migration's own cannot be told
+    # apart: see the fleet test below).
+    "session_row_security": "SELECT pg_catalog.set_config('row_security', 'off', false)",
+    "forged_tenant_setting": (
+        "SELECT pg_catalog.set_config('app.tenant_id', gen_random_uuid()::text, false)"
+    ),
+    "temp_table_carried_over": "CREATE TEMP TABLE loot AS SELECT 1 AS x",
+    "temp_function": "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "session_advisory_lock": "SELECT pg_catalog.pg_advisory_lock(42)",
+    "prepared_statement": "PREPARE evil_ps AS SELECT 1",
+    "role_setting": "ALTER ROLE CURRENT_USER SET work_mem = '1MB'",
+    "grant_to_public": "CREATE TABLE t3 (id int); GRANT ALL ON t3 TO PUBLIC",
+    # An operator the owner's later unqualified queries would find first.
+    "shadow_builtin_operator": (
+        "CREATE FUNCTION text_eq_x(text, text) RETURNS boolean LANGUAGE sql"
+        " AS 'SELECT pg_catalog.texteq($1, $2)';"
+        " CREATE OPERATOR = (leftarg = text, rightarg = text, function = text_eq_x)"
+    ),
+    "shadow_builtin_function": (
+        "CREATE FUNCTION upper(varchar) RETURNS text LANGUAGE sql AS 'SELECT $1::text'"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ATTACKS))
+def test_attack_run_findings_are_refused(case: str, world: dict[str, str], dsn: str) -> None:
+    body = ATTACKS[case]
+    before = _snapshot(dsn)
+    with pytest.raises(psycopg.Error) as info:
+        _add_migration(dsn, "0002", body)
+    assert info.value.sqlstate == "PT017", (case, str(info.value))
+    assert _snapshot(dsn) == before
+    # The same, evading the scratch check, on the real paths.
+    _add_migration(dsn, "0002", _sleeper(body))
+    before = _snapshot(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute("SELECT tenancy.migrate_tenant('acme')")
+        assert info.value.sqlstate == "PT017", (case, str(info.value))
+        # Nothing was left in the session either.
+        assert conn.execute("SELECT current_setting('search_path')").fetchone() == (
+            '"$user", public',
+        )
+        assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
+    assert _snapshot(dsn) == before
+    assert sql_runner_intact(dsn)
+
+
+def sql_runner_intact(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT p.prosecdef, pg_get_userbyid(p.proowner) = tenancy.migrator_role()"
+            " FROM pg_proc AS p WHERE p.oid = 'tenancy.execute_migration(text,text)'::regprocedure"
+        ).fetchone()
+    return row == (True, True)
+
+
+def test_no_transaction_index_expressions_never_run_as_the_owner(
+    world: dict[str, str], dsn: str, sql: SQL
+) -> None:
+    """An expression index built by the owner would run the tenant's function
+    with the owner's rights: no-transaction files index plain columns only."""
+    from pgtenancy.fleet import migrate_fleet
+
+    _add_migration(
+        dsn,
+        "0002",
+        "CREATE FUNCTION evil(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';"
+        " CREATE TABLE t2 (id int)",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT tenancy.add_migration('0003', %s, true)",
+            ("CREATE INDEX CONCURRENTLY IF NOT EXISTS t2_evil ON t2 (evil(id))",),
+        )
+    report = migrate_fleet(dsn)
+    assert {o.sqlstate for o in report.failed} == {"PT017"}, report.failed
+    assert sql("SELECT count(*) FROM pg_indexes WHERE indexname = 't2_evil'") == [(0,)]
+
+
+def test_the_fleet_runner_gives_its_session_back(world: dict[str, str], dsn: str) -> None:
+    """A session-level search_path, LISTEN or advisory lock a migration leaves
+    in the runner's session never reaches the next tenant or the runner's own
+    queries (the runner resets its session after each tenant)."""
+    from pgtenancy.fleet import migrate_fleet
+
+    _add_migration(
+        dsn,
+        "0002",
+        _sleeper(
+            "SELECT pg_catalog.set_config('search_path',"
+            " pg_catalog.current_setting('search_path'), false);"
+            " CREATE TABLE marker (id int)"
+        ),
+    )
+    report = migrate_fleet(dsn, jobs=1)
+    assert report.failed == []
+    assert sorted(o.slug for o in report.migrated) == ["acme", "globex"]

@@ -22,11 +22,13 @@ from pgtenancy.events import Event, TenantRef
 from pgtenancy.listener import ReceiverFailed
 from pgtenancy.migration_files import MigrationCheckError
 from pgtenancy.sqlscript import ScriptError
+from pgtenancy.templates import TemplateError
 from pgtenancy.testing import NoServerError
 
 #: Exceptions defined outside pgtenancy.errors, by name.
 ELSEWHERE: dict[str, type[TenancyError]] = {
-    c.__name__: c for c in (MigrationCheckError, ScriptError, ReceiverFailed, NoServerError)
+    c.__name__: c
+    for c in (MigrationCheckError, ScriptError, ReceiverFailed, NoServerError, TemplateError)
 }
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,6 +137,7 @@ def _instance(cls: type[TenancyError]) -> TenancyError:
         MigrationCheckError: lambda: MigrationCheckError("0002_x.sql", 3, "drops a shared table"),
         ScriptError: lambda: ScriptError("syntax error at or near ')'", 7),
         VersionMismatch: lambda: VersionMismatch("0.1.0", "0.3.0"),
+        TemplateError: lambda: TemplateError([(3, "names public.x"), (9, "a rule")]),
     }
     if cls in special:
         return special[cls]()  # type: ignore[no-any-return]

@@ -18,6 +18,8 @@ ALLOWED = {
     ("apply_shared_migration", "security", "text type variable is not sanitized"),
     # Its ALTER ... OWNER statements are dynamic SQL, which the checker cannot see.
     ("hand_over_schema", "performance", "routine is marked as VOLATILE, should be STABLE"),
+    # Its INSERTs and ALTER TABLE ... TRIGGER statements are dynamic SQL as well.
+    ("clone_schema_data", "performance", "routine is marked as VOLATILE, should be STABLE"),
     # Names built with format('%I') (changes_function, the qualified table name).
     ("track_changes", "security", "text type variable is not sanitized"),
     ("untrack_changes", "security", "text type variable is not sanitized"),

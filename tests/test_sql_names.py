@@ -107,6 +107,18 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     assert call("SELECT tenancy.active_tenant_id()") == [(None,)]
     call("SELECT tenancy.track_changes(table_name => 'tenant_acme.note')")
     call("SELECT tenancy.untrack_changes(table_name => 'tenant_acme.note')")
+    # issue 15: operating on one tenant.
+    call("SELECT tenancy.clone_tenant(source => 'acme', new_slug => 'acme_copy', metadata => NULL)")
+    call("SELECT tenancy.rename_tenant(slug => 'acme_copy', new_slug => 'acme_twin')")
+    call(
+        "SELECT tenancy.set_tenant_limits(slug => 'acme_twin', statement_timeout => '5s', "
+        "lock_timeout => '1s', idle_in_transaction_session_timeout => '1min', work_mem => '1MB')"
+    )
+    call("SELECT tenancy.max_work_mem()")
+    call("SELECT tenancy.set_max_work_mem(maximum => '8MB')")
+    call("SELECT tenancy.apply_tenant_limits(limits => ARRAY['lock_timeout', '2s'])")
+    call("SELECT * FROM tenancy.tenant_sizes()")
+    call("SELECT tenancy.drop_tenant(slug => 'acme_twin', destroy_data => true)")
 
     call("SELECT tenancy.register_consumer(consumer => 'billing')")
     call("SELECT tenancy.consumer_heartbeat(consumer => 'billing')")

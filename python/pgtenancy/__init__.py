@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pgtenancy._version import __version__
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
+    CannotCloneTenant,
     CannotGuardTable,
     CannotTrackTable,
     ConsumerNotFound,
@@ -32,6 +33,7 @@ from pgtenancy.errors import (
     InvalidConnectionState,
     InvalidMigration,
     InvalidTenantMetadata,
+    InvalidTenantLimit,
     InvalidTenantSlug,
     LeaseLost,
     ListenNotSupported,
@@ -44,6 +46,7 @@ from pgtenancy.errors import (
     TenantDeleted,
     TenantExists,
     TenantNotFound,
+    TenantRenamed,
     TenantSchemaMissing,
     TenantsStillRegistered,
     TenantSuspended,
@@ -93,6 +96,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "SQL_VERSION",
+    "CannotCloneTenant",
     "CannotGuardTable",
     "CannotTrackTable",
     "ConsumerNotFound",
@@ -101,6 +105,7 @@ __all__ = [
     "InvalidConnectionState",
     "InvalidMigration",
     "InvalidTenantMetadata",
+    "InvalidTenantLimit",
     "InvalidTenantSlug",
     "LeaseLost",
     "ListenNotSupported",
@@ -120,6 +125,7 @@ __all__ = [
     "TenantExists",
     "TenantNotFound",
     "TenantRef",
+    "TenantRenamed",
     "TenantSchemaMissing",
     "TenantSuspended",
     "TenantsStillRegistered",

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pgtenancy.database import Connectable, Database
@@ -24,6 +25,8 @@ from pgtenancy.slugs import validate_slug
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from pgtenancy.tenant_ops import TenantSize
 
 #: How a tenant's data is kept: a schema of its own, or rows in shared tables
 #: guarded by row-level security (the registry's ``isolation`` column).
@@ -492,3 +495,103 @@ class Tenancy:
         ``attempts``, ``error``, ``parked_at`` and the event's columns (``id``,
         ``name``, ``tenant_slug``, ``payload``, ...)."""
         return self.database.rows("parked_events", {"consumer": consumer})
+
+    # Operating on one tenant (issue 15; pgtenancy.tenant_ops does the work).
+
+    def rename_tenant(self, slug: str, new_slug: str) -> Tenant:
+        """Rename ``slug`` to ``new_slug`` and its schema with it, atomically;
+        entering under the old slug then raises :class:`~pgtenancy.errors.TenantRenamed`.
+        Emits ``tenant_renamed``. See :func:`pgtenancy.tenant_ops.rename_tenant`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.rename_tenant(self.database, slug, new_slug)
+
+    def clone_tenant(
+        self, source: str, new_slug: str, metadata: Mapping[str, Any] | None = None
+    ) -> Tenant:
+        """Create ``new_slug`` as a copy of ``source`` (schema or shared) in one
+        transaction. Emits ``tenant_created`` with ``cloned_from``. See
+        :func:`pgtenancy.tenant_ops.clone_tenant`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.clone_tenant(self.database, source, new_slug, metadata)
+
+    def set_tenant_limits(
+        self,
+        slug: str,
+        statement_timeout: str | None = None,
+        lock_timeout: str | None = None,
+        idle_in_transaction_session_timeout: str | None = None,
+        work_mem: str | None = None,
+    ) -> dict[str, str]:
+        """Set the resource limits of ``slug`` (the whole set; None clears one),
+        applied transaction-locally at entry. Returns the limits now in force.
+        See :func:`pgtenancy.tenant_ops.set_tenant_limits`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.set_tenant_limits(
+            self.database,
+            slug,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+            work_mem=work_mem,
+        )
+
+    def set_max_work_mem(self, maximum: str | None) -> str:
+        """Set the database-wide maximum of tenants' ``work_mem`` limits (None
+        removes it); returns the maximum in force. See
+        :func:`pgtenancy.tenant_ops.set_max_work_mem`."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.set_max_work_mem(self.database, maximum)
+
+    def tenant_limits(self, slug: str) -> dict[str, str]:
+        """The resource limits of ``slug``, setting -> value (empty when none)."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.tenant_limits(self.database, slug)
+
+    def tenant_sizes(self) -> list[TenantSize]:
+        """Bytes and rows of every tenant (:class:`pgtenancy.tenant_ops.TenantSize`),
+        by slug. See ``tenancy.tenant_sizes()`` for how each is measured."""
+        from pgtenancy import tenant_ops
+
+        return tenant_ops.tenant_sizes(self.database)
+
+    def _dsn(self) -> str:
+        source = self.database.source
+        if not isinstance(source, str):
+            raise TypeError("tenant export, import and move need a Tenancy made from a DSN")
+        return source
+
+    def export_tenant(self, slug: str, out: str | Path) -> dict[str, Any]:
+        """Write ``slug`` to the archive ``out``, consistent at one snapshot;
+        returns its manifest. Needs a Tenancy made from a DSN (pg_dump
+        connects too). See :func:`pgtenancy.tenant_archive.export_tenant`."""
+        from pgtenancy import tenant_archive
+
+        return tenant_archive.export_tenant(self._dsn(), slug, out)
+
+    def import_tenant(self, path: str | Path, as_slug: str | None = None) -> Tenant:
+        """Recreate the tenant of archive ``path`` here (same id; ``as_slug``
+        renames), in one transaction. Emits ``tenant_created`` with ``imported``.
+        See :func:`pgtenancy.tenant_archive.import_tenant`.
+
+        Raises:
+            ArchiveRefused: nothing changed. TenantExists: PT002.
+        """
+        from pgtenancy import tenant_archive
+
+        result = tenant_archive.import_tenant(self._dsn(), path, as_slug)
+        return self.get_tenant(result.slug)
+
+    def move_tenant(self, slug: str, to: str, archive: str | Path | None = None) -> Tenant:
+        """Move ``slug`` from this database to database ``to`` (a DSN): suspended
+        here for the copy, imported and verified there, then soft-deleted here.
+        Rerun after a failure to resume. Returns the tenant at the target. See
+        :func:`pgtenancy.tenant_archive.move_tenant`."""
+        from pgtenancy import tenant_archive
+
+        result = tenant_archive.move_tenant(self._dsn(), slug, to, archive)
+        return Tenancy(to).get_tenant(result.slug)

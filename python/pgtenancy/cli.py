@@ -176,8 +176,12 @@ def create(dsn: str, slug: str, metadata: str, isolation: str) -> None:
 @main.command(name="list")
 @dsn_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
-def list_(dsn: str, as_json: bool) -> None:
+@click.option("--sizes", is_flag=True, help="Bytes and rows per tenant (tenancy.tenant_sizes()).")
+def list_(dsn: str, as_json: bool, sizes: bool) -> None:
     """List tenants."""
+    if sizes:
+        _list_sizes(dsn, as_json)
+        return
     tenants = _tenancy(dsn).list_tenants()
     if as_json:
         for t in tenants:
@@ -742,6 +746,129 @@ def listen(
         asyncio.run(listener.arun())
     else:
         listener.run()
+
+
+# Operating on one tenant (issue 15).
+
+
+def _list_sizes(dsn: str, as_json: bool) -> None:
+    sizes = _tenancy(dsn).tenant_sizes()
+    if as_json:
+        for s in sizes:
+            click.echo(json.dumps({"slug": s.slug, "bytes": s.bytes, "rows": s.rows}))
+        return
+    click.echo(f"{'slug':<24} {'bytes':>14} {'rows':>12}")
+    for s in sizes:
+        click.echo(f"{s.slug:<24} {s.bytes:>14} {s.rows:>12}")
+    click.echo(f"{len(sizes)} tenants, {sum(s.bytes for s in sizes)} bytes")
+
+
+@main.group()
+def tenant() -> None:
+    """Operate on one tenant as a unit: rename, clone, export, import, move."""
+
+
+@tenant.command(name="rename")
+@dsn_option
+@click.argument("slug")
+@click.argument("new_slug")
+def tenant_rename(dsn: str, slug: str, new_slug: str) -> None:
+    """Rename tenant SLUG to NEW_SLUG (and its schema), atomically."""
+    _print_tenant(f"renamed {slug} to", _tenancy(dsn).rename_tenant(slug, new_slug))
+
+
+@tenant.command(name="clone")
+@dsn_option
+@click.argument("source")
+@click.argument("new_slug")
+def tenant_clone(dsn: str, source: str, new_slug: str) -> None:
+    """Create NEW_SLUG as a copy of tenant SOURCE (schema, data, sequences)."""
+    _print_tenant(f"cloned {source} as", _tenancy(dsn).clone_tenant(source, new_slug))
+
+
+@tenant.command(name="export")
+@dsn_option
+@click.argument("slug")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Archive to write (default: SLUG.pgtenancy).",
+)
+def tenant_export(dsn: str, slug: str, out: Path | None) -> None:
+    """Write tenant SLUG to one self-describing archive, at one snapshot."""
+    path = out or Path(f"{slug}.pgtenancy")
+    manifest = _tenancy(dsn).export_tenant(slug, path)
+    rows = sum(t["rows"] for t in manifest["tables"])
+    click.echo(f"exported {slug}: {len(manifest['tables'])} tables, {rows} rows -> {path}")
+
+
+@tenant.command(name="import")
+@dsn_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--as", "as_slug", default=None, help="Slug in this database (default: the archive's)."
+)
+def tenant_import(dsn: str, file: Path, as_slug: str | None) -> None:
+    """Recreate the tenant of archive FILE here, in one transaction."""
+    _print_tenant("imported", _tenancy(dsn).import_tenant(file, as_slug))
+
+
+@tenant.command(name="move")
+@dsn_option
+@click.argument("slug")
+@click.option("--to", "to", required=True, help="DSN of the target database.")
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Keep the archive here (default: a temporary file, removed on success).",
+)
+def tenant_move(dsn: str, slug: str, to: str, archive: Path | None) -> None:
+    """Move tenant SLUG to database --to: suspended here during the copy,
+    imported and verified there, then soft-deleted here. Rerun to resume."""
+    _print_tenant("moved", _tenancy(dsn).move_tenant(slug, to, archive))
+
+
+@main.command()
+@dsn_option
+@click.argument("slug")
+@click.option("--statement-timeout", default=None, help="e.g. 50ms, 2s (0: none).")
+@click.option("--lock-timeout", default=None, help="e.g. 1s.")
+@click.option(
+    "--idle-in-transaction-session-timeout", "idle_timeout", default=None, help="e.g. 1min."
+)
+@click.option("--work-mem", default=None, help="e.g. 4MB (at most tenancy.max_work_mem()).")
+@click.option("--clear", is_flag=True, help="Remove every limit of SLUG.")
+def limits(
+    dsn: str,
+    slug: str,
+    statement_timeout: str | None,
+    lock_timeout: str | None,
+    idle_timeout: str | None,
+    work_mem: str | None,
+    clear: bool,
+) -> None:
+    """Show or set the resource limits of tenant SLUG, applied at entry.
+
+    With no option it prints them. Setting gives the whole set: limits not
+    given are cleared."""
+    tenancy = _tenancy(dsn)
+    given = (statement_timeout, lock_timeout, idle_timeout, work_mem)
+    if clear or any(v is not None for v in given):
+        now = tenancy.set_tenant_limits(
+            slug,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_timeout,
+            work_mem=work_mem,
+        )
+    else:
+        now = tenancy.tenant_limits(slug)
+    if not now:
+        click.echo(f"{slug}: no limits")
+    for name, value in now.items():
+        click.echo(f"{slug}: {name} = {value}")
 
 
 if __name__ == "__main__":

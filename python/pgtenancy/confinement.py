@@ -19,12 +19,15 @@ from pgtenancy.errors import UnsafeMigration
 
 #: What a no-transaction migration may contain (PostgreSQL docs: the commands
 #: that "cannot be executed inside a transaction block" a tenant needs).
+#: Such statements run as the kit's owner (no function can hold them), so none
+#: may run code of the tenant's: indexes are of plain columns, without a
+#: predicate; ANALYZE and REINDEX (which evaluate index expressions as the
+#: table owner) belong in transactional migrations, where they run as the
+#: migrator.
 OUTSIDE_TRANSACTION_KINDS = (
-    "CREATE INDEX CONCURRENTLY",
+    "CREATE INDEX CONCURRENTLY (plain columns, no WHERE)",
     "DROP INDEX CONCURRENTLY",
-    "REINDEX ... CONCURRENTLY",
-    "VACUUM",
-    "ANALYZE",
+    "VACUUM (without ANALYZE)",
     "ALTER TYPE ... ADD VALUE",
 )
 
@@ -65,6 +68,14 @@ def _outside_reason(node: ast.Node) -> str | None:
             return "CREATE INDEX without CONCURRENTLY belongs in a transactional migration"
         if node.relation is not None and node.relation.schemaname:
             return f"the index names schema {node.relation.schemaname}"
+        params = [*(node.indexParams or ()), *(node.indexIncludingParams or ())]
+        if node.whereClause is not None or any(getattr(p, "expr", None) for p in params):
+            return (
+                "an expression or partial index would run the tenant's code as the owner:"
+                " create it in a transactional migration"
+            )
+        if any(getattr(p, "opclass", None) or getattr(p, "collation", None) for p in params):
+            return "operator classes and collations: create the index in a transactional migration"
         return None
     if isinstance(node, ast.DropStmt):
         if node.removeType != ObjectType.OBJECT_INDEX or not node.concurrent:
@@ -73,17 +84,19 @@ def _outside_reason(node: ast.Node) -> str | None:
             return "the index is schema-qualified"
         return None
     if isinstance(node, ast.ReindexStmt):
-        concurrently = any(
-            isinstance(p, ast.DefElem) and p.defname == "concurrently" for p in node.params or ()
+        return (
+            "REINDEX evaluates index expressions as the table owner: run it in a"
+            " transactional migration (as the migrator)"
         )
-        if not concurrently:
-            return "REINDEX without CONCURRENTLY belongs in a transactional migration"
-        if node.relation is None:
-            return "REINDEX of a schema, database or system is not a tenant's"
-        if node.relation.schemaname:
-            return f"REINDEX names schema {node.relation.schemaname}"
-        return None
     if isinstance(node, ast.VacuumStmt):
+        analyze = not node.is_vacuumcmd or any(
+            isinstance(o, ast.DefElem) and o.defname == "analyze" for o in node.options or ()
+        )
+        if analyze:
+            return (
+                "ANALYZE evaluates index expressions as the table owner: run it in a"
+                " transactional migration (as the migrator)"
+            )
         for rel in node.rels or ():
             relation = getattr(rel, "relation", None)
             if relation is None:

@@ -220,6 +220,44 @@ class InvalidTenantMetadata(TenancyError, ValueError):
 #: Largest tenant metadata, in bytes of its JSON text (UTF-8), as checked by
 #: ``tenancy.check_metadata`` (metadata is copied into the tenant_created event).
 METADATA_MAX_BYTES = 65536
+class TenantRenamed(TenancyError):
+    """The tenant was entered under a slug it had before ``tenancy.rename_tenant``
+    (SQLSTATE PT020); ``detail`` reads ``new slug: <slug>``."""
+
+    sqlstate = "PT020"
+
+    @property
+    def new_slug(self) -> str | None:
+        """The slug the tenant has now (from ``detail``), None when not known."""
+        prefix = "new slug: "
+        if self.detail and self.detail.startswith(prefix):
+            return self.detail[len(prefix) :]
+        return None
+
+
+class InvalidTenantLimit(TenancyError):
+    """``tenancy.set_tenant_limits`` refused a value: the server does not take
+    it, or ``work_mem`` is above ``tenancy.max_work_mem()`` (SQLSTATE PT021).
+    Nothing was changed."""
+
+    sqlstate = "PT021"
+
+
+class CannotCloneTenant(TenancyError):
+    """``tenancy.clone_tenant`` refused: the source is not at the migration a
+    new tenant gets, its schema has a table the migrations do not create,
+    foreign keys form a cycle, or a unique key of a shared table would break
+    (SQLSTATE PT022). Nothing was created."""
+
+    sqlstate = "PT022"
+
+
+class ArchiveRefused(TenancyError):
+    """A tenant import was refused and nothing changed: not a pgtenancy tenant
+    archive or of a newer format, the target's migrations are behind, differ
+    from or go past the archive's, the tenant id exists in the target, or the
+    rows loaded do not match the archive's counts and checksums. Python only
+    (``pgtenancy.tenant_archive``)."""
 
 
 class ListenNotSupported(TenancyError):

@@ -186,6 +186,8 @@ def _migrate_one(
                 conn.execute(QUERIES["set_lock_timeout"], {"timeout": lock_timeout})
                 row = conn.execute(QUERIES["migrate_tenant_locked"], {"slug": slug}).fetchone()
                 nxt = conn.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
+            with conn.transaction():
+                conn.execute(QUERIES["reset_runner_session"])
             if nxt is None or not nxt["outside_transaction"]:
                 break
             # The next migration cannot run in a transaction: apply it

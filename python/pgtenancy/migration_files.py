@@ -302,9 +302,41 @@ def _kind_refusal(node: ast.Node) -> str | None:
     return None
 
 
+def _is_temporary(node: ast.Node) -> bool:
+    """CREATE TEMP TABLE / SEQUENCE / VIEW / TABLE AS (the database refuses
+    temporary objects in tenant migrations: they outlive the migration in the
+    session, where the next tenant's migration would meet them)."""
+    relation = None
+    if isinstance(node, ast.CreateStmt | ast.CreateSeqStmt):
+        relation = node.relation if isinstance(node, ast.CreateStmt) else node.sequence
+    elif isinstance(node, ast.ViewStmt):
+        relation = node.view
+    elif isinstance(node, ast.CreateTableAsStmt) and node.into is not None:
+        relation = node.into.rel
+    return relation is not None and getattr(relation, "relpersistence", "p") == "t"
+
+
+def _public_grant_refusal(node: ast.Node) -> str | None:
+    """GRANT to PUBLIC of the tenant's own objects (the database refuses it)."""
+    if isinstance(node, ast.GrantStmt) and any(
+        getattr(getattr(g, "roletype", None), "name", "") == "ROLESPEC_PUBLIC"
+        for g in node.grantees or ()
+    ):
+        return (
+            "GRANT/REVOKE to PUBLIC: the tenant's objects are the kit's to grant"
+            " (the application roles get theirs from grant_app_role)"
+        )
+    return None
+
+
 def _target_refusal(node: ast.Node) -> str | None:
+    if _is_temporary(node):
+        return (
+            "temporary objects outlive the migration in the session (the next tenant's"
+            " migration would see them): use a table of the tenant schema and drop it"
+        )
     for target in statement_targets(node):
-        if target.schema is not None and target.schema != "pg_temp":
+        if target.schema is not None:
             what = {"data": "writes", "attached": "changes"}.get(target.role, "acts on")
             return (
                 f"{type(node).__name__} {what} {target.schema}.{target.name}: a migration"
@@ -448,17 +480,32 @@ def check_migration(
         node = pglast.parse_sql(stmt.sql)[0].stmt
         assert node is not None
         kind = type(node).__name__
-        reason = _kind_refusal(node) or _target_refusal(node) or _references(node, allowed)
+        reason = (
+            _kind_refusal(node)
+            or _target_refusal(node)
+            or _references(node, allowed)
+            or _public_grant_refusal(node)
+        )
         if reason is not None:
             raise MigrationCheckError(name, stmt.line, reason)
         if migration.outside_transaction:
+            # The same rule the fleet runner applies before running it.
+            from pgtenancy.confinement import (
+                OUTSIDE_TRANSACTION_KINDS,
+                check_outside_transaction_statement,
+            )
+
             if not _outside_transaction_ok(node):
                 raise MigrationCheckError(
                     name,
                     stmt.line,
                     f"{kind} in a '{NO_TRANSACTION}' file: such a file holds only "
-                    f"{_NO_TRANSACTION_KINDS}",
+                    f"{', '.join(OUTSIDE_TRANSACTION_KINDS)}",
                 )
+            try:
+                check_outside_transaction_statement(stmt.sql)
+            except TenancyError as exc:
+                raise MigrationCheckError(name, stmt.line, exc.message) from exc
         elif _is_no_transaction(node):
             raise MigrationCheckError(
                 name,

@@ -433,6 +433,12 @@ tenant_migrated = Signal(
     "Migrations were applied to a tenant (event.payload['versions']). "
     "sender: slug; kwargs: tenant, event.",
 )
+tenant_renamed = Signal(
+    "tenant_renamed",
+    "A tenant got a new slug and schema name (event.payload: old_slug, old_schema, new_slug, "
+    "new_schema; event.tenant is the tenant under its new slug). sender: new slug; kwargs: "
+    "tenant, event.",
+)
 
 row_inserted = Signal(
     "row_inserted",
@@ -481,5 +487,6 @@ LIFECYCLE_SIGNALS: dict[str, Signal] = {
         tenant_deleted,
         tenant_migrated,
         tenant_migration_failed,
+        tenant_renamed,
     )
 }

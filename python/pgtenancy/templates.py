@@ -61,6 +61,7 @@ from pglast.enums import AlterTableType, ObjectType
 from pglast.parser import ParseError, scan
 from pglast.stream import IndentedStream, RawStream
 
+from pgtenancy.errors import TenancyError
 from pgtenancy.sqlscript import (
     DATABASE_NODES,
     TRANSACTION_NODES,
@@ -227,8 +228,9 @@ _BODIES_BACK: Final = (
 )
 
 
-class TemplateError(ValueError):
-    """The dump holds statements :func:`import_template` cannot make safe.
+class TemplateError(TenancyError, ValueError):
+    """The dump holds statements :func:`import_template` cannot make safe
+    (Python only: found before any SQL runs).
 
     Attributes:
         problems: ``(line, reason)`` for every refused statement, in dump

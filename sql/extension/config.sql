@@ -12,3 +12,5 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.app_roles', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.parked_events', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');

@@ -272,9 +272,7 @@ BEGIN
     END IF;
     v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
 
-    -- Serialize registrations with a lock the application role cannot take
-    -- (it has no privilege on the table; an advisory lock anyone can hold).
-    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pg_advisory_xact_lock(hashtext('tenancy.migrations'));
     SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN
@@ -355,7 +353,10 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
-    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
+    IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
+            USING ERRCODE = '22023';
+    END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
@@ -371,8 +372,8 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
     'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
-    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 '
-    '(metadata not a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
+    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
+    '(metadata not an object, unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -516,6 +517,36 @@ COMMENT ON FUNCTION tenancy.migrate_tenant(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.migrate_tenant(text) FROM PUBLIC;
 
+-- issue 15: tenant limits in the registry, old slugs of renamed tenants,
+-- and the directory enter_tenant reads.
+ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS limits text[];
+
+COMMENT ON COLUMN tenancy.tenants.limits IS
+    'Resource limits as (setting, value) pairs, applied transaction-locally at entry '
+    '(set by the limits function of 010_tenant_operations.sql); NULL when none.';
+
+CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
+    old_slug   text        NOT NULL,
+    tenant_id  uuid        NOT NULL,
+    new_slug   text        NOT NULL,
+    renamed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT tenant_renames_pkey PRIMARY KEY (old_slug)
+);
+
+COMMENT ON TABLE tenancy.tenant_renames IS
+    'Slugs tenants had before a rename, with the slug each tenant has now; '
+    'enter_tenant reads it to fail with PT020 under an old slug. Readable by everyone.';
+
+-- enter_tenant runs as the calling (application) role.
+GRANT SELECT ON TABLE tenancy.tenant_renames TO PUBLIC;
+
+CREATE OR REPLACE VIEW tenancy.tenant_directory AS
+    SELECT t.slug, t.id, t.schema_name, t.status, t.limits FROM tenancy.tenants AS t;
+
+COMMENT ON VIEW tenancy.tenant_directory IS
+    'Slug, id, schema, status and limits of every tenant: what entering a tenant needs, readable by '
+    'application roles that have no access to tenancy.tenants.';
+
 CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     RETURNS uuid
     LANGUAGE plpgsql
@@ -526,13 +557,24 @@ DECLARE
     v_schema     text;
     v_status     text;
     v_has_schema boolean;
+    v_limits     text[];
+    v_renamed    text;
 BEGIN
-    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL
-      INTO v_id, v_schema, v_status, v_has_schema
+    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL, d.limits
+      INTO v_id, v_schema, v_status, v_has_schema, v_limits
       FROM tenancy.tenant_directory AS d
       LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
      WHERE d.slug = enter_tenant.slug;
     IF NOT FOUND THEN
+        -- A renamed tenant's old slug says where the tenant went.
+        SELECT r.new_slug INTO v_renamed
+          FROM tenancy.tenant_renames AS r WHERE r.old_slug = enter_tenant.slug;
+        IF FOUND THEN
+            RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                pg_catalog.quote_literal(v_renamed)
+                USING ERRCODE = 'PT020',
+                      DETAIL = pg_catalog.format('new slug: %s', v_renamed);
+        END IF;
         RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
             USING ERRCODE = 'PT003';
     END IF;
@@ -566,14 +608,21 @@ BEGIN
                                   true),
             pg_catalog.set_config('app.tenant_id', v_id::text, true),
             pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
+    -- The tenant's resource limits (tenancy.set_tenant_limits), as
+    -- (setting, value) pairs, transaction-local too; nothing for most tenants.
+    IF v_limits IS NOT NULL THEN
+        PERFORM pg_catalog.set_config(v_limits[i], v_limits[i + 1], true)
+           FROM pg_catalog.generate_series(1, pg_catalog.cardinality(v_limits), 2) AS i;
+    END IF;
     RETURN v_id;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
-    '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; all '
-    'transaction-local (set_config(..., true)). Returns the tenant id. Raises PT003 (unknown), '
+    '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
+    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
+    'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
     'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 
@@ -591,9 +640,7 @@ DECLARE
     v_attnum  smallint;
     v_guard   tenancy.guarded_tables;
     v_nulls   boolean;
-    v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
-    v_child   regclass;
-    v_role    name;
+    v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', enable_rls.tenant_column);
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -605,17 +652,6 @@ BEGIN
         RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
             USING ERRCODE = 'PT014',
                   HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
-    END IF;
-    -- An owner (or a member of the owner's role) can switch RLS off.
-    SELECT a.role_name INTO v_role
-      FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
-     WHERE pg_has_role(r.oid, v_class.relowner, 'MEMBER')
-     LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'application role % owns % (or is a member of its owner): it could switch '
-                        'row-level security off', quote_ident(v_role), enable_rls.table_name
-            USING ERRCODE = 'PT014',
-                  HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
@@ -656,10 +692,6 @@ BEGIN
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
-    ELSE
-        -- A policy of an earlier version (current_tenant_id) gets the status test.
-        EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
-                       enable_rls.table_name, v_check, v_check);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
@@ -677,13 +709,6 @@ BEGIN
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
     -- Tenant migrations may reference a guarded table, never read its rows.
     EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
-    -- Partitions and inheritance children are tables of their own: queried
-    -- by name they apply their own policies, not the parent's. Guard each
-    -- (recursively); one that cannot be guarded makes the whole call fail.
-    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
-                    WHERE i.inhparent = enable_rls.table_name ORDER BY i.inhrelid LOOP
-        PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
-    END LOOP;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END
@@ -693,13 +718,11 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
     'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
-    'WITH CHECK tenant_column = (SELECT tenancy.active_tenant_id()) and its permissive companion '
+    'WITH CHECK tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
     'tenancy_tenant_rows (true), and statement trigger '
     'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
-    'Partitions and inheritance children are guarded too (and, with the kit installed by a '
-    'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
-    'schema, column not uuid, guarded on another column, owned by an application role or a role '
-    'it is a member of). The kit''s owner must own the table.';
+    'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
+    'another column). The kit''s owner must own the table.';
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 
@@ -794,40 +817,6 @@ BEGIN
            AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
          GROUP BY n.nspname, n.nspowner;
 
-    -- Whoever owns a tenant table can switch its privileges and policies
-    -- off; the kit's owner owns them all, the migrator only for the span of
-    -- one migration (so one left at rest means an interrupted hand-over).
-    RETURN QUERY
-        SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
-               format('%I.%I', n.nspname, c.relname),
-               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
-                      CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
-                                     WHEN 'm' THEN 'materialized view' ELSE 'table' END,
-                      n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
-                      quote_ident(pg_get_userbyid(k.nspowner)),
-                      CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
-                           THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
-               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
-          FROM tenancy.tenants AS t
-          JOIN pg_namespace AS n ON n.nspname = t.schema_name
-          JOIN pg_class AS c ON c.relnamespace = n.oid
-         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
-         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
-
-    -- A member of the owner's role has the owner's rights: every tenant,
-    -- every policy, the registry.
-    RETURN QUERY
-        SELECT CASE WHEN EXISTS (SELECT 1 FROM tenancy.app_roles AS a WHERE a.role_name = r.rolname)
-                    THEN 'error' ELSE 'warning' END::text,
-               'owner_role_member'::text, r.rolname::text,
-               format('role %s is a member of the kit''s owner %s and has all its rights (every '
-                      'tenant''s data, the registry, the policies)', quote_ident(r.rolname),
-                      quote_ident(pg_get_userbyid(k.nspowner))),
-               format('REVOKE %I FROM %I', pg_get_userbyid(k.nspowner), r.rolname)
-          FROM (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
-          JOIN pg_roles AS r ON r.oid <> k.nspowner AND pg_has_role(r.oid, k.nspowner, 'MEMBER')
-         WHERE NOT r.rolsuper;
-
     -- Without the event-trigger fence only privileges confine migrations.
     RETURN QUERY
         SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
@@ -861,9 +850,7 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), shared schemas that roles other than their owner may create in (warning), the '
-    'migration fence missing (warning), objects of tenant schemas owned by a role other than the '
-    'kit''s owner (error), members of the owner''s role (error for an application role, '
-    'warning otherwise). Called by '
+    'migration fence missing (warning). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
@@ -1134,13 +1121,6 @@ BEGIN
         RAISE EXCEPTION '% is not a table', track_changes.table_name
             USING ERRCODE = 'PT016';
     END IF;
-    -- The kit's own tables: tracking the outbox would write events about
-    -- writing events, without end.
-    IF starts_with(v_table, 'tenancy.') THEN
-        RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
-            USING ERRCODE = 'PT016',
-                  HINT = 'Lifecycle changes of the registry are events already.';
-    END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -1261,7 +1241,7 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table, is a table of the tenancy schema, or has no primary key.';
+    'table or has no primary key.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 
@@ -1351,8 +1331,7 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
-    -- No outbox function: the application role could pre-claim events
-    -- (inbox_claim) or move cursors; receivers run as listener roles.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', grant_app_role.role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
         IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
             PERFORM tenancy.grant_schema_to_app_roles(v_schema);
@@ -1522,6 +1501,48 @@ COMMENT ON FUNCTION tenancy.migrator_role() IS
 -- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
 -- migrator role (re-owned below), so the server refuses SET ROLE and SET
 -- SESSION AUTHORIZATION inside; called only by apply_migrations.
+CREATE OR REPLACE FUNCTION tenancy.watched_settings()
+    RETURNS text[]
+    LANGUAGE sql
+    IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY['search_path', 'row_security', 'default_transaction_read_only',
+                 'app.tenant_id', 'app.tenant', 'pgtenancy.migration_schema',
+                 'pgtenancy.outside_migration_schema', 'pgtenancy.drop_tenants',
+                 'pgtenancy.consumer_inactive_after']::text[]
+$$;
+
+COMMENT ON FUNCTION tenancy.watched_settings() IS
+    'Settings a tenant migration must leave as it found them: the name resolution and row '
+    'security of later statements, the tenant context and the kit''s own. Others (lock_timeout, '
+    'work_mem, ...) a migration may change, SET LOCAL or not: the fleet runner resets its '
+    'session after each tenant.';
+
+CREATE OR REPLACE FUNCTION tenancy.session_state()
+    RETURNS jsonb
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- What a statement can leave in a session beyond its transaction.
+    SELECT pg_catalog.jsonb_build_array(
+        (SELECT count(*) FROM pg_catalog.pg_class AS c
+          WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()),
+        (SELECT count(*) FROM pg_catalog.pg_proc AS p
+          WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()),
+        (SELECT count(*) FROM pg_catalog.pg_locks AS l
+          WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'),
+        (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
+        (SELECT count(*) FROM pg_catalog.pg_prepared_statements),
+        (SELECT count(*) FROM pg_catalog.pg_cursors))
+$$;
+
+COMMENT ON FUNCTION tenancy.session_state() IS
+    'Counts of what outlives a transaction in this session: temporary relations and functions, '
+    'advisory locks, LISTEN channels, prepared statements, cursors. A tenant migration must '
+    'leave them as it found them.';
+
 CREATE OR REPLACE FUNCTION tenancy.execute_migration(migration_sql text, migration_path text)
     RETURNS void
     LANGUAGE plpgsql
@@ -1529,40 +1550,74 @@ CREATE OR REPLACE FUNCTION tenancy.execute_migration(migration_sql text, migrati
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_path_after text;
+    v_me        oid;
+    v_settings  jsonb;
+    v_session   jsonb;
+    v_changed   text;
+    v_prepared  text[];
+    v_name      text;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', migration_path, true);
+    -- What the session holds before the migration: every setting, and the
+    -- state a migration could leave behind for the next tenant or for the
+    -- owner's own statements after it (settings made with SET, not SET
+    -- LOCAL, outlive the transaction and this function's SET clause).
+    SELECT pg_catalog.jsonb_object_agg(c.name, pg_catalog.current_setting(c.name, true))
+      INTO v_settings
+      FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name);
+    SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
+    v_session := tenancy.session_state();
     EXECUTE migration_sql;
     -- Read before anything else resolves a name through the migration's path.
-    v_path_after := pg_catalog.current_setting('search_path');
+    SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) INTO v_changed
+      FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)
+     WHERE (v_settings OPERATOR(pg_catalog.->>) c.name)
+           IS DISTINCT FROM pg_catalog.current_setting(c.name, true);
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF v_path_after OPERATOR(pg_catalog.<>) migration_path THEN
-        RAISE EXCEPTION 'unsafe migration: it changed search_path to %', v_path_after
+    -- Prepared statements are not transactional: remove the migration's
+    -- before refusing it, so nothing of it stays in the session.
+    FOR v_name IN SELECT p.name FROM pg_catalog.pg_prepared_statements AS p
+                   WHERE p.name OPERATOR(pg_catalog.<>) ALL (coalesce(v_prepared, '{}'::text[])) LOOP
+        EXECUTE pg_catalog.format('DEALLOCATE %I', v_name);
+        v_changed := coalesce(v_changed || ', ', '') || 'a prepared statement ' || v_name;
+    END LOOP;
+    IF v_changed IS NOT NULL THEN
+        RAISE EXCEPTION 'unsafe migration: it changed the setting(s) % without setting them back', v_changed
             USING ERRCODE = 'PT017',
-                  HINT = 'A tenant migration runs in its tenant schema; qualify names instead.';
+                  HINT = 'A tenant migration leaves the session as it found it: set back what it '
+                         'changes, and qualify names instead of changing search_path.';
     END IF;
+    IF tenancy.session_state() OPERATOR(pg_catalog.<>) v_session THEN
+        RAISE EXCEPTION 'unsafe migration: it left session state behind (temporary objects, '
+                        'advisory locks, LISTEN, prepared statements or cursors)'
+            USING ERRCODE = 'PT017',
+                  HINT = 'Use tables of the tenant schema; release what it takes.';
+    END IF;
+    SELECT r.oid INTO v_me FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl AS d
-                WHERE d.defaclrole OPERATOR(pg_catalog.=)
-                      (SELECT r.oid FROM pg_catalog.pg_roles AS r
-                        WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+                WHERE d.defaclrole OPERATOR(pg_catalog.=) v_me) THEN
         RAISE EXCEPTION 'unsafe migration: ALTER DEFAULT PRIVILEGES changes privileges beyond its tenant schema'
             USING ERRCODE = 'PT017',
                   HINT = 'Grant on the tenant''s own objects instead.';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata AS l
-                WHERE l.lomowner OPERATOR(pg_catalog.=)
-                      (SELECT r.oid FROM pg_catalog.pg_roles AS r
-                        WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+                WHERE l.lomowner OPERATOR(pg_catalog.=) v_me) THEN
         RAISE EXCEPTION 'unsafe migration: it created a large object, which lies outside its tenant schema'
             USING ERRCODE = 'PT017',
                   HINT = 'Store the data in a table of the tenant schema.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting AS d
+                WHERE d.setrole OPERATOR(pg_catalog.=) v_me) THEN
+        RAISE EXCEPTION 'unsafe migration: ALTER ROLE ... SET changes settings beyond its tenant schema'
+            USING ERRCODE = 'PT017';
     END IF;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.execute_migration(text, text) IS
     'Run migration_sql as the migrator role with search_path = migration_path (pinned again '
-    'right after); raise PT017 when the migration changed search_path, set default privileges '
+    'right after); raise PT017 when the migration changed a setting without setting it back, '
+    'left session state behind (tenancy.session_state()), set role settings or default privileges '
     'or created a large object. Internal: executable by the owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.execute_migration(text, text) FROM PUBLIC;
@@ -1648,32 +1703,51 @@ CREATE OR REPLACE FUNCTION tenancy.fence_target()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_target  text := tenancy.migration_schema();
-    v_outside text := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
-    v_role    name := (SELECT c.migrator_role FROM tenancy.confinement AS c);
+    v_target  text;
+    v_outside text;
+    v_stack   text;
+    v_frame   text;
 BEGIN
+    -- Inside a tenant migration: tenancy.execute_migration is on the call
+    -- stack, which the migration cannot forge (settings it can).
+    IF tenancy.called_from_migration() THEN
+        -- DDL run by a kit function the migration called (row-change tracking of
+        -- one of its tables, which checks its target itself and creates its
+        -- function in tenancy) is the kit's: the innermost PL/pgSQL frame
+        -- below the fence's own is then a tenancy function other than the
+        -- runner. A migration cannot create functions in tenancy.
+        GET DIAGNOSTICS v_stack = PG_CONTEXT;
+        v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
+                                       WITH ORDINALITY AS f(line, n)
+                     WHERE f.line LIKE 'PL/pgSQL function %'
+                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.fence\_%'
+                       AND f.line NOT LIKE 'PL/pgSQL function tenancy.called\_from\_migration()%'
+                     ORDER BY f.n LIMIT 1);
+        IF v_frame LIKE 'PL/pgSQL function tenancy.%'
+           AND v_frame NOT LIKE 'PL/pgSQL function tenancy.execute\_migration(%' THEN
+            RETURN NULL;
+        END IF;
+        v_target := tenancy.migration_schema();
+        -- Trust the setting only when it names the schema the runner opened
+        -- to the migrator (a grant that exists only in this transaction).
+        IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
+            RETURN v_target;
+        END IF;
+        RETURN '';  -- in a migration, but no schema it may change
+    END IF;
     -- The fleet runner applies a no-transaction migration statement by
     -- statement on its own connection, as the owner (each statement checked
-    -- to be CREATE INDEX CONCURRENTLY or the like); its objects must lie in
-    -- that tenant's schema. The migrator itself never reaches this branch.
-    IF v_outside IS NOT NULL AND current_user IS DISTINCT FROM v_role THEN
+    -- to be CREATE INDEX CONCURRENTLY of columns or the like); its objects
+    -- must lie in that tenant's schema.
+    v_outside := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
+    IF v_outside IS NOT NULL THEN
         IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = v_outside) THEN
             RETURN v_outside;
         END IF;
         RETURN '';
     END IF;
     -- Outside a migration the fence stays out of the way of everyone's DDL.
-    IF v_target IS NULL
-       AND session_user IS DISTINCT FROM v_role
-       AND current_user IS DISTINCT FROM v_role THEN
-        RETURN NULL;
-    END IF;
-    -- The migration itself could have rewritten the setting: trust it only
-    -- when it names the schema the runner opened to the migrator.
-    IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
-        RETURN v_target;
-    END IF;
-    RETURN '';  -- in a migration, but no schema it may change
+    RETURN NULL;
 END
 $$;
 
@@ -1706,11 +1780,9 @@ CREATE OR REPLACE FUNCTION tenancy.fence_in_target(object_schema text, target te
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    -- Temporary objects vanish with the session: allowed.
+    -- Temporary objects are refused too: they outlive the migration in the
+    -- session, where the next tenant's migration or the owner would meet them.
     SELECT object_schema = target
-        OR object_schema = 'pg_temp'
-        OR object_schema LIKE 'pg\_temp\_%'
-        OR object_schema LIKE 'pg\_toast\_temp\_%'
 $$;
 
 COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS
@@ -1780,6 +1852,22 @@ BEGIN
         IF v_cmd.schema_name IS NOT NULL
            AND NOT tenancy.fence_in_target(v_cmd.schema_name, v_target) THEN
             PERFORM tenancy.fence_refuse(v_cmd.command_tag, v_cmd.object_identity, v_target);
+        END IF;
+        -- A function or operator named like a built-in one would be found
+        -- before it wherever the tenant schema comes first in a path, and
+        -- run as whoever calls it there.
+        IF v_cmd.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p, pg_catalog.pg_proc AS b
+                        WHERE p.oid = v_cmd.objid AND b.proname = p.proname
+                          AND b.pronamespace = 'pg_catalog'::pg_catalog.regnamespace)
+           OR v_cmd.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_operator AS o, pg_catalog.pg_operator AS b
+                        WHERE o.oid = v_cmd.objid AND b.oprname = o.oprname
+                          AND b.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace) THEN
+            RAISE EXCEPTION 'unsafe migration: % shadows a built-in function or operator of the same name',
+                v_cmd.object_identity
+                USING ERRCODE = 'PT017',
+                      HINT = 'Give it a name of its own.';
         END IF;
     END LOOP;
 END
@@ -1890,6 +1978,34 @@ BEGIN
             RAISE EXCEPTION 'unsafe migration: rule % would run with the owner''s rights', v_obj.name
                 USING ERRCODE = 'PT017',
                       HINT = 'Use a trigger instead of a rule.';
+        END IF;
+    END IF;
+    -- Privileges on the tenant's objects are the kit's to give (the
+    -- application roles get theirs from grant_app_role): a migration must
+    -- not grant them to PUBLIC or to other roles.
+    IF NOT to_migrator THEN
+        SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                                ELSE pg_get_userbyid(a.grantee) END) AS name
+          INTO v_obj
+          FROM pg_depend AS d
+          CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
+                                  WHEN 'pg_class'::regclass
+                                      THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
+                                  WHEN 'pg_proc'::regclass
+                                      THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
+                                  WHEN 'pg_type'::regclass
+                                      THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
+                              END, '{}'::aclitem[]) AS acl) AS o
+          CROSS JOIN LATERAL aclexplode(o.acl) AS a
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND a.grantee NOT IN (v_owner, v_migrator)
+           AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
+                                   JOIN pg_roles AS r ON r.rolname = ar.role_name)
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'unsafe migration: it granted privileges on a tenant object (%)', v_obj.name
+                USING ERRCODE = 'PT017',
+                      HINT = 'The kit grants the application roles (grant_app_role); grant nothing else.';
         END IF;
     END IF;
     -- Everything in the schema, found through its namespace dependencies
@@ -2142,9 +2258,9 @@ DECLARE
     v_message   text;
     v_context   text;
     v_role      name := tenancy.migrator_role();
-    -- The migration sees the tenant schema first, then the system catalogs,
-    -- then public (references to shared objects), and temporary objects
-    -- last, so a temporary table never shadows a tenant table.
+    -- The migration sees the tenant schema first (where it creates), then
+    -- the system catalogs, then public (references to shared objects), and
+    -- temporary objects last.
     v_path      text := format('%I, pg_catalog, public, pg_temp', p_schema);
     v_granted   boolean := false;
 BEGIN
@@ -2154,7 +2270,9 @@ BEGIN
          ORDER BY m.version
     LOOP
         -- It cannot run in this transaction: the fleet runner applies it
-        -- outside one, then everything after it.
+        -- outside one, then everything after it. The scratch check of
+        -- add_migration skips it and tries the rest.
+        CONTINUE WHEN v_migration.outside_transaction AND p_schema LIKE 'tenancy\_check\_%';
         EXIT WHEN v_migration.outside_transaction;
         IF NOT v_granted THEN
             -- The migrator may create in this schema for the rest of this
@@ -2177,6 +2295,16 @@ BEGIN
         -- The migration runs as the migrator, confined to this schema (see
         -- 003_confinement.sql); the fence reads the target schema from here.
         PERFORM set_config('pgtenancy.migration_schema', p_schema, true);
+        -- The runner must still run as the migrator: refuse to go on if an
+        -- earlier migration managed to change that.
+        IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                        WHERE p.oid = 'tenancy.execute_migration(text,text)'::regprocedure
+                          AND p.prosecdef
+                          AND p.proowner = (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role)) THEN
+            RAISE EXCEPTION 'the migration runner tenancy.execute_migration was changed: it no longer runs as the migrator role'
+                USING ERRCODE = 'PT017',
+                      HINT = 'Install the kit again (pgtenancy install) to restore it.';
+        END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
         EXCEPTION WHEN OTHERS THEN
@@ -2259,6 +2387,730 @@ DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.shared_migrations', '');
+    END IF;
+END
+$$;
+
+-- issue 15: rename, clone, resource limits and size accounting.
+CREATE TABLE IF NOT EXISTS tenancy.limit_maxima (
+    setting    text        NOT NULL,
+    maximum    text        NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT limit_maxima_pkey PRIMARY KEY (setting),
+    CONSTRAINT limit_maxima_setting_check CHECK (setting IN ('work_mem'))
+);
+
+COMMENT ON TABLE tenancy.limit_maxima IS
+    'Largest value a tenant limit may set, per setting (work_mem), for the whole database.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR ((NEW.slug IS DISTINCT FROM OLD.slug OR NEW.schema_name IS DISTINCT FROM OLD.schema_name)
+           -- tenancy.rename_tenant renames the schema and then the row.
+           AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
+       OR NEW.isolation IS DISTINCT FROM OLD.isolation
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+            quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT005',
+                  HINT = 'A deleted tenant stays deleted; create a new one.';
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
+       AND (NEW.isolation <> 'schema'
+            OR NEW.migration_version IS NULL
+            OR NOT EXISTS (SELECT 1 FROM tenancy.migrations WHERE version = NEW.migration_version)
+            OR NEW.migration_version < coalesce(OLD.migration_version, '')) THEN
+        RAISE EXCEPTION 'tenant %: migration_version % is not a registered version after %',
+            quote_literal(OLD.slug), coalesce(quote_literal(NEW.migration_version), 'NULL'),
+            coalesce(quote_literal(OLD.migration_version), 'none')
+            USING ERRCODE = 'PT010',
+                  HINT = 'Use tenancy.migrate_tenant(slug).';
+    END IF;
+    IF NEW IS DISTINCT FROM OLD THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_update() IS
+    'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
+    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
+    'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
+    'updated_at.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_after_change()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_gone tenancy.tenants;
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF tenancy.restoring() THEN
+        RETURN NULL;  -- the dump brings the outbox as it was
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM tenancy.emit_event('tenant_created', NEW,
+            jsonb_build_object('migration_version', NEW.migration_version, 'metadata', NEW.metadata,
+                               'isolation', NEW.isolation)
+            -- clone_tenant and imports say where the tenant came from.
+            || coalesce(nullif(current_setting('pgtenancy.created_payload', true), '')::jsonb,
+                        '{}'::jsonb));
+        RETURN NULL;
+    END IF;
+
+    IF TG_OP = 'DELETE' THEN
+        -- The row is the truth: a tenant whose row is gone has no data.
+        IF OLD.schema_name IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
+        END IF;
+        PERFORM tenancy.delete_shared_rows(OLD.id);
+        v_gone := OLD;
+        v_gone.status := 'deleted';
+        PERFORM tenancy.emit_event('tenant_deleted', v_gone,
+            jsonb_build_object('previous_status', OLD.status, 'destroyed', true));
+        RETURN NULL;
+    END IF;
+
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        PERFORM tenancy.emit_event(
+            CASE NEW.status
+                WHEN 'suspended' THEN 'tenant_suspended'
+                WHEN 'deleted' THEN 'tenant_deleted'
+                ELSE 'tenant_resumed'
+            END,
+            NEW,
+            jsonb_build_object('previous_status', OLD.status, 'destroyed', false));
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version THEN
+        PERFORM tenancy.emit_event('tenant_migrated', NEW,
+            jsonb_build_object(
+                'from_version', OLD.migration_version,
+                'to_version', NEW.migration_version,
+                'versions', coalesce((
+                    SELECT jsonb_agg(m.version ORDER BY m.version)
+                      FROM tenancy.migrations AS m
+                     WHERE (OLD.migration_version IS NULL OR m.version > OLD.migration_version)
+                       AND m.version <= NEW.migration_version), '[]'::jsonb)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_after_change() IS
+    'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
+    'tenant_migrated for every change of the registry, whoever makes it; a deleted row also '
+    'drops its tenant schema and deletes its rows from every guarded shared table.';
+
+CREATE OR REPLACE FUNCTION tenancy.rename_tenant(slug text, new_slug text)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row    tenancy.tenants := tenancy.lock_tenant(rename_tenant.slug);
+    v_new    text := tenancy.validate_slug(rename_tenant.new_slug);
+    v_schema text;
+    v_old_schema text := v_row.schema_name;
+    v_table  regclass;
+BEGIN
+    IF v_row.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(rename_tenant.slug)
+            USING ERRCODE = 'PT005';
+    END IF;
+    IF v_new = v_row.slug THEN
+        RETURN v_row;
+    END IF;
+    -- The same lock as creation: a concurrent create of new_slug waits.
+    PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(v_new));
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.slug = v_new) THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(v_new)
+            USING ERRCODE = 'PT002';
+    END IF;
+    IF v_row.schema_name IS NOT NULL THEN
+        v_schema := tenancy.schema_prefix() || v_new;
+        IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
+            RAISE EXCEPTION 'schema % already exists but is not a registered tenant', quote_ident(v_schema)
+                USING ERRCODE = 'PT002',
+                      HINT = 'Rename or drop that schema, or choose another slug.';
+        END IF;
+        IF to_regnamespace(quote_ident(v_row.schema_name)) IS NULL THEN
+            RAISE EXCEPTION 'schema % of tenant % is missing', quote_ident(v_row.schema_name),
+                quote_literal(v_row.slug)
+                USING ERRCODE = 'PT007';
+        END IF;
+        -- Wait for the transactions using the tenant's tables (bounded by the
+        -- caller's lock_timeout): none of them finds its tables gone midway.
+        FOR v_table IN
+            SELECT c.oid::regclass FROM pg_class AS c
+             WHERE c.relnamespace = to_regnamespace(quote_ident(v_row.schema_name))
+               AND c.relkind IN ('r', 'p', 'm', 'v', 'f')
+             ORDER BY c.oid
+        LOOP
+            EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
+        END LOOP;
+        EXECUTE format('ALTER SCHEMA %I RENAME TO %I', v_row.schema_name, v_schema);
+    END IF;
+    -- The registry trigger lets slug and schema_name change for this row only.
+    PERFORM set_config('pgtenancy.renaming', v_row.id::text, true);
+    UPDATE tenancy.tenants AS t SET slug = v_new, schema_name = v_schema
+     WHERE t.id = v_row.id RETURNING * INTO v_row;
+    PERFORM set_config('pgtenancy.renaming', '', true);
+    -- Old slugs of this tenant now point to the new one; the new slug is no
+    -- longer an old name of anybody.
+    DELETE FROM tenancy.tenant_renames AS r WHERE r.old_slug = v_new;
+    UPDATE tenancy.tenant_renames AS r SET new_slug = v_new WHERE r.tenant_id = v_row.id;
+    INSERT INTO tenancy.tenant_renames (old_slug, tenant_id, new_slug)
+    VALUES (rename_tenant.slug, v_row.id, v_new)
+    ON CONFLICT (old_slug) DO UPDATE
+        SET tenant_id = EXCLUDED.tenant_id, new_slug = EXCLUDED.new_slug, renamed_at = now();
+    PERFORM tenancy.emit_event('tenant_renamed', v_row,
+        jsonb_build_object('old_slug', rename_tenant.slug, 'old_schema', v_old_schema,
+                           'new_slug', v_new, 'new_schema', v_schema));
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.rename_tenant(text, text) IS
+    'Give tenant slug the slug new_slug and, for a schema tenant, the schema '
+    'schema_prefix()||new_slug, atomically: it waits for the transactions using the tenant''s '
+    'tables (ACCESS EXCLUSIVE locks, bounded by lock_timeout). Entering under the old slug then '
+    'fails with PT020 naming the new slug (tenancy.tenant_renames). Emits tenant_renamed '
+    '(payload old_slug, old_schema, new_slug, new_schema). A no-op when new_slug is the slug. '
+    'Raises PT003 (not found), PT005 (deleted), PT001 (invalid new slug), PT002 (new slug or '
+    'schema taken), PT007 (schema missing).';
+
+REVOKE ALL ON FUNCTION tenancy.rename_tenant(text, text) FROM PUBLIC;
+
+-- Clone ----------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tenancy.fk_order(p_tables regclass[])
+    RETURNS regclass[]
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done regclass[] := '{}'::regclass[];
+    v_left regclass[] := coalesce(p_tables, '{}'::regclass[]);
+    v_next regclass[];
+BEGIN
+    WHILE cardinality(v_left) > 0 LOOP
+        -- Tables whose foreign keys (to the others still left) are all satisfied;
+        -- a self-reference is checked at the end of the one INSERT of the table.
+        SELECT coalesce(array_agg(t.rel ORDER BY t.rel::text), '{}'::regclass[]) INTO v_next
+          FROM unnest(v_left) AS t(rel)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_constraint AS c
+                            WHERE c.contype = 'f' AND c.conrelid = t.rel
+                              AND c.confrelid <> t.rel AND c.confrelid = ANY (v_left));
+        IF cardinality(v_next) = 0 THEN
+            RAISE EXCEPTION 'foreign keys between % form a cycle', v_left::text
+                USING ERRCODE = 'PT022',
+                      HINT = 'Cloning copies table by table, referenced tables first.';
+        END IF;
+        v_done := v_done || v_next;
+        v_left := ARRAY(SELECT t.rel FROM unnest(v_left) AS t(rel) WHERE t.rel <> ALL (v_next));
+    END LOOP;
+    RETURN v_done;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fk_order(regclass[]) IS
+    'The tables p_tables ordered so that every table comes after the tables its foreign keys '
+    'reference (self-references aside). Raises PT022 when foreign keys form a cycle. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.copy_columns(p_table regclass)
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+      FROM pg_attribute AS a
+     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+$$;
+
+COMMENT ON FUNCTION tenancy.copy_columns(regclass) IS
+    'Comma-separated quoted names of the columns of p_table an INSERT may write (not dropped, '
+    'not generated), in column order. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.clone_schema_data(p_source text, p_target text)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tables regclass[];
+    v_table  regclass;
+    v_dest   regclass;
+    v_cols   text;
+    v_count  bigint;
+    v_total  bigint := 0::bigint;
+    v_seq    record;
+BEGIN
+    SELECT coalesce(array_agg(c.oid::regclass), '{}'::regclass[]) INTO v_tables
+      FROM pg_class AS c
+     WHERE c.relnamespace = to_regnamespace(quote_ident(p_source))
+       AND c.relkind IN ('r', 'p') AND NOT c.relispartition;
+    -- In READ COMMITTED every statement sees a new snapshot: hold the
+    -- source's writers back so the copies of all tables agree.
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        FOREACH v_table IN ARRAY v_tables LOOP
+            EXECUTE format('LOCK TABLE %s IN SHARE MODE', v_table);
+        END LOOP;
+    END IF;
+    FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
+        SELECT d.oid::regclass INTO v_dest
+          FROM pg_class AS s JOIN pg_class AS d ON d.relname = s.relname
+         WHERE s.oid = v_table AND d.relnamespace = to_regnamespace(quote_ident(p_target));
+        IF v_dest IS NULL THEN
+            RAISE EXCEPTION 'table % has no counterpart in the clone: the migrations do not create it',
+                v_table
+                USING ERRCODE = 'PT022',
+                      HINT = 'A clone gets its schema from the registered migrations; create tables of '
+                             'tenant schemas through migrations only.';
+        END IF;
+        v_cols := tenancy.copy_columns(v_dest);
+        -- Triggers of the application (audit, change tracking) do not see
+        -- the copy: the rows are not new, they are the source's.
+        EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', v_dest);
+        EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',
+                       v_dest, v_cols, v_cols, v_table);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', v_dest);
+        v_total := v_total + v_count;
+    END LOOP;
+    -- Sequences (serial and identity ones too) continue from the source's values.
+    FOR v_seq IN
+        SELECT c.relname FROM pg_class AS c JOIN pg_class AS d ON d.relname = c.relname
+         WHERE c.relnamespace = to_regnamespace(quote_ident(p_source)) AND c.relkind = 'S'
+           AND d.relnamespace = to_regnamespace(quote_ident(p_target)) AND d.relkind = 'S'
+    LOOP
+        EXECUTE format('SELECT setval(%L, s.last_value, s.is_called) FROM %I.%I AS s',
+                       format('%I.%I', p_target, v_seq.relname), p_source, v_seq.relname);
+    END LOOP;
+    FOR v_seq IN
+        SELECT c.relname FROM pg_class AS c
+         WHERE c.relnamespace = to_regnamespace(quote_ident(p_source)) AND c.relkind = 'm'
+           AND c.relispopulated
+    LOOP
+        EXECUTE format('REFRESH MATERIALIZED VIEW %I.%I', p_target, v_seq.relname);
+    END LOOP;
+    RETURN v_total;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.clone_schema_data(text, text) IS
+    'Copy every table of schema p_source into the table of the same name in p_target, referenced '
+    'tables first, with user triggers disabled; set every sequence of p_target to its '
+    'counterpart''s value; refresh populated materialized views. Returns the rows copied. '
+    'Raises PT022 (a table without counterpart, a foreign-key cycle). Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.clone_schema_data(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.clone_shared_rows(p_source uuid, p_target uuid)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_tables regclass[];
+    v_table  regclass;
+    v_column name;
+    v_cols   text;
+    v_count  bigint;
+    v_total  bigint := 0::bigint;
+    v_maps   jsonb := '{}'::jsonb;
+    v_own    jsonb;
+    v_n      integer := 0;
+    v_tmp    text;
+    v_map    text;
+    v_attr   record;
+    v_fk     record;
+    v_before text := current_setting('app.tenant_id', true);
+BEGIN
+    PERFORM tenancy.forget_dropped_tables();
+    SELECT coalesce(array_agg(g.table_name), '{}'::regclass[]) INTO v_tables FROM tenancy.guarded_tables AS g;
+    FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
+        v_n := v_n + 1;
+        v_column := (SELECT g.tenant_column FROM tenancy.guarded_tables AS g WHERE g.table_name = v_table);
+        v_tmp := format('pgtenancy_clone_%s', v_n);
+        -- The policy (FORCE ROW LEVEL SECURITY binds the owner too) shows the
+        -- source's rows to the source only and takes new rows from the clone
+        -- only: read as the source into a temporary table, write as the clone.
+        PERFORM set_config('app.tenant_id', p_source::text, true);
+        EXECUTE format('CREATE TEMPORARY TABLE %I ON COMMIT DROP AS SELECT * FROM %s WHERE %I = $1',
+                       v_tmp, v_table, v_column)
+            USING p_source;
+        -- Columns drawn from sequences get new values (the source's are
+        -- taken): a map old -> new per column, then foreign keys follow the
+        -- maps (self-references too), then the columns themselves.
+        v_own := '{}';
+        FOR v_attr IN
+            SELECT a.attnum, a.attname, pg_get_serial_sequence(v_table::text, a.attname) AS seq
+              FROM pg_attribute AS a
+             WHERE a.attrelid = v_table AND a.attnum > 0 AND NOT a.attisdropped
+               AND pg_get_serial_sequence(v_table::text, a.attname) IS NOT NULL
+        LOOP
+            v_map := format('%s_map_%s', v_tmp, v_attr.attnum);
+            EXECUTE format('CREATE TEMPORARY TABLE %I ON COMMIT DROP AS '
+                           'SELECT DISTINCT t.%I AS old, NULL::bigint AS new FROM %I AS t',
+                           v_map, v_attr.attname, v_tmp);
+            EXECUTE format('UPDATE %I SET new = nextval(%L)', v_map, v_attr.seq);
+            v_maps := v_maps || jsonb_build_object(format('%s:%s', v_table::oid, v_attr.attnum), v_map);
+            v_own := v_own || jsonb_build_object(v_attr.attname, v_map);
+        END LOOP;
+        FOR v_fk IN
+            SELECT c.confrelid, a.attname, k.refcol
+              FROM pg_constraint AS c
+             CROSS JOIN LATERAL unnest(c.conkey, c.confkey) AS k(col, refcol)
+              JOIN pg_attribute AS a ON a.attrelid = v_table AND a.attnum = k.col
+             WHERE c.contype = 'f' AND c.conrelid = v_table
+        LOOP
+            v_map := v_maps ->> format('%s:%s', v_fk.confrelid, v_fk.refcol);
+            IF v_map IS NOT NULL AND NOT v_own ? v_fk.attname THEN
+                EXECUTE format('UPDATE %I AS t SET %I = m.new FROM %I AS m WHERE t.%I = m.old',
+                               v_tmp, v_fk.attname, v_map, v_fk.attname);
+            END IF;
+        END LOOP;
+        FOR v_attr IN SELECT e.key AS attname, e.value AS map FROM jsonb_each_text(v_own) AS e LOOP
+            EXECUTE format('UPDATE %I AS t SET %I = m.new FROM %I AS m WHERE t.%I = m.old',
+                           v_tmp, v_attr.attname, v_attr.map, v_attr.attname);
+        END LOOP;
+        EXECUTE format('UPDATE %I SET %I = $1', v_tmp, v_column) USING p_target;
+        PERFORM set_config('app.tenant_id', p_target::text, true);
+        v_cols := tenancy.copy_columns(v_table);
+        EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %I',
+                       v_table, v_cols, v_cols, v_tmp);
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_total := v_total + v_count;
+    END LOOP;
+    PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    RETURN v_total;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.clone_shared_rows(uuid, uuid) IS
+    'Copy the rows of tenant p_source in every guarded table to tenant p_target, referenced '
+    'tables first; columns drawn from a sequence (serial, identity) get new values and foreign '
+    'keys between guarded tables follow them. Returns the rows copied. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.clone_shared_rows(uuid, uuid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.clone_tenant(source text, new_slug text, metadata jsonb DEFAULT NULL)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_src   tenancy.tenants := tenancy.lock_tenant(clone_tenant.source);
+    v_row   tenancy.tenants;
+BEGIN
+    IF v_src.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(clone_tenant.source)
+            USING ERRCODE = 'PT005';
+    END IF;
+    IF clone_tenant.metadata IS NOT NULL AND jsonb_typeof(clone_tenant.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(clone_tenant.metadata)
+            USING ERRCODE = '22023';
+    END IF;
+    IF v_src.isolation = 'schema'
+       AND to_regnamespace(quote_ident(v_src.schema_name)) IS NULL THEN
+        RAISE EXCEPTION 'schema % of tenant % is missing', quote_ident(v_src.schema_name),
+            quote_literal(v_src.slug)
+            USING ERRCODE = 'PT007';
+    END IF;
+    -- Creation provisions the clone as any tenant (schema, migrations run
+    -- confined, grants); tenant_created says where it came from.
+    PERFORM set_config('pgtenancy.created_payload',
+                       jsonb_build_object('cloned_from', jsonb_build_object(
+                           'slug', v_src.slug, 'id', v_src.id))::text, true);
+    INSERT INTO tenancy.tenants (slug, metadata, isolation)
+    VALUES (clone_tenant.new_slug, coalesce(clone_tenant.metadata, v_src.metadata), v_src.isolation)
+    RETURNING * INTO v_row;
+    PERFORM set_config('pgtenancy.created_payload', '', true);
+    IF v_row.migration_version IS DISTINCT FROM v_src.migration_version THEN
+        RAISE EXCEPTION 'tenant % is at migration %, a new tenant at %', quote_literal(v_src.slug),
+            coalesce(v_src.migration_version, 'none'), coalesce(v_row.migration_version, 'none')
+            USING ERRCODE = 'PT022',
+                  HINT = 'Migrate the source tenant first (pgtenancy migrate). Nothing was created.';
+    END IF;
+    IF v_src.isolation = 'schema' THEN
+        PERFORM tenancy.clone_schema_data(v_src.schema_name, v_row.schema_name);
+    ELSE
+        PERFORM tenancy.clone_shared_rows(v_src.id, v_row.id);
+    END IF;
+    RETURN v_row;
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'cannot clone tenant %: %', quote_literal(clone_tenant.source), SQLERRM
+            USING ERRCODE = 'PT022',
+                  HINT = 'A unique key of a shared table does not include the tenant column and is '
+                         'not drawn from a sequence. Nothing was created.';
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.clone_tenant(text, text, jsonb) IS
+    'Create tenant new_slug as a copy of tenant source, in the caller''s transaction: the same '
+    'isolation and metadata (unless metadata is given), its own id; a schema tenant gets its '
+    'schema from the registered migrations and then every table''s rows (referenced tables '
+    'first, user triggers off) and sequences at the source''s values; a shared tenant gets a '
+    'copy of its rows of every guarded table (sequence-drawn keys renumbered). Emits '
+    'tenant_created with payload cloned_from {slug, id}. In READ COMMITTED the source''s tables '
+    'are locked in SHARE mode for the copy (writers wait); in REPEATABLE READ the copy is of the '
+    'transaction''s snapshot. Raises PT003, PT005, PT007, PT001/PT002 (new slug), PT022 (source '
+    'not at the migration a new tenant gets, a table the migrations do not create, a '
+    'foreign-key cycle, a unique key the copy would break); nothing is created then.';
+
+REVOKE ALL ON FUNCTION tenancy.clone_tenant(text, text, jsonb) FROM PUBLIC;
+
+-- Resource limits ------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tenancy.max_work_mem()
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT m.maximum FROM tenancy.limit_maxima AS m WHERE m.setting = 'work_mem'),
+                    (SELECT s.reset_val || coalesce(s.unit, '') FROM pg_settings AS s
+                      WHERE s.name = 'work_mem'))
+$$;
+
+COMMENT ON FUNCTION tenancy.max_work_mem() IS
+    'Largest work_mem a tenant limit may set: the maximum set with '
+    'tenancy.set_max_work_mem, else the database''s default work_mem (so without one, '
+    'limits can only lower work_mem).';
+
+CREATE OR REPLACE FUNCTION tenancy.set_max_work_mem(maximum text)
+    RETURNS text
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_value text;
+BEGIN
+    IF set_max_work_mem.maximum IS NULL THEN
+        DELETE FROM tenancy.limit_maxima AS m WHERE m.setting = 'work_mem';
+        RETURN tenancy.max_work_mem();
+    END IF;
+    -- Parsed and normalized by the server, in a subtransaction always undone.
+    BEGIN
+        PERFORM set_config('work_mem', set_max_work_mem.maximum, true);
+        v_value := current_setting('work_mem');
+        RAISE EXCEPTION 'checked' USING ERRCODE = 'PTZ00';
+    EXCEPTION
+        WHEN SQLSTATE 'PTZ00' THEN
+            NULL;
+        WHEN OTHERS THEN
+            RAISE EXCEPTION 'invalid work_mem maximum %: %', quote_literal(set_max_work_mem.maximum),
+                SQLERRM
+                USING ERRCODE = 'PT021';
+    END;
+    INSERT INTO tenancy.limit_maxima AS m (setting, maximum) VALUES ('work_mem', v_value)
+    ON CONFLICT (setting) DO UPDATE SET maximum = EXCLUDED.maximum, updated_at = now();
+    RETURN v_value;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.set_max_work_mem(text) IS
+    'Set the largest work_mem a tenant limit may set in this database (NULL: back to the '
+    'database''s default work_mem); returns the maximum now in force. Limits set earlier are '
+    'not changed. Raises PT021 for a value the server refuses.';
+
+REVOKE ALL ON FUNCTION tenancy.set_max_work_mem(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.set_tenant_limits(
+    slug                                text,
+    statement_timeout                   text DEFAULT NULL,
+    lock_timeout                        text DEFAULT NULL,
+    idle_in_transaction_session_timeout text DEFAULT NULL,
+    work_mem                            text DEFAULT NULL
+)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row    tenancy.tenants := tenancy.lock_tenant(set_tenant_limits.slug);
+    v_given  text[] := ARRAY[
+        'statement_timeout', set_tenant_limits.statement_timeout,
+        'lock_timeout', set_tenant_limits.lock_timeout,
+        'idle_in_transaction_session_timeout', set_tenant_limits.idle_in_transaction_session_timeout,
+        'work_mem', set_tenant_limits.work_mem];
+    v_limits text[] := '{}'::text[];
+    v_bad    text;
+    v_max    bigint;
+    v_mem    bigint;
+    v_max_text text := tenancy.max_work_mem();
+BEGIN
+    IF v_row.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(set_tenant_limits.slug)
+            USING ERRCODE = 'PT005';
+    END IF;
+    -- Try every value with set_config in a subtransaction that is always
+    -- undone: the server parses and normalizes it ('0.05s' -> '50ms').
+    BEGIN
+        FOR v_i IN 1 .. cardinality(v_given) BY 2 LOOP
+            CONTINUE WHEN v_given[v_i + 1] IS NULL;
+            v_bad := format('%s = %s', v_given[v_i], quote_literal(v_given[v_i + 1]));
+            PERFORM set_config(v_given[v_i], v_given[v_i + 1], true);
+            v_limits := v_limits || ARRAY[v_given[v_i], current_setting(v_given[v_i])];
+            IF v_given[v_i] = 'work_mem' THEN
+                v_mem := (SELECT s.setting::bigint FROM pg_settings AS s WHERE s.name = 'work_mem');
+                v_bad := format('maximum work_mem = %s', quote_literal(v_max_text));
+                PERFORM set_config('work_mem', v_max_text, true);
+                v_max := (SELECT s.setting::bigint FROM pg_settings AS s WHERE s.name = 'work_mem');
+            END IF;
+        END LOOP;
+        RAISE EXCEPTION 'limits checked' USING ERRCODE = 'PTZ00';
+    EXCEPTION
+        WHEN SQLSTATE 'PTZ00' THEN
+            NULL;
+        WHEN OTHERS THEN
+            RAISE EXCEPTION 'invalid tenant limit %: %', v_bad, SQLERRM
+                USING ERRCODE = 'PT021',
+                      HINT = 'Timeouts take units (50ms, 2s, 1min), work_mem sizes (4MB). Nothing was changed.';
+    END;
+    IF v_mem IS NOT NULL AND v_mem > v_max THEN
+        RAISE EXCEPTION 'invalid tenant limit work_mem = %: above the maximum %',
+            quote_literal(set_tenant_limits.work_mem), v_max_text
+            USING ERRCODE = 'PT021',
+                  HINT = 'The kit''s owner raises the maximum with tenancy.set_max_work_mem(...). '
+                         'Nothing was changed.';
+    END IF;
+    UPDATE tenancy.tenants AS t SET limits = nullif(v_limits, '{}')
+     WHERE t.id = v_row.id RETURNING * INTO v_row;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.set_tenant_limits(text, text, text, text, text) IS
+    'Set the resource limits of tenant slug, applied transaction-locally by enter_tenant: '
+    'statement_timeout, lock_timeout, idle_in_transaction_session_timeout, work_mem (text with '
+    'units, as SET takes them). The call gives the whole set: a NULL (or omitted) limit is '
+    'cleared, so the tenant runs with the session''s setting. work_mem may not exceed '
+    'tenancy.max_work_mem(). Stored normalized in tenancy.tenants.limits as (setting, value) '
+    'pairs. Raises PT003 (not found), PT005 (deleted), PT021 (a value the server refuses, '
+    'work_mem above the maximum); nothing is changed then.';
+
+REVOKE ALL ON FUNCTION tenancy.set_tenant_limits(text, text, text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.apply_tenant_limits(limits text[])
+    RETURNS void
+    LANGUAGE sql
+    VOLATILE
+AS $$
+    SELECT pg_catalog.count(pg_catalog.set_config(apply_tenant_limits.limits[i],
+                                       apply_tenant_limits.limits[i + 1], true))::integer
+      FROM pg_catalog.generate_series(1, pg_catalog.cardinality(apply_tenant_limits.limits), 2) AS i;
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_tenant_limits(text[]) IS
+    'Apply the (setting, value) pairs of limits (tenancy.tenants.limits) transaction-locally, '
+    'as enter_tenant does when the tenant has limits. No SET clause, so the settings outlive '
+    'the call until the end of the transaction.';
+
+-- Size accounting ------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_sizes()
+    RETURNS TABLE (slug text, bytes bigint, "rows" bigint)
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_guard  record;
+    v_tenant uuid;
+    v_count  bigint;
+    v_ids    uuid[] := '{}'::uuid[];
+    v_bytes  numeric[] := '{}'::numeric[];
+    v_rows   bigint[] := '{}'::bigint[];
+    v_before text := current_setting('app.tenant_id', true);
+BEGIN
+    -- Shared tenants: rows counted through the tenant column's index, under
+    -- the tenant's own policy (FORCE ROW LEVEL SECURITY binds the owner
+    -- too); bytes are the tenant's share of the table's rows times the
+    -- table's total size.
+    PERFORM tenancy.forget_dropped_tables();
+    FOR v_guard IN
+        SELECT g.table_name, g.tenant_column, pg_total_relation_size(g.table_name) AS total,
+               greatest(c.reltuples, 0::real)::numeric AS tuples
+          FROM tenancy.guarded_tables AS g JOIN pg_class AS c ON c.oid = g.table_name::oid
+    LOOP
+        FOR v_tenant IN SELECT t.id FROM tenancy.tenants AS t WHERE t.isolation = 'shared' LOOP
+            PERFORM set_config('app.tenant_id', v_tenant::text, true);
+            EXECUTE format('SELECT count(*) FROM %s WHERE %I = $1', v_guard.table_name,
+                           v_guard.tenant_column)
+                INTO v_count USING v_tenant;
+            IF v_count > 0 THEN
+                v_ids := v_ids || v_tenant;
+                v_rows := v_rows || v_count;
+                v_bytes := v_bytes || (v_guard.total * v_count / greatest(v_guard.tuples, v_count::numeric));
+            END IF;
+        END LOOP;
+    END LOOP;
+    PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    -- Schema tenants: what the catalog says of every table of the schema, its
+    -- indexes and TOAST included; rows are the planner's estimates.
+    RETURN QUERY
+        WITH schema_sizes AS (
+            SELECT t.id, coalesce(sum(pg_total_relation_size(c.oid)), 0) AS bytes,
+                   coalesce(sum(greatest(c.reltuples, 0::real)), 0) AS row_count
+              FROM tenancy.tenants AS t
+              JOIN pg_namespace AS n ON n.nspname = t.schema_name
+              JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+             WHERE t.isolation = 'schema'
+             GROUP BY t.id
+        ), shared_sizes AS (
+            SELECT u.id, sum(u.bytes) AS bytes, sum(u.row_count) AS row_count
+              FROM unnest(v_ids, v_bytes, v_rows) AS u(id, bytes, row_count)
+             GROUP BY u.id
+        )
+        SELECT t.slug, coalesce(s.bytes, h.bytes, 0)::bigint,
+               coalesce(s.row_count, h.row_count, 0)::bigint
+          FROM tenancy.tenants AS t
+          LEFT JOIN schema_sizes AS s ON s.id = t.id
+          LEFT JOIN shared_sizes AS h ON h.id = t.id
+         ORDER BY t.slug;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_sizes() IS
+    'Size of every tenant: slug, bytes, rows. A schema tenant: pg_total_relation_size of every '
+    'table and materialized view of its schema (indexes and TOAST included), rows from '
+    'pg_class.reltuples (estimates, as fresh as the last VACUUM or ANALYZE; 0 for a table '
+    'never analyzed). A shared tenant: its rows of every guarded table, counted, and bytes '
+    'estimated as its share of rows times the table''s total size (rows of equal width '
+    'assumed).';
+
+REVOKE ALL ON FUNCTION tenancy.tenant_sizes() FROM PUBLIC;
+
+-- The extension's configuration table of issue 15: pg_dump keeps its rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_renames', '');
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
     END IF;
 END
 $$;
@@ -2413,8 +3265,9 @@ AS $$
 BEGIN
     PERFORM tenancy.assert_registry_trigger(TG_RELID);
     IF NEW.id IS DISTINCT FROM OLD.id
-       OR NEW.slug IS DISTINCT FROM OLD.slug
-       OR NEW.schema_name IS DISTINCT FROM OLD.schema_name
+       OR ((NEW.slug IS DISTINCT FROM OLD.slug OR NEW.schema_name IS DISTINCT FROM OLD.schema_name)
+           -- tenancy.rename_tenant renames the schema and then the row.
+           AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
        OR NEW.isolation IS DISTINCT FROM OLD.isolation
        OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
         RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
@@ -2448,9 +3301,143 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
-    'Trigger: refuse changes to immutable tenant columns or a migration_version that is not a '
+    'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
+    'rename_tenant of 010_tenant_operations.sql only) or a migration_version that is not a '
     'later registered version (PT010), refuse bringing a deleted tenant back (PT005), and stamp '
     'updated_at.';
+
+CREATE OR REPLACE FUNCTION tenancy.add_migration(
+    version             text,
+    sql                 text,
+    outside_transaction boolean DEFAULT false
+)
+    RETURNS tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_version ALIAS FOR version;
+    p_sql ALIAS FOR sql;
+    p_outside_transaction ALIAS FOR outside_transaction;
+    v_row      tenancy.migrations;
+    v_checksum text;
+    v_scratch  text;
+    v_state    text;
+    v_message  text;
+    v_detail   text;
+BEGIN
+    IF p_version IS NULL OR p_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(p_version), 'NULL')
+            USING ERRCODE = 'PT008',
+                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+    END IF;
+    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
+        RAISE EXCEPTION 'migration % has no SQL', p_version
+            USING ERRCODE = 'PT008';
+    END IF;
+    v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
+
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
+    IF FOUND THEN
+        IF v_row.checksum = v_checksum THEN
+            RETURN v_row;
+        END IF;
+        RAISE EXCEPTION 'migration % is already registered with different SQL', p_version
+            USING ERRCODE = 'PT008',
+                  HINT = 'Registered migrations never change: add a new version instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > p_version) THEN
+        RAISE EXCEPTION 'migration % sorts before the latest registered version %', p_version,
+            (SELECT max(version) FROM tenancy.migrations)
+            USING ERRCODE = 'PT008',
+                  HINT = 'Versions are applied in C-collation order: use a later version.';
+    END IF;
+
+    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
+    RETURNING * INTO v_row;
+    IF v_row.outside_transaction THEN
+        -- Statements such as CREATE INDEX CONCURRENTLY cannot be tried in a
+        -- scratch schema inside this transaction.
+        RETURN v_row;
+    END IF;
+
+    -- Try every migration, the new one included, in a scratch schema, and
+    -- undo it all: broken SQL is refused here, before any tenant sees it.
+    v_scratch := format('tenancy_check_%s', pg_current_xact_id());
+    BEGIN
+        EXECUTE format('CREATE SCHEMA %I', v_scratch);
+        PERFORM tenancy.apply_migrations(v_scratch, NULL);
+        RAISE EXCEPTION 'scratch check passed' USING ERRCODE = 'PTZ00';
+    EXCEPTION
+        WHEN SQLSTATE 'PTZ00' THEN
+            NULL;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply to an empty tenant schema: %', p_version, v_message
+                USING ERRCODE = 'PT008',
+                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
+                                    ELSE format('SQLSTATE %s', v_state) END,
+                      HINT = 'Nothing was registered.';
+    END;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
+    'Register tenant DDL (sql) as migration version, which must sort after every registered '
+    'version. The whole chain is first tried in a scratch schema and rolled back. Re-adding the '
+    'same version with the same SQL is a no-op. With outside_transaction it is not tried and '
+    'the fleet runner applies it outside a transaction (CREATE INDEX CONCURRENTLY, say); '
+    'transactional paths stop before it. Raises PT017 for SQL that reaches outside its tenant '
+    'schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that fails; '
+    'nothing is registered then.';
+
+CREATE OR REPLACE FUNCTION tenancy.create_tenant(
+    slug      text,
+    metadata  jsonb DEFAULT '{}',
+    isolation text DEFAULT 'schema'
+)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
+    INSERT INTO tenancy.tenants (slug, metadata, isolation)
+    VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
+    RETURNING * INTO v_row;
+    RETURN v_row;
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(create_tenant.slug)
+            USING ERRCODE = 'PT002';
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
+    'Create tenant slug: validate the slug; with isolation schema (default) create schema '
+    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
+    'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 '
+    '(metadata not a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
 
 CREATE OR REPLACE FUNCTION tenancy.active_tenant_id()
     RETURNS uuid
@@ -2484,6 +3471,261 @@ COMMENT ON FUNCTION tenancy.active_tenant_id() IS
     'Id of the tenant the current transaction entered while that tenant is active; NULL outside '
     'a tenant or when the tenant is suspended or deleted (except for the kit''s owner and its '
     'members). Compared with the tenant column by the policy of guarded tables.';
+
+CREATE OR REPLACE FUNCTION tenancy.enable_rls(table_name regclass, tenant_column name DEFAULT 'tenant_id')
+    RETURNS tenancy.guarded_tables
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_class   pg_class;
+    v_schema  name;
+    v_type    regtype;
+    v_attnum  smallint;
+    v_guard   tenancy.guarded_tables;
+    v_nulls   boolean;
+    v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
+    v_child   regclass;
+    v_role    name;
+BEGIN
+    SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
+    SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
+    IF v_class.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', enable_rls.table_name
+            USING ERRCODE = 'PT014';
+    END IF;
+    IF v_schema = 'tenancy' OR EXISTS (SELECT 1 FROM tenancy.tenants WHERE schema_name = v_schema) THEN
+        RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
+            USING ERRCODE = 'PT014',
+                  HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
+    END IF;
+    -- An owner (or a member of the owner's role) can switch RLS off.
+    SELECT a.role_name INTO v_role
+      FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
+     WHERE pg_has_role(r.oid, v_class.relowner, 'MEMBER')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'application role % owns % (or is a member of its owner): it could switch '
+                        'row-level security off', quote_ident(v_role), enable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
+    END IF;
+    PERFORM tenancy.forget_dropped_tables();
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    IF FOUND AND v_guard.tenant_column <> enable_rls.tenant_column THEN
+        RAISE EXCEPTION '% is already guarded on column %', enable_rls.table_name, quote_ident(v_guard.tenant_column)
+            USING ERRCODE = 'PT014';
+    END IF;
+
+    SELECT a.atttypid::regtype, a.attnum INTO v_type, v_attnum
+      FROM pg_attribute AS a
+     WHERE a.attrelid = enable_rls.table_name AND a.attname = enable_rls.tenant_column AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        -- Existing rows get NULL: they belong to no tenant and nobody sees them.
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I uuid', enable_rls.table_name, enable_rls.tenant_column);
+        SELECT a.attnum INTO v_attnum FROM pg_attribute AS a
+         WHERE a.attrelid = enable_rls.table_name AND a.attname = enable_rls.tenant_column;
+    ELSIF v_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
+            USING ERRCODE = 'PT014';
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
+                   enable_rls.table_name, enable_rls.tenant_column);
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
+        INTO v_nulls;
+    IF NOT v_nulls THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = enable_rls.table_name AND indkey[0] = v_attnum) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', enable_rls.table_name);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', enable_rls.table_name);
+    -- The tenant check is RESTRICTIVE, so it is ANDed with every other
+    -- policy: a permissive policy added later (USING (true), say) cannot
+    -- open other tenants' rows. Restrictive policies need a permissive one
+    -- to grant access at all: tenancy_tenant_rows, USING (true).
+    IF NOT EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
+        EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
+                       'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+    ELSE
+        -- A policy of an earlier version (current_tenant_id) gets the status test.
+        EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                       enable_rls.table_name, v_check, v_check);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
+        EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
+                       'USING (true) WITH CHECK (true)', enable_rls.table_name);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
+        EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
+    END IF;
+    INSERT INTO tenancy.guarded_tables (table_name, tenant_column)
+    VALUES (enable_rls.table_name, enable_rls.tenant_column)
+    ON CONFLICT (table_name) DO NOTHING;
+    PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
+    -- Tenant migrations may reference a guarded table, never read its rows.
+    EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    -- Partitions and inheritance children are tables of their own: queried
+    -- by name they apply their own policies, not the parent's. Guard each
+    -- (recursively); one that cannot be guarded makes the whole call fail.
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = enable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
+    END LOOP;
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    RETURN v_guard;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
+    'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
+    'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
+    'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
+    'WITH CHECK tenant_column = (SELECT tenancy.active_tenant_id()) and its permissive companion '
+    'tenancy_tenant_rows (true), and statement trigger '
+    'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
+    'Partitions and inheritance children are guarded too (and, with the kit installed by a '
+    'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
+    'schema, column not uuid, guarded on another column, owned by an application role or a role '
+    'it is a member of). The kit''s owner must own the table.';
+
+CREATE OR REPLACE FUNCTION tenancy.check_registry()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_latest text;
+BEGIN
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_schema_missing'::text, t.slug,
+               format('tenant %s is registered but its schema %I does not exist', t.slug, t.schema_name),
+               format('restore the schema, or SELECT tenancy.drop_tenant(%L, true)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.schema_name IS NOT NULL AND t.status <> 'deleted'
+           AND to_regnamespace(quote_ident(t.schema_name)) IS NULL;
+
+    RETURN QUERY
+        SELECT 'warning'::text, 'unregistered_tenant_schema'::text, n.nspname::text,
+               format('schema %I has the tenant prefix but is not a registered tenant', n.nspname),
+               'drop or rename it, or register it (schemas are never adopted silently)'::text
+          FROM pg_namespace AS n
+         WHERE starts_with(n.nspname, tenancy.schema_prefix())
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
+
+    v_latest := tenancy.latest_migration();
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_lag'::text, t.slug,
+               format('tenant %s is at migration %s, the latest is %s', t.slug,
+                      coalesce(t.migration_version, 'none'), v_latest),
+               format('SELECT tenancy.migrate_tenant(%L)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
+           AND t.migration_version IS DISTINCT FROM v_latest;
+
+    -- A shared schema others may create in: code planted there could
+    -- shadow what the application or its migrations call.
+    RETURN QUERY
+        SELECT 'warning'::text, 'shared_schema_writable'::text, n.nspname::text,
+               format('schema %I can be created in by %s, not only by its owner %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee),
+                      quote_ident(pg_get_userbyid(n.nspowner))),
+               format('REVOKE CREATE ON SCHEMA %I FROM %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee))
+          FROM pg_namespace AS n
+         CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) AS a
+         WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+           AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+           -- The database owner's role and the migrator are the kit's own.
+           AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
+         GROUP BY n.nspname, n.nspowner;
+
+    -- Whoever owns a tenant table can switch its privileges and policies
+    -- off; the kit's owner owns them all, the migrator only for the span of
+    -- one migration (so one left at rest means an interrupted hand-over).
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
+               format('%I.%I', n.nspname, c.relname),
+               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+                      CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                     WHEN 'm' THEN 'materialized view' ELSE 'table' END,
+                      n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
+                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
+                           THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          JOIN pg_class AS c ON c.relnamespace = n.oid
+         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+
+    -- A member of the owner's role has the owner's rights: every tenant,
+    -- every policy, the registry.
+    RETURN QUERY
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tenancy.app_roles AS a WHERE a.role_name = r.rolname)
+                    THEN 'error' ELSE 'warning' END::text,
+               'owner_role_member'::text, r.rolname::text,
+               format('role %s is a member of the kit''s owner %s and has all its rights (every '
+                      'tenant''s data, the registry, the policies)', quote_ident(r.rolname),
+                      quote_ident(pg_get_userbyid(k.nspowner))),
+               format('REVOKE %I FROM %I', pg_get_userbyid(k.nspowner), r.rolname)
+          FROM (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+          JOIN pg_roles AS r ON r.oid <> k.nspowner AND pg_has_role(r.oid, k.nspowner, 'MEMBER')
+         WHERE NOT r.rolsuper;
+
+    -- Without the event-trigger fence only privileges confine migrations.
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
+               'the event-trigger fence of tenant migrations is not installed (the kit was '
+               'installed without superuser rights): migrations are confined by the migrator '
+               'role''s privileges alone, so a create in a schema everybody may create in is '
+               'not refused'::text,
+               'install the kit again as a superuser (make install-sql), or REVOKE CREATE ON '
+               'SCHEMA public FROM PUBLIC'::text
+         WHERE (SELECT count(*) FROM pg_event_trigger
+                 WHERE evtname IN ('pgtenancy_fence_ddl_start', 'pgtenancy_fence_ddl_end',
+                                   'pgtenancy_fence_sql_drop')
+                   AND evtenabled <> 'D') < 3;
+
+    RETURN QUERY
+        SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
+               format('consumer %s has not been seen since %s and has undelivered events; '
+                      'prune_events no longer waits for it',
+                      c.name, coalesce(c.seen_at, c.updated_at)),
+               format('run its listener again, or DELETE FROM tenancy.consumers WHERE name = %L',
+                      c.name)
+          FROM tenancy.consumers AS c
+         WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
+           AND EXISTS (SELECT 1 FROM tenancy.events AS e
+                        WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_registry() IS
+    'Registry findings of the doctor, readable without access to the registry: tenant schemas '
+    'missing (error), prefixed schemas not registered, tenants behind the latest migration '
+    '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
+    '(warning), shared schemas that roles other than their owner may create in (warning), the '
+    'migration fence missing (warning), objects of tenant schemas owned by a role other than the '
+    'kit''s owner (error), members of the owner''s role (error for an application role, '
+    'warning otherwise). Called by '
+    'check_isolation().';
 
 CREATE OR REPLACE FUNCTION tenancy.check_isolation()
     RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
@@ -2591,6 +3833,232 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected. Run it as the application role.';
+
+CREATE OR REPLACE FUNCTION tenancy.track_changes(table_name regclass)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_in_migration boolean := tenancy.called_from_migration();
+    v_fence        text;
+    v_pk      name[];
+    v_key     text;
+    v_join    text;
+    v_fn      text := tenancy.changes_function(track_changes.table_name);
+    v_table   text;
+    v_child   regclass;
+BEGIN
+    -- From a tenant migration: its own tenant's tables only, and the kit's
+    -- own DDL (the generated function lives in tenancy) passes the fence.
+    IF v_in_migration THEN
+        IF NOT tenancy.is_migration_target(
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE c.oid = track_changes.table_name)) THEN
+            RAISE EXCEPTION 'unsafe migration: %(%) is outside its tenant schema', 'track_changes', track_changes.table_name
+                USING ERRCODE = 'PT017';
+        END IF;
+        v_fence := current_setting('pgtenancy.migration_schema', true);
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+    END IF;
+    -- The sender of row signals: schema.table, unquoted.
+    SELECT n.nspname || '.' || c.relname INTO v_table
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE c.oid = track_changes.table_name AND c.relkind IN ('r', 'p');
+    IF v_table IS NULL THEN
+        RAISE EXCEPTION '% is not a table', track_changes.table_name
+            USING ERRCODE = 'PT016';
+    END IF;
+    -- The kit's own tables: tracking the outbox would write events about
+    -- writing events, without end.
+    IF starts_with(v_table, 'tenancy.') THEN
+        RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
+            USING ERRCODE = 'PT016',
+                  HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
+      FROM pg_index AS i
+     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = track_changes.table_name AND i.indisprimary;
+    IF v_pk IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key: row-change events identify rows by it', track_changes.table_name
+            USING ERRCODE = 'PT016';
+    END IF;
+    SELECT string_agg(format('%L, r.%I', c, c), ', '),
+           string_agg(format('o.%I = r.%I', c, c), ' AND ')
+      INTO v_key, v_join
+      FROM unnest(v_pk) AS c;
+
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %s()
+            RETURNS trigger
+            LANGUAGE plpgsql
+            SECURITY DEFINER
+            SET search_path = pg_catalog, pg_temp
+        AS $body$
+        DECLARE
+            v_tenant tenancy.tenants;
+        BEGIN
+            SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
+            IF NOT FOUND THEN
+                SELECT * INTO v_tenant FROM tenancy.tenants
+                 WHERE id = tenancy.current_tenant_id();
+            END IF;
+            IF TG_OP = 'TRUNCATE' THEN
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                        v_tenant.status,
+                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+            ELSIF TG_OP = 'UPDATE' THEN
+                -- Rows whose key is unchanged, with the columns that changed.
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
+                  FROM (SELECT jsonb_build_object(
+                                   'key', jsonb_build_object(%s),
+                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                 FROM jsonb_each(to_jsonb(r)) AS e
+                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                               ) AS row,
+                               (row_number() OVER () - 1) / 1000 AS chunk
+                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
+                 GROUP BY s.chunk
+                 ORDER BY s.chunk;
+                -- An update that changed a key: the old key went, the new one came.
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
+                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                          FROM old_rows AS r
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                        UNION ALL
+                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                          FROM new_rows AS r
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
+                 GROUP BY s.op
+                 ORDER BY s.op;
+            ELSE
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
+                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
+                               (row_number() OVER () - 1) / 1000 AS chunk
+                          FROM changed_rows AS r) AS s
+                 GROUP BY s.chunk
+                 ORDER BY s.chunk;
+            END IF;
+            RETURN NULL;
+        END
+        $body$
+    $f$, v_fn, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
+                   format('Records row changes of %s as rows_changed events (tenancy.track_changes).',
+                          v_table));
+    EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
+
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', track_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', track_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', track_changes.table_name);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   track_changes.table_name, v_fn);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', track_changes.table_name, v_fn);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   track_changes.table_name, v_fn);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', track_changes.table_name);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', track_changes.table_name, v_fn);
+    -- Statements aimed at a partition fire the partition's triggers only.
+    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = track_changes.table_name LOOP
+        PERFORM tenancy.track_changes(v_child);
+    END LOOP;
+    IF v_in_migration THEN
+        PERFORM set_config('pgtenancy.migration_schema', v_fence, true);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
+    'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
+    'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
+    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'for updates, the changed columns; an update that changes a key is reported as the old key '
+    'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
+    'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
+    'table, is a table of the tenancy schema, or has no primary key.';
+
+CREATE OR REPLACE FUNCTION tenancy.grant_app_role(role name)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role   pg_roles;
+    v_schema text;
+    v_table  regclass;
+BEGIN
+    SELECT * INTO v_role FROM pg_roles WHERE rolname = grant_app_role.role;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'role % does not exist', quote_ident(grant_app_role.role)
+            USING ERRCODE = '42704';
+    END IF;
+    IF v_role.rolsuper OR v_role.rolbypassrls THEN
+        RAISE EXCEPTION 'role % is a superuser or has BYPASSRLS: row-level security would not apply',
+            quote_ident(grant_app_role.role)
+            USING ERRCODE = 'PT013',
+                  HINT = 'Use a role with NOSUPERUSER NOBYPASSRLS for the application.';
+    END IF;
+    SELECT g.table_name INTO v_table
+      FROM tenancy.guarded_tables AS g
+      JOIN pg_class AS c ON c.oid = g.table_name
+     WHERE pg_has_role(grant_app_role.role, c.relowner, 'USAGE')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'role % owns guarded table %: an owner can turn row-level security off',
+            quote_ident(grant_app_role.role), v_table
+            USING ERRCODE = 'PT013',
+                  HINT = 'Let the application role own nothing; tables belong to the kit''s owner.';
+    END IF;
+
+    PERFORM tenancy.forget_dropped_tables();
+    INSERT INTO tenancy.app_roles (role_name) VALUES (grant_app_role.role) ON CONFLICT (role_name) DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', grant_app_role.role);
+    EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables, tenancy.tenant_directory TO %I',
+                   grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text), '
+                   'tenancy.current_tenant_id(), '
+                   'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
+                   'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
+    -- No outbox function: the application role could pre-claim events
+    -- (inbox_claim) or move cursors; receivers run as listener roles.
+    FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
+        IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
+            PERFORM tenancy.grant_schema_to_app_roles(v_schema);
+        END IF;
+    END LOOP;
+    FOR v_table IN SELECT table_name FROM tenancy.guarded_tables LOOP
+        PERFORM tenancy.grant_table_to_app_roles(v_table);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
+    'Let role role use tenants: enter them, and read and write every tenant '
+    'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
+    '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_sync_grants()
     RETURNS trigger
@@ -2702,3 +4170,4 @@ BEGIN
     END LOOP;
 END
 $$;
+

@@ -1,5 +1,5 @@
--- expect: allowed: CREATE TEMP TABLE
--- execution: allowed
--- passes the gate
+-- expect: refused: CREATE TEMP TABLE (it would outlive the migration in the session)
+-- execution: refused
+-- reason: line 4: temporary objects outlive the migration
 CREATE TEMP TABLE scratch (id int);
 INSERT INTO scratch VALUES (1);

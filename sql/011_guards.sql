@@ -1,4 +1,4 @@
--- pgtenancy — 010: guards that follow the registry and the DDL.
+-- pgtenancy — 011: guards that follow the registry and the DDL.
 --
 -- A suspended or deleted schema tenant loses every application role's
 -- privileges on its schema as its status changes (grant_schema_to_app_roles
