@@ -220,6 +220,8 @@ class InvalidTenantMetadata(TenancyError, ValueError):
 #: Largest tenant metadata, in bytes of its JSON text (UTF-8), as checked by
 #: ``tenancy.check_metadata`` (metadata is copied into the tenant_created event).
 METADATA_MAX_BYTES = 65536
+
+
 class TenantRenamed(TenancyError):
     """The tenant was entered under a slug it had before ``tenancy.rename_tenant``
     (SQLSTATE PT020); ``detail`` reads ``new slug: <slug>``."""
