@@ -154,6 +154,44 @@ CREATE TABLE IF NOT EXISTS tenancy.app_roles (
 COMMENT ON TABLE tenancy.app_roles IS
     'Roles that use tenants without owning tables and without BYPASSRLS.';
 
+-- One row per slug ever created: tenants_before_insert locks it (INSERT ...
+-- ON CONFLICT DO UPDATE) to serialize creations of one slug. A row lock on
+-- a table the application role cannot touch, not an advisory lock, which
+-- any role could take first and hold.
+CREATE TABLE IF NOT EXISTS tenancy.slug_locks (
+    slug text NOT NULL,
+    CONSTRAINT slug_locks_pkey PRIMARY KEY (slug)
+);
+
+COMMENT ON TABLE tenancy.slug_locks IS
+    'Row locks serializing the creation of each tenant slug. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.check_metadata(metadata jsonb)
+    RETURNS jsonb
+    LANGUAGE plpgsql
+    IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF check_metadata.metadata IS NULL OR jsonb_typeof(check_metadata.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %',
+            coalesce(jsonb_typeof(check_metadata.metadata), 'NULL')
+            USING ERRCODE = 'PT029';
+    END IF;
+    -- Metadata is copied into every tenant_created event: keep it small.
+    IF octet_length(check_metadata.metadata::text) > 65536 THEN
+        RAISE EXCEPTION 'tenant metadata is % bytes as JSON text, more than 65536',
+            octet_length(check_metadata.metadata::text)
+            USING ERRCODE = 'PT029',
+                  HINT = 'Keep large data in your own tables, keyed by the tenant id.';
+    END IF;
+    RETURN check_metadata.metadata;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_metadata(jsonb) IS
+    'Return metadata when it is a JSON object of at most 65536 bytes as JSON text; raise PT029 '
+    'otherwise. Checked by the registry triggers on every insert and update.';
 -- Old slugs of renamed tenants (the rename of 010_tenant_operations.sql).
 CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
     old_slug   text        NOT NULL,

@@ -306,7 +306,9 @@ BEGIN
     END IF;
     v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
 
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.migrations'));
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN
@@ -423,6 +425,21 @@ AS $$
 DECLARE
     v_role name;
 BEGIN
+    -- A suspended or deleted tenant's schema is out of every application
+    -- role's reach, whatever route skips enter_tenant (qualified names,
+    -- search_path); resume_tenant grants it back.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = p_schema AND t.status <> 'active') THEN
+        FOR v_role IN
+            SELECT a.role_name FROM tenancy.app_roles AS a
+              JOIN pg_roles AS r ON r.rolname = a.role_name
+        LOOP
+            EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', p_schema, v_role);
+        END LOOP;
+        RETURN;
+    END IF;
     FOR v_role IN
         SELECT a.role_name FROM tenancy.app_roles AS a
           JOIN pg_roles AS r ON r.rolname = a.role_name
@@ -437,7 +454,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.grant_schema_to_app_roles(text) IS
     'Grant every application role usage of tenant schema p_schema and DML on its tables and '
-    'sequences. Run after provisioning and after each migration. Internal.';
+    'sequences; when the schema''s tenant is not active (suspended, deleted), revoke them all '
+    'instead. Run after provisioning, after each migration and on every status change. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
 
@@ -539,8 +557,15 @@ BEGIN
         RETURN NEW;
     END IF;
     NEW.slug := tenancy.validate_slug(NEW.slug);
-    -- Serialize creations of one slug so a concurrent duplicate gets PT002.
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(NEW.slug));
+    NEW.metadata := tenancy.check_metadata(coalesce(NEW.metadata, '{}'));
+    IF NEW.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % cannot be created deleted', quote_literal(NEW.slug)
+            USING ERRCODE = '22023';
+    END IF;
+    -- Serialize creations of one slug so a concurrent duplicate gets PT002:
+    -- a row lock the application role cannot take (it could hold an advisory lock).
+    INSERT INTO tenancy.slug_locks AS l (slug) VALUES (NEW.slug)
+        ON CONFLICT (slug) DO UPDATE SET slug = l.slug;
     IF EXISTS (SELECT 1 FROM tenancy.tenants WHERE slug = NEW.slug) THEN
         RAISE EXCEPTION 'tenant % already exists', quote_literal(NEW.slug)
             USING ERRCODE = 'PT002';
@@ -601,6 +626,9 @@ BEGIN
         RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
+    END IF;
+    IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        PERFORM tenancy.check_metadata(NEW.metadata);
     END IF;
     IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
         RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
@@ -785,6 +813,7 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
+    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
     IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
                 WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
@@ -812,8 +841,8 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'transaction. When the history needs commit boundaries the tenant is registered in status '
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
-    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata not '
-    'an object, unknown isolation); on error nothing is left behind.';
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 

@@ -11,6 +11,44 @@
 -- skip every policy: the application must connect as a role that owns
 -- nothing and has neither (tenancy.grant_app_role refuses such roles).
 
+-- What the policy of guarded tables compares the tenant column with: the
+-- tenant of the transaction, only while it is active. A suspended or deleted
+-- tenant's rows stay out of reach even when app.tenant_id is set by hand
+-- (set_config skips enter_tenant's status test). One primary-key lookup,
+-- evaluated once per query (the policy calls it in an InitPlan).
+CREATE OR REPLACE FUNCTION tenancy.active_tenant_id()
+    RETURNS uuid
+    LANGUAGE plpgsql
+    STABLE
+    PARALLEL SAFE
+AS $$
+DECLARE
+    v_id uuid := nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid;
+BEGIN
+    -- PL/pgSQL, not SQL: a SQL function with sub-selects is not inlined and
+    -- plans its body on every call (0.2 ms); these plans are cached.
+    IF v_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.tenant_directory AS d
+                WHERE d.id = v_id AND d.status OPERATOR(pg_catalog.=) 'active') THEN
+        RETURN v_id;
+    END IF;
+    -- The kit's owner (its SECURITY DEFINER functions: delete_shared_rows
+    -- deleting a destroyed tenant's rows) sees the tenant whatever its status.
+    IF pg_catalog.pg_has_role((SELECT n.nspowner FROM pg_catalog.pg_namespace AS n
+                                WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy'), 'MEMBER') THEN
+        RETURN v_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.active_tenant_id() IS
+    'Id of the tenant the current transaction entered while that tenant is active; NULL outside '
+    'a tenant or when the tenant is suspended or deleted (except for the kit''s owner and its '
+    'members). Compared with the tenant column by the policy of guarded tables.';
+
 CREATE OR REPLACE FUNCTION tenancy.require_tenant_id()
     RETURNS uuid
     LANGUAGE plpgsql
@@ -108,7 +146,9 @@ DECLARE
     v_attnum  smallint;
     v_guard   tenancy.guarded_tables;
     v_nulls   boolean;
-    v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', enable_rls.tenant_column);
+    v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
+    v_child   regclass;
+    v_role    name;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -120,6 +160,17 @@ BEGIN
         RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
             USING ERRCODE = 'PT014',
                   HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
+    END IF;
+    -- An owner (or a member of the owner's role) can switch RLS off.
+    SELECT a.role_name INTO v_role
+      FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
+     WHERE pg_has_role(r.oid, v_class.relowner, 'MEMBER')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'application role % owns % (or is a member of its owner): it could switch '
+                        'row-level security off', quote_ident(v_role), enable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
@@ -160,6 +211,10 @@ BEGIN
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+    ELSE
+        -- A policy of an earlier version (current_tenant_id) gets the status test.
+        EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                       enable_rls.table_name, v_check, v_check);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
@@ -177,6 +232,13 @@ BEGIN
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
     -- Tenant migrations may reference a guarded table, never read its rows.
     EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    -- Partitions and inheritance children are tables of their own: queried
+    -- by name they apply their own policies, not the parent's. Guard each
+    -- (recursively); one that cannot be guarded makes the whole call fail.
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = enable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
+    END LOOP;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END
@@ -186,11 +248,13 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
     'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
-    'WITH CHECK tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
+    'WITH CHECK tenant_column = (SELECT tenancy.active_tenant_id()) and its permissive companion '
     'tenancy_tenant_rows (true), and statement trigger '
     'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
-    'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
-    'another column). The kit''s owner must own the table.';
+    'Partitions and inheritance children are guarded too (and, with the kit installed by a '
+    'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
+    'schema, column not uuid, guarded on another column, owned by an application role or a role '
+    'it is a member of). The kit''s owner must own the table.';
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 

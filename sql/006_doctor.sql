@@ -63,6 +63,40 @@ BEGIN
            AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
          GROUP BY n.nspname, n.nspowner;
 
+    -- Whoever owns a tenant table can switch its privileges and policies
+    -- off; the kit's owner owns them all, the migrator only for the span of
+    -- one migration (so one left at rest means an interrupted hand-over).
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
+               format('%I.%I', n.nspname, c.relname),
+               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+                      CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                     WHEN 'm' THEN 'materialized view' ELSE 'table' END,
+                      n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
+                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
+                           THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          JOIN pg_class AS c ON c.relnamespace = n.oid
+         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+
+    -- A member of the owner's role has the owner's rights: every tenant,
+    -- every policy, the registry.
+    RETURN QUERY
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tenancy.app_roles AS a WHERE a.role_name = r.rolname)
+                    THEN 'error' ELSE 'warning' END::text,
+               'owner_role_member'::text, r.rolname::text,
+               format('role %s is a member of the kit''s owner %s and has all its rights (every '
+                      'tenant''s data, the registry, the policies)', quote_ident(r.rolname),
+                      quote_ident(pg_get_userbyid(k.nspowner))),
+               format('REVOKE %I FROM %I', pg_get_userbyid(k.nspowner), r.rolname)
+          FROM (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+          JOIN pg_roles AS r ON r.oid <> k.nspowner AND pg_has_role(r.oid, k.nspowner, 'MEMBER')
+         WHERE NOT r.rolsuper;
+
     -- Without the event-trigger fence only privileges confine migrations.
     RETURN QUERY
         SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
@@ -120,8 +154,10 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), consumers without a listener whose undelivered events are older than '
-    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas that roles other than their owner may create in (warning), the '
-    'migration fence missing (warning). Called by '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas '
+    'that roles other than their owner may create in (warning), the migration fence missing '
+    '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
+    'members of the owner''s role (error for an application role, warning otherwise). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
@@ -184,6 +220,17 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- A partition or inheritance child is queried by name with its own
+    -- policies: a child of a guarded table must be guarded itself.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_child'::text, i.inhrelid::regclass::text,
+               format('%s is a partition or child of guarded table %s but is not guarded: read by '
+                      'name it shows every tenant''s rows', i.inhrelid::regclass, g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhrelid::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+
     -- A setting read outside an InitPlan is evaluated once per row.
     FOR r IN
         SELECT p.polname, p.polrelid::regclass AS tbl,
@@ -192,12 +239,12 @@ BEGIN
           FROM pg_policy AS p
     LOOP
         IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
-           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
             RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
                 format('%s on %s', r.polname, r.tbl),
                 format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
                        'evaluated for every row', r.polname, r.tbl),
-                'wrap it in a sub-select: tenant_id = (SELECT tenancy.current_tenant_id())'::text;
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.active_tenant_id())'::text;
         END IF;
     END LOOP;
 
@@ -218,6 +265,6 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'Isolation findings for the current role and database, one row each: severity (error or '
     'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
-    'index led by the tenant column; policies reading the tenant setting outside an InitPlan; '
+    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected. Run it as the application role.';

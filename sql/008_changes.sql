@@ -58,6 +58,13 @@ BEGIN
         RAISE EXCEPTION '% is not a table', track_changes.table_name
             USING ERRCODE = 'PT016';
     END IF;
+    -- The kit's own tables: tracking the outbox would write events about
+    -- writing events, without end.
+    IF starts_with(v_table, 'tenancy.') THEN
+        RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
+            USING ERRCODE = 'PT016',
+                  HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -178,7 +185,7 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table or has no primary key.';
+    'table, is a table of the tenancy schema, or has no primary key.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 

@@ -39,6 +39,7 @@ BEGIN
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_start;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_end;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_sql_drop;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
     FOR v_table IN EXECUTE 'SELECT table_name FROM tenancy.guarded_tables' LOOP
         FOR v_role IN EXECUTE 'SELECT a.role_name FROM tenancy.app_roles AS a '
                               'JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name' LOOP

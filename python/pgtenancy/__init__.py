@@ -35,6 +35,7 @@ from pgtenancy.errors import (
     InvalidDomain,
     InvalidMigration,
     InvalidTenantLimit,
+    InvalidTenantMetadata,
     InvalidTenantSlug,
     LeaseLost,
     ListenNotSupported,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
     from pgtenancy.connection import tenant_connection
     from pgtenancy.listener import Listener
+    from pgtenancy.pool import install_sqlalchemy_reset, pool_reset, pool_reset_async
     from pgtenancy.session import tenant_session
 
 # Public names imported on first access: name -> module that defines it.
@@ -75,6 +77,9 @@ _LAZY: dict[str, str] = {
     "MigrationReport": "pgtenancy.admin",
     "Tenancy": "pgtenancy.admin",
     "Tenant": "pgtenancy.admin",
+    "pool_reset": "pgtenancy.pool",
+    "pool_reset_async": "pgtenancy.pool",
+    "install_sqlalchemy_reset": "pgtenancy.pool",
     "tenant_connection": "pgtenancy.connection",
     "tenant_session": "pgtenancy.session",
 }
@@ -106,6 +111,7 @@ __all__ = [
     "InvalidDomain",
     "InvalidMigration",
     "InvalidTenantLimit",
+    "InvalidTenantMetadata",
     "InvalidTenantSlug",
     "LeaseLost",
     "ListenNotSupported",
@@ -137,7 +143,10 @@ __all__ = [
     "__version__",
     "current_tenant",
     "install",
+    "install_sqlalchemy_reset",
     "installed_version",
+    "pool_reset",
+    "pool_reset_async",
     "raise_translated",
     "tenant_connection",
     "tenant_session",

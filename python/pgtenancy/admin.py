@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pgtenancy.database import Connectable, Database
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import TenancyError
+from pgtenancy.errors import METADATA_MAX_BYTES, InvalidTenantMetadata, TenancyError
 from pgtenancy.slugs import validate_slug
 
 if TYPE_CHECKING:
@@ -35,6 +35,37 @@ Isolation = Literal["schema", "shared"]
 TenantStatus = Literal["active", "suspended", "deleted", "provisioning"]
 #: A Postgres interval: text such as ``"7 days"``, or a :class:`~datetime.timedelta`.
 Interval = str | timedelta
+
+
+def metadata_json(metadata: Mapping[str, Any] | None) -> str:
+    """Tenant metadata as the JSON text the registry stores.
+
+    Args:
+        metadata: a mapping of JSON-serializable values, or None for ``{}``.
+
+    Returns:
+        The JSON text, at most :data:`pgtenancy.errors.METADATA_MAX_BYTES` bytes.
+
+    Raises:
+        InvalidTenantMetadata: (PT029) not a mapping, a value JSON cannot
+            encode, or larger than the limit; the same rules as
+            ``tenancy.check_metadata`` in SQL.
+    """
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidTenantMetadata(
+            f"tenant metadata must be a mapping (a JSON object), not {type(metadata).__name__}"
+        )
+    try:
+        text = json.dumps(dict(metadata or {}))
+    except (TypeError, ValueError) as exc:
+        raise InvalidTenantMetadata(f"tenant metadata is not JSON-serializable: {exc}") from exc
+    size = len(text.encode("utf-8"))
+    if size > METADATA_MAX_BYTES:
+        raise InvalidTenantMetadata(
+            f"tenant metadata is {size} bytes as JSON text, more than {METADATA_MAX_BYTES}",
+            hint="Keep large data in your own tables, keyed by the tenant id.",
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -262,6 +293,8 @@ class Tenancy:
             MigrationFailed: PT006; no schema, row or event is left behind
                 (with commit boundaries: the tenant stays ``provisioning``,
                 the failure recorded).
+            InvalidTenantMetadata: PT029, metadata not a mapping, not
+                JSON-serializable or over 65536 bytes as JSON (before any SQL runs).
             ValueError: unknown isolation, before any SQL runs.
         """
         validate_slug(slug)
@@ -270,7 +303,7 @@ class Tenancy:
         row = self._one(
             "create_tenant",
             slug=slug,
-            metadata=json.dumps(dict(metadata or {})),
+            metadata=metadata_json(metadata),
             isolation=isolation,
         )
         tenant = Tenant.from_row(row)

@@ -210,6 +210,20 @@ class NewerVersionInstalled(TenancyError):
     sqlstate = "PT018"
 
 
+class InvalidTenantMetadata(TenancyError, ValueError):
+    """Tenant metadata is not a JSON object, cannot be serialized to JSON, or is
+    larger than :data:`METADATA_MAX_BYTES` (65536) bytes as JSON text
+    (SQLSTATE PT029, raised by ``tenancy.check_metadata`` on every registry
+    insert and update, and by Python before any SQL runs). Nothing was changed."""
+
+    sqlstate = "PT029"
+
+
+#: Largest tenant metadata, in bytes of its JSON text (UTF-8), as checked by
+#: ``tenancy.check_metadata`` (metadata is copied into the tenant_created event).
+METADATA_MAX_BYTES = 65536
+
+
 class TenantRenamed(TenancyError):
     """The tenant was entered under a slug it had before ``tenancy.rename_tenant``
     (SQLSTATE PT020); ``detail`` reads ``new slug: <slug>``."""

@@ -50,7 +50,8 @@ def claim(
 
     Raises:
         psycopg.Error: the role lacks EXECUTE on ``tenancy.inbox_claim``
-            (granted by grant_app_role and grant_listener_role) or the
+            (granted by grant_listener_role; application roles never have
+            it, so they cannot pre-claim events) or the
             database is unreachable.
         TypeError: ``conn`` is none of those, or SQLAlchemy's driver is not psycopg.
     """

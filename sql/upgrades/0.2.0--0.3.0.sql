@@ -275,7 +275,9 @@ BEGIN
     END IF;
     v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
 
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.migrations'));
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN
@@ -365,6 +367,7 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
+    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
     IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
                 WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
@@ -392,8 +395,8 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'transaction. When the history needs commit boundaries the tenant is registered in status '
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
-    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata not '
-    'an object, unknown isolation); on error nothing is left behind.';
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -688,7 +691,9 @@ DECLARE
     v_attnum  smallint;
     v_guard   tenancy.guarded_tables;
     v_nulls   boolean;
-    v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', enable_rls.tenant_column);
+    v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
+    v_child   regclass;
+    v_role    name;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -700,6 +705,17 @@ BEGIN
         RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
             USING ERRCODE = 'PT014',
                   HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
+    END IF;
+    -- An owner (or a member of the owner's role) can switch RLS off.
+    SELECT a.role_name INTO v_role
+      FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
+     WHERE pg_has_role(r.oid, v_class.relowner, 'MEMBER')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'application role % owns % (or is a member of its owner): it could switch '
+                        'row-level security off', quote_ident(v_role), enable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
@@ -740,6 +756,10 @@ BEGIN
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+    ELSE
+        -- A policy of an earlier version (current_tenant_id) gets the status test.
+        EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                       enable_rls.table_name, v_check, v_check);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
@@ -757,6 +777,13 @@ BEGIN
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
     -- Tenant migrations may reference a guarded table, never read its rows.
     EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    -- Partitions and inheritance children are tables of their own: queried
+    -- by name they apply their own policies, not the parent's. Guard each
+    -- (recursively); one that cannot be guarded makes the whole call fail.
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = enable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
+    END LOOP;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     RETURN v_guard;
 END
@@ -766,11 +793,13 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
     'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
     'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
-    'WITH CHECK tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
+    'WITH CHECK tenant_column = (SELECT tenancy.active_tenant_id()) and its permissive companion '
     'tenancy_tenant_rows (true), and statement trigger '
     'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
-    'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
-    'another column). The kit''s owner must own the table.';
+    'Partitions and inheritance children are guarded too (and, with the kit installed by a '
+    'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
+    'schema, column not uuid, guarded on another column, owned by an application role or a role '
+    'it is a member of). The kit''s owner must own the table.';
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 
@@ -865,6 +894,40 @@ BEGIN
            AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
          GROUP BY n.nspname, n.nspowner;
 
+    -- Whoever owns a tenant table can switch its privileges and policies
+    -- off; the kit's owner owns them all, the migrator only for the span of
+    -- one migration (so one left at rest means an interrupted hand-over).
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
+               format('%I.%I', n.nspname, c.relname),
+               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+                      CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                     WHEN 'm' THEN 'materialized view' ELSE 'table' END,
+                      n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
+                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
+                           THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          JOIN pg_class AS c ON c.relnamespace = n.oid
+         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+
+    -- A member of the owner's role has the owner's rights: every tenant,
+    -- every policy, the registry.
+    RETURN QUERY
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tenancy.app_roles AS a WHERE a.role_name = r.rolname)
+                    THEN 'error' ELSE 'warning' END::text,
+               'owner_role_member'::text, r.rolname::text,
+               format('role %s is a member of the kit''s owner %s and has all its rights (every '
+                      'tenant''s data, the registry, the policies)', quote_ident(r.rolname),
+                      quote_ident(pg_get_userbyid(k.nspowner))),
+               format('REVOKE %I FROM %I', pg_get_userbyid(k.nspowner), r.rolname)
+          FROM (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+          JOIN pg_roles AS r ON r.oid <> k.nspowner AND pg_has_role(r.oid, k.nspowner, 'MEMBER')
+         WHERE NOT r.rolsuper;
+
     -- Without the event-trigger fence only privileges confine migrations.
     RETURN QUERY
         SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
@@ -922,8 +985,10 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), consumers without a listener whose undelivered events are older than '
-    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas that roles other than their owner may create in (warning), the '
-    'migration fence missing (warning). Called by '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas '
+    'that roles other than their owner may create in (warning), the migration fence missing '
+    '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
+    'members of the owner''s role (error for an application role, warning otherwise). Called by '
     'check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
@@ -1194,6 +1259,13 @@ BEGIN
         RAISE EXCEPTION '% is not a table', track_changes.table_name
             USING ERRCODE = 'PT016';
     END IF;
+    -- The kit's own tables: tracking the outbox would write events about
+    -- writing events, without end.
+    IF starts_with(v_table, 'tenancy.') THEN
+        RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
+            USING ERRCODE = 'PT016',
+                  HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
@@ -1314,7 +1386,7 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table or has no primary key.';
+    'table, is a table of the tenancy schema, or has no primary key.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 
@@ -1404,7 +1476,8 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) TO %I', grant_app_role.role);
+    -- No outbox function: the application role could pre-claim events
+    -- (inbox_claim) or move cursors; receivers run as listener roles.
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
                    grant_app_role.role);
     FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
@@ -2575,6 +2648,9 @@ BEGIN
         RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
+    END IF;
+    IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        PERFORM tenancy.check_metadata(NEW.metadata);
     END IF;
     IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
         RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
@@ -3916,7 +3992,9 @@ BEGIN
     END IF;
     v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
 
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.migrations'));
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN
@@ -4006,8 +4084,15 @@ BEGIN
         RETURN NEW;
     END IF;
     NEW.slug := tenancy.validate_slug(NEW.slug);
-    -- Serialize creations of one slug so a concurrent duplicate gets PT002.
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(NEW.slug));
+    NEW.metadata := tenancy.check_metadata(coalesce(NEW.metadata, '{}'));
+    IF NEW.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % cannot be created deleted', quote_literal(NEW.slug)
+            USING ERRCODE = '22023';
+    END IF;
+    -- Serialize creations of one slug so a concurrent duplicate gets PT002:
+    -- a row lock the application role cannot take (it could hold an advisory lock).
+    INSERT INTO tenancy.slug_locks AS l (slug) VALUES (NEW.slug)
+        ON CONFLICT (slug) DO UPDATE SET slug = l.slug;
     IF EXISTS (SELECT 1 FROM tenancy.tenants WHERE slug = NEW.slug) THEN
         RAISE EXCEPTION 'tenant % already exists', quote_literal(NEW.slug)
             USING ERRCODE = 'PT002';
@@ -4068,6 +4153,9 @@ BEGIN
         RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
+    END IF;
+    IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        PERFORM tenancy.check_metadata(NEW.metadata);
     END IF;
     IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
         RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
@@ -4205,6 +4293,7 @@ AS $$
 DECLARE
     v_row tenancy.tenants;
 BEGIN
+    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
     IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
                 WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
@@ -4232,8 +4321,8 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'transaction. When the history needs commit boundaries the tenant is registered in status '
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
-    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 (metadata not '
-    'an object, unknown isolation); on error nothing is left behind.';
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -4443,3 +4532,1130 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
     'PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
+
+-- The attack run's gaps (issue 13): a suspended or deleted tenant out of the
+-- application roles' reach (grants revoked on status changes; the shared
+-- policy compares with active_tenant_id()), partitions and inheritance
+-- children guarded, no outbox function for application roles, enable_rls
+-- and track_changes refusals, admin locks the application role cannot
+-- take, no tenant inserted deleted, metadata of at most 64 KiB (PT029).
+
+CREATE TABLE IF NOT EXISTS tenancy.slug_locks (
+    slug text NOT NULL,
+    CONSTRAINT slug_locks_pkey PRIMARY KEY (slug)
+);
+
+COMMENT ON TABLE tenancy.slug_locks IS
+    'Row locks serializing the creation of each tenant slug. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.check_metadata(metadata jsonb)
+    RETURNS jsonb
+    LANGUAGE plpgsql
+    IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF check_metadata.metadata IS NULL OR jsonb_typeof(check_metadata.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %',
+            coalesce(jsonb_typeof(check_metadata.metadata), 'NULL')
+            USING ERRCODE = 'PT029';
+    END IF;
+    -- Metadata is copied into every tenant_created event: keep it small.
+    IF octet_length(check_metadata.metadata::text) > 65536 THEN
+        RAISE EXCEPTION 'tenant metadata is % bytes as JSON text, more than 65536',
+            octet_length(check_metadata.metadata::text)
+            USING ERRCODE = 'PT029',
+                  HINT = 'Keep large data in your own tables, keyed by the tenant id.';
+    END IF;
+    RETURN check_metadata.metadata;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_metadata(jsonb) IS
+    'Return metadata when it is a JSON object of at most 65536 bytes as JSON text; raise PT029 '
+    'otherwise. Checked by the registry triggers on every insert and update.';
+
+CREATE OR REPLACE FUNCTION tenancy.grant_schema_to_app_roles(p_schema text)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name;
+BEGIN
+    -- A suspended or deleted tenant's schema is out of every application
+    -- role's reach, whatever route skips enter_tenant (qualified names,
+    -- search_path); resume_tenant grants it back.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = p_schema AND t.status <> 'active') THEN
+        FOR v_role IN
+            SELECT a.role_name FROM tenancy.app_roles AS a
+              JOIN pg_roles AS r ON r.rolname = a.role_name
+        LOOP
+            EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON ALL SEQUENCES IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON ALL FUNCTIONS IN SCHEMA %I FROM %I', p_schema, v_role);
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', p_schema, v_role);
+        END LOOP;
+        RETURN;
+    END IF;
+    FOR v_role IN
+        SELECT a.role_name FROM tenancy.app_roles AS a
+          JOIN pg_roles AS r ON r.rolname = a.role_name
+    LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', p_schema, v_role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA %I TO %I',
+                       p_schema, v_role);
+        EXECUTE format('GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA %I TO %I', p_schema, v_role);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_schema_to_app_roles(text) IS
+    'Grant every application role usage of tenant schema p_schema and DML on its tables and '
+    'sequences; when the schema''s tenant is not active (suspended, deleted), revoke them all '
+    'instead. Run after provisioning, after each migration and on every status change. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_insert()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    -- A restore of a pg_dump (which sets row_security = off) loads registry
+    -- rows of tenants whose schemas it restores too: take them as they were.
+    IF tenancy.restoring() THEN
+        RETURN NEW;
+    END IF;
+    NEW.slug := tenancy.validate_slug(NEW.slug);
+    NEW.metadata := tenancy.check_metadata(coalesce(NEW.metadata, '{}'));
+    IF NEW.status = 'deleted' THEN
+        RAISE EXCEPTION 'tenant % cannot be created deleted', quote_literal(NEW.slug)
+            USING ERRCODE = '22023';
+    END IF;
+    -- Serialize creations of one slug so a concurrent duplicate gets PT002:
+    -- a row lock the application role cannot take (it could hold an advisory lock).
+    INSERT INTO tenancy.slug_locks AS l (slug) VALUES (NEW.slug)
+        ON CONFLICT (slug) DO UPDATE SET slug = l.slug;
+    IF EXISTS (SELECT 1 FROM tenancy.tenants WHERE slug = NEW.slug) THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(NEW.slug)
+            USING ERRCODE = 'PT002';
+    END IF;
+    NEW.isolation := coalesce(NEW.isolation, 'schema');
+    NEW.status := coalesce(NEW.status, 'active');
+    NEW.created_at := now();
+    NEW.updated_at := now();
+    IF NEW.isolation = 'shared' THEN
+        -- Rows in guarded shared tables; no schema, no migrations.
+        NEW.schema_name := NULL;
+        NEW.migration_version := NULL;
+        RETURN NEW;
+    ELSIF NEW.isolation <> 'schema' THEN
+        RAISE EXCEPTION 'invalid isolation %: use schema or shared', quote_literal(NEW.isolation)
+            USING ERRCODE = '22023';
+    END IF;
+    NEW.schema_name := tenancy.schema_prefix() || NEW.slug;
+    IF to_regnamespace(quote_ident(NEW.schema_name)) IS NOT NULL THEN
+        RAISE EXCEPTION 'schema % already exists but is not a registered tenant', quote_ident(NEW.schema_name)
+            USING ERRCODE = 'PT002',
+                  HINT = 'Rename or drop that schema, or choose another slug.';
+    END IF;
+    EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
+    IF tenancy.needs_commit_boundaries(NULL) THEN
+        -- One migration per transaction: the first one here, the others by
+        -- migrate_tenant (the fleet runner, or create_tenant rerun).
+        NEW.status := 'provisioning';
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL, 1);
+    ELSE
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+    END IF;
+    PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
+    'failure; when the history needs commit boundaries only the first, in status provisioning) '
+    'and grant it to the application roles; a shared tenant gets no schema.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR ((NEW.slug IS DISTINCT FROM OLD.slug OR NEW.schema_name IS DISTINCT FROM OLD.schema_name)
+           -- tenancy.rename_tenant renames the schema and then the row.
+           AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
+       OR NEW.isolation IS DISTINCT FROM OLD.isolation
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+            quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        PERFORM tenancy.check_metadata(NEW.metadata);
+    END IF;
+    IF OLD.status = 'deleted' AND NEW.status <> 'deleted' THEN
+        RAISE EXCEPTION 'tenant % is deleted', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT005',
+                  HINT = 'A deleted tenant stays deleted; create a new one.';
+    END IF;
+    IF NEW.status = 'provisioning' AND OLD.status <> 'provisioning' THEN
+        RAISE EXCEPTION 'tenant %: status provisioning is only for new tenants', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT010';
+    END IF;
+    IF OLD.status = 'provisioning' AND NEW.status = 'suspended' THEN
+        RAISE EXCEPTION 'tenant % is being provisioned', quote_literal(OLD.slug)
+            USING ERRCODE = 'PT019',
+                  HINT = 'Finish it first (rerun create_tenant or pgtenancy migrate), or drop it.';
+    END IF;
+    IF NEW.migration_version IS DISTINCT FROM OLD.migration_version
+       AND (NEW.isolation <> 'schema'
+            OR NEW.migration_version IS NULL
+            OR NOT EXISTS (SELECT 1 FROM tenancy.migrations WHERE version = NEW.migration_version)
+            OR NEW.migration_version < coalesce(OLD.migration_version, '')) THEN
+        RAISE EXCEPTION 'tenant %: migration_version % is not a registered version after %',
+            quote_literal(OLD.slug), coalesce(quote_literal(NEW.migration_version), 'NULL'),
+            coalesce(quote_literal(OLD.migration_version), 'none')
+            USING ERRCODE = 'PT010',
+                  HINT = 'Use tenancy.migrate_tenant(slug).';
+    END IF;
+    IF NEW IS DISTINCT FROM OLD THEN
+        NEW.updated_at := now();
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_before_update() IS
+    'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
+    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
+    'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
+    'updated_at.';
+
+CREATE OR REPLACE FUNCTION tenancy.add_migration(
+    version             text,
+    sql                 text,
+    outside_transaction boolean DEFAULT false
+)
+    RETURNS tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_version ALIAS FOR version;
+    p_sql ALIAS FOR sql;
+    p_outside_transaction ALIAS FOR outside_transaction;
+    v_row      tenancy.migrations;
+    v_checksum text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_from     text;
+    v_at       text;
+    v_state    text;
+    v_message  text;
+    v_detail   text;
+BEGIN
+    IF p_version IS NULL OR p_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(p_version), 'NULL')
+            USING ERRCODE = 'PT008',
+                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+    END IF;
+    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
+        RAISE EXCEPTION 'migration % has no SQL', p_version
+            USING ERRCODE = 'PT008';
+    END IF;
+    v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
+
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
+    IF FOUND THEN
+        IF v_row.checksum = v_checksum THEN
+            RETURN v_row;
+        END IF;
+        RAISE EXCEPTION 'migration % is already registered with different SQL', p_version
+            USING ERRCODE = 'PT008',
+                  HINT = 'Registered migrations never change: add a new version instead.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > p_version) THEN
+        RAISE EXCEPTION 'migration % sorts before the latest registered version %', p_version,
+            (SELECT max(version) FROM tenancy.migrations)
+            USING ERRCODE = 'PT008',
+                  HINT = 'Versions are applied in C-collation order: use a later version.';
+    END IF;
+
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
+    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
+    RETURNING * INTO v_row;
+
+    -- Try the new migration on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (one
+    -- migration applied, not the chain; earlier ones committed, so an enum
+    -- value an earlier migration added is usable). A missing or stale
+    -- scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
+        EXECUTE format('CREATE SCHEMA %I', v_scratch);
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
+    EXCEPTION
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
+                USING ERRCODE = 'PT008',
+                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
+                                    ELSE format('SQLSTATE %s', v_state) END,
+                      HINT = 'Nothing was registered.';
+    END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
+    'Register tenant DDL (sql) as migration version, which must sort after every registered '
+    'version. It is first applied to the scratch schema tenancy_scratch, kept at the latest '
+    'registered version (rebuilt by a replay when missing). Re-adding the same version with the '
+    'same SQL is a no-op. With outside_transaction the fleet runner applies it outside a '
+    'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
+    'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
+    'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
+    'fails; nothing is registered then.';
+
+CREATE OR REPLACE FUNCTION tenancy.create_tenant(
+    slug      text,
+    metadata  jsonb DEFAULT '{}',
+    isolation text DEFAULT 'schema'
+)
+    RETURNS tenancy.tenants
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
+    -- A tenant left in provisioning by a failure or a killed run: go on.
+    IF EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                WHERE t.slug = create_tenant.slug AND t.status = 'provisioning') THEN
+        RETURN tenancy.migrate_tenant(create_tenant.slug);
+    END IF;
+    IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
+        RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
+            USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO tenancy.tenants (slug, metadata, isolation)
+    VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
+    RETURNING * INTO v_row;
+    RETURN v_row;
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'tenant % already exists', quote_literal(create_tenant.slug)
+            USING ERRCODE = 'PT002';
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
+    'Create tenant slug: validate the slug; with isolation schema (default) create schema '
+    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
+    'transaction. When the history needs commit boundaries the tenant is registered in status '
+    'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
+    'the next one in its own transaction, and the last makes it active (tenant_created then). '
+    'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
+
+CREATE OR REPLACE FUNCTION tenancy.active_tenant_id()
+    RETURNS uuid
+    LANGUAGE plpgsql
+    STABLE
+    PARALLEL SAFE
+AS $$
+DECLARE
+    v_id uuid := nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid;
+BEGIN
+    -- PL/pgSQL, not SQL: a SQL function with sub-selects is not inlined and
+    -- plans its body on every call (0.2 ms); these plans are cached.
+    IF v_id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.tenant_directory AS d
+                WHERE d.id = v_id AND d.status OPERATOR(pg_catalog.=) 'active') THEN
+        RETURN v_id;
+    END IF;
+    -- The kit's owner (its SECURITY DEFINER functions: delete_shared_rows
+    -- deleting a destroyed tenant's rows) sees the tenant whatever its status.
+    IF pg_catalog.pg_has_role((SELECT n.nspowner FROM pg_catalog.pg_namespace AS n
+                                WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy'), 'MEMBER') THEN
+        RETURN v_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.active_tenant_id() IS
+    'Id of the tenant the current transaction entered while that tenant is active; NULL outside '
+    'a tenant or when the tenant is suspended or deleted (except for the kit''s owner and its '
+    'members). Compared with the tenant column by the policy of guarded tables.';
+
+CREATE OR REPLACE FUNCTION tenancy.enable_rls(table_name regclass, tenant_column name DEFAULT 'tenant_id')
+    RETURNS tenancy.guarded_tables
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_class   pg_class;
+    v_schema  name;
+    v_type    regtype;
+    v_attnum  smallint;
+    v_guard   tenancy.guarded_tables;
+    v_nulls   boolean;
+    v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
+    v_child   regclass;
+    v_role    name;
+BEGIN
+    SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
+    SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
+    IF v_class.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', enable_rls.table_name
+            USING ERRCODE = 'PT014';
+    END IF;
+    IF v_schema = 'tenancy' OR EXISTS (SELECT 1 FROM tenancy.tenants WHERE schema_name = v_schema) THEN
+        RAISE EXCEPTION '% is in schema %, which is not shared', enable_rls.table_name, quote_ident(v_schema)
+            USING ERRCODE = 'PT014',
+                  HINT = 'Guard tables of shared schemas; a tenant schema is isolated already.';
+    END IF;
+    -- An owner (or a member of the owner's role) can switch RLS off.
+    SELECT a.role_name INTO v_role
+      FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
+     WHERE pg_has_role(r.oid, v_class.relowner, 'MEMBER')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'application role % owns % (or is a member of its owner): it could switch '
+                        'row-level security off', quote_ident(v_role), enable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
+    END IF;
+    PERFORM tenancy.forget_dropped_tables();
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    IF FOUND AND v_guard.tenant_column <> enable_rls.tenant_column THEN
+        RAISE EXCEPTION '% is already guarded on column %', enable_rls.table_name, quote_ident(v_guard.tenant_column)
+            USING ERRCODE = 'PT014';
+    END IF;
+
+    SELECT a.atttypid::regtype, a.attnum INTO v_type, v_attnum
+      FROM pg_attribute AS a
+     WHERE a.attrelid = enable_rls.table_name AND a.attname = enable_rls.tenant_column AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        -- Existing rows get NULL: they belong to no tenant and nobody sees them.
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I uuid', enable_rls.table_name, enable_rls.tenant_column);
+        SELECT a.attnum INTO v_attnum FROM pg_attribute AS a
+         WHERE a.attrelid = enable_rls.table_name AND a.attname = enable_rls.tenant_column;
+    ELSIF v_type <> 'uuid'::regtype THEN
+        RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
+            USING ERRCODE = 'PT014';
+    END IF;
+    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
+                   enable_rls.table_name, enable_rls.tenant_column);
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
+        INTO v_nulls;
+    IF NOT v_nulls THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = enable_rls.table_name AND indkey[0] = v_attnum) THEN
+        EXECUTE format('CREATE INDEX ON %s (%I)', enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', enable_rls.table_name);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', enable_rls.table_name);
+    -- The tenant check is RESTRICTIVE, so it is ANDed with every other
+    -- policy: a permissive policy added later (USING (true), say) cannot
+    -- open other tenants' rows. Restrictive policies need a permissive one
+    -- to grant access at all: tenancy_tenant_rows, USING (true).
+    IF NOT EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
+        EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
+                       'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+    ELSE
+        -- A policy of an earlier version (current_tenant_id) gets the status test.
+        EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                       enable_rls.table_name, v_check, v_check);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
+        EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
+                       'USING (true) WITH CHECK (true)', enable_rls.table_name);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
+        EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
+    END IF;
+    INSERT INTO tenancy.guarded_tables (table_name, tenant_column)
+    VALUES (enable_rls.table_name, enable_rls.tenant_column)
+    ON CONFLICT (table_name) DO NOTHING;
+    PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
+    -- Tenant migrations may reference a guarded table, never read its rows.
+    EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    -- Partitions and inheritance children are tables of their own: queried
+    -- by name they apply their own policies, not the parent's. Guard each
+    -- (recursively); one that cannot be guarded makes the whole call fail.
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = enable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
+    END LOOP;
+    SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    RETURN v_guard;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
+    'Guard shared table table_name by tenant: add uuid column tenant_column if missing (existing rows '
+    'get NULL and stay invisible), default it to the current tenant, index it, ENABLE and FORCE ROW '
+    'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
+    'WITH CHECK tenant_column = (SELECT tenancy.active_tenant_id()) and its permissive companion '
+    'tenancy_tenant_rows (true), and statement trigger '
+    'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
+    'Partitions and inheritance children are guarded too (and, with the kit installed by a '
+    'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
+    'schema, column not uuid, guarded on another column, owned by an application role or a role '
+    'it is a member of). The kit''s owner must own the table.';
+
+CREATE OR REPLACE FUNCTION tenancy.check_registry()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_latest text;
+BEGIN
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_schema_missing'::text, t.slug,
+               format('tenant %s is registered but its schema %I does not exist', t.slug, t.schema_name),
+               format('restore the schema, or SELECT tenancy.drop_tenant(%L, true)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.schema_name IS NOT NULL AND t.status <> 'deleted'
+           AND to_regnamespace(quote_ident(t.schema_name)) IS NULL;
+
+    RETURN QUERY
+        SELECT 'warning'::text, 'unregistered_tenant_schema'::text, n.nspname::text,
+               format('schema %I has the tenant prefix but is not a registered tenant', n.nspname),
+               'drop or rename it, or register it (schemas are never adopted silently)'::text
+          FROM pg_namespace AS n
+         WHERE starts_with(n.nspname, tenancy.schema_prefix())
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
+
+    v_latest := tenancy.latest_migration();
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_lag'::text, t.slug,
+               format('tenant %s is at migration %s, the latest is %s', t.slug,
+                      coalesce(t.migration_version, 'none'), v_latest),
+               format('SELECT tenancy.migrate_tenant(%L)', t.slug)
+          FROM tenancy.tenants AS t
+         WHERE t.isolation = 'schema' AND t.status <> 'deleted' AND v_latest IS NOT NULL
+           AND t.migration_version IS DISTINCT FROM v_latest;
+
+    -- A shared schema others may create in: code planted there could
+    -- shadow what the application or its migrations call.
+    RETURN QUERY
+        SELECT 'warning'::text, 'shared_schema_writable'::text, n.nspname::text,
+               format('schema %I can be created in by %s, not only by its owner %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee),
+                      quote_ident(pg_get_userbyid(n.nspowner))),
+               format('REVOKE CREATE ON SCHEMA %I FROM %s', n.nspname,
+                      string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                      ELSE quote_ident(pg_get_userbyid(a.grantee)) END, ', '
+                                 ORDER BY a.grantee))
+          FROM pg_namespace AS n
+         CROSS JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) AS a
+         WHERE a.privilege_type = 'CREATE' AND a.grantee <> n.nspowner
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+           AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'
+           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+           -- The database owner's role and the migrator are the kit's own.
+           AND a.grantee <> (SELECT oid FROM pg_roles WHERE rolname = tenancy.migrator_role())
+         GROUP BY n.nspname, n.nspowner;
+
+    -- Whoever owns a tenant table can switch its privileges and policies
+    -- off; the kit's owner owns them all, the migrator only for the span of
+    -- one migration (so one left at rest means an interrupted hand-over).
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
+               format('%I.%I', n.nspname, c.relname),
+               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+                      CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
+                                     WHEN 'm' THEN 'materialized view' ELSE 'table' END,
+                      n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
+                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
+                           THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          JOIN pg_class AS c ON c.relnamespace = n.oid
+         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+
+    -- A member of the owner's role has the owner's rights: every tenant,
+    -- every policy, the registry.
+    RETURN QUERY
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM tenancy.app_roles AS a WHERE a.role_name = r.rolname)
+                    THEN 'error' ELSE 'warning' END::text,
+               'owner_role_member'::text, r.rolname::text,
+               format('role %s is a member of the kit''s owner %s and has all its rights (every '
+                      'tenant''s data, the registry, the policies)', quote_ident(r.rolname),
+                      quote_ident(pg_get_userbyid(k.nspowner))),
+               format('REVOKE %I FROM %I', pg_get_userbyid(k.nspowner), r.rolname)
+          FROM (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
+          JOIN pg_roles AS r ON r.oid <> k.nspowner AND pg_has_role(r.oid, k.nspowner, 'MEMBER')
+         WHERE NOT r.rolsuper;
+
+    -- Without the event-trigger fence only privileges confine migrations.
+    RETURN QUERY
+        SELECT 'warning'::text, 'migration_fence_missing'::text, 'tenancy'::text,
+               'the event-trigger fence of tenant migrations is not installed (the kit was '
+               'installed without superuser rights): migrations are confined by the migrator '
+               'role''s privileges alone, so a create in a schema everybody may create in is '
+               'not refused'::text,
+               'install the kit again as a superuser (make install-sql), or REVOKE CREATE ON '
+               'SCHEMA public FROM PUBLIC'::text
+         WHERE (SELECT count(*) FROM pg_event_trigger
+                 WHERE evtname IN ('pgtenancy_fence_ddl_start', 'pgtenancy_fence_ddl_end',
+                                   'pgtenancy_fence_sql_drop')
+                   AND evtenabled <> 'D') < 3;
+
+    RETURN QUERY
+        SELECT 'warning'::text, 'consumer_inactive'::text, c.name,
+               format('consumer %s has not been seen since %s and has undelivered events; '
+                      'prune_events no longer waits for it',
+                      c.name, coalesce(c.seen_at, c.updated_at)),
+               format('run its listener again, or pgtenancy events drop-consumer %s', c.name)
+          FROM tenancy.consumers AS c
+         WHERE coalesce(c.seen_at, c.updated_at) < now() - tenancy.consumer_inactive_after()
+           AND EXISTS (SELECT 1 FROM tenancy.events AS e
+                        WHERE (e.xid, e.id) > (c.last_xid, c.last_id));
+
+    -- Stale: nobody listens, and undelivered events wait longer than the
+    -- setting pgtenancy.consumer_stale_after (default 15 minutes), well
+    -- before consumer_inactive_after().
+    RETURN QUERY
+        SELECT 'warning'::text, 'consumer_stale'::text, c.name,
+               format('consumer %s has no listener (last seen %s) and %s undelivered events, '
+                      'the oldest %s old',
+                      c.name, coalesce(c.seen_at::text, 'never'), s.lag_events,
+                      date_trunc('second', now() - s.oldest)),
+               format('start its listener (pgtenancy listen --consumer %s), or drop it: '
+                      'pgtenancy events drop-consumer %s', c.name, c.name)
+          FROM tenancy.consumers AS c
+         CROSS JOIN LATERAL (
+             SELECT count(*) AS lag_events, min(e.created_at) AS oldest
+               FROM tenancy.events AS e
+              WHERE (e.xid, e.id) > (c.last_xid, c.last_id)) AS s
+         WHERE s.lag_events > 0
+           AND s.oldest < now() - coalesce(nullif(current_setting('pgtenancy.consumer_stale_after', true),
+                                                  ''), '15 minutes')::interval
+           AND coalesce(c.seen_at, c.updated_at) >= now() - tenancy.consumer_inactive_after()
+           AND (c.lease_until IS NULL OR c.lease_until < now())
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
+                            WHERE a.datname = current_database()
+                              AND a.application_name = 'pgtenancy-listener:' || c.name);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_registry() IS
+    'Registry findings of the doctor, readable without access to the registry: tenant schemas '
+    'missing (error), prefixed schemas not registered, tenants behind the latest migration '
+    '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
+    '(warning), consumers without a listener whose undelivered events are older than '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas '
+    'that roles other than their owner may create in (warning), the migration fence missing '
+    '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
+    'members of the owner''s role (error for an application role, warning otherwise). Called by '
+    'check_isolation().';
+
+CREATE OR REPLACE FUNCTION tenancy.check_isolation()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me     pg_roles;
+    r        record;
+BEGIN
+    SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
+    IF v_me.rolsuper OR v_me.rolbypassrls THEN
+        RETURN QUERY SELECT 'error'::text, 'role_bypasses_rls'::text, current_user::text,
+            format('role %s is %s: row-level security policies do not apply to it',
+                   current_user, CASE WHEN v_me.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END),
+            format('connect the application as a NOSUPERUSER NOBYPASSRLS role granted with '
+                   'tenancy.grant_app_role()')::text;
+    END IF;
+
+    FOR r IN
+        SELECT g.table_name, g.tenant_column, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               (SELECT a.attnum FROM pg_attribute AS a
+                 WHERE a.attrelid = g.table_name AND a.attname = g.tenant_column) AS attnum
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name::oid
+    LOOP
+        IF pg_has_role(current_user, r.relowner, 'USAGE') THEN
+            RETURN QUERY SELECT 'error'::text, 'role_owns_guarded_table'::text, r.table_name::text,
+                format('role %s owns guarded table %s and can switch its row-level security off',
+                       current_user, r.table_name),
+                format('ALTER TABLE %s OWNER TO <the kit''s owner role>', r.table_name);
+        END IF;
+        IF NOT r.relrowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_disabled'::text, r.table_name::text,
+                format('row-level security is disabled on guarded table %s', r.table_name),
+                format('SELECT tenancy.enable_rls(%L)', r.table_name::text);
+        END IF;
+        IF NOT r.relforcerowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_not_forced'::text, r.table_name::text,
+                format('guarded table %s lacks FORCE ROW LEVEL SECURITY: its owner bypasses the policy',
+                       r.table_name),
+                format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = r.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            RETURN QUERY SELECT 'error'::text, 'policy_missing'::text, r.table_name::text,
+                format('guarded table %s has no tenancy_tenant_isolation policy', r.table_name),
+                format('SELECT tenancy.enable_rls(%L, %L)', r.table_name::text, r.tenant_column);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indrelid = r.table_name AND indkey[0] = r.attnum) THEN
+            RETURN QUERY SELECT 'warning'::text, 'tenant_index_missing'::text, r.table_name::text,
+                format('guarded table %s has no index led by %I: every tenant query scans it all',
+                       r.table_name, r.tenant_column),
+                format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
+        END IF;
+    END LOOP;
+
+    -- A partition or inheritance child is queried by name with its own
+    -- policies: a child of a guarded table must be guarded itself.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_child'::text, i.inhrelid::regclass::text,
+               format('%s is a partition or child of guarded table %s but is not guarded: read by '
+                      'name it shows every tenant''s rows', i.inhrelid::regclass, g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhrelid::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+
+    -- A setting read outside an InitPlan is evaluated once per row.
+    FOR r IN
+        SELECT p.polname, p.polrelid::regclass AS tbl,
+               coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
+               || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
+          FROM pg_policy AS p
+    LOOP
+        IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+            RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
+                format('%s on %s', r.polname, r.tbl),
+                format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
+                       'evaluated for every row', r.polname, r.tbl),
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.active_tenant_id())'::text;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY SELECT * FROM tenancy.check_registry();
+
+    IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database()
+                      AND application_name LIKE 'pgtenancy-listener:%') THEN
+        RETURN QUERY SELECT 'warning'::text, 'no_listener'::text, tenancy.events_channel(),
+            format('no pgtenancy listener is connected to this database: lifecycle events wait '
+                   'in the outbox'),
+            'run pgtenancy listen --consumer NAME --handlers MODULE'::text;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_isolation() IS
+    'Isolation findings for the current role and database, one row each: severity (error or '
+    'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
+    'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
+    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
+    'no listener connected. Run it as the application role.';
+
+CREATE OR REPLACE FUNCTION tenancy.track_changes(table_name regclass)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_in_migration boolean := tenancy.called_from_migration();
+    v_fence        text;
+    v_pk      name[];
+    v_key     text;
+    v_join    text;
+    v_fn      text := tenancy.changes_function(track_changes.table_name);
+    v_table   text;
+    v_child   regclass;
+BEGIN
+    -- From a tenant migration: its own tenant's tables only, and the kit's
+    -- own DDL (the generated function lives in tenancy) passes the fence.
+    IF v_in_migration THEN
+        IF NOT tenancy.is_migration_target(
+                   (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                     WHERE c.oid = track_changes.table_name)) THEN
+            RAISE EXCEPTION 'unsafe migration: %(%) is outside its tenant schema', 'track_changes', track_changes.table_name
+                USING ERRCODE = 'PT017';
+        END IF;
+        v_fence := current_setting('pgtenancy.migration_schema', true);
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+    END IF;
+    -- The sender of row signals: schema.table, unquoted.
+    SELECT n.nspname || '.' || c.relname INTO v_table
+      FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+     WHERE c.oid = track_changes.table_name AND c.relkind IN ('r', 'p');
+    IF v_table IS NULL THEN
+        RAISE EXCEPTION '% is not a table', track_changes.table_name
+            USING ERRCODE = 'PT016';
+    END IF;
+    -- The kit's own tables: tracking the outbox would write events about
+    -- writing events, without end.
+    IF starts_with(v_table, 'tenancy.') THEN
+        RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
+            USING ERRCODE = 'PT016',
+                  HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
+      FROM pg_index AS i
+     CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = track_changes.table_name AND i.indisprimary;
+    IF v_pk IS NULL THEN
+        RAISE EXCEPTION 'table % has no primary key: row-change events identify rows by it', track_changes.table_name
+            USING ERRCODE = 'PT016';
+    END IF;
+    SELECT string_agg(format('%L, r.%I', c, c), ', '),
+           string_agg(format('o.%I = r.%I', c, c), ' AND ')
+      INTO v_key, v_join
+      FROM unnest(v_pk) AS c;
+
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %s()
+            RETURNS trigger
+            LANGUAGE plpgsql
+            SECURITY DEFINER
+            SET search_path = pg_catalog, pg_temp
+        AS $body$
+        DECLARE
+            v_tenant tenancy.tenants;
+        BEGIN
+            SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
+            IF NOT FOUND THEN
+                SELECT * INTO v_tenant FROM tenancy.tenants
+                 WHERE id = tenancy.current_tenant_id();
+            END IF;
+            IF TG_OP = 'TRUNCATE' THEN
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                        v_tenant.status,
+                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+            ELSIF TG_OP = 'UPDATE' THEN
+                -- Rows whose key is unchanged, with the columns that changed.
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
+                  FROM (SELECT jsonb_build_object(
+                                   'key', jsonb_build_object(%s),
+                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                 FROM jsonb_each(to_jsonb(r)) AS e
+                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                               ) AS row,
+                               (row_number() OVER () - 1) / 1000 AS chunk
+                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
+                 GROUP BY s.chunk
+                 ORDER BY s.chunk;
+                -- An update that changed a key: the old key went, the new one came.
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
+                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                          FROM old_rows AS r
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                        UNION ALL
+                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                          FROM new_rows AS r
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
+                 GROUP BY s.op
+                 ORDER BY s.op;
+            ELSE
+                INSERT INTO tenancy.events
+                       (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
+                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
+                       v_tenant.status,
+                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
+                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
+                               (row_number() OVER () - 1) / 1000 AS chunk
+                          FROM changed_rows AS r) AS s
+                 GROUP BY s.chunk
+                 ORDER BY s.chunk;
+            END IF;
+            RETURN NULL;
+        END
+        $body$
+    $f$, v_fn, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
+                   format('Records row changes of %s as rows_changed events (tenancy.track_changes).',
+                          v_table));
+    EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
+
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_insert ON %s', track_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_update ON %s', track_changes.table_name);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_delete ON %s', track_changes.table_name);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   track_changes.table_name, v_fn);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', track_changes.table_name, v_fn);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   track_changes.table_name, v_fn);
+    EXECUTE format('DROP TRIGGER IF EXISTS tenancy_changes_truncate ON %s', track_changes.table_name);
+    EXECUTE format('CREATE TRIGGER tenancy_changes_truncate AFTER TRUNCATE ON %s '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s()', track_changes.table_name, v_fn);
+    -- Statements aimed at a partition fire the partition's triggers only.
+    FOR v_child IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = track_changes.table_name LOOP
+        PERFORM tenancy.track_changes(v_child);
+    END LOOP;
+    IF v_in_migration THEN
+        PERFORM set_config('pgtenancy.migration_schema', v_fence, true);
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
+    'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
+    'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
+    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'for updates, the changed columns; an update that changes a key is reported as the old key '
+    'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
+    'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
+    'table, is a table of the tenancy schema, or has no primary key.';
+
+CREATE OR REPLACE FUNCTION tenancy.grant_app_role(role name)
+    RETURNS void
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role   pg_roles;
+    v_schema text;
+    v_table  regclass;
+BEGIN
+    SELECT * INTO v_role FROM pg_roles WHERE rolname = grant_app_role.role;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'role % does not exist', quote_ident(grant_app_role.role)
+            USING ERRCODE = '42704';
+    END IF;
+    IF v_role.rolsuper OR v_role.rolbypassrls THEN
+        RAISE EXCEPTION 'role % is a superuser or has BYPASSRLS: row-level security would not apply',
+            quote_ident(grant_app_role.role)
+            USING ERRCODE = 'PT013',
+                  HINT = 'Use a role with NOSUPERUSER NOBYPASSRLS for the application.';
+    END IF;
+    SELECT g.table_name INTO v_table
+      FROM tenancy.guarded_tables AS g
+      JOIN pg_class AS c ON c.oid = g.table_name
+     WHERE pg_has_role(grant_app_role.role, c.relowner, 'USAGE')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'role % owns guarded table %: an owner can turn row-level security off',
+            quote_ident(grant_app_role.role), v_table
+            USING ERRCODE = 'PT013',
+                  HINT = 'Let the application role own nothing; tables belong to the kit''s owner.';
+    END IF;
+
+    PERFORM tenancy.forget_dropped_tables();
+    INSERT INTO tenancy.app_roles (role_name) VALUES (grant_app_role.role) ON CONFLICT (role_name) DO NOTHING;
+    EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', grant_app_role.role);
+    EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables, tenancy.tenant_directory TO %I',
+                   grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.enter_tenant(text), '
+                   'tenancy.current_tenant_id(), '
+                   'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
+                   'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
+    -- No outbox function: the application role could pre-claim events
+    -- (inbox_claim) or move cursors; receivers run as listener roles.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
+                   grant_app_role.role);
+    FOR v_schema IN SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL LOOP
+        IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
+            PERFORM tenancy.grant_schema_to_app_roles(v_schema);
+        END IF;
+    END LOOP;
+    FOR v_table IN SELECT table_name FROM tenancy.guarded_tables LOOP
+        PERFORM tenancy.grant_table_to_app_roles(v_table);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.grant_app_role(name) IS
+    'Let role role use tenants: enter them, read the public fields of the entered tenant '
+    '(tenant_info) and resolve host names (resolve_domain), and read and write every tenant '
+    'schema and guarded table, now and as new ones appear, without owning any table. Raises 42704 '
+    '(no such role) and PT013 (superuser, BYPASSRLS, or owner of a guarded table). Idempotent.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenants_sync_grants()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM tenancy.assert_registry_trigger(TG_RELID);
+    IF tenancy.restoring() OR NEW.schema_name IS NULL
+       OR (TG_OP = 'UPDATE' AND NEW.status IS NOT DISTINCT FROM OLD.status)
+       OR (TG_OP = 'INSERT' AND NEW.status = 'active')
+       OR to_regnamespace(quote_ident(NEW.schema_name)) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenants_sync_grants() IS
+    'Trigger: when a schema tenant''s status changes (or it is created in a status other than '
+    'active), grant its schema to the application roles when active, revoke every privilege on '
+    'it otherwise.';
+
+CREATE OR REPLACE FUNCTION tenancy.guard_new_children()
+    RETURNS event_trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+BEGIN
+    -- enable_rls runs DDL itself, which fires this trigger again; the
+    -- setting lives only inside this call (the SET clause scopes it).
+    IF current_setting('pgtenancy.guarding_children', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
+    FOR r IN
+        SELECT i.inhrelid::regclass AS child, g.tenant_column
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid)
+         ORDER BY i.inhrelid
+    LOOP
+        -- A child that cannot be guarded (another owner, a foreign table)
+        -- fails here, and with it the DDL that attached it.
+        PERFORM tenancy.enable_rls(r.child, r.tenant_column);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.guard_new_children() IS
+    'Event trigger (ddl_command_end of CREATE TABLE and ALTER TABLE): guard with enable_rls every '
+    'partition or inheritance child of a guarded table that is not guarded yet (CREATE TABLE ... '
+    'PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL fails when one cannot be guarded.';
+
+REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_before_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_before_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.tenants_sync_grants() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.guard_new_children() FROM PUBLIC;
+
+CREATE OR REPLACE TRIGGER tenants_sync_grants
+    AFTER INSERT OR UPDATE OF status ON tenancy.tenants
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenants_sync_grants();
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = current_user AND rolsuper) THEN
+        RETURN;
+    END IF;
+    DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
+    CREATE EVENT TRIGGER pgtenancy_guard_children ON ddl_command_end
+        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+        EXECUTE FUNCTION tenancy.guard_new_children();
+END
+$$;
+
+-- Existing data: the policies of guarded tables test the tenant's status,
+-- suspended and deleted schema tenants lose the application roles'
+-- privileges, and application roles lose inbox_claim (0.2.0 granted it).
+DO $$
+DECLARE
+    v_guard tenancy.guarded_tables;
+    v_check text;
+    v_role  name;
+BEGIN
+    FOR v_guard IN
+        SELECT g.* FROM tenancy.guarded_tables AS g
+         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_policy AS p
+                        WHERE p.polrelid = g.table_name AND p.polname = 'tenancy_tenant_isolation')
+    LOOP
+        v_check := pg_catalog.format('%I = (SELECT tenancy.active_tenant_id())', v_guard.tenant_column);
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
+                                  v_guard.table_name, v_check, v_check);
+    END LOOP;
+    PERFORM tenancy.grant_schema_to_app_roles(t.schema_name)
+       FROM tenancy.tenants AS t
+      WHERE t.status <> 'active' AND t.schema_name IS NOT NULL
+        AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name)) IS NOT NULL;
+    FOR v_role IN
+        SELECT a.role_name FROM tenancy.app_roles AS a
+          JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON FUNCTION tenancy.inbox_claim(text, bigint) FROM %I', v_role);
+    END LOOP;
+END
+$$;
+

@@ -46,9 +46,7 @@ def test_enable_rls_builds_the_guard(
         "FROM pg_policy WHERE polrelid = 'public.orders'::regclass "
         "AND polname = 'tenancy_tenant_isolation' AND NOT polpermissive"
     )
-    assert (
-        qual == check == "(tenant_id = ( SELECT tenancy.current_tenant_id() AS current_tenant_id))"
-    )
+    assert qual == check == "(tenant_id = ( SELECT tenancy.active_tenant_id() AS active_tenant_id))"
     assert sql(
         "SELECT polname, polpermissive, pg_get_expr(polqual, polrelid) FROM pg_policy "
         "WHERE polrelid = 'public.orders'::regclass ORDER BY 1"

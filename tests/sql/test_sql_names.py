@@ -114,6 +114,8 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     call("SELECT tenancy.grant_app_role(role => %s)", (role,))
     call("SELECT tenancy.grant_listener_role(role => %s)", (role,))
     call("SELECT * FROM tenancy.check_isolation()")
+    assert call("SELECT tenancy.check_metadata(metadata => '{\"a\": 1}')") == [({"a": 1},)]
+    assert call("SELECT tenancy.active_tenant_id()") == [(None,)]
     call("SELECT tenancy.track_changes(table_name => 'tenant_acme.note')")
     call("SELECT tenancy.untrack_changes(table_name => 'tenant_acme.note')")
     # issue 15: operating on one tenant.

@@ -1,0 +1,621 @@
+"""The gaps an attack run found (issue 13), each reproduced as the attack, as
+the application role (NOSUPERUSER NOBYPASSRLS, granted with grant_app_role),
+and shown refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import errors as pgerrors
+from psycopg_pool import ConnectionPool
+
+from conftest import as_role, outbox
+from pgtenancy import (
+    CannotGuardTable,
+    CannotTrackTable,
+    InvalidTenantMetadata,
+    Tenancy,
+    install_sqlalchemy_reset,
+    pool_reset,
+    tenant_connection,
+)
+from pgtenancy.errors import translate
+
+SQL = Callable[..., list[tuple[Any, ...]]]
+
+
+@pytest.fixture
+def schema_tenants(tenancy: Tenancy, sql: SQL) -> None:
+    tenancy.add_migration("0001", "CREATE TABLE invoice (id int PRIMARY KEY, body text)")
+    for slug in ("acme", "globex"):
+        tenancy.create_tenant(slug)
+        sql(f"INSERT INTO tenant_{slug}.invoice VALUES (1, '{slug} invoice')")
+
+
+# -- pg_temp last, and pooled connections reset ------------------------------
+
+
+def test_temp_table_of_one_request_is_not_read_by_the_next(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        with tenant_connection(conn, "acme") as c:
+            c.execute("CREATE TEMP TABLE invoice (id int, body text)")
+            c.execute("INSERT INTO pg_temp.invoice VALUES (1, 'acme secret')")
+        with tenant_connection(conn, "globex") as c:
+            rows = c.execute("SELECT body FROM invoice").fetchall()
+        assert rows == [("globex invoice",)]
+        # The temp table is still there (pool_reset removes it), just never first.
+        assert conn.execute("SELECT body FROM pg_temp.invoice").fetchall() == [("acme secret",)]
+
+
+def _leftovers(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    return {
+        "temp": conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relkind = 'r'"
+            " AND pg_table_is_visible(oid)"
+        ).fetchone(),
+        "cursors": conn.execute("SELECT count(*) FROM pg_cursors").fetchone(),
+        "prepared": conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql OR from_sql"
+            " AND name = 'steal'"
+        ).fetchone(),
+        "setting": conn.execute(
+            "SELECT nullif(current_setting('app.tenant_id', true), '')"
+        ).fetchone(),
+        "work_mem": conn.execute("SHOW work_mem").fetchone(),
+        "path": conn.execute("SHOW search_path").fetchone(),
+    }
+
+
+def _dirty(c: psycopg.Connection[Any]) -> None:
+    c.execute("CREATE TEMP TABLE invoice (id int, body text)")
+    c.execute("INSERT INTO pg_temp.invoice VALUES (1, 'acme secret')")
+    c.execute("DECLARE held CURSOR WITH HOLD FOR SELECT body FROM pg_temp.invoice")
+    c.execute("PREPARE steal AS SELECT body FROM pg_temp.invoice")
+    c.execute("SELECT set_config('app.tenant_id', tenancy.current_tenant_id()::text, false)")
+    c.execute("SET SESSION work_mem = '7MB'")
+    c.execute("SELECT set_config('search_path', 'tenant_acme, public', false)")
+
+
+def test_psycopg_pool_reset_leaves_nothing_for_the_next_checkout(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    with ConnectionPool(
+        as_role(dsn, app_role), min_size=1, max_size=1, reset=pool_reset, open=True
+    ) as pool:
+        with pool.connection() as conn:
+            clean = _leftovers(conn)
+        with tenant_connection(pool, "acme") as c:
+            _dirty(c)
+        with pool.connection() as conn:
+            assert _leftovers(conn) == clean
+            assert clean["temp"] == (0,) and clean["cursors"] == (0,)
+        with tenant_connection(pool, "globex") as c:
+            assert c.execute("SELECT body FROM invoice").fetchall() == [("globex invoice",)]
+
+
+def test_pool_reset_keeps_psycopg_prepared_statements_working(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    """DISCARD ALL drops the server's prepared statements on every return:
+    psycopg must forget them each time (it notices only the first DISCARD)."""
+    from sqlalchemy import create_engine, text
+
+    from pgtenancy import tenant_session
+
+    with ConnectionPool(
+        as_role(dsn, app_role), min_size=1, max_size=1, reset=pool_reset, open=True
+    ) as pool:
+        for i in range(20):
+            with tenant_connection(pool, "acme") as c:
+                assert c.execute("SELECT id FROM invoice WHERE id = %s", (1,)).fetchone() == (1,), i
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(as_role(dsn, app_role)),
+        pool_size=1,
+        max_overflow=0,
+    )
+    install_sqlalchemy_reset(engine)
+    try:
+        for i in range(20):
+            with tenant_session(engine, "globex") as session:
+                got = session.execute(text("SELECT id FROM invoice WHERE id = :i"), {"i": 1})
+                assert got.all() == [(1,)], i
+    finally:
+        engine.dispose()
+
+
+def test_psycopg_pool_without_reset_keeps_the_leftovers(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    """The control: without the hook the attack's state survives (so the test above can fail)."""
+    with ConnectionPool(as_role(dsn, app_role), min_size=1, max_size=1, open=True) as pool:
+        with tenant_connection(pool, "acme") as c:
+            _dirty(c)
+        with pool.connection() as conn:
+            left = _leftovers(conn)
+    assert left["temp"] == (1,) and left["cursors"] == (1,) and left["work_mem"] == ("7MB",)
+
+
+def test_sqlalchemy_reset_leaves_nothing_for_the_next_checkout(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    from pgtenancy import tenant_session
+
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(as_role(dsn, app_role)),
+        pool_size=1,
+        max_overflow=0,
+    )
+    install_sqlalchemy_reset(engine)
+    install_sqlalchemy_reset(engine)  # once only
+    try:
+        with engine.connect() as c0:
+            clean = _leftovers(c0.connection.dbapi_connection)  # type: ignore[arg-type]
+        with tenant_session(engine, "acme") as session:
+            raw = session.connection().connection.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            _dirty(raw)
+        with engine.connect() as c1:
+            assert _leftovers(c1.connection.dbapi_connection) == clean
+        with tenant_session(engine, "globex") as session:
+            assert session.execute(text("SELECT body FROM invoice")).all() == [("globex invoice",)]
+    finally:
+        engine.dispose()
+
+
+# -- suspended and deleted tenants unreachable ---------------------------------
+
+
+def test_suspended_and_deleted_schema_tenants_are_unreachable_by_any_route(
+    schema_tenants: None, tenancy: Tenancy, dsn: str, app_role: str
+) -> None:
+    routes = [
+        "SELECT body FROM tenant_acme.invoice",
+        "UPDATE tenant_acme.invoice SET body = 'x'",
+        "INSERT INTO tenant_acme.invoice VALUES (2, 'x')",
+    ]
+
+    def attempt() -> list[str]:
+        outcomes = []
+        with psycopg.connect(as_role(dsn, app_role)) as conn:
+            for q in routes:
+                try:
+                    conn.execute(q)
+                    outcomes.append("ok")
+                except pgerrors.InsufficientPrivilege:
+                    outcomes.append("denied")
+                conn.rollback()
+            try:
+                conn.execute("SELECT set_config('search_path', 'tenant_acme', true)")
+                conn.execute("SELECT body FROM invoice")
+                outcomes.append("ok")
+            except (pgerrors.InsufficientPrivilege, pgerrors.UndefinedTable):
+                outcomes.append("denied")
+        return outcomes
+
+    assert attempt() == ["ok"] * 4
+    tenancy.suspend_tenant("acme")
+    assert attempt() == ["denied"] * 4
+    tenancy.resume_tenant("acme")
+    assert attempt() == ["ok"] * 4
+    # A migration of a suspended tenant does not give the grants back.
+    tenancy.suspend_tenant("acme")
+    tenancy.add_migration("0002", "CREATE TABLE extra (id int)")
+    tenancy.migrate_tenant("acme")
+    assert attempt() == ["denied"] * 4
+    with (
+        psycopg.connect(as_role(dsn, app_role)) as conn,
+        pytest.raises(pgerrors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM tenant_acme.extra")
+    tenancy.resume_tenant("acme")
+    tenancy.drop_tenant("acme")
+    assert attempt() == ["denied"] * 4
+    # globex is untouched throughout.
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        assert conn.execute("SELECT body FROM tenant_globex.invoice").fetchall() == [
+            ("globex invoice",)
+        ]
+
+
+def test_grant_app_role_later_skips_suspended_schemas(
+    schema_tenants: None, tenancy: Tenancy, dsn: str, sql: SQL
+) -> None:
+    tenancy.suspend_tenant("acme")
+    sql("CREATE ROLE pgtenancy_late_app LOGIN NOSUPERUSER NOBYPASSRLS")
+    try:
+        sql("SELECT tenancy.grant_app_role('pgtenancy_late_app')")
+        with psycopg.connect(as_role(dsn, "pgtenancy_late_app")) as conn:
+            with pytest.raises(pgerrors.InsufficientPrivilege):
+                conn.execute("SELECT * FROM tenant_acme.invoice")
+            conn.rollback()
+            assert conn.execute("SELECT count(*) FROM tenant_globex.invoice").fetchone() == (1,)
+    finally:
+        sql("DROP OWNED BY pgtenancy_late_app")
+        sql("DROP ROLE pgtenancy_late_app")
+
+
+def test_suspended_shared_tenant_rows_are_unreachable_with_a_hand_set_tenant(
+    hybrid: dict[str, str], tenancy: Tenancy, dsn: str, app_role: str
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role)) as conn, tenant_connection(conn, "acme") as c:
+        c.execute("INSERT INTO orders (item) VALUES ('acme order')")
+    tenancy.suspend_tenant("acme")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (hybrid["acme"],))
+        assert conn.execute("SELECT item FROM public.orders").fetchall() == []
+        assert conn.execute("UPDATE public.orders SET item = 'x'").rowcount == 0
+        with pytest.raises(pgerrors.InsufficientPrivilege):  # WITH CHECK: new row violates policy
+            conn.execute(
+                "INSERT INTO public.orders (item, tenant_id) VALUES ('x', %s)", (hybrid["acme"],)
+            )
+        conn.rollback()
+    tenancy.resume_tenant("acme")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (hybrid["acme"],))
+        assert conn.execute("SELECT item FROM public.orders").fetchall() == [("acme order",)]
+    tenancy.drop_tenant("acme")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (hybrid["acme"],))
+        assert conn.execute("SELECT item FROM public.orders").fetchall() == []
+
+
+def test_destroying_a_shared_tenant_still_deletes_its_rows(
+    hybrid: dict[str, str], tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role)) as conn, tenant_connection(conn, "acme") as c:
+        c.execute("INSERT INTO orders (item) VALUES ('acme order')")
+    tenancy.suspend_tenant("acme")
+    tenancy.drop_tenant("acme", destroy_data=True)
+    sql("SET row_security = off")
+    assert sql("SELECT count(*) FROM public.orders WHERE tenant_id = %s", (hybrid["acme"],)) == [
+        (0,)
+    ]
+
+
+# -- partitions and inheritance children ---------------------------------------
+
+
+def _rows_seen(dsn: str, role: str, slug: str, table: str) -> list[str]:
+    with psycopg.connect(as_role(dsn, role)) as conn, tenant_connection(conn, slug) as c:
+        return [r[0] for r in c.execute(f"SELECT item FROM {table} ORDER BY item").fetchall()]
+
+
+def test_enable_rls_guards_existing_and_later_partitions_and_children(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    for slug in ("acme", "globex"):
+        tenancy.create_tenant(slug, isolation="shared")
+    sql(
+        "CREATE TABLE public.sales (id int, item text, tenant_id uuid NOT NULL) PARTITION BY HASH (id)"
+    )
+    sql(
+        "CREATE TABLE public.sales_0 PARTITION OF public.sales FOR VALUES WITH (MODULUS 3, REMAINDER 0)"
+    )
+    tenancy.enable_rls("public.sales")
+    # Later: CREATE TABLE ... PARTITION OF, and ATTACH PARTITION.
+    sql(
+        "CREATE TABLE public.sales_1 PARTITION OF public.sales FOR VALUES WITH (MODULUS 3, REMAINDER 1)"
+    )
+    sql("CREATE TABLE public.sales_2 (id int, item text, tenant_id uuid NOT NULL)")
+    sql(
+        "ALTER TABLE public.sales ATTACH PARTITION public.sales_2 FOR VALUES WITH (MODULUS 3, REMAINDER 2)"
+    )
+    # Inheritance: a child created with INHERITS, one attached with INHERIT.
+    sql("CREATE TABLE public.notes (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.notes")
+    sql("CREATE TABLE public.notes_old () INHERITS (public.notes)")
+    sql("CREATE TABLE public.notes_new (id int, item text, tenant_id uuid NOT NULL)")
+    sql("ALTER TABLE public.notes_new INHERIT public.notes")
+    # The routine grant the attack used.
+    sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app_role}")
+    for slug in ("acme", "globex"):
+        with (
+            psycopg.connect(as_role(dsn, app_role)) as conn,
+            tenant_connection(conn, slug) as c,
+        ):
+            c.execute("INSERT INTO sales SELECT g, %s FROM generate_series(1, 30) g", (slug,))
+            c.execute("INSERT INTO notes_old (id, item) VALUES (1, %s)", (slug,))
+            c.execute("INSERT INTO notes_new (id, item) VALUES (1, %s)", (slug,))
+    for table in ("sales_0", "sales_1", "sales_2", "notes_old", "notes_new"):
+        assert set(_rows_seen(dsn, app_role, "acme", table)) == {"acme"}, table
+    guarded = {r[0] for r in sql("SELECT table_name::text FROM tenancy.guarded_tables")}
+    assert guarded == {"sales", "sales_0", "sales_1", "sales_2", "notes", "notes_old", "notes_new"}
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        assert [r[1] for r in conn.execute("SELECT * FROM tenancy.check_isolation()")].count(
+            "unguarded_child"
+        ) == 0
+
+
+def test_a_child_that_cannot_be_guarded_is_refused(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.sales")
+    sql(f"GRANT CREATE ON SCHEMA public TO {app_role}")
+    sql(f"GRANT TRUNCATE, REFERENCES, TRIGGER ON public.sales TO {app_role}")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        conn.execute("CREATE TABLE public.mine (id int, item text, tenant_id uuid)")
+        conn.commit()
+        # The child is the app role's own table: guarding it is refused, so is the DDL.
+        with pytest.raises(psycopg.Error):
+            conn.execute("ALTER TABLE public.mine INHERIT public.sales")
+        conn.rollback()
+    assert sql("SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.sales'::regclass") == [
+        (0,)
+    ]
+
+
+def test_doctor_reports_an_unguarded_child(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.sales")
+    # As if installed without a superuser: no event trigger.
+    sql("ALTER EVENT TRIGGER pgtenancy_guard_children DISABLE")
+    try:
+        sql("CREATE TABLE public.sales_old () INHERITS (public.sales)")
+    finally:
+        sql("ALTER EVENT TRIGGER pgtenancy_guard_children ENABLE")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        found = [
+            r
+            for r in conn.execute("SELECT * FROM tenancy.check_isolation()")
+            if r[1] == "unguarded_child"
+        ]
+    assert [(r[0], r[2]) for r in found] == [("error", "public.sales_old")]
+    sql("SELECT tenancy.enable_rls('public.sales_old')")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        assert not [
+            r
+            for r in conn.execute("SELECT * FROM tenancy.check_isolation()")
+            if r[1] == "unguarded_child"
+        ]
+
+
+# -- outbox out of the application role's reach --------------------------------
+
+OUTBOX_CALLS = [
+    "SELECT tenancy.inbox_claim('billing', 1)",
+    "SELECT tenancy.register_consumer('evil')",
+    "SELECT * FROM tenancy.next_events('evil', 10)",
+    "SELECT tenancy.events_held_back('evil')",
+    "SELECT tenancy.advance_consumer('evil', '1'::xid8, 1)",
+    "SELECT tenancy.consumer_heartbeat('evil')",
+    "SELECT tenancy.acquire_lease('evil', 'me', '1 minute')",
+    "SELECT tenancy.release_lease('evil', 'me')",
+    "SELECT tenancy.park_event('evil', 1, 'x', 1, 'x')",
+    "SELECT tenancy.unpark_event('evil', 1, 'x')",
+    "SELECT * FROM tenancy.parked_events('evil')",
+    "SELECT * FROM tenancy.prune_events('0 s', '0 s')",
+    "SELECT * FROM tenancy.consumer_status()",
+    "SELECT * FROM tenancy.outbox_health()",
+    "SELECT * FROM tenancy.events",
+    "SELECT * FROM tenancy.consumers",
+    "SELECT * FROM tenancy.inbox",
+]
+
+
+def test_the_application_role_cannot_use_the_outbox(
+    tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    tenancy.create_tenant("acme")
+    # Grant again, as an upgrade or a second call would.
+    sql("SELECT tenancy.grant_app_role(%s)", (app_role,))
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        for call in OUTBOX_CALLS:
+            with pytest.raises(pgerrors.InsufficientPrivilege):
+                conn.execute(call)
+    assert sql("SELECT count(*) FROM tenancy.consumers") == [(0,)]
+
+
+# -- enable_rls and track_changes refusals -------------------------------------
+
+
+def test_enable_rls_refuses_a_table_the_app_role_owns_or_can_alter(
+    tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    sql(f"GRANT CREATE ON SCHEMA public TO {app_role}")
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.own (id int, tenant_id uuid)")
+    sql("CREATE ROLE pgtenancy_team NOLOGIN")
+    try:
+        sql(f"GRANT pgtenancy_team TO {app_role}")
+        sql("CREATE TABLE public.team (id int, tenant_id uuid)")
+        sql("ALTER TABLE public.team OWNER TO pgtenancy_team")
+        for table in ("public.own", "public.team"):
+            with pytest.raises(CannotGuardTable):
+                tenancy.enable_rls(table)
+            # Nothing changed.
+            assert sql(
+                "SELECT relrowsecurity, (SELECT count(*) FROM pg_policy WHERE polrelid = %s::regclass)"
+                " FROM pg_class WHERE oid = %s::regclass",
+                (table, table),
+            ) == [(False, 0)]
+        assert sql("SELECT count(*) FROM tenancy.guarded_tables") == [(0,)]
+    finally:
+        sql("DROP TABLE public.team")
+        sql("DROP ROLE pgtenancy_team")
+
+
+def test_track_changes_refuses_kit_tables_and_lifecycle_keeps_working(
+    tenancy: Tenancy, sql: SQL, dsn: str
+) -> None:
+    for table in ("tenancy.events", "tenancy.tenants", "tenancy.consumers"):
+        with pytest.raises(psycopg.Error) as info:
+            sql("SELECT tenancy.track_changes(%s)", (table,))
+        assert isinstance(translate(info.value), CannotTrackTable)
+        assert sql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname LIKE 'tenancy_changes%%'",
+            (table,),
+        ) == [(0,)]
+    tenancy.create_tenant("acme")
+    tenancy.suspend_tenant("acme")
+    tenancy.resume_tenant("acme")
+    tenancy.drop_tenant("acme")
+    assert [e[0] for e in outbox(dsn)] == [
+        "tenant_created",
+        "tenant_suspended",
+        "tenant_resumed",
+        "tenant_deleted",
+    ]
+
+
+# -- admin serialization, registry inserts, metadata ---------------------------
+
+
+def test_app_role_advisory_locks_do_not_block_admin(
+    tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as attacker:
+        # Every key the kit ever took, in both the one- and two-key spaces.
+        attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.migrations'))")
+        attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.tenant'), hashtext('acme'))")
+        for table in ("tenancy.migrations", "tenancy.slug_locks", "tenancy.tenants"):
+            with pytest.raises(pgerrors.InsufficientPrivilege):
+                attacker.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS SHARE MODE")
+            attacker.execute("ROLLBACK")
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SET lock_timeout = '5s'")
+            admin.execute("SELECT tenancy.add_migration('0001', 'CREATE TABLE t (id int)')")
+            admin.execute("SELECT tenancy.create_tenant('acme')")
+    assert sql("SELECT slug, migration_version FROM tenancy.tenants") == [("acme", "0001")]
+
+
+def test_concurrent_creation_of_one_slug_gives_one_tenant(tenancy: Tenancy, dsn: str) -> None:
+    """The row lock still serializes creations of one slug: the second waits, then gets PT002."""
+    first = psycopg.connect(dsn)
+    try:
+        first.execute("SELECT tenancy.create_tenant('acme')")
+        result: list[BaseException | None] = []
+
+        def second() -> None:
+            try:
+                with psycopg.connect(dsn) as conn:
+                    conn.execute("SELECT tenancy.create_tenant('acme')")
+                result.append(None)
+            except psycopg.Error as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive()  # waiting on the slug's row lock
+        first.commit()
+        t.join(10)
+    finally:
+        first.close()
+    assert len(result) == 1 and isinstance(result[0], psycopg.Error)
+    assert result[0].sqlstate == "PT002"
+
+
+def test_a_tenant_cannot_be_inserted_deleted(tenancy: Tenancy, dsn: str, sql: SQL) -> None:
+    for isolation in ("schema", "shared"):
+        with pytest.raises(pgerrors.InvalidParameterValue, match="cannot be created deleted"):
+            sql(
+                "INSERT INTO tenancy.tenants (slug, status, isolation) VALUES ('ghost', 'deleted', %s)",
+                (isolation,),
+            )
+    assert sql("SELECT count(*) FROM tenancy.tenants") == [(0,)]
+    assert sql("SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_ghost'") == [(0,)]
+    assert outbox(dsn) == []
+
+
+def test_a_tenant_inserted_suspended_is_unreachable(
+    schema_tenants: None, dsn: str, app_role: str, sql: SQL
+) -> None:
+    sql("INSERT INTO tenancy.tenants (slug, status) VALUES ('initech', 'suspended')")
+    with (
+        psycopg.connect(as_role(dsn, app_role)) as conn,
+        pytest.raises(pgerrors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT * FROM tenant_initech.invoice")
+
+
+def test_metadata_is_limited_and_bad_metadata_gives_a_kit_error(
+    tenancy: Tenancy, dsn: str, sql: SQL
+) -> None:
+    big = {"blob": "x" * 70_000}
+    for bad in (big, {"when": object()}, {"s": {1, 2}}, ["a"]):
+        with pytest.raises(InvalidTenantMetadata):
+            tenancy.create_tenant("acme", metadata=bad)  # type: ignore[arg-type]
+    # The same rules in SQL, on every path into the registry.
+    for query, params in (
+        ("SELECT tenancy.create_tenant('acme', %s::jsonb)", (json.dumps(big),)),
+        ("SELECT tenancy.create_tenant('acme', '[1]'::jsonb)", None),
+        (
+            "INSERT INTO tenancy.tenants (slug, metadata) VALUES ('acme', %s::jsonb)",
+            (json.dumps(big),),
+        ),
+    ):
+        with pytest.raises(psycopg.Error) as info:
+            sql(query, params)
+        assert info.value.sqlstate == "PT029"
+        assert isinstance(translate(info.value), InvalidTenantMetadata)
+    assert sql("SELECT count(*) FROM tenancy.tenants") == [(0,)]
+    assert outbox(dsn) == []
+    # At the limit is fine; an update past it is refused and changes nothing.
+    ok = {"blob": "x" * (65536 - len('{"blob": ""}'))}
+    tenancy.create_tenant("acme", metadata=ok)
+    with pytest.raises(psycopg.Error) as info:
+        sql(
+            "UPDATE tenancy.tenants SET metadata = %s::jsonb WHERE slug = 'acme'",
+            (json.dumps(big),),
+        )
+    assert info.value.sqlstate == "PT029"
+    assert sql("SELECT metadata = %s::jsonb FROM tenancy.tenants", (json.dumps(ok),)) == [(True,)]
+
+
+# -- the doctor on roles that defeat the model ----------------------------------
+
+
+def _findings(dsn: str, role: str, check: str) -> list[tuple[str, str]]:
+    with psycopg.connect(as_role(dsn, role)) as conn:
+        rows = conn.execute("SELECT * FROM tenancy.check_isolation()").fetchall()
+    return [(r[0], r[2]) for r in rows if r[1] == check]
+
+
+def test_doctor_reports_tenant_tables_owned_by_another_role(
+    schema_tenants: None, dsn: str, app_role: str, sql: SQL
+) -> None:
+    assert _findings(dsn, app_role, "tenant_object_foreign_owner") == []
+    sql(f"ALTER TABLE tenant_acme.invoice OWNER TO {app_role}")
+    assert _findings(dsn, app_role, "tenant_object_foreign_owner") == [
+        ("error", "tenant_acme.invoice")
+    ]
+    migrator = sql("SELECT tenancy.migrator_role()")[0][0]
+    sql(f"ALTER TABLE tenant_acme.invoice OWNER TO {migrator}")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        messages = [
+            r[3]
+            for r in conn.execute("SELECT * FROM tenancy.check_isolation()")
+            if r[1] == "tenant_object_foreign_owner"
+        ]
+    assert len(messages) == 1 and "migrator role owns nothing at rest" in messages[0]
+
+
+def test_doctor_reports_members_of_the_owner_role(
+    tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    owner = sql("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'tenancy'")[0][
+        0
+    ]
+    assert _findings(dsn, app_role, "owner_role_member") == []
+    # Membership (not the SUPERUSER attribute, which is not inherited) gives
+    # the owner's rights on its objects; the role is dropped after the test.
+    sql(f"GRANT {owner} TO {app_role}")
+    try:
+        assert ("error", app_role) in _findings(dsn, app_role, "owner_role_member")
+    finally:
+        sql(f"REVOKE {owner} FROM {app_role}")
