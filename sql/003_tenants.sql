@@ -39,6 +39,71 @@ COMMENT ON FUNCTION tenancy.validate_slug(text) IS
     'Return slug when it is a valid tenant slug: ^[a-z][a-z0-9_]*$, at most 63 bytes minus the '
     'schema prefix, not public, tenancy, information_schema or pg_*. Raises PT001 otherwise.';
 
+-- Citus: a tenant schema is a distributed schema (schema-based sharding),
+-- all its tables in one colocation group on one node. Tables created inside
+-- a function are never distributed by Citus itself (whatever
+-- citus.enable_schema_based_sharding says), so provisioning and every
+-- migration end here. Plain PostgreSQL pays one catalog lookup.
+CREATE OR REPLACE FUNCTION tenancy.citus_distribute_schema(p_schema text)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sibling regclass;
+    v_table   regclass;
+    v_count   integer;
+    v_done    boolean;
+    -- Citus's catalogs exist only with Citus: named through format(), so
+    -- these statements are planned only when they run.
+    v_local   text := format('SELECT c.oid::regclass FROM pg_class AS c
+                               WHERE c.relnamespace = $1::regnamespace AND c.relkind IN (''r'', ''p'')
+                                 AND NOT c.relispartition
+                                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p
+                                                  WHERE p.logicalrelid = c.oid)
+                               ORDER BY c.oid', 'pg_dist_partition');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format('SELECT min(p.logicalrelid::oid)::regclass FROM pg_catalog.%I AS p
+                      JOIN pg_class AS c ON c.oid = p.logicalrelid
+                     WHERE c.relnamespace = $1::regnamespace', 'pg_dist_partition')
+        INTO v_sibling USING p_schema;
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS l', v_local) INTO v_count USING p_schema;
+    IF v_count = 0 AND v_sibling IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+    IF v_sibling IS NULL THEN
+        -- Nothing distributed yet: distribute the whole schema, which creates
+        -- its colocation group and places it on a node. A schema distributed
+        -- at CREATE SCHEMA (citus.enable_schema_based_sharding) whose tables
+        -- stayed local is undistributed first.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                       'pg_dist_schema')
+            INTO v_done USING p_schema;
+        IF v_done THEN
+            EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
+        END IF;
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        RETURN v_count;
+    END IF;
+    -- Tables a migration added to a distributed schema join its colocation group.
+    FOR v_table IN EXECUTE v_local USING p_schema LOOP
+        EXECUTE format('SELECT pg_catalog.%I($1, NULL, colocate_with => $2)', 'create_distributed_table')
+            USING v_table, v_sibling::text;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
+    'With Citus in the database: make tenant schema p_schema a distributed schema '
+    '(citus_schema_distribute) and put tables added since into its colocation group; return how '
+    'many tables were distributed. A no-op (0) without Citus. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.apply_migrations(p_schema text, p_from text)
     RETURNS text
     LANGUAGE plpgsql
@@ -142,6 +207,7 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
+    PERFORM tenancy.citus_distribute_schema(p_schema);
     RETURN v_version;
 END
 $$;
@@ -329,6 +395,11 @@ BEGIN
     PERFORM tenancy.forget_dropped_tables();
     -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    -- Citus: the shards' policies read the setting on the workers (see enter_tenant).
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        PERFORM set_config('citus.propagate_set_commands', 'local', true);
+        EXECUTE format('SET LOCAL app.tenant_id = %L', p_tenant::text);
+    END IF;
     FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
         EXECUTE format('DELETE FROM %s WHERE %I = $1', v_guard.table_name, v_guard.tenant_column)
             USING p_tenant;
@@ -336,6 +407,9 @@ BEGIN
         v_total := v_total + v_count;
     END LOOP;
     PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        EXECUTE format('SET LOCAL app.tenant_id = %L', coalesce(v_before, ''));
+    END IF;
     RETURN v_total;
 END
 $$;

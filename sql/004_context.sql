@@ -34,9 +34,13 @@ DECLARE
     v_schema     text;
     v_status     text;
     v_has_schema boolean;
+    v_citus      boolean;
 BEGIN
-    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL
-      INTO v_id, v_schema, v_status, v_has_schema
+    -- v_citus: the Citus library is loaded (its settings exist), read in
+    -- the same statement as the lookup, so plain PostgreSQL pays nothing more.
+    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL,
+           pg_catalog.current_setting('citus.propagate_set_commands', true) IS NOT NULL
+      INTO v_id, v_schema, v_status, v_has_schema, v_citus
       FROM tenancy.tenant_directory AS d
       LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
      WHERE d.slug = enter_tenant.slug;
@@ -74,6 +78,14 @@ BEGIN
                                   true),
             pg_catalog.set_config('app.tenant_id', v_id::text, true),
             pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
+    -- Citus sends SET LOCAL (never set_config) to every node taking part in
+    -- the transaction, when citus.propagate_set_commands is 'local': the
+    -- tenant reaches the workers, where the shards' policies read it.
+    IF v_citus THEN
+        PERFORM pg_catalog.set_config('citus.propagate_set_commands', 'local', true);
+        EXECUTE pg_catalog.format('SET LOCAL app.tenant_id = %L', v_id::text);
+        EXECUTE pg_catalog.format('SET LOCAL app.tenant = %L', enter_tenant.slug);
+    END IF;
     RETURN v_id;
 END
 $$;
@@ -81,7 +93,8 @@ $$;
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; all '
-    'transaction-local (set_config(..., true)). Returns the tenant id. Raises PT003 (unknown), '
+    'transaction-local (set_config(..., true)); on Citus also SET LOCAL with '
+    'citus.propagate_set_commands = local, so every node of the transaction has them. Returns the tenant id. Raises PT003 (unknown), '
     'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 

@@ -527,9 +527,13 @@ DECLARE
     v_schema     text;
     v_status     text;
     v_has_schema boolean;
+    v_citus      boolean;
 BEGIN
-    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL
-      INTO v_id, v_schema, v_status, v_has_schema
+    -- v_citus: the Citus library is loaded (its settings exist), read in
+    -- the same statement as the lookup, so plain PostgreSQL pays nothing more.
+    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL,
+           pg_catalog.current_setting('citus.propagate_set_commands', true) IS NOT NULL
+      INTO v_id, v_schema, v_status, v_has_schema, v_citus
       FROM tenancy.tenant_directory AS d
       LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
      WHERE d.slug = enter_tenant.slug;
@@ -567,6 +571,14 @@ BEGIN
                                   true),
             pg_catalog.set_config('app.tenant_id', v_id::text, true),
             pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
+    -- Citus sends SET LOCAL (never set_config) to every node taking part in
+    -- the transaction, when citus.propagate_set_commands is 'local': the
+    -- tenant reaches the workers, where the shards' policies read it.
+    IF v_citus THEN
+        PERFORM pg_catalog.set_config('citus.propagate_set_commands', 'local', true);
+        EXECUTE pg_catalog.format('SET LOCAL app.tenant_id = %L', v_id::text);
+        EXECUTE pg_catalog.format('SET LOCAL app.tenant = %L', enter_tenant.slug);
+    END IF;
     RETURN v_id;
 END
 $$;
@@ -574,7 +586,8 @@ $$;
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; all '
-    'transaction-local (set_config(..., true)). Returns the tenant id. Raises PT003 (unknown), '
+    'transaction-local (set_config(..., true)); on Citus also SET LOCAL with '
+    'citus.propagate_set_commands = local, so every node of the transaction has them. Returns the tenant id. Raises PT003 (unknown), '
     'PT004 (suspended, or any status but active), PT005 (deleted), PT007 (schema missing) before '
     'anything is set. Call it as the first statement of a transaction block.';
 
@@ -593,6 +606,8 @@ DECLARE
     v_guard   tenancy.guarded_tables;
     v_nulls   boolean;
     v_check   text := format('%I = (SELECT tenancy.current_tenant_id())', enable_rls.tenant_column);
+    v_citus   boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_dist    boolean := false;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -624,8 +639,21 @@ BEGIN
         RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
             USING ERRCODE = 'PT014';
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
-                   enable_rls.table_name, enable_rls.tenant_column);
+    IF v_citus THEN
+        -- Citus: shards accept no subquery (InitPlan) in a policy and write a
+        -- RESTRICTIVE policy to the shards as PERMISSIVE, so the check is the
+        -- single permissive policy, with built-in functions only (they exist
+        -- on every worker). Citus refuses a new default on the distribution
+        -- column of a distributed table: guard the table before distributing it.
+        v_check := format('%I = pg_catalog.nullif(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
+                          enable_rls.tenant_column);
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING enable_rls.table_name;
+    END IF;
+    IF NOT v_dist THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
+                       enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
         INTO v_nulls;
     IF NOT v_nulls THEN
@@ -640,17 +668,34 @@ BEGIN
     -- policy: a permissive policy added later (USING (true), say) cannot
     -- open other tenants' rows. Restrictive policies need a permissive one
     -- to grant access at all: tenancy_tenant_rows, USING (true).
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF v_citus THEN
+        -- Never a permissive USING (true) companion on Citus, and a
+        -- restrictive check left by an earlier enable_rls is replaced.
+        EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', enable_rls.table_name);
+        IF EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation'
+                      AND NOT polpermissive) THEN
+            EXECUTE format('DROP POLICY tenancy_tenant_isolation ON %s', enable_rls.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS PERMISSIVE FOR ALL '
+                           'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+        END IF;
+    END IF;
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
                        'USING (true) WITH CHECK (true)', enable_rls.table_name);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+    -- Citus refuses triggers on distributed tables (citus.enable_unsafe_triggers):
+    -- there, UPDATE and DELETE without a tenant touch no rows, INSERT fails on the default.
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_trigger
                     WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
         EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
@@ -672,7 +717,9 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'LEVEL SECURITY, create the RESTRICTIVE policy tenancy_tenant_isolation FOR ALL with USING and '
     'WITH CHECK tenant_column = (SELECT tenancy.current_tenant_id()) and its permissive companion '
     'tenancy_tenant_rows (true), and statement trigger '
-    'tenancy_guard_write refusing writes without a tenant (PT012). Grants DML to application roles. '
+    'tenancy_guard_write refusing writes without a tenant (PT012). With Citus in the database: one '
+    'PERMISSIVE policy tenancy_tenant_isolation (tenant_column = app.tenant_id, no subquery), no '
+    'companion, no trigger, no new default on an already distributed table. Grants DML to application roles. '
     'Idempotent. Raises PT014 (not a table, tenant or tenancy schema, column not uuid, guarded on '
     'another column). The kit''s owner must own the table.';
 
@@ -2164,6 +2211,7 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
+    PERFORM tenancy.citus_distribute_schema(p_schema);
     RETURN v_version;
 END
 $$;
@@ -2193,3 +2241,101 @@ BEGIN
     END IF;
 END
 $$;
+
+CREATE OR REPLACE FUNCTION tenancy.delete_shared_rows(p_tenant uuid)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_guard   tenancy.guarded_tables;
+    v_count   bigint;
+    v_total   bigint := 0::bigint;
+    v_before  text := current_setting('app.tenant_id', true);
+BEGIN
+    PERFORM tenancy.forget_dropped_tables();
+    -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    -- Citus: the shards' policies read the setting on the workers (see enter_tenant).
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        PERFORM set_config('citus.propagate_set_commands', 'local', true);
+        EXECUTE format('SET LOCAL app.tenant_id = %L', p_tenant::text);
+    END IF;
+    FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
+        EXECUTE format('DELETE FROM %s WHERE %I = $1', v_guard.table_name, v_guard.tenant_column)
+            USING p_tenant;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_total := v_total + v_count;
+    END LOOP;
+    PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        EXECUTE format('SET LOCAL app.tenant_id = %L', coalesce(v_before, ''));
+    END IF;
+    RETURN v_total;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.delete_shared_rows(uuid) IS
+    'Delete the rows of tenant p_tenant from every guarded table; return how many. Run by the '
+    'registry trigger when a tenant is destroyed. Internal.';
+REVOKE ALL ON FUNCTION tenancy.delete_shared_rows(uuid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.citus_distribute_schema(p_schema text)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sibling regclass;
+    v_table   regclass;
+    v_count   integer;
+    v_done    boolean;
+    -- Citus's catalogs exist only with Citus: named through format(), so
+    -- these statements are planned only when they run.
+    v_local   text := format('SELECT c.oid::regclass FROM pg_class AS c
+                               WHERE c.relnamespace = $1::regnamespace AND c.relkind IN (''r'', ''p'')
+                                 AND NOT c.relispartition
+                                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p
+                                                  WHERE p.logicalrelid = c.oid)
+                               ORDER BY c.oid', 'pg_dist_partition');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format('SELECT min(p.logicalrelid::oid)::regclass FROM pg_catalog.%I AS p
+                      JOIN pg_class AS c ON c.oid = p.logicalrelid
+                     WHERE c.relnamespace = $1::regnamespace', 'pg_dist_partition')
+        INTO v_sibling USING p_schema;
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS l', v_local) INTO v_count USING p_schema;
+    IF v_count = 0 AND v_sibling IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+    IF v_sibling IS NULL THEN
+        -- Nothing distributed yet: distribute the whole schema, which creates
+        -- its colocation group and places it on a node. A schema distributed
+        -- at CREATE SCHEMA (citus.enable_schema_based_sharding) whose tables
+        -- stayed local is undistributed first.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                       'pg_dist_schema')
+            INTO v_done USING p_schema;
+        IF v_done THEN
+            EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
+        END IF;
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        RETURN v_count;
+    END IF;
+    -- Tables a migration added to a distributed schema join its colocation group.
+    FOR v_table IN EXECUTE v_local USING p_schema LOOP
+        EXECUTE format('SELECT pg_catalog.%I($1, NULL, colocate_with => $2)', 'create_distributed_table')
+            USING v_table, v_sibling::text;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
+    'With Citus in the database: make tenant schema p_schema a distributed schema '
+    '(citus_schema_distribute) and put tables added since into its colocation group; return how '
+    'many tables were distributed. A no-op (0) without Citus. Internal.';
+REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
