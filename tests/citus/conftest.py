@@ -19,13 +19,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtenancy import install
 from pgtenancy.testing import TemporaryCluster, find_bindir
-
-DBNAME = "pgtenancy_citus"
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "citus: needs a Citus cluster (make test-citus)")
@@ -57,26 +54,45 @@ def citus_installed(bindir: Path) -> bool:
 
 
 class CitusCluster:
-    """Coordinator and workers of a running test cluster.
+    """A running coordinator + workers.
 
     Attributes:
-        coordinator: DSN of the test database on the coordinator (superuser).
-        workers: DSNs of the test database on each worker (superuser).
+        nodes: admin DSNs (database ``postgres``, superuser) of the
+            coordinator then each worker.
         worker_ports: TCP ports of the workers (host 127.0.0.1).
     """
 
-    def __init__(self, coordinator: str, workers: list[str]) -> None:
-        self.coordinator = coordinator
-        self.workers = workers
-        self.worker_ports = [int(conninfo_to_dict(w)["port"] or 0) for w in workers]
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+        self.worker_ports = [_port(w) for w in nodes[1:]]
 
-    def on_workers(self, query: str) -> list[list[tuple[object, ...]]]:
-        """Run ``query`` on each worker directly; rows per worker."""
-        out = []
-        for w in self.workers:
-            with psycopg.connect(w, autocommit=True) as conn:
-                out.append(list(conn.execute(query).fetchall()))  # type: ignore[arg-type]
-        return out
+    def create_database(self, dbname: str, owner: str | None = None) -> str:
+        """Create ``dbname`` on every node with Citus in it, the workers
+        registered; return the coordinator's DSN (superuser)."""
+        dsns = [_with_db(n, dbname) for n in self.nodes]
+        for node in self.nodes:
+            with psycopg.connect(node, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {dbname}")  # type: ignore[arg-type]
+        for d in dsns:
+            with psycopg.connect(d, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION citus")
+                if owner:
+                    conn.execute(f"GRANT CREATE ON DATABASE {dbname} TO {owner}")  # type: ignore[arg-type]
+                    conn.execute(f"GRANT CREATE ON SCHEMA public TO {owner}")  # type: ignore[arg-type]
+        with psycopg.connect(dsns[0], autocommit=True) as conn:
+            conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (_port(dsns[0]),))
+            for w in dsns[1:]:
+                conn.execute("SELECT citus_add_node('127.0.0.1', %s)", (_port(w),))
+        return dsns[0]
+
+    def workers(self, dsn: str) -> list[str]:
+        """DSNs of the database of coordinator DSN ``dsn`` on each worker."""
+        db = str(conninfo_to_dict(dsn)["dbname"])
+        return [_with_db(n, db) for n in self.nodes[1:]]
+
+
+def _port(dsn: str) -> int:
+    return int(conninfo_to_dict(dsn)["port"] or 0)
 
 
 def _with_db(dsn: str, dbname: str) -> str:
@@ -85,7 +101,7 @@ def _with_db(dsn: str, dbname: str) -> str:
 
 @pytest.fixture(scope="session")
 def citus_cluster() -> Iterator[CitusCluster]:
-    """Start coordinator + 2 workers with Citus, the kit installed on the coordinator."""
+    """Start a coordinator and 2 workers with ``shared_preload_libraries = citus``."""
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL binaries on this machine")
@@ -101,24 +117,43 @@ def citus_cluster() -> Iterator[CitusCluster]:
             )
             node.server_stop()
             node.server_start()
-            with psycopg.connect(node.dsn, autocommit=True) as conn:
-                conn.execute(f"CREATE DATABASE {DBNAME}")  # type: ignore[arg-type]
-        dsns = [_with_db(n.dsn, DBNAME) for n in nodes]
-        for d in dsns:
-            with psycopg.connect(d, autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION citus")
-        with psycopg.connect(dsns[0], autocommit=True) as conn:
-            port = conninfo_to_dict(dsns[0])["port"]
-            conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (int(port or 0),))
-            for w in dsns[1:]:
-                conn.execute(
-                    "SELECT citus_add_node('127.0.0.1', %s)", (int(conninfo_to_dict(w)["port"] or 0),)
-                )
-        install(dsns[0])
-        yield CitusCluster(dsns[0], dsns[1:])
+        yield CitusCluster([n.dsn for n in nodes])
     finally:
         if os.environ.get("PGTENANCY_KEEP_CITUS"):
             print("kept:", [n.base for n in nodes])
         else:
             for node in nodes:
                 node.stop()
+
+
+@pytest.fixture(scope="session")
+def citus_dsn(citus_cluster: CitusCluster) -> str:
+    """Coordinator DSN of a Citus database with the kit installed by a superuser."""
+    dsn = citus_cluster.create_database("pgtenancy_citus")
+    install(dsn)
+    return dsn
+
+
+OWNER = "pgtenancy_citus_owner"
+
+
+@pytest.fixture(scope="session")
+def owner_dsn(citus_cluster: CitusCluster, citus_dsn: str) -> str:
+    """Coordinator DSN (as the owner) of a Citus database whose kit owner is
+    no superuser (LOGIN CREATEROLE); the role is created through Citus, so it
+    exists on every node."""
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {OWNER} LOGIN CREATEROLE")  # type: ignore[arg-type]
+    dsn = citus_cluster.create_database("pgtenancy_citus_owned", owner=OWNER)
+    owner = make_conninfo(dsn, user=OWNER)
+    install(owner)
+    return owner
+
+
+def make_app_role(dsn: str, name: str) -> str:
+    """Create login role ``name`` (no SUPERUSER/BYPASSRLS), grant it tenant use;
+    return ``dsn`` connecting as it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS")  # type: ignore[arg-type]
+        conn.execute("SELECT tenancy.grant_app_role(%s)", (name,))
+    return make_conninfo(dsn, user=name)
