@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgtenancy import install
 from pgtenancy.testing import TemporaryCluster, find_bindir
 
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "citus: needs a Citus cluster (make test-citus)")
 
@@ -66,7 +67,7 @@ class CitusCluster:
         self.nodes = nodes
         self.worker_ports = [_port(w) for w in nodes[1:]]
 
-    def create_database(self, dbname: str, owner: str | None = None) -> str:
+    def create_database(self, dbname: str) -> str:
         """Create ``dbname`` on every node with Citus in it, the workers
         registered; return the coordinator's DSN (superuser)."""
         dsns = [_with_db(n, dbname) for n in self.nodes]
@@ -76,9 +77,6 @@ class CitusCluster:
         for d in dsns:
             with psycopg.connect(d, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION citus")
-                if owner:
-                    conn.execute(f"GRANT CREATE ON DATABASE {dbname} TO {owner}")  # type: ignore[arg-type]
-                    conn.execute(f"GRANT CREATE ON SCHEMA public TO {owner}")  # type: ignore[arg-type]
         with psycopg.connect(dsns[0], autocommit=True) as conn:
             conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (_port(dsns[0]),))
             for w in dsns[1:]:
@@ -138,13 +136,31 @@ OWNER = "pgtenancy_citus_owner"
 
 
 @pytest.fixture(scope="session")
-def owner_dsn(citus_cluster: CitusCluster, citus_dsn: str) -> str:
+def owner_dsn(citus_cluster: CitusCluster) -> str:
     """Coordinator DSN (as the owner) of a Citus database whose kit owner is
-    no superuser (LOGIN CREATEROLE); the role is created through Citus, so it
-    exists on every node."""
-    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+    no superuser (LOGIN CREATEROLE).
+
+    Roles are created by a superuser in this database, so Citus creates them
+    on every node and records them as distributed here: Citus propagates a
+    role with all its attributes, which only a superuser may set on the
+    workers, so neither the owner nor its migrator role may be left for the
+    owner to propagate (the migrator role is made as the README says for
+    owners without superuser: CREATE ROLE ...; GRANT ... TO owner).
+    """
+    dsn = citus_cluster.create_database("pgtenancy_citus_owned")
+    with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {OWNER} LOGIN CREATEROLE")  # type: ignore[arg-type]
-    dsn = citus_cluster.create_database("pgtenancy_citus_owned", owner=OWNER)
+        row = conn.execute(
+            "SELECT 'pgtenancy_migrator_' || left(md5(current_database()), 12)"
+        ).fetchone()
+        assert row is not None
+        conn.execute(f"CREATE ROLE {row[0]} NOLOGIN NOINHERIT")  # type: ignore[arg-type]
+        conn.execute(f"GRANT {row[0]} TO {OWNER}")  # type: ignore[arg-type]
+    for node in [dsn, *citus_cluster.workers(dsn)]:
+        with psycopg.connect(node, autocommit=True) as conn:
+            conn.execute("SET citus.enable_ddl_propagation = off")
+            conn.execute(f"GRANT CREATE ON DATABASE pgtenancy_citus_owned TO {OWNER}")  # type: ignore[arg-type]
+            conn.execute(f"GRANT CREATE ON SCHEMA public TO {OWNER}")  # type: ignore[arg-type]
     owner = make_conninfo(dsn, user=OWNER)
     install(owner)
     return owner

@@ -16,4 +16,6 @@ def test_cluster_has_two_workers(citus_cluster: CitusCluster, citus_dsn: str) ->
     assert [r[0] for r in rows] == sorted(citus_cluster.worker_ports)
     for w in citus_cluster.workers(citus_dsn):
         with psycopg.connect(w) as conn:
-            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'").fetchone() == ("13.2-1",)
+            assert conn.execute(
+                "SELECT extversion FROM pg_extension WHERE extname = 'citus'"
+            ).fetchone() == ("13.2-1",)
