@@ -148,7 +148,7 @@ BEGIN
         -- single permissive policy, with built-in functions only (they exist
         -- on every worker). Citus refuses a new default on the distribution
         -- column of a distributed table: guard the table before distributing it.
-        v_check := format('%I = pg_catalog.nullif(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
+        v_check := format('%I = NULLIF(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
                           enable_rls.tenant_column);
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
             INTO v_dist USING enable_rls.table_name;

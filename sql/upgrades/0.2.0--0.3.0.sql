@@ -351,15 +351,25 @@ CREATE OR REPLACE FUNCTION tenancy.create_tenant(
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_row tenancy.tenants;
+    v_row      tenancy.tenants;
+    -- Citus: NULL without it.
+    v_sharding text := current_setting('citus.enable_schema_based_sharding', true);
 BEGIN
     IF create_tenant.metadata IS NOT NULL AND jsonb_typeof(create_tenant.metadata) <> 'object' THEN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
     END IF;
+    -- Citus: provisioning creates the schema's tables first, then
+    -- distributes the schema (tenancy.citus_distribute_schema).
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', 'off', true);
+    END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', v_sharding, true);
+    END IF;
     RETURN v_row;
 EXCEPTION
     WHEN unique_violation THEN
@@ -373,7 +383,9 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
     'transaction. Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), 22023 '
-    '(metadata not an object, unknown isolation); on error nothing is left behind.';
+    '(metadata not an object, unknown isolation); on error nothing is left behind. With Citus '
+    'the new schema is distributed (citus_schema_distribute) whatever '
+    'citus.enable_schema_based_sharding says.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -645,7 +657,7 @@ BEGIN
         -- single permissive policy, with built-in functions only (they exist
         -- on every worker). Citus refuses a new default on the distribution
         -- column of a distributed table: guard the table before distributing it.
-        v_check := format('%I = pg_catalog.nullif(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
+        v_check := format('%I = NULLIF(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
                           enable_rls.tenant_column);
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
             INTO v_dist USING enable_rls.table_name;
@@ -2300,7 +2312,9 @@ DECLARE
                                                   WHERE p.logicalrelid = c.oid)
                                ORDER BY c.oid', 'pg_dist_partition');
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+    -- Not for add_migration's scratch schemas (rolled back anyway).
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR p_schema LIKE 'tenancy\_check\_%' THEN
         RETURN 0;
     END IF;
     EXECUTE format('SELECT min(p.logicalrelid::oid)::regclass FROM pg_catalog.%I AS p
@@ -2313,14 +2327,21 @@ BEGIN
     END IF;
     IF v_sibling IS NULL THEN
         -- Nothing distributed yet: distribute the whole schema, which creates
-        -- its colocation group and places it on a node. A schema distributed
-        -- at CREATE SCHEMA (citus.enable_schema_based_sharding) whose tables
-        -- stayed local is undistributed first.
+        -- its colocation group and places it on a node. create_tenant turns
+        -- citus.enable_schema_based_sharding off while it provisions: a
+        -- schema distributed at CREATE SCHEMA keeps the tables a function
+        -- creates local, and Citus offers no way to move them in.
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
                        'pg_dist_schema')
             INTO v_done USING p_schema;
+        IF v_done AND v_count > 0 THEN
+            RAISE EXCEPTION 'schema % was distributed when it was created, its tables were not', p_schema
+                USING ERRCODE = '0A000',
+                      HINT = 'Create tenants with tenancy.create_tenant, which distributes the schema '
+                             'after creating its tables, or SET citus.enable_schema_based_sharding = off.';
+        END IF;
         IF v_done THEN
-            EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
+            RETURN 0;
         END IF;
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
         RETURN v_count;
