@@ -143,6 +143,8 @@ BEGIN
             USING ERRCODE = 'PT014';
     END IF;
     IF v_citus THEN
+        -- Entering a tenant must reach the workers (004_context.sql).
+        PERFORM tenancy.prepare_citus();
         -- Citus: shards accept no subquery (InitPlan) in a policy and write a
         -- RESTRICTIVE policy to the shards as PERMISSIVE, so the check is the
         -- single permissive policy, with built-in functions only (they exist
