@@ -67,9 +67,10 @@ class CitusCluster:
         self.nodes = nodes
         self.worker_ports = [_port(w) for w in nodes[1:]]
 
-    def create_database(self, dbname: str) -> str:
-        """Create ``dbname`` on every node with Citus in it, the workers
-        registered; return the coordinator's DSN (superuser)."""
+    def create_database(self, dbname: str, register: bool = True) -> str:
+        """Create ``dbname`` on every node with Citus in it and, unless
+        ``register`` is false, the coordinator and workers registered; return
+        the coordinator's DSN (superuser)."""
         dsns = [_with_db(n, dbname) for n in self.nodes]
         for node in self.nodes:
             with psycopg.connect(node, autocommit=True) as conn:
@@ -77,6 +78,8 @@ class CitusCluster:
         for d in dsns:
             with psycopg.connect(d, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION citus")
+        if not register:
+            return dsns[0]
         with psycopg.connect(dsns[0], autocommit=True) as conn:
             conn.execute("SELECT citus_set_coordinator_host('127.0.0.1', %s)", (_port(dsns[0]),))
             for w in dsns[1:]:
