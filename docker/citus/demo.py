@@ -60,8 +60,9 @@ def main() -> None:
             tenant = tenancy.create_tenant(slug)
             row = conn.execute(
                 "SELECT n.nodename || ':' || n.nodeport FROM pg_dist_schema s"
-                " JOIN pg_dist_shard sh ON sh.logicalrelid = (SELECT min(logicalrelid::oid)::regclass"
-                "   FROM pg_dist_partition WHERE colocationid = s.colocationid)"
+                " JOIN pg_dist_shard sh ON sh.logicalrelid ="
+                "   (SELECT min(logicalrelid::oid)::regclass"
+                "      FROM pg_dist_partition WHERE colocationid = s.colocationid)"
                 " JOIN pg_dist_placement p ON p.shardid = sh.shardid"
                 " JOIN pg_dist_node n ON n.groupid = p.groupid"
                 " WHERE s.schemaid = %s::regnamespace",
