@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # default is the machine's PostgreSQL (Debian's 15 here).
 PG ?=
 
-.PHONY: citus test-citus venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
+.PHONY: citus test-citus bench-citus venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +120,10 @@ bench: $(STAMP) pg-binaries pgbouncer
 	$(BIN)/python bench/bench_isolation.py
 	$(BIN)/python bench/bench_events.py
 	$(BIN)/python bench/bench_migrations.py --chinook "$(CHINOOK)"
+
+# The tenant transaction on a local Citus cluster (needs `make citus`).
+bench-citus: $(STAMP) citus
+	$(BIN)/python bench/bench_citus.py
 
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py

@@ -82,6 +82,8 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         return sql(statement, params)
 
     assert call("SELECT tenancy.version()") != []
+    # Without Citus: false, enter_tenant unchanged.
+    assert call("SELECT tenancy.prepare_citus()") == [(False,)]
     call(
         "SELECT tenancy.add_migration(version => '0001', "
         "sql => 'CREATE TABLE note (id int PRIMARY KEY)', outside_transaction => false)"
