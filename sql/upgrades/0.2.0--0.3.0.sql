@@ -2407,3 +2407,177 @@ COMMENT ON FUNCTION tenancy.prepare_citus() IS
 REVOKE ALL ON FUNCTION tenancy.prepare_citus() FROM PUBLIC;
 
 SELECT tenancy.prepare_citus();
+
+CREATE OR REPLACE FUNCTION tenancy.check_citus()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_table        regclass;
+    v_slug         text;
+    v_schema       text;
+    v_bad          bigint;
+    v_restrictive  name[];
+    v_cmd          text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    FOR v_table IN EXECUTE format(
+        'SELECT g.table_name FROM tenancy.guarded_tables AS g
+           JOIN pg_catalog.%I AS p ON p.logicalrelid = g.table_name', 'pg_dist_partition')
+    LOOP
+        -- A policy that is permissive on a shard but restrictive on the
+        -- coordinator, or the USING (true) companion: either opens the rows.
+        SELECT coalesce(array_agg(c.polname), '{}') INTO v_restrictive
+          FROM pg_policy AS c WHERE c.polrelid = v_table AND NOT c.polpermissive;
+        v_cmd := format('SELECT count(*) FROM pg_policy AS p WHERE p.polrelid = ''%%s''::regclass '
+                        'AND p.polpermissive AND (p.polname = ''tenancy_tenant_rows'' '
+                        'OR p.polname = ANY (%L::name[]))', v_restrictive::text);
+        EXECUTE format('SELECT count(*) FROM pg_catalog.%I($1, $2) AS s '
+                       'WHERE s.success AND s.result::bigint > 0', 'run_command_on_shards')
+            INTO v_bad USING v_table, v_cmd;
+        IF v_bad > 0 THEN
+            RETURN QUERY SELECT 'error'::text, 'citus_shard_policy_permissive'::text, v_table::text,
+                format('%s shards of %s carry a permissive copy of a restrictive policy or the '
+                       'USING (true) companion: tenants read each other''s rows there',
+                       v_bad, v_table),
+                format('SELECT tenancy.enable_rls(%L)', v_table::text);
+        END IF;
+    END LOOP;
+    FOR v_slug, v_schema IN EXECUTE format(
+        'SELECT t.slug, t.schema_name FROM tenancy.tenant_directory AS t
+           JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          WHERE t.status <> $d$deleted$d$
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS s WHERE s.schemaid = n.oid)', 'pg_dist_schema')
+    LOOP
+        RETURN QUERY SELECT 'warning'::text, 'citus_schema_not_distributed'::text, v_slug::text,
+            format('schema %I of tenant %s is not distributed: it lives on the coordinator',
+                   v_schema, v_slug),
+            format('SELECT citus_schema_distribute(%L)', v_schema);
+    END LOOP;
+    FOR v_table IN EXECUTE format(
+        'SELECT c.oid::regclass AS tbl FROM pg_class AS c
+           JOIN pg_catalog.%I AS s ON s.schemaid = c.relnamespace
+          WHERE c.relkind IN ($k$r$k$, $k$p$k$) AND NOT c.relispartition
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p WHERE p.logicalrelid = c.oid)',
+        'pg_dist_schema', 'pg_dist_partition')
+    LOOP
+        RETURN QUERY SELECT 'error'::text, 'citus_local_table_in_distributed_schema'::text, v_table::text,
+            format('table %s is local in a distributed schema: its rows stay on the coordinator', v_table),
+            format('SELECT create_distributed_table(%L, NULL, colocate_with => <a table of its schema>)',
+                   v_table::text);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_citus() IS
+    'Citus findings of the isolation doctor (none without Citus): shards of guarded tables carrying '
+    'a permissive copy of a restrictive policy or the USING (true) companion (error), tenant '
+    'schemas not distributed (warning), local tables in distributed schemas (error). Internal: '
+    'called by check_isolation(), as the calling role (reads tenant_directory, guarded_tables and '
+    'the catalogs).';
+
+CREATE OR REPLACE FUNCTION tenancy.check_isolation()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me     pg_roles;
+    r        record;
+    v_citus  boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+BEGIN
+    SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
+    IF v_me.rolsuper OR v_me.rolbypassrls THEN
+        RETURN QUERY SELECT 'error'::text, 'role_bypasses_rls'::text, current_user::text,
+            format('role %s is %s: row-level security policies do not apply to it',
+                   current_user, CASE WHEN v_me.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END),
+            format('connect the application as a NOSUPERUSER NOBYPASSRLS role granted with '
+                   'tenancy.grant_app_role()')::text;
+    END IF;
+
+    FOR r IN
+        SELECT g.table_name, g.tenant_column, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               (SELECT a.attnum FROM pg_attribute AS a
+                 WHERE a.attrelid = g.table_name AND a.attname = g.tenant_column) AS attnum
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name::oid
+    LOOP
+        IF pg_has_role(current_user, r.relowner, 'USAGE') THEN
+            RETURN QUERY SELECT 'error'::text, 'role_owns_guarded_table'::text, r.table_name::text,
+                format('role %s owns guarded table %s and can switch its row-level security off',
+                       current_user, r.table_name),
+                format('ALTER TABLE %s OWNER TO <the kit''s owner role>', r.table_name);
+        END IF;
+        IF NOT r.relrowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_disabled'::text, r.table_name::text,
+                format('row-level security is disabled on guarded table %s', r.table_name),
+                format('SELECT tenancy.enable_rls(%L)', r.table_name::text);
+        END IF;
+        IF NOT r.relforcerowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_not_forced'::text, r.table_name::text,
+                format('guarded table %s lacks FORCE ROW LEVEL SECURITY: its owner bypasses the policy',
+                       r.table_name),
+                format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = r.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            RETURN QUERY SELECT 'error'::text, 'policy_missing'::text, r.table_name::text,
+                format('guarded table %s has no tenancy_tenant_isolation policy', r.table_name),
+                format('SELECT tenancy.enable_rls(%L, %L)', r.table_name::text, r.tenant_column);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indrelid = r.table_name AND indkey[0] = r.attnum) THEN
+            RETURN QUERY SELECT 'warning'::text, 'tenant_index_missing'::text, r.table_name::text,
+                format('guarded table %s has no index led by %I: every tenant query scans it all',
+                       r.table_name, r.tenant_column),
+                format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
+        END IF;
+    END LOOP;
+
+    -- A setting read outside an InitPlan is evaluated once per row (not
+    -- said on Citus, which refuses sub-selects in policies of distributed tables).
+    FOR r IN
+        SELECT p.polname, p.polrelid::regclass AS tbl,
+               coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
+               || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
+          FROM pg_policy AS p
+         WHERE NOT v_citus
+    LOOP
+        IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+            RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
+                format('%s on %s', r.polname, r.tbl),
+                format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
+                       'evaluated for every row', r.polname, r.tbl),
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.current_tenant_id())'::text;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY SELECT * FROM tenancy.check_registry();
+    IF v_citus THEN
+        RETURN QUERY SELECT * FROM tenancy.check_citus();
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database()
+                      AND application_name LIKE 'pgtenancy-listener:%') THEN
+        RETURN QUERY SELECT 'warning'::text, 'no_listener'::text, tenancy.events_channel(),
+            format('no pgtenancy listener is connected to this database: lifecycle events wait '
+                   'in the outbox'),
+            'run pgtenancy listen --consumer NAME --handlers MODULE'::text;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_isolation() IS
+    'Isolation findings for the current role and database, one row each: severity (error or '
+    'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
+    'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
+    'index led by the tenant column; policies reading the tenant setting outside an InitPlan; '
+    'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
+    'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice). Run it as '
+    'the application role.';
