@@ -219,3 +219,9 @@ SELECT pg_catalog.pg_backend_pid()
 -- name: listen
 -- The channel is formatted in as a psycopg.sql.Identifier: LISTEN takes no parameters.
 LISTEN {channel}
+
+-- name: move_tenant
+SELECT tenancy.move_tenant(%(slug)s, %(node_host)s, %(node_port)s) AS node
+
+-- name: tenant_nodes
+SELECT t.slug, tenancy.tenant_node(t.slug) AS node FROM tenancy.tenants AS t ORDER BY t.slug

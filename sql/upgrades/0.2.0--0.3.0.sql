@@ -2581,3 +2581,80 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice). Run it as '
     'the application role.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_node(slug text)
+    RETURNS text
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_schema text;
+    v_node   text;
+BEGIN
+    SELECT t.schema_name INTO v_schema FROM tenancy.tenants AS t WHERE t.slug = tenant_node.slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(tenant_node.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF v_schema IS NULL OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR to_regnamespace(quote_ident(v_schema)) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'SELECT min(n.nodename || '':'' || n.nodeport)
+           FROM pg_catalog.%I AS s
+           JOIN pg_catalog.%I AS p ON p.colocationid = s.colocationid
+           JOIN pg_catalog.%I AS sh ON sh.logicalrelid = p.logicalrelid
+           JOIN pg_catalog.%I AS pl ON pl.shardid = sh.shardid
+           JOIN pg_catalog.%I AS n ON n.groupid = pl.groupid
+          WHERE s.schemaid = $1::regnamespace',
+        'pg_dist_schema', 'pg_dist_partition', 'pg_dist_shard', 'pg_dist_placement', 'pg_dist_node')
+        INTO v_node USING v_schema;
+    RETURN v_node;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_node(text) IS
+    'host:port of the Citus node holding schema tenant slug; NULL for a shared tenant, without '
+    'Citus, or for a schema that is not distributed. Raises PT003 (not found).';
+REVOKE ALL ON FUNCTION tenancy.tenant_node(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.move_tenant(slug text, node_host text, node_port integer)
+    RETURNS text
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    SELECT * INTO v_row FROM tenancy.tenants AS t WHERE t.slug = move_tenant.slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(move_tenant.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'moving a tenant needs Citus in this database'
+            USING ERRCODE = '0A000';
+    END IF;
+    IF v_row.schema_name IS NULL THEN
+        RAISE EXCEPTION 'tenant % is shared: its rows move with the shards of the shared tables',
+            quote_literal(move_tenant.slug)
+            USING ERRCODE = '22023',
+                  HINT = 'Move shards with citus_move_shard_placement or citus_rebalance_start.';
+    END IF;
+    IF tenancy.tenant_node(move_tenant.slug) IS DISTINCT FROM move_tenant.node_host || ':' || move_tenant.node_port THEN
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace, $2, $3)', 'citus_schema_move')
+            USING v_row.schema_name, move_tenant.node_host, move_tenant.node_port;
+    END IF;
+    RETURN tenancy.tenant_node(move_tenant.slug);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
+    'Citus: move schema tenant slug to node node_host:node_port (citus_schema_move; the tenant '
+    'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
+    'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
+REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;
