@@ -6,6 +6,8 @@
 #   make uninstall-sql DATABASE_URL=postgresql://... [DROP_TENANTS=1]
 #   make bench                     benchmarks (ratios against same-run baselines)
 #   make lint                      ruff, mypy --strict, plpgsql_check
+#   make citus                     build+install Citus 13.2.2 (PGXS) when missing
+#   make test-citus                the Citus suite on a throwaway 3-node cluster
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,6 +20,7 @@ PYTEST_ARGS ?=
 PG ?=
 
 .PHONY: procrastinate venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
+.PHONY: citus test-citus bench-citus venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -144,6 +147,10 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_sizes.py
 	$(BIN)/python bench/bench_registration.py
 
+# The tenant transaction on a local Citus cluster (needs `make citus`).
+bench-citus: $(STAMP) citus
+	$(BIN)/python bench/bench_citus.py
+
 lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff check python tests bench docker examples hatch_build.py
 	$(BIN)/ruff format --check python tests bench docker examples hatch_build.py
@@ -151,6 +158,42 @@ lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/mypy examples/chinook
 	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/sql/test_plpgsql_check.py
+
+# Citus (test dependency only): built from the vendored source archive with
+# PGXS against the machine's PostgreSQL when citus.so is missing; an installed
+# Citus is reused, never rebuilt. Build deps are installed with --no-upgrade so
+# the running server is not upgraded. PostgreSQL 15.20 headers export
+# have_createdb_privilege(), which Citus's pg_version_compat.h redefines as
+# static for PG < 16: the build renames Citus's copy (sed) so it compiles.
+CITUS_TARBALL ?= ../shared/vendor/citus/citus-13.2.2.tar.gz
+CITUS_BUILD_DIR ?= $(CURDIR)/.citus-build
+CITUS_PG_CONFIG ?= pg_config
+
+citus:
+	@pc="$(CITUS_PG_CONFIG)"; \
+	if [ -f "$$($$pc --pkglibdir)/citus.so" ] \
+	  && [ -f "$$($$pc --sharedir)/extension/citus.control" ]; then \
+	  echo "citus: already installed in $$($$pc --pkglibdir)"; exit 0; fi; \
+	test -f "$(CITUS_TARBALL)" || { echo "citus: $(CITUS_TARBALL) not found (set CITUS_TARBALL)" >&2; exit 2; }; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  major=$$($$pc --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/'); \
+	  pkgs="postgresql-server-dev-$$major libcurl4-openssl-dev liblz4-dev libzstd-dev libkrb5-dev"; \
+	  missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "citus: apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install --no-upgrade -y -qq $$missing >/dev/null; fi; \
+	fi; \
+	rm -rf "$(CITUS_BUILD_DIR)" && mkdir -p "$(CITUS_BUILD_DIR)" \
+	&& tar -xzf "$(CITUS_TARBALL)" -C "$(CITUS_BUILD_DIR)" --strip-components=1 \
+	&& cd "$(CITUS_BUILD_DIR)" \
+	&& sed -i 's/^have_createdb_privilege(void)/citus_unused_have_createdb_privilege(void)/' src/include/pg_version_compat.h \
+	&& ./configure --quiet PG_CONFIG="$$(command -v $$pc)" >/dev/null \
+	&& $(MAKE) -s with_llvm=no -j2 >/dev/null \
+	&& $(MAKE) -s with_llvm=no install >/dev/null \
+	&& echo "citus: installed into $$($$pc --pkglibdir)"
+
+# The Citus suite: a throwaway coordinator + two workers (tests/citus/conftest.py).
+test-citus: $(STAMP) citus
+	$(BIN)/python -m pytest -m citus tests/citus $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache sql/pgtenancy--*.sql sql/pgtenancy.control

@@ -39,6 +39,161 @@ COMMENT ON FUNCTION tenancy.validate_slug(text) IS
     'Return slug when it is a valid tenant slug: ^[a-z][a-z0-9_]*$, at most 63 bytes minus the '
     'schema prefix, not public, tenancy, information_schema or pg_*. Raises PT001 otherwise.';
 
+-- Citus: a tenant schema is a distributed schema (schema-based sharding),
+-- all its tables in one colocation group on one node. Tables created inside
+-- a function are never distributed by Citus itself (whatever
+-- citus.enable_schema_based_sharding says), so provisioning and every
+-- migration end here. Plain PostgreSQL pays one catalog lookup.
+CREATE OR REPLACE FUNCTION tenancy.citus_distribute_schema(p_schema text)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sibling regclass;
+    v_table   regclass;
+    v_count   integer;
+    v_done    boolean;
+    -- Citus's catalogs exist only with Citus: named through format(), so
+    -- these statements are planned only when they run.
+    v_local   text := format('SELECT c.oid::regclass FROM pg_class AS c
+                               WHERE c.relnamespace = $1::regnamespace AND c.relkind IN (''r'', ''p'')
+                                 AND NOT c.relispartition
+                                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p
+                                                  WHERE p.logicalrelid = c.oid)
+                               ORDER BY c.oid', 'pg_dist_partition');
+BEGIN
+    -- Not for add_migration's scratch schemas (rolled back anyway).
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR p_schema LIKE 'tenancy\_check\_%' THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format('SELECT min(p.logicalrelid::oid)::regclass FROM pg_catalog.%I AS p
+                      JOIN pg_class AS c ON c.oid = p.logicalrelid
+                     WHERE c.relnamespace = $1::regnamespace', 'pg_dist_partition')
+        INTO v_sibling USING p_schema;
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS l', v_local) INTO v_count USING p_schema;
+    IF v_count = 0 AND v_sibling IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+    IF v_sibling IS NULL THEN
+        -- Nothing distributed yet: distribute the whole schema, which creates
+        -- its colocation group and places it on a node. create_tenant turns
+        -- citus.enable_schema_based_sharding off while it provisions: a
+        -- schema distributed at CREATE SCHEMA keeps the tables a function
+        -- creates local, and Citus offers no way to move them in.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                       'pg_dist_schema')
+            INTO v_done USING p_schema;
+        IF v_done AND v_count > 0 THEN
+            RAISE EXCEPTION 'schema % was distributed when it was created, its tables were not', p_schema
+                USING ERRCODE = '0A000',
+                      HINT = 'Create tenants with tenancy.create_tenant, which distributes the schema '
+                             'after creating its tables, or SET citus.enable_schema_based_sharding = off.';
+        END IF;
+        IF v_done THEN
+            RETURN 0;
+        END IF;
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        RETURN v_count;
+    END IF;
+    -- Tables a migration added to a distributed schema join its colocation group.
+    FOR v_table IN EXECUTE v_local USING p_schema LOOP
+        EXECUTE format('SELECT pg_catalog.%I($1, NULL, colocate_with => $2)', 'create_distributed_table')
+            USING v_table, v_sibling::text;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
+    'With Citus in the database: make tenant schema p_schema a distributed schema '
+    '(citus_schema_distribute) and put tables added since into its colocation group; return how '
+    'many tables were distributed. A no-op (0) without Citus. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
+
+-- Citus: where a schema tenant lives, and moving it (citus_schema_move,
+-- online: the tenant stays usable while its shards are copied).
+CREATE OR REPLACE FUNCTION tenancy.tenant_node(slug text)
+    RETURNS text
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_schema text;
+    v_node   text;
+BEGIN
+    SELECT t.schema_name INTO v_schema FROM tenancy.tenants AS t WHERE t.slug = tenant_node.slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(tenant_node.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF v_schema IS NULL OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR to_regnamespace(quote_ident(v_schema)) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'SELECT min(n.nodename || '':'' || n.nodeport)
+           FROM pg_catalog.%I AS s
+           JOIN pg_catalog.%I AS p ON p.colocationid = s.colocationid
+           JOIN pg_catalog.%I AS sh ON sh.logicalrelid = p.logicalrelid
+           JOIN pg_catalog.%I AS pl ON pl.shardid = sh.shardid
+           JOIN pg_catalog.%I AS n ON n.groupid = pl.groupid
+          WHERE s.schemaid = $1::regnamespace',
+        'pg_dist_schema', 'pg_dist_partition', 'pg_dist_shard', 'pg_dist_placement', 'pg_dist_node')
+        INTO v_node USING v_schema;
+    RETURN v_node;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_node(text) IS
+    'host:port of the Citus node holding schema tenant slug; NULL for a shared tenant, without '
+    'Citus, or for a schema that is not distributed. Raises PT003 (not found).';
+
+REVOKE ALL ON FUNCTION tenancy.tenant_node(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.move_tenant(slug text, node_host text, node_port integer)
+    RETURNS text
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    SELECT * INTO v_row FROM tenancy.tenants AS t WHERE t.slug = move_tenant.slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(move_tenant.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'moving a tenant needs Citus in this database'
+            USING ERRCODE = '0A000';
+    END IF;
+    IF v_row.schema_name IS NULL THEN
+        RAISE EXCEPTION 'tenant % is shared: its rows move with the shards of the shared tables',
+            quote_literal(move_tenant.slug)
+            USING ERRCODE = '22023',
+                  HINT = 'Move shards with citus_move_shard_placement or citus_rebalance_start.';
+    END IF;
+    IF tenancy.tenant_node(move_tenant.slug) IS DISTINCT FROM move_tenant.node_host || ':' || move_tenant.node_port THEN
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace, $2, $3)', 'citus_schema_move')
+            USING v_row.schema_name, move_tenant.node_host, move_tenant.node_port;
+    END IF;
+    RETURN tenancy.tenant_node(move_tenant.slug);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
+    'Citus: move schema tenant slug to node node_host:node_port (citus_schema_move; the tenant '
+    'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
+    'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
+
+REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;
+
 -- Provisioning: a new tenant whose history needs commits between migrations
 -- (an enum value added and used later, a no-transaction migration) is
 -- registered in status provisioning and migrated one migration per
@@ -256,6 +411,7 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
+    PERFORM tenancy.citus_distribute_schema(p_schema);
     RETURN v_version;
 END
 $$;
@@ -474,6 +630,11 @@ BEGIN
     PERFORM tenancy.forget_dropped_tables();
     -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
     PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    -- Citus: the shards' policies read the setting on the workers (see enter_tenant).
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        PERFORM set_config('citus.propagate_set_commands', 'local', true);
+        EXECUTE format('SET LOCAL app.tenant_id = %L', p_tenant::text);
+    END IF;
     FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
         EXECUTE format('DELETE FROM %s WHERE %I = $1', v_guard.table_name, v_guard.tenant_column)
             USING p_tenant;
@@ -481,6 +642,9 @@ BEGIN
         v_total := v_total + v_count;
     END LOOP;
     PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        EXECUTE format('SET LOCAL app.tenant_id = %L', coalesce(v_before, ''));
+    END IF;
     RETURN v_total;
 END
 $$;
@@ -811,7 +975,9 @@ CREATE OR REPLACE FUNCTION tenancy.create_tenant(
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_row tenancy.tenants;
+    v_row      tenancy.tenants;
+    -- Citus: NULL without it.
+    v_sharding text := current_setting('citus.enable_schema_based_sharding', true);
 BEGIN
     PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
@@ -823,9 +989,17 @@ BEGIN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
     END IF;
+    -- Citus: provisioning creates the schema's tables first, then
+    -- distributes the schema (tenancy.citus_distribute_schema).
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', 'off', true);
+    END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', v_sharding, true);
+    END IF;
     RETURN v_row;
 EXCEPTION
     WHEN unique_violation THEN
@@ -842,7 +1016,7 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
     'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
-    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind. With Citus the new schema is distributed (citus_schema_distribute).';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 

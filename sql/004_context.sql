@@ -103,11 +103,62 @@ $$;
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
-    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
-    'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
-    'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
-    'PT007 (schema missing) before '
-    'anything is set. Call it as the first statement of a transaction block.';
+    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)); '
+    'with Citus, tenancy.prepare_citus() adds SET LOCAL statements so every node of the '
+    'transaction has the tenant. Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: '
+    'DETAIL names the new slug), PT004 (suspended, or any status but active), PT005 (deleted), '
+    'PT019 (being provisioned), PT007 (schema missing) before anything is set. Call it as the '
+    'first statement of a transaction block.';
+
+-- Citus sends SET LOCAL (never set_config) to every node taking part in a
+-- transaction when citus.propagate_set_commands is 'local', so on Citus
+-- entering a tenant must also run literal SET LOCAL statements for the
+-- shards' policies on the workers to see the tenant. Plain PostgreSQL must
+-- not pay for that test on every entry: the check runs once per database,
+-- here, and specializes enter_tenant() by adding those statements to its
+-- body. The kit runs it at install and from enable_rls(); run it after
+-- CREATE EXTENSION citus in a database where the kit is installed already.
+CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_src   text;
+    v_end   text := E'\n    RETURN v_id;\nEND\n';
+    v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
+                    || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::text);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
+    IF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+        RETURN true;
+    END IF;
+    IF pg_catalog.strpos(v_src, v_end) = 0 THEN
+        RAISE EXCEPTION 'tenancy.enter_tenant() does not end as expected: cannot add the Citus statements'
+            USING ERRCODE = 'XX000';
+    END IF;
+    v_src := pg_catalog.replace(v_src, v_end, v_citus || v_end);
+    EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text) RETURNS uuid '
+                              'LANGUAGE plpgsql VOLATILE AS %L', v_src);
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.prepare_citus() IS
+    'With Citus in the database: add literal SET LOCAL app.tenant_id/app.tenant statements (and '
+    'citus.propagate_set_commands = local) to tenancy.enter_tenant(), so the tenant reaches every '
+    'worker of the transaction; true when Citus is there, false (nothing changed) without it. '
+    'Idempotent. Run by install and enable_rls; run it after CREATE EXTENSION citus in a database '
+    'where the kit is installed already.';
+
+REVOKE ALL ON FUNCTION tenancy.prepare_citus() FROM PUBLIC;
+
+SELECT tenancy.prepare_citus();
 
 CREATE OR REPLACE FUNCTION tenancy.current_tenant_id()
     RETURNS uuid

@@ -149,6 +149,8 @@ DECLARE
     v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
     v_child   regclass;
     v_role    name;
+    v_citus   boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_dist    boolean := false;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -191,8 +193,23 @@ BEGIN
         RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
             USING ERRCODE = 'PT014';
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
-                   enable_rls.table_name, enable_rls.tenant_column);
+    IF v_citus THEN
+        -- Entering a tenant must reach the workers (004_context.sql).
+        PERFORM tenancy.prepare_citus();
+        -- Citus: shards accept no subquery (InitPlan) in a policy and write a
+        -- RESTRICTIVE policy to the shards as PERMISSIVE, so the check is the
+        -- single permissive policy, with built-in functions only (they exist
+        -- on every worker). Citus refuses a new default on the distribution
+        -- column of a distributed table: guard the table before distributing it.
+        v_check := format('%I = NULLIF(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
+                          enable_rls.tenant_column);
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING enable_rls.table_name;
+    END IF;
+    IF NOT v_dist THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
+                       enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
         INTO v_nulls;
     IF NOT v_nulls THEN
@@ -207,7 +224,22 @@ BEGIN
     -- policy: a permissive policy added later (USING (true), say) cannot
     -- open other tenants' rows. Restrictive policies need a permissive one
     -- to grant access at all: tenancy_tenant_rows, USING (true).
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF v_citus THEN
+        -- Never a permissive USING (true) companion on Citus, and a
+        -- restrictive check left by an earlier enable_rls is replaced.
+        EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', enable_rls.table_name);
+        IF EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation'
+                      AND NOT polpermissive) THEN
+            EXECUTE format('DROP POLICY tenancy_tenant_isolation ON %s', enable_rls.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS PERMISSIVE FOR ALL '
+                           'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+        END IF;
+    END IF;
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
@@ -216,12 +248,14 @@ BEGIN
         EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
                        enable_rls.table_name, v_check, v_check);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
                        'USING (true) WITH CHECK (true)', enable_rls.table_name);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+    -- Citus refuses triggers on distributed tables (citus.enable_unsafe_triggers):
+    -- there, UPDATE and DELETE without a tenant touch no rows, INSERT fails on the default.
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_trigger
                     WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
         EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
@@ -254,7 +288,9 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Partitions and inheritance children are guarded too (and, with the kit installed by a '
     'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
     'schema, column not uuid, guarded on another column, owned by an application role or a role '
-    'it is a member of). The kit''s owner must own the table.';
+    'it is a member of). The kit''s owner must own the table. With Citus in the database: one '
+    'PERMISSIVE policy tenancy_tenant_isolation (tenant_column = app.tenant_id, no subquery), no '
+    'companion, no trigger, no new default on an already distributed table.';
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 

@@ -162,6 +162,82 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
 
+-- Citus: what the coordinator's catalog cannot show. Policies as written to
+-- the shards (Citus writes a RESTRICTIVE policy there as PERMISSIVE), tenant
+-- schemas left undistributed, local tables inside distributed schemas.
+-- Everything Citus-specific is dynamic SQL: the function exists, and
+-- returns nothing, without Citus.
+CREATE OR REPLACE FUNCTION tenancy.check_citus()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_table        regclass;
+    v_slug         text;
+    v_schema       text;
+    v_bad          bigint;
+    v_restrictive  name[];
+    v_cmd          text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    FOR v_table IN EXECUTE format(
+        'SELECT g.table_name FROM tenancy.guarded_tables AS g
+           JOIN pg_catalog.%I AS p ON p.logicalrelid = g.table_name', 'pg_dist_partition')
+    LOOP
+        -- A policy that is permissive on a shard but restrictive on the
+        -- coordinator, or the USING (true) companion: either opens the rows.
+        SELECT coalesce(array_agg(c.polname), '{}') INTO v_restrictive
+          FROM pg_policy AS c WHERE c.polrelid = v_table AND NOT c.polpermissive;
+        v_cmd := format('SELECT count(*) FROM pg_policy AS p WHERE p.polrelid = ''%%s''::regclass '
+                        'AND p.polpermissive AND (p.polname = ''tenancy_tenant_rows'' '
+                        'OR p.polname = ANY (%L::name[]))', v_restrictive::text);
+        EXECUTE format('SELECT count(*) FROM pg_catalog.%I($1, $2) AS s '
+                       'WHERE s.success AND s.result::bigint > 0', 'run_command_on_shards')
+            INTO v_bad USING v_table, v_cmd;
+        IF v_bad > 0 THEN
+            RETURN QUERY SELECT 'error'::text, 'citus_shard_policy_permissive'::text, v_table::text,
+                format('%s shards of %s carry a permissive copy of a restrictive policy or the '
+                       'USING (true) companion: tenants read each other''s rows there',
+                       v_bad, v_table),
+                format('SELECT tenancy.enable_rls(%L)', v_table::text);
+        END IF;
+    END LOOP;
+    FOR v_slug, v_schema IN EXECUTE format(
+        'SELECT t.slug, t.schema_name FROM tenancy.tenant_directory AS t
+           JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          WHERE t.status <> $d$deleted$d$
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS s WHERE s.schemaid = n.oid)', 'pg_dist_schema')
+    LOOP
+        RETURN QUERY SELECT 'warning'::text, 'citus_schema_not_distributed'::text, v_slug::text,
+            format('schema %I of tenant %s is not distributed: it lives on the coordinator',
+                   v_schema, v_slug),
+            format('SELECT citus_schema_distribute(%L)', v_schema);
+    END LOOP;
+    FOR v_table IN EXECUTE format(
+        'SELECT c.oid::regclass AS tbl FROM pg_class AS c
+           JOIN pg_catalog.%I AS s ON s.schemaid = c.relnamespace
+          WHERE c.relkind IN ($k$r$k$, $k$p$k$) AND NOT c.relispartition
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p WHERE p.logicalrelid = c.oid)',
+        'pg_dist_schema', 'pg_dist_partition')
+    LOOP
+        RETURN QUERY SELECT 'error'::text, 'citus_local_table_in_distributed_schema'::text, v_table::text,
+            format('table %s is local in a distributed schema: its rows stay on the coordinator', v_table),
+            format('SELECT create_distributed_table(%L, NULL, colocate_with => <a table of its schema>)',
+                   v_table::text);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_citus() IS
+    'Citus findings of the isolation doctor (none without Citus): shards of guarded tables carrying '
+    'a permissive copy of a restrictive policy or the USING (true) companion (error), tenant '
+    'schemas not distributed (warning), local tables in distributed schemas (error). Internal: '
+    'called by check_isolation(), as the calling role (reads tenant_directory, guarded_tables and '
+    'the catalogs).';
+
 CREATE OR REPLACE FUNCTION tenancy.check_isolation()
     RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
     LANGUAGE plpgsql
@@ -171,6 +247,7 @@ AS $$
 DECLARE
     v_me     pg_roles;
     r        record;
+    v_citus  boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
 BEGIN
     SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
     IF v_me.rolsuper OR v_me.rolbypassrls THEN
@@ -220,6 +297,8 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- A setting read outside an InitPlan is evaluated once per row (not
+    -- said on Citus, which refuses sub-selects in policies of distributed tables).
     -- A partition or inheritance child is queried by name with its own
     -- policies: a child of a guarded table must be guarded itself.
     RETURN QUERY
@@ -237,6 +316,7 @@ BEGIN
                coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
                || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
           FROM pg_policy AS p
+         WHERE NOT v_citus
     LOOP
         IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
            ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
@@ -249,6 +329,9 @@ BEGIN
     END LOOP;
 
     RETURN QUERY SELECT * FROM tenancy.check_registry();
+    IF v_citus THEN
+        RETURN QUERY SELECT * FROM tenancy.check_citus();
+    END IF;
 
     IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
                     WHERE datname = current_database()
@@ -267,4 +350,5 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
     'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
-    'no listener connected. Run it as the application role.';
+    'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice). Run it as '
+    'the application role.';

@@ -37,6 +37,7 @@ DECLARE
     v_fn      text := tenancy.changes_function(track_changes.table_name);
     v_table   text;
     v_child   regclass;
+    v_dist    boolean;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -64,6 +65,21 @@ BEGIN
         RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
             USING ERRCODE = 'PT016',
                   HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
+    -- Citus: triggers of a distributed table run on the workers, where the
+    -- registry and the outbox are not; tenant schemas are distributed.
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING track_changes.table_name;
+        IF v_dist OR EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                               JOIN pg_namespace AS n ON n.nspname = t.schema_name
+                               JOIN pg_class AS c ON c.relnamespace = n.oid
+                              WHERE c.oid = track_changes.table_name) THEN
+            RAISE EXCEPTION 'table % is distributed by Citus: its change triggers would run on the workers, '
+                            'where the outbox is not', track_changes.table_name
+                USING ERRCODE = 'PT016',
+                      HINT = 'track_changes works on tables local to the coordinator only.';
+        END IF;
     END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
@@ -185,7 +201,8 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table, is a table of the tenancy schema, or has no primary key.';
+    'table, is a table of the tenancy schema, or has no primary key, or with Citus when it is '
+    'distributed or in a tenant schema.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 

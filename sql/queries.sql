@@ -438,3 +438,8 @@ SELECT pg_catalog.set_config('application_name', %(name)s, false)
 -- name: record_provisioning_failure
 SELECT tenancy.record_provisioning_failure(%(slug)s, %(version)s, %(sqlstate)s, %(message)s)
   AS recorded
+-- name: move_tenant
+SELECT tenancy.move_tenant(%(slug)s, %(node_host)s, %(node_port)s) AS node
+
+-- name: tenant_nodes
+SELECT t.slug, tenancy.tenant_node(t.slug) AS node FROM tenancy.tenants AS t ORDER BY t.slug

@@ -376,6 +376,27 @@ class Tenancy:
         """
         return Tenant.from_row(self._one("drop_tenant", slug=slug, destroy_data=destroy_data))
 
+    def move_tenant(self, slug: str, node_host: str, node_port: int) -> str:
+        """Citus: move schema tenant ``slug`` to the worker ``node_host:node_port``
+        (``citus_schema_move``; the tenant stays usable while its shards are copied).
+
+        Returns:
+            The tenant's node afterwards, ``"host:port"``.
+
+        Raises:
+            TenantNotFound: PT003.
+            psycopg.errors.InvalidParameterValue: 22023, a shared tenant.
+            psycopg.errors.FeatureNotSupported: 0A000, no Citus in the database.
+        """
+        return str(
+            self._one("move_tenant", slug=slug, node_host=node_host, node_port=node_port)["node"]
+        )
+
+    def tenant_nodes(self) -> dict[str, str | None]:
+        """Citus: ``{slug: "host:port"}`` of every tenant's node; None for shared
+        tenants, schemas not distributed, or without Citus."""
+        return {r["slug"]: r["node"] for r in self.database.rows("tenant_nodes")}
+
     def add_migration(self, version: str, sql: str, outside_transaction: bool = False) -> Migration:
         """Register tenant DDL as migration ``version`` (it must sort after the
         latest). Re-adding the same version with the same SQL is a no-op.
@@ -694,7 +715,9 @@ class Tenancy:
         result = tenant_archive.import_tenant(self._dsn(), path, as_slug)
         return self.get_tenant(result.slug)
 
-    def move_tenant(self, slug: str, to: str, archive: str | Path | None = None) -> Tenant:
+    def move_tenant_to_database(
+        self, slug: str, to: str, archive: str | Path | None = None
+    ) -> Tenant:
         """Move ``slug`` from this database to database ``to`` (a DSN): suspended
         here for the copy, imported and verified there, then soft-deleted here.
         Rerun after a failure to resume. Returns the tenant at the target. See

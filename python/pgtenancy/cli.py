@@ -178,19 +178,39 @@ def create(dsn: str, slug: str, metadata: str, isolation: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.option("--sizes", is_flag=True, help="Bytes and rows per tenant (tenancy.tenant_sizes()).")
 def list_(dsn: str, as_json: bool, sizes: bool) -> None:
-    """List tenants."""
+    """List tenants (on Citus with each schema tenant's node)."""
     if sizes:
         _list_sizes(dsn, as_json)
         return
-    tenants = _tenancy(dsn).list_tenants()
+    tenancy = _tenancy(dsn)
+    tenants = tenancy.list_tenants()
     if as_json:
         for t in tenants:
             click.echo(json.dumps(_tenant_dict(t)))
         return
-    click.echo(f"{'slug':<24} {'status':<10} {'migration':<16} schema")
+    # On Citus, the node of each schema tenant (a column only when there is one).
+    nodes = tenancy.tenant_nodes() if tenants else {}
+    node_col = any(nodes.values())
+    click.echo(
+        f"{'slug':<24} {'status':<10} {'migration':<16} schema" + ("  node" if node_col else "")
+    )
     for t in tenants:
         where = t.schema_name or "(shared)"
-        click.echo(f"{t.slug:<24} {t.status:<10} {t.migration_version or '-':<16} {where}")
+        line = f"{t.slug:<24} {t.status:<10} {t.migration_version or '-':<16} {where}"
+        if node_col:
+            line += f"  {nodes.get(t.slug) or '-'}"
+        click.echo(line)
+
+
+@main.command()
+@dsn_option
+@click.argument("slug")
+@click.argument("node_host")
+@click.argument("node_port", type=int)
+def move(dsn: str, slug: str, node_host: str, node_port: int) -> None:
+    """Citus: move schema tenant SLUG to worker NODE_HOST NODE_PORT (citus_schema_move)."""
+    node = _tenancy(dsn).move_tenant(slug, node_host, node_port)
+    click.echo(f"moved {slug} to {node}")
 
 
 @main.command()
@@ -904,7 +924,7 @@ def tenant_import(dsn: str, file: Path, as_slug: str | None) -> None:
 def tenant_move(dsn: str, slug: str, to: str, archive: Path | None) -> None:
     """Move tenant SLUG to database --to: suspended here during the copy,
     imported and verified there, then soft-deleted here. Rerun to resume."""
-    _print_tenant("moved", _tenancy(dsn).move_tenant(slug, to, archive))
+    _print_tenant("moved", _tenancy(dsn).move_tenant_to_database(slug, to, archive))
 
 
 @main.command()

@@ -365,7 +365,9 @@ CREATE OR REPLACE FUNCTION tenancy.create_tenant(
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_row tenancy.tenants;
+    v_row      tenancy.tenants;
+    -- Citus: NULL without it.
+    v_sharding text := current_setting('citus.enable_schema_based_sharding', true);
 BEGIN
     PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
@@ -377,9 +379,17 @@ BEGIN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
     END IF;
+    -- Citus: provisioning creates the schema's tables first, then
+    -- distributes the schema (tenancy.citus_distribute_schema).
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', 'off', true);
+    END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', v_sharding, true);
+    END IF;
     RETURN v_row;
 EXCEPTION
     WHEN unique_violation THEN
@@ -396,7 +406,7 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
     'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
-    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind. With Citus the new schema is distributed (citus_schema_distribute).';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -671,11 +681,12 @@ $$;
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
-    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
-    'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
-    'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
-    'PT007 (schema missing) before '
-    'anything is set. Call it as the first statement of a transaction block.';
+    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)); '
+    'with Citus, tenancy.prepare_citus() adds SET LOCAL statements so every node of the '
+    'transaction has the tenant. Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: '
+    'DETAIL names the new slug), PT004 (suspended, or any status but active), PT005 (deleted), '
+    'PT019 (being provisioned), PT007 (schema missing) before anything is set. Call it as the '
+    'first statement of a transaction block.';
 
 CREATE OR REPLACE FUNCTION tenancy.enable_rls(table_name regclass, tenant_column name DEFAULT 'tenant_id')
     RETURNS tenancy.guarded_tables
@@ -694,6 +705,8 @@ DECLARE
     v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
     v_child   regclass;
     v_role    name;
+    v_citus   boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_dist    boolean := false;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -736,8 +749,23 @@ BEGIN
         RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
             USING ERRCODE = 'PT014';
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
-                   enable_rls.table_name, enable_rls.tenant_column);
+    IF v_citus THEN
+        -- Entering a tenant must reach the workers (004_context.sql).
+        PERFORM tenancy.prepare_citus();
+        -- Citus: shards accept no subquery (InitPlan) in a policy and write a
+        -- RESTRICTIVE policy to the shards as PERMISSIVE, so the check is the
+        -- single permissive policy, with built-in functions only (they exist
+        -- on every worker). Citus refuses a new default on the distribution
+        -- column of a distributed table: guard the table before distributing it.
+        v_check := format('%I = NULLIF(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
+                          enable_rls.tenant_column);
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING enable_rls.table_name;
+    END IF;
+    IF NOT v_dist THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
+                       enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
         INTO v_nulls;
     IF NOT v_nulls THEN
@@ -752,7 +780,22 @@ BEGIN
     -- policy: a permissive policy added later (USING (true), say) cannot
     -- open other tenants' rows. Restrictive policies need a permissive one
     -- to grant access at all: tenancy_tenant_rows, USING (true).
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF v_citus THEN
+        -- Never a permissive USING (true) companion on Citus, and a
+        -- restrictive check left by an earlier enable_rls is replaced.
+        EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', enable_rls.table_name);
+        IF EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation'
+                      AND NOT polpermissive) THEN
+            EXECUTE format('DROP POLICY tenancy_tenant_isolation ON %s', enable_rls.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS PERMISSIVE FOR ALL '
+                           'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+        END IF;
+    END IF;
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
@@ -761,12 +804,14 @@ BEGIN
         EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
                        enable_rls.table_name, v_check, v_check);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
                        'USING (true) WITH CHECK (true)', enable_rls.table_name);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+    -- Citus refuses triggers on distributed tables (citus.enable_unsafe_triggers):
+    -- there, UPDATE and DELETE without a tenant touch no rows, INSERT fails on the default.
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_trigger
                     WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
         EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
@@ -799,7 +844,9 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Partitions and inheritance children are guarded too (and, with the kit installed by a '
     'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
     'schema, column not uuid, guarded on another column, owned by an application role or a role '
-    'it is a member of). The kit''s owner must own the table.';
+    'it is a member of). The kit''s owner must own the table. With Citus in the database: one '
+    'PERMISSIVE policy tenancy_tenant_isolation (tenant_column = app.tenant_id, no subquery), no '
+    'companion, no trigger, no new default on an already distributed table.';
 
 REVOKE ALL ON FUNCTION tenancy.enable_rls(regclass, name) FROM PUBLIC;
 
@@ -1238,6 +1285,7 @@ DECLARE
     v_fn      text := tenancy.changes_function(track_changes.table_name);
     v_table   text;
     v_child   regclass;
+    v_dist    boolean;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -1265,6 +1313,21 @@ BEGIN
         RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
             USING ERRCODE = 'PT016',
                   HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
+    -- Citus: triggers of a distributed table run on the workers, where the
+    -- registry and the outbox are not; tenant schemas are distributed.
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING track_changes.table_name;
+        IF v_dist OR EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                               JOIN pg_namespace AS n ON n.nspname = t.schema_name
+                               JOIN pg_class AS c ON c.relnamespace = n.oid
+                              WHERE c.oid = track_changes.table_name) THEN
+            RAISE EXCEPTION 'table % is distributed by Citus: its change triggers would run on the workers, '
+                            'where the outbox is not', track_changes.table_name
+                USING ERRCODE = 'PT016',
+                      HINT = 'track_changes works on tables local to the coordinator only.';
+        END IF;
     END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
@@ -1386,7 +1449,8 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table, is a table of the tenancy schema, or has no primary key.';
+    'table, is a table of the tenancy schema, or has no primary key, or with Citus when it is '
+    'distributed or in a tenant schema.';
 
 REVOKE ALL ON FUNCTION tenancy.track_changes(regclass) FROM PUBLIC;
 
@@ -2588,6 +2652,7 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
+    PERFORM tenancy.citus_distribute_schema(p_schema);
     RETURN v_version;
 END
 $$;
@@ -3942,6 +4007,7 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
+    PERFORM tenancy.citus_distribute_schema(p_schema);
     RETURN v_version;
 END
 $$;
@@ -4291,7 +4357,9 @@ CREATE OR REPLACE FUNCTION tenancy.create_tenant(
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_row tenancy.tenants;
+    v_row      tenancy.tenants;
+    -- Citus: NULL without it.
+    v_sharding text := current_setting('citus.enable_schema_based_sharding', true);
 BEGIN
     PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
@@ -4303,9 +4371,17 @@ BEGIN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
     END IF;
+    -- Citus: provisioning creates the schema's tables first, then
+    -- distributes the schema (tenancy.citus_distribute_schema).
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', 'off', true);
+    END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', v_sharding, true);
+    END IF;
     RETURN v_row;
 EXCEPTION
     WHEN unique_violation THEN
@@ -4322,7 +4398,7 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
     'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
-    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind. With Citus the new schema is distributed (citus_schema_distribute).';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
 
@@ -4527,11 +4603,12 @@ $$;
 COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'Put the current transaction into tenant slug: search_path = tenant schema, public, pg_temp '
     '(public, pg_temp for a shared tenant); app.tenant_id = tenant id; app.tenant = slug; the '
-    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)). '
-    'Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: DETAIL names the new slug), '
-    'PT004 (suspended, or any status but active), PT005 (deleted), PT019 (being provisioned), '
-    'PT007 (schema missing) before '
-    'anything is set. Call it as the first statement of a transaction block.';
+    'tenant''s limits (tenancy.tenants.limits); all transaction-local (set_config(..., true)); '
+    'with Citus, tenancy.prepare_citus() adds SET LOCAL statements so every node of the '
+    'transaction has the tenant. Returns the tenant id. Raises PT003 (unknown), PT020 (renamed: '
+    'DETAIL names the new slug), PT004 (suspended, or any status but active), PT005 (deleted), '
+    'PT019 (being provisioned), PT007 (schema missing) before anything is set. Call it as the '
+    'first statement of a transaction block.';
 
 -- The attack run's gaps (issue 13): a suspended or deleted tenant out of the
 -- application roles' reach (grants revoked on status changes; the shared
@@ -4866,7 +4943,9 @@ CREATE OR REPLACE FUNCTION tenancy.create_tenant(
 AS $$
 #variable_conflict use_column
 DECLARE
-    v_row tenancy.tenants;
+    v_row      tenancy.tenants;
+    -- Citus: NULL without it.
+    v_sharding text := current_setting('citus.enable_schema_based_sharding', true);
 BEGIN
     PERFORM tenancy.check_metadata(coalesce(create_tenant.metadata, '{}'));
     -- A tenant left in provisioning by a failure or a killed run: go on.
@@ -4878,9 +4957,17 @@ BEGIN
         RAISE EXCEPTION 'tenant metadata must be a JSON object, not %', jsonb_typeof(create_tenant.metadata)
             USING ERRCODE = '22023';
     END IF;
+    -- Citus: provisioning creates the schema's tables first, then
+    -- distributes the schema (tenancy.citus_distribute_schema).
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', 'off', true);
+    END IF;
     INSERT INTO tenancy.tenants (slug, metadata, isolation)
     VALUES (create_tenant.slug, coalesce(create_tenant.metadata, '{}'), coalesce(create_tenant.isolation, 'schema'))
     RETURNING * INTO v_row;
+    IF v_sharding IS NOT NULL THEN
+        PERFORM set_config('citus.enable_schema_based_sharding', v_sharding, true);
+    END IF;
     RETURN v_row;
 EXCEPTION
     WHEN unique_violation THEN
@@ -4897,7 +4984,7 @@ COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
     'the next one in its own transaction, and the last makes it active (tenant_created then). '
     'Raises PT001 (invalid slug), PT002 (exists), PT006 (a migration failed), PT029 (metadata not '
-    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind.';
+    'a JSON object or over 65536 bytes), 22023 (unknown isolation); on error nothing is left behind. With Citus the new schema is distributed (citus_schema_distribute).';
 
 CREATE OR REPLACE FUNCTION tenancy.active_tenant_id()
     RETURNS uuid
@@ -4949,6 +5036,8 @@ DECLARE
     v_check   text := format('%I = (SELECT tenancy.active_tenant_id())', enable_rls.tenant_column);
     v_child   regclass;
     v_role    name;
+    v_citus   boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_dist    boolean := false;
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -4991,8 +5080,23 @@ BEGIN
         RAISE EXCEPTION 'tenant column %.% is %, not uuid', enable_rls.table_name, quote_ident(enable_rls.tenant_column), v_type
             USING ERRCODE = 'PT014';
     END IF;
-    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
-                   enable_rls.table_name, enable_rls.tenant_column);
+    IF v_citus THEN
+        -- Entering a tenant must reach the workers (004_context.sql).
+        PERFORM tenancy.prepare_citus();
+        -- Citus: shards accept no subquery (InitPlan) in a policy and write a
+        -- RESTRICTIVE policy to the shards as PERMISSIVE, so the check is the
+        -- single permissive policy, with built-in functions only (they exist
+        -- on every worker). Citus refuses a new default on the distribution
+        -- column of a distributed table: guard the table before distributing it.
+        v_check := format('%I = NULLIF(pg_catalog.current_setting(''app.tenant_id'', true), '''')::uuid',
+                          enable_rls.tenant_column);
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING enable_rls.table_name;
+    END IF;
+    IF NOT v_dist THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT tenancy.require_tenant_id()',
+                       enable_rls.table_name, enable_rls.tenant_column);
+    END IF;
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s WHERE %I IS NULL)', enable_rls.table_name, enable_rls.tenant_column)
         INTO v_nulls;
     IF NOT v_nulls THEN
@@ -5007,7 +5111,22 @@ BEGIN
     -- policy: a permissive policy added later (USING (true), say) cannot
     -- open other tenants' rows. Restrictive policies need a permissive one
     -- to grant access at all: tenancy_tenant_rows, USING (true).
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF v_citus THEN
+        -- Never a permissive USING (true) companion on Citus, and a
+        -- restrictive check left by an earlier enable_rls is replaced.
+        EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', enable_rls.table_name);
+        IF EXISTS (SELECT 1 FROM pg_policy
+                    WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation'
+                      AND NOT polpermissive) THEN
+            EXECUTE format('DROP POLICY tenancy_tenant_isolation ON %s', enable_rls.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS PERMISSIVE FOR ALL '
+                           'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
+        END IF;
+    END IF;
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_isolation') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_isolation ON %s AS RESTRICTIVE FOR ALL '
                        'USING (%s) WITH CHECK (%s)', enable_rls.table_name, v_check, v_check);
@@ -5016,12 +5135,14 @@ BEGIN
         EXECUTE format('ALTER POLICY tenancy_tenant_isolation ON %s USING (%s) WITH CHECK (%s)',
                        enable_rls.table_name, v_check, v_check);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_policy
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_policy
                     WHERE polrelid = enable_rls.table_name AND polname = 'tenancy_tenant_rows') THEN
         EXECUTE format('CREATE POLICY tenancy_tenant_rows ON %s AS PERMISSIVE FOR ALL '
                        'USING (true) WITH CHECK (true)', enable_rls.table_name);
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+    -- Citus refuses triggers on distributed tables (citus.enable_unsafe_triggers):
+    -- there, UPDATE and DELETE without a tenant touch no rows, INSERT fails on the default.
+    IF NOT v_citus AND NOT EXISTS (SELECT 1 FROM pg_trigger
                     WHERE tgrelid = enable_rls.table_name AND tgname = 'tenancy_guard_write') THEN
         EXECUTE format('CREATE TRIGGER tenancy_guard_write BEFORE INSERT OR UPDATE OR DELETE ON %s '
                        'FOR EACH STATEMENT EXECUTE FUNCTION tenancy.guard_write()', enable_rls.table_name);
@@ -5054,7 +5175,9 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Partitions and inheritance children are guarded too (and, with the kit installed by a '
     'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
     'schema, column not uuid, guarded on another column, owned by an application role or a role '
-    'it is a member of). The kit''s owner must own the table.';
+    'it is a member of). The kit''s owner must own the table. With Citus in the database: one '
+    'PERMISSIVE policy tenancy_tenant_isolation (tenant_column = app.tenant_id, no subquery), no '
+    'companion, no trigger, no new default on an already distributed table.';
 
 CREATE OR REPLACE FUNCTION tenancy.check_registry()
     RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
@@ -5221,6 +5344,7 @@ AS $$
 DECLARE
     v_me     pg_roles;
     r        record;
+    v_citus  boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
 BEGIN
     SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
     IF v_me.rolsuper OR v_me.rolbypassrls THEN
@@ -5270,6 +5394,8 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- A setting read outside an InitPlan is evaluated once per row (not
+    -- said on Citus, which refuses sub-selects in policies of distributed tables).
     -- A partition or inheritance child is queried by name with its own
     -- policies: a child of a guarded table must be guarded itself.
     RETURN QUERY
@@ -5287,6 +5413,7 @@ BEGIN
                coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
                || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
           FROM pg_policy AS p
+         WHERE NOT v_citus
     LOOP
         IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
            ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
@@ -5299,6 +5426,9 @@ BEGIN
     END LOOP;
 
     RETURN QUERY SELECT * FROM tenancy.check_registry();
+    IF v_citus THEN
+        RETURN QUERY SELECT * FROM tenancy.check_citus();
+    END IF;
 
     IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
                     WHERE datname = current_database()
@@ -5317,7 +5447,8 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
     'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
-    'no listener connected. Run it as the application role.';
+    'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice). Run it as '
+    'the application role.';
 
 CREATE OR REPLACE FUNCTION tenancy.track_changes(table_name regclass)
     RETURNS void
@@ -5334,6 +5465,7 @@ DECLARE
     v_fn      text := tenancy.changes_function(track_changes.table_name);
     v_table   text;
     v_child   regclass;
+    v_dist    boolean;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -5361,6 +5493,21 @@ BEGIN
         RAISE EXCEPTION '% is a table of the kit', track_changes.table_name
             USING ERRCODE = 'PT016',
                   HINT = 'Lifecycle changes of the registry are events already.';
+    END IF;
+    -- Citus: triggers of a distributed table run on the workers, where the
+    -- registry and the outbox are not; tenant schemas are distributed.
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE logicalrelid = $1)', 'pg_dist_partition')
+            INTO v_dist USING track_changes.table_name;
+        IF v_dist OR EXISTS (SELECT 1 FROM tenancy.tenants AS t
+                               JOIN pg_namespace AS n ON n.nspname = t.schema_name
+                               JOIN pg_class AS c ON c.relnamespace = n.oid
+                              WHERE c.oid = track_changes.table_name) THEN
+            RAISE EXCEPTION 'table % is distributed by Citus: its change triggers would run on the workers, '
+                            'where the outbox is not', track_changes.table_name
+                USING ERRCODE = 'PT016',
+                      HINT = 'track_changes works on tables local to the coordinator only.';
+        END IF;
     END IF;
     SELECT array_agg(a.attname ORDER BY k.ord) INTO v_pk
       FROM pg_index AS i
@@ -5482,7 +5629,8 @@ COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
-    'table, is a table of the tenancy schema, or has no primary key.';
+    'table, is a table of the tenancy schema, or has no primary key, or with Citus when it is '
+    'distributed or in a tenant schema.';
 
 CREATE OR REPLACE FUNCTION tenancy.grant_app_role(role name)
     RETURNS void
@@ -5659,3 +5807,413 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION tenancy.delete_shared_rows(p_tenant uuid)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_guard   tenancy.guarded_tables;
+    v_count   bigint;
+    v_total   bigint := 0::bigint;
+    v_before  text := current_setting('app.tenant_id', true);
+BEGIN
+    PERFORM tenancy.forget_dropped_tables();
+    -- FORCE ROW LEVEL SECURITY applies to the owner too: delete as the tenant.
+    PERFORM set_config('app.tenant_id', p_tenant::text, true);
+    -- Citus: the shards' policies read the setting on the workers (see enter_tenant).
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        PERFORM set_config('citus.propagate_set_commands', 'local', true);
+        EXECUTE format('SET LOCAL app.tenant_id = %L', p_tenant::text);
+    END IF;
+    FOR v_guard IN SELECT * FROM tenancy.guarded_tables LOOP
+        EXECUTE format('DELETE FROM %s WHERE %I = $1', v_guard.table_name, v_guard.tenant_column)
+            USING p_tenant;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_total := v_total + v_count;
+    END LOOP;
+    PERFORM set_config('app.tenant_id', coalesce(v_before, ''), true);
+    IF current_setting('citus.propagate_set_commands', true) IS NOT NULL THEN
+        EXECUTE format('SET LOCAL app.tenant_id = %L', coalesce(v_before, ''));
+    END IF;
+    RETURN v_total;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.delete_shared_rows(uuid) IS
+    'Delete the rows of tenant p_tenant from every guarded table; return how many. Run by the '
+    'registry trigger when a tenant is destroyed. Internal.';
+REVOKE ALL ON FUNCTION tenancy.delete_shared_rows(uuid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.citus_distribute_schema(p_schema text)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sibling regclass;
+    v_table   regclass;
+    v_count   integer;
+    v_done    boolean;
+    -- Citus's catalogs exist only with Citus: named through format(), so
+    -- these statements are planned only when they run.
+    v_local   text := format('SELECT c.oid::regclass FROM pg_class AS c
+                               WHERE c.relnamespace = $1::regnamespace AND c.relkind IN (''r'', ''p'')
+                                 AND NOT c.relispartition
+                                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p
+                                                  WHERE p.logicalrelid = c.oid)
+                               ORDER BY c.oid', 'pg_dist_partition');
+BEGIN
+    -- Not for add_migration's scratch schemas (rolled back anyway).
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR p_schema LIKE 'tenancy\_check\_%' THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format('SELECT min(p.logicalrelid::oid)::regclass FROM pg_catalog.%I AS p
+                      JOIN pg_class AS c ON c.oid = p.logicalrelid
+                     WHERE c.relnamespace = $1::regnamespace', 'pg_dist_partition')
+        INTO v_sibling USING p_schema;
+    EXECUTE format('SELECT count(*)::integer FROM (%s) AS l', v_local) INTO v_count USING p_schema;
+    IF v_count = 0 AND v_sibling IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+    IF v_sibling IS NULL THEN
+        -- Nothing distributed yet: distribute the whole schema, which creates
+        -- its colocation group and places it on a node. create_tenant turns
+        -- citus.enable_schema_based_sharding off while it provisions: a
+        -- schema distributed at CREATE SCHEMA keeps the tables a function
+        -- creates local, and Citus offers no way to move them in.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                       'pg_dist_schema')
+            INTO v_done USING p_schema;
+        IF v_done AND v_count > 0 THEN
+            RAISE EXCEPTION 'schema % was distributed when it was created, its tables were not', p_schema
+                USING ERRCODE = '0A000',
+                      HINT = 'Create tenants with tenancy.create_tenant, which distributes the schema '
+                             'after creating its tables, or SET citus.enable_schema_based_sharding = off.';
+        END IF;
+        IF v_done THEN
+            RETURN 0;
+        END IF;
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        RETURN v_count;
+    END IF;
+    -- Tables a migration added to a distributed schema join its colocation group.
+    FOR v_table IN EXECUTE v_local USING p_schema LOOP
+        EXECUTE format('SELECT pg_catalog.%I($1, NULL, colocate_with => $2)', 'create_distributed_table')
+            USING v_table, v_sibling::text;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
+    'With Citus in the database: make tenant schema p_schema a distributed schema '
+    '(citus_schema_distribute) and put tables added since into its colocation group; return how '
+    'many tables were distributed. A no-op (0) without Citus. Internal.';
+REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_src   text;
+    v_end   text := E'\n    RETURN v_id;\nEND\n';
+    v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
+                    || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::text);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
+    IF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+        RETURN true;
+    END IF;
+    IF pg_catalog.strpos(v_src, v_end) = 0 THEN
+        RAISE EXCEPTION 'tenancy.enter_tenant() does not end as expected: cannot add the Citus statements'
+            USING ERRCODE = 'XX000';
+    END IF;
+    v_src := pg_catalog.replace(v_src, v_end, v_citus || v_end);
+    EXECUTE pg_catalog.format('CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text) RETURNS uuid '
+                              'LANGUAGE plpgsql VOLATILE AS %L', v_src);
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.prepare_citus() IS
+    'With Citus in the database: add literal SET LOCAL app.tenant_id/app.tenant statements (and '
+    'citus.propagate_set_commands = local) to tenancy.enter_tenant(), so the tenant reaches every '
+    'worker of the transaction; true when Citus is there, false (nothing changed) without it. '
+    'Idempotent. Run by install and enable_rls; run it after CREATE EXTENSION citus in a database '
+    'where the kit is installed already.';
+REVOKE ALL ON FUNCTION tenancy.prepare_citus() FROM PUBLIC;
+
+SELECT tenancy.prepare_citus();
+
+CREATE OR REPLACE FUNCTION tenancy.check_citus()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_table        regclass;
+    v_slug         text;
+    v_schema       text;
+    v_bad          bigint;
+    v_restrictive  name[];
+    v_cmd          text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN;
+    END IF;
+    FOR v_table IN EXECUTE format(
+        'SELECT g.table_name FROM tenancy.guarded_tables AS g
+           JOIN pg_catalog.%I AS p ON p.logicalrelid = g.table_name', 'pg_dist_partition')
+    LOOP
+        -- A policy that is permissive on a shard but restrictive on the
+        -- coordinator, or the USING (true) companion: either opens the rows.
+        SELECT coalesce(array_agg(c.polname), '{}') INTO v_restrictive
+          FROM pg_policy AS c WHERE c.polrelid = v_table AND NOT c.polpermissive;
+        v_cmd := format('SELECT count(*) FROM pg_policy AS p WHERE p.polrelid = ''%%s''::regclass '
+                        'AND p.polpermissive AND (p.polname = ''tenancy_tenant_rows'' '
+                        'OR p.polname = ANY (%L::name[]))', v_restrictive::text);
+        EXECUTE format('SELECT count(*) FROM pg_catalog.%I($1, $2) AS s '
+                       'WHERE s.success AND s.result::bigint > 0', 'run_command_on_shards')
+            INTO v_bad USING v_table, v_cmd;
+        IF v_bad > 0 THEN
+            RETURN QUERY SELECT 'error'::text, 'citus_shard_policy_permissive'::text, v_table::text,
+                format('%s shards of %s carry a permissive copy of a restrictive policy or the '
+                       'USING (true) companion: tenants read each other''s rows there',
+                       v_bad, v_table),
+                format('SELECT tenancy.enable_rls(%L)', v_table::text);
+        END IF;
+    END LOOP;
+    FOR v_slug, v_schema IN EXECUTE format(
+        'SELECT t.slug, t.schema_name FROM tenancy.tenant_directory AS t
+           JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          WHERE t.status <> $d$deleted$d$
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS s WHERE s.schemaid = n.oid)', 'pg_dist_schema')
+    LOOP
+        RETURN QUERY SELECT 'warning'::text, 'citus_schema_not_distributed'::text, v_slug::text,
+            format('schema %I of tenant %s is not distributed: it lives on the coordinator',
+                   v_schema, v_slug),
+            format('SELECT citus_schema_distribute(%L)', v_schema);
+    END LOOP;
+    FOR v_table IN EXECUTE format(
+        'SELECT c.oid::regclass AS tbl FROM pg_class AS c
+           JOIN pg_catalog.%I AS s ON s.schemaid = c.relnamespace
+          WHERE c.relkind IN ($k$r$k$, $k$p$k$) AND NOT c.relispartition
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.%I AS p WHERE p.logicalrelid = c.oid)',
+        'pg_dist_schema', 'pg_dist_partition')
+    LOOP
+        RETURN QUERY SELECT 'error'::text, 'citus_local_table_in_distributed_schema'::text, v_table::text,
+            format('table %s is local in a distributed schema: its rows stay on the coordinator', v_table),
+            format('SELECT create_distributed_table(%L, NULL, colocate_with => <a table of its schema>)',
+                   v_table::text);
+    END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_citus() IS
+    'Citus findings of the isolation doctor (none without Citus): shards of guarded tables carrying '
+    'a permissive copy of a restrictive policy or the USING (true) companion (error), tenant '
+    'schemas not distributed (warning), local tables in distributed schemas (error). Internal: '
+    'called by check_isolation(), as the calling role (reads tenant_directory, guarded_tables and '
+    'the catalogs).';
+
+CREATE OR REPLACE FUNCTION tenancy.check_isolation()
+    RETURNS TABLE (severity text, check_name text, object text, message text, fix text)
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_me     pg_roles;
+    r        record;
+    v_citus  boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+BEGIN
+    SELECT * INTO v_me FROM pg_roles WHERE rolname = current_user;
+    IF v_me.rolsuper OR v_me.rolbypassrls THEN
+        RETURN QUERY SELECT 'error'::text, 'role_bypasses_rls'::text, current_user::text,
+            format('role %s is %s: row-level security policies do not apply to it',
+                   current_user, CASE WHEN v_me.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END),
+            format('connect the application as a NOSUPERUSER NOBYPASSRLS role granted with '
+                   'tenancy.grant_app_role()')::text;
+    END IF;
+
+    FOR r IN
+        SELECT g.table_name, g.tenant_column, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
+               (SELECT a.attnum FROM pg_attribute AS a
+                 WHERE a.attrelid = g.table_name AND a.attname = g.tenant_column) AS attnum
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name::oid
+    LOOP
+        IF pg_has_role(current_user, r.relowner, 'USAGE') THEN
+            RETURN QUERY SELECT 'error'::text, 'role_owns_guarded_table'::text, r.table_name::text,
+                format('role %s owns guarded table %s and can switch its row-level security off',
+                       current_user, r.table_name),
+                format('ALTER TABLE %s OWNER TO <the kit''s owner role>', r.table_name);
+        END IF;
+        IF NOT r.relrowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_disabled'::text, r.table_name::text,
+                format('row-level security is disabled on guarded table %s', r.table_name),
+                format('SELECT tenancy.enable_rls(%L)', r.table_name::text);
+        END IF;
+        IF NOT r.relforcerowsecurity THEN
+            RETURN QUERY SELECT 'error'::text, 'rls_not_forced'::text, r.table_name::text,
+                format('guarded table %s lacks FORCE ROW LEVEL SECURITY: its owner bypasses the policy',
+                       r.table_name),
+                format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.table_name);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = r.table_name AND polname = 'tenancy_tenant_isolation') THEN
+            RETURN QUERY SELECT 'error'::text, 'policy_missing'::text, r.table_name::text,
+                format('guarded table %s has no tenancy_tenant_isolation policy', r.table_name),
+                format('SELECT tenancy.enable_rls(%L, %L)', r.table_name::text, r.tenant_column);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indrelid = r.table_name AND indkey[0] = r.attnum) THEN
+            RETURN QUERY SELECT 'warning'::text, 'tenant_index_missing'::text, r.table_name::text,
+                format('guarded table %s has no index led by %I: every tenant query scans it all',
+                       r.table_name, r.tenant_column),
+                format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
+        END IF;
+    END LOOP;
+
+    -- A setting read outside an InitPlan is evaluated once per row (not
+    -- said on Citus, which refuses sub-selects in policies of distributed tables).
+    -- A partition or inheritance child is queried by name with its own
+    -- policies: a child of a guarded table must be guarded itself.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_child'::text, i.inhrelid::regclass::text,
+               format('%s is a partition or child of guarded table %s but is not guarded: read by '
+                      'name it shows every tenant''s rows', i.inhrelid::regclass, g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhrelid::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhparent = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+
+    -- A setting read outside an InitPlan is evaluated once per row.
+    FOR r IN
+        SELECT p.polname, p.polrelid::regclass AS tbl,
+               coalesce(pg_get_expr(p.polqual, p.polrelid), '') || ' '
+               || coalesce(pg_get_expr(p.polwithcheck, p.polrelid), '') AS expr
+          FROM pg_policy AS p
+         WHERE NOT v_citus
+    LOOP
+        IF regexp_replace(r.expr, '\(\s*SELECT\s+[^()]*(\([^()]*\)[^()]*)*\)', '', 'gi')
+           ~* '(current_setting|tenancy\.current_tenant_id|tenancy\.active_tenant_id|tenancy\.current_tenant)\s*\(' THEN
+            RETURN QUERY SELECT 'warning'::text, 'policy_not_initplan'::text,
+                format('%s on %s', r.polname, r.tbl),
+                format('policy %s on %s calls the tenant setting outside a sub-select, so it is '
+                       'evaluated for every row', r.polname, r.tbl),
+                'wrap it in a sub-select: tenant_id = (SELECT tenancy.active_tenant_id())'::text;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY SELECT * FROM tenancy.check_registry();
+    IF v_citus THEN
+        RETURN QUERY SELECT * FROM tenancy.check_citus();
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE datname = current_database()
+                      AND application_name LIKE 'pgtenancy-listener:%') THEN
+        RETURN QUERY SELECT 'warning'::text, 'no_listener'::text, tenancy.events_channel(),
+            format('no pgtenancy listener is connected to this database: lifecycle events wait '
+                   'in the outbox'),
+            'run pgtenancy listen --consumer NAME --handlers MODULE'::text;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_isolation() IS
+    'Isolation findings for the current role and database, one row each: severity (error or '
+    'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
+    'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
+    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
+    'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice). Run it as '
+    'the application role.';
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_node(slug text)
+    RETURNS text
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_schema text;
+    v_node   text;
+BEGIN
+    SELECT t.schema_name INTO v_schema FROM tenancy.tenants AS t WHERE t.slug = tenant_node.slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(tenant_node.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF v_schema IS NULL OR NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+       OR to_regnamespace(quote_ident(v_schema)) IS NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format(
+        'SELECT min(n.nodename || '':'' || n.nodeport)
+           FROM pg_catalog.%I AS s
+           JOIN pg_catalog.%I AS p ON p.colocationid = s.colocationid
+           JOIN pg_catalog.%I AS sh ON sh.logicalrelid = p.logicalrelid
+           JOIN pg_catalog.%I AS pl ON pl.shardid = sh.shardid
+           JOIN pg_catalog.%I AS n ON n.groupid = pl.groupid
+          WHERE s.schemaid = $1::regnamespace',
+        'pg_dist_schema', 'pg_dist_partition', 'pg_dist_shard', 'pg_dist_placement', 'pg_dist_node')
+        INTO v_node USING v_schema;
+    RETURN v_node;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.tenant_node(text) IS
+    'host:port of the Citus node holding schema tenant slug; NULL for a shared tenant, without '
+    'Citus, or for a schema that is not distributed. Raises PT003 (not found).';
+REVOKE ALL ON FUNCTION tenancy.tenant_node(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.move_tenant(slug text, node_host text, node_port integer)
+    RETURNS text
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.tenants;
+BEGIN
+    SELECT * INTO v_row FROM tenancy.tenants AS t WHERE t.slug = move_tenant.slug;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'tenant % not found', coalesce(quote_literal(move_tenant.slug), 'NULL')
+            USING ERRCODE = 'PT003';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'moving a tenant needs Citus in this database'
+            USING ERRCODE = '0A000';
+    END IF;
+    IF v_row.schema_name IS NULL THEN
+        RAISE EXCEPTION 'tenant % is shared: its rows move with the shards of the shared tables',
+            quote_literal(move_tenant.slug)
+            USING ERRCODE = '22023',
+                  HINT = 'Move shards with citus_move_shard_placement or citus_rebalance_start.';
+    END IF;
+    IF tenancy.tenant_node(move_tenant.slug) IS DISTINCT FROM move_tenant.node_host || ':' || move_tenant.node_port THEN
+        EXECUTE format('SELECT pg_catalog.%I($1::regnamespace, $2, $3)', 'citus_schema_move')
+            USING v_row.schema_name, move_tenant.node_host, move_tenant.node_port;
+    END IF;
+    RETURN tenancy.tenant_node(move_tenant.slug);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
+    'Citus: move schema tenant slug to node node_host:node_port (citus_schema_move; the tenant '
+    'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
+    'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
+REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;

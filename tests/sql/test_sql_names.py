@@ -83,6 +83,8 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         return sql(statement, params)
 
     assert call("SELECT tenancy.version()") != []
+    # Without Citus: false, enter_tenant unchanged.
+    assert call("SELECT tenancy.prepare_citus()") == [(False,)]
     call(
         "SELECT tenancy.add_migration(version => '0001', "
         "sql => 'CREATE TABLE note (id int PRIMARY KEY)', outside_transaction => false)"
@@ -94,6 +96,10 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     call("SELECT tenancy.suspend_tenant(slug => 'acme')")
     call("SELECT tenancy.resume_tenant(slug => 'acme')")
     call("SELECT tenancy.migrate_tenant(slug => 'acme')")
+    # Citus only: no node without it, and moving is refused (nothing changed).
+    assert call("SELECT tenancy.tenant_node(slug => 'acme')") == [(None,)]
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        call("SELECT tenancy.move_tenant(slug => 'acme', node_host => 'h', node_port => 5432)")
     assert call(
         "SELECT tenancy.enter_tenant(slug => 'acme') IS NOT NULL, tenancy.current_tenant(), "
         "tenancy.current_tenant_id() IS NOT NULL"
