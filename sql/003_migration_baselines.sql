@@ -2,7 +2,7 @@
 --
 -- A long history costs every new tenant a replay of every migration. A
 -- baseline through version V is one script equal to the migrations up to V
--- (checked by tenancy.add_baseline in 012_baselines.sql against a replay,
+-- (checked by add_baseline of 012_baselines.sql against a replay,
 -- object by object). Provisioning runs the newest baseline, in one
 -- transaction, as the migrator and behind the fence like any migration,
 -- records V as the tenant's migration_version, then applies the migrations

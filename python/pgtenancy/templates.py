@@ -161,7 +161,6 @@ def _word_pattern(schema: str) -> re.Pattern[str]:
     return re.compile(rf'(?i)(?<![\w$])"?{re.escape(schema)}"?(?![\w$])')
 
 
-_WORD: Final = re.compile(r'(?i)(?<![\w$])"?public"?(?![\w$])')
 _WORD: Final = re.compile(r"[^\W\d]\w*(?:\$\w*)*")
 _DOLLAR_TAG: Final = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 _DOT_AFTER: Final = re.compile(r"\s*\.\s*")
