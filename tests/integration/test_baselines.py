@@ -136,7 +136,7 @@ def provision(dsn: str, slug: str) -> tuple[int, int, str | None]:
         conn.execute("SET LOCAL track_functions = 'all'")
         row = conn.execute("SELECT migration_version FROM tenancy.create_tenant(%s)", (slug,))
         first = row.fetchone()
-        calls = dict(
+        calls: dict[str, int] = dict(
             conn.execute(
                 "SELECT funcname, calls FROM pg_stat_xact_user_functions "
                 "WHERE schemaname = 'tenancy' AND funcname IN ('apply_baseline', 'apply_migrations')"
@@ -145,7 +145,8 @@ def provision(dsn: str, slug: str) -> tuple[int, int, str | None]:
         conn.commit()
     report = migrate_fleet(dsn, tenants=[slug])
     assert report.ok, report.as_dict()
-    return calls.get("apply_baseline", 0), calls.get("apply_migrations", 0), first and first[0]
+    version = None if first is None else str(first[0])
+    return calls.get("apply_baseline", 0), calls.get("apply_migrations", 0), version
 
 
 def leftovers(sql: SQL) -> list[tuple[Any, ...]]:
@@ -386,7 +387,7 @@ def test_a_dump_the_rewriter_cannot_make_safe_is_refused(dsn: str, sql: SQL) -> 
         "CREATE FUNCTION peek() RETURNS bigint LANGUAGE plpgsql AS $$ DECLARE n bigint; BEGIN "
         "EXECUTE 'SELECT count(*) FROM tenancy_check_baseline.t' INTO n; RETURN n; END $$;",
     )
-    with pytest.raises(BaselineRefused, match="template rewriter .* function peek") as refused:
+    with pytest.raises(BaselineRefused, match=r"template rewriter .* function peek") as refused:
         tenancy.squash_migrations("0002")
     assert refused.value.sqlstate == "PT032"
     assert leftovers(sql) == [(0, 0, None)]
