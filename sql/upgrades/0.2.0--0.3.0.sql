@@ -5029,7 +5029,6 @@ CREATE OR REPLACE FUNCTION tenancy.prepare_baseline(through_version text)
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    SET client_min_messages = warning
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -5129,7 +5128,6 @@ CREATE OR REPLACE FUNCTION tenancy.discard_baseline_scratch()
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    SET client_min_messages = warning
 AS $$
 DECLARE
     v_found boolean := to_regnamespace('tenancy_check_baseline') IS NOT NULL;
@@ -5151,7 +5149,6 @@ CREATE OR REPLACE FUNCTION tenancy.add_baseline(through_version text, sql text)
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    SET client_min_messages = warning
 AS $$
 #variable_conflict use_column
 DECLARE
