@@ -216,9 +216,13 @@ VERSIONS = [name.removesuffix(".sql") for name in sorted(SMALL)]
 def test_small_history_baseline_provisions_what_the_replay_does(
     tmp_path: Path, dsn: str, sql: SQL
 ) -> None:
-    directory = write(tmp_path / "migrations", SMALL)
-    assert sync_migration_dir(dsn, directory).registered == VERSIONS
     tenancy = Tenancy(dsn)
+    # A tenant of the early days, left behind at 0002.
+    directory = write(tmp_path / "migrations", {n: SMALL[n] for n in sorted(SMALL)[:2]})
+    sync_migration_dir(dsn, directory)
+    assert tenancy.create_tenant("early").migration_version == VERSIONS[1]
+    directory = write(tmp_path / "migrations", SMALL)
+    assert sync_migration_dir(dsn, directory).registered == VERSIONS[2:]
     # Replay: commit boundaries (enum values added, then used; a no-transaction file).
     assert provision(dsn, "replayed") == (0, 1, VERSIONS[0])
     before = sql("SELECT slug, status, migration_version, updated_at FROM tenancy.tenants")
@@ -241,6 +245,7 @@ def test_small_history_baseline_provisions_what_the_replay_does(
     assert same_catalog(dsn, "tenant_based", "tenant_replayed") > 40
     assert sql("SELECT slug, status, migration_version FROM tenancy.tenants ORDER BY slug") == [
         ("based", "active", VERSIONS[5]),
+        ("early", "active", VERSIONS[1]),
         ("replayed", "active", VERSIONS[5]),
     ]
     assert sql(
@@ -252,12 +257,20 @@ def test_small_history_baseline_provisions_what_the_replay_does(
         "WHERE enumtypid = 'tenant_based.status'::regtype"
     ) == [(["new", "blocked", "done", "archived"],)]
 
+    # The tenant behind the baseline's version goes on migration by migration
+    # (the runner never gives a baseline to a schema that has any version).
+    report = migrate_fleet(dsn)
+    assert [(o.slug, o.from_version, o.to_version) for o in report.migrated] == [
+        ("early", VERSIONS[1], VERSIONS[5])
+    ]
+    same_catalog(dsn, "tenant_early", "tenant_replayed")
+
     # The files up to 0004 stay registered: --dir recognises all of them.
     again = sync_migration_dir(dsn, directory)
     assert (again.registered, again.current) == ([], VERSIONS)
     out = CliRunner().invoke(main, ["migrate", "--dsn", dsn, "--dir", str(directory), "--quiet"])
     assert out.exit_code == 0, out.output
-    assert "0 migrated, 0 failed, 2 already current of 2" in out.output
+    assert "0 migrated, 0 failed, 3 already current of 3" in out.output
 
     # Dropped: new tenants replay again, with the same result.
     assert tenancy.drop_baseline(VERSIONS[3]) is True
