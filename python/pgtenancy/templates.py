@@ -839,13 +839,13 @@ class _Rewriter:
         if language != "plpgsql":
             if _names_own(body, self.own):
                 self.problems.append(
-                    f"DO block in language {language} names the dump's objects with public."
+                    f"DO block in language {language} names the dump's objects with {_source()}."
                 )
             return
         new, dynamic = _rewrite_body_text(body, self.own)
         if new is None:
             self.problems.append(
-                "DO block names the dump's objects as public.x inside a string (dynamic SQL)"
+                f"DO block names the dump's objects as {_source()}.x inside a string (dynamic SQL)"
                 " or has a literal or comment that does not end: rewrite it by hand"
             )
             return
@@ -910,7 +910,7 @@ class _Rewriter:
             return
         if new is None:
             self.problems.append(
-                f"function {name}: its {language} body names the dump's objects as public.x"
+                f"function {name}: its {language} body names the dump's objects as {_source()}.x"
                 " where that cannot be rewritten safely (inside a string: dynamic SQL)"
             )
             return
