@@ -291,7 +291,9 @@ class Tenancy:
         (an enum value added by one migration and used by a later one, a
         no-transaction migration), register it in status ``provisioning``
         and apply each migration in a transaction of its own (the fleet
-        runner), then make it ``active`` and emit ``tenant_created``.
+        runner), then make it ``active`` and emit ``tenant_created``. With a
+        baseline registered (:meth:`squash_migrations`), the schema gets the
+        newest baseline and then the migrations after it.
 
         A failure there leaves the tenant ``provisioning`` (entering it raises
         :class:`~pgtenancy.errors.TenantProvisioning`, PT019) with the failing
