@@ -209,6 +209,11 @@ def test_revisions_migrate_the_fleet_and_new_tenants(
 ) -> None:
     for slug in ("acme", "globex", "initech"):
         tenancy.create_tenant(slug)
+    # A dry run renders and checks, and registers nothing.
+    r = migrate(dsn, project, "--dry-run", "--tenants", "acme")
+    assert r.returncode == 0, r.stderr
+    assert f"acme: at -, would apply {', '.join(VERSIONS)}" in r.stdout
+    assert registry(sql) == []
     r = migrate(dsn, project, "--jobs", "2")
     assert r.returncode == 0, r.stderr
     assert "3 migrated, 0 failed" in r.stdout
