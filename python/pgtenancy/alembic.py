@@ -596,8 +596,8 @@ def render_revisions(
 
     Raises:
         FileNotFoundError: no such ini file.
-        MigrationCheckError: branches, merges, a bad revision id, a revision
-            that renders no SQL.
+        MigrationCheckError: branches, merges, a bad revision id. A revision
+            whose ``upgrade()`` does nothing registers ``SELECT NULL``.
         alembic.util.CommandError: Alembic's own errors (a broken env.py,
             ``run_env`` refusing an online run, ...).
     """
@@ -616,12 +616,15 @@ def render_revisions(
             cfg.output_buffer = previous
         parts = _parts(capture.chunks)
         if not parts:
-            raise MigrationCheckError(
-                Path(rev.path).name,
-                0,
-                f"revision {rev.revision} renders no SQL (an empty upgrade() registers nothing "
-                "a tenant could apply); give it a statement or remove it",
-            )
+            # An empty upgrade() still moves a tenant to this revision: the
+            # registry records it (autogenerate is stamped from there).
+            parts = [
+                (
+                    f"-- Running upgrade {rev.down_revision or ''} -> {rev.revision}\n"
+                    "SELECT NULL;  -- the revision has no operations\n",
+                    False,
+                )
+            ]
         for number, (text, outside) in enumerate(parts, start=1):
             version = version_for(position, rev.revision, number)
             migration = MigrationFile(

@@ -291,6 +291,24 @@ def test_a_changed_or_shared_revision_is_refused_and_changes_nothing(
     assert sql(
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'plans' AND column_name = 'price'"
     ) == [(0,)]
+    # An enum value added and used in one transaction: the database refuses it.
+    (versions / "0004_more.py").write_text(
+        'revision = "d4"\ndown_revision = "c3"\nfrom alembic import op\n\n'
+        "def upgrade():\n"
+        "    op.execute(\"ALTER TYPE invoice_status ADD VALUE 'void'\")\n"
+        "    op.execute(\"UPDATE invoices SET status = 'void' WHERE false\")\n"
+    )
+    r = migrate(dsn, project)
+    assert r.returncode == 1
+    assert 'unsafe use of new value "void"' in r.stderr
+    assert (registry(sql), tenant_versions(sql)) == before
+    # An empty revision still registers (a tenant records reaching it).
+    (versions / "0004_more.py").write_text(
+        'revision = "d4"\ndown_revision = "c3"\n\ndef upgrade():\n    pass\n'
+    )
+    assert [p.migration.sql for p in render_revisions(project / "alembic.ini")][-1] == (
+        "-- Running upgrade c3 -> d4\nSELECT NULL;  -- the revision has no operations\n"
+    )
     # A revision dropped from the middle of the chain.
     (versions / "0004_more.py").unlink()
     (versions / "0003_archived.py").unlink()
