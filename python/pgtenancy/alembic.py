@@ -49,6 +49,7 @@ import importlib
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -202,7 +203,8 @@ def load_metadata(spec: str) -> MetaData:
     """The ``MetaData`` named by ``"module:attribute"``.
 
     ``attribute`` may be dotted (``myapp.models:Base.metadata``) and may name a
-    declarative base (its ``.metadata`` is used).
+    declarative base (its ``.metadata`` is used). The module is imported from
+    ``sys.path`` or the current directory.
 
     Raises:
         ValueError: ``spec`` is not ``module:attribute`` or does not name a MetaData.
@@ -211,7 +213,13 @@ def load_metadata(spec: str) -> MetaData:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"{spec!r}: name the models as module:attribute (myapp.models:Base)")
-    found: Any = importlib.import_module(module_name)
+    # The current directory is searched too (the command line's sys.path
+    # starts at the script's directory), as `pgtenancy each --call` does.
+    sys.path.insert(0, ".")
+    try:
+        found: Any = importlib.import_module(module_name)
+    finally:
+        sys.path.remove(".")
     for part in attribute.split("."):
         try:
             found = getattr(found, part)

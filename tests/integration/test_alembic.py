@@ -15,6 +15,7 @@ writes the next revision from a scratch schema built from the registry."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from alembic.util import CommandError
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from helpers import run_cli
+from helpers import run_cli, subprocess_env
 from pgtenancy import Tenancy
 from pgtenancy.alembic import (
     check_models,
@@ -339,6 +340,17 @@ def test_check_models_and_autogenerate_use_a_scratch_schema(
     r = run_cli("migrate", "--dsn", dsn, "--check-models", "shop_v3:Base")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "models agree with the registered schema (migration alembic-0003-c3.02)" in r.stdout
+    # The console script finds the models in the current directory.
+    script = Path(sys.executable).parent / "pgtenancy"
+    env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(script), "migrate", "--dsn", dsn, "--check-models", "shop_v3:Base"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
     r = run_cli("migrate", "--dsn", dsn, "--check-models", "shop_v4:Base.metadata")
     assert r.returncode == 1
     assert "  add_column: invoices.note VARCHAR(200)" in r.stdout
