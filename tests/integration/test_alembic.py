@@ -341,10 +341,10 @@ def test_check_models_and_autogenerate_use_a_scratch_schema(
     assert r.returncode == 0, r.stdout + r.stderr
     assert "models agree with the registered schema (migration alembic-0003-c3.02)" in r.stdout
     # The console script finds the models in the current directory.
-    script = Path(sys.executable).parent / "pgtenancy"
+    console = Path(sys.executable).parent / "pgtenancy"
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
     done = subprocess.run(
-        [str(script), "migrate", "--dsn", dsn, "--check-models", "shop_v3:Base"],
+        [str(console), "migrate", "--dsn", dsn, "--check-models", "shop_v3:Base"],
         cwd=project,
         env=env,
         capture_output=True,
