@@ -122,7 +122,8 @@ _ROUTE = (
     "(revisions rendered offline and registered, applied by the fleet runner), never by "
     "running Alembic online against a schema: that desyncs the registry. Online, this env.py "
     "serves `alembic revision --autogenerate` and `alembic check` only (against a scratch "
-    "schema built from the registry); `alembic upgrade --sql` prints what would be registered."
+    "schema built from the registry); `alembic upgrade --sql` prints the SQL that would be "
+    "registered, with Alembic's version-table statements, which pgtenancy drops."
 )
 
 
