@@ -79,9 +79,12 @@ if TYPE_CHECKING:
     from sqlalchemy.schema import SchemaItem
 
 __all__ = [
+    "APPLICATION_NAME",
+    "DSN_ATTRIBUTE",
     "INFO_KEY",
     "VERSION_PREFIX",
     "AlembicPart",
+    "MetadataSplit",
     "ModelCheck",
     "Scratch",
     "check_models",
