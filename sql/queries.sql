@@ -461,3 +461,27 @@ SELECT tenancy.prepare_baseline(through_version => %(through_version)s) AS versi
 
 -- name: discard_baseline_scratch
 SELECT tenancy.discard_baseline_scratch() AS discarded
+
+-- pgtenancy.alembic: a scratch tenant schema built from the registry for
+-- autogenerate and the model check (dropped afterwards), and the version
+-- table Alembic expects there for the span of one rolled-back transaction.
+
+-- name: alembic_create_scratch
+CREATE SCHEMA {schema}
+
+-- name: alembic_apply_next
+-- The next registered migration after from_version onto the scratch schema,
+-- in the caller's transaction (one per transaction: commit boundaries).
+SELECT tenancy.apply_migrations(%(schema)s, %(from_version)s, 1, true) AS version
+
+-- name: alembic_drop_scratch
+DROP SCHEMA IF EXISTS {schema} CASCADE
+
+-- name: transaction_setting
+SELECT pg_catalog.set_config(%(name)s, %(value)s, true)
+
+-- name: alembic_stamp_table
+CREATE TABLE {table} (version_num text NOT NULL PRIMARY KEY)
+
+-- name: alembic_stamp
+INSERT INTO {table} (version_num) VALUES (%(revision)s)

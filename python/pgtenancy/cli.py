@@ -31,7 +31,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 #: Optional dependency -> the extra that installs it.
-_EXTRAS = {"sqlalchemy": "sqlalchemy", "rich": "cli", "pglast": "migrations"}
+_EXTRAS = {
+    "sqlalchemy": "sqlalchemy",
+    "rich": "cli",
+    "pglast": "migrations",
+    "alembic": "alembic",
+    "mako": "alembic",
+}
 
 
 class _Group(click.Group):
@@ -64,6 +70,9 @@ class _Group(click.Group):
             click.echo(f"error: {_one_line(translate(exc))}", err=True)
             sys.exit(1)
         except Exception as exc:
+            if type(exc).__name__ == "CommandError" and type(exc).__module__.startswith("alembic"):
+                click.echo(f"error: alembic: {_one_line(exc)}", err=True)
+                sys.exit(1)
             orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError, when one leaks
             if not isinstance(orig, psycopg.Error):
                 raise
@@ -277,6 +286,19 @@ def add_migration(dsn: str, migration_version: str, file: Path) -> None:
     help="Apply the shared-schema migrations of this directory first (once per database).",
 )
 @click.option(
+    "--alembic",
+    "alembic_ini",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Register the revisions of this Alembic project (its alembic.ini), rendered offline.",
+)
+@click.option(
+    "--check-models",
+    "models",
+    metavar="MODULE:METADATA",
+    help="Only compare these SQLAlchemy models with the latest registered schema; "
+    "exit 1 listing the differences.",
+)
+@click.option(
     "--shared-schema",
     "shared_schemas",
     multiple=True,
@@ -314,6 +336,8 @@ def migrate(
     slugs: tuple[str, ...],
     directory: Path | None,
     shared_directory: Path | None,
+    alembic_ini: Path | None,
+    models: str | None,
     shared_schemas: tuple[str, ...],
     jobs: int,
     lock_timeout: str,
@@ -328,6 +352,11 @@ def migrate(
     failed or is unaccounted for. `pgtenancy migrate squash --help`: baselines."""
     from pgtenancy.fleet import migrate_fleet, plan_fleet, sync_migration_dir
 
+    if models is not None:
+        if directory or shared_directory or alembic_ini or slugs or tenant_list or dry_run:
+            raise click.UsageError("--check-models checks only: give it no other action")
+        _check_models(dsn, models, as_json)
+        return
     if shared_directory is not None and dry_run:
         from pgtenancy.shared_migrations import pending_shared_migrations
 
@@ -348,6 +377,19 @@ def migrate(
         for warning in synced.warnings:
             click.echo(f"warning: {warning}", err=True)
         new_versions = synced.registered if dry_run else []
+    if alembic_ini is not None:
+        from pgtenancy.alembic import sync_alembic
+
+        revisions = sync_alembic(dsn, alembic_ini, shared_schemas=shared_schemas, dry_run=dry_run)
+        for warning in revisions.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if not (quiet or as_json) and not dry_run:
+            click.echo(
+                f"alembic: {len(revisions.registered)} registered, "
+                f"{len(revisions.current)} current",
+                err=True,
+            )
+        new_versions += revisions.registered if dry_run else []
     wanted = [*slugs, *(tenant_list.split(",") if tenant_list else [])]
     selected = [s.strip() for s in wanted if s.strip()] or None
     if dry_run:
@@ -465,6 +507,32 @@ def migrate_squash(
         f"checked against a replay in {result.steps} transaction(s), {result.seconds:.1f}s; "
         "new tenants start from it"
     )
+
+
+def _check_models(dsn: str, models: str, as_json: bool) -> None:
+    """migrate --check-models: the differences, exit 1 when there are any."""
+    from pgtenancy.alembic import check_models
+
+    try:
+        check = check_models(dsn, models)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--check-models") from exc
+    at = check.version or "-"
+    if as_json:
+        click.echo(json.dumps({"version": check.version, "differences": check.differences}))
+    elif check.ok:
+        click.echo(f"models agree with the registered schema (migration {at})")
+    else:
+        click.echo(f"models differ from the registered schema (migration {at}):")
+        for line in check.differences:
+            click.echo(f"  {line}")
+    if not check.ok:
+        click.echo(
+            f"error: {len(check.differences)} differences; write a revision "
+            "(alembic revision --autogenerate) and run pgtenancy migrate --alembic",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _migrate_with_progress(

@@ -929,3 +929,32 @@ def squash_migrations(
         template.warnings,
         time.monotonic() - started,
     )
+
+
+def sync_migrations(
+    source: Connectable, files: Sequence[MigrationFile], *, dry_run: bool = False
+) -> SyncResult:
+    """Register migrations made elsewhere (rendered Alembic revisions, say),
+    as :func:`sync_migration_dir` registers a directory: every version already
+    registered must have the same checksum (checked for all before anything
+    is registered), the new ones are registered in order.
+
+    Args:
+        source: where to connect (a :data:`pgtenancy.database.Connectable`).
+        files: the migrations, in version order (already checked by the caller).
+        dry_run: compare only; register nothing.
+
+    Returns:
+        A :class:`SyncResult` (no warnings: the caller checked the files).
+
+    Raises:
+        InvalidMigration: PT008, as :func:`sync_migration_dir`.
+    """
+    from pgtenancy.admin import Tenancy
+
+    if isinstance(source, str):
+        with psycopg.connect(
+            libpq_dsn(source), autocommit=True, application_name=APPLICATION_NAME
+        ) as conn:
+            return _sync(Tenancy(conn), list(files), dry_run)
+    return _sync(Tenancy(source), list(files), dry_run)
