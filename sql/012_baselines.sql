@@ -304,6 +304,9 @@ BEGIN
         RAISE EXCEPTION 'baseline through % has no SQL', coalesce(quote_literal(p_through), 'NULL')
             USING ERRCODE = 'PT032';
     END IF;
+    -- Registrations and other squashes wait: the reference cannot change
+    -- under the check (prepare_baseline takes the same lock).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
     -- The reference: ready when prepare_baseline reached p_through; else
     -- made here when one transaction can (no commit boundaries needed).
     -- prepare_baseline refuses unknown versions and existing baselines.
@@ -312,7 +315,6 @@ BEGIN
     IF v_at IS DISTINCT FROM p_through THEN
         v_at := tenancy.prepare_baseline(p_through);
     ELSE
-        LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
         IF EXISTS (SELECT 1 FROM tenancy.baselines AS b WHERE b.through_version = p_through) THEN
             RAISE EXCEPTION 'a baseline through % is registered already', quote_literal(p_through)
                 USING ERRCODE = 'PT032',
