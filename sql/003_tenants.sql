@@ -754,13 +754,19 @@ BEGIN
                   HINT = 'Rename or drop that schema, or choose another slug.';
     END IF;
     EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
-    IF tenancy.needs_commit_boundaries(NULL) THEN
+    -- The newest baseline (the history squashed up to its version), in this
+    -- transaction; then the migrations after it.
+    NEW.migration_version := (SELECT max(b.through_version) FROM tenancy.baselines AS b);
+    IF NEW.migration_version IS NOT NULL THEN
+        NEW.migration_version := tenancy.apply_baseline(NEW.schema_name, NEW.migration_version);
+    END IF;
+    IF tenancy.needs_commit_boundaries(NEW.migration_version) THEN
         -- One migration per transaction: the first one here, the others by
         -- migrate_tenant (the fleet runner, or create_tenant rerun).
         NEW.status := 'provisioning';
-        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL, 1);
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NEW.migration_version, 1);
     ELSE
-        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NEW.migration_version);
     END IF;
     PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
     RETURN NEW;
@@ -769,8 +775,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
     'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
-    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
-    'failure; when the history needs commit boundaries only the first, in status provisioning) '
+    'for a schema tenant derive schema_name, create the schema, run the newest baseline (if any) '
+    'and apply every migration after it (PT006 on failure; when they need commit boundaries '
+    'only the first, in status provisioning) '
     'and grant it to the application roles; a shared tenant gets no schema.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
@@ -1010,7 +1017,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
-    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'schema_prefix()||slug and apply every migration (from the newest baseline on, when one is '
+    'registered); with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
     'transaction. When the history needs commit boundaries the tenant is registered in status '
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '

@@ -444,6 +444,24 @@ SELECT tenancy.move_tenant(%(slug)s, %(node_host)s, %(node_port)s) AS node
 -- name: tenant_nodes
 SELECT t.slug, tenancy.tenant_node(t.slug) AS node FROM tenancy.tenants AS t ORDER BY t.slug
 
+-- name: add_baseline
+SELECT through_version, checksum, created_at
+  FROM tenancy.add_baseline(through_version => %(through_version)s, sql => %(sql)s)
+
+-- name: drop_baseline
+SELECT tenancy.drop_baseline(through_version => %(through_version)s) AS dropped
+
+-- name: list_baselines
+SELECT b.through_version, b.checksum, b.created_at, octet_length(b.sql) AS size,
+       (SELECT count(*) FROM tenancy.migrations AS m WHERE m.version <= b.through_version) AS squashed
+  FROM tenancy.baselines AS b ORDER BY b.through_version
+
+-- name: prepare_baseline
+SELECT tenancy.prepare_baseline(through_version => %(through_version)s) AS version
+
+-- name: discard_baseline_scratch
+SELECT tenancy.discard_baseline_scratch() AS discarded
+
 -- pgtenancy.alembic: a scratch tenant schema built from the registry for
 -- autogenerate and the model check (dropped afterwards), and the version
 -- table Alembic expects there for the span of one rolled-back transaction.

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from pgtenancy._version import __version__
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
+    BaselineMismatch,
+    BaselineRefused,
     CannotCloneTenant,
     CannotGuardTable,
     CannotTrackTable,
@@ -64,7 +66,7 @@ from pgtenancy.events import Event, TenantRef
 from pgtenancy.installer import SQL_VERSION, install, installed_version, uninstall
 
 if TYPE_CHECKING:
-    from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
+    from pgtenancy.admin import Baseline, Migration, MigrationReport, Tenancy, Tenant
     from pgtenancy.connection import tenant_connection
     from pgtenancy.listener import Listener
     from pgtenancy.pool import install_sqlalchemy_reset, pool_reset, pool_reset_async
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
 
 # Public names imported on first access: name -> module that defines it.
 _LAZY: dict[str, str] = {
+    "Baseline": "pgtenancy.admin",
     "Listener": "pgtenancy.listener",
     "Migration": "pgtenancy.admin",
     "MigrationReport": "pgtenancy.admin",
@@ -100,6 +103,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "SQL_VERSION",
+    "Baseline",
+    "BaselineMismatch",
+    "BaselineRefused",
     "CannotCloneTenant",
     "CannotGuardTable",
     "CannotTrackTable",

@@ -41,7 +41,17 @@ _EXTRAS = {
 
 
 class _Group(click.Group):
-    """Click group that turns pgtenancy and database errors into one line."""
+    """Click group that turns pgtenancy and database errors into one line.
+
+    ``migrate squash`` is a command of its own, although ``migrate`` takes
+    slugs as arguments (migrate a tenant named squash with ``--tenants``)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if len(args) >= 2 and args[0] == "migrate" and args[1] == "squash":
+            return "migrate squash", migrate_squash, args[2:]
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -339,7 +349,7 @@ def migrate(
 ) -> None:
     """Apply missing migrations to every tenant (or SLUGS / --tenants), each in
     its own transaction, over --jobs connections. Exit status 1 when any tenant
-    failed or is unaccounted for."""
+    failed or is unaccounted for. `pgtenancy migrate squash --help`: baselines."""
     from pgtenancy.fleet import migrate_fleet, plan_fleet, sync_migration_dir
 
     if models is not None:
@@ -422,6 +432,81 @@ def migrate(
             f"error: {len(report.failed)} of {report.planned} tenants failed{extra}", err=True
         )
         sys.exit(1)
+
+
+@click.command(name="migrate squash")
+@dsn_option
+@click.option(
+    "--through",
+    "through",
+    required=True,
+    metavar="VERSION",
+    help="Last registered migration the baseline stands for.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the baseline's SQL to this file.",
+)
+@click.option("--dry-run", is_flag=True, help="Make and print the baseline; register nothing.")
+@click.option("--drop", is_flag=True, help="Remove the baseline through VERSION instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def migrate_squash(
+    dsn: str, through: str, out: Path | None, dry_run: bool, drop: bool, as_json: bool
+) -> None:
+    """Squash the migrations up to --through into a baseline, checked against a
+    replay and registered: new tenants run it and the migrations after it;
+    existing tenants are not touched. Needs pg_dump."""
+    if drop:
+        dropped = _tenancy(dsn).drop_baseline(through)
+        if as_json:
+            click.echo(json.dumps({"dropped": dropped, "through_version": through}))
+        elif dropped:
+            click.echo(f"baseline through {through} dropped; new tenants replay from the next one")
+        else:
+            click.echo(f"error: no baseline through {through}", err=True)
+            sys.exit(1)
+        return
+    from pgtenancy.fleet import squash_migrations
+
+    result = squash_migrations(dsn, through, dry_run=dry_run)
+    if out is not None:
+        out.write_text(result.sql, "utf-8")
+    if as_json:
+        base = result.baseline
+        click.echo(
+            json.dumps(
+                {
+                    "through_version": through,
+                    "registered": base is not None,
+                    "checksum": base.checksum if base else None,
+                    "squashed": result.squashed,
+                    "steps": result.steps,
+                    "bytes": len(result.sql.encode("utf-8")),
+                    "warnings": result.warnings,
+                    "seconds": result.seconds,
+                }
+            )
+        )
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        if out is None:
+            click.echo(result.sql, nl=False)
+        click.echo(
+            f"baseline through {through} would squash {result.squashed} migrations "
+            f"({len(result.sql.encode('utf-8'))} bytes); nothing registered",
+            err=out is None,
+        )
+        return
+    assert result.baseline is not None
+    click.echo(
+        f"baseline through {through} registered ({result.baseline.checksum[:12]}): "
+        f"{result.squashed} migrations in one script of {result.baseline.size} bytes, "
+        f"checked against a replay in {result.steps} transaction(s), {result.seconds:.1f}s; "
+        "new tenants start from it"
+    )
 
 
 def _check_models(dsn: str, models: str, as_json: bool) -> None:

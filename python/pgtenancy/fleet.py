@@ -18,6 +18,9 @@ every tenant at its old or its new version; a rerun picks up what is left.
 
 :func:`sync_migration_dir` registers the migration files of a directory
 (checked with pglast first), as ``pgtenancy migrate --dir`` does.
+:func:`squash_migrations` makes and registers a baseline, the history up to
+a version in one checked script that new tenants start from, as ``pgtenancy
+migrate squash`` does.
 
 Every connection the runner opens carries ``application_name``
 (:data:`APPLICATION_NAME` unless told otherwise, or the DSN's own).
@@ -44,11 +47,11 @@ from psycopg.rows import dict_row
 
 from pgtenancy.database import _is_engine, _is_pool
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import InvalidMigration, TenancyError, translate
+from pgtenancy.errors import InvalidMigration, TenancyError, raise_translated, translate
 from pgtenancy.queries import QUERIES
 
 if TYPE_CHECKING:
-    from pgtenancy.admin import Tenancy
+    from pgtenancy.admin import Baseline, Tenancy
     from pgtenancy.database import Connectable
     from pgtenancy.migration_files import MigrationFile
 
@@ -775,6 +778,157 @@ def _sync(tenancy: Tenancy, files: list[MigrationFile], dry_run: bool) -> SyncRe
             tenancy.add_migration(f.version, f.sql, outside_transaction=f.outside_transaction)
         result.registered.append(f.version)
     return result
+
+
+#: The scratch schema ``tenancy.prepare_baseline`` replays the history in.
+BASELINE_REFERENCE_SCHEMA = "tenancy_check_baseline"
+
+
+@dataclass
+class SquashResult:
+    """Outcome of :func:`squash_migrations`.
+
+    Attributes:
+        baseline: the registered baseline (None with ``dry_run``).
+        sql: the baseline's SQL.
+        squashed: how many migrations it stands for.
+        steps: transactions the reference replay took (more than 1 when the
+            history needs commit boundaries).
+        warnings: what the template rewriter reported (``line N: ...``).
+        seconds: wall time.
+    """
+
+    baseline: Baseline | None
+    sql: str
+    squashed: int
+    steps: int
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def squash_migrations(
+    dsn: str,
+    through: str,
+    *,
+    dry_run: bool = False,
+    application_name: str = APPLICATION_NAME,
+) -> SquashResult:
+    """Squash the registered migrations up to ``through`` into a baseline and
+    register it (``pgtenancy migrate squash --through VERSION``): new tenants
+    then run the baseline and the migrations after it; existing tenants are
+    not touched (they keep their ``migration_version`` and go on with the
+    migrations after it, which all stay registered).
+
+    Steps: replay the migrations up to ``through`` in the scratch schema
+    :data:`BASELINE_REFERENCE_SCHEMA` (``tenancy.prepare_baseline``, one
+    transaction per call, as many as the commit boundaries of the history
+    need); dump it with ``pg_dump --schema-only``; rewrite the dump into a
+    tenant script (:func:`pgtenancy.templates.import_template`, privileges
+    kept); register it with ``tenancy.add_baseline``, which runs it in a
+    scratch schema as the migrator role and refuses it unless it creates
+    what the replay created, object by object (``tenancy.schema_catalog``).
+    On any refusal the scratch schema is dropped and nothing is registered.
+
+    Args:
+        dsn: database URL or libpq string (``pg_dump`` connects too).
+        through: a registered migration version.
+        dry_run: make and check nothing beyond the replay and the rewrite;
+            register nothing (``SquashResult.sql`` holds the baseline).
+        application_name: of the connections.
+
+    Returns:
+        A :class:`SquashResult`.
+
+    Raises:
+        BaselineRefused: PT032; unregistered version, a baseline through it
+            already, a no-transaction migration that cannot run inside a
+            transaction, migrations that leave rows or advance sequences, or
+            a dump the rewriter cannot make tenant-local (the rewriter's
+            problems in the message).
+        BaselineMismatch: PT033; the rewritten dump differs from the replay.
+        MigrationFailed: PT006; a migration failed in the replay.
+        FileNotFoundError: no ``pg_dump`` (PostgreSQL client programs).
+    """
+    import subprocess
+
+    from pgtenancy.admin import Baseline
+    from pgtenancy.errors import BaselineRefused
+    from pgtenancy.templates import TemplateError, import_template
+    from pgtenancy.tenant_archive import _pg_dump
+
+    started = time.monotonic()
+    pg_dump = _pg_dump()
+    if pg_dump is None:
+        raise FileNotFoundError("pg_dump not found: install the PostgreSQL client programs")
+    url = libpq_dsn(dsn)
+    with psycopg.connect(url, autocommit=True, application_name=application_name) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        registered = [m[0] for m in conn.execute(QUERIES["list_migrations"]).fetchall()]
+        done = False
+        try:
+            steps, at = 0, None
+            # Each call is its own transaction: an enum value one migration
+            # adds is committed before the next uses it.
+            while at != through:
+                row = cur.execute(
+                    QUERIES["prepare_baseline"], {"through_version": through}
+                ).fetchone()
+                previous, at = at, None if row is None else row["version"]
+                steps += 1
+                if at == previous or steps > len(registered) + 1:
+                    raise BaselineRefused(f"the replay up to {through} stopped at {at}")
+            dump = subprocess.run(
+                [
+                    pg_dump,
+                    "--schema-only",
+                    "--no-owner",
+                    "-n",
+                    BASELINE_REFERENCE_SCHEMA,
+                    "--dbname",
+                    url,
+                ],
+                capture_output=True,
+                check=True,
+                text=True,
+            ).stdout
+            try:
+                template = import_template(
+                    dump, keep_acl=True, source_schema=BASELINE_REFERENCE_SCHEMA
+                )
+            except TemplateError as exc:
+                problems = "; ".join(f"line {line}: {reason}" for line, reason in exc.problems)
+                raise BaselineRefused(
+                    f"cannot squash through {through}: the template rewriter cannot make the "
+                    f"dump of the replay tenant-local: {problems}"
+                ) from exc
+            squashed = sum(1 for v in registered if v <= through)
+            baseline = None
+            if not dry_run:
+                added = cur.execute(
+                    QUERIES["add_baseline"], {"through_version": through, "sql": template.sql}
+                ).fetchone()
+                assert added is not None
+                baseline = Baseline(
+                    added["through_version"],
+                    added["checksum"],
+                    added["created_at"],
+                    len(template.sql.encode("utf-8")),
+                    squashed,
+                )
+            done = True
+        except psycopg.Error as exc:
+            raise_translated(exc)
+        finally:
+            if not (done and not dry_run) and not conn.closed and not conn.broken:
+                conn.execute(QUERIES["discard_baseline_scratch"])
+    return SquashResult(
+        baseline,
+        template.sql,
+        squashed,
+        steps,
+        template.warnings,
+        time.monotonic() - started,
+    )
 
 
 def sync_migrations(

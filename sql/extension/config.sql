@@ -17,3 +17,4 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.provisioning_failures', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.scratch', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.baselines', '');
