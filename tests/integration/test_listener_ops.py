@@ -402,3 +402,48 @@ def test_listen_start_from_now_json_logs_and_metrics(
     assert lines, err
     assert all({"ts", "level", "logger", "message"} <= set(d) for d in lines)
     assert any("holds the lease" in d["message"] for d in lines)
+
+
+def test_listen_start_from_oldest_replays_the_history(
+    tenancy: Tenancy, dsn: str, listener_role: str, tmp_path: Path
+) -> None:
+    """A new consumer started with ``--start-from oldest`` (the default) gets
+    every retained event, in order; ``now`` (above) skips them."""
+    for slug in ("acme", "globex"):
+        tenancy.create_tenant(slug)
+    wait_readable(tenancy)
+    record = tmp_path / "events.jsonl"
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["RECORD_FILE"] = str(record)
+    proc = subprocess.Popen(
+        [
+            *pgtenancy_cli(),
+            "listen",
+            "--dsn",
+            as_role(dsn, listener_role),
+            "--consumer",
+            "replay",
+            "--start-from",
+            "oldest",
+            "--handlers",
+            "record_handlers",
+            "--poll-interval",
+            "0.1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: len(recorded(record)) >= 2)
+        assert [(e["name"], e["slug"]) for e in recorded(record)] == [
+            ("tenant_created", "acme"),
+            ("tenant_created", "globex"),
+        ]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert {c.consumer: c.lag_events for c in tenancy.consumer_status()} == {"replay": 0}
