@@ -157,6 +157,7 @@ lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff format --check python tests bench docker examples hatch_build.py
 	$(BIN)/mypy python tests bench docker/citus
 	$(BIN)/mypy examples/chinook
+	$(BIN)/mypy examples/fastapi
 	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/sql/test_plpgsql_check.py
 

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from conftest import subprocess_env
+from pgtenancy import Tenancy, install, tenant_connection
+from pgtenancy.testing import create_database, drop_database
+from pgtenancy.testing.plugin import TenantPool
 
 CONFTEST = """\
 import pytest
@@ -280,3 +290,82 @@ def test_plugin_can_be_turned_off(tmp_path: Path) -> None:
     )
     r = run_inner(tmp_path, "-p", "no:pgtenancy")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.fixture
+def owner_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """A database whose kit was installed by a role that is not a superuser
+    (its owner): the pool then empties tables without skipping triggers."""
+    role = f"pgtenancy_owner_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER CREATEROLE").format(sql.Identifier(role))
+        )
+    dsn = create_database(pg_admin_dsn, "pgtenancy_pool")
+    try:
+        name = str(conninfo_to_dict(dsn)["dbname"])
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(name), sql.Identifier(role)
+                )
+            )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(role)))
+        owner = make_conninfo(dsn, user=role)
+        install(owner)
+        yield owner
+    finally:
+        drop_database(pg_admin_dsn, dsn)
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def counts(dsn: str, slug: str, tables: tuple[str, ...]) -> list[int]:
+    with psycopg.connect(dsn) as conn, tenant_connection(conn, slug) as c:
+        return [
+            int(
+                (
+                    c.execute(
+                        sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))
+                    ).fetchone()
+                    or (0,)
+                )[0]
+            )
+            for t in tables
+        ]
+
+
+@pytest.mark.parametrize("cycle", [False, True], ids=["children_first", "cycle_truncate"])
+def test_pool_as_a_role_that_is_not_a_superuser(owner_dsn: str, cycle: bool) -> None:
+    """Without superuser rights the reset keeps foreign key checks: DELETE
+    children first, or one TRUNCATE when foreign keys form a cycle (a DELETE
+    in any order would fail there, and the tenant would be discarded)."""
+    tenancy = Tenancy(owner_dsn)
+    ddl = (
+        "CREATE TABLE parent (id bigserial PRIMARY KEY, other bigint); "
+        "CREATE TABLE child (id bigserial PRIMARY KEY, parent bigint NOT NULL REFERENCES parent (id))"
+    )
+    if cycle:
+        ddl += "; ALTER TABLE parent ADD FOREIGN KEY (other) REFERENCES child (id)"
+    tenancy.add_migration("0001", ddl)
+    pool = TenantPool(tenancy, owner_dsn, size=1, background=False)
+    try:
+        t = pool.acquire()
+        with psycopg.connect(owner_dsn) as conn, tenant_connection(conn, t.slug) as c:
+            c.execute("INSERT INTO parent DEFAULT VALUES")
+            c.execute("INSERT INTO child (parent) VALUES (1)")
+            if cycle:
+                c.execute("UPDATE parent SET other = 1")
+        assert counts(owner_dsn, t.slug, ("parent", "child")) == [1, 1]
+        assert pool.release(t.slug)
+        again = pool.acquire()
+        assert again.slug == t.slug  # recycled, not replaced
+        assert counts(owner_dsn, again.slug, ("parent", "child")) == [0, 0]
+        with psycopg.connect(owner_dsn) as conn, tenant_connection(conn, again.slug) as c:
+            row = c.execute("INSERT INTO parent DEFAULT VALUES RETURNING id").fetchone()
+            assert row == (1,)
+        assert pool.release(again.slug)
+        assert (pool.recycled, pool.discarded) == (2, 0)
+    finally:
+        pool.close()
