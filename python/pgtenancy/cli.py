@@ -701,7 +701,7 @@ def status(dsn: str, as_json: bool) -> None:
     """Per consumer: cursor, lag (events, seconds), listeners, heartbeat, lease
     holder; and the NOTIFY queue, the oldest open or prepared transaction and
     the events it holds back, which bound every consumer. Allowed for listener roles."""
-    from pgtenancy.ops import status_document
+    from pgtenancy.ops import prepared_fixes, status_document
 
     tenancy = _tenancy(dsn)
     if as_json:
@@ -729,6 +729,8 @@ def status(dsn: str, as_json: bool) -> None:
             f"  xid holder: {holder['kind']} {holder['holder']} in {holder['database']} "
             f"({holder['role']}, {holder['state']}) for {holder['age_seconds']}s"
         )
+    for fix in prepared_fixes(h):
+        click.echo(f"  fix: {fix}")
 
 
 @events.command()
