@@ -8,8 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from citus.conftest import make_app_role
-from pgtenancy import tenant_connection
+from citus.conftest import CitusCluster, make_app_role
+from pgtenancy import install, tenant_connection
 
 MIGRATION_1 = "CREATE TABLE item (id int PRIMARY KEY, owner text NOT NULL)"
 
@@ -231,3 +231,124 @@ def test_migration_altering_a_distributed_table_as_non_superuser_owner(owner_dsn
         assert info.value.sqlstate == "PT017", info.value
     assert rows == [(1, "a", None)]
     assert d["colocation"] is not None and d["tables"] == {"item": d["colocation"]}
+
+
+def test_fleet_runner_on_distributed_tenants(citus_cluster: CitusCluster) -> None:
+    """migrate_fleet over distributed schema tenants: a migration altering
+    their tables applies to each (rows kept, distributed again), a failing
+    one is recorded and changes nothing, and a second run is a no-op that
+    leaves every schema where it is."""
+    from pgtenancy.fleet import migrate_fleet
+
+    dsn = citus_cluster.create_database("pgtenancy_citus_fleet")
+    install(dsn)
+    slugs = ["flt_a", "flt_b", "flt_c"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_migration('0001', %s)", (MIGRATION_1,))
+        for slug in slugs:
+            conn.execute("SELECT tenancy.create_tenant(%s)", (slug,))
+            conn.execute(f"INSERT INTO tenant_{slug}.item VALUES (1, %s)", (slug,))
+        conn.execute(
+            "SELECT tenancy.add_migration('0002', %s)",
+            ("ALTER TABLE item ADD COLUMN note text;\nCREATE INDEX ON item (note);",),
+        )
+    report = migrate_fleet(dsn, jobs=2)
+    assert {o.slug for o in report.migrated} == set(slugs) and not report.failed
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for slug in slugs:
+            d = distribution(conn, f"tenant_{slug}")
+            assert d["colocation"] is not None and d["tables"] == {"item": d["colocation"]}
+            assert conn.execute(f"SELECT id, owner, note FROM tenant_{slug}.item").fetchall() == [
+                (1, slug, None)
+            ]
+        # A migration that fails on one tenant only (its data): recorded, nothing changed there.
+        conn.execute("INSERT INTO tenant_flt_b.item VALUES (2, 'dup'), (3, 'dup')")
+        conn.execute(
+            "SELECT tenancy.add_migration('0003', 'CREATE UNIQUE INDEX item_owner ON item (owner)')"
+        )
+        nodes = {s: conn.execute("SELECT tenancy.tenant_node(%s)", (s,)).fetchone() for s in slugs}
+    report = migrate_fleet(dsn)
+    assert [o.slug for o in report.failed] == ["flt_b"]
+    assert {o.slug for o in report.migrated} == {"flt_a", "flt_c"}
+    assert report.failed[0].sqlstate == "PT006"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        b = distribution(conn, "tenant_flt_b")
+        assert b["colocation"] is not None and b["tables"] == {"item": b["colocation"]}
+        assert conn.execute("SELECT tenancy.tenant_node('flt_b')").fetchone() == nodes["flt_b"]
+        assert conn.execute("SELECT count(*) FROM tenant_flt_b.item").fetchone() == (3,)
+        conn.execute("DELETE FROM tenant_flt_b.item WHERE id = 3")
+    report = migrate_fleet(dsn)
+    assert [o.slug for o in report.migrated] == ["flt_b"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        nodes = {s: conn.execute("SELECT tenancy.tenant_node(%s)", (s,)).fetchone() for s in slugs}
+    # Nothing left to apply: no tenant is touched (no schema made local and placed again).
+    report = migrate_fleet(dsn)
+    assert not report.migrated and not report.failed and report.current == len(slugs)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for slug in slugs:
+            assert conn.execute("SELECT tenancy.tenant_node(%s)", (slug,)).fetchone() == nodes[slug]
+
+
+def test_pool_safety_of_schema_tenants_through_the_coordinator(fleet: str, citus_dsn: str) -> None:
+    """4 threads over a pool of 2 switch among distributed schema tenants, some
+    transactions raising: never another tenant's row, nothing left on the pool."""
+    import random
+    import threading
+
+    from psycopg_pool import ConnectionPool
+
+    slugs = [f"pool_{i}" for i in range(4)]
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        for slug in slugs:
+            conn.execute("SELECT tenancy.create_tenant(%s)", (slug,))
+            conn.execute(
+                f"INSERT INTO tenant_{slug}.item SELECT g, %s FROM generate_series(1, 10) g",
+                (slug,),
+            )
+    app = make_app_role(citus_dsn, "citus_app_schema_pool")
+    errors: list[BaseException] = []
+    foreign = 0
+    lock = threading.Lock()
+
+    class Boom(Exception):
+        pass
+
+    with ConnectionPool(app, min_size=2, max_size=2, open=True) as pool:
+
+        def body(seed: int) -> None:
+            nonlocal foreign
+            rnd = random.Random(seed)
+            try:
+                for _ in range(40):
+                    slug = rnd.choice(slugs)
+                    try:
+                        with tenant_connection(pool, slug) as tc:
+                            owners = tc.execute("SELECT owner FROM item").fetchall()
+                            tc.execute(
+                                "UPDATE item SET owner = owner WHERE id = %s", (rnd.randint(1, 10),)
+                            )
+                            if rnd.random() < 0.2:
+                                raise Boom
+                        with lock:
+                            foreign += sum(1 for (o,) in owners if o != slug) + (len(owners) != 10)
+                    except Boom:
+                        pass
+                    with pool.connection() as c:
+                        left = c.execute(
+                            "SELECT current_setting('app.tenant_id', true), current_setting('search_path')"
+                        ).fetchone()
+                        assert left is not None and (left[0] or "") == "", left
+                        assert "tenant_" not in left[1], left
+                        with pytest.raises(psycopg.errors.UndefinedTable):
+                            c.execute("SELECT 1 FROM item")
+                        c.rollback()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=body, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert foreign == 0

@@ -222,6 +222,42 @@ def test_insert_select_and_copy_into_a_guarded_distributed_table(
     assert rows == [(shared["ids"]["s0"], 26)]
 
 
+def test_enable_rls_on_an_already_distributed_table(shared: dict[str, Any], citus_dsn: str) -> None:
+    """Distributed first, guarded second: the single permissive policy reaches
+    the shards and isolates; Citus refuses a default on the distribution
+    column, so rows name their tenant_id (README)."""
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.late (tenant_id uuid, id bigint, v text, PRIMARY KEY (tenant_id, id))"
+        )
+        conn.execute("SELECT create_distributed_table('public.late', 'tenant_id')")
+        conn.execute("SELECT tenancy.enable_rls('public.late')")
+        policies = conn.execute(
+            "SELECT DISTINCT result FROM run_command_on_shards('public.late', $$SELECT string_agg("
+            "polname || ':' || polpermissive::text, ',') FROM pg_policy"
+            " WHERE polrelid = '%s'::regclass$$)"
+        ).fetchall()
+    assert policies == [("tenancy_tenant_isolation:true",)]
+    with psycopg.connect(shared["app"]) as conn:
+        with pytest.raises(psycopg.Error), tenant_connection(conn, "s2") as tc:
+            tc.execute("INSERT INTO late (id, v) VALUES (1, 'a')")
+        with tenant_connection(conn, "s2") as tc:
+            tc.execute(
+                "INSERT INTO late (tenant_id, id, v) VALUES (tenancy.current_tenant_id(), 1, 'a')"
+            )
+        with pytest.raises(psycopg.Error) as info, tenant_connection(conn, "s2") as tc:
+            tc.execute(
+                "INSERT INTO late (tenant_id, id, v) VALUES (%s, 2, 'b')", (shared["ids"]["s3"],)
+            )
+        assert info.value.sqlstate == "42501", info.value
+        with tenant_connection(conn, "s3") as tc:
+            assert tc.execute("SELECT count(*) FROM late").fetchone() == (0,)
+        with tenant_connection(conn, "s2") as tc:
+            assert tc.execute("SELECT id, v FROM late").fetchall() == [(1, "a")]
+        conn.autocommit = True
+        assert conn.execute("SELECT count(*) FROM late").fetchone() == (0,)
+
+
 @pytest.fixture
 def owned(owner_dsn: str) -> Iterator[str]:
     yield owner_dsn
