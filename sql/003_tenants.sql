@@ -95,6 +95,15 @@ BEGIN
             RETURN 0;
         END IF;
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        -- Tables that held rows (a schema made local again for a migration,
+        -- see tenancy.citus_undistribute_schema) keep them on the
+        -- coordinator's disk, out of sight: drop that copy.
+        FOR v_table IN SELECT c.oid::regclass FROM pg_class AS c
+                        WHERE c.relnamespace = p_schema::regnamespace AND c.relkind = 'r'
+                          AND pg_relation_size(c.oid) > 0 LOOP
+            EXECUTE format('SELECT pg_catalog.%I($1)', 'truncate_local_data_after_distributing_table')
+                USING v_table;
+        END LOOP;
         RETURN v_count;
     END IF;
     -- Tables a migration added to a distributed schema join its colocation group.
@@ -112,6 +121,46 @@ COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
     'many tables were distributed. A no-op (0) without Citus. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
+
+-- Citus runs the DDL of a distributed table on the workers over one
+-- connection per user, and refuses to touch placements that another user
+-- changed in the same transaction (placement_connection.c: "modified in this
+-- transaction by a different user"). A migration runs as the migrator after
+-- the owner handed it the schema in that transaction, so it could change no
+-- distributed table of its tenant. The runner therefore makes the schema
+-- local again first (citus_schema_undistribute: the tenant's rows come to
+-- the coordinator), the migration runs there as confined as on plain
+-- PostgreSQL, and tenancy.citus_distribute_schema distributes it again
+-- before the transaction ends. Nothing is left local if anything fails.
+CREATE OR REPLACE FUNCTION tenancy.citus_undistribute_schema(p_schema text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                   'pg_dist_schema')
+        INTO v_done USING p_schema;
+    IF NOT v_done THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
+    'With Citus in the database: turn distributed tenant schema p_schema back into a local one '
+    '(citus_schema_undistribute, which copies its rows to the coordinator) so a migration can '
+    'change its tables as the migrator; true when it did, false (nothing done) otherwise. The '
+    'runner distributes it again in the same transaction. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
 
 -- Citus: where a schema tenant lives, and moving it (citus_schema_move,
 -- online: the tenant stays usable while its shards are copied).
@@ -291,6 +340,10 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Citus: the migrator can change no distributed table
+                    -- here (tenancy.citus_undistribute_schema); distributed
+                    -- again below.
+                    PERFORM tenancy.citus_undistribute_schema(p_schema);
                     PERFORM tenancy.hand_over_schema(p_schema, true);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
@@ -411,7 +464,10 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
-    PERFORM tenancy.citus_distribute_schema(p_schema);
+    -- The scratch schema holds no data and is read by nobody: never distributed.
+    IF NOT p_scratch THEN
+        PERFORM tenancy.citus_distribute_schema(p_schema);
+    END IF;
     RETURN v_version;
 END
 $$;
