@@ -294,7 +294,8 @@ def _walk(node: Any) -> Iterator[ast.Node]:
         item = stack.pop()
         if isinstance(item, ast.Node):
             yield item
-            stack.extend(reversed([getattr(item, name, None) for name in type(item).__slots__]))
+            slots = getattr(type(item), "__slots__", ())
+            stack.extend(reversed([getattr(item, name, None) for name in slots]))
         elif isinstance(item, list | tuple):
             stack.extend(reversed(item))
 
