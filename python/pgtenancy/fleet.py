@@ -795,9 +795,12 @@ def _sync(tenancy: Tenancy, files: list[MigrationFile], dry_run: bool) -> SyncRe
 
 
 #: Files registered per ``tenancy.add_migrations`` call: one transaction and
-#: one scratch try each; small enough that the locks of one batch (about five
-#: per created table) stay far below the server's shared lock table.
-BATCH_FILES = 25
+#: one scratch try each. Small: the locks a batch holds (about 11 per file of
+#: a table and an index) stay far below the server's shared lock table, and
+#: the session-state check of each migration reads every lock of the server
+#: (``pg_locks``), so it costs more the more the batch holds (10 measured
+#: cheaper than 5 or 25).
+BATCH_FILES = 10
 
 # The rule of tenancy.needs_commit_boundaries: an enum value added by a
 # migration is usable only after it commits.
