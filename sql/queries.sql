@@ -33,6 +33,10 @@ SELECT * FROM tenancy.drop_tenant(%(slug)s, %(destroy_data)s)
 SELECT version, checksum, created_at
   FROM tenancy.add_migration(%(version)s, %(sql)s, %(outside_transaction)s)
 
+-- name: add_migrations
+SELECT version, checksum, created_at
+  FROM tenancy.add_migrations(%(versions)s, %(sqls)s, %(outside_transaction)s)
+
 -- name: list_migrations
 SELECT version, checksum, created_at FROM tenancy.migrations ORDER BY version
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -479,6 +479,32 @@ class Tenancy:
         from pgtenancy.fleet import squash_migrations
 
         return squash_migrations(self._dsn(), through, dry_run=dry_run)
+    def add_migrations(self, migrations: Sequence[tuple[str, str, bool]]) -> list[Migration]:
+        """Register several migrations in one transaction, all or nothing, each as
+        :meth:`add_migration` would one after the other (``tenancy.add_migrations``).
+
+        Args:
+            migrations: ``(version, sql, outside_transaction)`` in version order.
+                A migration that uses an enum value an earlier one of the same
+                call adds fails: end the call after such a migration.
+
+        Returns:
+            One :class:`Migration` per element, in order.
+
+        Raises:
+            InvalidMigration: PT008, as :meth:`add_migration`; nothing registered.
+            UnsafeMigration: PT017, a migration reaches outside its tenant
+                schema; nothing registered.
+        """
+        rows = self.database.rows(
+            "add_migrations",
+            {
+                "versions": [m[0] for m in migrations],
+                "sqls": [m[1] for m in migrations],
+                "outside_transaction": [m[2] for m in migrations],
+            },
+        )
+        return [Migration(r["version"], r["checksum"], r["created_at"]) for r in rows]
 
     def list_migrations(self) -> list[Migration]:
         """Registered migrations in the order they apply."""

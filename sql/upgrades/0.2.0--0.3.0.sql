@@ -249,94 +249,13 @@ CREATE OR REPLACE FUNCTION tenancy.add_migration(
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
-    p_version ALIAS FOR version;
-    p_sql ALIAS FOR sql;
-    p_outside_transaction ALIAS FOR outside_transaction;
-    v_row      tenancy.migrations;
-    v_checksum text;
-    v_scratch  text := 'tenancy_scratch';
-    v_previous text;
-    v_from     text;
-    v_at       text;
-    v_state    text;
-    v_message  text;
-    v_detail   text;
+    v_row tenancy.migrations;
 BEGIN
-    IF p_version IS NULL OR p_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
-        RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(p_version), 'NULL')
-            USING ERRCODE = 'PT008',
-                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
-    END IF;
-    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
-        RAISE EXCEPTION 'migration % has no SQL', p_version
-            USING ERRCODE = 'PT008';
-    END IF;
-    v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
-
-    -- Serialize registrations with a lock the application role cannot take
-    -- (it has no privilege on the table; an advisory lock anyone can hold).
-    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
-    SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
-    IF FOUND THEN
-        IF v_row.checksum = v_checksum THEN
-            RETURN v_row;
-        END IF;
-        RAISE EXCEPTION 'migration % is already registered with different SQL', p_version
-            USING ERRCODE = 'PT008',
-                  HINT = 'Registered migrations never change: add a new version instead.';
-    END IF;
-    IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > p_version) THEN
-        RAISE EXCEPTION 'migration % sorts before the latest registered version %', p_version,
-            (SELECT max(version) FROM tenancy.migrations)
-            USING ERRCODE = 'PT008',
-                  HINT = 'Versions are applied in C-collation order: use a later version.';
-    END IF;
-
-    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
-    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
-    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
-    RETURNING * INTO v_row;
-
-    -- Try the new migration on the scratch schema, kept at the latest
-    -- registered version: broken SQL is refused here, before any tenant sees
-    -- it, and the scratch schema moves on with the registration (one
-    -- migration applied, not the chain; earlier ones committed, so an enum
-    -- value an earlier migration added is usable). A missing or stale
-    -- scratch schema is rebuilt by replaying the chain, once.
-    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
-    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
-       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
-        v_from := v_previous;
-    ELSE
-        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
-            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
-        END IF;
-        EXECUTE format('CREATE SCHEMA %I', v_scratch);
-        v_from := NULL;
-    END IF;
-    BEGIN
-        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
-    EXCEPTION
-        WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL;
-            IF v_state = 'PT017' THEN
-                RAISE EXCEPTION '%', v_message
-                    USING ERRCODE = 'PT017',
-                          DETAIL = v_detail,
-                          HINT = 'A tenant migration may change its own tenant schema only; '
-                                 'change shared schemas with a shared migration. Nothing was registered.';
-            END IF;
-            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
-                USING ERRCODE = 'PT008',
-                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
-                                    ELSE format('SQLSTATE %s', v_state) END,
-                      HINT = 'Nothing was registered.';
-    END;
-    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
-        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    -- One migration: the same checks and errors as several.
+    SELECT * INTO v_row
+      FROM tenancy.add_migrations(ARRAY[add_migration.version], ARRAY[add_migration.sql],
+                                  ARRAY[coalesce(add_migration.outside_transaction, false)]);
     RETURN v_row;
 END
 $$;
@@ -349,7 +268,7 @@ COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
     'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
     'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
-    'fails; nothing is registered then.';
+    'fails; nothing is registered then. Several at once: tenancy.add_migrations.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
@@ -1769,12 +1688,17 @@ CREATE OR REPLACE FUNCTION tenancy.session_state()
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    -- What a statement can leave in a session beyond its transaction.
+    -- What a statement can leave in a session beyond its transaction. A
+    -- session without a temporary schema (pg_my_temp_schema() = 0) has no
+    -- temporary objects: the catalogs (no index on the namespace alone) are
+    -- scanned only when it has one.
     SELECT pg_catalog.jsonb_build_array(
-        (SELECT count(*) FROM pg_catalog.pg_class AS c
-          WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()),
-        (SELECT count(*) FROM pg_catalog.pg_proc AS p
-          WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()),
+        CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+             ELSE (SELECT count(*) FROM pg_catalog.pg_class AS c
+                    WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()) END,
+        CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+             ELSE (SELECT count(*) FROM pg_catalog.pg_proc AS p
+                    WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()) END,
         (SELECT count(*) FROM pg_catalog.pg_locks AS l
           WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'),
         (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
@@ -1895,23 +1819,27 @@ COMMENT ON FUNCTION tenancy.migration_schema() IS
 
 CREATE OR REPLACE FUNCTION tenancy.is_migration_target(schema_name text)
     RETURNS boolean
-    LANGUAGE sql
+    LANGUAGE plpgsql
     STABLE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- The schema the runner opened to the migrator in this transaction: a
     -- schema of the kit's owner the migrator may create in (that grant never
     -- commits), neither tenancy nor public nor one everybody may create in.
-    SELECT schema_name NOT IN ('tenancy', 'public')
+    -- PL/pgSQL, not SQL: the fence asks for every DDL command of a
+    -- migration, and a SECURITY DEFINER SQL function is planned at each call.
+    RETURN is_migration_target.schema_name NOT IN ('tenancy', 'public')
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
-                    WHERE n.nspname = schema_name
+                    WHERE n.nspname = is_migration_target.schema_name
                       AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
                                          WHERE s.nspname = 'tenancy')
                       AND pg_catalog.has_schema_privilege(
                               (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
-                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'))
+                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'));
+END
 $$;
 
 REVOKE ALL ON FUNCTION tenancy.is_migration_target(text) FROM PUBLIC;
@@ -2197,21 +2125,28 @@ BEGIN
     -- The application roles get their privileges from grant_app_role: a
     -- migration must not grant the tenant's objects to PUBLIC or to other
     -- roles.
-    SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+    -- The schema's objects through its namespace dependencies (indexed);
+    -- only those with privileges of their own (a NULL ACL grants nothing
+    -- beyond the owner's defaults) are exploded.
+    SELECT format('%s to %s', o.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
                                             ELSE pg_get_userbyid(a.grantee) END) AS name
       INTO v_obj
-      FROM pg_depend AS d
-      CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
-                              WHEN 'pg_class'::regclass
-                                  THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
-                              WHEN 'pg_proc'::regclass
-                                  THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
-                              WHEN 'pg_type'::regclass
-                                  THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
-                          END, '{}'::aclitem[]) AS acl) AS o
+      FROM (SELECT d.objid, c.relacl AS acl
+              FROM pg_depend AS d JOIN pg_class AS c ON c.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_class'::regclass AND c.relacl IS NOT NULL
+            UNION ALL
+            SELECT d.objid, p.proacl
+              FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_proc'::regclass AND p.proacl IS NOT NULL
+            UNION ALL
+            SELECT d.objid, t.typacl
+              FROM pg_depend AS d JOIN pg_type AS t ON t.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_type'::regclass AND t.typacl IS NOT NULL) AS o
       CROSS JOIN LATERAL aclexplode(o.acl) AS a
-     WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-       AND a.grantee NOT IN (v_owner, v_migrator)
+     WHERE a.grantee NOT IN (v_owner, v_migrator)
        AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
                                JOIN pg_roles AS r ON r.rolname = ar.role_name)
      LIMIT 1;
@@ -2599,12 +2534,19 @@ BEGIN
                 NULL;
             END;
             PERFORM set_config('pgtenancy.migration_schema', '', true);
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
             v_version := v_migration.version;
             v_applied := v_applied + 1;
             CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+            IF p_scratch THEN
+                -- What its commit would check (deferred constraints), checked
+                -- here: a scratch try applies several migrations in one
+                -- transaction (tenancy.add_migrations).
+                SET CONSTRAINTS ALL IMMEDIATE;
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_context = PG_EXCEPTION_CONTEXT;
@@ -2645,6 +2587,9 @@ BEGIN
                 USING ERRCODE = 'PT017',
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
+        IF p_scratch THEN
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
+        END IF;
         v_version := v_migration.version;
         v_applied := v_applied + 1;
     END LOOP;
@@ -2652,23 +2597,7 @@ BEGIN
         -- The scratch schema's objects stay the migrator's (it holds no
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
-        -- still refuse what a tenant could not take back.
-        IF EXISTS (SELECT 1 FROM pg_proc AS p
-                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
-        END IF;
-        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
-                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
-                      AND r.rulename <> '_RETURN') THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
-        END IF;
-        PERFORM tenancy.check_tenant_grants(p_schema);
+        -- ran after each migration (tenancy.check_scratch_schema).
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
@@ -3961,12 +3890,19 @@ BEGIN
                 NULL;
             END;
             PERFORM set_config('pgtenancy.migration_schema', '', true);
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
             v_version := v_migration.version;
             v_applied := v_applied + 1;
             CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+            IF p_scratch THEN
+                -- What its commit would check (deferred constraints), checked
+                -- here: a scratch try applies several migrations in one
+                -- transaction (tenancy.add_migrations).
+                SET CONSTRAINTS ALL IMMEDIATE;
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_context = PG_EXCEPTION_CONTEXT;
@@ -4007,6 +3943,9 @@ BEGIN
                 USING ERRCODE = 'PT017',
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
+        IF p_scratch THEN
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
+        END IF;
         v_version := v_migration.version;
         v_applied := v_applied + 1;
     END LOOP;
@@ -4014,23 +3953,7 @@ BEGIN
         -- The scratch schema's objects stay the migrator's (it holds no
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
-        -- still refuse what a tenant could not take back.
-        IF EXISTS (SELECT 1 FROM pg_proc AS p
-                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
-        END IF;
-        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
-                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
-                      AND r.rulename <> '_RETURN') THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
-        END IF;
-        PERFORM tenancy.check_tenant_grants(p_schema);
+        -- ran after each migration (tenancy.check_scratch_schema).
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
@@ -5169,6 +5092,148 @@ COMMENT ON FUNCTION tenancy.prepare_baseline(text) IS
     'already, or a no-transaction migration that cannot run in a transaction (VACUUM); PT006 '
     'when a migration fails. Owner only.';
 
+REVOKE ALL ON FUNCTION tenancy.check_scratch_schema(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.add_migrations(
+    versions            text[],
+    sqls                text[],
+    outside_transaction boolean[] DEFAULT NULL
+)
+    RETURNS SETOF tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_versions ALIAS FOR versions;
+    p_sqls ALIAS FOR sqls;
+    p_outside ALIAS FOR outside_transaction;
+    v_row      tenancy.migrations;
+    v_rows     tenancy.migrations[] := '{}';
+    v_version  text;
+    v_sql      text;
+    v_checksum text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_new      boolean := false;
+    v_from     text;
+    v_at       text;
+    v_state    text;
+    v_message  text;
+    v_detail   text;
+BEGIN
+    IF p_versions IS NULL OR p_sqls IS NULL
+       OR cardinality(p_versions) <> cardinality(p_sqls)
+       OR cardinality(p_versions) <> coalesce(cardinality(p_outside), cardinality(p_versions)) THEN
+        RAISE EXCEPTION 'versions, sqls and outside_transaction must be arrays of one length'
+            USING ERRCODE = 'PT008';
+    END IF;
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
+    FOR i IN 1 .. cardinality(p_versions) LOOP
+        v_version := p_versions[i];
+        v_sql := p_sqls[i];
+        IF v_version IS NULL OR v_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+            RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(v_version), 'NULL')
+                USING ERRCODE = 'PT008',
+                      HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+        END IF;
+        IF v_sql IS NULL OR btrim(v_sql) = '' THEN
+            RAISE EXCEPTION 'migration % has no SQL', v_version
+                USING ERRCODE = 'PT008';
+        END IF;
+        v_checksum := encode(sha256(convert_to(v_sql, 'UTF8')), 'hex');
+        SELECT * INTO v_row FROM tenancy.migrations WHERE version = v_version;
+        IF FOUND THEN
+            IF v_row.checksum = v_checksum THEN
+                v_rows := v_rows || v_row;  -- registered already: a no-op
+                CONTINUE;
+            END IF;
+            RAISE EXCEPTION 'migration % is already registered with different SQL', v_version
+                USING ERRCODE = 'PT008',
+                      HINT = 'Registered migrations never change: add a new version instead.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > v_version) THEN
+            RAISE EXCEPTION 'migration % sorts before the latest registered version %', v_version,
+                (SELECT max(version) FROM tenancy.migrations)
+                USING ERRCODE = 'PT008',
+                      HINT = 'Versions are applied in C-collation order: use a later version.';
+        END IF;
+        INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+        VALUES (v_version, v_sql, v_checksum, coalesce(p_outside[i], false))
+        RETURNING * INTO v_row;
+        v_rows := v_rows || v_row;
+        v_new := true;
+    END LOOP;
+    IF NOT v_new THEN
+        RETURN QUERY SELECT * FROM unnest(v_rows);
+        RETURN;
+    END IF;
+
+    -- Try the new migrations on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (the new
+    -- migrations applied, each checked as it is, not the chain; earlier ones
+    -- committed, so an enum value an earlier call added is usable). A
+    -- missing or stale scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
+        EXECUTE format('CREATE SCHEMA %I', v_scratch);
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
+    EXCEPTION
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
+            -- The migration of this call that failed (apply_migrations names
+            -- it), or the first new one when an older one failed a replay.
+            v_version := substring(v_message FROM '^migration (\S+) failed in schema ');
+            IF v_version IS NULL OR v_version <> ALL (p_versions)
+               OR v_version COLLATE "C" <= v_previous THEN
+                v_version := (SELECT min(u.v COLLATE "C") FROM unnest(p_versions) AS u(v)
+                               WHERE v_previous IS NULL OR u.v COLLATE "C" > v_previous);
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', v_version, v_message
+                USING ERRCODE = 'PT008',
+                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
+                                    ELSE format('SQLSTATE %s', v_state) END,
+                      HINT = 'Nothing was registered.';
+    END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    RETURN QUERY SELECT * FROM unnest(v_rows);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) IS
+    'Register the migrations versions[i] (tenant DDL sqls[i], no-transaction when '
+    'outside_transaction[i]; NULL: none) in array order, in this one transaction, all or '
+    'nothing: each exactly as tenancy.add_migration would one after the other (same checks, '
+    'same errors), then tried on the scratch schema in one go, each migration checked as it '
+    'is applied (fence, session state, deferred constraints, functions, rules, grants). Returns '
+    'one row per element. A migration that uses an enum value an earlier one of the same call '
+    'adds fails (PT008, SQLSTATE 55P04 in DETAIL): register it in a later call. Raises PT008 '
+    'for unequal array lengths, bad versions, changed SQL, out-of-order versions or SQL that '
+    'fails, PT017 for SQL that reaches outside its tenant schema; nothing is registered then.';
+
 REVOKE ALL ON FUNCTION tenancy.prepare_baseline(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.discard_baseline_scratch()
@@ -5394,3 +5459,132 @@ COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
     'runner distributes it again in the same transaction. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
+    p_versions ALIAS FOR versions;
+    p_sqls ALIAS FOR sqls;
+    p_outside ALIAS FOR outside_transaction;
+    v_row      tenancy.migrations;
+    v_rows     tenancy.migrations[] := '{}';
+    v_version  text;
+    v_sql      text;
+    v_checksum text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_new      boolean := false;
+    v_from     text;
+    v_at       text;
+    v_state    text;
+    v_message  text;
+    v_detail   text;
+BEGIN
+    IF p_versions IS NULL OR p_sqls IS NULL
+       OR cardinality(p_versions) <> cardinality(p_sqls)
+       OR cardinality(p_versions) <> coalesce(cardinality(p_outside), cardinality(p_versions)) THEN
+        RAISE EXCEPTION 'versions, sqls and outside_transaction must be arrays of one length'
+            USING ERRCODE = 'PT008';
+    END IF;
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
+    FOR i IN 1 .. cardinality(p_versions) LOOP
+        v_version := p_versions[i];
+        v_sql := p_sqls[i];
+        IF v_version IS NULL OR v_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+            RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(v_version), 'NULL')
+                USING ERRCODE = 'PT008',
+                      HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+        END IF;
+        IF v_sql IS NULL OR btrim(v_sql) = '' THEN
+            RAISE EXCEPTION 'migration % has no SQL', v_version
+                USING ERRCODE = 'PT008';
+        END IF;
+        v_checksum := encode(sha256(convert_to(v_sql, 'UTF8')), 'hex');
+        SELECT * INTO v_row FROM tenancy.migrations WHERE version = v_version;
+        IF FOUND THEN
+            IF v_row.checksum = v_checksum THEN
+                v_rows := v_rows || v_row;  -- registered already: a no-op
+                CONTINUE;
+            END IF;
+            RAISE EXCEPTION 'migration % is already registered with different SQL', v_version
+                USING ERRCODE = 'PT008',
+                      HINT = 'Registered migrations never change: add a new version instead.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > v_version) THEN
+            RAISE EXCEPTION 'migration % sorts before the latest registered version %', v_version,
+                (SELECT max(version) FROM tenancy.migrations)
+                USING ERRCODE = 'PT008',
+                      HINT = 'Versions are applied in C-collation order: use a later version.';
+        END IF;
+        INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+        VALUES (v_version, v_sql, v_checksum, coalesce(p_outside[i], false))
+        RETURNING * INTO v_row;
+        v_rows := v_rows || v_row;
+        v_new := true;
+    END LOOP;
+    IF NOT v_new THEN
+        RETURN QUERY SELECT * FROM unnest(v_rows);
+        RETURN;
+    END IF;
+
+    -- Try the new migrations on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (the new
+    -- migrations applied, each checked as it is, not the chain; earlier ones
+    -- committed, so an enum value an earlier call added is usable). A
+    -- missing or stale scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
+        EXECUTE format('CREATE SCHEMA %I', v_scratch);
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
+    EXCEPTION
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
+            -- The migration of this call that failed (apply_migrations names
+            -- it), or the first new one when an older one failed a replay.
+            v_version := substring(v_message FROM '^migration (\S+) failed in schema ');
+            IF v_version IS NULL OR v_version <> ALL (p_versions)
+               OR v_version COLLATE "C" <= v_previous THEN
+                v_version := (SELECT min(u.v COLLATE "C") FROM unnest(p_versions) AS u(v)
+                               WHERE v_previous IS NULL OR u.v COLLATE "C" > v_previous);
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', v_version, v_message
+                USING ERRCODE = 'PT008',
+                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
+                                    ELSE format('SQLSTATE %s', v_state) END,
+                      HINT = 'Nothing was registered.';
+    END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    RETURN QUERY SELECT * FROM unnest(v_rows);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) IS
+    'Register the migrations versions[i] (tenant DDL sqls[i], no-transaction when '
+    'outside_transaction[i]; NULL: none) in array order, in this one transaction, all or '
+    'nothing: each exactly as tenancy.add_migration would one after the other (same checks, '
+    'same errors), then tried on the scratch schema in one go, each migration checked as it '
+    'is applied (fence, session state, deferred constraints, functions, rules, grants). Returns '
+    'one row per element. A migration that uses an enum value an earlier one of the same call '
+    'adds fails (PT008, SQLSTATE 55P04 in DETAIL): register it in a later call. Raises PT008 '
+    'for unequal array lengths, bad versions, changed SQL, out-of-order versions or SQL that '
+    'fails, PT017 for SQL that reaches outside its tenant schema; nothing is registered then.';
+
+REVOKE ALL ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) FROM PUBLIC;

@@ -89,6 +89,10 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         "SELECT tenancy.add_migration(version => '0001', "
         "sql => 'CREATE TABLE note (id int PRIMARY KEY)', outside_transaction => false)"
     )
+    call(
+        "SELECT tenancy.add_migrations(versions => ARRAY['0002'], "
+        "sqls => ARRAY['ALTER TABLE note ADD COLUMN v int'], outside_transaction => ARRAY[false])"
+    )
     assert call("SELECT tenancy.validate_slug(slug => 'acme')") == [("acme",)]
     call("SELECT tenancy.create_tenant(slug => 'acme', metadata => '{}', isolation => 'schema')")
     call("SELECT tenancy.create_tenant('s1', isolation => 'shared')")
