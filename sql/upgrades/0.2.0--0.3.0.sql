@@ -5092,148 +5092,6 @@ COMMENT ON FUNCTION tenancy.prepare_baseline(text) IS
     'already, or a no-transaction migration that cannot run in a transaction (VACUUM); PT006 '
     'when a migration fails. Owner only.';
 
-REVOKE ALL ON FUNCTION tenancy.check_scratch_schema(text, text) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION tenancy.add_migrations(
-    versions            text[],
-    sqls                text[],
-    outside_transaction boolean[] DEFAULT NULL
-)
-    RETURNS SETOF tenancy.migrations
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-    p_versions ALIAS FOR versions;
-    p_sqls ALIAS FOR sqls;
-    p_outside ALIAS FOR outside_transaction;
-    v_row      tenancy.migrations;
-    v_rows     tenancy.migrations[] := '{}';
-    v_version  text;
-    v_sql      text;
-    v_checksum text;
-    v_scratch  text := 'tenancy_scratch';
-    v_previous text;
-    v_new      boolean := false;
-    v_from     text;
-    v_at       text;
-    v_state    text;
-    v_message  text;
-    v_detail   text;
-BEGIN
-    IF p_versions IS NULL OR p_sqls IS NULL
-       OR cardinality(p_versions) <> cardinality(p_sqls)
-       OR cardinality(p_versions) <> coalesce(cardinality(p_outside), cardinality(p_versions)) THEN
-        RAISE EXCEPTION 'versions, sqls and outside_transaction must be arrays of one length'
-            USING ERRCODE = 'PT008';
-    END IF;
-    -- Serialize registrations with a lock the application role cannot take
-    -- (it has no privilege on the table; an advisory lock anyone can hold).
-    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
-    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
-    FOR i IN 1 .. cardinality(p_versions) LOOP
-        v_version := p_versions[i];
-        v_sql := p_sqls[i];
-        IF v_version IS NULL OR v_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
-            RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(v_version), 'NULL')
-                USING ERRCODE = 'PT008',
-                      HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
-        END IF;
-        IF v_sql IS NULL OR btrim(v_sql) = '' THEN
-            RAISE EXCEPTION 'migration % has no SQL', v_version
-                USING ERRCODE = 'PT008';
-        END IF;
-        v_checksum := encode(sha256(convert_to(v_sql, 'UTF8')), 'hex');
-        SELECT * INTO v_row FROM tenancy.migrations WHERE version = v_version;
-        IF FOUND THEN
-            IF v_row.checksum = v_checksum THEN
-                v_rows := v_rows || v_row;  -- registered already: a no-op
-                CONTINUE;
-            END IF;
-            RAISE EXCEPTION 'migration % is already registered with different SQL', v_version
-                USING ERRCODE = 'PT008',
-                      HINT = 'Registered migrations never change: add a new version instead.';
-        END IF;
-        IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > v_version) THEN
-            RAISE EXCEPTION 'migration % sorts before the latest registered version %', v_version,
-                (SELECT max(version) FROM tenancy.migrations)
-                USING ERRCODE = 'PT008',
-                      HINT = 'Versions are applied in C-collation order: use a later version.';
-        END IF;
-        INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
-        VALUES (v_version, v_sql, v_checksum, coalesce(p_outside[i], false))
-        RETURNING * INTO v_row;
-        v_rows := v_rows || v_row;
-        v_new := true;
-    END LOOP;
-    IF NOT v_new THEN
-        RETURN QUERY SELECT * FROM unnest(v_rows);
-        RETURN;
-    END IF;
-
-    -- Try the new migrations on the scratch schema, kept at the latest
-    -- registered version: broken SQL is refused here, before any tenant sees
-    -- it, and the scratch schema moves on with the registration (the new
-    -- migrations applied, each checked as it is, not the chain; earlier ones
-    -- committed, so an enum value an earlier call added is usable). A
-    -- missing or stale scratch schema is rebuilt by replaying the chain, once.
-    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
-    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
-       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
-        v_from := v_previous;
-    ELSE
-        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
-            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
-        END IF;
-        EXECUTE format('CREATE SCHEMA %I', v_scratch);
-        v_from := NULL;
-    END IF;
-    BEGIN
-        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
-    EXCEPTION
-        WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL;
-            IF v_state = 'PT017' THEN
-                RAISE EXCEPTION '%', v_message
-                    USING ERRCODE = 'PT017',
-                          DETAIL = v_detail,
-                          HINT = 'A tenant migration may change its own tenant schema only; '
-                                 'change shared schemas with a shared migration. Nothing was registered.';
-            END IF;
-            -- The migration of this call that failed (apply_migrations names
-            -- it), or the first new one when an older one failed a replay.
-            v_version := substring(v_message FROM '^migration (\S+) failed in schema ');
-            IF v_version IS NULL OR v_version <> ALL (p_versions)
-               OR v_version COLLATE "C" <= v_previous THEN
-                v_version := (SELECT min(u.v COLLATE "C") FROM unnest(p_versions) AS u(v)
-                               WHERE v_previous IS NULL OR u.v COLLATE "C" > v_previous);
-            END IF;
-            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', v_version, v_message
-                USING ERRCODE = 'PT008',
-                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
-                                    ELSE format('SQLSTATE %s', v_state) END,
-                      HINT = 'Nothing was registered.';
-    END;
-    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
-        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
-    RETURN QUERY SELECT * FROM unnest(v_rows);
-END
-$$;
-
-COMMENT ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) IS
-    'Register the migrations versions[i] (tenant DDL sqls[i], no-transaction when '
-    'outside_transaction[i]; NULL: none) in array order, in this one transaction, all or '
-    'nothing: each exactly as tenancy.add_migration would one after the other (same checks, '
-    'same errors), then tried on the scratch schema in one go, each migration checked as it '
-    'is applied (fence, session state, deferred constraints, functions, rules, grants). Returns '
-    'one row per element. A migration that uses an enum value an earlier one of the same call '
-    'adds fails (PT008, SQLSTATE 55P04 in DETAIL): register it in a later call. Raises PT008 '
-    'for unequal array lengths, bad versions, changed SQL, out-of-order versions or SQL that '
-    'fails, PT017 for SQL that reaches outside its tenant schema; nothing is registered then.';
-
 REVOKE ALL ON FUNCTION tenancy.prepare_baseline(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.discard_baseline_scratch()
@@ -5459,6 +5317,59 @@ COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
     'runner distributes it again in the same transaction. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
+
+-- i10speed: linear registration, batched. tenancy.check_scratch_schema (the
+-- hand-back checks after each scratch migration) and tenancy.add_migrations
+-- (several migrations in one transaction; tenancy.add_migration calls it).
+
+CREATE OR REPLACE FUNCTION tenancy.check_scratch_schema(schema_name text, version text)
+    RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nsp oid := to_regnamespace(quote_ident(check_scratch_schema.schema_name))::oid;
+BEGIN
+    -- The checks of a hand-back (tenancy.hand_over_schema) for the scratch
+    -- schema, whose objects stay the migrator's: what a tenant could not
+    -- take back is refused in the migration that made it.
+    IF EXISTS (SELECT 1 FROM pg_proc AS p WHERE p.pronamespace = v_nsp AND p.prosecdef) THEN
+        RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+            check_scratch_schema.version, check_scratch_schema.schema_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                WHERE c.relnamespace = v_nsp AND r.rulename <> '_RETURN') THEN
+        RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+            check_scratch_schema.version, check_scratch_schema.schema_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+    END IF;
+    PERFORM tenancy.check_tenant_grants(check_scratch_schema.schema_name);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_scratch_schema(text, text) IS
+    'After migration version ran on the scratch schema schema_name: raise PT017 for a SECURITY '
+    'DEFINER function, a rule or a grant a tenant could not take back (the checks of '
+    'tenancy.hand_over_schema, whose objects the scratch schema keeps). Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.check_scratch_schema(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.add_migrations(
+    versions            text[],
+    sqls                text[],
+    outside_transaction boolean[] DEFAULT NULL
+)
+    RETURNS SETOF tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
     p_versions ALIAS FOR versions;
     p_sqls ALIAS FOR sqls;
     p_outside ALIAS FOR outside_transaction;
