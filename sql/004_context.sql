@@ -20,8 +20,8 @@ COMMENT ON VIEW tenancy.tenant_directory IS
 -- The hot path: every tenant transaction starts with this call, sent in the
 -- same message as BEGIN. Its cost was measured statement by statement
 -- (backend CPU time per entry, bench/bench_entry.py for the totals) and cut
--- to what a PL/pgSQL call cannot avoid: one lookup statement and two simple
--- expressions.
+-- to what a PL/pgSQL call cannot avoid: one lookup statement, two tests and
+-- one assignment (simple expressions, evaluated without the executor).
 --   * One lookup through the directory view (the view costs nothing at run
 --     time: it is expanded into the cached plan) that also answers "may the
 --     transaction enter": status active and schema present, the schema
