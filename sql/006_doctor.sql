@@ -64,24 +64,25 @@ BEGIN
          GROUP BY n.nspname, n.nspowner;
 
     -- Whoever owns a tenant table can switch its privileges and policies
-    -- off; the kit's owner owns them all, the migrator only for the span of
-    -- one migration (so one left at rest means an interrupted hand-over).
+    -- off; the tenant's own role owns them at rest (tenancy.rest_owner), the
+    -- migrator only for the span of one migration (so one left at rest
+    -- means an interrupted hand-over).
     RETURN QUERY
         SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
                format('%I.%I', n.nspname, c.relname),
-               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+               format('%s %I.%I of tenant %s is owned by %s, not by its owner at rest %s%s',
                       CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
                                      WHEN 'm' THEN 'materialized view' ELSE 'table' END,
                       n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
-                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      quote_ident(tenancy.rest_owner(t.schema_name)),
                       CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
                            THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
-               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, tenancy.rest_owner(t.schema_name))
           FROM tenancy.tenants AS t
           JOIN pg_namespace AS n ON n.nspname = t.schema_name
           JOIN pg_class AS c ON c.relnamespace = n.oid
-         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
-         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f')
+           AND pg_get_userbyid(c.relowner) <> tenancy.rest_owner(t.schema_name);
 
     -- A member of the owner's role has the owner's rights: every tenant,
     -- every policy, the registry.

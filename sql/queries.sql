@@ -314,6 +314,15 @@ COPY (SELECT {columns} FROM {table} WHERE {filter}) TO STDOUT
 -- name: archive_copy_in
 COPY {table} ({columns}) FROM STDIN
 
+-- name: archive_create_stage
+-- A text-columned temporary table for the rows of a tenant table: COPY
+-- runs no code of the tenant's there (tenancy.create_stage).
+SELECT tenancy.create_stage(%(table)s::regclass) AS stage
+
+-- name: archive_load_stage
+-- The staged rows written into the tenant table as its owner role.
+SELECT tenancy.load_stage(%(table)s::regclass) AS rows
+
 -- name: archive_disable_triggers
 ALTER TABLE {table} DISABLE TRIGGER USER
 
@@ -407,13 +416,26 @@ UPDATE tenancy.tenants SET metadata = %(metadata)s::jsonb, status = 'active'
 RETURNING slug
 
 -- name: testing_delete
--- {table} is a psycopg.sql.Identifier-quoted name: empty it (cheaper than
--- TRUNCATE for the few rows a test leaves).
-DELETE FROM {table}
+-- {schema} a psycopg.sql.Literal of the tenant schema, {statement} one of
+-- "DELETE FROM <quoted table>" statements (cheaper than TRUNCATE for the
+-- few rows a test leaves), run as the schema's owner role: the tenant's
+-- triggers fire with its rights, not the owner's.
+SELECT tenancy.run_as_rest_owner({schema}, {statement})
 
 -- name: testing_restart_sequence
 -- {sequence} is a psycopg.sql.Literal of the sequence's quoted name.
 SELECT pg_catalog.setval({sequence}::regclass, 1, false)
+
+-- name: testing_kit_roles
+-- The tenants' owner roles and group role of the database whose migrator is
+-- %(migrator)s (tenancy.tenant_role, tenancy.tenant_group_role), owner roles
+-- first, for the test server's teardown (after DROP DATABASE).
+SELECT r.rolname
+  FROM pg_catalog.pg_roles AS r
+ WHERE pg_catalog.starts_with(r.rolname, 'pgtenancy_owner_'
+                              || pg_catalog.left(pg_catalog.md5(%(migrator)s), 12) || '_')
+    OR r.rolname = 'pgtenancy_tenants_' || pg_catalog.left(pg_catalog.md5(%(migrator)s), 12)
+ ORDER BY pg_catalog.starts_with(r.rolname, 'pgtenancy_tenants_'), r.rolname
 
 -- name: testing_lock_timeout
 SET lock_timeout = '5s'

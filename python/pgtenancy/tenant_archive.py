@@ -388,13 +388,21 @@ def import_tenant(
                 assert member is not None
                 data = member.read()
                 ident = _table_ident(qualified)
+                copy_into = ident
                 if schema:
                     conn.execute(_q("archive_disable_triggers", table=ident))
+                    # COPY into a stage of text columns; the rows reach the
+                    # tenant's table as its own role, so the code its
+                    # migrations attached (checks, domains, index
+                    # expressions) never runs with the owner's rights.
+                    stage = conn.execute(QUERIES["archive_create_stage"], {"table": qualified})
+                    copy_into = sql.SQL(str(stage.fetchone()[0]))  # type: ignore[index]
                 with conn.cursor().copy(
-                    _q("archive_copy_in", table=ident, columns=_columns(table["columns"]))
+                    _q("archive_copy_in", table=copy_into, columns=_columns(table["columns"]))
                 ) as copy:
                     copy.write(data)
                 if schema:
+                    conn.execute(QUERIES["archive_load_stage"], {"table": qualified})
                     conn.execute(_q("archive_enable_triggers", table=ident))
                 got = _checksum(conn, target, tenant["id"])
                 if got != (table["rows"], table["md5"]):

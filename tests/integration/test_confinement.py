@@ -85,7 +85,9 @@ HOSTILE: dict[str, str] = {
 
 
 _KIT_ROLES = """SELECT role_name FROM tenancy.app_roles
-                 UNION ALL SELECT tenancy.migrator_role() UNION ALL SELECT 'sneaky_admin'"""
+                 UNION ALL SELECT tenancy.migrator_role() UNION ALL SELECT 'sneaky_admin'
+                 UNION ALL SELECT tenancy.tenant_group_role()
+                 UNION ALL SELECT tenancy.tenant_role(schema_name) FROM tenancy.tenants"""
 _ROLES = _KIT_ROLES + " UNION ALL SELECT current_user"
 
 
@@ -363,7 +365,9 @@ def test_code_planted_in_public_never_runs_with_the_owners_rights(
     migrator = sql("SELECT tenancy.migrator_role()")[0][0]
     assert {who for who, _, _ in log} == {migrator}
     after = _snapshot(dsn)
-    assert after["roles"] == before["roles"]
+    # newco's own owner role is new, nothing else.
+    newco_role = sql("SELECT tenancy.tenant_role('tenant_newco')")[0][0]
+    assert [r for r in after["roles"] if r[0] != newco_role] == before["roles"]
     assert [t[:2] for t in after["tenants"] if t[0] != "newco"] == [
         t[:2] for t in before["tenants"]
     ]
