@@ -1704,6 +1704,28 @@ BEGIN
 END
 $$;
 
+-- The tenants' group role (see "Owners at rest" below): created when the
+-- installing role may; without it tenants' objects stay the owner's.
+DO $$
+DECLARE
+    v_group name := 'pgtenancy_tenants_'
+                    || pg_catalog.left(pg_catalog.md5((SELECT c.migrator_role FROM tenancy.confinement AS c)), 12);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_group) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                        WHERE rolname = current_user AND (rolsuper OR rolcreaterole)) THEN
+            RETURN;
+        END IF;
+        EXECUTE pg_catalog.format(
+            'CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT', v_group);
+        EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', v_group,
+            'pgtenancy: the owner roles of the tenants of database ' || pg_catalog.current_database()
+            || ' are its members; it holds their grants on shared schemas.');
+    END IF;
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA tenancy TO %I', v_group);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.migrator_role()
     RETURNS name
     LANGUAGE sql
@@ -1719,6 +1741,191 @@ REVOKE ALL ON FUNCTION tenancy.migrator_role() FROM PUBLIC;
 COMMENT ON FUNCTION tenancy.migrator_role() IS
     'Name of the role tenant migrations run as: it owns the objects of tenant schemas, may '
     'create objects only in the schema being migrated, and only while a migration runs.';
+
+-- Owners at rest -------------------------------------------------------------
+--
+-- Between migrations a tenant's objects belong to a role of their own, one
+-- per tenant schema: NOLOGIN, no attribute, USAGE and CREATE on its own
+-- schema only, and a member of the tenants' group role, which holds what
+-- the shared schemas lend to tenants (the grants the migrator gets). Code a
+-- migration planted in its objects and that the server runs as their owner
+-- (foreign-key actions as the referencing table's owner, expression indexes
+-- and extended statistics under ANALYZE and autovacuum, REFRESH of a
+-- materialized view) then runs with that role's rights: its own schema and
+-- reading the shared ones, never the kit's owner's. Roles are cluster-wide:
+-- the names derive from the migrator's (so from the database) and the
+-- schema name; the kit's owner is a member of each, to manage them.
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_group_role()
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('pgtenancy_tenants_' || pg_catalog.left(pg_catalog.md5(tenancy.migrator_role()), 12))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.tenant_group_role() FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.tenant_group_role() IS
+    'Name of the NOLOGIN group role every tenant owner role of this database is a member of; '
+    'it holds the grants on shared schemas tenants may use (those of the migrator).';
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_role(schema_name text)
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('pgtenancy_owner_' || pg_catalog.left(pg_catalog.md5(tenancy.migrator_role()), 12)
+            || '_' || pg_catalog.left(pg_catalog.md5(schema_name), 24))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.tenant_role(text) IS
+    'Name of the role that owns the objects of tenant schema schema_name at rest (whether it '
+    'exists or not): unique per database and schema, 53 bytes.';
+
+CREATE OR REPLACE FUNCTION tenancy.rest_owner(schema_name text)
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The kit's owner when the role could not be made (installed without
+    -- the right to create roles): the doctor reports those tenants.
+    SELECT coalesce((SELECT r.rolname FROM pg_catalog.pg_roles AS r
+                      WHERE r.rolname = tenancy.tenant_role(schema_name)),
+                    (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n
+                      WHERE n.nspname = 'tenancy'))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.rest_owner(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.rest_owner(text) IS
+    'Role the objects of tenant schema schema_name belong to between migrations: its tenant '
+    'role (tenancy.tenant_role) when it exists, else the kit''s owner. Kit operations that '
+    'write a tenant''s rows run as it, so no code of the tenant''s runs as the owner.';
+
+CREATE OR REPLACE FUNCTION tenancy.ensure_tenant_role(schema_name text)
+    RETURNS name
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role  name := tenancy.tenant_role(schema_name);
+    v_group name := tenancy.tenant_group_role();
+    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+BEGIN
+    IF to_regnamespace(quote_ident(schema_name)) IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group) THEN
+        RETURN v_owner;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_role) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles AS r
+                        WHERE r.rolname = current_user AND (r.rolsuper OR r.rolcreaterole)) THEN
+            RETURN v_owner;
+        END IF;
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
+                           'NOREPLICATION INHERIT IN ROLE %I', v_role, v_group);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- a database copied from this one made it just now
+        END;
+    END IF;
+    IF NOT pg_has_role(v_owner, v_role, 'USAGE') THEN
+        EXECUTE format('GRANT %I TO %I', v_role, v_owner);
+    END IF;
+    IF NOT has_schema_privilege(v_role, to_regnamespace(quote_ident(schema_name)), 'USAGE, CREATE') THEN
+        EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', schema_name, v_role);
+    END IF;
+    RETURN v_role;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.ensure_tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.ensure_tenant_role(text) IS
+    'Create (or adopt) the owner role of tenant schema schema_name: NOLOGIN, no attributes, a '
+    'member of tenancy.tenant_group_role(), USAGE and CREATE on that schema; make the kit''s '
+    'owner a member of it. Returns its name, or the kit''s owner''s when roles cannot be made '
+    '(no group role, or the owner lacks CREATEROLE). Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant_role(schema_name text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name := tenancy.tenant_role(schema_name);
+    v_oid  oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role);
+BEGIN
+    -- Kept while anything of it remains, here or in a database copied from
+    -- this one (its schema was not dropped, a session's temporary object).
+    IF v_oid IS NULL
+       OR EXISTS (SELECT 1 FROM pg_shdepend AS d
+                   WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = v_oid) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('DROP ROLE %I', v_role);
+    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+        RETURN false;
+    END;
+    RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.drop_tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.drop_tenant_role(text) IS
+    'Drop the owner role of tenant schema schema_name when it exists and nothing depends on it '
+    'any more in any database (its schema is gone); true when dropped. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.run_as_rest_owner(schema_name text, statement text)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role   name := tenancy.rest_owner(schema_name);
+    v_runner text;
+    v_count  bigint;
+BEGIN
+    -- Writing a tenant's rows runs the code its migrations attached to them
+    -- (check constraints, index expressions, generated columns, defaults,
+    -- triggers left on) as whoever writes: never as the kit's owner. SET
+    -- ROLE is refused inside the kit's SECURITY DEFINER functions, so the
+    -- statement runs in a function of the tenant role's own, made for this
+    -- one call and dropped after it (code running inside may change it,
+    -- but nobody calls it again).
+    IF v_role = (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy') THEN
+        EXECUTE statement;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        RETURN v_count;
+    END IF;
+    v_runner := format('%I.%I', schema_name,
+                       'pgtenancy_run_' || left(md5(random()::text || clock_timestamp()::text), 16));
+    EXECUTE format('CREATE FUNCTION %s(statement text) RETURNS bigint LANGUAGE plpgsql '
+                   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off '
+                   'AS $r$DECLARE n bigint; BEGIN EXECUTE statement; '
+                   'GET DIAGNOSTICS n = ROW_COUNT; RETURN n; END$r$', v_runner);
+    EXECUTE format('REVOKE ALL ON FUNCTION %s(text) FROM PUBLIC', v_runner);
+    EXECUTE format('ALTER FUNCTION %s(text) OWNER TO %I', v_runner, v_role);
+    EXECUTE format('SELECT %s($1)', v_runner) INTO v_count USING statement;
+    EXECUTE format('DROP FUNCTION %s(text)', v_runner);
+    RETURN v_count;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.run_as_rest_owner(text, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.run_as_rest_owner(text, text) IS
+    'Run statement (DML on tenant schema schema_name''s tables) as that schema''s owner at rest '
+    '(tenancy.rest_owner), with row_security off (an error, never fewer rows, where a policy '
+    'applies); return its row count. What the statement reads must be granted to that role. '
+    'Internal.';
 
 -- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
 -- migrator role (re-owned below), so the server refuses SET ROLE and SET
@@ -2223,6 +2430,109 @@ COMMENT ON FUNCTION tenancy.check_tenant_grants(text) IS
     'other than the kit''s owner, the migrator, the tenant''s own role and the application roles. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.check_tenant_grants(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.reown_schema(
+    schema_name  text,
+    from_roles   oid[],
+    to_role      name,
+    invoker_views boolean
+)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nsp   oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj   record;
+    v_count integer := 0;
+BEGIN
+    IF v_nsp IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Everything in the schema, found through its namespace dependencies
+    -- (indexed), not a scan of the catalogs.
+    FOR v_obj IN
+        SELECT d.classid, d.objid FROM pg_depend AS d
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+    LOOP
+        IF v_obj.classid = 'pg_class'::regclass THEN
+            PERFORM 1 FROM pg_class AS c
+             WHERE c.oid = v_obj.objid AND c.relowner = ANY (from_roles)
+               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+                    OR (c.relkind = 'S' AND NOT EXISTS (
+                            SELECT 1 FROM pg_depend AS o
+                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
+            CONTINUE WHEN NOT FOUND;
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
+                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
+                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                     THEN v_obj.objid::regclass::text::regtype::text
+                     ELSE v_obj.objid::regclass::text END,
+                to_role);
+            -- A view given back reads with its caller's rights, so it never
+            -- lends its owner's to the application.
+            IF invoker_views
+               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
+            END IF;
+        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                                       WHERE p.oid = v_obj.objid AND p.proowner = ANY (from_roles));
+            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, to_role);
+        ELSIF v_obj.classid = 'pg_type'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
+                                       WHERE t.oid = v_obj.objid AND t.typowner = ANY (from_roles)
+                                         AND t.typtype IN ('d', 'e', 'r'));
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
+                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                v_obj.objid::regtype, to_role);
+        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
+                                       WHERE o.oid = v_obj.objid AND o.oprowner = ANY (from_roles));
+            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, to_role);
+        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
+                                       WHERE o.oid = v_obj.objid AND o.collowner = ANY (from_roles));
+            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, to_role);
+        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
+                                       WHERE o.oid = v_obj.objid AND o.stxowner = ANY (from_roles));
+            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), to_role);
+        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
+                                       WHERE o.oid = v_obj.objid AND o.cfgowner = ANY (from_roles));
+            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, to_role);
+        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
+                                       WHERE o.oid = v_obj.objid AND o.dictowner = ANY (from_roles));
+            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, to_role);
+        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
+                                       WHERE o.oid = v_obj.objid AND o.conowner = ANY (from_roles));
+            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), to_role);
+        ELSE
+            CONTINUE;
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) IS
+    'Give every object of schema schema_name owned by one of from_roles to to_role (tables, '
+    'views, sequences not owned by a column, types, functions, operators, collations, statistics, '
+    'text search objects, conversions; indexes and owned sequences follow their table); with '
+    'invoker_views make its views security_invoker. Returns how many changed owner. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
     RETURNS integer
@@ -4777,3 +5087,89 @@ COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
     'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
     'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
 REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;
+
+-- i9owner: tenants' owner roles at rest (issue 9) ------------------------------
+
+CREATE OR REPLACE FUNCTION tenancy.create_stage(p_table regclass)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stage text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
+BEGIN
+    -- Plain text columns: loading them runs no type's or domain's code of
+    -- the tenant's (tenancy.load_stage casts them, as the tenant's role).
+    EXECUTE format('CREATE TEMPORARY TABLE %s (%s) ON COMMIT DROP', v_stage,
+                   (SELECT string_agg(format('%I text', a.attname), ', ' ORDER BY a.attnum)
+                      FROM pg_attribute AS a
+                     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated = ''));
+    RETURN v_stage;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.create_stage(regclass) IS
+    'Create, for this transaction, a temporary table with a text column for each column of '
+    'tenant table p_table an INSERT may write (tenancy.copy_columns), and return its name: an '
+    'import COPYs into it, then tenancy.load_stage writes the rows as the tenant''s role. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.create_stage(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.load_stage(p_table regclass)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stage  text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
+    v_schema text := (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                       WHERE c.oid = p_table);
+    v_role   name := tenancy.rest_owner(v_schema);
+    v_count  bigint;
+BEGIN
+    EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_stage, v_role);
+    v_count := tenancy.run_as_rest_owner(v_schema, format(
+        'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s', p_table,
+        tenancy.copy_columns(p_table),
+        (SELECT string_agg(format('%I::%s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                           ORDER BY a.attnum)
+           FROM pg_attribute AS a
+          WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+        v_stage));
+    EXECUTE format('DROP TABLE %s', v_stage);
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.load_stage(regclass) IS
+    'Write the rows of p_table''s stage (tenancy.create_stage) into tenant table p_table, cast to '
+    'its column types, as the tenant''s owner role (tenancy.run_as_rest_owner: its check '
+    'constraints, domains, index expressions and triggers left on run with that role''s rights), '
+    'drop the stage and return the rows written. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.load_stage(regclass) FROM PUBLIC;
+
+-- Existing schema tenants get their owner role, and their objects (the
+-- kit's owner's until now) go to it; the tenants' group role gets what the
+-- shared schemas lend to tenants.
+DO $$
+DECLARE
+    v_schema text;
+    v_owner  oid := (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'tenancy');
+    v_role   name;
+BEGIN
+    PERFORM tenancy.grant_shared_to_migrator();
+    FOR v_schema IN
+        SELECT t.schema_name FROM tenancy.tenants AS t
+         WHERE t.schema_name IS NOT NULL
+           AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name)) IS NOT NULL
+         ORDER BY t.schema_name
+    LOOP
+        v_role := tenancy.ensure_tenant_role(v_schema);
+        IF v_role IS DISTINCT FROM pg_catalog.pg_get_userbyid(v_owner) THEN
+            PERFORM tenancy.reown_schema(v_schema, ARRAY[v_owner], v_role, false);
+        END IF;
+    END LOOP;
+END
+$$;

@@ -168,9 +168,7 @@ def _armed(dsn: str) -> psycopg.Connection[Any]:
     return conn
 
 
-def test_tenant_objects_belong_to_an_unprivileged_role_of_their_own(
-    planted: str, sql: SQL
-) -> None:
+def test_tenant_objects_belong_to_an_unprivileged_role_of_their_own(planted: str, sql: SQL) -> None:
     role = sql("SELECT tenancy.tenant_role('tenant_acme')")[0][0]
     other = sql("SELECT tenancy.tenant_role('tenant_globex')")[0][0]
     assert role != other
@@ -325,9 +323,11 @@ def test_the_pytest_plugins_reset_runs_triggers_as_the_tenants_role(
         conn.execute("SET trap.armed = 'on'")
         # The reset empties trap_log too: the payload's notices tell.
         conn.add_notice_handler(
-            lambda d: notices.append(tuple((d.message_primary or "").split("|")[1:]))
-            if (d.message_primary or "").startswith("trap|")
-            else None
+            lambda d: (
+                notices.append(tuple((d.message_primary or "").split("|")[1:]))
+                if (d.message_primary or "").startswith("trap|")
+                else None
+            )
         )
         assert pool.release(tenant.slug)
         role = sql("SELECT tenancy.tenant_role(%s)", (schema,))[0][0]
