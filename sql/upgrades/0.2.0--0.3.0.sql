@@ -965,6 +965,23 @@ BEGIN
          WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f')
            AND pg_get_userbyid(c.relowner) <> tenancy.rest_owner(t.schema_name);
 
+    -- Without a role of its own, a tenant's objects are the owner's at rest:
+    -- code its migrations planted in them (foreign-key actions, expression
+    -- indexes under ANALYZE, REFRESH) runs with the owner's rights.
+    RETURN QUERY
+        SELECT 'warning'::text, 'tenant_without_owner_role'::text, t.slug,
+               format('the objects of tenant %s belong to the kit''s owner at rest, not to a role '
+                      'of its own (%s): code its migrations attached to them may run with the '
+                      'owner''s rights', t.slug, tenancy.tenant_role(t.schema_name)),
+               CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
+                    THEN format('as a superuser: CREATE ROLE %I NOLOGIN; then install the kit again '
+                                'and run pgtenancy migrate', tenancy.tenant_group_role())
+                    ELSE 'give the kit''s owner CREATEROLE, then run pgtenancy migrate' END
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(t.schema_name))
+           AND EXISTS (SELECT 1 FROM pg_class AS c WHERE c.relnamespace = n.oid);
+
     -- A member of the owner's role has the owner's rights: every tenant,
     -- every policy, the registry.
     RETURN QUERY
@@ -1038,7 +1055,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     '(warning), consumers without a listener whose undelivered events are older than '
     'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas '
     'that roles other than their owner may create in (warning), the migration fence missing '
-    '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
+    '(warning), objects of tenant schemas owned by a role other than their owner at rest '
+    '(tenancy.rest_owner; error), tenants whose objects have no owner role of their own (warning), '
     'members of the owner''s role (error for an application role, warning otherwise). Called by '
     'check_isolation().';
 

@@ -340,3 +340,39 @@ def test_the_pytest_plugins_reset_runs_triggers_as_the_tenants_role(
     assert after["public_canary"] == before["public_canary"]
     assert after["globex_canary"] == before["globex_canary"]
     assert after["app_role"] == before["app_role"]
+
+
+def test_without_a_role_of_its_own_the_doctor_warns(tenancy: Tenancy, sql: SQL) -> None:
+    """Installed by an owner who may not create roles (here: the group role
+    out of the way), a tenant's objects stay the owner's, and the doctor says so."""
+    group = sql("SELECT tenancy.tenant_group_role()")[0][0]
+    owner = sql("SELECT current_user")[0][0]
+    tenancy.add_migration("0001", "CREATE TABLE note (id int)")
+    tenancy.create_tenant("roled")
+    assert [r[1] for r in sql("SELECT * FROM tenancy.check_registry()")].count(
+        "tenant_without_owner_role"
+    ) == 0
+    sql(f'ALTER ROLE "{group}" RENAME TO "{group}_off"')
+    try:
+        tenancy.create_tenant("bare")
+    finally:
+        sql(f'ALTER ROLE "{group}_off" RENAME TO "{group}"')
+    assert sql(
+        "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = 'tenant_bare.note'::regclass"
+    ) == [(owner,)]
+    findings = [
+        (r[0], r[2])
+        for r in sql("SELECT * FROM tenancy.check_registry()")
+        if r[1] == "tenant_without_owner_role"
+    ]
+    assert findings == [("warning", "bare")]
+    # Its next migration gives it one.
+    tenancy.add_migration("0002", "CREATE TABLE more (id int)")
+    tenancy.migrate_tenant("bare")
+    role = sql("SELECT tenancy.tenant_role('tenant_bare')")[0][0]
+    assert sql(
+        "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relnamespace = 'tenant_bare'::regnamespace"
+    ) == [(role,)]
+    assert [r[1] for r in sql("SELECT * FROM tenancy.check_registry()")].count(
+        "tenant_without_owner_role"
+    ) == 0
