@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from helpers import as_role
+from helpers import as_role, kit_roles
 from pgtenancy import Tenancy
 
 SQL = Callable[..., list[tuple[Any, ...]]]
@@ -462,15 +462,16 @@ def owner_dsn(empty_dsn: str) -> Iterator[str]:
                 "SELECT migrator_role FROM tenancy.confinement"
                 " WHERE to_regclass('tenancy.confinement') IS NOT NULL"
             ).fetchone()
+            roles = kit_roles(conn, None if row is None else str(row[0]))
             conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
             conn.execute(
                 "DROP SCHEMA IF EXISTS tenant_acme CASCADE; DROP TABLE IF EXISTS public.canary"
             )
             conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident))
-            if row is not None:
-                migrator = pgsql.Identifier(row[0])
-                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(migrator))
-                conn.execute(pgsql.SQL("DROP ROLE {}").format(migrator))
+            # The tenants' owner roles, their group role, the migrator.
+            for role in roles:
+                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(pgsql.Identifier(role)))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
             conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
 
 
