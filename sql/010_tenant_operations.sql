@@ -181,7 +181,7 @@ CREATE OR REPLACE FUNCTION tenancy.load_stage(p_table regclass)
 AS $$
 DECLARE
     v_stage  text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
-    v_schema text := (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    v_schema text := (SELECT n.nspname::text FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
                        WHERE c.oid = p_table);
     v_role   name := tenancy.rest_owner(v_schema);
     v_count  bigint;

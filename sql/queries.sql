@@ -533,6 +533,12 @@ EXECUTE pgtenancy_pool_row({schema}, {id})
 -- for the few rows a test leaves).
 DELETE FROM {table}
 
+-- name: testing_as_rest_owner
+-- {statement} (a psycopg.sql.Literal of the reset's DELETE/TRUNCATE
+-- statements) run as tenant schema {schema}'s owner role: a test's triggers
+-- fire with that role's rights, not the kit owner's.
+SELECT tenancy.run_as_rest_owner({schema}, {statement})
+
 -- name: testing_session
 -- The pgtenancy.testing pool's own sessions: wait at most 5 s for a lock a
 -- test left; do not wait for the WAL flush of a reset (test data need not

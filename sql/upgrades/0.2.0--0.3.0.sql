@@ -5202,6 +5202,9 @@ AS $$
 DECLARE
     v_nsp    oid := to_regnamespace(quote_ident(schema_catalog.schema_name))::oid;
     v_prefix text := quote_ident(schema_catalog.schema_name) || '.';
+    -- Each tenant schema has its own owner role (tenancy.tenant_role): it
+    -- prints as one token, so two schemas' owners and ACLs compare.
+    v_role   text := tenancy.tenant_role(schema_catalog.schema_name);
 BEGIN
     IF v_nsp IS NULL THEN
         RAISE EXCEPTION 'schema % does not exist', coalesce(quote_ident(schema_catalog.schema_name), 'NULL')
@@ -5212,7 +5215,8 @@ BEGIN
     -- deparsers that always qualify are stripped of the schema name.
     PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', schema_catalog.schema_name), true);
     RETURN QUERY
-    SELECT x.kind, replace(x.name, v_prefix, ''), replace(x.definition, v_prefix, '')
+    SELECT x.kind, replace(x.name, v_prefix, ''),
+           replace(replace(x.definition, v_prefix, ''), v_role, '(tenant owner role)')
       FROM (
         SELECT 'relation' AS kind, c.relname::text AS name,
                jsonb_build_array(c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
@@ -5323,7 +5327,7 @@ COMMENT ON FUNCTION tenancy.schema_catalog(text) IS
     'inheritance), columns of tables, views and composite types (position among live columns, '
     'type, NOT NULL, identity, generated, collation, default, ACL, comment), constraints, indexes, sequences (parameters, owning '
     'column), functions (full definition, owner, ACL, comment), triggers, policies, types (enum '
-    'labels in order, domains, ranges), rules, statistics and any other object by name. Raises '
+    'labels in order, domains, ranges), rules, statistics and any other object by name; the schema''s own owner role (tenancy.tenant_role) prints as one token. Raises '
     '3F000 for a missing schema.';
 
 -- The reference the baseline is checked against: the version the scratch
@@ -5879,7 +5883,7 @@ CREATE OR REPLACE FUNCTION tenancy.load_stage(p_table regclass)
 AS $$
 DECLARE
     v_stage  text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
-    v_schema text := (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    v_schema text := (SELECT n.nspname::text FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
                        WHERE c.oid = p_table);
     v_role   name := tenancy.rest_owner(v_schema);
     v_count  bigint;
