@@ -479,6 +479,7 @@ class Tenancy:
         from pgtenancy.fleet import squash_migrations
 
         return squash_migrations(self._dsn(), through, dry_run=dry_run)
+
     def add_migrations(self, migrations: Sequence[tuple[str, str, bool]]) -> list[Migration]:
         """Register several migrations in one transaction, all or nothing, each as
         :meth:`add_migration` would one after the other (``tenancy.add_migrations``).

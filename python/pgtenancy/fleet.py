@@ -975,6 +975,8 @@ def sync_migrations(
         ) as conn:
             return _sync(Tenancy(conn), list(files), dry_run)
     return _sync(Tenancy(source), list(files), dry_run)
+
+
 #: Files registered per ``tenancy.add_migrations`` call: one transaction and
 #: one scratch try each. Small: the locks a batch holds (about 11 per file of
 #: a table and an index) stay far below the server's shared lock table, and
