@@ -11,6 +11,7 @@ import psycopg
 
 from citus.conftest import CitusCluster
 from pgtenancy import Tenancy, install
+from pgtenancy.doctor import check_isolation
 from pgtenancy.fleet import migrate_fleet
 
 _names = itertools.count()
@@ -70,14 +71,12 @@ def _check_tenant(dsn: str, slug: str, columns: list[str]) -> None:
 
 
 def _doctor(dsn: str) -> list[tuple[str, str, str]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return [
-            (r[0], r[1], r[2])
-            for r in conn.execute(
-                "SELECT check_name, object, fix FROM tenancy.check_registry()"
-                " WHERE check_name = 'citus_tenant_placement'"
-            )
-        ]
+    """The placement findings of the doctor, as ``pgtenancy doctor`` reads them."""
+    return [
+        (f.check, f.object, f.fix)
+        for f in check_isolation(dsn)
+        if f.check == "citus_tenant_placement" and f.severity == "warning"
+    ]
 
 
 def test_fleet_run_keeps_the_tenant_on_its_worker(citus_cluster: CitusCluster) -> None:
@@ -177,7 +176,6 @@ def test_operator_move_clears_the_record(citus_cluster: CitusCluster) -> None:
     report = migrate_fleet(dsn)
     assert report.placements.moved_back == {}
     assert _node(dsn, "pl_op") == node
-    assert node != f"127.0.0.1:{target}" or report.migrated == []
 
 
 def test_migration_of_an_undistributed_tenant_records_nothing(
