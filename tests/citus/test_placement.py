@@ -162,17 +162,29 @@ def test_plain_sql_migration_is_reported_then_repaired(citus_cluster: CitusClust
 
 def test_operator_move_clears_the_record(citus_cluster: CitusCluster) -> None:
     """An operator's move after a plain SQL migration sets where the tenant
-    belongs: the record goes, and the fleet moves nothing."""
+    belongs: the record goes, and the next fleet run moves nothing."""
     dsn = _database(citus_cluster)
     target = _tenant_on_other_worker(citus_cluster, dsn, "pl_op")
+    node = f"127.0.0.1:{target}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT tenancy.add_migration('0002', 'ALTER TABLE item ADD COLUMN n text')")
-        conn.execute("SELECT tenancy.migrate_tenant('pl_op')")
-        node = _node(dsn, "pl_op")
-        assert node is not None
+        for version in ("0002", "0003", "0004"):
+            conn.execute(
+                "SELECT tenancy.add_migration(%s, %s)",
+                (version, f"ALTER TABLE item ADD COLUMN c{version} text"),
+            )
+            conn.execute("SELECT tenancy.migrate_tenant('pl_op')")
+            node = _node(dsn, "pl_op") or ""
+            if node != f"127.0.0.1:{target}":
+                break
+        assert node != f"127.0.0.1:{target}"
+        assert conn.execute("SELECT count(*) FROM tenancy.tenant_placements").fetchone() == (1,)
         port = int(node.rsplit(":", 1)[1])
-        conn.execute("SELECT tenancy.move_tenant('pl_op', '127.0.0.1', %s)", (port,))
+        # Already there: move_tenant moves nothing and still clears the record.
+        assert conn.execute(
+            "SELECT tenancy.move_tenant('pl_op', '127.0.0.1', %s)", (port,)
+        ).fetchone() == (node,)
         assert conn.execute("SELECT count(*) FROM tenancy.tenant_placements").fetchone() == (0,)
+    assert _doctor(dsn) == []
     report = migrate_fleet(dsn)
     assert report.placements.moved_back == {}
     assert _node(dsn, "pl_op") == node
