@@ -183,8 +183,10 @@ BEGIN
     -- Distributed again by citus_distribute_schema, Citus picks a node by
     -- the new colocation id: remember this one (tenancy.tenant_placements).
     -- A row left by an earlier migration not yet moved back keeps its node.
+    -- A tenant still provisioning (one migration per transaction) has no
+    -- placement anyone chose yet: moving it back would only copy its rows.
     SELECT t.id, tenancy.tenant_node(t.slug) INTO v_id, v_node
-      FROM tenancy.tenants AS t WHERE t.schema_name = p_schema;
+      FROM tenancy.tenants AS t WHERE t.schema_name = p_schema AND t.status <> 'provisioning';
     IF v_node IS NOT NULL THEN
         INSERT INTO tenancy.tenant_placements AS pl (tenant_id, node_name, node_port)
         VALUES (v_id, substring(v_node FROM '^(.*):[0-9]+$'),
@@ -200,7 +202,7 @@ COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
     'With Citus in the database: turn distributed tenant schema p_schema back into a local one '
     '(citus_schema_undistribute, which copies its rows to the coordinator) so a migration can '
     'change its tables as the migrator, recording its node in tenancy.tenant_placements (kept '
-    'when a row is there already); true when it did, false (nothing done) otherwise. The '
+    'when a row is there already; not for a tenant still provisioning); true when it did, false (nothing done) otherwise. The '
     'runner distributes it again in the same transaction. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;

@@ -204,3 +204,35 @@ def test_migration_of_an_undistributed_tenant_records_nothing(
         conn.execute("SELECT tenancy.add_migration('0002', 'ALTER TABLE item ADD COLUMN n text')")
         conn.execute("SELECT tenancy.migrate_tenant(%s)", (slug,))
         assert conn.execute("SELECT count(*) FROM tenancy.tenant_placements").fetchone() == (0,)
+
+
+def test_provisioning_in_steps_records_no_placement(citus_cluster: CitusCluster) -> None:
+    """A history with commit boundaries provisions one migration per
+    transaction, the schema distributed after each: nobody chose the new
+    tenant's node yet, so nothing is recorded (nor moved back later)."""
+    dsn = _database(citus_cluster)
+    tenancy = Tenancy(dsn)
+    tenancy.add_migration("0001", "CREATE TABLE item (id int PRIMARY KEY, owner text NOT NULL)")
+    tenancy.add_migration("0002", "ALTER TABLE item ADD COLUMN a text")
+    tenancy.add_migration("0003", "ALTER TABLE item ADD COLUMN c text")
+    tenancy.add_migration(
+        "0004", "CREATE INDEX CONCURRENTLY item_owner ON item (owner)", outside_transaction=True
+    )
+    tenancy.add_migration("0005", "ALTER TABLE item ADD COLUMN b text DEFAULT 'b'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.create_tenant('pl_prov')")
+        conn.execute("INSERT INTO tenant_pl_prov.item (id, owner) VALUES (1, 'x')")
+        # One migration per call while provisioning; Citus re-places the
+        # schema by each new colocation id, none of it is recorded.
+        for version in ("0002", "0003"):
+            row = conn.execute(
+                "SELECT status, migration_version FROM tenancy.migrate_tenant('pl_prov')"
+            ).fetchone()
+            assert row == ("provisioning", version)
+            assert conn.execute("SELECT count(*) FROM tenancy.tenant_placements").fetchone() == (0,)
+    tenant = tenancy.create_tenant("pl_prov")  # resumes it through the fleet runner
+    assert (tenant.status, tenant.migration_version) == ("active", "0005")
+    assert _node(dsn, "pl_prov") is not None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT id, b FROM tenant_pl_prov.item").fetchall() == [(1, "b")]
+        assert conn.execute("SELECT count(*) FROM tenancy.tenant_placements").fetchone() == (0,)
