@@ -142,6 +142,8 @@ class PlacementReport:
             found back) on the node recorded in ``tenancy.tenant_placements``.
         failed: ``{slug: error message}`` of each tenant the move failed for;
             its record stays and the doctor reports it (``citus_tenant_placement``).
+            Key ``"*"``: the records could not be read at all (the runner
+            could not connect after its run).
     """
 
     moved_back: dict[str, str] = field(default_factory=dict)
