@@ -39,6 +39,28 @@ COMMENT ON FUNCTION tenancy.validate_slug(text) IS
     'Return slug when it is a valid tenant slug: ^[a-z][a-z0-9_]*$, at most 63 bytes minus the '
     'schema prefix, not public, tenancy, information_schema or pg_*. Raises PT001 otherwise.';
 
+-- Citus: the node a distributed tenant sat on before a migration made its
+-- schema local (tenancy.citus_undistribute_schema). Citus places a schema
+-- distributed again by its colocation id, not where it was, and
+-- citus_schema_move cannot run in the migration's transaction: the fleet
+-- runner and Tenancy.migrate_tenant move the tenant back after the commit
+-- (tenancy.move_tenant, which clears the row); the doctor reports a row
+-- whose tenant sits elsewhere. A row exists only while the tenant is (or
+-- may be) away from its node.
+CREATE TABLE IF NOT EXISTS tenancy.tenant_placements (
+    tenant_id   uuid        NOT NULL,
+    node_name   text        NOT NULL,
+    node_port   integer     NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- No foreign key: the registry refuses TRUNCATE with its own error;
+    -- readers join the registry, so a row of a dropped tenant is inert.
+    CONSTRAINT tenant_placements_pkey PRIMARY KEY (tenant_id)
+);
+
+COMMENT ON TABLE tenancy.tenant_placements IS
+    'Citus: the node (node_name, node_port) each distributed schema tenant belongs on while a '
+    'migration may have left it elsewhere; cleared when it is moved back.';
+
 -- Citus: a tenant schema is a distributed schema (schema-based sharding),
 -- all its tables in one colocation group on one node. Tables created inside
 -- a function are never distributed by Citus itself (whatever
@@ -95,6 +117,12 @@ BEGIN
             RETURN 0;
         END IF;
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        -- Back on the node it was recorded on (tenancy.tenant_placements):
+        -- nothing left to move after the commit.
+        DELETE FROM tenancy.tenant_placements AS pl
+         USING tenancy.tenants AS t
+         WHERE t.id = pl.tenant_id AND t.schema_name = p_schema
+           AND tenancy.tenant_node(t.slug) = pl.node_name || ':' || pl.node_port;
         -- Tables that held rows (a schema made local again for a migration,
         -- see tenancy.citus_undistribute_schema) keep them on the
         -- coordinator's disk, out of sight: drop that copy.
@@ -118,7 +146,8 @@ $$;
 COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
     'With Citus in the database: make tenant schema p_schema a distributed schema '
     '(citus_schema_distribute) and put tables added since into its colocation group; return how '
-    'many tables were distributed. A no-op (0) without Citus. Internal.';
+    'many tables were distributed. Clears the row of tenancy.tenant_placements of a tenant back on '
+    'its recorded node. A no-op (0) without Citus. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
 
@@ -139,6 +168,8 @@ CREATE OR REPLACE FUNCTION tenancy.citus_undistribute_schema(p_schema text)
 AS $$
 DECLARE
     v_done boolean;
+    v_id   uuid;
+    v_node text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
@@ -149,6 +180,19 @@ BEGIN
     IF NOT v_done THEN
         RETURN false;
     END IF;
+    -- Distributed again by citus_distribute_schema, Citus picks a node by
+    -- the new colocation id: remember this one (tenancy.tenant_placements).
+    -- A row left by an earlier migration not yet moved back keeps its node.
+    -- A tenant still provisioning (one migration per transaction) has no
+    -- placement anyone chose yet: moving it back would only copy its rows.
+    SELECT t.id, tenancy.tenant_node(t.slug) INTO v_id, v_node
+      FROM tenancy.tenants AS t WHERE t.schema_name = p_schema AND t.status <> 'provisioning';
+    IF v_node IS NOT NULL THEN
+        INSERT INTO tenancy.tenant_placements AS pl (tenant_id, node_name, node_port)
+        VALUES (v_id, substring(v_node FROM '^(.*):[0-9]+$'),
+                substring(v_node FROM ':([0-9]+)$')::integer)
+        ON CONFLICT (tenant_id) DO NOTHING;
+    END IF;
     EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
     RETURN true;
 END
@@ -157,7 +201,8 @@ $$;
 COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
     'With Citus in the database: turn distributed tenant schema p_schema back into a local one '
     '(citus_schema_undistribute, which copies its rows to the coordinator) so a migration can '
-    'change its tables as the migrator; true when it did, false (nothing done) otherwise. The '
+    'change its tables as the migrator, recording its node in tenancy.tenant_placements (kept '
+    'when a row is there already; not for a tenant still provisioning); true when it did, false (nothing done) otherwise. The '
     'runner distributes it again in the same transaction. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
@@ -232,6 +277,8 @@ BEGIN
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace, $2, $3)', 'citus_schema_move')
             USING v_row.schema_name, move_tenant.node_host, move_tenant.node_port;
     END IF;
+    -- Where it is now is where it belongs: nothing left to move back.
+    DELETE FROM tenancy.tenant_placements AS pl WHERE pl.tenant_id = v_row.id;
     RETURN tenancy.tenant_node(move_tenant.slug);
 END
 $$;
@@ -239,7 +286,7 @@ $$;
 COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
     'Citus: move schema tenant slug to node node_host:node_port (citus_schema_move; the tenant '
     'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
-    'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
+    'there already. Clears its row of tenancy.tenant_placements. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
 
 REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;
 

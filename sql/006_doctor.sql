@@ -30,6 +30,18 @@ BEGIN
          WHERE starts_with(n.nspname, tenancy.schema_prefix())
            AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
 
+    -- Citus: a migration re-distributed the tenant's schema on another node
+    -- and nothing moved it back yet (tenancy.tenant_placements).
+    RETURN QUERY
+        SELECT 'warning'::text, 'citus_tenant_placement'::text, t.slug,
+               format('tenant %s sits on %s, it belongs on %s:%s (a migration placed it again)',
+                      t.slug, coalesce(tenancy.tenant_node(t.slug), 'no node'), p.node_name, p.node_port),
+               format('pgtenancy move %s %s %s', t.slug, p.node_name, p.node_port)
+          FROM tenancy.tenant_placements AS p
+          JOIN tenancy.tenants AS t ON t.id = p.tenant_id
+         WHERE t.status <> 'deleted'
+           AND tenancy.tenant_node(t.slug) IS DISTINCT FROM p.node_name || ':' || p.node_port;
+
     v_latest := tenancy.latest_migration();
     RETURN QUERY
         SELECT 'warning'::text, 'migration_lag'::text, t.slug,
@@ -192,8 +204,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
-    'missing (error), prefixed schemas not registered, tenants behind the latest migration '
-    '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
+    'missing (error), prefixed schemas not registered, tenants behind the latest migration, '
+    'Citus tenants a migration left off the node recorded in tenant_placements (warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), consumers without a listener whose undelivered events are older than '
     'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), prepared '
     'transactions older than the setting pgtenancy.prepared_stale_after, default 5 minutes, '

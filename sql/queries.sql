@@ -626,3 +626,11 @@ CREATE TABLE {table} (version_num text NOT NULL PRIMARY KEY)
 
 -- name: alembic_stamp
 INSERT INTO {table} (version_num) VALUES (%(revision)s)
+
+-- name: pending_placements
+SELECT t.slug, p.node_name, p.node_port
+  FROM tenancy.tenant_placements AS p
+  JOIN tenancy.tenants AS t ON t.id = p.tenant_id
+ WHERE t.status <> 'deleted'
+   AND (%(slugs)s::text[] IS NULL OR t.slug = ANY (%(slugs)s::text[]))
+ ORDER BY t.slug

@@ -522,8 +522,38 @@ class Tenancy:
             TenantNotFound: PT003. TenantDeleted: PT005.
             TenantSchemaMissing: PT007.
             MigrationFailed: PT006; the tenant stays at its previous version.
+
+        On Citus, a distributed tenant the migration re-placed on another
+        node is moved back after the commit (:func:`pgtenancy.fleet.restore_placements`);
+        given a psycopg connection inside a transaction it cannot be, and the
+        doctor reports it until the next fleet run moves it.
         """
-        return Tenant.from_row(self._one("migrate_tenant", slug=slug))
+        import psycopg
+        from psycopg.pq import TransactionStatus
+        from psycopg.rows import dict_row
+
+        from pgtenancy.queries import QUERIES
+
+        source = self.database.source
+        outer = (
+            isinstance(source, psycopg.Connection)
+            and source.info.transaction_status != TransactionStatus.IDLE
+        )
+        with self.database.transaction() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            row = cur.execute(QUERIES["migrate_tenant"], {"slug": slug}).fetchone()
+            # Same transaction, no extra round trip to a new connection:
+            # is there a tenant to move back (Citus only; nothing otherwise)?
+            away = bool(cur.execute(QUERIES["pending_placements"], {"slugs": [slug]}).fetchall())
+        assert row is not None
+        if away and not outer:
+            # After the commit: the caller's own transaction must end first,
+            # then the next fleet run moves it (the doctor reports it).
+            from pgtenancy.fleet import APPLICATION_NAME, _Connector, restore_placements
+
+            with _Connector(source, APPLICATION_NAME).connection() as mover:
+                restore_placements(mover, [slug])
+        return Tenant.from_row(row)
 
     def migrate_tenants(
         self,

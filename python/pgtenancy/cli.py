@@ -421,6 +421,10 @@ def migrate(
             click.echo(
                 f"{o.slug}: FAILED at {o.from_version or '-'} [{o.sqlstate}] {o.message}", err=True
             )
+        for slug, node in report.placements.moved_back.items():
+            click.echo(f"{slug}: moved back to {node}")
+        for slug, message in report.placements.failed.items():
+            click.echo(f"{slug}: not moved back to its node: {message}", err=True)
         click.echo(
             f"{len(report.migrated)} migrated, {len(report.failed)} failed, "
             f"{report.current} already current of {report.planned} in {report.elapsed:.1f}s"

@@ -113,6 +113,7 @@ class FleetReport:
     planned: int = 0
     deferred: int = 0
     elapsed: float = 0.0
+    placements: PlacementReport = field(default_factory=lambda: PlacementReport())
 
     @property
     def ok(self) -> bool:
@@ -128,7 +129,72 @@ class FleetReport:
             "current": self.current,
             "deferred": self.deferred,
             "elapsed": self.elapsed,
+            "moved_back": self.placements.moved_back,
+            "not_moved_back": self.placements.failed,
         }
+
+
+@dataclass
+class PlacementReport:
+    """Citus tenants moved back to their node by :func:`restore_placements`.
+
+    Attributes:
+        moved_back: ``{slug: "host:port"}`` of each tenant moved back (or
+            found back) on the node recorded in ``tenancy.tenant_placements``.
+        failed: ``{slug: error message}`` of each tenant the move failed for;
+            its record stays and the doctor reports it (``citus_tenant_placement``).
+            Key ``"*"``: the records could not be read at all (the runner
+            could not connect after its run).
+    """
+
+    moved_back: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def restore_placements(
+    conn: psycopg.Connection[Any], slugs: Sequence[str] | None = None
+) -> PlacementReport:
+    """Citus: move every distributed tenant a migration re-placed back to the
+    node it was on before (``tenancy.tenant_placements``, written by the
+    migration's transaction), one ``tenancy.move_tenant`` (``citus_schema_move``)
+    per transaction, which clears its record. Citus places a schema
+    distributed again by its colocation id (``create_shards.c``,
+    ``EmptySingleShardTableColocationDecideNodeId``) and refuses the move in
+    the migration's own transaction, hence after the commit. Without Citus,
+    or with nothing recorded, it is one query and moves nothing.
+
+    Args:
+        conn: a connection outside a transaction (each move commits).
+        slugs: only these tenants; None means every tenant with a record.
+
+    Returns:
+        A :class:`PlacementReport`; never raises for a failed move (it is in
+        ``failed``, and the doctor reports the tenant until it is moved).
+    """
+    report = PlacementReport()
+    cur = conn.cursor(row_factory=dict_row)
+    with conn.transaction():
+        pending = cur.execute(
+            QUERIES["pending_placements"], {"slugs": None if slugs is None else list(slugs)}
+        ).fetchall()
+    for row in pending:
+        try:
+            with conn.transaction():
+                moved = cur.execute(
+                    QUERIES["move_tenant"],
+                    {
+                        "slug": row["slug"],
+                        "node_host": row["node_name"],
+                        "node_port": row["node_port"],
+                    },
+                ).fetchone()
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise
+            report.failed[row["slug"]] = _text(exc)
+            continue
+        report.moved_back[row["slug"]] = "" if moved is None else str(moved["node"])
+    return report
 
 
 @dataclass(frozen=True)
@@ -454,6 +520,13 @@ def migrate_fleet(
         (report.migrated if outcome.ok else report.failed).append(outcome)
     report.migrated.sort(key=lambda o: o.slug)
     report.failed.sort(key=lambda o: o.slug)
+    # Citus: tenants a migration (this run's or an earlier plain SQL one)
+    # re-placed on another node go back to theirs, after the commits.
+    try:
+        with connector.connection() as conn:
+            report.placements = restore_placements(conn, None if tenants is None else list(tenants))
+    except psycopg.Error as exc:
+        report.placements.failed["*"] = f"placements not restored: {_text(exc)}"
     report.elapsed = time.monotonic() - started
     return report
 

@@ -18,3 +18,4 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.provisioning_failures', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.scratch', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.baselines', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_placements', '');

@@ -835,6 +835,18 @@ BEGIN
          WHERE starts_with(n.nspname, tenancy.schema_prefix())
            AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname);
 
+    -- Citus: a migration re-distributed the tenant's schema on another node
+    -- and nothing moved it back yet (tenancy.tenant_placements).
+    RETURN QUERY
+        SELECT 'warning'::text, 'citus_tenant_placement'::text, t.slug,
+               format('tenant %s sits on %s, it belongs on %s:%s (a migration placed it again)',
+                      t.slug, coalesce(tenancy.tenant_node(t.slug), 'no node'), p.node_name, p.node_port),
+               format('pgtenancy move %s %s %s', t.slug, p.node_name, p.node_port)
+          FROM tenancy.tenant_placements AS p
+          JOIN tenancy.tenants AS t ON t.id = p.tenant_id
+         WHERE t.status <> 'deleted'
+           AND tenancy.tenant_node(t.slug) IS DISTINCT FROM p.node_name || ':' || p.node_port;
+
     v_latest := tenancy.latest_migration();
     RETURN QUERY
         SELECT 'warning'::text, 'migration_lag'::text, t.slug,
@@ -997,8 +1009,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.check_registry() IS
     'Registry findings of the doctor, readable without access to the registry: tenant schemas '
-    'missing (error), prefixed schemas not registered, tenants behind the latest migration '
-    '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
+    'missing (error), prefixed schemas not registered, tenants behind the latest migration, '
+    'Citus tenants a migration left off the node recorded in tenant_placements (warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), consumers without a listener whose undelivered events are older than '
     'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), prepared '
     'transactions older than the setting pgtenancy.prepared_stale_after, default 5 minutes, '
@@ -4874,6 +4886,12 @@ BEGIN
             RETURN 0;
         END IF;
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        -- Back on the node it was recorded on (tenancy.tenant_placements):
+        -- nothing left to move after the commit.
+        DELETE FROM tenancy.tenant_placements AS pl
+         USING tenancy.tenants AS t
+         WHERE t.id = pl.tenant_id AND t.schema_name = p_schema
+           AND tenancy.tenant_node(t.slug) = pl.node_name || ':' || pl.node_port;
         -- Tables that held rows (a schema made local again for a migration,
         -- see tenancy.citus_undistribute_schema) keep them on the
         -- coordinator's disk, out of sight: drop that copy.
@@ -4897,7 +4915,8 @@ $$;
 COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
     'With Citus in the database: make tenant schema p_schema a distributed schema '
     '(citus_schema_distribute) and put tables added since into its colocation group; return how '
-    'many tables were distributed. A no-op (0) without Citus. Internal.';
+    'many tables were distributed. Clears the row of tenancy.tenant_placements of a tenant back on '
+    'its recorded node. A no-op (0) without Citus. Internal.';
 REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
@@ -5080,6 +5099,8 @@ BEGIN
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace, $2, $3)', 'citus_schema_move')
             USING v_row.schema_name, move_tenant.node_host, move_tenant.node_port;
     END IF;
+    -- Where it is now is where it belongs: nothing left to move back.
+    DELETE FROM tenancy.tenant_placements AS pl WHERE pl.tenant_id = v_row.id;
     RETURN tenancy.tenant_node(move_tenant.slug);
 END
 $$;
@@ -5087,7 +5108,7 @@ $$;
 COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
     'Citus: move schema tenant slug to node node_host:node_port (citus_schema_move; the tenant '
     'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
-    'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
+    'there already. Clears its row of tenancy.tenant_placements. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
 REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;
 
 -- i10baseline: baselines (issue 10 item 4). New tenants run the newest
@@ -5644,6 +5665,8 @@ CREATE OR REPLACE FUNCTION tenancy.citus_undistribute_schema(p_schema text)
 AS $$
 DECLARE
     v_done boolean;
+    v_id   uuid;
+    v_node text;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
@@ -5654,6 +5677,19 @@ BEGIN
     IF NOT v_done THEN
         RETURN false;
     END IF;
+    -- Distributed again by citus_distribute_schema, Citus picks a node by
+    -- the new colocation id: remember this one (tenancy.tenant_placements).
+    -- A row left by an earlier migration not yet moved back keeps its node.
+    -- A tenant still provisioning (one migration per transaction) has no
+    -- placement anyone chose yet: moving it back would only copy its rows.
+    SELECT t.id, tenancy.tenant_node(t.slug) INTO v_id, v_node
+      FROM tenancy.tenants AS t WHERE t.schema_name = p_schema AND t.status <> 'provisioning';
+    IF v_node IS NOT NULL THEN
+        INSERT INTO tenancy.tenant_placements AS pl (tenant_id, node_name, node_port)
+        VALUES (v_id, substring(v_node FROM '^(.*):[0-9]+$'),
+                substring(v_node FROM ':([0-9]+)$')::integer)
+        ON CONFLICT (tenant_id) DO NOTHING;
+    END IF;
     EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
     RETURN true;
 END
@@ -5662,7 +5698,8 @@ $$;
 COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
     'With Citus in the database: turn distributed tenant schema p_schema back into a local one '
     '(citus_schema_undistribute, which copies its rows to the coordinator) so a migration can '
-    'change its tables as the migrator; true when it did, false (nothing done) otherwise. The '
+    'change its tables as the migrator, recording its node in tenancy.tenant_placements (kept '
+    'when a row is there already; not for a tenant still provisioning); true when it did, false (nothing done) otherwise. The '
     'runner distributes it again in the same transaction. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
@@ -5931,5 +5968,27 @@ BEGIN
             PERFORM tenancy.reown_schema(v_schema, ARRAY[v_owner], v_role, false);
         END IF;
     END LOOP;
+-- i11node: Citus tenant placement kept across migrations. The node a
+-- distributed tenant sat on before a migration made its schema local, moved
+-- back after the commit by the fleet runner and Tenancy.migrate_tenant.
+CREATE TABLE IF NOT EXISTS tenancy.tenant_placements (
+    tenant_id   uuid        NOT NULL,
+    node_name   text        NOT NULL,
+    node_port   integer     NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- No foreign key: the registry refuses TRUNCATE with its own error;
+    -- readers join the registry, so a row of a dropped tenant is inert.
+    CONSTRAINT tenant_placements_pkey PRIMARY KEY (tenant_id)
+);
+
+COMMENT ON TABLE tenancy.tenant_placements IS
+    'Citus: the node (node_name, node_port) each distributed schema tenant belongs on while a '
+    'migration may have left it elsewhere; cleared when it is moved back.';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.tenant_placements', '');
+    END IF;
 END
 $$;
