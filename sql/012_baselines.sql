@@ -22,7 +22,7 @@ DECLARE
     v_prefix text := quote_ident(schema_catalog.schema_name) || '.';
     -- Each tenant schema has its own owner role (tenancy.tenant_role): it
     -- prints as one token, so two schemas' owners and ACLs compare.
-    v_role   text := tenancy.tenant_role(schema_catalog.schema_name);
+    v_role   text := tenancy.tenant_role(schema_catalog.schema_name)::text;
 BEGIN
     IF v_nsp IS NULL THEN
         RAISE EXCEPTION 'schema % does not exist', coalesce(quote_ident(schema_catalog.schema_name), 'NULL')

@@ -5225,7 +5225,7 @@ DECLARE
     v_prefix text := quote_ident(schema_catalog.schema_name) || '.';
     -- Each tenant schema has its own owner role (tenancy.tenant_role): it
     -- prints as one token, so two schemas' owners and ACLs compare.
-    v_role   text := tenancy.tenant_role(schema_catalog.schema_name);
+    v_role   text := tenancy.tenant_role(schema_catalog.schema_name)::text;
 BEGIN
     IF v_nsp IS NULL THEN
         RAISE EXCEPTION 'schema % does not exist', coalesce(quote_ident(schema_catalog.schema_name), 'NULL')
@@ -5968,6 +5968,9 @@ BEGIN
             PERFORM tenancy.reown_schema(v_schema, ARRAY[v_owner], v_role, false);
         END IF;
     END LOOP;
+END
+$$;
+
 -- i11node: Citus tenant placement kept across migrations. The node a
 -- distributed tenant sat on before a migration made its schema local, moved
 -- back after the commit by the fleet runner and Tenancy.migrate_tenant.
