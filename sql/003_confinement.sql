@@ -194,8 +194,12 @@ DECLARE
     v_group name := tenancy.tenant_group_role();
     v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
+    -- With Citus the objects stay the owner's: Citus moves and copies shards
+    -- (citus_schema_move) over connections as the table's owner, which a
+    -- NOLOGIN role cannot open.
     IF to_regnamespace(quote_ident(schema_name)) IS NULL
-       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group) THEN
+       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group)
+       OR EXISTS (SELECT 1 FROM pg_extension AS e WHERE e.extname = 'citus') THEN
         RETURN v_owner;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_role) THEN
@@ -226,7 +230,8 @@ COMMENT ON FUNCTION tenancy.ensure_tenant_role(text) IS
     'Create (or adopt) the owner role of tenant schema schema_name: NOLOGIN, no attributes, a '
     'member of tenancy.tenant_group_role(), USAGE and CREATE on that schema; make the kit''s '
     'owner a member of it. Returns its name, or the kit''s owner''s when roles cannot be made '
-    '(no group role, or the owner lacks CREATEROLE). Internal.';
+    '(no group role, or the owner lacks CREATEROLE) or Citus is installed (it moves shards over '
+    'connections as the table owner, which must log in). Internal.';
 
 CREATE OR REPLACE FUNCTION tenancy.drop_tenant_role(schema_name text)
     RETURNS boolean

@@ -100,11 +100,15 @@ BEGIN
     -- code its migrations planted in them (foreign-key actions, expression
     -- indexes under ANALYZE, REFRESH) runs with the owner's rights.
     RETURN QUERY
-        SELECT 'warning'::text, 'tenant_without_owner_role'::text, t.slug,
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_extension AS e WHERE e.extname = 'citus')
+                    THEN 'info' ELSE 'warning' END::text, 'tenant_without_owner_role'::text, t.slug,
                format('the objects of tenant %s belong to the kit''s owner at rest, not to a role '
                       'of its own (%s): code its migrations attached to them may run with the '
                       'owner''s rights', t.slug, tenancy.tenant_role(t.schema_name)),
-               CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
+               CASE WHEN EXISTS (SELECT 1 FROM pg_extension AS e WHERE e.extname = 'citus')
+                    THEN 'none with Citus: it moves shards as the table owner, which must log in '
+                         '(see the README, Citus)'
+                    WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
                     THEN format('as a superuser: CREATE ROLE %I NOLOGIN; then install the kit again '
                                 'and run pgtenancy migrate', tenancy.tenant_group_role())
                     ELSE 'give the kit''s owner CREATEROLE, then run pgtenancy migrate' END

@@ -905,11 +905,15 @@ BEGIN
     -- code its migrations planted in them (foreign-key actions, expression
     -- indexes under ANALYZE, REFRESH) runs with the owner's rights.
     RETURN QUERY
-        SELECT 'warning'::text, 'tenant_without_owner_role'::text, t.slug,
+        SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_extension AS e WHERE e.extname = 'citus')
+                    THEN 'info' ELSE 'warning' END::text, 'tenant_without_owner_role'::text, t.slug,
                format('the objects of tenant %s belong to the kit''s owner at rest, not to a role '
                       'of its own (%s): code its migrations attached to them may run with the '
                       'owner''s rights', t.slug, tenancy.tenant_role(t.schema_name)),
-               CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
+               CASE WHEN EXISTS (SELECT 1 FROM pg_extension AS e WHERE e.extname = 'citus')
+                    THEN 'none with Citus: it moves shards as the table owner, which must log in '
+                         '(see the README, Citus)'
+                    WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
                     THEN format('as a superuser: CREATE ROLE %I NOLOGIN; then install the kit again '
                                 'and run pgtenancy migrate', tenancy.tenant_group_role())
                     ELSE 'give the kit''s owner CREATEROLE, then run pgtenancy migrate' END
@@ -1797,8 +1801,12 @@ DECLARE
     v_group name := tenancy.tenant_group_role();
     v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
+    -- With Citus the objects stay the owner's: Citus moves and copies shards
+    -- (citus_schema_move) over connections as the table's owner, which a
+    -- NOLOGIN role cannot open.
     IF to_regnamespace(quote_ident(schema_name)) IS NULL
-       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group) THEN
+       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group)
+       OR EXISTS (SELECT 1 FROM pg_extension AS e WHERE e.extname = 'citus') THEN
         RETURN v_owner;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_role) THEN
@@ -1829,7 +1837,8 @@ COMMENT ON FUNCTION tenancy.ensure_tenant_role(text) IS
     'Create (or adopt) the owner role of tenant schema schema_name: NOLOGIN, no attributes, a '
     'member of tenancy.tenant_group_role(), USAGE and CREATE on that schema; make the kit''s '
     'owner a member of it. Returns its name, or the kit''s owner''s when roles cannot be made '
-    '(no group role, or the owner lacks CREATEROLE). Internal.';
+    '(no group role, or the owner lacks CREATEROLE) or Citus is installed (it moves shards over '
+    'connections as the table owner, which must log in). Internal.';
 
 CREATE OR REPLACE FUNCTION tenancy.drop_tenant_role(schema_name text)
     RETURNS boolean
