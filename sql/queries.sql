@@ -5,6 +5,9 @@
 -- name: enter_tenant
 SELECT tenancy.enter_tenant(%(slug)s)
 
+-- name: enter_tenant_token
+SELECT tenancy.enter_tenant_token(%(token)s, %(slug)s)
+
 -- name: is_installed
 SELECT pg_catalog.to_regprocedure('tenancy.version()') IS NOT NULL
 

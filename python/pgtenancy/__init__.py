@@ -30,6 +30,11 @@ from pgtenancy.errors import (
     CannotTrackTable,
     ConsumerNotFound,
     DomainTaken,
+    EntryTokenError,
+    EntryTokenExpired,
+    EntryTokenForged,
+    EntryTokenReplayed,
+    EntryTokenWrongTenant,
     ImmutableTenantColumn,
     InvalidConnectionState,
     InvalidDomain,
@@ -66,6 +71,7 @@ from pgtenancy.installer import SQL_VERSION, install, installed_version, uninsta
 if TYPE_CHECKING:
     from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
     from pgtenancy.connection import tenant_connection
+    from pgtenancy.entry_tokens import sign_tenant_token
     from pgtenancy.listener import Listener
     from pgtenancy.pool import install_sqlalchemy_reset, pool_reset, pool_reset_async
     from pgtenancy.session import tenant_session
@@ -79,6 +85,7 @@ _LAZY: dict[str, str] = {
     "Tenant": "pgtenancy.admin",
     "pool_reset": "pgtenancy.pool",
     "pool_reset_async": "pgtenancy.pool",
+    "sign_tenant_token": "pgtenancy.entry_tokens",
     "install_sqlalchemy_reset": "pgtenancy.pool",
     "tenant_connection": "pgtenancy.connection",
     "tenant_session": "pgtenancy.session",
@@ -105,6 +112,11 @@ __all__ = [
     "CannotTrackTable",
     "ConsumerNotFound",
     "DomainTaken",
+    "EntryTokenError",
+    "EntryTokenExpired",
+    "EntryTokenForged",
+    "EntryTokenReplayed",
+    "EntryTokenWrongTenant",
     "Event",
     "ImmutableTenantColumn",
     "InvalidConnectionState",
@@ -148,6 +160,7 @@ __all__ = [
     "pool_reset",
     "pool_reset_async",
     "raise_translated",
+    "sign_tenant_token",
     "tenant_connection",
     "tenant_session",
     "translate",

@@ -91,3 +91,55 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> Non
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
     _check(results[-1], conn)
+
+
+# -- strict entry: a signed token instead of a slug ---------------------------
+
+
+def token_message(begin: str, token: str, slug: str | None) -> bytes:
+    """``<begin>; SELECT tenancy.enter_tenant_token('<token>', '<slug>')`` as bytes.
+
+    Not cached: every request brings a fresh token. Both values are rendered
+    as SQL literals by :class:`psycopg.sql.Literal`.
+    """
+    query = sql.SQL("{}; SELECT tenancy.enter_tenant_token({}, {})").format(
+        sql.SQL(begin), sql.Literal(token), sql.Literal(slug)
+    )
+    return query.as_bytes(None)
+
+
+def begin_with_token(conn: psycopg.Connection[Any], token: str, slug: str | None = None) -> None:
+    """Open a tenant transaction on idle ``conn`` for entry token ``token``, one round trip.
+
+    Args:
+        conn: a psycopg connection with no transaction open.
+        token: an entry token (:func:`pgtenancy.sign_tenant_token`).
+        slug: when given, the tenant the token must be for.
+
+    Raises:
+        pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
+            the token was refused (PT025/PT026/PT027), and the errors of
+            :func:`begin_in_tenant`; the transaction is then open and aborted.
+    """
+    message = token_message(begin_command(conn), token, slug)
+    with conn.lock:
+        result = conn.pgconn.exec_(message)
+    _check(result, conn)
+
+
+async def abegin_with_token(
+    conn: psycopg.AsyncConnection[Any], token: str, slug: str | None = None
+) -> None:
+    """:func:`begin_with_token` for an ``AsyncConnection``, without blocking the loop.
+
+    Raises:
+        The same as :func:`begin_with_token`.
+    """
+    message = token_message(begin_command(conn), token, slug)
+    async with conn.lock:
+        conn.pgconn.send_query(message)
+        results = await conn.wait(generators.execute(conn.pgconn))
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            _check(result, conn)
+    _check(results[-1], conn)
