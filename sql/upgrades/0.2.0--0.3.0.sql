@@ -5159,6 +5159,17 @@ BEGIN
             END LOOP;
         END IF;
     END LOOP;
+    -- A SECURITY DEFINER function runs as its owner: owned by a superuser it
+    -- skips every policy. Migrations refuse them; one made by hand is out
+    -- of the application roles' reach.
+    FOR r IN SELECT p.oid::regprocedure AS fn FROM pg_proc AS p
+              WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.fn);
+        FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
+                        JOIN pg_roles AS o ON o.rolname = a.role_name LOOP
+            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM %I', r.fn, v_role);
+        END LOOP;
+    END LOOP;
     RETURN v_count;
 END
 $$;
@@ -5168,7 +5179,8 @@ COMMENT ON FUNCTION tenancy.strict_guard_schema(text) IS
     'tenancy_strict_schema (rows only for the verified tenant owning the schema, or the kit''s '
     'owner), its permissive companion tenancy_strict_rows, ENABLE and FORCE ROW LEVEL SECURITY; '
     'views get security_invoker; application roles lose access to materialized views and foreign '
-    'tables, and SELECT and UPDATE (not USAGE) on sequences. Returns how many policies it created '
+    'tables, SELECT and UPDATE (not USAGE) on sequences, and EXECUTE on SECURITY DEFINER functions '
+    '(revoked from PUBLIC too). Returns how many policies it created '
     'or corrected. Idempotent. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.strict_guard_schema(text) FROM PUBLIC;
@@ -5433,6 +5445,31 @@ BEGIN
                     WHERE has_sequence_privilege(r.oid, c.oid, 'SELECT')
                        OR has_sequence_privilege(r.oid, c.oid, 'UPDATE'))));
 
+    -- SECURITY DEFINER functions an application role may call that run as
+    -- a role bypassing row-level security (a superuser, BYPASSRLS, the
+    -- owner of a guarded table): they read every tenant's rows.
+    RETURN QUERY
+        SELECT CASE WHEN v_on AND t.slug IS NOT NULL THEN 'error' ELSE 'warning' END::text,
+               'definer_function_bypasses_rls'::text, p.oid::regprocedure::text,
+               format('SECURITY DEFINER function %s runs as %s, which %s: an application role '
+                      'calling it reads every tenant''s rows%s', p.oid::regprocedure,
+                      quote_ident(o.rolname),
+                      CASE WHEN o.rolsuper THEN 'is a superuser' WHEN o.rolbypassrls THEN 'has BYPASSRLS'
+                           ELSE 'owns tables of tenants' END,
+                      CASE WHEN t.slug IS NOT NULL THEN format(' (in the schema of tenant %s)', t.slug)
+                           ELSE '' END),
+               format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', p.oid::regprocedure)
+          FROM pg_proc AS p
+          JOIN pg_namespace AS n ON n.oid = p.pronamespace
+          JOIN pg_roles AS o ON o.oid = p.proowner
+          LEFT JOIN tenancy.tenants AS t ON t.schema_name = n.nspname
+         WHERE p.prosecdef AND n.nspname NOT IN ('tenancy', 'pg_catalog', 'information_schema')
+           AND (o.rolsuper OR o.rolbypassrls OR t.slug IS NOT NULL
+                OR EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g JOIN pg_class AS c ON c.oid = g.table_name
+                            WHERE c.relowner = o.oid))
+           AND EXISTS (SELECT 1 FROM tenancy.app_roles AS a JOIN pg_roles AS r ON r.rolname = a.role_name
+                        WHERE has_function_privilege(r.oid, p.oid, 'EXECUTE'));
+
     -- Owners of guarded shared tables other than the kit's owner: an owner
     -- can switch row-level security off (tenant schemas' objects are
     -- checked by tenant_object_foreign_owner).
@@ -5453,7 +5490,9 @@ COMMENT ON FUNCTION tenancy.check_strict() IS
     'Strict-entry findings of the doctor: strict entry off while shared tenants exist (info); '
     'strict recorded on but not in effect (error); tables of tenant schemas without the strict '
     'guard, views without security_invoker, materialized views, foreign tables and sequence values '
-    'an application role can read (error in strict mode); guarded shared tables owned by a role '
+    'an application role can read (error in strict mode); SECURITY DEFINER functions an application '
+    'role may call that run as a role bypassing row-level security (error in a tenant schema in '
+    'strict mode, warning otherwise); guarded shared tables owned by a role '
     'other than the kit''s owner (error). Called by check_isolation(); granted to application '
     'roles (they run the doctor).';
 
