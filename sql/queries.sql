@@ -100,6 +100,15 @@ SELECT tenancy.release_lease(%(consumer)s, %(holder)s)
 -- name: grant_listener_role
 SELECT tenancy.grant_listener_role(%(role)s)
 
+-- name: set_strict_entry
+SELECT tenancy.set_strict_entry(%(enabled)s) AS was
+
+-- name: add_entry_key
+SELECT tenancy.add_entry_key(%(name)s, %(key)s) AS added
+
+-- name: drop_entry_key
+SELECT tenancy.drop_entry_key(%(name)s) AS dropped
+
 -- name: track_changes
 SELECT tenancy.track_changes(%(table)s::regclass)
 

@@ -487,3 +487,27 @@ def test_async_tenant_session_with_a_token(world: StrictWorld) -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def test_cli_switches_strict_entry_and_manages_keys(dsn: str) -> None:
+    from helpers import run_cli
+
+    r = run_cli("strict", "on", "--dsn", dsn)
+    assert r.returncode != 0 and "entry key" in (r.stdout + r.stderr)
+    r = run_cli("entry-key", "add", "k1", "--dsn", dsn)
+    assert r.returncode == 0, r.stderr
+    key = bytes.fromhex(r.stdout.split("key (hex, shown once): ")[1].strip())
+    r = run_cli("strict", "on", "--dsn", dsn)
+    assert r.returncode == 0 and "strict entry on (was off)" in r.stdout, r.stderr
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        assert owner.execute("SELECT tenancy.strict_entry_enabled()").fetchone() == (True,)
+        Tenancy(dsn).create_tenant("acme")
+        owner.execute(
+            "SELECT tenancy.enter_tenant_token(%s)", (sign_tenant_token(key, "acme", 9, "k1"),)
+        )
+    r = run_cli("entry-key", "drop", "k1", "--dsn", dsn)
+    assert r.returncode != 0  # the last key while strict entry is on
+    r = run_cli("strict", "off", "--dsn", dsn)
+    assert r.returncode == 0 and "strict entry off (was on)" in r.stdout
+    r = run_cli("entry-key", "drop", "k1", "--dsn", dsn)
+    assert r.returncode == 0 and "dropped" in r.stdout
