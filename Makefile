@@ -146,6 +146,7 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_clone.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_sizes.py
 	$(BIN)/python bench/bench_registration.py
+	$(BIN)/python bench/bench_strict.py
 
 # The tenant transaction on a local Citus cluster (needs `make citus`).
 bench-citus: $(STAMP) citus
