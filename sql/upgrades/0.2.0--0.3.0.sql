@@ -5521,18 +5521,29 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.verify_entry_token(text, boolean), '
                        'tenancy.check_strict() TO %I', NEW.role_name);
     END IF;
+    -- At commit, after grant_app_role granted the tenant schemas: take back
+    -- what strict mode keeps from application roles.
+    IF tenancy.strict_entry_enabled() THEN
+        PERFORM tenancy.strict_guard_schema(t.schema_name)
+           FROM tenancy.tenants AS t WHERE t.schema_name IS NOT NULL ORDER BY t.schema_name;
+    END IF;
     RETURN NULL;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.app_roles_grant_strict() IS
-    'Trigger on tenancy.app_roles (grant_app_role): grant the new application role EXECUTE on '
-    'verify_entry_token (policies call it in strict mode) and check_strict (the doctor).';
+    'Deferred trigger on tenancy.app_roles (grant_app_role), at commit: grant the new application '
+    'role EXECUTE on verify_entry_token (policies call it in strict mode) and check_strict (the '
+    'doctor); in strict mode guard every tenant schema again (strict_guard_schema), taking back '
+    'what grant_app_role granted on materialized views, sequences and definer functions.';
 
 REVOKE ALL ON FUNCTION tenancy.app_roles_grant_strict() FROM PUBLIC;
 
-CREATE OR REPLACE TRIGGER app_roles_grant_strict
+-- A constraint trigger (deferrable) has no CREATE OR REPLACE.
+DROP TRIGGER IF EXISTS app_roles_grant_strict ON tenancy.app_roles;
+CREATE CONSTRAINT TRIGGER app_roles_grant_strict
     AFTER INSERT ON tenancy.app_roles
+    DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION tenancy.app_roles_grant_strict();
 
 -- Application roles granted before this file was installed.

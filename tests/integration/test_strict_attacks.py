@@ -274,6 +274,20 @@ ATTACKS: tuple[Attack, ...] = (
         "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)"
         " SELECT body FROM {b}.invoice WHERE body LIKE '%ROW%'",
     ),
+    A("row lock", "SELECT body FROM {b}.invoice FOR UPDATE"),
+    A(
+        "merge",
+        "MERGE INTO {b}.invoice AS t USING (SELECT 1 AS id) AS s ON t.id = s.id"
+        " WHEN MATCHED THEN UPDATE SET body = 'planted'",
+    ),
+    A("writable CTE", "WITH d AS (DELETE FROM {b}.invoice RETURNING body) SELECT * FROM d"),
+    A(
+        "held cursor",
+        "DECLARE h CURSOR WITH HOLD FOR SELECT body FROM {b}.invoice",
+        "FETCH ALL FROM h",
+    ),
+    A("outbox table", "SELECT * FROM tenancy.events"),
+    A("outbox function", "SELECT * FROM tenancy.next_events('spy', 100)"),
     A("dblink", "CREATE EXTENSION dblink"),
     A("server files", "SELECT pg_read_file('base')"),
 )

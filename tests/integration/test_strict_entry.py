@@ -511,3 +511,20 @@ def test_cli_switches_strict_entry_and_manages_keys(dsn: str) -> None:
     assert r.returncode == 0 and "strict entry off (was on)" in r.stdout
     r = run_cli("entry-key", "drop", "k1", "--dsn", dsn)
     assert r.returncode == 0 and "dropped" in r.stdout
+
+
+def test_an_app_role_granted_in_strict_mode_gets_no_unguardable_access(world: StrictWorld) -> None:
+    name = f"pgtenancy_app2_{secrets.token_hex(4)}"
+    with psycopg.connect(world.dsn, autocommit=True) as owner:
+        owner.execute(f"CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS")
+        try:
+            owner.execute("SELECT tenancy.grant_app_role(%s)", (name,))
+            with psycopg.connect(as_role(world.dsn, name)) as app:
+                app.execute("SELECT tenancy.enter_tenant_token(%s)", (token(world, "acme"),))
+                assert app.execute("SELECT count(*) FROM invoice").fetchone() == (2,)
+                assert app.execute("SELECT count(*) FROM tenant_globex.invoice").fetchone() == (0,)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    app.execute("SELECT bodies FROM tenant_globex.invoice_summary")
+        finally:
+            owner.execute(f"DROP OWNED BY {name}")
+            owner.execute(f"DROP ROLE {name}")
