@@ -12,6 +12,7 @@ Internal module: the public entry points are
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -96,12 +97,24 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> Non
 # -- strict entry: a signed token instead of a slug ---------------------------
 
 
+# What a token and a slug may contain: no quote, no backslash, nothing a
+# string literal would have to escape.
+_PLAIN_LITERAL = re.compile(r"[a-z0-9_.-]{1,400}")
+
+
 def token_message(begin: str, token: str, slug: str | None) -> bytes:
     """``<begin>; SELECT tenancy.enter_tenant_token('<token>', '<slug>')`` as bytes.
 
-    Not cached: every request brings a fresh token. Both values are rendered
-    as SQL literals by :class:`psycopg.sql.Literal`.
+    Not cached: every request brings a fresh token. Composing with
+    :class:`psycopg.sql.Literal` costs some 70 µs a message, as much as the
+    rest of the entry; so a token and slug made only of the characters of
+    the token grammar (``[a-z0-9_.-]``, checked here: nothing to escape) are
+    put in quotes directly, and anything else goes through ``sql.Literal``
+    (and is then refused by the database as a malformed token).
     """
+    if _PLAIN_LITERAL.fullmatch(token) and (slug is None or _PLAIN_LITERAL.fullmatch(slug)):
+        second = "NULL" if slug is None else f"'{slug}'"
+        return f"{begin}; SELECT tenancy.enter_tenant_token('{token}', {second})".encode("ascii")
     query = sql.SQL("{}; SELECT tenancy.enter_tenant_token({}, {})").format(
         sql.SQL(begin), sql.Literal(token), sql.Literal(slug)
     )
