@@ -147,6 +147,8 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_sizes.py
 	$(BIN)/python bench/bench_registration.py
 	$(BIN)/python bench/bench_strict.py
+	$(BIN)/python bench/bench_baselines.py
+	$(BIN)/python bench/bench_tenant_factory.py
 
 # The tenant transaction on a local Citus cluster (needs `make citus`).
 bench-citus: $(STAMP) citus
@@ -157,6 +159,7 @@ lint: $(STAMP) pg-binaries pg-extensions
 	$(BIN)/ruff format --check python tests bench docker examples hatch_build.py
 	$(BIN)/mypy python tests bench docker/citus
 	$(BIN)/mypy examples/chinook
+	$(BIN)/mypy examples/fastapi
 	# plpgsql_check over every PL/pgSQL function, in a throwaway database.
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/sql/test_plpgsql_check.py
 

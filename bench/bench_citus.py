@@ -18,7 +18,9 @@ to the coordinator, each transaction one point query then COMMIT, random ids:
   table, no tenancy.
 
 Sides alternate in 0.1 s turns; medians over rounds. Also reports whether
-each single-tenant query routes to one shard (EXPLAIN: ``Task Count: 1``).
+each single-tenant query routes to one shard (EXPLAIN: ``Task Count: 1``), and
+what a migration altering a distributed tenant's table costs (``migrate_tenant``
+against the same ``ALTER TABLE`` run directly), at 1,000 and 100,000 rows.
 """
 
 from __future__ import annotations
@@ -117,6 +119,48 @@ def setup(dsn: str) -> str:
         for slug in SCHEMAS:
             conn.execute(f"GRANT USAGE ON SCHEMA tenant_{slug} TO bench_app")
     return make_conninfo(dsn, user="bench_app")
+
+
+def migration_cost(dsn: str, rounds: int) -> None:
+    """A tenant migration that alters a distributed tenant's table
+    (``migrate_tenant``: the schema made local, migrated, distributed again)
+    against the same ``ALTER TABLE`` run directly on an identical distributed
+    tenant (Citus propagates it, no tenancy), per tenant size; medians."""
+    print("  migration ALTER TABLE item ADD COLUMN (per tenant, seconds)")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        version = 100
+        for rows in (1_000, 100_000):
+            kit_s: list[float] = []
+            direct_s: list[float] = []
+            pair = [f"mk{rows}", f"md{rows}"]
+            for slug in pair:
+                conn.execute("SELECT tenancy.create_tenant(%s)", (slug,))
+                conn.execute(
+                    f"INSERT INTO tenant_{slug}.item SELECT g, md5(g::text)"
+                    f" FROM generate_series(1, {rows}) g"
+                )
+            for _ in range(rounds):
+                version += 1
+                column = f"c{version}"
+                conn.execute(
+                    "SELECT tenancy.add_migration(%s, %s)",
+                    (f"0{version}", f"ALTER TABLE item ADD COLUMN {column} text DEFAULT 'x'"),
+                )
+                t0 = time.perf_counter()
+                conn.execute("SELECT tenancy.migrate_tenant(%s)", (pair[0],))
+                kit_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                conn.execute(
+                    f"ALTER TABLE tenant_{pair[1]}.item ADD COLUMN {column} text DEFAULT 'x'"
+                )
+                direct_s.append(time.perf_counter() - t0)
+            k, d = statistics.median(kit_s), statistics.median(direct_s)
+            print(
+                f"    {rows:>7,} rows: migrate_tenant {k:.3f}s   direct ALTER {d:.3f}s"
+                f"   ratio {k / d:.1f}"
+            )
+            for slug in pair:
+                conn.execute("SELECT tenancy.drop_tenant(%s, destroy_data => true)", (slug,))
 
 
 def main() -> None:
@@ -233,6 +277,7 @@ def main() -> None:
                 print(f"  {g:7} {kit}: {k:,.0f} tx/s   {base}: {b:,.0f} tx/s   ratio {k / b:.2f}")
         for query, tasks in routing.items():
             print(f"  EXPLAIN {query}: {', '.join(t.strip() for t in tasks)}")
+        migration_cost(dsn, args.rounds)
     finally:
         for node in nodes:
             node.stop()

@@ -120,12 +120,17 @@ CREATE OR REPLACE FUNCTION tenancy.session_state()
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    -- What a statement can leave in a session beyond its transaction.
+    -- What a statement can leave in a session beyond its transaction. A
+    -- session without a temporary schema (pg_my_temp_schema() = 0) has no
+    -- temporary objects: the catalogs (no index on the namespace alone) are
+    -- scanned only when it has one.
     SELECT pg_catalog.jsonb_build_array(
-        (SELECT count(*) FROM pg_catalog.pg_class AS c
-          WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()),
-        (SELECT count(*) FROM pg_catalog.pg_proc AS p
-          WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()),
+        CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+             ELSE (SELECT count(*) FROM pg_catalog.pg_class AS c
+                    WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()) END,
+        CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+             ELSE (SELECT count(*) FROM pg_catalog.pg_proc AS p
+                    WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()) END,
         (SELECT count(*) FROM pg_catalog.pg_locks AS l
           WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'),
         (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
@@ -249,23 +254,27 @@ COMMENT ON FUNCTION tenancy.migration_schema() IS
 
 CREATE OR REPLACE FUNCTION tenancy.is_migration_target(schema_name text)
     RETURNS boolean
-    LANGUAGE sql
+    LANGUAGE plpgsql
     STABLE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- The schema the runner opened to the migrator in this transaction: a
     -- schema of the kit's owner the migrator may create in (that grant never
     -- commits), neither tenancy nor public nor one everybody may create in.
-    SELECT schema_name NOT IN ('tenancy', 'public')
+    -- PL/pgSQL, not SQL: the fence asks for every DDL command of a
+    -- migration, and a SECURITY DEFINER SQL function is planned at each call.
+    RETURN is_migration_target.schema_name NOT IN ('tenancy', 'public')
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
-                    WHERE n.nspname = schema_name
+                    WHERE n.nspname = is_migration_target.schema_name
                       AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
                                          WHERE s.nspname = 'tenancy')
                       AND pg_catalog.has_schema_privilege(
                               (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
-                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'))
+                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'));
+END
 $$;
 
 REVOKE ALL ON FUNCTION tenancy.is_migration_target(text) FROM PUBLIC;
@@ -551,21 +560,28 @@ BEGIN
     -- The application roles get their privileges from grant_app_role: a
     -- migration must not grant the tenant's objects to PUBLIC or to other
     -- roles.
-    SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+    -- The schema's objects through its namespace dependencies (indexed);
+    -- only those with privileges of their own (a NULL ACL grants nothing
+    -- beyond the owner's defaults) are exploded.
+    SELECT format('%s to %s', o.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
                                             ELSE pg_get_userbyid(a.grantee) END) AS name
       INTO v_obj
-      FROM pg_depend AS d
-      CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
-                              WHEN 'pg_class'::regclass
-                                  THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
-                              WHEN 'pg_proc'::regclass
-                                  THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
-                              WHEN 'pg_type'::regclass
-                                  THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
-                          END, '{}'::aclitem[]) AS acl) AS o
+      FROM (SELECT d.objid, c.relacl AS acl
+              FROM pg_depend AS d JOIN pg_class AS c ON c.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_class'::regclass AND c.relacl IS NOT NULL
+            UNION ALL
+            SELECT d.objid, p.proacl
+              FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_proc'::regclass AND p.proacl IS NOT NULL
+            UNION ALL
+            SELECT d.objid, t.typacl
+              FROM pg_depend AS d JOIN pg_type AS t ON t.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_type'::regclass AND t.typacl IS NOT NULL) AS o
       CROSS JOIN LATERAL aclexplode(o.acl) AS a
-     WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-       AND a.grantee NOT IN (v_owner, v_migrator)
+     WHERE a.grantee NOT IN (v_owner, v_migrator)
        AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
                                JOIN pg_roles AS r ON r.rolname = ar.role_name)
      LIMIT 1;

@@ -95,6 +95,15 @@ BEGIN
             RETURN 0;
         END IF;
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        -- Tables that held rows (a schema made local again for a migration,
+        -- see tenancy.citus_undistribute_schema) keep them on the
+        -- coordinator's disk, out of sight: drop that copy.
+        FOR v_table IN SELECT c.oid::regclass FROM pg_class AS c
+                        WHERE c.relnamespace = p_schema::regnamespace AND c.relkind = 'r'
+                          AND pg_relation_size(c.oid) > 0 LOOP
+            EXECUTE format('SELECT pg_catalog.%I($1)', 'truncate_local_data_after_distributing_table')
+                USING v_table;
+        END LOOP;
         RETURN v_count;
     END IF;
     -- Tables a migration added to a distributed schema join its colocation group.
@@ -112,6 +121,46 @@ COMMENT ON FUNCTION tenancy.citus_distribute_schema(text) IS
     'many tables were distributed. A no-op (0) without Citus. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.citus_distribute_schema(text) FROM PUBLIC;
+
+-- Citus runs the DDL of a distributed table on the workers over one
+-- connection per user, and refuses to touch placements that another user
+-- changed in the same transaction (placement_connection.c: "modified in this
+-- transaction by a different user"). A migration runs as the migrator after
+-- the owner handed it the schema in that transaction, so it could change no
+-- distributed table of its tenant. The runner therefore makes the schema
+-- local again first (citus_schema_undistribute: the tenant's rows come to
+-- the coordinator), the migration runs there as confined as on plain
+-- PostgreSQL, and tenancy.citus_distribute_schema distributes it again
+-- before the transaction ends. Nothing is left local if anything fails.
+CREATE OR REPLACE FUNCTION tenancy.citus_undistribute_schema(p_schema text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                   'pg_dist_schema')
+        INTO v_done USING p_schema;
+    IF NOT v_done THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
+    'With Citus in the database: turn distributed tenant schema p_schema back into a local one '
+    '(citus_schema_undistribute, which copies its rows to the coordinator) so a migration can '
+    'change its tables as the migrator; true when it did, false (nothing done) otherwise. The '
+    'runner distributes it again in the same transaction. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
 
 -- Citus: where a schema tenant lives, and moving it (citus_schema_move,
 -- online: the tenant stays usable while its shards are copied).
@@ -249,6 +298,42 @@ COMMENT ON FUNCTION tenancy.needs_commit_boundaries(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.needs_commit_boundaries(text) FROM PUBLIC;
 
+CREATE OR REPLACE FUNCTION tenancy.check_scratch_schema(schema_name text, version text)
+    RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nsp oid := to_regnamespace(quote_ident(check_scratch_schema.schema_name))::oid;
+BEGIN
+    -- The checks of a hand-back (tenancy.hand_over_schema) for the scratch
+    -- schema, whose objects stay the migrator's: what a tenant could not
+    -- take back is refused in the migration that made it.
+    IF EXISTS (SELECT 1 FROM pg_proc AS p WHERE p.pronamespace = v_nsp AND p.prosecdef) THEN
+        RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+            check_scratch_schema.version, check_scratch_schema.schema_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                WHERE c.relnamespace = v_nsp AND r.rulename <> '_RETURN') THEN
+        RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+            check_scratch_schema.version, check_scratch_schema.schema_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+    END IF;
+    PERFORM tenancy.check_tenant_grants(check_scratch_schema.schema_name);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_scratch_schema(text, text) IS
+    'After migration version ran on the scratch schema schema_name: raise PT017 for a SECURITY '
+    'DEFINER function, a rule or a grant a tenant could not take back (the checks of '
+    'tenancy.hand_over_schema, whose objects the scratch schema keeps). Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.check_scratch_schema(text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.apply_migrations(
     p_schema  text,
     p_from    text,
@@ -291,6 +376,10 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Citus: the migrator can change no distributed table
+                    -- here (tenancy.citus_undistribute_schema); distributed
+                    -- again below.
+                    PERFORM tenancy.citus_undistribute_schema(p_schema);
                     PERFORM tenancy.hand_over_schema(p_schema, true);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
@@ -328,12 +417,19 @@ BEGIN
                 NULL;
             END;
             PERFORM set_config('pgtenancy.migration_schema', '', true);
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
             v_version := v_migration.version;
             v_applied := v_applied + 1;
             CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+            IF p_scratch THEN
+                -- What its commit would check (deferred constraints), checked
+                -- here: a scratch try applies several migrations in one
+                -- transaction (tenancy.add_migrations).
+                SET CONSTRAINTS ALL IMMEDIATE;
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_context = PG_EXCEPTION_CONTEXT;
@@ -374,6 +470,9 @@ BEGIN
                 USING ERRCODE = 'PT017',
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
+        IF p_scratch THEN
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
+        END IF;
         v_version := v_migration.version;
         v_applied := v_applied + 1;
     END LOOP;
@@ -381,23 +480,7 @@ BEGIN
         -- The scratch schema's objects stay the migrator's (it holds no
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
-        -- still refuse what a tenant could not take back.
-        IF EXISTS (SELECT 1 FROM pg_proc AS p
-                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
-        END IF;
-        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
-                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
-                      AND r.rulename <> '_RETURN') THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
-        END IF;
-        PERFORM tenancy.check_tenant_grants(p_schema);
+        -- ran after each migration (tenancy.check_scratch_schema).
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
@@ -411,7 +494,10 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
-    PERFORM tenancy.citus_distribute_schema(p_schema);
+    -- The scratch schema holds no data and is read by nobody: never distributed.
+    IF NOT p_scratch THEN
+        PERFORM tenancy.citus_distribute_schema(p_schema);
+    END IF;
     RETURN v_version;
 END
 $$;
@@ -426,72 +512,91 @@ COMMENT ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) IS
 
 REVOKE ALL ON FUNCTION tenancy.apply_migrations(text, text, integer, boolean) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION tenancy.add_migration(
-    version             text,
-    sql                 text,
-    outside_transaction boolean DEFAULT false
+CREATE OR REPLACE FUNCTION tenancy.add_migrations(
+    versions            text[],
+    sqls                text[],
+    outside_transaction boolean[] DEFAULT NULL
 )
-    RETURNS tenancy.migrations
+    RETURNS SETOF tenancy.migrations
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    p_version ALIAS FOR version;
-    p_sql ALIAS FOR sql;
-    p_outside_transaction ALIAS FOR outside_transaction;
+    p_versions ALIAS FOR versions;
+    p_sqls ALIAS FOR sqls;
+    p_outside ALIAS FOR outside_transaction;
     v_row      tenancy.migrations;
+    v_rows     tenancy.migrations[] := '{}';
+    v_version  text;
+    v_sql      text;
     v_checksum text;
     v_scratch  text := 'tenancy_scratch';
     v_previous text;
+    v_new      boolean := false;
     v_from     text;
     v_at       text;
     v_state    text;
     v_message  text;
     v_detail   text;
 BEGIN
-    IF p_version IS NULL OR p_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
-        RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(p_version), 'NULL')
-            USING ERRCODE = 'PT008',
-                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
-    END IF;
-    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
-        RAISE EXCEPTION 'migration % has no SQL', p_version
+    IF p_versions IS NULL OR p_sqls IS NULL
+       OR cardinality(p_versions) <> cardinality(p_sqls)
+       OR cardinality(p_versions) <> coalesce(cardinality(p_outside), cardinality(p_versions)) THEN
+        RAISE EXCEPTION 'versions, sqls and outside_transaction must be arrays of one length'
             USING ERRCODE = 'PT008';
     END IF;
-    v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
-
     -- Serialize registrations with a lock the application role cannot take
     -- (it has no privilege on the table; an advisory lock anyone can hold).
     LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
-    SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
-    IF FOUND THEN
-        IF v_row.checksum = v_checksum THEN
-            RETURN v_row;
-        END IF;
-        RAISE EXCEPTION 'migration % is already registered with different SQL', p_version
-            USING ERRCODE = 'PT008',
-                  HINT = 'Registered migrations never change: add a new version instead.';
-    END IF;
-    IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > p_version) THEN
-        RAISE EXCEPTION 'migration % sorts before the latest registered version %', p_version,
-            (SELECT max(version) FROM tenancy.migrations)
-            USING ERRCODE = 'PT008',
-                  HINT = 'Versions are applied in C-collation order: use a later version.';
-    END IF;
-
     v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
-    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
-    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
-    RETURNING * INTO v_row;
+    FOR i IN 1 .. cardinality(p_versions) LOOP
+        v_version := p_versions[i];
+        v_sql := p_sqls[i];
+        IF v_version IS NULL OR v_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+            RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(v_version), 'NULL')
+                USING ERRCODE = 'PT008',
+                      HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+        END IF;
+        IF v_sql IS NULL OR btrim(v_sql) = '' THEN
+            RAISE EXCEPTION 'migration % has no SQL', v_version
+                USING ERRCODE = 'PT008';
+        END IF;
+        v_checksum := encode(sha256(convert_to(v_sql, 'UTF8')), 'hex');
+        SELECT * INTO v_row FROM tenancy.migrations WHERE version = v_version;
+        IF FOUND THEN
+            IF v_row.checksum = v_checksum THEN
+                v_rows := v_rows || v_row;  -- registered already: a no-op
+                CONTINUE;
+            END IF;
+            RAISE EXCEPTION 'migration % is already registered with different SQL', v_version
+                USING ERRCODE = 'PT008',
+                      HINT = 'Registered migrations never change: add a new version instead.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > v_version) THEN
+            RAISE EXCEPTION 'migration % sorts before the latest registered version %', v_version,
+                (SELECT max(version) FROM tenancy.migrations)
+                USING ERRCODE = 'PT008',
+                      HINT = 'Versions are applied in C-collation order: use a later version.';
+        END IF;
+        INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+        VALUES (v_version, v_sql, v_checksum, coalesce(p_outside[i], false))
+        RETURNING * INTO v_row;
+        v_rows := v_rows || v_row;
+        v_new := true;
+    END LOOP;
+    IF NOT v_new THEN
+        RETURN QUERY SELECT * FROM unnest(v_rows);
+        RETURN;
+    END IF;
 
-    -- Try the new migration on the scratch schema, kept at the latest
+    -- Try the new migrations on the scratch schema, kept at the latest
     -- registered version: broken SQL is refused here, before any tenant sees
-    -- it, and the scratch schema moves on with the registration (one
-    -- migration applied, not the chain; earlier ones committed, so an enum
-    -- value an earlier migration added is usable). A missing or stale
-    -- scratch schema is rebuilt by replaying the chain, once.
+    -- it, and the scratch schema moves on with the registration (the new
+    -- migrations applied, each checked as it is, not the chain; earlier ones
+    -- committed, so an enum value an earlier call added is usable). A
+    -- missing or stale scratch schema is rebuilt by replaying the chain, once.
     SELECT s.version INTO v_at FROM tenancy.scratch AS s;
     IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
        AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
@@ -516,7 +621,15 @@ BEGIN
                           HINT = 'A tenant migration may change its own tenant schema only; '
                                  'change shared schemas with a shared migration. Nothing was registered.';
             END IF;
-            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
+            -- The migration of this call that failed (apply_migrations names
+            -- it), or the first new one when an older one failed a replay.
+            v_version := substring(v_message FROM '^migration (\S+) failed in schema ');
+            IF v_version IS NULL OR v_version <> ALL (p_versions)
+               OR v_version COLLATE "C" <= v_previous THEN
+                v_version := (SELECT min(u.v COLLATE "C") FROM unnest(p_versions) AS u(v)
+                               WHERE v_previous IS NULL OR u.v COLLATE "C" > v_previous);
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', v_version, v_message
                 USING ERRCODE = 'PT008',
                       DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
                                     ELSE format('SQLSTATE %s', v_state) END,
@@ -524,6 +637,40 @@ BEGIN
     END;
     INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
         ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    RETURN QUERY SELECT * FROM unnest(v_rows);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) IS
+    'Register the migrations versions[i] (tenant DDL sqls[i], no-transaction when '
+    'outside_transaction[i]; NULL: none) in array order, in this one transaction, all or '
+    'nothing: each exactly as tenancy.add_migration would one after the other (same checks, '
+    'same errors), then tried on the scratch schema in one go, each migration checked as it '
+    'is applied (fence, session state, deferred constraints, functions, rules, grants). Returns '
+    'one row per element. A migration that uses an enum value an earlier one of the same call '
+    'adds fails (PT008, SQLSTATE 55P04 in DETAIL): register it in a later call. Raises PT008 '
+    'for unequal array lengths, bad versions, changed SQL, out-of-order versions or SQL that '
+    'fails, PT017 for SQL that reaches outside its tenant schema; nothing is registered then.';
+
+REVOKE ALL ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.add_migration(
+    version             text,
+    sql                 text,
+    outside_transaction boolean DEFAULT false
+)
+    RETURNS tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_row tenancy.migrations;
+BEGIN
+    -- One migration: the same checks and errors as several.
+    SELECT * INTO v_row
+      FROM tenancy.add_migrations(ARRAY[add_migration.version], ARRAY[add_migration.sql],
+                                  ARRAY[coalesce(add_migration.outside_transaction, false)]);
     RETURN v_row;
 END
 $$;
@@ -536,7 +683,7 @@ COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
     'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
     'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
-    'fails; nothing is registered then.';
+    'fails; nothing is registered then. Several at once: tenancy.add_migrations.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
@@ -754,13 +901,19 @@ BEGIN
                   HINT = 'Rename or drop that schema, or choose another slug.';
     END IF;
     EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
-    IF tenancy.needs_commit_boundaries(NULL) THEN
+    -- The newest baseline (the history squashed up to its version), in this
+    -- transaction; then the migrations after it.
+    NEW.migration_version := (SELECT max(b.through_version) FROM tenancy.baselines AS b);
+    IF NEW.migration_version IS NOT NULL THEN
+        NEW.migration_version := tenancy.apply_baseline(NEW.schema_name, NEW.migration_version);
+    END IF;
+    IF tenancy.needs_commit_boundaries(NEW.migration_version) THEN
         -- One migration per transaction: the first one here, the others by
         -- migrate_tenant (the fleet runner, or create_tenant rerun).
         NEW.status := 'provisioning';
-        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL, 1);
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NEW.migration_version, 1);
     ELSE
-        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NEW.migration_version);
     END IF;
     PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
     RETURN NEW;
@@ -769,8 +922,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
     'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
-    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
-    'failure; when the history needs commit boundaries only the first, in status provisioning) '
+    'for a schema tenant derive schema_name, create the schema, run the newest baseline (if any) '
+    'and apply every migration after it (PT006 on failure; when they need commit boundaries '
+    'only the first, in status provisioning) '
     'and grant it to the application roles; a shared tenant gets no schema.';
 
 CREATE OR REPLACE FUNCTION tenancy.tenants_before_update()
@@ -1010,7 +1164,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
-    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'schema_prefix()||slug and apply every migration (from the newest baseline on, when one is '
+    'registered); with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
     'transaction. When the history needs commit boundaries the tenant is registered in status '
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '

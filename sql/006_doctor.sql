@@ -146,6 +146,29 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
                             WHERE a.datname = current_database()
                               AND a.application_name = 'pgtenancy-listener:' || c.name);
+
+    -- An orphaned prepared transaction (its transaction manager gone) holds
+    -- the snapshot xmin of the whole cluster back until someone finishes it:
+    -- no consumer passes it, whatever database it was prepared in. Older
+    -- than the setting pgtenancy.prepared_stale_after (default 5 minutes,
+    -- the default stall limit of the listener health check).
+    RETURN QUERY
+        SELECT 'warning'::text, 'prepared_transaction'::text, p.gid,
+               format('prepared transaction %L (database %s, role %s) has been waiting for '
+                      'COMMIT PREPARED or ROLLBACK PREPARED since %s (%s): it holds the snapshot '
+                      'xmin back, so no consumer gets events committed after it began (%s held '
+                      'back now) and VACUUM cannot clean up behind it',
+                      p.gid, p.database, p.owner, date_trunc('second', p.prepared),
+                      date_trunc('second', now() - p.prepared),
+                      (SELECT count(*) FROM tenancy.events AS e
+                        WHERE e.xid >= pg_snapshot_xmin(pg_current_snapshot()))),
+               format('COMMIT PREPARED %L or ROLLBACK PREPARED %L, in database %s as %s or a '
+                      'superuser (ask its transaction manager which one first)',
+                      p.gid, p.gid, p.database, p.owner)
+          FROM pg_prepared_xacts AS p
+         WHERE p.prepared < now() - coalesce(nullif(current_setting('pgtenancy.prepared_stale_after',
+                                                                    true), ''),
+                                             '5 minutes')::interval;
 END
 $$;
 
@@ -154,7 +177,9 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), consumers without a listener whose undelivered events are older than '
-    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), prepared '
+    'transactions older than the setting pgtenancy.prepared_stale_after, default 5 minutes, '
+    'which stall every consumer (warning, the fix names COMMIT/ROLLBACK PREPARED), shared schemas '
     'that roles other than their owner may create in (warning), the migration fence missing '
     '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
     'members of the owner''s role (error for an application role, warning otherwise). Called by '

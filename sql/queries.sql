@@ -36,6 +36,10 @@ SELECT * FROM tenancy.drop_tenant(%(slug)s, %(destroy_data)s)
 SELECT version, checksum, created_at
   FROM tenancy.add_migration(%(version)s, %(sql)s, %(outside_transaction)s)
 
+-- name: add_migrations
+SELECT version, checksum, created_at
+  FROM tenancy.add_migrations(%(versions)s, %(sqls)s, %(outside_transaction)s)
+
 -- name: list_migrations
 SELECT version, checksum, created_at FROM tenancy.migrations ORDER BY version
 
@@ -404,31 +408,142 @@ SELECT name, last_id FROM tenancy.start_consumer(%(consumer)s, %(start_from)s)
 SELECT tenancy.drop_consumer(%(consumer)s) AS dropped
 
 -- name: testing_tenant_tables
--- The tables of a tenant schema, newest first (children before the tables
--- they reference, as migrations usually create them), for pgtenancy.testing
--- to empty a recycled tenant; and its sequences.
-SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS name, c.relkind::text AS kind
+-- The tables of a tenant schema that a recycled tenant must find empty (a
+-- partition is emptied through its parent), for pgtenancy.testing; and
+-- whether the connecting role is a superuser (then the reset skips
+-- triggers and foreign key checks).
+SELECT coalesce(pg_catalog.array_agg(c.oid::pg_catalog.regclass::text ORDER BY c.oid),
+                '{}') AS tables,
+       (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user) AS superuser
   FROM pg_catalog.pg_class AS c
-  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'S')
- ORDER BY c.oid DESC
+ WHERE c.relnamespace = %(schema)s::pg_catalog.regnamespace AND c.relkind IN ('r', 'p')
+   AND NOT c.relispartition
 
--- name: testing_reset_tenant
-UPDATE tenancy.tenants SET metadata = %(metadata)s::jsonb, status = 'active'
- WHERE slug = %(slug)s AND status <> 'deleted'
-RETURNING slug
+-- name: testing_fk_order
+-- Those tables, referenced ones first (PT022 when foreign keys form a cycle).
+SELECT pg_catalog.array_to_string(tenancy.fk_order(%(tables)s::pg_catalog.regclass[]), ',')
+
+-- name: testing_fingerprint
+-- Everything a test could change in tenant schema $1 (regnamespace)
+-- besides rows, for the pgtenancy.testing pool: the definition of its
+-- relations (name, kind, owner, privileges, row security, column and check
+-- counts, options) and the row versions (xmin) of its columns, defaults,
+-- constraints, functions, types, triggers, policies, rules and of the schema
+-- itself; TRUNCATE, ANALYZE and VACUUM leave it as it is. Prepared once per
+-- connection (as pgtenancy_pool_fingerprint), so planned once.
+WITH c AS MATERIALIZED (SELECT c.oid, c.relname, c.relkind, c.relowner, c.relacl,
+                                c.relrowsecurity, c.relforcerowsecurity, c.relnatts, c.relchecks,
+                                c.reloptions
+                           FROM pg_catalog.pg_class AS c WHERE c.relnamespace = $1)
+SELECT pg_catalog.md5(pg_catalog.string_agg(f.item, ',' ORDER BY f.item)) AS fingerprint
+  FROM (-- Per relation (each lookup below is an index scan on the relation's oid).
+        SELECT 'c ' || c.relname || ' ' || c.relkind::text || ' ' || c.relowner::text || ' '
+               || coalesce(c.relacl::text, '') || ' ' || c.relrowsecurity::text
+               || c.relforcerowsecurity::text || ' ' || c.relnatts::text || ' '
+               || c.relchecks::text || ' ' || coalesce(c.reloptions::text, '')
+               -- Indexes and sequences have no defaults, triggers, policies
+               -- or rules, and their columns follow their table's.
+               || CASE WHEN c.relkind IN ('r', 'p', 'v', 'm', 'f') THEN
+                  ' a ' || coalesce((SELECT pg_catalog.string_agg(a.attnum::text || ':' || a.xmin::text,
+                                                                   ' ' ORDER BY a.attnum)
+                                       FROM pg_catalog.pg_attribute AS a
+                                      WHERE a.attrelid = c.oid AND a.attnum > 0), '')
+               || ' d ' || coalesce((SELECT pg_catalog.string_agg(d.oid::text || ':' || d.xmin::text,
+                                                                   ' ' ORDER BY d.oid)
+                                       FROM pg_catalog.pg_attrdef AS d WHERE d.adrelid = c.oid), '')
+               || ' g ' || coalesce((SELECT pg_catalog.string_agg(g.oid::text || ':' || g.xmin::text,
+                                                                   ' ' ORDER BY g.oid)
+                                       FROM pg_catalog.pg_trigger AS g WHERE g.tgrelid = c.oid), '')
+               || ' y ' || coalesce((SELECT pg_catalog.string_agg(y.oid::text || ':' || y.xmin::text,
+                                                                   ' ' ORDER BY y.oid)
+                                       FROM pg_catalog.pg_policy AS y WHERE y.polrelid = c.oid), '')
+               || ' w ' || coalesce((SELECT pg_catalog.string_agg(w.oid::text || ':' || w.xmin::text,
+                                                                   ' ' ORDER BY w.oid)
+                                       FROM pg_catalog.pg_rewrite AS w WHERE w.ev_class = c.oid), '')
+                  ELSE '' END
+               AS item
+          FROM c
+        UNION ALL
+        SELECT 'k ' || k.oid::text || ' ' || k.xmin::text
+          FROM pg_catalog.pg_constraint AS k WHERE k.connamespace = $1
+        UNION ALL
+        -- Functions, types, operators, ... of the schema through their
+        -- dependency on it (an index scan, not a scan of pg_proc).
+        SELECT 'o ' || o.classid::text || ' ' || o.objid::text || ' '
+               || coalesce(p.xmin::text, t.xmin::text, '')
+          FROM pg_catalog.pg_depend AS o
+          LEFT JOIN pg_catalog.pg_proc AS p
+            ON o.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND p.oid = o.objid
+          LEFT JOIN pg_catalog.pg_type AS t
+            ON o.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND t.oid = o.objid
+         WHERE o.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND o.refobjid = $1
+        UNION ALL
+        SELECT 'n ' || n.xmin::text FROM pg_catalog.pg_namespace AS n WHERE n.oid = $1) AS f
+
+-- name: testing_sequences
+-- Every sequence of tenant schema $1 (regnamespace) that was used, back at
+-- its start value (prepared as pgtenancy_pool_sequences).
+SELECT pg_catalog.count(pg_catalog.setval(s.seqrelid, s.seqstart, false))
+  FROM pg_catalog.pg_sequence AS s
+  JOIN pg_catalog.pg_class AS c ON c.oid = s.seqrelid
+ WHERE c.relnamespace = $1 AND pg_catalog.pg_sequence_last_value(s.seqrelid) IS NOT NULL
+
+-- name: testing_row
+-- The registry row of tenant $2 (uuid) and the fingerprint of its schema $1
+-- (the placeholder fingerprint is the query testing_fingerprint; prepared
+-- as pgtenancy_pool_row).
+SELECT t.*, ({fingerprint}) AS fingerprint FROM tenancy.tenants AS t WHERE t.id = $2
+
+-- name: testing_recycle
+-- Reset a tenant of the pgtenancy.testing pool in one round trip (one
+-- query string, no parameters; placeholders: replica optionally skips
+-- triggers and foreign key checks, empty is a DELETE per table, children
+-- first, or one TRUNCATE of them all; schema and id are psycopg.sql.Literal
+-- values): rows gone, every sequence used back at its start, domains and
+-- shared rows of the tenant gone, status, metadata and limits reset; the
+-- last result is the registry row and the schema's fingerprint, to compare
+-- with the one taken at provisioning.
+BEGIN;
+{replica}
+{empty}
+EXECUTE pgtenancy_pool_sequences({schema});
+DELETE FROM tenancy.tenant_domains WHERE tenant_id = {id}::uuid;
+SELECT tenancy.delete_shared_rows({id}::uuid) WHERE EXISTS (SELECT 1 FROM tenancy.guarded_tables);
+UPDATE tenancy.tenants SET metadata = '{{}}', status = 'active', limits = NULL
+ WHERE id = {id}::uuid AND status IN ('active', 'suspended')
+   AND (metadata <> '{{}}' OR status <> 'active' OR limits IS NOT NULL);
+EXECUTE pgtenancy_pool_row({schema}, {id});
+COMMIT
+
+-- name: testing_set_metadata
+UPDATE tenancy.tenants SET metadata = %(metadata)s::jsonb WHERE id = %(id)s
+RETURNING *
+
+-- name: testing_prepare
+-- The statements of the pgtenancy.testing pool, prepared once per
+-- connection (placeholders: the queries of the same names).
+PREPARE pgtenancy_pool_fingerprint(pg_catalog.regnamespace) AS {fingerprint};
+PREPARE pgtenancy_pool_sequences(pg_catalog.regnamespace) AS {sequences};
+PREPARE pgtenancy_pool_row(pg_catalog.regnamespace, uuid) AS {row}
+
+-- name: testing_row_now
+-- The registry row of a tenant and its schema's fingerprint (placeholders:
+-- psycopg.sql.Literal values).
+EXECUTE pgtenancy_pool_row({schema}, {id})
 
 -- name: testing_delete
--- {table} is a psycopg.sql.Identifier-quoted name: empty it (cheaper than
--- TRUNCATE for the few rows a test leaves).
+-- The placeholder table is a quoted name: empty it (cheaper than TRUNCATE
+-- for the few rows a test leaves).
 DELETE FROM {table}
 
--- name: testing_restart_sequence
--- {sequence} is a psycopg.sql.Literal of the sequence's quoted name.
-SELECT pg_catalog.setval({sequence}::regclass, 1, false)
+-- name: testing_session
+-- The pgtenancy.testing pool's own sessions: wait at most 5 s for a lock a
+-- test left; do not wait for the WAL flush of a reset (test data need not
+-- survive a crash of the server); plan the prepared catalog queries once.
+SET lock_timeout = '5s';
+SET synchronous_commit = off;
+SET plan_cache_mode = force_generic_plan
 
--- name: testing_lock_timeout
-SET lock_timeout = '5s'
 -- name: fleet_plan
 -- One query plans the whole fleet: every live tenant (or the slugs asked for,
 -- deleted ones included so they can be reported), its version and the
@@ -455,3 +570,45 @@ SELECT tenancy.move_tenant(%(slug)s, %(node_host)s, %(node_port)s) AS node
 
 -- name: tenant_nodes
 SELECT t.slug, tenancy.tenant_node(t.slug) AS node FROM tenancy.tenants AS t ORDER BY t.slug
+
+-- name: add_baseline
+SELECT through_version, checksum, created_at
+  FROM tenancy.add_baseline(through_version => %(through_version)s, sql => %(sql)s)
+
+-- name: drop_baseline
+SELECT tenancy.drop_baseline(through_version => %(through_version)s) AS dropped
+
+-- name: list_baselines
+SELECT b.through_version, b.checksum, b.created_at, octet_length(b.sql) AS size,
+       (SELECT count(*) FROM tenancy.migrations AS m WHERE m.version <= b.through_version) AS squashed
+  FROM tenancy.baselines AS b ORDER BY b.through_version
+
+-- name: prepare_baseline
+SELECT tenancy.prepare_baseline(through_version => %(through_version)s) AS version
+
+-- name: discard_baseline_scratch
+SELECT tenancy.discard_baseline_scratch() AS discarded
+
+-- pgtenancy.alembic: a scratch tenant schema built from the registry for
+-- autogenerate and the model check (dropped afterwards), and the version
+-- table Alembic expects there for the span of one rolled-back transaction.
+
+-- name: alembic_create_scratch
+CREATE SCHEMA {schema}
+
+-- name: alembic_apply_next
+-- The next registered migration after from_version onto the scratch schema,
+-- in the caller's transaction (one per transaction: commit boundaries).
+SELECT tenancy.apply_migrations(%(schema)s, %(from_version)s, 1, true) AS version
+
+-- name: alembic_drop_scratch
+DROP SCHEMA IF EXISTS {schema} CASCADE
+
+-- name: transaction_setting
+SELECT pg_catalog.set_config(%(name)s, %(value)s, true)
+
+-- name: alembic_stamp_table
+CREATE TABLE {table} (version_num text NOT NULL PRIMARY KEY)
+
+-- name: alembic_stamp
+INSERT INTO {table} (version_num) VALUES (%(revision)s)

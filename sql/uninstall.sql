@@ -86,6 +86,8 @@ BEGIN
     END LOOP;
     -- The scratch schema registration checks migrations in goes with the kit.
     DROP SCHEMA IF EXISTS tenancy_scratch CASCADE;
+    -- So does the reference replay of a squash (tenancy.prepare_baseline).
+    DROP SCHEMA IF EXISTS tenancy_check_baseline CASCADE;
 END
 $$;
 

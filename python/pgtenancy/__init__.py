@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from pgtenancy._version import __version__
 from pgtenancy.context import TenantContext, current_tenant, use_tenant
 from pgtenancy.errors import (
+    BaselineMismatch,
+    BaselineRefused,
     CannotCloneTenant,
     CannotGuardTable,
     CannotTrackTable,
@@ -69,7 +71,7 @@ from pgtenancy.events import Event, TenantRef
 from pgtenancy.installer import SQL_VERSION, install, installed_version, uninstall
 
 if TYPE_CHECKING:
-    from pgtenancy.admin import Migration, MigrationReport, Tenancy, Tenant
+    from pgtenancy.admin import Baseline, Migration, MigrationReport, Tenancy, Tenant
     from pgtenancy.connection import tenant_connection
     from pgtenancy.entry_tokens import sign_tenant_token
     from pgtenancy.listener import Listener
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
 
 # Public names imported on first access: name -> module that defines it.
 _LAZY: dict[str, str] = {
+    "Baseline": "pgtenancy.admin",
     "Listener": "pgtenancy.listener",
     "Migration": "pgtenancy.admin",
     "MigrationReport": "pgtenancy.admin",
@@ -107,6 +110,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "SQL_VERSION",
+    "Baseline",
+    "BaselineMismatch",
+    "BaselineRefused",
     "CannotCloneTenant",
     "CannotGuardTable",
     "CannotTrackTable",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from pgtenancy.slugs import validate_slug
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from pgtenancy.fleet import SquashResult
     from pgtenancy.tenant_ops import TenantSize
 
 #: How a tenant's data is kept: a schema of its own, or rows in shared tables
@@ -119,6 +120,25 @@ class Migration:
     version: str
     checksum: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A registered baseline (a row of ``tenancy.baselines``).
+
+    Attributes:
+        through_version: the last migration version it stands for.
+        checksum: SHA-256 (hex) of its SQL.
+        created_at: when it was registered.
+        size: its SQL, in bytes.
+        squashed: how many registered migrations it stands for.
+    """
+
+    through_version: str
+    checksum: str
+    created_at: datetime
+    size: int = 0
+    squashed: int = 0
 
 
 @dataclass(frozen=True)
@@ -271,7 +291,9 @@ class Tenancy:
         (an enum value added by one migration and used by a later one, a
         no-transaction migration), register it in status ``provisioning``
         and apply each migration in a transaction of its own (the fleet
-        runner), then make it ``active`` and emit ``tenant_created``.
+        runner), then make it ``active`` and emit ``tenant_created``. With a
+        baseline registered (:meth:`squash_migrations`), the schema gets the
+        newest baseline and then the migrations after it.
 
         A failure there leaves the tenant ``provisioning`` (entering it raises
         :class:`~pgtenancy.errors.TenantProvisioning`, PT019) with the failing
@@ -417,6 +439,72 @@ class Tenancy:
             "add_migration", version=version, sql=sql, outside_transaction=outside_transaction
         )
         return Migration(row["version"], row["checksum"], row["created_at"])
+
+    def add_baseline(self, through_version: str, sql: str) -> Baseline:
+        """Register ``sql`` as the baseline through migration ``through_version``
+        (``tenancy.add_baseline``): new tenants run the newest baseline, then
+        the migrations after it. The database checks it first: run in a
+        scratch schema as any migration is, it must create, object by object,
+        what the migrations up to the version create. :meth:`squash_migrations`
+        makes one from the history itself.
+
+        Raises:
+            BaselineRefused: PT032 (unregistered version, a baseline through it
+                already, SQL that fails, a history that leaves rows, or one
+                that needs commit boundaries: use :meth:`squash_migrations`).
+            BaselineMismatch: PT033; ``.detail`` lists the differing objects.
+            UnsafeMigration: PT017; it reaches outside its schema.
+        """
+        row = self._one("add_baseline", through_version=through_version, sql=sql)
+        return Baseline(row["through_version"], row["checksum"], row["created_at"], len(sql))
+
+    def drop_baseline(self, through_version: str) -> bool:
+        """Remove the baseline through ``through_version``; True when there was
+        one. New tenants then start from the newest remaining baseline (or
+        replay every migration); existing tenants are not touched. To replace
+        a baseline, drop it and squash again."""
+        return bool(self._one("drop_baseline", through_version=through_version)["dropped"])
+
+    def list_baselines(self) -> list[Baseline]:
+        """Registered baselines, oldest first (the last one provisions new tenants)."""
+        return [
+            Baseline(r["through_version"], r["checksum"], r["created_at"], r["size"], r["squashed"])
+            for r in self.database.rows("list_baselines")
+        ]
+
+    def squash_migrations(self, through: str, *, dry_run: bool = False) -> SquashResult:
+        """Make a baseline of the migrations up to ``through`` and register it;
+        see :func:`pgtenancy.fleet.squash_migrations` (steps, errors). Needs a
+        Tenancy made from a DSN (``pg_dump`` connects too)."""
+        from pgtenancy.fleet import squash_migrations
+
+        return squash_migrations(self._dsn(), through, dry_run=dry_run)
+    def add_migrations(self, migrations: Sequence[tuple[str, str, bool]]) -> list[Migration]:
+        """Register several migrations in one transaction, all or nothing, each as
+        :meth:`add_migration` would one after the other (``tenancy.add_migrations``).
+
+        Args:
+            migrations: ``(version, sql, outside_transaction)`` in version order.
+                A migration that uses an enum value an earlier one of the same
+                call adds fails: end the call after such a migration.
+
+        Returns:
+            One :class:`Migration` per element, in order.
+
+        Raises:
+            InvalidMigration: PT008, as :meth:`add_migration`; nothing registered.
+            UnsafeMigration: PT017, a migration reaches outside its tenant
+                schema; nothing registered.
+        """
+        rows = self.database.rows(
+            "add_migrations",
+            {
+                "versions": [m[0] for m in migrations],
+                "sqls": [m[1] for m in migrations],
+                "outside_transaction": [m[2] for m in migrations],
+            },
+        )
+        return [Migration(r["version"], r["checksum"], r["created_at"]) for r in rows]
 
     def list_migrations(self) -> list[Migration]:
         """Registered migrations in the order they apply."""

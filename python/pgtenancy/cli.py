@@ -31,11 +31,27 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 #: Optional dependency -> the extra that installs it.
-_EXTRAS = {"sqlalchemy": "sqlalchemy", "rich": "cli", "pglast": "migrations"}
+_EXTRAS = {
+    "sqlalchemy": "sqlalchemy",
+    "rich": "cli",
+    "pglast": "migrations",
+    "alembic": "alembic",
+    "mako": "alembic",
+}
 
 
 class _Group(click.Group):
-    """Click group that turns pgtenancy and database errors into one line."""
+    """Click group that turns pgtenancy and database errors into one line.
+
+    ``migrate squash`` is a command of its own, although ``migrate`` takes
+    slugs as arguments (migrate a tenant named squash with ``--tenants``)."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if len(args) >= 2 and args[0] == "migrate" and args[1] == "squash":
+            return "migrate squash", migrate_squash, args[2:]
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -54,6 +70,9 @@ class _Group(click.Group):
             click.echo(f"error: {_one_line(translate(exc))}", err=True)
             sys.exit(1)
         except Exception as exc:
+            if type(exc).__name__ == "CommandError" and type(exc).__module__.startswith("alembic"):
+                click.echo(f"error: alembic: {_one_line(exc)}", err=True)
+                sys.exit(1)
             orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError, when one leaks
             if not isinstance(orig, psycopg.Error):
                 raise
@@ -267,6 +286,19 @@ def add_migration(dsn: str, migration_version: str, file: Path) -> None:
     help="Apply the shared-schema migrations of this directory first (once per database).",
 )
 @click.option(
+    "--alembic",
+    "alembic_ini",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Register the revisions of this Alembic project (its alembic.ini), rendered offline.",
+)
+@click.option(
+    "--check-models",
+    "models",
+    metavar="MODULE:METADATA",
+    help="Only compare these SQLAlchemy models with the latest registered schema; "
+    "exit 1 listing the differences.",
+)
+@click.option(
     "--shared-schema",
     "shared_schemas",
     multiple=True,
@@ -304,6 +336,8 @@ def migrate(
     slugs: tuple[str, ...],
     directory: Path | None,
     shared_directory: Path | None,
+    alembic_ini: Path | None,
+    models: str | None,
     shared_schemas: tuple[str, ...],
     jobs: int,
     lock_timeout: str,
@@ -315,9 +349,14 @@ def migrate(
 ) -> None:
     """Apply missing migrations to every tenant (or SLUGS / --tenants), each in
     its own transaction, over --jobs connections. Exit status 1 when any tenant
-    failed or is unaccounted for."""
+    failed or is unaccounted for. `pgtenancy migrate squash --help`: baselines."""
     from pgtenancy.fleet import migrate_fleet, plan_fleet, sync_migration_dir
 
+    if models is not None:
+        if directory or shared_directory or alembic_ini or slugs or tenant_list or dry_run:
+            raise click.UsageError("--check-models checks only: give it no other action")
+        _check_models(dsn, models, as_json)
+        return
     if shared_directory is not None and dry_run:
         from pgtenancy.shared_migrations import pending_shared_migrations
 
@@ -338,6 +377,19 @@ def migrate(
         for warning in synced.warnings:
             click.echo(f"warning: {warning}", err=True)
         new_versions = synced.registered if dry_run else []
+    if alembic_ini is not None:
+        from pgtenancy.alembic import sync_alembic
+
+        revisions = sync_alembic(dsn, alembic_ini, shared_schemas=shared_schemas, dry_run=dry_run)
+        for warning in revisions.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if not (quiet or as_json) and not dry_run:
+            click.echo(
+                f"alembic: {len(revisions.registered)} registered, "
+                f"{len(revisions.current)} current",
+                err=True,
+            )
+        new_versions += revisions.registered if dry_run else []
     wanted = [*slugs, *(tenant_list.split(",") if tenant_list else [])]
     selected = [s.strip() for s in wanted if s.strip()] or None
     if dry_run:
@@ -378,6 +430,107 @@ def migrate(
         extra = f", {missing} unaccounted for" if missing else ""
         click.echo(
             f"error: {len(report.failed)} of {report.planned} tenants failed{extra}", err=True
+        )
+        sys.exit(1)
+
+
+@click.command(name="migrate squash")
+@dsn_option
+@click.option(
+    "--through",
+    "through",
+    required=True,
+    metavar="VERSION",
+    help="Last registered migration the baseline stands for.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the baseline's SQL to this file.",
+)
+@click.option("--dry-run", is_flag=True, help="Make and print the baseline; register nothing.")
+@click.option("--drop", is_flag=True, help="Remove the baseline through VERSION instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def migrate_squash(
+    dsn: str, through: str, out: Path | None, dry_run: bool, drop: bool, as_json: bool
+) -> None:
+    """Squash the migrations up to --through into a baseline, checked against a
+    replay and registered: new tenants run it and the migrations after it;
+    existing tenants are not touched. Needs pg_dump."""
+    if drop:
+        dropped = _tenancy(dsn).drop_baseline(through)
+        if as_json:
+            click.echo(json.dumps({"dropped": dropped, "through_version": through}))
+        elif dropped:
+            click.echo(f"baseline through {through} dropped; new tenants replay from the next one")
+        else:
+            click.echo(f"error: no baseline through {through}", err=True)
+            sys.exit(1)
+        return
+    from pgtenancy.fleet import squash_migrations
+
+    result = squash_migrations(dsn, through, dry_run=dry_run)
+    if out is not None:
+        out.write_text(result.sql, "utf-8")
+    if as_json:
+        base = result.baseline
+        click.echo(
+            json.dumps(
+                {
+                    "through_version": through,
+                    "registered": base is not None,
+                    "checksum": base.checksum if base else None,
+                    "squashed": result.squashed,
+                    "steps": result.steps,
+                    "bytes": len(result.sql.encode("utf-8")),
+                    "warnings": result.warnings,
+                    "seconds": result.seconds,
+                }
+            )
+        )
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if dry_run:
+        if out is None:
+            click.echo(result.sql, nl=False)
+        click.echo(
+            f"baseline through {through} would squash {result.squashed} migrations "
+            f"({len(result.sql.encode('utf-8'))} bytes); nothing registered",
+            err=out is None,
+        )
+        return
+    assert result.baseline is not None
+    click.echo(
+        f"baseline through {through} registered ({result.baseline.checksum[:12]}): "
+        f"{result.squashed} migrations in one script of {result.baseline.size} bytes, "
+        f"checked against a replay in {result.steps} transaction(s), {result.seconds:.1f}s; "
+        "new tenants start from it"
+    )
+
+
+def _check_models(dsn: str, models: str, as_json: bool) -> None:
+    """migrate --check-models: the differences, exit 1 when there are any."""
+    from pgtenancy.alembic import check_models
+
+    try:
+        check = check_models(dsn, models)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--check-models") from exc
+    at = check.version or "-"
+    if as_json:
+        click.echo(json.dumps({"version": check.version, "differences": check.differences}))
+    elif check.ok:
+        click.echo(f"models agree with the registered schema (migration {at})")
+    else:
+        click.echo(f"models differ from the registered schema (migration {at}):")
+        for line in check.differences:
+            click.echo(f"  {line}")
+    if not check.ok:
+        click.echo(
+            f"error: {len(check.differences)} differences; write a revision "
+            "(alembic revision --autogenerate) and run pgtenancy migrate --alembic",
+            err=True,
         )
         sys.exit(1)
 
@@ -548,7 +701,7 @@ def status(dsn: str, as_json: bool) -> None:
     """Per consumer: cursor, lag (events, seconds), listeners, heartbeat, lease
     holder; and the NOTIFY queue, the oldest open or prepared transaction and
     the events it holds back, which bound every consumer. Allowed for listener roles."""
-    from pgtenancy.ops import status_document
+    from pgtenancy.ops import prepared_fixes, status_document
 
     tenancy = _tenancy(dsn)
     if as_json:
@@ -576,6 +729,8 @@ def status(dsn: str, as_json: bool) -> None:
             f"  xid holder: {holder['kind']} {holder['holder']} in {holder['database']} "
             f"({holder['role']}, {holder['state']}) for {holder['age_seconds']}s"
         )
+    for fix in prepared_fixes(h):
+        click.echo(f"  fix: {fix}")
 
 
 @events.command()

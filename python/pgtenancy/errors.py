@@ -323,6 +323,28 @@ class TenantProvisioning(TenancyError):
     sqlstate = "PT019"
 
 
+class BaselineRefused(TenancyError):
+    """A squash or ``tenancy.add_baseline`` was refused and nothing was
+    registered (SQLSTATE PT032): the version is not registered, a baseline
+    through it exists already, a no-transaction migration up to it cannot run
+    inside a transaction (VACUUM), the migrations leave rows or advance
+    sequences (a baseline holds the schema only), the replay needs commits that
+    ``tenancy.prepare_baseline`` has not made yet, the baseline's SQL fails on
+    an empty schema, or (Python, ``pgtenancy migrate squash``) the template
+    rewriter cannot make the dump tenant-local."""
+
+    sqlstate = "PT032"
+
+
+class BaselineMismatch(TenancyError):
+    """``tenancy.add_baseline``: the baseline does not create what the
+    migrations up to its version create (SQLSTATE PT033); ``.detail`` lists
+    the objects, ``missing`` (made by the migrations only) or ``extra`` (by the
+    baseline only). Nothing was registered."""
+
+    sqlstate = "PT033"
+
+
 class ListenNotSupported(TenancyError):
     """The DSN cannot LISTEN: its statements do not keep one server backend, as
     behind a transaction pooler (PgBouncer ``pool_mode = transaction``). The

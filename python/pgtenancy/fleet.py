@@ -18,6 +18,9 @@ every tenant at its old or its new version; a rerun picks up what is left.
 
 :func:`sync_migration_dir` registers the migration files of a directory
 (checked with pglast first), as ``pgtenancy migrate --dir`` does.
+:func:`squash_migrations` makes and registers a baseline, the history up to
+a version in one checked script that new tenants start from, as ``pgtenancy
+migrate squash`` does.
 
 Every connection the runner opens carries ``application_name``
 (:data:`APPLICATION_NAME` unless told otherwise, or the DSN's own).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,11 +48,11 @@ from psycopg.rows import dict_row
 
 from pgtenancy.database import _is_engine, _is_pool
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import InvalidMigration, TenancyError, translate
+from pgtenancy.errors import InvalidMigration, TenancyError, raise_translated, translate
 from pgtenancy.queries import QUERIES
 
 if TYPE_CHECKING:
-    from pgtenancy.admin import Tenancy
+    from pgtenancy.admin import Baseline, Tenancy
     from pgtenancy.database import Connectable
     from pgtenancy.migration_files import MigrationFile
 
@@ -720,7 +724,10 @@ def sync_migration_dir(
     """Register the migration files of ``directory`` that are not registered
     yet, in version order, as ``pgtenancy migrate --dir`` does. Every file is
     read and checked (pglast; needs the ``migrations`` extra) before anything
-    is registered.
+    is registered. The files go in batches (:func:`registration_batches`),
+    one ``tenancy.add_migrations`` call and transaction each; when a batch is
+    refused, its files are registered one at a time, so the files before the
+    refused one stay registered and the error is that file's.
 
     Args:
         source: where to connect (a :data:`pgtenancy.database.Connectable`).
@@ -770,8 +777,234 @@ def _sync(tenancy: Tenancy, files: list[MigrationFile], dry_run: bool) -> SyncRe
             result.current.append(f.version)
         else:
             new.append(f)
-    for f in new:
-        if not dry_run:
-            tenancy.add_migration(f.version, f.sql, outside_transaction=f.outside_transaction)
-        result.registered.append(f.version)
+    if dry_run:
+        result.registered = [f.version for f in new]
+        return result
+    for batch in registration_batches(new):
+        try:
+            tenancy.add_migrations([(f.version, f.sql, f.outside_transaction) for f in batch])
+        except TenancyError:
+            if len(batch) == 1:
+                raise
+            # Nothing of the batch was registered: one file at a time, the
+            # files before the failing one stay registered and the error is
+            # the failing file's own (or the batch failed only as a batch).
+            for f in batch:
+                tenancy.add_migration(f.version, f.sql, outside_transaction=f.outside_transaction)
+                result.registered.append(f.version)
+            continue
+        result.registered += [f.version for f in batch]
     return result
+
+
+#: The scratch schema ``tenancy.prepare_baseline`` replays the history in.
+BASELINE_REFERENCE_SCHEMA = "tenancy_check_baseline"
+
+
+@dataclass
+class SquashResult:
+    """Outcome of :func:`squash_migrations`.
+
+    Attributes:
+        baseline: the registered baseline (None with ``dry_run``).
+        sql: the baseline's SQL.
+        squashed: how many migrations it stands for.
+        steps: transactions the reference replay took (more than 1 when the
+            history needs commit boundaries).
+        warnings: what the template rewriter reported (``line N: ...``).
+        seconds: wall time.
+    """
+
+    baseline: Baseline | None
+    sql: str
+    squashed: int
+    steps: int
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def squash_migrations(
+    dsn: str,
+    through: str,
+    *,
+    dry_run: bool = False,
+    application_name: str = APPLICATION_NAME,
+) -> SquashResult:
+    """Squash the registered migrations up to ``through`` into a baseline and
+    register it (``pgtenancy migrate squash --through VERSION``): new tenants
+    then run the baseline and the migrations after it; existing tenants are
+    not touched (they keep their ``migration_version`` and go on with the
+    migrations after it, which all stay registered).
+
+    Steps: replay the migrations up to ``through`` in the scratch schema
+    :data:`BASELINE_REFERENCE_SCHEMA` (``tenancy.prepare_baseline``, one
+    transaction per call, as many as the commit boundaries of the history
+    need); dump it with ``pg_dump --schema-only``; rewrite the dump into a
+    tenant script (:func:`pgtenancy.templates.import_template`, privileges
+    kept); register it with ``tenancy.add_baseline``, which runs it in a
+    scratch schema as the migrator role and refuses it unless it creates
+    what the replay created, object by object (``tenancy.schema_catalog``).
+    On any refusal the scratch schema is dropped and nothing is registered.
+
+    Args:
+        dsn: database URL or libpq string (``pg_dump`` connects too).
+        through: a registered migration version.
+        dry_run: make and check nothing beyond the replay and the rewrite;
+            register nothing (``SquashResult.sql`` holds the baseline).
+        application_name: of the connections.
+
+    Returns:
+        A :class:`SquashResult`.
+
+    Raises:
+        BaselineRefused: PT032; unregistered version, a baseline through it
+            already, a no-transaction migration that cannot run inside a
+            transaction, migrations that leave rows or advance sequences, or
+            a dump the rewriter cannot make tenant-local (the rewriter's
+            problems in the message).
+        BaselineMismatch: PT033; the rewritten dump differs from the replay.
+        MigrationFailed: PT006; a migration failed in the replay.
+        FileNotFoundError: no ``pg_dump`` (PostgreSQL client programs).
+    """
+    import subprocess
+
+    from pgtenancy.admin import Baseline
+    from pgtenancy.errors import BaselineRefused
+    from pgtenancy.templates import TemplateError, import_template
+    from pgtenancy.tenant_archive import _pg_dump
+
+    started = time.monotonic()
+    pg_dump = _pg_dump()
+    if pg_dump is None:
+        raise FileNotFoundError("pg_dump not found: install the PostgreSQL client programs")
+    url = libpq_dsn(dsn)
+    with psycopg.connect(url, autocommit=True, application_name=application_name) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        registered = [m[0] for m in conn.execute(QUERIES["list_migrations"]).fetchall()]
+        done = False
+        try:
+            steps, at = 0, None
+            # Each call is its own transaction: an enum value one migration
+            # adds is committed before the next uses it.
+            while at != through:
+                row = cur.execute(
+                    QUERIES["prepare_baseline"], {"through_version": through}
+                ).fetchone()
+                previous, at = at, None if row is None else row["version"]
+                steps += 1
+                if at == previous or steps > len(registered) + 1:
+                    raise BaselineRefused(f"the replay up to {through} stopped at {at}")
+            dump = subprocess.run(
+                [
+                    pg_dump,
+                    "--schema-only",
+                    "--no-owner",
+                    "-n",
+                    BASELINE_REFERENCE_SCHEMA,
+                    "--dbname",
+                    url,
+                ],
+                capture_output=True,
+                check=True,
+                text=True,
+            ).stdout
+            try:
+                template = import_template(
+                    dump, keep_acl=True, source_schema=BASELINE_REFERENCE_SCHEMA
+                )
+            except TemplateError as exc:
+                problems = "; ".join(f"line {line}: {reason}" for line, reason in exc.problems)
+                raise BaselineRefused(
+                    f"cannot squash through {through}: the template rewriter cannot make the "
+                    f"dump of the replay tenant-local: {problems}"
+                ) from exc
+            squashed = sum(1 for v in registered if v <= through)
+            baseline = None
+            if not dry_run:
+                added = cur.execute(
+                    QUERIES["add_baseline"], {"through_version": through, "sql": template.sql}
+                ).fetchone()
+                assert added is not None
+                baseline = Baseline(
+                    added["through_version"],
+                    added["checksum"],
+                    added["created_at"],
+                    len(template.sql.encode("utf-8")),
+                    squashed,
+                )
+            done = True
+        except psycopg.Error as exc:
+            raise_translated(exc)
+        finally:
+            if not (done and not dry_run) and not conn.closed and not conn.broken:
+                conn.execute(QUERIES["discard_baseline_scratch"])
+    return SquashResult(
+        baseline,
+        template.sql,
+        squashed,
+        steps,
+        template.warnings,
+        time.monotonic() - started,
+    )
+
+
+def sync_migrations(
+    source: Connectable, files: Sequence[MigrationFile], *, dry_run: bool = False
+) -> SyncResult:
+    """Register migrations made elsewhere (rendered Alembic revisions, say),
+    as :func:`sync_migration_dir` registers a directory: every version already
+    registered must have the same checksum (checked for all before anything
+    is registered), the new ones are registered in order.
+
+    Args:
+        source: where to connect (a :data:`pgtenancy.database.Connectable`).
+        files: the migrations, in version order (already checked by the caller).
+        dry_run: compare only; register nothing.
+
+    Returns:
+        A :class:`SyncResult` (no warnings: the caller checked the files).
+
+    Raises:
+        InvalidMigration: PT008, as :func:`sync_migration_dir`.
+    """
+    from pgtenancy.admin import Tenancy
+
+    if isinstance(source, str):
+        with psycopg.connect(
+            libpq_dsn(source), autocommit=True, application_name=APPLICATION_NAME
+        ) as conn:
+            return _sync(Tenancy(conn), list(files), dry_run)
+    return _sync(Tenancy(source), list(files), dry_run)
+#: Files registered per ``tenancy.add_migrations`` call: one transaction and
+#: one scratch try each. Small: the locks a batch holds (about 11 per file of
+#: a table and an index) stay far below the server's shared lock table, and
+#: the session-state check of each migration reads every lock of the server
+#: (``pg_locks``), so it costs more the more the batch holds (10 measured
+#: cheaper than 5 or 25).
+BATCH_FILES = 10
+
+# The rule of tenancy.needs_commit_boundaries: an enum value added by a
+# migration is usable only after it commits.
+_ADDS_ENUM_VALUE = re.compile(r"\bALTER\s+TYPE\b.*\bADD\s+VALUE\b", re.IGNORECASE | re.DOTALL)
+
+
+def registration_batches(files: Sequence[MigrationFile]) -> Iterator[list[MigrationFile]]:
+    """Split ``files`` (version order) into the batches :func:`sync_migration_dir`
+    registers in one transaction each: at most :data:`BATCH_FILES` files, and a
+    batch ends after a file that adds an enum value (``ALTER TYPE ... ADD VALUE``,
+    usable by later files only once committed) or runs outside a transaction.
+
+    Args:
+        files: migration files, in version order.
+
+    Returns:
+        An iterator of non-empty lists, together holding ``files`` in order.
+    """
+    batch: list[MigrationFile] = []
+    for f in files:
+        batch.append(f)
+        if len(batch) >= BATCH_FILES or f.outside_transaction or _ADDS_ENUM_VALUE.search(f.sql):
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -288,13 +288,16 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
 
 
 def _walk(node: Any) -> Iterator[ast.Node]:
-    if isinstance(node, ast.Node):
-        yield node
-        for name in getattr(node, "__slots__", ()):
-            yield from _walk(getattr(node, name, None))
-    elif isinstance(node, list | tuple):
-        for item in node:
-            yield from _walk(item)
+    """Every node of a tree, depth first, in attribute order (without recursion)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, ast.Node):
+            yield item
+            slots = getattr(type(item), "__slots__", ())
+            stack.extend(reversed([getattr(item, name, None) for name in slots]))
+        elif isinstance(item, list | tuple):
+            stack.extend(reversed(item))
 
 
 def _names(items: Any) -> list[str]:
@@ -646,7 +649,7 @@ def check_migration(
     allowed = set(shared_schemas) | SYSTEM_SCHEMAS
     warnings: list[str] = []
     for stmt in script.statements:
-        node = pglast.parse_sql(stmt.sql)[0].stmt
+        node = stmt.tree if stmt.tree is not None else pglast.parse_sql(stmt.sql)[0].stmt
         assert node is not None
         kind = type(node).__name__
         reason = (

@@ -35,10 +35,16 @@ HEALTH_EXIT = {
 
 def status_document(tenancy: Tenancy) -> dict[str, Any]:
     """``consumer_status()`` and ``outbox_health()`` as one JSON-ready dict:
-    ``{"consumers": [...], "outbox": {...}}`` (times as ISO 8601 strings)."""
+    ``{"consumers": [...], "outbox": {...}, "fixes": [...]}`` (times as ISO
+    8601 strings; ``fixes``: :func:`prepared_fixes`, empty when no prepared
+    transaction holds delivery back)."""
     consumers = [_jsonable(asdict(c)) for c in tenancy.consumer_status()]
-    outbox = _jsonable(asdict(tenancy.outbox_health()))
-    return {"consumers": consumers, "outbox": outbox}
+    health = tenancy.outbox_health()
+    return {
+        "consumers": consumers,
+        "outbox": _jsonable(asdict(health)),
+        "fixes": prepared_fixes(health),
+    }
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +72,20 @@ class HealthReport:
     status: str
     exit_code: int
     problems: tuple[str, ...]
+
+
+def prepared_fixes(outbox: OutboxHealth) -> list[str]:
+    """How to finish each prepared transaction among ``outbox.xid_holders``:
+    ``["COMMIT PREPARED 'gid' or ROLLBACK PREPARED 'gid' (in database db)", ...]``,
+    oldest first (gids quoted as SQL literals). Which of the two is right only
+    the transaction's manager knows."""
+    fixes = []
+    for h in outbox.xid_holders:
+        if h.get("kind") == "prepared":
+            gid = "'" + str(h.get("holder")).replace("'", "''") + "'"
+            where = h.get("database")
+            fixes.append(f"COMMIT PREPARED {gid} or ROLLBACK PREPARED {gid} (in database {where})")
+    return fixes
 
 
 def check_health(
@@ -131,8 +151,9 @@ def check_health(
                 f"{outbox.held_back_events} events held back for "
                 f"{outbox.oldest_transaction_seconds:.0f}s by {who}"
                 + (
-                    f" ({outbox.prepared_transactions} prepared transactions: COMMIT PREPARED "
-                    "or ROLLBACK PREPARED them)"
+                    f" ({outbox.prepared_transactions} prepared transactions; fix: "
+                    + "; ".join(prepared_fixes(outbox))
+                    + ")"
                     if outbox.prepared_transactions
                     else ""
                 ),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import pglast
 import pglast.ast
@@ -64,12 +64,16 @@ class Statement:
         line: 1-based line where it starts.
         node: pglast node name, e.g. ``CreateStmt``.
         kind: ``ddl``, ``data``, ``database`` or ``transaction``.
+        tree: its pglast parse tree (a ``pglast.ast.Node``), as parsed with
+            the whole script, so a checker need not parse it again; None when
+            the statement was made by hand.
     """
 
     sql: str
     line: int
     node: str
     kind: str
+    tree: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,7 @@ def read_script(text: str) -> Script:
         body = _LEADING.sub("", text_)
         line = source.count("\n", 0, start) + text_[: len(text_) - len(body)].count("\n") + 1
         node = type(item.stmt).__name__
-        statements.append(Statement(body.strip(), line, node, _kind(node)))
+        statements.append(Statement(body.strip(), line, node, _kind(node), item.stmt))
     return Script(statements, skipped)
 
 

@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final
 
 import pglast
@@ -134,12 +136,31 @@ _REG_TYPES: Final = frozenset(
 _LARGE_OBJECT_FUNCS: Final = frozenset({"lo_create", "lo_unlink", "lo_open", "lowrite", "lo_close"})
 # Functions whose first argument, a string, names a sequence.
 _SEQUENCE_FUNCS: Final = frozenset({"nextval", "currval", "setval"})
-# ``public.name`` (or ``"public"."name"``) inside a string; group 1 quoted, 2 plain.
-_PUBLIC_REF: Final = re.compile(
-    r'(?i)(?<![\w$."])(?:public|"public")\s*\.\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*))'
-)
-# Any word ``public``, to spot a search_path naming it.
-_PUBLIC_WORD: Final = re.compile(r'(?i)(?<![\w$])"?public"?(?![\w$])')
+# The schema the dump's objects are in (``public``, or the scratch schema a
+# squash dumps: see :func:`import_template`'s ``source_schema``).
+_SOURCE: ContextVar[str] = ContextVar("pgtenancy_template_source", default=SOURCE_SCHEMA)
+
+
+def _source() -> str:
+    return _SOURCE.get()
+
+
+@lru_cache(maxsize=8)
+def _ref_pattern(schema: str) -> re.Pattern[str]:
+    """``schema.name`` (or ``"schema"."name"``) inside a string; group 1 quoted, 2 plain."""
+    plain = re.escape(schema)
+    quoted = re.escape('"' + schema.replace('"', '""') + '"')
+    return re.compile(
+        rf'(?i)(?<![\w$."])(?:{plain}|{quoted})\s*\.\s*(?:"((?:[^"]|"")+)"|([^\W\d][\w$]*))'
+    )
+
+
+@lru_cache(maxsize=8)
+def _word_pattern(schema: str) -> re.Pattern[str]:
+    """Any word ``schema``, to spot a search_path naming it."""
+    return re.compile(rf'(?i)(?<![\w$])"?{re.escape(schema)}"?(?![\w$])')
+
+
 _WORD: Final = re.compile(r"[^\W\d]\w*(?:\$\w*)*")
 _DOLLAR_TAG: Final = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 _DOT_AFTER: Final = re.compile(r"\s*\.\s*")
@@ -270,7 +291,11 @@ class TemplateResult:
 
 
 def import_template(
-    dump_sql: str, *, keep_acl: bool = False, split_shared: bool = False
+    dump_sql: str,
+    *,
+    keep_acl: bool = False,
+    split_shared: bool = False,
+    source_schema: str = SOURCE_SCHEMA,
 ) -> TemplateResult:
     """Turn a ``pg_dump --schema-only`` of schema ``public`` into a tenant migration.
 
@@ -283,6 +308,9 @@ def import_template(
             tenant migration may not change owners).
         split_shared: write objects of schemas other than ``public`` to
             ``TemplateResult.shared_sql`` instead of refusing them.
+        source_schema: the schema the dump's objects are in, whose name is
+            cut out (``public`` above stands for it); ``pgtenancy migrate
+            squash`` dumps the scratch schema of its replay.
 
     Returns:
         The migration SQL, the shared SQL, what was dropped and the warnings.
@@ -292,6 +320,14 @@ def import_template(
         TemplateError: statements that cannot be made tenant-local safely,
             each with its line (nothing is returned then).
     """
+    token = _SOURCE.set(source_schema)
+    try:
+        return _import_template(dump_sql, keep_acl, split_shared)
+    finally:
+        _SOURCE.reset(token)
+
+
+def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> TemplateResult:
     script = read_script(dump_sql)
     parsed: list[tuple[int, str, ast.Node]] = []
     for statement in script.statements:
@@ -345,7 +381,7 @@ def import_template(
                 (line, f"creates or changes an object in {schema}, a tenant's schema of the kit")
             )
             continue
-        if schema not in (None, SOURCE_SCHEMA):
+        if schema not in (None, _source()):
             problem = _shared_problem(node, schema, own, split_shared)
             if problem:
                 problems.append((line, problem))
@@ -378,7 +414,7 @@ def import_template(
         residue = _token_residue(text, own)
         if residue is not None:
             problems.append(
-                (line, f"{_summary(text)}: still names {SOURCE_SCHEMA}.{residue} after the rewrite")
+                (line, f"{_summary(text)}: still names {_source()}.{residue} after the rewrite")
             )
             continue
         if isinstance(node, ast.DoStmt):
@@ -417,7 +453,7 @@ def _dump_objects(nodes: object) -> frozenset[str]:
         if not kind.startswith(("Create", "Define", "Composite", "View", "Index", "Alter")):
             continue
         targets = statement_targets(node)
-        if not targets or targets[0].schema not in (SOURCE_SCHEMA, None):
+        if not targets or targets[0].schema not in (_source(), None):
             continue
         if not kind.startswith("Alter"):
             names.add(targets[0].name)
@@ -445,7 +481,7 @@ def _shared_schemas(nodes: object) -> frozenset[str]:
             continue
         targets = statement_targets(node)
         schema = targets[0].schema if targets else None
-        if schema is None or schema == SOURCE_SCHEMA or schema in _FORBIDDEN_SCHEMAS:
+        if schema is None or schema == _source() or schema in _FORBIDDEN_SCHEMAS:
             continue
         if not schema.startswith(("pg_", _TENANT_PREFIX)):
             found.add(schema)
@@ -456,7 +492,7 @@ def _shared_problem(node: ast.Node, schema: str, own: frozenset[str], split: boo
     """Why a statement about an object of another schema cannot go to the shared file."""
     for ref in _public_refs(node, own):
         return (
-            f"object in schema {schema} depends on {SOURCE_SCHEMA}.{ref}, which becomes a"
+            f"object in schema {schema} depends on {_source()}.{ref}, which becomes a"
             " tenant object: a shared object cannot depend on one tenant's object"
         )
     if not split:
@@ -473,15 +509,15 @@ def _tenant_problem(node: ast.Node, own: frozenset[str]) -> str | None:
     for target in statement_targets(node):
         if target.schema is None:
             continue
-        if target.schema == SOURCE_SCHEMA:
+        if target.schema == _source():
             return (
-                f"acts on {SOURCE_SCHEMA}.{target.name}, which the dump does not create:"
+                f"acts on {_source()}.{target.name}, which the dump does not create:"
                 " it would change the shared schema"
             )
         return f"changes {target.schema}.{target.name} in another schema from a tenant statement"
     residues = _public_refs(node, own)
     if residues:  # pragma: no cover - the rewriter removes them all
-        return f"still names {SOURCE_SCHEMA}.{residues[0]}"
+        return f"still names {_source()}.{residues[0]}"
     return None
 
 
@@ -514,7 +550,7 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
     if isinstance(node, ast.AlterTableStmt) and _is_clean_alter(node):
         return ""
     if kind == "CreateSchemaStmt":
-        if getattr(node, "schemaname", None) == SOURCE_SCHEMA:
+        if getattr(node, "schemaname", None) == _source():
             return ""
         name = getattr(node, "schemaname", None)
         return f"CREATE SCHEMA {name} dropped: a tenant migration creates objects in its schema"
@@ -638,12 +674,12 @@ def _strip_in_text(text: str, own: frozenset[str]) -> str:
         full = match.group(0)
         return full if _ref_name(match) not in own else full[full.index(".") + 1 :].lstrip()
 
-    return _PUBLIC_REF.sub(replace, text)
+    return _ref_pattern(_source()).sub(replace, text)
 
 
 def _names_own(text: str, own: frozenset[str]) -> bool:
     """``text`` (a string's content) names one of the dump's objects as ``public.x``."""
-    return any(_ref_name(m) in own for m in _PUBLIC_REF.finditer(text))
+    return any(_ref_name(m) in own for m in _ref_pattern(_source()).finditer(text))
 
 
 def _public_refs(node: object, own: frozenset[str]) -> list[str]:
@@ -653,7 +689,7 @@ def _public_refs(node: object, own: frozenset[str]) -> list[str]:
         if isinstance(inner, ast.A_Const):
             continue
         if isinstance(inner, ast.RangeVar):
-            if inner.schemaname == SOURCE_SCHEMA and inner.relname in own:
+            if inner.schemaname == _source() and inner.relname in own:
                 found.append(inner.relname)
             continue
         attrs = list(_NAME_LISTS.get(type(inner).__name__, ()))
@@ -663,7 +699,7 @@ def _public_refs(node: object, own: frozenset[str]) -> list[str]:
             attrs.append("arg")
         for attr in attrs:
             names = _names(getattr(inner, attr, None))
-            if names and len(names) >= 2 and names[0] == SOURCE_SCHEMA and names[1] in own:
+            if names and len(names) >= 2 and names[0] == _source() and names[1] in own:
                 found.append(names[1])
         if isinstance(inner, ast.TypeCast | ast.FuncCall):
             for const in _tree(inner.arg if isinstance(inner, ast.TypeCast) else inner.args):
@@ -727,7 +763,7 @@ class _Rewriter:
         names = _names(value)
         if names is None or len(names) < minimum:
             return value
-        if names[0] == SOURCE_SCHEMA and names[1] in self.own:
+        if names[0] == _source() and names[1] in self.own:
             self.changed = True
             assert isinstance(value, tuple)
             return value[1:]
@@ -744,7 +780,7 @@ class _Rewriter:
         kind = type(node).__name__
         if (
             isinstance(node, ast.RangeVar)
-            and node.schemaname == SOURCE_SCHEMA
+            and node.schemaname == _source()
             and node.relname in self.own
         ):
             node.schemaname = None
@@ -803,13 +839,13 @@ class _Rewriter:
         if language != "plpgsql":
             if _names_own(body, self.own):
                 self.problems.append(
-                    f"DO block in language {language} names the dump's objects with public."
+                    f"DO block in language {language} names the dump's objects with {_source()}."
                 )
             return
         new, dynamic = _rewrite_body_text(body, self.own)
         if new is None:
             self.problems.append(
-                "DO block names the dump's objects as public.x inside a string (dynamic SQL)"
+                f"DO block names the dump's objects as {_source()}.x inside a string (dynamic SQL)"
                 " or has a literal or comment that does not end: rewrite it by hand"
             )
             return
@@ -819,7 +855,7 @@ class _Rewriter:
 
     def _function(self, node: ast.CreateFunctionStmt) -> None:
         """Rewrite the body of a function or procedure according to its language."""
-        name = ".".join(n for n in (_names(node.funcname) or ["?"]) if n != SOURCE_SCHEMA)
+        name = ".".join(n for n in (_names(node.funcname) or ["?"]) if n != _source())
         language = "sql"
         body_option: ast.DefElem | None = None
         for option in node.options or ():
@@ -843,7 +879,9 @@ class _Rewriter:
                     for a in setting.args or ()
                     if isinstance(a, ast.A_Const) and isinstance(a.val, ast.String)
                 ]
-                if setting.name == "search_path" and any(_PUBLIC_WORD.search(v) for v in values):
+                if setting.name == "search_path" and any(
+                    _word_pattern(_source()).search(v) for v in values
+                ):
                     self._warn(
                         f"function {name} sets search_path to include public; left as it is,"
                         " so it reads public rather than the tenant's schema"
@@ -872,7 +910,7 @@ class _Rewriter:
             return
         if new is None:
             self.problems.append(
-                f"function {name}: its {language} body names the dump's objects as public.x"
+                f"function {name}: its {language} body names the dump's objects as {_source()}.x"
                 " where that cannot be rewritten safely (inside a string: dynamic SQL)"
             )
             return
@@ -981,7 +1019,7 @@ def _cut_qualifications(text: str, own: frozenset[str], literals: dict[str, str]
         raw = text[tok.start : tok.end + 1]
         if (
             tok.name == "IDENT"
-            and _ident_value(raw) == SOURCE_SCHEMA
+            and _ident_value(raw) == _source()
             and i + 2 < len(tokens)
             and tokens[i + 1].name == "ASCII_46"
             and not (i > 0 and tokens[i - 1].name == "ASCII_46")
@@ -1018,7 +1056,7 @@ def _token_residue(text: str, own: frozenset[str]) -> str | None:
         after = tokens[i + 2]
         word = text[after.start : after.end + 1]
         named = word if after.name == "Op" else _ident_value(word)
-        if value == SOURCE_SCHEMA and named in own:
+        if value == _source() and named in own:
             return named
     return None
 
@@ -1148,7 +1186,7 @@ def _after_schema(body: str, word: str, i: int, out: list[str], own: frozenset[s
 
     Returns where to go on reading ``body``.
     """
-    if _ident_value(word) == SOURCE_SCHEMA and not _after_dot(out):
+    if _ident_value(word) == _source() and not _after_dot(out):
         dot = _DOT_AFTER.match(body, i)
         if dot is not None:
             name = _QUOTED_NAME.match(body, dot.end()) or _WORD.match(body, dot.end())

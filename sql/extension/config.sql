@@ -20,3 +20,4 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.scratch', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.entry_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.strict_entry', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.strict_plain_functions', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.baselines', '');

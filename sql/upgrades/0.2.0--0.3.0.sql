@@ -249,94 +249,13 @@ CREATE OR REPLACE FUNCTION tenancy.add_migration(
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
 DECLARE
-    p_version ALIAS FOR version;
-    p_sql ALIAS FOR sql;
-    p_outside_transaction ALIAS FOR outside_transaction;
-    v_row      tenancy.migrations;
-    v_checksum text;
-    v_scratch  text := 'tenancy_scratch';
-    v_previous text;
-    v_from     text;
-    v_at       text;
-    v_state    text;
-    v_message  text;
-    v_detail   text;
+    v_row tenancy.migrations;
 BEGIN
-    IF p_version IS NULL OR p_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
-        RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(p_version), 'NULL')
-            USING ERRCODE = 'PT008',
-                  HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
-    END IF;
-    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
-        RAISE EXCEPTION 'migration % has no SQL', p_version
-            USING ERRCODE = 'PT008';
-    END IF;
-    v_checksum := encode(sha256(convert_to(p_sql, 'UTF8')), 'hex');
-
-    -- Serialize registrations with a lock the application role cannot take
-    -- (it has no privilege on the table; an advisory lock anyone can hold).
-    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
-    SELECT * INTO v_row FROM tenancy.migrations WHERE version = p_version;
-    IF FOUND THEN
-        IF v_row.checksum = v_checksum THEN
-            RETURN v_row;
-        END IF;
-        RAISE EXCEPTION 'migration % is already registered with different SQL', p_version
-            USING ERRCODE = 'PT008',
-                  HINT = 'Registered migrations never change: add a new version instead.';
-    END IF;
-    IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > p_version) THEN
-        RAISE EXCEPTION 'migration % sorts before the latest registered version %', p_version,
-            (SELECT max(version) FROM tenancy.migrations)
-            USING ERRCODE = 'PT008',
-                  HINT = 'Versions are applied in C-collation order: use a later version.';
-    END IF;
-
-    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
-    INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
-    VALUES (p_version, p_sql, v_checksum, coalesce(p_outside_transaction, false))
-    RETURNING * INTO v_row;
-
-    -- Try the new migration on the scratch schema, kept at the latest
-    -- registered version: broken SQL is refused here, before any tenant sees
-    -- it, and the scratch schema moves on with the registration (one
-    -- migration applied, not the chain; earlier ones committed, so an enum
-    -- value an earlier migration added is usable). A missing or stale
-    -- scratch schema is rebuilt by replaying the chain, once.
-    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
-    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
-       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
-        v_from := v_previous;
-    ELSE
-        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
-            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
-        END IF;
-        EXECUTE format('CREATE SCHEMA %I', v_scratch);
-        v_from := NULL;
-    END IF;
-    BEGIN
-        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
-    EXCEPTION
-        WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL;
-            IF v_state = 'PT017' THEN
-                RAISE EXCEPTION '%', v_message
-                    USING ERRCODE = 'PT017',
-                          DETAIL = v_detail,
-                          HINT = 'A tenant migration may change its own tenant schema only; '
-                                 'change shared schemas with a shared migration. Nothing was registered.';
-            END IF;
-            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', p_version, v_message
-                USING ERRCODE = 'PT008',
-                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
-                                    ELSE format('SQLSTATE %s', v_state) END,
-                      HINT = 'Nothing was registered.';
-    END;
-    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
-        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    -- One migration: the same checks and errors as several.
+    SELECT * INTO v_row
+      FROM tenancy.add_migrations(ARRAY[add_migration.version], ARRAY[add_migration.sql],
+                                  ARRAY[coalesce(add_migration.outside_transaction, false)]);
     RETURN v_row;
 END
 $$;
@@ -349,7 +268,7 @@ COMMENT ON FUNCTION tenancy.add_migration(text, text, boolean) IS
     'transaction (CREATE INDEX CONCURRENTLY, say; the scratch schema takes it without '
     'CONCURRENTLY); transactional paths stop before it. Raises PT017 for SQL that reaches outside '
     'its tenant schema, PT008 for a bad version, changed SQL, out-of-order version or SQL that '
-    'fails; nothing is registered then.';
+    'fails; nothing is registered then. Several at once: tenancy.add_migrations.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migration(text, text, boolean) FROM PUBLIC;
 
@@ -400,7 +319,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.create_tenant(text, jsonb, text) IS
     'Create tenant slug: validate the slug; with isolation schema (default) create schema '
-    'schema_prefix()||slug and apply every migration; with shared the tenant''s rows live in '
+    'schema_prefix()||slug and apply every migration (from the newest baseline on, when one is '
+    'registered); with shared the tenant''s rows live in '
     'guarded shared tables. Registers the row and emits tenant_created, all in the caller''s '
     'transaction. When the history needs commit boundaries the tenant is registered in status '
     'provisioning with its first migration applied; each further call (or migrate_tenant) applies '
@@ -1024,6 +944,29 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a
                             WHERE a.datname = current_database()
                               AND a.application_name = 'pgtenancy-listener:' || c.name);
+
+    -- An orphaned prepared transaction (its transaction manager gone) holds
+    -- the snapshot xmin of the whole cluster back until someone finishes it:
+    -- no consumer passes it, whatever database it was prepared in. Older
+    -- than the setting pgtenancy.prepared_stale_after (default 5 minutes,
+    -- the default stall limit of the listener health check).
+    RETURN QUERY
+        SELECT 'warning'::text, 'prepared_transaction'::text, p.gid,
+               format('prepared transaction %L (database %s, role %s) has been waiting for '
+                      'COMMIT PREPARED or ROLLBACK PREPARED since %s (%s): it holds the snapshot '
+                      'xmin back, so no consumer gets events committed after it began (%s held '
+                      'back now) and VACUUM cannot clean up behind it',
+                      p.gid, p.database, p.owner, date_trunc('second', p.prepared),
+                      date_trunc('second', now() - p.prepared),
+                      (SELECT count(*) FROM tenancy.events AS e
+                        WHERE e.xid >= pg_snapshot_xmin(pg_current_snapshot()))),
+               format('COMMIT PREPARED %L or ROLLBACK PREPARED %L, in database %s as %s or a '
+                      'superuser (ask its transaction manager which one first)',
+                      p.gid, p.gid, p.database, p.owner)
+          FROM pg_prepared_xacts AS p
+         WHERE p.prepared < now() - coalesce(nullif(current_setting('pgtenancy.prepared_stale_after',
+                                                                    true), ''),
+                                             '5 minutes')::interval;
 END
 $$;
 
@@ -1032,7 +975,9 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'missing (error), prefixed schemas not registered, tenants behind the latest migration '
     '(warnings), consumers unseen for consumer_inactive_after() with undelivered events '
     '(warning), consumers without a listener whose undelivered events are older than '
-    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), shared schemas '
+    'the setting pgtenancy.consumer_stale_after, default 15 minutes (warning), prepared '
+    'transactions older than the setting pgtenancy.prepared_stale_after, default 5 minutes, '
+    'which stall every consumer (warning, the fix names COMMIT/ROLLBACK PREPARED), shared schemas '
     'that roles other than their owner may create in (warning), the migration fence missing '
     '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
     'members of the owner''s role (error for an application role, warning otherwise). Called by '
@@ -1743,12 +1688,17 @@ CREATE OR REPLACE FUNCTION tenancy.session_state()
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
-    -- What a statement can leave in a session beyond its transaction.
+    -- What a statement can leave in a session beyond its transaction. A
+    -- session without a temporary schema (pg_my_temp_schema() = 0) has no
+    -- temporary objects: the catalogs (no index on the namespace alone) are
+    -- scanned only when it has one.
     SELECT pg_catalog.jsonb_build_array(
-        (SELECT count(*) FROM pg_catalog.pg_class AS c
-          WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()),
-        (SELECT count(*) FROM pg_catalog.pg_proc AS p
-          WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()),
+        CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+             ELSE (SELECT count(*) FROM pg_catalog.pg_class AS c
+                    WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()) END,
+        CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
+             ELSE (SELECT count(*) FROM pg_catalog.pg_proc AS p
+                    WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()) END,
         (SELECT count(*) FROM pg_catalog.pg_locks AS l
           WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'),
         (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
@@ -1869,23 +1819,27 @@ COMMENT ON FUNCTION tenancy.migration_schema() IS
 
 CREATE OR REPLACE FUNCTION tenancy.is_migration_target(schema_name text)
     RETURNS boolean
-    LANGUAGE sql
+    LANGUAGE plpgsql
     STABLE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- The schema the runner opened to the migrator in this transaction: a
     -- schema of the kit's owner the migrator may create in (that grant never
     -- commits), neither tenancy nor public nor one everybody may create in.
-    SELECT schema_name NOT IN ('tenancy', 'public')
+    -- PL/pgSQL, not SQL: the fence asks for every DDL command of a
+    -- migration, and a SECURITY DEFINER SQL function is planned at each call.
+    RETURN is_migration_target.schema_name NOT IN ('tenancy', 'public')
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
-                    WHERE n.nspname = schema_name
+                    WHERE n.nspname = is_migration_target.schema_name
                       AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
                                          WHERE s.nspname = 'tenancy')
                       AND pg_catalog.has_schema_privilege(
                               (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
-                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'))
+                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'));
+END
 $$;
 
 REVOKE ALL ON FUNCTION tenancy.is_migration_target(text) FROM PUBLIC;
@@ -2171,21 +2125,28 @@ BEGIN
     -- The application roles get their privileges from grant_app_role: a
     -- migration must not grant the tenant's objects to PUBLIC or to other
     -- roles.
-    SELECT format('%s to %s', d.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+    -- The schema's objects through its namespace dependencies (indexed);
+    -- only those with privileges of their own (a NULL ACL grants nothing
+    -- beyond the owner's defaults) are exploded.
+    SELECT format('%s to %s', o.objid, CASE WHEN a.grantee = 0 THEN 'PUBLIC'
                                             ELSE pg_get_userbyid(a.grantee) END) AS name
       INTO v_obj
-      FROM pg_depend AS d
-      CROSS JOIN LATERAL (SELECT nullif(CASE d.classid
-                              WHEN 'pg_class'::regclass
-                                  THEN (SELECT c.relacl FROM pg_class AS c WHERE c.oid = d.objid)
-                              WHEN 'pg_proc'::regclass
-                                  THEN (SELECT p.proacl FROM pg_proc AS p WHERE p.oid = d.objid)
-                              WHEN 'pg_type'::regclass
-                                  THEN (SELECT t.typacl FROM pg_type AS t WHERE t.oid = d.objid)
-                          END, '{}'::aclitem[]) AS acl) AS o
+      FROM (SELECT d.objid, c.relacl AS acl
+              FROM pg_depend AS d JOIN pg_class AS c ON c.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_class'::regclass AND c.relacl IS NOT NULL
+            UNION ALL
+            SELECT d.objid, p.proacl
+              FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_proc'::regclass AND p.proacl IS NOT NULL
+            UNION ALL
+            SELECT d.objid, t.typacl
+              FROM pg_depend AS d JOIN pg_type AS t ON t.oid = d.objid
+             WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+               AND d.deptype = 'n' AND d.classid = 'pg_type'::regclass AND t.typacl IS NOT NULL) AS o
       CROSS JOIN LATERAL aclexplode(o.acl) AS a
-     WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-       AND a.grantee NOT IN (v_owner, v_migrator)
+     WHERE a.grantee NOT IN (v_owner, v_migrator)
        AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
                                JOIN pg_roles AS r ON r.rolname = ar.role_name)
      LIMIT 1;
@@ -2532,6 +2493,10 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Citus: the migrator can change no distributed table
+                    -- here (tenancy.citus_undistribute_schema); distributed
+                    -- again below.
+                    PERFORM tenancy.citus_undistribute_schema(p_schema);
                     PERFORM tenancy.hand_over_schema(p_schema, true);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
@@ -2569,12 +2534,19 @@ BEGIN
                 NULL;
             END;
             PERFORM set_config('pgtenancy.migration_schema', '', true);
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
             v_version := v_migration.version;
             v_applied := v_applied + 1;
             CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+            IF p_scratch THEN
+                -- What its commit would check (deferred constraints), checked
+                -- here: a scratch try applies several migrations in one
+                -- transaction (tenancy.add_migrations).
+                SET CONSTRAINTS ALL IMMEDIATE;
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_context = PG_EXCEPTION_CONTEXT;
@@ -2615,6 +2587,9 @@ BEGIN
                 USING ERRCODE = 'PT017',
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
+        IF p_scratch THEN
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
+        END IF;
         v_version := v_migration.version;
         v_applied := v_applied + 1;
     END LOOP;
@@ -2622,23 +2597,7 @@ BEGIN
         -- The scratch schema's objects stay the migrator's (it holds no
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
-        -- still refuse what a tenant could not take back.
-        IF EXISTS (SELECT 1 FROM pg_proc AS p
-                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
-        END IF;
-        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
-                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
-                      AND r.rulename <> '_RETURN') THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
-        END IF;
-        PERFORM tenancy.check_tenant_grants(p_schema);
+        -- ran after each migration (tenancy.check_scratch_schema).
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
@@ -2652,7 +2611,10 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
-    PERFORM tenancy.citus_distribute_schema(p_schema);
+    -- The scratch schema holds no data and is read by nobody: never distributed.
+    IF NOT p_scratch THEN
+        PERFORM tenancy.citus_distribute_schema(p_schema);
+    END IF;
     RETURN v_version;
 END
 $$;
@@ -3887,6 +3849,10 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Citus: the migrator can change no distributed table
+                    -- here (tenancy.citus_undistribute_schema); distributed
+                    -- again below.
+                    PERFORM tenancy.citus_undistribute_schema(p_schema);
                     PERFORM tenancy.hand_over_schema(p_schema, true);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
@@ -3924,12 +3890,19 @@ BEGIN
                 NULL;
             END;
             PERFORM set_config('pgtenancy.migration_schema', '', true);
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
             v_version := v_migration.version;
             v_applied := v_applied + 1;
             CONTINUE;
         END IF;
         BEGIN
             PERFORM tenancy.execute_migration(v_migration.sql, v_path);
+            IF p_scratch THEN
+                -- What its commit would check (deferred constraints), checked
+                -- here: a scratch try applies several migrations in one
+                -- transaction (tenancy.add_migrations).
+                SET CONSTRAINTS ALL IMMEDIATE;
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_context = PG_EXCEPTION_CONTEXT;
@@ -3970,6 +3943,9 @@ BEGIN
                 USING ERRCODE = 'PT017',
                       HINT = 'A tenant migration may change its own tenant schema only. Nothing was changed.';
         END IF;
+        IF p_scratch THEN
+            PERFORM tenancy.check_scratch_schema(p_schema, v_migration.version);
+        END IF;
         v_version := v_migration.version;
         v_applied := v_applied + 1;
     END LOOP;
@@ -3977,23 +3953,7 @@ BEGIN
         -- The scratch schema's objects stay the migrator's (it holds no
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
-        -- still refuse what a tenant could not take back.
-        IF EXISTS (SELECT 1 FROM pg_proc AS p
-                    WHERE p.pronamespace = to_regnamespace(quote_ident(p_schema)) AND p.prosecdef) THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
-        END IF;
-        IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
-                    WHERE c.relnamespace = to_regnamespace(quote_ident(p_schema))
-                      AND r.rulename <> '_RETURN') THEN
-            RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
-                v_version, p_schema
-                USING ERRCODE = 'PT017',
-                      HINT = 'Use a trigger instead of a rule. Nothing was changed.';
-        END IF;
-        PERFORM tenancy.check_tenant_grants(p_schema);
+        -- ran after each migration (tenancy.check_scratch_schema).
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
         -- At rest the owner owns everything again and the migrator nothing.
@@ -4007,7 +3967,10 @@ BEGIN
         END;
         EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     END IF;
-    PERFORM tenancy.citus_distribute_schema(p_schema);
+    -- The scratch schema holds no data and is read by nobody: never distributed.
+    IF NOT p_scratch THEN
+        PERFORM tenancy.citus_distribute_schema(p_schema);
+    END IF;
     RETURN v_version;
 END
 $$;
@@ -4071,13 +4034,19 @@ BEGIN
                   HINT = 'Rename or drop that schema, or choose another slug.';
     END IF;
     EXECUTE format('CREATE SCHEMA %I', NEW.schema_name);
-    IF tenancy.needs_commit_boundaries(NULL) THEN
+    -- The newest baseline (the history squashed up to its version), in this
+    -- transaction; then the migrations after it.
+    NEW.migration_version := (SELECT max(b.through_version) FROM tenancy.baselines AS b);
+    IF NEW.migration_version IS NOT NULL THEN
+        NEW.migration_version := tenancy.apply_baseline(NEW.schema_name, NEW.migration_version);
+    END IF;
+    IF tenancy.needs_commit_boundaries(NEW.migration_version) THEN
         -- One migration per transaction: the first one here, the others by
         -- migrate_tenant (the fleet runner, or create_tenant rerun).
         NEW.status := 'provisioning';
-        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL, 1);
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NEW.migration_version, 1);
     ELSE
-        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NULL);
+        NEW.migration_version := tenancy.apply_migrations(NEW.schema_name, NEW.migration_version);
     END IF;
     PERFORM tenancy.grant_schema_to_app_roles(NEW.schema_name);
     RETURN NEW;
@@ -4086,8 +4055,9 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
     'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
-    'for a schema tenant derive schema_name, create the schema, apply every migration (PT006 on '
-    'failure; when the history needs commit boundaries only the first, in status provisioning) '
+    'for a schema tenant derive schema_name, create the schema, run the newest baseline (if any) '
+    'and apply every migration after it (PT006 on failure; when they need commit boundaries '
+    'only the first, in status provisioning) '
     'and grant it to the application roles; a shared tenant gets no schema.';
 
 REVOKE ALL ON FUNCTION tenancy.create_tenant(text, jsonb, text) FROM PUBLIC;
@@ -4570,6 +4540,15 @@ BEGIN
             RETURN 0;
         END IF;
         EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_distribute') USING p_schema;
+        -- Tables that held rows (a schema made local again for a migration,
+        -- see tenancy.citus_undistribute_schema) keep them on the
+        -- coordinator's disk, out of sight: drop that copy.
+        FOR v_table IN SELECT c.oid::regclass FROM pg_class AS c
+                        WHERE c.relnamespace = p_schema::regnamespace AND c.relkind = 'r'
+                          AND pg_relation_size(c.oid) > 0 LOOP
+            EXECUTE format('SELECT pg_catalog.%I($1)', 'truncate_local_data_after_distributing_table')
+                USING v_table;
+        END LOOP;
         RETURN v_count;
     END IF;
     -- Tables a migration added to a distributed schema join its colocation group.
@@ -4775,6 +4754,760 @@ COMMENT ON FUNCTION tenancy.move_tenant(text, text, integer) IS
     'stays usable while its shards are copied); return its node afterwards. A no-op when it is '
     'there already. Raises PT003 (not found), 22023 (shared tenant), 0A000 (no Citus).';
 REVOKE ALL ON FUNCTION tenancy.move_tenant(text, text, integer) FROM PUBLIC;
+
+-- i10baseline: baselines (issue 10 item 4). New tenants run the newest
+-- baseline, a squashed history checked against a replay, then the
+-- migrations after it (tenants_before_insert above); see
+-- sql/003_migration_baselines.sql and sql/012_baselines.sql.
+CREATE TABLE IF NOT EXISTS tenancy.baselines (
+    through_version text COLLATE "C" NOT NULL,
+    sql             text        NOT NULL,
+    checksum        text        NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT baselines_pkey PRIMARY KEY (through_version),
+    CONSTRAINT baselines_through_version_fkey FOREIGN KEY (through_version)
+        REFERENCES tenancy.migrations (version)
+);
+
+COMMENT ON TABLE tenancy.baselines IS
+    'Squashed histories: sql creates in a new tenant schema what the migrations up to '
+    'through_version create; the newest one provisions new tenants.';
+
+CREATE OR REPLACE FUNCTION tenancy.apply_baseline(p_schema text, p_version text)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_baseline tenancy.baselines;
+    v_role     name := tenancy.migrator_role();
+    -- As for every migration: the tenant schema, the catalogs, public, temp.
+    v_path     text := format('%I, pg_catalog, public, pg_temp', p_schema);
+    v_state    text;
+    v_message  text;
+    v_context  text;
+BEGIN
+    SELECT * INTO v_baseline FROM tenancy.baselines AS b WHERE b.through_version = p_version;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no baseline through version %', coalesce(quote_literal(p_version), 'NULL')
+            USING ERRCODE = 'PT032';
+    END IF;
+    -- The same runner as apply_migrations: the migrator may create in this
+    -- (new, empty) schema for the rest of this transaction only.
+    EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', p_schema, v_role);
+    PERFORM set_config('pgtenancy.migration_schema', p_schema, true);
+    IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                    WHERE p.oid = 'tenancy.execute_migration(text,text)'::regprocedure
+                      AND p.prosecdef
+                      AND p.proowner = (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role)) THEN
+        RAISE EXCEPTION 'the migration runner tenancy.execute_migration was changed: it no longer runs as the migrator role'
+            USING ERRCODE = 'PT017',
+                  HINT = 'Install the kit again (pgtenancy install) to restore it.';
+    END IF;
+    BEGIN
+        PERFORM tenancy.execute_migration(v_baseline.sql, v_path);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                v_context = PG_EXCEPTION_CONTEXT;
+        PERFORM set_config('pgtenancy.migration_schema', '', true);
+        IF v_state IN ('PT017', '42501')
+           OR (v_state = '0A000' AND v_message LIKE 'EXECUTE of transaction commands%') THEN
+            RAISE EXCEPTION 'unsafe baseline through % (schema %): %', p_version, p_schema, v_message
+                USING ERRCODE = 'PT017',
+                      DETAIL = format('SQLSTATE %s; %s', v_state,
+                                      coalesce(substring(v_context FROM 'SQL statement "(.*?)"'),
+                                               'at the baseline''s top level')),
+                      HINT = 'A baseline, like a tenant migration, may change its own tenant schema only.';
+        END IF;
+        RAISE EXCEPTION 'baseline through % failed in schema %: %', p_version, p_schema, v_message
+            USING ERRCODE = 'PT006',
+                  DETAIL = format('SQLSTATE %s', v_state);
+    END;
+    PERFORM set_config('pgtenancy.migration_schema', '', true);
+    IF NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                    WHERE p.proname = 'execute_migration'
+                      AND p.pronamespace = 'tenancy'::regnamespace)
+       OR NOT has_schema_privilege(v_role, 'tenancy', 'USAGE') THEN
+        RAISE EXCEPTION 'unsafe baseline through % (schema %): it dropped the migrator role''s own objects or privileges',
+            p_version, p_schema
+            USING ERRCODE = 'PT017';
+    END IF;
+    -- At rest the owner owns everything and the migrator nothing; the
+    -- hand-back refuses SECURITY DEFINER functions, rules and foreign grants.
+    BEGIN
+        PERFORM tenancy.hand_over_schema(p_schema, false);
+    EXCEPTION WHEN SQLSTATE 'PT017' THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+        RAISE EXCEPTION 'unsafe baseline through % (schema %): %', p_version, p_schema, v_message
+            USING ERRCODE = 'PT017';
+    END;
+    EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+    RETURN v_baseline.through_version;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_baseline(text, text) IS
+    'Run the baseline through version p_version inside the new, empty schema p_schema, in the '
+    'caller''s transaction, as the migrator role confined to that schema (the runner of every '
+    'migration, tenancy.execute_migration), then give its objects to the kit''s owner; return '
+    'p_version. Raises PT032 (no such baseline), PT017 (it reaches outside its schema), PT006 '
+    '(it failed; SQLSTATE in DETAIL). Internal: not granted to PUBLIC.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_baseline(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.schema_catalog(schema_name text)
+    RETURNS TABLE (kind text, name text, definition text)
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_nsp    oid := to_regnamespace(quote_ident(schema_catalog.schema_name))::oid;
+    v_prefix text := quote_ident(schema_catalog.schema_name) || '.';
+BEGIN
+    IF v_nsp IS NULL THEN
+        RAISE EXCEPTION 'schema % does not exist', coalesce(quote_ident(schema_catalog.schema_name), 'NULL')
+            USING ERRCODE = '3F000';
+    END IF;
+    -- Names of the schema's own objects print unqualified (the schema is on
+    -- the path, after the catalogs), so two schemas compare; the few
+    -- deparsers that always qualify are stripped of the schema name.
+    PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', schema_catalog.schema_name), true);
+    RETURN QUERY
+    SELECT x.kind, replace(x.name, v_prefix, ''), replace(x.definition, v_prefix, '')
+      FROM (
+        SELECT 'relation' AS kind, c.relname::text AS name,
+               jsonb_build_array(c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
+                   c.reloptions::text, pg_get_userbyid(c.relowner),
+                   (SELECT array_agg(a::text ORDER BY a::text) FROM unnest(c.relacl) AS a)::text,
+                   obj_description(c.oid, 'pg_class'),
+                   CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+                   pg_get_partkeydef(c.oid), pg_get_expr(c.relpartbound, c.oid),
+                   (SELECT array_agg(i.inhparent::regclass::text ORDER BY i.inhseqno)
+                      FROM pg_inherits AS i WHERE i.inhrelid = c.oid)::text)::text AS definition
+          FROM pg_class AS c WHERE c.relnamespace = v_nsp
+        UNION ALL
+        -- Columns by their place among the live ones: a replay that dropped
+        -- a column and a baseline without it agree.
+        SELECT 'column', c.relname || '.' || a.attname,
+               jsonb_build_array(row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
+                   format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity, a.attgenerated,
+                   (SELECT co.collname FROM pg_collation AS co
+                     WHERE co.oid = a.attcollation AND a.attcollation <> 100),
+                   pg_get_expr(d.adbin, d.adrelid),
+                   (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(a.attacl) AS x)::text,
+                   col_description(c.oid, a.attnum))::text
+          FROM pg_attribute AS a
+          JOIN pg_class AS c ON c.oid = a.attrelid
+          LEFT JOIN pg_attrdef AS d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE c.relnamespace = v_nsp AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+           AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL
+        SELECT 'constraint', coalesce(c.relname, t.typname) || '.' || k.conname,
+               jsonb_build_array(k.contype, pg_get_constraintdef(k.oid), k.condeferrable,
+                   k.condeferred, k.convalidated, obj_description(k.oid, 'pg_constraint'))::text
+          FROM pg_constraint AS k
+          LEFT JOIN pg_class AS c ON c.oid = k.conrelid
+          LEFT JOIN pg_type AS t ON t.oid = k.contypid
+         WHERE k.connamespace = v_nsp
+        UNION ALL
+        SELECT 'index', c.relname, pg_get_indexdef(i.indexrelid)
+          FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+         WHERE c.relnamespace = v_nsp
+        UNION ALL
+        SELECT 'sequence', c.relname,
+               jsonb_build_array(format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmax,
+                   s.seqmin, s.seqcache, s.seqcycle,
+                   (SELECT d.deptype::text || ' ' || d.refobjid::regclass::text || '.' || a.attname
+                      FROM pg_depend AS d
+                      JOIN pg_attribute AS a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                     WHERE d.classid = 'pg_class'::regclass AND d.objid = s.seqrelid
+                       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')))::text
+          FROM pg_sequence AS s JOIN pg_class AS c ON c.oid = s.seqrelid
+         WHERE c.relnamespace = v_nsp
+        UNION ALL
+        SELECT 'function', p.oid::regprocedure::text,
+               jsonb_build_array(CASE WHEN p.prokind <> 'a' THEN pg_get_functiondef(p.oid) END,
+                   p.prokind, pg_get_userbyid(p.proowner),
+                   (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(p.proacl) AS x)::text,
+                   obj_description(p.oid, 'pg_proc'))::text
+          FROM pg_proc AS p WHERE p.pronamespace = v_nsp
+        UNION ALL
+        SELECT 'trigger', c.relname || '.' || t.tgname,
+               jsonb_build_array(pg_get_triggerdef(t.oid), t.tgenabled,
+                   obj_description(t.oid, 'pg_trigger'))::text
+          FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+         WHERE c.relnamespace = v_nsp AND NOT t.tgisinternal
+        UNION ALL
+        SELECT 'policy', c.relname || '.' || p.polname,
+               jsonb_build_array(p.polcmd, p.polpermissive,
+                   (SELECT array_agg(CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r)::text END
+                                     ORDER BY 1) FROM unnest(p.polroles) AS r)::text,
+                   pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))::text
+          FROM pg_policy AS p JOIN pg_class AS c ON c.oid = p.polrelid
+         WHERE c.relnamespace = v_nsp
+        UNION ALL
+        -- Enum labels in their order; domains with base type and default.
+        SELECT 'type', t.typname,
+               jsonb_build_array(t.typtype, pg_get_userbyid(t.typowner),
+                   (SELECT array_agg(x::text ORDER BY x::text) FROM unnest(t.typacl) AS x)::text,
+                   obj_description(t.oid, 'pg_type'),
+                   (SELECT array_agg(e.enumlabel ORDER BY e.enumsortorder)
+                      FROM pg_enum AS e WHERE e.enumtypid = t.oid)::text,
+                   CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod) END,
+                   t.typnotnull, t.typdefault,
+                   (SELECT format_type(r.rngsubtype, NULL) FROM pg_range AS r WHERE r.rngtypid = t.oid))::text
+          FROM pg_type AS t WHERE t.typnamespace = v_nsp
+        UNION ALL
+        SELECT 'rule', c.relname || '.' || r.rulename, pg_get_ruledef(r.oid)
+          FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+         WHERE c.relnamespace = v_nsp AND r.rulename <> '_RETURN'
+        UNION ALL
+        SELECT 'statistics', s.stxname, pg_get_statisticsobjdef(s.oid)
+          FROM pg_statistic_ext AS s WHERE s.stxnamespace = v_nsp
+        UNION ALL
+        -- Whatever else lives in the schema (operators, collations, text
+        -- search objects, conversions ...), by kind and name.
+        SELECT 'object', o.type || ' ' || o.identity, ''
+          FROM pg_depend AS d, pg_identify_object(d.classid, d.objid, 0) AS o
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid NOT IN ('pg_class'::regclass, 'pg_proc'::regclass, 'pg_type'::regclass,
+                                 'pg_constraint'::regclass, 'pg_statistic_ext'::regclass)
+      ) AS x;
+    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.schema_catalog(text) IS
+    'The objects of schema schema_name as (kind, name, definition) rows, keyed by names (never '
+    'oids) with the schema''s own name left out, so two schemas compare: relations (kind, '
+    'persistence, RLS flags, options, owner, ACL, comment, view query, partitioning, '
+    'inheritance), columns of tables, views and composite types (position among live columns, '
+    'type, NOT NULL, identity, generated, collation, default, ACL, comment), constraints, indexes, sequences (parameters, owning '
+    'column), functions (full definition, owner, ACL, comment), triggers, policies, types (enum '
+    'labels in order, domains, ranges), rules, statistics and any other object by name. Raises '
+    '3F000 for a missing schema.';
+
+-- The reference the baseline is checked against: the version the scratch
+-- schema tenancy_check_baseline has been replayed to, for which baseline.
+CREATE TABLE IF NOT EXISTS tenancy.baseline_scratch (
+    singleton       boolean NOT NULL DEFAULT true,
+    through_version text COLLATE "C" NOT NULL,
+    version         text COLLATE "C",
+    CONSTRAINT baseline_scratch_pkey PRIMARY KEY (singleton),
+    CONSTRAINT baseline_scratch_singleton_check CHECK (singleton)
+);
+
+COMMENT ON TABLE tenancy.baseline_scratch IS
+    'Where the replay in schema tenancy_check_baseline stands (version) on its way to '
+    'through_version, the version a baseline is being made for. One row at most.';
+
+CREATE OR REPLACE FUNCTION tenancy.prepare_baseline(through_version text)
+    RETURNS text
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_through ALIAS FOR through_version;
+    v_schema  text := 'tenancy_check_baseline';
+    v_role    name := tenancy.migrator_role();
+    v_state   tenancy.baseline_scratch;
+    v_next    tenancy.migrations;
+    v_at      text;
+    v_count   integer;
+    v_sqlstate text;
+    v_message text;
+BEGIN
+    -- Registrations wait: the history up to p_through cannot change anyway,
+    -- but the commit boundaries are read from the whole registry.
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    IF NOT EXISTS (SELECT 1 FROM tenancy.migrations AS m WHERE m.version = p_through) THEN
+        RAISE EXCEPTION 'cannot squash through %: no such migration is registered',
+            coalesce(quote_literal(p_through), 'NULL')
+            USING ERRCODE = 'PT032',
+                  HINT = 'Name a registered version (pgtenancy migrate --dry-run lists them per tenant).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM tenancy.baselines AS b WHERE b.through_version = p_through) THEN
+        RAISE EXCEPTION 'a baseline through % is registered already', quote_literal(p_through)
+            USING ERRCODE = 'PT032',
+                  HINT = 'Drop it first (tenancy.drop_baseline) to replace it.';
+    END IF;
+    SELECT * INTO v_state FROM tenancy.baseline_scratch AS s;
+    IF FOUND AND v_state.through_version = p_through
+       AND to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
+        v_at := v_state.version;
+    ELSE
+        IF to_regnamespace(quote_ident(v_schema)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_schema);
+        END IF;
+        EXECUTE format('CREATE SCHEMA %I', v_schema);
+        v_at := NULL;
+    END IF;
+    IF v_at IS DISTINCT FROM p_through THEN
+        SELECT * INTO v_next FROM tenancy.migrations AS m
+         WHERE v_at IS NULL OR m.version > v_at
+         ORDER BY m.version LIMIT 1;
+        IF v_next.outside_transaction THEN
+            -- A baseline is one transaction: the migration must run inside
+            -- one (CREATE/DROP INDEX without CONCURRENTLY, ALTER TYPE ... ADD
+            -- VALUE do; VACUUM does not).
+            EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', v_schema, v_role);
+            PERFORM tenancy.hand_over_schema(v_schema, true);
+            PERFORM set_config('pgtenancy.migration_schema', v_schema, true);
+            BEGIN
+                PERFORM tenancy.execute_migration(
+                    regexp_replace(v_next.sql, '\mCONCURRENTLY\M', '', 'gi'),
+                    format('%I, pg_catalog, public, pg_temp', v_schema));
+            EXCEPTION WHEN OTHERS THEN
+                GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT;
+                RAISE EXCEPTION 'cannot squash through %: migration % runs outside a transaction and cannot be squashed: %',
+                    quote_literal(p_through), v_next.version, v_message
+                    USING ERRCODE = 'PT032',
+                          DETAIL = format('Run inside a transaction (as a baseline is) it fails with SQLSTATE %s.', v_sqlstate),
+                          HINT = 'Squash through a version before it.';
+            END;
+            PERFORM set_config('pgtenancy.migration_schema', '', true);
+            PERFORM tenancy.hand_over_schema(v_schema, false);
+            EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', v_schema, v_role);
+            v_at := v_next.version;
+        ELSE
+            -- What a new tenant gets in one transaction: everything up to
+            -- p_through, or the next migration when commits are needed.
+            SELECT count(*)::integer INTO v_count FROM tenancy.migrations AS m
+             WHERE (v_at IS NULL OR m.version > v_at) AND m.version <= p_through;
+            v_at := tenancy.apply_migrations(
+                v_schema, v_at, CASE WHEN tenancy.needs_commit_boundaries(v_at) THEN 1 ELSE v_count END);
+        END IF;
+    END IF;
+    INSERT INTO tenancy.baseline_scratch AS s (singleton, through_version, version)
+    VALUES (true, p_through, v_at)
+        ON CONFLICT (singleton) DO UPDATE
+       SET through_version = EXCLUDED.through_version, version = EXCLUDED.version;
+    RETURN v_at;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.prepare_baseline(text) IS
+    'Replay the migrations up to through_version in the scratch schema tenancy_check_baseline, '
+    'the reference a baseline through that version is made from and checked against: each call '
+    'applies what one transaction of a new tenant''s provisioning applies (all of them, or the '
+    'next one when the history needs commit boundaries) and returns the version reached; call it '
+    'in transactions of their own until it returns through_version. A different through_version '
+    'starts over. Raises PT032 for an unregistered version, a baseline registered through it '
+    'already, or a no-transaction migration that cannot run in a transaction (VACUUM); PT006 '
+    'when a migration fails. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.prepare_baseline(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.discard_baseline_scratch()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_found boolean := to_regnamespace('tenancy_check_baseline') IS NOT NULL;
+BEGIN
+    DROP SCHEMA IF EXISTS tenancy_check_baseline CASCADE;
+    DELETE FROM tenancy.baseline_scratch;
+    RETURN v_found;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.discard_baseline_scratch() IS
+    'Drop the reference schema of tenancy.prepare_baseline (after a refused squash); true when '
+    'there was one. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.discard_baseline_scratch() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.add_baseline(through_version text, sql text)
+    RETURNS tenancy.baselines
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_through ALIAS FOR through_version;
+    p_sql     ALIAS FOR sql;
+    v_ref     text := 'tenancy_check_baseline';
+    v_try     text := 'tenancy_check_baseline_try';
+    v_row     tenancy.baselines;
+    v_at      text;
+    v_table   regclass;
+    v_used    text;
+    v_diff    text;
+    v_count   integer;
+    v_state   text;
+    v_message text;
+    v_detail  text;
+BEGIN
+    IF p_sql IS NULL OR btrim(p_sql) = '' THEN
+        RAISE EXCEPTION 'baseline through % has no SQL', coalesce(quote_literal(p_through), 'NULL')
+            USING ERRCODE = 'PT032';
+    END IF;
+    -- Registrations and other squashes wait: the reference cannot change
+    -- under the check (prepare_baseline takes the same lock).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    -- The reference: ready when prepare_baseline reached p_through; else
+    -- made here when one transaction can (no commit boundaries needed).
+    -- prepare_baseline refuses unknown versions and existing baselines.
+    SELECT s.version INTO v_at FROM tenancy.baseline_scratch AS s
+     WHERE s.through_version = p_through AND to_regnamespace(quote_ident(v_ref)) IS NOT NULL;
+    IF v_at IS DISTINCT FROM p_through THEN
+        v_at := tenancy.prepare_baseline(p_through);
+    ELSE
+        IF EXISTS (SELECT 1 FROM tenancy.baselines AS b WHERE b.through_version = p_through) THEN
+            RAISE EXCEPTION 'a baseline through % is registered already', quote_literal(p_through)
+                USING ERRCODE = 'PT032',
+                      HINT = 'Drop it first (tenancy.drop_baseline) to replace it.';
+        END IF;
+    END IF;
+    IF v_at IS DISTINCT FROM p_through THEN
+        RAISE EXCEPTION 'the migrations up to % need commits between them: the reference replay is at %',
+            quote_literal(p_through), coalesce(quote_literal(v_at), 'none')
+            USING ERRCODE = 'PT032',
+                  HINT = 'Call tenancy.prepare_baseline(through_version) in transactions of their own '
+                         'until it returns the version, then add_baseline (pgtenancy migrate squash does).';
+    END IF;
+    -- A baseline holds schema, not data: a history that leaves rows or
+    -- advances sequences cannot be squashed into one.
+    FOR v_table IN
+        SELECT c.oid::regclass FROM pg_class AS c
+         WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref)) AND c.relkind IN ('r', 'm')
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', v_table) INTO STRICT v_used;
+        IF v_used::boolean THEN
+            RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table %',
+                quote_literal(p_through), replace(v_table::text, v_ref || '.', '')
+                USING ERRCODE = 'PT032',
+                      HINT = 'A baseline holds the schema only: squash through a version before the '
+                             'migration that writes them, or move the rows to a shared table.';
+        END IF;
+    END LOOP;
+    SELECT string_agg(replace(c.oid::regclass::text, v_ref || '.', ''), ', ') INTO v_used
+      FROM pg_class AS c
+     WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref))
+       AND CASE WHEN c.relkind = 'S' THEN pg_sequence_last_value(c.oid) IS NOT NULL ELSE false END;
+    IF v_used IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot squash through %: the migrations advance sequence(s) %', quote_literal(p_through), v_used
+            USING ERRCODE = 'PT032',
+                  HINT = 'A baseline holds the schema only: squash through a version before the migration that uses them.';
+    END IF;
+
+    INSERT INTO tenancy.baselines (through_version, sql, checksum)
+    VALUES (p_through, p_sql, encode(sha256(convert_to(p_sql, 'UTF8')), 'hex'))
+    RETURNING * INTO v_row;
+    -- The baseline runs as it will for every new tenant.
+    IF to_regnamespace(quote_ident(v_try)) IS NOT NULL THEN
+        EXECUTE format('DROP SCHEMA %I CASCADE', v_try);
+    END IF;
+    EXECUTE format('CREATE SCHEMA %I', v_try);
+    BEGIN
+        PERFORM tenancy.apply_baseline(v_try, p_through);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                v_detail = PG_EXCEPTION_DETAIL;
+        IF v_state = 'PT017' THEN
+            RAISE EXCEPTION '%', v_message
+                USING ERRCODE = 'PT017', DETAIL = v_detail, HINT = 'Nothing was registered.';
+        END IF;
+        RAISE EXCEPTION 'baseline through % does not apply to an empty schema: %', quote_literal(p_through), v_message
+            USING ERRCODE = 'PT032', DETAIL = v_detail, HINT = 'Nothing was registered.';
+    END;
+    -- Equal to the replay, object by object.
+    SELECT count(*)::integer,
+           string_agg(d.side || ' ' || d.kind || ' ' || d.name || ': ' || left(d.definition, 300), E'\n'
+                      ORDER BY d.kind, d.name, d.side)
+      INTO v_count, v_diff
+      FROM (
+        (SELECT 'missing' AS side, * FROM tenancy.schema_catalog(v_ref)
+         EXCEPT SELECT 'missing', * FROM tenancy.schema_catalog(v_try))
+        UNION ALL
+        (SELECT 'extra', * FROM tenancy.schema_catalog(v_try)
+         EXCEPT SELECT 'extra', * FROM tenancy.schema_catalog(v_ref))
+      ) AS d;
+    IF v_count > 0 THEN
+        RAISE EXCEPTION 'baseline through % differs from the migrations up to it in % object(s)',
+            quote_literal(p_through), v_count
+            USING ERRCODE = 'PT033',
+                  DETAIL = v_diff,
+                  HINT = '"missing": made by the migrations, not by the baseline; "extra": the other way. Nothing was registered.';
+    END IF;
+    EXECUTE format('DROP SCHEMA %I CASCADE', v_try);
+    PERFORM tenancy.discard_baseline_scratch();
+    RETURN v_row;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_baseline(text, text) IS
+    'Register sql as the baseline through migration through_version: new tenants run the newest '
+    'baseline instead of the migrations up to its version, then the ones after it. It is checked '
+    'first: applied to a scratch schema as any migration is (the migrator role, the fence), it '
+    'must create what the migrations up to through_version create (tenancy.schema_catalog of the '
+    'reference replay of tenancy.prepare_baseline, made here when no commit boundaries are '
+    'needed). Existing tenants are not touched. Raises PT032 (unregistered version, a baseline '
+    'through it already, no SQL, a history that leaves rows or needs an unfinished '
+    'prepare_baseline, SQL that fails), PT033 (it differs from the migrations; DETAIL lists the '
+    'objects), PT017 (it reaches outside its schema); nothing is registered then. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.add_baseline(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.drop_baseline(through_version text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    DELETE FROM tenancy.baselines AS b WHERE b.through_version = drop_baseline.through_version;
+    RETURN FOUND;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.drop_baseline(text) IS
+    'Remove the baseline through through_version; true when there was one. New tenants then '
+    'start from the newest remaining baseline, or replay every migration; existing tenants are '
+    'not touched (their state is their migration_version). To replace a baseline, drop it and '
+    'squash again. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.drop_baseline(text) FROM PUBLIC;
+
+-- The extension's new configuration table: pg_dump keeps its rows.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.baselines', '');
+    END IF;
+END
+$$;
+-- i11citus: migrations of distributed schema tenants run on the schema made local again.
+-- Citus runs the DDL of a distributed table on the workers over one
+-- connection per user, and refuses to touch placements that another user
+-- changed in the same transaction (placement_connection.c: "modified in this
+-- transaction by a different user"). A migration runs as the migrator after
+-- the owner handed it the schema in that transaction, so it could change no
+-- distributed table of its tenant. The runner therefore makes the schema
+-- local again first (citus_schema_undistribute: the tenant's rows come to
+-- the coordinator), the migration runs there as confined as on plain
+-- PostgreSQL, and tenancy.citus_distribute_schema distributes it again
+-- before the transaction ends. Nothing is left local if anything fails.
+CREATE OR REPLACE FUNCTION tenancy.citus_undistribute_schema(p_schema text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done boolean;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM pg_catalog.%I WHERE schemaid = $1::regnamespace)',
+                   'pg_dist_schema')
+        INTO v_done USING p_schema;
+    IF NOT v_done THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('SELECT pg_catalog.%I($1::regnamespace)', 'citus_schema_undistribute') USING p_schema;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.citus_undistribute_schema(text) IS
+    'With Citus in the database: turn distributed tenant schema p_schema back into a local one '
+    '(citus_schema_undistribute, which copies its rows to the coordinator) so a migration can '
+    'change its tables as the migrator; true when it did, false (nothing done) otherwise. The '
+    'runner distributes it again in the same transaction. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.citus_undistribute_schema(text) FROM PUBLIC;
+
+-- i10speed: linear registration, batched. tenancy.check_scratch_schema (the
+-- hand-back checks after each scratch migration) and tenancy.add_migrations
+-- (several migrations in one transaction; tenancy.add_migration calls it).
+
+CREATE OR REPLACE FUNCTION tenancy.check_scratch_schema(schema_name text, version text)
+    RETURNS void
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nsp oid := to_regnamespace(quote_ident(check_scratch_schema.schema_name))::oid;
+BEGIN
+    -- The checks of a hand-back (tenancy.hand_over_schema) for the scratch
+    -- schema, whose objects stay the migrator's: what a tenant could not
+    -- take back is refused in the migration that made it.
+    IF EXISTS (SELECT 1 FROM pg_proc AS p WHERE p.pronamespace = v_nsp AND p.prosecdef) THEN
+        RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
+            check_scratch_schema.version, check_scratch_schema.schema_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Declare it SECURITY INVOKER (the default). Nothing was changed.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+                WHERE c.relnamespace = v_nsp AND r.rulename <> '_RETURN') THEN
+        RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a rule would run with the owner''s rights',
+            check_scratch_schema.version, check_scratch_schema.schema_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Use a trigger instead of a rule. Nothing was changed.';
+    END IF;
+    PERFORM tenancy.check_tenant_grants(check_scratch_schema.schema_name);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_scratch_schema(text, text) IS
+    'After migration version ran on the scratch schema schema_name: raise PT017 for a SECURITY '
+    'DEFINER function, a rule or a grant a tenant could not take back (the checks of '
+    'tenancy.hand_over_schema, whose objects the scratch schema keeps). Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.check_scratch_schema(text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.add_migrations(
+    versions            text[],
+    sqls                text[],
+    outside_transaction boolean[] DEFAULT NULL
+)
+    RETURNS SETOF tenancy.migrations
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    p_versions ALIAS FOR versions;
+    p_sqls ALIAS FOR sqls;
+    p_outside ALIAS FOR outside_transaction;
+    v_row      tenancy.migrations;
+    v_rows     tenancy.migrations[] := '{}';
+    v_version  text;
+    v_sql      text;
+    v_checksum text;
+    v_scratch  text := 'tenancy_scratch';
+    v_previous text;
+    v_new      boolean := false;
+    v_from     text;
+    v_at       text;
+    v_state    text;
+    v_message  text;
+    v_detail   text;
+BEGIN
+    IF p_versions IS NULL OR p_sqls IS NULL
+       OR cardinality(p_versions) <> cardinality(p_sqls)
+       OR cardinality(p_versions) <> coalesce(cardinality(p_outside), cardinality(p_versions)) THEN
+        RAISE EXCEPTION 'versions, sqls and outside_transaction must be arrays of one length'
+            USING ERRCODE = 'PT008';
+    END IF;
+    -- Serialize registrations with a lock the application role cannot take
+    -- (it has no privilege on the table; an advisory lock anyone can hold).
+    LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    v_previous := (SELECT max(m.version) FROM tenancy.migrations AS m);
+    FOR i IN 1 .. cardinality(p_versions) LOOP
+        v_version := p_versions[i];
+        v_sql := p_sqls[i];
+        IF v_version IS NULL OR v_version !~ '^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$' THEN
+            RAISE EXCEPTION 'invalid migration version %', coalesce(quote_literal(v_version), 'NULL')
+                USING ERRCODE = 'PT008',
+                      HINT = 'Use letters, digits, "_", "." or "-", such as 0001 or 0002_add_invoices.';
+        END IF;
+        IF v_sql IS NULL OR btrim(v_sql) = '' THEN
+            RAISE EXCEPTION 'migration % has no SQL', v_version
+                USING ERRCODE = 'PT008';
+        END IF;
+        v_checksum := encode(sha256(convert_to(v_sql, 'UTF8')), 'hex');
+        SELECT * INTO v_row FROM tenancy.migrations WHERE version = v_version;
+        IF FOUND THEN
+            IF v_row.checksum = v_checksum THEN
+                v_rows := v_rows || v_row;  -- registered already: a no-op
+                CONTINUE;
+            END IF;
+            RAISE EXCEPTION 'migration % is already registered with different SQL', v_version
+                USING ERRCODE = 'PT008',
+                      HINT = 'Registered migrations never change: add a new version instead.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM tenancy.migrations WHERE version > v_version) THEN
+            RAISE EXCEPTION 'migration % sorts before the latest registered version %', v_version,
+                (SELECT max(version) FROM tenancy.migrations)
+                USING ERRCODE = 'PT008',
+                      HINT = 'Versions are applied in C-collation order: use a later version.';
+        END IF;
+        INSERT INTO tenancy.migrations (version, sql, checksum, outside_transaction)
+        VALUES (v_version, v_sql, v_checksum, coalesce(p_outside[i], false))
+        RETURNING * INTO v_row;
+        v_rows := v_rows || v_row;
+        v_new := true;
+    END LOOP;
+    IF NOT v_new THEN
+        RETURN QUERY SELECT * FROM unnest(v_rows);
+        RETURN;
+    END IF;
+
+    -- Try the new migrations on the scratch schema, kept at the latest
+    -- registered version: broken SQL is refused here, before any tenant sees
+    -- it, and the scratch schema moves on with the registration (the new
+    -- migrations applied, each checked as it is, not the chain; earlier ones
+    -- committed, so an enum value an earlier call added is usable). A
+    -- missing or stale scratch schema is rebuilt by replaying the chain, once.
+    SELECT s.version INTO v_at FROM tenancy.scratch AS s;
+    IF FOUND AND v_at IS NOT DISTINCT FROM v_previous
+       AND to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+        v_from := v_previous;
+    ELSE
+        IF to_regnamespace(quote_ident(v_scratch)) IS NOT NULL THEN
+            EXECUTE format('DROP SCHEMA %I CASCADE', v_scratch);
+        END IF;
+        EXECUTE format('CREATE SCHEMA %I', v_scratch);
+        v_from := NULL;
+    END IF;
+    BEGIN
+        v_at := tenancy.apply_migrations(v_scratch, v_from, NULL, true);
+    EXCEPTION
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            IF v_state = 'PT017' THEN
+                RAISE EXCEPTION '%', v_message
+                    USING ERRCODE = 'PT017',
+                          DETAIL = v_detail,
+                          HINT = 'A tenant migration may change its own tenant schema only; '
+                                 'change shared schemas with a shared migration. Nothing was registered.';
+            END IF;
+            -- The migration of this call that failed (apply_migrations names
+            -- it), or the first new one when an older one failed a replay.
+            v_version := substring(v_message FROM '^migration (\S+) failed in schema ');
+            IF v_version IS NULL OR v_version <> ALL (p_versions)
+               OR v_version COLLATE "C" <= v_previous THEN
+                v_version := (SELECT min(u.v COLLATE "C") FROM unnest(p_versions) AS u(v)
+                               WHERE v_previous IS NULL OR u.v COLLATE "C" > v_previous);
+            END IF;
+            RAISE EXCEPTION 'migration % does not apply after the registered migrations: %', v_version, v_message
+                USING ERRCODE = 'PT008',
+                      DETAIL = CASE WHEN v_state = 'PT006' THEN v_detail
+                                    ELSE format('SQLSTATE %s', v_state) END,
+                      HINT = 'Nothing was registered.';
+    END;
+    INSERT INTO tenancy.scratch AS s (singleton, version) VALUES (true, v_at)
+        ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version;
+    RETURN QUERY SELECT * FROM unnest(v_rows);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) IS
+    'Register the migrations versions[i] (tenant DDL sqls[i], no-transaction when '
+    'outside_transaction[i]; NULL: none) in array order, in this one transaction, all or '
+    'nothing: each exactly as tenancy.add_migration would one after the other (same checks, '
+    'same errors), then tried on the scratch schema in one go, each migration checked as it '
+    'is applied (fence, session state, deferred constraints, functions, rules, grants). Returns '
+    'one row per element. A migration that uses an enum value an earlier one of the same call '
+    'adds fails (PT008, SQLSTATE 55P04 in DETAIL): register it in a later call. Raises PT008 '
+    'for unequal array lengths, bad versions, changed SQL, out-of-order versions or SQL that '
+    'fails, PT017 for SQL that reaches outside its tenant schema; nothing is registered then.';
+
+REVOKE ALL ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) FROM PUBLIC;
+
 
 -- i13strict: strict entry (issue 13 items 1, 2, 4): entry keys, signed entry tokens,
 -- the verifying body of active_tenant_id() while strict mode is on, the guard of tenant

@@ -98,3 +98,24 @@ def test_cli_move_and_list(citus_cluster: CitusCluster, citus_dsn: str) -> None:
         line.startswith("cli_mover ") and line.endswith(f"127.0.0.1:{target}")
         for line in listed.splitlines()
     )
+
+
+def test_tenancy_move_tenant_and_tenant_nodes(citus_cluster: CitusCluster, citus_dsn: str) -> None:
+    """The Python API: Tenancy.move_tenant moves, tenant_nodes shows where."""
+    from pgtenancy import Tenancy
+
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT tenancy.add_migration('0001',"
+            " 'CREATE TABLE item (id int PRIMARY KEY, owner text NOT NULL)')"
+        )
+        conn.execute("SELECT tenancy.create_tenant('api_mover')")
+        conn.execute("INSERT INTO tenant_api_mover.item VALUES (1, 'x')")
+    tenancy = Tenancy(citus_dsn)
+    node = tenancy.tenant_nodes()["api_mover"]
+    assert node is not None
+    target = next(p for p in citus_cluster.worker_ports if not node.endswith(f":{p}"))
+    assert tenancy.move_tenant("api_mover", "127.0.0.1", target) == f"127.0.0.1:{target}"
+    assert tenancy.tenant_nodes()["api_mover"] == f"127.0.0.1:{target}"
+    with psycopg.connect(citus_dsn) as conn:
+        assert conn.execute("SELECT * FROM tenant_api_mover.item").fetchall() == [(1, "x")]

@@ -162,6 +162,102 @@ def test_pool_safety_through_the_coordinator(shared: dict[str, Any]) -> None:
     assert foreign == 0
 
 
+def test_insert_select_and_copy_into_a_guarded_distributed_table(
+    shared: dict[str, Any], citus_dsn: str
+) -> None:
+    """Citus copies the rows of an INSERT ... SELECT evaluated on the coordinator
+    into the shards with COPY, which PostgreSQL refuses under row-level security
+    (as it refuses COPY FROM into a guarded table anywhere): refused, nothing
+    written. With RETURNING or ON CONFLICT, or a SELECT from the distributed
+    table itself, Citus inserts with INSERT on the workers: the policy applies."""
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.bulk (tenant_id uuid, id bigint, v text, PRIMARY KEY (tenant_id, id))"
+        )
+        conn.execute("SELECT tenancy.enable_rls('public.bulk')")
+        conn.execute("SELECT create_distributed_table('public.bulk', 'tenant_id')")
+    gen = "SELECT g, 'x' FROM generate_series(1, 5) AS g"
+    with psycopg.connect(shared["app"]) as conn:
+        with pytest.raises(psycopg.Error) as info, tenant_connection(conn, "s0") as tc:
+            tc.execute(f"INSERT INTO bulk (id, v) {gen}")
+        assert info.value.sqlstate == "0A000", info.value
+        assert "COPY FROM not supported with row-level security" in str(info.value)
+        with (
+            pytest.raises(psycopg.Error) as info,
+            tenant_connection(conn, "s0") as tc,
+            tc.cursor().copy("COPY bulk (id, v) FROM STDIN") as copy,
+        ):
+            copy.write_row((1, "x"))
+        assert info.value.sqlstate == "0A000", info.value
+        with tenant_connection(conn, "s0") as tc:
+            assert tc.execute("SELECT count(*) FROM bulk").fetchone() == (0,)
+            # The forms Citus runs as INSERT on the workers.
+            assert len(tc.execute(f"INSERT INTO bulk (id, v) {gen} RETURNING id").fetchall()) == 5
+            tc.execute(
+                "INSERT INTO bulk (id, v) SELECT g, 'y' FROM generate_series(4, 8) AS g"
+                " ON CONFLICT DO NOTHING"
+            )
+            tc.execute("INSERT INTO bulk (id, v) SELECT id + 100, v FROM bulk")
+            # Bulk loads: COPY into a temporary table, then INSERT ... RETURNING.
+            tc.execute("CREATE TEMP TABLE load (id bigint, v text) ON COMMIT DROP")
+            with tc.cursor().copy("COPY load (id, v) FROM STDIN") as copy:
+                for i in range(200, 210):
+                    copy.write_row((i, "z"))
+            tc.execute("INSERT INTO bulk (id, v) SELECT id, v FROM load RETURNING 1")
+            assert tc.execute("SELECT count(*) FROM bulk").fetchone() == (26,)
+        # Another tenant's id in the SELECT: refused by the policy on the shard.
+        with pytest.raises(psycopg.Error) as info, tenant_connection(conn, "s0") as tc:
+            tc.execute(
+                "INSERT INTO bulk (tenant_id, id, v) SELECT %s::uuid, g, 'w'"
+                " FROM generate_series(300, 302) AS g RETURNING id",
+                (shared["ids"]["s1"],),
+            )
+        assert info.value.sqlstate == "42501", info.value
+        with tenant_connection(conn, "s1") as tc:
+            assert tc.execute("SELECT count(*) FROM bulk").fetchone() == (0,)
+    with psycopg.connect(citus_dsn) as conn:
+        rows = conn.execute(
+            "SELECT tenant_id::text, count(*) FROM public.bulk GROUP BY 1"
+        ).fetchall()
+    assert rows == [(shared["ids"]["s0"], 26)]
+
+
+def test_enable_rls_on_an_already_distributed_table(shared: dict[str, Any], citus_dsn: str) -> None:
+    """Distributed first, guarded second: the single permissive policy reaches
+    the shards and isolates; Citus refuses a default on the distribution
+    column, so rows name their tenant_id (README)."""
+    with psycopg.connect(citus_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.late (tenant_id uuid, id bigint, v text, PRIMARY KEY (tenant_id, id))"
+        )
+        conn.execute("SELECT create_distributed_table('public.late', 'tenant_id')")
+        conn.execute("SELECT tenancy.enable_rls('public.late')")
+        policies = conn.execute(
+            "SELECT DISTINCT result FROM run_command_on_shards('public.late', $$SELECT string_agg("
+            "polname || ':' || polpermissive::text, ',') FROM pg_policy"
+            " WHERE polrelid = '%s'::regclass$$)"
+        ).fetchall()
+    assert policies == [("tenancy_tenant_isolation:true",)]
+    with psycopg.connect(shared["app"]) as conn:
+        with pytest.raises(psycopg.Error), tenant_connection(conn, "s2") as tc:
+            tc.execute("INSERT INTO late (id, v) VALUES (1, 'a')")
+        with tenant_connection(conn, "s2") as tc:
+            tc.execute(
+                "INSERT INTO late (tenant_id, id, v) VALUES (tenancy.current_tenant_id(), 1, 'a')"
+            )
+        with pytest.raises(psycopg.Error) as info, tenant_connection(conn, "s2") as tc:
+            tc.execute(
+                "INSERT INTO late (tenant_id, id, v) VALUES (%s, 2, 'b')", (shared["ids"]["s3"],)
+            )
+        assert info.value.sqlstate == "42501", info.value
+        with tenant_connection(conn, "s3") as tc:
+            assert tc.execute("SELECT count(*) FROM late").fetchone() == (0,)
+        with tenant_connection(conn, "s2") as tc:
+            assert tc.execute("SELECT id, v FROM late").fetchall() == [(1, "a")]
+        conn.autocommit = True
+        assert conn.execute("SELECT count(*) FROM late").fetchone() == (0,)
+
+
 @pytest.fixture
 def owned(owner_dsn: str) -> Iterator[str]:
     yield owner_dsn

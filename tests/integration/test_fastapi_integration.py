@@ -217,3 +217,52 @@ def test_under_uvicorn_concurrently(app_dsn: str) -> None:
     assert suspended.status_code == 423
     text = "\n".join(log)
     assert "Traceback" not in text and "ERROR" not in text, text
+
+
+def test_a_tenant_left_provisioning_is_503_before_the_endpoint(
+    app_dsn: str, tenancy: Tenancy, dsn: str
+) -> None:
+    """A real tenant left in status provisioning (a migration after a commit
+    boundary failed, issue 10): the middleware's entry refuses it with 503 and
+    Retry-After, sync and async, and the endpoint never runs."""
+    from pgtenancy.errors import MigrationFailed
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.block (reason text)")
+        conn.execute("GRANT SELECT ON public.block TO PUBLIC")
+    tenancy.add_migration("0002", "CREATE TYPE state AS ENUM ('new')")
+    tenancy.add_migration("0003", "ALTER TYPE state ADD VALUE 'paid'")  # a commit boundary
+    tenancy.add_migration(
+        "0004",
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM public.block) THEN "
+        "RAISE EXCEPTION 'blocked'; END IF; END $$",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.block VALUES ('maintenance')")
+    with pytest.raises(MigrationFailed, match="blocked"):
+        tenancy.create_tenant("stuck")
+    assert tenancy.get_tenant("stuck").status == "provisioning"
+
+    tenants = Tenants(app_dsn, resolvers=[header()])
+    app = FastAPI(lifespan=tenants.lifespan)
+    tenants.install(app)
+    ran: list[str] = []
+
+    @app.get("/sync")
+    def sync_endpoint(tenant: TenantInfo = Depends(tenants.tenant)) -> str:
+        ran.append(tenant.slug)
+        return tenant.slug
+
+    @app.get("/async")
+    async def async_endpoint(tenant: TenantInfo = Depends(tenants.tenant)) -> str:
+        ran.append(tenant.slug)
+        return tenant.slug
+
+    with TestClient(app) as client:
+        for path in ("/sync", "/async"):
+            response = client.get(path, headers={"X-Tenant": "stuck"})
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "PT019"
+            assert response.headers["Retry-After"] == "5"
+            assert client.get(path, headers={"X-Tenant": "acme"}).status_code == 200
+    assert ran == ["acme", "acme"]

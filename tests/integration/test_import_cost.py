@@ -13,6 +13,8 @@ from helpers import subprocess_env
 
 HEAVY = (
     "sqlalchemy",
+    "alembic",
+    "pgtenancy.alembic",
     "rich",
     "pglast",
     "psycopg_pool",
@@ -22,7 +24,14 @@ HEAVY = (
     "pgtenancy.admin",
 )
 # What the CLI start-up may not load (the admin API is fine once a command runs).
-CLI_HEAVY = ("sqlalchemy", "rich", "pglast", "pgtenancy.listener", "pgtenancy.templates")
+CLI_HEAVY = (
+    "sqlalchemy",
+    "alembic",
+    "rich",
+    "pglast",
+    "pgtenancy.listener",
+    "pgtenancy.templates",
+)
 
 PROBE = """
 import json, sys

@@ -47,7 +47,9 @@ def test_no_server_gives_a_message_that_says_how(monkeypatch: pytest.MonkeyPatch
 def test_throwaway_cluster_runs_as_non_root_and_is_removed() -> None:
     bindir = find_bindir()
     assert bindir is not None
-    cluster = TemporaryCluster(bindir)
+    cluster = TemporaryCluster(
+        bindir, settings={"max_prepared_transactions": 7, "max_connections": "50"}
+    )
     dsn = cluster.start()
     base = cluster.base
     assert base is not None
@@ -56,6 +58,11 @@ def test_throwaway_cluster_runs_as_non_root_and_is_removed() -> None:
             row = conn.execute("SELECT current_setting('data_directory')").fetchone()
             assert row is not None
             assert Path(row[0]).is_relative_to(base)
+            # Settings given win over the defaults (max_connections=200).
+            assert conn.execute(
+                "SELECT current_setting('max_prepared_transactions'),"
+                " current_setting('max_connections')"
+            ).fetchone() == ("7", "50")
         owner = pwd.getpwuid((base / "data").stat().st_uid).pw_name
         if os.geteuid() == 0:
             assert owner != "root"
@@ -70,6 +77,15 @@ def test_throwaway_cluster_runs_as_non_root_and_is_removed() -> None:
     finally:
         cluster.stop()
     assert not base.exists()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"work_mem' -c x": "1"}, {"work_mem": "4 MB"}, {"work_mem": "4MB'"}, {"": "1"}],
+)
+def test_cluster_settings_that_cannot_be_passed_are_refused(settings: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="cannot be passed to pg_ctl"):
+        TemporaryCluster(Path("/nonexistent"), settings=settings)
 
 
 def test_the_server_is_the_expected_major_version(pg_admin_dsn: str) -> None:

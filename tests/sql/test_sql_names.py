@@ -90,6 +90,10 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         "SELECT tenancy.add_migration(version => '0001', "
         "sql => 'CREATE TABLE note (id int PRIMARY KEY)', outside_transaction => false)"
     )
+    call(
+        "SELECT tenancy.add_migrations(versions => ARRAY['0002'], "
+        "sqls => ARRAY['ALTER TABLE note ADD COLUMN v int'], outside_transaction => ARRAY[false])"
+    )
     assert call("SELECT tenancy.validate_slug(slug => 'acme')") == [("acme",)]
     call("SELECT tenancy.create_tenant(slug => 'acme', metadata => '{}', isolation => 'schema')")
     call("SELECT tenancy.create_tenant('s1', isolation => 'shared')")
@@ -125,6 +129,17 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     assert call("SELECT tenancy.active_tenant_id()") == [(None,)]
     call("SELECT tenancy.track_changes(table_name => 'tenant_acme.note')")
     call("SELECT tenancy.untrack_changes(table_name => 'tenant_acme.note')")
+    # issue 10: baselines.
+    assert call("SELECT tenancy.prepare_baseline(through_version => '0001')") == [("0001",)]
+    assert call(
+        "SELECT count(*) > 0 FROM tenancy.schema_catalog(schema_name => 'tenancy_check_baseline')"
+    ) == [(True,)]
+    assert call("SELECT tenancy.discard_baseline_scratch()") == [(True,)]
+    call(
+        "SELECT tenancy.add_baseline(through_version => '0001', "
+        "sql => 'CREATE TABLE note (id int PRIMARY KEY)')"
+    )
+    assert call("SELECT tenancy.drop_baseline(through_version => '0001')") == [(True,)]
     # issue 15: operating on one tenant.
     call("SELECT tenancy.clone_tenant(source => 'acme', new_slug => 'acme_copy', metadata => NULL)")
     call("SELECT tenancy.rename_tenant(slug => 'acme_copy', new_slug => 'acme_twin')")

@@ -55,9 +55,9 @@ def database() -> Iterator[tuple[str, str]]:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(
                     sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
-                        sql.Identifier(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+                        sql.Identifier(str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]))
                     )
-                )  # type: ignore[arg-type]
+                )
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 

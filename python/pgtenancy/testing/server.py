@@ -19,13 +19,14 @@ import contextlib
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +107,32 @@ class TemporaryCluster:
         os_user: OS user that owns and runs the cluster when the current user
             is root (initdb refuses root). Default: ``postgres`` if it exists,
             else ``nobody``. Only the temporary directory is given to it.
+        settings: server settings given as ``-c name=value`` at every start,
+            e.g. ``{"max_prepared_transactions": "10"}``; they win over the
+            defaults here (fsync off, 200 connections, ...). Names must be
+            PostgreSQL setting names (letters, digits, ``_`` and ``.``);
+            values must not contain quotes.
+
+    Raises:
+        ValueError: a setting name or value that cannot be passed safely.
 
     Attributes:
         dsn: URL of the ``postgres`` database as superuser ``postgres``
             (trust authentication, 127.0.0.1 only), set by :meth:`start`.
     """
 
-    def __init__(self, bindir: Path, os_user: str | None = None) -> None:
+    def __init__(
+        self,
+        bindir: Path,
+        os_user: str | None = None,
+        settings: Mapping[str, str | int] | None = None,
+    ) -> None:
         self.bindir = bindir
         self.os_user = os_user
+        self.settings = {str(k): str(v) for k, v in (settings or {}).items()}
+        for name, value in self.settings.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name) or re.search(r"['\"\\\s]", value):
+                raise ValueError(f"server setting {name!r} = {value!r} cannot be passed to pg_ctl")
         self.base: Path | None = None
         self.dsn = ""
         self._run_as: dict[str, Any] = {}
@@ -180,6 +198,7 @@ class TemporaryCluster:
                 "-c synchronous_commit=off",
                 "-c full_page_writes=off",
                 "-c max_connections=200",
+                *(f"-c {name}={value}" for name, value in self.settings.items()),
             ]
         )
         self._options = options
