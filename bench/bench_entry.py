@@ -51,13 +51,23 @@ Sides, grouped; every ratio compares two sides of the same group:
 
 Sides of a group take turns of 0.1 s within a round, the order rotating each
 round, each side drawing the same keys; the tables show medians over
-``--rounds`` rounds. Before timing, the script checks that every side of a
-group reads the same rows.
+``--rounds`` rounds. Besides transactions per second, every side records its
+CPU time per transaction: this process's CPU (``time.process_time``) plus the
+CPU of the application role's server backends (``/proc/<pid>/schedstat``,
+when the server runs on this machine; through PgBouncer, its server
+connections; PgBouncer's own CPU is not counted). Only one side runs at a
+time, so the deltas are that side's.
+On a loaded machine wall-clock rates swing with the scheduler, while the CPU
+a transaction costs (both ends, kernel included) barely moves; the "CPU
+ratios" compare that cost (baseline CPU per transaction / the side's: above
+1 is cheaper) and so estimate the ratios of an idle machine. Before timing,
+the script checks that every side of a group reads the same rows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import statistics
@@ -133,6 +143,40 @@ class Side:
     tx: Callable[[Key], object]
     threads: int = 1
     rates: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+class CpuProbe:
+    """CPU nanoseconds used so far by this process and by a set of server backends."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self._source: tuple[str, str] | None = None
+
+    def watch(self, admin_dsn: str, role: str) -> None:
+        """From now on, :meth:`refresh` watches the backends of ``role``."""
+        self._source = (admin_dsn, role)
+
+    def refresh(self) -> None:
+        """Look up the backends to watch (after a group's connections are open)."""
+        if self._source is None:
+            return
+        admin_dsn, role = self._source
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE usename = %s", (role,)
+            ).fetchall()
+        self.pids = [int(r[0]) for r in rows if Path(f"/proc/{r[0]}/schedstat").exists()]
+
+    def now(self) -> int:
+        total = time.process_time_ns()
+        for pid in self.pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        return total
+
+
+CPU = CpuProbe()
 
 
 def _draw(seed: int) -> Callable[[], Key]:
@@ -152,11 +196,15 @@ def _run_for(tx: Callable[[Key], object], seconds: float, seed: int) -> tuple[in
     return count, now - start
 
 
-def _measure(side: Side, seconds: float, seed: int, pool: ThreadPoolExecutor | None) -> float:
-    """Transactions per second of ``side`` over ``seconds`` (all its threads together)."""
+def _measure(
+    side: Side, seconds: float, seed: int, pool: ThreadPoolExecutor | None
+) -> tuple[float, float]:
+    """Transactions per second of ``side`` over ``seconds`` (all its threads together),
+    and CPU microseconds per transaction (see :class:`CpuProbe`)."""
+    cpu = CPU.now()
     if side.threads == 1 or pool is None:
         count, taken = _run_for(side.tx, seconds, seed)
-        return count / taken
+        return count / taken, (CPU.now() - cpu) / 1e3 / max(count, 1)
     barrier = threading.Barrier(side.threads)
 
     def worker(i: int) -> tuple[int, float]:
@@ -164,7 +212,9 @@ def _measure(side: Side, seconds: float, seed: int, pool: ThreadPoolExecutor | N
         return _run_for(side.tx, seconds, seed * 16 + i)
 
     done = list(pool.map(worker, range(side.threads)))
-    return sum(c for c, _ in done) / statistics.fmean(t for _, t in done)
+    count = sum(c for c, _ in done)
+    rate = count / statistics.fmean(t for _, t in done)
+    return rate, (CPU.now() - cpu) / 1e3 / max(count, 1)
 
 
 def interleave(group: str, sides: Sequence[Side], seconds: float, rounds: int) -> None:
@@ -173,16 +223,21 @@ def interleave(group: str, sides: Sequence[Side], seconds: float, rounds: int) -
     try:
         for i, side in enumerate(sides):
             _measure(side, min(0.3, seconds), -1 - i, pool)
+        CPU.refresh()
         turns = max(1, round(seconds / TURN))
         for r in range(rounds):
             shift = r % len(sides)
             order = [*range(shift, len(sides)), *range(shift)]
             totals = [0.0] * len(sides)
+            cpus = [0.0] * len(sides)
             for t in range(turns):
                 for i in order:
-                    totals[i] += _measure(sides[i], seconds / turns, r * turns + t, pool)
+                    rate, cpu = _measure(sides[i], seconds / turns, r * turns + t, pool)
+                    totals[i] += rate
+                    cpus[i] += cpu
             for i, side in enumerate(sides):
                 side.rates.append(totals[i] / turns)
+                side.cpu.append(cpus[i] / turns)
             log(
                 f"  {group} round {r + 1}/{rounds}: "
                 + ", ".join(f"{s.label} {s.rates[-1]:.0f}" for s in sides)
@@ -196,33 +251,45 @@ async def ainterleave(
     sides: Sequence[tuple[str, Callable[[Key], Awaitable[object]]]],
     seconds: float,
     rounds: int,
+    cpu_out: dict[str, list[float]],
 ) -> dict[str, list[float]]:
-    """:func:`interleave` for async transactions, all in the running loop."""
+    """:func:`interleave` for async transactions, all in the running loop; CPU
+    microseconds per transaction per round go to ``cpu_out``."""
 
-    async def run_for(atx: Callable[[Key], Awaitable[object]], secs: float, seed: int) -> float:
+    async def run_for(
+        atx: Callable[[Key], Awaitable[object]], secs: float, seed: int
+    ) -> tuple[float, float]:
         draw = _draw(seed)
         count = 0
+        cpu = CPU.now()
         start = now = time.perf_counter()
         deadline = start + secs
         while now < deadline:
             await atx(draw())
             count += 1
             now = time.perf_counter()
-        return count / (now - start)
+        return count / (now - start), (CPU.now() - cpu) / 1e3 / max(count, 1)
 
     for i, (_, atx) in enumerate(sides):
         await run_for(atx, min(0.3, seconds), -1 - i)
+    CPU.refresh()
     rates: dict[str, list[float]] = {label: [] for label, _ in sides}
+    for label, _ in sides:
+        cpu_out[label] = []
     turns = max(1, round(seconds / TURN))
     for r in range(rounds):
         shift = r % len(sides)
         order = [*range(shift, len(sides)), *range(shift)]
         totals = [0.0] * len(sides)
+        cpus = [0.0] * len(sides)
         for t in range(turns):
             for i in order:
-                totals[i] += await run_for(sides[i][1], seconds / turns, r * turns + t)
+                rate, cpu = await run_for(sides[i][1], seconds / turns, r * turns + t)
+                totals[i] += rate
+                cpus[i] += cpu
         for i, (label, _) in enumerate(sides):
             rates[label].append(totals[i] / turns)
+            cpu_out[label].append(cpus[i] / turns)
         log(
             f"  {group} round {r + 1}/{rounds}: "
             + ", ".join(f"{label} {rates[label][-1]:.0f}" for label, _ in sides)
@@ -449,7 +516,9 @@ def sqlalchemy_sides(engine: Engine) -> list[Side]:
 # Group 3: async ------------------------------------------------------------------
 
 
-async def bench_async(dsn: str, seconds: float, rounds: int) -> dict[str, list[float]]:
+async def bench_async(
+    dsn: str, seconds: float, rounds: int, cpu_out: dict[str, list[float]]
+) -> dict[str, list[float]]:
     slugs = SCHEMA_SLUGS
     conn = await psycopg.AsyncConnection.connect(dsn)
 
@@ -508,6 +577,7 @@ async def bench_async(dsn: str, seconds: float, rounds: int) -> dict[str, list[f
             ],
             seconds,
             rounds,
+            cpu_out,
         )
         rates |= await ainterleave(
             "async SQLAlchemy",
@@ -518,6 +588,7 @@ async def bench_async(dsn: str, seconds: float, rounds: int) -> dict[str, list[f
             ],
             seconds,
             rounds,
+            cpu_out,
         )
         return rates
     finally:
@@ -595,7 +666,9 @@ def engine_on(dsn: str, **connect_kwargs: Any) -> Engine:
     )
 
 
-def bench_threads(app_dsn: str, role: str, seconds: float, rounds: int) -> dict[str, list[float]]:
+def bench_threads(
+    app_dsn: str, role: str, seconds: float, rounds: int, cpu_out: dict[str, list[float]]
+) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     pgb = TemporaryPgBouncer(
         app_dsn, [role], pool_mode="transaction", pool_size=PGBOUNCER_POOL_SIZE
@@ -617,6 +690,7 @@ def bench_threads(app_dsn: str, role: str, seconds: float, rounds: int) -> dict[
                         raise RuntimeError(f"{side.label} read nothing")
                 interleave(label, sides, seconds, rounds)
                 rates |= {s.label: s.rates for s in sides}
+                cpu_out |= {s.label: s.cpu for s in sides}
             finally:
                 for c in conns:
                     c.close()
@@ -674,6 +748,10 @@ class Results(BaseResults):
 
     rates: dict[str, float]
     ratios: dict[str, float]
+    cpu_us: dict[str, float]
+    cpu_ratios: dict[str, float]
+    server_cpu_seen: bool
+    load_average: list[float]
     cli_seconds: dict[str, float]
     provisioning: dict[str, float]
     rounds_per_side: dict[str, list[float]]
@@ -741,6 +819,7 @@ def run(
 ) -> Results:
     started = time.perf_counter()
     all_rates: dict[str, list[float]] = {}
+    all_cpu: dict[str, list[float]] = {}
     with find_server(env=("DATABASE_URL",)) as admin:
         source = "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "find_server()"
         with fresh_database(admin, "pgtenancy_bench_entry") as dsn:
@@ -754,6 +833,7 @@ def run(
             ids = prepare_data(dsn)
             role = create_app_role(dsn)
             app_dsn = make_conninfo(dsn, user=role)
+            CPU.watch(dsn, role)
             try:
                 conn = psycopg.connect(app_dsn)
                 unprepared = psycopg.connect(app_dsn, prepare_threshold=None)
@@ -765,21 +845,26 @@ def run(
                         raise RuntimeError(f"sides read different rows: {same}")
                     interleave("psycopg", sides, seconds, rounds)
                     all_rates |= {s.label: s.rates for s in sides}
+                    all_cpu |= {s.label: s.cpu for s in sides}
                     sa_sides = sqlalchemy_sides(engine)
                     interleave("SQLAlchemy", sa_sides, seconds, rounds)
                     all_rates |= {s.label: s.rates for s in sa_sides}
+                    all_cpu |= {s.label: s.cpu for s in sa_sides}
                 finally:
                     conn.close()
                     unprepared.close()
                     engine.dispose()
-                all_rates |= asyncio.run(bench_async(app_dsn, seconds, rounds))
-                all_rates |= bench_threads(app_dsn, role, seconds, rounds)
+                all_rates |= asyncio.run(bench_async(app_dsn, seconds, rounds, all_cpu))
+                all_rates |= bench_threads(app_dsn, role, seconds, rounds, all_cpu)
+                load = os.getloadavg()
             finally:
                 drop_app_role(dsn, role)
         cli = bench_cli(admin, cli_tenants, rounds)
         provisioning = bench_provisioning_run(admin, chinook, provision_tenants)
     medians = {k: round(statistics.median(v), 1) for k, v in all_rates.items()}
     ratios = {name: round(medians[a] / medians[b], 3) for name, a, b in RATIOS}
+    cpu = {k: round(statistics.median(v), 1) for k, v in all_cpu.items()}
+    cpu_ratios = {name: round(cpu[b] / cpu[a], 3) for name, a, b in RATIOS if cpu[a] > 0}
     cli_median = {k: round(statistics.median(v), 3) for k, v in cli.items()}
     return Results(
         server_version=version,
@@ -788,6 +873,10 @@ def run(
         rounds=rounds,
         rates=medians,
         ratios=ratios,
+        cpu_us=cpu,
+        cpu_ratios=cpu_ratios,
+        server_cpu_seen=bool(CPU.pids),
+        load_average=[round(x, 1) for x in load],
         cli_seconds=cli_median,
         provisioning=provisioning,
         rounds_per_side={k: [round(x, 1) for x in v] for k, v in all_rates.items()},
@@ -821,13 +910,17 @@ def report(r: Results) -> str:
         f"{r.rounds} rounds x {r.seconds_per_round:g} s per side, turns of {TURN:g} s, "
         f"medians; {TENANTS} schema tenants and {TENANTS} shared tenants, {ROWS} rows each; "
         f"application role (RLS applies); PgBouncer transaction mode, pool {PGBOUNCER_POOL_SIZE}",
-        f"total run time {r.elapsed_seconds:g} s",
+        f"total run time {r.elapsed_seconds:g} s; load average after the transaction groups "
+        + " / ".join(f"{x:g}" for x in r.load_average)
+        + f" on {os.cpu_count()} cores",
+        "CPU per transaction: this process + the application role's backends"
+        + ("" if r.server_cpu_seen else " (server CPU not readable here: client only)"),
         "",
-        f"{'side':<52} {'tx/s':>9}",
+        f"{'side':<52} {'tx/s':>9} {'CPU us/tx':>10}",
     ]
-    lines += [f"{k:<52} {v:>9.1f}" for k, v in r.rates.items()]
-    lines += ["", f"{'ratio':<60} {'value':>6}"]
-    lines += [f"{k:<60} {v:>6.2f}" for k, v in r.ratios.items()]
+    lines += [f"{k:<52} {v:>9.1f} {r.cpu_us.get(k, 0.0):>10.1f}" for k, v in r.rates.items()]
+    lines += ["", f"{'ratio (tx/s; CPU: baseline cost / side cost)':<60} {'tx/s':>6} {'CPU':>6}"]
+    lines += [f"{k:<60} {v:>6.2f} {r.cpu_ratios.get(k, 0.0):>6.2f}" for k, v in r.ratios.items()]
     base = r.cli_seconds['python -c "import psycopg"']
     lines += ["", f"{'CLI start-up':<52} {'s':>7} {'/ import psycopg':>17}"]
     lines += [f"{k:<52} {v:>7.3f} {v / base:>17.2f}" for k, v in r.cli_seconds.items()]

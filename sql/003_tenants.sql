@@ -528,7 +528,7 @@ DECLARE
     p_sqls ALIAS FOR sqls;
     p_outside ALIAS FOR outside_transaction;
     v_row      tenancy.migrations;
-    v_rows     tenancy.migrations[] := '{}';
+    v_rows     tenancy.migrations[] := '{}'::tenancy.migrations[];
     v_version  text;
     v_sql      text;
     v_checksum text;

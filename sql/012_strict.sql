@@ -262,8 +262,11 @@ BEGIN
             pg_catalog.quote_literal(enter_tenant_token.slug)
             USING ERRCODE = 'PT027';
     END IF;
-    PERFORM tenancy.enter_tenant(v_slug);
+    -- The token first: after enter_tenant has changed search_path, a
+    -- statement with a cached plan would be planned again (an error in
+    -- enter_tenant aborts the transaction, setting and all).
     PERFORM pg_catalog.set_config('app.tenant_token', enter_tenant_token.token, true);
+    PERFORM tenancy.enter_tenant(v_slug);
     RETURN v_id;
 END
 $$;

@@ -27,6 +27,8 @@ CACHE_SIZE = 4096
 
 def begin_command(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     """The ``BEGIN`` psycopg itself would send for ``conn``'s transaction settings."""
+    if conn.isolation_level is None and conn.read_only is None and conn.deferrable is None:
+        return "BEGIN"
     parts = ["BEGIN"]
     if conn.isolation_level is not None:
         parts.append("ISOLATION LEVEL " + conn.isolation_level.name.replace("_", " "))

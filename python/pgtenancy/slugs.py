@@ -16,6 +16,11 @@ SCHEMA_PREFIX: Final = "tenant_"
 MAX_SLUG_LENGTH: Final = 63 - len(SCHEMA_PREFIX)
 _PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*")
 _RESERVED: Final = frozenset({"public", "tenancy", "information_schema"})
+#: Slugs already found valid (the rules never change at run time), so the
+#: check on every tenant transaction is one dict lookup; bounded, emptied
+#: when full.
+_VALID: dict[str, None] = {}
+_VALID_MAX: Final = 4096
 
 
 def validate_slug(slug: object) -> str:
@@ -31,6 +36,8 @@ def validate_slug(slug: object) -> str:
     Raises:
         pgtenancy.errors.InvalidTenantSlug: with the reason, as SQLSTATE PT001 would.
     """
+    if type(slug) is str and slug in _VALID:
+        return slug
     from pgtenancy.errors import InvalidTenantSlug
 
     if not isinstance(slug, str):
@@ -46,6 +53,10 @@ def validate_slug(slug: object) -> str:
         )
     if slug in _RESERVED or slug.startswith("pg_"):
         raise InvalidTenantSlug(f"invalid tenant slug {slug!r}: the name is reserved")
+    if type(slug) is str:
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.clear()
+        _VALID[slug] = None
     return slug
 
 

@@ -528,32 +528,35 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     VOLATILE
 AS $$
 DECLARE
-    v_id         uuid;
-    v_schema     text;
-    v_status     text;
-    v_has_schema boolean;
-    v_limits     text[];
-    v_renamed    text;
+    v_id      uuid;
+    v_schema  text;
+    v_status  text;
+    v_limits  text[];
+    v_ok      boolean;
+    v_set     text;
+    v_renamed text;
 BEGIN
-    SELECT d.id, d.schema_name, d.status, n.oid IS NOT NULL, d.limits
-      INTO v_id, v_schema, v_status, v_has_schema, v_limits
+    SELECT d.id, d.schema_name, d.status, d.limits,
+           d.status = 'active'
+           AND (d.schema_name IS NULL
+                OR pg_catalog.to_regnamespace(pg_catalog.quote_ident(d.schema_name)) IS NOT NULL)
+      INTO v_id, v_schema, v_status, v_limits, v_ok
       FROM tenancy.tenant_directory AS d
-      LEFT JOIN pg_catalog.pg_namespace AS n ON n.nspname = d.schema_name
      WHERE d.slug = enter_tenant.slug;
-    IF NOT FOUND THEN
-        -- A renamed tenant's old slug says where the tenant went.
-        SELECT r.new_slug INTO v_renamed
-          FROM tenancy.tenant_renames AS r WHERE r.old_slug = enter_tenant.slug;
-        IF FOUND THEN
-            RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
-                pg_catalog.quote_literal(v_renamed)
-                USING ERRCODE = 'PT020',
-                      DETAIL = pg_catalog.format('new slug: %s', v_renamed);
+    IF v_ok IS NOT TRUE THEN
+        IF NOT FOUND THEN
+            -- A renamed tenant's old slug says where the tenant went.
+            SELECT r.new_slug INTO v_renamed
+              FROM tenancy.tenant_renames AS r WHERE r.old_slug = enter_tenant.slug;
+            IF FOUND THEN
+                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                    pg_catalog.quote_literal(v_renamed)
+                    USING ERRCODE = 'PT020',
+                          DETAIL = pg_catalog.format('new slug: %s', v_renamed);
+            END IF;
+            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
+                USING ERRCODE = 'PT003';
         END IF;
-        RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
-            USING ERRCODE = 'PT003';
-    END IF;
-    IF v_status <> 'active' THEN
         IF v_status = 'suspended' THEN
             RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
                 USING ERRCODE = 'PT004';
@@ -567,33 +570,34 @@ BEGIN
                 USING ERRCODE = 'PT019',
                       HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
         END IF;
-        -- Any status added later is refused too: fail closed.
-        RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
-            v_status
-            USING ERRCODE = 'PT004';
-    END IF;
-    -- Fail closed: never fall back to public when the schema is gone.
-    IF v_schema IS NOT NULL AND NOT v_has_schema THEN
+        IF v_status <> 'active' THEN
+            -- Any status added later is refused too: fail closed.
+            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
+                v_status
+                USING ERRCODE = 'PT004';
+        END IF;
+        -- Fail closed: never fall back to public when the schema is gone.
         RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
             pg_catalog.quote_literal(enter_tenant.slug)
             USING ERRCODE = 'PT007';
     END IF;
-    -- A shared tenant sees the shared schema, guarded by RLS on app.tenant_id.
-    -- pg_temp is named last, so a temporary table (left on a pooled
-    -- connection by an earlier request) never shadows a tenant table.
-    PERFORM pg_catalog.set_config('search_path',
-                                  CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
-                                       ELSE pg_catalog.quote_ident(v_schema) || ', public, pg_temp'
-                                  END,
-                                  true),
-            pg_catalog.set_config('app.tenant_id', v_id::text, true),
-            pg_catalog.set_config('app.tenant', enter_tenant.slug, true);
     -- The tenant's resource limits (tenancy.set_tenant_limits), as
     -- (setting, value) pairs, transaction-local too; nothing for most tenants.
     IF v_limits IS NOT NULL THEN
         PERFORM pg_catalog.set_config(v_limits[i], v_limits[i + 1], true)
            FROM pg_catalog.generate_series(1, pg_catalog.cardinality(v_limits), 2) AS i;
     END IF;
+    -- Settings: nothing with a cached plan may follow this assignment.
+    -- A shared tenant sees the shared schema, guarded by RLS on app.tenant_id.
+    -- pg_temp is named last, so a temporary table (left on a pooled
+    -- connection by an earlier request) never shadows a tenant table.
+    v_set := pg_catalog.set_config('app.tenant_id', v_id::text, true)
+             || pg_catalog.set_config('app.tenant', enter_tenant.slug, true)
+             || pg_catalog.set_config('search_path',
+                                      CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
+                                           ELSE pg_catalog.quote_ident(v_schema) || ', public, pg_temp'
+                                      END,
+                                      true);
     RETURN v_id;
 END
 $$;
@@ -4573,11 +4577,12 @@ CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
 AS $$
 DECLARE
     v_src   text;
-    v_end   text := E'\n    RETURN v_id;\nEND\n';
+    v_end   text := E'\n    -- Settings: nothing with a cached plan may follow this assignment.\n';
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
                     || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::text);'
-                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);';
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);'
+                    || E'\n';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
@@ -4587,7 +4592,7 @@ BEGIN
         RETURN true;
     END IF;
     IF pg_catalog.strpos(v_src, v_end) = 0 THEN
-        RAISE EXCEPTION 'tenancy.enter_tenant() does not end as expected: cannot add the Citus statements'
+        RAISE EXCEPTION 'tenancy.enter_tenant() lacks its settings comment: cannot add the Citus statements'
             USING ERRCODE = 'XX000';
     END IF;
     v_src := pg_catalog.replace(v_src, v_end, v_citus || v_end);
@@ -5382,7 +5387,7 @@ DECLARE
     p_sqls ALIAS FOR sqls;
     p_outside ALIAS FOR outside_transaction;
     v_row      tenancy.migrations;
-    v_rows     tenancy.migrations[] := '{}';
+    v_rows     tenancy.migrations[] := '{}'::tenancy.migrations[];
     v_version  text;
     v_sql      text;
     v_checksum text;
@@ -5745,8 +5750,11 @@ BEGIN
             pg_catalog.quote_literal(enter_tenant_token.slug)
             USING ERRCODE = 'PT027';
     END IF;
-    PERFORM tenancy.enter_tenant(v_slug);
+    -- The token first: after enter_tenant has changed search_path, a
+    -- statement with a cached plan would be planned again (an error in
+    -- enter_tenant aborts the transaction, setting and all).
     PERFORM pg_catalog.set_config('app.tenant_token', enter_tenant_token.token, true);
+    PERFORM tenancy.enter_tenant(v_slug);
     RETURN v_id;
 END
 $$;

@@ -6,6 +6,7 @@ from typing import Any, assert_type
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +25,7 @@ from pgtenancy import (
     tenant_session,
     use_tenant,
 )
+from pgtenancy.errors import raise_translated
 
 INVOICES = "CREATE TABLE invoice (invoice_id int PRIMARY KEY, tenant text NOT NULL)"
 
@@ -265,3 +267,62 @@ def test_enter_tenant_answers_to_its_documented_argument_name(
         with pytest.raises(TenantNotFound), tenant_connection(conn, "nobody"):
             pass
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_citus_specialization_of_enter_tenant_works_without_citus(
+    tenancy: Tenancy, dsn: str
+) -> None:
+    """prepare_citus() rewrites enter_tenant around its settings comment: run its
+    own text (minus the "is Citus here" test) on plain PostgreSQL and check that
+    the rewritten function still enters, refuses, and issues the SET LOCALs."""
+    tenancy.add_migration("0001", "CREATE TABLE t (x int)")
+    acme = tenancy.create_tenant("acme")
+    tenancy.create_tenant("initech")
+    tenancy.suspend_tenant("initech")
+    guard = (
+        "    IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN\n"
+        "        RETURN false;\n"
+        "    END IF;\n"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE oid = 'tenancy.prepare_citus()'::regprocedure"
+        ).fetchone()
+        assert row is not None and guard in row[0]
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION pg_temp.prepare_citus_here() RETURNS boolean LANGUAGE plpgsql"
+                " SET search_path = pg_catalog, pg_temp AS {}"
+            ).format(sql.Literal(row[0].replace(guard, "")))
+        )
+        assert conn.execute("SELECT pg_temp.prepare_citus_here()").fetchone() == (True,)
+        src = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE oid = 'tenancy.enter_tenant(text)'::regprocedure"
+        ).fetchone()
+        assert src is not None and src[0].count("SET LOCAL app.tenant_id") == 1
+        # The SET LOCALs come before the settings expression, nothing but RETURN after it.
+        assert src[0].index("SET LOCAL app.tenant") < src[0].index("set_config('search_path'")
+        assert conn.execute("SELECT pg_temp.prepare_citus_here()").fetchone() == (True,)
+        again = conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE oid = 'tenancy.enter_tenant(text)'::regprocedure"
+        ).fetchone()
+        assert again == src
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT tenancy.enter_tenant('acme')").fetchone() == (acme.id,)
+        row = conn.execute(
+            "SELECT current_setting('app.tenant_id'), current_setting('app.tenant'),"
+            " current_setting('search_path'), current_setting('citus.propagate_set_commands'),"
+            " (SELECT count(*) FROM t)"
+        ).fetchone()
+        assert row == (str(acme.id), "acme", "tenant_acme, public, pg_temp", "local", 0)
+        conn.rollback()
+        with pytest.raises(TenantSuspended):
+            try:
+                conn.execute("SELECT tenancy.enter_tenant('initech')")
+            except psycopg.Error as exc:
+                raise_translated(exc)
+        conn.rollback()
+        assert conn.execute("SELECT current_setting('app.tenant', true)").fetchone() in (
+            ("",),
+            (None,),
+        )

@@ -114,3 +114,18 @@ def test_asyncio_tasks_do_not_share_context() -> None:
     assert a == ["acme"] * 20 + [None]
     assert g == ["globex"] * 20 + [None]
     assert sorted(activated) == ["acme", "globex"]
+
+
+def test_slug_check_cache_is_bounded_and_refuses_what_it_always_refused() -> None:
+    """Valid slugs are remembered (one dict lookup per transaction); the memory
+    stays bounded and never lets an invalid slug through."""
+    from pgtenancy import slugs
+
+    for i in range(slugs._VALID_MAX + 10):
+        assert resolve_tenant(f"t{i}") == f"t{i}"
+    assert 0 < len(slugs._VALID) <= slugs._VALID_MAX
+    for bad in ("Acme", "pg_x", "public", "x" * (slugs.MAX_SLUG_LENGTH + 1), "1a", ""):
+        for _ in range(2):
+            with pytest.raises(InvalidTenantSlug):
+                resolve_tenant(bad)
+        assert bad not in slugs._VALID
