@@ -5822,12 +5822,14 @@ CREATE OR REPLACE FUNCTION tenancy.strict_schema_guard(tenant uuid)
     PARALLEL SAFE
 AS $$
 BEGIN
-    IF pg_catalog.pg_has_role(session_user,
-           (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n
-             WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy'), 'MEMBER') THEN
+    -- The verified tenant first: the application role's own tables cost one
+    -- call; the owner test (a catalog lookup) only runs for the rest.
+    IF tenancy.active_tenant_id() OPERATOR(pg_catalog.=) strict_schema_guard.tenant THEN
         RETURN true;
     END IF;
-    RETURN coalesce(tenancy.active_tenant_id() OPERATOR(pg_catalog.=) strict_schema_guard.tenant, false);
+    RETURN pg_catalog.pg_has_role(session_user,
+               (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n
+                 WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy'), 'MEMBER');
 END
 $$;
 
