@@ -80,6 +80,28 @@ BEGIN
 END
 $$;
 
+-- The tenants' group role (see "Owners at rest" below): created when the
+-- installing role may; without it tenants' objects stay the owner's.
+DO $$
+DECLARE
+    v_group name := 'pgtenancy_tenants_'
+                    || pg_catalog.left(pg_catalog.md5((SELECT c.migrator_role FROM tenancy.confinement AS c)), 12);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_group) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                        WHERE rolname = current_user AND (rolsuper OR rolcreaterole)) THEN
+            RETURN;
+        END IF;
+        EXECUTE pg_catalog.format(
+            'CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT', v_group);
+        EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', v_group,
+            'pgtenancy: the owner roles of the tenants of database ' || pg_catalog.current_database()
+            || ' are its members; it holds their grants on shared schemas.');
+    END IF;
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA tenancy TO %I', v_group);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.migrator_role()
     RETURNS name
     LANGUAGE sql
@@ -95,6 +117,191 @@ REVOKE ALL ON FUNCTION tenancy.migrator_role() FROM PUBLIC;
 COMMENT ON FUNCTION tenancy.migrator_role() IS
     'Name of the role tenant migrations run as: it owns the objects of tenant schemas, may '
     'create objects only in the schema being migrated, and only while a migration runs.';
+
+-- Owners at rest -------------------------------------------------------------
+--
+-- Between migrations a tenant's objects belong to a role of their own, one
+-- per tenant schema: NOLOGIN, no attribute, USAGE and CREATE on its own
+-- schema only, and a member of the tenants' group role, which holds what
+-- the shared schemas lend to tenants (the grants the migrator gets). Code a
+-- migration planted in its objects and that the server runs as their owner
+-- (foreign-key actions as the referencing table's owner, expression indexes
+-- and extended statistics under ANALYZE and autovacuum, REFRESH of a
+-- materialized view) then runs with that role's rights: its own schema and
+-- reading the shared ones, never the kit's owner's. Roles are cluster-wide:
+-- the names derive from the migrator's (so from the database) and the
+-- schema name; the kit's owner is a member of each, to manage them.
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_group_role()
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('pgtenancy_tenants_' || pg_catalog.left(pg_catalog.md5(tenancy.migrator_role()), 12))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.tenant_group_role() FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.tenant_group_role() IS
+    'Name of the NOLOGIN group role every tenant owner role of this database is a member of; '
+    'it holds the grants on shared schemas tenants may use (those of the migrator).';
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_role(schema_name text)
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('pgtenancy_owner_' || pg_catalog.left(pg_catalog.md5(tenancy.migrator_role()), 12)
+            || '_' || pg_catalog.left(pg_catalog.md5(schema_name), 24))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.tenant_role(text) IS
+    'Name of the role that owns the objects of tenant schema schema_name at rest (whether it '
+    'exists or not): unique per database and schema, 53 bytes.';
+
+CREATE OR REPLACE FUNCTION tenancy.rest_owner(schema_name text)
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The kit's owner when the role could not be made (installed without
+    -- the right to create roles): the doctor reports those tenants.
+    SELECT coalesce((SELECT r.rolname FROM pg_catalog.pg_roles AS r
+                      WHERE r.rolname = tenancy.tenant_role(schema_name)),
+                    (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n
+                      WHERE n.nspname = 'tenancy'))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.rest_owner(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.rest_owner(text) IS
+    'Role the objects of tenant schema schema_name belong to between migrations: its tenant '
+    'role (tenancy.tenant_role) when it exists, else the kit''s owner. Kit operations that '
+    'write a tenant''s rows run as it, so no code of the tenant''s runs as the owner.';
+
+CREATE OR REPLACE FUNCTION tenancy.ensure_tenant_role(schema_name text)
+    RETURNS name
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role  name := tenancy.tenant_role(schema_name);
+    v_group name := tenancy.tenant_group_role();
+    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+BEGIN
+    IF to_regnamespace(quote_ident(schema_name)) IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group) THEN
+        RETURN v_owner;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_role) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles AS r
+                        WHERE r.rolname = current_user AND (r.rolsuper OR r.rolcreaterole)) THEN
+            RETURN v_owner;
+        END IF;
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
+                           'NOREPLICATION INHERIT IN ROLE %I', v_role, v_group);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- a database copied from this one made it just now
+        END;
+    END IF;
+    IF NOT pg_has_role(v_owner, v_role, 'USAGE') THEN
+        EXECUTE format('GRANT %I TO %I', v_role, v_owner);
+    END IF;
+    IF NOT has_schema_privilege(v_role, to_regnamespace(quote_ident(schema_name)), 'USAGE, CREATE') THEN
+        EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', schema_name, v_role);
+    END IF;
+    RETURN v_role;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.ensure_tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.ensure_tenant_role(text) IS
+    'Create (or adopt) the owner role of tenant schema schema_name: NOLOGIN, no attributes, a '
+    'member of tenancy.tenant_group_role(), USAGE and CREATE on that schema; make the kit''s '
+    'owner a member of it. Returns its name, or the kit''s owner''s when roles cannot be made '
+    '(no group role, or the owner lacks CREATEROLE). Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant_role(schema_name text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name := tenancy.tenant_role(schema_name);
+    v_oid  oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role);
+BEGIN
+    -- Kept while anything of it remains, here or in a database copied from
+    -- this one (its schema was not dropped, a session's temporary object).
+    IF v_oid IS NULL
+       OR EXISTS (SELECT 1 FROM pg_shdepend AS d
+                   WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = v_oid) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('DROP ROLE %I', v_role);
+    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+        RETURN false;
+    END;
+    RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.drop_tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.drop_tenant_role(text) IS
+    'Drop the owner role of tenant schema schema_name when it exists and nothing depends on it '
+    'any more in any database (its schema is gone); true when dropped. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.run_as_rest_owner(schema_name text, statement text)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role   name := tenancy.rest_owner(schema_name);
+    v_runner text;
+    v_count  bigint;
+BEGIN
+    -- Writing a tenant's rows runs the code its migrations attached to them
+    -- (check constraints, index expressions, generated columns, defaults,
+    -- triggers left on) as whoever writes: never as the kit's owner. SET
+    -- ROLE is refused inside the kit's SECURITY DEFINER functions, so the
+    -- statement runs in a function of the tenant role's own, made for this
+    -- one call and dropped after it (code running inside may change it,
+    -- but nobody calls it again).
+    IF v_role = (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy') THEN
+        EXECUTE statement;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        RETURN v_count;
+    END IF;
+    v_runner := format('%I.%I', schema_name,
+                       'pgtenancy_run_' || left(md5(random()::text || clock_timestamp()::text), 16));
+    EXECUTE format('CREATE FUNCTION %s(statement text) RETURNS bigint LANGUAGE plpgsql '
+                   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off '
+                   'AS $r$DECLARE n bigint; BEGIN EXECUTE statement; '
+                   'GET DIAGNOSTICS n = ROW_COUNT; RETURN n; END$r$', v_runner);
+    EXECUTE format('REVOKE ALL ON FUNCTION %s(text) FROM PUBLIC', v_runner);
+    EXECUTE format('ALTER FUNCTION %s(text) OWNER TO %I', v_runner, v_role);
+    EXECUTE format('SELECT %s($1)', v_runner) INTO v_count USING statement;
+    EXECUTE format('DROP FUNCTION %s(text)', v_runner);
+    RETURN v_count;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.run_as_rest_owner(text, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.run_as_rest_owner(text, text) IS
+    'Run statement (DML on tenant schema schema_name''s tables) as that schema''s owner at rest '
+    '(tenancy.rest_owner), with row_security off (an error, never fewer rows, where a policy '
+    'applies); return its row count. What the statement reads must be granted to that role. '
+    'Internal.';
 
 CREATE OR REPLACE FUNCTION tenancy.watched_settings()
     RETURNS text[]
@@ -171,6 +378,21 @@ BEGIN
     SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
     v_session := tenancy.session_state();
     EXECUTE migration_sql;
+    -- Deferred constraint triggers the migration queued on its tables fire
+    -- now, as the migrator, not at COMMIT as whoever commits (the kit's
+    -- owner in create_tenant); the constraints stay immediate for the rest
+    -- of the transaction, so later writes of it check at once too.
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, k.conname), ', ')
+      INTO v_name
+      FROM pg_catalog.pg_constraint AS k
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) k.conrelid
+      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE k.condeferrable
+       AND n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_setting('pgtenancy.migration_schema', true);
+    IF v_name IS NOT NULL THEN
+        EXECUTE 'SET CONSTRAINTS ' || v_name || ' IMMEDIATE';
+    END IF;
+    v_name := NULL;
     -- Read before anything else resolves a name through the migration's path.
     SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) INTO v_changed
       FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)
@@ -219,7 +441,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.execute_migration(text, text) IS
     'Run migration_sql as the migrator role with search_path = migration_path (pinned again '
-    'right after); raise PT017 when the migration changed a setting without setting it back, '
+    'right after), then fire its deferred constraint triggers (SET CONSTRAINTS ... IMMEDIATE '
+    'for every deferrable constraint of the tenant schema); raise PT017 when the migration changed a setting without setting it back, '
     'left session state behind (tenancy.session_state()), set role settings or default privileges '
     'or created a large object. Internal: executable by the owner only.';
 
@@ -582,6 +805,7 @@ BEGIN
                AND d.deptype = 'n' AND d.classid = 'pg_type'::regclass AND t.typacl IS NOT NULL) AS o
       CROSS JOIN LATERAL aclexplode(o.acl) AS a
      WHERE a.grantee NOT IN (v_owner, v_migrator)
+       AND a.grantee NOT IN (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(schema_name))
        AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
                                JOIN pg_roles AS r ON r.rolname = ar.role_name)
      LIMIT 1;
@@ -595,9 +819,112 @@ $$;
 
 COMMENT ON FUNCTION tenancy.check_tenant_grants(text) IS
     'Raise PT017 when an object of tenant schema schema_name is granted to PUBLIC or to a role '
-    'other than the kit''s owner, the migrator and the application roles. Internal.';
+    'other than the kit''s owner, the migrator, the tenant''s own role and the application roles. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.check_tenant_grants(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.reown_schema(
+    schema_name  text,
+    from_roles   oid[],
+    to_role      name,
+    invoker_views boolean
+)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nsp   oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj   record;
+    v_count integer := 0;
+BEGIN
+    IF v_nsp IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Everything in the schema, found through its namespace dependencies
+    -- (indexed), not a scan of the catalogs.
+    FOR v_obj IN
+        SELECT d.classid, d.objid FROM pg_depend AS d
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+    LOOP
+        IF v_obj.classid = 'pg_class'::regclass THEN
+            PERFORM 1 FROM pg_class AS c
+             WHERE c.oid = v_obj.objid AND c.relowner = ANY (from_roles)
+               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+                    OR (c.relkind = 'S' AND NOT EXISTS (
+                            SELECT 1 FROM pg_depend AS o
+                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
+            CONTINUE WHEN NOT FOUND;
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
+                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
+                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                     THEN v_obj.objid::regclass::text::regtype::text
+                     ELSE v_obj.objid::regclass::text END,
+                to_role);
+            -- A view given back reads with its caller's rights, so it never
+            -- lends its owner's to the application.
+            IF invoker_views
+               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
+            END IF;
+        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                                       WHERE p.oid = v_obj.objid AND p.proowner = ANY (from_roles));
+            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, to_role);
+        ELSIF v_obj.classid = 'pg_type'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
+                                       WHERE t.oid = v_obj.objid AND t.typowner = ANY (from_roles)
+                                         AND t.typtype IN ('d', 'e', 'r'));
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
+                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                v_obj.objid::regtype, to_role);
+        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
+                                       WHERE o.oid = v_obj.objid AND o.oprowner = ANY (from_roles));
+            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, to_role);
+        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
+                                       WHERE o.oid = v_obj.objid AND o.collowner = ANY (from_roles));
+            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, to_role);
+        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
+                                       WHERE o.oid = v_obj.objid AND o.stxowner = ANY (from_roles));
+            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), to_role);
+        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
+                                       WHERE o.oid = v_obj.objid AND o.cfgowner = ANY (from_roles));
+            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, to_role);
+        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
+                                       WHERE o.oid = v_obj.objid AND o.dictowner = ANY (from_roles));
+            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, to_role);
+        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
+                                       WHERE o.oid = v_obj.objid AND o.conowner = ANY (from_roles));
+            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), to_role);
+        ELSE
+            CONTINUE;
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) IS
+    'Give every object of schema schema_name owned by one of from_roles to to_role (tables, '
+    'views, sequences not owned by a column, types, functions, operators, collations, statistics, '
+    'text search objects, conversions; indexes and owned sequences follow their table); with '
+    'invoker_views make its views security_invoker. Returns how many changed owner. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
     RETURNS integer
@@ -607,21 +934,23 @@ AS $$
 DECLARE
     v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
     v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
-    v_from     oid;
+    v_rest     name := tenancy.rest_owner(schema_name);
+    v_from     oid[];
     v_to       name;
     v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
     v_obj      record;
-    v_count    integer := 0;
 BEGIN
     IF v_nsp IS NULL THEN
         RETURN 0;
     END IF;
     IF to_migrator THEN
-        v_from := v_owner;
+        -- From the tenant's role, or from the kit's owner (a tenant made
+        -- before it had a role of its own).
+        v_from := ARRAY[v_owner, (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_rest)];
         v_to := tenancy.migrator_role();
     ELSE
-        v_from := v_migrator;
-        v_to := (SELECT r.rolname FROM pg_roles AS r WHERE r.oid = v_owner);
+        v_from := ARRAY[v_migrator];
+        v_to := v_rest;
         -- Given back to the owner, these would run with the owner's rights
         -- for whoever calls them: never from a tenant migration.
         SELECT p.oid::regprocedure::text AS name INTO v_obj
@@ -648,87 +977,14 @@ BEGIN
     IF NOT to_migrator THEN
         PERFORM tenancy.check_tenant_grants(schema_name);
     END IF;
-    -- Everything in the schema, found through its namespace dependencies
-    -- (indexed), not a scan of the catalogs.
-    FOR v_obj IN
-        SELECT d.classid, d.objid FROM pg_depend AS d
-         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-    LOOP
-        IF v_obj.classid = 'pg_class'::regclass THEN
-            PERFORM 1 FROM pg_class AS c
-             WHERE c.oid = v_obj.objid AND c.relowner = v_from
-               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
-                    OR (c.relkind = 'S' AND NOT EXISTS (
-                            SELECT 1 FROM pg_depend AS o
-                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
-                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
-            CONTINUE WHEN NOT FOUND;
-            EXECUTE format('ALTER %s %s OWNER TO %I',
-                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
-                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
-                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
-                     THEN v_obj.objid::regclass::text::regtype::text
-                     ELSE v_obj.objid::regclass::text END,
-                v_to);
-            -- A view given back to the owner reads with its caller's rights,
-            -- so it never lends the owner's to the application.
-            IF NOT to_migrator
-               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
-                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
-            END IF;
-        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
-                                       WHERE p.oid = v_obj.objid AND p.proowner = v_from);
-            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, v_to);
-        ELSIF v_obj.classid = 'pg_type'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
-                                       WHERE t.oid = v_obj.objid AND t.typowner = v_from
-                                         AND t.typtype IN ('d', 'e', 'r'));
-            EXECUTE format('ALTER %s %s OWNER TO %I',
-                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
-                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
-                v_obj.objid::regtype, v_to);
-        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
-                                       WHERE o.oid = v_obj.objid AND o.oprowner = v_from);
-            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, v_to);
-        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
-                                       WHERE o.oid = v_obj.objid AND o.collowner = v_from);
-            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, v_to);
-        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
-                                       WHERE o.oid = v_obj.objid AND o.stxowner = v_from);
-            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
-                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), v_to);
-        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
-                                       WHERE o.oid = v_obj.objid AND o.cfgowner = v_from);
-            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, v_to);
-        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
-                                       WHERE o.oid = v_obj.objid AND o.dictowner = v_from);
-            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, v_to);
-        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
-                                       WHERE o.oid = v_obj.objid AND o.conowner = v_from);
-            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
-                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), v_to);
-        ELSE
-            CONTINUE;
-        END IF;
-        v_count := v_count + 1;
-    END LOOP;
-    RETURN v_count;
+    RETURN tenancy.reown_schema(schema_name, v_from, v_to, NOT to_migrator);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.hand_over_schema(text, boolean) IS
     'Give the objects of tenant schema schema_name to the migrator role (to_migrator) for the '
-    'span of a migration, or back to the kit''s owner afterwards, so at rest the migrator owns '
-    'nothing and a migration reaches no other tenant. Giving back raises PT017 for a SECURITY '
+    'span of a migration, or afterwards to their owner at rest (tenancy.rest_owner: the tenant''s '
+    'own role), so at rest the migrator owns nothing and a migration reaches no other tenant. Giving back raises PT017 for a SECURITY '
     'DEFINER function or a rule the migration created (they would run with the owner''s '
     'rights) and makes views security_invoker. Returns how many objects changed owner. '
     'Internal: not granted to PUBLIC.';
@@ -742,55 +998,63 @@ CREATE OR REPLACE FUNCTION tenancy.grant_shared_to_migrator()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_role   name := tenancy.migrator_role();
+    v_role   name;
     v_schema record;
     v_table  record;
 BEGIN
-    -- Migrations may read and reference what the shared schemas hold (a
-    -- foreign key to public.plans needs REFERENCES, a type of partman needs
-    -- USAGE on partman): every schema of the owner's that is no tenant's,
-    -- not the kit's and not the system's. Guarded tables hold every
-    -- tenant's rows, so they may only be referenced. Tables the owner
-    -- creates later are covered by default privileges; objects of other
-    -- roles need grants of their own.
-    FOR v_schema IN
-        SELECT n.oid, n.nspname
-          FROM pg_catalog.pg_namespace AS n
-         WHERE n.nspname NOT IN ('tenancy', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\_%'
-           AND n.nspname NOT LIKE 'tenancy\_check\_%'
-           AND NOT starts_with(n.nspname, tenancy.schema_prefix())
-           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
-           AND pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION')
+    -- The migrator, and the tenants' owner roles at rest through their
+    -- group: what a migration may use, code it planted may use later.
+    FOR v_role IN
+        SELECT r.rolname FROM pg_catalog.pg_roles AS r
+         WHERE r.rolname IN (tenancy.migrator_role(), tenancy.tenant_group_role())
     LOOP
-        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', v_schema.nspname, v_role);
-        FOR v_table IN
-            SELECT c.oid::regclass AS name,
-                   EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
-              FROM pg_catalog.pg_class AS c
-             WHERE c.relnamespace = v_schema.oid
-               AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-               AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+        -- Migrations may read and reference what the shared schemas hold (a
+        -- foreign key to public.plans needs REFERENCES, a type of partman needs
+        -- USAGE on partman): every schema of the owner's that is no tenant's,
+        -- not the kit's and not the system's. Guarded tables hold every
+        -- tenant's rows, so they may only be referenced. Tables the owner
+        -- creates later are covered by default privileges; objects of other
+        -- roles need grants of their own.
+        FOR v_schema IN
+            SELECT n.oid, n.nspname
+              FROM pg_catalog.pg_namespace AS n
+             WHERE n.nspname NOT IN ('tenancy', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\_%'
+               AND n.nspname NOT LIKE 'tenancy\_check\_%'
+               AND n.nspname <> 'tenancy_scratch'
+               AND NOT starts_with(n.nspname, tenancy.schema_prefix())
+               AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+               AND pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION')
         LOOP
-            IF v_table.guarded THEN
-                EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
-                EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
-            ELSE
-                EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I',
-                                          v_table.name, v_role);
+            EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', v_schema.nspname, v_role);
+            FOR v_table IN
+                SELECT c.oid::regclass AS name,
+                       EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
+                  FROM pg_catalog.pg_class AS c
+                 WHERE c.relnamespace = v_schema.oid
+                   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                   AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+            LOOP
+                IF v_table.guarded THEN
+                    EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
+                    EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
+                ELSE
+                    EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I',
+                                              v_table.name, v_role);
+                END IF;
+            END LOOP;
+            IF pg_catalog.has_schema_privilege(v_schema.oid, 'CREATE') THEN
+                EXECUTE pg_catalog.format(
+                    'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, REFERENCES ON TABLES TO %I',
+                    v_schema.nspname, v_role);
             END IF;
         END LOOP;
-        IF pg_catalog.has_schema_privilege(v_schema.oid, 'CREATE') THEN
-            EXECUTE pg_catalog.format(
-                'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, REFERENCES ON TABLES TO %I',
-                v_schema.nspname, v_role);
-        END IF;
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_shared_to_migrator() IS
-    'Let tenant migrations use the shared schemas (every schema of the owner''s that is no '
+    'Let tenant migrations (and the tenants'' owner roles, through tenancy.tenant_group_role()) use the shared schemas (every schema of the owner''s that is no '
     'tenant''s, not tenancy and not a system schema) and read and reference their tables '
     '(REFERENCES only for guarded tables), now and for tables the owner creates later. Run at '
     'install and after shared migrations. Internal: not granted to PUBLIC.';

@@ -83,8 +83,10 @@ BEGIN
             p_version, p_schema
             USING ERRCODE = 'PT017';
     END IF;
-    -- At rest the owner owns everything and the migrator nothing; the
-    -- hand-back refuses SECURITY DEFINER functions, rules and foreign grants.
+    -- At rest the tenant's own role (made here, as by its first migration)
+    -- owns everything and the migrator nothing; the hand-back refuses
+    -- SECURITY DEFINER functions, rules and foreign grants.
+    PERFORM tenancy.ensure_tenant_role(p_schema);
     BEGIN
         PERFORM tenancy.hand_over_schema(p_schema, false);
     EXCEPTION WHEN SQLSTATE 'PT017' THEN

@@ -376,6 +376,9 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Its owner at rest, made with the tenant's first
+                    -- migration (or adopted by a tenant made without one).
+                    PERFORM tenancy.ensure_tenant_role(p_schema);
                     -- Citus: the migrator can change no distributed table
                     -- here (tenancy.citus_undistribute_schema); distributed
                     -- again below.
@@ -481,9 +484,12 @@ BEGIN
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
         -- ran after each migration (tenancy.check_scratch_schema).
-        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+        -- USAGE stays: foreign-key checks and actions from shared tables
+        -- into the scratch schema's (empty) tables run as their owner.
+        EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
-        -- At rest the owner owns everything again and the migrator nothing.
+        -- At rest the tenant's own role owns everything again and the
+        -- migrator nothing.
         BEGIN
             PERFORM tenancy.hand_over_schema(p_schema, false);
         EXCEPTION WHEN SQLSTATE 'PT017' THEN
@@ -1026,6 +1032,7 @@ BEGIN
         -- The row is the truth: a tenant whose row is gone has no data.
         IF OLD.schema_name IS NOT NULL THEN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
+            PERFORM tenancy.drop_tenant_role(OLD.schema_name);
         END IF;
         PERFORM tenancy.delete_shared_rows(OLD.id);
         DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = OLD.id;
@@ -1068,7 +1075,8 @@ COMMENT ON FUNCTION tenancy.tenants_after_change() IS
     'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
     'tenant_migrated for every change of the registry, whoever makes it (a tenant in status '
     'provisioning emits tenant_created once, when it becomes active, and nothing before); a '
-    'deleted row also drops its tenant schema and deletes its rows from every guarded shared table.';
+    'deleted row also drops its tenant schema (and its owner role, tenancy.drop_tenant_role) and '
+    'deletes its rows from every guarded shared table.';
 
 CREATE OR REPLACE TRIGGER tenants_before_insert
     BEFORE INSERT ON tenancy.tenants

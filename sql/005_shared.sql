@@ -266,6 +266,9 @@ BEGIN
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
     -- Tenant migrations may reference a guarded table, never read its rows.
     EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    IF EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_group_role()) THEN
+        EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.tenant_group_role());
+    END IF;
     -- Partitions and inheritance children are tables of their own: queried
     -- by name they apply their own policies, not the parent's. Guard each
     -- (recursively); one that cannot be guarded makes the whole call fail.

@@ -64,24 +64,42 @@ BEGIN
          GROUP BY n.nspname, n.nspowner;
 
     -- Whoever owns a tenant table can switch its privileges and policies
-    -- off; the kit's owner owns them all, the migrator only for the span of
-    -- one migration (so one left at rest means an interrupted hand-over).
+    -- off; the tenant's own role owns them at rest (tenancy.rest_owner), the
+    -- migrator only for the span of one migration (so one left at rest
+    -- means an interrupted hand-over).
     RETURN QUERY
         SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
                format('%I.%I', n.nspname, c.relname),
-               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+               format('%s %I.%I of tenant %s is owned by %s, not by its owner at rest %s%s',
                       CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
                                      WHEN 'm' THEN 'materialized view' ELSE 'table' END,
                       n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
-                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      quote_ident(tenancy.rest_owner(t.schema_name)),
                       CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
                            THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
-               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, tenancy.rest_owner(t.schema_name))
           FROM tenancy.tenants AS t
           JOIN pg_namespace AS n ON n.nspname = t.schema_name
           JOIN pg_class AS c ON c.relnamespace = n.oid
-         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
-         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f')
+           AND pg_get_userbyid(c.relowner) <> tenancy.rest_owner(t.schema_name);
+
+    -- Without a role of its own, a tenant's objects are the owner's at rest:
+    -- code its migrations planted in them (foreign-key actions, expression
+    -- indexes under ANALYZE, REFRESH) runs with the owner's rights.
+    RETURN QUERY
+        SELECT 'warning'::text, 'tenant_without_owner_role'::text, t.slug,
+               format('the objects of tenant %s belong to the kit''s owner at rest, not to a role '
+                      'of its own (%s): code its migrations attached to them may run with the '
+                      'owner''s rights', t.slug, tenancy.tenant_role(t.schema_name)),
+               CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
+                    THEN format('as a superuser: CREATE ROLE %I NOLOGIN; then install the kit again '
+                                'and run pgtenancy migrate', tenancy.tenant_group_role())
+                    ELSE 'give the kit''s owner CREATEROLE, then run pgtenancy migrate' END
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(t.schema_name))
+           AND EXISTS (SELECT 1 FROM pg_class AS c WHERE c.relnamespace = n.oid);
 
     -- A member of the owner's role has the owner's rights: every tenant,
     -- every policy, the registry.
@@ -181,7 +199,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'transactions older than the setting pgtenancy.prepared_stale_after, default 5 minutes, '
     'which stall every consumer (warning, the fix names COMMIT/ROLLBACK PREPARED), shared schemas '
     'that roles other than their owner may create in (warning), the migration fence missing '
-    '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
+    '(warning), objects of tenant schemas owned by a role other than their owner at rest '
+    '(tenancy.rest_owner; error), tenants whose objects have no owner role of their own (warning), '
     'members of the owner''s role (error for an application role, warning otherwise). Called by '
     'check_isolation().';
 

@@ -56,6 +56,14 @@ BEGIN
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
         END LOOP;
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', v_row.schema_name, v_schema);
+        -- The owner role's name follows the schema's.
+        IF EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(v_old_schema)) THEN
+            PERFORM tenancy.ensure_tenant_role(v_schema);
+            EXECUTE format('REASSIGN OWNED BY %I TO %I', tenancy.tenant_role(v_old_schema),
+                           tenancy.tenant_role(v_schema));
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', v_schema, tenancy.tenant_role(v_old_schema));
+            PERFORM tenancy.drop_tenant_role(v_old_schema);
+        END IF;
     END IF;
     -- The registry trigger lets slug and schema_name change for this row only.
     PERFORM set_config('pgtenancy.renaming', v_row.id::text, true);
@@ -140,6 +148,66 @@ COMMENT ON FUNCTION tenancy.copy_columns(regclass) IS
     'Comma-separated quoted names of the columns of p_table an INSERT may write (not dropped, '
     'not generated), in column order. Internal.';
 
+CREATE OR REPLACE FUNCTION tenancy.create_stage(p_table regclass)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stage text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
+BEGIN
+    -- Plain text columns: loading them runs no type's or domain's code of
+    -- the tenant's (tenancy.load_stage casts them, as the tenant's role).
+    EXECUTE format('CREATE TEMPORARY TABLE %s (%s) ON COMMIT DROP', v_stage,
+                   (SELECT string_agg(format('%I text', a.attname), ', ' ORDER BY a.attnum)
+                      FROM pg_attribute AS a
+                     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated = ''));
+    RETURN v_stage;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.create_stage(regclass) IS
+    'Create, for this transaction, a temporary table with a text column for each column of '
+    'tenant table p_table an INSERT may write (tenancy.copy_columns), and return its name: an '
+    'import COPYs into it, then tenancy.load_stage writes the rows as the tenant''s role. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.create_stage(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.load_stage(p_table regclass)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stage  text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
+    v_schema text := (SELECT n.nspname::text FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                       WHERE c.oid = p_table);
+    v_role   name := tenancy.rest_owner(v_schema);
+    v_count  bigint;
+BEGIN
+    EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_stage, v_role);
+    v_count := tenancy.run_as_rest_owner(v_schema, format(
+        'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s', p_table,
+        tenancy.copy_columns(p_table),
+        (SELECT string_agg(format('%I::%s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                           ORDER BY a.attnum)
+           FROM pg_attribute AS a
+          WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+        v_stage));
+    EXECUTE format('DROP TABLE %s', v_stage);
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.load_stage(regclass) IS
+    'Write the rows of p_table''s stage (tenancy.create_stage) into tenant table p_table, cast to '
+    'its column types, as the tenant''s owner role (tenancy.run_as_rest_owner: its check '
+    'constraints, domains, index expressions and triggers left on run with that role''s rights), '
+    'drop the stage and return the rows written. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.load_stage(regclass) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION tenancy.clone_schema_data(p_source text, p_target text)
     RETURNS bigint
     LANGUAGE plpgsql
@@ -153,6 +221,9 @@ DECLARE
     v_count  bigint;
     v_total  bigint := 0::bigint;
     v_seq    record;
+    v_from   text;
+    v_role   name := tenancy.rest_owner(p_target);
+    v_owner  name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
     SELECT coalesce(array_agg(c.oid::regclass), '{}'::regclass[]) INTO v_tables
       FROM pg_class AS c
@@ -164,6 +235,9 @@ BEGIN
         FOREACH v_table IN ARRAY v_tables LOOP
             EXECUTE format('LOCK TABLE %s IN SHARE MODE', v_table);
         END LOOP;
+    END IF;
+    IF v_role <> v_owner THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', p_source, v_role);
     END IF;
     FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
         SELECT d.oid::regclass INTO v_dest
@@ -180,12 +254,35 @@ BEGIN
         -- Triggers of the application (audit, change tracking) do not see
         -- the copy: the rows are not new, they are the source's.
         EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', v_dest);
-        EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',
-                       v_dest, v_cols, v_cols, v_table);
-        GET DIAGNOSTICS v_count = ROW_COUNT;
+        -- The rows are written as the clone's own role (its check
+        -- constraints, index expressions and generated columns run as it,
+        -- not as the owner), which may read this source table for the copy
+        -- only; a table under row security goes through a copy the owner
+        -- reads in full.
+        v_from := v_table::text;
+        IF (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = v_table)
+           AND v_role <> v_owner THEN
+            v_from := format('pg_temp.%I', 'pgtenancy_clone_' || v_table::oid);
+            EXECUTE format('CREATE TEMPORARY TABLE %s ON COMMIT DROP AS SELECT %s FROM %s',
+                           v_from, v_cols, v_table);
+            EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_from, v_role);
+        ELSIF v_role <> v_owner THEN
+            EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_table, v_role);
+        END IF;
+        v_count := tenancy.run_as_rest_owner(p_target,
+            format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',
+                   v_dest, v_cols, v_cols, v_from));
+        IF v_from <> v_table::text THEN
+            EXECUTE format('DROP TABLE %s', v_from);
+        ELSIF v_role <> v_owner THEN
+            EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', v_table, v_role);
+        END IF;
         EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', v_dest);
         v_total := v_total + v_count;
     END LOOP;
+    IF v_role <> v_owner THEN
+        EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', p_source, v_role);
+    END IF;
     -- Sequences (serial and identity ones too) continue from the source's values.
     FOR v_seq IN
         SELECT c.relname FROM pg_class AS c JOIN pg_class AS d ON d.relname = c.relname
@@ -208,7 +305,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.clone_schema_data(text, text) IS
     'Copy every table of schema p_source into the table of the same name in p_target, referenced '
-    'tables first, with user triggers disabled; set every sequence of p_target to its '
+    'tables first, with user triggers disabled, written as p_target''s owner at rest '
+    '(tenancy.run_as_rest_owner), which may read the source for the copy only; set every sequence of p_target to its '
     'counterpart''s value; refresh populated materialized views. Returns the rows copied. '
     'Raises PT022 (a table without counterpart, a foreign-key cycle). Internal.';
 

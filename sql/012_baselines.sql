@@ -20,6 +20,9 @@ AS $$
 DECLARE
     v_nsp    oid := to_regnamespace(quote_ident(schema_catalog.schema_name))::oid;
     v_prefix text := quote_ident(schema_catalog.schema_name) || '.';
+    -- Each tenant schema has its own owner role (tenancy.tenant_role): it
+    -- prints as one token, so two schemas' owners and ACLs compare.
+    v_role   text := tenancy.tenant_role(schema_catalog.schema_name);
 BEGIN
     IF v_nsp IS NULL THEN
         RAISE EXCEPTION 'schema % does not exist', coalesce(quote_ident(schema_catalog.schema_name), 'NULL')
@@ -30,7 +33,8 @@ BEGIN
     -- deparsers that always qualify are stripped of the schema name.
     PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', schema_catalog.schema_name), true);
     RETURN QUERY
-    SELECT x.kind, replace(x.name, v_prefix, ''), replace(x.definition, v_prefix, '')
+    SELECT x.kind, replace(x.name, v_prefix, ''),
+           replace(replace(x.definition, v_prefix, ''), v_role, '(tenant owner role)')
       FROM (
         SELECT 'relation' AS kind, c.relname::text AS name,
                jsonb_build_array(c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
@@ -141,7 +145,7 @@ COMMENT ON FUNCTION tenancy.schema_catalog(text) IS
     'inheritance), columns of tables, views and composite types (position among live columns, '
     'type, NOT NULL, identity, generated, collation, default, ACL, comment), constraints, indexes, sequences (parameters, owning '
     'column), functions (full definition, owner, ACL, comment), triggers, policies, types (enum '
-    'labels in order, domains, ranges), rules, statistics and any other object by name. Raises '
+    'labels in order, domains, ranges), rules, statistics and any other object by name; the schema''s own owner role (tenancy.tenant_role) prints as one token. Raises '
     '3F000 for a missing schema.';
 
 -- The reference the baseline is checked against: the version the scratch

@@ -330,6 +330,15 @@ COPY (SELECT {columns} FROM {table} WHERE {filter}) TO STDOUT
 -- name: archive_copy_in
 COPY {table} ({columns}) FROM STDIN
 
+-- name: archive_create_stage
+-- A text-columned temporary table for the rows of a tenant table: COPY
+-- runs no code of the tenant's there (tenancy.create_stage).
+SELECT tenancy.create_stage(%(table)s::regclass) AS stage
+
+-- name: archive_load_stage
+-- The staged rows written into the tenant table as its owner role.
+SELECT tenancy.load_stage(%(table)s::regclass) AS rows
+
 -- name: archive_disable_triggers
 ALTER TABLE {table} DISABLE TRIGGER USER
 
@@ -536,6 +545,12 @@ EXECUTE pgtenancy_pool_row({schema}, {id})
 -- for the few rows a test leaves).
 DELETE FROM {table}
 
+-- name: testing_as_rest_owner
+-- {statement} (a psycopg.sql.Literal of the reset's DELETE/TRUNCATE
+-- statements) run as tenant schema {schema}'s owner role: a test's triggers
+-- fire with that role's rights, not the kit owner's.
+SELECT tenancy.run_as_rest_owner({schema}, {statement})
+
 -- name: testing_session
 -- The pgtenancy.testing pool's own sessions: wait at most 5 s for a lock a
 -- test left; do not wait for the WAL flush of a reset (test data need not
@@ -543,6 +558,17 @@ DELETE FROM {table}
 SET lock_timeout = '5s';
 SET synchronous_commit = off;
 SET plan_cache_mode = force_generic_plan
+
+-- name: testing_kit_roles
+-- The tenants' owner roles and group role of the database whose migrator is
+-- %(migrator)s (tenancy.tenant_role, tenancy.tenant_group_role), owner roles
+-- first, for the test server's teardown (after DROP DATABASE).
+SELECT r.rolname
+  FROM pg_catalog.pg_roles AS r
+ WHERE pg_catalog.starts_with(r.rolname, 'pgtenancy_owner_'
+                              || pg_catalog.left(pg_catalog.md5(%(migrator)s), 12) || '_')
+    OR r.rolname = 'pgtenancy_tenants_' || pg_catalog.left(pg_catalog.md5(%(migrator)s), 12)
+ ORDER BY pg_catalog.starts_with(r.rolname, 'pgtenancy_tenants_'), r.rolname
 
 -- name: fleet_plan
 -- One query plans the whole fleet: every live tenant (or the slugs asked for,

@@ -83,6 +83,10 @@ BEGIN
 
     FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL' LOOP
         EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', v_schema);
+        -- Its owner role, unless a database copied from this one uses it.
+        IF pg_catalog.to_regprocedure('tenancy.drop_tenant_role(text)') IS NOT NULL THEN
+            EXECUTE 'SELECT tenancy.drop_tenant_role($1)' USING v_schema;
+        END IF;
     END LOOP;
     -- The scratch schema registration checks migrations in goes with the kit.
     DROP SCHEMA IF EXISTS tenancy_scratch CASCADE;
@@ -102,6 +106,8 @@ BEGIN
     END IF;
     EXECUTE 'SELECT migrator_role FROM tenancy.confinement' INTO v_role;
     PERFORM pg_catalog.set_config('pgtenancy.drop_migrator', coalesce(v_role, ''), true);
+    PERFORM pg_catalog.set_config('pgtenancy.drop_group',
+        coalesce('pgtenancy_tenants_' || pg_catalog.left(pg_catalog.md5(v_role), 12), ''), true);
 END
 $$;
 
@@ -109,18 +115,20 @@ DROP SCHEMA IF EXISTS tenancy CASCADE;
 
 DO $$
 DECLARE
-    v_role name := nullif(pg_catalog.current_setting('pgtenancy.drop_migrator', true), '');
+    v_role name;
 BEGIN
-    IF v_role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role) THEN
-        RETURN;
-    END IF;
-    BEGIN
-        -- Its grants here (shared tables, default privileges) go first.
-        EXECUTE pg_catalog.format('DROP OWNED BY %I', v_role);
-        EXECUTE pg_catalog.format('DROP ROLE %I', v_role);
-    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
-        -- Still used by another database, or not ours to drop: keep it.
-        NULL;
-    END;
+    -- The tenants' group role, then the migrator.
+    FOREACH v_role IN ARRAY ARRAY[nullif(pg_catalog.current_setting('pgtenancy.drop_group', true), ''),
+                                  nullif(pg_catalog.current_setting('pgtenancy.drop_migrator', true), '')]::name[] LOOP
+        CONTINUE WHEN v_role IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_role);
+        BEGIN
+            -- Its grants here (shared tables, default privileges) go first.
+            EXECUTE pg_catalog.format('DROP OWNED BY %I', v_role);
+            EXECUTE pg_catalog.format('DROP ROLE %I', v_role);
+        EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+            -- Still used by another database, or not ours to drop: keep it.
+            NULL;
+        END;
+    END LOOP;
 END
 $$;

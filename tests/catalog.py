@@ -11,6 +11,8 @@ databases compare.
 
 from __future__ import annotations
 
+import hashlib
+
 import psycopg
 
 CATALOG = """
@@ -97,10 +99,18 @@ def catalog(dsn: str) -> dict[tuple[str, str], str]:
             else None
         )
     name = None if migrator is None else str(migrator[0])
-    return {
-        (row[0], row[1]): row[2] if name is None else row[2].replace(name, "<migrator>")
-        for row in rows
-    }
+    if name is None:
+        return {(row[0], row[1]): row[2] for row in rows}
+    # So are the tenants' group role's and owner roles' names (through it).
+    digest = hashlib.md5(name.encode()).hexdigest()[:12]
+    group, owner = f"pgtenancy_tenants_{digest}", f"pgtenancy_owner_{digest}_"
+
+    def normal(text: str) -> str:
+        return (
+            text.replace(name, "<migrator>").replace(group, "<tenants>").replace(owner, "<owner>_")
+        )
+
+    return {(row[0], row[1]): normal(row[2]) for row in rows}
 
 
 def differences(got: dict[tuple[str, str], str], want: dict[tuple[str, str], str]) -> list[str]:

@@ -382,3 +382,15 @@ def load(path: Path) -> Case:
     elif match.group(1) == "warned":
         text = lines[2].removeprefix("-- warning: ")
     return Case(path, match.group(1), match.group(2), execution, line, text)
+
+
+def kit_roles(conn: psycopg.Connection[Any], migrator: str | None) -> list[str]:
+    """The roles the kit made for the database whose migrator is ``migrator``
+    (tenants' owner roles, their group role, the migrator), in the order they
+    can be dropped; empty for None."""
+    if migrator is None:
+        return []
+    from pgtenancy.queries import QUERIES
+
+    rows = conn.execute(QUERIES["testing_kit_roles"], {"migrator": migrator}).fetchall()
+    return [str(r[0]) for r in rows] + [migrator]

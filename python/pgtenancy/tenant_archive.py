@@ -21,8 +21,11 @@ Import recreates the tenant in ONE transaction of the target: the registry row
 (same id; ``as_slug`` renames) through the registry triggers, so a schema
 tenant's schema is built by the target's own migrations, run confined, which
 must be those of the archive (same versions and checksums up to the tenant's,
-nothing later); then COPY of each table with user triggers off, sequences
-set, and every table's count and MD5 compared with the manifest. Any failure
+nothing later); then COPY of each table with user triggers off (for a schema
+tenant into a text-columned temporary stage whose rows ``tenancy.load_stage``
+writes as the tenant's owner role, so no code of the tenant's runs with the
+owner's rights), sequences set, and every table's count and MD5 compared
+with the manifest. Any failure
 rolls it all back: nothing is left behind. ``tenant_created`` carries
 ``imported`` in its payload.
 
@@ -388,13 +391,24 @@ def import_tenant(
                 assert member is not None
                 data = member.read()
                 ident = _table_ident(qualified)
+                copy_into = ident
                 if schema:
                     conn.execute(_q("archive_disable_triggers", table=ident))
+                    # COPY into a stage of text columns; the rows reach the
+                    # tenant's table as its own role, so the code its
+                    # migrations attached (checks, domains, index
+                    # expressions) never runs with the owner's rights.
+                    stage = conn.execute(
+                        QUERIES["archive_create_stage"], {"table": qualified}
+                    ).fetchone()
+                    assert stage is not None
+                    copy_into = sql.SQL(str(stage[0]))
                 with conn.cursor().copy(
-                    _q("archive_copy_in", table=ident, columns=_columns(table["columns"]))
+                    _q("archive_copy_in", table=copy_into, columns=_columns(table["columns"]))
                 ) as copy:
                     copy.write(data)
                 if schema:
+                    conn.execute(QUERIES["archive_load_stage"], {"table": qualified})
                     conn.execute(_q("archive_enable_triggers", table=ident))
                 got = _checksum(conn, target, tenant["id"])
                 if got != (table["rows"], table["md5"]):

@@ -746,6 +746,9 @@ BEGIN
     PERFORM tenancy.grant_table_to_app_roles(enable_rls.table_name);
     -- Tenant migrations may reference a guarded table, never read its rows.
     EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.migrator_role());
+    IF EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_group_role()) THEN
+        EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', enable_rls.table_name, tenancy.tenant_group_role());
+    END IF;
     -- Partitions and inheritance children are tables of their own: queried
     -- by name they apply their own policies, not the parent's. Guard each
     -- (recursively); one that cannot be guarded makes the whole call fail.
@@ -866,24 +869,42 @@ BEGIN
          GROUP BY n.nspname, n.nspowner;
 
     -- Whoever owns a tenant table can switch its privileges and policies
-    -- off; the kit's owner owns them all, the migrator only for the span of
-    -- one migration (so one left at rest means an interrupted hand-over).
+    -- off; the tenant's own role owns them at rest (tenancy.rest_owner), the
+    -- migrator only for the span of one migration (so one left at rest
+    -- means an interrupted hand-over).
     RETURN QUERY
         SELECT 'error'::text, 'tenant_object_foreign_owner'::text,
                format('%I.%I', n.nspname, c.relname),
-               format('%s %I.%I of tenant %s is owned by %s, not by the kit''s owner %s%s',
+               format('%s %I.%I of tenant %s is owned by %s, not by its owner at rest %s%s',
                       CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'v' THEN 'view'
                                      WHEN 'm' THEN 'materialized view' ELSE 'table' END,
                       n.nspname, c.relname, t.slug, quote_ident(pg_get_userbyid(c.relowner)),
-                      quote_ident(pg_get_userbyid(k.nspowner)),
+                      quote_ident(tenancy.rest_owner(t.schema_name)),
                       CASE WHEN pg_get_userbyid(c.relowner) = tenancy.migrator_role()
                            THEN ' (the migrator role owns nothing at rest)' ELSE '' END),
-               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, pg_get_userbyid(k.nspowner))
+               format('ALTER TABLE %I.%I OWNER TO %I', n.nspname, c.relname, tenancy.rest_owner(t.schema_name))
           FROM tenancy.tenants AS t
           JOIN pg_namespace AS n ON n.nspname = t.schema_name
           JOIN pg_class AS c ON c.relnamespace = n.oid
-         CROSS JOIN (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy') AS k
-         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f') AND c.relowner <> k.nspowner;
+         WHERE c.relkind IN ('r', 'p', 'S', 'v', 'm', 'f')
+           AND pg_get_userbyid(c.relowner) <> tenancy.rest_owner(t.schema_name);
+
+    -- Without a role of its own, a tenant's objects are the owner's at rest:
+    -- code its migrations planted in them (foreign-key actions, expression
+    -- indexes under ANALYZE, REFRESH) runs with the owner's rights.
+    RETURN QUERY
+        SELECT 'warning'::text, 'tenant_without_owner_role'::text, t.slug,
+               format('the objects of tenant %s belong to the kit''s owner at rest, not to a role '
+                      'of its own (%s): code its migrations attached to them may run with the '
+                      'owner''s rights', t.slug, tenancy.tenant_role(t.schema_name)),
+               CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles AS g WHERE g.rolname = tenancy.tenant_group_role())
+                    THEN format('as a superuser: CREATE ROLE %I NOLOGIN; then install the kit again '
+                                'and run pgtenancy migrate', tenancy.tenant_group_role())
+                    ELSE 'give the kit''s owner CREATEROLE, then run pgtenancy migrate' END
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(t.schema_name))
+           AND EXISTS (SELECT 1 FROM pg_class AS c WHERE c.relnamespace = n.oid);
 
     -- A member of the owner's role has the owner's rights: every tenant,
     -- every policy, the registry.
@@ -983,7 +1004,8 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'transactions older than the setting pgtenancy.prepared_stale_after, default 5 minutes, '
     'which stall every consumer (warning, the fix names COMMIT/ROLLBACK PREPARED), shared schemas '
     'that roles other than their owner may create in (warning), the migration fence missing '
-    '(warning), objects of tenant schemas owned by a role other than the kit''s owner (error), '
+    '(warning), objects of tenant schemas owned by a role other than their owner at rest '
+    '(tenancy.rest_owner; error), tenants whose objects have no owner role of their own (warning), '
     'members of the owner''s role (error for an application role, warning otherwise). Called by '
     'check_isolation().';
 
@@ -1649,6 +1671,28 @@ BEGIN
 END
 $$;
 
+-- The tenants' group role (see "Owners at rest" below): created when the
+-- installing role may; without it tenants' objects stay the owner's.
+DO $$
+DECLARE
+    v_group name := 'pgtenancy_tenants_'
+                    || pg_catalog.left(pg_catalog.md5((SELECT c.migrator_role FROM tenancy.confinement AS c)), 12);
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = v_group) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+                        WHERE rolname = current_user AND (rolsuper OR rolcreaterole)) THEN
+            RETURN;
+        END IF;
+        EXECUTE pg_catalog.format(
+            'CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT', v_group);
+        EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', v_group,
+            'pgtenancy: the owner roles of the tenants of database ' || pg_catalog.current_database()
+            || ' are its members; it holds their grants on shared schemas.');
+    END IF;
+    EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA tenancy TO %I', v_group);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.migrator_role()
     RETURNS name
     LANGUAGE sql
@@ -1664,6 +1708,191 @@ REVOKE ALL ON FUNCTION tenancy.migrator_role() FROM PUBLIC;
 COMMENT ON FUNCTION tenancy.migrator_role() IS
     'Name of the role tenant migrations run as: it owns the objects of tenant schemas, may '
     'create objects only in the schema being migrated, and only while a migration runs.';
+
+-- Owners at rest -------------------------------------------------------------
+--
+-- Between migrations a tenant's objects belong to a role of their own, one
+-- per tenant schema: NOLOGIN, no attribute, USAGE and CREATE on its own
+-- schema only, and a member of the tenants' group role, which holds what
+-- the shared schemas lend to tenants (the grants the migrator gets). Code a
+-- migration planted in its objects and that the server runs as their owner
+-- (foreign-key actions as the referencing table's owner, expression indexes
+-- and extended statistics under ANALYZE and autovacuum, REFRESH of a
+-- materialized view) then runs with that role's rights: its own schema and
+-- reading the shared ones, never the kit's owner's. Roles are cluster-wide:
+-- the names derive from the migrator's (so from the database) and the
+-- schema name; the kit's owner is a member of each, to manage them.
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_group_role()
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('pgtenancy_tenants_' || pg_catalog.left(pg_catalog.md5(tenancy.migrator_role()), 12))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.tenant_group_role() FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.tenant_group_role() IS
+    'Name of the NOLOGIN group role every tenant owner role of this database is a member of; '
+    'it holds the grants on shared schemas tenants may use (those of the migrator).';
+
+CREATE OR REPLACE FUNCTION tenancy.tenant_role(schema_name text)
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ('pgtenancy_owner_' || pg_catalog.left(pg_catalog.md5(tenancy.migrator_role()), 12)
+            || '_' || pg_catalog.left(pg_catalog.md5(schema_name), 24))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.tenant_role(text) IS
+    'Name of the role that owns the objects of tenant schema schema_name at rest (whether it '
+    'exists or not): unique per database and schema, 53 bytes.';
+
+CREATE OR REPLACE FUNCTION tenancy.rest_owner(schema_name text)
+    RETURNS name
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The kit's owner when the role could not be made (installed without
+    -- the right to create roles): the doctor reports those tenants.
+    SELECT coalesce((SELECT r.rolname FROM pg_catalog.pg_roles AS r
+                      WHERE r.rolname = tenancy.tenant_role(schema_name)),
+                    (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n
+                      WHERE n.nspname = 'tenancy'))::name
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.rest_owner(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.rest_owner(text) IS
+    'Role the objects of tenant schema schema_name belong to between migrations: its tenant '
+    'role (tenancy.tenant_role) when it exists, else the kit''s owner. Kit operations that '
+    'write a tenant''s rows run as it, so no code of the tenant''s runs as the owner.';
+
+CREATE OR REPLACE FUNCTION tenancy.ensure_tenant_role(schema_name text)
+    RETURNS name
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role  name := tenancy.tenant_role(schema_name);
+    v_group name := tenancy.tenant_group_role();
+    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+BEGIN
+    IF to_regnamespace(quote_ident(schema_name)) IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_group) THEN
+        RETURN v_owner;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = v_role) THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles AS r
+                        WHERE r.rolname = current_user AND (r.rolsuper OR r.rolcreaterole)) THEN
+            RETURN v_owner;
+        END IF;
+        BEGIN
+            EXECUTE format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS '
+                           'NOREPLICATION INHERIT IN ROLE %I', v_role, v_group);
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- a database copied from this one made it just now
+        END;
+    END IF;
+    IF NOT pg_has_role(v_owner, v_role, 'USAGE') THEN
+        EXECUTE format('GRANT %I TO %I', v_role, v_owner);
+    END IF;
+    IF NOT has_schema_privilege(v_role, to_regnamespace(quote_ident(schema_name)), 'USAGE, CREATE') THEN
+        EXECUTE format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', schema_name, v_role);
+    END IF;
+    RETURN v_role;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.ensure_tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.ensure_tenant_role(text) IS
+    'Create (or adopt) the owner role of tenant schema schema_name: NOLOGIN, no attributes, a '
+    'member of tenancy.tenant_group_role(), USAGE and CREATE on that schema; make the kit''s '
+    'owner a member of it. Returns its name, or the kit''s owner''s when roles cannot be made '
+    '(no group role, or the owner lacks CREATEROLE). Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.drop_tenant_role(schema_name text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role name := tenancy.tenant_role(schema_name);
+    v_oid  oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_role);
+BEGIN
+    -- Kept while anything of it remains, here or in a database copied from
+    -- this one (its schema was not dropped, a session's temporary object).
+    IF v_oid IS NULL
+       OR EXISTS (SELECT 1 FROM pg_shdepend AS d
+                   WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = v_oid) THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        EXECUTE format('DROP ROLE %I', v_role);
+    EXCEPTION WHEN dependent_objects_still_exist OR insufficient_privilege THEN
+        RETURN false;
+    END;
+    RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.drop_tenant_role(text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.drop_tenant_role(text) IS
+    'Drop the owner role of tenant schema schema_name when it exists and nothing depends on it '
+    'any more in any database (its schema is gone); true when dropped. Internal.';
+
+CREATE OR REPLACE FUNCTION tenancy.run_as_rest_owner(schema_name text, statement text)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_role   name := tenancy.rest_owner(schema_name);
+    v_runner text;
+    v_count  bigint;
+BEGIN
+    -- Writing a tenant's rows runs the code its migrations attached to them
+    -- (check constraints, index expressions, generated columns, defaults,
+    -- triggers left on) as whoever writes: never as the kit's owner. SET
+    -- ROLE is refused inside the kit's SECURITY DEFINER functions, so the
+    -- statement runs in a function of the tenant role's own, made for this
+    -- one call and dropped after it (code running inside may change it,
+    -- but nobody calls it again).
+    IF v_role = (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy') THEN
+        EXECUTE statement;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        RETURN v_count;
+    END IF;
+    v_runner := format('%I.%I', schema_name,
+                       'pgtenancy_run_' || left(md5(random()::text || clock_timestamp()::text), 16));
+    EXECUTE format('CREATE FUNCTION %s(statement text) RETURNS bigint LANGUAGE plpgsql '
+                   'SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off '
+                   'AS $r$DECLARE n bigint; BEGIN EXECUTE statement; '
+                   'GET DIAGNOSTICS n = ROW_COUNT; RETURN n; END$r$', v_runner);
+    EXECUTE format('REVOKE ALL ON FUNCTION %s(text) FROM PUBLIC', v_runner);
+    EXECUTE format('ALTER FUNCTION %s(text) OWNER TO %I', v_runner, v_role);
+    EXECUTE format('SELECT %s($1)', v_runner) INTO v_count USING statement;
+    EXECUTE format('DROP FUNCTION %s(text)', v_runner);
+    RETURN v_count;
+END
+$$;
+
+REVOKE ALL ON FUNCTION tenancy.run_as_rest_owner(text, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION tenancy.run_as_rest_owner(text, text) IS
+    'Run statement (DML on tenant schema schema_name''s tables) as that schema''s owner at rest '
+    '(tenancy.rest_owner), with row_security off (an error, never fewer rows, where a policy '
+    'applies); return its row count. What the statement reads must be granted to that role. '
+    'Internal.';
 
 -- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
 -- migrator role (re-owned below), so the server refuses SET ROLE and SET
@@ -1740,6 +1969,21 @@ BEGIN
     SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
     v_session := tenancy.session_state();
     EXECUTE migration_sql;
+    -- Deferred constraint triggers the migration queued on its tables fire
+    -- now, as the migrator, not at COMMIT as whoever commits (the kit's
+    -- owner in create_tenant); the constraints stay immediate for the rest
+    -- of the transaction, so later writes of it check at once too.
+    SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, k.conname), ', ')
+      INTO v_name
+      FROM pg_catalog.pg_constraint AS k
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) k.conrelid
+      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE k.condeferrable
+       AND n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_setting('pgtenancy.migration_schema', true);
+    IF v_name IS NOT NULL THEN
+        EXECUTE 'SET CONSTRAINTS ' || v_name || ' IMMEDIATE';
+    END IF;
+    v_name := NULL;
     -- Read before anything else resolves a name through the migration's path.
     SELECT pg_catalog.string_agg(c.name, ', ' ORDER BY c.name) INTO v_changed
       FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name)
@@ -1788,7 +2032,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.execute_migration(text, text) IS
     'Run migration_sql as the migrator role with search_path = migration_path (pinned again '
-    'right after); raise PT017 when the migration changed a setting without setting it back, '
+    'right after), then fire its deferred constraint triggers (SET CONSTRAINTS ... IMMEDIATE '
+    'for every deferrable constraint of the tenant schema); raise PT017 when the migration changed a setting without setting it back, '
     'left session state behind (tenancy.session_state()), set role settings or default privileges '
     'or created a large object. Internal: executable by the owner only.';
 
@@ -2151,6 +2396,7 @@ BEGIN
                AND d.deptype = 'n' AND d.classid = 'pg_type'::regclass AND t.typacl IS NOT NULL) AS o
       CROSS JOIN LATERAL aclexplode(o.acl) AS a
      WHERE a.grantee NOT IN (v_owner, v_migrator)
+       AND a.grantee NOT IN (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(schema_name))
        AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
                                JOIN pg_roles AS r ON r.rolname = ar.role_name)
      LIMIT 1;
@@ -2164,9 +2410,112 @@ $$;
 
 COMMENT ON FUNCTION tenancy.check_tenant_grants(text) IS
     'Raise PT017 when an object of tenant schema schema_name is granted to PUBLIC or to a role '
-    'other than the kit''s owner, the migrator and the application roles. Internal.';
+    'other than the kit''s owner, the migrator, the tenant''s own role and the application roles. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.check_tenant_grants(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.reown_schema(
+    schema_name  text,
+    from_roles   oid[],
+    to_role      name,
+    invoker_views boolean
+)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_nsp   oid := to_regnamespace(quote_ident(schema_name))::oid;
+    v_obj   record;
+    v_count integer := 0;
+BEGIN
+    IF v_nsp IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Everything in the schema, found through its namespace dependencies
+    -- (indexed), not a scan of the catalogs.
+    FOR v_obj IN
+        SELECT d.classid, d.objid FROM pg_depend AS d
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+    LOOP
+        IF v_obj.classid = 'pg_class'::regclass THEN
+            PERFORM 1 FROM pg_class AS c
+             WHERE c.oid = v_obj.objid AND c.relowner = ANY (from_roles)
+               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+                    OR (c.relkind = 'S' AND NOT EXISTS (
+                            SELECT 1 FROM pg_depend AS o
+                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
+            CONTINUE WHEN NOT FOUND;
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
+                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
+                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                     THEN v_obj.objid::regclass::text::regtype::text
+                     ELSE v_obj.objid::regclass::text END,
+                to_role);
+            -- A view given back reads with its caller's rights, so it never
+            -- lends its owner's to the application.
+            IF invoker_views
+               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
+            END IF;
+        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
+                                       WHERE p.oid = v_obj.objid AND p.proowner = ANY (from_roles));
+            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, to_role);
+        ELSIF v_obj.classid = 'pg_type'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
+                                       WHERE t.oid = v_obj.objid AND t.typowner = ANY (from_roles)
+                                         AND t.typtype IN ('d', 'e', 'r'));
+            EXECUTE format('ALTER %s %s OWNER TO %I',
+                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
+                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+                v_obj.objid::regtype, to_role);
+        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
+                                       WHERE o.oid = v_obj.objid AND o.oprowner = ANY (from_roles));
+            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, to_role);
+        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
+                                       WHERE o.oid = v_obj.objid AND o.collowner = ANY (from_roles));
+            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, to_role);
+        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
+                                       WHERE o.oid = v_obj.objid AND o.stxowner = ANY (from_roles));
+            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), to_role);
+        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
+                                       WHERE o.oid = v_obj.objid AND o.cfgowner = ANY (from_roles));
+            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, to_role);
+        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
+                                       WHERE o.oid = v_obj.objid AND o.dictowner = ANY (from_roles));
+            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, to_role);
+        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
+                                       WHERE o.oid = v_obj.objid AND o.conowner = ANY (from_roles));
+            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
+                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), to_role);
+        ELSE
+            CONTINUE;
+        END IF;
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) IS
+    'Give every object of schema schema_name owned by one of from_roles to to_role (tables, '
+    'views, sequences not owned by a column, types, functions, operators, collations, statistics, '
+    'text search objects, conversions; indexes and owned sequences follow their table); with '
+    'invoker_views make its views security_invoker. Returns how many changed owner. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrator boolean)
     RETURNS integer
@@ -2176,21 +2525,23 @@ AS $$
 DECLARE
     v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
     v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
-    v_from     oid;
+    v_rest     name := tenancy.rest_owner(schema_name);
+    v_from     oid[];
     v_to       name;
     v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
     v_obj      record;
-    v_count    integer := 0;
 BEGIN
     IF v_nsp IS NULL THEN
         RETURN 0;
     END IF;
     IF to_migrator THEN
-        v_from := v_owner;
+        -- From the tenant's role, or from the kit's owner (a tenant made
+        -- before it had a role of its own).
+        v_from := ARRAY[v_owner, (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = v_rest)];
         v_to := tenancy.migrator_role();
     ELSE
-        v_from := v_migrator;
-        v_to := (SELECT r.rolname FROM pg_roles AS r WHERE r.oid = v_owner);
+        v_from := ARRAY[v_migrator];
+        v_to := v_rest;
         -- Given back to the owner, these would run with the owner's rights
         -- for whoever calls them: never from a tenant migration.
         SELECT p.oid::regprocedure::text AS name INTO v_obj
@@ -2217,87 +2568,14 @@ BEGIN
     IF NOT to_migrator THEN
         PERFORM tenancy.check_tenant_grants(schema_name);
     END IF;
-    -- Everything in the schema, found through its namespace dependencies
-    -- (indexed), not a scan of the catalogs.
-    FOR v_obj IN
-        SELECT d.classid, d.objid FROM pg_depend AS d
-         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
-    LOOP
-        IF v_obj.classid = 'pg_class'::regclass THEN
-            PERFORM 1 FROM pg_class AS c
-             WHERE c.oid = v_obj.objid AND c.relowner = v_from
-               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
-                    OR (c.relkind = 'S' AND NOT EXISTS (
-                            SELECT 1 FROM pg_depend AS o
-                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
-                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
-            CONTINUE WHEN NOT FOUND;
-            EXECUTE format('ALTER %s %s OWNER TO %I',
-                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
-                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
-                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
-                     THEN v_obj.objid::regclass::text::regtype::text
-                     ELSE v_obj.objid::regclass::text END,
-                v_to);
-            -- A view given back to the owner reads with its caller's rights,
-            -- so it never lends the owner's to the application.
-            IF NOT to_migrator
-               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
-                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
-            END IF;
-        ELSIF v_obj.classid = 'pg_proc'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
-                                       WHERE p.oid = v_obj.objid AND p.proowner = v_from);
-            EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, v_to);
-        ELSIF v_obj.classid = 'pg_type'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
-                                       WHERE t.oid = v_obj.objid AND t.typowner = v_from
-                                         AND t.typtype IN ('d', 'e', 'r'));
-            EXECUTE format('ALTER %s %s OWNER TO %I',
-                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
-                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
-                v_obj.objid::regtype, v_to);
-        ELSIF v_obj.classid = 'pg_operator'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
-                                       WHERE o.oid = v_obj.objid AND o.oprowner = v_from);
-            EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, v_to);
-        ELSIF v_obj.classid = 'pg_collation'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
-                                       WHERE o.oid = v_obj.objid AND o.collowner = v_from);
-            EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, v_to);
-        ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
-                                       WHERE o.oid = v_obj.objid AND o.stxowner = v_from);
-            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
-                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), v_to);
-        ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
-                                       WHERE o.oid = v_obj.objid AND o.cfgowner = v_from);
-            EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, v_to);
-        ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
-                                       WHERE o.oid = v_obj.objid AND o.dictowner = v_from);
-            EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, v_to);
-        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
-                                       WHERE o.oid = v_obj.objid AND o.conowner = v_from);
-            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
-                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), v_to);
-        ELSE
-            CONTINUE;
-        END IF;
-        v_count := v_count + 1;
-    END LOOP;
-    RETURN v_count;
+    RETURN tenancy.reown_schema(schema_name, v_from, v_to, NOT to_migrator);
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.hand_over_schema(text, boolean) IS
     'Give the objects of tenant schema schema_name to the migrator role (to_migrator) for the '
-    'span of a migration, or back to the kit''s owner afterwards, so at rest the migrator owns '
-    'nothing and a migration reaches no other tenant. Giving back raises PT017 for a SECURITY '
+    'span of a migration, or afterwards to their owner at rest (tenancy.rest_owner: the tenant''s '
+    'own role), so at rest the migrator owns nothing and a migration reaches no other tenant. Giving back raises PT017 for a SECURITY '
     'DEFINER function or a rule the migration created (they would run with the owner''s '
     'rights) and makes views security_invoker. Returns how many objects changed owner. '
     'Internal: not granted to PUBLIC.';
@@ -2311,55 +2589,63 @@ CREATE OR REPLACE FUNCTION tenancy.grant_shared_to_migrator()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_role   name := tenancy.migrator_role();
+    v_role   name;
     v_schema record;
     v_table  record;
 BEGIN
-    -- Migrations may read and reference what the shared schemas hold (a
-    -- foreign key to public.plans needs REFERENCES, a type of partman needs
-    -- USAGE on partman): every schema of the owner's that is no tenant's,
-    -- not the kit's and not the system's. Guarded tables hold every
-    -- tenant's rows, so they may only be referenced. Tables the owner
-    -- creates later are covered by default privileges; objects of other
-    -- roles need grants of their own.
-    FOR v_schema IN
-        SELECT n.oid, n.nspname
-          FROM pg_catalog.pg_namespace AS n
-         WHERE n.nspname NOT IN ('tenancy', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\_%'
-           AND n.nspname NOT LIKE 'tenancy\_check\_%'
-           AND NOT starts_with(n.nspname, tenancy.schema_prefix())
-           AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
-           AND pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION')
+    -- The migrator, and the tenants' owner roles at rest through their
+    -- group: what a migration may use, code it planted may use later.
+    FOR v_role IN
+        SELECT r.rolname FROM pg_catalog.pg_roles AS r
+         WHERE r.rolname IN (tenancy.migrator_role(), tenancy.tenant_group_role())
     LOOP
-        EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', v_schema.nspname, v_role);
-        FOR v_table IN
-            SELECT c.oid::regclass AS name,
-                   EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
-              FROM pg_catalog.pg_class AS c
-             WHERE c.relnamespace = v_schema.oid
-               AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-               AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+        -- Migrations may read and reference what the shared schemas hold (a
+        -- foreign key to public.plans needs REFERENCES, a type of partman needs
+        -- USAGE on partman): every schema of the owner's that is no tenant's,
+        -- not the kit's and not the system's. Guarded tables hold every
+        -- tenant's rows, so they may only be referenced. Tables the owner
+        -- creates later are covered by default privileges; objects of other
+        -- roles need grants of their own.
+        FOR v_schema IN
+            SELECT n.oid, n.nspname
+              FROM pg_catalog.pg_namespace AS n
+             WHERE n.nspname NOT IN ('tenancy', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\_%'
+               AND n.nspname NOT LIKE 'tenancy\_check\_%'
+               AND n.nspname <> 'tenancy_scratch'
+               AND NOT starts_with(n.nspname, tenancy.schema_prefix())
+               AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = n.nspname)
+               AND pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION')
         LOOP
-            IF v_table.guarded THEN
-                EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
-                EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
-            ELSE
-                EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I',
-                                          v_table.name, v_role);
+            EXECUTE pg_catalog.format('GRANT USAGE ON SCHEMA %I TO %I', v_schema.nspname, v_role);
+            FOR v_table IN
+                SELECT c.oid::regclass AS name,
+                       EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g WHERE g.table_name = c.oid) AS guarded
+                  FROM pg_catalog.pg_class AS c
+                 WHERE c.relnamespace = v_schema.oid
+                   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                   AND pg_catalog.has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION')
+            LOOP
+                IF v_table.guarded THEN
+                    EXECUTE pg_catalog.format('REVOKE SELECT ON TABLE %s FROM %I', v_table.name, v_role);
+                    EXECUTE pg_catalog.format('GRANT REFERENCES ON TABLE %s TO %I', v_table.name, v_role);
+                ELSE
+                    EXECUTE pg_catalog.format('GRANT SELECT, REFERENCES ON TABLE %s TO %I',
+                                              v_table.name, v_role);
+                END IF;
+            END LOOP;
+            IF pg_catalog.has_schema_privilege(v_schema.oid, 'CREATE') THEN
+                EXECUTE pg_catalog.format(
+                    'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, REFERENCES ON TABLES TO %I',
+                    v_schema.nspname, v_role);
             END IF;
         END LOOP;
-        IF pg_catalog.has_schema_privilege(v_schema.oid, 'CREATE') THEN
-            EXECUTE pg_catalog.format(
-                'ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT, REFERENCES ON TABLES TO %I',
-                v_schema.nspname, v_role);
-        END IF;
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.grant_shared_to_migrator() IS
-    'Let tenant migrations use the shared schemas (every schema of the owner''s that is no '
+    'Let tenant migrations (and the tenants'' owner roles, through tenancy.tenant_group_role()) use the shared schemas (every schema of the owner''s that is no '
     'tenant''s, not tenancy and not a system schema) and read and reference their tables '
     '(REFERENCES only for guarded tables), now and for tables the owner creates later. Run at '
     'install and after shared migrations. Internal: not granted to PUBLIC.';
@@ -2497,6 +2783,9 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Its owner at rest, made with the tenant's first
+                    -- migration (or adopted by a tenant made without one).
+                    PERFORM tenancy.ensure_tenant_role(p_schema);
                     -- Citus: the migrator can change no distributed table
                     -- here (tenancy.citus_undistribute_schema); distributed
                     -- again below.
@@ -2602,9 +2891,12 @@ BEGIN
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
         -- ran after each migration (tenancy.check_scratch_schema).
-        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+        -- USAGE stays: foreign-key checks and actions from shared tables
+        -- into the scratch schema's (empty) tables run as their owner.
+        EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
-        -- At rest the owner owns everything again and the migrator nothing.
+        -- At rest the tenant's own role owns everything again and the
+        -- migrator nothing.
         BEGIN
             PERFORM tenancy.hand_over_schema(p_schema, false);
         EXCEPTION WHEN SQLSTATE 'PT017' THEN
@@ -2761,6 +3053,7 @@ BEGIN
         -- The row is the truth: a tenant whose row is gone has no data.
         IF OLD.schema_name IS NOT NULL THEN
             EXECUTE format('DROP SCHEMA IF EXISTS %I CASCADE', OLD.schema_name);
+            PERFORM tenancy.drop_tenant_role(OLD.schema_name);
         END IF;
         PERFORM tenancy.delete_shared_rows(OLD.id);
         DELETE FROM tenancy.provisioning_failures AS f WHERE f.tenant_id = OLD.id;
@@ -2803,7 +3096,8 @@ COMMENT ON FUNCTION tenancy.tenants_after_change() IS
     'Trigger: emit tenant_created, tenant_suspended, tenant_resumed, tenant_deleted and '
     'tenant_migrated for every change of the registry, whoever makes it (a tenant in status '
     'provisioning emits tenant_created once, when it becomes active, and nothing before); a '
-    'deleted row also drops its tenant schema and deletes its rows from every guarded shared table.';
+    'deleted row also drops its tenant schema (and its owner role, tenancy.drop_tenant_role) and '
+    'deletes its rows from every guarded shared table.';
 
 CREATE OR REPLACE FUNCTION tenancy.rename_tenant(slug text, new_slug text)
     RETURNS tenancy.tenants
@@ -2854,6 +3148,14 @@ BEGIN
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
         END LOOP;
         EXECUTE format('ALTER SCHEMA %I RENAME TO %I', v_row.schema_name, v_schema);
+        -- The owner role's name follows the schema's.
+        IF EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(v_old_schema)) THEN
+            PERFORM tenancy.ensure_tenant_role(v_schema);
+            EXECUTE format('REASSIGN OWNED BY %I TO %I', tenancy.tenant_role(v_old_schema),
+                           tenancy.tenant_role(v_schema));
+            EXECUTE format('REVOKE ALL ON SCHEMA %I FROM %I', v_schema, tenancy.tenant_role(v_old_schema));
+            PERFORM tenancy.drop_tenant_role(v_old_schema);
+        END IF;
     END IF;
     -- The registry trigger lets slug and schema_name change for this row only.
     PERFORM set_config('pgtenancy.renaming', v_row.id::text, true);
@@ -2951,6 +3253,9 @@ DECLARE
     v_count  bigint;
     v_total  bigint := 0::bigint;
     v_seq    record;
+    v_from   text;
+    v_role   name := tenancy.rest_owner(p_target);
+    v_owner  name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
     SELECT coalesce(array_agg(c.oid::regclass), '{}'::regclass[]) INTO v_tables
       FROM pg_class AS c
@@ -2962,6 +3267,9 @@ BEGIN
         FOREACH v_table IN ARRAY v_tables LOOP
             EXECUTE format('LOCK TABLE %s IN SHARE MODE', v_table);
         END LOOP;
+    END IF;
+    IF v_role <> v_owner THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', p_source, v_role);
     END IF;
     FOREACH v_table IN ARRAY tenancy.fk_order(v_tables) LOOP
         SELECT d.oid::regclass INTO v_dest
@@ -2978,12 +3286,35 @@ BEGIN
         -- Triggers of the application (audit, change tracking) do not see
         -- the copy: the rows are not new, they are the source's.
         EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', v_dest);
-        EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',
-                       v_dest, v_cols, v_cols, v_table);
-        GET DIAGNOSTICS v_count = ROW_COUNT;
+        -- The rows are written as the clone's own role (its check
+        -- constraints, index expressions and generated columns run as it,
+        -- not as the owner), which may read this source table for the copy
+        -- only; a table under row security goes through a copy the owner
+        -- reads in full.
+        v_from := v_table::text;
+        IF (SELECT c.relrowsecurity FROM pg_class AS c WHERE c.oid = v_table)
+           AND v_role <> v_owner THEN
+            v_from := format('pg_temp.%I', 'pgtenancy_clone_' || v_table::oid);
+            EXECUTE format('CREATE TEMPORARY TABLE %s ON COMMIT DROP AS SELECT %s FROM %s',
+                           v_from, v_cols, v_table);
+            EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_from, v_role);
+        ELSIF v_role <> v_owner THEN
+            EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_table, v_role);
+        END IF;
+        v_count := tenancy.run_as_rest_owner(p_target,
+            format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',
+                   v_dest, v_cols, v_cols, v_from));
+        IF v_from <> v_table::text THEN
+            EXECUTE format('DROP TABLE %s', v_from);
+        ELSIF v_role <> v_owner THEN
+            EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', v_table, v_role);
+        END IF;
         EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', v_dest);
         v_total := v_total + v_count;
     END LOOP;
+    IF v_role <> v_owner THEN
+        EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM %I', p_source, v_role);
+    END IF;
     -- Sequences (serial and identity ones too) continue from the source's values.
     FOR v_seq IN
         SELECT c.relname FROM pg_class AS c JOIN pg_class AS d ON d.relname = c.relname
@@ -3006,7 +3337,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.clone_schema_data(text, text) IS
     'Copy every table of schema p_source into the table of the same name in p_target, referenced '
-    'tables first, with user triggers disabled; set every sequence of p_target to its '
+    'tables first, with user triggers disabled, written as p_target''s owner at rest '
+    '(tenancy.run_as_rest_owner), which may read the source for the copy only; set every sequence of p_target to its '
     'counterpart''s value; refresh populated materialized views. Returns the rows copied. '
     'Raises PT022 (a table without counterpart, a foreign-key cycle). Internal.';
 
@@ -3853,6 +4185,9 @@ BEGIN
             -- scratch schema's objects are the migrator's already.
             BEGIN
                 IF NOT p_scratch THEN
+                    -- Its owner at rest, made with the tenant's first
+                    -- migration (or adopted by a tenant made without one).
+                    PERFORM tenancy.ensure_tenant_role(p_schema);
                     -- Citus: the migrator can change no distributed table
                     -- here (tenancy.citus_undistribute_schema); distributed
                     -- again below.
@@ -3958,9 +4293,12 @@ BEGIN
         -- data and nobody reads it), so the next registration re-owns
         -- nothing and registering stays linear; the checks of a hand-back
         -- ran after each migration (tenancy.check_scratch_schema).
-        EXECUTE format('REVOKE USAGE, CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
+        -- USAGE stays: foreign-key checks and actions from shared tables
+        -- into the scratch schema's (empty) tables run as their owner.
+        EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM %I', p_schema, v_role);
     ELSIF v_granted THEN
-        -- At rest the owner owns everything again and the migrator nothing.
+        -- At rest the tenant's own role owns everything again and the
+        -- migrator nothing.
         BEGIN
             PERFORM tenancy.hand_over_schema(p_schema, false);
         EXCEPTION WHEN SQLSTATE 'PT017' THEN
@@ -4837,8 +5175,10 @@ BEGIN
             p_version, p_schema
             USING ERRCODE = 'PT017';
     END IF;
-    -- At rest the owner owns everything and the migrator nothing; the
-    -- hand-back refuses SECURITY DEFINER functions, rules and foreign grants.
+    -- At rest the tenant's own role (made here, as by its first migration)
+    -- owns everything and the migrator nothing; the hand-back refuses
+    -- SECURITY DEFINER functions, rules and foreign grants.
+    PERFORM tenancy.ensure_tenant_role(p_schema);
     BEGIN
         PERFORM tenancy.hand_over_schema(p_schema, false);
     EXCEPTION WHEN SQLSTATE 'PT017' THEN
@@ -4870,6 +5210,9 @@ AS $$
 DECLARE
     v_nsp    oid := to_regnamespace(quote_ident(schema_catalog.schema_name))::oid;
     v_prefix text := quote_ident(schema_catalog.schema_name) || '.';
+    -- Each tenant schema has its own owner role (tenancy.tenant_role): it
+    -- prints as one token, so two schemas' owners and ACLs compare.
+    v_role   text := tenancy.tenant_role(schema_catalog.schema_name);
 BEGIN
     IF v_nsp IS NULL THEN
         RAISE EXCEPTION 'schema % does not exist', coalesce(quote_ident(schema_catalog.schema_name), 'NULL')
@@ -4880,7 +5223,8 @@ BEGIN
     -- deparsers that always qualify are stripped of the schema name.
     PERFORM set_config('search_path', format('pg_catalog, %I, pg_temp', schema_catalog.schema_name), true);
     RETURN QUERY
-    SELECT x.kind, replace(x.name, v_prefix, ''), replace(x.definition, v_prefix, '')
+    SELECT x.kind, replace(x.name, v_prefix, ''),
+           replace(replace(x.definition, v_prefix, ''), v_role, '(tenant owner role)')
       FROM (
         SELECT 'relation' AS kind, c.relname::text AS name,
                jsonb_build_array(c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
@@ -4991,7 +5335,7 @@ COMMENT ON FUNCTION tenancy.schema_catalog(text) IS
     'inheritance), columns of tables, views and composite types (position among live columns, '
     'type, NOT NULL, identity, generated, collation, default, ACL, comment), constraints, indexes, sequences (parameters, owning '
     'column), functions (full definition, owner, ACL, comment), triggers, policies, types (enum '
-    'labels in order, domains, ranges), rules, statistics and any other object by name. Raises '
+    'labels in order, domains, ranges), rules, statistics and any other object by name; the schema''s own owner role (tenancy.tenant_role) prints as one token. Raises '
     '3F000 for a missing schema.';
 
 -- The reference the baseline is checked against: the version the scratch
@@ -5512,7 +5856,91 @@ COMMENT ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) IS
     'fails, PT017 for SQL that reaches outside its tenant schema; nothing is registered then.';
 
 REVOKE ALL ON FUNCTION tenancy.add_migrations(text[], text[], boolean[]) FROM PUBLIC;
+-- i9owner: tenants' owner roles at rest (issue 9) ------------------------------
 
+CREATE OR REPLACE FUNCTION tenancy.create_stage(p_table regclass)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stage text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
+BEGIN
+    -- Plain text columns: loading them runs no type's or domain's code of
+    -- the tenant's (tenancy.load_stage casts them, as the tenant's role).
+    EXECUTE format('CREATE TEMPORARY TABLE %s (%s) ON COMMIT DROP', v_stage,
+                   (SELECT string_agg(format('%I text', a.attname), ', ' ORDER BY a.attnum)
+                      FROM pg_attribute AS a
+                     WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated = ''));
+    RETURN v_stage;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.create_stage(regclass) IS
+    'Create, for this transaction, a temporary table with a text column for each column of '
+    'tenant table p_table an INSERT may write (tenancy.copy_columns), and return its name: an '
+    'import COPYs into it, then tenancy.load_stage writes the rows as the tenant''s role. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.create_stage(regclass) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.load_stage(p_table regclass)
+    RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stage  text := format('pg_temp.%I', 'pgtenancy_stage_' || p_table::oid);
+    v_schema text := (SELECT n.nspname::text FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                       WHERE c.oid = p_table);
+    v_role   name := tenancy.rest_owner(v_schema);
+    v_count  bigint;
+BEGIN
+    EXECUTE format('GRANT SELECT ON TABLE %s TO %I', v_stage, v_role);
+    v_count := tenancy.run_as_rest_owner(v_schema, format(
+        'INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s', p_table,
+        tenancy.copy_columns(p_table),
+        (SELECT string_agg(format('%I::%s', a.attname, format_type(a.atttypid, a.atttypmod)), ', '
+                           ORDER BY a.attnum)
+           FROM pg_attribute AS a
+          WHERE a.attrelid = p_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+        v_stage));
+    EXECUTE format('DROP TABLE %s', v_stage);
+    RETURN v_count;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.load_stage(regclass) IS
+    'Write the rows of p_table''s stage (tenancy.create_stage) into tenant table p_table, cast to '
+    'its column types, as the tenant''s owner role (tenancy.run_as_rest_owner: its check '
+    'constraints, domains, index expressions and triggers left on run with that role''s rights), '
+    'drop the stage and return the rows written. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.load_stage(regclass) FROM PUBLIC;
+
+-- Existing schema tenants get their owner role, and their objects (the
+-- kit's owner's until now) go to it; the tenants' group role gets what the
+-- shared schemas lend to tenants.
+DO $$
+DECLARE
+    v_schema text;
+    v_owner  oid := (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n WHERE n.nspname = 'tenancy');
+    v_role   name;
+BEGIN
+    PERFORM tenancy.grant_shared_to_migrator();
+    FOR v_schema IN
+        SELECT t.schema_name FROM tenancy.tenants AS t
+         WHERE t.schema_name IS NOT NULL
+           AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name)) IS NOT NULL
+         ORDER BY t.schema_name
+    LOOP
+        v_role := tenancy.ensure_tenant_role(v_schema);
+        IF v_role IS DISTINCT FROM pg_catalog.pg_get_userbyid(v_owner) THEN
+            PERFORM tenancy.reown_schema(v_schema, ARRAY[v_owner], v_role, false);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- i13strict: strict entry (issue 13 items 1, 2, 4): entry keys, signed entry tokens,
 -- the verifying body of active_tenant_id() while strict mode is on, the guard of tenant

@@ -105,8 +105,14 @@ def catalog(dsn: str, schema: str) -> dict[tuple[str, str], str]:
             (schema,),
         )
         rows = conn.execute(CATALOG, {"s": schema}).fetchall()
-    # Deparsers that always qualify (indexes, functions): the schema left out.
-    found = {(r[0], r[1]): (r[2] or "").replace(f"{schema}.", "") for r in rows}
+        role_row = conn.execute("SELECT tenancy.tenant_role(%s)", (schema,)).fetchone()
+    assert role_row is not None
+    # Deparsers that always qualify (indexes, functions): the schema left out;
+    # each schema's own owner role (tenancy.tenant_role) as one token.
+    found = {
+        (r[0], r[1]): (r[2] or "").replace(f"{schema}.", "").replace(role_row[0], "<tenant owner>")
+        for r in rows
+    }
     assert len(found) == len(rows), "two objects share a key"
     return found
 
@@ -114,6 +120,8 @@ def catalog(dsn: str, schema: str) -> dict[tuple[str, str], str]:
 def same_catalog(dsn: str, a: str, b: str) -> int:
     """Assert schemas ``a`` and ``b`` hold the same objects; return how many."""
     got, want = catalog(dsn, a), catalog(dsn, b)
+    # Both are owned at rest by their own tenant role, not the kit's owner.
+    assert not got or any("<tenant owner>" in v for v in got.values())
     missing = sorted(set(want) - set(got))
     extra = sorted(set(got) - set(want))
     changed = sorted(k for k in set(got) & set(want) if got[k] != want[k])

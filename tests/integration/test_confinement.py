@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from helpers import as_role
+from helpers import as_role, kit_roles
 from pgtenancy import Tenancy
 
 SQL = Callable[..., list[tuple[Any, ...]]]
@@ -85,7 +85,9 @@ HOSTILE: dict[str, str] = {
 
 
 _KIT_ROLES = """SELECT role_name FROM tenancy.app_roles
-                 UNION ALL SELECT tenancy.migrator_role() UNION ALL SELECT 'sneaky_admin'"""
+                 UNION ALL SELECT tenancy.migrator_role() UNION ALL SELECT 'sneaky_admin'
+                 UNION ALL SELECT tenancy.tenant_group_role()
+                 UNION ALL SELECT tenancy.tenant_role(schema_name) FROM tenancy.tenants"""
 _ROLES = _KIT_ROLES + " UNION ALL SELECT current_user"
 
 
@@ -363,7 +365,9 @@ def test_code_planted_in_public_never_runs_with_the_owners_rights(
     migrator = sql("SELECT tenancy.migrator_role()")[0][0]
     assert {who for who, _, _ in log} == {migrator}
     after = _snapshot(dsn)
-    assert after["roles"] == before["roles"]
+    # newco's own owner role is new, nothing else.
+    newco_role = sql("SELECT tenancy.tenant_role('tenant_newco')")[0][0]
+    assert [r for r in after["roles"] if r[0] != newco_role] == before["roles"]
     assert [t[:2] for t in after["tenants"] if t[0] != "newco"] == [
         t[:2] for t in before["tenants"]
     ]
@@ -458,15 +462,16 @@ def owner_dsn(empty_dsn: str) -> Iterator[str]:
                 "SELECT migrator_role FROM tenancy.confinement"
                 " WHERE to_regclass('tenancy.confinement') IS NOT NULL"
             ).fetchone()
+            roles = kit_roles(conn, None if row is None else str(row[0]))
             conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
             conn.execute(
                 "DROP SCHEMA IF EXISTS tenant_acme CASCADE; DROP TABLE IF EXISTS public.canary"
             )
             conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident))
-            if row is not None:
-                migrator = pgsql.Identifier(row[0])
-                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(migrator))
-                conn.execute(pgsql.SQL("DROP ROLE {}").format(migrator))
+            # The tenants' owner roles, their group role, the migrator.
+            for role in roles:
+                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(pgsql.Identifier(role)))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
             conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
 
 

@@ -245,8 +245,10 @@ def _strict_state(dsn: str) -> Any:
             "          FROM pg_proc p WHERE p.pronamespace = 'tenancy'::regnamespace"
             "           AND p.proname IN ('active_tenant_id', 'tenant_info')),"
             "       (SELECT count(*) FROM pg_policy WHERE polname LIKE 'tenancy\\_strict\\_%'),"
-            "       (SELECT array_agg(c.relname || c.relrowsecurity::text || c.relforcerowsecurity::text"
-            "                          || coalesce(c.relacl::text, '') ORDER BY c.relname)"
+            "       (SELECT array_agg(n.nspname || c.relname || c.relrowsecurity::text || c.relforcerowsecurity::text"
+            "                          || coalesce((SELECT array_agg(a::text ORDER BY a::text)"
+            "                                        FROM unnest(c.relacl) AS a)::text, '')"
+            "                          ORDER BY n.nspname, c.relname)"
             "          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
             "         WHERE n.nspname LIKE 'tenant\\_%' AND c.relkind <> 'v')"
         ).fetchone()

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from conftest import CHINOOK, as_role, pgtenancy_cli, subprocess_env
+from helpers import kit_roles
 from pgtenancy import (
     CannotCloneTenant,
     InvalidTenantLimit,
@@ -406,12 +407,13 @@ def owner_dsn(empty_dsn: str) -> Iterator[str]:
                 "SELECT migrator_role FROM tenancy.confinement"
                 " WHERE to_regclass('tenancy.confinement') IS NOT NULL"
             ).fetchone()
+            # The tenants' owner roles and their group role, then the migrator.
+            roles = kit_roles(conn, None if row is None else str(row[0]))
             conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
             conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(ident))
-            if row is not None:
-                migrator = pgsql.Identifier(row[0])
-                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(migrator))
-                conn.execute(pgsql.SQL("DROP ROLE {}").format(migrator))
+            for role in roles:
+                conn.execute(pgsql.SQL("DROP OWNED BY {} CASCADE").format(pgsql.Identifier(role)))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
             conn.execute(pgsql.SQL("DROP ROLE {}").format(ident))
 
 

@@ -32,6 +32,15 @@ ALLOWED = {
     # Citus's catalogs and run_command_on_shards exist only with Citus: dynamic SQL.
     ("check_citus", "warning", "cannot determinate a result of dynamic SQL"),
     ("check_citus", "performance", "routine is marked as VOLATILE, should be STABLE"),
+    # Tenant owner roles (CREATE/DROP ROLE, GRANT, ALTER ... OWNER TO, REASSIGN OWNED) and the
+    # import's stage table are dynamic SQL, which the checker cannot see.
+    ("ensure_tenant_role", "performance", "routine is marked as VOLATILE, should be STABLE"),
+    ("drop_tenant_role", "performance", "routine is marked as VOLATILE, should be STABLE"),
+    ("reown_schema", "performance", "routine is marked as VOLATILE, should be STABLE"),
+    ("create_stage", "performance", "routine is marked as VOLATILE, should be STABLE"),
+    # It runs one statement of the kit's own (built with format('%I'/'%s' of regclass)) as
+    # the tenant's owner role: SQL text by design, never from a caller outside the kit.
+    ("run_as_rest_owner", "security", "text type variable is not sanitized"),
     # It calls citus_schema_undistribute through dynamic SQL, which the checker cannot see.
     ("citus_undistribute_schema", "performance", "routine is marked as VOLATILE, should be STABLE"),
     # It calls citus_schema_move through dynamic SQL, which the checker cannot see.
@@ -92,5 +101,5 @@ def test_plpgsql_check_is_clean(dsn: str) -> None:
             "WHERE p.pronamespace = 'tenancy'::regnamespace AND l.lanname = 'plpgsql'"
         ).fetchone()
     unexpected = [f for f in findings if (f[0], f[2], f[3]) not in ALLOWED]
-    assert unexpected == [], unexpected
+    assert unexpected == [], "\n".join(map(str, unexpected))
     assert checked is not None and checked[0] >= 20

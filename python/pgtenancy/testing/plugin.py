@@ -217,6 +217,13 @@ class TenantPool:
             )
         else:
             empty = sql.SQL("TRUNCATE {};").format(sql.SQL(", ").join(sql.SQL(t) for t in tables))
+        if not row[1] and tables:
+            # Not a superuser: the tenant's triggers fire, so they run as the
+            # tenant's owner role (tenancy.run_as_rest_owner), never as the
+            # kit's owner.
+            empty = sql.SQL(_bare("testing_as_rest_owner") + ";").format(
+                schema=schema, statement=sql.Literal(empty.as_string(conn))
+            )
         ident = sql.Literal(str(tenant.id))
         recycle = (
             sql.SQL(_bare("testing_recycle"))

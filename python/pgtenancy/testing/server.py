@@ -35,6 +35,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtenancy.errors import TenancyError
+from pgtenancy.queries import QUERIES
 
 logger = logging.getLogger("pgtenancy.testing")
 
@@ -426,7 +427,8 @@ def create_database(admin_dsn: str, prefix: str = "pgtenancy", template: str | N
 
 def drop_database(admin_dsn: str, dsn: str) -> None:
     """Drop the database of ``dsn``, disconnecting its sessions first, and the
-    migrator role pgtenancy made for it when no other database still uses it."""
+    roles pgtenancy made for it (the migrator, the tenants' group and the
+    tenants' owner roles) that no other database still uses."""
     name = str(conninfo_to_dict(dsn)["dbname"])
     migrator = None
     with contextlib.suppress(psycopg.Error), psycopg.connect(dsn, autocommit=True) as conn:
@@ -440,9 +442,14 @@ def drop_database(admin_dsn: str, dsn: str) -> None:
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
         if migrator is not None:
-            # A database copied from this one may still use the role: keep it then.
-            with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
-                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(migrator)))
+            # A database copied from this one may still use a role: keep it then.
+            roles = [
+                str(r[0])
+                for r in conn.execute(QUERIES["testing_kit_roles"], {"migrator": migrator})
+            ]
+            for role in [*roles, migrator]:
+                with contextlib.suppress(psycopg.errors.DependentObjectsStillExist):
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @contextlib.contextmanager
