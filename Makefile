@@ -146,6 +146,7 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_clone.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_sizes.py
 	$(BIN)/python bench/bench_registration.py
+	$(BIN)/python bench/bench_strict.py
 	$(BIN)/python bench/bench_baselines.py
 	$(BIN)/python bench/bench_tenant_factory.py
 

@@ -389,6 +389,13 @@ BEGIN
     END LOOP;
 
     RETURN QUERY SELECT * FROM tenancy.check_registry();
+    -- Findings of files installed later (strict entry, 012), by name: this
+    -- file cannot refer to them.
+    IF EXISTS (SELECT 1 FROM pg_proc AS p
+                WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = 'check_strict'
+                  AND p.pronargs = 0 AND has_function_privilege(p.oid, 'EXECUTE')) THEN
+        RETURN QUERY EXECUTE format('SELECT * FROM %I.%I()', 'tenancy', 'check_strict');
+    END IF;
     IF v_citus THEN
         RETURN QUERY SELECT * FROM tenancy.check_citus();
     END IF;
@@ -405,10 +412,11 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.check_isolation() IS
-    'Isolation findings for the current role and database, one row each: severity (error or '
-    'warning), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
+    'Isolation findings for the current role and database, one row each: severity (error, warning '
+    'or info), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
     'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
-    'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice). Run it as '
-    'the application role.';
+    'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice); the '
+    'strict-entry findings (strict entry off with shared tenants: info; tables of tenant schemas '
+    'without the strict guard: error in strict mode). Run it as the application role.';

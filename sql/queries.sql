@@ -5,6 +5,9 @@
 -- name: enter_tenant
 SELECT tenancy.enter_tenant(%(slug)s)
 
+-- name: enter_tenant_token
+SELECT tenancy.enter_tenant_token(%(token)s, %(slug)s)
+
 -- name: is_installed
 SELECT pg_catalog.to_regprocedure('tenancy.version()') IS NOT NULL
 
@@ -100,6 +103,15 @@ SELECT tenancy.release_lease(%(consumer)s, %(holder)s)
 
 -- name: grant_listener_role
 SELECT tenancy.grant_listener_role(%(role)s)
+
+-- name: set_strict_entry
+SELECT tenancy.set_strict_entry(%(enabled)s) AS was
+
+-- name: add_entry_key
+SELECT tenancy.add_entry_key(%(name)s, %(key)s) AS added
+
+-- name: drop_entry_key
+SELECT tenancy.drop_entry_key(%(name)s) AS dropped
 
 -- name: track_changes
 SELECT tenancy.track_changes(%(table)s::regclass)

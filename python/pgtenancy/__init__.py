@@ -32,6 +32,11 @@ from pgtenancy.errors import (
     CannotTrackTable,
     ConsumerNotFound,
     DomainTaken,
+    EntryTokenError,
+    EntryTokenExpired,
+    EntryTokenForged,
+    EntryTokenReplayed,
+    EntryTokenWrongTenant,
     ImmutableTenantColumn,
     InvalidConnectionState,
     InvalidDomain,
@@ -68,6 +73,7 @@ from pgtenancy.installer import SQL_VERSION, install, installed_version, uninsta
 if TYPE_CHECKING:
     from pgtenancy.admin import Baseline, Migration, MigrationReport, Tenancy, Tenant
     from pgtenancy.connection import tenant_connection
+    from pgtenancy.entry_tokens import sign_tenant_token
     from pgtenancy.listener import Listener
     from pgtenancy.pool import install_sqlalchemy_reset, pool_reset, pool_reset_async
     from pgtenancy.session import tenant_session
@@ -82,6 +88,7 @@ _LAZY: dict[str, str] = {
     "Tenant": "pgtenancy.admin",
     "pool_reset": "pgtenancy.pool",
     "pool_reset_async": "pgtenancy.pool",
+    "sign_tenant_token": "pgtenancy.entry_tokens",
     "install_sqlalchemy_reset": "pgtenancy.pool",
     "tenant_connection": "pgtenancy.connection",
     "tenant_session": "pgtenancy.session",
@@ -111,6 +118,11 @@ __all__ = [
     "CannotTrackTable",
     "ConsumerNotFound",
     "DomainTaken",
+    "EntryTokenError",
+    "EntryTokenExpired",
+    "EntryTokenForged",
+    "EntryTokenReplayed",
+    "EntryTokenWrongTenant",
     "Event",
     "ImmutableTenantColumn",
     "InvalidConnectionState",
@@ -154,6 +166,7 @@ __all__ = [
     "pool_reset",
     "pool_reset_async",
     "raise_translated",
+    "sign_tenant_token",
     "tenant_connection",
     "tenant_session",
     "translate",

@@ -654,6 +654,47 @@ class Tenancy:
         """
         self._one("grant_listener_role", role=role)
 
+    def set_strict_entry(self, enabled: bool) -> bool:
+        """Switch strict entry on or off for this database (``tenancy.set_strict_entry``).
+
+        On: transactions of application roles are in a tenant only with a
+        verified entry token (:func:`pgtenancy.sign_tenant_token`,
+        ``tenant_session(engine, token=...)``); see the README's "Strict entry".
+
+        Returns:
+            Whether strict entry was on before.
+
+        Raises:
+            psycopg.errors.InvalidParameterValue: SQLSTATE 22023, no entry key yet.
+            psycopg.errors.FeatureNotSupported: SQLSTATE 0A000, Citus is installed.
+        """
+        return bool(self._one("set_strict_entry", enabled=enabled)["was"])
+
+    def add_entry_key(self, name: str, key: bytes) -> bool:
+        """Add entry key ``name`` (1-63 of a-z, 0-9, ``_``, ``-``) with secret ``key``
+        (32 bytes or more); several may be active (rotation).
+
+        Returns:
+            True when added, False when the same key is there already.
+
+        Raises:
+            psycopg.errors.InvalidParameterValue: SQLSTATE 22023, bad name, short
+                key, or the name holds another key.
+        """
+        return bool(self._one("add_entry_key", name=name, key=key)["added"])
+
+    def drop_entry_key(self, name: str) -> bool:
+        """Drop entry key ``name``: its tokens are refused from the next statement on.
+
+        Returns:
+            True when dropped, False when there was no such key.
+
+        Raises:
+            psycopg.errors.InvalidParameterValue: SQLSTATE 22023, the last key
+                while strict entry is on.
+        """
+        return bool(self._one("drop_entry_key", name=name)["dropped"])
+
     def consumer_status(self) -> list[ConsumerStatus]:
         """Cursor, lag, listeners and lease holder of every outbox consumer."""
         return [

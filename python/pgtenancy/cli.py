@@ -878,6 +878,54 @@ def grant_listener_role(dsn: str, role: str) -> None:
 
 @main.command()
 @dsn_option
+@click.argument("state", type=click.Choice(["on", "off"]))
+def strict(dsn: str, state: str) -> None:
+    """Switch strict entry on or off: with it on, the application role enters a
+    tenant only with a signed entry token (add a key first: pgtenancy entry-key add)."""
+    was = _tenancy(dsn).set_strict_entry(state == "on")
+    click.echo(f"strict entry {state} (was {'on' if was else 'off'})")
+
+
+@main.group(name="entry-key")
+def entry_key() -> None:
+    """Entry keys of strict mode (tokens are signed with them)."""
+
+
+@entry_key.command(name="add")
+@dsn_option
+@click.argument("name")
+@click.option(
+    "--key-hex",
+    envvar="PGTENANCY_ENTRY_KEY",
+    default=None,
+    help="The key as hex ($PGTENANCY_ENTRY_KEY); without it a random 32-byte key is made "
+    "and printed once.",
+)
+def entry_key_add(dsn: str, name: str, key_hex: str | None) -> None:
+    """Add entry key NAME (32 bytes or more)."""
+    import secrets
+
+    try:
+        key = bytes.fromhex(key_hex) if key_hex else secrets.token_bytes(32)
+    except ValueError as exc:
+        raise click.BadParameter(f"not hex: {exc}", param_hint="--key-hex") from exc
+    added = _tenancy(dsn).add_entry_key(name, key)
+    click.echo(f"entry key {name} {'added' if added else 'already there'}")
+    if not key_hex:
+        click.echo(f"key (hex, shown once): {key.hex()}")
+
+
+@entry_key.command(name="drop")
+@dsn_option
+@click.argument("name")
+def entry_key_drop(dsn: str, name: str) -> None:
+    """Drop entry key NAME."""
+    dropped = _tenancy(dsn).drop_entry_key(name)
+    click.echo(f"entry key {name} {'dropped' if dropped else 'not found'}")
+
+
+@main.command()
+@dsn_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 def doctor(dsn: str, as_json: bool) -> None:
     """Check tenant isolation as the connecting role (use the application's role).
@@ -894,8 +942,9 @@ def doctor(dsn: str, as_json: bool) -> None:
                 f"         {f.message}\n         fix: {f.fix}"
             )
     errors = sum(f.severity == ERROR for f in findings)
+    infos = sum(f.severity == "info" for f in findings)
     if not as_json:
-        click.echo(f"{errors} errors, {len(findings) - errors} warnings")
+        click.echo(f"{errors} errors, {len(findings) - errors - infos} warnings, {infos} info")
     if errors:
         sys.exit(1)
 

@@ -23,12 +23,14 @@ from psycopg import pq
 from psycopg.rows import Row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgtenancy._entry import abegin_in_tenant, begin_in_tenant
+from pgtenancy._entry import abegin_in_tenant, abegin_with_token, begin_in_tenant, begin_with_token
 from pgtenancy.context import enter_validated, resolve_tenant
+from pgtenancy.entry_tokens import resolve_token_tenant
 from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
+_ENTER_TOKEN = QUERIES["enter_tenant_token"]
 logger = logging.getLogger("pgtenancy.connection")
 
 SyncTarget = psycopg.Connection[Any] | ConnectionPool[Any]
@@ -88,10 +90,13 @@ class _TenantConnection:
     tenant transaction, and each layer costs microseconds there.
     """
 
-    __slots__ = ("_conn", "_lease", "_scope", "_target", "_tx", "slug")
+    __slots__ = ("_conn", "_lease", "_scope", "_target", "_token", "_tx", "slug")
 
-    def __init__(self, target: SyncTarget | AsyncTarget, slug: str | None) -> None:
-        self.slug = resolve_tenant(slug)
+    def __init__(
+        self, target: SyncTarget | AsyncTarget, slug: str | None, token: str | None = None
+    ) -> None:
+        self._token = token
+        self.slug = resolve_tenant(slug) if token is None else resolve_token_tenant(slug, token)
         self._target = target
         self._conn: Any = None
         self._lease: Any = None
@@ -122,7 +127,10 @@ class _TenantConnection:
                     tx = conn.transaction()
                     tx.__enter__()
                     try:
-                        conn.execute(_ENTER, {"slug": self.slug})
+                        if self._token is None:
+                            conn.execute(_ENTER, {"slug": self.slug})
+                        else:
+                            conn.execute(_ENTER_TOKEN, {"token": self._token, "slug": self.slug})
                     except BaseException as exc:
                         tx.__exit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, psycopg.Error):
@@ -131,7 +139,10 @@ class _TenantConnection:
                     self._tx = tx
                 else:
                     try:
-                        begin_in_tenant(conn, self.slug)
+                        if self._token is None:
+                            begin_in_tenant(conn, self.slug)
+                        else:
+                            begin_with_token(conn, self._token, self.slug)
                     except BaseException:
                         _quiet(conn.rollback)
                         raise
@@ -203,7 +214,12 @@ class _TenantConnection:
                     tx = conn.transaction()
                     await tx.__aenter__()
                     try:
-                        await conn.execute(_ENTER, {"slug": self.slug})
+                        if self._token is None:
+                            await conn.execute(_ENTER, {"slug": self.slug})
+                        else:
+                            await conn.execute(
+                                _ENTER_TOKEN, {"token": self._token, "slug": self.slug}
+                            )
                     except BaseException as exc:
                         await tx.__aexit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, psycopg.Error):
@@ -212,7 +228,10 @@ class _TenantConnection:
                     self._tx = tx
                 else:
                     try:
-                        await abegin_in_tenant(conn, self.slug)
+                        if self._token is None:
+                            await abegin_in_tenant(conn, self.slug)
+                        else:
+                            await abegin_with_token(conn, self._token, self.slug)
                     except BaseException:
                         await _aquiet(conn.rollback)
                         raise
@@ -264,21 +283,26 @@ class _TenantConnection:
 
 @overload
 def tenant_connection(
-    conn_or_pool: psycopg.Connection[Row], slug: str | None = None
+    conn_or_pool: psycopg.Connection[Row], slug: str | None = None, *, token: str | None = None
 ) -> AbstractContextManager[psycopg.Connection[Row]]: ...
 @overload
 def tenant_connection(
-    conn_or_pool: ConnectionPool[CT], slug: str | None = None
+    conn_or_pool: ConnectionPool[CT], slug: str | None = None, *, token: str | None = None
 ) -> AbstractContextManager[CT]: ...
 @overload
 def tenant_connection(
-    conn_or_pool: psycopg.AsyncConnection[Row], slug: str | None = None
+    conn_or_pool: psycopg.AsyncConnection[Row],
+    slug: str | None = None,
+    *,
+    token: str | None = None,
 ) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Row]]: ...
 @overload
 def tenant_connection(
-    conn_or_pool: AsyncConnectionPool[ACT], slug: str | None = None
+    conn_or_pool: AsyncConnectionPool[ACT], slug: str | None = None, *, token: str | None = None
 ) -> AbstractAsyncContextManager[ACT]: ...
-def tenant_connection(conn_or_pool: SyncTarget | AsyncTarget, slug: str | None = None) -> Any:
+def tenant_connection(
+    conn_or_pool: SyncTarget | AsyncTarget, slug: str | None = None, *, token: str | None = None
+) -> Any:
     """Run the block as one transaction in tenant ``slug``.
 
     Usage::
@@ -294,7 +318,12 @@ def tenant_connection(conn_or_pool: SyncTarget | AsyncTarget, slug: str | None =
             ``AsyncConnectionPool`` (use ``async with``). A connection must not
             be inside a transaction (autocommit or idle); a pool lends one for
             the block.
-        slug: tenant slug; None means the current context's tenant.
+        slug: tenant slug; None means the current context's tenant (or, with
+            ``token``, the token's tenant).
+        token: an entry token (:func:`pgtenancy.sign_tenant_token`): the
+            block enters the token's tenant with
+            ``tenancy.enter_tenant_token``, verified by the database (in
+            strict mode the only way in). ``slug``, if given, must match it.
 
     The transaction starts with one message, ``BEGIN; SELECT
     tenancy.enter_tenant('acme')``, so the block costs the same round trips
@@ -317,6 +346,9 @@ def tenant_connection(conn_or_pool: SyncTarget | AsyncTarget, slug: str | None =
             transaction.
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: refused by the database (PT003/PT004/PT005/PT007).
+        pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
+            the token was refused (PT025/PT026/PT027; a malformed token or a
+            slug that is not the token's is refused before any SQL runs).
         TypeError: ``with`` on an async target, or ``async with`` on a sync one.
     """
-    return _TenantConnection(conn_or_pool, slug)
+    return _TenantConnection(conn_or_pool, slug, token)

@@ -13,8 +13,9 @@ from typing import Literal
 
 from pgtenancy.database import Connectable, Database
 
-#: How bad a finding is: ``error`` breaks isolation, ``warning`` degrades it.
-Severity = Literal["error", "warning"]
+#: How bad a finding is: ``error`` breaks isolation, ``warning`` degrades it,
+#: ``info`` says what a stronger setting would close (strict entry off).
+Severity = Literal["error", "warning", "info"]
 
 #: Severity of a finding that breaks isolation; ``warning`` findings degrade it.
 ERROR: Severity = "error"
@@ -25,7 +26,7 @@ class Finding:
     """One finding of the doctor.
 
     Attributes:
-        severity: ``error`` (isolation is broken) or ``warning``.
+        severity: ``error`` (isolation is broken), ``warning`` or ``info``.
         check: the check's name, e.g. ``rls_not_forced``.
         object: what it is about (role, table, tenant slug, schema, channel).
         message: what is wrong.
@@ -47,7 +48,7 @@ def check_isolation(database: Connectable) -> list[Finding]:
             or SQLAlchemy engine (see :class:`pgtenancy.database.Database`).
 
     Returns:
-        The findings, errors first.
+        The findings: errors, then warnings, then info.
 
     Raises:
         pgtenancy.errors.NotInstalled: the SQL core is missing.
@@ -55,7 +56,7 @@ def check_isolation(database: Connectable) -> list[Finding]:
     rows = Database(database).rows("check_isolation")
     findings = [
         Finding(
-            str(r["severity"]),  # type: ignore[arg-type]  # the SQL returns error or warning
+            str(r["severity"]),  # type: ignore[arg-type]  # the SQL returns the three values
             str(r["check_name"]),
             str(r["object"]),
             str(r["message"]),
@@ -63,4 +64,5 @@ def check_isolation(database: Connectable) -> list[Finding]:
         )
         for r in rows
     ]
-    return sorted(findings, key=lambda f: (f.severity != ERROR, f.check, f.object))
+    order = {"error": 0, "warning": 1, "info": 2}
+    return sorted(findings, key=lambda f: (order.get(f.severity, 1), f.check, f.object))

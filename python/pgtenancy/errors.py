@@ -256,6 +256,43 @@ class CannotCloneTenant(TenancyError):
     sqlstate = "PT022"
 
 
+class EntryTokenError(TenancyError):
+    """An entry token of strict mode was refused (the PT025-PT028 family); the
+    transaction entered no tenant, or, raised at a later statement, the
+    statement saw no row. See :mod:`pgtenancy.entry_tokens`."""
+
+
+class EntryTokenForged(EntryTokenError):
+    """The entry token is not a pgtenancy token, names an unknown key, or its
+    HMAC-SHA256 signature does not verify; in strict mode also: a transaction
+    of the application role is in a tenant without any token (SQLSTATE PT025)."""
+
+    sqlstate = "PT025"
+
+
+class EntryTokenExpired(EntryTokenError):
+    """The entry token had expired when the tenant was entered (SQLSTATE PT026)."""
+
+    sqlstate = "PT026"
+
+
+class EntryTokenWrongTenant(EntryTokenError):
+    """The entry token is for another tenant than the slug given with it, or (in
+    strict mode) ``app.tenant_id`` was set to a tenant other than the verified
+    token's (SQLSTATE PT027)."""
+
+    sqlstate = "PT027"
+
+
+class EntryTokenReplayed(EntryTokenError):
+    """In strict mode, a statement ran with an entry token that has expired since
+    (a transaction outliving its token, or an old token set again with
+    ``set_config('app.tenant_token', ...)``): nothing of the tenant is read or
+    written (SQLSTATE PT028)."""
+
+    sqlstate = "PT028"
+
+
 class ArchiveRefused(TenancyError):
     """A tenant import was refused and nothing changed: not a pgtenancy tenant
     archive or of a newer format, the target's migrations are behind, differ

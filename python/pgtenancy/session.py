@@ -30,13 +30,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.util import await_only
 
-from pgtenancy._entry import abegin_in_tenant
+from pgtenancy._entry import abegin_in_tenant, abegin_with_token, begin_with_token
 from pgtenancy._entry import begin_in_tenant as begin_in_tenant
 from pgtenancy.context import enter_validated, resolve_tenant
+from pgtenancy.entry_tokens import resolve_token_tenant
 from pgtenancy.errors import InvalidConnectionState, raise_translated
 from pgtenancy.queries import QUERIES
 
 _ENTER = QUERIES["enter_tenant"]
+_ENTER_TOKEN = QUERIES["enter_tenant_token"]
 
 SyncBind = Engine | Connection | sessionmaker[Session]
 AsyncBind = AsyncEngine | AsyncConnection | async_sessionmaker[AsyncSession]
@@ -45,6 +47,9 @@ AS = TypeVar("AS", bound=AsyncSession)
 
 #: Key in ``Session.info`` holding the slug of a tenant session.
 SLUG_KEY = "pgtenancy.slug"
+
+#: Key in ``Session.info`` holding the entry token of a tenant session opened with one.
+TOKEN_KEY = "pgtenancy.token"
 
 _IN_TRANSACTION = (
     "the connection is already in a transaction: the tenant settings would outlive the "
@@ -92,12 +97,45 @@ def enter_tenant(connection: Connection, slug: str) -> None:
         raise_translated(exc)
 
 
+def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> None:
+    """Put the transaction open on ``connection`` into the tenant of entry token ``token``.
+
+    As :func:`enter_tenant`, with ``tenancy.enter_tenant_token(token, slug)``.
+
+    Raises:
+        pgtenancy.errors.InvalidConnectionState: the connection is in autocommit mode.
+        pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
+            the token was refused (PT025/PT026/PT027), and :func:`enter_tenant`'s errors.
+    """
+    dbapi = connection.connection.dbapi_connection
+    if getattr(dbapi, "autocommit", False):
+        raise InvalidConnectionState(
+            "tenant_session needs transactions: the engine or connection uses AUTOCOMMIT, "
+            "where transaction-local tenant settings would last one statement"
+        )
+    driver = connection.connection.driver_connection
+    if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
+        begin_with_token(driver, token, slug)
+        return
+    if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
+        await_only(abegin_with_token(driver, token, slug))
+        return
+    try:
+        connection.exec_driver_sql(_ENTER_TOKEN, {"token": token, "slug": slug})
+    except DBAPIError as exc:
+        raise_translated(exc)
+
+
 def _after_begin(
     session: Session, _transaction: SessionTransaction, connection: Connection
 ) -> None:
     slug = session.info.get(SLUG_KEY)
     if slug is not None:
-        enter_tenant(connection, slug)
+        token = session.info.get(TOKEN_KEY)
+        if token is None:
+            enter_tenant(connection, slug)
+        else:
+            enter_tenant_with_token(connection, token, slug)
 
 
 # One listener on the Session class, registered at the first tenant_session
@@ -121,10 +159,17 @@ def _ensure_listener() -> None:
 class _TenantSession:
     """The object ``tenant_session()`` returns: a sync or async context manager."""
 
-    __slots__ = ("_bind", "_kwargs", "_scope", "_session", "slug")
+    __slots__ = ("_bind", "_kwargs", "_scope", "_session", "_token", "slug")
 
-    def __init__(self, bind: SyncBind | AsyncBind, slug: str | None, kwargs: dict[str, Any]):
-        self.slug = resolve_tenant(slug)
+    def __init__(
+        self,
+        bind: SyncBind | AsyncBind,
+        slug: str | None,
+        kwargs: dict[str, Any],
+        token: str | None = None,
+    ):
+        self._token = token
+        self.slug = resolve_tenant(slug) if token is None else resolve_token_tenant(slug, token)
         self._bind = bind
         self._kwargs = kwargs
         self._scope = enter_validated(self.slug)
@@ -139,6 +184,8 @@ class _TenantSession:
             raise InvalidConnectionState(_IN_TRANSACTION)
         session = bind() if isinstance(bind, sessionmaker) else Session(bind, **self._kwargs)
         session.info[SLUG_KEY] = self.slug
+        if self._token is not None:
+            session.info[TOKEN_KEY] = self._token
         self._session = session
         try:
             self._scope.__enter__()
@@ -158,6 +205,7 @@ class _TenantSession:
             session.close()
         finally:
             session.info.pop(SLUG_KEY, None)
+            session.info.pop(TOKEN_KEY, None)
             self._scope.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> AsyncSession:
@@ -171,6 +219,8 @@ class _TenantSession:
         else:
             session = AsyncSession(bind, **self._kwargs)
         session.sync_session.info[SLUG_KEY] = self.slug
+        if self._token is not None:
+            session.sync_session.info[TOKEN_KEY] = self._token
         self._session = session
         try:
             await self._scope.__aenter__()
@@ -190,28 +240,47 @@ class _TenantSession:
             await session.close()
         finally:
             session.sync_session.info.pop(SLUG_KEY, None)
+            session.sync_session.info.pop(TOKEN_KEY, None)
             await self._scope.__aexit__(exc_type, exc, tb)
 
 
 @overload
 def tenant_session(
-    bind: Engine | Connection, slug: str | None = None, **session_kwargs: Any
+    bind: Engine | Connection,
+    slug: str | None = None,
+    *,
+    token: str | None = None,
+    **session_kwargs: Any,
 ) -> AbstractContextManager[Session]: ...
 @overload
 def tenant_session(
-    bind: sessionmaker[S], slug: str | None = None, **session_kwargs: Any
+    bind: sessionmaker[S],
+    slug: str | None = None,
+    *,
+    token: str | None = None,
+    **session_kwargs: Any,
 ) -> AbstractContextManager[S]: ...
 @overload
 def tenant_session(
-    bind: AsyncEngine | AsyncConnection, slug: str | None = None, **session_kwargs: Any
+    bind: AsyncEngine | AsyncConnection,
+    slug: str | None = None,
+    *,
+    token: str | None = None,
+    **session_kwargs: Any,
 ) -> AbstractAsyncContextManager[AsyncSession]: ...
 @overload
 def tenant_session(
-    bind: async_sessionmaker[AS], slug: str | None = None, **session_kwargs: Any
+    bind: async_sessionmaker[AS],
+    slug: str | None = None,
+    *,
+    token: str | None = None,
+    **session_kwargs: Any,
 ) -> AbstractAsyncContextManager[AS]: ...
 def tenant_session(
     bind: SyncBind | AsyncBind | sessionmaker[Any] | async_sessionmaker[Any],
     slug: str | None = None,
+    *,
+    token: str | None = None,
     **session_kwargs: Any,
 ) -> Any:
     """Open a session whose every transaction runs in a tenant.
@@ -235,7 +304,12 @@ def tenant_session(
             or ``sessionmaker`` (use ``with``); or an ``AsyncEngine``,
             ``AsyncConnection`` or ``async_sessionmaker`` (use ``async with``).
             The driver must be psycopg (``postgresql+psycopg://``).
-        slug: tenant slug; None means the current context's tenant.
+        slug: tenant slug; None means the current context's tenant (or, with
+            ``token``, the token's tenant).
+        token: an entry token (:func:`pgtenancy.sign_tenant_token`): every
+            transaction of the session enters the token's tenant with
+            ``tenancy.enter_tenant_token``, verified by the database (in strict
+            mode the only way in); ``slug``, if given, must match it.
         **session_kwargs: passed to ``Session``/``AsyncSession`` (ignored
             with a session maker).
 
@@ -255,8 +329,11 @@ def tenant_session(
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: at the first query of a transaction, raised by
             the database before any tenant data is read.
+        pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
+            the token was refused (PT025/PT026/PT027; malformed, or a slug
+            that is not the token's, before any SQL runs).
         pgtenancy.errors.InvalidConnectionState: the bind is in AUTOCOMMIT mode,
             or is a connection already inside a transaction.
         TypeError: ``with`` on an async bind, or ``async with`` on a sync one.
     """
-    return _TenantSession(bind, slug, session_kwargs)
+    return _TenantSession(bind, slug, session_kwargs, token)

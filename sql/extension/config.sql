@@ -17,5 +17,8 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.limit_maxima', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_domains', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.provisioning_failures', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.scratch', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.entry_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.strict_entry', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.strict_plain_functions', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.baselines', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_placements', '');

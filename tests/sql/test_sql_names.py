@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from helpers import ROOT
+from pgtenancy import sign_tenant_token
 
 README = ROOT / "README.md"
 SQL = Callable[..., list[tuple[Any, ...]]]
@@ -194,6 +195,21 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     call("SELECT tenancy.consumer_inactive_after()")
     call("SELECT * FROM tenancy.consumer_status()")
     call("SELECT * FROM tenancy.outbox_health()")
+
+    # issue 13: strict entry.
+    key = bytes(range(32))
+    assert call("SELECT tenancy.add_entry_key(name => 'k1', key => %s)", (key,)) == [(True,)]
+    assert call("SELECT tenancy.set_strict_entry(enabled => true)") == [(False,)]
+    assert call("SELECT tenancy.strict_entry_enabled()") == [(True,)]
+    token = sign_tenant_token(key, "s1", 60, key_name="k1")
+    assert call(
+        "SELECT tenancy.verify_entry_token(token => %s, at_entry => true) IS NOT NULL", (token,)
+    ) == [(True,)]
+    assert call(
+        "SELECT tenancy.enter_tenant_token(token => %s, slug => 's1') IS NOT NULL", (token,)
+    ) == [(True,)]
+    assert call("SELECT tenancy.set_strict_entry(enabled => false)") == [(True,)]
+    assert call("SELECT tenancy.drop_entry_key(name => 'k1')") == [(True,)]
 
     call("SELECT tenancy.drop_tenant(slug => 's1', destroy_data => false)")
     call("SELECT tenancy.drop_tenant('acme', destroy_data => true)")

@@ -1,0 +1,253 @@
+"""Cost of strict entry (issue 13 item 2): strict against plain entry, side by side in one run.
+
+Run from the repository root::
+
+    .venv/bin/python bench/bench_strict.py [--seconds 1] [--rounds 5] [--json]
+
+One fresh database (``DATABASE_URL`` when set, else
+:func:`pgtenancy.testing.find_server`), dropped at the end, with an
+application role (NOSUPERUSER NOBYPASSRLS, ``tenancy.grant_app_role``)
+dropped at the end too:
+
+* schema tenant ``bench``: table ``item`` (1,000 rows) from a tenant migration;
+* shared tenant ``sbench`` and 9 other shared tenants: ``public.sitem``,
+  1,000 rows each, guarded by ``tenancy.enable_rls``.
+
+Four transactions, each ``BEGIN`` + entry + one query + ``COMMIT`` through
+``tenant_connection`` on one connection of the application role (psycopg,
+default prepared statements):
+
+* 1-row lookup: ``SELECT value FROM item WHERE id = %s`` (random id);
+* 1,000-row aggregate: ``SELECT count(*), sum(length(value)) FROM item``;
+
+each on the schema tenant and on the shared tenant (``sitem``).
+
+Plain side: strict entry off, ``tenant_connection(conn, slug)``. Strict side:
+``tenancy.set_strict_entry(true)``, a fresh token per transaction
+(``sign_tenant_token``, counted in) and ``tenant_connection(conn,
+token=token)``. The script switches the mode between the two halves of every
+round (the same tables, the same server caches), so each ratio compares
+rates measured in the same run, interleaved. Ratio = strict seconds per
+transaction / plain seconds per transaction (median over rounds); the goal
+of the issue is at most 1.05 for the one-query transactions.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import pgtenancy
+from common import (
+    ITEM_DDL,
+    ITEMS,
+    BaseResults,
+    add_json_option,
+    add_round_options,
+    bench_database,
+    bench_parser,
+    log,
+    print_results,
+    report_title,
+)
+from pgtenancy import Tenancy, sign_tenant_token, tenant_connection
+
+SCHEMA_SLUG = "bench"
+SHARED_SLUG = "sbench"
+OTHER_SHARED = 9
+LOOKUP = "SELECT value FROM {} WHERE id = %s"
+AGGREGATE = "SELECT count(*), sum(length(value)) FROM {}"
+
+WORKLOADS = (
+    ("schema, 1-row lookup", SCHEMA_SLUG, "item", LOOKUP),
+    ("schema, 1,000-row aggregate", SCHEMA_SLUG, "item", AGGREGATE),
+    ("shared, 1-row lookup", SHARED_SLUG, "sitem", LOOKUP),
+    ("shared, 1,000-row aggregate", SHARED_SLUG, "sitem", AGGREGATE),
+)
+
+
+@dataclass(frozen=True)
+class Results(BaseResults):
+    """Per workload: transactions per second, plain and strict (medians), and their ratio."""
+
+    plain_rate: dict[str, float]
+    strict_rate: dict[str, float]
+    ratio: dict[str, float]
+
+
+@contextmanager
+def app_role(dsn: str) -> Iterator[str]:
+    """A login role for the application, granted with grant_app_role; dropped on exit."""
+    name = f"pgtenancy_bench_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(name))
+        )
+        conn.execute("SELECT tenancy.grant_app_role(%s)", (name,))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def setup(dsn: str) -> bytes:
+    """The tenants and tables of the module docstring; returns the entry key (added as k1)."""
+    tenancy = Tenancy(dsn)
+    tenancy.add_migration("0001", ITEM_DDL)
+    tenancy.create_tenant(SCHEMA_SLUG)
+    shared = [SHARED_SLUG, *(f"other{i}" for i in range(OTHER_SHARED))]
+    for slug in shared:
+        tenancy.create_tenant(slug, isolation="shared")
+    key = secrets.token_bytes(32)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO tenant_{SCHEMA_SLUG}.item SELECT g, md5(g::text)"
+            " FROM generate_series(1, %s) AS g",
+            (ITEMS,),
+        )
+        conn.execute(
+            "CREATE TABLE public.sitem (id int NOT NULL, value text NOT NULL, tenant_id uuid,"
+            " PRIMARY KEY (tenant_id, id))"
+        )
+        conn.execute("SELECT tenancy.enable_rls('public.sitem')")
+        for slug in shared:
+            with conn.transaction():
+                conn.execute("SELECT tenancy.enter_tenant(%s)", (slug,))
+                conn.execute(
+                    "INSERT INTO public.sitem (id, value) SELECT g, md5(g::text)"
+                    " FROM generate_series(1, %s) AS g",
+                    (ITEMS,),
+                )
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("SELECT tenancy.add_entry_key('k1', %s)", (key,))
+    return key
+
+
+def transaction(
+    conn: psycopg.Connection[Any],
+    query: str,
+    table: str,
+    slug: str,
+    token: Callable[[], str] | None,
+) -> Any:
+    """One transaction: enter (plainly, or with a fresh token), one query, commit."""
+    text = query.format(table)
+    args = (random.randint(1, ITEMS),) if "%s" in text else None
+    with (
+        tenant_connection(conn, slug)
+        if token is None
+        else tenant_connection(conn, token=token()) as c
+    ):
+        return c.execute(text, args).fetchone()
+
+
+def signer(key: bytes, slug: str) -> str:
+    """A fresh one-minute token for ``slug`` (what the authenticating service does per request)."""
+    return sign_tenant_token(key, slug, 60, "k1")
+
+
+def rate(run: Callable[[], object], seconds: float) -> float:
+    """Transactions per second of ``run`` over ``seconds``."""
+
+    count = 0
+    start = now = time.perf_counter()
+    while now < start + seconds:
+        run()
+        count += 1
+        now = time.perf_counter()
+    return count / (now - start)
+
+
+def main() -> None:
+    parser = bench_parser("strict entry")
+    add_round_options(parser, "interleaved (plain, strict)")
+    add_json_option(parser)
+    args = parser.parse_args()
+    with bench_database() as db, app_role(db.dsn) as role:
+        log("setting up tenants and tables")
+        key = setup(db.dsn)
+        app_dsn = psycopg.conninfo.make_conninfo(db.dsn, user=role)
+        plain: dict[str, list[float]] = {w[0]: [] for w in WORKLOADS}
+        strict: dict[str, list[float]] = {w[0]: [] for w in WORKLOADS}
+        with (
+            psycopg.connect(db.dsn, autocommit=True) as owner,
+            psycopg.connect(app_dsn, autocommit=True) as conn,
+        ):
+            # Both sides return the same rows before anything is timed.
+            for name, slug, table, query in WORKLOADS:
+                if "%s" in query:
+                    continue
+                owner.execute("SELECT tenancy.set_strict_entry(false)")
+                a = transaction(conn, query, table, slug, None)
+                owner.execute("SELECT tenancy.set_strict_entry(true)")
+                b = transaction(conn, query, table, slug, partial(signer, key, slug))
+                if a != b or a[0] != ITEMS:
+                    raise RuntimeError(f"{name}: plain {a} and strict {b} differ")
+            for round_no in range(args.rounds):
+                for mode in ("plain", "strict"):
+                    owner.execute("SELECT tenancy.set_strict_entry(%s)", (mode == "strict",))
+                    for name, slug, table, query in WORKLOADS:
+                        token = partial(signer, key, slug) if mode == "strict" else None
+
+                        # Warm the plans of this mode first.
+                        for _ in range(20):
+                            transaction(conn, query, table, slug, token)
+                        measured = rate(
+                            partial(transaction, conn, query, table, slug, token), args.seconds
+                        )
+                        (plain if mode == "plain" else strict)[name].append(measured)
+                log(f"round {round_no + 1}/{args.rounds} done")
+            owner.execute("SELECT tenancy.set_strict_entry(false)")
+        plain_rate = {k: statistics.median(v) for k, v in plain.items()}
+        strict_rate = {k: statistics.median(v) for k, v in strict.items()}
+        results = Results(
+            server_version=db.server_version,
+            server_source=db.server_source,
+            seconds_per_round=args.seconds,
+            rounds=args.rounds,
+            plain_rate=plain_rate,
+            strict_rate=strict_rate,
+            ratio={k: plain_rate[k] / strict_rate[k] for k in plain_rate},
+        )
+    print_results(results, report, args.json)
+
+
+def report(r: Results) -> str:
+    """The results as a table: workload, plain tx/s, strict tx/s, cost ratio."""
+    lines = [
+        report_title("strict entry", r),
+        f"{r.rounds} interleaved rounds of {r.seconds_per_round:g} s per side and workload; "
+        "one connection of the application role, tenant_connection,"
+        " BEGIN + entry + 1 query + COMMIT",
+        "",
+        f"{'workload':<30} {'plain tx/s':>12} {'strict tx/s':>12} {'strict/plain time':>18}",
+    ]
+    for name in r.ratio:
+        lines.append(
+            f"{name:<30} {r.plain_rate[name]:>12,.0f} {r.strict_rate[name]:>12,.0f}"
+            f" {r.ratio[name]:>17.3f}x"
+        )
+    lines.append("")
+    lines.append(
+        "strict side: a fresh token signed per transaction (sign_tenant_token), verified at entry"
+        " and by every statement (active_tenant_id() in the policies' InitPlan)."
+    )
+    lines.append(f"pgtenancy {pgtenancy.__version__}; goal: <= 1.05x on the one-query transactions")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Entry tokens of strict mode: a signed statement "this request is tenant X until T".
+
+The service that authenticates a request signs a short-lived token for the
+request's tenant with :func:`sign_tenant_token`; the application enters the
+tenant with it (``tenant_session(engine, token=token)``,
+``tenant_connection(pool, token=token)``, or ``SELECT
+tenancy.enter_tenant_token(token)``). With strict entry on
+(``SELECT tenancy.set_strict_entry(true)``), the database verifies the
+token at entry and again at every statement, with a key the application's
+database role cannot read, so SQL injected into the request cannot move it
+into another tenant.
+
+Token format (ASCII, no padding)::
+
+    pt1.<key name>.<slug>.<expiry: Unix time in ms>.<nonce: 32 hex>.<mac: 64 hex>
+
+``mac`` is HMAC-SHA256 (RFC 2104) under the named key over everything
+before the last dot. The same computation runs in SQL
+(``tenancy.verify_entry_token``, sql/012_strict.sql) with the core
+``sha256()`` function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import secrets
+import time
+
+from pgtenancy.errors import EntryTokenForged, EntryTokenWrongTenant
+from pgtenancy.slugs import validate_slug
+
+#: Key name used when none is given (``tenancy.add_entry_key('default', key)``).
+DEFAULT_KEY_NAME = "default"
+
+#: Shortest key accepted, in bytes (the SQL side refuses shorter ones too).
+MIN_KEY_BYTES = 32
+
+_KEY_NAME = re.compile(r"[a-z0-9_-]{1,63}")
+_TOKEN = re.compile(
+    r"pt1\.([a-z0-9_-]{1,63})\.([a-z0-9_]+)\.([0-9]{1,16})\.([0-9a-f]{16,64})\.([0-9a-f]{64})"
+)
+
+
+def sign_tenant_token(
+    key: bytes, slug: str, ttl_seconds: float, key_name: str = DEFAULT_KEY_NAME
+) -> str:
+    """Sign an entry token for tenant ``slug``, valid for ``ttl_seconds``.
+
+    Args:
+        key: the secret entry key (32 bytes or more), the same bytes given to
+            ``tenancy.add_entry_key(key_name, key)``. Keep it out of the
+            application's database role and, ideally, out of the process that
+            runs the application's SQL.
+        slug: the tenant's slug (validated as :func:`pgtenancy.slugs.validate_slug`).
+        ttl_seconds: lifetime in seconds (> 0, finite); the expiry is kept to
+            the millisecond. Keep it short (the length of a request, plus
+            clock skew between this host and the database).
+        key_name: the name the key was added under.
+
+    Returns:
+        The token (ASCII text, about 160 characters). A fresh 128-bit random
+        nonce makes every token distinct.
+
+    Raises:
+        ValueError: key shorter than 32 bytes, bad key name, ttl not a
+            positive finite number.
+        pgtenancy.errors.InvalidTenantSlug: invalid slug.
+    """
+    if not isinstance(key, bytes | bytearray) or len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"entry keys are {MIN_KEY_BYTES} bytes or more")
+    if not _KEY_NAME.fullmatch(key_name):
+        raise ValueError(f"invalid entry key name {key_name!r}: 1 to 63 of a-z, 0-9, _ and -")
+    valid_ttl = isinstance(ttl_seconds, int | float) and math.isfinite(ttl_seconds)
+    if not valid_ttl or ttl_seconds <= 0:
+        raise ValueError(f"ttl_seconds must be a positive number of seconds, not {ttl_seconds!r}")
+    validate_slug(slug)
+    expiry_ms = int((time.time() + ttl_seconds) * 1000)
+    body = f"pt1.{key_name}.{slug}.{expiry_ms}.{secrets.token_hex(16)}"
+    mac = hmac.new(bytes(key), body.encode("ascii"), hashlib.sha256).hexdigest()
+    return f"{body}.{mac}"
+
+
+def token_slug(token: str) -> str:
+    """The tenant slug an entry token names, read without verifying it.
+
+    The database verifies the token; this only tells the Python layer which
+    tenant context to open.
+
+    Args:
+        token: an entry token (:func:`sign_tenant_token`).
+
+    Returns:
+        The slug in the token.
+
+    Raises:
+        pgtenancy.errors.EntryTokenForged: not an entry token (SQLSTATE PT025
+            would be the database's answer).
+    """
+    match = _TOKEN.fullmatch(token) if isinstance(token, str) else None
+    if match is None:
+        raise EntryTokenForged("entry token refused: not a pgtenancy token")
+    return match.group(2)
+
+
+def resolve_token_tenant(slug: str | None, token: str) -> str:
+    """The slug a token entry runs in: the token's, which ``slug`` (if given) must match.
+
+    Args:
+        slug: the slug the caller named, or None.
+        token: an entry token.
+
+    Returns:
+        The token's slug.
+
+    Raises:
+        pgtenancy.errors.EntryTokenForged: not an entry token (PT025).
+        pgtenancy.errors.EntryTokenWrongTenant: ``slug`` names another tenant
+            (PT027); the database refuses the same pair too.
+        pgtenancy.errors.InvalidTenantSlug: ``slug`` is invalid.
+    """
+    named = token_slug(token)
+    if slug is not None and validate_slug(slug) != named:
+        raise EntryTokenWrongTenant(f"entry token is for tenant {named!r}, not {slug!r}")
+    return named
