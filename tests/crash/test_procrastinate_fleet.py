@@ -62,8 +62,14 @@ def procrastinate_series(tmp_path: Path) -> tuple[Path, Path]:
 
 def schema_catalog(sql: SQL, schema: str) -> dict[tuple[str, str], str]:
     rows = sql(SCHEMA_CATALOG, {"schema": schema})
+    # Each tenant's objects belong to its own owner role (tenancy.tenant_role).
+    role = str(sql("SELECT tenancy.tenant_role(%s)", (schema,))[0][0])
+
+    def normal(text: str) -> str:
+        return text.replace(role, "<tenant role>").replace(schema, "<tenant>")
+
     return {
-        (kind, name.replace(schema, "<tenant>")): str(value).replace(schema, "<tenant>")
+        (kind, normal(name)): normal(str(value))
         for kind, name, value in rows
         if kind != "schema"  # the kit's schema row, the same for all
     }
