@@ -12,7 +12,8 @@ failure rolls that tenant back to its previous version, is recorded with its
 SQLSTATE, emits ``tenant_migration_failed`` in a transaction of its own, and
 the others go on. A lost connection (server restart, ``pg_terminate_backend``)
 is replaced and that tenant retried (``retries`` times), then recorded as
-failed. The report always accounts for every tenant planned:
+failed; a deadlock or serialization failure (rolled back whole) is retried the
+same way. The report always accounts for every tenant planned:
 ``len(migrated) + len(failed) + current == planned``. Killing the runner leaves
 every tenant at its old or its new version; a rerun picks up what is left.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import random
 import re
 import threading
 import time
@@ -444,7 +446,9 @@ def migrate_fleet(
         on_outcome: called (from worker threads) after each tenant.
         on_plan: called once with the number of tenants to migrate.
         retries: after a lost connection, how many more times a tenant is
-            tried on a new connection before it is recorded as failed (08006).
+            tried on a new connection before it is recorded as failed (08006);
+            after a deadlock (40P01) or serialization failure (40001), how
+            many more times it is run again.
         application_name: of every connection the runner opens.
 
     Returns:
@@ -531,6 +535,12 @@ def migrate_fleet(
     return report
 
 
+#: SQLSTATEs after which a tenant's migration is run again (up to ``retries``
+#: times): deadlock_detected and serialization_failure roll the transaction
+#: back whole (PostgreSQL docs, "Serialization Failure Handling").
+_RETRIED = frozenset({"40P01", "40001"})
+
+
 def _lost(conn: psycopg.Connection[Any] | None) -> bool:
     return conn is None or conn.broken or conn.closed
 
@@ -575,6 +585,12 @@ def _run_tenant(
                 sqlstate = sqlstate or CONNECTION_LOST
                 message = f"connection lost: {message}"
                 continue  # a new connection, the same tenant again
+            if sqlstate in _RETRIED and attempts <= retries:
+                # Rolled back whole, so safe to run again: a deadlock or
+                # serialization failure with another tenant's migration (on
+                # Citus, parallel ones take the same metadata locks).
+                time.sleep(random.uniform(0.05, 0.3) * attempts)
+                continue
             recorded = _record_failure(conn, item.slug, sqlstate, message)
             if not recorded:
                 message += " (the failure could not be recorded: connection lost)"
