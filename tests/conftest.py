@@ -19,7 +19,9 @@ feature they break (CRASH_TESTS_ELSEWHERE) are marked ``crash`` as well, so
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from helpers import CHINOOK, ROOT, as_role, outbox, pgtenancy_cli, subprocess_en
 from pgtenancy import Tenancy, install
 from pgtenancy.admin import Isolation, engine_from_dsn
 from pgtenancy.testing import NoServerError, find_server, fresh_database
+from pgtenancy.testing.server import TemporaryCluster, find_bindir
 
 __all__ = ["CHINOOK", "ROOT", "as_role", "outbox", "pgtenancy_cli", "subprocess_env"]
 
@@ -47,7 +50,16 @@ CRASH_TESTS_ELSEWHERE = {
     ("test_session.py", "test_lost_connection_is_a_clear_error_and_the_pool_recovers"),
 }
 #: Fixtures that need the server; unit tests may not ask for them.
-DATABASE_FIXTURES = {"pg_admin_dsn", "template_db", "dsn", "empty_dsn"}
+DATABASE_FIXTURES = {
+    "pg_admin_dsn",
+    "own_admin_dsn",
+    "admin_dsn",
+    "template_db",
+    "dsn",
+    "empty_dsn",
+}
+#: Where an explicit server URL comes from (as pgtenancy.testing.find_server reads them).
+EXPLICIT_SERVER_VARS = ("TEST_DATABASE_URL", "DATABASE_URL")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -92,17 +104,77 @@ def template_db(pg_admin_dsn: str) -> Iterator[str]:
         yield str(conninfo_to_dict(dsn)["dbname"])
 
 
+@pytest.fixture(scope="session")
+def own_admin_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """Admin DSN of a server no other session uses, for tests marked ``own_server``.
+
+    Event delivery waits for every transaction older than an event to end,
+    cluster-wide (the outbox fence is ``pg_snapshot_xmin(pg_current_snapshot())``,
+    which counts every database's transactions): on a server shared with
+    others, a stranger's long write transaction holds delivery back. When the
+    session's server is an explicit URL (``TEST_DATABASE_URL``/``DATABASE_URL``),
+    these tests get a throwaway cluster from the machine's binaries instead; a
+    server the session started itself (container or throwaway cluster) is
+    already its own. Without binaries the shared server is used, with a warning.
+    """
+    if not any(os.environ.get(var) for var in EXPLICIT_SERVER_VARS):
+        yield pg_admin_dsn
+        return
+    bindir = find_bindir()
+    if bindir is None:
+        warnings.warn(
+            "no PostgreSQL binaries to start a server of this session's own: tests marked "
+            "own_server run on the shared server, where other sessions' transactions can "
+            "hold event delivery back",
+            stacklevel=1,
+        )
+        yield pg_admin_dsn
+        return
+    cluster = TemporaryCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster.dsn
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def own_template_db(own_admin_dsn: str, pg_admin_dsn: str, template_db: str) -> Iterator[str]:
+    """:func:`template_db` on :func:`own_admin_dsn`'s server."""
+    if own_admin_dsn == pg_admin_dsn:
+        yield template_db
+        return
+    with fresh_database(own_admin_dsn, "pgtenancy_tpl") as dsn:
+        install(dsn)
+        yield str(conninfo_to_dict(dsn)["dbname"])
+
+
+def _own_server(request: pytest.FixtureRequest) -> bool:
+    return request.node.get_closest_marker("own_server") is not None
+
+
 @pytest.fixture
-def dsn(pg_admin_dsn: str, template_db: str) -> Iterator[str]:
+def admin_dsn(request: pytest.FixtureRequest) -> str:
+    """The admin DSN a test's databases and roles are made with: the session's
+    server, or for tests marked ``own_server`` :func:`own_admin_dsn`."""
+    name = "own_admin_dsn" if _own_server(request) else "pg_admin_dsn"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def dsn(request: pytest.FixtureRequest, admin_dsn: str) -> Iterator[str]:
     """A fresh database with pgtenancy installed, dropped after the test."""
-    with fresh_database(pg_admin_dsn, "pgtenancy_test", template=template_db) as d:
+    template = str(
+        request.getfixturevalue("own_template_db" if _own_server(request) else "template_db")
+    )
+    with fresh_database(admin_dsn, "pgtenancy_test", template=template) as d:
         yield d
 
 
 @pytest.fixture
-def empty_dsn(pg_admin_dsn: str) -> Iterator[str]:
+def empty_dsn(admin_dsn: str) -> Iterator[str]:
     """A fresh database without pgtenancy, dropped after the test."""
-    with fresh_database(pg_admin_dsn, "pgtenancy_empty") as d:
+    with fresh_database(admin_dsn, "pgtenancy_empty") as d:
         yield d
 
 

@@ -35,6 +35,9 @@ from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import muted, tenant_created, tenant_suspended
 from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 
 class ListenerProcess:
     """A `pgtenancy listen` child process recording events to a file."""

@@ -17,10 +17,14 @@ from pgtenancy import Listener, ListenNotSupported, Tenancy, tenant_session
 from pgtenancy.listener import check_listen_capable
 from pgtenancy.testing import TemporaryPgBouncer
 
-pytestmark = pytest.mark.skipif(
-    TemporaryPgBouncer.binary() is None,
-    reason="pgbouncer is not installed (make test installs Debian's pgbouncer when run as root)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        TemporaryPgBouncer.binary() is None,
+        reason="pgbouncer is not installed (make test installs Debian's pgbouncer when run as root)",
+    ),
+    # Waits for event delivery: a stranger's transaction must not hold it back.
+    pytest.mark.own_server,
+]
 
 
 @pytest.fixture

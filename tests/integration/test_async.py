@@ -35,6 +35,9 @@ from pgtenancy import (
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import tenant_created
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 SLUGS = [f"a{i}" for i in range(6)]
 
 

@@ -15,6 +15,9 @@ from pgtenancy import CannotTrackTable, Listener, Tenancy
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.signals import row_deleted, row_inserted, row_updated
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 SQL = Callable[..., list[tuple[Any, ...]]]
 
 

@@ -15,6 +15,9 @@ from helpers import as_role, run_cli
 from pgtenancy import Listener, Tenancy
 from pgtenancy.doctor import check_isolation
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 SQL = Callable[..., list[tuple[Any, ...]]]
 
 

@@ -27,6 +27,9 @@ from pgtenancy import Listener, Tenancy, install
 from pgtenancy.doctor import check_isolation
 from pgtenancy.testing import TemporaryCluster, find_bindir, fresh_database
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 SQL = Callable[..., list[tuple[Any, ...]]]
 
 

@@ -16,6 +16,9 @@ from pgtenancy import Listener, Tenancy
 from pgtenancy.admin import ConsumerStatus
 from pgtenancy.doctor import check_isolation
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 SQL = Callable[..., list[tuple[Any, ...]]]
 
 
@@ -26,6 +29,7 @@ def age_events(sql: SQL, seconds: int) -> None:
 def test_prune_keeps_what_an_active_consumer_has_not_passed(
     dsn: str, tenancy: Tenancy, sql: SQL
 ) -> None:
+
     for slug in ("a1", "a2", "a3"):
         tenancy.create_tenant(slug)
     sql("SELECT tenancy.register_consumer('fast')")

@@ -27,6 +27,9 @@ from pgtenancy.signals import tenant_created, tenant_suspended
 from pgtenancy.testing import fresh_database
 from releases import NoHistory, Release, extension_script, plain_script, releases
 
+# Waits for event delivery: a stranger's transaction must not hold it back.
+pytestmark = pytest.mark.own_server
+
 RELEASES = releases()
 
 
@@ -38,10 +41,10 @@ def release_or_skip(release: Release, extension: bool = False) -> str:
 
 
 @pytest.fixture
-def roles(pg_admin_dsn: str) -> Iterator[tuple[str, str]]:
+def roles(admin_dsn: str) -> Iterator[tuple[str, str]]:
     """An application role and a listener role (cluster-wide), dropped afterwards."""
     names = (f"pgt_up_app_{uuid.uuid4().hex[:8]}", f"pgt_up_lis_{uuid.uuid4().hex[:8]}")
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         for name in names:
             conn.execute(
                 pgsql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS").format(
@@ -49,7 +52,7 @@ def roles(pg_admin_dsn: str) -> Iterator[tuple[str, str]]:
                 )
             )
     yield names
-    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
         for name in names:
             conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
 
@@ -240,7 +243,7 @@ def extension_config(dsn: str) -> list[str]:
 
 @pytest.mark.parametrize("release", RELEASES, ids=[r.version for r in RELEASES])
 def test_extension_upgrades_with_alter_extension(
-    release: Release, empty_dsn: str, pg_admin_dsn: str, roles: tuple[str, str]
+    release: Release, empty_dsn: str, admin_dsn: str, roles: tuple[str, str]
 ) -> None:
     versions = available_versions(empty_dsn)
     if SQL_VERSION not in versions:
@@ -271,7 +274,7 @@ def test_extension_upgrades_with_alter_extension(
         ).fetchone() == (SQL_VERSION,)
     if not granted_before:
         grant_roles(empty_dsn, roles)
-    with fresh_database(pg_admin_dsn, "pgtenancy_extfresh") as fresh:
+    with fresh_database(admin_dsn, "pgtenancy_extfresh") as fresh:
         with psycopg.connect(fresh, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pgtenancy")
         grant_roles(fresh, roles)
