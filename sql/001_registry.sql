@@ -22,7 +22,7 @@ CREATE OR REPLACE FUNCTION tenancy.version()
     IMMUTABLE
     PARALLEL SAFE
 AS $$
-    SELECT '@PGTENANCY_VERSION@'::text
+    SELECT '@PGTENANCY_VERSION@'::pg_catalog.text
 $$;
 
 COMMENT ON FUNCTION tenancy.version() IS
@@ -34,7 +34,7 @@ CREATE OR REPLACE FUNCTION tenancy.schema_prefix()
     IMMUTABLE
     PARALLEL SAFE
 AS $$
-    SELECT 'tenant_'::text
+    SELECT 'tenant_'::pg_catalog.text
 $$;
 
 COMMENT ON FUNCTION tenancy.schema_prefix() IS

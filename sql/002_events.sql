@@ -10,7 +10,7 @@ CREATE OR REPLACE FUNCTION tenancy.events_channel()
     IMMUTABLE
     PARALLEL SAFE
 AS $$
-    SELECT 'tenancy_events_v1'::text
+    SELECT 'tenancy_events_v1'::pg_catalog.text
 $$;
 
 COMMENT ON FUNCTION tenancy.events_channel() IS

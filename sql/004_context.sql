@@ -40,26 +40,27 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     VOLATILE
 AS $$
 DECLARE
-    v_id      uuid;
-    v_schema  text;
-    v_status  text;
-    v_limits  text[];
+    v_id      pg_catalog.uuid;
+    v_schema  pg_catalog.text;
+    v_status  pg_catalog.text;
+    v_limits  pg_catalog.text[];
     v_ok      boolean;
-    v_set     text;
-    v_renamed text;
+    v_set     pg_catalog.text;
+    v_renamed pg_catalog.text;
 BEGIN
     SELECT d.id, d.schema_name, d.status, d.limits,
-           d.status = 'active'
+           d.status OPERATOR(pg_catalog.=) 'active'
            AND (d.schema_name IS NULL
                 OR pg_catalog.to_regnamespace(pg_catalog.quote_ident(d.schema_name)) IS NOT NULL)
       INTO v_id, v_schema, v_status, v_limits, v_ok
       FROM tenancy.tenant_directory AS d
-     WHERE d.slug = enter_tenant.slug;
+     WHERE d.slug OPERATOR(pg_catalog.=) enter_tenant.slug;
     IF v_ok IS NOT TRUE THEN
         IF NOT FOUND THEN
             -- A renamed tenant's old slug says where the tenant went.
             SELECT r.new_slug INTO v_renamed
-              FROM tenancy.tenant_renames AS r WHERE r.old_slug = enter_tenant.slug;
+              FROM tenancy.tenant_renames AS r
+             WHERE r.old_slug OPERATOR(pg_catalog.=) enter_tenant.slug;
             IF FOUND THEN
                 RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
                     pg_catalog.quote_literal(v_renamed)
@@ -69,20 +70,20 @@ BEGIN
             RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
                 USING ERRCODE = 'PT003';
         END IF;
-        IF v_status = 'suspended' THEN
+        IF v_status OPERATOR(pg_catalog.=) 'suspended' THEN
             RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
                 USING ERRCODE = 'PT004';
         END IF;
-        IF v_status = 'deleted' THEN
+        IF v_status OPERATOR(pg_catalog.=) 'deleted' THEN
             RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
                 USING ERRCODE = 'PT005';
         END IF;
-        IF v_status = 'provisioning' THEN
+        IF v_status OPERATOR(pg_catalog.=) 'provisioning' THEN
             RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
                 USING ERRCODE = 'PT019',
                       HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
         END IF;
-        IF v_status <> 'active' THEN
+        IF v_status OPERATOR(pg_catalog.<>) 'active' THEN
             -- Any status added later is refused too: fail closed.
             RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
                 v_status
@@ -96,18 +97,19 @@ BEGIN
     -- The tenant's resource limits (tenancy.set_tenant_limits), as
     -- (setting, value) pairs, transaction-local too; nothing for most tenants.
     IF v_limits IS NOT NULL THEN
-        PERFORM pg_catalog.set_config(v_limits[i], v_limits[i + 1], true)
+        PERFORM pg_catalog.set_config(v_limits[i], v_limits[i OPERATOR(pg_catalog.+) 1], true)
            FROM pg_catalog.generate_series(1, pg_catalog.cardinality(v_limits), 2) AS i;
     END IF;
     -- Settings: nothing with a cached plan may follow this assignment.
     -- A shared tenant sees the shared schema, guarded by RLS on app.tenant_id.
     -- pg_temp is named last, so a temporary table (left on a pooled
     -- connection by an earlier request) never shadows a tenant table.
-    v_set := pg_catalog.set_config('app.tenant_id', v_id::text, true)
-             || pg_catalog.set_config('app.tenant', enter_tenant.slug, true)
-             || pg_catalog.set_config('search_path',
+    v_set := pg_catalog.set_config('app.tenant_id', v_id::pg_catalog.text, true)
+             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', enter_tenant.slug, true)
+             OPERATOR(pg_catalog.||) pg_catalog.set_config('search_path',
                                       CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
-                                           ELSE pg_catalog.quote_ident(v_schema) || ', public, pg_temp'
+                                           ELSE pg_catalog.quote_ident(v_schema)
+                                                OPERATOR(pg_catalog.||) ', public, pg_temp'
                                       END,
                                       true);
     RETURN v_id;
@@ -144,7 +146,7 @@ DECLARE
     v_end   text := E'\n    -- Settings: nothing with a cached plan may follow this assignment.\n';
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
-                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::text);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::pg_catalog.text);'
                     || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);'
                     || E'\n';
 BEGIN
@@ -183,7 +185,10 @@ CREATE OR REPLACE FUNCTION tenancy.current_tenant_id()
     STABLE
     PARALLEL SAFE
 AS $$
-    SELECT nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid
+    SELECT CASE WHEN pg_catalog.current_setting('app.tenant_id', true) OPERATOR(pg_catalog.=) ''
+                THEN NULL
+                ELSE pg_catalog.current_setting('app.tenant_id', true)::pg_catalog.uuid
+           END
 $$;
 
 COMMENT ON FUNCTION tenancy.current_tenant_id() IS
@@ -196,7 +201,10 @@ CREATE OR REPLACE FUNCTION tenancy.current_tenant()
     STABLE
     PARALLEL SAFE
 AS $$
-    SELECT nullif(pg_catalog.current_setting('app.tenant', true), '')
+    SELECT CASE WHEN pg_catalog.current_setting('app.tenant', true) OPERATOR(pg_catalog.=) ''
+                THEN NULL
+                ELSE pg_catalog.current_setting('app.tenant', true)
+           END
 $$;
 
 COMMENT ON FUNCTION tenancy.current_tenant() IS

@@ -23,7 +23,7 @@ CREATE OR REPLACE FUNCTION tenancy.active_tenant_id()
     PARALLEL SAFE
 AS $$
 DECLARE
-    v_id uuid := nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid;
+    v_id pg_catalog.uuid := tenancy.current_tenant_id();
 BEGIN
     -- PL/pgSQL, not SQL: a SQL function with sub-selects is not inlined and
     -- plans its body on every call (0.2 ms); these plans are cached.
@@ -31,7 +31,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM tenancy.tenant_directory AS d
-                WHERE d.id = v_id AND d.status OPERATOR(pg_catalog.=) 'active') THEN
+                WHERE d.id OPERATOR(pg_catalog.=) v_id AND d.status OPERATOR(pg_catalog.=) 'active') THEN
         RETURN v_id;
     END IF;
     -- The kit's owner (its SECURITY DEFINER functions: delete_shared_rows

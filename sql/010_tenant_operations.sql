@@ -610,7 +610,7 @@ CREATE OR REPLACE FUNCTION tenancy.apply_tenant_limits(limits text[])
     VOLATILE
 AS $$
     SELECT pg_catalog.count(pg_catalog.set_config(apply_tenant_limits.limits[i],
-                                       apply_tenant_limits.limits[i + 1], true))::integer
+                                       apply_tenant_limits.limits[i OPERATOR(pg_catalog.+) 1], true))::integer
       FROM pg_catalog.generate_series(1, pg_catalog.cardinality(apply_tenant_limits.limits), 2) AS i;
 $$;
 
