@@ -1105,8 +1105,9 @@ BEGIN
             USING ERRCODE = 'PT008';
     END IF;
     v_checksum := encode(sha256(convert_to(sql, 'UTF8')), 'hex');
-    -- One runner at a time per database; the caller's own lock space.
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.shared_migrations'));
+    -- One runner at a time per database, with a lock the application role
+    -- cannot take (an advisory lock anyone could hold, blocking every run).
+    LOCK TABLE tenancy.shared_migrations IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_row FROM tenancy.shared_migrations AS s WHERE s.version = version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN

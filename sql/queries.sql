@@ -194,8 +194,20 @@ SELECT pg_catalog.set_config(%(name)s, s.reset_val, false)
 SELECT pg_catalog.set_config('client_min_messages', 'warning', true)
 
 -- name: install_lock
--- Serializes installs, upgrades and uninstalls (an arbitrary constant key).
-SELECT pg_catalog.pg_advisory_xact_lock(7242001)
+-- Serializes installs, upgrades and uninstalls. Once the kit is installed,
+-- with a lock on its migration registry that the application role cannot
+-- take (no privilege on the table; SELECT's lock does not conflict); an
+-- advisory lock, which any role could hold to block every upgrade, only
+-- before the first install (an arbitrary constant key).
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('tenancy.migrations') IS NULL THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock(7242001);
+    ELSE
+        LOCK TABLE tenancy.migrations IN SHARE ROW EXCLUSIVE MODE;
+    END IF;
+END
+$$
 
 -- name: install_target_version
 SELECT pg_catalog.set_config('pgtenancy.install_version', %(version)s, true)

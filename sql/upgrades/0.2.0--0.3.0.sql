@@ -2774,8 +2774,9 @@ BEGIN
             USING ERRCODE = 'PT008';
     END IF;
     v_checksum := encode(sha256(convert_to(sql, 'UTF8')), 'hex');
-    -- One runner at a time per database; the caller's own lock space.
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.shared_migrations'));
+    -- One runner at a time per database, with a lock the application role
+    -- cannot take (an advisory lock anyone could hold, blocking every run).
+    LOCK TABLE tenancy.shared_migrations IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO v_row FROM tenancy.shared_migrations AS s WHERE s.version = version;
     IF FOUND THEN
         IF v_row.checksum = v_checksum THEN
@@ -3202,8 +3203,11 @@ BEGIN
     IF v_new = v_row.slug THEN
         RETURN v_row;
     END IF;
-    -- The same lock as creation: a concurrent create of new_slug waits.
-    PERFORM pg_advisory_xact_lock(hashtext('tenancy.tenant'), hashtext(v_new));
+    -- The same lock as creation (a row of tenancy.slug_locks, which the
+    -- application role cannot take; it could hold an advisory lock): a
+    -- concurrent create of new_slug waits.
+    INSERT INTO tenancy.slug_locks AS l (slug) VALUES (v_new)
+        ON CONFLICT ON CONSTRAINT slug_locks_pkey DO UPDATE SET slug = l.slug;
     IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.slug = v_new) THEN
         RAISE EXCEPTION 'tenant % already exists', quote_literal(v_new)
             USING ERRCODE = 'PT002';

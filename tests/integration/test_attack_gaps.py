@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import errors as pgerrors
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from conftest import as_role, outbox
@@ -21,6 +22,7 @@ from pgtenancy import (
     CannotTrackTable,
     InvalidTenantMetadata,
     Tenancy,
+    install,
     install_sqlalchemy_reset,
     pool_reset,
     tenant_connection,
@@ -482,7 +484,15 @@ def test_app_role_advisory_locks_do_not_block_admin(
         # Every key the kit ever took, in both the one- and two-key spaces.
         attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.migrations'))")
         attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.tenant'), hashtext('acme'))")
-        for table in ("tenancy.migrations", "tenancy.slug_locks", "tenancy.tenants"):
+        attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.tenant'), hashtext('newco'))")
+        attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.shared_migrations'))")
+        attacker.execute("SELECT pg_advisory_lock(7242001)")  # the install lock, before 0.3.0
+        for table in (
+            "tenancy.migrations",
+            "tenancy.slug_locks",
+            "tenancy.tenants",
+            "tenancy.shared_migrations",
+        ):
             with pytest.raises(pgerrors.InsufficientPrivilege):
                 attacker.execute(f"BEGIN; LOCK TABLE {table} IN ACCESS SHARE MODE")
             attacker.execute("ROLLBACK")
@@ -490,7 +500,14 @@ def test_app_role_advisory_locks_do_not_block_admin(
             admin.execute("SET lock_timeout = '5s'")
             admin.execute("SELECT tenancy.add_migration('0001', 'CREATE TABLE t (id int)')")
             admin.execute("SELECT tenancy.create_tenant('acme')")
-    assert sql("SELECT slug, migration_version FROM tenancy.tenants") == [("acme", "0001")]
+            admin.execute("SELECT tenancy.rename_tenant('acme', 'newco')")
+            admin.execute(
+                "SELECT tenancy.apply_shared_migration('s1', 'CREATE TABLE public.plans (id int)')"
+            )
+        # Reinstalling (what an upgrade does) takes its lock too.
+        install(make_conninfo(dsn, options="-c lock_timeout=5s"))
+    assert sql("SELECT slug, migration_version FROM tenancy.tenants") == [("newco", "0001")]
+    assert sql("SELECT version FROM tenancy.shared_migrations") == [("s1",)]
 
 
 def test_concurrent_creation_of_one_slug_gives_one_tenant(tenancy: Tenancy, dsn: str) -> None:
