@@ -84,7 +84,7 @@ def test_without_a_token_strict_mode_stops_before_any_tenant(world: StrictWorld)
 
     engine = engine_of(world.app_dsn)
     try:
-        with pytest.raises(EntryTokenForged, match="strict entry is on.*token_for"):
+        with pytest.raises(EntryTokenForged, match=r"strict entry is on.*token_for"):
             for_each_tenant(engine, job)
         with (
             ConnectionPool(world.app_dsn, min_size=1, max_size=2) as pool,
