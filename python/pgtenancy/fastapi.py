@@ -161,17 +161,14 @@ _TOKEN_MISSING = "an entry token is required"
 #: ``WWW-Authenticate`` of 401 answers (RFC 9110 asks for one).
 WWW_AUTHENTICATE = 'Tenant-Token realm="pgtenancy"'
 
-# Entry without a token, in one simple query (one implicit transaction on the
-# autocommit pool): first the strict probe, the function the policies call
-# with a made-up tenant id (the volatile subquery runs first): in strict mode
-# it raises PT025 for any id, before the tenant is looked up, so an unknown
-# slug and a known one get the same answer. Then the entry and the tenant's
-# public fields.
-_ENTER_PLAIN = (
+# Strict probe, run after a refused entry without a token: the function the
+# policies call, with a made-up tenant id (the volatile subquery runs
+# first). In strict mode it raises PT025 for any id, so an unknown,
+# suspended or deleted slug gets the same answer as a known one (401, and
+# the same two round trips); otherwise it returns NULL.
+_STRICT_PROBE = (
     "SELECT tenancy.active_tenant_id() FROM (SELECT pg_catalog.set_config("
-    "'app.tenant_id', '00000000-0000-0000-0000-000000000000', true)) AS probe; "
-    "SELECT tenancy.enter_tenant({slug}); "
-    "SELECT id, slug, status, public FROM tenancy.tenant_info()"
+    "'app.tenant_id', '00000000-0000-0000-0000-000000000000', true)) AS probe"
 )
 _ENTER_TOKEN = (
     "SELECT tenancy.enter_tenant_token({token}, {slug}); "
@@ -726,10 +723,10 @@ class Tenants:
         if token is not None:
             resolve_token_tenant(slug, token)  # malformed, or another tenant: no SQL
             query = sql.SQL(_ENTER_TOKEN).format(token=sql.Literal(token), slug=sql.Literal(slug))
-            skip = 1
         elif slug is not None:
-            query = sql.SQL(_ENTER_PLAIN).format(slug=sql.Literal(validate_slug(slug)))
-            skip = 2
+            query = sql.SQL(QUERIES["enter_tenant_info"]).format(
+                slug=sql.Literal(validate_slug(slug))
+            )
         else:
             raise ValueError("enter() needs a slug or a token")
         await self.open()
@@ -738,13 +735,28 @@ class Tenants:
             async with self._pool.connection() as conn:
                 cur = conn.cursor()
                 await cur.execute(query)
-                for _ in range(skip):
-                    cur.nextset()
+                cur.nextset()
                 row = await cur.fetchone()
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            err = translate(exc)
+            if token is None and http_status(err) is not None:
+                # Refused without a token: in strict mode say only that a
+                # token is needed, whatever the database found of the slug.
+                await self._strict_probe(exc)
+            raise err from exc
         assert row is not None
         return TenantInfo(id=row[0], slug=row[1], status=row[2], public=row[3] or {})
+
+    async def _strict_probe(self, cause: BaseException) -> None:
+        """Raise EntryTokenForged (PT025) when strict entry refuses entry without a token."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(_STRICT_PROBE)
+        except psycopg.Error as exc:
+            if exc.sqlstate == EntryTokenForged.sqlstate:
+                raise EntryTokenForged(_TOKEN_MISSING) from cause
+            raise translate(exc) from exc
 
     def refusal(
         self, exc: BaseException, slug: str | None, *, token: str | None = None

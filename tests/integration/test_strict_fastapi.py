@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from strict_support import SCHEMA_TENANTS, SHARED_TENANTS, StrictWorld, build, marker
 
 from helpers import as_role
-from pgtenancy import sign_tenant_token
+from pgtenancy import Tenancy, sign_tenant_token
 from pgtenancy.fastapi import (
     TenantInfo,
     Tenants,
@@ -202,15 +202,18 @@ def test_slug_named_by_a_resolver_must_be_the_token_s(world: StrictWorld) -> Non
             answers.append({k: v for k, v in body.items() if k != "tenant"})
         # Known or unknown tenant named: the same answer.
         assert answers[0] == answers[1] == answers[2]
-        # A slug and no token, strict mode: 401 whether the tenant exists or not.
-        plain = [call(client, "/rows", None, **{"X-Tenant": s}) for s in ("acme", "nosuch")]
+        # A slug and no token, strict mode: 401 whether the tenant exists, is
+        # suspended or not.
+        Tenancy(world.dsn).suspend_tenant("sb")
+        names = ("acme", "nosuch", "sb")
+        plain = [call(client, "/rows", None, **{"X-Tenant": s}) for s in names]
         for status, body, _ in plain:
             assert (status, body["code"], body["detail"]) == (
                 401,
                 "PT025",
                 "an entry token is required",
             )
-        assert plain[0][1]["tenant"] == "acme" and plain[1][1]["tenant"] == "nosuch"
+        assert [body["tenant"] for _, body, _ in plain] == list(names)
         status, body, _ = call(client, "/rows", None, **{"X-Tenant": "Not A Slug"})
         assert status == 404
 
@@ -269,6 +272,9 @@ def test_plain_mode_still_enters_by_slug_and_verifies_tokens(dsn: str, app_role:
         assert status == 200 and body["rows"].startswith(marker("globex"))
         status, body, _ = call(client, "/rows", None, **{"X-Tenant": "nosuch"})
         assert status == 404
+        Tenancy(world.dsn).suspend_tenant("sb")
+        status, body, _ = call(client, "/rows", None, **{"X-Tenant": "sb"})
+        assert (status, body["code"]) == (423, "PT004")
         status, body, _ = call(client, "/rows", tok(world, "acme"), **{"X-Tenant": "acme"})
         assert status == 200
         bad = sign_tenant_token(secrets.token_bytes(32), "acme", 60, "k1")
