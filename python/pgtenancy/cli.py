@@ -1195,9 +1195,42 @@ def limits(
     "when it returns) instead of running a command.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per tenant.")
+@click.option(
+    "--entry-key-name",
+    envvar="PGTENANCY_ENTRY_KEY_NAME",
+    show_envvar=True,
+    default=None,
+    metavar="NAME",
+    help="Strict entry: sign a token per tenant with entry key NAME; the key itself "
+    "(hex) comes from $PGTENANCY_ENTRY_KEY or --entry-key-file, never the command line.",
+)
+@click.option(
+    "--entry-key-file",
+    envvar="PGTENANCY_ENTRY_KEY_FILE",
+    show_envvar=True,
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="File holding the entry key as hex (instead of $PGTENANCY_ENTRY_KEY).",
+)
+@click.option(
+    "--token-ttl",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    metavar="SECONDS",
+    help="Lifetime of each tenant's entry token, from the moment it is entered.",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def each(
-    dsn: str, jobs: int, status: str, call: str | None, as_json: bool, command: tuple[str, ...]
+    dsn: str,
+    jobs: int,
+    status: str,
+    call: str | None,
+    as_json: bool,
+    entry_key_name: str | None,
+    entry_key_file: str | None,
+    token_ttl: float,
+    command: tuple[str, ...],
 ) -> None:
     """Run COMMAND (after --) or --call MODULE:FUNCTION once per tenant, JOBS at
     a time. A command gets PGTENANCY_TENANT, PGTENANCY_TENANT_ID and PGOPTIONS
@@ -1205,24 +1238,46 @@ def each(
     Tenants suspended or deleted since the listing are skipped. Exit status 1
     when any tenant failed.
 
+    Strict entry: with an entry key ($PGTENANCY_ENTRY_KEY or --entry-key-file,
+    named with --entry-key-name, default "default"), each tenant is entered
+    with a fresh token valid --token-ttl seconds; a command also gets it as
+    PGTENANCY_TENANT_TOKEN and in PGOPTIONS (app.tenant_token), never the key.
+    Without a key on a strict database, it stops before entering any tenant.
+
         pgtenancy each --jobs 8 -- psql -c 'SELECT count(*) FROM invoice'
         pgtenancy each --call myapp.jobs:close_month
+        PGTENANCY_ENTRY_KEY=... pgtenancy each --entry-key-name k1 --call myapp.jobs:close_month
     """
-    from pgtenancy.each import EachReport, for_each_tenant
+    from pgtenancy.each import EachReport, TokenSigner, for_each_tenant, load_entry_key
 
     if (call is None) == (not command):
         raise click.UsageError("give either a COMMAND after -- or --call MODULE:FUNCTION")
+    try:
+        key = load_entry_key(entry_key_file)
+        signer = (
+            None
+            if key is None
+            else TokenSigner(key, key_name=entry_key_name or "default", ttl_seconds=token_ttl)
+        )
+    except ValueError as bad_key:
+        raise click.UsageError(str(bad_key)) from None
+    if signer is None and entry_key_name is not None:
+        raise click.UsageError(
+            "--entry-key-name needs the key: set $PGTENANCY_ENTRY_KEY (hex) or --entry-key-file"
+        )
     wanted = None if status == "all" else status
     report: EachReport
     if call is not None:
         from pgtenancy.admin import engine_from_dsn
 
         fn = _import_callable(call)
-        report = for_each_tenant(engine_from_dsn(dsn), fn, jobs=jobs, status=wanted)
+        report = for_each_tenant(
+            engine_from_dsn(dsn), fn, jobs=jobs, status=wanted, token_for=signer
+        )
         for slug, value in sorted(report.done.items()):
             _each_line(as_json, slug, "done", None if value is None else repr(value))
     else:
-        report = _each_command(dsn, list(command), jobs, wanted, as_json)
+        report = _each_command(dsn, list(command), jobs, wanted, as_json, signer)
     for slug, reason in sorted(report.skipped.items()):
         _each_line(as_json, slug, "skipped", reason)
     for slug, exc in sorted(report.failed.items()):
@@ -1259,7 +1314,12 @@ def _import_callable(spec: str) -> Callable[..., Any]:
 
 
 def _each_command(
-    dsn: str, command: list[str], jobs: int, status: str | None, as_json: bool
+    dsn: str,
+    command: list[str],
+    jobs: int,
+    status: str | None,
+    as_json: bool,
+    token_for: Callable[[str], str] | None = None,
 ) -> Any:
     import os
     import subprocess
@@ -1268,23 +1328,41 @@ def _each_command(
     from psycopg_pool import ConnectionPool
 
     from pgtenancy.dsn import libpq_dsn
-    from pgtenancy.each import EachReport, _run_sync, list_tenants
+    from pgtenancy.each import EachReport, _probe_sync, _run_sync, list_tenants
 
     url = libpq_dsn(dsn)
     report = EachReport()
     rows = {t.slug: t for t in list_tenants(url, status)}
+    # What the commands inherit: never the entry key.
+    base_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PGTENANCY_ENTRY_KEY", "PGTENANCY_ENTRY_KEY_FILE")
+    }
     with ConnectionPool(url, min_size=1, max_size=jobs, open=True) as pool:
+        if rows and token_for is None:
+            _probe_sync(pool)  # strict entry without a key: stop before any tenant
 
         def one(slug: str) -> None:
             # Enter once right before: a tenant suspended meanwhile is skipped.
-            kind, value = _run_sync(pool, slug, lambda _conn: None)
+            token = None
+            if token_for is not None:
+                try:
+                    token = token_for(slug)
+                except Exception as exc:
+                    report.failed[slug] = exc
+                    return
+            kind, value = _run_sync(pool, slug, lambda _conn: None, token)
             if kind != "done":
                 getattr(report, kind)[slug] = value
                 return
             row = rows[slug]
-            env = dict(os.environ)
+            env = dict(base_env)
             path = f"{row.schema_name},public" if row.schema_name else "public"
             options = f"-c search_path={path} -c app.tenant_id={row.id} -c app.tenant={slug}"
+            if token is not None:
+                options += f" -c app.tenant_token={token}"
+                env["PGTENANCY_TENANT_TOKEN"] = token
             env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " " + options).strip()
             env["PGTENANCY_TENANT"] = slug
             env["PGTENANCY_TENANT_ID"] = str(row.id)

@@ -57,6 +57,30 @@ SQLAlchemy ``Session`` in the tenant, sync endpoints) and
 :attr:`Tenants.async_session` (an ``AsyncSession``). Each session transaction
 enters the tenant again (``tenant_session``), so a tenant suspended during
 the request is refused from its next transaction on.
+
+Strict entry (``tenancy.set_strict_entry(true)``): give ``token=``, a
+:data:`TokenSource` that yields the request's signed entry token —
+:func:`token_header` (a gateway or auth service signed it and passes it in a
+header) or :func:`token_signer` (this process holds the entry key and signs
+a token for the tenant the resolvers named, after your authentication).
+The request then enters with ``tenancy.enter_tenant_token`` (eagerly and in
+every session transaction); with resolvers too, the token must be for the
+tenant they name. Token refusals answer without revealing any tenant:
+
+=========================================  =====================================
+token                                      status
+=========================================  =====================================
+missing in strict mode, malformed, forged  401 Unauthorized (PT025),
+or signed with an unknown key              ``WWW-Authenticate`` header
+expired at entry (PT026)                   401
+for another tenant than the one named      403 Forbidden (PT027)
+expired during the request (PT028)         401
+=========================================  =====================================
+
+The body's ``detail`` is a fixed text per case (never the database's
+message), ``tenant`` is the slug the resolvers named (None for a token
+alone), and an unknown tenant without a valid token gets the same answer as a
+known one.
 """
 
 from __future__ import annotations
@@ -81,7 +105,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pgtenancy.context import use_tenant
 from pgtenancy.dsn import libpq_dsn
+from pgtenancy.entry_tokens import DEFAULT_KEY_NAME, resolve_token_tenant, sign_tenant_token
 from pgtenancy.errors import (
+    EntryTokenError,
+    EntryTokenForged,
     InvalidTenantSlug,
     TenancyError,
     TenantDeleted,
@@ -102,11 +129,14 @@ __all__ = [
     "TenantMiddleware",
     "TenantRefused",
     "Tenants",
+    "TokenSource",
     "header",
     "http_status",
     "jwt_claim",
     "path_prefix",
     "subdomain",
+    "token_header",
+    "token_signer",
 ]
 
 #: SQLSTATE of "the tenant is being provisioned" (issue 10's ``TenantProvisioning``).
@@ -114,6 +144,36 @@ PROVISIONING = "PT019"
 
 #: Paths the middleware leaves alone unless told otherwise: FastAPI's docs.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("/docs", "/docs/", "/redoc", "/openapi.json")
+
+#: HTTP status of each entry-token refusal (issue 13): SQLSTATE -> status.
+TOKEN_STATUS: Mapping[str, int] = {"PT025": 401, "PT026": 401, "PT027": 403, "PT028": 401}
+
+#: What the client reads for each entry-token refusal: fixed texts, never the
+#: database's message (which names keys and tenants).
+_TOKEN_DETAIL = {
+    "PT025": "entry token refused",
+    "PT026": "entry token expired",
+    "PT027": "entry token is not for this tenant",
+    "PT028": "entry token expired during the request",
+}
+_TOKEN_MISSING = "an entry token is required"
+
+#: ``WWW-Authenticate`` of 401 answers (RFC 9110 asks for one).
+WWW_AUTHENTICATE = 'Tenant-Token realm="pgtenancy"'
+
+# Strict probe, run after a refused entry without a token: the function the
+# policies call, with a made-up tenant id (the volatile subquery runs
+# first). In strict mode it raises PT025 for any id, so an unknown,
+# suspended or deleted slug gets the same answer as a known one (401, and
+# the same two round trips); otherwise it returns NULL.
+_STRICT_PROBE = (
+    "SELECT tenancy.active_tenant_id() FROM (SELECT pg_catalog.set_config("
+    "'app.tenant_id', '00000000-0000-0000-0000-000000000000', true)) AS probe"
+)
+_ENTER_TOKEN = (
+    "SELECT tenancy.enter_tenant_token({token}, {slug}); "
+    "SELECT id, slug, status, public FROM tenancy.tenant_info()"
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +210,12 @@ class Domain:
 #: up, or None ("not mine": the next resolver tries). It may be async. It may
 #: raise :class:`TenantRefused` to answer the request itself (e.g. 401).
 Resolver = Callable[[Request], "str | Domain | Awaitable[str | Domain | None] | None"]
+
+#: A token source takes the request and the slug the resolvers named (None
+#: when there are none or none named one) and returns the request's entry
+#: token (:func:`pgtenancy.sign_tenant_token`), or None for none. It may be
+#: async, and may raise :class:`TenantRefused` to answer the request itself.
+TokenSource = Callable[[Request, "str | None"], "str | Awaitable[str | None] | None"]
 
 
 class TenantRefused(TenancyError):
@@ -202,8 +268,14 @@ def http_status(exc: BaseException, *, suspended_status: int = 423) -> int | Non
 
     Returns:
         404 unknown or invalid slug, ``suspended_status`` suspended, 410
-        deleted, 503 provisioning (PT019), 500 schema missing, else None.
+        deleted, 503 provisioning (PT019), 500 schema missing; for entry
+        tokens (:data:`TOKEN_STATUS`) 401 forged, missing in strict mode,
+        expired at entry or during the request (PT025, PT026, PT028), 403
+        for another tenant (PT027); else None.
     """
+    token_status = TOKEN_STATUS.get(getattr(exc, "sqlstate", None) or "")
+    if token_status is not None:
+        return token_status
     if isinstance(exc, TenantNotFound | InvalidTenantSlug):
         return 404
     if isinstance(exc, TenantSuspended):
@@ -351,6 +423,85 @@ def jwt_claim(
     return resolve
 
 
+# Token sources (strict entry) -------------------------------------------------
+
+
+def token_header(name: str = "X-Tenant-Token", *, scheme: str | None = None) -> TokenSource:
+    """The entry token is the value of request header ``name``.
+
+    For a gateway or authentication service that holds the entry key, signs
+    a short-lived token for the tenant it authenticated
+    (:func:`pgtenancy.sign_tenant_token`) and passes it on; this process
+    then needs no key at all.
+
+    Args:
+        name: the header.
+        scheme: when given (e.g. ``"Bearer"`` with ``name="Authorization"``),
+            the value must be ``<scheme> <token>`` (scheme case-insensitive);
+            another scheme counts as no token.
+
+    No header: None (no token: plain entry, refused with 401 in strict mode).
+    """
+
+    def source(request: Request, _slug: str | None) -> str | None:
+        value = (request.headers.get(name) or "").strip()
+        if scheme is not None:
+            got, _, value = value.partition(" ")
+            if got.lower() != scheme.lower():
+                return None
+            value = value.strip()
+        return value or None
+
+    return source
+
+
+def token_signer(
+    key: bytes, *, ttl_seconds: float = 30.0, key_name: str = DEFAULT_KEY_NAME
+) -> TokenSource:
+    """Sign an entry token for the tenant the resolvers named, in this process.
+
+    For an application whose own authentication decides the tenant (e.g.
+    :func:`jwt_claim`, or a resolver of yours that checks the session): the
+    token then proves to the database that the tenant was chosen here, so
+    SQL injected into the request cannot move it into another tenant. The
+    key stays in this process's memory, out of the database role's reach.
+    A resolver that lets the client name any tenant (:func:`header` alone)
+    gains nothing from it but that protection against injected SQL.
+
+    Args:
+        key: the entry key (32 bytes or more; ``tenancy.add_entry_key(key_name,
+            key)``). Load it from a secret store or a file, not from code.
+        ttl_seconds: lifetime of each request's token, in seconds: it must
+            cover the request (every session transaction enters with it;
+            after it expires the request gets 401).
+        key_name: the name the key was added under.
+
+    No slug named: None. The returned callable's ``repr`` does not show the key.
+
+    Raises:
+        ValueError: short key, bad key name or ttl, at once.
+    """
+    sign_tenant_token(key, "probe", ttl_seconds, key_name)  # check the arguments now
+    return _Signer(bytes(key), ttl_seconds, key_name)
+
+
+class _Signer:
+    __slots__ = ("_key", "key_name", "ttl_seconds")
+
+    def __init__(self, key: bytes, ttl_seconds: float, key_name: str) -> None:
+        self._key = key
+        self.ttl_seconds = ttl_seconds
+        self.key_name = key_name
+
+    def __call__(self, _request: Request, slug: str | None) -> str | None:
+        if slug is None:
+            return None
+        return sign_tenant_token(self._key, slug, self.ttl_seconds, self.key_name)
+
+    def __repr__(self) -> str:
+        return f"token_signer(key_name={self.key_name!r}, ttl_seconds={self.ttl_seconds!r})"
+
+
 # The integration -------------------------------------------------------------
 
 
@@ -362,10 +513,17 @@ class Tenants:
             application role, granted with ``tenancy.grant_app_role``).
         resolvers: tried in order (:data:`Resolver`): :func:`header`,
             :func:`subdomain`, :func:`path_prefix`, :func:`jwt_claim`, or any
-            callable of yours.
+            callable of yours. May be empty when ``token`` is given (the
+            tenant is the token's).
+        token: strict entry: where the request's entry token comes from
+            (:data:`TokenSource`: :func:`token_header`, :func:`token_signer`
+            or a callable of yours). The request enters with the token; with
+            resolvers too, the token must be for the tenant they name (else
+            403). None: plain entry by slug.
         exclude: paths the middleware leaves alone (exact; a path ending in
             ``/`` covers everything below it).
-        required: a request no resolver names a tenant for gets 400; False
+        required: a request no resolver names a tenant for gets 400 (401
+            when ``token`` is given and there is no token either); False
             lets it through without a tenant.
         suspended_status: 423 (default) or 403 for a suspended tenant.
         engine, async_engine: your own SQLAlchemy engines (psycopg driver) for
@@ -384,7 +542,8 @@ class Tenants:
         self,
         database: str,
         *,
-        resolvers: Sequence[Resolver],
+        resolvers: Sequence[Resolver] = (),
+        token: TokenSource | None = None,
         exclude: Sequence[str] = DEFAULT_EXCLUDE,
         required: bool = True,
         suspended_status: int = 423,
@@ -393,12 +552,13 @@ class Tenants:
         engine_options: Mapping[str, Any] | None = None,
         pool_size: int = 4,
     ) -> None:
-        if not resolvers:
-            raise ValueError("Tenants needs at least one resolver")
+        if not resolvers and token is None:
+            raise ValueError("Tenants needs at least one resolver, or a token source")
         if suspended_status not in (403, 423):
             raise ValueError("suspended_status must be 403 or 423")
         self.dsn = libpq_dsn(database)
         self.resolvers = tuple(resolvers)
+        self.token = token
         self.exclude = tuple(exclude)
         self.required = required
         self.suspended_status = suspended_status
@@ -482,14 +642,25 @@ class Tenants:
 
     def install(self, app: Any) -> None:
         """Add :class:`TenantMiddleware` for this object to FastAPI/Starlette
-        ``app``, and a handler answering :class:`TenantRefused` raised by the
-        dependencies with the middleware's JSON body."""
+        ``app``, and handlers answering :class:`TenantRefused` raised by the
+        dependencies with the middleware's JSON body, and an entry-token
+        error (:class:`~pgtenancy.errors.EntryTokenError`, PT025-PT028) that
+        escapes an endpoint with 401/403 (never 500)."""
 
         async def handle(_request: Request, exc: Exception) -> JSONResponse:
             assert isinstance(exc, TenantRefused)
             return exc.response()
 
+        async def handle_token(request: Request, exc: Exception) -> JSONResponse:
+            info = getattr(request.state, "tenant", None)
+            token = getattr(request.state, "tenant_token", None)
+            slug = info.slug if isinstance(info, TenantInfo) else None
+            refused = self.refusal(exc, slug, token=token)
+            assert refused is not None
+            return refused.response()
+
         app.add_exception_handler(TenantRefused, handle)
+        app.add_exception_handler(EntryTokenError, handle_token)
         app.add_middleware(TenantMiddleware, tenants=self)
 
     # Resolution and entry -------------------------------------------------
@@ -529,19 +700,37 @@ class Tenants:
             raise translate(exc) from exc
         return None if row is None else row[0]
 
-    async def enter(self, slug: str) -> TenantInfo:
-        """Enter ``slug`` once, now, and return its public fields.
+    async def enter(self, slug: str | None = None, *, token: str | None = None) -> TenantInfo:
+        """Enter ``slug`` (or the tenant of entry token ``token``) once, now,
+        and return its public fields.
+
+        Args:
+            slug: the tenant; with ``token``, optional (the token's tenant),
+                and when given the token must be for it.
+            token: an entry token (:func:`pgtenancy.sign_tenant_token`),
+                verified by the database (``tenancy.enter_tenant_token``).
 
         Raises:
             pgtenancy.errors.InvalidTenantSlug: not a valid slug (no SQL runs).
             pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
                 TenantSchemaMissing: PT003/PT004/PT005/PT007; PT019 (being
                 provisioned) as its kit class when that exists.
+            pgtenancy.errors.EntryTokenForged: a malformed or forged token, or
+                (strict mode) none (PT025); EntryTokenExpired (PT026),
+                EntryTokenWrongTenant (PT027): the token was refused.
+            ValueError: neither slug nor token.
         """
-        slug = validate_slug(slug)
+        if token is not None:
+            resolve_token_tenant(slug, token)  # malformed, or another tenant: no SQL
+            query = sql.SQL(_ENTER_TOKEN).format(token=sql.Literal(token), slug=sql.Literal(slug))
+        elif slug is not None:
+            query = sql.SQL(QUERIES["enter_tenant_info"]).format(
+                slug=sql.Literal(validate_slug(slug))
+            )
+        else:
+            raise ValueError("enter() needs a slug or a token")
         await self.open()
         assert self._pool is not None
-        query = sql.SQL(QUERIES["enter_tenant_info"]).format(slug=sql.Literal(slug))
         try:
             async with self._pool.connection() as conn:
                 cur = conn.cursor()
@@ -549,39 +738,96 @@ class Tenants:
                 cur.nextset()
                 row = await cur.fetchone()
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            err = translate(exc)
+            if token is None and http_status(err) is not None:
+                # Refused without a token: in strict mode say only that a
+                # token is needed, whatever the database found of the slug.
+                await self._strict_probe(exc)
+            raise err from exc
         assert row is not None
         return TenantInfo(id=row[0], slug=row[1], status=row[2], public=row[3] or {})
 
-    def refusal(self, exc: BaseException, slug: str | None) -> TenantRefused | None:
-        """The :class:`TenantRefused` for kit error ``exc``, None when it is no refusal."""
+    async def _strict_probe(self, cause: BaseException) -> None:
+        """Raise EntryTokenForged (PT025) when strict entry refuses entry without a token."""
+        assert self._pool is not None
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(_STRICT_PROBE)
+        except psycopg.Error as exc:
+            if exc.sqlstate == EntryTokenForged.sqlstate:
+                raise EntryTokenForged(_TOKEN_MISSING) from cause
+            raise translate(exc) from exc
+
+    def refusal(
+        self, exc: BaseException, slug: str | None, *, token: str | None = None
+    ) -> TenantRefused | None:
+        """The :class:`TenantRefused` for kit error ``exc``, None when it is no refusal.
+
+        Args:
+            exc: the error (a kit exception, or any carrying ``sqlstate``).
+            slug: the tenant the resolvers named, echoed in the body.
+            token: the entry token the request presented, if any. Entry-token
+                refusals (PT025-PT028) get a fixed ``detail``; PT025 without a
+                token reads "an entry token is required".
+        """
         status = http_status(exc, suspended_status=self.suspended_status)
         if status is None:
             return None
         code = getattr(exc, "sqlstate", None)
-        headers = {"Retry-After": "5"} if status == 503 else None
-        message = exc.message if isinstance(exc, TenancyError) else str(exc)
+        headers: dict[str, str] | None = None
+        if code in TOKEN_STATUS:
+            message = _TOKEN_MISSING if token is None else _TOKEN_DETAIL[str(code)]
+            if status == 401:
+                headers = {"WWW-Authenticate": WWW_AUTHENTICATE}
+        else:
+            headers = {"Retry-After": "5"} if status == 503 else None
+            message = exc.message if isinstance(exc, TenancyError) else str(exc)
         return TenantRefused(message, status_code=status, slug=slug, code=code, headers=headers)
 
-    async def identify(self, request: Request) -> TenantInfo | None:
-        """Resolve and enter the request's tenant; None when no resolver names
-        one and ``required`` is False.
+    async def token_of(self, request: Request, slug: str | None) -> str | None:
+        """The request's entry token from the ``token`` source (None without one).
 
         Raises:
-            TenantRefused: no tenant named (400), or the database refused it.
+            TenantRefused: the source refused the request.
+        """
+        if self.token is None:
+            return None
+        found = self.token(request, slug)
+        if inspect.isawaitable(found):
+            found = await found
+        return str(found) if found else None
+
+    async def identify(self, request: Request) -> TenantInfo | None:
+        """Resolve and enter the request's tenant (with its entry token when
+        there is a token source); None when no resolver names one, there is
+        no token, and ``required`` is False. Sets ``request.state.tenant_token``
+        (the token, or None), which the session dependencies enter with.
+
+        Raises:
+            TenantRefused: no tenant named (400; 401 when a token source found
+                no token either), a token refused (401/403), or the database
+                refused the tenant.
         """
         slug = await self.resolve(request)
-        if slug is None:
-            if self.required:
-                raise TenantRefused("no tenant in the request")
-            return None
+        token: str | None = None
         try:
-            return await self.enter(slug)
+            token = await self.token_of(request, slug)
+            if slug is None and token is None:
+                if not self.required:
+                    return None
+                if self.token is None:
+                    raise TenantRefused("no tenant in the request")
+                raise EntryTokenForged(_TOKEN_MISSING)
+            info = await self.enter(slug, token=token)
+        except TenantRefused:
+            raise
         except Exception as exc:
-            refused = self.refusal(exc, slug)
+            refused = self.refusal(exc, slug, token=token)
             if refused is None:
                 raise
             raise refused from exc
+        request.state.tenant_token = token
+        return info
 
     async def tenant_of(self, request: Request) -> TenantInfo:
         """``request.state.tenant``, resolving and entering it when the
@@ -599,6 +845,15 @@ class Tenants:
         request.state.tenant = info
         return info
 
+    def _token_refused(self, exc: BaseException, info: TenantInfo, token: str | None) -> None:
+        """Raise the 401/403 refusal for an entry-token error (PT025-PT028, kit
+        class or raw driver error) the endpoint's session met; else return."""
+        err = translate(exc)
+        if isinstance(err, EntryTokenError):
+            refused = self.refusal(err, info.slug, token=token)
+            if refused is not None:
+                raise refused from exc
+
     def _dependencies(
         self,
     ) -> tuple[
@@ -611,13 +866,25 @@ class Tenants:
         async def tenant(request: Request) -> TenantInfo:
             return await self.tenant_of(request)
 
-        def session(info: TenantInfo = Depends(tenant)) -> Iterator[Session]:
-            with tenant_session(self.engine, info.slug) as s:
-                yield s
+        def session(request: Request, info: TenantInfo = Depends(tenant)) -> Iterator[Session]:
+            token = getattr(request.state, "tenant_token", None)
+            with tenant_session(self.engine, info.slug, token=token) as s:
+                try:
+                    yield s
+                except Exception as exc:
+                    self._token_refused(exc, info, token)
+                    raise
 
-        async def async_session(info: TenantInfo = Depends(tenant)) -> AsyncIterator[AsyncSession]:
-            async with tenant_session(self.async_engine, info.slug) as s:
-                yield s
+        async def async_session(
+            request: Request, info: TenantInfo = Depends(tenant)
+        ) -> AsyncIterator[AsyncSession]:
+            token = getattr(request.state, "tenant_token", None)
+            async with tenant_session(self.async_engine, info.slug, token=token) as s:
+                try:
+                    yield s
+                except Exception as exc:
+                    self._token_refused(exc, info, token)
+                    raise
 
         return tenant, session, async_session
 
