@@ -163,13 +163,17 @@ SELECT m.version, m.sql, m.outside_transaction, t.schema_name
  LIMIT 1
 
 -- name: lock_tenant_migration
-SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext('tenancy.migrate'), pg_catalog.hashtext(%(slug)s))
-
--- name: unlock_tenant_migration
-SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('tenancy.migrate'), pg_catalog.hashtext(%(slug)s))
+-- The tenant's row of tenancy.slug_locks (as creation and rename take it),
+-- held by a transaction of its own while a no-transaction migration runs: a
+-- lock the application role cannot take (it could hold an advisory lock).
+INSERT INTO tenancy.slug_locks AS l (slug) VALUES (%(slug)s)
+    ON CONFLICT (slug) DO UPDATE SET slug = l.slug
 
 -- name: session_setting
 SELECT pg_catalog.set_config(%(name)s, %(value)s, false)
+
+-- name: local_setting
+SELECT pg_catalog.set_config(%(name)s, %(value)s, true)
 
 -- name: mark_migrated
 UPDATE tenancy.tenants SET migration_version = %(version)s WHERE slug = %(slug)s

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
@@ -733,6 +733,31 @@ def _migrate_one(conn: psycopg.Connection[Any], slug: str, lock_timeout: str) ->
     return None if final is None else final["migration_version"]
 
 
+@contextmanager
+def _tenant_migration_lock(
+    conn: psycopg.Connection[Any], slug: str, lock_timeout: str
+) -> Iterator[None]:
+    """Serialize no-transaction migrations of tenant ``slug`` across runners.
+
+    Their statements run in autocommit, so no transaction of ``conn`` can
+    hold a lock across them; a second connection to the same server, as the
+    same role, holds the tenant's row of ``tenancy.slug_locks`` in an open
+    transaction instead (waiting at most ``lock_timeout``), released by its
+    rollback, or by the server when the runner dies. Not an advisory lock:
+    the application role could hold that one and block every run.
+    """
+    params = {
+        opt.keyword.decode(): opt.val.decode()
+        for opt in conn.pgconn.info
+        if opt.val is not None and opt.val != b""
+    }
+    with psycopg.connect(make_conninfo("", **params)) as holder:
+        holder.execute(QUERIES["local_setting"], {"name": "lock_timeout", "value": lock_timeout})
+        holder.execute(QUERIES["lock_tenant_migration"], {"slug": slug})
+        yield
+        holder.rollback()
+
+
 def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_timeout: str) -> None:
     """Run the tenant's next migration, marked to run outside a transaction,
     one statement at a time on the runner's own connection, serialized per
@@ -747,8 +772,7 @@ def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_ti
     conn.autocommit = True
     cur = conn.cursor(row_factory=dict_row)
     try:
-        cur.execute(QUERIES["lock_tenant_migration"], {"slug": slug})
-        try:
+        with _tenant_migration_lock(conn, slug, lock_timeout):
             nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
             if nxt is None or not nxt["outside_transaction"]:
                 return  # another run did it meanwhile
@@ -776,9 +800,6 @@ def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_ti
                         {"name": "pgtenancy.outside_migration_schema", "value": ""},
                     )
             cur.execute(QUERIES["mark_migrated"], {"slug": slug, "version": nxt["version"]})
-        finally:
-            if not _lost(conn):
-                cur.execute(QUERIES["unlock_tenant_migration"], {"slug": slug})
     finally:
         if not _lost(conn):
             conn.autocommit = autocommit

@@ -510,6 +510,36 @@ def test_app_role_advisory_locks_do_not_block_admin(
     assert sql("SELECT version FROM tenancy.shared_migrations") == [("s1",)]
 
 
+def test_no_transaction_migrations_hold_a_lock_the_app_role_cannot(
+    tenancy: Tenancy, dsn: str, app_role: str, sql: SQL
+) -> None:
+    """A no-transaction migration (statements in autocommit) is serialized per
+    tenant by the tenant's row of tenancy.slug_locks, held on a second
+    connection: the application role's advisory lock on the old key does not
+    block it, and a runner holding the row does (lock timeout, nothing applied)."""
+    tenancy.add_migration("0001", "CREATE TABLE t (id int)")
+    tenancy.create_tenant("acme")
+    tenancy.add_migration(
+        "0002", "CREATE INDEX CONCURRENTLY t_id ON t (id)", outside_transaction=True
+    )
+    index = (
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'tenant_acme' AND indexname = 't_id'"
+    )
+    with psycopg.connect(dsn) as runner:
+        # Another runner working on acme: its row is locked.
+        runner.execute("SELECT 1 FROM tenancy.slug_locks WHERE slug = 'acme' FOR UPDATE")
+        report = tenancy.migrate_tenants(["acme"], lock_timeout="1s")
+        assert [slug for slug, _ in report.failed] == ["acme"] and report.migrated == []
+        assert sql(index) == [(0,)]
+        runner.rollback()
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as attacker:
+        attacker.execute("SELECT pg_advisory_lock(hashtext('tenancy.migrate'), hashtext('acme'))")
+        report = tenancy.migrate_tenants(["acme"], lock_timeout="5s")
+    assert [t.slug for t in report.migrated] == ["acme"], report.failed
+    assert sql(index) == [(1,)]
+    assert sql("SELECT migration_version FROM tenancy.tenants WHERE slug = 'acme'") == [("0002",)]
+
+
 def test_concurrent_creation_of_one_slug_gives_one_tenant(tenancy: Tenancy, dsn: str) -> None:
     """The row lock still serializes creations of one slug: the second waits, then gets PT002."""
     first = psycopg.connect(dsn)

@@ -21,10 +21,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from strict_support import build, marker
 
 from helpers import as_role
 from pgtenancy import pool_reset, sign_tenant_token, tenant_connection
-from strict_support import build, marker
 
 #: Run as the application role inside its own tenant's transaction: every
 #: later value of a variable typed text, uuid or boolean passes through the

@@ -43,7 +43,7 @@ KEYWORD_TYPES = re.compile(
 )
 
 
-class CteNames(Visitor):  # type: ignore[misc]
+class CteNames(Visitor):
     """Collects the names of a statement's common table expressions."""
 
     def __init__(self) -> None:
@@ -51,10 +51,11 @@ class CteNames(Visitor):  # type: ignore[misc]
         self.names: set[str] = set()
 
     def visit_CommonTableExpr(self, ancestors: Any, node: ast.CommonTableExpr) -> None:
-        self.names.add(node.ctename)
+        if node.ctename is not None:
+            self.names.add(node.ctename)
 
 
-class Unqualified(Visitor):  # type: ignore[misc]
+class Unqualified(Visitor):
     """Collects the unqualified names of one statement."""
 
     def __init__(self, ctes: set[str]) -> None:
@@ -72,7 +73,7 @@ class Unqualified(Visitor):  # type: ignore[misc]
             self.found.append(f"type {'.'.join(names)}")
 
     def visit_FuncCall(self, ancestors: Any, node: ast.FuncCall) -> None:
-        names = [n.sval for n in node.funcname]
+        names = [n.sval for n in node.funcname or ()]
         if len(names) < 2:
             self.found.append(f"function {names[0]}")
 
