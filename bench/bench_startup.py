@@ -47,6 +47,8 @@ from functools import partial
 from pathlib import Path
 
 import psycopg
+
+import pgtenancy
 from bench_clone import DEFAULT_CHINOOK
 from bench_core import RELATIONS, provision_psql, provision_tenancy
 from common import (
@@ -59,8 +61,6 @@ from common import (
     print_results,
     report_title,
 )
-
-import pgtenancy
 from pgtenancy.admin import Tenancy
 from pgtenancy.sqlscript import read_script
 from pgtenancy.testing import find_server, fresh_database
