@@ -22,6 +22,13 @@ dropped at the end.
    time over ``--rounds`` rounds and its ratio to the baseline's median; the
    ratio of CPU time (user + system of the child, from ``getrusage``), which
    moves less with the machine's load, is printed beside it.
+   Bytecode (``--bytecode``): ``compiled`` (the default) compiles pgtenancy's
+   modules ahead, as pip does when it installs the wheel; ``none`` removes
+   their ``__pycache__`` and runs the commands with
+   ``PYTHONDONTWRITEBYTECODE=1``, so every start compiles them from source
+   (an editable install in an environment that sets that variable; psycopg
+   and click keep their bytecode); ``both`` runs the series twice, in that
+   order, each with its own baseline, and leaves the bytecode compiled.
 2. **The no-op fleet run** (goal 6: under 1 s for 10,000 tenants): the same
    ``pgtenancy migrate`` run's median wall time, start-up included.
 3. **Provisioning with the Chinook DDL** (goal 6: at least 1.0x psql):
@@ -35,13 +42,16 @@ dropped at the end.
 
 from __future__ import annotations
 
+import compileall
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -113,11 +123,26 @@ def timed(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
     return wall, cpu, done.stdout
 
 
+def set_bytecode(mode: str) -> dict[str, str]:
+    """Put pgtenancy's bytecode in state ``mode`` ("compiled" or "none"); the
+    environment the commands run in."""
+    package = Path(pgtenancy.__file__).resolve().parent
+    env = dict(os.environ)
+    if mode == "compiled":
+        compileall.compile_dir(str(package), quiet=1)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    else:
+        for cache in package.rglob("__pycache__"):
+            shutil.rmtree(cache)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
 def bench_startup(
-    dsn: str, tenants: int, rounds: int
+    dsn: str, tenants: int, rounds: int, bytecode: str
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per-round (wall seconds, CPU seconds) of each command, interleaved."""
-    env = {**os.environ, "DATABASE_URL": dsn}
+    env = {**set_bytecode(bytecode), "DATABASE_URL": dsn}
     argvs = commands(tenants)
     noop = next(k for k in argvs if k.startswith("pgtenancy migrate"))
     wall: dict[str, list[float]] = {k: [] for k in argvs}
@@ -133,8 +158,37 @@ def bench_startup(
                 wall[name].append(took)
                 cpu[name].append(used)
         if r:
-            log(f"  round {r}/{rounds}: " + ", ".join(f"{wall[k][-1]:.2f}" for k in argvs))
+            log(
+                f"  {bytecode} round {r}/{rounds}: "
+                + ", ".join(f"{wall[k][-1]:.2f}" for k in argvs)
+            )
     return wall, cpu
+
+
+@dataclass(frozen=True)
+class Series:
+    """One start-up series: medians (seconds), ratios to the baseline, every round."""
+
+    wall_seconds: dict[str, float]
+    cpu_seconds: dict[str, float]
+    wall_ratios: dict[str, float]
+    cpu_ratios: dict[str, float]
+    wall_rounds: dict[str, list[float]]
+    noop_seconds: float
+
+
+def series(wall: dict[str, list[float]], cpu: dict[str, list[float]]) -> Series:
+    walls = {k: median(v) for k, v in wall.items()}
+    cpus = {k: median(v) for k, v in cpu.items()}
+    noop = next(k for k in walls if k.startswith("pgtenancy migrate"))
+    return Series(
+        wall_seconds=walls,
+        cpu_seconds=cpus,
+        wall_ratios={k: round(v / walls[BASELINE], 3) for k, v in walls.items()},
+        cpu_ratios={k: round(v / cpus[BASELINE], 3) for k, v in cpus.items() if cpus[BASELINE]},
+        wall_rounds={k: [round(x, 3) for x in v] for k, v in wall.items()},
+        noop_seconds=walls[noop],
+    )
 
 
 def bench_provisioning(
@@ -171,16 +225,11 @@ def bench_provisioning(
 
 @dataclass(frozen=True)
 class Results(BaseResults):
-    """Medians (seconds; tenants/s for provisioning), ratios, and every round."""
+    """Start-up series by bytecode mode; provisioning medians (tenants/s) and rounds."""
 
     tenants: int
     load_average: list[float]
-    wall_seconds: dict[str, float]
-    cpu_seconds: dict[str, float]
-    wall_ratios: dict[str, float]
-    cpu_ratios: dict[str, float]
-    wall_rounds: dict[str, list[float]]
-    noop_seconds: float
+    startup: dict[str, Series]
     provision_tenants: int
     create_tenant_per_s: float
     psql_per_s: float
@@ -193,26 +242,47 @@ def median(values: Sequence[float]) -> float:
     return round(statistics.median(values), 3)
 
 
-def run(tenants: int, rounds: int, per_round: int, provision_rounds: int, chinook: Path) -> Results:
+@contextmanager
+def fleet_database(admin: str, tenants: int, existing: str | None) -> Iterator[str]:
+    """A database with ``tenants`` tenants at the latest migration: ``existing``
+    as it is (``--fleet-database``), or a fresh one, dropped at the end."""
+    if existing is not None:
+        yield existing
+        return
+    with fresh_database(admin, "pgtenancy_bench_startup") as dsn:
+        make_tenants(dsn, tenants)
+        yield dsn
+
+
+def run(
+    tenants: int,
+    rounds: int,
+    per_round: int,
+    provision_rounds: int,
+    chinook: Path,
+    bytecode: str,
+    existing: str | None,
+) -> Results:
     started = time.perf_counter()
     ddl = read_script(chinook.read_text("utf-8")).sql_of("ddl")
+    modes = ["compiled", "none"] if bytecode == "both" else [bytecode]
+    startup: dict[str, Series] = {}
     with find_server(env=("DATABASE_URL",)) as admin:
         source = "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "find_server()"
-        with fresh_database(admin, "pgtenancy_bench_startup") as dsn:
+        with fleet_database(admin, tenants, existing) as dsn:
             with psycopg.connect(dsn) as conn:
                 row = conn.execute("SHOW server_version").fetchone()
             version = str(row[0]) if row else "?"
-            make_tenants(dsn, tenants)
-            log(f"start-up: {rounds} rounds of {len(commands(tenants))} commands")
-            wall, cpu = bench_startup(dsn, tenants, rounds)
+            for mode in modes:
+                log(f"start-up ({mode} bytecode): {rounds} rounds of {len(commands(tenants))}")
+                startup[mode] = series(*bench_startup(dsn, tenants, rounds, mode))
+            if modes[-1] != "compiled":
+                set_bytecode("compiled")
             load = os.getloadavg()
         with fresh_database(admin, "pgtenancy_bench_provision") as dsn:
             pgtenancy.install(dsn)
             log(f"provisioning: {provision_rounds} rounds x {per_round} Chinook tenants per side")
             ours, theirs = bench_provisioning(dsn, ddl, per_round, provision_rounds)
-    walls = {k: median(v) for k, v in wall.items()}
-    cpus = {k: median(v) for k, v in cpu.items()}
-    noop = next(k for k in walls if k.startswith("pgtenancy migrate"))
     return Results(
         server_version=version,
         server_source=source,
@@ -220,12 +290,7 @@ def run(tenants: int, rounds: int, per_round: int, provision_rounds: int, chinoo
         rounds=rounds,
         tenants=tenants,
         load_average=[round(x, 1) for x in load],
-        wall_seconds=walls,
-        cpu_seconds=cpus,
-        wall_ratios={k: round(v / walls[BASELINE], 3) for k, v in walls.items()},
-        cpu_ratios={k: round(v / cpus[BASELINE], 3) for k, v in cpus.items() if cpus[BASELINE]},
-        wall_rounds={k: [round(x, 3) for x in v] for k, v in wall.items()},
-        noop_seconds=walls[noop],
+        startup=startup,
         provision_tenants=per_round,
         create_tenant_per_s=round(statistics.median(ours), 2),
         psql_per_s=round(statistics.median(theirs), 2),
@@ -242,29 +307,38 @@ def report(r: Results) -> str:
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    goal5 = [k for k in r.wall_ratios if k.startswith("pgtenancy")]
     lines = [
         report_title("start-up", r),
-        f"{r.rounds} interleaved rounds (after one warm-up round), medians; "
-        f"load average after the start-up rounds "
+        f"{r.rounds} interleaved rounds per series (after one warm-up round), medians; "
+        f"load average after the start-up series "
         + " / ".join(f"{x:g}" for x in r.load_average)
         + f" on {os.cpu_count()} cores; total run time {r.elapsed_seconds:g} s",
-        "",
-        f"{'command':<46} {'wall s':>7} {'ratio':>6} {'CPU s':>6} {'ratio':>6}",
     ]
-    for k, v in r.wall_seconds.items():
-        lines.append(
-            f"{k:<46} {v:>7.3f} {r.wall_ratios[k]:>6.2f} "
-            f"{r.cpu_seconds[k]:>6.3f} {r.cpu_ratios.get(k, 0.0):>6.2f}"
-        )
-    worst = max(r.wall_ratios[k] for k in goal5)
+    for mode, sr in r.startup.items():
+        what = {
+            "compiled": "pgtenancy's bytecode compiled ahead (as pip installs the wheel)",
+            "none": "no bytecode for pgtenancy: compiled from source at every start",
+        }[mode]
+        lines += [
+            "",
+            f"{what}",
+            f"{'command':<46} {'wall s':>7} {'ratio':>6} {'CPU s':>6} {'ratio':>6}",
+        ]
+        for k, v in sr.wall_seconds.items():
+            lines.append(
+                f"{k:<46} {v:>7.3f} {sr.wall_ratios[k]:>6.2f} "
+                f"{sr.cpu_seconds[k]:>6.3f} {sr.cpu_ratios.get(k, 0.0):>6.2f}"
+            )
+        worst = max(v for k, v in sr.wall_ratios.items() if k.startswith("pgtenancy"))
+        lines += [
+            f"goal 5, each pgtenancy command within {STARTUP_GOAL:g}x of {BASELINE} (wall): "
+            f"worst {worst:.2f}, {met(worst <= STARTUP_GOAL)}",
+            f"goal 6, no-op migrate on {r.tenants:,} tenants under {NOOP_GOAL_SECONDS:g} s: "
+            f"{sr.noop_seconds:.3f} s, {met(sr.noop_seconds < NOOP_GOAL_SECONDS)}"
+            + ("" if r.tenants >= 10_000 else f" [this run: {r.tenants:,} tenants, not 10,000]"),
+        ]
     lines += [
         "",
-        f"goal 5, each pgtenancy command within {STARTUP_GOAL:g}x of {BASELINE} (wall): "
-        f"worst {worst:.2f}, {met(worst <= STARTUP_GOAL)}",
-        f"goal 6, no-op migrate on {r.tenants:,} tenants under {NOOP_GOAL_SECONDS:g} s: "
-        f"{r.noop_seconds:.3f} s, {met(r.noop_seconds < NOOP_GOAL_SECONDS)}"
-        + ("" if r.tenants >= 10_000 else f" [this run: {r.tenants:,} tenants, not 10,000]"),
         f"goal 6, provisioning ({r.provision_tenants} Chinook tenants per side and round): "
         f"create_tenant {r.create_tenant_per_s:g}/s, psql {r.psql_per_s:g}/s, "
         f"ratio {r.provision_ratio:.2f}, {met(r.provision_ratio >= PROVISION_GOAL)}",
@@ -301,12 +375,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_CHINOOK,
         help="Chinook_PostgreSql.sql (default: %(default)s)",
     )
+    parser.add_argument(
+        "--bytecode",
+        choices=("compiled", "none", "both"),
+        default="both",
+        help="pgtenancy's bytecode during the start-up series (default: both)",
+    )
+    parser.add_argument(
+        "--fleet-database",
+        default=None,
+        metavar="DSN",
+        help="use this database, which already holds --tenants tenants at the latest "
+        "migration, instead of making one (it is left as it is)",
+    )
     add_json_option(parser)
     args = parser.parse_args(argv)
     if not args.chinook.is_file():
         parser.error(f"Chinook script not found: {args.chinook}")
     results = run(
-        args.tenants, args.rounds, args.provision_tenants, args.provision_rounds, args.chinook
+        args.tenants,
+        args.rounds,
+        args.provision_tenants,
+        args.provision_rounds,
+        args.chinook,
+        args.bytecode,
+        args.fleet_database,
     )
     print_results(results, report, args.json)
     return 0
