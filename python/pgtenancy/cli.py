@@ -7,9 +7,7 @@ status 1 (2 for usage errors).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import sys
 import time
 from collections.abc import Callable
@@ -17,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
-import psycopg
 
-from pgtenancy.errors import TenancyError, translate
-
-# Commands import what they use when they run, so `pgtenancy --help` and
-# `pgtenancy version` start without SQLAlchemy, rich, pglast or the listener.
+# Commands import what they use when they run: `pgtenancy --help` loads click
+# and this module only (not even psycopg), `pgtenancy version` and a no-op
+# `pgtenancy migrate` add psycopg and the few modules they need, never
+# SQLAlchemy, rich, pglast or the listener (tests/integration/test_import_cost.py).
 if TYPE_CHECKING:
     from pgtenancy.admin import Isolation, Tenancy, Tenant
     from pgtenancy.fleet import FleetReport, TenantOutcome
@@ -66,10 +63,17 @@ class _Group(click.Group):
                     err=True,
                 )
             sys.exit(1)
-        except (TenancyError, psycopg.Error, ImportError, FileNotFoundError) as exc:
-            click.echo(f"error: {_one_line(translate(exc))}", err=True)
-            sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors, --help and ^C: click prints them
         except Exception as exc:
+            # Imported here, not at start-up: a command that failed has used them.
+            import psycopg
+
+            from pgtenancy.errors import TenancyError, translate
+
+            if isinstance(exc, (TenancyError, psycopg.Error, ImportError, FileNotFoundError)):
+                click.echo(f"error: {_one_line(translate(exc))}", err=True)
+                sys.exit(1)
             if type(exc).__name__ == "CommandError" and type(exc).__module__.startswith("alembic"):
                 click.echo(f"error: alembic: {_one_line(exc)}", err=True)
                 sys.exit(1)
@@ -129,6 +133,8 @@ def _print_tenant(verb: str, t: Tenant) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """pgtenancy: PostgreSQL-native multi-tenancy."""
+    import logging
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -542,40 +548,50 @@ def _check_models(dsn: str, models: str, as_json: bool) -> None:
 def _migrate_with_progress(
     dsn: str, jobs: int, lock_timeout: str, selected: list[str] | None, limit: int | None
 ) -> FleetReport:
-    """migrate_fleet with a rich progress bar on standard error."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
+    """migrate_fleet with a rich progress bar on standard error, shown (and
+    rich imported) only once the plan has tenants to migrate: a run with
+    nothing to do starts and ends without it."""
     from pgtenancy.fleet import migrate_fleet
 
-    with Progress(
-        TextColumn("migrating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[failed]} failed"),
-        TextColumn("{task.fields[rate]}/s"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    ) as progress:
-        task = progress.add_task("migrate", total=None, failed=0, rate="0.0")
-        started = time.monotonic()
-        failures = [0]
+    bar: dict[str, Any] = {}  # "progress", "task" once started
+    started = time.monotonic()
+    failures = [0]
 
-        def on_plan(count: int) -> None:
-            progress.update(task, total=count)
+    def on_plan(count: int) -> None:
+        if count == 0:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
-        def on_outcome(outcome: TenantOutcome) -> None:
-            failures[0] += 0 if outcome.ok else 1
-            done = progress.tasks[0].completed + 1
-            rate = f"{done / max(time.monotonic() - started, 1e-9):.1f}"
-            progress.update(task, advance=1, failed=failures[0], rate=rate)
+        progress = Progress(
+            TextColumn("migrating"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TextColumn("{task.fields[rate]}/s"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        progress.start()
+        bar["task"] = progress.add_task("migrate", total=count, failed=0, rate="0.0")
+        bar["progress"] = progress
 
+    def on_outcome(outcome: TenantOutcome) -> None:
+        progress = bar.get("progress")
+        if progress is None:
+            return
+        failures[0] += 0 if outcome.ok else 1
+        done = progress.tasks[0].completed + 1
+        rate = f"{done / max(time.monotonic() - started, 1e-9):.1f}"
+        progress.update(bar["task"], advance=1, failed=failures[0], rate=rate)
+
+    try:
         return migrate_fleet(
             dsn,
             jobs=jobs,
@@ -585,6 +601,9 @@ def _migrate_with_progress(
             on_outcome=on_outcome,
             on_plan=on_plan,
         )
+    finally:
+        if "progress" in bar:
+            bar["progress"].stop()
 
 
 @main.group()
@@ -1017,6 +1036,9 @@ def listen(
 ) -> None:
     """Deliver lifecycle events to signal receivers until SIGTERM. Several
     processes may run one consumer: one dispatches, the others wait to take over."""
+    import asyncio
+    import logging
+
     from pgtenancy.listener import Listener, import_handlers
 
     if log_format == "json":

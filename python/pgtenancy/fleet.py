@@ -344,22 +344,34 @@ def _plan(
 ) -> FleetPlan:
     wanted = _selection(tenants)
     with conn.transaction():
-        cur = conn.cursor(row_factory=dict_row)
+        # Tuple rows: one row per tenant, and dict rows cost several times
+        # more to build (10,000 tenants: tens of milliseconds of a no-op run).
+        cur = conn.cursor()
+        # The plan is a cheap lookup per tenant, but the planner prices the
+        # per-tenant subquery on the tiny migrations table high enough that,
+        # past a few thousand tenants, the default jit_above_cost compiles it:
+        # with 10,000 tenants JIT made the query ~1.5x slower (EXPLAIN
+        # ANALYZE, medians of 5: 172 ms with, 113 ms without, on a loaded host).
+        cur.execute(QUERIES["transaction_setting"], {"name": "jit", "value": "off"})
         rows = cur.execute(QUERIES["fleet_plan"], {"slugs": wanted}).fetchall()
+        col = {c.name: i for i, c in enumerate(cur.description or ())}
         latest_row = cur.execute(QUERIES["latest_migration"]).fetchone()
     result = FleetPlan(latest=new_versions[-1] if new_versions else None)
     if result.latest is None and latest_row is not None:
-        result.latest = latest_row["latest_migration"]
-    found = {r["slug"] for r in rows}
-    result.unknown = [s for s in wanted or () if s not in found]
+        result.latest = latest_row[0]
+    slug, status, isolation = col["slug"], col["status"], col["isolation"]
+    version, pending = col["migration_version"], col["pending"]
+    if wanted:
+        found = {r[slug] for r in rows}
+        result.unknown = [s for s in wanted if s not in found]
     behind: list[PlannedTenant] = []
     for r in rows:
-        if r["status"] == "deleted":
-            result.deleted.append(r["slug"])
+        if r[status] == "deleted":
+            result.deleted.append(r[slug])
             continue
-        versions = [*r["pending"], *new_versions] if r["isolation"] == "schema" else []
+        versions = [*r[pending], *new_versions] if r[isolation] == "schema" else []
         if versions:
-            behind.append(PlannedTenant(r["slug"], r["migration_version"], versions))
+            behind.append(PlannedTenant(r[slug], r[version], versions))
         else:
             result.current += 1
     if limit is not None:
@@ -468,9 +480,14 @@ def migrate_fleet(
         lock_timeout = f"{max(int(lock_timeout.total_seconds() * 1000), 1)}ms"
     started = time.monotonic()
     connector = _Connector(source, application_name)
+    restore_for = None if tenants is None else list(tenants)
     with connector.connection() as conn:
         fleet = _plan(conn, tenants, limit)
-    report = FleetReport(current=fleet.current, planned=fleet.planned, deferred=fleet.deferred)
+        report = FleetReport(current=fleet.current, planned=fleet.planned, deferred=fleet.deferred)
+        if not fleet.todo:
+            # Nothing to migrate (the no-op run): restore placements on this
+            # connection instead of opening another one.
+            _restore_into(report, conn, restore_for)
     for slug in fleet.unknown:
         report.failed.append(
             TenantOutcome(slug, None, None, False, "PT003", f"tenant '{slug}' not found")
@@ -526,13 +543,24 @@ def migrate_fleet(
     report.failed.sort(key=lambda o: o.slug)
     # Citus: tenants a migration (this run's or an earlier plain SQL one)
     # re-placed on another node go back to theirs, after the commits.
-    try:
-        with connector.connection() as conn:
-            report.placements = restore_placements(conn, None if tenants is None else list(tenants))
-    except psycopg.Error as exc:
-        report.placements.failed["*"] = f"placements not restored: {_text(exc)}"
+    if fleet.todo:
+        try:
+            with connector.connection() as conn:
+                _restore_into(report, conn, restore_for)
+        except psycopg.Error as exc:
+            report.placements.failed["*"] = f"placements not restored: {_text(exc)}"
     report.elapsed = time.monotonic() - started
     return report
+
+
+def _restore_into(
+    report: FleetReport, conn: psycopg.Connection[Any], slugs: list[str] | None
+) -> None:
+    """:func:`restore_placements` into ``report``; a failure is reported, never raised."""
+    try:
+        report.placements = restore_placements(conn, slugs)
+    except psycopg.Error as exc:
+        report.placements.failed["*"] = f"placements not restored: {_text(exc)}"
 
 
 #: SQLSTATEs after which a tenant's migration is run again (up to ``retries``

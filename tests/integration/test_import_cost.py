@@ -1,6 +1,9 @@
-"""`import pgtenancy`, `pgtenancy --help` and `pgtenancy version` load neither
-SQLAlchemy, rich, pglast, psycopg_pool, the listener nor templates (issue 16:
-every CLI call paid ~1.4 s for them); the public names still resolve."""
+"""`import pgtenancy`, `pgtenancy --help`, `pgtenancy version` and a no-op
+`pgtenancy migrate` load neither SQLAlchemy, rich, pglast, psycopg_pool, the
+listener nor templates (issue 16: every CLI call paid ~1.4 s for them);
+`import pgtenancy` and `pgtenancy --help` do not even load psycopg; the public
+names and the submodules still resolve. Which modules load is asserted here;
+how long start-up takes is measured in bench/bench_startup.py."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import psycopg
 
 from helpers import subprocess_env
 
@@ -67,6 +72,37 @@ def test_import_pgtenancy_loads_no_heavy_module() -> None:
     assert loaded_after("import pgtenancy") == []
 
 
+def test_import_pgtenancy_loads_only_itself() -> None:
+    """Not even psycopg: every public name waits for its first use."""
+    found = loaded_after("import pgtenancy", ("pgtenancy", "psycopg", "asyncio"))
+    assert found == ["pgtenancy", "pgtenancy._version"]
+
+
+def test_every_public_name_imports_with_from() -> None:
+    body = (
+        "import pgtenancy\n"
+        "for name in pgtenancy.__all__:\n"
+        "    exec(f'from pgtenancy import {name}')\n"
+        "from pgtenancy import *\n"
+        "from pgtenancy import TenantNotFound, TenancyError, use_tenant, install\n"
+        "assert issubclass(TenantNotFound, TenancyError)\n"
+        "assert pgtenancy.install is install\n"
+    )
+    assert "pgtenancy.errors" in loaded_after(body, ("pgtenancy.errors",))
+
+
+def test_submodules_resolve_as_attributes() -> None:
+    """``import pgtenancy; pgtenancy.signals.muted()`` as when the package
+    imported its submodules eagerly."""
+    body = (
+        "import pgtenancy\n"
+        "assert callable(pgtenancy.signals.muted)\n"
+        "assert pgtenancy.errors.lookup('PT003') is pgtenancy.TenantNotFound\n"
+        "assert pgtenancy.signals is __import__('pgtenancy.signals').signals\n"
+    )
+    assert loaded_after(body, ("sqlalchemy", "pgtenancy.admin")) == []
+
+
 def test_public_names_still_resolve_on_first_use() -> None:
     body = (
         "import pgtenancy\n"
@@ -93,13 +129,21 @@ def test_unknown_attribute_is_an_attribute_error() -> None:
     assert loaded_after(body) == []
 
 
-def test_cli_help_version_and_quiet_migrate_load_no_heavy_module(dsn: str) -> None:
-    assert loaded_after(run_cli("--help"), CLI_HEAVY) == []
-    assert loaded_after(run_cli("migrate", "--help"), CLI_HEAVY) == []
+def test_cli_help_loads_not_even_psycopg() -> None:
+    found = loaded_after(run_cli("--help"), (*CLI_HEAVY, "psycopg", "pgtenancy.errors"))
+    assert found == []
+    assert loaded_after(run_cli("migrate", "--help"), (*CLI_HEAVY, "psycopg")) == []
+
+
+def test_cli_help_version_and_noop_migrate_load_no_heavy_module(dsn: str) -> None:
     assert loaded_after(run_cli("version", "--dsn", dsn), CLI_HEAVY) == []
-    # A no-op fleet run without a progress bar needs none of them either.
-    assert loaded_after(run_cli("migrate", "--quiet", "--dsn", dsn), CLI_HEAVY) == []
-    assert loaded_after(run_cli("migrate", "--json", "--dsn", dsn), CLI_HEAVY) == []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_migration('0001', 'CREATE TABLE note (id int)')")
+        conn.execute("SELECT tenancy.create_tenant('acme')")
+    # A fleet run with nothing to do shows no progress bar, so it needs none
+    # of them, with or without --quiet.
+    for args in ((), ("--quiet",), ("--json",)):
+        assert loaded_after(run_cli("migrate", *args, "--dsn", dsn), CLI_HEAVY) == []
     # And they still work, through the console script's module.
     r = subprocess.run(
         [sys.executable, "-m", "pgtenancy.cli", "version", "--dsn", dsn],
