@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# Bytecode for the editable install, so the CLI does not compile itself
+	# on every start where PYTHONDONTWRITEBYTECODE is set.
+	$(BIN)/python -m compileall -q python
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -149,6 +152,7 @@ bench: $(STAMP) pg-binaries pgbouncer procrastinate
 	$(BIN)/python bench/bench_strict.py
 	$(BIN)/python bench/bench_baselines.py
 	$(BIN)/python bench/bench_tenant_factory.py
+	$(BIN)/python bench/bench_startup.py
 
 # The tenant transaction on a local Citus cluster (needs `make citus`).
 bench-citus: $(STAMP) citus
