@@ -256,13 +256,14 @@ LISTEN {channel}
 
 -- name: discard_session
 -- Run in autocommit by pgtenancy.pool_reset: DISCARD ALL without DISCARD
--- PLANS and DISCARD SEQUENCES, so the kit's cached plans (enter_tenant's)
--- survive: closes cursors (WITH HOLD ones too), deallocates prepared
+-- PLANS, so the kit's cached plans (enter_tenant's) survive: closes cursors
+-- (WITH HOLD ones too), forgets currval/lastval (an attack run read the id
+-- another tenant's request had just inserted with them), deallocates prepared
 -- statements, resets session settings (role included) to their connection
 -- defaults, drops temporary tables, UNLISTEN *, releases session advisory
 -- locks.
 CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *;
-SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP
+SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES
 -- name: reset_runner_session
 -- After each tenant the fleet runner gives its session back as it was: no
 -- setting, temporary object, LISTEN or advisory lock of a migration may

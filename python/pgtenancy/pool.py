@@ -7,8 +7,9 @@ cursor, a ``PREPARE``, a session-level ``SET`` or ``set_config(..., false)``,
 a ``LISTEN`` or a session advisory lock all outlive the transaction. These
 hooks run what ``DISCARD ALL`` runs (PostgreSQL manual, "DISCARD": ``CLOSE
 ALL``, ``SET SESSION AUTHORIZATION DEFAULT``, ``RESET ALL``, ``DEALLOCATE
-ALL``, ``UNLISTEN *``, ``pg_advisory_unlock_all()``, ``DISCARD TEMP``) but
-``DISCARD PLANS`` and ``DISCARD SEQUENCES``, in one message, when a
+ALL``, ``UNLISTEN *``, ``pg_advisory_unlock_all()``, ``DISCARD TEMP``,
+``DISCARD SEQUENCES``: ``currval``/``lastval`` would tell the next request
+the id the last one inserted) but ``DISCARD PLANS``, in one message, when a
 connection goes back to its pool, so the next checkout starts clean while
 cached plans (``enter_tenant``'s among them) survive:
 

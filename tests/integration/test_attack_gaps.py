@@ -34,7 +34,9 @@ SQL = Callable[..., list[tuple[Any, ...]]]
 
 @pytest.fixture
 def schema_tenants(tenancy: Tenancy, sql: SQL) -> None:
-    tenancy.add_migration("0001", "CREATE TABLE invoice (id int PRIMARY KEY, body text)")
+    tenancy.add_migration(
+        "0001", "CREATE TABLE invoice (id int PRIMARY KEY, body text); CREATE SEQUENCE invoice_no"
+    )
     for slug in ("acme", "globex"):
         tenancy.create_tenant(slug)
         sql(f"INSERT INTO tenant_{slug}.invoice VALUES (1, '{slug} invoice')")
@@ -57,8 +59,18 @@ def test_temp_table_of_one_request_is_not_read_by_the_next(
         assert conn.execute("SELECT body FROM pg_temp.invoice").fetchall() == [("acme secret",)]
 
 
+def _lastval(conn: psycopg.Connection[Any]) -> Any:
+    """What lastval() tells this session (None: no sequence used in it)."""
+    try:
+        with conn.transaction():
+            return conn.execute("SELECT lastval()").fetchone()
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        return None
+
+
 def _leftovers(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     return {
+        "lastval": _lastval(conn),
         "temp": conn.execute(
             "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relkind = 'r'"
             " AND pg_table_is_visible(oid)"
@@ -84,6 +96,7 @@ def _dirty(c: psycopg.Connection[Any]) -> None:
     c.execute("SELECT set_config('app.tenant_id', tenancy.current_tenant_id()::text, false)")
     c.execute("SET SESSION work_mem = '7MB'")
     c.execute("SELECT set_config('search_path', 'tenant_acme, public', false)")
+    c.execute("SELECT nextval('tenant_acme.invoice_no')")  # currval/lastval: acme's last id
 
 
 def test_psycopg_pool_reset_leaves_nothing_for_the_next_checkout(
@@ -144,6 +157,7 @@ def test_psycopg_pool_without_reset_keeps_the_leftovers(
         with pool.connection() as conn:
             left = _leftovers(conn)
     assert left["temp"] == (1,) and left["cursors"] == (1,) and left["work_mem"] == ("7MB",)
+    assert left["lastval"] == (1,)
 
 
 def test_sqlalchemy_reset_leaves_nothing_for_the_next_checkout(
