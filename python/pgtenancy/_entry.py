@@ -80,7 +80,10 @@ def entry_message(begin: str, slug: str) -> bytes:
 # tenant transaction, the key below also carries the tenant's search_path:
 # each search_path gets its own server-side statement, planned once (shared
 # tenants, who all have the same search_path, share one). The query text is
-# never changed. This relies on psycopg's private PrepareManager (psycopg
+# never changed. New per-tenant keys are admitted only while psycopg's caches
+# have room (prepared_max, 100 by default), so with more tenants x hot
+# statements than that the rest share the text-keyed statement as before:
+# raise prepared_max on the connection for per-tenant plans of all of them. This relies on psycopg's private PrepareManager (psycopg
 # 3.1-3.3: its key() method and the connection's _prepared attribute); when
 # they are not there, statements stay keyed by text alone, as without the kit.
 
@@ -97,7 +100,18 @@ if _PrepareManager is not None:
             tag = self._pgtenancy_tag
             if tag is None:
                 return (query.query, query.types)
-            return (query.query, query.types, tag)
+            key: Any = (query.query, query.types, tag)
+            if key in self._names or key in self._counts:
+                return key
+            # A new per-tenant key only while both of psycopg's LRU maps have
+            # room: more tenants x statements than prepared_max would make
+            # them evict each other (a DEALLOCATE round trip per eviction, and
+            # statements that never reach prepare_threshold). Past that, a
+            # statement is shared by the tenants as without the kit.
+            room = self.prepared_max - 1
+            if len(self._names) < room and len(self._counts) < room:
+                return key
+            return (query.query, query.types)
 
 else:  # pragma: no cover
     _TenantPrepareManager = None  # type: ignore[assignment,misc]
