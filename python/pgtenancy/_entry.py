@@ -83,8 +83,9 @@ def entry_message(begin: str, slug: str) -> bytes:
 # never changed. New per-tenant keys are admitted only while psycopg's caches
 # have room (prepared_max, 100 by default), so with more tenants x hot
 # statements than that the rest share the text-keyed statement as before:
-# raise prepared_max on the connection for per-tenant plans of all of them. This relies on psycopg's private PrepareManager (psycopg
-# 3.1-3.3: its key() method and the connection's _prepared attribute); when
+# raise prepared_max on the connection for per-tenant plans of all of them.
+# This relies on psycopg's private PrepareManager (tested with psycopg 3.3: its key()
+# method and the connection's _prepared attribute); when
 # they are not there, statements stay keyed by text alone, as without the kit.
 
 

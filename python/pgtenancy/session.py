@@ -365,6 +365,10 @@ def tenant_session(
     Each transaction starts with one message, ``BEGIN; SELECT
     tenancy.enter_tenant('acme')``, sync and async alike: a tenant session
     sends no more round trips than a plain one.
+    During each transaction psycopg's automatic prepared statements are
+    keyed by the tenant's ``search_path`` as well as their text, so they stay
+    planned for the tenant's schema when tenants switch (see
+    :func:`pgtenancy.tenant_connection`).
 
     Raises:
         pgtenancy.errors.NoTenantContext: no slug and no tenant context.
