@@ -32,10 +32,14 @@ Sides, grouped; every ratio compares two sides of the same group:
    kit with a schema-qualified query text per tenant, the kit without
    prepared statements (``prepare_threshold=None``) against plain without
    them, and the kit followed by literal ``SET LOCAL`` statements in the same
-   message (what Citus would need) against the kit alone.
+   message (what Citus would need) against the kit alone; and the kit with its
+   per-tenant prepared statements turned off on its connection (statements
+   keyed by their text alone, as before issue 16's per-tenant keys: every
+   switch re-plans).
 2. **The same with SQLAlchemy** (engine ``pool_size=1``): ``tenant_session``;
    a hand-rolled ``after_begin`` listener (registered once, on the
-   ``Session`` class) sending ``SET LOCAL search_path``; plain ``Session``.
+   ``Session`` class) sending ``SET LOCAL search_path``; plain ``Session``;
+   ``tenant_session`` with statements keyed by text alone.
 3. **Async**: async ``tenant_connection`` against async raw ``SET LOCAL``
    and the async plain transaction; ``tenant_session(async_engine)`` against
    a hand-rolled async ``after_begin`` hook and a plain ``AsyncSession``.
@@ -85,6 +89,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg._preparing import PrepareManager
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
@@ -131,6 +136,19 @@ CLI = [str(Path(sys.executable).with_name("pgtenancy"))]
 
 
 # Sides and their interleaved rounds --------------------------------------------
+
+
+class TextKeyed(PrepareManager):
+    """psycopg's own manager under another class: pgtenancy leaves a manager
+    subclass alone, so statements stay keyed by their text (the kit before its
+    per-tenant keys)."""
+
+
+def text_keyed(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """``conn`` with pgtenancy's per-tenant statement keys turned off."""
+    conn._prepared.__class__ = TextKeyed
+    return conn
+
 
 Key = tuple[int, int]  # (tenant index, invoice id)
 
@@ -375,9 +393,16 @@ def qualified_query(slug: str) -> bytes:
 
 
 def psycopg_sides(
-    conn: psycopg.Connection[Any], unprepared: psycopg.Connection[Any], ids: dict[str, str]
+    conn: psycopg.Connection[Any],
+    unprepared: psycopg.Connection[Any],
+    ids: dict[str, str],
+    by_text: psycopg.Connection[Any],
 ) -> list[Side]:
     slugs = SCHEMA_SLUGS
+
+    def kit_by_text(key: Key) -> object:
+        with tenant_connection(by_text, slugs[key[0]]) as c:
+            return c.execute(QUERY, (key[1],)).fetchone()
 
     def kit(key: Key) -> object:
         with tenant_connection(conn, slugs[key[0]]) as c:
@@ -450,6 +475,7 @@ def psycopg_sides(
         Side("plain, unprepared", plain_unprepared),
         Side("enter_tenant message by hand", by_hand),
         Side("enter_tenant message + literal SET LOCAL", by_hand_citus),
+        Side("tenant_connection, statements keyed by text", kit_by_text),
     ]
 
 
@@ -478,8 +504,14 @@ def _hand_rolled(session: Session, _tx: SessionTransaction, connection: Connecti
 event.listen(Session, "after_begin", _hand_rolled)
 
 
-def sqlalchemy_sides(engine: Engine) -> list[Side]:
+def sqlalchemy_sides(engine: Engine, by_text: Engine) -> list[Side]:
     slugs = SCHEMA_SLUGS
+
+    def kit_by_text(key: Key) -> object:
+        with tenant_session(by_text, slugs[key[0]]) as session:
+            value = session.execute(SA_QUERY, {"id": key[1]}).scalar_one()
+            session.commit()
+        return value
 
     def kit(key: Key) -> object:
         with tenant_session(engine, slugs[key[0]]) as session:
@@ -510,6 +542,7 @@ def sqlalchemy_sides(engine: Engine) -> list[Side]:
         Side("hand-rolled after_begin SET LOCAL", hand),
         Side("plain Session", plain),
         Side("tenant_session, one tenant", kit_stay),
+        Side("tenant_session, statements keyed by text", kit_by_text),
     ]
 
 
@@ -775,6 +808,21 @@ RATIOS: list[tuple[str, str, str]] = [
     ("one tenant: tenant_connection / plain", "tenant_connection, one tenant", "plain transaction"),
     ("one schema: raw one message / plain", "raw 1 message, one schema", "plain transaction"),
     ("re-planning: switching / one tenant", "tenant_connection", "tenant_connection, one tenant"),
+    (
+        "per-tenant statements: keyed / by text",
+        "tenant_connection",
+        "tenant_connection, statements keyed by text",
+    ),
+    (
+        "by text: tenant_connection / raw SET LOCAL",
+        "tenant_connection, statements keyed by text",
+        "raw SET LOCAL (4 round trips)",
+    ),
+    (
+        "by text: tenant_connection / plain",
+        "tenant_connection, statements keyed by text",
+        "plain transaction",
+    ),
     ("qualified text / unqualified", "tenant_connection, qualified text", "tenant_connection"),
     ("unprepared: tenant_connection / plain", "tenant_connection, unprepared", "plain, unprepared"),
     (
@@ -793,6 +841,16 @@ RATIOS: list[tuple[str, str, str]] = [
         "hand-rolled after_begin SET LOCAL",
     ),
     ("switching: tenant_session / plain", "tenant_session", "plain Session"),
+    (
+        "per-tenant statements: tenant_session keyed / by text",
+        "tenant_session",
+        "tenant_session, statements keyed by text",
+    ),
+    (
+        "by text: tenant_session / hand-rolled hook",
+        "tenant_session, statements keyed by text",
+        "hand-rolled after_begin SET LOCAL",
+    ),
     ("one tenant: tenant_session / plain", "tenant_session, one tenant", "plain Session"),
     ("async: tenant_connection / raw SET LOCAL", "async tenant_connection", "async raw SET LOCAL"),
     ("async: tenant_connection / plain", "async tenant_connection", "async plain"),
@@ -837,23 +895,32 @@ def run(
             try:
                 conn = psycopg.connect(app_dsn)
                 unprepared = psycopg.connect(app_dsn, prepare_threshold=None)
+                by_text = text_keyed(psycopg.connect(app_dsn))
                 engine = engine_on(app_dsn)
+                engine_by_text = create_engine(
+                    "postgresql+psycopg://",
+                    creator=lambda: text_keyed(psycopg.connect(app_dsn)),
+                    pool_size=1,
+                    max_overflow=0,
+                )
                 try:
-                    sides = psycopg_sides(conn, unprepared, ids)
+                    sides = psycopg_sides(conn, unprepared, ids, by_text)
                     same = {s.label: s.tx((4, 17)) for s in sides}
                     if len(set(same.values())) != 1:
                         raise RuntimeError(f"sides read different rows: {same}")
                     interleave("psycopg", sides, seconds, rounds)
                     all_rates |= {s.label: s.rates for s in sides}
                     all_cpu |= {s.label: s.cpu for s in sides}
-                    sa_sides = sqlalchemy_sides(engine)
+                    sa_sides = sqlalchemy_sides(engine, engine_by_text)
                     interleave("SQLAlchemy", sa_sides, seconds, rounds)
                     all_rates |= {s.label: s.rates for s in sa_sides}
                     all_cpu |= {s.label: s.cpu for s in sa_sides}
                 finally:
                     conn.close()
                     unprepared.close()
+                    by_text.close()
                     engine.dispose()
+                    engine_by_text.dispose()
                 all_rates |= asyncio.run(bench_async(app_dsn, seconds, rounds, all_cpu))
                 all_rates |= bench_threads(app_dsn, role, seconds, rounds, all_cpu)
                 load = os.getloadavg()

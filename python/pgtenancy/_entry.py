@@ -6,6 +6,13 @@ plain one (psycopg sends ``BEGIN`` as its own round trip before the first
 statement of a plain transaction; this message replaces it). The text is
 composed once per (``BEGIN`` variant, slug) and cached.
 
+The message also returns the ``search_path`` the tenant got, and for the
+rest of the transaction psycopg's automatic prepared statements are keyed by
+it (:func:`tag_statements`): each tenant's statements are prepared on the
+server under that tenant's ``search_path`` alone, so switching tenants does
+not make PostgreSQL re-plan them (its plan cache re-plans a cached statement
+whenever ``search_path`` differs from the one it was planned under).
+
 Internal module: the public entry points are
 :func:`pgtenancy.tenant_connection` and :func:`pgtenancy.tenant_session`.
 """
@@ -18,6 +25,11 @@ from typing import Any
 
 import psycopg
 from psycopg import generators, pq, sql
+
+try:  # psycopg's prepared-statement manager (private; see tag_statements)
+    from psycopg._preparing import PrepareManager as _PrepareManager
+except ImportError:  # pragma: no cover - a psycopg without it: no per-tenant keys
+    _PrepareManager = None  # type: ignore[assignment,misc]
 
 from pgtenancy.errors import raise_translated
 
@@ -39,15 +51,126 @@ def begin_command(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
     return " ".join(parts)
 
 
+#: Appended to the entry's SELECT: the search_path the tenant got, which keys
+#: the transaction's prepared statements (evaluated after the entry, left to right).
+_SEARCH_PATH = ", pg_catalog.current_setting('search_path')"
+
+
 @lru_cache(maxsize=CACHE_SIZE)
 def entry_message(begin: str, slug: str) -> bytes:
-    """``<begin>; SELECT tenancy.enter_tenant('<slug>')`` as bytes (cached).
+    """``<begin>; SELECT tenancy.enter_tenant('<slug>'), current_setting('search_path')``
+    as bytes (cached).
 
     ``slug`` must already be validated; it is still rendered as a SQL literal
     by :class:`psycopg.sql.Literal`, never formatted into the text by hand.
     """
-    query = sql.SQL("{}; SELECT tenancy.enter_tenant({})").format(sql.SQL(begin), sql.Literal(slug))
+    query = sql.SQL("{}; SELECT tenancy.enter_tenant({})" + _SEARCH_PATH).format(
+        sql.SQL(begin), sql.Literal(slug)
+    )
     return query.as_bytes(None)
+
+
+# -- per-tenant prepared statements ------------------------------------------
+#
+# psycopg prepares a statement on the server after it has run prepare_threshold
+# times (5 by default), keyed by its text and parameter types. PostgreSQL
+# re-plans a prepared statement whenever search_path differs from the one it
+# was planned under, so one statement shared by tenants that switch on every
+# transaction is re-planned on every transaction. While a connection is in a
+# tenant transaction, the key below also carries the tenant's search_path:
+# each search_path gets its own server-side statement, planned once (shared
+# tenants, who all have the same search_path, share one). The query text is
+# never changed. New per-tenant keys are admitted only while psycopg's caches
+# have room (prepared_max, 100 by default), so with more tenants x hot
+# statements than that the rest share the text-keyed statement as before:
+# raise prepared_max on the connection for per-tenant plans of all of them.
+# This relies on psycopg's private PrepareManager (tested with psycopg 3.3: its key()
+# method and the connection's _prepared attribute); when
+# they are not there, statements stay keyed by text alone, as without the kit.
+
+
+if _PrepareManager is not None:
+
+    class _TenantPrepareManager(_PrepareManager):
+        """psycopg's manager, whose keys carry the tenant's search_path while it is set."""
+
+        _pgtenancy_tag: bytes | None = None
+        _pgtenancy_owner: object = None
+
+        def key(self, query: Any) -> Any:  # type: ignore[override]
+            tag = self._pgtenancy_tag
+            if tag is None:
+                return (query.query, query.types)
+            key: Any = (query.query, query.types, tag)
+            if key in self._names or key in self._counts:
+                return key
+            # A new per-tenant key only while both of psycopg's LRU maps have
+            # room: more tenants x statements than prepared_max would make
+            # them evict each other (a DEALLOCATE round trip per eviction, and
+            # statements that never reach prepare_threshold). Past that, a
+            # statement is shared by the tenants as without the kit.
+            room = self.prepared_max - 1
+            if len(self._names) < room and len(self._counts) < room:
+                return key
+            return (query.query, query.types)
+
+else:  # pragma: no cover
+    _TenantPrepareManager = None  # type: ignore[assignment,misc]
+
+
+def _manager(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:
+    """``conn``'s prepared-statement manager, made per-tenant capable; None if it cannot be."""
+    manager = getattr(conn, "_prepared", None)
+    if manager is None or _TenantPrepareManager is None:
+        return None
+    kind = type(manager)
+    if kind is _TenantPrepareManager:
+        return manager
+    if kind is _PrepareManager:
+        # Same class layout, one method more: the manager keeps its state.
+        manager.__class__ = _TenantPrepareManager
+        return manager
+    return None  # somebody else's subclass: leave it alone
+
+
+def tag_statements(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    search_path: bytes | None,
+    owner: object,
+) -> None:
+    """Key ``conn``'s automatic prepared statements by ``search_path`` until :func:`untag`.
+
+    Args:
+        conn: a connection inside the tenant transaction that set ``search_path``.
+        search_path: the value of ``search_path`` in that transaction (bytes as
+            the server sent them); None does nothing.
+        owner: the object that ends the transaction; only it clears the tag.
+    """
+    if search_path is None:
+        return
+    manager = _manager(conn)
+    if manager is not None:
+        manager._pgtenancy_tag = search_path
+        manager._pgtenancy_owner = owner
+
+
+def untag(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], owner: object) -> None:
+    """Key ``conn``'s statements by text alone again, if ``owner`` set the current tag."""
+    manager = getattr(conn, "_prepared", None)
+    if manager is not None and getattr(manager, "_pgtenancy_owner", None) is owner:
+        manager._pgtenancy_tag = None
+        manager._pgtenancy_owner = None
+
+
+def statement_tag(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bytes | None:
+    """The search_path ``conn``'s prepared statements are keyed by now (None: text alone)."""
+    return getattr(getattr(conn, "_prepared", None), "_pgtenancy_tag", None)
+
+
+def _search_path(result: pq.abc.PGresult) -> bytes | None:
+    if result.nfields < 2 or result.ntuples != 1:
+        return None
+    return result.get_value(0, 1)
 
 
 def _check(
@@ -57,12 +180,15 @@ def _check(
         raise_translated(psycopg.errors.error_from_result(result, encoding=conn.info.encoding))
 
 
-def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> None:
+def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
     """Open a transaction on idle ``conn`` already in tenant ``slug``, in one round trip.
 
     Args:
         conn: a psycopg connection with no transaction open (autocommit or not).
         slug: a validated tenant slug.
+
+    Returns:
+        The ``search_path`` the tenant got (for :func:`tag_statements`).
 
     Raises:
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
@@ -74,9 +200,10 @@ def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> None:
     with conn.lock:
         result = conn.pgconn.exec_(message)
     _check(result, conn)
+    return _search_path(result)
 
 
-async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> None:
+async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> bytes | None:
     """:func:`begin_in_tenant` for an ``AsyncConnection``, without blocking the loop.
 
     Sends the message with libpq's non-blocking ``PQsendQuery`` and waits
@@ -94,6 +221,7 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> Non
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
     _check(results[-1], conn)
+    return _search_path(results[-1])
 
 
 # -- strict entry: a signed token instead of a slug ---------------------------
@@ -116,14 +244,18 @@ def token_message(begin: str, token: str, slug: str | None) -> bytes:
     """
     if _PLAIN_LITERAL.fullmatch(token) and (slug is None or _PLAIN_LITERAL.fullmatch(slug)):
         second = "NULL" if slug is None else f"'{slug}'"
-        return f"{begin}; SELECT tenancy.enter_tenant_token('{token}', {second})".encode("ascii")
-    query = sql.SQL("{}; SELECT tenancy.enter_tenant_token({}, {})").format(
+        return (
+            f"{begin}; SELECT tenancy.enter_tenant_token('{token}', {second}){_SEARCH_PATH}"
+        ).encode("ascii")
+    query = sql.SQL("{}; SELECT tenancy.enter_tenant_token({}, {})" + _SEARCH_PATH).format(
         sql.SQL(begin), sql.Literal(token), sql.Literal(slug)
     )
     return query.as_bytes(None)
 
 
-def begin_with_token(conn: psycopg.Connection[Any], token: str, slug: str | None = None) -> None:
+def begin_with_token(
+    conn: psycopg.Connection[Any], token: str, slug: str | None = None
+) -> bytes | None:
     """Open a tenant transaction on idle ``conn`` for entry token ``token``, one round trip.
 
     Args:
@@ -140,11 +272,12 @@ def begin_with_token(conn: psycopg.Connection[Any], token: str, slug: str | None
     with conn.lock:
         result = conn.pgconn.exec_(message)
     _check(result, conn)
+    return _search_path(result)
 
 
 async def abegin_with_token(
     conn: psycopg.AsyncConnection[Any], token: str, slug: str | None = None
-) -> None:
+) -> bytes | None:
     """:func:`begin_with_token` for an ``AsyncConnection``, without blocking the loop.
 
     Raises:
@@ -158,3 +291,4 @@ async def abegin_with_token(
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
     _check(results[-1], conn)
+    return _search_path(results[-1])

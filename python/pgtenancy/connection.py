@@ -23,7 +23,14 @@ from psycopg import pq
 from psycopg.rows import Row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from pgtenancy._entry import abegin_in_tenant, abegin_with_token, begin_in_tenant, begin_with_token
+from pgtenancy._entry import (
+    abegin_in_tenant,
+    abegin_with_token,
+    begin_in_tenant,
+    begin_with_token,
+    tag_statements,
+    untag,
+)
 from pgtenancy.context import enter_validated, resolve_tenant
 from pgtenancy.entry_tokens import resolve_token_tenant
 from pgtenancy.errors import InvalidConnectionState, raise_translated
@@ -140,13 +147,14 @@ class _TenantConnection:
                 else:
                     try:
                         if self._token is None:
-                            begin_in_tenant(conn, self.slug)
+                            path = begin_in_tenant(conn, self.slug)
                         else:
-                            begin_with_token(conn, self._token, self.slug)
+                            path = begin_with_token(conn, self._token, self.slug)
                     except BaseException:
                         _quiet(conn.rollback)
                         raise
                     _hold(conn, 1)
+                    tag_statements(conn, path, self)
             except BaseException as exc:
                 scope.__exit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -169,6 +177,7 @@ class _TenantConnection:
         try:
             if tx is not None:
                 return bool(tx.__exit__(exc_type, exc, tb)) or None
+            untag(conn, self)
             _hold(conn, -1)
             if exc is None:
                 try:
@@ -229,13 +238,14 @@ class _TenantConnection:
                 else:
                     try:
                         if self._token is None:
-                            await abegin_in_tenant(conn, self.slug)
+                            path = await abegin_in_tenant(conn, self.slug)
                         else:
-                            await abegin_with_token(conn, self._token, self.slug)
+                            path = await abegin_with_token(conn, self._token, self.slug)
                     except BaseException:
                         await _aquiet(conn.rollback)
                         raise
                     _hold(conn, 1)
+                    tag_statements(conn, path, self)
             except BaseException as exc:
                 await scope.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
@@ -258,6 +268,7 @@ class _TenantConnection:
         try:
             if tx is not None:
                 return bool(await tx.__aexit__(exc_type, exc, tb)) or None
+            untag(conn, self)
             _hold(conn, -1)
             if exc is None:
                 try:
@@ -329,6 +340,10 @@ def tenant_connection(
     tenancy.enter_tenant('acme')``, so the block costs the same round trips
     as a plain ``with conn.transaction():`` block (BEGIN, your statements,
     COMMIT). Raising ``psycopg.Rollback`` in the block rolls back quietly.
+    Inside the block psycopg's automatic prepared statements are keyed by
+    the tenant's ``search_path`` as well as their text, so each tenant's
+    statements stay planned for its schema when tenants switch (the text
+    sent is unchanged; after the block statements are keyed by text alone).
 
     Returns:
         For a sync connection or pool, a context manager (``with``) yielding

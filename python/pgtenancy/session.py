@@ -30,7 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.util import await_only
 
-from pgtenancy._entry import abegin_in_tenant, abegin_with_token, begin_with_token
+from pgtenancy._entry import (
+    abegin_in_tenant,
+    abegin_with_token,
+    begin_with_token,
+    tag_statements,
+    untag,
+)
 from pgtenancy._entry import begin_in_tenant as begin_in_tenant
 from pgtenancy.context import enter_validated, resolve_tenant
 from pgtenancy.entry_tokens import resolve_token_tenant
@@ -51,6 +57,10 @@ SLUG_KEY = "pgtenancy.slug"
 #: Key in ``Session.info`` holding the entry token of a tenant session opened with one.
 TOKEN_KEY = "pgtenancy.token"
 
+#: Key in ``Session.info`` holding the psycopg connections whose prepared
+#: statements the session's open transaction keys by its tenant's search_path.
+TAGGED_KEY = "pgtenancy.tagged"
+
 _IN_TRANSACTION = (
     "the connection is already in a transaction: the tenant settings would outlive the "
     "session; pass an engine, or a connection with no transaction begun"
@@ -58,7 +68,7 @@ _IN_TRANSACTION = (
 _IDLE = pq.TransactionStatus.IDLE
 
 
-def enter_tenant(connection: Connection, slug: str) -> None:
+def enter_tenant(connection: Connection, slug: str) -> bytes | None:
     """Put the transaction open on ``connection`` into tenant ``slug``.
 
     When the DBAPI connection has sent nothing yet (SQLAlchemy begins
@@ -73,6 +83,10 @@ def enter_tenant(connection: Connection, slug: str) -> None:
         slug: a tenant slug, already validated (see
             :func:`pgtenancy.slugs.validate_slug`).
 
+    Returns:
+        The ``search_path`` the tenant got, as the server sent it, when the
+        entry went as one message with ``BEGIN``; otherwise None.
+
     Raises:
         pgtenancy.errors.InvalidConnectionState: the connection is in autocommit mode.
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
@@ -86,21 +100,21 @@ def enter_tenant(connection: Connection, slug: str) -> None:
         )
     driver = connection.connection.driver_connection
     if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
-        begin_in_tenant(driver, slug)
-        return
+        return begin_in_tenant(driver, slug)
     if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
-        await_only(abegin_in_tenant(driver, slug))
-        return
+        return await_only(abegin_in_tenant(driver, slug))
     try:
         connection.exec_driver_sql(_ENTER, {"slug": slug})
     except DBAPIError as exc:
         raise_translated(exc)
+    return None
 
 
-def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> None:
+def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> bytes | None:
     """Put the transaction open on ``connection`` into the tenant of entry token ``token``.
 
-    As :func:`enter_tenant`, with ``tenancy.enter_tenant_token(token, slug)``.
+    As :func:`enter_tenant`, with ``tenancy.enter_tenant_token(token, slug)``;
+    returns the same.
 
     Raises:
         pgtenancy.errors.InvalidConnectionState: the connection is in autocommit mode.
@@ -115,32 +129,58 @@ def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> No
         )
     driver = connection.connection.driver_connection
     if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
-        begin_with_token(driver, token, slug)
-        return
+        return begin_with_token(driver, token, slug)
     if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
-        await_only(abegin_with_token(driver, token, slug))
-        return
+        return await_only(abegin_with_token(driver, token, slug))
     try:
         connection.exec_driver_sql(_ENTER_TOKEN, {"token": token, "slug": slug})
     except DBAPIError as exc:
         raise_translated(exc)
+    return None
 
 
 def _after_begin(
     session: Session, _transaction: SessionTransaction, connection: Connection
 ) -> None:
-    slug = session.info.get(SLUG_KEY)
+    info = session.info
+    slug = info.get(SLUG_KEY)
     if slug is not None:
-        token = session.info.get(TOKEN_KEY)
+        token = info.get(TOKEN_KEY)
         if token is None:
-            enter_tenant(connection, slug)
+            path = enter_tenant(connection, slug)
         else:
-            enter_tenant_with_token(connection, token, slug)
+            path = enter_tenant_with_token(connection, token, slug)
+        driver = connection.connection.driver_connection
+        if path is not None and driver is not None:
+            # Key the transaction's prepared statements by the tenant's
+            # search_path (see pgtenancy._entry), until the transaction ends.
+            tag_statements(driver, path, session)
+            tagged = info.get(TAGGED_KEY)
+            if tagged is None:
+                info[TAGGED_KEY] = [driver]
+            else:
+                tagged.append(driver)
 
 
-# One listener on the Session class, registered at the first tenant_session
-# (not one per session: registering costs more than the whole entry). It
-# fires for every Session and subclass, and does nothing for a session that
+def _untag_all(session: Session) -> None:
+    tagged = session.info.pop(TAGGED_KEY, None)
+    if tagged:
+        for driver in tagged:
+            untag(driver, session)
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended (commit, rollback or close): its
+    # connections key statements by text alone again. untag() acts only on a
+    # connection whose tag this session set, so a connection already lent to
+    # another session is left alone.
+    if transaction.parent is None and TAGGED_KEY in session.info:
+        _untag_all(session)
+
+
+# Listeners on the Session class, registered at the first tenant_session
+# (not per session: registering costs more than the whole entry). They fire
+# for every Session and subclass, and do nothing for a session that
 # tenant_session did not open.
 _registered = False
 _register_lock = threading.Lock()
@@ -153,6 +193,7 @@ def _ensure_listener() -> None:
     with _register_lock:
         if not _registered:
             event.listen(Session, "after_begin", _after_begin)
+            event.listen(Session, "after_transaction_end", _after_transaction_end)
             _registered = True
 
 
@@ -204,6 +245,7 @@ class _TenantSession:
         try:
             session.close()
         finally:
+            _untag_all(session)
             session.info.pop(SLUG_KEY, None)
             session.info.pop(TOKEN_KEY, None)
             self._scope.__exit__(exc_type, exc, tb)
@@ -239,6 +281,7 @@ class _TenantSession:
         try:
             await session.close()
         finally:
+            _untag_all(session.sync_session)
             session.sync_session.info.pop(SLUG_KEY, None)
             session.sync_session.info.pop(TOKEN_KEY, None)
             await self._scope.__aexit__(exc_type, exc, tb)
@@ -322,6 +365,10 @@ def tenant_session(
     Each transaction starts with one message, ``BEGIN; SELECT
     tenancy.enter_tenant('acme')``, sync and async alike: a tenant session
     sends no more round trips than a plain one.
+    During each transaction psycopg's automatic prepared statements are
+    keyed by the tenant's ``search_path`` as well as their text, so they stay
+    planned for the tenant's schema when tenants switch (see
+    :func:`pgtenancy.tenant_connection`).
 
     Raises:
         pgtenancy.errors.NoTenantContext: no slug and no tenant context.

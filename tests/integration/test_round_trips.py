@@ -123,6 +123,39 @@ def test_tenant_connection_sends_no_more_round_trips_than_a_plain_transaction(
     assert ours <= baseline, trace.sent()
 
 
+def test_switching_with_per_tenant_statements_sends_no_more_round_trips(
+    dsn: str, tenants: None, trace: Trace, tenancy: Tenancy
+) -> None:
+    # Statements prepared per tenant (search_path): once each is prepared, a
+    # switching loop sends what one shared statement would (no Parse, no
+    # DEALLOCATE), both with room in prepared_max and with more tenants than
+    # room (then the rest share the text-keyed statement).
+    tenancy.create_tenant("initech")
+    tenancy.create_tenant("umbrella")
+    slugs = ("acme", "initech", "umbrella", "globex")
+    for prepared_max in (100, 2):
+        with psycopg.connect(dsn) as conn:
+            conn.prepared_max = prepared_max
+            trace.attach(conn.pgconn)
+
+            def plain() -> None:
+                for _ in range(8):
+                    for _ in slugs:
+                        with conn.transaction():
+                            conn.execute(QUERY).fetchone()
+
+            def switching() -> None:
+                for _ in range(8):
+                    for slug in slugs:
+                        with tenant_connection(conn, slug) as c:
+                            c.execute(QUERY).fetchone()
+
+            baseline = counted(trace, plain)
+            ours = counted(trace, switching)
+        assert baseline == 3 * 8 * len(slugs)
+        assert ours <= baseline, (prepared_max, trace.sent()[-40:])
+
+
 def test_tenant_connection_on_a_pool_and_an_autocommit_connection(
     dsn: str, tenants: None, trace: Trace
 ) -> None:
