@@ -297,8 +297,7 @@ def report(r: Results) -> str:
     lines.append("")
     lines.append(
         "strict side: a fresh token signed per transaction (sign_tenant_token), verified at entry"
-        " and recorded (tenancy.entry_sessions); every statement looks the entry up"
-        " (active_tenant_id() in the policies' InitPlan)."
+        " and by every statement (active_tenant_id() in the policies' InitPlan)."
     )
     lines.append(f"pgtenancy {pgtenancy.__version__}; goal: <= 1.05x on the one-query transactions")
     return "\n".join(lines)

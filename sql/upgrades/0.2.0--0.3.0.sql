@@ -5972,53 +5972,18 @@ COMMENT ON FUNCTION tenancy.drop_entry_key(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.drop_entry_key(text) FROM PUBLIC;
 
--- Verified entries, one row per backend: what makes the per-statement check
--- a lookup instead of a second HMAC. enter_tenant_token (through the
--- verifier, after the full check) records sha256(token) with its tenant, key
--- and expiry under the backend's pid; a statement's check looks up
--- sha256(app.tenant_token) there, and falls back to the full check when the
--- row is missing (a token set by hand, a read-only transaction). Only the
--- kit's owner writes it (the verifier, SECURITY DEFINER), so the application
--- role, which can set app.tenant_token to anything, can only name a recorded
--- row by presenting the token itself: the hash's preimage. Application
--- roles read their own backend's row only (row-level security), and key
--- names (not pads) of tenancy.entry_keys: a dropped key is refused from the
--- next statement on. Unlogged: nothing worth a WAL record (entries end with
--- their transaction anyway) and no commit flush for read-only requests; a
--- rolled-back entry takes its row back with it.
-CREATE UNLOGGED TABLE IF NOT EXISTS tenancy.entry_sessions (
-    pid        integer PRIMARY KEY,
-    token_hash bytea NOT NULL,
-    tenant_id  uuid NOT NULL,
-    key_name   text NOT NULL,
-    expires_at timestamptz NOT NULL
-) WITH (fillfactor = 50);
-
-COMMENT ON TABLE tenancy.entry_sessions IS
-    'Strict entry: the last verified entry of each backend (pid), recorded by '
-    'tenancy.verify_entry_token at entry: sha256 of the token, its tenant, key name and expiry. '
-    'Read by active_tenant_id() in strict mode instead of verifying the token again. Written by '
-    'the kit''s owner only; application roles read their own backend''s row only.';
-
-REVOKE ALL ON TABLE tenancy.entry_sessions FROM PUBLIC;
-
-ALTER TABLE tenancy.entry_sessions ENABLE ROW LEVEL SECURITY;
-
-DROP POLICY IF EXISTS entry_sessions_own ON tenancy.entry_sessions;
-CREATE POLICY entry_sessions_own ON tenancy.entry_sessions FOR SELECT
-    USING (pid = pg_catalog.pg_backend_pid());
-
--- The verifier. SECURITY DEFINER: it alone reads the keys and writes
--- tenancy.entry_sessions. Called at entry and by a statement whose
--- transaction's token has no recorded entry. One statement checks the key,
--- the tenant and the signature; what was wrong is worked out only for a
--- token that fails.
+-- The verifier. SECURITY DEFINER: it alone reads the keys. Called once per
+-- statement (through active_tenant_id in the policies' InitPlan) and at
+-- entry. The cost of a PL/pgSQL function is mostly per statement and per
+-- expression, paid again in every transaction: one statement checks the
+-- key, the tenant, the signature and the expiry; what was wrong is worked
+-- out only for a token that fails.
 CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boolean DEFAULT true)
     RETURNS uuid
     LANGUAGE plpgsql
-    VOLATILE
+    STABLE
     SECURITY DEFINER
-    PARALLEL RESTRICTED
+    PARALLEL SAFE
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -6027,67 +5992,32 @@ DECLARE
     v_ok     boolean;
     v_id     uuid;
     v_status text;
-    v_expiry bigint;
-    v_new    boolean;
 BEGIN
-    -- Entry, the hot path: check and record in one statement (the cost of a
-    -- PL/pgSQL function is mostly per statement and per expression, paid
-    -- again in every transaction). A token it does not record (refused, or
-    -- a tenant without its directory row) goes through the full check
-    -- below, which says why. HMAC-SHA256 (RFC 2104) under the named key over
-    -- everything before the last dot, compared as hashes of the hex text:
-    -- the time the comparison takes says nothing of the MAC. The pattern
-    -- has no bounded repetition ({64}): those make PostgreSQL's regular
-    -- expressions many times slower. A read-only transaction cannot write:
-    -- its statements verify the token again.
-    IF verify_entry_token.at_entry AND NOT current_setting('transaction_read_only')::boolean THEN
-        INSERT INTO tenancy.entry_sessions AS s (pid, token_hash, tenant_id, key_name, expires_at)
-        SELECT pg_backend_pid(), sha256(convert_to(v_token, 'UTF8')), d.id, k.name,
-               -- CASE: the expiry of a malformed token is not even computed.
-               CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
-                         AND length(split_part(v_token, '.', 4)) <= 16
-                    THEN timestamptz 'epoch' + split_part(v_token, '.', 4)::bigint * interval '1 millisecond'
-               END
-          FROM tenancy.entry_keys AS k
-          JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
-         WHERE k.name = split_part(v_token, '.', 2)
-           AND CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
-                         AND length(split_part(v_token, '.', 4)) <= 16
-                         AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
-                                 || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
-                             = sha256(convert_to(right(v_token, 65), 'UTF8'))
-                    THEN split_part(v_token, '.', 4)::bigint
-                         > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
-               END
-        ON CONFLICT (pid) DO UPDATE
-            SET token_hash = EXCLUDED.token_hash, tenant_id = EXCLUDED.tenant_id,
-                key_name = EXCLUDED.key_name, expires_at = EXCLUDED.expires_at
-        RETURNING s.tenant_id, s.xmax = 0 INTO v_id, v_new;
-        -- A backend's first entry clears expired entries (of backends gone,
-        -- or idle), skipping rows other entries hold: the table stays about
-        -- as large as the backends that entered within one token lifetime.
-        IF v_new THEN
-            DELETE FROM tenancy.entry_sessions AS s
-             WHERE s.ctid IN (SELECT o.ctid FROM tenancy.entry_sessions AS o
-                               WHERE o.expires_at <= statement_timestamp()
-                                 FOR UPDATE SKIP LOCKED);
-        END IF;
-        IF v_id IS NOT NULL THEN
-            RETURN v_id;
-        END IF;
-    END IF;
-    -- The full check: the same test, then the reason of a refusal.
-    SELECT sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
-                 || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
-               = sha256(convert_to(right(v_token, 65), 'UTF8'))
-           AND v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
-           AND length(split_part(v_token, '.', 4)) <= 16,
+    -- HMAC-SHA256 (RFC 2104) under the named key over everything before the
+    -- last dot, compared as hashes of the hex text: the time the comparison
+    -- takes says nothing of the MAC. v_ok: true when it verifies and has not
+    -- expired, false when it verifies and has expired, NULL when it does not
+    -- verify (no row: no such key). CASE: the expiry of a malformed token is
+    -- not even computed. The pattern has no bounded repetition ({64}): those
+    -- make PostgreSQL's regular expressions many times slower.
+    SELECT CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
+                     AND length(split_part(v_token, '.', 4)) <= 16
+                     AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
+                             || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
+                         = sha256(convert_to(right(v_token, 65), 'UTF8'))
+                THEN split_part(v_token, '.', 4)::bigint
+                     > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+           END,
            d.id, d.status
       INTO v_ok, v_id, v_status
       FROM tenancy.entry_keys AS k
       LEFT JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
      WHERE k.name = split_part(v_token, '.', 2);
-    IF v_ok IS NOT TRUE THEN
+    IF v_ok AND (v_status = 'active' OR verify_entry_token.at_entry) THEN
+        RETURN v_id;
+    END IF;
+    -- Refused, or a tenant that is not active: why.
+    IF v_ok IS NULL THEN
         v_parts := string_to_array(v_token, '.');
         IF cardinality(v_parts) IS DISTINCT FROM 6 OR v_parts[1] <> 'pt1'
            OR length(v_parts[4]) NOT BETWEEN 1 AND 16 OR v_parts[4] !~ '^[0-9]+$'
@@ -6097,21 +6027,21 @@ BEGIN
                 USING ERRCODE = 'PT025',
                       HINT = 'Sign tokens with pgtenancy.sign_tenant_token.';
         END IF;
-        IF v_ok IS NULL THEN
+        IF NOT FOUND THEN
             RAISE EXCEPTION 'entry token refused: unknown key %', quote_literal(v_parts[2])
                 USING ERRCODE = 'PT025';
         END IF;
         RAISE EXCEPTION 'entry token refused: bad signature'
             USING ERRCODE = 'PT025';
     END IF;
-    v_expiry := split_part(v_token, '.', 4)::bigint;
-    IF v_expiry <= (extract(epoch FROM statement_timestamp()) * 1000)::bigint THEN
+    IF NOT v_ok THEN
         IF verify_entry_token.at_entry THEN
-            RAISE EXCEPTION 'entry token refused: expired at %', to_timestamp(v_expiry / 1000.0)
+            RAISE EXCEPTION 'entry token refused: expired at %',
+                to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
                 USING ERRCODE = 'PT026';
         END IF;
         RAISE EXCEPTION 'entry token of this transaction expired at %: its tenant''s rows are out of reach',
-            to_timestamp(v_expiry / 1000.0)
+            to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
             USING ERRCODE = 'PT028',
                   HINT = 'Enter the tenant again with a fresh token.';
     END IF;
@@ -6121,21 +6051,16 @@ BEGIN
     END IF;
     -- A suspended or deleted tenant: enter_tenant says why at entry; later
     -- statements see no tenant.
-    IF v_status <> 'active' AND NOT verify_entry_token.at_entry THEN
-        RETURN NULL;
-    END IF;
-    RETURN v_id;
+    RETURN NULL;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.verify_entry_token(text, boolean) IS
     'Id of the tenant entry token token is for, when its HMAC-SHA256 signature verifies under an '
-    'entry key and it has not expired (against statement_timestamp()); with at_entry (and outside '
-    'read-only transactions) the entry is recorded in tenancy.entry_sessions for this backend. '
-    'Raises PT025 (malformed, unknown key, bad signature), PT026 (expired, at_entry), PT028 '
-    '(expired, later statements: at_entry false), PT003 (no such tenant); with at_entry false NULL '
-    'for a tenant that is not active. Reads the keys as the kit''s owner. Granted to application '
-    'roles.';
+    'entry key and it has not expired (against statement_timestamp()). Raises PT025 (malformed, '
+    'unknown key, bad signature), PT026 (expired, at_entry), PT028 (expired, later statements: '
+    'at_entry false), PT003 (no such tenant); with at_entry false NULL for a tenant that is not '
+    'active. Reads the keys as the kit''s owner. Granted to application roles.';
 
 REVOKE ALL ON FUNCTION tenancy.verify_entry_token(text, boolean) FROM PUBLIC;
 
@@ -6167,8 +6092,7 @@ $$;
 COMMENT ON FUNCTION tenancy.enter_tenant_token(text, text) IS
     'Put the current transaction into the tenant of entry token token (pgtenancy.sign_tenant_token) '
     'after verifying it: enter_tenant(its slug), and the token in the transaction-local setting '
-    'app.tenant_token, which every later statement checks when strict entry is on (against the '
-    'entry the verifier recorded in tenancy.entry_sessions). slug, '
+    'app.tenant_token, which every later statement re-verifies when strict entry is on. slug, '
     'when given, must be the token''s tenant. Returns the tenant id. Raises PT025 (forged, '
     'malformed, unknown key), PT026 (expired), PT027 (slug is another tenant) and enter_tenant''s '
     'errors (PT003, PT004, PT005, PT007, PT019, PT020), before anything is set.';
@@ -6184,33 +6108,10 @@ AS $$
     SELECT $body$
 -- strict entry (tenancy.set_strict_entry): only a verified tenant.
 DECLARE
-    v_token  text := nullif(pg_catalog.current_setting('app.tenant_token', true), '');
-    v_id     uuid;
-    v_ok     uuid;
+    v_token text := nullif(pg_catalog.current_setting('app.tenant_token', true), '');
+    v_id    uuid := nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid;
+    v_ok    uuid;
 BEGIN
-    -- The hot path, one statement: this backend's entry, recorded by
-    -- enter_tenant_token after the full check, found by pid and sha256 of
-    -- the token (a preimage only the token's holder knows), unexpired, its
-    -- key still there, its tenant active and app.tenant_id its tenant. Not
-    -- on a standby, where unlogged tables cannot be read.
-    IF v_token IS NOT NULL AND NOT pg_catalog.pg_is_in_recovery() THEN
-        SELECT s.tenant_id INTO v_ok
-          FROM tenancy.entry_sessions AS s
-         WHERE s.pid OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()
-           AND s.token_hash OPERATOR(pg_catalog.=) pg_catalog.sha256(pg_catalog.convert_to(v_token, 'UTF8'))
-           AND s.expires_at OPERATOR(pg_catalog.>) pg_catalog.statement_timestamp()
-           AND s.tenant_id OPERATOR(pg_catalog.=)
-               nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid
-           AND EXISTS (SELECT 1 FROM tenancy.entry_keys AS k
-                        WHERE k.name OPERATOR(pg_catalog.=) s.key_name)
-           AND EXISTS (SELECT 1 FROM tenancy.tenant_directory AS d
-                        WHERE d.id OPERATOR(pg_catalog.=) s.tenant_id
-                          AND d.status OPERATOR(pg_catalog.=) 'active');
-        IF v_ok IS NOT NULL THEN
-            RETURN v_ok;
-        END IF;
-    END IF;
-    v_id := nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid;
     IF v_token IS NULL THEN
         -- The kit's owner (migrations, admin, delete_shared_rows) is trusted
         -- by its login role, which an application role cannot change.
@@ -6223,9 +6124,6 @@ BEGIN
             USING ERRCODE = 'PT025',
                   HINT = 'Enter with a token: tenant_session(engine, token=...) or tenancy.enter_tenant_token(token).';
     END IF;
-    -- No recorded entry (a token set by hand, a read-only transaction, an
-    -- expired token, a dropped key, a tenant no longer active, another
-    -- app.tenant_id): the full check decides.
     v_ok := tenancy.verify_entry_token(v_token, false);
     IF v_ok IS NULL THEN
         RETURN NULL;   -- the tenant is no longer active
@@ -6268,8 +6166,8 @@ COMMENT ON FUNCTION tenancy.strict_owner_session() IS
 
 -- Tables of tenant schemas: what the strict policy asks. SQL without a
 -- sub-select, so the planner inlines it into the policy's InitPlan: one
--- call of active_tenant_id() per statement, the owner test (a catalog
--- lookup) only when that is not the schema's tenant.
+-- PL/pgSQL call (active_tenant_id) per statement, the owner test (a
+-- catalog lookup) only when that is not the schema's tenant.
 CREATE OR REPLACE FUNCTION tenancy.strict_schema_guard(tenant uuid)
     RETURNS boolean
     LANGUAGE sql
@@ -6711,10 +6609,6 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = NEW.role_name) THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.verify_entry_token(text, boolean), '
                        'tenancy.check_strict() TO %I', NEW.role_name);
-        -- The per-statement check reads the backend's own recorded entry and
-        -- the key names (never the pads).
-        EXECUTE format('GRANT SELECT ON TABLE tenancy.entry_sessions TO %I', NEW.role_name);
-        EXECUTE format('GRANT SELECT (name) ON TABLE tenancy.entry_keys TO %I', NEW.role_name);
     END IF;
     -- At commit, after grant_app_role granted the tenant schemas: take back
     -- what strict mode keeps from application roles.
@@ -6729,8 +6623,7 @@ $$;
 COMMENT ON FUNCTION tenancy.app_roles_grant_strict() IS
     'Deferred trigger on tenancy.app_roles (grant_app_role), at commit: grant the new application '
     'role EXECUTE on verify_entry_token (policies call it in strict mode) and check_strict (the '
-    'doctor), SELECT on entry_sessions (its own row) and on the name column of entry_keys; in '
-    'strict mode guard every tenant schema again (strict_guard_schema), taking back '
+    'doctor); in strict mode guard every tenant schema again (strict_guard_schema), taking back '
     'what grant_app_role granted on materialized views, sequences and definer functions.';
 
 REVOKE ALL ON FUNCTION tenancy.app_roles_grant_strict() FROM PUBLIC;
@@ -6751,8 +6644,6 @@ BEGIN
                     JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.verify_entry_token(text, boolean), '
                                   'tenancy.check_strict() TO %I', v_role);
-        EXECUTE pg_catalog.format('GRANT SELECT ON TABLE tenancy.entry_sessions TO %I', v_role);
-        EXECUTE pg_catalog.format('GRANT SELECT (name) ON TABLE tenancy.entry_keys TO %I', v_role);
     END LOOP;
 END
 $$;
