@@ -209,7 +209,7 @@ BEGIN
       FROM tenancy.entry_keys AS k
       LEFT JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
      WHERE k.name = split_part(v_token, '.', 2);
-    IF v_ok AND (v_status = 'active' OR verify_entry_token.at_entry) THEN
+    IF v_ok AND (v_status = 'active' OR (verify_entry_token.at_entry AND v_id IS NOT NULL)) THEN
         RETURN v_id;
     END IF;
     -- Refused, or a tenant that is not active: why.

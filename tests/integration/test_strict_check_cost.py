@@ -146,3 +146,14 @@ def test_the_owner_test_of_the_schema_guard_is_false_for_the_application_role(
         )
         conn.rollback()
     assert world.data() == before
+
+
+def test_a_signed_token_for_a_tenant_that_does_not_exist_is_refused(world: StrictWorld) -> None:
+    ghost = token(world, "ghost")
+    with psycopg.connect(world.app_dsn) as conn:
+        assert sqlstate_of(conn, "SELECT tenancy.verify_entry_token(%s, true)", (ghost,)) == "PT003"
+        assert (
+            sqlstate_of(conn, "SELECT tenancy.verify_entry_token(%s, false)", (ghost,)) == "PT003"
+        )
+        assert sqlstate_of(conn, "SELECT tenancy.enter_tenant_token(%s)", (ghost,)) == "PT003"
+        conn.rollback()
