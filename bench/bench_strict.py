@@ -30,10 +30,16 @@ round (the same tables, the same server caches), so each ratio compares
 rates measured in the same run, interleaved. Ratio = strict seconds per
 transaction / plain seconds per transaction (median over rounds); the goal
 of the issue is at most 1.05 for the one-query transactions.
+
+When the server runs on this host (its backend's ``/proc/<pid>/stat`` is
+readable), the report adds the backend's CPU time per transaction (user +
+system, medians over rounds) and its ratio: the server's own cost, which
+other load on a shared machine disturbs far less than wall-clock rates.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import secrets
 import statistics
@@ -84,6 +90,9 @@ class Results(BaseResults):
     plain_rate: dict[str, float]
     strict_rate: dict[str, float]
     ratio: dict[str, float]
+    plain_cpu_us: dict[str, float] | None
+    strict_cpu_us: dict[str, float] | None
+    cpu_ratio: dict[str, float] | None
 
 
 @contextmanager
@@ -159,16 +168,32 @@ def signer(key: bytes, slug: str) -> str:
     return sign_tenant_token(key, slug, 60, "k1")
 
 
-def rate(run: Callable[[], object], seconds: float) -> float:
-    """Transactions per second of ``run`` over ``seconds``."""
+def backend_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) backend ``pid`` has used, or None when the
+    server is not on this host (no readable ``/proc/<pid>/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of proc(5) (utime, stime), counted after the command.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rate(run: Callable[[], object], seconds: float, pid: int) -> tuple[float, float | None]:
+    """Transactions per second of ``run`` over ``seconds``, and the CPU
+    microseconds per transaction of backend ``pid`` (None when unreadable)."""
 
     count = 0
+    cpu_start = backend_cpu(pid)
     start = now = time.perf_counter()
     while now < start + seconds:
         run()
         count += 1
         now = time.perf_counter()
-    return count / (now - start)
+    cpu_end = backend_cpu(pid)
+    cpu = None if cpu_start is None or cpu_end is None else (cpu_end - cpu_start) / count * 1e6
+    return count / (now - start), cpu
 
 
 def main() -> None:
@@ -182,10 +207,16 @@ def main() -> None:
         app_dsn = psycopg.conninfo.make_conninfo(db.dsn, user=role)
         plain: dict[str, list[float]] = {w[0]: [] for w in WORKLOADS}
         strict: dict[str, list[float]] = {w[0]: [] for w in WORKLOADS}
+        cpu: dict[str, dict[str, list[float]]] = {
+            "plain": {w[0]: [] for w in WORKLOADS},
+            "strict": {w[0]: [] for w in WORKLOADS},
+        }
         with (
             psycopg.connect(db.dsn, autocommit=True) as owner,
             psycopg.connect(app_dsn, autocommit=True) as conn,
         ):
+            pid_row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            pid = int(pid_row[0]) if pid_row else 0
             # Both sides return the same rows before anything is timed.
             for name, slug, table, query in WORKLOADS:
                 if "%s" in query:
@@ -205,14 +236,23 @@ def main() -> None:
                         # Warm the plans of this mode first.
                         for _ in range(20):
                             transaction(conn, query, table, slug, token)
-                        measured = rate(
-                            partial(transaction, conn, query, table, slug, token), args.seconds
+                        measured, cpu_us = rate(
+                            partial(transaction, conn, query, table, slug, token),
+                            args.seconds,
+                            pid,
                         )
                         (plain if mode == "plain" else strict)[name].append(measured)
+                        if cpu_us is not None:
+                            cpu[mode][name].append(cpu_us)
                 log(f"round {round_no + 1}/{args.rounds} done")
             owner.execute("SELECT tenancy.set_strict_entry(false)")
         plain_rate = {k: statistics.median(v) for k, v in plain.items()}
         strict_rate = {k: statistics.median(v) for k, v in strict.items()}
+        plain_cpu = strict_cpu = cpu_ratio = None
+        if all(cpu["plain"].values()) and all(cpu["strict"].values()):
+            plain_cpu = {k: statistics.median(v) for k, v in cpu["plain"].items()}
+            strict_cpu = {k: statistics.median(v) for k, v in cpu["strict"].items()}
+            cpu_ratio = {k: strict_cpu[k] / plain_cpu[k] for k in plain_cpu}
         results = Results(
             server_version=db.server_version,
             server_source=db.server_source,
@@ -221,6 +261,9 @@ def main() -> None:
             plain_rate=plain_rate,
             strict_rate=strict_rate,
             ratio={k: plain_rate[k] / strict_rate[k] for k in plain_rate},
+            plain_cpu_us=plain_cpu,
+            strict_cpu_us=strict_cpu,
+            cpu_ratio=cpu_ratio,
         )
     print_results(results, report, args.json)
 
@@ -240,6 +283,17 @@ def report(r: Results) -> str:
             f"{name:<30} {r.plain_rate[name]:>12,.0f} {r.strict_rate[name]:>12,.0f}"
             f" {r.ratio[name]:>17.3f}x"
         )
+    if r.cpu_ratio is not None and r.plain_cpu_us is not None and r.strict_cpu_us is not None:
+        lines.append("")
+        lines.append(
+            f"{'backend CPU per transaction':<30} {'plain us':>12} {'strict us':>12}"
+            f" {'strict/plain CPU':>18}"
+        )
+        for name in r.cpu_ratio:
+            lines.append(
+                f"{name:<30} {r.plain_cpu_us[name]:>12.1f} {r.strict_cpu_us[name]:>12.1f}"
+                f" {r.cpu_ratio[name]:>17.3f}x"
+            )
     lines.append("")
     lines.append(
         "strict side: a fresh token signed per transaction (sign_tenant_token), verified at entry"

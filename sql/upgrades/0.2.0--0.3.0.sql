@@ -6040,7 +6040,10 @@ REVOKE ALL ON FUNCTION tenancy.drop_entry_key(text) FROM PUBLIC;
 
 -- The verifier. SECURITY DEFINER: it alone reads the keys. Called once per
 -- statement (through active_tenant_id in the policies' InitPlan) and at
--- entry; two sha256 calls and one lookup (key and tenant), plans cached.
+-- entry. The cost of a PL/pgSQL function is mostly per statement and per
+-- expression, paid again in every transaction: one statement checks the
+-- key, the tenant, the signature and the expiry; what was wrong is worked
+-- out only for a token that fails.
 CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boolean DEFAULT true)
     RETURNS uuid
     LANGUAGE plpgsql
@@ -6050,60 +6053,71 @@ CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boole
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_parts  text[] := string_to_array(verify_entry_token.token, '.');
-    v_inner  bytea;
-    v_outer  bytea;
-    v_mac    bytea;
+    v_token  text := verify_entry_token.token;
+    v_parts  text[];
+    v_ok     boolean;
     v_id     uuid;
     v_status text;
 BEGIN
-    -- Plain character classes and length tests: bounded repetitions ({64})
+    -- HMAC-SHA256 (RFC 2104) under the named key over everything before the
+    -- last dot, compared as hashes of the hex text: the time the comparison
+    -- takes says nothing of the MAC. v_ok: true when it verifies and has not
+    -- expired, false when it verifies and has expired, NULL when it does not
+    -- verify (no row: no such key). CASE: the expiry of a malformed token is
+    -- not even computed. The pattern has no bounded repetition ({64}): those
     -- make PostgreSQL's regular expressions many times slower.
-    IF cardinality(v_parts) IS DISTINCT FROM 6 OR v_parts[1] <> 'pt1'
-       OR length(v_parts[4]) NOT BETWEEN 1 AND 16 OR v_parts[4] !~ '^[0-9]+$'
-       OR length(v_parts[5]) NOT BETWEEN 16 AND 64 OR v_parts[5] !~ '^[0-9a-f]+$'
-       OR length(v_parts[6]) <> 64 OR v_parts[6] !~ '^[0-9a-f]+$' THEN
-        RAISE EXCEPTION 'entry token refused: not a pgtenancy token'
-            USING ERRCODE = 'PT025',
-                  HINT = 'Sign tokens with pgtenancy.sign_tenant_token.';
-    END IF;
-    -- The key and the tenant in one lookup.
-    SELECT k.inner_pad, k.outer_pad, d.id, d.status INTO v_inner, v_outer, v_id, v_status
+    SELECT CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
+                     AND length(split_part(v_token, '.', 4)) <= 16
+                     AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
+                             || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
+                         = sha256(convert_to(right(v_token, 65), 'UTF8'))
+                THEN split_part(v_token, '.', 4)::bigint
+                     > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+           END,
+           d.id, d.status
+      INTO v_ok, v_id, v_status
       FROM tenancy.entry_keys AS k
-      LEFT JOIN tenancy.tenant_directory AS d ON d.slug = v_parts[3]
-     WHERE k.name = v_parts[2];
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'entry token refused: unknown key %', quote_literal(v_parts[2])
-            USING ERRCODE = 'PT025';
+      LEFT JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
+     WHERE k.name = split_part(v_token, '.', 2);
+    IF v_ok AND (v_status = 'active' OR (verify_entry_token.at_entry AND v_id IS NOT NULL)) THEN
+        RETURN v_id;
     END IF;
-    v_mac := sha256(v_outer || sha256(v_inner || convert_to(
-                 left(verify_entry_token.token, length(verify_entry_token.token) - 65), 'UTF8')));
-    -- Compared as hashes: the time the comparison takes says nothing of the MAC.
-    IF sha256(v_mac) <> sha256(decode(v_parts[6], 'hex')) THEN
+    -- Refused, or a tenant that is not active: why.
+    IF v_ok IS NULL THEN
+        v_parts := string_to_array(v_token, '.');
+        IF cardinality(v_parts) IS DISTINCT FROM 6 OR v_parts[1] <> 'pt1'
+           OR length(v_parts[4]) NOT BETWEEN 1 AND 16 OR v_parts[4] !~ '^[0-9]+$'
+           OR length(v_parts[5]) NOT BETWEEN 16 AND 64 OR v_parts[5] !~ '^[0-9a-f]+$'
+           OR length(v_parts[6]) <> 64 OR v_parts[6] !~ '^[0-9a-f]+$' THEN
+            RAISE EXCEPTION 'entry token refused: not a pgtenancy token'
+                USING ERRCODE = 'PT025',
+                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token.';
+        END IF;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'entry token refused: unknown key %', quote_literal(v_parts[2])
+                USING ERRCODE = 'PT025';
+        END IF;
         RAISE EXCEPTION 'entry token refused: bad signature'
             USING ERRCODE = 'PT025';
     END IF;
-    IF v_parts[4]::bigint <= (extract(epoch FROM statement_timestamp()) * 1000)::bigint THEN
+    IF NOT v_ok THEN
         IF verify_entry_token.at_entry THEN
             RAISE EXCEPTION 'entry token refused: expired at %',
-                to_timestamp(v_parts[4]::bigint / 1000.0)
+                to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
                 USING ERRCODE = 'PT026';
         END IF;
         RAISE EXCEPTION 'entry token of this transaction expired at %: its tenant''s rows are out of reach',
-            to_timestamp(v_parts[4]::bigint / 1000.0)
+            to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
             USING ERRCODE = 'PT028',
                   HINT = 'Enter the tenant again with a fresh token.';
     END IF;
     IF v_id IS NULL THEN
-        RAISE EXCEPTION 'tenant % not found', quote_literal(v_parts[3])
+        RAISE EXCEPTION 'tenant % not found', quote_literal(split_part(v_token, '.', 3))
             USING ERRCODE = 'PT003';
     END IF;
     -- A suspended or deleted tenant: enter_tenant says why at entry; later
     -- statements see no tenant.
-    IF v_status <> 'active' AND NOT verify_entry_token.at_entry THEN
-        RETURN NULL;
-    END IF;
-    RETURN v_id;
+    RETURN NULL;
 END
 $$;
 
@@ -6196,29 +6210,45 @@ COMMENT ON FUNCTION tenancy.strict_active_tenant_body() IS
 
 REVOKE ALL ON FUNCTION tenancy.strict_active_tenant_body() FROM PUBLIC;
 
--- Tables of tenant schemas: what the strict policy asks.
-CREATE OR REPLACE FUNCTION tenancy.strict_schema_guard(tenant uuid)
+CREATE OR REPLACE FUNCTION tenancy.strict_owner_session()
     RETURNS boolean
     LANGUAGE plpgsql
     STABLE
     PARALLEL SAFE
 AS $$
 BEGIN
-    -- The verified tenant first: the application role's own tables cost one
-    -- call; the owner test (a catalog lookup) only runs for the rest.
-    IF tenancy.active_tenant_id() OPERATOR(pg_catalog.=) strict_schema_guard.tenant THEN
-        RETURN true;
-    END IF;
+    -- PL/pgSQL, not SQL: a SQL function with a sub-select is planned on
+    -- every call; this plan is cached.
     RETURN pg_catalog.pg_has_role(session_user,
                (SELECT n.nspowner FROM pg_catalog.pg_namespace AS n
                  WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy'), 'MEMBER');
 END
 $$;
 
+COMMENT ON FUNCTION tenancy.strict_owner_session() IS
+    'True when the session''s login role (session_user, which an application role cannot change) '
+    'is a member of the kit''s owner: migrations, admin and the kit''s own functions pass the '
+    'strict guard of tenant schemas.';
+
+-- Tables of tenant schemas: what the strict policy asks. SQL without a
+-- sub-select, so the planner inlines it into the policy's InitPlan: one
+-- PL/pgSQL call (active_tenant_id) per statement, the owner test (a
+-- catalog lookup) only when that is not the schema's tenant.
+CREATE OR REPLACE FUNCTION tenancy.strict_schema_guard(tenant uuid)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    PARALLEL SAFE
+AS $$
+    SELECT coalesce(tenancy.active_tenant_id() OPERATOR(pg_catalog.=) strict_schema_guard.tenant, false)
+           OR tenancy.strict_owner_session()
+$$;
+
 COMMENT ON FUNCTION tenancy.strict_schema_guard(uuid) IS
     'Policy check of tables of tenant schemas in strict mode: true for sessions of the kit''s owner '
-    '(login role a member of it), otherwise only when the transaction''s verified tenant '
-    '(active_tenant_id) is tenant. Evaluated once per statement (InitPlan).';
+    '(login role a member of it, strict_owner_session), otherwise only when the transaction''s '
+    'verified tenant (active_tenant_id) is tenant. Inlined into the policy; evaluated once per '
+    'statement (InitPlan).';
 
 -- Guard one tenant schema: a RESTRICTIVE policy (and its permissive
 -- companion) with ENABLE and FORCE ROW LEVEL SECURITY on every table,
