@@ -268,8 +268,8 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant_token(token text, slug text DEFA
     VOLATILE
 AS $$
 DECLARE
-    v_id   uuid := tenancy.verify_entry_token(enter_tenant_token.token, true);
-    v_slug text := pg_catalog.split_part(enter_tenant_token.token, '.', 3);
+    v_id   pg_catalog.uuid := tenancy.verify_entry_token(enter_tenant_token.token, true);
+    v_slug pg_catalog.text := pg_catalog.split_part(enter_tenant_token.token, '.', 3);
 BEGIN
     IF enter_tenant_token.slug IS NOT NULL AND enter_tenant_token.slug OPERATOR(pg_catalog.<>) v_slug THEN
         RAISE EXCEPTION 'entry token is for tenant %, not %', pg_catalog.quote_literal(v_slug),
@@ -302,13 +302,15 @@ CREATE OR REPLACE FUNCTION tenancy.strict_active_tenant_body()
     IMMUTABLE
 AS $$
     SELECT $body$
--- strict entry (tenancy.set_strict_entry): only a verified tenant.
+-- strict entry (tenancy.set_strict_entry): only a verified tenant. Every
+-- name qualified: this runs with the caller's search_path (tests/sql/
+-- test_unpinned_names.py).
 DECLARE
-    v_token text := nullif(pg_catalog.current_setting('app.tenant_token', true), '');
-    v_id    uuid := nullif(pg_catalog.current_setting('app.tenant_id', true), '')::uuid;
-    v_ok    uuid;
+    v_token pg_catalog.text := pg_catalog.current_setting('app.tenant_token', true);
+    v_id    pg_catalog.uuid := tenancy.current_tenant_id();
+    v_ok    pg_catalog.uuid;
 BEGIN
-    IF v_token IS NULL THEN
+    IF v_token IS NULL OR v_token OPERATOR(pg_catalog.=) '' THEN
         -- The kit's owner (migrations, admin, delete_shared_rows) is trusted
         -- by its login role, which an application role cannot change.
         IF v_id IS NULL OR pg_catalog.pg_has_role(session_user,
@@ -324,7 +326,7 @@ BEGIN
     IF v_ok IS NULL THEN
         RETURN NULL;   -- the tenant is no longer active
     END IF;
-    IF v_id IS DISTINCT FROM v_ok THEN
+    IF v_id IS NULL OR v_id OPERATOR(pg_catalog.<>) v_ok THEN
         RAISE EXCEPTION 'strict entry: app.tenant_id is not the tenant of this transaction''s entry token'
             USING ERRCODE = 'PT027';
     END IF;
