@@ -109,11 +109,16 @@ VERSION_RULE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
 VERSION_PAD = 4
 _NAMING_HELP = (
     "name it NNNN_name.sql or <version>_<name>.sql (version: digits separated by "
-    "'.' or '-'), V<version>__<description>.sql (Flyway), NNNN_name.up.sql "
+    "'.' or '-', optionally ending with one lowercase letter: 1.2.10a), "
+    "V<version>__<description>.sql (Flyway), NNNN_name.up.sql "
     "(golang-migrate), or a directory <version>_<name>/ holding up.sql (diesel)"
 )
-# <version>_<name>.sql, or <version>.sql: the version is digits separated by . or -.
-_PLAIN = re.compile(r"^(?P<version>\d+(?:[.-]\d+)*)(?:_(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*))?$")
+# <version>_<name>.sql, or <version>.sql: the version is digits separated by . or -,
+# optionally ending with one lowercase letter, a patch after it (DAViCal's
+# 1.2.10.sql, 1.2.10a.sql, 1.2.11.sql).
+_PLAIN = re.compile(
+    r"^(?P<version>\d+(?:[.-]\d+)*(?P<suffix>[a-z])?)(?:_(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*))?$"
+)
 # Flyway: V<version>__<description>; its version separates numbers with . or _.
 _FLYWAY = re.compile(r"^V(?P<version>\d+(?:[._]\d+)*)__(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*)$")
 _DIGITS = re.compile(r"\d+")
@@ -133,6 +138,7 @@ def natural_key(text: str) -> tuple[tuple[int, int, str], ...]:
     )
 
 
+#: (form, version numbers, letter suffix + name, registered version, sql path).
 _Entry = tuple[str, tuple[int, ...], str, str, Path]
 
 
@@ -145,7 +151,10 @@ def _plain(form: str, text: str, path: Path) -> _Entry | None:
     if m is None:
         return None
     version = m["version"]
-    return form, _numbers(version), m["name"] or "", _pad(version) + text[len(version) :], path
+    # The suffix letter sorts with the name: "" < "a" (no suffix first), and
+    # "a" + name comes after "" + name, so 1.2.10_x < 1.2.10a < 1.2.11.
+    name = (m["suffix"] or "") + "\0" + (m["name"] or "")
+    return form, _numbers(version), name, _pad(version) + text[len(version) :], path
 
 
 def _classify(entry: Path) -> _Entry | str | None:
@@ -190,7 +199,9 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
 
     - ``<version>_<name>.sql`` or ``<version>.sql``, the version being digits
       separated by ``.`` or ``-`` (``0001_init.sql``,
-      ``00.00.00_01_pre_cancel_notification.sql``, ``2024-01-31_add.sql``);
+      ``00.00.00_01_pre_cancel_notification.sql``, ``2024-01-31_add.sql``),
+      optionally ending with one lowercase letter, read as a patch after
+      that version (DAViCal's ``1.2.10.sql``, ``1.2.10a.sql``, ``1.2.11.sql``);
     - Flyway ``V<version>__<description>.sql`` (``V1.1__add_index.sql``; ``_``
       in the version reads as ``.``); undo files ``U<version>__*.sql`` are
       ignored, repeatable ``R__*.sql`` ones refused;
@@ -201,7 +212,8 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
 
     Order: natural version sort: versions compare as sequences of numbers
     (``2.9`` < ``2.10`` < ``10``; ``1`` < ``1.1``; leading zeros do not
-    count), then names with :func:`natural_key` (digit runs as numbers). The
+    count), then the letter suffix (none first: ``1.2.10`` < ``1.2.10a`` <
+    ``1.2.10b`` < ``1.2.11``), then names with :func:`natural_key` (digit runs as numbers). The
     registered version is the name without ``.sql`` / ``.up.sql`` (a diesel
     directory's name), with every digit run of its version part zero-padded
     to :data:`VERSION_PAD` digits (``1.10_x`` -> ``0001.0010_x``; ``0001_init``
