@@ -739,7 +739,10 @@ def check_migration(
             )
         if isinstance(node, ast.RuleStmt):
             raise MigrationCheckError(
-                name, stmt.line, "a rule runs with its table owner's rights: use a trigger"
+                name,
+                stmt.line,
+                "a rule runs with its table owner's rights: use a trigger"
+                " (on a view, an INSTEAD OF trigger)",
             )
         if _uses_set_config(node):
             warnings.append(
