@@ -170,6 +170,9 @@ def _classify(entry: Path) -> _Entry | str | None:
             return "a directory per migration must hold up.sql"
         return _plain("diesel", name, up) or "a migration directory is named <version>_<name>"
     if not name.endswith(".sql"):
+        if name.lower().endswith(".sql"):
+            # Ignoring it would silently leave a gap in the history.
+            return "name it with .sql in lowercase (other files are ignored)"
         return None
     stem = name[: -len(".sql")]
     if stem.endswith(".down"):
@@ -195,7 +198,8 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
     """Read the migrations of ``directory``, in natural version order.
 
     Naming (one form per directory; hidden entries and files not ending in
-    ``.sql`` are ignored):
+    ``.sql`` are ignored, but ``.SQL`` in another case is refused: it would
+    leave a gap):
 
     - ``<version>_<name>.sql`` or ``<version>.sql``, the version being digits
       separated by ``.`` or ``-`` (``0001_init.sql``,

@@ -150,6 +150,7 @@ def test_golang_migrate_and_diesel(tmp_path: Path) -> None:
         ({"1.2a.sql": "x", "1.2.1.sql": "x"}, "1.2.1.sql", "sorts after 1.2a.sql naturally"),
         ({"1.2A.sql": "x"}, "1.2A.sql", "one lowercase letter"),
         ({"1.2ab.sql": "x"}, "1.2ab.sql", "NNNN_name.sql"),
+        ({"0001_a.sql": "x", "0002_b.SQL": "x"}, "0002_b.SQL", ".sql in lowercase"),
     ],
 )
 def test_ambiguous_or_unknown_names_are_refused(
