@@ -552,6 +552,19 @@ def _is_no_transaction(node: ast.Node) -> bool:
     )
 
 
+def _no_transaction_label(node: ast.Node) -> str:
+    """The statement as a user wrote it (``CREATE INDEX CONCURRENTLY``), not its node name."""
+    if isinstance(node, ast.IndexStmt):
+        return "CREATE INDEX CONCURRENTLY"
+    if isinstance(node, ast.DropStmt):
+        return "DROP INDEX CONCURRENTLY"
+    if isinstance(node, ast.ReindexStmt):
+        return "REINDEX CONCURRENTLY"
+    if isinstance(node, ast.VacuumStmt):
+        return "VACUUM"
+    return type(node).__name__
+
+
 def _outside_transaction_ok(node: ast.Node) -> bool:
     """One of the statements a no-transaction file may hold."""
     return bool(
@@ -698,8 +711,8 @@ def check_migration(
             raise MigrationCheckError(
                 name,
                 stmt.line,
-                f"{kind} cannot run inside a transaction; mark the file with "
-                f"'{NO_TRANSACTION}' as its first line",
+                f"{_no_transaction_label(node)} cannot run inside a transaction; mark the"
+                f" file with '{NO_TRANSACTION}' (one of its leading comment lines)",
             )
         if isinstance(node, ast.DoStmt):
             body, language = _body_of(node.args)
