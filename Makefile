@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 # default is the machine's PostgreSQL (Debian's 15 here).
 PG ?=
 
-.PHONY: procrastinate venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
+.PHONY: procrastinate graphile-worker venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
 .PHONY: citus test-citus bench-citus venv pg-binaries pgbouncer pg-extensions install-extension install-extension-releases install-sql uninstall-sql demo test bench lint clean
 
 $(STAMP): pyproject.toml
@@ -128,7 +128,29 @@ $(PROCRASTINATE_DIR)/migrations/.stamp: $(STAMP)
 	  echo "note: could not download procrastinate from PyPI; its tests will be skipped" >&2; \
 	fi
 
-test: $(STAMP) pg-binaries pgbouncer pg-extensions procrastinate
+# A second real history for tests/integration/test_real_histories.py:
+# graphile-worker's 19 numbered files (sql/000001.sql ...), from its npm
+# package (pinned, SHA-256 checked; not committed). The tests cut its
+# :GRAPHILE_WORKER_SCHEMA. placeholder, as a tenant user does. Without npm or
+# network the tests that need it are skipped with a message.
+GRAPHILE_WORKER_VERSION ?= 0.17.3
+GRAPHILE_WORKER_SHA256 ?= e856732cba70f43083a2254dd79e5a659be80c2429bf922e6fa2acf78e6e52ea
+GRAPHILE_WORKER_DIR := .cache/graphile-worker-$(GRAPHILE_WORKER_VERSION)
+graphile-worker: $(GRAPHILE_WORKER_DIR)/sql/.stamp
+
+$(GRAPHILE_WORKER_DIR)/sql/.stamp:
+	@mkdir -p $(GRAPHILE_WORKER_DIR)
+	@if command -v npm >/dev/null 2>&1 \
+	  && (cd $(GRAPHILE_WORKER_DIR) && npm pack --silent "graphile-worker@$(GRAPHILE_WORKER_VERSION)" >/dev/null 2>&1) \
+	  && echo "$(GRAPHILE_WORKER_SHA256)  $(GRAPHILE_WORKER_DIR)/graphile-worker-$(GRAPHILE_WORKER_VERSION).tgz" | sha256sum -c --quiet -; then \
+	  rm -rf $(GRAPHILE_WORKER_DIR)/sql $(GRAPHILE_WORKER_DIR)/package && \
+	  tar -xzf $(GRAPHILE_WORKER_DIR)/graphile-worker-$(GRAPHILE_WORKER_VERSION).tgz -C $(GRAPHILE_WORKER_DIR) package/sql && \
+	  mv $(GRAPHILE_WORKER_DIR)/package/sql $(GRAPHILE_WORKER_DIR)/sql && rmdir $(GRAPHILE_WORKER_DIR)/package && touch $@; \
+	else \
+	  echo "note: could not download graphile-worker $(GRAPHILE_WORKER_VERSION) with npm (or its checksum differs); its tests will be skipped" >&2; \
+	fi
+
+test: $(STAMP) pg-binaries pgbouncer pg-extensions procrastinate graphile-worker
 ifeq ($(PG),)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 else ifeq ($(PG),18)

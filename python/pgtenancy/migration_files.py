@@ -109,11 +109,16 @@ VERSION_RULE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_.-]{0,127}$")
 VERSION_PAD = 4
 _NAMING_HELP = (
     "name it NNNN_name.sql or <version>_<name>.sql (version: digits separated by "
-    "'.' or '-'), V<version>__<description>.sql (Flyway), NNNN_name.up.sql "
+    "'.' or '-', optionally ending with one lowercase letter: 1.2.10a), "
+    "V<version>__<description>.sql (Flyway), NNNN_name.up.sql "
     "(golang-migrate), or a directory <version>_<name>/ holding up.sql (diesel)"
 )
-# <version>_<name>.sql, or <version>.sql: the version is digits separated by . or -.
-_PLAIN = re.compile(r"^(?P<version>\d+(?:[.-]\d+)*)(?:_(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*))?$")
+# <version>_<name>.sql, or <version>.sql: the version is digits separated by . or -,
+# optionally ending with one lowercase letter, a patch after it (DAViCal's
+# 1.2.10.sql, 1.2.10a.sql, 1.2.11.sql).
+_PLAIN = re.compile(
+    r"^(?P<version>\d+(?:[.-]\d+)*(?P<suffix>[a-z])?)(?:_(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*))?$"
+)
 # Flyway: V<version>__<description>; its version separates numbers with . or _.
 _FLYWAY = re.compile(r"^V(?P<version>\d+(?:[._]\d+)*)__(?P<name>[0-9A-Za-z][0-9A-Za-z_.-]*)$")
 _DIGITS = re.compile(r"\d+")
@@ -133,6 +138,7 @@ def natural_key(text: str) -> tuple[tuple[int, int, str], ...]:
     )
 
 
+#: (form, version numbers, letter suffix + name, registered version, sql path).
 _Entry = tuple[str, tuple[int, ...], str, str, Path]
 
 
@@ -145,7 +151,10 @@ def _plain(form: str, text: str, path: Path) -> _Entry | None:
     if m is None:
         return None
     version = m["version"]
-    return form, _numbers(version), m["name"] or "", _pad(version) + text[len(version) :], path
+    # The suffix letter sorts with the name: "" < "a" (no suffix first), and
+    # "a" + name comes after "" + name, so 1.2.10_x < 1.2.10a < 1.2.11.
+    name = (m["suffix"] or "") + "\0" + (m["name"] or "")
+    return form, _numbers(version), name, _pad(version) + text[len(version) :], path
 
 
 def _classify(entry: Path) -> _Entry | str | None:
@@ -161,6 +170,9 @@ def _classify(entry: Path) -> _Entry | str | None:
             return "a directory per migration must hold up.sql"
         return _plain("diesel", name, up) or "a migration directory is named <version>_<name>"
     if not name.endswith(".sql"):
+        if name.lower().endswith(".sql"):
+            # Ignoring it would silently leave a gap in the history.
+            return "name it with .sql in lowercase (other files are ignored)"
         return None
     stem = name[: -len(".sql")]
     if stem.endswith(".down"):
@@ -186,11 +198,14 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
     """Read the migrations of ``directory``, in natural version order.
 
     Naming (one form per directory; hidden entries and files not ending in
-    ``.sql`` are ignored):
+    ``.sql`` are ignored, but ``.SQL`` in another case is refused: it would
+    leave a gap):
 
     - ``<version>_<name>.sql`` or ``<version>.sql``, the version being digits
       separated by ``.`` or ``-`` (``0001_init.sql``,
-      ``00.00.00_01_pre_cancel_notification.sql``, ``2024-01-31_add.sql``);
+      ``00.00.00_01_pre_cancel_notification.sql``, ``2024-01-31_add.sql``),
+      optionally ending with one lowercase letter, read as a patch after
+      that version (DAViCal's ``1.2.10.sql``, ``1.2.10a.sql``, ``1.2.11.sql``);
     - Flyway ``V<version>__<description>.sql`` (``V1.1__add_index.sql``; ``_``
       in the version reads as ``.``); undo files ``U<version>__*.sql`` are
       ignored, repeatable ``R__*.sql`` ones refused;
@@ -201,7 +216,8 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
 
     Order: natural version sort: versions compare as sequences of numbers
     (``2.9`` < ``2.10`` < ``10``; ``1`` < ``1.1``; leading zeros do not
-    count), then names with :func:`natural_key` (digit runs as numbers). The
+    count), then the letter suffix (none first: ``1.2.10`` < ``1.2.10a`` <
+    ``1.2.10b`` < ``1.2.11``), then names with :func:`natural_key` (digit runs as numbers). The
     registered version is the name without ``.sql`` / ``.up.sql`` (a diesel
     directory's name), with every digit run of its version part zero-padded
     to :data:`VERSION_PAD` digits (``1.10_x`` -> ``0001.0010_x``; ``0001_init``
@@ -536,6 +552,19 @@ def _is_no_transaction(node: ast.Node) -> bool:
     )
 
 
+def _no_transaction_label(node: ast.Node) -> str:
+    """The statement as a user wrote it (``CREATE INDEX CONCURRENTLY``), not its node name."""
+    if isinstance(node, ast.IndexStmt):
+        return "CREATE INDEX CONCURRENTLY"
+    if isinstance(node, ast.DropStmt):
+        return "DROP INDEX CONCURRENTLY"
+    if isinstance(node, ast.ReindexStmt):
+        return "REINDEX CONCURRENTLY"
+    if isinstance(node, ast.VacuumStmt):
+        return "VACUUM"
+    return type(node).__name__
+
+
 def _outside_transaction_ok(node: ast.Node) -> bool:
     """One of the statements a no-transaction file may hold."""
     return bool(
@@ -682,8 +711,8 @@ def check_migration(
             raise MigrationCheckError(
                 name,
                 stmt.line,
-                f"{kind} cannot run inside a transaction; mark the file with "
-                f"'{NO_TRANSACTION}' as its first line",
+                f"{_no_transaction_label(node)} cannot run inside a transaction; mark the"
+                f" file with '{NO_TRANSACTION}' (one of its leading comment lines)",
             )
         if isinstance(node, ast.DoStmt):
             body, language = _body_of(node.args)
@@ -727,7 +756,10 @@ def check_migration(
             )
         if isinstance(node, ast.RuleStmt):
             raise MigrationCheckError(
-                name, stmt.line, "a rule runs with its table owner's rights: use a trigger"
+                name,
+                stmt.line,
+                "a rule runs with its table owner's rights: use a trigger"
+                " (on a view, an INSTEAD OF trigger)",
             )
         if _uses_set_config(node):
             warnings.append(

@@ -46,7 +46,7 @@ def write(directory: Path, name: str, sql: str) -> Path:
         ("CREATE TABLE t (id int REFERENCES other.t (id));", "1: references schema 'other'"),
         (
             "\n\nCREATE INDEX CONCURRENTLY i ON t (id);",
-            "3: IndexStmt cannot run inside a transaction",
+            "3: CREATE INDEX CONCURRENTLY cannot run inside a transaction",
         ),
         ("CREATE TABLE t (", "1: does not parse"),
     ],

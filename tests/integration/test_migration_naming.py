@@ -145,6 +145,12 @@ def test_golang_migrate_and_diesel(tmp_path: Path) -> None:
         ({"V1_init.sql": "x"}, "V1_init.sql", "V<version>__<description>.sql"),
         ({"1.2..3_a.sql": "x"}, "1.2..3_a.sql", "NNNN_name.sql"),
         ({"1_" + "a" * 130 + ".sql": "x"}, "1_" + "a" * 130 + ".sql", "registry accepts"),
+        # A letter suffix and a further number part disagree: naturally 1.2a
+        # is before 1.2.1, registered "0001.0002.0001" < "0001.0002a".
+        ({"1.2a.sql": "x", "1.2.1.sql": "x"}, "1.2.1.sql", "sorts after 1.2a.sql naturally"),
+        ({"1.2A.sql": "x"}, "1.2A.sql", "one lowercase letter"),
+        ({"1.2ab.sql": "x"}, "1.2ab.sql", "NNNN_name.sql"),
+        ({"0001_a.sql": "x", "0002_b.SQL": "x"}, "0002_b.SQL", ".sql in lowercase"),
     ],
 )
 def test_ambiguous_or_unknown_names_are_refused(
@@ -155,6 +161,25 @@ def test_ambiguous_or_unknown_names_are_refused(
         read_migration_dir(d)
     assert info.value.file == (file or "m")
     assert reason in info.value.reason
+
+
+def test_letter_suffixed_versions_read_in_patch_order(tmp_path: Path, sql: SQL) -> None:
+    # DAViCal (Debian's davical package, dba/patches/) names its patches so:
+    # 1.2.10a is applied after 1.2.10 and before 1.2.11.
+    names = ["1.1.9.sql", "1.1.10.sql", "1.1.11.sql", "1.1.11a.sql", "1.1.12.sql"]
+    names += ["1.2.1.sql", "1.2.1a.sql", "1.2.1b.sql", "1.2.2.sql", "1.2.10.sql", "1.2.10a.sql"]
+    names += ["1.2.11.sql"]
+    d = files(tmp_path, {n: "SELECT 1;" for n in reversed(names)})
+    read = read_migration_dir(d)
+    assert [f.name for f in read] == names
+    versions = [f.version for f in read]
+    assert versions[3:5] == ["0001.0001.0011a", "0001.0001.0012"]
+    assert sql(
+        'SELECT array_agg(v ORDER BY v COLLATE "C") FROM unnest(%s::text[]) AS v', (versions,)
+    ) == [(versions,)]
+    # With names too: the bare version, then its named ones, then the suffix.
+    d2 = files(tmp_path / "named", {"1.2_b.sql": "x", "1.2a_a.sql": "x", "1.2.sql": "x"})
+    assert [f.name for f in read_migration_dir(d2)] == ["1.2.sql", "1.2_b.sql", "1.2a_a.sql"]
 
 
 def test_natural_key() -> None:
@@ -176,6 +201,24 @@ def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
         env=subprocess_env(),
         timeout=300,
     )
+
+
+def test_a_letter_suffixed_series_registers_and_provisions(
+    dsn: str, tenancy: Tenancy, sql: SQL, tmp_path: Path
+) -> None:
+    entries = {"1.1.sql": "CREATE TABLE log (v text, at serial);"}
+    for v in ("1.1a", "1.1b", "1.2", "1.2a", "1.10"):
+        entries[f"{v}.sql"] = f"INSERT INTO log (v) VALUES ('{v}');"
+    d = files(tmp_path / "patches", entries)
+    tenancy.create_tenant("acme")
+    r = cli(dsn, "--dir", str(d), "--quiet")
+    assert r.returncode == 0, r.stderr
+    tenancy.create_tenant("globex")
+    for schema in ("tenant_acme", "tenant_globex"):
+        assert sql(f"SELECT array_agg(v ORDER BY at) FROM {schema}.log") == [
+            (["1.1a", "1.1b", "1.2", "1.2a", "1.10"],)
+        ]
+    assert {t.migration_version for t in tenancy.list_tenants()} == {"0001.0010"}
 
 
 def test_a_flyway_series_applies_in_natural_order(
