@@ -914,23 +914,26 @@ def entry_key() -> None:
 @dsn_option
 @click.argument("name")
 @click.option(
-    "--key-hex",
-    envvar="PGTENANCY_ENTRY_KEY",
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="The key as hex ($PGTENANCY_ENTRY_KEY); without it a random 32-byte key is made "
-    "and printed once.",
+    help="A file holding the key as hex; or give it in $PGTENANCY_ENTRY_KEY. Never on the "
+    "command line (ps shows it). Without either a random 32-byte key is made and printed once.",
 )
-def entry_key_add(dsn: str, name: str, key_hex: str | None) -> None:
+def entry_key_add(dsn: str, name: str, key_file: str | None) -> None:
     """Add entry key NAME (32 bytes or more)."""
     import secrets
 
+    from pgtenancy.each import load_entry_key
+
     try:
-        key = bytes.fromhex(key_hex) if key_hex else secrets.token_bytes(32)
+        given = load_entry_key(key_file)
     except ValueError as exc:
-        raise click.BadParameter(f"not hex: {exc}", param_hint="--key-hex") from exc
+        raise click.BadParameter(str(exc), param_hint="--key-file") from exc
+    key = given if given is not None else secrets.token_bytes(32)
     added = _tenancy(dsn).add_entry_key(name, key)
     click.echo(f"entry key {name} {'added' if added else 'already there'}")
-    if not key_hex:
+    if given is None:
         click.echo(f"key (hex, shown once): {key.hex()}")
 
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -513,6 +514,38 @@ def test_cli_switches_strict_entry_and_manages_keys(dsn: str) -> None:
     assert r.returncode == 0 and "strict entry off (was on)" in r.stdout
     r = run_cli("entry-key", "drop", "k1", "--dsn", dsn)
     assert r.returncode == 0 and "dropped" in r.stdout
+
+
+def test_cli_takes_a_given_key_from_a_file_or_the_environment_only(
+    dsn: str, tmp_path: Path
+) -> None:
+    """The key never goes on the command line (ps shows argv): a file or
+    $PGTENANCY_ENTRY_KEY; it is then not printed; a bad one adds nothing."""
+    from helpers import run_cli
+
+    def keys() -> list[tuple[Any, ...]]:
+        with psycopg.connect(dsn) as owner:
+            return owner.execute("SELECT name FROM tenancy.entry_keys ORDER BY 1").fetchall()
+
+    key = secrets.token_bytes(32)
+    key_file = tmp_path / "k1.hex"
+    key_file.write_text(key.hex() + "\n")
+    r = run_cli("entry-key", "add", "k1", "--dsn", dsn, "--key-file", str(key_file))
+    assert r.returncode == 0 and "entry key k1 added" in r.stdout, r.stderr
+    assert key.hex() not in r.stdout + r.stderr
+    r = run_cli("entry-key", "add", "k2", "--dsn", dsn, env={"PGTENANCY_ENTRY_KEY": key.hex()})
+    assert r.returncode == 0 and key.hex() not in r.stdout + r.stderr, r.stderr
+    assert keys() == [("k1",), ("k2",)]
+    r = run_cli("entry-key", "add", "k3", "--dsn", dsn, env={"PGTENANCY_ENTRY_KEY": "zz"})
+    assert r.returncode == 2 and "--key-file" in r.stderr and "zz" not in r.stderr
+    r = run_cli("entry-key", "add", "k3", "--dsn", dsn, "--key-hex", key.hex())
+    assert r.returncode == 2 and "No such option" in r.stderr
+    assert keys() == [("k1",), ("k2",)]
+    Tenancy(dsn).create_tenant("acme")
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute(
+            "SELECT tenancy.enter_tenant_token(%s)", (sign_tenant_token(key, "acme", 9, "k1"),)
+        )
 
 
 def test_an_app_role_granted_in_strict_mode_gets_no_unguardable_access(world: StrictWorld) -> None:
