@@ -283,7 +283,9 @@ def add_migration(dsn: str, migration_version: str, file: Path) -> None:
     "--dir",
     "directory",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Register the NNNN_name.sql files of this directory first (checked).",
+    help="Register this directory's migration files first, checked (NNNN_name.sql, any "
+    "<version>_<name>.sql, Flyway V<version>__<name>.sql, golang-migrate *.up.sql, or one "
+    "directory per migration with up.sql; README: naming rules).",
 )
 @click.option(
     "--shared-dir",
@@ -382,6 +384,14 @@ def migrate(
         synced = sync_migration_dir(dsn, directory, shared_schemas=shared_schemas, dry_run=dry_run)
         for warning in synced.warnings:
             click.echo(f"warning: {warning}", err=True)
+        if not synced.files:
+            click.echo(f"warning: {directory} holds no migration files", err=True)
+        elif not (quiet or as_json):
+            click.echo(
+                f"migrations: {len(synced.registered)} "
+                f"{'to register' if dry_run else 'registered'}, {len(synced.current)} current",
+                err=True,
+            )
         new_versions = synced.registered if dry_run else []
     if alembic_ini is not None:
         from pgtenancy.alembic import sync_alembic

@@ -272,3 +272,23 @@ def test_a_no_transaction_migration_runs_outside_one(
         "WHERE tenant_slug = 'acme' ORDER BY id"
     ) == [("tenant_created", "0003_col")]
     assert sql("SHOW search_path") == [('"$user", public',)]
+
+
+def test_migrate_dir_says_what_it_registered(dsn: str, tenancy: Tenancy, tmp_path: Path) -> None:
+    """A new user sees the registration: counts on stderr, and a warning (not
+    silence) for a directory without migration files."""
+    d = tmp_path / "migrations"
+    write(d, "0001_notes.sql", "CREATE TABLE note (id int PRIMARY KEY);")
+    r = cli(dsn, "--dir", str(d), "--dry-run")
+    assert r.returncode == 0 and "migrations: 1 to register, 0 current" in r.stderr, r.stderr
+    assert tenancy.list_migrations() == []
+    r = cli(dsn, "--dir", str(d))
+    assert r.returncode == 0 and "migrations: 1 registered, 0 current" in r.stderr, r.stderr
+    r = cli(dsn, "--dir", str(d))
+    assert r.returncode == 0 and "migrations: 0 registered, 1 current" in r.stderr, r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.txt").write_text("not a migration")
+    r = cli(dsn, "--dir", str(empty))
+    assert r.returncode == 0 and f"warning: {empty} holds no migration files" in r.stderr
+    assert [m.version for m in tenancy.list_migrations()] == ["0001_notes"]
