@@ -19,6 +19,7 @@ Internal module: the public entry points are
 
 from __future__ import annotations
 
+import inspect
 import re
 from functools import lru_cache
 from typing import Any
@@ -29,6 +30,15 @@ from psycopg import generators, pq, sql
 try:  # psycopg's prepared-statement manager (private; see tag_statements)
     from psycopg._preparing import PrepareManager as _PrepareManager
 except ImportError:  # pragma: no cover - a psycopg without it: no per-tenant keys
+    _PrepareManager = None  # type: ignore[assignment,misc]
+
+# Per-tenant keys use psycopg's private manager: only on the releases it was
+# tested with (3.2, 3.3) and with the key(query) method it overrides; on any
+# other release statements stay keyed by text, as without the kit.
+if _PrepareManager is not None and not (
+    psycopg.__version__.split(".")[:2] in (["3", "2"], ["3", "3"])
+    and list(inspect.signature(_PrepareManager.key).parameters)[-1:] == ["query"]
+):  # pragma: no cover
     _PrepareManager = None  # type: ignore[assignment,misc]
 
 from pgtenancy.errors import raise_translated
