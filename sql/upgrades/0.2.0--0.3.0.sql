@@ -2598,7 +2598,7 @@ CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrato
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_migrator oid := to_regrole(quote_ident(tenancy.migrator_role()))::oid;
     v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
     v_rest     name := tenancy.rest_owner(schema_name);
     v_from     oid[];
