@@ -24,10 +24,17 @@ the same files to one empty schema, each in its own ``BEGIN; ... COMMIT;``.
 Both sides run each migration's SQL once; registration adds its checks and
 bookkeeping. Goal: registration within 2x of psql, and linear (per-file cost
 flat as the series grows; compare the two series' seconds per file).
+
+Where the server is local and the role a superuser, each side's CPU seconds
+are reported too (the server backend's, read from ``/proc/self/stat`` with
+``pg_read_file``, plus, for registration, the Python process's own: the
+pglast checks): on a machine shared with other jobs they move far less
+than the wall-clock seconds.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -35,6 +42,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 from common import (
     BaseResults,
@@ -71,6 +80,10 @@ class Results(BaseResults):
     generated_psql_seconds: float
     generated_ratio: float
     ratio_goal: float
+    procrastinate_register_cpu_seconds: float | None = None
+    procrastinate_psql_cpu_seconds: float | None = None
+    generated_register_cpu_seconds: float | None = None
+    generated_psql_cpu_seconds: float | None = None
 
 
 def procrastinate_series(directory: Path) -> str:
@@ -95,26 +108,62 @@ def generated_series(directory: Path, count: int) -> None:
 
 
 def psql_script(directory: Path, prelude: str) -> str:
-    """The same files in version order, one transaction each, in schema bench_psql."""
+    """The same files in version order, one transaction each, in schema bench_psql;
+    last, the backend's CPU counters into table bench_cpu (NULL where unreadable)."""
     from pgtenancy.migration_files import read_migration_dir
 
     parts = [prelude, "CREATE SCHEMA bench_psql;", "SET search_path = bench_psql, public;"]
     for f in read_migration_dir(directory):
         parts += ["BEGIN;", f.sql, "COMMIT;"]
+    parts.append(f"CREATE TABLE public.bench_cpu AS SELECT {BACKEND_STAT} AS stat;")
     return "\n".join(parts) + "\n"
 
 
-def time_series(psql: Path, directory: Path, prelude: str) -> tuple[int, float, float]:
-    """(files, registration seconds, psql seconds), each side in a fresh database."""
+#: The backend's own ``/proc/self/stat`` (Linux, superuser), else NULL.
+BACKEND_STAT = (
+    "(SELECT CASE WHEN (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)"
+    " THEN pg_catalog.pg_read_file('/proc/self/stat', 0, 1024, true) END)"
+)
+
+
+def backend_cpu(stat: str | None) -> float | None:
+    """User + system CPU seconds from a ``/proc/<pid>/stat`` line (None: unknown)."""
+    if not stat or ")" not in stat:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # After "pid (comm)": state is field 3, utime and stime fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_series(
+    psql: Path, directory: Path, prelude: str
+) -> tuple[int, float, float, float | None, float | None]:
+    """(files, registration seconds, psql seconds, registration CPU seconds, psql
+    CPU seconds), each side in a fresh database."""
     with bench_database() as db:
         if prelude:
             time_psql_script(psql, db.dsn, prelude)
-        start = time.perf_counter()
-        synced = sync_migration_dir(db.dsn, directory)
-        register_s = time.perf_counter() - start
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            start_stat = conn.execute(f"SELECT {BACKEND_STAT}").fetchone()
+            start_client = time.process_time()
+            start = time.perf_counter()
+            synced = sync_migration_dir(conn, directory)
+            register_s = time.perf_counter() - start
+            client_s = time.process_time() - start_client
+            end_stat = conn.execute(f"SELECT {BACKEND_STAT}").fetchone()
+    before = backend_cpu(start_stat[0] if start_stat else None)
+    after = backend_cpu(end_stat[0] if end_stat else None)
+    register_cpu = None if before is None or after is None else after - before + client_s
     with bench_database() as db:
         psql_s = time_psql_script(psql, db.dsn, psql_script(directory, prelude))
-    return len(synced.registered), register_s, psql_s
+        with psycopg.connect(db.dsn) as conn:
+            row = conn.execute("SELECT stat FROM public.bench_cpu").fetchone()
+    psql_cpu = backend_cpu(row[0] if row else None)
+    return len(synced.registered), register_s, psql_s, register_cpu, psql_cpu
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def run(generated: int) -> Results:
@@ -127,10 +176,10 @@ def run(generated: int) -> Results:
         prelude = procrastinate_series(proc_dir)
         generated_series(gen_dir, generated)
         log("procrastinate: registering, then psql")
-        p_files, p_reg, p_psql = time_series(psql, proc_dir, prelude)
+        p_files, p_reg, p_psql, p_reg_cpu, p_psql_cpu = time_series(psql, proc_dir, prelude)
         log(f"  {p_files} files: {p_reg:.2f} s vs {p_psql:.2f} s")
         log(f"generated: {generated} files")
-        g_files, g_reg, g_psql = time_series(psql, gen_dir, "")
+        g_files, g_reg, g_psql, g_reg_cpu, g_psql_cpu = time_series(psql, gen_dir, "")
         log(f"  {g_files} files: {g_reg:.2f} s vs {g_psql:.2f} s")
         with bench_database() as db:
             version, source = db.server_version, db.server_source
@@ -148,12 +197,44 @@ def run(generated: int) -> Results:
         generated_psql_seconds=round(g_psql, 3),
         generated_ratio=round(g_reg / g_psql, 3),
         ratio_goal=RATIO_GOAL,
+        procrastinate_register_cpu_seconds=_round(p_reg_cpu),
+        procrastinate_psql_cpu_seconds=_round(p_psql_cpu),
+        generated_register_cpu_seconds=_round(g_reg_cpu),
+        generated_psql_cpu_seconds=_round(g_psql_cpu),
     )
 
 
 def per_file_ms(seconds: float, files: int) -> str:
     """Milliseconds per file, one decimal (``-`` for no file)."""
     return f"{seconds * 1000 / files:.1f}" if files else "-"
+
+
+def cpu_lines(r: Results) -> list[str]:
+    """CPU seconds per side and their ratios, when they were read."""
+    pairs = [
+        (
+            "procrastinate",
+            r.procrastinate_files,
+            r.procrastinate_register_cpu_seconds,
+            r.procrastinate_psql_cpu_seconds,
+        ),
+        (
+            "generated",
+            r.generated_files,
+            r.generated_register_cpu_seconds,
+            r.generated_psql_cpu_seconds,
+        ),
+    ]
+    lines = []
+    for name, files, reg, base in pairs:
+        if reg is None or base is None or not base:
+            continue
+        lines.append(
+            f"CPU (server backend + registering process): {name} {reg:.2f} s vs psql's backend"
+            f" {base:.2f} s, {per_file_ms(reg, files)} vs {per_file_ms(base, files)} ms per file,"
+            f" ratio {reg / base:.2f}"
+        )
+    return lines
 
 
 def report(r: Results) -> str:
@@ -190,6 +271,7 @@ def report(r: Results) -> str:
             f" ms, generated {per_file_ms(r.generated_register_seconds, r.generated_files)} ms"
             f" (psql {per_file_ms(r.procrastinate_psql_seconds, r.procrastinate_files)}"
             f" and {per_file_ms(r.generated_psql_seconds, r.generated_files)} ms)",
+            *cpu_lines(r),
             "ratio = pgtenancy seconds / baseline seconds (lower is better); "
             f"goal <= {r.ratio_goal:g}: {'met' if ok else 'MISSED'}",
         ]

@@ -328,15 +328,18 @@ COMMENT ON FUNCTION tenancy.watched_settings() IS
 
 CREATE OR REPLACE FUNCTION tenancy.session_state()
     RETURNS jsonb
-    LANGUAGE sql
+    LANGUAGE plpgsql
     STABLE
     SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     -- What a statement can leave in a session beyond its transaction. A
     -- session without a temporary schema (pg_my_temp_schema() = 0) has no
     -- temporary objects: the catalogs (no index on the namespace alone) are
-    -- scanned only when it has one.
-    SELECT pg_catalog.jsonb_build_array(
+    -- scanned only when it has one. PL/pgSQL, not SQL: a SQL function with a
+    -- SET clause is planned again at every call, and the runner calls this
+    -- twice per migration.
+    RETURN pg_catalog.jsonb_build_array(
         CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN 0
              ELSE (SELECT count(*) FROM pg_catalog.pg_class AS c
                     WHERE c.relnamespace = pg_catalog.pg_my_temp_schema()) END,
@@ -347,7 +350,8 @@ AS $$
           WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'advisory'),
         (SELECT count(*) FROM pg_catalog.pg_listening_channels()),
         (SELECT count(*) FROM pg_catalog.pg_prepared_statements),
-        (SELECT count(*) FROM pg_catalog.pg_cursors))
+        (SELECT count(*) FROM pg_catalog.pg_cursors));
+END
 $$;
 
 COMMENT ON FUNCTION tenancy.session_state() IS
@@ -534,7 +538,6 @@ CREATE OR REPLACE FUNCTION tenancy.fence_target()
     RETURNS text
     LANGUAGE plpgsql
     STABLE
-    SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -543,23 +546,34 @@ DECLARE
     v_stack   text;
     v_frame   text;
 BEGIN
+    -- SECURITY INVOKER, called by the fence's event-trigger functions (also
+    -- invoker): current_user is the role the DDL runs as.
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
     -- Inside a tenant migration: tenancy.execute_migration is on the call
-    -- stack, which the migration cannot forge (settings it can).
-    IF tenancy.called_from_migration() THEN
-        -- DDL run by a kit function the migration called (row-change tracking of
-        -- one of its tables, which checks its target itself and creates its
-        -- function in tenancy) is the kit's: the innermost PL/pgSQL frame
-        -- below the fence's own is then a tenancy function other than the
-        -- runner. A migration cannot create functions in tenancy.
-        GET DIAGNOSTICS v_stack = PG_CONTEXT;
-        v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
-                                       WITH ORDINALITY AS f(line, n)
-                     WHERE f.line ~ '^PL/pgSQL function '
-                       AND f.line !~ '^PL/pgSQL function tenancy[.](fence_|called_from_migration[(])'
-                     ORDER BY f.n LIMIT 1);
-        IF v_frame ~ '^PL/pgSQL function tenancy[.]'
-           AND v_frame !~ '^PL/pgSQL function tenancy[.]execute_migration[(]' THEN
-            RETURN NULL;
+    -- stack, which the migration cannot take off (settings it can change).
+    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') > 0 THEN
+        -- DDL run by a kit function the migration called (row-change
+        -- tracking of one of its tables, which checks its target itself and
+        -- creates its function in tenancy) is the kit's. Kit functions are
+        -- SECURITY DEFINER functions of the kit's owner, so only DDL run as
+        -- the owner can be theirs: the migration's own DDL runs as the
+        -- migrator, and the text of its statements (which the call stack
+        -- quotes, and in which it could write a line that looks like a
+        -- frame) is never read for it. As the owner, the innermost PL/pgSQL
+        -- frame below the fence's own must be a tenancy function other than
+        -- the runner; a migration cannot create functions in tenancy.
+        IF current_user OPERATOR(pg_catalog.=)
+           (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n
+             WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy') THEN
+            v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
+                                           WITH ORDINALITY AS f(line, n)
+                         WHERE f.line OPERATOR(pg_catalog.~) '^PL/pgSQL function '
+                           AND f.line OPERATOR(pg_catalog.!~) '^PL/pgSQL function tenancy[.](fence_|called_from_migration[(])'
+                         ORDER BY f.n LIMIT 1);
+            IF v_frame OPERATOR(pg_catalog.~) '^PL/pgSQL function tenancy[.]'
+               AND v_frame OPERATOR(pg_catalog.!~) '^PL/pgSQL function tenancy[.]execute_migration[(]' THEN
+                RETURN NULL;
+            END IF;
         END IF;
         v_target := tenancy.migration_schema();
         -- Trust the setting only when it names the schema the runner opened
@@ -575,7 +589,7 @@ BEGIN
     -- must lie in that tenant's schema.
     v_outside := nullif(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '');
     IF v_outside IS NOT NULL THEN
-        IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name = v_outside) THEN
+        IF EXISTS (SELECT 1 FROM tenancy.tenants AS t WHERE t.schema_name OPERATOR(pg_catalog.=) v_outside) THEN
             RETURN v_outside;
         END IF;
         RETURN '';
@@ -586,8 +600,10 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.fence_target() IS
-    'For the migration fence: NULL outside a migration; inside one, the tenant schema it may '
-    'change, or the empty string when the setting names no tenant schema (everything refused).';
+    'For the migration fence (SECURITY INVOKER: it reads the role the DDL runs as): NULL outside '
+    'a migration and for the kit''s own DDL (run as the owner by a tenancy function); inside one, '
+    'the tenant schema it may change, or the empty string when the setting names no tenant schema '
+    '(everything refused).';
 
 CREATE OR REPLACE FUNCTION tenancy.fence_refuse(command text, object text, target text)
     RETURNS void
@@ -625,12 +641,21 @@ COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS
 CREATE OR REPLACE FUNCTION tenancy.fence_ddl_start()
     RETURNS event_trigger
     LANGUAGE plpgsql
-    SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_target text := tenancy.fence_target();
+    v_stack  text;
+    v_target text;
 BEGIN
+    -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
+    -- tells the kit's own DDL by it). Outside a migration it leaves at once,
+    -- calling nothing of the kit: every role's DDL passes through here.
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
+    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') = 0
+       AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
+        RETURN;
+    END IF;
+    v_target := tenancy.fence_target();
     IF v_target IS NULL THEN
         RETURN;
     END IF;
@@ -662,13 +687,22 @@ COMMENT ON FUNCTION tenancy.fence_ddl_start() IS
 CREATE OR REPLACE FUNCTION tenancy.fence_ddl_end()
     RETURNS event_trigger
     LANGUAGE plpgsql
-    SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_target text := tenancy.fence_target();
+    v_stack  text;
+    v_target text;
     v_cmd    record;
 BEGIN
+    -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
+    -- tells the kit's own DDL by it). Outside a migration it leaves at once,
+    -- calling nothing of the kit: every role's DDL passes through here.
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
+    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') = 0
+       AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
+        RETURN;
+    END IF;
+    v_target := tenancy.fence_target();
     IF v_target IS NULL THEN
         RETURN;
     END IF;
@@ -714,13 +748,22 @@ COMMENT ON FUNCTION tenancy.fence_ddl_end() IS
 CREATE OR REPLACE FUNCTION tenancy.fence_sql_drop()
     RETURNS event_trigger
     LANGUAGE plpgsql
-    SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_target text := tenancy.fence_target();
+    v_stack  text;
+    v_target text;
     v_obj    record;
 BEGIN
+    -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
+    -- tells the kit's own DDL by it). Outside a migration it leaves at once,
+    -- calling nothing of the kit: every role's DDL passes through here.
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
+    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') = 0
+       AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
+        RETURN;
+    END IF;
+    v_target := tenancy.fence_target();
     IF v_target IS NULL THEN
         RETURN;
     END IF;
@@ -753,6 +796,17 @@ REVOKE ALL ON FUNCTION tenancy.fence_ddl_start() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.fence_ddl_end() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.fence_sql_drop() FROM PUBLIC;
 
+-- The fence's functions run as the role the DDL runs as: in a migration
+-- the migrator (the kit's own DDL runs as the owner).
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.fence_target() TO %I',
+                              tenancy.migrator_role());
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.is_migration_target(text) TO %I',
+                              tenancy.migrator_role());
+END
+$$;
+
 -- Event triggers need a superuser. Without one the privilege fence alone
 -- holds, and the doctor says so.
 DO $$
@@ -780,7 +834,7 @@ CREATE OR REPLACE FUNCTION tenancy.check_tenant_grants(schema_name text)
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_migrator oid := to_regrole(quote_ident(tenancy.migrator_role()))::oid;
     v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
     v_nsp      oid := to_regnamespace(quote_ident(schema_name))::oid;
     v_obj      record;
@@ -937,7 +991,7 @@ CREATE OR REPLACE FUNCTION tenancy.hand_over_schema(schema_name text, to_migrato
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_migrator oid := (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.migrator_role());
+    v_migrator oid := to_regrole(quote_ident(tenancy.migrator_role()))::oid;
     v_owner    oid := (SELECT n.nspowner FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
     v_rest     name := tenancy.rest_owner(schema_name);
     v_from     oid[];

@@ -357,7 +357,12 @@ BEGIN
     -- The checks of a hand-back (tenancy.hand_over_schema) for the scratch
     -- schema, whose objects stay the migrator's: what a tenant could not
     -- take back is refused in the migration that made it.
-    IF EXISTS (SELECT 1 FROM pg_proc AS p WHERE p.pronamespace = v_nsp AND p.prosecdef) THEN
+    -- The schema's functions through its namespace dependencies (indexed;
+    -- pg_proc has no index on the namespace alone).
+    IF EXISTS (SELECT 1 FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+                WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+                  AND d.deptype = 'n' AND d.classid = 'pg_proc'::regclass
+                  AND p.prosecdef) THEN
         RAISE EXCEPTION 'unsafe migration % (schema %): unsafe migration: a SECURITY DEFINER function in a tenant schema would run with the owner''s rights',
             check_scratch_schema.version, check_scratch_schema.schema_name
             USING ERRCODE = 'PT017',

@@ -690,6 +690,12 @@ ATTACKS: dict[str, str] = {
     "shadow_builtin_function": (
         "CREATE FUNCTION upper(varchar) RETURNS text LANGUAGE sql AS 'SELECT $1::text'"
     ),
+    # The call stack quotes the statement's text: a line in it that looks like
+    # a frame of a kit function must not pass the fence.
+    "forged_call_stack_frame": (
+        "CREATE FUNCTION lower(text) RETURNS text LANGUAGE sql AS $f$ SELECT 'x"
+        "\nPL/pgSQL function tenancy.track_changes(regclass) line 1 at EXECUTE\n' $f$"
+    ),
 }
 
 
