@@ -52,7 +52,7 @@ def test_the_build_stamps_the_one_version(tmp_path: Path) -> None:
         pytest.skip(f"PGXS is not available: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     assert "default_version = '7.8.9'" in (build / "pgtenancy.control").read_text()
-    assert "SELECT '7.8.9'::text" in (build / "pgtenancy--7.8.9.sql").read_text()
+    assert "SELECT '7.8.9'::pg_catalog.text" in (build / "pgtenancy--7.8.9.sql").read_text()
     # Each upgrade script says the version it upgrades to.
     assert "SELECT '0.2.0'::text" in (build / "pgtenancy--0.1.0--0.2.0.sql").read_text()
     for path in build.glob("pgtenancy--*.sql"):

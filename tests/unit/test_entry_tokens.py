@@ -17,7 +17,10 @@ from pgtenancy.entry_tokens import resolve_token_tenant, token_slug
 
 def _literal_message(token: str, slug: str | None) -> bytes:
     return (
-        sql.SQL("{}; SELECT tenancy.enter_tenant_token({}, {})")
+        sql.SQL(
+            "{}; SELECT tenancy.enter_tenant_token({}, {}),"
+            " pg_catalog.current_setting('search_path')"
+        )
         .format(sql.SQL("BEGIN"), sql.Literal(token), sql.Literal(slug))
         .as_bytes(None)
     )
