@@ -35,6 +35,7 @@ DECLARE
     v_key     text;
     v_join    text;
     v_fn      text := tenancy.changes_function(track_changes.table_name);
+    v_body    text;
     v_table   text;
     v_child   regclass;
     v_dist    boolean;
@@ -95,13 +96,11 @@ BEGIN
       INTO v_key, v_join
       FROM unnest(v_pk) AS c;
 
-    EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %s()
-            RETURNS trigger
-            LANGUAGE plpgsql
-            SECURITY DEFINER
-            SET search_path = pg_catalog, pg_temp
-        AS $body$
+    -- The body is built first and then given to CREATE FUNCTION as one
+    -- quoted literal (%L): a table or column name holding a dollar-quote
+    -- tag (an attack run named a table "x$body$;...;SELECT $body$") can
+    -- then never end the body early and run the rest as the owner.
+    v_body := format($f$
         DECLARE
             v_tenant tenancy.tenants;
         BEGIN
@@ -162,8 +161,9 @@ BEGIN
             END IF;
             RETURN NULL;
         END
-        $body$
-    $f$, v_fn, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    $f$, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                   'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
                    format('Records row changes of %s as rows_changed events (tenancy.track_changes).',
                           v_table));

@@ -172,6 +172,13 @@ INSERT INTO tenancy.slug_locks AS l (slug) VALUES (%(slug)s)
 -- name: session_setting
 SELECT pg_catalog.set_config(%(name)s, %(value)s, false)
 
+-- name: relation_schema
+-- The schema a relation name resolves to under the current search_path.
+SELECT n.nspname
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident(%(relation)s))
+
 -- name: local_setting
 SELECT pg_catalog.set_config(%(name)s, %(value)s, true)
 

@@ -50,7 +50,13 @@ from psycopg.rows import dict_row
 
 from pgtenancy.database import _is_engine, _is_pool
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import InvalidMigration, TenancyError, raise_translated, translate
+from pgtenancy.errors import (
+    InvalidMigration,
+    TenancyError,
+    UnsafeMigration,
+    raise_translated,
+    translate,
+)
 from pgtenancy.queries import QUERIES
 
 if TYPE_CHECKING:
@@ -786,6 +792,37 @@ def _tenant_migration_lock(
         holder.rollback()
 
 
+def _check_vacuum_targets(cur: psycopg.Cursor[Any], statement: str, schema: str) -> None:
+    """Refuse a no-transaction VACUUM of a table outside the tenant's ``schema``.
+
+    Its names are unqualified (the checker refuses others), but pg_catalog is
+    searched before the tenant schema: an attack run vacuumed ``pg_class``
+    and ``pg_authid`` (FULL: rewritten, the whole server's logins blocked
+    meanwhile) as the owner. Each name is resolved as the statement will
+    resolve it, under the tenant's search_path, just before it runs.
+
+    Raises:
+        UnsafeMigration: (PT017) a table it names is not in ``schema``.
+    """
+    from pglast import ast, parse_sql
+
+    for raw in parse_sql(statement):
+        if not isinstance(raw.stmt, ast.VacuumStmt):
+            continue
+        for rel in raw.stmt.rels or ():
+            relation = getattr(rel, "relation", None)
+            if relation is None:
+                continue
+            row = cur.execute(QUERIES["relation_schema"], {"relation": relation.relname}).fetchone()
+            found = None if row is None else row["nspname"]
+            if found != schema:
+                raise UnsafeMigration(
+                    f"unsafe migration: VACUUM/ANALYZE of {relation.relname!r} resolves to "
+                    f"{'no table' if found is None else 'schema ' + repr(found)}, not the "
+                    f"tenant schema {schema!r}: {statement.strip()[:200]}"
+                )
+
+
 def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_timeout: str) -> None:
     """Run the tenant's next migration, marked to run outside a transaction,
     one statement at a time on the runner's own connection, serialized per
@@ -818,6 +855,7 @@ def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_ti
             )
             try:
                 for statement in statements:
+                    _check_vacuum_targets(cur, statement, nxt["schema_name"])
                     cur.execute(statement.encode("utf-8"))
             finally:
                 if not _lost(conn):

@@ -1332,6 +1332,7 @@ DECLARE
     v_key     text;
     v_join    text;
     v_fn      text := tenancy.changes_function(track_changes.table_name);
+    v_body    text;
     v_table   text;
     v_child   regclass;
     v_dist    boolean;
@@ -1392,13 +1393,11 @@ BEGIN
       INTO v_key, v_join
       FROM unnest(v_pk) AS c;
 
-    EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %s()
-            RETURNS trigger
-            LANGUAGE plpgsql
-            SECURITY DEFINER
-            SET search_path = pg_catalog, pg_temp
-        AS $body$
+    -- The body is built first and then given to CREATE FUNCTION as one
+    -- quoted literal (%L): a table or column name holding a dollar-quote
+    -- tag (an attack run named a table "x$body$;...;SELECT $body$") can
+    -- then never end the body early and run the rest as the owner.
+    v_body := format($f$
         DECLARE
             v_tenant tenancy.tenants;
         BEGIN
@@ -1459,8 +1458,9 @@ BEGIN
             END IF;
             RETURN NULL;
         END
-        $body$
-    $f$, v_fn, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    $f$, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
+                   'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
                    format('Records row changes of %s as rows_changed events (tenancy.track_changes).',
                           v_table));
@@ -2044,6 +2044,8 @@ DECLARE
     v_changed   text;
     v_prepared  text[];
     v_name      text;
+    v_table     pg_catalog.regclass;
+    v_owner     pg_catalog.regrole;
 BEGIN
     PERFORM pg_catalog.set_config('search_path', migration_path, true);
     -- What the session holds before the migration: every setting, and the
@@ -2069,6 +2071,30 @@ BEGIN
        AND n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_setting('pgtenancy.migration_schema', true);
     IF v_name IS NOT NULL THEN
         EXECUTE 'SET CONSTRAINTS ' || v_name || ' IMMEDIATE';
+        -- A trigger fired just now can defer the constraints again and queue
+        -- more events, which would then fire later as whoever runs next (the
+        -- owner: an attack run did so). ALTER TABLE refuses a table with
+        -- pending trigger events (55006): a no-op one (OWNER TO its owner,
+        -- the migrator here) on each table with a deferrable constraint
+        -- finds any that are left.
+        FOR v_table, v_owner IN
+            SELECT DISTINCT k.conrelid::pg_catalog.regclass, c.relowner::pg_catalog.regrole
+              FROM pg_catalog.pg_constraint AS k
+              JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) k.conrelid
+              JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+             WHERE k.condeferrable
+               AND n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_setting('pgtenancy.migration_schema', true)
+        LOOP
+            BEGIN
+                EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %s', v_table, v_owner);
+            EXCEPTION WHEN object_in_use THEN
+                RAISE EXCEPTION 'unsafe migration: it left deferred trigger events pending on % '
+                                '(a trigger deferred constraints again)', v_table
+                    USING ERRCODE = 'PT017',
+                          HINT = 'Deferred constraint triggers of a migration fire inside it; do not '
+                                 'run SET CONSTRAINTS ... DEFERRED from a trigger.';
+            END;
+        END LOOP;
     END IF;
     v_name := NULL;
     -- Read before anything else resolves a name through the migration's path.
