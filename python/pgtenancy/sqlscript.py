@@ -208,12 +208,17 @@ def read_script(text: str) -> Script:
         raise ScriptError(str(exc.args[0]), source.count("\n", 0, location) + 1) from exc
     # pglast reports locations in characters of the source string.
     statements = []
+    counted_to, newlines = 0, 0  # newlines of source[:counted_to] (statements come in order)
     for item in raw:
         start = item.stmt_location or 0
         end = start + item.stmt_len if item.stmt_len else len(source)
         text_ = source[start:end]
         body = _LEADING.sub("", text_)
-        line = source.count("\n", 0, start) + text_[: len(text_) - len(body)].count("\n") + 1
+        if start < counted_to:
+            counted_to, newlines = 0, 0
+        newlines += source.count("\n", counted_to, start)
+        counted_to = start
+        line = newlines + text_[: len(text_) - len(body)].count("\n") + 1
         node = type(item.stmt).__name__
         statements.append(Statement(body.strip(), line, node, _kind(node), item.stmt))
     return Script(statements, skipped)
