@@ -28,8 +28,8 @@ flat as the series grows; compare the two series' seconds per file).
 Where the server is local and the role a superuser, each side's CPU seconds
 are reported too (the server backend's, read from ``/proc/self/stat`` with
 ``pg_read_file``, plus, for registration, the Python process's own: the
-pglast checks): on a machine shared with other jobs they move far less
-than the wall-clock seconds.
+pglast checks, also reported alone): on a machine shared with other jobs they
+move far less than the wall-clock seconds.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ class Results(BaseResults):
     procrastinate_psql_cpu_seconds: float | None = None
     generated_register_cpu_seconds: float | None = None
     generated_psql_cpu_seconds: float | None = None
+    procrastinate_client_cpu_seconds: float | None = None
+    generated_client_cpu_seconds: float | None = None
 
 
 def procrastinate_series(directory: Path) -> str:
@@ -137,9 +139,10 @@ def backend_cpu(stat: str | None) -> float | None:
 
 def time_series(
     psql: Path, directory: Path, prelude: str
-) -> tuple[int, float, float, float | None, float | None]:
+) -> tuple[int, float, float, float | None, float | None, float]:
     """(files, registration seconds, psql seconds, registration CPU seconds, psql
-    CPU seconds), each side in a fresh database."""
+    CPU seconds, the registering process's own CPU seconds), each side in a
+    fresh database."""
     with bench_database() as db:
         if prelude:
             time_psql_script(psql, db.dsn, prelude)
@@ -159,7 +162,7 @@ def time_series(
         with psycopg.connect(db.dsn) as conn:
             row = conn.execute("SELECT stat FROM public.bench_cpu").fetchone()
     psql_cpu = backend_cpu(row[0] if row else None)
-    return len(synced.registered), register_s, psql_s, register_cpu, psql_cpu
+    return len(synced.registered), register_s, psql_s, register_cpu, psql_cpu, client_s
 
 
 def _round(value: float | None) -> float | None:
@@ -176,10 +179,12 @@ def run(generated: int) -> Results:
         prelude = procrastinate_series(proc_dir)
         generated_series(gen_dir, generated)
         log("procrastinate: registering, then psql")
-        p_files, p_reg, p_psql, p_reg_cpu, p_psql_cpu = time_series(psql, proc_dir, prelude)
+        p_files, p_reg, p_psql, p_reg_cpu, p_psql_cpu, p_client = time_series(
+            psql, proc_dir, prelude
+        )
         log(f"  {p_files} files: {p_reg:.2f} s vs {p_psql:.2f} s")
         log(f"generated: {generated} files")
-        g_files, g_reg, g_psql, g_reg_cpu, g_psql_cpu = time_series(psql, gen_dir, "")
+        g_files, g_reg, g_psql, g_reg_cpu, g_psql_cpu, g_client = time_series(psql, gen_dir, "")
         log(f"  {g_files} files: {g_reg:.2f} s vs {g_psql:.2f} s")
         with bench_database() as db:
             version, source = db.server_version, db.server_source
@@ -201,6 +206,8 @@ def run(generated: int) -> Results:
         procrastinate_psql_cpu_seconds=_round(p_psql_cpu),
         generated_register_cpu_seconds=_round(g_reg_cpu),
         generated_psql_cpu_seconds=_round(g_psql_cpu),
+        procrastinate_client_cpu_seconds=_round(p_client),
+        generated_client_cpu_seconds=_round(g_client),
     )
 
 
@@ -272,6 +279,10 @@ def report(r: Results) -> str:
             f" (psql {per_file_ms(r.procrastinate_psql_seconds, r.procrastinate_files)}"
             f" and {per_file_ms(r.generated_psql_seconds, r.generated_files)} ms)",
             *cpu_lines(r),
+            "the registering process's own CPU (pglast checks, psycopg) per file: procrastinate"
+            f" {per_file_ms(r.procrastinate_client_cpu_seconds or 0.0, r.procrastinate_files)} ms,"
+            " generated"
+            f" {per_file_ms(r.generated_client_cpu_seconds or 0.0, r.generated_files)} ms",
             "ratio = pgtenancy seconds / baseline seconds (lower is better); "
             f"goal <= {r.ratio_goal:g}: {'met' if ok else 'MISSED'}",
         ]

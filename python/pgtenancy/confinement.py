@@ -51,15 +51,28 @@ def check_outside_transaction_statement(statement: str) -> None:
     except Exception as exc:  # pglast.parser.ParseError
         raise UnsafeMigration(f"unsafe migration: cannot parse {statement!r}: {exc}") from exc
     for raw in parsed:
-        node = raw.stmt
-        reason = "an empty statement" if node is None else _outside_reason(node)
-        if reason is not None:
-            raise UnsafeMigration(
-                f"unsafe migration: {reason}: {statement.strip()[:200]}",
-                hint="A no-transaction migration may hold only "
-                + ", ".join(OUTSIDE_TRANSACTION_KINDS)
-                + ", on unqualified names of the tenant schema.",
-            )
+        check_outside_transaction_node(raw.stmt, statement)
+
+
+def check_outside_transaction_node(node: ast.Node | None, statement: str) -> None:
+    """:func:`check_outside_transaction_statement` of a statement parsed already
+    (its tree from :func:`pgtenancy.sqlscript.read_script`: no second parse).
+
+    Args:
+        node: the statement's pglast tree (None: an empty statement).
+        statement: its text, quoted in the message.
+
+    Raises:
+        UnsafeMigration: (PT017) as :func:`check_outside_transaction_statement`.
+    """
+    reason = "an empty statement" if node is None else _outside_reason(node)
+    if reason is not None:
+        raise UnsafeMigration(
+            f"unsafe migration: {reason}: {statement.strip()[:200]}",
+            hint="A no-transaction migration may hold only "
+            + ", ".join(OUTSIDE_TRANSACTION_KINDS)
+            + ", on unqualified names of the tenant schema.",
+        )
 
 
 def _outside_reason(node: ast.Node) -> str | None:

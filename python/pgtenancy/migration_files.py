@@ -56,7 +56,13 @@ import pglast
 from pglast import ast
 
 from pgtenancy.errors import TenancyError
-from pgtenancy.sqlscript import DATABASE_NODES, ScriptError, read_script, statement_targets
+from pgtenancy.sqlscript import (
+    DATABASE_NODES,
+    ScriptError,
+    read_script,
+    statement_targets,
+    walk,
+)
 
 NO_TRANSACTION = "-- pgtenancy: no-transaction"
 #: Schemas a migration may always reference besides the shared ones.
@@ -305,15 +311,7 @@ def read_migration_dir(directory: Path) -> list[MigrationFile]:
 
 def _walk(node: Any) -> Iterator[ast.Node]:
     """Every node of a tree, depth first, in attribute order (without recursion)."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, ast.Node):
-            yield item
-            slots = getattr(type(item), "__slots__", ())
-            stack.extend(reversed([getattr(item, name, None) for name in slots]))
-        elif isinstance(item, list | tuple):
-            stack.extend(reversed(item))
+    yield from walk(node)  # type: ignore[misc]
 
 
 def _names(items: Any) -> list[str]:
@@ -336,9 +334,10 @@ _REFERENCE_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _schemas(node: ast.Node) -> Iterator[str]:
-    """Schema names a statement's tree refers to explicitly (targets and references)."""
-    for n in _walk(node):
+def _schemas(node: ast.Node, nodes: Sequence[Any] | None = None) -> Iterator[str]:
+    """Schema names a statement's tree refers to explicitly (targets and references);
+    ``nodes``: the tree's walk, when the caller has it."""
+    for n in _walk(node) if nodes is None else nodes:
         if isinstance(n, ast.RangeVar) and n.schemaname:
             yield n.schemaname
             continue
@@ -517,13 +516,13 @@ def _public_grant_refusal(node: ast.Node) -> str | None:
     return None
 
 
-def _target_refusal(node: ast.Node) -> str | None:
+def _target_refusal(node: ast.Node, nodes: list[Any] | None = None) -> str | None:
     if _is_temporary(node):
         return (
             "temporary objects outlive the migration in the session (the next tenant's"
             " migration would see them): use a table of the tenant schema and drop it"
         )
-    for target in statement_targets(node):
+    for target in statement_targets(node, nodes):
         if target.schema is not None:
             what = {"data": "writes", "attached": "changes"}.get(target.role, "acts on")
             return (
@@ -533,8 +532,10 @@ def _target_refusal(node: ast.Node) -> str | None:
     return None
 
 
-def _references(node: ast.Node, allowed: set[str]) -> str | None:
-    for schema in _schemas(node):
+def _references(
+    node: ast.Node, allowed: set[str], nodes: Sequence[Any] | None = None
+) -> str | None:
+    for schema in _schemas(node, nodes):
         if schema not in allowed:
             return f"references schema {schema!r}: allowed shared schemas: {sorted(allowed)}"
     return None
@@ -631,9 +632,9 @@ def _mentions_format_or_execute(body: str) -> bool:
     return bool(re.search(r"(?i)\b(execute|format)\b", body))
 
 
-def _uses_set_config(node: ast.Node) -> bool:
+def _uses_set_config(node: ast.Node, nodes: Sequence[Any] | None = None) -> bool:
     """A ``set_config`` call whose setting is not a constant naming a harmless one."""
-    for n in _walk(node):
+    for n in _walk(node) if nodes is None else nodes:
         if isinstance(n, ast.FuncCall) and _names(n.funcname)[-1:] == ["set_config"]:
             first = (n.args or (None,))[0]
             value = getattr(getattr(first, "val", None), "sval", None)
@@ -681,10 +682,11 @@ def check_migration(
         node = stmt.tree if stmt.tree is not None else pglast.parse_sql(stmt.sql)[0].stmt
         assert node is not None
         kind = type(node).__name__
+        nodes = walk(node)  # one walk of the tree for every check below
         reason = (
             _kind_refusal(node)
-            or _target_refusal(node)
-            or _references(node, allowed)
+            or _target_refusal(node, nodes)
+            or _references(node, allowed, nodes)
             or _public_grant_refusal(node)
         )
         if reason is not None:
@@ -693,6 +695,7 @@ def check_migration(
             # The same rule the fleet runner applies before running it.
             from pgtenancy.confinement import (
                 OUTSIDE_TRANSACTION_KINDS,
+                check_outside_transaction_node,
                 check_outside_transaction_statement,
             )
 
@@ -704,7 +707,10 @@ def check_migration(
                     f"{', '.join(OUTSIDE_TRANSACTION_KINDS)}",
                 )
             try:
-                check_outside_transaction_statement(stmt.sql)
+                if stmt.tree is not None:
+                    check_outside_transaction_node(node, stmt.sql)
+                else:
+                    check_outside_transaction_statement(stmt.sql)
             except TenancyError as exc:
                 raise MigrationCheckError(name, stmt.line, exc.message) from exc
         elif _is_no_transaction(node):
@@ -761,7 +767,7 @@ def check_migration(
                 "a rule runs with its table owner's rights: use a trigger"
                 " (on a view, an INSTEAD OF trigger)",
             )
-        if _uses_set_config(node):
+        if _uses_set_config(node, nodes):
             warnings.append(
                 f"{name}:{stmt.line}: set_config() call: the database refuses changes to"
                 " search_path, role and session authorization at execution"

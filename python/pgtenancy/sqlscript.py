@@ -10,12 +10,14 @@ load, without editing the file.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pglast
 import pglast.ast
+import pglast.enums
 from pglast.parser import ParseError
 
 from pgtenancy.errors import TenancyError
@@ -181,18 +183,23 @@ def read_script(text: str) -> Script:
     """
     lines = text.splitlines(keepends=True)
     skipped: list[tuple[int, str]] = []
-    kept = []
-    state: str | None = None
-    for number, raw_line in enumerate(lines, start=1):
-        at_start = state
-        state = _lex_line(raw_line, state)
-        if at_start is None and raw_line.lstrip().startswith("\\"):
-            state = None
-            skipped.append((number, raw_line.strip()))
-            kept.append("\n")
-        else:
-            kept.append(raw_line)
-    source = "".join(kept)
+    if "\\" not in text or not any(line.lstrip().startswith("\\") for line in lines):
+        # No line starts with a backslash: nothing to skip, whatever the lexer
+        # state (the common case; lexing every line costs more than parsing).
+        source = text
+    else:
+        kept = []
+        state: str | None = None
+        for number, raw_line in enumerate(lines, start=1):
+            at_start = state
+            state = _lex_line(raw_line, state)
+            if at_start is None and raw_line.lstrip().startswith("\\"):
+                state = None
+                skipped.append((number, raw_line.strip()))
+                kept.append("\n")
+            else:
+                kept.append(raw_line)
+        source = "".join(kept)
     try:
         raw = pglast.parse_sql(source)
     except ParseError as exc:
@@ -201,12 +208,17 @@ def read_script(text: str) -> Script:
         raise ScriptError(str(exc.args[0]), source.count("\n", 0, location) + 1) from exc
     # pglast reports locations in characters of the source string.
     statements = []
+    counted_to, newlines = 0, 0  # newlines of source[:counted_to] (statements come in order)
     for item in raw:
         start = item.stmt_location or 0
         end = start + item.stmt_len if item.stmt_len else len(source)
         text_ = source[start:end]
         body = _LEADING.sub("", text_)
-        line = source.count("\n", 0, start) + text_[: len(text_) - len(body)].count("\n") + 1
+        if start < counted_to:
+            counted_to, newlines = 0, 0
+        newlines += source.count("\n", counted_to, start)
+        counted_to = start
+        line = newlines + text_[: len(text_) - len(body)].count("\n") + 1
         node = type(item.stmt).__name__
         statements.append(Statement(body.strip(), line, node, _kind(node), item.stmt))
     return Script(statements, skipped)
@@ -328,12 +340,17 @@ def object_name(objtype: object, obj: object) -> tuple[str | None, str] | None:
     return _qualified(names)
 
 
-def statement_targets(node: object) -> list[Target]:
+def statement_targets(node: object, nodes: list[object] | None = None) -> list[Target]:
     """What a statement (a pglast node) creates, changes or writes, in order.
 
     The statement's own object comes first. References — foreign keys, types,
     functions and operators used, tables read — are not targets. DML found
     anywhere in the tree (CTEs, rule actions) adds ``data`` targets.
+
+    Args:
+        node: the statement's tree.
+        nodes: ``walk(node)`` when the caller has it already (one walk of the
+            tree serves every check of a statement); computed when None.
     """
     found: list[Target] = []
     kind = type(node).__name__
@@ -418,7 +435,7 @@ def statement_targets(node: object) -> list[Target]:
             named = object_name(node.objtype, obj)
             if named is not None:
                 found.append(Target(*named))
-    for inner in _walk(node):
+    for inner in walk(node) if nodes is None else nodes:
         if type(inner).__name__ in _DML_NODES:
             rv = getattr(inner, "relation", None)
             if isinstance(rv, pglast.ast.RangeVar):
@@ -426,17 +443,61 @@ def statement_targets(node: object) -> list[Target]:
     return found
 
 
-def _walk(node: object) -> list[object]:
-    """Every pglast node of a tree, depth first."""
+#: Value types of a pglast slot that never hold a node or a list of nodes.
+_SCALAR_TYPES: Final = (str, int, bool, float, set)
+_NODE_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _is_enum(value: object) -> bool:
+    return isinstance(value, type) and issubclass(value, enum.Enum)
+
+
+def _node_slots(cls: type) -> tuple[str, ...]:
+    """The slots of a pglast node class that may hold nodes, in attribute order,
+    reversed (pglast validates every slot's value against its declared types:
+    a slot declared as strings, numbers, booleans, enums or bitmap sets holds
+    no node)."""
+    names = _NODE_SLOTS.get(cls)
+    if names is None:
+        slots = getattr(cls, "__slots__", ())
+        kept = []
+        for name in slots:
+            declared = slots[name] if isinstance(slots, dict) else None
+            ctype = declared[0] if isinstance(declared, tuple) and declared else None
+            ptype = declared[1] if isinstance(declared, tuple) and len(declared) > 1 else None
+            types = ptype if isinstance(ptype, tuple) else (ptype,)
+            if isinstance(ctype, str) and _is_enum(getattr(pglast.enums, ctype, None)):
+                continue  # pglast turns any value of an enum slot into the enum
+            if ptype is not None and all(
+                isinstance(t, type)
+                and (issubclass(t, _SCALAR_TYPES) or issubclass(t, enum.Enum))
+                and not issubclass(t, pglast.ast.Node)
+                for t in types
+            ):
+                continue
+            kept.append(name)
+        names = _NODE_SLOTS[cls] = tuple(reversed(kept))
+    return names
+
+
+def walk(node: object) -> list[object]:
+    """Every pglast node of a tree (``node`` included), depth first, in
+    attribute order: one walk serves every check of a statement."""
     out: list[object] = []
     stack = [node]
+    push, pop = stack.append, stack.pop
+    node_type, sequence = pglast.ast.Node, (tuple, list)
     while stack:
-        item = stack.pop()
-        if isinstance(item, tuple | list):
-            stack.extend(reversed(item))
-        elif isinstance(item, pglast.ast.Node):
+        item = pop()
+        if isinstance(item, node_type):
             out.append(item)
-            stack.extend(
-                reversed([getattr(item, s, None) for s in getattr(type(item), "__slots__", ())])
-            )
+            for name in _node_slots(type(item)):
+                value = getattr(item, name, None)
+                if value is not None:
+                    push(value)
+        elif isinstance(item, sequence):
+            stack.extend(reversed(item))
     return out
+
+
+_walk = walk
