@@ -406,14 +406,15 @@ BEGIN
         -- more events, which would then fire later as whoever runs next (the
         -- owner: an attack run did so). ALTER TABLE refuses a table with
         -- pending trigger events (55006): a no-op one (OWNER TO its owner,
-        -- the migrator here) on each table with a deferrable constraint
-        -- finds any that are left.
+        -- the migrator here) on each table with a deferrable trigger (a
+        -- deferrable foreign key's are on the referenced table too) finds
+        -- any that are left.
         FOR v_table, v_owner IN
-            SELECT DISTINCT k.conrelid::pg_catalog.regclass, c.relowner::pg_catalog.regrole
-              FROM pg_catalog.pg_constraint AS k
-              JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) k.conrelid
+            SELECT DISTINCT g.tgrelid::pg_catalog.regclass, c.relowner::pg_catalog.regrole
+              FROM pg_catalog.pg_trigger AS g
+              JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) g.tgrelid
               JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-             WHERE k.condeferrable
+             WHERE g.tgdeferrable
                AND n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_setting('pgtenancy.migration_schema', true)
         LOOP
             BEGIN

@@ -20,7 +20,6 @@ Internal module: the public entry points are
 from __future__ import annotations
 
 import inspect
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -237,30 +236,17 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> byt
 # -- strict entry: a signed token instead of a slug ---------------------------
 
 
-# What a token and a slug may contain: no quote, no backslash, nothing a
-# string literal would have to escape.
-_PLAIN_LITERAL = re.compile(r"[a-z0-9_.-]{1,400}")
+#: The token entry, with the token and slug as bind parameters: never in the
+#: statement text, which pg_stat_activity shows to every session of the
+#: same role (an attack run read a live token of another tenant's request
+#: there and entered that tenant with it) and the server log may keep.
+TOKEN_ENTRY = (
+    b"SELECT tenancy.enter_tenant_token($1, $2), pg_catalog.current_setting('search_path')"
+)
 
 
-def token_message(begin: str, token: str, slug: str | None) -> bytes:
-    """``<begin>; SELECT tenancy.enter_tenant_token('<token>', '<slug>')`` as bytes.
-
-    Not cached: every request brings a fresh token. Composing with
-    :class:`psycopg.sql.Literal` costs some 70 µs a message, as much as the
-    rest of the entry; so a token and slug made only of the characters of
-    the token grammar (``[a-z0-9_.-]``, checked here: nothing to escape) are
-    put in quotes directly, and anything else goes through ``sql.Literal``
-    (and is then refused by the database as a malformed token).
-    """
-    if _PLAIN_LITERAL.fullmatch(token) and (slug is None or _PLAIN_LITERAL.fullmatch(slug)):
-        second = "NULL" if slug is None else f"'{slug}'"
-        return (
-            f"{begin}; SELECT tenancy.enter_tenant_token('{token}', {second}){_SEARCH_PATH}"
-        ).encode("ascii")
-    query = sql.SQL("{}; SELECT tenancy.enter_tenant_token({}, {})" + _SEARCH_PATH).format(
-        sql.SQL(begin), sql.Literal(token), sql.Literal(slug)
-    )
-    return query.as_bytes(None)
+def _token_params(token: str, slug: str | None) -> list[bytes | None]:
+    return [token.encode("utf-8"), None if slug is None else slug.encode("utf-8")]
 
 
 def begin_with_token(
@@ -278,11 +264,10 @@ def begin_with_token(
             the token was refused (PT025/PT026/PT027), and the errors of
             :func:`begin_in_tenant`; the transaction is then open and aborted.
     """
-    message = token_message(begin_command(conn), token, slug)
+    begin = begin_command(conn).encode()
     with conn.lock:
-        result = conn.pgconn.exec_(message)
-    _check(result, conn)
-    return _search_path(result)
+        results = conn.wait(_token_pipeline(conn.pgconn, begin, token, slug))
+    return _token_results(results, conn)
 
 
 async def abegin_with_token(
@@ -293,10 +278,39 @@ async def abegin_with_token(
     Raises:
         The same as :func:`begin_with_token`.
     """
-    message = token_message(begin_command(conn), token, slug)
+    begin = begin_command(conn).encode()
     async with conn.lock:
-        conn.pgconn.send_query(message)
-        results = await conn.wait(generators.execute(conn.pgconn))
+        results = await conn.wait(_token_pipeline(conn.pgconn, begin, token, slug))
+    return _token_results(results, conn)
+
+
+def _token_pipeline(pgconn: pq.abc.PGconn, begin: bytes, token: str, slug: str | None) -> Any:
+    """``BEGIN`` and :data:`TOKEN_ENTRY` in libpq pipeline mode: the extended
+    protocol (bind parameters) in one round trip, as the simple-query message
+    of :func:`begin_in_tenant` is. A generator for ``conn.wait``: the results
+    of BEGIN and of the entry (an error result stands for either)."""
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_query_params(begin, None)
+        pgconn.send_query_params(TOKEN_ENTRY, _token_params(token, slug))
+        pgconn.pipeline_sync()
+        yield from generators.send(pgconn)
+        results: list[pq.abc.PGresult] = []
+        while True:
+            got = yield from generators.fetch_many(pgconn)
+            for result in got:
+                if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                    return results
+                if result.status != pq.ExecStatus.PIPELINE_ABORTED:
+                    results.append(result)
+    finally:
+        if pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            pgconn.exit_pipeline_mode()
+
+
+def _token_results(
+    results: list[pq.abc.PGresult], conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+) -> bytes | None:
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)

@@ -364,6 +364,22 @@ def _scratch_connection(scratch: Scratch) -> Iterator[Connection]:
 # --- env.py -----------------------------------------------------------------
 
 
+def _refuse_server_default_comparison(configure: dict[str, Any] | None) -> None:
+    """Refuse ``compare_server_default``: Alembic compares defaults by running
+    ``SELECT <reflected default> = <model default>`` on the scratch connection,
+    which is the kit owner's, so a default a migration made (a function of the
+    tenant schema) would run as the owner (found by an attack run).
+
+    Raises:
+        ValueError: ``configure`` asks for it.
+    """
+    if (configure or {}).get("compare_server_default"):
+        raise ValueError(
+            "compare_server_default is not supported: Alembic evaluates the reflected "
+            "default (migration code) on the kit owner's connection to compare it"
+        )
+
+
 def run_env(
     context: EnvironmentContext,
     metadata: MetaData,
@@ -400,6 +416,7 @@ def run_env(
             upgrade``): tenants migrate through ``pgtenancy migrate --alembic``;
             online without a DSN.
     """
+    _refuse_server_default_comparison(configure)
     options: dict[str, Any] = {
         "target_metadata": metadata,
         "include_object": include_tenant_objects,
@@ -790,7 +807,7 @@ def check_models(
     Args:
         dsn: the database, as the kit's owner.
         metadata: a ``MetaData`` or ``"module:attribute"`` (:func:`load_metadata`).
-        configure: more ``MigrationContext`` options (``compare_server_default``...);
+        configure: more ``MigrationContext`` options (not ``compare_server_default``: ValueError);
             ``compare_type`` is on and :func:`include_tenant_objects` filters.
 
     Returns:
@@ -804,6 +821,7 @@ def check_models(
     if isinstance(metadata, str):
         metadata = load_metadata(metadata)
     split_metadata(metadata)  # bad markers fail before anything runs
+    _refuse_server_default_comparison(configure)
     opts = {"include_object": include_tenant_objects, "compare_type": True, **(configure or {})}
     with scratch_schema(dsn) as scratch, _scratch_connection(scratch) as conn:
         context = MigrationContext.configure(connection=conn, opts=opts)

@@ -117,6 +117,7 @@ from pgtenancy.errors import (
     TenantSuspended,
     translate,
 )
+from pgtenancy.pool import install_sqlalchemy_reset, pool_reset_async
 from pgtenancy.queries import QUERIES
 from pgtenancy.session import tenant_session
 from pgtenancy.slugs import validate_slug
@@ -170,10 +171,8 @@ _STRICT_PROBE = (
     "SELECT tenancy.active_tenant_id() FROM (SELECT pg_catalog.set_config("
     "'app.tenant_id', '00000000-0000-0000-0000-000000000000', true)) AS probe"
 )
-_ENTER_TOKEN = (
-    "SELECT tenancy.enter_tenant_token({token}, {slug}); "
-    "SELECT id, slug, status, public FROM tenancy.tenant_info()"
-)
+_ENTER_TOKEN = "SELECT tenancy.enter_tenant_token(%s, %s)"
+_TENANT_INFO = "SELECT id, slug, status, public FROM tenancy.tenant_info()"
 
 
 @dataclass(frozen=True)
@@ -584,6 +583,11 @@ class Tenants:
                 creator=lambda: psycopg.connect(dsn),
                 **self._engine_options,
             )
+            # A request's session state (prepared statements, settings, temp
+            # objects) must not reach the next request's tenant: an attack
+            # run swapped a psycopg prepared statement and ran its own SQL
+            # in the next tenant's request.
+            install_sqlalchemy_reset(self._engine)
         return self._engine
 
     @property
@@ -598,6 +602,7 @@ class Tenants:
             self._async_engine = create_async_engine(
                 "postgresql+psycopg://", async_creator=connect, **self._engine_options
             )
+            install_sqlalchemy_reset(self._async_engine.sync_engine)
         return self._async_engine
 
     async def open(self) -> None:
@@ -609,6 +614,7 @@ class Tenants:
                     min_size=1,
                     max_size=self._pool_size,
                     kwargs={"autocommit": True},
+                    reset=pool_reset_async,
                     open=False,
                 )
                 await pool.open(wait=True)
@@ -720,9 +726,9 @@ class Tenants:
                 EntryTokenWrongTenant (PT027): the token was refused.
             ValueError: neither slug nor token.
         """
+        query: sql.Composable | None = None
         if token is not None:
             resolve_token_tenant(slug, token)  # malformed, or another tenant: no SQL
-            query = sql.SQL(_ENTER_TOKEN).format(token=sql.Literal(token), slug=sql.Literal(slug))
         elif slug is not None:
             query = sql.SQL(QUERIES["enter_tenant_info"]).format(
                 slug=sql.Literal(validate_slug(slug))
@@ -733,10 +739,19 @@ class Tenants:
         assert self._pool is not None
         try:
             async with self._pool.connection() as conn:
-                cur = conn.cursor()
-                await cur.execute(query)
-                cur.nextset()
-                row = await cur.fetchone()
+                if query is None:
+                    # The token as a bind parameter, never in the statement
+                    # text (pg_stat_activity shows it to the role's other
+                    # sessions); one transaction, pipelined: one round trip.
+                    async with conn.pipeline(), conn.transaction():
+                        await conn.execute(_ENTER_TOKEN, (token, slug), prepare=False)
+                        cur = await conn.execute(_TENANT_INFO, prepare=False)
+                    row = await cur.fetchone()
+                else:
+                    cur = conn.cursor()
+                    await cur.execute(query)
+                    cur.nextset()
+                    row = await cur.fetchone()
         except psycopg.Error as exc:
             err = translate(exc)
             if token is None and http_status(err) is not None:

@@ -71,7 +71,7 @@ def pool_reset(conn: psycopg.Connection[Any]) -> None:
     autocommit = conn.autocommit
     conn.autocommit = True
     try:
-        conn.execute(QUERIES["discard_session"])
+        conn.execute(QUERIES["discard_session"], prepare=False)
         _forget_prepared(conn)
     finally:
         conn.autocommit = autocommit
@@ -91,7 +91,7 @@ async def pool_reset_async(conn: psycopg.AsyncConnection[Any]) -> None:
     autocommit = conn.autocommit
     await conn.set_autocommit(True)
     try:
-        await conn.execute(QUERIES["discard_session"])
+        await conn.execute(QUERIES["discard_session"], prepare=False)
         _forget_prepared(conn)
     finally:
         await conn.set_autocommit(autocommit)
@@ -132,11 +132,16 @@ def _sqlalchemy_reset(dbapi_connection: Any, connection_record: Any, reset_state
     dbapi_connection.rollback()
     dbapi_connection.autocommit = True
     try:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(QUERIES["discard_session"])
-        finally:
-            cursor.close()
+        raw = getattr(dbapi_connection, "_connection", dbapi_connection)
+        if isinstance(raw, psycopg.Connection):
+            # Several statements: never prepared (prepare_threshold=0 would).
+            raw.execute(QUERIES["discard_session"], prepare=False)
+        else:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(QUERIES["discard_session"])
+            finally:
+                cursor.close()
         # The psycopg connection (the async adapter wraps it as _connection).
         _forget_prepared(getattr(dbapi_connection, "_connection", dbapi_connection))
     finally:

@@ -417,3 +417,14 @@ def test_split_metadata_and_create_all_refusal(
         assert sql("SELECT to_regclass('public.plans') IS NOT NULL") == [(True,)]
     finally:
         engine.dispose()
+
+
+def test_server_default_comparison_is_refused(dsn: str) -> None:
+    """Alembic compares server defaults by evaluating the reflected default (a
+    function a migration made) on the kit owner's scratch connection: refused."""
+    from sqlalchemy import MetaData
+
+    from pgtenancy.alembic import check_models
+
+    with pytest.raises(ValueError, match="compare_server_default"):
+        check_models(dsn, MetaData(), configure={"compare_server_default": True})

@@ -680,3 +680,26 @@ def test_doctor_reports_members_of_the_owner_role(
         assert ("error", app_role) in _findings(dsn, app_role, "owner_role_member")
     finally:
         sql(f"REVOKE {owner} FROM {app_role}")
+
+
+def test_pool_reset_works_with_prepare_threshold_zero(
+    schema_tenants: None, dsn: str, app_role: str
+) -> None:
+    """With psycopg preparing every statement (prepare_threshold=0) the reset's
+    several statements must not be prepared ("cannot insert multiple commands
+    into a prepared statement"), or the pool throws every connection away."""
+    with ConnectionPool(
+        as_role(dsn, app_role),
+        min_size=1,
+        max_size=1,
+        reset=pool_reset,
+        kwargs={"prepare_threshold": 0},
+        open=True,
+    ) as pool:
+        with pool.connection() as conn:
+            pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+        with tenant_connection(pool, "acme") as c:
+            _dirty(c)
+        with pool.connection() as conn:
+            assert conn.execute("SELECT pg_backend_pid()").fetchone() == pid  # kept, not discarded
+            assert _leftovers(conn)["temp"] == (0,)

@@ -129,3 +129,31 @@ def test_no_transaction_vacuum_of_a_tenant_table_runs(tenancy: Tenancy, sql: SQL
     report = tenancy.migrate_tenants(["acme"])
     assert report.failed == [] and [t.slug for t in report.migrated] == ["acme"]
     assert tenancy.get_tenant("acme").migration_version == "0002"
+
+
+def test_pending_events_of_a_deferrable_foreign_key_are_found_on_the_referenced_table(
+    tenancy: Tenancy, sql: SQL
+) -> None:
+    """A deferrable foreign key's triggers on the referenced table have no
+    pg_constraint row of that table: the check looks at every deferrable
+    trigger of the schema, so a re-deferred event there is refused too."""
+    tenancy.add_migration("0001", "CREATE TABLE note (id int)")
+    tenancy.create_tenant("acme")
+    migration = """
+CREATE TABLE parent (id int PRIMARY KEY);
+CREATE TABLE child (p int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE seen (id int);
+CREATE FUNCTION redefer() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    SET CONSTRAINTS ALL DEFERRED;
+    EXECUTE pg_catalog.format('DELETE FROM %I.parent', TG_TABLE_SCHEMA);
+    RETURN NULL;
+END $f$;
+CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON seen DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION redefer();
+INSERT INTO parent VALUES (1);
+INSERT INTO seen VALUES (1);
+"""
+    with pytest.raises(UnsafeMigration, match="left deferred trigger events pending"):
+        tenancy.add_migration("0002", migration)
+    assert [m.version for m in tenancy.list_migrations()] == ["0001"]

@@ -563,3 +563,56 @@ def test_an_app_role_granted_in_strict_mode_gets_no_unguardable_access(world: St
         finally:
             owner.execute(f"DROP OWNED BY {name}")
             owner.execute(f"DROP ROLE {name}")
+
+
+def test_no_other_session_of_the_role_sees_a_live_token(world: StrictWorld) -> None:
+    """The attack: another request of the same application role polls
+    pg_stat_activity for a token left in the statement text of a transaction
+    still open, then enters that tenant with it. The token goes as a bind
+    parameter, on every entry path, sync and async."""
+    import asyncio
+
+    from sqlalchemy import create_engine, text
+
+    from pgtenancy import tenant_session
+
+    token = sign_tenant_token(world.key, "sb", 60, key_name="k1")
+    with psycopg.connect(world.app_dsn, autocommit=True) as spy:
+
+        def texts() -> str:
+            rows = spy.execute(
+                "SELECT coalesce(string_agg(query, ' | '), '') FROM pg_stat_activity"
+                " WHERE usename = current_user AND pid <> pg_backend_pid()"
+            ).fetchone()
+            return str(rows[0]) if rows else ""
+
+        with (
+            psycopg.connect(world.app_dsn) as victim,
+            tenant_connection(victim, token=token) as c,
+        ):
+            # Entered, nothing run yet: the entry is the session's last statement.
+            seen = texts()
+            assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+            assert c.execute("SELECT item FROM orders").fetchall() == [(marker("sb"),)]
+        engine = create_engine(
+            "postgresql+psycopg://", creator=lambda: psycopg.connect(world.app_dsn)
+        )
+        try:
+            with tenant_session(engine, token=token) as session:
+                session.connection()  # begins: the entry runs
+                seen = texts()
+                assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+                session.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+
+        async def run() -> None:
+            async with (
+                await psycopg.AsyncConnection.connect(world.app_dsn) as aconn,
+                tenant_connection(aconn, token=token) as ac,
+            ):
+                seen = texts()
+                assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+                await ac.execute("SELECT 1")
+
+        asyncio.run(run())

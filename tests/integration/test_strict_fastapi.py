@@ -296,3 +296,47 @@ def test_http_status_of_token_refusals() -> None:
     assert http_status(EntryTokenWrongTenant("x")) == 403
     with pytest.raises(ValueError):
         Tenants("postgresql://x", resolvers=[])
+
+
+def test_the_engines_reset_a_connection_before_the_next_request(world: StrictWorld) -> None:
+    """An attack run swapped a psycopg prepared statement on a pooled
+    connection of Tenants' engine, and its SQL ran in the next tenant's
+    request: the engines now reset each connection when it goes back (what
+    a request left in the session is gone at the next checkout)."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    tenants = Tenants(world.app_dsn, token=token_header())
+    try:
+        engine = tenants.engine
+        with engine.connect() as c:
+            pid = c.execute(text("SELECT pg_backend_pid()")).scalar()
+            c.execute(text("PREPARE planted AS SELECT 1"))
+            c.execute(text("SELECT set_config('atk.tok', 'stolen', false)"))
+            c.commit()
+        with engine.connect() as c:
+            assert c.execute(text("SELECT pg_backend_pid()")).scalar() == pid  # same connection
+            left = c.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM pg_prepared_statements),"
+                    " coalesce(current_setting('atk.tok', true), '')"
+                )
+            ).one()
+        assert tuple(left) == (0, "")
+
+        async def run() -> tuple[Any, ...]:
+            aengine = tenants.async_engine
+            async with aengine.connect() as c:
+                await c.execute(text("SELECT set_config('atk.tok', 'stolen', false)"))
+                await c.commit()
+            async with aengine.connect() as c:
+                row = (
+                    await c.execute(text("SELECT coalesce(current_setting('atk.tok', true), '')"))
+                ).one()
+            await aengine.dispose()
+            return tuple(row)
+
+        assert asyncio.run(run()) == ("",)
+    finally:
+        tenants.engine.dispose()

@@ -8,22 +8,10 @@ import secrets
 import time
 
 import pytest
-from psycopg import sql
 
 from pgtenancy import EntryTokenForged, EntryTokenWrongTenant, sign_tenant_token
-from pgtenancy._entry import token_message
+from pgtenancy._entry import TOKEN_ENTRY
 from pgtenancy.entry_tokens import resolve_token_tenant, token_slug
-
-
-def _literal_message(token: str, slug: str | None) -> bytes:
-    return (
-        sql.SQL(
-            "{}; SELECT tenancy.enter_tenant_token({}, {}),"
-            " pg_catalog.current_setting('search_path')"
-        )
-        .format(sql.SQL("BEGIN"), sql.Literal(token), sql.Literal(slug))
-        .as_bytes(None)
-    )
 
 
 def test_token_fields_and_signature() -> None:
@@ -56,11 +44,6 @@ def test_resolve_token_tenant() -> None:
             token_slug(bad)
 
 
-def test_entry_message_is_what_sql_literal_renders() -> None:
-    token = sign_tenant_token(secrets.token_bytes(32), "acme", 10)
-    for slug in (None, "acme"):
-        assert token_message("BEGIN", token, slug) == _literal_message(token, slug)
-    # Anything outside the token grammar goes through sql.Literal (escaped).
-    for hostile in ("x'; DROP TABLE t; --", "a\\b", "é"):
-        assert token_message("BEGIN", hostile, None) == _literal_message(hostile, None)
-        assert token_message("BEGIN", token, hostile) == _literal_message(token, hostile)
+def test_the_token_entry_takes_the_token_as_a_bind_parameter() -> None:
+    """The token never goes into statement text (pg_stat_activity, logs)."""
+    assert b"$1" in TOKEN_ENTRY and b"pt1" not in TOKEN_ENTRY
