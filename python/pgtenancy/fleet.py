@@ -792,8 +792,9 @@ def _tenant_migration_lock(
         holder.rollback()
 
 
-def _check_vacuum_targets(cur: psycopg.Cursor[Any], statement: str, schema: str) -> None:
-    """Refuse a no-transaction VACUUM of a table outside the tenant's ``schema``.
+def _check_vacuum_targets(cur: psycopg.Cursor[Any], node: Any, statement: str, schema: str) -> None:
+    """Refuse a no-transaction VACUUM (``node``, the parse tree of ``statement``)
+    of a table outside the tenant's ``schema``.
 
     Its names are unqualified (the checker refuses others), but pg_catalog is
     searched before the tenant schema: an attack run vacuumed ``pg_class``
@@ -804,12 +805,10 @@ def _check_vacuum_targets(cur: psycopg.Cursor[Any], statement: str, schema: str)
     Raises:
         UnsafeMigration: (PT017) a table it names is not in ``schema``.
     """
-    from pglast import ast, parse_sql
+    from pglast import ast
 
-    for raw in parse_sql(statement):
-        if not isinstance(raw.stmt, ast.VacuumStmt):
-            continue
-        for rel in raw.stmt.rels or ():
+    if isinstance(node, ast.VacuumStmt):
+        for rel in node.rels or ():
             relation = getattr(rel, "relation", None)
             if relation is None:
                 continue
@@ -830,7 +829,9 @@ def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_ti
     tenant_migrated). Such a migration is not atomic: write it to be rerun
     (IF NOT EXISTS), as a killed run repeats it."""
     # pglast: only when such a migration runs.
-    from pgtenancy.confinement import check_outside_transaction_statement
+    from pglast import parse_sql
+
+    from pgtenancy.confinement import check_outside_transaction_node
     from pgtenancy.sqlscript import read_script
 
     autocommit = conn.autocommit
@@ -841,9 +842,13 @@ def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_ti
             nxt = cur.execute(QUERIES["next_pending_migration"], {"slug": slug}).fetchone()
             if nxt is None or not nxt["outside_transaction"]:
                 return  # another run did it meanwhile
-            statements = [stmt.sql for stmt in read_script(nxt["sql"]).statements]
-            for statement in statements:  # all checked before any runs
-                check_outside_transaction_statement(statement)
+            # One parse (read_script's tree) serves the checks and the runs.
+            statements = [
+                (stmt.sql, stmt.tree if stmt.tree is not None else parse_sql(stmt.sql)[0].stmt)
+                for stmt in read_script(nxt["sql"]).statements
+            ]
+            for statement, node in statements:  # all checked before any runs
+                check_outside_transaction_node(node, statement)
             # Unqualified names resolve in the tenant schema alone (pg_catalog
             # is searched first implicitly); the fence checks the objects.
             path = sql.SQL("{}, pg_temp").format(sql.Identifier(nxt["schema_name"])).as_string(conn)
@@ -854,8 +859,8 @@ def _apply_outside_transaction(conn: psycopg.Connection[Any], slug: str, lock_ti
                 {"name": "pgtenancy.outside_migration_schema", "value": nxt["schema_name"]},
             )
             try:
-                for statement in statements:
-                    _check_vacuum_targets(cur, statement, nxt["schema_name"])
+                for statement, node in statements:
+                    _check_vacuum_targets(cur, node, statement, nxt["schema_name"])
                     cur.execute(statement.encode("utf-8"))
             finally:
                 if not _lost(conn):

@@ -129,20 +129,18 @@ def _sqlalchemy_reset(dbapi_connection: Any, connection_record: Any, reset_state
     """The pool ``reset`` handler of :func:`install_sqlalchemy_reset`."""
     if reset_state.terminate_only:
         return
+    if isinstance(dbapi_connection, psycopg.Connection):
+        pool_reset(dbapi_connection)  # the sync driver's connection: the same reset
+        return
+    # The async adapter (it wraps the AsyncConnection as _connection).
     dbapi_connection.rollback()
     dbapi_connection.autocommit = True
     try:
-        raw = getattr(dbapi_connection, "_connection", dbapi_connection)
-        if isinstance(raw, psycopg.Connection):
-            # Several statements: never prepared (prepare_threshold=0 would).
-            raw.execute(QUERIES["discard_session"], prepare=False)
-        else:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(QUERIES["discard_session"])
-            finally:
-                cursor.close()
-        # The psycopg connection (the async adapter wraps it as _connection).
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(QUERIES["discard_session"])
+        finally:
+            cursor.close()
         _forget_prepared(getattr(dbapi_connection, "_connection", dbapi_connection))
     finally:
         dbapi_connection.autocommit = False
