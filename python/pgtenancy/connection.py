@@ -362,7 +362,7 @@ def tenant_connection(
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: refused by the database (PT003/PT004/PT005/PT007).
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027; a malformed token or a
+            the token was refused (PT025/PT026/PT027/PT034; a malformed token or a
             slug that is not the token's is refused before any SQL runs).
         TypeError: ``with`` on an async target, or ``async with`` on a sync one.
     """

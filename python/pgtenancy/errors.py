@@ -257,15 +257,18 @@ class CannotCloneTenant(TenancyError):
 
 
 class EntryTokenError(TenancyError):
-    """An entry token of strict mode was refused (the PT025-PT028 family); the
+    """An entry token of strict mode was refused (PT025-PT028 and PT034); the
     transaction entered no tenant, or, raised at a later statement, the
     statement saw no row. See :mod:`pgtenancy.entry_tokens`."""
 
 
 class EntryTokenForged(EntryTokenError):
-    """The entry token is not a pgtenancy token, names an unknown key, or its
-    HMAC-SHA256 signature does not verify; in strict mode also: a transaction
-    of the application role is in a tenant without any token (SQLSTATE PT025)."""
+    """The entry token is not a pgtenancy token (format ``pt2``), names an
+    unknown key, its HMAC-SHA256 signature does not verify, or it says it was
+    issued after its expiry or more than
+    :data:`pgtenancy.entry_tokens.MAX_CLOCK_SKEW_SECONDS` ahead of the
+    database's clock; in strict mode also: a transaction of the application
+    role is in a tenant without any token (SQLSTATE PT025)."""
 
     sqlstate = "PT025"
 
@@ -282,6 +285,17 @@ class EntryTokenWrongTenant(EntryTokenError):
     token's (SQLSTATE PT027)."""
 
     sqlstate = "PT027"
+
+
+class EntryTokenStale(EntryTokenWrongTenant):
+    """The entry token was issued before its tenant got its slug
+    (``tenancy.tenants.slug_assigned_at``): it was signed for the slug's
+    previous holder, a tenant since renamed or destroyed, or for this tenant
+    under its previous slug (SQLSTATE PT034). A kind of
+    :class:`EntryTokenWrongTenant`: the token is for another tenant than the
+    one holding the slug now."""
+
+    sqlstate = "PT034"
 
 
 class EntryTokenReplayed(EntryTokenError):

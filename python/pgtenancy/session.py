@@ -119,7 +119,7 @@ def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> by
     Raises:
         pgtenancy.errors.InvalidConnectionState: the connection is in autocommit mode.
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027), and :func:`enter_tenant`'s errors.
+            the token was refused (PT025/PT026/PT027/PT034), and :func:`enter_tenant`'s errors.
     """
     dbapi = connection.connection.dbapi_connection
     if getattr(dbapi, "autocommit", False):
@@ -377,7 +377,7 @@ def tenant_session(
             TenantSchemaMissing: at the first query of a transaction, raised by
             the database before any tenant data is read.
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027; malformed, or a slug
+            the token was refused (PT025/PT026/PT027/PT034; malformed, or a slug
             that is not the token's, before any SQL runs).
         pgtenancy.errors.InvalidConnectionState: the bind is in AUTOCOMMIT mode,
             or is a connection already inside a transaction.

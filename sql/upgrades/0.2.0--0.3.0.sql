@@ -575,6 +575,26 @@ COMMENT ON TABLE tenancy.tenant_renames IS
 -- enter_tenant runs as the calling (application) role.
 GRANT SELECT ON TABLE tenancy.tenant_renames TO PUBLIC;
 
+-- issue 13: when each tenant got its slug (strict entry refuses entry tokens
+-- issued before it). Existing tenants: their last rename, else their
+-- creation. The registry's update trigger would stamp updated_at (and
+-- refuses the change once replaced below): off for the backfill.
+ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS slug_assigned_at timestamptz;
+ALTER TABLE tenancy.tenants DISABLE TRIGGER tenants_before_update;
+UPDATE tenancy.tenants AS t
+   SET slug_assigned_at = greatest(t.created_at, (SELECT max(r.renamed_at) FROM tenancy.tenant_renames AS r
+                                                   WHERE r.tenant_id = t.id))
+ WHERE t.slug_assigned_at IS NULL;
+ALTER TABLE tenancy.tenants ENABLE TRIGGER tenants_before_update;
+ALTER TABLE tenancy.tenants
+    ALTER COLUMN slug_assigned_at SET DEFAULT pg_catalog.clock_timestamp(),
+    ALTER COLUMN slug_assigned_at SET NOT NULL;
+
+COMMENT ON COLUMN tenancy.tenants.slug_assigned_at IS
+    'When the tenant got its slug (clock_timestamp() at creation and at each rename, set by the '
+    'registry triggers, never by hand): strict entry refuses tokens issued before it, so a token '
+    'for the slug''s previous holder (renamed or destroyed) does not enter this tenant.';
+
 CREATE OR REPLACE VIEW tenancy.tenant_directory AS
     SELECT t.slug, t.id, t.schema_name, t.status, t.limits FROM tenancy.tenants AS t;
 
@@ -3132,10 +3152,16 @@ BEGIN
            -- tenancy.rename_tenant renames the schema and then the row.
            AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
        OR NEW.isolation IS DISTINCT FROM OLD.isolation
-       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR (NEW.slug_assigned_at IS DISTINCT FROM OLD.slug_assigned_at AND NEW.slug = OLD.slug) THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation, created_at and slug_assigned_at cannot change',
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
+    END IF;
+    -- A new slug (rename_tenant): entry tokens issued before now were for
+    -- the slug's previous holder, or for this tenant under its old slug.
+    IF NEW.slug <> OLD.slug THEN
+        NEW.slug_assigned_at := clock_timestamp();
     END IF;
     IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
         PERFORM tenancy.check_metadata(NEW.metadata);
@@ -3174,7 +3200,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'rename_tenant of 010_tenant_operations.sql only, which stamps slug_assigned_at; '
+    'slug_assigned_at never changes by hand), a migration_version that is not a later '
     'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
     'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
     'updated_at.';
@@ -3307,10 +3334,12 @@ BEGIN
         END IF;
         -- Wait for the transactions using the tenant's tables (bounded by the
         -- caller's lock_timeout): none of them finds its tables gone midway.
+        -- LOCK TABLE takes tables and views only (materialized views and
+        -- foreign tables raise 42809).
         FOR v_table IN
             SELECT c.oid::regclass FROM pg_class AS c
              WHERE c.relnamespace = to_regnamespace(quote_ident(v_row.schema_name))
-               AND c.relkind IN ('r', 'p', 'm', 'v', 'f')
+               AND c.relkind IN ('r', 'p', 'v')
              ORDER BY c.oid
         LOOP
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
@@ -4346,6 +4375,11 @@ BEGIN
     NEW.status := coalesce(NEW.status, 'active');
     NEW.created_at := now();
     NEW.updated_at := now();
+    -- Entry tokens issued before this moment are for the slug's previous
+    -- holder (strict entry refuses them): the clock now, after the slug lock
+    -- above, not the transaction's start, which may precede the commit that
+    -- freed the slug.
+    NEW.slug_assigned_at := clock_timestamp();
     IF NEW.isolation = 'shared' THEN
         -- Rows in guarded shared tables; no schema, no migrations.
         NEW.schema_name := NULL;
@@ -4382,7 +4416,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
-    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002), '
+    'stamp created_at and slug_assigned_at (clock_timestamp(), after the slug lock); '
     'for a schema tenant derive schema_name, create the schema, run the newest baseline (if any) '
     'and apply every migration after it (PT006 on failure; when they need commit boundaries '
     'only the first, in status provisioning) '
@@ -6139,31 +6174,41 @@ CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boole
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_token  text := verify_entry_token.token;
-    v_parts  text[];
-    v_ok     boolean;
-    v_id     uuid;
-    v_status text;
+    v_token    text := verify_entry_token.token;
+    v_parts    text[];
+    v_ok       boolean;
+    v_id       uuid;
+    v_status   text;
+    v_assigned timestamptz;
+    v_now      bigint;
 BEGIN
     -- HMAC-SHA256 (RFC 2104) under the named key over everything before the
     -- last dot, compared as hashes of the hex text: the time the comparison
-    -- takes says nothing of the MAC. v_ok: true when it verifies and has not
-    -- expired, false when it verifies and has expired, NULL when it does not
-    -- verify (no row: no such key). CASE: the expiry of a malformed token is
+    -- takes says nothing of the MAC. v_ok: true when it verifies and its
+    -- times hold (issued no later than its expiry, nor more than 60 s ahead
+    -- of this server's clock, nor before the tenant got its slug; expiry
+    -- ahead), false when it verifies and a time fails, NULL when it does not
+    -- verify (no row: no such key). CASE: the times of a malformed token are
     -- not even computed. The pattern has no bounded repetition ({64}): those
     -- make PostgreSQL's regular expressions many times slower.
-    SELECT CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
+    SELECT CASE WHEN v_token ~ '^pt2\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
                      AND length(split_part(v_token, '.', 4)) <= 16
+                     AND length(split_part(v_token, '.', 5)) <= 16
                      AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
                              || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
                          = sha256(convert_to(right(v_token, 65), 'UTF8'))
-                THEN split_part(v_token, '.', 4)::bigint
-                     > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+                THEN split_part(v_token, '.', 5)::bigint
+                         > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+                     AND split_part(v_token, '.', 4)::bigint <= split_part(v_token, '.', 5)::bigint
+                     AND split_part(v_token, '.', 4)::bigint
+                         <= (extract(epoch FROM statement_timestamp()) * 1000)::bigint + 60000
+                     AND split_part(v_token, '.', 4)::bigint
+                         >= coalesce(floor(extract(epoch FROM t.slug_assigned_at) * 1000)::bigint, 0)
            END,
-           d.id, d.status
-      INTO v_ok, v_id, v_status
+           t.id, t.status, t.slug_assigned_at
+      INTO v_ok, v_id, v_status, v_assigned
       FROM tenancy.entry_keys AS k
-      LEFT JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
+      LEFT JOIN tenancy.tenants AS t ON t.slug = split_part(v_token, '.', 3)
      WHERE k.name = split_part(v_token, '.', 2);
     IF v_ok AND (v_status = 'active' OR (verify_entry_token.at_entry AND v_id IS NOT NULL)) THEN
         RETURN v_id;
@@ -6171,13 +6216,14 @@ BEGIN
     -- Refused, or a tenant that is not active: why.
     IF v_ok IS NULL THEN
         v_parts := string_to_array(v_token, '.');
-        IF cardinality(v_parts) IS DISTINCT FROM 6 OR v_parts[1] <> 'pt1'
+        IF cardinality(v_parts) IS DISTINCT FROM 7 OR v_parts[1] <> 'pt2'
            OR length(v_parts[4]) NOT BETWEEN 1 AND 16 OR v_parts[4] !~ '^[0-9]+$'
-           OR length(v_parts[5]) NOT BETWEEN 16 AND 64 OR v_parts[5] !~ '^[0-9a-f]+$'
-           OR length(v_parts[6]) <> 64 OR v_parts[6] !~ '^[0-9a-f]+$' THEN
+           OR length(v_parts[5]) NOT BETWEEN 1 AND 16 OR v_parts[5] !~ '^[0-9]+$'
+           OR length(v_parts[6]) NOT BETWEEN 16 AND 64 OR v_parts[6] !~ '^[0-9a-f]+$'
+           OR length(v_parts[7]) <> 64 OR v_parts[7] !~ '^[0-9a-f]+$' THEN
             RAISE EXCEPTION 'entry token refused: not a pgtenancy token'
                 USING ERRCODE = 'PT025',
-                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token.';
+                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token (format pt2).';
         END IF;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'entry token refused: unknown key %', quote_literal(v_parts[2])
@@ -6187,13 +6233,34 @@ BEGIN
             USING ERRCODE = 'PT025';
     END IF;
     IF NOT v_ok THEN
+        v_parts := string_to_array(v_token, '.');
+        v_now := (extract(epoch FROM statement_timestamp()) * 1000)::bigint;
+        IF v_parts[4]::bigint > v_parts[5]::bigint THEN
+            RAISE EXCEPTION 'entry token refused: issued at % after its expiry at %',
+                to_timestamp(v_parts[4]::bigint / 1000.0), to_timestamp(v_parts[5]::bigint / 1000.0)
+                USING ERRCODE = 'PT025';
+        END IF;
+        IF v_parts[4]::bigint > v_now + 60000 THEN
+            RAISE EXCEPTION 'entry token refused: issued at %, more than 60 s ahead of the database''s clock',
+                to_timestamp(v_parts[4]::bigint / 1000.0)
+                USING ERRCODE = 'PT025',
+                      HINT = 'Synchronize the clocks of the signing host and the database (NTP).';
+        END IF;
+        IF v_parts[4]::bigint < floor(extract(epoch FROM v_assigned) * 1000)::bigint THEN
+            RAISE EXCEPTION 'entry token refused: issued at %, before tenant % got its slug (at %)',
+                to_timestamp(v_parts[4]::bigint / 1000.0), quote_literal(v_parts[3]), v_assigned
+                USING ERRCODE = 'PT034',
+                      DETAIL = 'The token was signed for the slug''s previous holder (a tenant since '
+                               'renamed or destroyed) or for this tenant under its previous slug.',
+                      HINT = 'Sign a new token for the tenant.';
+        END IF;
         IF verify_entry_token.at_entry THEN
             RAISE EXCEPTION 'entry token refused: expired at %',
-                to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
+                to_timestamp(v_parts[5]::bigint / 1000.0)
                 USING ERRCODE = 'PT026';
         END IF;
         RAISE EXCEPTION 'entry token of this transaction expired at %: its tenant''s rows are out of reach',
-            to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
+            to_timestamp(v_parts[5]::bigint / 1000.0)
             USING ERRCODE = 'PT028',
                   HINT = 'Enter the tenant again with a fresh token.';
     END IF;
@@ -6208,11 +6275,16 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.verify_entry_token(text, boolean) IS
-    'Id of the tenant entry token token is for, when its HMAC-SHA256 signature verifies under an '
-    'entry key and it has not expired (against statement_timestamp()). Raises PT025 (malformed, '
-    'unknown key, bad signature), PT026 (expired, at_entry), PT028 (expired, later statements: '
-    'at_entry false), PT003 (no such tenant); with at_entry false NULL for a tenant that is not '
-    'active. Reads the keys as the kit''s owner. Granted to application roles.';
+    'Id of the tenant entry token token (pt2.<key>.<slug>.<issued ms>.<expiry ms>.<nonce>.<mac>) '
+    'is for, when its HMAC-SHA256 signature verifies under an entry key, it has not expired '
+    '(against statement_timestamp()), it was issued no later than its expiry and at most 60 s '
+    'ahead of this server''s clock, and not before the tenant got its slug '
+    '(tenancy.tenants.slug_assigned_at: a token for a renamed or destroyed previous holder of the '
+    'slug enters nothing). Raises PT025 (malformed, unknown key, bad signature, issued after its '
+    'expiry or in the future), PT034 (issued before the tenant got its slug), PT026 (expired, '
+    'at_entry), PT028 (expired, later statements: at_entry false), PT003 (no such tenant); with '
+    'at_entry false NULL for a tenant that is not active. Reads the keys and the registry as the '
+    'kit''s owner. Granted to application roles.';
 
 REVOKE ALL ON FUNCTION tenancy.verify_entry_token(text, boolean) FROM PUBLIC;
 
@@ -6246,7 +6318,8 @@ COMMENT ON FUNCTION tenancy.enter_tenant_token(text, text) IS
     'after verifying it: enter_tenant(its slug), and the token in the transaction-local setting '
     'app.tenant_token, which every later statement re-verifies when strict entry is on. slug, '
     'when given, must be the token''s tenant. Returns the tenant id. Raises PT025 (forged, '
-    'malformed, unknown key), PT026 (expired), PT027 (slug is another tenant) and enter_tenant''s '
+    'malformed, unknown key, issued after its expiry or in the future), PT026 (expired), PT027 '
+    '(slug is another tenant), PT034 (issued before the tenant got its slug) and enter_tenant''s '
     'errors (PT003, PT004, PT005, PT007, PT019, PT020), before anything is set.';
 
 -- The body of active_tenant_id() while strict entry is on. Kept as text:
