@@ -59,7 +59,9 @@ def state(dsn: str) -> Any:
                 "SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL"
             ).fetchall()
         }
-        shared = conn.execute("SELECT tenant_id, id, item FROM public.orders ORDER BY id").fetchall()
+        shared = conn.execute(
+            "SELECT tenant_id, id, item FROM public.orders ORDER BY id"
+        ).fetchall()
     return registry, events, rows, shared
 
 
@@ -72,9 +74,8 @@ def refused(app_dsn: str, query: str, params: Any = None) -> psycopg.Error:
             "current_setting('app.tenant_token', true), current_setting('search_path')"
         )
         clean = conn.execute(probe).fetchone()
-        with pytest.raises(psycopg.Error) as info:
-            with conn.transaction():
-                conn.execute(query, params)
+        with pytest.raises(psycopg.Error) as info, conn.transaction():
+            conn.execute(query, params)
         assert conn.execute(probe).fetchone() == clean
     return info.value
 
@@ -123,17 +124,22 @@ def test_a_token_of_a_renamed_tenant_enters_neither_the_slug_s_new_holder_nor_th
             conn.execute(f"SELECT {column} FROM {table}")
         assert info.value.sqlstate == "PT034"
     # Through the Python entry points: the kit's exception, nothing entered.
-    with psycopg.connect(world.app_dsn, autocommit=True) as plain:
-        with pytest.raises(EntryTokenStale):
-            with tenant_connection(plain, token=old) as conn:
-                conn.execute("SELECT 1")
+    with (
+        psycopg.connect(world.app_dsn, autocommit=True) as plain,
+        pytest.raises(EntryTokenStale),
+        tenant_connection(plain, token=old) as conn,
+    ):
+        conn.execute("SELECT 1")
     assert state(world.dsn) == before
 
     # Fresh tokens: the newcomer is empty, the renamed tenant keeps its rows.
     assert rows_seen(world.app_dsn, token(world, slug), f"SELECT {column} FROM {table}") == []
-    assert rows_seen(
-        world.app_dsn, token(world, f"{slug}2"), f"SELECT {column} FROM {table} ORDER BY 1"
-    ) == [(marker(slug),), (marker(slug) + " 2",)][: 2 if isolation == "schema" else 1]
+    assert (
+        rows_seen(
+            world.app_dsn, token(world, f"{slug}2"), f"SELECT {column} FROM {table} ORDER BY 1"
+        )
+        == [(marker(slug),), (marker(slug) + " 2",)][: 2 if isolation == "schema" else 1]
+    )
     assert str(newcomer.id) != world.ids[slug]
 
 
@@ -222,7 +228,9 @@ def test_slug_assigned_at_is_stamped_by_the_registry_and_not_changeable_by_hand(
         before = state(world.dsn)
         for value in ("'2000-01-01'", "now() + interval '1 day'"):
             with pytest.raises(psycopg.Error) as info:
-                conn.execute(f"UPDATE tenancy.tenants SET slug_assigned_at = {value} WHERE slug = 'acme'")
+                conn.execute(
+                    f"UPDATE tenancy.tenants SET slug_assigned_at = {value} WHERE slug = 'acme'"
+                )
             assert info.value.sqlstate == "PT010"
             assert isinstance(translate(info.value), ImmutableTenantColumn)
         assert state(world.dsn) == before
