@@ -236,3 +236,18 @@ def test_slug_assigned_at_is_stamped_by_the_registry_and_not_changeable_by_hand(
         assert state(world.dsn) == before
         Tenancy(world.dsn).rename_tenant("acme", "acme3")
         assert assigned("acme3")[0] > at
+    # The application role reads it for its own tenant.
+    assert rows_seen(
+        world.app_dsn,
+        token(world, "acme3"),
+        "SELECT slug, slug_assigned_at FROM tenancy.tenant_info()",
+    ) == [("acme3", assigned_now(world.dsn, "acme3"))]
+
+
+def assigned_now(dsn: str, slug: str) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT slug_assigned_at FROM tenancy.tenants WHERE slug = %s", (slug,)
+        ).fetchone()
+    assert row is not None
+    return row[0]
