@@ -207,14 +207,15 @@ BEGIN
     SELECT CASE WHEN v_token ~ '^pt2\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
                      AND length(split_part(v_token, '.', 4)) <= 16
                      AND length(split_part(v_token, '.', 5)) <= 16
+                     AND length(split_part(v_token, '.', 6)) BETWEEN 16 AND 64
                      AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
                              || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
                          = sha256(convert_to(right(v_token, 65), 'UTF8'))
                 THEN split_part(v_token, '.', 5)::bigint
-                         > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+                         > (extract(epoch FROM clock_timestamp()) * 1000)::bigint
                      AND split_part(v_token, '.', 4)::bigint <= split_part(v_token, '.', 5)::bigint
                      AND split_part(v_token, '.', 4)::bigint
-                         <= (extract(epoch FROM statement_timestamp()) * 1000)::bigint + 60000
+                         <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000
                      AND split_part(v_token, '.', 4)::bigint
                          >= coalesce(floor(extract(epoch FROM t.slug_assigned_at) * 1000)::bigint, 0)
            END,
@@ -247,7 +248,7 @@ BEGIN
     END IF;
     IF NOT v_ok THEN
         v_parts := string_to_array(v_token, '.');
-        v_now := (extract(epoch FROM statement_timestamp()) * 1000)::bigint;
+        v_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
         IF v_parts[4]::bigint > v_parts[5]::bigint THEN
             RAISE EXCEPTION 'entry token refused: issued at % after its expiry at %',
                 to_timestamp(v_parts[4]::bigint / 1000.0), to_timestamp(v_parts[5]::bigint / 1000.0)
@@ -290,7 +291,7 @@ $$;
 COMMENT ON FUNCTION tenancy.verify_entry_token(text, boolean) IS
     'Id of the tenant entry token token (pt2.<key>.<slug>.<issued ms>.<expiry ms>.<nonce>.<mac>) '
     'is for, when its HMAC-SHA256 signature verifies under an entry key, it has not expired '
-    '(against statement_timestamp()), it was issued no later than its expiry and at most 60 s '
+    '(against clock_timestamp()), it was issued no later than its expiry and at most 60 s '
     'ahead of this server''s clock, and not before the tenant got its slug '
     '(tenancy.tenants.slug_assigned_at: a token for a renamed or destroyed previous holder of the '
     'slug enters nothing). Raises PT025 (malformed, unknown key, bad signature, issued after its '
