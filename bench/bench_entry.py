@@ -46,7 +46,10 @@ Sides, grouped; every ratio compares two sides of the same group:
 4. **Staying in one tenant, and switching among shared (RLS) tenants**, at 1
    and 4 threads (one connection or engine per thread) and through PgBouncer
    in transaction mode (4 threads, ``default_pool_size=2``, no prepared
-   statements): ``tenant_connection`` and ``tenant_session`` against plain.
+   statements): ``tenant_connection`` and ``tenant_session`` against plain;
+   and ``SET LOCAL app.tenant_id`` by hand with the same RLS query (what the
+   policy costs without the kit's entry and its status check), which splits
+   the shared tenants' gap into the policy's part and the entry's.
 5. **CLI start-up** (subprocesses, interleaved): ``pgtenancy --help``,
    ``pgtenancy version`` and a no-op ``pgtenancy migrate`` on
    ``--cli-tenants`` tenants against ``python -c "import psycopg"``.
@@ -418,6 +421,12 @@ def set_local(slug: str, pg_temp: bool = False) -> bytes:
 
 
 @cache
+def set_tenant_id(tenant_id: str) -> bytes:
+    """``SET LOCAL app.tenant_id TO '<id>'`` (composed once)."""
+    return sql.SQL("SET LOCAL app.tenant_id TO {}").format(sql.Literal(tenant_id)).as_bytes(None)
+
+
+@cache
 def qualified_query(slug: str) -> bytes:
     return (
         sql.SQL("SELECT total FROM {} WHERE invoice_id = %s")
@@ -667,7 +676,10 @@ async def bench_async(
 
 
 def threaded_sides(
-    label: str, conns: list[psycopg.Connection[Any]], engines: list[Engine]
+    label: str,
+    conns: list[psycopg.Connection[Any]],
+    engines: list[Engine],
+    ids: dict[str, str] | None = None,
 ) -> list[Side]:
     """Sides with one connection/engine per thread, picked by the calling thread."""
     local = threading.local()
@@ -695,6 +707,17 @@ def threaded_sides(
         with c.transaction():
             return c.execute(QUERY, (key[1],)).fetchone()
 
+    shared_sets = [b"BEGIN; " + set_tenant_id((ids or {}).get(slug, "")) for slug in SHARED_SLUGS]
+
+    def raw_shared(key: Key) -> object:
+        # The policy's cost without the kit: app.tenant_id set by hand (no
+        # status check), the same RLS query; the kit's entry is the difference.
+        c = conns[mine()]
+        c.pgconn.exec_(shared_sets[key[0]])
+        row = c.execute(SHARED_QUERY, (key[1],)).fetchone()
+        c.commit()
+        return row
+
     def session_stay(key: Key) -> object:
         with tenant_session(engines[mine()], SCHEMA_SLUGS[0]) as session:
             value = session.execute(SA_QUERY, {"id": key[1]}).scalar_one()
@@ -718,6 +741,7 @@ def threaded_sides(
         Side(f"{label}: tenant_connection, one tenant", conn_stay, threads),
         Side(f"{label}: tenant_connection, shared tenants", conn_shared, threads),
         Side(f"{label}: plain transaction", conn_plain, threads),
+        Side(f"{label}: raw SET LOCAL app.tenant_id, shared tenants", raw_shared, threads),
         Side(f"{label}: tenant_session, one tenant", session_stay, threads),
         Side(f"{label}: tenant_session, shared tenants", session_shared, threads),
         Side(f"{label}: plain Session", session_plain, threads),
@@ -734,7 +758,12 @@ def engine_on(dsn: str, **connect_kwargs: Any) -> Engine:
 
 
 def bench_threads(
-    app_dsn: str, role: str, seconds: float, rounds: int, cpu_out: dict[str, list[float]]
+    app_dsn: str,
+    role: str,
+    seconds: float,
+    rounds: int,
+    cpu_out: dict[str, list[float]],
+    ids: dict[str, str],
 ) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     pgb = TemporaryPgBouncer(
@@ -751,7 +780,7 @@ def bench_threads(
             conns = [psycopg.connect(dsn, **kwargs) for _ in range(threads)]
             engines = [engine_on(dsn, **kwargs) for _ in range(threads)]
             try:
-                sides = threaded_sides(label, conns, engines)
+                sides = threaded_sides(label, conns, engines, ids)
                 for side in sides:  # every side reads a row
                     if side.tx((2, 11)) is None:
                         raise RuntimeError(f"{side.label} read nothing")
@@ -893,6 +922,20 @@ RATIOS: list[tuple[str, str, str]] = [
     ("async: tenant_session / plain", "async tenant_session", "async plain AsyncSession"),
 ]
 for _label in ("1 thread", f"{THREADS} threads", "PgBouncer"):
+    RATIOS.append(
+        (
+            f"{_label}: RLS alone: raw SET LOCAL app.tenant_id, shared / plain",
+            f"{_label}: raw SET LOCAL app.tenant_id, shared tenants",
+            f"{_label}: plain transaction",
+        )
+    )
+    RATIOS.append(
+        (
+            f"{_label}: entry alone: tenant_connection, shared / raw SET LOCAL",
+            f"{_label}: tenant_connection, shared tenants",
+            f"{_label}: raw SET LOCAL app.tenant_id, shared tenants",
+        )
+    )
     for _path, _plain in (
         ("tenant_connection", "plain transaction"),
         ("tenant_session", "plain Session"),
@@ -957,7 +1000,7 @@ def run(
                     engine.dispose()
                     engine_by_text.dispose()
                 all_rates |= asyncio.run(bench_async(app_dsn, seconds, rounds, all_cpu))
-                all_rates |= bench_threads(app_dsn, role, seconds, rounds, all_cpu)
+                all_rates |= bench_threads(app_dsn, role, seconds, rounds, all_cpu, ids)
                 load = os.getloadavg()
             finally:
                 drop_app_role(dsn, role)
