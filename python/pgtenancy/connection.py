@@ -39,6 +39,7 @@ from pgtenancy.queries import QUERIES
 _ENTER = QUERIES["enter_tenant"]
 _ENTER_TOKEN = QUERIES["enter_tenant_token"]
 logger = logging.getLogger("pgtenancy.connection")
+_IDLE = pq.TransactionStatus.IDLE
 
 SyncTarget = psycopg.Connection[Any] | ConnectionPool[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
@@ -47,8 +48,11 @@ ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any])
 
 
 def _check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    status = conn.info.transaction_status
-    if status != pq.TransactionStatus.IDLE:
+    # The PGconn's status, not conn.info's: conn.info builds a ConnectionInfo
+    # on every access, a microsecond on every tenant transaction.
+    status = conn.pgconn.transaction_status
+    if status != _IDLE:
+        status = pq.TransactionStatus(status)
         raise InvalidConnectionState(
             f"connection is not idle ({status.name}): a tenant transaction must be the "
             "connection's outermost transaction, or its settings would outlive the block"

@@ -99,9 +99,9 @@ def enter_tenant(connection: Connection, slug: str) -> bytes | None:
             "where transaction-local tenant settings would last one statement"
         )
     driver = connection.connection.driver_connection
-    if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.Connection) and driver.pgconn.transaction_status == _IDLE:
         return begin_in_tenant(driver, slug)
-    if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.AsyncConnection) and driver.pgconn.transaction_status == _IDLE:
         return await_only(abegin_in_tenant(driver, slug))
     try:
         connection.exec_driver_sql(_ENTER, {"slug": slug})
@@ -128,9 +128,9 @@ def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> by
             "where transaction-local tenant settings would last one statement"
         )
     driver = connection.connection.driver_connection
-    if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.Connection) and driver.pgconn.transaction_status == _IDLE:
         return begin_with_token(driver, token, slug)
-    if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.AsyncConnection) and driver.pgconn.transaction_status == _IDLE:
         return await_only(abegin_with_token(driver, token, slug))
     try:
         connection.exec_driver_sql(_ENTER_TOKEN, {"token": token, "slug": slug})
