@@ -138,10 +138,16 @@ class _TenantConnection:
                     tx = conn.transaction()
                     tx.__enter__()
                     try:
+                        # A plain Cursor, not the connection's cursor_factory: a
+                        # ClientCursor would write the token into the statement
+                        # text, which pg_stat_activity shows to the role's other
+                        # sessions (an attack run entered another tenant so).
                         if self._token is None:
-                            conn.execute(_ENTER, {"slug": self.slug})
+                            psycopg.Cursor(conn).execute(_ENTER, {"slug": self.slug})
                         else:
-                            conn.execute(_ENTER_TOKEN, {"token": self._token, "slug": self.slug})
+                            psycopg.Cursor(conn).execute(
+                                _ENTER_TOKEN, {"token": self._token, "slug": self.slug}
+                            )
                     except BaseException as exc:
                         tx.__exit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, psycopg.Error):
@@ -227,10 +233,12 @@ class _TenantConnection:
                     tx = conn.transaction()
                     await tx.__aenter__()
                     try:
+                        # Server-side binding whatever the cursor_factory (see the
+                        # sync path).
                         if self._token is None:
-                            await conn.execute(_ENTER, {"slug": self.slug})
+                            await psycopg.AsyncCursor(conn).execute(_ENTER, {"slug": self.slug})
                         else:
-                            await conn.execute(
+                            await psycopg.AsyncCursor(conn).execute(
                                 _ENTER_TOKEN, {"token": self._token, "slug": self.slug}
                             )
                     except BaseException as exc:

@@ -752,8 +752,12 @@ class Tenants:
                     # text (pg_stat_activity shows it to the role's other
                     # sessions); one transaction, pipelined: one round trip.
                     async with conn.pipeline(), conn.transaction():
-                        await conn.execute(_ENTER_TOKEN, (token, slug), prepare=False)
-                        cur = await conn.execute(_TENANT_INFO, prepare=False)
+                        # A plain AsyncCursor: server-side binding whatever
+                        # cursor_factory the pool's connections were given.
+                        await psycopg.AsyncCursor(conn).execute(
+                            _ENTER_TOKEN, (token, slug), prepare=False
+                        )
+                        cur = await psycopg.AsyncCursor(conn).execute(_TENANT_INFO, prepare=False)
                     row = await cur.fetchone()
                 else:
                     cur = conn.cursor()

@@ -639,3 +639,31 @@ def test_no_other_session_of_the_role_sees_a_live_token(world: StrictWorld) -> N
                 await ac.execute("SELECT 1")
 
         asyncio.run(run())
+
+        # The attack run's case: a connection binding parameters client-side
+        # (ClientCursor) in pipeline mode, where the kit enters through
+        # psycopg's own transaction(); sync and async.
+        with (
+            psycopg.connect(world.app_dsn, cursor_factory=psycopg.ClientCursor) as victim,
+            victim.pipeline() as pipe,
+            tenant_connection(victim, token=token) as c,
+        ):
+            pipe.sync()  # the entry reaches the server: its last statement
+            seen = texts()
+            assert c.execute("SELECT item FROM orders").fetchall() == [(marker("sb"),)]
+            assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+
+        async def run_client_cursor() -> None:
+            async with (
+                await psycopg.AsyncConnection.connect(
+                    world.app_dsn, cursor_factory=psycopg.AsyncClientCursor
+                ) as aconn,
+                aconn.pipeline() as apipe,
+                tenant_connection(aconn, token=token) as ac,
+            ):
+                await apipe.sync()
+                seen = texts()
+                await ac.execute("SELECT 1")
+                assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+
+        asyncio.run(run_client_cursor())
