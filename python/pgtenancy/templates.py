@@ -296,6 +296,7 @@ def import_template(
     keep_acl: bool = False,
     split_shared: bool = False,
     source_schema: str = SOURCE_SCHEMA,
+    data: bool = False,
 ) -> TemplateResult:
     """Turn a ``pg_dump --schema-only`` of schema ``public`` into a tenant migration.
 
@@ -311,6 +312,16 @@ def import_template(
         source_schema: the schema the dump's objects are in, whose name is
             cut out (``public`` above stands for it); ``pgtenancy migrate
             squash`` dumps the scratch schema of its replay.
+        data: keep the dump's rows too (``pgtenancy migrate squash``): the
+            ``INSERT`` statements of ``pg_dump --inserts`` / ``--column-inserts``
+            into the dump's own tables (only the table name is rewritten, the
+            values stay as they are; string constants holding a backslash are
+            written as ``E'...'``, so they mean the same whatever
+            ``standard_conforming_strings`` is), ``SELECT setval(...)`` and
+            ``REFRESH MATERIALIZED VIEW``. pg_dump places them after the tables
+            and before the constraints, indexes and triggers, so foreign keys
+            hold whatever the order of the rows and no trigger fires. Other
+            data statements are refused.
 
     Returns:
         The migration SQL, the shared SQL, what was dropped and the warnings.
@@ -322,12 +333,14 @@ def import_template(
     """
     token = _SOURCE.set(source_schema)
     try:
-        return _import_template(dump_sql, keep_acl, split_shared)
+        return _import_template(dump_sql, keep_acl, split_shared, data)
     finally:
         _SOURCE.reset(token)
 
 
-def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> TemplateResult:
+def _import_template(
+    dump_sql: str, keep_acl: bool, split_shared: bool, data: bool = False
+) -> TemplateResult:
     script = read_script(dump_sql)
     parsed: list[tuple[int, str, ast.Node]] = []
     for statement in script.statements:
@@ -359,6 +372,13 @@ def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> Templ
             if reason:
                 result.warnings.append(f"line {line}: {reason}")
             continue
+        if data and isinstance(node, ast.InsertStmt):
+            data_sql, why = _data_rows(text, node, own)
+            if data_sql is None:
+                problems.append((line, f"{_summary(text)}: {why}"))
+            else:
+                parts.append(f"{data_sql};\n\n")
+            continue
         if kind == "RuleStmt":
             # The database refuses rules in a tenant migration (PT017).
             problems.append(
@@ -368,7 +388,9 @@ def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> Templ
                 )
             )
             continue
-        if kind not in _TEMPLATE_NODES or (kind == "SelectStmt" and not _is_setval(node)):
+        if (kind not in _TEMPLATE_NODES and not (data and kind == "RefreshMatViewStmt")) or (
+            kind == "SelectStmt" and not _is_setval(node)
+        ):
             problems.append((line, f"{_summary(text)}: {_not_template_reason(kind)}"))
             continue
         targets = statement_targets(node)
@@ -432,6 +454,83 @@ def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> Templ
     result.shared_sql = "".join(shared_parts)
     result.dropped = [f"line {line}: {text}" for line, text in sorted(dropped)]
     return result
+
+
+def _data_rows(text: str, node: ast.InsertStmt, own: frozenset[str]) -> tuple[str | None, str]:
+    """The rows of ``pg_dump --inserts``, with the table's qualification cut.
+
+    Accepted: ``INSERT INTO source.table [(columns)] [OVERRIDING SYSTEM
+    VALUE] VALUES (...), ...`` into a table the dump creates, with constant
+    values only (what pg_dump writes). Returns ``(sql, '')``, or ``(None,
+    reason)`` for anything else.
+    """
+    relation = node.relation
+    select = node.selectStmt
+    if (
+        relation is None
+        or relation.schemaname != _source()
+        or relation.relname not in own
+        or node.onConflictClause is not None
+        or getattr(node, "returningClause", None) is not None
+        or getattr(node, "returningList", None)
+        or node.withClause is not None
+        or not isinstance(select, ast.SelectStmt)
+        or not select.valuesLists
+        or select.fromClause
+        or select.withClause is not None
+        or any(
+            isinstance(inner, ast.SubLink | ast.FuncCall | ast.ColumnRef | ast.ParamRef)
+            for inner in _tree(select)
+        )
+    ):
+        return None, (
+            "not a row of pg_dump --inserts into one of the dump's tables (constant values only)"
+        )
+    rewritten = _escape_backslashes(_cut_qualifications(text, own, {}))
+    expected = node
+    relation.schemaname = None
+    try:
+        back = pglast.parse_sql(rewritten)
+    except ParseError:
+        back = ()
+    finally:
+        relation.schemaname = _source()
+    if len(back) != 1 or not _same_insert(back[0].stmt, expected, relation.relname):
+        return None, "the rows cannot be written back unchanged without the schema name"
+    return rewritten, ""
+
+
+def _same_insert(got: ast.Node | None, want: ast.InsertStmt, table: str) -> bool:
+    """``got`` is ``want`` with its table unqualified."""
+    if not isinstance(got, ast.InsertStmt) or got.relation is None:
+        return False
+    if got.relation.schemaname is not None or got.relation.relname != table:
+        return False
+    saved = want.relation
+    try:
+        want.relation = got.relation
+        return bool(got == want)
+    finally:
+        want.relation = saved
+
+
+def _escape_backslashes(text: str) -> str:
+    """``text`` with every plain string constant holding a backslash written as
+    ``E'...'`` (backslashes doubled): the same value whatever
+    ``standard_conforming_strings`` is. pg_dump writes plain constants for a
+    server where it is on (the default)."""
+    if "\\" not in text:
+        return text
+    out: list[str] = []
+    pos = 0
+    for tok in scan(text):
+        raw = text[tok.start : tok.end + 1]
+        if tok.name == "SCONST" and raw.startswith("'") and "\\" in raw:
+            out.append(text[pos : tok.start])
+            out.append("E" + raw.replace("\\", "\\\\"))
+            pos = tok.end + 1
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _not_template_reason(kind: str) -> str:
