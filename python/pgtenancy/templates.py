@@ -69,6 +69,7 @@ from pgtenancy.sqlscript import (
     TRANSACTION_NODES,
     ScriptError,
     read_script,
+    statement_name,
     statement_targets,
 )
 
@@ -391,7 +392,7 @@ def _import_template(
         if (kind not in _TEMPLATE_NODES and not (data and kind == "RefreshMatViewStmt")) or (
             kind == "SelectStmt" and not _is_setval(node)
         ):
-            problems.append((line, f"{_summary(text)}: {_not_template_reason(kind)}"))
+            problems.append((line, f"{_summary(text)}: {_not_template_reason(node, data)}"))
             continue
         targets = statement_targets(node)
         schema = targets[0].schema if targets else None
@@ -533,10 +534,22 @@ def _escape_backslashes(text: str) -> str:
     return "".join(out)
 
 
-def _not_template_reason(kind: str) -> str:
+def _not_template_reason(node: ast.Node, data: bool = False) -> str:
+    kind = type(node).__name__
     if kind in ("InsertStmt", "CopyStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "SelectStmt"):
-        return "data or queries are not part of a template; dump with --schema-only"
-    return f"{kind} cannot be part of a tenant schema (database-wide or not a schema object)"
+        if data:
+            return (
+                f"{statement_name(node)}: a baseline's rows come as pg_dump --inserts writes"
+                " them (INSERT ... VALUES, SELECT setval)"
+            )
+        return (
+            f"{statement_name(node)}: data or queries are not part of a template;"
+            " dump with --schema-only"
+        )
+    return (
+        f"{statement_name(node)} cannot be part of a tenant schema"
+        " (database-wide or not a schema object)"
+    )
 
 
 def _dump_objects(nodes: object) -> frozenset[str]:
@@ -654,7 +667,7 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
         name = getattr(node, "schemaname", None)
         return f"CREATE SCHEMA {name} dropped: a tenant migration creates objects in its schema"
     if kind in _DATABASE_WIDE:
-        return f"{kind} dropped: it acts on the whole database, not on one tenant"
+        return f"{statement_name(node)} dropped: it acts on the whole database, not on one tenant"
     if kind == "CreateExtensionStmt":
         name = getattr(node, "extname", "?")
         return f"extension {name} dropped: install it in the database once, not per tenant"
