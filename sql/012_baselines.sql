@@ -304,6 +304,7 @@ DECLARE
     v_message text;
     v_detail  text;
     v_role    name;
+    v_rls     text;
 BEGIN
     IF p_sql IS NULL OR btrim(p_sql) = '' THEN
         RAISE EXCEPTION 'baseline through % has no SQL', coalesce(quote_literal(p_through), 'NULL')
@@ -339,6 +340,7 @@ BEGIN
     -- printed qualified) or an object identifier depends on the tenant the
     -- migrations ran in, so such a history is refused. Row security off: a
     -- read that policies would filter fails instead of missing rows.
+    v_rls := current_setting('row_security');
     PERFORM set_config('row_security', 'off', true);
     v_role := tenancy.tenant_role(v_ref);
     FOR v_table IN
@@ -378,7 +380,7 @@ BEGIN
         END IF;
     END LOOP;
     v_diff := NULL;
-    PERFORM set_config('row_security', 'on', true);
+    PERFORM set_config('row_security', v_rls, true);
 
     INSERT INTO tenancy.baselines (through_version, sql, checksum)
     VALUES (p_through, p_sql, encode(sha256(convert_to(p_sql, 'UTF8')), 'hex'))
@@ -421,6 +423,7 @@ BEGIN
     END IF;
     -- Equal to the replay row by row (each table's own rows, as text) and
     -- sequence by sequence (last value, called or not).
+    v_rls := current_setting('row_security');
     PERFORM set_config('row_security', 'off', true);
     v_count := 0;
     v_diff := NULL;
@@ -442,7 +445,8 @@ BEGIN
             END IF;
         ELSIF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = v_table)
               IS DISTINCT FROM (SELECT c.relispopulated FROM pg_class AS c
-                                 WHERE c.oid = to_regclass(format('%I.%I', v_try, v_used))) THEN
+                                 WHERE c.relnamespace = to_regnamespace(quote_ident(v_try))
+                                   AND c.relname = v_used) THEN
             v_count := v_count + 1;
             v_diff := concat_ws(E'\n', v_diff, format('materialized view %s: populated by one and not the other', v_used));
         ELSIF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = v_table) THEN
@@ -461,7 +465,7 @@ BEGIN
             END IF;
         END IF;
     END LOOP;
-    PERFORM set_config('row_security', 'on', true);
+    PERFORM set_config('row_security', v_rls, true);
     IF v_count > 0 THEN
         RAISE EXCEPTION 'baseline through % leaves other rows or sequence values than the migrations up to it in % object(s)',
             quote_literal(p_through), v_count

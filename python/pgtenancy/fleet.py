@@ -1058,6 +1058,7 @@ def squash_migrations(
             the message).
         BaselineMismatch: PT033; the rewritten dump differs from the replay
             (objects, rows of a table, a sequence's value; in ``detail``).
+            Also (Python only) when pg_dump fails, with its message.
         MigrationFailed: PT006; a migration failed in the replay.
         FileNotFoundError: no ``pg_dump`` (PostgreSQL client programs).
     """
@@ -1089,7 +1090,7 @@ def squash_migrations(
                 steps += 1
                 if at == previous or steps > len(registered) + 1:
                     raise BaselineRefused(f"the replay up to {through} stopped at {at}")
-            dump = subprocess.run(
+            dumped = subprocess.run(
                 [
                     pg_dump,
                     # Schema and rows: tables, then their rows (constant
@@ -1106,11 +1107,19 @@ def squash_migrations(
                     url,
                 ],
                 capture_output=True,
-                check=True,
+                check=False,
                 # Bytes, decoded here: text mode would turn a \r\n inside a
                 # value into \n.
                 env={**os.environ, "PGCLIENTENCODING": "UTF8"},
-            ).stdout.decode("utf-8")
+            )
+            if dumped.returncode != 0:
+                # Reading the rows needs what pg_dump needs (row security
+                # off: a role subject to a policy of the replay's tables fails).
+                error = dumped.stderr.decode("utf-8", "replace").strip()
+                raise BaselineRefused(
+                    f"cannot squash through {through}: pg_dump of the replay failed: {error}"
+                )
+            dump = dumped.stdout.decode("utf-8")
             try:
                 template = import_template(
                     dump, keep_acl=True, source_schema=BASELINE_REFERENCE_SCHEMA, data=True
