@@ -639,6 +639,15 @@ def test_a_seeded_history_baseline_carries_its_rows(tmp_path: Path, dsn: str, sq
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             conn.execute("DELETE FROM users WHERE name = 'anna'")
         conn.rollback()
+    # Values with backslashes are E'...' strings in the baseline: the same
+    # rows where standard_conforming_strings is off (the baseline runs in
+    # the session of whoever creates the tenant).
+    assert "E'it''s" in result.sql
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET standard_conforming_strings = off")
+        conn.execute("SELECT tenancy.create_tenant('escaped')")
+    migrate_fleet(dsn, tenants=["escaped"])
+    same_rows(dsn, "tenant_escaped", "tenant_replayed")
     # The rows registered after the baseline were applied on top of it.
     assert sql("SELECT id, body FROM tenant_based.notes WHERE id < 40 ORDER BY id") == [
         (1, "from the sequence"),
