@@ -31,7 +31,9 @@ inside that schema, and nothing outside it:
   whose object would still be in ``public`` or in a system schema, a shared
   object that depends on a tenant object, a PL/pgSQL body naming one of the
   dump's objects as ``public.x`` inside a string (dynamic SQL), data
-  statements, statement kinds a tenant schema cannot hold (casts, access
+  statements (but for ``data=True``: the rows of ``pg_dump --inserts``, the
+  ``setval`` calls and ``REFRESH MATERIALIZED VIEW`` a baseline carries),
+  statement kinds a tenant schema cannot hold (casts, access
   methods...), and any statement pglast cannot print back to exactly the
   rewritten tree. A statement is written as the dump had it with only the
   qualifications cut out (pglast's scanner) when that parses to the
