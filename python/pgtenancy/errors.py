@@ -341,20 +341,24 @@ class BaselineRefused(TenancyError):
     """A squash or ``tenancy.add_baseline`` was refused and nothing was
     registered (SQLSTATE PT032): the version is not registered, a baseline
     through it exists already, a no-transaction migration up to it cannot run
-    inside a transaction (VACUUM), the migrations leave rows or advance
-    sequences (a baseline holds the schema only), the replay needs commits that
+    inside a transaction (VACUUM), the migrations leave rows that depend on
+    the tenant (a value naming the schema they ran in or its owner role, a
+    column of object identifiers), the replay needs commits that
     ``tenancy.prepare_baseline`` has not made yet, the baseline's SQL fails on
-    an empty schema, or (Python, ``pgtenancy migrate squash``) the template
-    rewriter cannot make the dump tenant-local."""
+    an empty schema, or (Python, ``pgtenancy migrate squash``) pg_dump fails or
+    the template rewriter cannot make the dump tenant-local."""
 
     sqlstate = "PT032"
 
 
 class BaselineMismatch(TenancyError):
     """``tenancy.add_baseline``: the baseline does not create what the
-    migrations up to its version create (SQLSTATE PT033); ``.detail`` lists
-    the objects, ``missing`` (made by the migrations only) or ``extra`` (by the
-    baseline only). Nothing was registered."""
+    migrations up to its version create, or does not leave the rows and
+    sequence values they leave (SQLSTATE PT033); ``.detail`` lists the
+    objects, ``missing`` (made by the migrations only) or ``extra`` (by the
+    baseline only), or, once the objects agree, the tables and sequences
+    (``rows of T: N missing, M extra``, ``sequence S: V after the migrations,
+    W after the baseline``). Nothing was registered."""
 
     sqlstate = "PT033"
 
