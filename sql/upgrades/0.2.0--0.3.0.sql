@@ -1400,65 +1400,87 @@ BEGIN
     v_body := format($f$
         DECLARE
             v_tenant tenancy.tenants;
+            v_column name;
         BEGIN
+            -- Whose rows these are: the tenant whose schema holds the table,
+            -- else, on a guarded shared table, each row's tenant column (what
+            -- the policy's WITH CHECK enforced). Never a setting: RETURNING
+            -- set_config('app.tenant_id', ...) changes it after the policy
+            -- check and before this trigger runs. Rows are grouped by tenant;
+            -- other tables' rows belong to no tenant.
             SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
             IF NOT FOUND THEN
-                SELECT * INTO v_tenant FROM tenancy.tenants
-                 WHERE id = tenancy.current_tenant_id();
+                SELECT g.tenant_column INTO v_column FROM tenancy.guarded_tables AS g
+                 WHERE g.table_name = TG_RELID;
             END IF;
             IF TG_OP = 'TRUNCATE' THEN
+                -- A shared table's TRUNCATE empties every tenant's rows: no tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
                 VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
                         v_tenant.status,
-                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+                        jsonb_build_object('table', %1$L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
             ELSIF TG_OP = 'UPDATE' THEN
-                -- Rows whose key is unchanged, with the columns that changed.
+                -- Rows whose key and tenant are unchanged, with the columns that changed.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object(
-                                   'key', jsonb_build_object(%s),
-                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
-                                                 FROM jsonb_each(to_jsonb(r)) AS e
-                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
-                               ) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
-                -- An update that changed a key: the old key went, the new one came.
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object(
+                                           'key', jsonb_build_object(%2$s),
+                                           'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                         FROM jsonb_each(to_jsonb(r)) AS e
+                                                        WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                                       ) AS row,
+                                       row_number() OVER () AS n
+                                  FROM new_rows AS r JOIN old_rows AS o
+                                    ON %3$s AND %4$s IS NOT DISTINCT FROM %5$s) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
+                -- An update that changed a key (or the tenant): the old key
+                -- went from its tenant, the new one came to its tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', s.op, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT 'DELETE' AS op, %4$s AS tenant,
+                               jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                               row_number() OVER () AS n
                           FROM old_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)
                         UNION ALL
-                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                        SELECT 'INSERT', %4$s, jsonb_build_object('key', jsonb_build_object(%2$s)),
+                               row_number() OVER ()
                           FROM new_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
-                 GROUP BY s.op
-                 ORDER BY s.op;
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.op, s.tenant, t.id
+                 ORDER BY s.op, min(s.n);
             ELSE
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM changed_rows AS r) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', TG_OP, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                                       row_number() OVER () AS n
+                                  FROM changed_rows AS r) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
             END IF;
             RETURN NULL;
         END
-    $f$, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    $f$, v_table, v_key, v_join,
+       -- The tenant of row r, and of row o.
+       'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(r) ->> v_column)::uuid END',
+       'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(o) ->> v_column)::uuid END');
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
                    'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
@@ -1494,7 +1516,9 @@ $$;
 COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
     'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
-    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'carrying the tenant (the one whose schema holds the table, or on a guarded shared table each '
+    'row''s tenant column, one event per tenant; never a setting; none for other tables and for a '
+    'shared table''s TRUNCATE), the table (schema.table), the operation, each row''s primary key and, '
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
@@ -6810,6 +6834,29 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.strict_entry', '');
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.strict_plain_functions', '');
     END IF;
+END
+$$;
+
+-- Tables tracked before: their generated change triggers took the tenant of
+-- shared-table events from app.tenant_id, which the writing statement can
+-- change (RETURNING set_config(...)). Generate them again. Inside the
+-- extension's own update script a generated function would become a member
+-- of the extension: there, say which tables need track_changes again.
+DO $$
+DECLARE
+    v_table pg_catalog.regclass;
+BEGIN
+    FOR v_table IN SELECT DISTINCT t.tgrelid::pg_catalog.regclass FROM pg_catalog.pg_trigger AS t
+                    WHERE t.tgname OPERATOR(pg_catalog.=) 'tenancy_changes_insert' LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e
+                    WHERE e.extname OPERATOR(pg_catalog.=) 'pgtenancy') THEN
+            RAISE WARNING 'pgtenancy: run SELECT tenancy.track_changes(%) again: its change trigger '
+                          'attributes shared-table events by app.tenant_id',
+                          pg_catalog.quote_literal(v_table::pg_catalog.text);
+        ELSE
+            PERFORM tenancy.track_changes(v_table);
+        END IF;
+    END LOOP;
 END
 $$;
 
