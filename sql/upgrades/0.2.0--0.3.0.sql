@@ -1397,6 +1397,10 @@ DECLARE
     v_table   text;
     v_child   regclass;
     v_dist    boolean;
+    v_gcol    name;
+    v_tmpl    text;
+    v_tenant_r text;
+    v_tenant_o text;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -1453,6 +1457,19 @@ BEGIN
            string_agg(format('o.%I = r.%I', c, c), ' AND ')
       INTO v_key, v_join
       FROM unnest(v_pk) AS c;
+
+    -- The tenant of row r (and o): read at run time from guarded_tables, so
+    -- a table guarded (or unguarded) after tracking is attributed right; the
+    -- column guarded now is read directly (to_jsonb of every row costs a
+    -- DELETE about twice its time), any other through jsonb.
+    v_gcol := (SELECT g.tenant_column FROM tenancy.guarded_tables AS g
+                WHERE g.table_name = track_changes.table_name);
+    v_tmpl := CASE WHEN v_gcol IS NULL
+        THEN 'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(%1$s) ->> v_column)::uuid END'
+        ELSE 'CASE WHEN v_column IS NULL THEN v_tenant.id WHEN v_column = %2$L THEN %1$s.%3$I '
+             'ELSE (to_jsonb(%1$s) ->> v_column)::uuid END' END;
+    v_tenant_r := format(v_tmpl, 'r', v_gcol, v_gcol);
+    v_tenant_o := format(v_tmpl, 'o', v_gcol, v_gcol);
 
     -- The body is built first and then given to CREATE FUNCTION as one
     -- quoted literal (%L): a table or column name holding a dollar-quote
@@ -1538,10 +1555,7 @@ BEGIN
             END IF;
             RETURN NULL;
         END
-    $f$, v_table, v_key, v_join,
-       -- The tenant of row r, and of row o.
-       'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(r) ->> v_column)::uuid END',
-       'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(o) ->> v_column)::uuid END');
+    $f$, v_table, v_key, v_join, v_tenant_r, v_tenant_o);
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
                    'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,

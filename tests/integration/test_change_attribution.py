@@ -137,3 +137,23 @@ def test_one_statement_over_many_tenants_gives_one_event_per_tenant(
         ("sb", world.ids["sb"], "INSERT", [{"key": {"id": k + 100}} for k in sb]),
     ]
     assert got[6:] == [(None, None, "TRUNCATE", [])]
+
+
+def test_a_table_tracked_before_it_was_guarded_is_attributed_by_its_rows(
+    dsn: str, app_role: str
+) -> None:
+    """The trigger finds the tenant column at run time: tracking first and
+    guarding later attributes events just as well."""
+    world = build(dsn, app_role, as_role(dsn, app_role), strict=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text)")
+        conn.execute("SELECT tenancy.track_changes('public.notes')")
+        conn.execute("SELECT tenancy.enable_rls('public.notes', 'owner_tenant')")
+    before = _last_event(dsn)
+    _write_as(
+        world,
+        "sa",
+        "INSERT INTO public.notes (id, body) VALUES (1, 'x') "
+        f"RETURNING set_config('app.tenant_id', '{world.ids['sb']}', true)",
+    )
+    assert _events(dsn, before) == [("sa", world.ids["sa"], "INSERT", [{"key": {"id": 1}}])]
