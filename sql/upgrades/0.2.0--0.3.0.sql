@@ -1077,8 +1077,8 @@ BEGIN
     -- included, so a pooled connection carries them into every tenant's
     -- requests. Errors: row_security (off: every tenant query fails),
     -- search_path, app.* and the kit's internal settings (a default
-    -- app.tenant_id is a tenant without entry); warnings: settings that make requests fail or behave
-    -- otherwise.
+    -- app.tenant_id is a tenant without entry); warnings: settings that make
+    -- requests fail or behave otherwise.
     RETURN QUERY
         SELECT CASE WHEN s.name IN ('row_security', 'search_path') OR starts_with(s.name, 'app.')
                          OR starts_with(s.name, 'pgtenancy.') THEN 'error' ELSE 'warning' END::text,
