@@ -1090,6 +1090,62 @@ BEGIN
          WHERE p.prepared < now() - coalesce(nullif(current_setting('pgtenancy.prepared_stale_after',
                                                                     true), ''),
                                              '5 minutes')::interval;
+
+    -- Defaults stored for an application role (ALTER ROLE ... SET, which the
+    -- role can run on itself and PostgreSQL cannot forbid), for every role
+    -- or for the database: every session starts with them again, RESET ALL
+    -- included, so a pooled connection carries them into every tenant's
+    -- requests. Errors: row_security (off: every tenant query fails),
+    -- search_path, app.* and the kit's internal settings (a default
+    -- app.tenant_id is a tenant without entry); warnings: settings that make
+    -- requests fail or behave otherwise.
+    RETURN QUERY
+        SELECT CASE WHEN s.name IN ('row_security', 'search_path') OR starts_with(s.name, 'app.')
+                         OR starts_with(s.name, 'pgtenancy.') THEN 'error' ELSE 'warning' END::text,
+               'weakening_default_setting'::text,
+               format('%s: %s', s.target, s.name),
+               format('%s is set to %L by default for %s: every session starts with it, and '
+                      'RESET ALL (pool reset) returns to it, so it reaches every tenant''s requests',
+                      s.name, s.value, s.target),
+               format('%s RESET %s', s.alter, s.name)
+          FROM (SELECT lower(split_part(c.cfg, '=', 1)) AS name,
+                       substr(c.cfg, strpos(c.cfg, '=') + 1) AS value,
+                       CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'every role in every database'
+                            WHEN d.setrole = 0 THEN format('database %I', current_database())
+                            WHEN d.setdatabase = 0 THEN format('application role %I', pg_get_userbyid(d.setrole))
+                            ELSE format('application role %I in database %I', pg_get_userbyid(d.setrole),
+                                        current_database()) END AS target,
+                       CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'ALTER ROLE ALL'
+                            WHEN d.setrole = 0 THEN format('ALTER DATABASE %I', current_database())
+                            WHEN d.setdatabase = 0 THEN format('ALTER ROLE %I', pg_get_userbyid(d.setrole))
+                            ELSE format('ALTER ROLE %I IN DATABASE %I', pg_get_userbyid(d.setrole),
+                                        current_database()) END AS alter
+                  FROM pg_db_role_setting AS d
+                 CROSS JOIN LATERAL unnest(d.setconfig) AS c(cfg)
+                 WHERE d.setdatabase IN (0, (SELECT b.oid FROM pg_database AS b
+                                              WHERE b.datname = current_database()))
+                   AND (d.setrole = 0
+                        OR EXISTS (SELECT 1 FROM tenancy.app_roles AS a JOIN pg_roles AS r
+                                       ON r.rolname = a.role_name WHERE r.oid = d.setrole))) AS s
+         WHERE (s.name IN ('row_security', 'search_path', 'session_replication_role', 'statement_timeout',
+                          'lock_timeout', 'idle_in_transaction_session_timeout', 'idle_session_timeout',
+                          'default_transaction_isolation', 'default_transaction_read_only',
+                          'default_transaction_deferrable', 'standard_conforming_strings',
+                          'plpgsql.variable_conflict', 'transaction_timeout')
+            OR starts_with(s.name, 'app.')
+            -- The kit's settings, but for its configuration (the doctor's ages).
+            OR (starts_with(s.name, 'pgtenancy.')
+                AND s.name NOT IN ('pgtenancy.consumer_inactive_after', 'pgtenancy.consumer_stale_after',
+                                   'pgtenancy.prepared_stale_after')))
+           -- Values that weaken nothing.
+           AND NOT (s.name, lower(trim(both '''"' FROM s.value))) IN (
+                   ('row_security', 'on'), ('default_transaction_isolation', 'read committed'),
+                   ('default_transaction_read_only', 'off'), ('default_transaction_deferrable', 'off'),
+                   ('standard_conforming_strings', 'on'), ('session_replication_role', 'origin'),
+                   ('statement_timeout', '0'), ('lock_timeout', '0'), ('transaction_timeout', '0'),
+                   ('idle_in_transaction_session_timeout', '0'), ('idle_session_timeout', '0'),
+                   ('plpgsql.variable_conflict', 'error'))
+         ORDER BY 3;
 END
 $$;
 
@@ -1104,8 +1160,13 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'that roles other than their owner may create in (warning), the migration fence missing '
     '(warning), objects of tenant schemas owned by a role other than their owner at rest '
     '(tenancy.rest_owner; error), tenants whose objects have no owner role of their own (warning), '
-    'members of the owner''s role (error for an application role, warning otherwise). Called by '
-    'check_isolation().';
+    'members of the owner''s role (error for an application role, warning otherwise), defaults '
+    'stored with ALTER ROLE/DATABASE ... SET for application roles, every role or this database '
+    '(weakening_default_setting: error for row_security, search_path, app.* and pgtenancy.* but '
+    'the *_after ages; '
+    'warning for session_replication_role, the timeouts, default_transaction_isolation, '
+    'default_transaction_read_only, default_transaction_deferrable, standard_conforming_strings, '
+    'plpgsql.variable_conflict; the fix is ALTER ... RESET). Called by check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
 
@@ -1356,6 +1417,10 @@ DECLARE
     v_table   text;
     v_child   regclass;
     v_dist    boolean;
+    v_gcol    name;
+    v_tmpl    text;
+    v_tenant_r text;
+    v_tenant_o text;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -1413,6 +1478,19 @@ BEGIN
       INTO v_key, v_join
       FROM unnest(v_pk) AS c;
 
+    -- The tenant of row r (and o): read at run time from guarded_tables, so
+    -- a table guarded (or unguarded) after tracking is attributed right; the
+    -- column guarded now is read directly (to_jsonb of every row costs a
+    -- DELETE about twice its time), any other through jsonb.
+    v_gcol := (SELECT g.tenant_column FROM tenancy.guarded_tables AS g
+                WHERE g.table_name = track_changes.table_name);
+    v_tmpl := CASE WHEN v_gcol IS NULL
+        THEN 'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(%1$s) ->> v_column)::uuid END'
+        ELSE 'CASE WHEN v_column IS NULL THEN v_tenant.id WHEN v_column = %2$L THEN %1$s.%3$I '
+             'ELSE (to_jsonb(%1$s) ->> v_column)::uuid END' END;
+    v_tenant_r := format(v_tmpl, 'r', v_gcol, v_gcol);
+    v_tenant_o := format(v_tmpl, 'o', v_gcol, v_gcol);
+
     -- The body is built first and then given to CREATE FUNCTION as one
     -- quoted literal (%L): a table or column name holding a dollar-quote
     -- tag (an attack run named a table "x$body$;...;SELECT $body$") can
@@ -1420,65 +1498,84 @@ BEGIN
     v_body := format($f$
         DECLARE
             v_tenant tenancy.tenants;
+            v_column name;
         BEGIN
+            -- Whose rows these are: the tenant whose schema holds the table,
+            -- else, on a guarded shared table, each row's tenant column (what
+            -- the policy's WITH CHECK enforced). Never a setting: RETURNING
+            -- set_config('app.tenant_id', ...) changes it after the policy
+            -- check and before this trigger runs. Rows are grouped by tenant;
+            -- other tables' rows belong to no tenant.
             SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
             IF NOT FOUND THEN
-                SELECT * INTO v_tenant FROM tenancy.tenants
-                 WHERE id = tenancy.current_tenant_id();
+                SELECT g.tenant_column INTO v_column FROM tenancy.guarded_tables AS g
+                 WHERE g.table_name = TG_RELID;
             END IF;
             IF TG_OP = 'TRUNCATE' THEN
+                -- A shared table's TRUNCATE empties every tenant's rows: no tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
                 VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
                         v_tenant.status,
-                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+                        jsonb_build_object('table', %1$L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
             ELSIF TG_OP = 'UPDATE' THEN
-                -- Rows whose key is unchanged, with the columns that changed.
+                -- Rows whose key and tenant are unchanged, with the columns that changed.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object(
-                                   'key', jsonb_build_object(%s),
-                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
-                                                 FROM jsonb_each(to_jsonb(r)) AS e
-                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
-                               ) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
-                -- An update that changed a key: the old key went, the new one came.
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object(
+                                           'key', jsonb_build_object(%2$s),
+                                           'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                         FROM jsonb_each(to_jsonb(r)) AS e
+                                                        WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                                       ) AS row,
+                                       row_number() OVER () AS n
+                                  FROM new_rows AS r JOIN old_rows AS o
+                                    ON %3$s AND %4$s IS NOT DISTINCT FROM %5$s) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
+                -- An update that changed a key (or the tenant): the old key
+                -- went from its tenant, the new one came to its tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', s.op, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT 'DELETE' AS op, %4$s AS tenant,
+                               jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                               row_number() OVER () AS n
                           FROM old_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)
                         UNION ALL
-                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                        SELECT 'INSERT', %4$s, jsonb_build_object('key', jsonb_build_object(%2$s)),
+                               row_number() OVER ()
                           FROM new_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
-                 GROUP BY s.op
-                 ORDER BY s.op;
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.op, s.tenant, t.id
+                 ORDER BY s.op, min(s.n);
             ELSE
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM changed_rows AS r) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', TG_OP, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                                       row_number() OVER () AS n
+                                  FROM changed_rows AS r) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
             END IF;
             RETURN NULL;
         END
-    $f$, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    $f$, v_table, v_key, v_join, v_tenant_r, v_tenant_o);
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
                    'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
@@ -1514,7 +1611,9 @@ $$;
 COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
     'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
-    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'carrying the tenant (the one whose schema holds the table, or on a guarded shared table each '
+    'row''s tenant column, one event per tenant; never a setting; none for other tables and for a '
+    'shared table''s TRUNCATE), the table (schema.table), the operation, each row''s primary key and, '
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
@@ -4638,6 +4737,27 @@ BEGIN
                        r.table_name, r.tenant_column),
                 format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
         END IF;
+        -- An index not led by the tenant column lets the planner scan it with
+        -- the caller's own condition (leakproof comparisons) while the
+        -- tenant check runs as a filter over every tenant's entries: EXPLAIN
+        -- ANALYZE ("Rows Removed by Filter") and pg_stat_get_xact_tuples_fetched
+        -- then count other tenants' values in any range (binary search).
+        -- Partitions' indexes are reported once, on the parent's index.
+        RETURN QUERY
+            SELECT 'warning'::text, 'index_not_led_by_tenant'::text, i.indexrelid::regclass::text,
+                   format('index %s of guarded table %s is not led by %I: a tenant can count other '
+                          'tenants'' rows in any range of its columns (EXPLAIN ANALYZE, '
+                          'pg_stat_get_xact_tuples_fetched) and so read their values by binary search',
+                          i.indexrelid::regclass, r.table_name, r.tenant_column),
+                   format('lead it with the tenant column: CREATE INDEX ON %s (%I, %s), then DROP INDEX %s '
+                          '(a primary key or unique constraint: make it (%I, %s), unique per tenant)',
+                          r.table_name, r.tenant_column, k.cols, i.indexrelid::regclass, r.tenant_column, k.cols)
+              FROM pg_index AS i
+             CROSS JOIN LATERAL (SELECT string_agg(pg_get_indexdef(i.indexrelid, n, true), ', ' ORDER BY n) AS cols
+                                   FROM generate_series(1, i.indnkeyatts::integer) AS n) AS k
+             WHERE i.indrelid = r.table_name AND i.indkey[0] <> r.attnum
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits AS h WHERE h.inhrelid = i.indexrelid)
+             ORDER BY i.indexrelid::regclass::text;
     END LOOP;
 
     -- A setting read outside an InitPlan is evaluated once per row (not
@@ -4698,7 +4818,8 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'Isolation findings for the current role and database, one row each: severity (error, warning '
     'or info), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
-    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'index led by the tenant column, with an index not led by it (warning: a range-count side '
+    'channel); partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice); the '
     'strict-entry findings (strict entry off with shared tenants: info; tables of tenant schemas '
@@ -6965,6 +7086,29 @@ BEGIN
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.strict_entry', '');
         PERFORM pg_catalog.pg_extension_config_dump('tenancy.strict_plain_functions', '');
     END IF;
+END
+$$;
+
+-- Tables tracked before: their generated change triggers took the tenant of
+-- shared-table events from app.tenant_id, which the writing statement can
+-- change (RETURNING set_config(...)). Generate them again. Inside the
+-- extension's own update script a generated function would become a member
+-- of the extension: there, say which tables need track_changes again.
+DO $$
+DECLARE
+    v_table pg_catalog.regclass;
+BEGIN
+    FOR v_table IN SELECT DISTINCT t.tgrelid::pg_catalog.regclass FROM pg_catalog.pg_trigger AS t
+                    WHERE t.tgname OPERATOR(pg_catalog.=) 'tenancy_changes_insert' LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e
+                    WHERE e.extname OPERATOR(pg_catalog.=) 'pgtenancy') THEN
+            RAISE WARNING 'pgtenancy: run SELECT tenancy.track_changes(%) again: its change trigger '
+                          'attributes shared-table events by app.tenant_id',
+                          pg_catalog.quote_literal(v_table::pg_catalog.text);
+        ELSE
+            PERFORM tenancy.track_changes(v_table);
+        END IF;
+    END LOOP;
 END
 $$;
 
