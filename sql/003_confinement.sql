@@ -790,7 +790,10 @@ BEGIN
         END IF;
         -- A function or operator named like a built-in one would be found
         -- before it wherever the tenant schema comes first in a path, and
-        -- run as whoever calls it there.
+        -- run as whoever calls it there. (The catalogs are read for those
+        -- commands only: the outer test needs no query.)
+        CONTINUE WHEN v_cmd.classid NOT IN ('pg_catalog.pg_proc'::pg_catalog.regclass,
+                                            'pg_catalog.pg_operator'::pg_catalog.regclass);
         IF v_cmd.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p, pg_catalog.pg_proc AS b
                         WHERE p.oid = v_cmd.objid AND b.proname = p.proname
@@ -970,6 +973,7 @@ AS $$
 DECLARE
     v_nsp   oid := to_regnamespace(quote_ident(schema_name))::oid;
     v_obj   record;
+    v_kind  "char";
     v_count integer := 0;
 BEGIN
     IF v_nsp IS NULL THEN
@@ -982,7 +986,8 @@ BEGIN
          WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
     LOOP
         IF v_obj.classid = 'pg_class'::regclass THEN
-            PERFORM 1 FROM pg_class AS c
+            -- Its kind read once (one catalog query per relation).
+            SELECT c.relkind INTO v_kind FROM pg_class AS c
              WHERE c.oid = v_obj.objid AND c.relowner = ANY (from_roles)
                AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
                     OR (c.relkind = 'S' AND NOT EXISTS (
@@ -991,18 +996,16 @@ BEGIN
                                AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
             CONTINUE WHEN NOT FOUND;
             EXECUTE format('ALTER %s %s OWNER TO %I',
-                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
-                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
-                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                CASE v_kind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                            WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                            WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
+                CASE WHEN v_kind = 'c'
                      THEN v_obj.objid::regclass::text::regtype::text
                      ELSE v_obj.objid::regclass::text END,
                 to_role);
             -- A view given back reads with its caller's rights, so it never
             -- lends its owner's to the application.
-            IF invoker_views
-               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+            IF invoker_views AND v_kind = 'v' THEN
                 EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
             END IF;
         ELSIF v_obj.classid = 'pg_proc'::regclass THEN
@@ -1086,10 +1089,15 @@ BEGIN
         v_from := ARRAY[v_migrator];
         v_to := v_rest;
         -- Given back to the owner, these would run with the owner's rights
-        -- for whoever calls them: never from a tenant migration.
+        -- for whoever calls them: never from a tenant migration. The
+        -- schema's functions through its namespace dependencies (indexed;
+        -- pg_proc has no index on the namespace alone, and a scan reads
+        -- every function of the database).
         SELECT p.oid::regprocedure::text AS name INTO v_obj
-          FROM pg_proc AS p
-         WHERE p.pronamespace = v_nsp AND p.prosecdef AND p.proowner = v_migrator
+          FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+           AND d.deptype = 'n' AND d.classid = 'pg_proc'::regclass
+           AND p.prosecdef AND p.proowner = v_migrator
          LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'unsafe migration: SECURITY DEFINER function % in a tenant schema would run with the owner''s rights',
