@@ -1958,9 +1958,11 @@ CREATE OR REPLACE FUNCTION tenancy.rest_owner(schema_name text)
     SET search_path = pg_catalog, pg_temp
 AS $$
     -- The kit's owner when the role could not be made (installed without
-    -- the right to create roles): the doctor reports those tenants.
+    -- the right to create roles): the doctor reports those tenants. The
+    -- role's name is computed once (a sub-select), not for each row of
+    -- pg_authid, which holds every tenant role of the cluster.
     SELECT coalesce((SELECT r.rolname FROM pg_catalog.pg_roles AS r
-                      WHERE r.rolname = tenancy.tenant_role(schema_name)),
+                      WHERE r.rolname = (SELECT tenancy.tenant_role(schema_name))),
                     (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n
                       WHERE n.nspname = 'tenancy'))::name
 $$;
@@ -2181,11 +2183,17 @@ BEGIN
     -- now, as the migrator, not at COMMIT as whoever commits (the kit's
     -- owner in create_tenant); the constraints stay immediate for the rest
     -- of the transaction, so later writes of it check at once too.
+    -- The schema's tables through its namespace dependencies, then their
+    -- constraints (both indexed): pg_constraint holds every tenant's.
     SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I', n.nspname, k.conname), ', ')
       INTO v_name
-      FROM pg_catalog.pg_constraint AS k
-      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) k.conrelid
-      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+      FROM pg_catalog.pg_namespace AS n
+      JOIN pg_catalog.pg_depend AS d
+        ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+       AND d.refobjid OPERATOR(pg_catalog.=) n.oid
+       AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.deptype OPERATOR(pg_catalog.=) 'n'
+      JOIN pg_catalog.pg_constraint AS k ON k.conrelid OPERATOR(pg_catalog.=) d.objid
      WHERE k.condeferrable
        AND n.nspname OPERATOR(pg_catalog.=) pg_catalog.current_setting('pgtenancy.migration_schema', true);
     IF v_name IS NOT NULL THEN
@@ -2306,21 +2314,28 @@ CREATE OR REPLACE FUNCTION tenancy.is_migration_target(schema_name text)
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_nsp  oid;
+    v_role name;
 BEGIN
     -- The schema the runner opened to the migrator in this transaction: a
     -- schema of the kit's owner the migrator may create in (that grant never
     -- commits), neither tenancy nor public nor one everybody may create in.
     -- PL/pgSQL, not SQL: the fence asks for every DDL command of a
-    -- migration, and a SECURITY DEFINER SQL function is planned at each call.
-    RETURN is_migration_target.schema_name NOT IN ('tenancy', 'public')
-       AND EXISTS (SELECT 1 FROM pg_catalog.pg_namespace AS n
-                    WHERE n.nspname = is_migration_target.schema_name
-                      AND n.nspowner = (SELECT s.nspowner FROM pg_catalog.pg_namespace AS s
-                                         WHERE s.nspname = 'tenancy')
-                      AND pg_catalog.has_schema_privilege(
-                              (SELECT c.migrator_role FROM tenancy.confinement AS c), n.oid, 'CREATE')
-                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) AS a
-                                       WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'));
+    -- migration, and a SECURITY DEFINER SQL function is planned at each call;
+    -- one catalog query (the schema, the kit's owner, the migrator), then
+    -- the two privilege checks, which read the schema's ACL from the cache.
+    IF is_migration_target.schema_name IN ('tenancy', 'public') THEN
+        RETURN false;
+    END IF;
+    SELECT n.oid, c.migrator_role INTO v_nsp, v_role
+      FROM pg_catalog.pg_namespace AS n
+      JOIN pg_catalog.pg_namespace AS s ON s.nspname = 'tenancy' AND s.nspowner = n.nspowner
+     CROSS JOIN tenancy.confinement AS c
+     WHERE n.nspname = is_migration_target.schema_name;
+    RETURN FOUND
+       AND coalesce(pg_catalog.has_schema_privilege(v_role, v_nsp, 'CREATE'), false)
+       AND NOT pg_catalog.has_schema_privilege('public', v_nsp, 'CREATE');
 END
 $$;
 
@@ -2349,7 +2364,7 @@ COMMENT ON FUNCTION tenancy.called_from_migration() IS
     'True when the caller runs inside a tenant migration (tenancy.execute_migration is on the '
     'call stack): kit functions a migration may call then act on its tenant schema only.';
 
-CREATE OR REPLACE FUNCTION tenancy.fence_target()
+CREATE OR REPLACE FUNCTION tenancy.fence_target(stack text)
     RETURNS text
     LANGUAGE plpgsql
     STABLE
@@ -2358,15 +2373,17 @@ AS $$
 DECLARE
     v_target  text;
     v_outside text;
-    v_stack   text;
     v_frame   text;
 BEGIN
     -- SECURITY INVOKER, called by the fence's event-trigger functions (also
-    -- invoker): current_user is the role the DDL runs as.
-    GET DIAGNOSTICS v_stack = PG_CONTEXT;
-    -- Inside a tenant migration: tenancy.execute_migration is on the call
-    -- stack, which the migration cannot take off (settings it can change).
-    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') > 0 THEN
+    -- invoker): current_user is the role the DDL runs as, and stack is the
+    -- trigger's own call stack (GET DIAGNOSTICS ... PG_CONTEXT), read once
+    -- per event. Inside a tenant migration: tenancy.execute_migration is on
+    -- the call stack, which the migration cannot take off (settings it can
+    -- change). LIKE, not strpos: the stack quotes the migration's SQL, and
+    -- strpos counts characters up to the match (several times slower); the
+    -- pattern's "_" matches any character, the "_" of the name too.
+    IF stack OPERATOR(pg_catalog.~~) '%function tenancy.execute_migration(text,text)%' THEN
         -- DDL run by a kit function the migration called (row-change
         -- tracking of one of its tables, which checks its target itself and
         -- creates its function in tenancy) is the kit's. Kit functions are
@@ -2380,7 +2397,7 @@ BEGIN
         IF current_user OPERATOR(pg_catalog.=)
            (SELECT pg_catalog.pg_get_userbyid(n.nspowner) FROM pg_catalog.pg_namespace AS n
              WHERE n.nspname OPERATOR(pg_catalog.=) 'tenancy') THEN
-            v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(v_stack, E'\n')
+            v_frame := (SELECT f.line FROM pg_catalog.regexp_split_to_table(stack, E'\n')
                                            WITH ORDINALITY AS f(line, n)
                          WHERE f.line OPERATOR(pg_catalog.~) '^PL/pgSQL function '
                            AND f.line OPERATOR(pg_catalog.!~) '^PL/pgSQL function tenancy[.](fence_|called_from_migration[(])'
@@ -2390,7 +2407,7 @@ BEGIN
                 RETURN NULL;
             END IF;
         END IF;
-        v_target := tenancy.migration_schema();
+        v_target := nullif(pg_catalog.current_setting('pgtenancy.migration_schema', true), '');
         -- Trust the setting only when it names the schema the runner opened
         -- to the migrator (a grant that exists only in this transaction).
         IF v_target IS NOT NULL AND tenancy.is_migration_target(v_target) THEN
@@ -2414,11 +2431,32 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION tenancy.fence_target() IS
-    'For the migration fence (SECURITY INVOKER: it reads the role the DDL runs as): NULL outside '
+COMMENT ON FUNCTION tenancy.fence_target(text) IS
+    'For the migration fence, given the call stack of its trigger function (PG_CONTEXT; SECURITY '
+    'INVOKER: it reads the role the DDL runs as): NULL outside '
     'a migration and for the kit''s own DDL (run as the owner by a tenancy function); inside one, '
     'the tenant schema it may change, or the empty string when the setting names no tenant schema '
     '(everything refused).';
+
+CREATE OR REPLACE FUNCTION tenancy.fence_target()
+    RETURNS text
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_stack text;
+BEGIN
+    -- The caller's call stack (this frame on top, which the frame test of
+    -- tenancy.fence_target(text) skips like the fence's own).
+    GET DIAGNOSTICS v_stack = PG_CONTEXT;
+    RETURN tenancy.fence_target(v_stack);
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_target() IS
+    'tenancy.fence_target(text) of the current call stack: NULL outside a migration and for the '
+    'kit''s own DDL, inside one the tenant schema it may change or the empty string.';
 
 CREATE OR REPLACE FUNCTION tenancy.fence_refuse(command text, object text, target text)
     RETURNS void
@@ -2465,12 +2503,13 @@ BEGIN
     -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
     -- tells the kit's own DDL by it). Outside a migration it leaves at once,
     -- calling nothing of the kit: every role's DDL passes through here.
+    -- The stack is read once per event and handed to fence_target.
     GET DIAGNOSTICS v_stack = PG_CONTEXT;
-    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') = 0
+    IF v_stack OPERATOR(pg_catalog.!~~) '%function tenancy.execute_migration(text,text)%'
        AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
         RETURN;
     END IF;
-    v_target := tenancy.fence_target();
+    v_target := tenancy.fence_target(v_stack);
     IF v_target IS NULL THEN
         RETURN;
     END IF;
@@ -2512,12 +2551,13 @@ BEGIN
     -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
     -- tells the kit's own DDL by it). Outside a migration it leaves at once,
     -- calling nothing of the kit: every role's DDL passes through here.
+    -- The stack is read once per event and handed to fence_target.
     GET DIAGNOSTICS v_stack = PG_CONTEXT;
-    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') = 0
+    IF v_stack OPERATOR(pg_catalog.!~~) '%function tenancy.execute_migration(text,text)%'
        AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
         RETURN;
     END IF;
-    v_target := tenancy.fence_target();
+    v_target := tenancy.fence_target(v_stack);
     IF v_target IS NULL THEN
         RETURN;
     END IF;
@@ -2538,7 +2578,10 @@ BEGIN
         END IF;
         -- A function or operator named like a built-in one would be found
         -- before it wherever the tenant schema comes first in a path, and
-        -- run as whoever calls it there.
+        -- run as whoever calls it there. (The catalogs are read for those
+        -- commands only: the outer test needs no query.)
+        CONTINUE WHEN v_cmd.classid NOT IN ('pg_catalog.pg_proc'::pg_catalog.regclass,
+                                            'pg_catalog.pg_operator'::pg_catalog.regclass);
         IF v_cmd.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p, pg_catalog.pg_proc AS b
                         WHERE p.oid = v_cmd.objid AND b.proname = p.proname
@@ -2573,12 +2616,13 @@ BEGIN
     -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
     -- tells the kit's own DDL by it). Outside a migration it leaves at once,
     -- calling nothing of the kit: every role's DDL passes through here.
+    -- The stack is read once per event and handed to fence_target.
     GET DIAGNOSTICS v_stack = PG_CONTEXT;
-    IF pg_catalog.strpos(v_stack, 'function tenancy.execute_migration(text,text)') = 0
+    IF v_stack OPERATOR(pg_catalog.!~~) '%function tenancy.execute_migration(text,text)%'
        AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
         RETURN;
     END IF;
-    v_target := tenancy.fence_target();
+    v_target := tenancy.fence_target(v_stack);
     IF v_target IS NULL THEN
         RETURN;
     END IF;
@@ -2607,6 +2651,7 @@ COMMENT ON FUNCTION tenancy.fence_sql_drop() IS
     'CASCADE) anything outside the tenant schema being migrated.';
 
 REVOKE ALL ON FUNCTION tenancy.fence_target() FROM PUBLIC;
+REVOKE ALL ON FUNCTION tenancy.fence_target(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.fence_ddl_start() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.fence_ddl_end() FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.fence_sql_drop() FROM PUBLIC;
@@ -2616,6 +2661,8 @@ REVOKE ALL ON FUNCTION tenancy.fence_sql_drop() FROM PUBLIC;
 DO $$
 BEGIN
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.fence_target() TO %I',
+                              tenancy.migrator_role());
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.fence_target(text) TO %I',
                               tenancy.migrator_role());
     EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.is_migration_target(text) TO %I',
                               tenancy.migrator_role());
@@ -2679,7 +2726,11 @@ BEGIN
                AND d.deptype = 'n' AND d.classid = 'pg_type'::regclass AND t.typacl IS NOT NULL) AS o
       CROSS JOIN LATERAL aclexplode(o.acl) AS a
      WHERE a.grantee NOT IN (v_owner, v_migrator)
-       AND a.grantee NOT IN (SELECT r.oid FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(schema_name))
+       -- The role's name computed once (a sub-select), when a grant is
+       -- found, not for each row of pg_authid (every tenant role of the
+       -- cluster).
+       AND a.grantee NOT IN (SELECT r.oid FROM pg_roles AS r
+                              WHERE r.rolname = (SELECT tenancy.tenant_role(schema_name)))
        AND a.grantee NOT IN (SELECT r.oid FROM tenancy.app_roles AS ar
                                JOIN pg_roles AS r ON r.rolname = ar.role_name)
      LIMIT 1;
@@ -2710,6 +2761,7 @@ AS $$
 DECLARE
     v_nsp   oid := to_regnamespace(quote_ident(schema_name))::oid;
     v_obj   record;
+    v_kind  "char";
     v_count integer := 0;
 BEGIN
     IF v_nsp IS NULL THEN
@@ -2722,7 +2774,8 @@ BEGIN
          WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
     LOOP
         IF v_obj.classid = 'pg_class'::regclass THEN
-            PERFORM 1 FROM pg_class AS c
+            -- Its kind read once (one catalog query per relation).
+            SELECT c.relkind INTO v_kind FROM pg_class AS c
              WHERE c.oid = v_obj.objid AND c.relowner = ANY (from_roles)
                AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
                     OR (c.relkind = 'S' AND NOT EXISTS (
@@ -2731,18 +2784,16 @@ BEGIN
                                AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
             CONTINUE WHEN NOT FOUND;
             EXECUTE format('ALTER %s %s OWNER TO %I',
-                (SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                                       WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                                       WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END
-                   FROM pg_class AS c WHERE c.oid = v_obj.objid),
-                CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'c'
+                CASE v_kind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                            WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                            WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
+                CASE WHEN v_kind = 'c'
                      THEN v_obj.objid::regclass::text::regtype::text
                      ELSE v_obj.objid::regclass::text END,
                 to_role);
             -- A view given back reads with its caller's rights, so it never
             -- lends its owner's to the application.
-            IF invoker_views
-               AND (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_obj.objid) = 'v' THEN
+            IF invoker_views AND v_kind = 'v' THEN
                 EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
             END IF;
         ELSIF v_obj.classid = 'pg_proc'::regclass THEN
@@ -2826,10 +2877,15 @@ BEGIN
         v_from := ARRAY[v_migrator];
         v_to := v_rest;
         -- Given back to the owner, these would run with the owner's rights
-        -- for whoever calls them: never from a tenant migration.
+        -- for whoever calls them: never from a tenant migration. The
+        -- schema's functions through its namespace dependencies (indexed;
+        -- pg_proc has no index on the namespace alone, and a scan reads
+        -- every function of the database).
         SELECT p.oid::regprocedure::text AS name INTO v_obj
-          FROM pg_proc AS p
-         WHERE p.pronamespace = v_nsp AND p.prosecdef AND p.proowner = v_migrator
+          FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp
+           AND d.deptype = 'n' AND d.classid = 'pg_proc'::regclass
+           AND p.prosecdef AND p.proowner = v_migrator
          LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'unsafe migration: SECURITY DEFINER function % in a tenant schema would run with the owner''s rights',
