@@ -568,6 +568,10 @@ DECLARE
     v_schema text;
     v_info   text;
 BEGIN
+    -- The accelerator (011) makes active_tenant_id() an SQL call of C: give
+    -- it its PL/pgSQL back before its body is swapped or restored, and let
+    -- the accelerator take it again after (the plain body only).
+    PERFORM tenancy.accelerator_swap('tenancy.active_tenant_id()'::regprocedure, 'active_tenant_id', '', false);
     IF v_on THEN
         PERFORM tenancy.strict_swap_body('tenancy.active_tenant_id()'::regprocedure,
                                          tenancy.strict_active_tenant_body());
@@ -589,6 +593,7 @@ BEGIN
             PERFORM tenancy.strict_unguard_schema(v_schema);
         END LOOP;
     END IF;
+    PERFORM tenancy.apply_accelerator();
     RETURN v_on;
 END
 $$;

@@ -588,6 +588,9 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     VOLATILE
 AS $$
 DECLARE
+    -- The parameter by position, not as enter_tenant.slug: the accelerator
+    -- (011_accelerator.sql) keeps this body under another name too.
+    v_slug    ALIAS FOR $1;
     v_id      pg_catalog.uuid;
     v_schema  pg_catalog.text;
     v_status  pg_catalog.text;
@@ -602,44 +605,44 @@ BEGIN
                 OR pg_catalog.to_regnamespace(pg_catalog.quote_ident(d.schema_name)) IS NOT NULL)
       INTO v_id, v_schema, v_status, v_limits, v_ok
       FROM tenancy.tenant_directory AS d
-     WHERE d.slug OPERATOR(pg_catalog.=) enter_tenant.slug;
+     WHERE d.slug OPERATOR(pg_catalog.=) v_slug;
     IF v_ok IS NOT TRUE THEN
         IF NOT FOUND THEN
             -- A renamed tenant's old slug says where the tenant went.
             SELECT r.new_slug INTO v_renamed
               FROM tenancy.tenant_renames AS r
-             WHERE r.old_slug OPERATOR(pg_catalog.=) enter_tenant.slug;
+             WHERE r.old_slug OPERATOR(pg_catalog.=) v_slug;
             IF FOUND THEN
-                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(v_slug),
                     pg_catalog.quote_literal(v_renamed)
                     USING ERRCODE = 'PT020',
                           DETAIL = pg_catalog.format('new slug: %s', v_renamed);
             END IF;
-            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
+            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(v_slug), 'NULL')
                 USING ERRCODE = 'PT003';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'suspended' THEN
-            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT004';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'deleted' THEN
-            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT005';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'provisioning' THEN
-            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT019',
                       HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
         END IF;
         IF v_status OPERATOR(pg_catalog.<>) 'active' THEN
             -- Any status added later is refused too: fail closed.
-            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
+            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(v_slug),
                 v_status
                 USING ERRCODE = 'PT004';
         END IF;
         -- Fail closed: never fall back to public when the schema is gone.
         RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
-            pg_catalog.quote_literal(enter_tenant.slug)
+            pg_catalog.quote_literal(v_slug)
             USING ERRCODE = 'PT007';
     END IF;
     -- The tenant's resource limits (tenancy.set_tenant_limits), as
@@ -653,7 +656,7 @@ BEGIN
     -- pg_temp is named last, so a temporary table (left on a pooled
     -- connection by an earlier request) never shadows a tenant table.
     v_set := pg_catalog.set_config('app.tenant_id', v_id::pg_catalog.text, true)
-             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', enter_tenant.slug, true)
+             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', v_slug, true)
              OPERATOR(pg_catalog.||) pg_catalog.set_config('search_path',
                                       CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
                                            ELSE pg_catalog.quote_ident(v_schema)
@@ -4912,14 +4915,22 @@ DECLARE
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
                     || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::pg_catalog.text);'
-                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', v_slug);'
                     || E'\n';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
     END IF;
-    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
-    IF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p
+     WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure
+       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql');
+    IF NOT FOUND THEN
+        -- The accelerator (011_accelerator.sql) made enter_tenant an SQL
+        -- call of its C function: Citus needs the PL/pgSQL, kept as
+        -- enter_tenant_plpgsql; it takes enter_tenant's place below.
+        SELECT p.prosrc INTO v_src FROM pg_proc AS p
+         WHERE p.oid = pg_catalog.to_regprocedure('tenancy.enter_tenant_plpgsql(text)');
+    ELSIF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
         RETURN true;
     END IF;
     IF pg_catalog.strpos(v_src, v_end) = 0 THEN
@@ -5982,6 +5993,234 @@ BEGIN
     END IF;
 END
 $$;
+-- cfast: the optional C accelerator of enter_tenant() and active_tenant_id(), as in
+-- sql/011_accelerator.sql (before strict entry, whose apply_strict_entry uses it).
+
+CREATE TABLE IF NOT EXISTS tenancy.accelerator (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    enabled    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE tenancy.accelerator IS
+    'Whether the C accelerator is wanted in this database (one row; none means wanted). Set with '
+    'tenancy.set_accelerator.';
+
+REVOKE ALL ON TABLE tenancy.accelerator FROM PUBLIC;
+
+-- Create the C function tenancy.<p_name>_c from the library, when it is not
+-- there yet. False when that is not possible here: not a superuser (42501),
+-- no library (58P01), a library without the symbol (42883). Made by a
+-- superuser, owned then by the kit's owner like every other function.
+CREATE OR REPLACE FUNCTION tenancy.accelerator_create_c(p_name text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sig   text;
+    v_ident text;
+    v_attrs text;
+    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+BEGIN
+    IF p_name = 'enter_tenant' THEN
+        v_sig := 'tenancy.enter_tenant_c(slug text)';
+        v_ident := 'tenancy.enter_tenant_c(text)';
+        v_attrs := 'VOLATILE';
+    ELSIF p_name = 'active_tenant_id' THEN
+        v_sig := 'tenancy.active_tenant_id_c()';
+        v_ident := v_sig;
+        v_attrs := 'STABLE PARALLEL SAFE';
+    ELSE
+        RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                WHERE p.oid = to_regprocedure(v_ident) AND l.lanname = 'c') THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        -- The library is loaded and the symbol checked now, not at the
+        -- first call (check_function_bodies may be off, as in a restore).
+        PERFORM set_config('check_function_bodies', 'on', true);
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s RETURNS uuid LANGUAGE c %s '
+                       'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
+    EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+        RETURN false;
+    END;
+    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', v_ident, v_owner);
+    EXECUTE format('COMMENT ON FUNCTION %s IS %L', v_ident,
+                   format('C fast path of tenancy.%s (library pgtenancy_accel): the same result for an '
+                          'active tenant, and tenancy.%s_plpgsql for every other case (so its errors). '
+                          'Called by tenancy.%s while the accelerator is in use '
+                          '(tenancy.set_accelerator).', p_name, p_name, p_name));
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_create_c(text) IS
+    'Create the C function tenancy.<p_name>_c (enter_tenant, active_tenant_id) from the library '
+    'pgtenancy_accel when missing; true when it exists, false when it cannot be created here (not '
+    'a superuser, no library). Raises 22023 for another name. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerator_create_c(text) FROM PUBLIC;
+
+-- Point function p_fn (tenancy.<p_name>, PL/pgSQL) at its C counterpart
+-- (p_on) or give it back its PL/pgSQL body (NOT p_on). On: the PL/pgSQL
+-- definition is copied to tenancy.<p_name>_plpgsql (the C function's
+-- fallback; the body is written to work under either name), then p_fn
+-- becomes `SELECT tenancy.<p_name>_c(<p_args>)` in LANGUAGE sql, its other
+-- attributes kept. Returns whether p_fn calls the C function afterwards.
+CREATE OR REPLACE FUNCTION tenancy.accelerator_swap(p_fn regprocedure, p_name text, p_args text, p_on boolean)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_src  text;
+    v_def  text;
+    v_lang name;
+    v_body text := E'\n    SELECT tenancy.' || p_name || '_c(' || p_args || E')\n';
+    v_head text := 'CREATE OR REPLACE FUNCTION tenancy.' || p_name || '(';
+    v_copy text := 'CREATE OR REPLACE FUNCTION tenancy.' || p_name || '_plpgsql(';
+BEGIN
+    SELECT p.prosrc, pg_get_functiondef(p.oid), l.lanname INTO v_src, v_def, v_lang
+      FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang WHERE p.oid = p_fn;
+    IF v_lang = 'sql' AND v_src = v_body THEN
+        IF p_on THEN
+            RETURN true;
+        END IF;
+        SELECT pg_get_functiondef(p.oid) INTO v_def FROM pg_proc AS p
+         WHERE p.oid = to_regprocedure('tenancy.' || p_name || '_plpgsql(' || pg_get_function_identity_arguments(p_fn) || ')');
+        IF v_def IS NULL THEN
+            RAISE EXCEPTION 'cannot restore %: tenancy.%_plpgsql is missing', p_fn, p_name
+                USING ERRCODE = 'XX000';
+        END IF;
+        EXECUTE v_head || substr(v_def, length(v_copy) + 1);
+        RETURN false;
+    END IF;
+    IF NOT p_on OR v_lang <> 'plpgsql' THEN
+        RETURN false;
+    END IF;
+    IF left(v_def, length(v_head)) <> v_head OR strpos(v_def, v_src) = 0
+       OR strpos(v_def, E'\n LANGUAGE plpgsql\n') = 0 THEN
+        RAISE EXCEPTION 'cannot accelerate %: unexpected definition', p_fn
+            USING ERRCODE = 'XX000';
+    END IF;
+    EXECUTE v_copy || substr(v_def, length(v_head) + 1);
+    EXECUTE format('COMMENT ON FUNCTION tenancy.%s_plpgsql(%s) IS %L', p_name,
+                   pg_get_function_identity_arguments(p_fn),
+                   format('The PL/pgSQL implementation of tenancy.%s, copied by the accelerator '
+                          '(tenancy.set_accelerator): tenancy.%s_c calls it for every case but the '
+                          'common one. Internal.', p_name, p_name));
+    EXECUTE replace(replace(v_def, v_src, v_body), E'\n LANGUAGE plpgsql\n', E'\n LANGUAGE sql\n');
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text, boolean) IS
+    'Make PL/pgSQL function p_fn (tenancy.p_name) an inlinable SQL call of tenancy.p_name_c(p_args) '
+    'after copying its definition to tenancy.p_name_plpgsql (p_on), or restore that PL/pgSQL '
+    'definition (not p_on); OID, signature, attributes, grants and comment kept. Returns whether '
+    'p_fn calls the C function afterwards. Raises XX000 when a definition is not as expected. '
+    'Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text, boolean) FROM PUBLIC;
+
+-- Put the recorded choice in place: accelerate what can be, where it can be.
+CREATE OR REPLACE FUNCTION tenancy.apply_accelerator()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_on    boolean := coalesce((SELECT a.enabled FROM tenancy.accelerator AS a), true);
+    v_citus boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_src   text;
+BEGIN
+    -- enter_tenant: not with Citus, whose workers need the literal SET LOCAL
+    -- statements prepare_citus() writes into the PL/pgSQL.
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
+    PERFORM tenancy.accelerator_swap('tenancy.enter_tenant(text)'::regprocedure, 'enter_tenant', '$1',
+                                     v_on AND NOT v_citus AND strpos(v_src, 'citus.propagate_set_commands') = 0
+                                     AND tenancy.accelerator_create_c('enter_tenant'));
+    -- active_tenant_id: its plain body only; strict entry (012) gives it
+    -- another one, which stays PL/pgSQL.
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure;
+    PERFORM tenancy.accelerator_swap('tenancy.active_tenant_id()'::regprocedure, 'active_tenant_id', '',
+                                     v_on AND strpos(v_src, '-- strict entry') = 0
+                                     AND tenancy.accelerator_create_c('active_tenant_id'));
+    RETURN tenancy.accelerator_in_use();
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_accelerator() IS
+    'Bring enter_tenant() and active_tenant_id() in line with tenancy.accelerator: wanted (the '
+    'default), make each call its C function where that function exists or can be created (a '
+    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus, not the strict '
+    'body of active_tenant_id); not wanted, restore their PL/pgSQL. Returns accelerator_in_use(). '
+    'Run by install, upgrades, set_accelerator and set_strict_entry. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_accelerator() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.set_accelerator(enabled boolean)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF set_accelerator.enabled IS NULL THEN
+        RAISE EXCEPTION 'set_accelerator needs true or false, not NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO tenancy.accelerator (singleton, enabled) VALUES (true, set_accelerator.enabled)
+    ON CONFLICT (singleton) DO UPDATE SET enabled = EXCLUDED.enabled, changed_at = now()
+     WHERE tenancy.accelerator.enabled <> EXCLUDED.enabled;
+    RETURN tenancy.apply_accelerator();
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.set_accelerator(boolean) IS
+    'Want the C accelerator (true) or not (false) in this database, recorded for later installs '
+    'and upgrades, and put in place (apply_accelerator). Returns whether it is in use afterwards: '
+    'true needs the library pgtenancy_accel on the server and, the first time, a superuser. '
+    'Raises 22004 (NULL). Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.set_accelerator(boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.accelerator_in_use()
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.oid IN ('tenancy.enter_tenant(text)'::regprocedure,
+                                    'tenancy.active_tenant_id()'::regprocedure)
+                      AND l.lanname = 'sql' AND strpos(p.prosrc, '_c(') > 0)
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_in_use() IS
+    'True when enter_tenant() or active_tenant_id() runs through its C function (the accelerator, '
+    'tenancy.set_accelerator); false when the PL/pgSQL functions run.';
+
+-- Its configuration table: pg_dump keeps its row.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.accelerator', '');
+    END IF;
+END
+$$;
+
+-- Install and upgrades recreate enter_tenant() and active_tenant_id() with
+-- their PL/pgSQL bodies: accelerate them again, or not, as recorded; the
+-- installer's --no-accelerator (pgtenancy.accelerator = off in its
+-- transaction) records "not wanted".
+SELECT tenancy.set_accelerator(coalesce(
+    CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
+        WHEN 'off' THEN false WHEN 'on' THEN true END,
+    (SELECT a.enabled FROM tenancy.accelerator AS a), true));
+
 -- i13strict: strict entry (issue 13 items 1, 2, 4): entry keys, signed entry tokens,
 -- the verifying body of active_tenant_id() while strict mode is on, the guard of tenant
 -- schemas, the doctor's strict findings. The text of sql/012_strict.sql.
@@ -6524,6 +6763,10 @@ DECLARE
     v_schema text;
     v_info   text;
 BEGIN
+    -- The accelerator (011) makes active_tenant_id() an SQL call of C: give
+    -- it its PL/pgSQL back before its body is swapped or restored, and let
+    -- the accelerator take it again after (the plain body only).
+    PERFORM tenancy.accelerator_swap('tenancy.active_tenant_id()'::regprocedure, 'active_tenant_id', '', false);
     IF v_on THEN
         PERFORM tenancy.strict_swap_body('tenancy.active_tenant_id()'::regprocedure,
                                          tenancy.strict_active_tenant_body());
@@ -6545,6 +6788,7 @@ BEGIN
             PERFORM tenancy.strict_unguard_schema(v_schema);
         END LOOP;
     END IF;
+    PERFORM tenancy.apply_accelerator();
     RETURN v_on;
 END
 $$;

@@ -1,0 +1,237 @@
+-- pgtenancy — 011: the optional C accelerator of the per-transaction
+-- functions.
+--
+-- enter_tenant() (every tenant transaction) and active_tenant_id() (every
+-- statement on a guarded shared table) are PL/pgSQL, and most of their cost
+-- is PL/pgSQL's own. Where the server has the library pgtenancy_accel (built
+-- and installed by `make install-extension` on a server with its headers)
+-- and the installing role is a superuser, each becomes an SQL function of
+-- one SELECT calling its C counterpart (tenancy.<name>_c): the planner
+-- inlines such a function into the calling query, so the wrapper costs
+-- nothing. The C function handles the common case (an active tenant) and
+-- calls the PL/pgSQL, kept as tenancy.<name>_plpgsql, for every other one,
+-- so refusals are the PL/pgSQL's own. Elsewhere (no library, not a
+-- superuser: managed services) nothing changes and the PL/pgSQL runs.
+-- The wrappers keep their functions' OIDs, signatures, grants and comments
+-- (CREATE OR REPLACE), so policies and callers follow.
+--
+-- tenancy.set_accelerator(false) (pgtenancy install --no-accelerator) puts
+-- the PL/pgSQL back and records the choice; installs and upgrades keep it.
+-- Strict entry's body swap (012) and prepare_citus() (004) take the PL/pgSQL
+-- back before they change a body.
+
+CREATE TABLE IF NOT EXISTS tenancy.accelerator (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    enabled    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE tenancy.accelerator IS
+    'Whether the C accelerator is wanted in this database (one row; none means wanted). Set with '
+    'tenancy.set_accelerator.';
+
+REVOKE ALL ON TABLE tenancy.accelerator FROM PUBLIC;
+
+-- Create the C function tenancy.<p_name>_c from the library, when it is not
+-- there yet. False when that is not possible here: not a superuser (42501),
+-- no library (58P01), a library without the symbol (42883). Made by a
+-- superuser, owned then by the kit's owner like every other function.
+CREATE OR REPLACE FUNCTION tenancy.accelerator_create_c(p_name text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sig   text;
+    v_ident text;
+    v_attrs text;
+    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+BEGIN
+    IF p_name = 'enter_tenant' THEN
+        v_sig := 'tenancy.enter_tenant_c(slug text)';
+        v_ident := 'tenancy.enter_tenant_c(text)';
+        v_attrs := 'VOLATILE';
+    ELSIF p_name = 'active_tenant_id' THEN
+        v_sig := 'tenancy.active_tenant_id_c()';
+        v_ident := v_sig;
+        v_attrs := 'STABLE PARALLEL SAFE';
+    ELSE
+        RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                WHERE p.oid = to_regprocedure(v_ident) AND l.lanname = 'c') THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        -- The library is loaded and the symbol checked now, not at the
+        -- first call (check_function_bodies may be off, as in a restore).
+        PERFORM set_config('check_function_bodies', 'on', true);
+        EXECUTE format('CREATE OR REPLACE FUNCTION %s RETURNS uuid LANGUAGE c %s '
+                       'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
+    EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+        RETURN false;
+    END;
+    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', v_ident, v_owner);
+    EXECUTE format('COMMENT ON FUNCTION %s IS %L', v_ident,
+                   format('C fast path of tenancy.%s (library pgtenancy_accel): the same result for an '
+                          'active tenant, and tenancy.%s_plpgsql for every other case (so its errors). '
+                          'Called by tenancy.%s while the accelerator is in use '
+                          '(tenancy.set_accelerator).', p_name, p_name, p_name));
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_create_c(text) IS
+    'Create the C function tenancy.<p_name>_c (enter_tenant, active_tenant_id) from the library '
+    'pgtenancy_accel when missing; true when it exists, false when it cannot be created here (not '
+    'a superuser, no library). Raises 22023 for another name. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerator_create_c(text) FROM PUBLIC;
+
+-- Point function p_fn (tenancy.<p_name>, PL/pgSQL) at its C counterpart
+-- (p_on) or give it back its PL/pgSQL body (NOT p_on). On: the PL/pgSQL
+-- definition is copied to tenancy.<p_name>_plpgsql (the C function's
+-- fallback; the body is written to work under either name), then p_fn
+-- becomes `SELECT tenancy.<p_name>_c(<p_args>)` in LANGUAGE sql, its other
+-- attributes kept. Returns whether p_fn calls the C function afterwards.
+CREATE OR REPLACE FUNCTION tenancy.accelerator_swap(p_fn regprocedure, p_name text, p_args text, p_on boolean)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_src  text;
+    v_def  text;
+    v_lang name;
+    v_body text := E'\n    SELECT tenancy.' || p_name || '_c(' || p_args || E')\n';
+    v_head text := 'CREATE OR REPLACE FUNCTION tenancy.' || p_name || '(';
+    v_copy text := 'CREATE OR REPLACE FUNCTION tenancy.' || p_name || '_plpgsql(';
+BEGIN
+    SELECT p.prosrc, pg_get_functiondef(p.oid), l.lanname INTO v_src, v_def, v_lang
+      FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang WHERE p.oid = p_fn;
+    IF v_lang = 'sql' AND v_src = v_body THEN
+        IF p_on THEN
+            RETURN true;
+        END IF;
+        SELECT pg_get_functiondef(p.oid) INTO v_def FROM pg_proc AS p
+         WHERE p.oid = to_regprocedure('tenancy.' || p_name || '_plpgsql(' || pg_get_function_identity_arguments(p_fn) || ')');
+        IF v_def IS NULL THEN
+            RAISE EXCEPTION 'cannot restore %: tenancy.%_plpgsql is missing', p_fn, p_name
+                USING ERRCODE = 'XX000';
+        END IF;
+        EXECUTE v_head || substr(v_def, length(v_copy) + 1);
+        RETURN false;
+    END IF;
+    IF NOT p_on OR v_lang <> 'plpgsql' THEN
+        RETURN false;
+    END IF;
+    IF left(v_def, length(v_head)) <> v_head OR strpos(v_def, v_src) = 0
+       OR strpos(v_def, E'\n LANGUAGE plpgsql\n') = 0 THEN
+        RAISE EXCEPTION 'cannot accelerate %: unexpected definition', p_fn
+            USING ERRCODE = 'XX000';
+    END IF;
+    EXECUTE v_copy || substr(v_def, length(v_head) + 1);
+    EXECUTE format('COMMENT ON FUNCTION tenancy.%s_plpgsql(%s) IS %L', p_name,
+                   pg_get_function_identity_arguments(p_fn),
+                   format('The PL/pgSQL implementation of tenancy.%s, copied by the accelerator '
+                          '(tenancy.set_accelerator): tenancy.%s_c calls it for every case but the '
+                          'common one. Internal.', p_name, p_name));
+    EXECUTE replace(replace(v_def, v_src, v_body), E'\n LANGUAGE plpgsql\n', E'\n LANGUAGE sql\n');
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text, boolean) IS
+    'Make PL/pgSQL function p_fn (tenancy.p_name) an inlinable SQL call of tenancy.p_name_c(p_args) '
+    'after copying its definition to tenancy.p_name_plpgsql (p_on), or restore that PL/pgSQL '
+    'definition (not p_on); OID, signature, attributes, grants and comment kept. Returns whether '
+    'p_fn calls the C function afterwards. Raises XX000 when a definition is not as expected. '
+    'Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text, boolean) FROM PUBLIC;
+
+-- Put the recorded choice in place: accelerate what can be, where it can be.
+CREATE OR REPLACE FUNCTION tenancy.apply_accelerator()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_on    boolean := coalesce((SELECT a.enabled FROM tenancy.accelerator AS a), true);
+    v_citus boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_src   text;
+BEGIN
+    -- enter_tenant: not with Citus, whose workers need the literal SET LOCAL
+    -- statements prepare_citus() writes into the PL/pgSQL.
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
+    PERFORM tenancy.accelerator_swap('tenancy.enter_tenant(text)'::regprocedure, 'enter_tenant', '$1',
+                                     v_on AND NOT v_citus AND strpos(v_src, 'citus.propagate_set_commands') = 0
+                                     AND tenancy.accelerator_create_c('enter_tenant'));
+    -- active_tenant_id: its plain body only; strict entry (012) gives it
+    -- another one, which stays PL/pgSQL.
+    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure;
+    PERFORM tenancy.accelerator_swap('tenancy.active_tenant_id()'::regprocedure, 'active_tenant_id', '',
+                                     v_on AND strpos(v_src, '-- strict entry') = 0
+                                     AND tenancy.accelerator_create_c('active_tenant_id'));
+    RETURN tenancy.accelerator_in_use();
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_accelerator() IS
+    'Bring enter_tenant() and active_tenant_id() in line with tenancy.accelerator: wanted (the '
+    'default), make each call its C function where that function exists or can be created (a '
+    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus, not the strict '
+    'body of active_tenant_id); not wanted, restore their PL/pgSQL. Returns accelerator_in_use(). '
+    'Run by install, upgrades, set_accelerator and set_strict_entry. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_accelerator() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.set_accelerator(enabled boolean)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF set_accelerator.enabled IS NULL THEN
+        RAISE EXCEPTION 'set_accelerator needs true or false, not NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO tenancy.accelerator (singleton, enabled) VALUES (true, set_accelerator.enabled)
+    ON CONFLICT (singleton) DO UPDATE SET enabled = EXCLUDED.enabled, changed_at = now()
+     WHERE tenancy.accelerator.enabled <> EXCLUDED.enabled;
+    RETURN tenancy.apply_accelerator();
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.set_accelerator(boolean) IS
+    'Want the C accelerator (true) or not (false) in this database, recorded for later installs '
+    'and upgrades, and put in place (apply_accelerator). Returns whether it is in use afterwards: '
+    'true needs the library pgtenancy_accel on the server and, the first time, a superuser. '
+    'Raises 22004 (NULL). Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.set_accelerator(boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.accelerator_in_use()
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.oid IN ('tenancy.enter_tenant(text)'::regprocedure,
+                                    'tenancy.active_tenant_id()'::regprocedure)
+                      AND l.lanname = 'sql' AND strpos(p.prosrc, '_c(') > 0)
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_in_use() IS
+    'True when enter_tenant() or active_tenant_id() runs through its C function (the accelerator, '
+    'tenancy.set_accelerator); false when the PL/pgSQL functions run.';
+
+-- Install and upgrades recreate enter_tenant() and active_tenant_id() with
+-- their PL/pgSQL bodies: accelerate them again, or not, as recorded; the
+-- installer's --no-accelerator (pgtenancy.accelerator = off in its
+-- transaction) records "not wanted".
+SELECT tenancy.set_accelerator(coalesce(
+    CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
+        WHEN 'off' THEN false WHEN 'on' THEN true END,
+    (SELECT a.enabled FROM tenancy.accelerator AS a), true));
