@@ -146,6 +146,7 @@ CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
 AS $$
 DECLARE
     v_src   text;
+    v_own   boolean;
     v_end   text := E'\n    -- Settings: nothing with a cached plan may follow this assignment.\n';
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
@@ -156,16 +157,18 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
     END IF;
-    SELECT p.prosrc INTO v_src FROM pg_proc AS p
-     WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure
-       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql');
-    IF NOT FOUND THEN
-        -- The accelerator (011_accelerator.sql) made enter_tenant an SQL
-        -- call of its C function: Citus needs the PL/pgSQL, kept as
-        -- enter_tenant_plpgsql; it takes enter_tenant's place below.
-        SELECT p.prosrc INTO v_src FROM pg_proc AS p
-         WHERE p.oid = pg_catalog.to_regprocedure('tenancy.enter_tenant_plpgsql(text)');
-    ELSIF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+    -- The PL/pgSQL body: enter_tenant's own, or, where the accelerator
+    -- (011_accelerator.sql) made enter_tenant an SQL call of its C function,
+    -- the copy it keeps as enter_tenant_plpgsql. Citus needs the PL/pgSQL:
+    -- it takes enter_tenant's place below.
+    SELECT p.prosrc, p.proname = 'enter_tenant' INTO v_src, v_own
+      FROM pg_proc AS p
+     WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname IN ('enter_tenant', 'enter_tenant_plpgsql')
+       AND p.proargtypes = '25'::oidvector
+       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql')
+     ORDER BY p.proname
+     LIMIT 1;
+    IF v_own AND pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
         RETURN true;
     END IF;
     IF pg_catalog.strpos(v_src, v_end) = 0 THEN

@@ -47,32 +47,34 @@ DECLARE
     v_attrs text;
     v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
+    -- Names without their schema: tenancy.%s below.
     IF p_name = 'enter_tenant' THEN
-        v_sig := 'tenancy.enter_tenant_c(slug text)';
-        v_ident := 'tenancy.enter_tenant_c(text)';
+        v_sig := 'enter_tenant_c(slug text)';
+        v_ident := 'text';
         v_attrs := 'VOLATILE';
     ELSIF p_name = 'active_tenant_id' THEN
-        v_sig := 'tenancy.active_tenant_id_c()';
-        v_ident := v_sig;
+        v_sig := 'active_tenant_id_c()';
+        v_ident := '';
         v_attrs := 'STABLE PARALLEL SAFE';
     ELSE
         RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                WHERE p.oid = to_regprocedure(v_ident) AND l.lanname = 'c') THEN
+                WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = p_name || '_c'
+                  AND pg_get_function_identity_arguments(p.oid) = v_ident AND l.lanname = 'c') THEN
         RETURN true;
     END IF;
     BEGIN
         -- The library is loaded and the symbol checked now, not at the
         -- first call (check_function_bodies may be off, as in a restore).
         PERFORM set_config('check_function_bodies', 'on', true);
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s RETURNS uuid LANGUAGE c %s '
+        EXECUTE format('CREATE OR REPLACE FUNCTION tenancy.%s RETURNS uuid LANGUAGE c %s '
                        'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
     EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
         RETURN false;
     END;
-    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', v_ident, v_owner);
-    EXECUTE format('COMMENT ON FUNCTION %s IS %L', v_ident,
+    EXECUTE format('ALTER FUNCTION tenancy.%s_c(%s) OWNER TO %I', p_name, v_ident, v_owner);
+    EXECUTE format('COMMENT ON FUNCTION tenancy.%s_c(%s) IS %L', p_name, v_ident,
                    format('C fast path of tenancy.%s (library pgtenancy_accel): the same result for an '
                           'active tenant, and tenancy.%s_plpgsql for every other case (so its errors). '
                           'Called by tenancy.%s while the accelerator is in use '
@@ -82,7 +84,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.accelerator_create_c(text) IS
-    'Create the C function tenancy.<p_name>_c (enter_tenant, active_tenant_id) from the library '
+    'Create the C function <p_name>_c of the tenancy schema (enter_tenant, active_tenant_id) from the library '
     'pgtenancy_accel when missing; true when it exists, false when it cannot be created here (not '
     'a superuser, no library). Raises 22023 for another name. Internal.';
 
@@ -114,7 +116,8 @@ BEGIN
             RETURN true;
         END IF;
         SELECT pg_get_functiondef(p.oid) INTO v_def FROM pg_proc AS p
-         WHERE p.oid = to_regprocedure('tenancy.' || p_name || '_plpgsql(' || pg_get_function_identity_arguments(p_fn) || ')');
+         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = p_name || '_plpgsql'
+           AND p.proargtypes = (SELECT f.proargtypes FROM pg_proc AS f WHERE f.oid = p_fn);
         IF v_def IS NULL THEN
             RAISE EXCEPTION 'cannot restore %: tenancy.%_plpgsql is missing', p_fn, p_name
                 USING ERRCODE = 'XX000';
@@ -142,8 +145,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text, boolean) IS
-    'Make PL/pgSQL function p_fn (tenancy.p_name) an inlinable SQL call of tenancy.p_name_c(p_args) '
-    'after copying its definition to tenancy.p_name_plpgsql (p_on), or restore that PL/pgSQL '
+    'Make PL/pgSQL function p_fn (p_name of the tenancy schema) an inlinable SQL call of <p_name>_c(p_args) '
+    'after copying its definition to <p_name>_plpgsql (p_on), or restore that PL/pgSQL '
     'definition (not p_on); OID, signature, attributes, grants and comment kept. Returns whether '
     'p_fn calls the C function afterwards. Raises XX000 when a definition is not as expected. '
     'Internal.';
@@ -228,10 +231,12 @@ COMMENT ON FUNCTION tenancy.accelerator_in_use() IS
     'tenancy.set_accelerator); false when the PL/pgSQL functions run.';
 
 -- Install and upgrades recreate enter_tenant() and active_tenant_id() with
--- their PL/pgSQL bodies: accelerate them again, or not, as recorded; the
--- installer's --no-accelerator (pgtenancy.accelerator = off in its
--- transaction) records "not wanted".
-SELECT tenancy.set_accelerator(coalesce(
-    CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
-        WHEN 'off' THEN false WHEN 'on' THEN true END,
-    (SELECT a.enabled FROM tenancy.accelerator AS a), true));
+-- their PL/pgSQL bodies: accelerate them again, or not, as recorded. The
+-- installer's --accelerator/--no-accelerator (pgtenancy.accelerator = on or
+-- off in its transaction) records a choice; without one no row is written
+-- (an extension's dump would restore a row its CREATE EXTENSION wrote too).
+SELECT CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
+           WHEN 'on' THEN tenancy.set_accelerator(true)
+           WHEN 'off' THEN tenancy.set_accelerator(false)
+           ELSE tenancy.apply_accelerator()
+       END;

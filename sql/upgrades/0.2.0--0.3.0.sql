@@ -4911,6 +4911,7 @@ CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
 AS $$
 DECLARE
     v_src   text;
+    v_own   boolean;
     v_end   text := E'\n    -- Settings: nothing with a cached plan may follow this assignment.\n';
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
@@ -4921,16 +4922,18 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
     END IF;
-    SELECT p.prosrc INTO v_src FROM pg_proc AS p
-     WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure
-       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql');
-    IF NOT FOUND THEN
-        -- The accelerator (011_accelerator.sql) made enter_tenant an SQL
-        -- call of its C function: Citus needs the PL/pgSQL, kept as
-        -- enter_tenant_plpgsql; it takes enter_tenant's place below.
-        SELECT p.prosrc INTO v_src FROM pg_proc AS p
-         WHERE p.oid = pg_catalog.to_regprocedure('tenancy.enter_tenant_plpgsql(text)');
-    ELSIF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+    -- The PL/pgSQL body: enter_tenant's own, or, where the accelerator
+    -- (011_accelerator.sql) made enter_tenant an SQL call of its C function,
+    -- the copy it keeps as enter_tenant_plpgsql. Citus needs the PL/pgSQL:
+    -- it takes enter_tenant's place below.
+    SELECT p.prosrc, p.proname = 'enter_tenant' INTO v_src, v_own
+      FROM pg_proc AS p
+     WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname IN ('enter_tenant', 'enter_tenant_plpgsql')
+       AND p.proargtypes = '25'::oidvector
+       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql')
+     ORDER BY p.proname
+     LIMIT 1;
+    IF v_own AND pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
         RETURN true;
     END IF;
     IF pg_catalog.strpos(v_src, v_end) = 0 THEN
@@ -6023,32 +6026,34 @@ DECLARE
     v_attrs text;
     v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
+    -- Names without their schema: tenancy.%s below.
     IF p_name = 'enter_tenant' THEN
-        v_sig := 'tenancy.enter_tenant_c(slug text)';
-        v_ident := 'tenancy.enter_tenant_c(text)';
+        v_sig := 'enter_tenant_c(slug text)';
+        v_ident := 'text';
         v_attrs := 'VOLATILE';
     ELSIF p_name = 'active_tenant_id' THEN
-        v_sig := 'tenancy.active_tenant_id_c()';
-        v_ident := v_sig;
+        v_sig := 'active_tenant_id_c()';
+        v_ident := '';
         v_attrs := 'STABLE PARALLEL SAFE';
     ELSE
         RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                WHERE p.oid = to_regprocedure(v_ident) AND l.lanname = 'c') THEN
+                WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = p_name || '_c'
+                  AND pg_get_function_identity_arguments(p.oid) = v_ident AND l.lanname = 'c') THEN
         RETURN true;
     END IF;
     BEGIN
         -- The library is loaded and the symbol checked now, not at the
         -- first call (check_function_bodies may be off, as in a restore).
         PERFORM set_config('check_function_bodies', 'on', true);
-        EXECUTE format('CREATE OR REPLACE FUNCTION %s RETURNS uuid LANGUAGE c %s '
+        EXECUTE format('CREATE OR REPLACE FUNCTION tenancy.%s RETURNS uuid LANGUAGE c %s '
                        'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
     EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
         RETURN false;
     END;
-    EXECUTE format('ALTER FUNCTION %s OWNER TO %I', v_ident, v_owner);
-    EXECUTE format('COMMENT ON FUNCTION %s IS %L', v_ident,
+    EXECUTE format('ALTER FUNCTION tenancy.%s_c(%s) OWNER TO %I', p_name, v_ident, v_owner);
+    EXECUTE format('COMMENT ON FUNCTION tenancy.%s_c(%s) IS %L', p_name, v_ident,
                    format('C fast path of tenancy.%s (library pgtenancy_accel): the same result for an '
                           'active tenant, and tenancy.%s_plpgsql for every other case (so its errors). '
                           'Called by tenancy.%s while the accelerator is in use '
@@ -6058,7 +6063,7 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.accelerator_create_c(text) IS
-    'Create the C function tenancy.<p_name>_c (enter_tenant, active_tenant_id) from the library '
+    'Create the C function <p_name>_c of the tenancy schema (enter_tenant, active_tenant_id) from the library '
     'pgtenancy_accel when missing; true when it exists, false when it cannot be created here (not '
     'a superuser, no library). Raises 22023 for another name. Internal.';
 
@@ -6090,7 +6095,8 @@ BEGIN
             RETURN true;
         END IF;
         SELECT pg_get_functiondef(p.oid) INTO v_def FROM pg_proc AS p
-         WHERE p.oid = to_regprocedure('tenancy.' || p_name || '_plpgsql(' || pg_get_function_identity_arguments(p_fn) || ')');
+         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = p_name || '_plpgsql'
+           AND p.proargtypes = (SELECT f.proargtypes FROM pg_proc AS f WHERE f.oid = p_fn);
         IF v_def IS NULL THEN
             RAISE EXCEPTION 'cannot restore %: tenancy.%_plpgsql is missing', p_fn, p_name
                 USING ERRCODE = 'XX000';
@@ -6118,8 +6124,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text, boolean) IS
-    'Make PL/pgSQL function p_fn (tenancy.p_name) an inlinable SQL call of tenancy.p_name_c(p_args) '
-    'after copying its definition to tenancy.p_name_plpgsql (p_on), or restore that PL/pgSQL '
+    'Make PL/pgSQL function p_fn (p_name of the tenancy schema) an inlinable SQL call of <p_name>_c(p_args) '
+    'after copying its definition to <p_name>_plpgsql (p_on), or restore that PL/pgSQL '
     'definition (not p_on); OID, signature, attributes, grants and comment kept. Returns whether '
     'p_fn calls the C function afterwards. Raises XX000 when a definition is not as expected. '
     'Internal.';
@@ -6213,13 +6219,15 @@ END
 $$;
 
 -- Install and upgrades recreate enter_tenant() and active_tenant_id() with
--- their PL/pgSQL bodies: accelerate them again, or not, as recorded; the
--- installer's --no-accelerator (pgtenancy.accelerator = off in its
--- transaction) records "not wanted".
-SELECT tenancy.set_accelerator(coalesce(
-    CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
-        WHEN 'off' THEN false WHEN 'on' THEN true END,
-    (SELECT a.enabled FROM tenancy.accelerator AS a), true));
+-- their PL/pgSQL bodies: accelerate them again, or not, as recorded. The
+-- installer's --accelerator/--no-accelerator (pgtenancy.accelerator = on or
+-- off in its transaction) records a choice; without one no row is written
+-- (an extension's dump would restore a row its CREATE EXTENSION wrote too).
+SELECT CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
+           WHEN 'on' THEN tenancy.set_accelerator(true)
+           WHEN 'off' THEN tenancy.set_accelerator(false)
+           ELSE tenancy.apply_accelerator()
+       END;
 
 -- i13strict: strict entry (issue 13 items 1, 2, 4): entry keys, signed entry tokens,
 -- the verifying body of active_tenant_id() while strict mode is on, the guard of tenant
