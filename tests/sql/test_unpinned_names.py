@@ -141,8 +141,7 @@ def findings(
     if language == "sql":
         return [f"{name}: {f}" for f in unqualified(source)]
     create = (
-        f"CREATE FUNCTION f({arguments}) RETURNS {returns} LANGUAGE plpgsql"
-        f" AS $pgt${source}$pgt$"
+        f"CREATE FUNCTION f({arguments}) RETURNS {returns} LANGUAGE plpgsql AS $pgt${source}$pgt$"
     )
     tree = json.loads(pglast.parser.parse_plpgsql_json(create))
     found = [f"{name}: {f}" for s in plpgsql_statements(tree) for f in unqualified(s)]
