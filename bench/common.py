@@ -85,7 +85,6 @@ def pooled_engine(dsn: str, **connect_kwargs: Any) -> Engine:
     )
 
 
-@contextmanager
 def install_kit(dsn: str) -> bool:
     """Install pgtenancy into ``dsn``; with ``PGTENANCY_BENCH_ACCELERATOR=off`` in
     the environment without the C accelerator (``sql/011_accelerator.sql``), for
@@ -99,6 +98,7 @@ def install_kit(dsn: str) -> bool:
     return used
 
 
+@contextmanager
 def bench_database() -> Iterator[BenchDatabase]:
     """A server (``DATABASE_URL`` when set, else :func:`find_server`) and a fresh
     database ``pgtenancy_bench*`` on it with pgtenancy installed, dropped on exit."""
