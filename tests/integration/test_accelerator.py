@@ -12,6 +12,9 @@ application role (NOSUPERUSER NOBYPASSRLS) in both and the outcomes are compared
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +24,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from helpers import as_role
-from pgtenancy import Tenancy, install
+from pgtenancy import Tenancy, install, sign_tenant_token
 from pgtenancy.admin import engine_from_dsn
 from pgtenancy.installer import installed_accelerator
 
@@ -281,20 +284,214 @@ def test_a_non_superuser_owner_cannot_create_it_and_nothing_changes(
             conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(owner)))
 
 
-def test_strict_entry_and_citus_specialization_take_the_plpgsql_back(dsn: str, sql: Any) -> None:
+def test_strict_entry_swaps_under_the_accelerator(dsn: str, sql: Any) -> None:
+    """Strict entry's body swap goes through the PL/pgSQL: on, active_tenant_id
+    calls the strict C fast path (falling back to the strict body); the doctor
+    sees the strict body in effect; off, the plain C fast path again."""
     if not installed_accelerator(dsn):
         pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
-    lang = (
-        "SELECT l.lanname FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang"
-        " WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure"
-    )
+    src = "SELECT prosrc FROM pg_proc WHERE oid = 'tenancy.active_tenant_id()'::regprocedure"
     sql("SELECT tenancy.add_entry_key('k1', %s)", (b"k" * 32,))
     sql("SELECT tenancy.set_strict_entry(true)")
-    assert sql(lang) == [("plpgsql",)]
+    assert sql(src) == [("\n    SELECT tenancy.active_tenant_id_strict_c()\n",)]
     assert sql(
-        "SELECT strpos(prosrc, '-- strict entry') > 0 FROM pg_proc"
-        " WHERE oid = 'tenancy.active_tenant_id()'::regprocedure"
+        "SELECT tenancy.accelerated_body('tenancy.active_tenant_id()')"
+        " = tenancy.strict_active_tenant_body()"
     ) == [(True,)]
+    assert [
+        r for r in sql("SELECT * FROM tenancy.check_strict()") if r[1] == "strict_entry_not_applied"
+    ] == []
     sql("SELECT tenancy.set_strict_entry(false)")
-    assert sql(lang) == [("sql",)]
+    assert sql(src) == [("\n    SELECT tenancy.active_tenant_id_c()\n",)]
     assert sql("SELECT tenancy.accelerator_in_use()") == [(True,)]
+
+
+# Strict entry: tokens ---------------------------------------------------------
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+def _mac(key: bytes, body: str) -> str:
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def _token(
+    slug: str,
+    *,
+    key: bytes = KEY,
+    key_name: str = "k1",
+    expiry_ms: int | None = None,
+    nonce: str = "0123456789abcdef0123456789abcdef",
+    head: str = "pt1",
+) -> str:
+    """A token signed like sign_tenant_token, with every part settable."""
+    if expiry_ms is None:
+        expiry_ms = int((time.time() + 3600) * 1000)
+    body = f"{head}.{key_name}.{slug}.{expiry_ms}.{nonce}"
+    return f"{body}.{_mac(key, body)}"
+
+
+def _token_cases() -> list[str | None]:
+    """Every kind of token the verifiers tell apart: valid ones for each tenant
+    state, expired, forged, malformed and oversized ones."""
+    good = _token("acme")
+    body, mac = good.rsplit(".", 1)
+    flipped = mac[:-1] + ("0" if mac[-1] != "0" else "1")
+    past = int((time.time() - 3600) * 1000)
+    cases: list[str | None] = [
+        good,
+        sign_tenant_token(KEY, "acme", 60, key_name="k1"),
+        _token("shr"),
+        _token("sus"),
+        _token("gone"),
+        _token("prov"),
+        _token("noschema"),
+        _token("lim"),
+        _token("nobody"),
+        _token("newname"),
+        _token("acme", expiry_ms=past),
+        _token("acme", expiry_ms=1),
+        _token("acme", key=OTHER_KEY),
+        _token("acme", key_name="nokey"),
+        _token("acme", key=OTHER_KEY, key_name="k2"),
+        _token("acme", nonce="ab"),  # short nonce, signed: the SQL pattern accepts it
+        _token("acme", nonce="AB" * 8),
+        _token("acme", head="pt2"),
+        _token("acme", expiry_ms=10**16),  # 17 digits
+        _token("acme", expiry_ms=10**15),
+        _token("ACME"),
+        _token("acme.x"),
+        f"{body}.{flipped}",
+        f"{body}.{mac.upper()}",
+        f"{body}.{mac[:-2]}",
+        f"{body}.{mac}0",
+        f"{body}..{mac}",
+        f"{good}.",
+        "." + good,
+        good.replace("pt1.", "pt1.."),
+        "pt1",
+        "",
+        "pt1.k1.acme.1.2.3",
+        "x" * 100_000,
+        good + "x" * 100_000,
+        good.replace("acme", "acmé"),
+        None,
+    ]
+    return cases
+
+
+def _const(*values: Any) -> Callable[[dict[str, str]], tuple[Any, ...]]:
+    """Parameters that are the same in both databases."""
+    return lambda ids: values
+
+
+def _add_keys(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_entry_key('k1', %s)", (KEY,))
+        conn.execute("SELECT tenancy.add_entry_key('k2', %s)", (b"2" * 32,))
+
+
+def test_the_c_verifier_gives_what_the_plpgsql_verifier_gives(dsn: str, plain_dsn: str) -> None:
+    """Parity of the verifiers in one database, for every token case and both
+    modes (at entry, later statements): result, SQLSTATE, message, DETAIL, HINT."""
+    if not installed_accelerator(dsn):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    role = f"pgtenancy_acc_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(pgsql.Identifier(role))
+        )
+    try:
+        ids = _scenario(dsn, role)
+        _add_keys(dsn)
+        cases = [
+            (q, _const(t, e))
+            for t in _token_cases()
+            for e in (True, False)
+            for q in (
+                "SELECT tenancy.verify_entry_token_c(%s, %s)",
+                "SELECT tenancy.verify_entry_token(%s, %s)",
+            )
+        ]
+        with psycopg.connect(dsn) as conn:
+            out = [_outcome(conn, q, p(ids), ids) for q, p in cases]
+        fast, slow = out[0::2], out[1::2]
+        assert fast == slow
+        # Not two empty answers: the valid token is acme's, the others refused.
+        assert fast[0][:2] == ("ok", "acme")
+        assert {o[1] for o in fast if o[0] == "error"} >= {"PT025", "PT026", "PT028", "PT003"}
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(role)))
+            conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_token_entry_and_strict_statements_give_what_the_plpgsql_gives(
+    pair: Any, dsn: str, plain_dsn: str, strict: bool
+) -> None:
+    """enter_tenant_token (and, in strict mode, the statements after it, which
+    re-verify the token through active_tenant_id) on both databases, as the
+    application role: the same result or error for every token case."""
+    for admin in (dsn, plain_dsn):
+        _add_keys(admin)
+        if strict:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute("SELECT tenancy.set_strict_entry(true)")
+    tokens = _token_cases()
+    cases: list[tuple[str, Callable[[dict[str, str]], Any]]] = []
+    for t in tokens:
+        cases.append(("SELECT tenancy.enter_tenant_token(%s)", _const(t)))
+        cases.append(("SELECT tenancy.enter_tenant_token(%s, 'acme')", _const(t)))
+        # Entered, then a statement that asks for the tenant (the policies' test).
+        cases.append(
+            (
+                "SELECT tenancy.enter_tenant_token(%s) ;; SELECT tenancy.active_tenant_id()",
+                _const(t),
+            )
+        )
+        # A token set by hand, without entry: what a later statement sees.
+        cases.append(
+            (
+                "SELECT set_config('app.tenant_token', coalesce(%s, ''), true),"
+                " set_config('app.tenant_id', (SELECT id::text FROM tenancy.tenant_directory"
+                " WHERE slug = 'acme'), true) ;; SELECT tenancy.active_tenant_id()",
+                _const(t),
+            )
+        )
+    fast, slow = _both(pair, cases)
+    assert fast == slow
+    assert fast[0][:2] == ("ok", "acme")
+    codes = {o[1] for o in fast if o[0] == "error"}
+    assert {"PT025", "PT026", "PT027", "PT004", "PT005"} <= codes
+
+
+def test_the_common_case_runs_no_plpgsql(dsn: str) -> None:
+    """Entering an active tenant, with or without a token, and the strict
+    statement check call the C functions only (function statistics of the
+    transaction, track_functions = all): the fast path is really taken."""
+    if not installed_accelerator(dsn):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    t = Tenancy(engine_from_dsn(dsn))
+    t.create_tenant("acme")
+    _add_keys(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.set_strict_entry(true)")
+    token = sign_tenant_token(KEY, "acme", 60, key_name="k1")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET track_functions = 'all'")
+        conn.execute("SELECT tenancy.enter_tenant('acme')")
+        conn.execute("SELECT tenancy.enter_tenant_token(%s)", (token,))
+        conn.execute("SELECT tenancy.active_tenant_id()")
+        conn.execute("SELECT tenancy.verify_entry_token_c(%s, false)", (token,))
+        called = conn.execute(
+            "SELECT funcname, calls FROM pg_stat_xact_user_functions"
+            " WHERE schemaname = 'tenancy' ORDER BY 1"
+        ).fetchall()
+    assert called == [
+        ("active_tenant_id_strict_c", 1),
+        ("enter_tenant_c", 1),
+        ("enter_tenant_token_c", 1),
+        ("verify_entry_token_c", 1),
+    ]
