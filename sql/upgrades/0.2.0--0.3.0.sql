@@ -6022,6 +6022,7 @@ CREATE OR REPLACE FUNCTION tenancy.accelerator_create_c(p_name text)
 AS $$
 DECLARE
     v_sig   text;
+    v_check text;
     v_ident text;
     v_attrs text;
     v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
@@ -6057,11 +6058,15 @@ BEGIN
     END IF;
     BEGIN
         -- The library is loaded and the symbol checked now, not at the
-        -- first call (check_function_bodies may be off, as in a restore).
+        -- first call (check_function_bodies may be off, as in a restore);
+        -- the caller's setting back afterwards.
+        v_check := current_setting('check_function_bodies');
         PERFORM set_config('check_function_bodies', 'on', true);
         EXECUTE format('CREATE OR REPLACE FUNCTION tenancy.%s RETURNS uuid LANGUAGE c %s '
                        'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
+        PERFORM set_config('check_function_bodies', v_check, true);
     EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+        -- The subtransaction's rollback restored the setting.
         RETURN false;
     END;
     EXECUTE format('ALTER FUNCTION tenancy.%s_c(%s) OWNER TO %I', p_name, v_ident, v_owner);
