@@ -21,7 +21,7 @@ Docker or a throwaway cluster), in one run:
    script in one transaction.
 
 Reported: milliseconds per tenant, both ways, and their ratio (baseline /
-replay: lower is better). Both sides make the same catalog (see
+replay: lower is better). Both sides make the same catalog and rows (see
 tests/integration/test_baselines.py), emit one ``tenant_created`` each, on
 the same connection kind.
 """

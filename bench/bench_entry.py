@@ -46,7 +46,10 @@ Sides, grouped; every ratio compares two sides of the same group:
 4. **Staying in one tenant, and switching among shared (RLS) tenants**, at 1
    and 4 threads (one connection or engine per thread) and through PgBouncer
    in transaction mode (4 threads, ``default_pool_size=2``, no prepared
-   statements): ``tenant_connection`` and ``tenant_session`` against plain.
+   statements): ``tenant_connection`` and ``tenant_session`` against plain;
+   and ``SET LOCAL app.tenant_id`` by hand with the same RLS query (what the
+   policy costs without the kit's entry and its status check), which splits
+   the shared tenants' gap into the policy's part and the entry's.
 5. **CLI start-up** (subprocesses, interleaved): ``pgtenancy --help``,
    ``pgtenancy version`` and a no-op ``pgtenancy migrate`` on
    ``--cli-tenants`` tenants against ``python -c "import psycopg"``.
@@ -64,8 +67,12 @@ time, so the deltas are that side's.
 On a loaded machine wall-clock rates swing with the scheduler, while the CPU
 a transaction costs (both ends, kernel included) barely moves; the "CPU
 ratios" compare that cost (baseline CPU per transaction / the side's: above
-1 is cheaper) and so estimate the ratios of an idle machine. Before timing,
-the script checks that every side of a group reads the same rows.
+1 is cheaper) and so estimate the ratios of an idle machine. Each side also
+records its run-queue wait per transaction (``/proc/.../schedstat``, the
+time this process's threads and those backends were runnable but had no
+core): it shows how much other load took from a side, so a run whose ratios
+move because of that load can be told from one whose code changed. Before
+timing, the script checks that every side of a group reads the same rows.
 """
 
 from __future__ import annotations
@@ -163,6 +170,7 @@ class Side:
     threads: int = 1
     rates: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
 
 
 class CpuProbe:
@@ -194,8 +202,22 @@ class CpuProbe:
                 total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
         return total
 
+    def waited(self) -> int:
+        """Nanoseconds this process's threads and the watched backends have spent
+        runnable but waiting for a core (``/proc/.../schedstat``, second field):
+        what other load on the machine took from the measured transactions."""
+        paths = [*Path("/proc/self/task").glob("*/schedstat")]
+        paths += [Path(f"/proc/{pid}/schedstat") for pid in self.pids]
+        total = 0
+        for path in paths:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(path.read_text().split()[1])
+        return total
+
 
 CPU = CpuProbe()
+#: Run-queue wait per transaction (microseconds) of each side, per round.
+WAITS: dict[str, list[float]] = {}
 
 
 def _draw(seed: int) -> Callable[[], Key]:
@@ -217,13 +239,15 @@ def _run_for(tx: Callable[[Key], object], seconds: float, seed: int) -> tuple[in
 
 def _measure(
     side: Side, seconds: float, seed: int, pool: ThreadPoolExecutor | None
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     """Transactions per second of ``side`` over ``seconds`` (all its threads together),
-    and CPU microseconds per transaction (see :class:`CpuProbe`)."""
-    cpu = CPU.now()
+    CPU microseconds per transaction and run-queue wait microseconds per
+    transaction (see :class:`CpuProbe`)."""
+    cpu, waited = CPU.now(), CPU.waited()
     if side.threads == 1 or pool is None:
         count, taken = _run_for(side.tx, seconds, seed)
-        return count / taken, (CPU.now() - cpu) / 1e3 / max(count, 1)
+        n = max(count, 1)
+        return count / taken, (CPU.now() - cpu) / 1e3 / n, (CPU.waited() - waited) / 1e3 / n
     barrier = threading.Barrier(side.threads)
 
     def worker(i: int) -> tuple[int, float]:
@@ -233,7 +257,8 @@ def _measure(
     done = list(pool.map(worker, range(side.threads)))
     count = sum(c for c, _ in done)
     rate = count / statistics.fmean(t for _, t in done)
-    return rate, (CPU.now() - cpu) / 1e3 / max(count, 1)
+    n = max(count, 1)
+    return rate, (CPU.now() - cpu) / 1e3 / n, (CPU.waited() - waited) / 1e3 / n
 
 
 def interleave(group: str, sides: Sequence[Side], seconds: float, rounds: int) -> None:
@@ -249,14 +274,18 @@ def interleave(group: str, sides: Sequence[Side], seconds: float, rounds: int) -
             order = [*range(shift, len(sides)), *range(shift)]
             totals = [0.0] * len(sides)
             cpus = [0.0] * len(sides)
+            waits = [0.0] * len(sides)
             for t in range(turns):
                 for i in order:
-                    rate, cpu = _measure(sides[i], seconds / turns, r * turns + t, pool)
+                    rate, cpu, wait = _measure(sides[i], seconds / turns, r * turns + t, pool)
                     totals[i] += rate
                     cpus[i] += cpu
+                    waits[i] += wait
             for i, side in enumerate(sides):
                 side.rates.append(totals[i] / turns)
                 side.cpu.append(cpus[i] / turns)
+                side.waits.append(waits[i] / turns)
+                WAITS[side.label] = side.waits
             log(
                 f"  {group} round {r + 1}/{rounds}: "
                 + ", ".join(f"{s.label} {s.rates[-1]:.0f}" for s in sides)
@@ -277,17 +306,22 @@ async def ainterleave(
 
     async def run_for(
         atx: Callable[[Key], Awaitable[object]], secs: float, seed: int
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, float]:
         draw = _draw(seed)
         count = 0
-        cpu = CPU.now()
+        cpu, waited = CPU.now(), CPU.waited()
         start = now = time.perf_counter()
         deadline = start + secs
         while now < deadline:
             await atx(draw())
             count += 1
             now = time.perf_counter()
-        return count / (now - start), (CPU.now() - cpu) / 1e3 / max(count, 1)
+        n = max(count, 1)
+        return (
+            count / (now - start),
+            (CPU.now() - cpu) / 1e3 / n,
+            (CPU.waited() - waited) / 1e3 / n,
+        )
 
     for i, (_, atx) in enumerate(sides):
         await run_for(atx, min(0.3, seconds), -1 - i)
@@ -301,14 +335,17 @@ async def ainterleave(
         order = [*range(shift, len(sides)), *range(shift)]
         totals = [0.0] * len(sides)
         cpus = [0.0] * len(sides)
+        waits = [0.0] * len(sides)
         for t in range(turns):
             for i in order:
-                rate, cpu = await run_for(sides[i][1], seconds / turns, r * turns + t)
+                rate, cpu, wait = await run_for(sides[i][1], seconds / turns, r * turns + t)
                 totals[i] += rate
                 cpus[i] += cpu
+                waits[i] += wait
         for i, (label, _) in enumerate(sides):
             rates[label].append(totals[i] / turns)
             cpu_out[label].append(cpus[i] / turns)
+            WAITS.setdefault(label, []).append(waits[i] / turns)
         log(
             f"  {group} round {r + 1}/{rounds}: "
             + ", ".join(f"{label} {rates[label][-1]:.0f}" for label, _ in sides)
@@ -382,6 +419,12 @@ def set_local(slug: str, pg_temp: bool = False) -> bytes:
         .as_bytes(None)
         + tail.encode()
     )
+
+
+@cache
+def set_tenant_id(tenant_id: str) -> bytes:
+    """``SET LOCAL app.tenant_id TO '<id>'`` (composed once)."""
+    return sql.SQL("SET LOCAL app.tenant_id TO {}").format(sql.Literal(tenant_id)).as_bytes(None)
 
 
 @cache
@@ -634,7 +677,10 @@ async def bench_async(
 
 
 def threaded_sides(
-    label: str, conns: list[psycopg.Connection[Any]], engines: list[Engine]
+    label: str,
+    conns: list[psycopg.Connection[Any]],
+    engines: list[Engine],
+    ids: dict[str, str] | None = None,
 ) -> list[Side]:
     """Sides with one connection/engine per thread, picked by the calling thread."""
     local = threading.local()
@@ -662,6 +708,17 @@ def threaded_sides(
         with c.transaction():
             return c.execute(QUERY, (key[1],)).fetchone()
 
+    shared_sets = [b"BEGIN; " + set_tenant_id((ids or {}).get(slug, "")) for slug in SHARED_SLUGS]
+
+    def raw_shared(key: Key) -> object:
+        # The policy's cost without the kit: app.tenant_id set by hand (no
+        # status check), the same RLS query; the kit's entry is the difference.
+        c = conns[mine()]
+        c.pgconn.exec_(shared_sets[key[0]])
+        row = c.execute(SHARED_QUERY, (key[1],)).fetchone()
+        c.commit()
+        return row
+
     def session_stay(key: Key) -> object:
         with tenant_session(engines[mine()], SCHEMA_SLUGS[0]) as session:
             value = session.execute(SA_QUERY, {"id": key[1]}).scalar_one()
@@ -685,6 +742,7 @@ def threaded_sides(
         Side(f"{label}: tenant_connection, one tenant", conn_stay, threads),
         Side(f"{label}: tenant_connection, shared tenants", conn_shared, threads),
         Side(f"{label}: plain transaction", conn_plain, threads),
+        Side(f"{label}: raw SET LOCAL app.tenant_id, shared tenants", raw_shared, threads),
         Side(f"{label}: tenant_session, one tenant", session_stay, threads),
         Side(f"{label}: tenant_session, shared tenants", session_shared, threads),
         Side(f"{label}: plain Session", session_plain, threads),
@@ -701,7 +759,12 @@ def engine_on(dsn: str, **connect_kwargs: Any) -> Engine:
 
 
 def bench_threads(
-    app_dsn: str, role: str, seconds: float, rounds: int, cpu_out: dict[str, list[float]]
+    app_dsn: str,
+    role: str,
+    seconds: float,
+    rounds: int,
+    cpu_out: dict[str, list[float]],
+    ids: dict[str, str],
 ) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {}
     pgb = TemporaryPgBouncer(
@@ -718,7 +781,7 @@ def bench_threads(
             conns = [psycopg.connect(dsn, **kwargs) for _ in range(threads)]
             engines = [engine_on(dsn, **kwargs) for _ in range(threads)]
             try:
-                sides = threaded_sides(label, conns, engines)
+                sides = threaded_sides(label, conns, engines, ids)
                 for side in sides:  # every side reads a row
                     if side.tx((2, 11)) is None:
                         raise RuntimeError(f"{side.label} read nothing")
@@ -781,6 +844,7 @@ class Results(BaseResults):
     rates: dict[str, float]
     ratios: dict[str, float]
     cpu_us: dict[str, float]
+    wait_us: dict[str, float]
     cpu_ratios: dict[str, float]
     server_cpu_seen: bool
     load_average: list[float]
@@ -857,6 +921,20 @@ RATIOS: list[tuple[str, str, str]] = [
     ("async: tenant_session / plain", "async tenant_session", "async plain AsyncSession"),
 ]
 for _label in ("1 thread", f"{THREADS} threads", "PgBouncer"):
+    RATIOS.append(
+        (
+            f"{_label}: RLS alone: raw SET LOCAL app.tenant_id, shared / plain",
+            f"{_label}: raw SET LOCAL app.tenant_id, shared tenants",
+            f"{_label}: plain transaction",
+        )
+    )
+    RATIOS.append(
+        (
+            f"{_label}: entry alone: tenant_connection, shared / raw SET LOCAL",
+            f"{_label}: tenant_connection, shared tenants",
+            f"{_label}: raw SET LOCAL app.tenant_id, shared tenants",
+        )
+    )
     for _path, _plain in (
         ("tenant_connection", "plain transaction"),
         ("tenant_session", "plain Session"),
@@ -919,7 +997,7 @@ def run(
                     engine.dispose()
                     engine_by_text.dispose()
                 all_rates |= asyncio.run(bench_async(app_dsn, seconds, rounds, all_cpu))
-                all_rates |= bench_threads(app_dsn, role, seconds, rounds, all_cpu)
+                all_rates |= bench_threads(app_dsn, role, seconds, rounds, all_cpu, ids)
                 load = os.getloadavg()
             finally:
                 drop_app_role(dsn, role)
@@ -938,6 +1016,7 @@ def run(
         rates=medians,
         ratios=ratios,
         cpu_us=cpu,
+        wait_us={k: round(statistics.median(v), 1) for k, v in WAITS.items()},
         cpu_ratios=cpu_ratios,
         server_cpu_seen=bool(CPU.pids),
         load_average=[round(x, 1) for x in load],
@@ -978,10 +1057,16 @@ def report(r: Results) -> str:
         + f" on {os.cpu_count()} cores",
         "CPU per transaction: this process + the application role's backends"
         + ("" if r.server_cpu_seen else " (server CPU not readable here: client only)"),
+        "wait per transaction: time the same threads and backends were runnable but waiting"
+        " for a core (other load); where it is a large share of 1e6 / (tx/s), the side's rate"
+        " measured the scheduler more than the kit",
         "",
-        f"{'side':<52} {'tx/s':>9} {'CPU us/tx':>10}",
+        f"{'side':<52} {'tx/s':>9} {'CPU us/tx':>10} {'wait us/tx':>11}",
     ]
-    lines += [f"{k:<52} {v:>9.1f} {r.cpu_us.get(k, 0.0):>10.1f}" for k, v in r.rates.items()]
+    lines += [
+        f"{k:<52} {v:>9.1f} {r.cpu_us.get(k, 0.0):>10.1f} {r.wait_us.get(k, 0.0):>11.1f}"
+        for k, v in r.rates.items()
+    ]
     lines += ["", f"{'ratio (tx/s; CPU: baseline cost / side cost)':<60} {'tx/s':>6} {'CPU':>6}"]
     lines += [f"{k:<60} {v:>6.2f} {r.cpu_ratios.get(k, 0.0):>6.2f}" for k, v in r.ratios.items()]
     base = r.cli_seconds['python -c "import psycopg"']

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS tenancy.tenants (
     updated_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     migration_version text COLLATE "C",
     limits            text[],
+    slug_assigned_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     CONSTRAINT tenants_pkey PRIMARY KEY (id),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
     CONSTRAINT tenants_schema_name_key UNIQUE (schema_name),
@@ -75,6 +76,10 @@ COMMENT ON COLUMN tenancy.tenants.migration_version IS
 COMMENT ON COLUMN tenancy.tenants.limits IS
     'Resource limits as (setting, value) pairs, applied transaction-locally at entry '
     '(set by the limits function of 010_tenant_operations.sql); NULL when none.';
+COMMENT ON COLUMN tenancy.tenants.slug_assigned_at IS
+    'When the tenant got its slug (clock_timestamp() at creation and at each rename, set by the '
+    'registry triggers, never by hand): strict entry refuses tokens issued before it, so a token '
+    'for the slug''s previous holder (renamed or destroyed) does not enter this tenant.';
 
 -- Tenant migrations: DDL run inside every tenant schema, in version order
 -- (C collation).  A tenant's state is the single migration_version above,

@@ -943,6 +943,11 @@ BEGIN
     NEW.status := coalesce(NEW.status, 'active');
     NEW.created_at := now();
     NEW.updated_at := now();
+    -- Entry tokens issued before this moment are for the slug's previous
+    -- holder (strict entry refuses them): the clock now, after the slug lock
+    -- above, not the transaction's start, which may precede the commit that
+    -- freed the slug.
+    NEW.slug_assigned_at := clock_timestamp();
     IF NEW.isolation = 'shared' THEN
         -- Rows in guarded shared tables; no schema, no migrations.
         NEW.schema_name := NULL;
@@ -979,7 +984,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
-    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002), '
+    'stamp created_at and slug_assigned_at (clock_timestamp(), after the slug lock); '
     'for a schema tenant derive schema_name, create the schema, run the newest baseline (if any) '
     'and apply every migration after it (PT006 on failure; when they need commit boundaries '
     'only the first, in status provisioning) '
@@ -998,10 +1004,16 @@ BEGIN
            -- tenancy.rename_tenant renames the schema and then the row.
            AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
        OR NEW.isolation IS DISTINCT FROM OLD.isolation
-       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR (NEW.slug_assigned_at IS DISTINCT FROM OLD.slug_assigned_at AND NEW.slug = OLD.slug) THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation, created_at and slug_assigned_at cannot change',
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
+    END IF;
+    -- A new slug (rename_tenant): entry tokens issued before now were for
+    -- the slug's previous holder, or for this tenant under its old slug.
+    IF NEW.slug <> OLD.slug THEN
+        NEW.slug_assigned_at := clock_timestamp();
     END IF;
     IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
         PERFORM tenancy.check_metadata(NEW.metadata);
@@ -1040,7 +1052,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'rename_tenant of 010_tenant_operations.sql only, which stamps slug_assigned_at; '
+    'slug_assigned_at never changes by hand), a migration_version that is not a later '
     'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
     'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
     'updated_at.';

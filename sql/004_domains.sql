@@ -128,7 +128,7 @@ COMMENT ON FUNCTION tenancy.resolve_domain(text) IS
 REVOKE ALL ON FUNCTION tenancy.resolve_domain(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.tenant_info()
-    RETURNS TABLE (id uuid, slug text, status text, public jsonb)
+    RETURNS TABLE (id uuid, slug text, status text, public jsonb, slug_assigned_at timestamptz)
     LANGUAGE plpgsql
     STABLE
     SECURITY DEFINER
@@ -144,15 +144,17 @@ BEGIN
                          '(tenancy.enter_tenant, tenant_session, tenant_connection).';
     END IF;
     RETURN QUERY
-        SELECT t.id, t.slug, t.status, coalesce(t.metadata -> 'public', '{}'::jsonb)
+        SELECT t.id, t.slug, t.status, coalesce(t.metadata -> 'public', '{}'::jsonb),
+               t.slug_assigned_at
           FROM tenancy.tenants AS t
          WHERE t.id = v_id;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenant_info() IS
-    'Id, slug, status and the public part of the metadata (metadata -> ''public'', {} when '
-    'absent) of the tenant the current transaction entered; the rest of the metadata stays '
-    'with the owner. Raises PT012 outside a tenant. Granted by grant_app_role.';
+    'Id, slug, status, the public part of the metadata (metadata -> ''public'', {} when '
+    'absent) and slug_assigned_at (when it got its slug: strict entry refuses entry tokens '
+    'issued before it, PT034) of the tenant the current transaction entered; the rest of the '
+    'metadata stays with the owner. Raises PT012 outside a tenant. Granted by grant_app_role.';
 
 REVOKE ALL ON FUNCTION tenancy.tenant_info() FROM PUBLIC;

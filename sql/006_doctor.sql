@@ -203,6 +203,62 @@ BEGIN
          WHERE p.prepared < now() - coalesce(nullif(current_setting('pgtenancy.prepared_stale_after',
                                                                     true), ''),
                                              '5 minutes')::interval;
+
+    -- Defaults stored for an application role (ALTER ROLE ... SET, which the
+    -- role can run on itself and PostgreSQL cannot forbid), for every role
+    -- or for the database: every session starts with them again, RESET ALL
+    -- included, so a pooled connection carries them into every tenant's
+    -- requests. Errors: row_security (off: every tenant query fails),
+    -- search_path, app.* and the kit's internal settings (a default
+    -- app.tenant_id is a tenant without entry); warnings: settings that make
+    -- requests fail or behave otherwise.
+    RETURN QUERY
+        SELECT CASE WHEN s.name IN ('row_security', 'search_path') OR starts_with(s.name, 'app.')
+                         OR starts_with(s.name, 'pgtenancy.') THEN 'error' ELSE 'warning' END::text,
+               'weakening_default_setting'::text,
+               format('%s: %s', s.target, s.name),
+               format('%s is set to %L by default for %s: every session starts with it, and '
+                      'RESET ALL (pool reset) returns to it, so it reaches every tenant''s requests',
+                      s.name, s.value, s.target),
+               format('%s RESET %s', s.alter, s.name)
+          FROM (SELECT lower(split_part(c.cfg, '=', 1)) AS name,
+                       substr(c.cfg, strpos(c.cfg, '=') + 1) AS value,
+                       CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'every role in every database'
+                            WHEN d.setrole = 0 THEN format('database %I', current_database())
+                            WHEN d.setdatabase = 0 THEN format('application role %I', pg_get_userbyid(d.setrole))
+                            ELSE format('application role %I in database %I', pg_get_userbyid(d.setrole),
+                                        current_database()) END AS target,
+                       CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'ALTER ROLE ALL'
+                            WHEN d.setrole = 0 THEN format('ALTER DATABASE %I', current_database())
+                            WHEN d.setdatabase = 0 THEN format('ALTER ROLE %I', pg_get_userbyid(d.setrole))
+                            ELSE format('ALTER ROLE %I IN DATABASE %I', pg_get_userbyid(d.setrole),
+                                        current_database()) END AS alter
+                  FROM pg_db_role_setting AS d
+                 CROSS JOIN LATERAL unnest(d.setconfig) AS c(cfg)
+                 WHERE d.setdatabase IN (0, (SELECT b.oid FROM pg_database AS b
+                                              WHERE b.datname = current_database()))
+                   AND (d.setrole = 0
+                        OR EXISTS (SELECT 1 FROM tenancy.app_roles AS a JOIN pg_roles AS r
+                                       ON r.rolname = a.role_name WHERE r.oid = d.setrole))) AS s
+         WHERE (s.name IN ('row_security', 'search_path', 'session_replication_role', 'statement_timeout',
+                          'lock_timeout', 'idle_in_transaction_session_timeout', 'idle_session_timeout',
+                          'default_transaction_isolation', 'default_transaction_read_only',
+                          'default_transaction_deferrable', 'standard_conforming_strings',
+                          'plpgsql.variable_conflict', 'transaction_timeout')
+            OR starts_with(s.name, 'app.')
+            -- The kit's settings, but for its configuration (the doctor's ages).
+            OR (starts_with(s.name, 'pgtenancy.')
+                AND s.name NOT IN ('pgtenancy.consumer_inactive_after', 'pgtenancy.consumer_stale_after',
+                                   'pgtenancy.prepared_stale_after')))
+           -- Values that weaken nothing.
+           AND NOT (s.name, lower(trim(both '''"' FROM s.value))) IN (
+                   ('row_security', 'on'), ('default_transaction_isolation', 'read committed'),
+                   ('default_transaction_read_only', 'off'), ('default_transaction_deferrable', 'off'),
+                   ('standard_conforming_strings', 'on'), ('session_replication_role', 'origin'),
+                   ('statement_timeout', '0'), ('lock_timeout', '0'), ('transaction_timeout', '0'),
+                   ('idle_in_transaction_session_timeout', '0'), ('idle_session_timeout', '0'),
+                   ('plpgsql.variable_conflict', 'error'))
+         ORDER BY 3;
 END
 $$;
 
@@ -217,8 +273,13 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'that roles other than their owner may create in (warning), the migration fence missing '
     '(warning), objects of tenant schemas owned by a role other than their owner at rest '
     '(tenancy.rest_owner; error), tenants whose objects have no owner role of their own (warning), '
-    'members of the owner''s role (error for an application role, warning otherwise). Called by '
-    'check_isolation().';
+    'members of the owner''s role (error for an application role, warning otherwise), defaults '
+    'stored with ALTER ROLE/DATABASE ... SET for application roles, every role or this database '
+    '(weakening_default_setting: error for row_security, search_path, app.* and pgtenancy.* but '
+    'the *_after ages; '
+    'warning for session_replication_role, the timeouts, default_transaction_isolation, '
+    'default_transaction_read_only, default_transaction_deferrable, standard_conforming_strings, '
+    'plpgsql.variable_conflict; the fix is ALTER ... RESET). Called by check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
 
@@ -355,6 +416,27 @@ BEGIN
                        r.table_name, r.tenant_column),
                 format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
         END IF;
+        -- An index not led by the tenant column lets the planner scan it with
+        -- the caller's own condition (leakproof comparisons) while the
+        -- tenant check runs as a filter over every tenant's entries: EXPLAIN
+        -- ANALYZE ("Rows Removed by Filter") and pg_stat_get_xact_tuples_fetched
+        -- then count other tenants' values in any range (binary search).
+        -- Partitions' indexes are reported once, on the parent's index.
+        RETURN QUERY
+            SELECT 'warning'::text, 'index_not_led_by_tenant'::text, i.indexrelid::regclass::text,
+                   format('index %s of guarded table %s is not led by %I: a tenant can count other '
+                          'tenants'' rows in any range of its columns (EXPLAIN ANALYZE, '
+                          'pg_stat_get_xact_tuples_fetched) and so read their values by binary search',
+                          i.indexrelid::regclass, r.table_name, r.tenant_column),
+                   format('lead it with the tenant column: CREATE INDEX ON %s (%I, %s), then DROP INDEX %s '
+                          '(a primary key or unique constraint: make it (%I, %s), unique per tenant)',
+                          r.table_name, r.tenant_column, k.cols, i.indexrelid::regclass, r.tenant_column, k.cols)
+              FROM pg_index AS i
+             CROSS JOIN LATERAL (SELECT string_agg(pg_get_indexdef(i.indexrelid, n, true), ', ' ORDER BY n) AS cols
+                                   FROM generate_series(1, i.indnkeyatts::integer) AS n) AS k
+             WHERE i.indrelid = r.table_name AND i.indkey[0] <> r.attnum
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits AS h WHERE h.inhrelid = i.indexrelid)
+             ORDER BY i.indexrelid::regclass::text;
     END LOOP;
 
     -- A setting read outside an InitPlan is evaluated once per row (not
@@ -415,7 +497,8 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'Isolation findings for the current role and database, one row each: severity (error, warning '
     'or info), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
-    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'index led by the tenant column, with an index not led by it (warning: a range-count side '
+    'channel); partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice); the '
     'strict-entry findings (strict entry off with shared tenants: info; tables of tenant schemas '

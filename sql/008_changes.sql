@@ -3,8 +3,11 @@
 -- tenancy.track_changes(table) adds three statement-level triggers with
 -- transition tables, so bulk UPDATE ... WHERE, DELETE, INSERT ... SELECT and
 -- COPY are caught like single-row writes. Each statement writes one outbox
--- event per 1000 rows ('rows_changed': table, op, and per row its primary
--- key and, for updates, the changed columns), in the writing transaction.
+-- event per 1000 rows of a tenant ('rows_changed': table, op, and per row its
+-- primary key and, for updates, the changed columns), in the writing
+-- transaction. The tenant of an event comes from the data (the schema of a
+-- tenant-schema table, the tenant column of a guarded shared table), never
+-- from app.tenant_id, which the writing statement itself can change.
 -- Row changes never NOTIFY: NOTIFY takes a global lock at commit and would
 -- serialize writers; listeners poll at a short interval while events flow.
 -- The trigger function is generated per table with static SQL, so its plans
@@ -39,6 +42,10 @@ DECLARE
     v_table   text;
     v_child   regclass;
     v_dist    boolean;
+    v_gcol    name;
+    v_tmpl    text;
+    v_tenant_r text;
+    v_tenant_o text;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -96,6 +103,19 @@ BEGIN
       INTO v_key, v_join
       FROM unnest(v_pk) AS c;
 
+    -- The tenant of row r (and o): read at run time from guarded_tables, so
+    -- a table guarded (or unguarded) after tracking is attributed right; the
+    -- column guarded now is read directly (to_jsonb of every row costs a
+    -- DELETE about twice its time), any other through jsonb.
+    v_gcol := (SELECT g.tenant_column FROM tenancy.guarded_tables AS g
+                WHERE g.table_name = track_changes.table_name);
+    v_tmpl := CASE WHEN v_gcol IS NULL
+        THEN 'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(%1$s) ->> v_column)::uuid END'
+        ELSE 'CASE WHEN v_column IS NULL THEN v_tenant.id WHEN v_column = %2$L THEN %1$s.%3$I '
+             'ELSE (to_jsonb(%1$s) ->> v_column)::uuid END' END;
+    v_tenant_r := format(v_tmpl, 'r', v_gcol, v_gcol);
+    v_tenant_o := format(v_tmpl, 'o', v_gcol, v_gcol);
+
     -- The body is built first and then given to CREATE FUNCTION as one
     -- quoted literal (%L): a table or column name holding a dollar-quote
     -- tag (an attack run named a table "x$body$;...;SELECT $body$") can
@@ -103,65 +123,84 @@ BEGIN
     v_body := format($f$
         DECLARE
             v_tenant tenancy.tenants;
+            v_column name;
         BEGIN
+            -- Whose rows these are: the tenant whose schema holds the table,
+            -- else, on a guarded shared table, each row's tenant column (what
+            -- the policy's WITH CHECK enforced). Never a setting: RETURNING
+            -- set_config('app.tenant_id', ...) changes it after the policy
+            -- check and before this trigger runs. Rows are grouped by tenant;
+            -- other tables' rows belong to no tenant.
             SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
             IF NOT FOUND THEN
-                SELECT * INTO v_tenant FROM tenancy.tenants
-                 WHERE id = tenancy.current_tenant_id();
+                SELECT g.tenant_column INTO v_column FROM tenancy.guarded_tables AS g
+                 WHERE g.table_name = TG_RELID;
             END IF;
             IF TG_OP = 'TRUNCATE' THEN
+                -- A shared table's TRUNCATE empties every tenant's rows: no tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
                 VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
                         v_tenant.status,
-                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+                        jsonb_build_object('table', %1$L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
             ELSIF TG_OP = 'UPDATE' THEN
-                -- Rows whose key is unchanged, with the columns that changed.
+                -- Rows whose key and tenant are unchanged, with the columns that changed.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object(
-                                   'key', jsonb_build_object(%s),
-                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
-                                                 FROM jsonb_each(to_jsonb(r)) AS e
-                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
-                               ) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
-                -- An update that changed a key: the old key went, the new one came.
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object(
+                                           'key', jsonb_build_object(%2$s),
+                                           'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                         FROM jsonb_each(to_jsonb(r)) AS e
+                                                        WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                                       ) AS row,
+                                       row_number() OVER () AS n
+                                  FROM new_rows AS r JOIN old_rows AS o
+                                    ON %3$s AND %4$s IS NOT DISTINCT FROM %5$s) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
+                -- An update that changed a key (or the tenant): the old key
+                -- went from its tenant, the new one came to its tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', s.op, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT 'DELETE' AS op, %4$s AS tenant,
+                               jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                               row_number() OVER () AS n
                           FROM old_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)
                         UNION ALL
-                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                        SELECT 'INSERT', %4$s, jsonb_build_object('key', jsonb_build_object(%2$s)),
+                               row_number() OVER ()
                           FROM new_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
-                 GROUP BY s.op
-                 ORDER BY s.op;
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.op, s.tenant, t.id
+                 ORDER BY s.op, min(s.n);
             ELSE
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM changed_rows AS r) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', TG_OP, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                                       row_number() OVER () AS n
+                                  FROM changed_rows AS r) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
             END IF;
             RETURN NULL;
         END
-    $f$, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    $f$, v_table, v_key, v_join, v_tenant_r, v_tenant_o);
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
                    'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
@@ -197,7 +236,9 @@ $$;
 COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
     'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
-    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'carrying the tenant (the one whose schema holds the table, or on a guarded shared table each '
+    'row''s tenant column, one event per tenant; never a setting; none for other tables and for a '
+    'shared table''s TRUNCATE), the table (schema.table), the operation, each row''s primary key and, '
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '

@@ -7,8 +7,8 @@
 -- tenancy_check_baseline, which tenancy.prepare_baseline builds by a replay
 -- of the migrations up to V with the commit boundaries a new tenant gets (one
 -- call per transaction). pgtenancy migrate squash drives it: prepare, dump the
--- reference with pg_dump, rewrite the dump into a tenant script
--- (python/pgtenancy/templates.py), register it.
+-- reference with pg_dump (schema and rows), rewrite the dump into a tenant
+-- script (python/pgtenancy/templates.py), register it.
 
 CREATE OR REPLACE FUNCTION tenancy.schema_catalog(schema_name text)
     RETURNS TABLE (kind text, name text, definition text)
@@ -303,6 +303,8 @@ DECLARE
     v_state   text;
     v_message text;
     v_detail  text;
+    v_role    name;
+    v_rls     text;
 BEGIN
     IF p_sql IS NULL OR btrim(p_sql) = '' THEN
         RAISE EXCEPTION 'baseline through % has no SQL', coalesce(quote_literal(p_through), 'NULL')
@@ -332,30 +334,53 @@ BEGIN
                   HINT = 'Call tenancy.prepare_baseline(through_version) in transactions of their own '
                          'until it returns the version, then add_baseline (pgtenancy migrate squash does).';
     END IF;
-    -- A baseline holds schema, not data: a history that leaves rows or
-    -- advances sequences cannot be squashed into one.
+    -- A baseline carries the rows the history leaves (pg_dump's data of the
+    -- reference), but only rows every new tenant would get alike: a value
+    -- naming the replay's own schema or role (current_schema(), a regclass
+    -- printed qualified) or an object identifier depends on the tenant the
+    -- migrations ran in, so such a history is refused. Row security off: a
+    -- read that policies would filter fails instead of missing rows.
+    v_rls := current_setting('row_security');
+    PERFORM set_config('row_security', 'off', true);
+    v_role := tenancy.tenant_role(v_ref);
     FOR v_table IN
         SELECT c.oid::regclass FROM pg_class AS c
          WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref)) AND c.relkind IN ('r', 'm')
+           AND c.relispopulated
+         ORDER BY c.relname
     LOOP
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', v_table) INTO STRICT v_used;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s AS r WHERE strpos(r::text, %L) > 0 OR strpos(r::text, %L) > 0)',
+                       v_table, v_ref, v_role)
+           INTO STRICT v_used;
         IF v_used::boolean THEN
-            RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table %',
+            RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table % that name the schema they ran in',
                 quote_literal(p_through), replace(v_table::text, v_ref || '.', '')
                 USING ERRCODE = 'PT032',
-                      HINT = 'A baseline holds the schema only: squash through a version before the '
-                             'migration that writes them, or move the rows to a shared table.';
+                      DETAIL = format('A value of a row holds %s (the replay''s schema) or its owner role: each tenant gets its own value from the migrations, a baseline would give every tenant the same one.', v_ref),
+                      HINT = 'Squash through a version before the migration that writes them, or make the rows the same for every tenant.';
+        END IF;
+        SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+          INTO v_used
+          FROM pg_attribute AS a
+         WHERE a.attrelid = v_table AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.atttypid = ANY (ARRAY['oid'::regtype, 'regclass'::regtype, 'regtype'::regtype, 'regproc'::regtype,
+                                       'regprocedure'::regtype, 'regoper'::regtype, 'regoperator'::regtype,
+                                       'regconfig'::regtype, 'regdictionary'::regtype, 'regnamespace'::regtype,
+                                       'regrole'::regtype, 'regcollation'::regtype, 'xid'::regtype, 'xid8'::regtype,
+                                       'tid'::regtype, 'pg_lsn'::regtype]::oid[]);
+        IF v_used IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s)', v_table) INTO STRICT v_diff;
+            IF v_diff::boolean THEN
+                RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table % with object identifiers (%)',
+                    quote_literal(p_through), replace(v_table::text, v_ref || '.', ''), v_used
+                    USING ERRCODE = 'PT032',
+                          DETAIL = 'Object identifiers, transaction ids and row positions differ from one tenant to the next: a baseline cannot carry them.',
+                          HINT = 'Squash through a version before the migration that writes them.';
+            END IF;
         END IF;
     END LOOP;
-    SELECT string_agg(replace(c.oid::regclass::text, v_ref || '.', ''), ', ') INTO v_used
-      FROM pg_class AS c
-     WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref))
-       AND CASE WHEN c.relkind = 'S' THEN pg_sequence_last_value(c.oid) IS NOT NULL ELSE false END;
-    IF v_used IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot squash through %: the migrations advance sequence(s) %', quote_literal(p_through), v_used
-            USING ERRCODE = 'PT032',
-                  HINT = 'A baseline holds the schema only: squash through a version before the migration that uses them.';
-    END IF;
+    v_diff := NULL;
+    PERFORM set_config('row_security', v_rls, true);
 
     INSERT INTO tenancy.baselines (through_version, sql, checksum)
     VALUES (p_through, p_sql, encode(sha256(convert_to(p_sql, 'UTF8')), 'hex'))
@@ -396,6 +421,58 @@ BEGIN
                   DETAIL = v_diff,
                   HINT = '"missing": made by the migrations, not by the baseline; "extra": the other way. Nothing was registered.';
     END IF;
+    -- Equal to the replay row by row (each table's own rows, as text) and
+    -- sequence by sequence (last value, called or not).
+    v_rls := current_setting('row_security');
+    PERFORM set_config('row_security', 'off', true);
+    v_count := 0;
+    v_diff := NULL;
+    FOR v_table IN
+        SELECT c.oid::regclass FROM pg_class AS c
+         WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref)) AND c.relkind IN ('r', 'm', 'S')
+         ORDER BY c.relname
+    LOOP
+        v_used := (SELECT c.relname::text FROM pg_class AS c WHERE c.oid = v_table);
+        IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_table) = 'S' THEN
+            EXECUTE format('SELECT (SELECT s.last_value || CASE WHEN s.is_called THEN '' (called)'' ELSE '''' END FROM %s AS s), '
+                           '(SELECT s.last_value || CASE WHEN s.is_called THEN '' (called)'' ELSE '''' END FROM %I.%I AS s)',
+                           v_table, v_try, v_used)
+               INTO v_state, v_message;
+            IF v_state IS DISTINCT FROM v_message THEN
+                v_count := v_count + 1;
+                v_diff := concat_ws(E'\n', v_diff, format('sequence %s: %s after the migrations, %s after the baseline',
+                                                          v_used, v_state, v_message));
+            END IF;
+        ELSIF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = v_table)
+              IS DISTINCT FROM (SELECT c.relispopulated FROM pg_class AS c
+                                 WHERE c.relnamespace = to_regnamespace(quote_ident(v_try))
+                                   AND c.relname = v_used) THEN
+            v_count := v_count + 1;
+            v_diff := concat_ws(E'\n', v_diff, format('materialized view %s: populated by one and not the other', v_used));
+        ELSIF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = v_table) THEN
+            EXECUTE format('SELECT (SELECT count(*) FROM (SELECT r::text FROM ONLY %1$s AS r EXCEPT ALL '
+                           'SELECT r::text FROM ONLY %2$I.%3$I AS r) AS m), '
+                           '(SELECT count(*) FROM (SELECT r::text FROM ONLY %2$I.%3$I AS r EXCEPT ALL '
+                           'SELECT r::text FROM ONLY %1$s AS r) AS e)',
+                           v_table, v_try, v_used)
+               INTO v_state, v_message;
+            IF v_state::bigint > 0 OR v_message::bigint > 0 THEN
+                v_count := v_count + 1;
+                v_diff := concat_ws(E'\n', v_diff, format('rows of %s: %s missing, %s extra', v_used, v_state, v_message)
+                    || CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_table) = 'm'
+                            THEN ' (a materialized view the migrations left stale: the baseline refreshes it; refresh it in a migration)'
+                            ELSE '' END);
+            END IF;
+        END IF;
+    END LOOP;
+    PERFORM set_config('row_security', v_rls, true);
+    IF v_count > 0 THEN
+        RAISE EXCEPTION 'baseline through % leaves other rows or sequence values than the migrations up to it in % object(s)',
+            quote_literal(p_through), v_count
+            USING ERRCODE = 'PT033',
+                  DETAIL = v_diff,
+                  HINT = '"missing": left by the migrations, not by the baseline; "extra": the other way. Nothing was registered.';
+    END IF;
     EXECUTE format('DROP SCHEMA %I CASCADE', v_try);
     PERFORM tenancy.discard_baseline_scratch();
     RETURN v_row;
@@ -406,12 +483,14 @@ COMMENT ON FUNCTION tenancy.add_baseline(text, text) IS
     'Register sql as the baseline through migration through_version: new tenants run the newest '
     'baseline instead of the migrations up to its version, then the ones after it. It is checked '
     'first: applied to a scratch schema as any migration is (the migrator role, the fence), it '
-    'must create what the migrations up to through_version create (tenancy.schema_catalog of the '
+    'must create what the migrations up to through_version create and leave the rows and '
+    'sequence values they leave (tenancy.schema_catalog and the data of the '
     'reference replay of tenancy.prepare_baseline, made here when no commit boundaries are '
     'needed). Existing tenants are not touched. Raises PT032 (unregistered version, a baseline '
-    'through it already, no SQL, a history that leaves rows or needs an unfinished '
-    'prepare_baseline, SQL that fails), PT033 (it differs from the migrations; DETAIL lists the '
-    'objects), PT017 (it reaches outside its schema); nothing is registered then. Owner only.';
+    'through it already, no SQL, a history that leaves rows naming the schema it ran in or '
+    'holding object identifiers, or needs an unfinished prepare_baseline, SQL that fails), '
+    'PT033 (it differs from the migrations in objects, in the rows of a table or in a '
+    'sequence''s value; DETAIL lists them), PT017 (it reaches outside its schema); nothing is registered then. Owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.add_baseline(text, text) FROM PUBLIC;
 

@@ -6,9 +6,13 @@
 -- is in tenant X only while it holds a token for X signed with an entry key
 -- the application role cannot read, so SQL injected into a request for
 -- tenant A reaches no row of another tenant:
---   * token: pt1.<key name>.<slug>.<expiry, Unix ms>.<nonce, hex>.<mac, hex>;
---     mac = HMAC-SHA256 (RFC 2104) under the named key over everything
---     before the last dot. HMAC is computed with the core sha256() function
+--   * token: pt2.<key name>.<slug>.<issued, Unix ms>.<expiry, Unix ms>.
+--     <nonce, hex>.<mac, hex>; mac = HMAC-SHA256 (RFC 2104) under the named
+--     key over everything before the last dot. The token names the slug
+--     (what the signing service knows); it binds to the tenant holding the
+--     slug since before it was issued (tenancy.tenants.slug_assigned_at),
+--     so a token of a renamed or destroyed tenant does not enter the next
+--     holder of its slug. HMAC is computed with the core sha256() function
 --     (PostgreSQL 11+): no pgcrypto, no extension to manage. The keys'
 --     inner and outer pads are stored, never readable by application roles.
 --   * enter_tenant_token(token) verifies the token, enters its tenant with
@@ -172,8 +176,8 @@ REVOKE ALL ON FUNCTION tenancy.drop_entry_key(text) FROM PUBLIC;
 -- statement (through active_tenant_id in the policies' InitPlan) and at
 -- entry. The cost of a PL/pgSQL function is mostly per statement and per
 -- expression, paid again in every transaction: one statement checks the
--- key, the tenant, the signature and the expiry; what was wrong is worked
--- out only for a token that fails.
+-- key, the tenant, the signature, the times and the slug's binding; what
+-- was wrong is worked out only for a token that fails.
 CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boolean DEFAULT true)
     RETURNS uuid
     LANGUAGE plpgsql
@@ -183,31 +187,42 @@ CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boole
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_token  text := verify_entry_token.token;
-    v_parts  text[];
-    v_ok     boolean;
-    v_id     uuid;
-    v_status text;
+    v_token    text := verify_entry_token.token;
+    v_parts    text[];
+    v_ok       boolean;
+    v_id       uuid;
+    v_status   text;
+    v_assigned timestamptz;
+    v_now      bigint;
 BEGIN
     -- HMAC-SHA256 (RFC 2104) under the named key over everything before the
     -- last dot, compared as hashes of the hex text: the time the comparison
-    -- takes says nothing of the MAC. v_ok: true when it verifies and has not
-    -- expired, false when it verifies and has expired, NULL when it does not
-    -- verify (no row: no such key). CASE: the expiry of a malformed token is
+    -- takes says nothing of the MAC. v_ok: true when it verifies and its
+    -- times hold (issued no later than its expiry, nor more than 60 s ahead
+    -- of this server's clock, nor before the tenant got its slug; expiry
+    -- ahead), false when it verifies and a time fails, NULL when it does not
+    -- verify (no row: no such key). CASE: the times of a malformed token are
     -- not even computed. The pattern has no bounded repetition ({64}): those
     -- make PostgreSQL's regular expressions many times slower.
-    SELECT CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
+    SELECT CASE WHEN v_token ~ '^pt2\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
                      AND length(split_part(v_token, '.', 4)) <= 16
+                     AND length(split_part(v_token, '.', 5)) <= 16
+                     AND length(split_part(v_token, '.', 6)) BETWEEN 16 AND 64
                      AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
                              || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
                          = sha256(convert_to(right(v_token, 65), 'UTF8'))
-                THEN split_part(v_token, '.', 4)::bigint
-                     > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+                THEN split_part(v_token, '.', 5)::bigint
+                         > (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                     AND split_part(v_token, '.', 4)::bigint <= split_part(v_token, '.', 5)::bigint
+                     AND split_part(v_token, '.', 4)::bigint
+                         <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000
+                     AND split_part(v_token, '.', 4)::bigint
+                         >= coalesce(floor(extract(epoch FROM t.slug_assigned_at) * 1000)::bigint, 0)
            END,
-           d.id, d.status
-      INTO v_ok, v_id, v_status
+           t.id, t.status, t.slug_assigned_at
+      INTO v_ok, v_id, v_status, v_assigned
       FROM tenancy.entry_keys AS k
-      LEFT JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
+      LEFT JOIN tenancy.tenants AS t ON t.slug = split_part(v_token, '.', 3)
      WHERE k.name = split_part(v_token, '.', 2);
     IF v_ok AND (v_status = 'active' OR (verify_entry_token.at_entry AND v_id IS NOT NULL)) THEN
         RETURN v_id;
@@ -215,13 +230,14 @@ BEGIN
     -- Refused, or a tenant that is not active: why.
     IF v_ok IS NULL THEN
         v_parts := string_to_array(v_token, '.');
-        IF cardinality(v_parts) IS DISTINCT FROM 6 OR v_parts[1] <> 'pt1'
+        IF cardinality(v_parts) IS DISTINCT FROM 7 OR v_parts[1] <> 'pt2'
            OR length(v_parts[4]) NOT BETWEEN 1 AND 16 OR v_parts[4] !~ '^[0-9]+$'
-           OR length(v_parts[5]) NOT BETWEEN 16 AND 64 OR v_parts[5] !~ '^[0-9a-f]+$'
-           OR length(v_parts[6]) <> 64 OR v_parts[6] !~ '^[0-9a-f]+$' THEN
+           OR length(v_parts[5]) NOT BETWEEN 1 AND 16 OR v_parts[5] !~ '^[0-9]+$'
+           OR length(v_parts[6]) NOT BETWEEN 16 AND 64 OR v_parts[6] !~ '^[0-9a-f]+$'
+           OR length(v_parts[7]) <> 64 OR v_parts[7] !~ '^[0-9a-f]+$' THEN
             RAISE EXCEPTION 'entry token refused: not a pgtenancy token'
                 USING ERRCODE = 'PT025',
-                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token.';
+                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token (format pt2).';
         END IF;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'entry token refused: unknown key %', quote_literal(v_parts[2])
@@ -231,13 +247,34 @@ BEGIN
             USING ERRCODE = 'PT025';
     END IF;
     IF NOT v_ok THEN
+        v_parts := string_to_array(v_token, '.');
+        v_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        IF v_parts[4]::bigint > v_parts[5]::bigint THEN
+            RAISE EXCEPTION 'entry token refused: issued at % after its expiry at %',
+                to_timestamp(v_parts[4]::bigint / 1000.0), to_timestamp(v_parts[5]::bigint / 1000.0)
+                USING ERRCODE = 'PT025';
+        END IF;
+        IF v_parts[4]::bigint > v_now + 60000 THEN
+            RAISE EXCEPTION 'entry token refused: issued at %, more than 60 s ahead of the database''s clock',
+                to_timestamp(v_parts[4]::bigint / 1000.0)
+                USING ERRCODE = 'PT025',
+                      HINT = 'Synchronize the clocks of the signing host and the database (NTP).';
+        END IF;
+        IF v_parts[4]::bigint < floor(extract(epoch FROM v_assigned) * 1000)::bigint THEN
+            RAISE EXCEPTION 'entry token refused: issued at %, before tenant % got its slug (at %)',
+                to_timestamp(v_parts[4]::bigint / 1000.0), quote_literal(v_parts[3]), v_assigned
+                USING ERRCODE = 'PT034',
+                      DETAIL = 'The token was signed for the slug''s previous holder (a tenant since '
+                               'renamed or destroyed) or for this tenant under its previous slug.',
+                      HINT = 'Sign a new token for the tenant.';
+        END IF;
         IF verify_entry_token.at_entry THEN
             RAISE EXCEPTION 'entry token refused: expired at %',
-                to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
+                to_timestamp(v_parts[5]::bigint / 1000.0)
                 USING ERRCODE = 'PT026';
         END IF;
         RAISE EXCEPTION 'entry token of this transaction expired at %: its tenant''s rows are out of reach',
-            to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
+            to_timestamp(v_parts[5]::bigint / 1000.0)
             USING ERRCODE = 'PT028',
                   HINT = 'Enter the tenant again with a fresh token.';
     END IF;
@@ -252,11 +289,16 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.verify_entry_token(text, boolean) IS
-    'Id of the tenant entry token token is for, when its HMAC-SHA256 signature verifies under an '
-    'entry key and it has not expired (against statement_timestamp()). Raises PT025 (malformed, '
-    'unknown key, bad signature), PT026 (expired, at_entry), PT028 (expired, later statements: '
-    'at_entry false), PT003 (no such tenant); with at_entry false NULL for a tenant that is not '
-    'active. Reads the keys as the kit''s owner. Granted to application roles.';
+    'Id of the tenant entry token token (pt2.<key>.<slug>.<issued ms>.<expiry ms>.<nonce>.<mac>) '
+    'is for, when its HMAC-SHA256 signature verifies under an entry key, it has not expired '
+    '(against clock_timestamp()), it was issued no later than its expiry and at most 60 s '
+    'ahead of this server''s clock, and not before the tenant got its slug '
+    '(tenancy.tenants.slug_assigned_at: a token for a renamed or destroyed previous holder of the '
+    'slug enters nothing). Raises PT025 (malformed, unknown key, bad signature, issued after its '
+    'expiry or in the future), PT034 (issued before the tenant got its slug), PT026 (expired, '
+    'at_entry), PT028 (expired, later statements: at_entry false), PT003 (no such tenant); with '
+    'at_entry false NULL for a tenant that is not active. Reads the keys and the registry as the '
+    'kit''s owner. Granted to application roles.';
 
 REVOKE ALL ON FUNCTION tenancy.verify_entry_token(text, boolean) FROM PUBLIC;
 
@@ -294,7 +336,8 @@ COMMENT ON FUNCTION tenancy.enter_tenant_token(text, text) IS
     'after verifying it: enter_tenant(its slug), and the token in the transaction-local setting '
     'app.tenant_token, which every later statement re-verifies when strict entry is on. slug, '
     'when given, must be the token''s tenant. Returns the tenant id. Raises PT025 (forged, '
-    'malformed, unknown key), PT026 (expired), PT027 (slug is another tenant) and enter_tenant''s '
+    'malformed, unknown key, issued after its expiry or in the future), PT026 (expired), PT027 '
+    '(slug is another tenant), PT034 (issued before the tenant got its slug) and enter_tenant''s '
     'errors (PT003, PT004, PT005, PT007, PT019, PT020), before anything is set.';
 
 -- The body of active_tenant_id() while strict entry is on. Kept as text:

@@ -58,6 +58,10 @@ PG_FUNCTION_INFO_V1(pgtenancy_verify_entry_token);
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant_token);
 PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id_strict);
 
+/* Microseconds from the Unix epoch to PostgreSQL's (2000-01-01). */
+#define UNIX_OFFSET_US \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC)
+
 /* What the fast path needs of one tenant row. */
 typedef struct TenantRow
 {
@@ -65,6 +69,8 @@ typedef struct TenantRow
 	bool		active;			/* status = 'active' */
 	bool		has_limits;		/* limits IS NOT NULL */
 	char	   *schema_name;	/* NULL for a shared tenant */
+	bool		has_assigned;	/* slug_assigned_at read */
+	int64		assigned_us;	/* slug_assigned_at, Unix microseconds */
 } TenantRow;
 
 /* The pads of one entry key (tenancy.entry_keys, 012_strict.sql). */
@@ -177,6 +183,7 @@ read_tenant(TupleTableSlot *slot, TupleDesc desc, void *out)
 	AttrNumber	schema_name = find_column(desc, "schema_name", TEXTOID);
 	AttrNumber	status = find_column(desc, "status", TEXTOID);
 	AttrNumber	limits = find_column(desc, "limits", TEXTARRAYOID);
+	AttrNumber	assigned = find_column(desc, "slug_assigned_at", TIMESTAMPTZOID);
 	bool		isnull;
 	Datum		d;
 
@@ -193,6 +200,17 @@ read_tenant(TupleTableSlot *slot, TupleDesc desc, void *out)
 	d = slot_getattr(slot, schema_name, &isnull);
 	/* Copied out: the slot's buffer is released by the caller. */
 	row->schema_name = isnull ? NULL : TextDatumGetCString(d);
+	/* When the tenant got its slug: tokens issued before it are refused. */
+	row->has_assigned = false;
+	if (assigned != 0)
+	{
+		d = slot_getattr(slot, assigned, &isnull);
+		if (!isnull)
+		{
+			row->has_assigned = true;
+			row->assigned_us = (int64) DatumGetTimestampTz(d) + UNIX_OFFSET_US;
+		}
+	}
 	return true;
 }
 
@@ -374,7 +392,7 @@ pgtenancy_active_tenant_id(PG_FUNCTION_ARGS)
 
 /* ------------------------------------------------------------------------
  * Strict entry (sql/012_strict.sql): entry tokens
- *   pt1.<key name>.<slug>.<expiry, Unix ms>.<nonce, hex>.<mac, hex>
+ *   pt2.<key name>.<slug>.<issued, Unix ms>.<expiry, Unix ms>.<nonce, hex>.<mac, hex>
  * mac = HMAC-SHA256 (RFC 2104) under the named key over everything before
  * the last dot. Tokens are attacker input: every length is bounded before
  * anything is read, and the fast path accepts a strict subset of what the
@@ -394,6 +412,7 @@ typedef struct Token
 	int			key_len;
 	const char *slug;			/* slug, slug_len bytes */
 	int			slug_len;
+	int64		issued_ms;
 	int64		expiry_ms;
 	int			signed_len;		/* bytes before the last dot */
 	const char *mac;			/* MAC_HEX lowercase hex digits */
@@ -408,18 +427,29 @@ all_of(const char *s, int len, const char *set)
 	return true;
 }
 
+/* The value of 1-16 decimal digits (below 10^16: no overflow). */
+static int64
+digits_value(const char *s, int len)
+{
+	int64		v = 0;
+
+	for (int i = 0; i < len; i++)
+		v = v * 10 + (s[i] - '0');
+	return v;
+}
+
 /*
- * Split t (len bytes, not NUL-terminated) into its six dot-separated parts
- * and check each against the form sign_tenant_token writes: pt1; key name
- * 1-63 of [a-z0-9_-]; slug 1-63 of [a-z0-9_-]; expiry 1-16 digits; nonce
- * 16-64 lowercase hex; mac 64 lowercase hex. Stricter than the PL/pgSQL
- * pattern on purpose (see above).
+ * Split t (len bytes, not NUL-terminated) into its seven dot-separated parts
+ * and check each against the form sign_tenant_token writes: pt2; key name
+ * 1-63 of [a-z0-9_-]; slug 1-63 of [a-z0-9_-]; issued and expiry 1-16
+ * digits each; nonce 16-64 lowercase hex; mac 64 lowercase hex. Stricter
+ * than the PL/pgSQL pattern on purpose (see above).
  */
 static bool
 parse_token(const char *t, int len, Token *tok)
 {
-	int			start[6];
-	int			end[6];
+	int			start[7];
+	int			end[7];
 	int			n = 0;
 
 	if (len < 4 || len > TOKEN_MAX)
@@ -429,16 +459,16 @@ parse_token(const char *t, int len, Token *tok)
 	{
 		if (t[i] != '.')
 			continue;
-		if (n == 5)
-			return false;		/* a seventh part */
+		if (n == 6)
+			return false;		/* an eighth part */
 		end[n] = i;
 		start[++n] = i + 1;
 	}
-	if (n != 5)
+	if (n != 6)
 		return false;
-	end[5] = len;
+	end[6] = len;
 #define PART_LEN(k) (end[k] - start[k])
-	if (PART_LEN(0) != 3 || memcmp(t, "pt1", 3) != 0)
+	if (PART_LEN(0) != 3 || memcmp(t, "pt2", 3) != 0)
 		return false;
 	if (PART_LEN(1) < 1 || PART_LEN(1) > 63 ||
 		!all_of(t + start[1], PART_LEN(1), "abcdefghijklmnopqrstuvwxyz0123456789_-"))
@@ -448,20 +478,20 @@ parse_token(const char *t, int len, Token *tok)
 		return false;
 	if (PART_LEN(3) < 1 || PART_LEN(3) > 16 || !all_of(t + start[3], PART_LEN(3), "0123456789"))
 		return false;
-	if (PART_LEN(4) < 16 || PART_LEN(4) > 64 || !all_of(t + start[4], PART_LEN(4), "0123456789abcdef"))
+	if (PART_LEN(4) < 1 || PART_LEN(4) > 16 || !all_of(t + start[4], PART_LEN(4), "0123456789"))
 		return false;
-	if (PART_LEN(5) != MAC_HEX || !all_of(t + start[5], MAC_HEX, "0123456789abcdef"))
+	if (PART_LEN(5) < 16 || PART_LEN(5) > 64 || !all_of(t + start[5], PART_LEN(5), "0123456789abcdef"))
+		return false;
+	if (PART_LEN(6) != MAC_HEX || !all_of(t + start[6], MAC_HEX, "0123456789abcdef"))
 		return false;
 	tok->key = t + start[1];
 	tok->key_len = PART_LEN(1);
 	tok->slug = t + start[2];
 	tok->slug_len = PART_LEN(2);
-	/* At most 16 digits: below 10^16, no overflow of int64. */
-	tok->expiry_ms = 0;
-	for (int i = start[3]; i < end[3]; i++)
-		tok->expiry_ms = tok->expiry_ms * 10 + (t[i] - '0');
-	tok->signed_len = end[4];
-	tok->mac = t + start[5];
+	tok->issued_ms = digits_value(t + start[3], PART_LEN(3));
+	tok->expiry_ms = digits_value(t + start[4], PART_LEN(4));
+	tok->signed_len = end[5];
+	tok->mac = t + start[6];
 #undef PART_LEN
 	return true;
 }
@@ -512,22 +542,33 @@ mac_verifies(const char *t, const Token *tok, KeyRow *key)
 	return diff == 0;
 }
 
-/* Unix milliseconds of statement_timestamp(), rounded up: the fast path
- * takes a token only when its expiry is after that (the PL/pgSQL rounds to
- * the nearest millisecond; a token at the boundary goes to it). */
-static int64
-statement_unix_ms_ceil(void)
+/*
+ * The times of tok hold, as the PL/pgSQL checks them against
+ * clock_timestamp() (rounded to the millisecond there; here the bounds are
+ * taken one millisecond tighter, so a token at a boundary goes to it):
+ * not expired, issued no later than its expiry nor more than 60 s ahead of
+ * this clock, nor before the tenant got its slug.
+ */
+static bool
+times_hold(const Token *tok, const TenantRow *row)
 {
-	int64		us = (int64) GetCurrentStatementStartTimestamp()
-		+ (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC;
+	int64		now_us = (int64) GetCurrentTimestamp() + UNIX_OFFSET_US;
+	int64		now_ms = now_us / 1000;		/* floor: now_us > 0 */
+	int64		assigned_ms;
 
-	return us / 1000 + 1;
+	if (!row->has_assigned || row->assigned_us < 0)
+		return false;
+	assigned_ms = (row->assigned_us + 999) / 1000;	/* rounded up */
+	return tok->expiry_ms > now_ms + 1
+		&& tok->issued_ms <= tok->expiry_ms
+		&& tok->issued_ms <= now_ms + 60000
+		&& tok->issued_ms >= assigned_ms;
 }
 
 /*
  * The fast path of the verifier: t (len bytes) is a well-formed token whose
- * MAC verifies under an existing key, not expired, for an ACTIVE tenant
- * (row filled in). Any other token: false, and the PL/pgSQL says why.
+ * MAC verifies under an existing key, for an ACTIVE tenant (row filled in),
+ * whose times hold. Any other token: false, and the PL/pgSQL says why.
  */
 static bool
 verify_fast(const char *t, int len, TenantRow *row)
@@ -537,7 +578,7 @@ verify_fast(const char *t, int len, TenantRow *row)
 	text	   *name;
 	text	   *slug;
 
-	if (!parse_token(t, len, &tok) || tok.expiry_ms <= statement_unix_ms_ceil())
+	if (!parse_token(t, len, &tok))
 		return false;
 	name = cstring_to_text_with_len(tok.key, tok.key_len);
 	if (!lookup_row("entry_keys", "entry_keys_pkey", "name", TEXTOID, PointerGetDatum(name),
@@ -547,7 +588,7 @@ verify_fast(const char *t, int len, TenantRow *row)
 		return false;
 	slug = cstring_to_text_with_len(tok.slug, tok.slug_len);
 	return lookup_tenant("tenants_slug_key", "slug", TEXTOID, PointerGetDatum(slug), row)
-		&& row->active;
+		&& row->active && times_hold(&tok, row);
 }
 
 /*

@@ -71,10 +71,19 @@ BEGIN
                 AND EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite AS rw
                               JOIN pg_catalog.pg_class AS c ON c.oid = rw.ev_class
                              WHERE rw.oid = d.objid AND c.relnamespace = 'tenancy'::regnamespace))
+       -- Objects of tenant schemas go with them (--drop-tenants): strict
+       -- mode's policies on their tables (tenancy_strict_schema), whose
+       -- identity names the policy first, included.
        AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS tt
-                        WHERE (pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).identity
-                              LIKE pg_catalog.quote_ident(tt.schema_name) || '.%'
-                          AND pg_catalog.current_setting('pgtenancy.drop_tenants', true) = 'on');
+                        WHERE pg_catalog.current_setting('pgtenancy.drop_tenants', true) = 'on'
+                          AND ((pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).identity
+                                   LIKE pg_catalog.quote_ident(tt.schema_name) || '.%'
+                               OR (d.classid = 'pg_catalog.pg_policy'::regclass
+                                   AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy AS p
+                                                 JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
+                                                WHERE p.oid = d.objid
+                                                  AND c.relnamespace = pg_catalog.to_regnamespace(
+                                                          pg_catalog.quote_ident(tt.schema_name))))));
     IF v_users IS NOT NULL THEN
         RAISE EXCEPTION 'objects outside pgtenancy use it: %', v_users
             USING ERRCODE = 'PT009',

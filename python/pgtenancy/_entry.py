@@ -261,7 +261,7 @@ def begin_with_token(
 
     Raises:
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027), and the errors of
+            the token was refused (PT025/PT026/PT027/PT034), and the errors of
             :func:`begin_in_tenant`; the transaction is then open and aborted.
     """
     begin = begin_command(conn).encode()

@@ -16,6 +16,7 @@ from pglast import ast, parse_sql
 from pglast.enums import ObjectType
 
 from pgtenancy.errors import UnsafeMigration
+from pgtenancy.sqlscript import statement_name
 
 #: What a no-transaction migration may contain (PostgreSQL docs: the commands
 #: that "cannot be executed inside a transaction block" a tenant needs).
@@ -123,4 +124,4 @@ def _outside_reason(node: ast.Node) -> str | None:
         if _qualified(node.typeName):
             return "the type is schema-qualified"
         return None
-    return f"{type(node).__name__} may not run outside a transaction in a tenant migration"
+    return f"{statement_name(node)} may not run outside a transaction in a tenant migration"

@@ -39,6 +39,7 @@ from pgtenancy.queries import QUERIES
 _ENTER = QUERIES["enter_tenant"]
 _ENTER_TOKEN = QUERIES["enter_tenant_token"]
 logger = logging.getLogger("pgtenancy.connection")
+_IDLE = pq.TransactionStatus.IDLE
 
 SyncTarget = psycopg.Connection[Any] | ConnectionPool[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any]
@@ -47,8 +48,11 @@ ACT = TypeVar("ACT", bound=psycopg.AsyncConnection[Any])
 
 
 def _check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    status = conn.info.transaction_status
-    if status != pq.TransactionStatus.IDLE:
+    # The PGconn's status, not conn.info's: conn.info builds a ConnectionInfo
+    # on every access, a microsecond on every tenant transaction.
+    status = conn.pgconn.transaction_status
+    if status != _IDLE:
+        status = pq.TransactionStatus(status)
         raise InvalidConnectionState(
             f"connection is not idle ({status.name}): a tenant transaction must be the "
             "connection's outermost transaction, or its settings would outlive the block"
@@ -134,10 +138,16 @@ class _TenantConnection:
                     tx = conn.transaction()
                     tx.__enter__()
                     try:
+                        # A plain Cursor, not the connection's cursor_factory: a
+                        # ClientCursor would write the token into the statement
+                        # text, which pg_stat_activity shows to the role's other
+                        # sessions (an attack run entered another tenant so).
                         if self._token is None:
-                            conn.execute(_ENTER, {"slug": self.slug})
+                            psycopg.Cursor(conn).execute(_ENTER, {"slug": self.slug})
                         else:
-                            conn.execute(_ENTER_TOKEN, {"token": self._token, "slug": self.slug})
+                            psycopg.Cursor(conn).execute(
+                                _ENTER_TOKEN, {"token": self._token, "slug": self.slug}
+                            )
                     except BaseException as exc:
                         tx.__exit__(type(exc), exc, exc.__traceback__)
                         if isinstance(exc, psycopg.Error):
@@ -223,10 +233,12 @@ class _TenantConnection:
                     tx = conn.transaction()
                     await tx.__aenter__()
                     try:
+                        # Server-side binding whatever the cursor_factory (see the
+                        # sync path).
                         if self._token is None:
-                            await conn.execute(_ENTER, {"slug": self.slug})
+                            await psycopg.AsyncCursor(conn).execute(_ENTER, {"slug": self.slug})
                         else:
-                            await conn.execute(
+                            await psycopg.AsyncCursor(conn).execute(
                                 _ENTER_TOKEN, {"token": self._token, "slug": self.slug}
                             )
                     except BaseException as exc:
@@ -362,7 +374,7 @@ def tenant_connection(
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: refused by the database (PT003/PT004/PT005/PT007).
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027; a malformed token or a
+            the token was refused (PT025/PT026/PT027/PT034; a malformed token or a
             slug that is not the token's is refused before any SQL runs).
         TypeError: ``with`` on an async target, or ``async with`` on a sync one.
     """

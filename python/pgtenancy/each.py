@@ -188,7 +188,7 @@ def _probe_failed(exc: Exception) -> None:
 
 def _token_error(exc: Exception) -> Exception:
     """The kit's exception for a refused or expired entry token raised by ``fn``
-    (a raw driver error with SQLSTATE PT025-PT028), else ``exc`` itself."""
+    (a raw driver error with SQLSTATE PT025-PT028, PT034), else ``exc`` itself."""
     err = translate(exc)
     return err if isinstance(err, EntryTokenError) else exc
 
@@ -361,7 +361,7 @@ def for_each_tenant(
 
     Returns:
         :class:`EachReport`. Exceptions of ``fn`` are collected, not raised;
-        refused or expired tokens (SQLSTATE PT025-PT028) appear there as the
+        refused or expired tokens (SQLSTATE PT025-PT028, PT034) appear there as the
         kit's :class:`~pgtenancy.errors.EntryTokenError` classes.
 
     Raises:

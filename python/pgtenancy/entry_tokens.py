@@ -12,12 +12,23 @@ into another tenant.
 
 Token format (ASCII, no padding)::
 
-    pt1.<key name>.<slug>.<expiry: Unix time in ms>.<nonce: 32 hex>.<mac: 64 hex>
+    pt2.<key name>.<slug>.<issued: Unix ms>.<expiry: Unix ms>.<nonce: 32 hex>.<mac: 64 hex>
 
 ``mac`` is HMAC-SHA256 (RFC 2104) under the named key over everything
 before the last dot. The same computation runs in SQL
 (``tenancy.verify_entry_token``, sql/012_strict.sql) with the core
 ``sha256()`` function.
+
+The token names the tenant by slug (what the signing service knows), and is
+bound to the tenant holding that slug when it was issued: the database
+refuses it (PT034, :class:`~pgtenancy.errors.EntryTokenStale`) when the
+tenant got its slug later (``tenancy.tenants.slug_assigned_at``: created,
+or renamed to it, after ``issued``), so a token signed for ``acme`` before
+``acme`` was renamed or destroyed does not enter the next tenant called
+``acme``. It also refuses a token issued after its expiry, or more than
+:data:`MAX_CLOCK_SKEW_SECONDS` ahead of the database's clock (PT025).
+Tokens of the earlier ``pt1`` format (pgtenancy 0.3.0 development, no
+issue time) are refused as malformed.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import math
 import re
 import secrets
 import time
+from dataclasses import dataclass
 
 from pgtenancy.errors import EntryTokenForged, EntryTokenWrongTenant
 from pgtenancy.slugs import validate_slug
@@ -38,10 +50,40 @@ DEFAULT_KEY_NAME = "default"
 #: Shortest key accepted, in bytes (the SQL side refuses shorter ones too).
 MIN_KEY_BYTES = 32
 
+#: How far ahead of the database's clock a token's issue time may be, in
+#: seconds (the SQL side, ``tenancy.verify_entry_token``, allows 60 000 ms).
+MAX_CLOCK_SKEW_SECONDS = 60
+
+#: The version prefix of the token format.
+TOKEN_VERSION = "pt2"
+
 _KEY_NAME = re.compile(r"[a-z0-9_-]{1,63}")
 _TOKEN = re.compile(
-    r"pt1\.([a-z0-9_-]{1,63})\.([a-z0-9_]+)\.([0-9]{1,16})\.([0-9a-f]{16,64})\.([0-9a-f]{64})"
+    r"pt2\.([a-z0-9_-]{1,63})\.([a-z0-9_]+)\.([0-9]{1,16})\.([0-9]{1,16})"
+    r"\.([0-9a-f]{16,64})\.([0-9a-f]{64})"
 )
+
+
+@dataclass(frozen=True)
+class TokenFields:
+    """The fields of an entry token, read without verifying its signature.
+
+    Attributes:
+        key_name: the entry key it names.
+        slug: the tenant slug it names.
+        issued_ms: when it was signed, Unix time in milliseconds (the
+            signer's clock).
+        expiry_ms: when it expires, Unix time in milliseconds.
+        nonce: its random nonce, lowercase hex.
+        mac: its HMAC-SHA256, lowercase hex (64 characters).
+    """
+
+    key_name: str
+    slug: str
+    issued_ms: int
+    expiry_ms: int
+    nonce: str
+    mac: str
 
 
 def sign_tenant_token(
@@ -55,14 +97,17 @@ def sign_tenant_token(
             application's database role and, ideally, out of the process that
             runs the application's SQL.
         slug: the tenant's slug (validated as :func:`pgtenancy.slugs.validate_slug`).
-        ttl_seconds: lifetime in seconds (> 0, finite); the expiry is kept to
-            the millisecond. Keep it short (the length of a request, plus
-            clock skew between this host and the database).
+        ttl_seconds: lifetime in seconds (> 0, finite), counted from now;
+            issue time and expiry are kept to the millisecond (this host's
+            clock). Keep it short (the length of a request, plus clock skew
+            between this host and the database).
         key_name: the name the key was added under.
 
     Returns:
-        The token (ASCII text, about 160 characters). A fresh 128-bit random
-        nonce makes every token distinct.
+        The token (ASCII text, about 175 characters), issued now. A fresh
+        128-bit random nonce makes every token distinct. The database takes
+        it for the tenant holding ``slug`` since before now: a tenant created
+        or renamed to ``slug`` later refuses it (PT034).
 
     Raises:
         ValueError: key shorter than 32 bytes, bad key name, ttl not a
@@ -77,10 +122,32 @@ def sign_tenant_token(
     if not valid_ttl or ttl_seconds <= 0:
         raise ValueError(f"ttl_seconds must be a positive number of seconds, not {ttl_seconds!r}")
     validate_slug(slug)
-    expiry_ms = int((time.time() + ttl_seconds) * 1000)
-    body = f"pt1.{key_name}.{slug}.{expiry_ms}.{secrets.token_hex(16)}"
+    now = time.time()
+    issued_ms = int(now * 1000)
+    expiry_ms = int((now + ttl_seconds) * 1000)
+    body = f"{TOKEN_VERSION}.{key_name}.{slug}.{issued_ms}.{expiry_ms}.{secrets.token_hex(16)}"
     mac = hmac.new(bytes(key), body.encode("ascii"), hashlib.sha256).hexdigest()
     return f"{body}.{mac}"
+
+
+def token_fields(token: str) -> TokenFields:
+    """The fields of an entry token, read without verifying it (the database does).
+
+    Args:
+        token: an entry token (:func:`sign_tenant_token`).
+
+    Returns:
+        Its fields.
+
+    Raises:
+        pgtenancy.errors.EntryTokenForged: not an entry token of format
+            ``pt2`` (SQLSTATE PT025 would be the database's answer).
+    """
+    match = _TOKEN.fullmatch(token) if isinstance(token, str) else None
+    if match is None:
+        raise EntryTokenForged("entry token refused: not a pgtenancy token")
+    name, slug, issued, expiry, nonce, mac = match.groups()
+    return TokenFields(name, slug, int(issued), int(expiry), nonce, mac)
 
 
 def token_slug(token: str) -> str:
@@ -99,10 +166,7 @@ def token_slug(token: str) -> str:
         pgtenancy.errors.EntryTokenForged: not an entry token (SQLSTATE PT025
             would be the database's answer).
     """
-    match = _TOKEN.fullmatch(token) if isinstance(token, str) else None
-    if match is None:
-        raise EntryTokenForged("entry token refused: not a pgtenancy token")
-    return match.group(2)
+    return token_fields(token).slug
 
 
 def resolve_token_tenant(slug: str | None, token: str) -> str:

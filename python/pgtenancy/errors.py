@@ -257,15 +257,18 @@ class CannotCloneTenant(TenancyError):
 
 
 class EntryTokenError(TenancyError):
-    """An entry token of strict mode was refused (the PT025-PT028 family); the
+    """An entry token of strict mode was refused (PT025-PT028 and PT034); the
     transaction entered no tenant, or, raised at a later statement, the
     statement saw no row. See :mod:`pgtenancy.entry_tokens`."""
 
 
 class EntryTokenForged(EntryTokenError):
-    """The entry token is not a pgtenancy token, names an unknown key, or its
-    HMAC-SHA256 signature does not verify; in strict mode also: a transaction
-    of the application role is in a tenant without any token (SQLSTATE PT025)."""
+    """The entry token is not a pgtenancy token (format ``pt2``), names an
+    unknown key, its HMAC-SHA256 signature does not verify, or it says it was
+    issued after its expiry or more than
+    :data:`pgtenancy.entry_tokens.MAX_CLOCK_SKEW_SECONDS` ahead of the
+    database's clock; in strict mode also: a transaction of the application
+    role is in a tenant without any token (SQLSTATE PT025)."""
 
     sqlstate = "PT025"
 
@@ -282,6 +285,17 @@ class EntryTokenWrongTenant(EntryTokenError):
     token's (SQLSTATE PT027)."""
 
     sqlstate = "PT027"
+
+
+class EntryTokenStale(EntryTokenWrongTenant):
+    """The entry token was issued before its tenant got its slug
+    (``tenancy.tenants.slug_assigned_at``): it was signed for the slug's
+    previous holder, a tenant since renamed or destroyed, or for this tenant
+    under its previous slug (SQLSTATE PT034). A kind of
+    :class:`EntryTokenWrongTenant`: the token is for another tenant than the
+    one holding the slug now."""
+
+    sqlstate = "PT034"
 
 
 class EntryTokenReplayed(EntryTokenError):
@@ -327,20 +341,24 @@ class BaselineRefused(TenancyError):
     """A squash or ``tenancy.add_baseline`` was refused and nothing was
     registered (SQLSTATE PT032): the version is not registered, a baseline
     through it exists already, a no-transaction migration up to it cannot run
-    inside a transaction (VACUUM), the migrations leave rows or advance
-    sequences (a baseline holds the schema only), the replay needs commits that
+    inside a transaction (VACUUM), the migrations leave rows that depend on
+    the tenant (a value naming the schema they ran in or its owner role, a
+    column of object identifiers), the replay needs commits that
     ``tenancy.prepare_baseline`` has not made yet, the baseline's SQL fails on
-    an empty schema, or (Python, ``pgtenancy migrate squash``) the template
-    rewriter cannot make the dump tenant-local."""
+    an empty schema, or (Python, ``pgtenancy migrate squash``) pg_dump fails or
+    the template rewriter cannot make the dump tenant-local."""
 
     sqlstate = "PT032"
 
 
 class BaselineMismatch(TenancyError):
     """``tenancy.add_baseline``: the baseline does not create what the
-    migrations up to its version create (SQLSTATE PT033); ``.detail`` lists
-    the objects, ``missing`` (made by the migrations only) or ``extra`` (by the
-    baseline only). Nothing was registered."""
+    migrations up to its version create, or does not leave the rows and
+    sequence values they leave (SQLSTATE PT033); ``.detail`` lists the
+    objects, ``missing`` (made by the migrations only) or ``extra`` (by the
+    baseline only), or, once the objects agree, the tables and sequences
+    (``rows of T: N missing, M extra``, ``sequence S: V after the migrations,
+    W after the baseline``). Nothing was registered."""
 
     sqlstate = "PT033"
 

@@ -74,6 +74,7 @@ missing in strict mode, malformed, forged  401 Unauthorized (PT025),
 or signed with an unknown key              ``WWW-Authenticate`` header
 expired at entry (PT026)                   401
 for another tenant than the one named      403 Forbidden (PT027)
+issued before its tenant got its slug      403 (PT034: the slug's previous holder's)
 expired during the request (PT028)         401
 =========================================  =====================================
 
@@ -147,7 +148,13 @@ PROVISIONING = "PT019"
 DEFAULT_EXCLUDE: tuple[str, ...] = ("/docs", "/docs/", "/redoc", "/openapi.json")
 
 #: HTTP status of each entry-token refusal (issue 13): SQLSTATE -> status.
-TOKEN_STATUS: Mapping[str, int] = {"PT025": 401, "PT026": 401, "PT027": 403, "PT028": 401}
+TOKEN_STATUS: Mapping[str, int] = {
+    "PT025": 401,
+    "PT026": 401,
+    "PT027": 403,
+    "PT028": 401,
+    "PT034": 403,
+}
 
 #: What the client reads for each entry-token refusal: fixed texts, never the
 #: database's message (which names keys and tenants).
@@ -156,6 +163,7 @@ _TOKEN_DETAIL = {
     "PT026": "entry token expired",
     "PT027": "entry token is not for this tenant",
     "PT028": "entry token expired during the request",
+    "PT034": "entry token is not for this tenant",
 }
 _TOKEN_MISSING = "an entry token is required"
 
@@ -270,7 +278,7 @@ def http_status(exc: BaseException, *, suspended_status: int = 423) -> int | Non
         deleted, 503 provisioning (PT019), 500 schema missing; for entry
         tokens (:data:`TOKEN_STATUS`) 401 forged, missing in strict mode,
         expired at entry or during the request (PT025, PT026, PT028), 403
-        for another tenant (PT027); else None.
+        for another tenant (PT027, PT034); else None.
     """
     token_status = TOKEN_STATUS.get(getattr(exc, "sqlstate", None) or "")
     if token_status is not None:
@@ -650,7 +658,7 @@ class Tenants:
         """Add :class:`TenantMiddleware` for this object to FastAPI/Starlette
         ``app``, and handlers answering :class:`TenantRefused` raised by the
         dependencies with the middleware's JSON body, and an entry-token
-        error (:class:`~pgtenancy.errors.EntryTokenError`, PT025-PT028) that
+        error (:class:`~pgtenancy.errors.EntryTokenError`, PT025-PT028, PT034) that
         escapes an endpoint with 401/403 (never 500)."""
 
         async def handle(_request: Request, exc: Exception) -> JSONResponse:
@@ -744,8 +752,12 @@ class Tenants:
                     # text (pg_stat_activity shows it to the role's other
                     # sessions); one transaction, pipelined: one round trip.
                     async with conn.pipeline(), conn.transaction():
-                        await conn.execute(_ENTER_TOKEN, (token, slug), prepare=False)
-                        cur = await conn.execute(_TENANT_INFO, prepare=False)
+                        # A plain AsyncCursor: server-side binding whatever
+                        # cursor_factory the pool's connections were given.
+                        await psycopg.AsyncCursor(conn).execute(
+                            _ENTER_TOKEN, (token, slug), prepare=False
+                        )
+                        cur = await psycopg.AsyncCursor(conn).execute(_TENANT_INFO, prepare=False)
                     row = await cur.fetchone()
                 else:
                     cur = conn.cursor()
@@ -782,7 +794,7 @@ class Tenants:
             exc: the error (a kit exception, or any carrying ``sqlstate``).
             slug: the tenant the resolvers named, echoed in the body.
             token: the entry token the request presented, if any. Entry-token
-                refusals (PT025-PT028) get a fixed ``detail``; PT025 without a
+                refusals (PT025-PT028, PT034) get a fixed ``detail``; PT025 without a
                 token reads "an entry token is required".
         """
         status = http_status(exc, suspended_status=self.suspended_status)
@@ -861,7 +873,7 @@ class Tenants:
         return info
 
     def _token_refused(self, exc: BaseException, info: TenantInfo, token: str | None) -> None:
-        """Raise the 401/403 refusal for an entry-token error (PT025-PT028, kit
+        """Raise the 401/403 refusal for an entry-token error (PT025-PT028, PT034, kit
         class or raw driver error) the endpoint's session met; else return."""
         err = translate(exc)
         if isinstance(err, EntryTokenError):

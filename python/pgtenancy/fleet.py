@@ -30,6 +30,7 @@ Every connection the runner opens carries ``application_name``
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import random
 import re
@@ -981,6 +982,11 @@ def _sync(tenancy: Tenancy, files: list[MigrationFile], dry_run: bool) -> SyncRe
 #: The scratch schema ``tenancy.prepare_baseline`` replays the history in.
 BASELINE_REFERENCE_SCHEMA = "tenancy_check_baseline"
 
+#: Rows per ``INSERT`` statement of a baseline (``pg_dump --rows-per-insert``):
+#: few statements for a seeded lookup table, each statement's size bounded by
+#: its rows.
+ROWS_PER_INSERT = 100
+
 
 @dataclass
 class SquashResult:
@@ -1020,12 +1026,18 @@ def squash_migrations(
     Steps: replay the migrations up to ``through`` in the scratch schema
     :data:`BASELINE_REFERENCE_SCHEMA` (``tenancy.prepare_baseline``, one
     transaction per call, as many as the commit boundaries of the history
-    need); dump it with ``pg_dump --schema-only``; rewrite the dump into a
-    tenant script (:func:`pgtenancy.templates.import_template`, privileges
-    kept); register it with ``tenancy.add_baseline``, which runs it in a
-    scratch schema as the migrator role and refuses it unless it creates
-    what the replay created, object by object (``tenancy.schema_catalog``).
-    On any refusal the scratch schema is dropped and nothing is registered.
+    need); dump it, schema and rows, with ``pg_dump --column-inserts``;
+    rewrite the dump into a tenant script
+    (:func:`pgtenancy.templates.import_template` with ``data=True``,
+    privileges kept: the rows the history left go in as ``INSERT``
+    statements between the tables and their constraints, the sequences'
+    values as ``setval``); register it with ``tenancy.add_baseline``, which
+    refuses rows that depend on the tenant (a value naming the schema the
+    replay ran in, object identifiers), runs the script in a scratch schema
+    as the migrator role and refuses it unless it creates what the replay
+    created, object by object (``tenancy.schema_catalog``), and leaves the
+    same rows in every table and the same value in every sequence. On any
+    refusal the scratch schema is dropped and nothing is registered.
 
     Args:
         dsn: database URL or libpq string (``pg_dump`` connects too).
@@ -1040,10 +1052,13 @@ def squash_migrations(
     Raises:
         BaselineRefused: PT032; unregistered version, a baseline through it
             already, a no-transaction migration that cannot run inside a
-            transaction, migrations that leave rows or advance sequences, or
-            a dump the rewriter cannot make tenant-local (the rewriter's
-            problems in the message).
-        BaselineMismatch: PT033; the rewritten dump differs from the replay.
+            transaction (VACUUM), migrations that leave rows naming the
+            schema they ran in or holding object identifiers, or a dump the
+            rewriter cannot make tenant-local (the rewriter's problems in
+            the message).
+        BaselineMismatch: PT033; the rewritten dump differs from the replay
+            (objects, rows of a table, a sequence's value; in ``detail``).
+            Also (Python only) when pg_dump fails, with its message.
         MigrationFailed: PT006; a migration failed in the replay.
         FileNotFoundError: no ``pg_dump`` (PostgreSQL client programs).
     """
@@ -1075,10 +1090,16 @@ def squash_migrations(
                 steps += 1
                 if at == previous or steps > len(registered) + 1:
                     raise BaselineRefused(f"the replay up to {through} stopped at {at}")
-            dump = subprocess.run(
+            dumped = subprocess.run(
                 [
                     pg_dump,
-                    "--schema-only",
+                    # Schema and rows: tables, then their rows (constant
+                    # INSERTs, identity values kept, generated columns left
+                    # out) and the sequences' values, then constraints,
+                    # indexes and triggers, so foreign keys hold and no
+                    # trigger fires on the rows.
+                    "--column-inserts",
+                    f"--rows-per-insert={ROWS_PER_INSERT}",
                     "--no-owner",
                     "-n",
                     BASELINE_REFERENCE_SCHEMA,
@@ -1086,12 +1107,22 @@ def squash_migrations(
                     url,
                 ],
                 capture_output=True,
-                check=True,
-                text=True,
-            ).stdout
+                check=False,
+                # Bytes, decoded here: text mode would turn a \r\n inside a
+                # value into \n.
+                env={**os.environ, "PGCLIENTENCODING": "UTF8"},
+            )
+            if dumped.returncode != 0:
+                # Reading the rows needs what pg_dump needs (row security
+                # off: a role subject to a policy of the replay's tables fails).
+                error = dumped.stderr.decode("utf-8", "replace").strip()
+                raise BaselineRefused(
+                    f"cannot squash through {through}: pg_dump of the replay failed: {error}"
+                )
+            dump = dumped.stdout.decode("utf-8")
             try:
                 template = import_template(
-                    dump, keep_acl=True, source_schema=BASELINE_REFERENCE_SCHEMA
+                    dump, keep_acl=True, source_schema=BASELINE_REFERENCE_SCHEMA, data=True
                 )
             except TemplateError as exc:
                 problems = "; ".join(f"line {line}: {reason}" for line, reason in exc.problems)

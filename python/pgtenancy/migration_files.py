@@ -60,6 +60,7 @@ from pgtenancy.sqlscript import (
     DATABASE_NODES,
     ScriptError,
     read_script,
+    statement_name,
     statement_targets,
     walk,
 )
@@ -363,18 +364,18 @@ def marked_no_transaction(text: str) -> bool:
 # Statement kinds refused whatever their object, with the reason.
 _REFUSED_KINDS: dict[str, str] = {
     **{kind: "not a statement for a tenant schema (database-wide)" for kind in DATABASE_NODES},
-    "CreateSchemaStmt": "CREATE SCHEMA: a migration works inside its tenant's schema",
+    "CreateSchemaStmt": "a migration works inside its tenant's schema",
     "CreateExtensionStmt": "extensions are installed once per database, not by a tenant migration",
     "AlterExtensionStmt": "extensions are installed once per database, not by a tenant migration",
     "AlterExtensionContentsStmt": "extensions are changed once per database, not per tenant",
     "AlterRoleSetStmt": "roles are database-wide",
     "GrantRoleStmt": "role membership is database-wide",
-    "ReassignOwnedStmt": "REASSIGN OWNED acts on every schema",
-    "DropOwnedStmt": "DROP OWNED acts on every schema",
-    "AlterOwnerStmt": "ALTER ... OWNER TO: the kit owns tenant objects",
-    "AlterDefaultPrivilegesStmt": "ALTER DEFAULT PRIVILEGES is database-wide",
+    "ReassignOwnedStmt": "it acts on every schema",
+    "DropOwnedStmt": "it acts on every schema",
+    "AlterOwnerStmt": "the kit owns tenant objects",
+    "AlterDefaultPrivilegesStmt": "default privileges are database-wide",
     "AlterTableSpaceOptionsStmt": "tablespaces are database-wide",
-    "AlterTableMoveAllStmt": "ALTER ... ALL IN TABLESPACE acts on every schema",
+    "AlterTableMoveAllStmt": "it acts on every schema",
     "CreateEventTrigStmt": "event triggers are database-wide",
     "AlterEventTrigStmt": "event triggers are database-wide",
     "CreateFdwStmt": "foreign data wrappers are database-wide",
@@ -384,7 +385,7 @@ _REFUSED_KINDS: dict[str, str] = {
     "CreateUserMappingStmt": "user mappings are database-wide",
     "AlterUserMappingStmt": "user mappings are database-wide",
     "DropUserMappingStmt": "user mappings are database-wide",
-    "ImportForeignSchemaStmt": "IMPORT FOREIGN SCHEMA names a local schema",
+    "ImportForeignSchemaStmt": "it names a local schema",
     "CreatePublicationStmt": "publications are database-wide",
     "AlterPublicationStmt": "publications are database-wide",
     "CreateSubscriptionStmt": "subscriptions are database-wide",
@@ -450,9 +451,9 @@ def _kind_refusal(node: ast.Node) -> str | None:
         what = "RESET ALL" if node.name is None else f"SET/RESET {node.name}"
         return f"{what}: the runner sets search_path and the role for the tenant"
     if kind in DATABASE_NODES:
-        return f"{kind}: not a statement for a tenant schema (database-wide)"
+        return f"{statement_name(node)}: not a statement for a tenant schema (database-wide)"
     if kind in _REFUSED_KINDS:
-        return f"{kind}: {_REFUSED_KINDS[kind]}"
+        return f"{statement_name(node)}: {_REFUSED_KINDS[kind]}"
     if isinstance(node, ast.AlterTableStmt) and any(
         getattr(getattr(c, "subtype", None), "name", "") == "AT_ChangeOwner"
         for c in node.cmds or ()
@@ -461,7 +462,7 @@ def _kind_refusal(node: ast.Node) -> str | None:
     if isinstance(node, ast.DropStmt | ast.CommentStmt | ast.SecLabelStmt | ast.RenameStmt):
         objkind = _object_kind(node)
         if objkind in _DATABASE_OBJECTS:
-            return f"{kind} of {objkind.removeprefix('OBJECT_').lower()}: not a tenant object"
+            return f"{statement_name(node)}: not a tenant object"
     if isinstance(node, ast.GrantStmt):
         target = getattr(node.targtype, "name", "")
         if target != "ACL_TARGET_OBJECT":
@@ -526,7 +527,7 @@ def _target_refusal(node: ast.Node, nodes: list[Any] | None = None) -> str | Non
         if target.schema is not None:
             what = {"data": "writes", "attached": "changes"}.get(target.role, "acts on")
             return (
-                f"{type(node).__name__} {what} {target.schema}.{target.name}: a migration"
+                f"{statement_name(node)} {what} {target.schema}.{target.name}: a migration"
                 " names its tenant's objects without a schema and changes nothing else"
             )
     return None
@@ -563,7 +564,7 @@ def _no_transaction_label(node: ast.Node) -> str:
         return "REINDEX CONCURRENTLY"
     if isinstance(node, ast.VacuumStmt):
         return "VACUUM"
-    return type(node).__name__
+    return statement_name(node)
 
 
 def _outside_transaction_ok(node: ast.Node) -> bool:
@@ -681,7 +682,6 @@ def check_migration(
     for stmt in script.statements:
         node = stmt.tree if stmt.tree is not None else pglast.parse_sql(stmt.sql)[0].stmt
         assert node is not None
-        kind = type(node).__name__
         nodes = walk(node)  # one walk of the tree for every check below
         reason = (
             _kind_refusal(node)
@@ -703,7 +703,7 @@ def check_migration(
                 raise MigrationCheckError(
                     name,
                     stmt.line,
-                    f"{kind} in a '{NO_TRANSACTION}' file: such a file holds only "
+                    f"{statement_name(node)} in a '{NO_TRANSACTION}' file: such a file holds only "
                     f"{', '.join(OUTSIDE_TRANSACTION_KINDS)}",
                 )
             try:

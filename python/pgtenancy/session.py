@@ -99,9 +99,9 @@ def enter_tenant(connection: Connection, slug: str) -> bytes | None:
             "where transaction-local tenant settings would last one statement"
         )
     driver = connection.connection.driver_connection
-    if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.Connection) and driver.pgconn.transaction_status == _IDLE:
         return begin_in_tenant(driver, slug)
-    if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.AsyncConnection) and driver.pgconn.transaction_status == _IDLE:
         return await_only(abegin_in_tenant(driver, slug))
     try:
         connection.exec_driver_sql(_ENTER, {"slug": slug})
@@ -119,7 +119,7 @@ def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> by
     Raises:
         pgtenancy.errors.InvalidConnectionState: the connection is in autocommit mode.
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027), and :func:`enter_tenant`'s errors.
+            the token was refused (PT025/PT026/PT027/PT034), and :func:`enter_tenant`'s errors.
     """
     dbapi = connection.connection.dbapi_connection
     if getattr(dbapi, "autocommit", False):
@@ -128,9 +128,9 @@ def enter_tenant_with_token(connection: Connection, token: str, slug: str) -> by
             "where transaction-local tenant settings would last one statement"
         )
     driver = connection.connection.driver_connection
-    if isinstance(driver, psycopg.Connection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.Connection) and driver.pgconn.transaction_status == _IDLE:
         return begin_with_token(driver, token, slug)
-    if isinstance(driver, psycopg.AsyncConnection) and driver.info.transaction_status == _IDLE:
+    if isinstance(driver, psycopg.AsyncConnection) and driver.pgconn.transaction_status == _IDLE:
         return await_only(abegin_with_token(driver, token, slug))
     try:
         connection.exec_driver_sql(_ENTER_TOKEN, {"token": token, "slug": slug})
@@ -377,7 +377,7 @@ def tenant_session(
             TenantSchemaMissing: at the first query of a transaction, raised by
             the database before any tenant data is read.
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
-            the token was refused (PT025/PT026/PT027; malformed, or a slug
+            the token was refused (PT025/PT026/PT027/PT034; malformed, or a slug
             that is not the token's, before any SQL runs).
         pgtenancy.errors.InvalidConnectionState: the bind is in AUTOCOMMIT mode,
             or is a connection already inside a transaction.

@@ -41,6 +41,233 @@ DATABASE_NODES: Final = frozenset(
 #: Statement kinds that change data rather than the schema.
 DATA_NODES: Final = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "CopyStmt", "MergeStmt"})
 TRANSACTION_NODES: Final = frozenset({"TransactionStmt"})
+#: Every pglast statement node by the SQL words users write (what messages
+#: name: ``CREATE DATABASE``, never ``CreatedbStmt``). Some nodes stand for
+#: several statements; :func:`statement_name` tells them apart from the tree.
+STATEMENT_WORDS: Final[dict[str, str]] = {
+    "AlterCollationStmt": "ALTER COLLATION",
+    "AlterDatabaseRefreshCollStmt": "ALTER DATABASE ... REFRESH COLLATION VERSION",
+    "AlterDatabaseSetStmt": "ALTER DATABASE ... SET",
+    "AlterDatabaseStmt": "ALTER DATABASE",
+    "AlterDefaultPrivilegesStmt": "ALTER DEFAULT PRIVILEGES",
+    "AlterDomainStmt": "ALTER DOMAIN",
+    "AlterEnumStmt": "ALTER TYPE ... ADD VALUE",
+    "AlterEventTrigStmt": "ALTER EVENT TRIGGER",
+    "AlterExtensionContentsStmt": "ALTER EXTENSION ... ADD/DROP",
+    "AlterExtensionStmt": "ALTER EXTENSION",
+    "AlterFdwStmt": "ALTER FOREIGN DATA WRAPPER",
+    "AlterForeignServerStmt": "ALTER SERVER",
+    "AlterFunctionStmt": "ALTER FUNCTION",
+    "AlterObjectDependsStmt": "ALTER ... DEPENDS ON EXTENSION",
+    "AlterObjectSchemaStmt": "ALTER ... SET SCHEMA",
+    "AlterOpFamilyStmt": "ALTER OPERATOR FAMILY",
+    "AlterOperatorStmt": "ALTER OPERATOR",
+    "AlterOwnerStmt": "ALTER ... OWNER TO",
+    "AlterPolicyStmt": "ALTER POLICY",
+    "AlterPublicationStmt": "ALTER PUBLICATION",
+    "AlterRoleSetStmt": "ALTER ROLE ... SET",
+    "AlterRoleStmt": "ALTER ROLE",
+    "AlterSeqStmt": "ALTER SEQUENCE",
+    "AlterStatsStmt": "ALTER STATISTICS",
+    "AlterSubscriptionStmt": "ALTER SUBSCRIPTION",
+    "AlterSystemStmt": "ALTER SYSTEM",
+    "AlterTSConfigurationStmt": "ALTER TEXT SEARCH CONFIGURATION",
+    "AlterTSDictionaryStmt": "ALTER TEXT SEARCH DICTIONARY",
+    "AlterTableMoveAllStmt": "ALTER ... ALL IN TABLESPACE ... SET TABLESPACE",
+    "AlterTableSpaceOptionsStmt": "ALTER TABLESPACE",
+    "AlterTableStmt": "ALTER TABLE",
+    "AlterTypeStmt": "ALTER TYPE",
+    "AlterUserMappingStmt": "ALTER USER MAPPING",
+    "CallStmt": "CALL",
+    "CheckPointStmt": "CHECKPOINT",
+    "ClosePortalStmt": "CLOSE",
+    "ClusterStmt": "CLUSTER",
+    "CommentStmt": "COMMENT ON",
+    "CompositeTypeStmt": "CREATE TYPE ... AS (composite)",
+    "ConstraintsSetStmt": "SET CONSTRAINTS",
+    "CopyStmt": "COPY",
+    "CreateAmStmt": "CREATE ACCESS METHOD",
+    "CreateCastStmt": "CREATE CAST",
+    "CreateConversionStmt": "CREATE CONVERSION",
+    "CreateDomainStmt": "CREATE DOMAIN",
+    "CreateEnumStmt": "CREATE TYPE ... AS ENUM",
+    "CreateEventTrigStmt": "CREATE EVENT TRIGGER",
+    "CreateExtensionStmt": "CREATE EXTENSION",
+    "CreateFdwStmt": "CREATE FOREIGN DATA WRAPPER",
+    "CreateForeignServerStmt": "CREATE SERVER",
+    "CreateForeignTableStmt": "CREATE FOREIGN TABLE",
+    "CreateFunctionStmt": "CREATE FUNCTION",
+    "CreateOpClassStmt": "CREATE OPERATOR CLASS",
+    "CreateOpFamilyStmt": "CREATE OPERATOR FAMILY",
+    "CreatePLangStmt": "CREATE LANGUAGE",
+    "CreatePolicyStmt": "CREATE POLICY",
+    "CreatePublicationStmt": "CREATE PUBLICATION",
+    "CreateRangeStmt": "CREATE TYPE ... AS RANGE",
+    "CreateRoleStmt": "CREATE ROLE",
+    "CreateSchemaStmt": "CREATE SCHEMA",
+    "CreateSeqStmt": "CREATE SEQUENCE",
+    "CreateStatsStmt": "CREATE STATISTICS",
+    "CreateStmt": "CREATE TABLE",
+    "CreateSubscriptionStmt": "CREATE SUBSCRIPTION",
+    "CreateTableAsStmt": "CREATE TABLE ... AS",
+    "CreateTableSpaceStmt": "CREATE TABLESPACE",
+    "CreateTransformStmt": "CREATE TRANSFORM",
+    "CreateTrigStmt": "CREATE TRIGGER",
+    "CreateUserMappingStmt": "CREATE USER MAPPING",
+    "CreatedbStmt": "CREATE DATABASE",
+    "DeallocateStmt": "DEALLOCATE",
+    "DeclareCursorStmt": "DECLARE CURSOR",
+    "DefineStmt": "CREATE AGGREGATE/OPERATOR/TYPE/COLLATION/TEXT SEARCH ...",
+    "DeleteStmt": "DELETE",
+    "DiscardStmt": "DISCARD",
+    "DoStmt": "DO",
+    "DropOwnedStmt": "DROP OWNED",
+    "DropRoleStmt": "DROP ROLE",
+    "DropStmt": "DROP",
+    "DropSubscriptionStmt": "DROP SUBSCRIPTION",
+    "DropTableSpaceStmt": "DROP TABLESPACE",
+    "DropUserMappingStmt": "DROP USER MAPPING",
+    "DropdbStmt": "DROP DATABASE",
+    "ExecuteStmt": "EXECUTE",
+    "ExplainStmt": "EXPLAIN",
+    "FetchStmt": "FETCH",
+    "GrantRoleStmt": "GRANT/REVOKE (role membership)",
+    "GrantStmt": "GRANT/REVOKE",
+    "ImportForeignSchemaStmt": "IMPORT FOREIGN SCHEMA",
+    "IndexStmt": "CREATE INDEX",
+    "InsertStmt": "INSERT",
+    "ListenStmt": "LISTEN",
+    "LoadStmt": "LOAD",
+    "LockStmt": "LOCK",
+    "MergeStmt": "MERGE",
+    "NotifyStmt": "NOTIFY",
+    "PLAssignStmt": "PL/pgSQL assignment",
+    "PrepareStmt": "PREPARE",
+    "RawStmt": "statement",
+    "ReassignOwnedStmt": "REASSIGN OWNED",
+    "RefreshMatViewStmt": "REFRESH MATERIALIZED VIEW",
+    "ReindexStmt": "REINDEX",
+    "RenameStmt": "ALTER ... RENAME",
+    "ReplicaIdentityStmt": "ALTER TABLE ... REPLICA IDENTITY",
+    "ReturnStmt": "RETURN",
+    "RuleStmt": "CREATE RULE",
+    "SecLabelStmt": "SECURITY LABEL",
+    "SelectStmt": "SELECT",
+    "SetOperationStmt": "UNION/INTERSECT/EXCEPT",
+    "TransactionStmt": "BEGIN/COMMIT/ROLLBACK/SAVEPOINT",
+    "TruncateStmt": "TRUNCATE",
+    "UnlistenStmt": "UNLISTEN",
+    "UpdateStmt": "UPDATE",
+    "VacuumStmt": "VACUUM/ANALYZE",
+    "VariableSetStmt": "SET/RESET",
+    "VariableShowStmt": "SHOW",
+    "ViewStmt": "CREATE VIEW",
+}
+
+_DEFINE_KINDS: Final = {
+    "OBJECT_AGGREGATE": "CREATE AGGREGATE",
+    "OBJECT_OPERATOR": "CREATE OPERATOR",
+    "OBJECT_TYPE": "CREATE TYPE",
+    "OBJECT_COLLATION": "CREATE COLLATION",
+    "OBJECT_TSPARSER": "CREATE TEXT SEARCH PARSER",
+    "OBJECT_TSDICTIONARY": "CREATE TEXT SEARCH DICTIONARY",
+    "OBJECT_TSTEMPLATE": "CREATE TEXT SEARCH TEMPLATE",
+    "OBJECT_TSCONFIGURATION": "CREATE TEXT SEARCH CONFIGURATION",
+}
+_TRANSACTION_KINDS: Final = {
+    "TRANS_STMT_BEGIN": "BEGIN",
+    "TRANS_STMT_START": "START TRANSACTION",
+    "TRANS_STMT_COMMIT": "COMMIT",
+    "TRANS_STMT_ROLLBACK": "ROLLBACK",
+    "TRANS_STMT_SAVEPOINT": "SAVEPOINT",
+    "TRANS_STMT_RELEASE": "RELEASE SAVEPOINT",
+    "TRANS_STMT_ROLLBACK_TO": "ROLLBACK TO SAVEPOINT",
+    "TRANS_STMT_PREPARE": "PREPARE TRANSACTION",
+    "TRANS_STMT_COMMIT_PREPARED": "COMMIT PREPARED",
+    "TRANS_STMT_ROLLBACK_PREPARED": "ROLLBACK PREPARED",
+}
+
+
+def _object_words(objtype: object) -> str:
+    """``OBJECT_MATVIEW`` -> ``MATERIALIZED VIEW`` (a pglast ObjectType)."""
+    name = str(getattr(objtype, "name", "") or "").removeprefix("OBJECT_")
+    special = {
+        "MATVIEW": "MATERIALIZED VIEW",
+        "FOREIGN_TABLE": "FOREIGN TABLE",
+        "TSCONFIGURATION": "TEXT SEARCH CONFIGURATION",
+        "TSDICTIONARY": "TEXT SEARCH DICTIONARY",
+        "TSPARSER": "TEXT SEARCH PARSER",
+        "TSTEMPLATE": "TEXT SEARCH TEMPLATE",
+        "OPCLASS": "OPERATOR CLASS",
+        "OPFAMILY": "OPERATOR FAMILY",
+        "FDW": "FOREIGN DATA WRAPPER",
+        "FOREIGN_SERVER": "SERVER",
+        "EVENT_TRIGGER": "EVENT TRIGGER",
+        "ACCESS_METHOD": "ACCESS METHOD",
+        "LARGEOBJECT": "LARGE OBJECT",
+        "TABCONSTRAINT": "CONSTRAINT",
+        "DOMCONSTRAINT": "CONSTRAINT",
+        "USER_MAPPING": "USER MAPPING",
+        "STATISTIC_EXT": "STATISTICS",
+        "PUBLICATION_NAMESPACE": "PUBLICATION",
+        "PUBLICATION_REL": "PUBLICATION",
+    }
+    return special.get(name, name.replace("_", " "))
+
+
+def statement_name(node: object) -> str:
+    """The SQL words of a statement, for messages (``CREATE DATABASE``, ``DROP
+    SCHEMA``, ``ALTER MATERIALIZED VIEW``), never pglast's node name.
+
+    Args:
+        node: a pglast statement node, or a node name such as ``CreatedbStmt``.
+
+    Returns:
+        Upper-case SQL words from :data:`STATEMENT_WORDS`, refined from the
+        tree where one node stands for several statements (``DROP`` plus the
+        object kind, ``GRANT`` or ``REVOKE``, ``BEGIN`` or ``COMMIT``, the
+        ``CREATE`` of a ``DefineStmt``, ``VACUUM`` or ``ANALYZE``); for a name
+        pglast may add later, ``a <name> statement`` without ``Stmt``.
+    """
+    kind = node if isinstance(node, str) else type(node).__name__
+    words = STATEMENT_WORDS.get(kind)
+    if words is None:
+        return f"a {kind.removesuffix('Stmt')} statement"
+    if isinstance(node, str):
+        return words
+    if isinstance(node, pglast.ast.DropStmt):
+        return f"DROP {_object_words(node.removeType)}".rstrip()
+    if isinstance(node, pglast.ast.DefineStmt):
+        return _DEFINE_KINDS.get(getattr(node.kind, "name", ""), words)
+    if isinstance(node, pglast.ast.GrantStmt | pglast.ast.GrantRoleStmt):
+        return ("GRANT" if node.is_grant else "REVOKE") + words.removeprefix("GRANT/REVOKE")
+    if isinstance(node, pglast.ast.TransactionStmt):
+        return _TRANSACTION_KINDS.get(getattr(node.kind, "name", ""), words)
+    if isinstance(node, pglast.ast.VacuumStmt):
+        return "VACUUM" if node.is_vacuumcmd else "ANALYZE"
+    if isinstance(node, pglast.ast.VariableSetStmt):
+        return "RESET" if getattr(node.kind, "name", "").startswith("VAR_RESET") else "SET"
+    if isinstance(node, pglast.ast.AlterTableStmt):
+        owner = any(
+            getattr(getattr(c, "subtype", None), "name", "") == "AT_ChangeOwner"
+            for c in node.cmds or ()
+        )
+        return f"ALTER {_object_words(node.objtype)}" + (" ... OWNER TO" if owner else "")
+    if isinstance(node, pglast.ast.CreateTableAsStmt):
+        return f"CREATE {_object_words(node.objtype)} ... AS".replace("VIEW ... AS", "VIEW")
+    if isinstance(node, pglast.ast.RenameStmt | pglast.ast.AlterObjectSchemaStmt):
+        tail = " RENAME" if isinstance(node, pglast.ast.RenameStmt) else " SET SCHEMA"
+        objtype = node.renameType if isinstance(node, pglast.ast.RenameStmt) else node.objectType
+        return f"ALTER {_object_words(objtype)} ...{tail}"
+    if isinstance(node, pglast.ast.AlterOwnerStmt):
+        return f"ALTER {_object_words(node.objectType)} ... OWNER TO"
+    if isinstance(node, pglast.ast.CommentStmt | pglast.ast.SecLabelStmt):
+        return f"{words} {'ON ' if words == 'SECURITY LABEL' else ''}{_object_words(node.objtype)}"
+    if isinstance(node, pglast.ast.IndexStmt) and node.concurrent:
+        return "CREATE INDEX CONCURRENTLY"
+    return words
+
+
 # Whitespace and comments before a statement's first token.
 _LEADING: Final = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 

@@ -31,7 +31,9 @@ inside that schema, and nothing outside it:
   whose object would still be in ``public`` or in a system schema, a shared
   object that depends on a tenant object, a PL/pgSQL body naming one of the
   dump's objects as ``public.x`` inside a string (dynamic SQL), data
-  statements, statement kinds a tenant schema cannot hold (casts, access
+  statements (but for ``data=True``: the rows of ``pg_dump --inserts``, the
+  ``setval`` calls and ``REFRESH MATERIALIZED VIEW`` a baseline carries),
+  statement kinds a tenant schema cannot hold (casts, access
   methods...), and any statement pglast cannot print back to exactly the
   rewritten tree. A statement is written as the dump had it with only the
   qualifications cut out (pglast's scanner) when that parses to the
@@ -69,6 +71,7 @@ from pgtenancy.sqlscript import (
     TRANSACTION_NODES,
     ScriptError,
     read_script,
+    statement_name,
     statement_targets,
 )
 
@@ -296,6 +299,7 @@ def import_template(
     keep_acl: bool = False,
     split_shared: bool = False,
     source_schema: str = SOURCE_SCHEMA,
+    data: bool = False,
 ) -> TemplateResult:
     """Turn a ``pg_dump --schema-only`` of schema ``public`` into a tenant migration.
 
@@ -311,6 +315,16 @@ def import_template(
         source_schema: the schema the dump's objects are in, whose name is
             cut out (``public`` above stands for it); ``pgtenancy migrate
             squash`` dumps the scratch schema of its replay.
+        data: keep the dump's rows too (``pgtenancy migrate squash``): the
+            ``INSERT`` statements of ``pg_dump --inserts`` / ``--column-inserts``
+            into the dump's own tables (only the table name is rewritten, the
+            values stay as they are; string constants holding a backslash are
+            written as ``E'...'``, so they mean the same whatever
+            ``standard_conforming_strings`` is), ``SELECT setval(...)`` and
+            ``REFRESH MATERIALIZED VIEW``. pg_dump places them after the tables
+            and before the constraints, indexes and triggers, so foreign keys
+            hold whatever the order of the rows and no trigger fires. Other
+            data statements are refused.
 
     Returns:
         The migration SQL, the shared SQL, what was dropped and the warnings.
@@ -322,12 +336,14 @@ def import_template(
     """
     token = _SOURCE.set(source_schema)
     try:
-        return _import_template(dump_sql, keep_acl, split_shared)
+        return _import_template(dump_sql, keep_acl, split_shared, data)
     finally:
         _SOURCE.reset(token)
 
 
-def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> TemplateResult:
+def _import_template(
+    dump_sql: str, keep_acl: bool, split_shared: bool, data: bool = False
+) -> TemplateResult:
     script = read_script(dump_sql)
     parsed: list[tuple[int, str, ast.Node]] = []
     for statement in script.statements:
@@ -359,6 +375,13 @@ def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> Templ
             if reason:
                 result.warnings.append(f"line {line}: {reason}")
             continue
+        if data and isinstance(node, ast.InsertStmt):
+            data_sql, why = _data_rows(text, node, own)
+            if data_sql is None:
+                problems.append((line, f"{_summary(text)}: {why}"))
+            else:
+                parts.append(f"{data_sql};\n\n")
+            continue
         if kind == "RuleStmt":
             # The database refuses rules in a tenant migration (PT017).
             problems.append(
@@ -368,8 +391,10 @@ def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> Templ
                 )
             )
             continue
-        if kind not in _TEMPLATE_NODES or (kind == "SelectStmt" and not _is_setval(node)):
-            problems.append((line, f"{_summary(text)}: {_not_template_reason(kind)}"))
+        if (kind not in _TEMPLATE_NODES and not (data and kind == "RefreshMatViewStmt")) or (
+            kind == "SelectStmt" and not _is_setval(node)
+        ):
+            problems.append((line, f"{_summary(text)}: {_not_template_reason(node, data)}"))
             continue
         targets = statement_targets(node)
         schema = targets[0].schema if targets else None
@@ -434,10 +459,78 @@ def _import_template(dump_sql: str, keep_acl: bool, split_shared: bool) -> Templ
     return result
 
 
-def _not_template_reason(kind: str) -> str:
+def _data_rows(text: str, node: ast.InsertStmt, own: frozenset[str]) -> tuple[str | None, str]:
+    """The rows of ``pg_dump --inserts``, with the table's qualification cut.
+
+    Accepted: ``INSERT INTO source.table [(columns)] [OVERRIDING SYSTEM
+    VALUE] VALUES (...), ...`` into a table the dump creates, with constant
+    values only (what pg_dump writes). The text is kept token for token but
+    for the ``source.`` before the table's name (the tokens of pglast's
+    scanner, so a value is never touched) and string constants holding a
+    backslash, written ``E'...'``. Returns ``(sql, '')``, or ``(None,
+    reason)`` for anything else.
+    """
+    relation = node.relation
+    select = node.selectStmt
+    refused = "not a row of pg_dump --inserts into one of the dump's tables (constant values only)"
+    if (
+        relation is None
+        or relation.schemaname != _source()
+        or relation.relname not in own
+        or node.onConflictClause is not None
+        or getattr(node, "returningClause", None) is not None
+        or getattr(node, "returningList", None)
+        or node.withClause is not None
+        or not isinstance(select, ast.SelectStmt)
+        or not select.valuesLists
+        or select.fromClause
+        or select.withClause is not None
+        or not all(
+            isinstance(value, ast.A_Const | ast.SetToDefault)
+            for row in select.valuesLists
+            for value in row
+        )
+    ):
+        return None, refused
+    tokens = scan(text)
+    if (
+        len(tokens) < 5
+        or [t.name for t in tokens[:2]] != ["INSERT", "INTO"]
+        or tokens[3].name != "ASCII_46"
+        or _ident_value(text[tokens[2].start : tokens[2].end + 1]) != _source()
+        or _ident_value(text[tokens[4].start : tokens[4].end + 1]) != relation.relname
+    ):
+        return None, refused
+    out = [text[: tokens[2].start]]
+    pos = tokens[4].start
+    for tok in tokens[5:]:
+        raw = text[tok.start : tok.end + 1]
+        if tok.name == "SCONST" and raw.startswith("'") and "\\" in raw:
+            # The same value whatever standard_conforming_strings is (pg_dump
+            # writes plain constants for a server where it is on).
+            out.append(text[pos : tok.start])
+            out.append("E" + raw.replace("\\", "\\\\"))
+            pos = tok.end + 1
+    out.append(text[pos:])
+    return "".join(out), ""
+
+
+def _not_template_reason(node: ast.Node, data: bool = False) -> str:
+    kind = type(node).__name__
     if kind in ("InsertStmt", "CopyStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "SelectStmt"):
-        return "data or queries are not part of a template; dump with --schema-only"
-    return f"{kind} cannot be part of a tenant schema (database-wide or not a schema object)"
+        if data:
+            return (
+                f"{statement_name(node)}: a baseline's rows come as pg_dump --inserts writes"
+                " them (INSERT ... VALUES, SELECT setval)"
+            )
+        return (
+            f"{statement_name(node)}: data or queries are not part of a template;"
+            " dump with --schema-only"
+        )
+    return (
+        f"{statement_name(node)} cannot be part of a tenant schema"
+        " (database-wide or not a schema object)"
+    )
 
 
 def _dump_objects(nodes: object) -> frozenset[str]:
@@ -555,7 +648,7 @@ def _drop_reason(node: ast.Node, keep_acl: bool) -> str | None:
         name = getattr(node, "schemaname", None)
         return f"CREATE SCHEMA {name} dropped: a tenant migration creates objects in its schema"
     if kind in _DATABASE_WIDE:
-        return f"{kind} dropped: it acts on the whole database, not on one tenant"
+        return f"{statement_name(node)} dropped: it acts on the whole database, not on one tenant"
     if kind == "CreateExtensionStmt":
         name = getattr(node, "extname", "?")
         return f"extension {name} dropped: install it in the database once, not per tenant"

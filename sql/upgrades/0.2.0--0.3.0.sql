@@ -575,6 +575,26 @@ COMMENT ON TABLE tenancy.tenant_renames IS
 -- enter_tenant runs as the calling (application) role.
 GRANT SELECT ON TABLE tenancy.tenant_renames TO PUBLIC;
 
+-- issue 13: when each tenant got its slug (strict entry refuses entry tokens
+-- issued before it). Existing tenants: their last rename, else their
+-- creation. The registry's update trigger would stamp updated_at (and
+-- refuses the change once replaced below): off for the backfill.
+ALTER TABLE tenancy.tenants ADD COLUMN IF NOT EXISTS slug_assigned_at timestamptz;
+ALTER TABLE tenancy.tenants DISABLE TRIGGER tenants_before_update;
+UPDATE tenancy.tenants AS t
+   SET slug_assigned_at = greatest(t.created_at, (SELECT max(r.renamed_at) FROM tenancy.tenant_renames AS r
+                                                   WHERE r.tenant_id = t.id))
+ WHERE t.slug_assigned_at IS NULL;
+ALTER TABLE tenancy.tenants ENABLE TRIGGER tenants_before_update;
+ALTER TABLE tenancy.tenants
+    ALTER COLUMN slug_assigned_at SET DEFAULT pg_catalog.clock_timestamp(),
+    ALTER COLUMN slug_assigned_at SET NOT NULL;
+
+COMMENT ON COLUMN tenancy.tenants.slug_assigned_at IS
+    'When the tenant got its slug (clock_timestamp() at creation and at each rename, set by the '
+    'registry triggers, never by hand): strict entry refuses tokens issued before it, so a token '
+    'for the slug''s previous holder (renamed or destroyed) does not enter this tenant.';
+
 CREATE OR REPLACE VIEW tenancy.tenant_directory AS
     SELECT t.slug, t.id, t.schema_name, t.status, t.limits FROM tenancy.tenants AS t;
 
@@ -1073,6 +1093,62 @@ BEGIN
          WHERE p.prepared < now() - coalesce(nullif(current_setting('pgtenancy.prepared_stale_after',
                                                                     true), ''),
                                              '5 minutes')::interval;
+
+    -- Defaults stored for an application role (ALTER ROLE ... SET, which the
+    -- role can run on itself and PostgreSQL cannot forbid), for every role
+    -- or for the database: every session starts with them again, RESET ALL
+    -- included, so a pooled connection carries them into every tenant's
+    -- requests. Errors: row_security (off: every tenant query fails),
+    -- search_path, app.* and the kit's internal settings (a default
+    -- app.tenant_id is a tenant without entry); warnings: settings that make
+    -- requests fail or behave otherwise.
+    RETURN QUERY
+        SELECT CASE WHEN s.name IN ('row_security', 'search_path') OR starts_with(s.name, 'app.')
+                         OR starts_with(s.name, 'pgtenancy.') THEN 'error' ELSE 'warning' END::text,
+               'weakening_default_setting'::text,
+               format('%s: %s', s.target, s.name),
+               format('%s is set to %L by default for %s: every session starts with it, and '
+                      'RESET ALL (pool reset) returns to it, so it reaches every tenant''s requests',
+                      s.name, s.value, s.target),
+               format('%s RESET %s', s.alter, s.name)
+          FROM (SELECT lower(split_part(c.cfg, '=', 1)) AS name,
+                       substr(c.cfg, strpos(c.cfg, '=') + 1) AS value,
+                       CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'every role in every database'
+                            WHEN d.setrole = 0 THEN format('database %I', current_database())
+                            WHEN d.setdatabase = 0 THEN format('application role %I', pg_get_userbyid(d.setrole))
+                            ELSE format('application role %I in database %I', pg_get_userbyid(d.setrole),
+                                        current_database()) END AS target,
+                       CASE WHEN d.setrole = 0 AND d.setdatabase = 0 THEN 'ALTER ROLE ALL'
+                            WHEN d.setrole = 0 THEN format('ALTER DATABASE %I', current_database())
+                            WHEN d.setdatabase = 0 THEN format('ALTER ROLE %I', pg_get_userbyid(d.setrole))
+                            ELSE format('ALTER ROLE %I IN DATABASE %I', pg_get_userbyid(d.setrole),
+                                        current_database()) END AS alter
+                  FROM pg_db_role_setting AS d
+                 CROSS JOIN LATERAL unnest(d.setconfig) AS c(cfg)
+                 WHERE d.setdatabase IN (0, (SELECT b.oid FROM pg_database AS b
+                                              WHERE b.datname = current_database()))
+                   AND (d.setrole = 0
+                        OR EXISTS (SELECT 1 FROM tenancy.app_roles AS a JOIN pg_roles AS r
+                                       ON r.rolname = a.role_name WHERE r.oid = d.setrole))) AS s
+         WHERE (s.name IN ('row_security', 'search_path', 'session_replication_role', 'statement_timeout',
+                          'lock_timeout', 'idle_in_transaction_session_timeout', 'idle_session_timeout',
+                          'default_transaction_isolation', 'default_transaction_read_only',
+                          'default_transaction_deferrable', 'standard_conforming_strings',
+                          'plpgsql.variable_conflict', 'transaction_timeout')
+            OR starts_with(s.name, 'app.')
+            -- The kit's settings, but for its configuration (the doctor's ages).
+            OR (starts_with(s.name, 'pgtenancy.')
+                AND s.name NOT IN ('pgtenancy.consumer_inactive_after', 'pgtenancy.consumer_stale_after',
+                                   'pgtenancy.prepared_stale_after')))
+           -- Values that weaken nothing.
+           AND NOT (s.name, lower(trim(both '''"' FROM s.value))) IN (
+                   ('row_security', 'on'), ('default_transaction_isolation', 'read committed'),
+                   ('default_transaction_read_only', 'off'), ('default_transaction_deferrable', 'off'),
+                   ('standard_conforming_strings', 'on'), ('session_replication_role', 'origin'),
+                   ('statement_timeout', '0'), ('lock_timeout', '0'), ('transaction_timeout', '0'),
+                   ('idle_in_transaction_session_timeout', '0'), ('idle_session_timeout', '0'),
+                   ('plpgsql.variable_conflict', 'error'))
+         ORDER BY 3;
 END
 $$;
 
@@ -1087,8 +1163,13 @@ COMMENT ON FUNCTION tenancy.check_registry() IS
     'that roles other than their owner may create in (warning), the migration fence missing '
     '(warning), objects of tenant schemas owned by a role other than their owner at rest '
     '(tenancy.rest_owner; error), tenants whose objects have no owner role of their own (warning), '
-    'members of the owner''s role (error for an application role, warning otherwise). Called by '
-    'check_isolation().';
+    'members of the owner''s role (error for an application role, warning otherwise), defaults '
+    'stored with ALTER ROLE/DATABASE ... SET for application roles, every role or this database '
+    '(weakening_default_setting: error for row_security, search_path, app.* and pgtenancy.* but '
+    'the *_after ages; '
+    'warning for session_replication_role, the timeouts, default_transaction_isolation, '
+    'default_transaction_read_only, default_transaction_deferrable, standard_conforming_strings, '
+    'plpgsql.variable_conflict; the fix is ALTER ... RESET). Called by check_isolation().';
 
 REVOKE ALL ON FUNCTION tenancy.check_registry() FROM PUBLIC;
 
@@ -1339,6 +1420,10 @@ DECLARE
     v_table   text;
     v_child   regclass;
     v_dist    boolean;
+    v_gcol    name;
+    v_tmpl    text;
+    v_tenant_r text;
+    v_tenant_o text;
 BEGIN
     -- From a tenant migration: its own tenant's tables only, and the kit's
     -- own DDL (the generated function lives in tenancy) passes the fence.
@@ -1396,6 +1481,19 @@ BEGIN
       INTO v_key, v_join
       FROM unnest(v_pk) AS c;
 
+    -- The tenant of row r (and o): read at run time from guarded_tables, so
+    -- a table guarded (or unguarded) after tracking is attributed right; the
+    -- column guarded now is read directly (to_jsonb of every row costs a
+    -- DELETE about twice its time), any other through jsonb.
+    v_gcol := (SELECT g.tenant_column FROM tenancy.guarded_tables AS g
+                WHERE g.table_name = track_changes.table_name);
+    v_tmpl := CASE WHEN v_gcol IS NULL
+        THEN 'CASE WHEN v_column IS NULL THEN v_tenant.id ELSE (to_jsonb(%1$s) ->> v_column)::uuid END'
+        ELSE 'CASE WHEN v_column IS NULL THEN v_tenant.id WHEN v_column = %2$L THEN %1$s.%3$I '
+             'ELSE (to_jsonb(%1$s) ->> v_column)::uuid END' END;
+    v_tenant_r := format(v_tmpl, 'r', v_gcol, v_gcol);
+    v_tenant_o := format(v_tmpl, 'o', v_gcol, v_gcol);
+
     -- The body is built first and then given to CREATE FUNCTION as one
     -- quoted literal (%L): a table or column name holding a dollar-quote
     -- tag (an attack run named a table "x$body$;...;SELECT $body$") can
@@ -1403,65 +1501,84 @@ BEGIN
     v_body := format($f$
         DECLARE
             v_tenant tenancy.tenants;
+            v_column name;
         BEGIN
+            -- Whose rows these are: the tenant whose schema holds the table,
+            -- else, on a guarded shared table, each row's tenant column (what
+            -- the policy's WITH CHECK enforced). Never a setting: RETURNING
+            -- set_config('app.tenant_id', ...) changes it after the policy
+            -- check and before this trigger runs. Rows are grouped by tenant;
+            -- other tables' rows belong to no tenant.
             SELECT * INTO v_tenant FROM tenancy.tenants WHERE schema_name = TG_TABLE_SCHEMA;
             IF NOT FOUND THEN
-                SELECT * INTO v_tenant FROM tenancy.tenants
-                 WHERE id = tenancy.current_tenant_id();
+                SELECT g.tenant_column INTO v_column FROM tenancy.guarded_tables AS g
+                 WHERE g.table_name = TG_RELID;
             END IF;
             IF TG_OP = 'TRUNCATE' THEN
+                -- A shared table's TRUNCATE empties every tenant's rows: no tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
                 VALUES ('rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
                         v_tenant.status,
-                        jsonb_build_object('table', %L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
+                        jsonb_build_object('table', %1$L, 'op', 'TRUNCATE', 'rows', '[]'::jsonb));
             ELSIF TG_OP = 'UPDATE' THEN
-                -- Rows whose key is unchanged, with the columns that changed.
+                -- Rows whose key and tenant are unchanged, with the columns that changed.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object(
-                                   'key', jsonb_build_object(%s),
-                                   'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
-                                                 FROM jsonb_each(to_jsonb(r)) AS e
-                                                WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
-                               ) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM new_rows AS r JOIN old_rows AS o ON %s) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
-                -- An update that changed a key: the old key went, the new one came.
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', 'UPDATE', 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object(
+                                           'key', jsonb_build_object(%2$s),
+                                           'columns', (SELECT coalesce(jsonb_agg(e.key), '[]'::jsonb)
+                                                         FROM jsonb_each(to_jsonb(r)) AS e
+                                                        WHERE to_jsonb(o) -> e.key IS DISTINCT FROM e.value)
+                                       ) AS row,
+                                       row_number() OVER () AS n
+                                  FROM new_rows AS r JOIN old_rows AS o
+                                    ON %3$s AND %4$s IS NOT DISTINCT FROM %5$s) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
+                -- An update that changed a key (or the tenant): the old key
+                -- went from its tenant, the new one came to its tenant.
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', s.op, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT 'DELETE' AS op, jsonb_build_object('key', jsonb_build_object(%s)) AS row
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', s.op, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT 'DELETE' AS op, %4$s AS tenant,
+                               jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                               row_number() OVER () AS n
                           FROM old_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o WHERE %s)
+                         WHERE NOT EXISTS (SELECT 1 FROM new_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)
                         UNION ALL
-                        SELECT 'INSERT', jsonb_build_object('key', jsonb_build_object(%s))
+                        SELECT 'INSERT', %4$s, jsonb_build_object('key', jsonb_build_object(%2$s)),
+                               row_number() OVER ()
                           FROM new_rows AS r
-                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE %s)) AS s
-                 GROUP BY s.op
-                 ORDER BY s.op;
+                         WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o
+                                            WHERE %3$s AND %4$s IS NOT DISTINCT FROM %5$s)) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.op, s.tenant, t.id
+                 ORDER BY s.op, min(s.n);
             ELSE
                 INSERT INTO tenancy.events
                        (name, tenant_id, tenant_slug, tenant_schema, tenant_status, payload)
-                SELECT 'rows_changed', v_tenant.id, v_tenant.slug, v_tenant.schema_name,
-                       v_tenant.status,
-                       jsonb_build_object('table', %L, 'op', TG_OP, 'rows', jsonb_agg(s.row))
-                  FROM (SELECT jsonb_build_object('key', jsonb_build_object(%s)) AS row,
-                               (row_number() OVER () - 1) / 1000 AS chunk
-                          FROM changed_rows AS r) AS s
-                 GROUP BY s.chunk
-                 ORDER BY s.chunk;
+                SELECT 'rows_changed', s.tenant, t.slug, t.schema_name, t.status,
+                       jsonb_build_object('table', %1$L, 'op', TG_OP, 'rows', jsonb_agg(s.row ORDER BY s.n))
+                  FROM (SELECT c.*, (row_number() OVER (PARTITION BY c.tenant ORDER BY c.n) - 1) / 1000 AS chunk
+                          FROM (SELECT %4$s AS tenant,
+                                       jsonb_build_object('key', jsonb_build_object(%2$s)) AS row,
+                                       row_number() OVER () AS n
+                                  FROM changed_rows AS r) AS c) AS s
+                  LEFT JOIN tenancy.tenants AS t ON t.id = s.tenant
+                 GROUP BY s.tenant, s.chunk, t.id
+                 ORDER BY min(s.n);
             END IF;
             RETURN NULL;
         END
-    $f$, v_table, v_table, v_key, v_join, v_table, v_key, v_join, v_key, v_join, v_table, v_key);
+    $f$, v_table, v_key, v_join, v_tenant_r, v_tenant_o);
     EXECUTE format('CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER '
                    'SET search_path = pg_catalog, pg_temp AS %L', v_fn, v_body);
     EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn,
@@ -1497,7 +1614,9 @@ $$;
 COMMENT ON FUNCTION tenancy.track_changes(regclass) IS
     'Record every INSERT, UPDATE and DELETE of table_name (a tenant-schema table or a guarded shared '
     'table; bulk statements and COPY included) and TRUNCATE as rows_changed outbox events '
-    'carrying the tenant, the table (schema.table), the operation, each row''s primary key and, '
+    'carrying the tenant (the one whose schema holds the table, or on a guarded shared table each '
+    'row''s tenant column, one event per tenant; never a setting; none for other tables and for a '
+    'shared table''s TRUNCATE), the table (schema.table), the operation, each row''s primary key and, '
     'for updates, the changed columns; an update that changes a key is reported as the old key '
     'deleted and the new one inserted. Partitions present now are tracked too. Statement-level '
     'triggers with transition tables; no NOTIFY. Idempotent. Raises PT016 when table_name is not a '
@@ -3135,10 +3254,16 @@ BEGIN
            -- tenancy.rename_tenant renames the schema and then the row.
            AND current_setting('pgtenancy.renaming', true) IS DISTINCT FROM OLD.id::text)
        OR NEW.isolation IS DISTINCT FROM OLD.isolation
-       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation and created_at cannot change',
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR (NEW.slug_assigned_at IS DISTINCT FROM OLD.slug_assigned_at AND NEW.slug = OLD.slug) THEN
+        RAISE EXCEPTION 'tenant %: id, slug, schema_name, isolation, created_at and slug_assigned_at cannot change',
             quote_literal(OLD.slug)
             USING ERRCODE = 'PT010';
+    END IF;
+    -- A new slug (rename_tenant): entry tokens issued before now were for
+    -- the slug's previous holder, or for this tenant under its old slug.
+    IF NEW.slug <> OLD.slug THEN
+        NEW.slug_assigned_at := clock_timestamp();
     END IF;
     IF NEW.metadata IS DISTINCT FROM OLD.metadata THEN
         PERFORM tenancy.check_metadata(NEW.metadata);
@@ -3177,7 +3302,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_update() IS
     'Trigger: refuse changes to immutable tenant columns (slug and schema_name change through '
-    'rename_tenant of 010_tenant_operations.sql only), a migration_version that is not a later '
+    'rename_tenant of 010_tenant_operations.sql only, which stamps slug_assigned_at; '
+    'slug_assigned_at never changes by hand), a migration_version that is not a later '
     'registered version or a return to status provisioning (PT010), refuse bringing a deleted '
     'tenant back (PT005) and suspending one being provisioned (PT019), and stamp '
     'updated_at.';
@@ -3310,10 +3436,12 @@ BEGIN
         END IF;
         -- Wait for the transactions using the tenant's tables (bounded by the
         -- caller's lock_timeout): none of them finds its tables gone midway.
+        -- LOCK TABLE takes tables and views only (materialized views and
+        -- foreign tables raise 42809).
         FOR v_table IN
             SELECT c.oid::regclass FROM pg_class AS c
              WHERE c.relnamespace = to_regnamespace(quote_ident(v_row.schema_name))
-               AND c.relkind IN ('r', 'p', 'm', 'v', 'f')
+               AND c.relkind IN ('r', 'p', 'v')
              ORDER BY c.oid
         LOOP
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
@@ -4030,7 +4158,7 @@ COMMENT ON FUNCTION tenancy.resolve_domain(text) IS
 REVOKE ALL ON FUNCTION tenancy.resolve_domain(text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION tenancy.tenant_info()
-    RETURNS TABLE (id uuid, slug text, status text, public jsonb)
+    RETURNS TABLE (id uuid, slug text, status text, public jsonb, slug_assigned_at timestamptz)
     LANGUAGE plpgsql
     STABLE
     SECURITY DEFINER
@@ -4046,16 +4174,18 @@ BEGIN
                          '(tenancy.enter_tenant, tenant_session, tenant_connection).';
     END IF;
     RETURN QUERY
-        SELECT t.id, t.slug, t.status, coalesce(t.metadata -> 'public', '{}'::jsonb)
+        SELECT t.id, t.slug, t.status, coalesce(t.metadata -> 'public', '{}'::jsonb),
+               t.slug_assigned_at
           FROM tenancy.tenants AS t
          WHERE t.id = v_id;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenant_info() IS
-    'Id, slug, status and the public part of the metadata (metadata -> ''public'', {} when '
-    'absent) of the tenant the current transaction entered; the rest of the metadata stays '
-    'with the owner. Raises PT012 outside a tenant. Granted by grant_app_role.';
+    'Id, slug, status, the public part of the metadata (metadata -> ''public'', {} when '
+    'absent) and slug_assigned_at (when it got its slug: strict entry refuses entry tokens '
+    'issued before it, PT034) of the tenant the current transaction entered; the rest of the '
+    'metadata stays with the owner. Raises PT012 outside a tenant. Granted by grant_app_role.';
 
 REVOKE ALL ON FUNCTION tenancy.tenant_info() FROM PUBLIC;
 
@@ -4349,6 +4479,11 @@ BEGIN
     NEW.status := coalesce(NEW.status, 'active');
     NEW.created_at := now();
     NEW.updated_at := now();
+    -- Entry tokens issued before this moment are for the slug's previous
+    -- holder (strict entry refuses them): the clock now, after the slug lock
+    -- above, not the transaction's start, which may precede the commit that
+    -- freed the slug.
+    NEW.slug_assigned_at := clock_timestamp();
     IF NEW.isolation = 'shared' THEN
         -- Rows in guarded shared tables; no schema, no migrations.
         NEW.schema_name := NULL;
@@ -4385,7 +4520,8 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.tenants_before_insert() IS
-    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002); '
+    'Trigger: validate the slug (PT001), refuse a duplicate slug or an existing schema (PT002), '
+    'stamp created_at and slug_assigned_at (clock_timestamp(), after the slug lock); '
     'for a schema tenant derive schema_name, create the schema, run the newest baseline (if any) '
     'and apply every migration after it (PT006 on failure; when they need commit boundaries '
     'only the first, in status provisioning) '
@@ -4604,6 +4740,27 @@ BEGIN
                        r.table_name, r.tenant_column),
                 format('CREATE INDEX ON %s (%I)', r.table_name, r.tenant_column);
         END IF;
+        -- An index not led by the tenant column lets the planner scan it with
+        -- the caller's own condition (leakproof comparisons) while the
+        -- tenant check runs as a filter over every tenant's entries: EXPLAIN
+        -- ANALYZE ("Rows Removed by Filter") and pg_stat_get_xact_tuples_fetched
+        -- then count other tenants' values in any range (binary search).
+        -- Partitions' indexes are reported once, on the parent's index.
+        RETURN QUERY
+            SELECT 'warning'::text, 'index_not_led_by_tenant'::text, i.indexrelid::regclass::text,
+                   format('index %s of guarded table %s is not led by %I: a tenant can count other '
+                          'tenants'' rows in any range of its columns (EXPLAIN ANALYZE, '
+                          'pg_stat_get_xact_tuples_fetched) and so read their values by binary search',
+                          i.indexrelid::regclass, r.table_name, r.tenant_column),
+                   format('lead it with the tenant column: CREATE INDEX ON %s (%I, %s), then DROP INDEX %s '
+                          '(a primary key or unique constraint: make it (%I, %s), unique per tenant)',
+                          r.table_name, r.tenant_column, k.cols, i.indexrelid::regclass, r.tenant_column, k.cols)
+              FROM pg_index AS i
+             CROSS JOIN LATERAL (SELECT string_agg(pg_get_indexdef(i.indexrelid, n, true), ', ' ORDER BY n) AS cols
+                                   FROM generate_series(1, i.indnkeyatts::integer) AS n) AS k
+             WHERE i.indrelid = r.table_name AND i.indkey[0] <> r.attnum
+               AND NOT EXISTS (SELECT 1 FROM pg_inherits AS h WHERE h.inhrelid = i.indexrelid)
+             ORDER BY i.indexrelid::regclass::text;
     END LOOP;
 
     -- A setting read outside an InitPlan is evaluated once per row (not
@@ -4664,7 +4821,8 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'Isolation findings for the current role and database, one row each: severity (error, warning '
     'or info), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
-    'index led by the tenant column; partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'index led by the tenant column, with an index not led by it (warning: a range-count side '
+    'channel); partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice); the '
     'strict-entry findings (strict entry off with shared tenants: info; tables of tenant schemas '
@@ -5502,6 +5660,8 @@ DECLARE
     v_state   text;
     v_message text;
     v_detail  text;
+    v_role    name;
+    v_rls     text;
 BEGIN
     IF p_sql IS NULL OR btrim(p_sql) = '' THEN
         RAISE EXCEPTION 'baseline through % has no SQL', coalesce(quote_literal(p_through), 'NULL')
@@ -5531,30 +5691,53 @@ BEGIN
                   HINT = 'Call tenancy.prepare_baseline(through_version) in transactions of their own '
                          'until it returns the version, then add_baseline (pgtenancy migrate squash does).';
     END IF;
-    -- A baseline holds schema, not data: a history that leaves rows or
-    -- advances sequences cannot be squashed into one.
+    -- A baseline carries the rows the history leaves (pg_dump's data of the
+    -- reference), but only rows every new tenant would get alike: a value
+    -- naming the replay's own schema or role (current_schema(), a regclass
+    -- printed qualified) or an object identifier depends on the tenant the
+    -- migrations ran in, so such a history is refused. Row security off: a
+    -- read that policies would filter fails instead of missing rows.
+    v_rls := current_setting('row_security');
+    PERFORM set_config('row_security', 'off', true);
+    v_role := tenancy.tenant_role(v_ref);
     FOR v_table IN
         SELECT c.oid::regclass FROM pg_class AS c
          WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref)) AND c.relkind IN ('r', 'm')
+           AND c.relispopulated
+         ORDER BY c.relname
     LOOP
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', v_table) INTO STRICT v_used;
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s AS r WHERE strpos(r::text, %L) > 0 OR strpos(r::text, %L) > 0)',
+                       v_table, v_ref, v_role)
+           INTO STRICT v_used;
         IF v_used::boolean THEN
-            RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table %',
+            RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table % that name the schema they ran in',
                 quote_literal(p_through), replace(v_table::text, v_ref || '.', '')
                 USING ERRCODE = 'PT032',
-                      HINT = 'A baseline holds the schema only: squash through a version before the '
-                             'migration that writes them, or move the rows to a shared table.';
+                      DETAIL = format('A value of a row holds %s (the replay''s schema) or its owner role: each tenant gets its own value from the migrations, a baseline would give every tenant the same one.', v_ref),
+                      HINT = 'Squash through a version before the migration that writes them, or make the rows the same for every tenant.';
+        END IF;
+        SELECT string_agg(quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+          INTO v_used
+          FROM pg_attribute AS a
+         WHERE a.attrelid = v_table AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.atttypid = ANY (ARRAY['oid'::regtype, 'regclass'::regtype, 'regtype'::regtype, 'regproc'::regtype,
+                                       'regprocedure'::regtype, 'regoper'::regtype, 'regoperator'::regtype,
+                                       'regconfig'::regtype, 'regdictionary'::regtype, 'regnamespace'::regtype,
+                                       'regrole'::regtype, 'regcollation'::regtype, 'xid'::regtype, 'xid8'::regtype,
+                                       'tid'::regtype, 'pg_lsn'::regtype]::oid[]);
+        IF v_used IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s)', v_table) INTO STRICT v_diff;
+            IF v_diff::boolean THEN
+                RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table % with object identifiers (%)',
+                    quote_literal(p_through), replace(v_table::text, v_ref || '.', ''), v_used
+                    USING ERRCODE = 'PT032',
+                          DETAIL = 'Object identifiers, transaction ids and row positions differ from one tenant to the next: a baseline cannot carry them.',
+                          HINT = 'Squash through a version before the migration that writes them.';
+            END IF;
         END IF;
     END LOOP;
-    SELECT string_agg(replace(c.oid::regclass::text, v_ref || '.', ''), ', ') INTO v_used
-      FROM pg_class AS c
-     WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref))
-       AND CASE WHEN c.relkind = 'S' THEN pg_sequence_last_value(c.oid) IS NOT NULL ELSE false END;
-    IF v_used IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot squash through %: the migrations advance sequence(s) %', quote_literal(p_through), v_used
-            USING ERRCODE = 'PT032',
-                  HINT = 'A baseline holds the schema only: squash through a version before the migration that uses them.';
-    END IF;
+    v_diff := NULL;
+    PERFORM set_config('row_security', v_rls, true);
 
     INSERT INTO tenancy.baselines (through_version, sql, checksum)
     VALUES (p_through, p_sql, encode(sha256(convert_to(p_sql, 'UTF8')), 'hex'))
@@ -5595,6 +5778,58 @@ BEGIN
                   DETAIL = v_diff,
                   HINT = '"missing": made by the migrations, not by the baseline; "extra": the other way. Nothing was registered.';
     END IF;
+    -- Equal to the replay row by row (each table's own rows, as text) and
+    -- sequence by sequence (last value, called or not).
+    v_rls := current_setting('row_security');
+    PERFORM set_config('row_security', 'off', true);
+    v_count := 0;
+    v_diff := NULL;
+    FOR v_table IN
+        SELECT c.oid::regclass FROM pg_class AS c
+         WHERE c.relnamespace = to_regnamespace(quote_ident(v_ref)) AND c.relkind IN ('r', 'm', 'S')
+         ORDER BY c.relname
+    LOOP
+        v_used := (SELECT c.relname::text FROM pg_class AS c WHERE c.oid = v_table);
+        IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_table) = 'S' THEN
+            EXECUTE format('SELECT (SELECT s.last_value || CASE WHEN s.is_called THEN '' (called)'' ELSE '''' END FROM %s AS s), '
+                           '(SELECT s.last_value || CASE WHEN s.is_called THEN '' (called)'' ELSE '''' END FROM %I.%I AS s)',
+                           v_table, v_try, v_used)
+               INTO v_state, v_message;
+            IF v_state IS DISTINCT FROM v_message THEN
+                v_count := v_count + 1;
+                v_diff := concat_ws(E'\n', v_diff, format('sequence %s: %s after the migrations, %s after the baseline',
+                                                          v_used, v_state, v_message));
+            END IF;
+        ELSIF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = v_table)
+              IS DISTINCT FROM (SELECT c.relispopulated FROM pg_class AS c
+                                 WHERE c.relnamespace = to_regnamespace(quote_ident(v_try))
+                                   AND c.relname = v_used) THEN
+            v_count := v_count + 1;
+            v_diff := concat_ws(E'\n', v_diff, format('materialized view %s: populated by one and not the other', v_used));
+        ELSIF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = v_table) THEN
+            EXECUTE format('SELECT (SELECT count(*) FROM (SELECT r::text FROM ONLY %1$s AS r EXCEPT ALL '
+                           'SELECT r::text FROM ONLY %2$I.%3$I AS r) AS m), '
+                           '(SELECT count(*) FROM (SELECT r::text FROM ONLY %2$I.%3$I AS r EXCEPT ALL '
+                           'SELECT r::text FROM ONLY %1$s AS r) AS e)',
+                           v_table, v_try, v_used)
+               INTO v_state, v_message;
+            IF v_state::bigint > 0 OR v_message::bigint > 0 THEN
+                v_count := v_count + 1;
+                v_diff := concat_ws(E'\n', v_diff, format('rows of %s: %s missing, %s extra', v_used, v_state, v_message)
+                    || CASE WHEN (SELECT c.relkind FROM pg_class AS c WHERE c.oid = v_table) = 'm'
+                            THEN ' (a materialized view the migrations left stale: the baseline refreshes it; refresh it in a migration)'
+                            ELSE '' END);
+            END IF;
+        END IF;
+    END LOOP;
+    PERFORM set_config('row_security', v_rls, true);
+    IF v_count > 0 THEN
+        RAISE EXCEPTION 'baseline through % leaves other rows or sequence values than the migrations up to it in % object(s)',
+            quote_literal(p_through), v_count
+            USING ERRCODE = 'PT033',
+                  DETAIL = v_diff,
+                  HINT = '"missing": left by the migrations, not by the baseline; "extra": the other way. Nothing was registered.';
+    END IF;
     EXECUTE format('DROP SCHEMA %I CASCADE', v_try);
     PERFORM tenancy.discard_baseline_scratch();
     RETURN v_row;
@@ -5605,12 +5840,14 @@ COMMENT ON FUNCTION tenancy.add_baseline(text, text) IS
     'Register sql as the baseline through migration through_version: new tenants run the newest '
     'baseline instead of the migrations up to its version, then the ones after it. It is checked '
     'first: applied to a scratch schema as any migration is (the migrator role, the fence), it '
-    'must create what the migrations up to through_version create (tenancy.schema_catalog of the '
+    'must create what the migrations up to through_version create and leave the rows and '
+    'sequence values they leave (tenancy.schema_catalog and the data of the '
     'reference replay of tenancy.prepare_baseline, made here when no commit boundaries are '
     'needed). Existing tenants are not touched. Raises PT032 (unregistered version, a baseline '
-    'through it already, no SQL, a history that leaves rows or needs an unfinished '
-    'prepare_baseline, SQL that fails), PT033 (it differs from the migrations; DETAIL lists the '
-    'objects), PT017 (it reaches outside its schema); nothing is registered then. Owner only.';
+    'through it already, no SQL, a history that leaves rows naming the schema it ran in or '
+    'holding object identifiers, or needs an unfinished prepare_baseline, SQL that fails), '
+    'PT033 (it differs from the migrations in objects, in the rows of a table or in a '
+    'sequence''s value; DETAIL lists them), PT017 (it reaches outside its schema); nothing is registered then. Owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.add_baseline(text, text) FROM PUBLIC;
 
@@ -6475,31 +6712,42 @@ CREATE OR REPLACE FUNCTION tenancy.verify_entry_token(token text, at_entry boole
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_token  text := verify_entry_token.token;
-    v_parts  text[];
-    v_ok     boolean;
-    v_id     uuid;
-    v_status text;
+    v_token    text := verify_entry_token.token;
+    v_parts    text[];
+    v_ok       boolean;
+    v_id       uuid;
+    v_status   text;
+    v_assigned timestamptz;
+    v_now      bigint;
 BEGIN
     -- HMAC-SHA256 (RFC 2104) under the named key over everything before the
     -- last dot, compared as hashes of the hex text: the time the comparison
-    -- takes says nothing of the MAC. v_ok: true when it verifies and has not
-    -- expired, false when it verifies and has expired, NULL when it does not
-    -- verify (no row: no such key). CASE: the expiry of a malformed token is
+    -- takes says nothing of the MAC. v_ok: true when it verifies and its
+    -- times hold (issued no later than its expiry, nor more than 60 s ahead
+    -- of this server's clock, nor before the tenant got its slug; expiry
+    -- ahead), false when it verifies and a time fails, NULL when it does not
+    -- verify (no row: no such key). CASE: the times of a malformed token are
     -- not even computed. The pattern has no bounded repetition ({64}): those
     -- make PostgreSQL's regular expressions many times slower.
-    SELECT CASE WHEN v_token ~ '^pt1\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
+    SELECT CASE WHEN v_token ~ '^pt2\.[a-z0-9_-]+\.[a-z0-9_-]+\.[0-9]+\.[0-9]+\.[0-9a-f]+\.[0-9a-f]+$'
                      AND length(split_part(v_token, '.', 4)) <= 16
+                     AND length(split_part(v_token, '.', 5)) <= 16
+                     AND length(split_part(v_token, '.', 6)) BETWEEN 16 AND 64
                      AND sha256(convert_to('.' || encode(sha256(k.outer_pad || sha256(k.inner_pad
                              || convert_to(left(v_token, length(v_token) - 65), 'UTF8'))), 'hex'), 'UTF8'))
                          = sha256(convert_to(right(v_token, 65), 'UTF8'))
-                THEN split_part(v_token, '.', 4)::bigint
-                     > (extract(epoch FROM statement_timestamp()) * 1000)::bigint
+                THEN split_part(v_token, '.', 5)::bigint
+                         > (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                     AND split_part(v_token, '.', 4)::bigint <= split_part(v_token, '.', 5)::bigint
+                     AND split_part(v_token, '.', 4)::bigint
+                         <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint + 60000
+                     AND split_part(v_token, '.', 4)::bigint
+                         >= coalesce(floor(extract(epoch FROM t.slug_assigned_at) * 1000)::bigint, 0)
            END,
-           d.id, d.status
-      INTO v_ok, v_id, v_status
+           t.id, t.status, t.slug_assigned_at
+      INTO v_ok, v_id, v_status, v_assigned
       FROM tenancy.entry_keys AS k
-      LEFT JOIN tenancy.tenant_directory AS d ON d.slug = split_part(v_token, '.', 3)
+      LEFT JOIN tenancy.tenants AS t ON t.slug = split_part(v_token, '.', 3)
      WHERE k.name = split_part(v_token, '.', 2);
     IF v_ok AND (v_status = 'active' OR (verify_entry_token.at_entry AND v_id IS NOT NULL)) THEN
         RETURN v_id;
@@ -6507,13 +6755,14 @@ BEGIN
     -- Refused, or a tenant that is not active: why.
     IF v_ok IS NULL THEN
         v_parts := string_to_array(v_token, '.');
-        IF cardinality(v_parts) IS DISTINCT FROM 6 OR v_parts[1] <> 'pt1'
+        IF cardinality(v_parts) IS DISTINCT FROM 7 OR v_parts[1] <> 'pt2'
            OR length(v_parts[4]) NOT BETWEEN 1 AND 16 OR v_parts[4] !~ '^[0-9]+$'
-           OR length(v_parts[5]) NOT BETWEEN 16 AND 64 OR v_parts[5] !~ '^[0-9a-f]+$'
-           OR length(v_parts[6]) <> 64 OR v_parts[6] !~ '^[0-9a-f]+$' THEN
+           OR length(v_parts[5]) NOT BETWEEN 1 AND 16 OR v_parts[5] !~ '^[0-9]+$'
+           OR length(v_parts[6]) NOT BETWEEN 16 AND 64 OR v_parts[6] !~ '^[0-9a-f]+$'
+           OR length(v_parts[7]) <> 64 OR v_parts[7] !~ '^[0-9a-f]+$' THEN
             RAISE EXCEPTION 'entry token refused: not a pgtenancy token'
                 USING ERRCODE = 'PT025',
-                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token.';
+                      HINT = 'Sign tokens with pgtenancy.sign_tenant_token (format pt2).';
         END IF;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'entry token refused: unknown key %', quote_literal(v_parts[2])
@@ -6523,13 +6772,34 @@ BEGIN
             USING ERRCODE = 'PT025';
     END IF;
     IF NOT v_ok THEN
+        v_parts := string_to_array(v_token, '.');
+        v_now := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        IF v_parts[4]::bigint > v_parts[5]::bigint THEN
+            RAISE EXCEPTION 'entry token refused: issued at % after its expiry at %',
+                to_timestamp(v_parts[4]::bigint / 1000.0), to_timestamp(v_parts[5]::bigint / 1000.0)
+                USING ERRCODE = 'PT025';
+        END IF;
+        IF v_parts[4]::bigint > v_now + 60000 THEN
+            RAISE EXCEPTION 'entry token refused: issued at %, more than 60 s ahead of the database''s clock',
+                to_timestamp(v_parts[4]::bigint / 1000.0)
+                USING ERRCODE = 'PT025',
+                      HINT = 'Synchronize the clocks of the signing host and the database (NTP).';
+        END IF;
+        IF v_parts[4]::bigint < floor(extract(epoch FROM v_assigned) * 1000)::bigint THEN
+            RAISE EXCEPTION 'entry token refused: issued at %, before tenant % got its slug (at %)',
+                to_timestamp(v_parts[4]::bigint / 1000.0), quote_literal(v_parts[3]), v_assigned
+                USING ERRCODE = 'PT034',
+                      DETAIL = 'The token was signed for the slug''s previous holder (a tenant since '
+                               'renamed or destroyed) or for this tenant under its previous slug.',
+                      HINT = 'Sign a new token for the tenant.';
+        END IF;
         IF verify_entry_token.at_entry THEN
             RAISE EXCEPTION 'entry token refused: expired at %',
-                to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
+                to_timestamp(v_parts[5]::bigint / 1000.0)
                 USING ERRCODE = 'PT026';
         END IF;
         RAISE EXCEPTION 'entry token of this transaction expired at %: its tenant''s rows are out of reach',
-            to_timestamp(split_part(v_token, '.', 4)::bigint / 1000.0)
+            to_timestamp(v_parts[5]::bigint / 1000.0)
             USING ERRCODE = 'PT028',
                   HINT = 'Enter the tenant again with a fresh token.';
     END IF;
@@ -6544,11 +6814,16 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.verify_entry_token(text, boolean) IS
-    'Id of the tenant entry token token is for, when its HMAC-SHA256 signature verifies under an '
-    'entry key and it has not expired (against statement_timestamp()). Raises PT025 (malformed, '
-    'unknown key, bad signature), PT026 (expired, at_entry), PT028 (expired, later statements: '
-    'at_entry false), PT003 (no such tenant); with at_entry false NULL for a tenant that is not '
-    'active. Reads the keys as the kit''s owner. Granted to application roles.';
+    'Id of the tenant entry token token (pt2.<key>.<slug>.<issued ms>.<expiry ms>.<nonce>.<mac>) '
+    'is for, when its HMAC-SHA256 signature verifies under an entry key, it has not expired '
+    '(against clock_timestamp()), it was issued no later than its expiry and at most 60 s '
+    'ahead of this server''s clock, and not before the tenant got its slug '
+    '(tenancy.tenants.slug_assigned_at: a token for a renamed or destroyed previous holder of the '
+    'slug enters nothing). Raises PT025 (malformed, unknown key, bad signature, issued after its '
+    'expiry or in the future), PT034 (issued before the tenant got its slug), PT026 (expired, '
+    'at_entry), PT028 (expired, later statements: at_entry false), PT003 (no such tenant); with '
+    'at_entry false NULL for a tenant that is not active. Reads the keys and the registry as the '
+    'kit''s owner. Granted to application roles.';
 
 REVOKE ALL ON FUNCTION tenancy.verify_entry_token(text, boolean) FROM PUBLIC;
 
@@ -6586,7 +6861,8 @@ COMMENT ON FUNCTION tenancy.enter_tenant_token(text, text) IS
     'after verifying it: enter_tenant(its slug), and the token in the transaction-local setting '
     'app.tenant_token, which every later statement re-verifies when strict entry is on. slug, '
     'when given, must be the token''s tenant. Returns the tenant id. Raises PT025 (forged, '
-    'malformed, unknown key), PT026 (expired), PT027 (slug is another tenant) and enter_tenant''s '
+    'malformed, unknown key, issued after its expiry or in the future), PT026 (expired), PT027 '
+    '(slug is another tenant), PT034 (issued before the tenant got its slug) and enter_tenant''s '
     'errors (PT003, PT004, PT005, PT007, PT019, PT020), before anything is set.';
 
 -- The body of active_tenant_id() while strict entry is on. Kept as text:
@@ -7167,6 +7443,29 @@ ON CONFLICT (function) DO UPDATE
        with_citus = EXCLUDED.with_citus;
 
 SELECT tenancy.apply_accelerator();
+
+-- Tables tracked before: their generated change triggers took the tenant of
+-- shared-table events from app.tenant_id, which the writing statement can
+-- change (RETURNING set_config(...)). Generate them again. Inside the
+-- extension's own update script a generated function would become a member
+-- of the extension: there, say which tables need track_changes again.
+DO $$
+DECLARE
+    v_table pg_catalog.regclass;
+BEGIN
+    FOR v_table IN SELECT DISTINCT t.tgrelid::pg_catalog.regclass FROM pg_catalog.pg_trigger AS t
+                    WHERE t.tgname OPERATOR(pg_catalog.=) 'tenancy_changes_insert' LOOP
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e
+                    WHERE e.extname OPERATOR(pg_catalog.=) 'pgtenancy') THEN
+            RAISE WARNING 'pgtenancy: run SELECT tenancy.track_changes(%) again: its change trigger '
+                          'attributes shared-table events by app.tenant_id',
+                          pg_catalog.quote_literal(v_table::pg_catalog.text);
+        ELSE
+            PERFORM tenancy.track_changes(v_table);
+        END IF;
+    END LOOP;
+END
+$$;
 
 -- The upgrade recreated active_tenant_id() and tenant_info() with their plain
 -- bodies: put strict mode back where it was on. Keep this the last statement.

@@ -42,7 +42,7 @@ def write(directory: Path, name: str, sql: str) -> Path:
         ),
         ("SET search_path = other;", "1: SET/RESET search_path"),
         ("CREATE TABLE t (id int);\nRESET ROLE;", "2: SET/RESET role"),
-        ("CREATE DATABASE x;", "1: CreatedbStmt"),
+        ("CREATE DATABASE x;", "1: CREATE DATABASE: not a statement for a tenant schema"),
         ("CREATE TABLE t (id int REFERENCES other.t (id));", "1: references schema 'other'"),
         (
             "\n\nCREATE INDEX CONCURRENTLY i ON t (id);",

@@ -113,7 +113,7 @@ def test_migrate_dir_refuses_before_anything_runs(dsn: str, tmp_path: Path) -> N
         timeout=120,
     )
     assert r.returncode == 1
-    assert r.stderr.startswith("error: 0002_bad.sql:3: UpdateStmt writes tenancy.tenants"), r.stderr
+    assert r.stderr.startswith("error: 0002_bad.sql:3: UPDATE writes tenancy.tenants"), r.stderr
     r = subprocess.run(
         [*pgtenancy_cli(), "migrate", "--dsn", dsn, "--dry-run", "--json"],
         capture_output=True,

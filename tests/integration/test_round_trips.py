@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-from pgtenancy import Tenancy, tenant_connection, tenant_session
+from pgtenancy import Tenancy, sign_tenant_token, tenant_connection, tenant_session
 
 QUERY = "SELECT count(*) FROM note"
 ENDS_ROUND_TRIP = ("Query", "Sync")
@@ -39,6 +40,15 @@ def tenants(tenancy: Tenancy, dsn: str) -> None:
     tenancy.create_tenant("globex", isolation="shared")
     with psycopg.connect(dsn) as conn:
         conn.execute("CREATE TABLE public.note (id int PRIMARY KEY)")
+
+
+@pytest.fixture
+def key(dsn: str, tenants: None) -> bytes:
+    """An entry key ``k1`` (strict mode stays off: tokens are accepted either way)."""
+    secret = secrets.token_bytes(32)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_entry_key('k1', %s)", (secret,))
+    return secret
 
 
 class Trace:
@@ -123,6 +133,66 @@ def test_tenant_connection_sends_no_more_round_trips_than_a_plain_transaction(
     assert ours <= baseline, trace.sent()
 
 
+@pytest.mark.parametrize("slug", ["acme", "globex"])
+def test_token_entry_sends_no_more_round_trips_than_a_plain_transaction(
+    dsn: str, key: bytes, trace: Trace, slug: str
+) -> None:
+    # The token goes as a bind parameter, BEGIN and the entry pipelined: one
+    # round trip, as the slug entry's one message.
+    token = sign_tenant_token(key, slug, 600, key_name="k1")
+    with psycopg.connect(dsn) as conn:
+        trace.attach(conn.pgconn)
+
+        def plain() -> None:
+            with conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def tenant() -> None:
+            with tenant_connection(conn, token=token) as c:
+                c.execute(QUERY).fetchone()
+
+        baseline = counted(trace, plain)
+        ours = counted(trace, tenant)
+    assert baseline == 3
+    assert ours <= baseline, trace.sent()
+
+
+@pytest.mark.parametrize("slug", ["acme", "globex"])
+def test_unprepared_and_pipelined_connections_send_no_more_round_trips(
+    dsn: str, tenants: None, trace: Trace, slug: str
+) -> None:
+    # prepare_threshold=None (what PgBouncer in transaction mode needs), and a
+    # connection in psycopg's pipeline mode (the entry joins the batch).
+    with psycopg.connect(dsn, prepare_threshold=None) as conn:
+        trace.attach(conn.pgconn)
+
+        def plain() -> None:
+            with conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def tenant() -> None:
+            with tenant_connection(conn, slug) as c:
+                c.execute(QUERY).fetchone()
+
+        baseline = counted(trace, plain)
+        ours = counted(trace, tenant)
+        assert baseline == 3
+        assert ours <= baseline, trace.sent()
+
+        def plain_pipeline() -> None:
+            with conn.pipeline(), conn.transaction():
+                conn.execute(QUERY).fetchone()
+
+        def tenant_pipeline() -> None:
+            with conn.pipeline(), tenant_connection(conn, slug) as c:
+                c.execute(QUERY).fetchone()
+
+        baseline = counted(trace, plain_pipeline)
+        ours = counted(trace, tenant_pipeline)
+    assert baseline >= 1
+    assert ours <= baseline, trace.sent()
+
+
 def test_switching_with_per_tenant_statements_sends_no_more_round_trips(
     dsn: str, tenants: None, trace: Trace, tenancy: Tenancy
 ) -> None:
@@ -191,9 +261,11 @@ def test_tenant_connection_on_a_pool_and_an_autocommit_connection(
 
 
 def test_async_tenant_connection_sends_no_more_round_trips(
-    dsn: str, tenants: None, trace: Trace
+    dsn: str, key: bytes, trace: Trace
 ) -> None:
-    async def main() -> tuple[int, int, int, int]:
+    token = sign_tenant_token(key, "globex", 600, key_name="k1")
+
+    async def main() -> tuple[int, int, int, int, int]:
         async with await psycopg.AsyncConnection.connect(dsn) as conn:
             trace.attach(conn.pgconn)
 
@@ -205,7 +277,15 @@ def test_async_tenant_connection_sends_no_more_round_trips(
                 async with tenant_connection(conn, "acme") as c:
                     await (await c.execute(QUERY)).fetchone()
 
-            conn_counts = (await acounted(trace, plain), await acounted(trace, tenant))
+            async def by_token() -> None:
+                async with tenant_connection(conn, token=token) as c:
+                    await (await c.execute(QUERY)).fetchone()
+
+            conn_counts = (
+                await acounted(trace, plain),
+                await acounted(trace, tenant),
+                await acounted(trace, by_token),
+            )
 
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
             trace.attach(conn.pgconn)
@@ -225,29 +305,42 @@ def test_async_tenant_connection_sends_no_more_round_trips(
             pool_counts = (await acounted(trace, pool_plain), await acounted(trace, pool_tenant))
         return (*conn_counts, *pool_counts)
 
-    plain, ours, pool_plain, pool_ours = asyncio.run(main())
+    plain, ours, ours_token, pool_plain, pool_ours = asyncio.run(main())
     assert plain == 3
     assert ours <= plain, trace.sent()
+    assert ours_token <= plain, trace.sent()
     assert pool_ours <= pool_plain, trace.sent()
 
 
 # SQLAlchemy ------------------------------------------------------------------
 
 
-def traced_engine(dsn: str, trace: Trace) -> Engine:
+def traced_engine(dsn: str, trace: Trace, **connect_kwargs: Any) -> Engine:
     def connect() -> psycopg.Connection[Any]:
-        conn = psycopg.connect(dsn)
+        conn = psycopg.connect(dsn, **connect_kwargs)
         trace.attach(conn.pgconn)
         return conn
 
     return create_engine("postgresql+psycopg://", creator=connect, pool_size=1, max_overflow=0)
 
 
-@pytest.mark.parametrize("slug", ["acme", "globex"])
+@pytest.mark.parametrize(
+    ("slug", "entry", "prepare"),
+    [
+        ("acme", "slug", True),
+        ("globex", "slug", True),
+        ("acme", "token", True),
+        ("globex", "token", True),
+        ("acme", "slug", False),
+        ("globex", "token", False),
+    ],
+)
 def test_tenant_session_sends_no_more_round_trips_than_a_plain_session(
-    dsn: str, tenants: None, trace: Trace, slug: str
+    dsn: str, key: bytes, trace: Trace, slug: str, entry: str, prepare: bool
 ) -> None:
-    engine = traced_engine(dsn, trace)
+    # Slug and token entry; default prepared statements and none (PgBouncer).
+    token = sign_tenant_token(key, slug, 600, key_name="k1") if entry == "token" else None
+    engine = traced_engine(dsn, trace, **({} if prepare else {"prepare_threshold": None}))
     try:
 
         def plain() -> None:
@@ -258,7 +351,12 @@ def test_tenant_session_sends_no_more_round_trips_than_a_plain_session(
                 session.rollback()
 
         def tenant() -> None:
-            with tenant_session(engine, slug) as session:
+            opened = (
+                tenant_session(engine, slug)
+                if token is None
+                else tenant_session(engine, token=token)
+            )
+            with opened as session:
                 session.execute(text(QUERY)).one()
                 session.commit()
                 session.execute(text(QUERY)).one()
@@ -272,9 +370,12 @@ def test_tenant_session_sends_no_more_round_trips_than_a_plain_session(
     assert ours <= baseline, trace.sent()
 
 
+@pytest.mark.parametrize("entry", ["slug", "token"])
 def test_async_tenant_session_sends_no_more_round_trips(
-    dsn: str, tenants: None, trace: Trace
+    dsn: str, key: bytes, trace: Trace, entry: str
 ) -> None:
+    token = sign_tenant_token(key, "acme", 600, key_name="k1") if entry == "token" else None
+
     async def connect() -> psycopg.AsyncConnection[Any]:
         conn = await psycopg.AsyncConnection.connect(dsn)
         trace.attach(conn.pgconn)
@@ -292,7 +393,12 @@ def test_async_tenant_session_sends_no_more_round_trips(
                     await session.commit()
 
             async def tenant() -> None:
-                async with tenant_session(engine, "acme") as session:
+                opened = (
+                    tenant_session(engine, "acme")
+                    if token is None
+                    else tenant_session(engine, token=token)
+                )
+                async with opened as session:
                     (await session.execute(text(QUERY))).one()
                     await session.commit()
 

@@ -26,6 +26,7 @@ from pgtenancy import (
     EntryTokenExpired,
     EntryTokenForged,
     EntryTokenReplayed,
+    EntryTokenStale,
     EntryTokenWrongTenant,
     Tenancy,
     sign_tenant_token,
@@ -48,6 +49,12 @@ def plain_world(dsn: str, app_role: str) -> StrictWorld:
 
 def token(world: StrictWorld, slug: str, ttl: float = 60.0, key_name: str = "k1") -> str:
     return sign_tenant_token(world.key, slug, ttl, key_name=key_name)
+
+
+def signed(key: bytes, slug: str, issued_ms: int, expiry_ms: int, key_name: str = "k1") -> str:
+    """A correctly signed pt2 token with the given times (sign_tenant_token takes now)."""
+    body = f"pt2.{key_name}.{slug}.{issued_ms}.{expiry_ms}.{secrets.token_hex(16)}"
+    return f"{body}.{hmac.new(key, body.encode(), hashlib.sha256).hexdigest()}"
 
 
 def sqlstate_of(conn: psycopg.Connection[Any], query: str, params: Any = None) -> str | None:
@@ -94,7 +101,11 @@ def test_the_database_verifies_python_s_hmac_and_enters_the_token_s_tenant(
         ("other key", "PT025"),
         ("unknown key name", "PT025"),
         ("slug changed", "PT025"),
+        ("issued changed", "PT025"),
         ("expiry changed", "PT025"),
+        ("issued after its expiry", "PT025"),
+        ("issued over 60 s ahead", "PT025"),
+        ("pt1 format", "PT025"),
         ("mac changed", "PT025"),
         ("not a token", "PT025"),
         ("expired", "PT026"),
@@ -113,8 +124,18 @@ def test_refused_tokens_have_their_own_sqlstate_and_change_nothing(
         bad = sign_tenant_token(world.key, "globex", 60, key_name="k9")
     elif case == "slug changed":
         bad = ".".join([*parts[:2], "acme", *parts[3:]])
+    elif case == "issued changed":
+        bad = ".".join([*parts[:3], str(int(parts[3]) - 3_600_000), *parts[4:]])
     elif case == "expiry changed":
-        bad = ".".join([*parts[:3], str(int(parts[3]) + 3_600_000), *parts[4:]])
+        bad = ".".join([*parts[:4], str(int(parts[4]) + 3_600_000), *parts[5:]])
+    elif case == "issued after its expiry":
+        bad = signed(world.key, "globex", int(parts[4]) + 1, int(parts[4]))
+    elif case == "issued over 60 s ahead":
+        now = int(time.time() * 1000)
+        bad = signed(world.key, "globex", now + 61_000, now + 120_000)
+    elif case == "pt1 format":
+        body = f"pt1.k1.globex.{parts[4]}.{parts[5]}"
+        bad = f"{body}.{hmac.new(world.key, body.encode(), hashlib.sha256).hexdigest()}"
     elif case == "mac changed":
         bad = good[:-1] + ("0" if good[-1] != "0" else "1")
     elif case == "not a token":
@@ -140,8 +161,10 @@ def test_python_classes_of_the_refusals() -> None:
         ("PT026", EntryTokenExpired),
         ("PT027", EntryTokenWrongTenant),
         ("PT028", EntryTokenReplayed),
+        ("PT034", EntryTokenStale),
     ):
         assert cls.sqlstate == code
+    assert issubclass(EntryTokenStale, EntryTokenWrongTenant)
 
 
 def test_a_token_that_expires_during_the_transaction_opens_nothing_more(
@@ -616,3 +639,31 @@ def test_no_other_session_of_the_role_sees_a_live_token(world: StrictWorld) -> N
                 await ac.execute("SELECT 1")
 
         asyncio.run(run())
+
+        # The attack run's case: a connection binding parameters client-side
+        # (ClientCursor) in pipeline mode, where the kit enters through
+        # psycopg's own transaction(); sync and async.
+        with (
+            psycopg.connect(world.app_dsn, cursor_factory=psycopg.ClientCursor) as victim,
+            victim.pipeline() as pipe,
+            tenant_connection(victim, token=token) as c,
+        ):
+            pipe.sync()  # the entry reaches the server: its last statement
+            seen = texts()
+            assert c.execute("SELECT item FROM orders").fetchall() == [(marker("sb"),)]
+            assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+
+        async def run_client_cursor() -> None:
+            async with (
+                await psycopg.AsyncConnection.connect(
+                    world.app_dsn, cursor_factory=psycopg.AsyncClientCursor
+                ) as aconn,
+                aconn.pipeline() as apipe,
+                tenant_connection(aconn, token=token) as ac,
+            ):
+                await apipe.sync()
+                seen = texts()
+                await ac.execute("SELECT 1")
+                assert "tenancy.enter_tenant_token" in seen and token not in seen, seen
+
+        asyncio.run(run_client_cursor())

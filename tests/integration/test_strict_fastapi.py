@@ -150,14 +150,19 @@ def refused_tokens(world: StrictWorld) -> dict[str, tuple[str, int, str]]:
         "other key": (sign_tenant_token(secrets.token_bytes(32), "globex", 60, "k1"), 401, "PT025"),
         "unknown key name": (tok(world, "globex", key_name="k9"), 401, "PT025"),
         "slug changed": (".".join([*parts[:2], "acme", *parts[3:]]), 401, "PT025"),
+        "issued changed": (
+            ".".join([*parts[:3], str(int(parts[3]) - 3_600_000), *parts[4:]]),
+            401,
+            "PT025",
+        ),
         "expiry changed": (
-            ".".join([*parts[:3], str(int(parts[3]) + 3_600_000), *parts[4:]]),
+            ".".join([*parts[:4], str(int(parts[4]) + 3_600_000), *parts[5:]]),
             401,
             "PT025",
         ),
         "mac changed": (good[:-1] + ("0" if good[-1] != "0" else "1"), 401, "PT025"),
         "not a token": ("globex", 401, "PT025"),
-        "quotes": ("pt1.k1.globex.1'; SELECT 1; --", 401, "PT025"),
+        "quotes": ("pt2.k1.globex.1.2'; SELECT 1; --", 401, "PT025"),
         "forged, no such tenant": (
             sign_tenant_token(secrets.token_bytes(32), "nosuch", 60, "k1"),
             401,
@@ -340,3 +345,25 @@ def test_the_engines_reset_a_connection_before_the_next_request(world: StrictWor
         assert asyncio.run(run()) == ("",)
     finally:
         tenants.engine.dispose()
+
+
+def test_a_token_of_the_slug_s_previous_holder_gets_403(
+    world: StrictWorld, by_token: TestClient
+) -> None:
+    """acme renamed, a new acme created: the old acme's token is stale (PT034)."""
+    old = tok(world, "sa", ttl=600)
+    tenancy = Tenancy(world.dsn)
+    tenancy.rename_tenant("sa", "sa2")
+    tenancy.create_tenant("sa", isolation="shared")
+    before = world.data()
+    for path in ("/rows", "/arows"):
+        status, body, _ = call(by_token, path, old)
+        assert (status, body["code"], body["detail"]) == (
+            403,
+            "PT034",
+            "entry token is not for this tenant",
+        ), body
+        assert not leaks(body) and body["tenant"] is None
+    assert world.data() == before
+    status, body, _ = call(by_token, "/rows", tok(world, "sa"))
+    assert (status, body["rows"]) == (200, "")

@@ -1,4 +1,4 @@
 -- expect: refused: ALTER DATABASE
 -- execution: refused
--- reason: line 4: AlterDatabaseSetStmt
+-- reason: line 4: ALTER DATABASE ... SET:
 ALTER DATABASE postgres SET search_path = public;

@@ -1,4 +1,4 @@
 -- expect: refused: ALTER SYSTEM
 -- execution: refused
--- reason: line 4: AlterSystemStmt
+-- reason: line 4: ALTER SYSTEM:
 ALTER SYSTEM SET work_mem = '1GB';

@@ -1,4 +1,4 @@
 -- expect: refused: CREATE DATABASE
 -- execution: refused
--- reason: line 4: CreatedbStmt
+-- reason: line 4: CREATE DATABASE:
 CREATE DATABASE other;

@@ -1,4 +1,4 @@
 -- expect: refused: CREATE TABLESPACE
 -- execution: refused
--- reason: line 4: CreateTableSpaceStmt
+-- reason: line 4: CREATE TABLESPACE:
 CREATE TABLESPACE fast LOCATION '/tmp';

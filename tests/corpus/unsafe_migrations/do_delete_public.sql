@@ -1,6 +1,6 @@
 -- expect: refused: DO block deleting from a public table
 -- execution: refused
--- reason: line 6: in a DO block: DeleteStmt writes public.invoice
+-- reason: line 6: in a DO block: DELETE writes public.invoice
 DO $$
 BEGIN
     DELETE FROM public.invoice;

@@ -1,6 +1,6 @@
 -- expect: refused: a DO block emptying the outbox inside a loop
 -- execution: refused
--- reason: line 8: in a DO block: DeleteStmt writes tenancy.events
+-- reason: line 8: in a DO block: DELETE writes tenancy.events
 DO $$
 DECLARE r record;
 BEGIN

@@ -1,4 +1,4 @@
 -- expect: refused: drop an extension for the whole database
 -- execution: refused
--- reason: line 4: DropStmt of extension
+-- reason: line 4: DROP EXTENSION: not a tenant object
 DROP EXTENSION IF EXISTS pg_trgm;
