@@ -398,7 +398,9 @@ pgtenancy_active_tenant_id(PG_FUNCTION_ARGS)
  * anything is read, and the fast path accepts a strict subset of what the
  * PL/pgSQL verifier accepts (anything else goes to it, which refuses or
  * accepts it itself); tests/integration/test_accelerator.py runs every token
- * case through both.
+ * case through both. A rule added to the PL/pgSQL's success path must be
+ * added here as well (with its case in that test): this code accepts what
+ * it checks, nothing more.
  * ------------------------------------------------------------------------
  */
 
