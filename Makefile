@@ -86,7 +86,11 @@ pg-extensions:
 	fi
 
 # The extension (CREATE EXTENSION pgtenancy) for self-hosted servers, built
-# from the same SQL files and installed with PGXS into pg_config's share dir.
+# from the same SQL files and installed with PGXS into pg_config's share dir;
+# with the server headers (postgresql-server-dev-NN) also the optional C
+# accelerator pgtenancy_accel into pg_config's pkglibdir, which installs by a
+# superuser then use (sql/011_accelerator.sql). Without headers (the embedded
+# PostgreSQL 18 wheel) its build is skipped and the PL/pgSQL runs.
 install-extension:
 	$(MAKE) -C sql install PG_CONFIG="$${PG_CONFIG:-pg_config}"
 

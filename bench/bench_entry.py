@@ -107,6 +107,7 @@ from common import (
     BaseResults,
     add_json_option,
     bench_parser,
+    install_kit,
     log,
     positive_float,
     positive_int,
@@ -803,9 +804,7 @@ def bench_threads(
 def bench_cli(admin: str, tenants: int, rounds: int) -> dict[str, list[float]]:
     """Seconds of each command per round (subprocesses, interleaved)."""
     with fresh_database(admin, "pgtenancy_bench_cli") as dsn:
-        import pgtenancy
-
-        pgtenancy.install(dsn)
+        install_kit(dsn)
         log(f"CLI: creating {tenants} tenants for the no-op migrate")
         Tenancy(dsn).add_migration("0001_note", "CREATE TABLE note (id int PRIMARY KEY)")
         with psycopg.connect(dsn) as conn:
@@ -959,9 +958,7 @@ def run(
     with find_server(env=("DATABASE_URL",)) as admin:
         source = "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "find_server()"
         with fresh_database(admin, "pgtenancy_bench_entry") as dsn:
-            import pgtenancy
-
-            pgtenancy.install(dsn)
+            install_kit(dsn)
             with psycopg.connect(dsn) as conn:
                 row = conn.execute("SHOW server_version").fetchone()
             version = str(row[0]) if row else "?"
@@ -1032,12 +1029,11 @@ def run(
 
 def bench_provisioning_run(admin: str, chinook: Path, tenants: int) -> dict[str, float]:
     """``create_tenant`` against psql with the Chinook DDL (``bench_core``'s measurement)."""
-    import pgtenancy
     from bench_core import bench_provisioning
 
     ddl = read_script(chinook.read_text("utf-8")).sql_of("ddl")
     with fresh_database(admin, "pgtenancy_bench_prov") as dsn:
-        pgtenancy.install(dsn)
+        install_kit(dsn)
         tenancy = Tenancy(dsn)
         tenancy.add_migration("0001_chinook", ddl)
         log(f"provisioning: {tenants} Chinook tenants per side")

@@ -85,6 +85,19 @@ def pooled_engine(dsn: str, **connect_kwargs: Any) -> Engine:
     )
 
 
+def install_kit(dsn: str) -> bool:
+    """Install pgtenancy into ``dsn``; with ``PGTENANCY_BENCH_ACCELERATOR=off`` in
+    the environment without the C accelerator (``sql/011_accelerator.sql``), for
+    before/after figures on one server. Returns whether the accelerator is in use."""
+    off = os.environ.get("PGTENANCY_BENCH_ACCELERATOR", "") == "off"
+    pgtenancy.install(dsn, accelerate=False if off else None)
+    from pgtenancy.installer import installed_accelerator
+
+    used = installed_accelerator(dsn)
+    print(f"C accelerator: {'in use' if used else 'not in use'}", file=sys.stderr)
+    return used
+
+
 @contextmanager
 def bench_database() -> Iterator[BenchDatabase]:
     """A server (``DATABASE_URL`` when set, else :func:`find_server`) and a fresh
@@ -94,7 +107,7 @@ def bench_database() -> Iterator[BenchDatabase]:
         find_server(env=("DATABASE_URL",)) as admin,
         fresh_database(admin, "pgtenancy_bench") as dsn,
     ):
-        pgtenancy.install(dsn)
+        install_kit(dsn)
         with psycopg.connect(dsn) as conn:
             row = conn.execute("SHOW server_version").fetchone()
         yield BenchDatabase(dsn, str(row[0]) if row else "?", source)

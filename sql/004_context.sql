@@ -40,6 +40,9 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     VOLATILE
 AS $$
 DECLARE
+    -- The parameter by position, not as enter_tenant.slug: the accelerator
+    -- (011_accelerator.sql) keeps this body under another name too.
+    v_slug    ALIAS FOR $1;
     v_id      pg_catalog.uuid;
     v_schema  pg_catalog.text;
     v_status  pg_catalog.text;
@@ -54,44 +57,44 @@ BEGIN
                 OR pg_catalog.to_regnamespace(pg_catalog.quote_ident(d.schema_name)) IS NOT NULL)
       INTO v_id, v_schema, v_status, v_limits, v_ok
       FROM tenancy.tenant_directory AS d
-     WHERE d.slug OPERATOR(pg_catalog.=) enter_tenant.slug;
+     WHERE d.slug OPERATOR(pg_catalog.=) v_slug;
     IF v_ok IS NOT TRUE THEN
         IF NOT FOUND THEN
             -- A renamed tenant's old slug says where the tenant went.
             SELECT r.new_slug INTO v_renamed
               FROM tenancy.tenant_renames AS r
-             WHERE r.old_slug OPERATOR(pg_catalog.=) enter_tenant.slug;
+             WHERE r.old_slug OPERATOR(pg_catalog.=) v_slug;
             IF FOUND THEN
-                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(v_slug),
                     pg_catalog.quote_literal(v_renamed)
                     USING ERRCODE = 'PT020',
                           DETAIL = pg_catalog.format('new slug: %s', v_renamed);
             END IF;
-            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
+            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(v_slug), 'NULL')
                 USING ERRCODE = 'PT003';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'suspended' THEN
-            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT004';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'deleted' THEN
-            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT005';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'provisioning' THEN
-            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT019',
                       HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
         END IF;
         IF v_status OPERATOR(pg_catalog.<>) 'active' THEN
             -- Any status added later is refused too: fail closed.
-            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
+            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(v_slug),
                 v_status
                 USING ERRCODE = 'PT004';
         END IF;
         -- Fail closed: never fall back to public when the schema is gone.
         RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
-            pg_catalog.quote_literal(enter_tenant.slug)
+            pg_catalog.quote_literal(v_slug)
             USING ERRCODE = 'PT007';
     END IF;
     -- The tenant's resource limits (tenancy.set_tenant_limits), as
@@ -105,7 +108,7 @@ BEGIN
     -- pg_temp is named last, so a temporary table (left on a pooled
     -- connection by an earlier request) never shadows a tenant table.
     v_set := pg_catalog.set_config('app.tenant_id', v_id::pg_catalog.text, true)
-             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', enter_tenant.slug, true)
+             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', v_slug, true)
              OPERATOR(pg_catalog.||) pg_catalog.set_config('search_path',
                                       CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
                                            ELSE pg_catalog.quote_ident(v_schema)
@@ -143,18 +146,29 @@ CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
 AS $$
 DECLARE
     v_src   text;
+    v_own   boolean;
     v_end   text := E'\n    -- Settings: nothing with a cached plan may follow this assignment.\n';
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
                     || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::pg_catalog.text);'
-                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', v_slug);'
                     || E'\n';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
     END IF;
-    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
-    IF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+    -- The PL/pgSQL body: enter_tenant's own, or, where the accelerator
+    -- (011_accelerator.sql) made enter_tenant an SQL call of its C function,
+    -- the copy it keeps as enter_tenant_plpgsql. Citus needs the PL/pgSQL:
+    -- it takes enter_tenant's place below.
+    SELECT p.prosrc, p.proname = 'enter_tenant' INTO v_src, v_own
+      FROM pg_proc AS p
+     WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname IN ('enter_tenant', 'enter_tenant_plpgsql')
+       AND p.proargtypes = '25'::oidvector
+       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql')
+     ORDER BY p.proname
+     LIMIT 1;
+    IF v_own AND pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
         RETURN true;
     END IF;
     IF pg_catalog.strpos(v_src, v_end) = 0 THEN

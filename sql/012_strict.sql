@@ -310,18 +310,22 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant_token(token text, slug text DEFA
     VOLATILE
 AS $$
 DECLARE
-    v_id   pg_catalog.uuid := tenancy.verify_entry_token(enter_tenant_token.token, true);
-    v_slug pg_catalog.text := pg_catalog.split_part(enter_tenant_token.token, '.', 3);
+    -- The parameters by position, not as p_token: the
+    -- accelerator (011_accelerator.sql) keeps this body under another name too.
+    p_token ALIAS FOR $1;
+    p_slug  ALIAS FOR $2;
+    v_id   pg_catalog.uuid := tenancy.verify_entry_token(p_token, true);
+    v_slug pg_catalog.text := pg_catalog.split_part(p_token, '.', 3);
 BEGIN
-    IF enter_tenant_token.slug IS NOT NULL AND enter_tenant_token.slug OPERATOR(pg_catalog.<>) v_slug THEN
+    IF p_slug IS NOT NULL AND p_slug OPERATOR(pg_catalog.<>) v_slug THEN
         RAISE EXCEPTION 'entry token is for tenant %, not %', pg_catalog.quote_literal(v_slug),
-            pg_catalog.quote_literal(enter_tenant_token.slug)
+            pg_catalog.quote_literal(p_slug)
             USING ERRCODE = 'PT027';
     END IF;
     -- The token first: after enter_tenant has changed search_path, a
     -- statement with a cached plan would be planned again (an error in
     -- enter_tenant aborts the transaction, setting and all).
-    PERFORM pg_catalog.set_config('app.tenant_token', enter_tenant_token.token, true);
+    PERFORM pg_catalog.set_config('app.tenant_token', p_token, true);
     PERFORM tenancy.enter_tenant(v_slug);
     RETURN v_id;
 END
@@ -611,6 +615,10 @@ DECLARE
     v_schema text;
     v_info   text;
 BEGIN
+    -- The accelerator (011) makes active_tenant_id() an SQL call of C: give
+    -- it its PL/pgSQL back before its body is swapped or restored, and let
+    -- the accelerator take it again after (the plain body only).
+    PERFORM tenancy.accelerator_swap('tenancy.active_tenant_id()'::regprocedure, NULL, '');
     IF v_on THEN
         PERFORM tenancy.strict_swap_body('tenancy.active_tenant_id()'::regprocedure,
                                          tenancy.strict_active_tenant_body());
@@ -632,6 +640,7 @@ BEGIN
             PERFORM tenancy.strict_unguard_schema(v_schema);
         END LOOP;
     END IF;
+    PERFORM tenancy.apply_accelerator();
     RETURN v_on;
 END
 $$;
@@ -744,8 +753,8 @@ BEGIN
                    'strict entry is recorded as on but active_tenant_id() has its plain body (a '
                    'restore or a manual CREATE OR REPLACE): policies trust app.tenant_id'::text,
                    'SELECT tenancy.set_strict_entry(true)'::text
-             WHERE (SELECT p.prosrc FROM pg_proc AS p
-                     WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure)
+             -- The body in effect: the C accelerator (011) falls back to a copy.
+             WHERE tenancy.accelerated_body('tenancy.active_tenant_id()'::regprocedure)
                    IS DISTINCT FROM tenancy.strict_active_tenant_body();
     END IF;
 
@@ -888,6 +897,16 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The C accelerator (011) takes over token entry too (not with Citus: it
+-- enters through enter_tenant's PL/pgSQL there).
+INSERT INTO tenancy.accelerated_functions (function, impl, strict_impl, args, with_citus) VALUES
+    ('tenancy.enter_tenant_token(text, text)', 'enter_tenant_token', 'enter_tenant_token', '$1, $2', false)
+ON CONFLICT (function) DO UPDATE
+   SET impl = EXCLUDED.impl, strict_impl = EXCLUDED.strict_impl, args = EXCLUDED.args,
+       with_citus = EXCLUDED.with_citus;
+
+SELECT tenancy.apply_accelerator();
 
 -- Install and upgrades recreate active_tenant_id() and tenant_info() with
 -- their plain bodies: put strict mode back where it was on.

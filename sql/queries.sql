@@ -204,6 +204,14 @@ SELECT pg_catalog.set_config(%(name)s, s.reset_val, false)
 -- name: install_quiet
 SELECT pg_catalog.set_config('client_min_messages', 'warning', true)
 
+-- name: install_accelerator
+-- Read by the last statement of sql/011_accelerator.sql: on or off records
+-- whether the C accelerator is wanted (tenancy.set_accelerator).
+SELECT pg_catalog.set_config('pgtenancy.accelerator', %(setting)s, true)
+
+-- name: accelerator_in_use
+SELECT tenancy.accelerator_in_use()
+
 -- name: install_lock
 -- Serializes installs, upgrades and uninstalls. Once the kit is installed,
 -- with a lock on its migration registry that the application role cannot

@@ -141,12 +141,20 @@ def main(verbose: int) -> None:
 
 @main.command()
 @dsn_option
-def install(dsn: str) -> None:
+@click.option(
+    "--accelerator/--no-accelerator",
+    default=None,
+    help="Use (or not) the C accelerator of tenant entry where the server has it; "
+    "default: as recorded, on for a first install.",
+)
+def install(dsn: str, accelerator: bool | None) -> None:
     """Install or upgrade the SQL core in one transaction (idempotent)."""
     from pgtenancy.installer import install as install_sql
+    from pgtenancy.installer import installed_accelerator
 
-    version = install_sql(dsn)
-    click.echo(f"pgtenancy {version} installed")
+    version = install_sql(dsn, accelerate=accelerator)
+    used = "in use" if installed_accelerator(dsn) else "not in use (PL/pgSQL)"
+    click.echo(f"pgtenancy {version} installed; C accelerator {used}")
 
 
 @main.command()

@@ -120,13 +120,20 @@ def upgrade_script(installed: str, target: str = SQL_VERSION) -> str:
     )
 
 
-def install(dsn: str) -> str:
+def install(dsn: str, *, accelerate: bool | None = None) -> str:
     """Install the pgtenancy SQL into a database, or upgrade the installed one.
 
     Args:
         dsn: libpq connection string or URL of the target database; the role
             needs CREATE on the database. It will own the ``tenancy`` schema and
             the tenant schemas created later.
+        accelerate: whether to use the C accelerator of ``enter_tenant`` and
+            ``active_tenant_id`` (``sql/011_accelerator.sql``; it needs the
+            library ``pgtenancy_accel`` on the server and a superuser the first
+            time, and is silently not used without them). ``None`` keeps what
+            the database recorded (wanted, on a first install); ``True`` and
+            ``False`` record the choice (``tenancy.set_accelerator``). Whether it
+            is in use: ``SELECT tenancy.accelerator_in_use()``.
 
     Returns:
         The installed version, as ``tenancy.version()`` reports it.
@@ -144,6 +151,10 @@ def install(dsn: str) -> str:
         try:
             with conn.transaction():
                 conn.execute(QUERIES["install_quiet"])
+                if accelerate is not None:
+                    conn.execute(
+                        QUERIES["install_accelerator"], {"setting": "on" if accelerate else "off"}
+                    )
                 conn.execute(QUERIES["install_lock"])
                 present = conn.execute(QUERIES["is_installed"]).fetchone()
                 if present is None or not present[0]:
@@ -215,3 +226,25 @@ def installed_version(dsn: str) -> str | None:
             return None
         row = conn.execute(QUERIES["version"]).fetchone()
     return None if row is None else str(row[0])
+
+
+def installed_accelerator(dsn: str) -> bool:
+    """Whether the C accelerator of tenant entry is in use in a database
+    (``tenancy.accelerator_in_use()``, ``sql/011_accelerator.sql``).
+
+    Args:
+        dsn: libpq connection string or URL of the database.
+
+    Returns:
+        True when ``enter_tenant`` or ``active_tenant_id`` runs through its C
+        function; False when the PL/pgSQL runs or the kit is not installed.
+
+    Raises:
+        psycopg.OperationalError: when the database cannot be reached.
+    """
+    with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
+        present = conn.execute(QUERIES["is_installed"]).fetchone()
+        if present is None or not present[0]:
+            return False
+        row = conn.execute(QUERIES["accelerator_in_use"]).fetchone()
+    return bool(row is not None and row[0])

@@ -22,3 +22,4 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.strict_entry', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.strict_plain_functions', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.baselines', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_placements', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.accelerator', '');

@@ -608,6 +608,9 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant(slug text)
     VOLATILE
 AS $$
 DECLARE
+    -- The parameter by position, not as enter_tenant.slug: the accelerator
+    -- (011_accelerator.sql) keeps this body under another name too.
+    v_slug    ALIAS FOR $1;
     v_id      pg_catalog.uuid;
     v_schema  pg_catalog.text;
     v_status  pg_catalog.text;
@@ -622,44 +625,44 @@ BEGIN
                 OR pg_catalog.to_regnamespace(pg_catalog.quote_ident(d.schema_name)) IS NOT NULL)
       INTO v_id, v_schema, v_status, v_limits, v_ok
       FROM tenancy.tenant_directory AS d
-     WHERE d.slug OPERATOR(pg_catalog.=) enter_tenant.slug;
+     WHERE d.slug OPERATOR(pg_catalog.=) v_slug;
     IF v_ok IS NOT TRUE THEN
         IF NOT FOUND THEN
             -- A renamed tenant's old slug says where the tenant went.
             SELECT r.new_slug INTO v_renamed
               FROM tenancy.tenant_renames AS r
-             WHERE r.old_slug OPERATOR(pg_catalog.=) enter_tenant.slug;
+             WHERE r.old_slug OPERATOR(pg_catalog.=) v_slug;
             IF FOUND THEN
-                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(enter_tenant.slug),
+                RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(v_slug),
                     pg_catalog.quote_literal(v_renamed)
                     USING ERRCODE = 'PT020',
                           DETAIL = pg_catalog.format('new slug: %s', v_renamed);
             END IF;
-            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(enter_tenant.slug), 'NULL')
+            RAISE EXCEPTION 'tenant % not found', coalesce(pg_catalog.quote_literal(v_slug), 'NULL')
                 USING ERRCODE = 'PT003';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'suspended' THEN
-            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is suspended', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT004';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'deleted' THEN
-            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is deleted', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT005';
         END IF;
         IF v_status OPERATOR(pg_catalog.=) 'provisioning' THEN
-            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(enter_tenant.slug)
+            RAISE EXCEPTION 'tenant % is being provisioned', pg_catalog.quote_literal(v_slug)
                 USING ERRCODE = 'PT019',
                       HINT = 'Its migrations are not all applied yet: rerun create_tenant or pgtenancy migrate.';
         END IF;
         IF v_status OPERATOR(pg_catalog.<>) 'active' THEN
             -- Any status added later is refused too: fail closed.
-            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(enter_tenant.slug),
+            RAISE EXCEPTION 'tenant % is not active (status %)', pg_catalog.quote_literal(v_slug),
                 v_status
                 USING ERRCODE = 'PT004';
         END IF;
         -- Fail closed: never fall back to public when the schema is gone.
         RAISE EXCEPTION 'schema % of tenant % is missing', pg_catalog.quote_ident(v_schema),
-            pg_catalog.quote_literal(enter_tenant.slug)
+            pg_catalog.quote_literal(v_slug)
             USING ERRCODE = 'PT007';
     END IF;
     -- The tenant's resource limits (tenancy.set_tenant_limits), as
@@ -673,7 +676,7 @@ BEGIN
     -- pg_temp is named last, so a temporary table (left on a pooled
     -- connection by an earlier request) never shadows a tenant table.
     v_set := pg_catalog.set_config('app.tenant_id', v_id::pg_catalog.text, true)
-             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', enter_tenant.slug, true)
+             OPERATOR(pg_catalog.||) pg_catalog.set_config('app.tenant', v_slug, true)
              OPERATOR(pg_catalog.||) pg_catalog.set_config('search_path',
                                       CASE WHEN v_schema IS NULL THEN 'public, pg_temp'
                                            ELSE pg_catalog.quote_ident(v_schema)
@@ -5122,18 +5125,29 @@ CREATE OR REPLACE FUNCTION tenancy.prepare_citus()
 AS $$
 DECLARE
     v_src   text;
+    v_own   boolean;
     v_end   text := E'\n    -- Settings: nothing with a cached plan may follow this assignment.\n';
     v_citus text := E'\n    -- Citus (added by tenancy.prepare_citus()): SET LOCAL reaches every node.'
                     || E'\n    PERFORM pg_catalog.set_config(''citus.propagate_set_commands'', ''local'', true);'
                     || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant_id = %L'', v_id::pg_catalog.text);'
-                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', enter_tenant.slug);'
+                    || E'\n    EXECUTE pg_catalog.format(''SET LOCAL app.tenant = %L'', v_slug);'
                     || E'\n';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN false;
     END IF;
-    SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure;
-    IF pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
+    -- The PL/pgSQL body: enter_tenant's own, or, where the accelerator
+    -- (011_accelerator.sql) made enter_tenant an SQL call of its C function,
+    -- the copy it keeps as enter_tenant_plpgsql. Citus needs the PL/pgSQL:
+    -- it takes enter_tenant's place below.
+    SELECT p.prosrc, p.proname = 'enter_tenant' INTO v_src, v_own
+      FROM pg_proc AS p
+     WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname IN ('enter_tenant', 'enter_tenant_plpgsql')
+       AND p.proargtypes = '25'::oidvector
+       AND p.prolang = (SELECT l.oid FROM pg_language AS l WHERE l.lanname = 'plpgsql')
+     ORDER BY p.proname
+     LIMIT 1;
+    IF v_own AND pg_catalog.strpos(v_src, 'citus.propagate_set_commands') > 0 THEN
         RETURN true;
     END IF;
     IF pg_catalog.strpos(v_src, v_end) = 0 THEN
@@ -6275,6 +6289,328 @@ BEGIN
     END IF;
 END
 $$;
+-- cfast: the optional C accelerator of enter_tenant() and active_tenant_id(), as in
+-- sql/011_accelerator.sql (before strict entry, whose apply_strict_entry uses it).
+
+CREATE TABLE IF NOT EXISTS tenancy.accelerator (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    enabled    boolean NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE tenancy.accelerator IS
+    'Whether the C accelerator is wanted in this database (one row; none means wanted). Set with '
+    'tenancy.set_accelerator.';
+
+REVOKE ALL ON TABLE tenancy.accelerator FROM PUBLIC;
+
+-- Create the C function tenancy.<p_name>_c from the library, when it is not
+-- there yet. False when that is not possible here: not a superuser (42501),
+-- no library (58P01), a library without the symbol (42883). Made by a
+-- superuser, owned then by the kit's owner like every other function.
+CREATE OR REPLACE FUNCTION tenancy.accelerator_create_c(p_name text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sig   text;
+    v_check text;
+    v_ident text;
+    v_attrs text;
+    v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
+BEGIN
+    -- Names without their schema: tenancy.%s below.
+    IF p_name = 'enter_tenant' THEN
+        v_sig := 'enter_tenant_c(slug text)';
+        v_ident := 'text';
+        v_attrs := 'VOLATILE';
+    ELSIF p_name = 'active_tenant_id' THEN
+        v_sig := 'active_tenant_id_c()';
+        v_ident := '';
+        v_attrs := 'STABLE PARALLEL SAFE';
+    ELSIF p_name = 'active_tenant_id_strict' THEN
+        v_sig := 'active_tenant_id_strict_c()';
+        v_ident := '';
+        v_attrs := 'STABLE PARALLEL SAFE';
+    ELSIF p_name = 'enter_tenant_token' THEN
+        v_sig := 'enter_tenant_token_c(token text, slug text)';
+        v_ident := 'text, text';
+        v_attrs := 'VOLATILE';
+    ELSIF p_name = 'verify_entry_token' THEN
+        v_sig := 'verify_entry_token_c(token text, at_entry boolean)';
+        v_ident := 'text, boolean';
+        v_attrs := 'STABLE PARALLEL SAFE';
+    ELSE
+        RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = p_name || '_c'
+                  AND pg_get_function_identity_arguments(p.oid) = v_ident AND l.lanname = 'c') THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        -- The library is loaded and the symbol checked now, not at the
+        -- first call (check_function_bodies may be off, as in a restore);
+        -- the caller's setting back afterwards.
+        v_check := current_setting('check_function_bodies');
+        PERFORM set_config('check_function_bodies', 'on', true);
+        EXECUTE format('CREATE OR REPLACE FUNCTION tenancy.%s RETURNS uuid LANGUAGE c %s '
+                       'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
+        PERFORM set_config('check_function_bodies', v_check, true);
+    EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+        -- The subtransaction's rollback restored the setting.
+        RETURN false;
+    END;
+    EXECUTE format('ALTER FUNCTION tenancy.%s_c(%s) OWNER TO %I', p_name, v_ident, v_owner);
+    IF p_name = 'verify_entry_token' THEN
+        -- Like verify_entry_token itself: not for every role (the parity
+        -- test calls it; the other C functions verify tokens themselves).
+        EXECUTE format('REVOKE ALL ON FUNCTION tenancy.%s_c(%s) FROM PUBLIC', p_name, v_ident);
+    END IF;
+    EXECUTE format('COMMENT ON FUNCTION tenancy.%s_c(%s) IS %L', p_name, v_ident,
+                   format('C fast path of tenancy.%s (library pgtenancy_accel): the same result for an '
+                          'active tenant, and tenancy.%s_plpgsql for every other case (so its errors). '
+                          'Called by tenancy.%s while the accelerator is in use '
+                          '(tenancy.set_accelerator).', p_name, p_name, p_name));
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_create_c(text) IS
+    'Create the C function <p_name>_c of the tenancy schema (enter_tenant, active_tenant_id, '
+    'active_tenant_id_strict, enter_tenant_token, verify_entry_token) from the library '
+    'pgtenancy_accel when missing; true when it exists, false when it cannot be created here (not '
+    'a superuser, no library). Raises 22023 for another name. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerator_create_c(text) FROM PUBLIC;
+
+-- Point function p_fn (PL/pgSQL) at the C function tenancy.<p_impl>_c, or
+-- (p_impl NULL) give it back its PL/pgSQL body. Pointing: the PL/pgSQL
+-- definition is copied to tenancy.<p_impl>_plpgsql (the C function's
+-- fallback; the bodies are written to work under either name), then p_fn
+-- becomes `SELECT tenancy.<p_impl>_c(<p_args>)` in LANGUAGE sql, its other
+-- attributes kept. Returns whether p_fn calls a C function afterwards.
+CREATE OR REPLACE FUNCTION tenancy.accelerator_swap(p_fn regprocedure, p_impl text, p_args text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_name name;
+    v_src  text;
+    v_def  text;
+    v_lang name;
+    v_stem text;
+    v_head text;
+    v_copy text;
+BEGIN
+    SELECT p.proname, p.prosrc, pg_get_functiondef(p.oid), l.lanname INTO v_name, v_src, v_def, v_lang
+      FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang WHERE p.oid = p_fn;
+    v_head := 'CREATE OR REPLACE FUNCTION tenancy.' || v_name || '(';
+    v_stem := substring(v_src FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(');
+    IF v_lang = 'sql' AND v_stem IS NOT NULL THEN
+        IF v_stem = p_impl THEN
+            RETURN true;
+        END IF;
+        -- Back to the PL/pgSQL, from the copy the wrapper's C function uses.
+        v_copy := 'CREATE OR REPLACE FUNCTION tenancy.' || v_stem || '_plpgsql(';
+        SELECT pg_get_functiondef(p.oid) INTO v_def FROM pg_proc AS p
+         WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = v_stem || '_plpgsql'
+           AND p.proargtypes = (SELECT f.proargtypes FROM pg_proc AS f WHERE f.oid = p_fn);
+        IF v_def IS NULL OR left(v_def, length(v_copy)) <> v_copy THEN
+            RAISE EXCEPTION 'cannot restore %: its PL/pgSQL copy %_plpgsql is missing', p_fn, v_stem
+                USING ERRCODE = 'XX000';
+        END IF;
+        EXECUTE v_head || substr(v_def, length(v_copy) + 1);
+        SELECT p.prosrc, pg_get_functiondef(p.oid), l.lanname INTO v_src, v_def, v_lang
+          FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang WHERE p.oid = p_fn;
+    END IF;
+    IF p_impl IS NULL OR v_lang <> 'plpgsql' THEN
+        RETURN false;
+    END IF;
+    IF left(v_def, length(v_head)) <> v_head OR strpos(v_def, v_src) = 0
+       OR strpos(v_def, E'\n LANGUAGE plpgsql\n') = 0 THEN
+        RAISE EXCEPTION 'cannot accelerate %: unexpected definition', p_fn
+            USING ERRCODE = 'XX000';
+    END IF;
+    EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.' || p_impl || '_plpgsql(' || substr(v_def, length(v_head) + 1);
+    EXECUTE format('COMMENT ON FUNCTION tenancy.%s_plpgsql(%s) IS %L', p_impl,
+                   pg_get_function_identity_arguments(p_fn),
+                   format('The PL/pgSQL body of tenancy.%s, copied by the accelerator '
+                          '(tenancy.set_accelerator): tenancy.%s_c calls it for every case but the '
+                          'common one. Internal.', v_name, p_impl));
+    EXECUTE replace(replace(v_def, v_src, E'\n    SELECT tenancy.' || p_impl || '_c(' || p_args || E')\n'),
+                    E'\n LANGUAGE plpgsql\n', E'\n LANGUAGE sql\n');
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text) IS
+    'Make PL/pgSQL function p_fn an inlinable SQL call of <p_impl>_c(p_args) after copying its '
+    'definition to <p_impl>_plpgsql, or (p_impl NULL) restore its PL/pgSQL definition from that '
+    'copy; OID, signature, attributes, grants and comment kept. Returns whether p_fn calls a C '
+    'function afterwards. Raises XX000 when a definition is not as expected. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerator_swap(regprocedure, text, text) FROM PUBLIC;
+
+-- The PL/pgSQL body in effect of function p_fn: its own, or for a function
+-- the accelerator took over, that of the copy its C function falls back to.
+CREATE OR REPLACE FUNCTION tenancy.accelerated_body(p_fn regprocedure)
+    RETURNS text
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT c.prosrc FROM pg_proc AS c
+                      WHERE c.pronamespace = 'tenancy'::regnamespace
+                        AND c.proname = substring(p.prosrc FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(')
+                                        || '_plpgsql'
+                        AND c.proargtypes = p.proargtypes),
+                    p.prosrc)
+      FROM pg_proc AS p WHERE p.oid = p_fn
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerated_body(regprocedure) IS
+    'The PL/pgSQL body in effect of function p_fn: its own source, or, while the C accelerator '
+    'takes it over, the source of the PL/pgSQL copy its C function falls back to. Used by the '
+    'doctor''s strict check. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.accelerated_body(regprocedure) FROM PUBLIC;
+
+-- The functions the accelerator may take over, each with the C function for
+-- its plain body (impl) and for the body strict entry gives it (strict_impl,
+-- NULL: that body stays PL/pgSQL). Later files add theirs (012).
+CREATE TABLE IF NOT EXISTS tenancy.accelerated_functions (
+    function    text PRIMARY KEY,
+    impl        text NOT NULL,
+    strict_impl text,
+    args        text NOT NULL,
+    with_citus  boolean NOT NULL
+);
+
+COMMENT ON TABLE tenancy.accelerated_functions IS
+    'Functions the C accelerator takes over (apply_accelerator): function (regprocedure text), its '
+    'C fast path <impl>_c for the plain body and <strict_impl>_c for the strict-entry body (NULL: '
+    'none), the call''s arguments, and whether it may be accelerated with Citus. Written by the '
+    'install files.';
+
+REVOKE ALL ON TABLE tenancy.accelerated_functions FROM PUBLIC;
+
+-- Not with Citus: enter_tenant, whose workers need the literal SET LOCAL
+-- statements prepare_citus() writes into the PL/pgSQL.
+INSERT INTO tenancy.accelerated_functions (function, impl, strict_impl, args, with_citus) VALUES
+    ('tenancy.enter_tenant(text)', 'enter_tenant', 'enter_tenant', '$1', false),
+    ('tenancy.active_tenant_id()', 'active_tenant_id', 'active_tenant_id_strict', '', true)
+ON CONFLICT (function) DO UPDATE
+   SET impl = EXCLUDED.impl, strict_impl = EXCLUDED.strict_impl, args = EXCLUDED.args,
+       with_citus = EXCLUDED.with_citus;
+
+-- Put the recorded choice in place: accelerate what can be, where it can be.
+CREATE OR REPLACE FUNCTION tenancy.apply_accelerator()
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_on    boolean := coalesce((SELECT a.enabled FROM tenancy.accelerator AS a), true);
+    v_citus boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
+    v_fn    regprocedure;
+    v_src   text;
+    v_impl  text;
+    r       tenancy.accelerated_functions;
+BEGIN
+    FOR r IN SELECT * FROM tenancy.accelerated_functions AS f ORDER BY f.function LOOP
+        v_fn := r.function::regprocedure;
+        -- The PL/pgSQL first: which body it has says which C function fits.
+        PERFORM tenancy.accelerator_swap(v_fn, NULL, r.args);
+        SELECT p.prosrc INTO v_src FROM pg_proc AS p WHERE p.oid = v_fn;
+        v_impl := CASE WHEN strpos(v_src, '-- strict entry') > 0 THEN r.strict_impl ELSE r.impl END;
+        IF v_on AND v_impl IS NOT NULL AND (r.with_citus OR NOT v_citus)
+           AND strpos(v_src, 'citus.propagate_set_commands') = 0
+           AND tenancy.accelerator_create_c(v_impl) THEN
+            PERFORM tenancy.accelerator_swap(v_fn, v_impl, r.args);
+        END IF;
+    END LOOP;
+    -- The verifier's fast path on its own, for the parity test of the
+    -- token checks (tests/integration/test_accelerator.py).
+    IF v_on THEN
+        PERFORM tenancy.accelerator_create_c('verify_entry_token');
+    END IF;
+    RETURN tenancy.accelerator_in_use();
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.apply_accelerator() IS
+    'Bring the functions of tenancy.accelerated_functions in line with tenancy.accelerator: wanted '
+    '(the default), make each call its C function where that function exists or can be created (a '
+    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus); not wanted, '
+    'restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
+    'set_accelerator and set_strict_entry. Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.apply_accelerator() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.set_accelerator(enabled boolean)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF set_accelerator.enabled IS NULL THEN
+        RAISE EXCEPTION 'set_accelerator needs true or false, not NULL'
+            USING ERRCODE = '22004';
+    END IF;
+    INSERT INTO tenancy.accelerator (singleton, enabled) VALUES (true, set_accelerator.enabled)
+    ON CONFLICT (singleton) DO UPDATE SET enabled = EXCLUDED.enabled, changed_at = now()
+     WHERE tenancy.accelerator.enabled <> EXCLUDED.enabled;
+    RETURN tenancy.apply_accelerator();
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.set_accelerator(boolean) IS
+    'Want the C accelerator (true) or not (false) in this database, recorded for later installs '
+    'and upgrades, and put in place (apply_accelerator). Returns whether it is in use afterwards: '
+    'true needs the library pgtenancy_accel on the server and, the first time, a superuser. '
+    'Raises 22004 (NULL). Owner only.';
+
+REVOKE ALL ON FUNCTION tenancy.set_accelerator(boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION tenancy.accelerator_in_use()
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.pronamespace = 'tenancy'::regnamespace AND l.lanname = 'sql'
+                      AND p.prosrc ~ E'^\\n    SELECT tenancy\\.\\w+_c\\(')
+$$;
+
+COMMENT ON FUNCTION tenancy.accelerator_in_use() IS
+    'True when a function of the kit (enter_tenant, active_tenant_id, enter_tenant_token) runs '
+    'through its C function (the accelerator, tenancy.set_accelerator); false when the PL/pgSQL '
+    'functions run.';
+
+-- Its configuration table: pg_dump keeps its row.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('tenancy.accelerator', '');
+    END IF;
+END
+$$;
+
+-- Install and upgrades recreate enter_tenant() and active_tenant_id() with
+-- their PL/pgSQL bodies: accelerate them again, or not, as recorded. The
+-- installer's --accelerator/--no-accelerator (pgtenancy.accelerator = on or
+-- off in its transaction) records a choice; without one no row is written
+-- (an extension's dump would restore a row its CREATE EXTENSION wrote too).
+SELECT CASE pg_catalog.current_setting('pgtenancy.accelerator', true)
+           WHEN 'on' THEN tenancy.set_accelerator(true)
+           WHEN 'off' THEN tenancy.set_accelerator(false)
+           ELSE tenancy.apply_accelerator()
+       END;
+
 -- i13strict: strict entry (issue 13 items 1, 2, 4): entry keys, signed entry tokens,
 -- the verifying body of active_tenant_id() while strict mode is on, the guard of tenant
 -- schemas, the doctor's strict findings. The text of sql/012_strict.sql.
@@ -6555,18 +6891,22 @@ CREATE OR REPLACE FUNCTION tenancy.enter_tenant_token(token text, slug text DEFA
     VOLATILE
 AS $$
 DECLARE
-    v_id   pg_catalog.uuid := tenancy.verify_entry_token(enter_tenant_token.token, true);
-    v_slug pg_catalog.text := pg_catalog.split_part(enter_tenant_token.token, '.', 3);
+    -- The parameters by position, not as p_token: the
+    -- accelerator (011_accelerator.sql) keeps this body under another name too.
+    p_token ALIAS FOR $1;
+    p_slug  ALIAS FOR $2;
+    v_id   pg_catalog.uuid := tenancy.verify_entry_token(p_token, true);
+    v_slug pg_catalog.text := pg_catalog.split_part(p_token, '.', 3);
 BEGIN
-    IF enter_tenant_token.slug IS NOT NULL AND enter_tenant_token.slug OPERATOR(pg_catalog.<>) v_slug THEN
+    IF p_slug IS NOT NULL AND p_slug OPERATOR(pg_catalog.<>) v_slug THEN
         RAISE EXCEPTION 'entry token is for tenant %, not %', pg_catalog.quote_literal(v_slug),
-            pg_catalog.quote_literal(enter_tenant_token.slug)
+            pg_catalog.quote_literal(p_slug)
             USING ERRCODE = 'PT027';
     END IF;
     -- The token first: after enter_tenant has changed search_path, a
     -- statement with a cached plan would be planned again (an error in
     -- enter_tenant aborts the transaction, setting and all).
-    PERFORM pg_catalog.set_config('app.tenant_token', enter_tenant_token.token, true);
+    PERFORM pg_catalog.set_config('app.tenant_token', p_token, true);
     PERFORM tenancy.enter_tenant(v_slug);
     RETURN v_id;
 END
@@ -6856,6 +7196,10 @@ DECLARE
     v_schema text;
     v_info   text;
 BEGIN
+    -- The accelerator (011) makes active_tenant_id() an SQL call of C: give
+    -- it its PL/pgSQL back before its body is swapped or restored, and let
+    -- the accelerator take it again after (the plain body only).
+    PERFORM tenancy.accelerator_swap('tenancy.active_tenant_id()'::regprocedure, NULL, '');
     IF v_on THEN
         PERFORM tenancy.strict_swap_body('tenancy.active_tenant_id()'::regprocedure,
                                          tenancy.strict_active_tenant_body());
@@ -6877,6 +7221,7 @@ BEGIN
             PERFORM tenancy.strict_unguard_schema(v_schema);
         END LOOP;
     END IF;
+    PERFORM tenancy.apply_accelerator();
     RETURN v_on;
 END
 $$;
@@ -6989,8 +7334,8 @@ BEGIN
                    'strict entry is recorded as on but active_tenant_id() has its plain body (a '
                    'restore or a manual CREATE OR REPLACE): policies trust app.tenant_id'::text,
                    'SELECT tenancy.set_strict_entry(true)'::text
-             WHERE (SELECT p.prosrc FROM pg_proc AS p
-                     WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure)
+             -- The body in effect: the C accelerator (011) falls back to a copy.
+             WHERE tenancy.accelerated_body('tenancy.active_tenant_id()'::regprocedure)
                    IS DISTINCT FROM tenancy.strict_active_tenant_body();
     END IF;
 
@@ -7144,6 +7489,16 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The C accelerator (011) takes over token entry too (not with Citus: it
+-- enters through enter_tenant's PL/pgSQL there).
+INSERT INTO tenancy.accelerated_functions (function, impl, strict_impl, args, with_citus) VALUES
+    ('tenancy.enter_tenant_token(text, text)', 'enter_tenant_token', 'enter_tenant_token', '$1, $2', false)
+ON CONFLICT (function) DO UPDATE
+   SET impl = EXCLUDED.impl, strict_impl = EXCLUDED.strict_impl, args = EXCLUDED.args,
+       with_citus = EXCLUDED.with_citus;
+
+SELECT tenancy.apply_accelerator();
 
 -- Tables tracked before: their generated change triggers took the tenant of
 -- shared-table events from app.tenant_id, which the writing statement can

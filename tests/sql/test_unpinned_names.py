@@ -124,19 +124,25 @@ def declared_types(body: str) -> Iterator[str]:
         line = re.sub(r"--[^\n]*", "", line).strip()
         if line:
             parts = line.split(None, 1)
-            if len(parts) == 2:
+            if len(parts) == 2 and not re.match(r"ALIAS\s+FOR\b", parts[1], re.I):
                 yield re.split(r"\s*(:=|DEFAULT\b|NOT NULL\b)", parts[1], flags=re.I)[0].strip()
 
 
-def findings(name: str, language: str, source: str, returns: str = "void") -> list[str]:
+def findings(
+    name: str, language: str, source: str, returns: str = "void", arguments: str = ""
+) -> list[str]:
     """What ``tenancy.name``'s body resolves through the caller's search_path.
 
     ``returns`` is the function's result type (``pg_get_function_result``):
-    the PL/pgSQL parser checks RETURN statements against it.
+    the PL/pgSQL parser checks RETURN statements against it. ``arguments``
+    its argument list (``pg_get_function_arguments``): a body may name them
+    by position (``ALIAS FOR $1``).
     """
     if language == "sql":
         return [f"{name}: {f}" for f in unqualified(source)]
-    create = f"CREATE FUNCTION f() RETURNS {returns} LANGUAGE plpgsql AS $pgt${source}$pgt$"
+    create = (
+        f"CREATE FUNCTION f({arguments}) RETURNS {returns} LANGUAGE plpgsql AS $pgt${source}$pgt$"
+    )
     tree = json.loads(pglast.parser.parse_plpgsql_json(create))
     found = [f"{name}: {f}" for s in plpgsql_statements(tree) for f in unqualified(s)]
     for typ in declared_types(source):
@@ -184,7 +190,8 @@ END
 
 def test_functions_without_a_pinned_search_path_qualify_every_name(sql: SQL) -> None:
     rows = sql(
-        "SELECT p.proname, l.lanname, p.prosrc, pg_get_function_result(p.oid) FROM pg_proc AS p "
+        "SELECT p.proname, l.lanname, p.prosrc, pg_get_function_result(p.oid),"
+        " pg_get_function_arguments(p.oid) FROM pg_proc AS p "
         "JOIN pg_language AS l ON l.oid = p.prolang "
         "WHERE p.pronamespace = 'tenancy'::regnamespace AND l.lanname IN ('sql', 'plpgsql') "
         "  AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) AS c "

@@ -1,0 +1,690 @@
+/*
+ * pgtenancy_accel.c — optional C fast path of the per-transaction functions.
+ *
+ * Entering a tenant (tenancy.enter_tenant) and the policies' tenant test
+ * (tenancy.active_tenant_id, once per statement) are PL/pgSQL; their cost is
+ * mostly the PL/pgSQL machinery, not the work (one index probe, a few
+ * settings). These functions do the same work for the ONE common case — the
+ * tenant exists, is active, has no limits and its schema is there — and hand
+ * EVERY other case to the PL/pgSQL implementation, kept under another name
+ * (tenancy.<name>_plpgsql, made by tenancy.set_accelerator()). So refusals
+ * (SQLSTATE, message, DETAIL, HINT) are the PL/pgSQL ones by construction;
+ * nothing here raises a tenant error of its own.
+ *
+ * Installed only by a superuser (C functions), only where the server has
+ * this library; everywhere else the PL/pgSQL functions run as they are
+ * (sql/011_accelerator.sql). The application role may call these functions
+ * with any argument: they return nothing the tenancy.tenant_directory view
+ * (granted to it) does not show.
+ *
+ * Catalog look-ups (schema, table, index, columns) are done on every call
+ * through the syscache/relcache, which PostgreSQL invalidates itself: no
+ * private cache can go stale when the kit is uninstalled and installed again
+ * in the same backend, and each look-up is a hash probe.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/uuid.h"
+
+PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant);
+PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id);
+PG_FUNCTION_INFO_V1(pgtenancy_verify_entry_token);
+PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant_token);
+PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id_strict);
+
+/* Microseconds from the Unix epoch to PostgreSQL's (2000-01-01). */
+#define UNIX_OFFSET_US \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC)
+
+/* What the fast path needs of one tenant row. */
+typedef struct TenantRow
+{
+	pg_uuid_t	id;
+	bool		active;			/* status = 'active' */
+	bool		has_limits;		/* limits IS NOT NULL */
+	char	   *schema_name;	/* NULL for a shared tenant */
+	bool		has_assigned;	/* slug_assigned_at read */
+	int64		assigned_us;	/* slug_assigned_at, Unix microseconds */
+} TenantRow;
+
+/* The pads of one entry key (tenancy.entry_keys, 012_strict.sql). */
+typedef struct KeyRow
+{
+	uint8		inner_pad[PG_SHA256_BLOCK_LENGTH];
+	uint8		outer_pad[PG_SHA256_BLOCK_LENGTH];
+} KeyRow;
+
+/* Attribute number of column name of type typid in desc, 0 when absent. */
+static AttrNumber
+find_column(TupleDesc desc, const char *name, Oid typid)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->atttypid == typid ? att->attnum : 0;
+	}
+	return 0;
+}
+
+/* Reads the row found into the caller's struct; false: not usable. */
+typedef bool (*RowReader) (TupleTableSlot *slot, TupleDesc desc, void *out);
+
+/*
+ * Look up the row of tenancy.<table> whose column key_column (of type
+ * key_type: uuid or text) equals key, through the index tenancy.<index_name>
+ * (a valid btree index led by that column), under the active snapshot —
+ * what the PL/pgSQL's query would see — and hand it to read. Returns false
+ * when the row is absent OR anything is not as expected (no such table,
+ * index or column, no active snapshot): the caller then takes the PL/pgSQL
+ * path, which knows what to say. Locks are kept to the end of the
+ * transaction, as a query's are.
+ */
+static bool
+lookup_row(const char *table, const char *index_name, const char *key_column, Oid key_type,
+		   Datum key, RowReader read, void *out)
+{
+	Oid			nsp;
+	Oid			relid;
+	Oid			indexid;
+	Relation	rel;
+	Relation	idx;
+	AttrNumber	key_att;
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		found = false;
+
+	if (!ActiveSnapshotSet())
+		return false;
+	nsp = get_namespace_oid("tenancy", true);
+	if (!OidIsValid(nsp))
+		return false;
+	relid = get_relname_relid(table, nsp);
+	indexid = get_relname_relid(index_name, nsp);
+	if (!OidIsValid(relid) || !OidIsValid(indexid))
+		return false;
+
+	rel = table_open(relid, AccessShareLock);
+	key_att = find_column(RelationGetDescr(rel), key_column, key_type);
+	if (rel->rd_rel->relkind != RELKIND_RELATION || key_att == 0)
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	idx = index_open(indexid, AccessShareLock);
+	if (idx->rd_rel->relam != BTREE_AM_OID ||
+		idx->rd_index->indrelid != relid ||
+		!idx->rd_index->indisvalid ||
+		idx->rd_index->indnkeyatts < 1 ||
+		idx->rd_index->indkey.values[0] != key_att ||
+		idx->rd_opcintype[0] != key_type)
+	{
+		index_close(idx, NoLock);
+		table_close(rel, NoLock);
+		return false;
+	}
+
+	/*
+	 * The index's own collation: a btree descends by it, so a scan key with
+	 * another collation could miss the row.
+	 */
+	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0],
+						   key_type == UUIDOID ? F_UUID_EQ : F_TEXTEQ, key);
+#if PG_VERSION_NUM >= 180000
+	scan = index_beginscan(rel, idx, GetActiveSnapshot(), NULL, 1, 0);
+#else
+	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 1, 0);
+#endif
+	index_rescan(scan, &skey, 1, NULL, 0);
+	slot = table_slot_create(rel, NULL);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		found = read(slot, RelationGetDescr(rel), out);
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	return found;
+}
+
+static bool
+read_tenant(TupleTableSlot *slot, TupleDesc desc, void *out)
+{
+	TenantRow  *row = (TenantRow *) out;
+	AttrNumber	id = find_column(desc, "id", UUIDOID);
+	AttrNumber	schema_name = find_column(desc, "schema_name", TEXTOID);
+	AttrNumber	status = find_column(desc, "status", TEXTOID);
+	AttrNumber	limits = find_column(desc, "limits", TEXTARRAYOID);
+	AttrNumber	assigned = find_column(desc, "slug_assigned_at", TIMESTAMPTZOID);
+	bool		isnull;
+	Datum		d;
+
+	if (id == 0 || schema_name == 0 || status == 0 || limits == 0)
+		return false;
+	d = slot_getattr(slot, id, &isnull);
+	if (isnull)
+		return false;			/* NOT NULL in the kit: not our table */
+	memcpy(row->id.data, DatumGetUUIDP(d)->data, UUID_LEN);
+	d = slot_getattr(slot, status, &isnull);
+	row->active = !isnull && strcmp(TextDatumGetCString(d), "active") == 0;
+	(void) slot_getattr(slot, limits, &isnull);
+	row->has_limits = !isnull;
+	d = slot_getattr(slot, schema_name, &isnull);
+	/* Copied out: the slot's buffer is released by the caller. */
+	row->schema_name = isnull ? NULL : TextDatumGetCString(d);
+	/* When the tenant got its slug: tokens issued before it are refused. */
+	row->has_assigned = false;
+	if (assigned != 0)
+	{
+		d = slot_getattr(slot, assigned, &isnull);
+		if (!isnull)
+		{
+			row->has_assigned = true;
+			row->assigned_us = (int64) DatumGetTimestampTz(d) + UNIX_OFFSET_US;
+		}
+	}
+	return true;
+}
+
+static bool
+read_key(TupleTableSlot *slot, TupleDesc desc, void *out)
+{
+	KeyRow	   *row = (KeyRow *) out;
+	AttrNumber	inner = find_column(desc, "inner_pad", BYTEAOID);
+	AttrNumber	outer = find_column(desc, "outer_pad", BYTEAOID);
+	bytea	   *ip;
+	bytea	   *op;
+	bool		inull;
+	bool		onull;
+
+	if (inner == 0 || outer == 0)
+		return false;
+	ip = DatumGetByteaPP(slot_getattr(slot, inner, &inull));
+	op = DatumGetByteaPP(slot_getattr(slot, outer, &onull));
+	/* The table's CHECK says 64 bytes each; anything else is not ours. */
+	if (inull || onull || VARSIZE_ANY_EXHDR(ip) != PG_SHA256_BLOCK_LENGTH ||
+		VARSIZE_ANY_EXHDR(op) != PG_SHA256_BLOCK_LENGTH)
+		return false;
+	memcpy(row->inner_pad, VARDATA_ANY(ip), PG_SHA256_BLOCK_LENGTH);
+	memcpy(row->outer_pad, VARDATA_ANY(op), PG_SHA256_BLOCK_LENGTH);
+	return true;
+}
+
+static bool
+lookup_tenant(const char *index_name, const char *key_column, Oid key_type,
+			  Datum key, TenantRow *row)
+{
+	return lookup_row("tenants", index_name, key_column, key_type, key, read_tenant, row);
+}
+
+/*
+ * Call tenancy.<name>(args of fcinfo), the PL/pgSQL implementation, and
+ * return its result: every refusal and every uncommon case goes there. The
+ * name is schema-qualified (the application role cannot create functions in
+ * the tenancy schema) and looked up on each call, which only the slow path
+ * pays.
+ */
+static Datum
+call_plpgsql(const char *name, FunctionCallInfo fcinfo, Oid *argtypes)
+{
+	List	   *fname = list_make2(makeString("tenancy"), makeString(pstrdup(name)));
+	Oid			fn = LookupFuncName(fname, fcinfo->nargs, argtypes, true);
+	FmgrInfo	flinfo;
+	LOCAL_FCINFO(call, 2);
+	Datum		result;
+
+	if (!OidIsValid(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("pgtenancy accelerator: function tenancy.%s is missing", name),
+				 errhint("Run SELECT tenancy.set_accelerator(true) (or false) as the kit's owner.")));
+	Assert(fcinfo->nargs <= 2);
+	fmgr_info(fn, &flinfo);
+	InitFunctionCallInfoData(*call, &flinfo, fcinfo->nargs, fcinfo->fncollation, NULL, NULL);
+	for (int i = 0; i < fcinfo->nargs; i++)
+		call->args[i] = fcinfo->args[i];
+	result = FunctionCallInvoke(call);
+	fcinfo->isnull = call->isnull;
+	return result;
+}
+
+/* set_config(name, value, true), as set_config_by_name does it. */
+static void
+set_local(const char *name, const char *value)
+{
+	(void) set_config_option(name, value,
+							 superuser() ? PGC_SUSET : PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * The fast path of entry: true when tenant slug exists, is active, has no
+ * limits and its schema (if any) exists — nothing to refuse, nothing but
+ * the three settings to make. Changes nothing.
+ */
+static bool
+entry_fast(Datum slug, TenantRow *row)
+{
+	return lookup_tenant("tenants_slug_key", "slug", TEXTOID, slug, row)
+		&& row->active && !row->has_limits
+		&& (row->schema_name == NULL || OidIsValid(get_namespace_oid(row->schema_name, true)));
+}
+
+/*
+ * The settings of entry, in the same order, with the same values as the
+ * PL/pgSQL (sql/004_context.sql): app.tenant_id, app.tenant, then
+ * search_path = "schema", public, pg_temp (public, pg_temp for a shared
+ * tenant).
+ */
+static void
+entry_settings(const TenantRow *row, const char *slug)
+{
+	char	   *id = DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&row->id)));
+
+	set_local("app.tenant_id", id);
+	set_local("app.tenant", slug);
+	if (row->schema_name == NULL)
+		set_local("search_path", "public, pg_temp");
+	else
+		set_local("search_path",
+				  psprintf("%s, public, pg_temp", quote_identifier(row->schema_name)));
+}
+
+static Datum
+return_uuid(const pg_uuid_t *id)
+{
+	pg_uuid_t  *copy = palloc(sizeof(pg_uuid_t));
+
+	memcpy(copy, id, sizeof(pg_uuid_t));
+	return UUIDPGetDatum(copy);
+}
+
+/*
+ * tenancy.enter_tenant_c(slug text) RETURNS uuid — tenancy.enter_tenant's fast
+ * path. Not strict: NULL goes to the PL/pgSQL, which refuses it.
+ */
+Datum
+pgtenancy_enter_tenant(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	TenantRow	row;
+
+	if (PG_ARGISNULL(0) || !entry_fast(PG_GETARG_DATUM(0), &row))
+		return call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
+	entry_settings(&row, TextDatumGetCString(PG_GETARG_DATUM(0)));
+	return return_uuid(&row.id);
+}
+
+/* True when s is a uuid in uuid_out's form (36 characters, lowercase or
+ * uppercase hex, dashes at 8, 13, 18, 23); other spellings go to the
+ * PL/pgSQL, whose cast accepts or refuses them. */
+static bool
+canonical_uuid(const char *s)
+{
+	for (int i = 0; i < 36; i++)
+	{
+		char		c = s[i];
+
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (c != '-')
+				return false;
+		}
+		else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+			return false;			/* also stops at the terminating NUL */
+	}
+	return s[36] == '\0';
+}
+
+/*
+ * tenancy.active_tenant_id_c() RETURNS uuid — tenancy.active_tenant_id's
+ * (sql/005_shared.sql, plain mode) fast path: no tenant, NULL; a tenant that
+ * is active, its id; anything else (suspended, deleted, gone, the owner's
+ * exception, an odd app.tenant_id) the PL/pgSQL.
+ */
+Datum
+pgtenancy_active_tenant_id(PG_FUNCTION_ARGS)
+{
+	const char *setting = GetConfigOption("app.tenant_id", true, false);
+	char	   *text_id;
+	Datum		id;
+	TenantRow	row;
+
+	if (setting == NULL || setting[0] == '\0')
+		PG_RETURN_NULL();
+	/* Copied: the setting's storage belongs to the GUC machinery. */
+	text_id = pstrdup(setting);
+	if (!canonical_uuid(text_id))
+		return call_plpgsql("active_tenant_id_plpgsql", fcinfo, NULL);
+	id = DirectFunctionCall1(uuid_in, CStringGetDatum(text_id));
+	if (lookup_tenant("tenants_pkey", "id", UUIDOID, id, &row) && row.active)
+		PG_RETURN_DATUM(id);
+	return call_plpgsql("active_tenant_id_plpgsql", fcinfo, NULL);
+}
+
+/* ------------------------------------------------------------------------
+ * Strict entry (sql/012_strict.sql): entry tokens
+ *   pt2.<key name>.<slug>.<issued, Unix ms>.<expiry, Unix ms>.<nonce, hex>.<mac, hex>
+ * mac = HMAC-SHA256 (RFC 2104) under the named key over everything before
+ * the last dot. Tokens are attacker input: every length is bounded before
+ * anything is read, and the fast path accepts a strict subset of what the
+ * PL/pgSQL verifier accepts (anything else goes to it, which refuses or
+ * accepts it itself); tests/integration/test_accelerator.py runs every token
+ * case through both. A rule added to the PL/pgSQL's success path must be
+ * added here as well (with its case in that test): this code accepts what
+ * it checks, nothing more.
+ * ------------------------------------------------------------------------
+ */
+
+/* Longer tokens go to the PL/pgSQL (sign_tenant_token's are ~150 bytes). */
+#define TOKEN_MAX 512
+#define MAC_HEX 64
+
+typedef struct Token
+{
+	const char *key;			/* key name, key_len bytes */
+	int			key_len;
+	const char *slug;			/* slug, slug_len bytes */
+	int			slug_len;
+	int64		issued_ms;
+	int64		expiry_ms;
+	int			signed_len;		/* bytes before the last dot */
+	const char *mac;			/* MAC_HEX lowercase hex digits */
+} Token;
+
+static bool
+all_of(const char *s, int len, const char *set)
+{
+	for (int i = 0; i < len; i++)
+		if (s[i] == '\0' || strchr(set, s[i]) == NULL)
+			return false;
+	return true;
+}
+
+/* The value of 1-16 decimal digits (below 10^16: no overflow). */
+static int64
+digits_value(const char *s, int len)
+{
+	int64		v = 0;
+
+	for (int i = 0; i < len; i++)
+		v = v * 10 + (s[i] - '0');
+	return v;
+}
+
+/*
+ * Split t (len bytes, not NUL-terminated) into its seven dot-separated parts
+ * and check each against the form sign_tenant_token writes: pt2; key name
+ * 1-63 of [a-z0-9_-]; slug 1-63 of [a-z0-9_-]; issued and expiry 1-16
+ * digits each; nonce 16-64 lowercase hex; mac 64 lowercase hex. Stricter
+ * than the PL/pgSQL pattern on purpose (see above).
+ */
+static bool
+parse_token(const char *t, int len, Token *tok)
+{
+	int			start[7];
+	int			end[7];
+	int			n = 0;
+
+	if (len < 4 || len > TOKEN_MAX)
+		return false;
+	start[0] = 0;
+	for (int i = 0; i < len; i++)
+	{
+		if (t[i] != '.')
+			continue;
+		if (n == 6)
+			return false;		/* an eighth part */
+		end[n] = i;
+		start[++n] = i + 1;
+	}
+	if (n != 6)
+		return false;
+	end[6] = len;
+#define PART_LEN(k) (end[k] - start[k])
+	if (PART_LEN(0) != 3 || memcmp(t, "pt2", 3) != 0)
+		return false;
+	if (PART_LEN(1) < 1 || PART_LEN(1) > 63 ||
+		!all_of(t + start[1], PART_LEN(1), "abcdefghijklmnopqrstuvwxyz0123456789_-"))
+		return false;
+	if (PART_LEN(2) < 1 || PART_LEN(2) > 63 ||
+		!all_of(t + start[2], PART_LEN(2), "abcdefghijklmnopqrstuvwxyz0123456789_-"))
+		return false;
+	if (PART_LEN(3) < 1 || PART_LEN(3) > 16 || !all_of(t + start[3], PART_LEN(3), "0123456789"))
+		return false;
+	if (PART_LEN(4) < 1 || PART_LEN(4) > 16 || !all_of(t + start[4], PART_LEN(4), "0123456789"))
+		return false;
+	if (PART_LEN(5) < 16 || PART_LEN(5) > 64 || !all_of(t + start[5], PART_LEN(5), "0123456789abcdef"))
+		return false;
+	if (PART_LEN(6) != MAC_HEX || !all_of(t + start[6], MAC_HEX, "0123456789abcdef"))
+		return false;
+	tok->key = t + start[1];
+	tok->key_len = PART_LEN(1);
+	tok->slug = t + start[2];
+	tok->slug_len = PART_LEN(2);
+	tok->issued_ms = digits_value(t + start[3], PART_LEN(3));
+	tok->expiry_ms = digits_value(t + start[4], PART_LEN(4));
+	tok->signed_len = end[5];
+	tok->mac = t + start[6];
+#undef PART_LEN
+	return true;
+}
+
+/* sha256(a || b) into out, with ctx (initialized here, reusable). */
+static void
+sha256_parts(pg_cryptohash_ctx *ctx, const uint8 *a, size_t alen, const uint8 *b, size_t blen,
+			 uint8 *out)
+{
+	if (pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, a, alen) < 0 ||
+		pg_cryptohash_update(ctx, b, blen) < 0 ||
+		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
+		elog(ERROR, "pgtenancy accelerator: could not compute SHA-256");
+}
+
+/*
+ * True when tok's MAC is HMAC-SHA256 of t[0 .. signed_len) under key:
+ * sha256(outer_pad || sha256(inner_pad || message)), compared with the
+ * token's hex digits in constant time (the time taken says nothing of how
+ * much of a forged MAC was right).
+ */
+static bool
+mac_verifies(const char *t, const Token *tok, KeyRow *key)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint8		inner[PG_SHA256_DIGEST_LENGTH];
+	uint8		outer[PG_SHA256_DIGEST_LENGTH];
+	uint8		diff = 0;
+
+	/* One context for both hashes: creating one is most of a short hash's
+	 * cost. On error it is released with the resource owner. */
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (ctx == NULL)
+		elog(ERROR, "pgtenancy accelerator: could not create a SHA-256 context");
+	sha256_parts(ctx, key->inner_pad, PG_SHA256_BLOCK_LENGTH, (const uint8 *) t, tok->signed_len, inner);
+	sha256_parts(ctx, key->outer_pad, PG_SHA256_BLOCK_LENGTH, inner, sizeof(inner), outer);
+	pg_cryptohash_free(ctx);
+	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
+	{
+		diff |= (uint8) (tok->mac[2 * i] ^ hex[outer[i] >> 4]);
+		diff |= (uint8) (tok->mac[2 * i + 1] ^ hex[outer[i] & 0xf]);
+	}
+	/* The key's pads do not outlive the check. */
+	explicit_bzero(key, sizeof(*key));
+	explicit_bzero(inner, sizeof(inner));
+	return diff == 0;
+}
+
+/*
+ * The times of tok hold, as the PL/pgSQL checks them against
+ * clock_timestamp() (rounded to the millisecond there; here the bounds are
+ * taken one millisecond tighter, so a token at a boundary goes to it):
+ * not expired, issued no later than its expiry nor more than 60 s ahead of
+ * this clock, nor before the tenant got its slug.
+ */
+static bool
+times_hold(const Token *tok, const TenantRow *row)
+{
+	int64		now_us = (int64) GetCurrentTimestamp() + UNIX_OFFSET_US;
+	int64		now_ms = now_us / 1000;		/* floor: now_us > 0 */
+	int64		assigned_ms;
+
+	if (!row->has_assigned || row->assigned_us < 0)
+		return false;
+	assigned_ms = (row->assigned_us + 999) / 1000;	/* rounded up */
+	return tok->expiry_ms > now_ms + 1
+		&& tok->issued_ms <= tok->expiry_ms
+		&& tok->issued_ms <= now_ms + 60000
+		&& tok->issued_ms >= assigned_ms;
+}
+
+/*
+ * The fast path of the verifier: t (len bytes) is a well-formed token whose
+ * MAC verifies under an existing key, for an ACTIVE tenant (row filled in),
+ * whose times hold. Any other token: false, and the PL/pgSQL says why.
+ */
+static bool
+verify_fast(const char *t, int len, TenantRow *row)
+{
+	Token		tok;
+	KeyRow		key;
+	text	   *name;
+	text	   *slug;
+
+	if (!parse_token(t, len, &tok))
+		return false;
+	name = cstring_to_text_with_len(tok.key, tok.key_len);
+	if (!lookup_row("entry_keys", "entry_keys_pkey", "name", TEXTOID, PointerGetDatum(name),
+					read_key, &key))
+		return false;
+	if (!mac_verifies(t, &tok, &key))
+		return false;
+	slug = cstring_to_text_with_len(tok.slug, tok.slug_len);
+	return lookup_tenant("tenants_slug_key", "slug", TEXTOID, PointerGetDatum(slug), row)
+		&& row->active && times_hold(&tok, row);
+}
+
+/*
+ * tenancy.verify_entry_token_c(token text, at_entry boolean) RETURNS uuid —
+ * tenancy.verify_entry_token's fast path: the tenant id of a valid token for
+ * an active tenant; everything else is the PL/pgSQL verifier's answer.
+ */
+Datum
+pgtenancy_verify_entry_token(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[2] = {TEXTOID, BOOLOID};
+	TenantRow	row;
+	text	   *token;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		return call_plpgsql("verify_entry_token", fcinfo, argtypes);
+	token = PG_GETARG_TEXT_PP(0);
+	if (!verify_fast(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &row))
+		return call_plpgsql("verify_entry_token", fcinfo, argtypes);
+	return return_uuid(&row.id);
+}
+
+/*
+ * tenancy.enter_tenant_token_c(token text, slug text) RETURNS uuid —
+ * tenancy.enter_tenant_token's fast path: a valid token for an active
+ * tenant that entry_fast would take too (same row: active, no limits, its
+ * schema there), and slug NULL or the token's: the token
+ * in app.tenant_token first, then entry's settings, as the PL/pgSQL does.
+ * Anything else: the PL/pgSQL from the start (nothing was set).
+ */
+Datum
+pgtenancy_enter_tenant_token(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	TenantRow	row;
+	text	   *token;
+	char	   *t;
+	int			len;
+	Token		tok;
+	char	   *slug;
+
+	if (PG_ARGISNULL(0))
+		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+	token = PG_GETARG_TEXT_PP(0);
+	len = VARSIZE_ANY_EXHDR(token);
+	t = VARDATA_ANY(token);
+	if (!verify_fast(t, len, &row) || !parse_token(t, len, &tok))
+		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+	slug = pnstrdup(tok.slug, tok.slug_len);
+	if (!PG_ARGISNULL(1) && strcmp(TextDatumGetCString(PG_GETARG_DATUM(1)), slug) != 0)
+		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+	/* The verifier read the tenant's row by slug: entry_fast's tests on it. */
+	if (row.has_limits ||
+		(row.schema_name != NULL && !OidIsValid(get_namespace_oid(row.schema_name, true))))
+		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+	set_local("app.tenant_token", text_to_cstring(token));
+	entry_settings(&row, slug);
+	return return_uuid(&row.id);
+}
+
+/*
+ * tenancy.active_tenant_id_strict_c() RETURNS uuid — the fast path of
+ * active_tenant_id()'s body while strict entry is on (strict_active_tenant_body
+ * in 012_strict.sql): no token and no tenant, NULL; a valid token for an
+ * active tenant that app.tenant_id names, its id. Everything else (no token
+ * with a tenant: the owner's exception or PT025; expired: PT028; another
+ * tenant in app.tenant_id: PT027; a tenant no longer active) the PL/pgSQL
+ * strict body, kept as tenancy.active_tenant_id_strict_plpgsql.
+ */
+Datum
+pgtenancy_active_tenant_id_strict(PG_FUNCTION_ARGS)
+{
+	const char *token = GetConfigOption("app.tenant_token", true, false);
+	const char *setting = GetConfigOption("app.tenant_id", true, false);
+	TenantRow	row;
+	size_t		len;
+	char	   *t;
+	char	   *id;
+
+	if ((token == NULL || token[0] == '\0') && (setting == NULL || setting[0] == '\0'))
+		PG_RETURN_NULL();
+	if (token == NULL || token[0] == '\0' || setting == NULL || !canonical_uuid(setting))
+		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+	/* Bounded before it is copied: the setting can be any length. */
+	len = strnlen(token, TOKEN_MAX + 1);
+	if (len > TOKEN_MAX)
+		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+	/* Copied: the settings' storage belongs to the GUC machinery. */
+	t = pnstrdup(token, len);
+	id = pstrdup(setting);
+	if (!verify_fast(t, (int) len, &row))
+		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+	if (memcmp(DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(id)))->data,
+			   row.id.data, UUID_LEN) != 0)
+		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+	return return_uuid(&row.id);
+}
