@@ -2,11 +2,12 @@
 
 Run from the repository root (``make procrastinate`` fetches the first series)::
 
-    .venv/bin/python bench/bench_registration.py [--generated 250]
+    .venv/bin/python bench/bench_registration.py [--generated 250] [--rounds 5]
 
 Two series, each registered into a fresh database on one server (as the other
 benchmarks find it: ``DATABASE_URL``, Docker or a throwaway cluster), in one
-run:
+run, ``--rounds`` times (default 5; the tables give medians over the rounds, and
+the per-round ratios; the first round pays the pglast import, as one CLI run does):
 
 1. **procrastinate** 3.10.0's 38 migration files, from its PyPI wheel
    (``.cache/``, see the Makefile). Its first line, ``CREATE EXTENSION IF NOT
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +67,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROCRASTINATE = ROOT / ".cache" / "procrastinate-3.10.0" / "migrations"
 RATIO_GOAL = 2.0
 DEFAULT_GENERATED = 250
+DEFAULT_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,10 @@ class Results(BaseResults):
     generated_psql_seconds: float
     generated_ratio: float
     ratio_goal: float
+    procrastinate_first_round_ratio: float = 0.0
+    generated_first_round_ratio: float = 0.0
+    procrastinate_round_ratios: tuple[float, ...] = ()
+    generated_round_ratios: tuple[float, ...] = ()
     procrastinate_register_cpu_seconds: float | None = None
     procrastinate_psql_cpu_seconds: float | None = None
     generated_register_cpu_seconds: float | None = None
@@ -169,8 +176,15 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def run(generated: int) -> Results:
-    """Both series, both sides."""
+def _median(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def run(generated: int, rounds: int = DEFAULT_ROUNDS) -> Results:
+    """Both series, both sides, ``rounds`` times; medians over the rounds. The
+    first round pays the pglast import (a CLI run pays it once); its ratios are
+    reported too."""
     psql = find_psql()
     with tempfile.TemporaryDirectory(prefix="pgtenancy-bench-") as tmp:
         proc_dir, gen_dir = Path(tmp) / "procrastinate", Path(tmp) / "generated"
@@ -178,21 +192,40 @@ def run(generated: int) -> Results:
         gen_dir.mkdir()
         prelude = procrastinate_series(proc_dir)
         generated_series(gen_dir, generated)
-        log("procrastinate: registering, then psql")
-        p_files, p_reg, p_psql, p_reg_cpu, p_psql_cpu, p_client = time_series(
-            psql, proc_dir, prelude
-        )
-        log(f"  {p_files} files: {p_reg:.2f} s vs {p_psql:.2f} s")
-        log(f"generated: {generated} files")
-        g_files, g_reg, g_psql, g_reg_cpu, g_psql_cpu, g_client = time_series(psql, gen_dir, "")
-        log(f"  {g_files} files: {g_reg:.2f} s vs {g_psql:.2f} s")
+        p_runs, g_runs = [], []
+        for i in range(rounds):
+            log(f"round {i + 1}/{rounds}: procrastinate, registering, then psql")
+            p_runs.append(time_series(psql, proc_dir, prelude))
+            log(f"  {p_runs[-1][0]} files: {p_runs[-1][1]:.2f} s vs {p_runs[-1][2]:.2f} s")
+            log(f"round {i + 1}/{rounds}: generated, {generated} files")
+            g_runs.append(time_series(psql, gen_dir, ""))
+            log(f"  {g_runs[-1][0]} files: {g_runs[-1][1]:.2f} s vs {g_runs[-1][2]:.2f} s")
+
+        def medians(
+            runs: list[tuple[int, float, float, float | None, float | None, float]],
+        ) -> tuple[int, float, float, float | None, float | None, float]:
+            return (
+                runs[0][0],
+                statistics.median(r[1] for r in runs),
+                statistics.median(r[2] for r in runs),
+                _median([r[3] for r in runs]),
+                _median([r[4] for r in runs]),
+                statistics.median(r[5] for r in runs),
+            )
+
+        p_files, p_reg, p_psql, p_reg_cpu, p_psql_cpu, p_client = medians(p_runs)
+        g_files, g_reg, g_psql, g_reg_cpu, g_psql_cpu, g_client = medians(g_runs)
         with bench_database() as db:
             version, source = db.server_version, db.server_source
     return Results(
         server_version=version,
         server_source=source,
         seconds_per_round=0.0,
-        rounds=1,
+        rounds=rounds,
+        procrastinate_first_round_ratio=round(p_runs[0][1] / p_runs[0][2], 3),
+        generated_first_round_ratio=round(g_runs[0][1] / g_runs[0][2], 3),
+        procrastinate_round_ratios=tuple(round(r[1] / r[2], 3) for r in p_runs),
+        generated_round_ratios=tuple(round(r[1] / r[2], 3) for r in g_runs),
         procrastinate_files=p_files,
         procrastinate_register_seconds=round(p_reg, 3),
         procrastinate_psql_seconds=round(p_psql, 3),
@@ -279,6 +312,12 @@ def report(r: Results) -> str:
             f" (psql {per_file_ms(r.procrastinate_psql_seconds, r.procrastinate_files)}"
             f" and {per_file_ms(r.generated_psql_seconds, r.generated_files)} ms)",
             *cpu_lines(r),
+            f"medians over {r.rounds} rounds; per-round ratios: procrastinate "
+            + ", ".join(f"{x:.2f}" for x in r.procrastinate_round_ratios)
+            + "; generated "
+            + ", ".join(f"{x:.2f}" for x in r.generated_round_ratios)
+            + " (the first round pays the pglast import, as one CLI run does: "
+            f"{r.procrastinate_first_round_ratio:.2f} and {r.generated_first_round_ratio:.2f})",
             "the registering process's own CPU (pglast checks, psycopg) per file: procrastinate"
             f" {per_file_ms(r.procrastinate_client_cpu_seconds or 0.0, r.procrastinate_files)} ms,"
             " generated"
@@ -298,9 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_GENERATED,
         help=f"files in the generated series (default: {DEFAULT_GENERATED})",
     )
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=DEFAULT_ROUNDS,
+        help=f"rounds of both series and sides; medians are reported (default: {DEFAULT_ROUNDS})",
+    )
     add_json_option(parser)
     args = parser.parse_args(argv)
-    print_results(run(args.generated), report, args.json)
+    print_results(run(args.generated, args.rounds), report, args.json)
     return 0
 
 
