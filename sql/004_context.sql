@@ -57,13 +57,16 @@ BEGIN
                 OR pg_catalog.to_regnamespace(pg_catalog.quote_ident(d.schema_name)) IS NOT NULL)
       INTO v_id, v_schema, v_status, v_limits, v_ok
       FROM tenancy.tenant_directory AS d
-     WHERE d.slug OPERATOR(pg_catalog.=) v_slug;
+     -- The registry's own collation: under a nondeterministic one given with
+     -- the argument ('ACME' COLLATE <case-insensitive>) another spelling of
+     -- the slug would match, and app.tenant would get that spelling.
+     WHERE d.slug OPERATOR(pg_catalog.=) (v_slug COLLATE pg_catalog."default");
     IF v_ok IS NOT TRUE THEN
         IF NOT FOUND THEN
             -- A renamed tenant's old slug says where the tenant went.
             SELECT r.new_slug INTO v_renamed
               FROM tenancy.tenant_renames AS r
-             WHERE r.old_slug OPERATOR(pg_catalog.=) v_slug;
+             WHERE r.old_slug OPERATOR(pg_catalog.=) (v_slug COLLATE pg_catalog."default");
             IF FOUND THEN
                 RAISE EXCEPTION 'tenant % was renamed to %', pg_catalog.quote_literal(v_slug),
                     pg_catalog.quote_literal(v_renamed)

@@ -30,6 +30,7 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
@@ -131,6 +132,9 @@ lookup_row(const char *table, const char *index_name, const char *key_column, Oi
 	indexid = get_relname_relid(index_name, nsp);
 	if (!OidIsValid(relid) || !OidIsValid(indexid))
 		return false;
+	/* Opened only as what they must be (table_open/index_open raise otherwise). */
+	if (get_rel_relkind(relid) != RELKIND_RELATION || get_rel_relkind(indexid) != RELKIND_INDEX)
+		return false;
 
 	rel = table_open(relid, AccessShareLock);
 	key_att = find_column(RelationGetDescr(rel), key_column, key_type);
@@ -227,10 +231,21 @@ read_key(TupleTableSlot *slot, TupleDesc desc, void *out)
 
 	if (inner == 0 || outer == 0)
 		return false;
-	ip = DatumGetByteaPP(slot_getattr(slot, inner, &inull));
-	op = DatumGetByteaPP(slot_getattr(slot, outer, &onull));
+	{
+		Datum		id = slot_getattr(slot, inner, &inull);
+		Datum		od = slot_getattr(slot, outer, &onull);
+
+		/*
+		 * NULL first: a NULL Datum is no pointer (an owner who dropped the
+		 * NOT NULL and stored one crashed the backend here).
+		 */
+		if (inull || onull)
+			return false;
+		ip = DatumGetByteaPP(id);
+		op = DatumGetByteaPP(od);
+	}
 	/* The table's CHECK says 64 bytes each; anything else is not ours. */
-	if (inull || onull || VARSIZE_ANY_EXHDR(ip) != PG_SHA256_BLOCK_LENGTH ||
+	if (VARSIZE_ANY_EXHDR(ip) != PG_SHA256_BLOCK_LENGTH ||
 		VARSIZE_ANY_EXHDR(op) != PG_SHA256_BLOCK_LENGTH)
 		return false;
 	memcpy(row->inner_pad, VARDATA_ANY(ip), PG_SHA256_BLOCK_LENGTH);
@@ -328,6 +343,39 @@ return_uuid(const pg_uuid_t *id)
 }
 
 /*
+ * The C path takes only calls whose text arguments compare bytewise: under a
+ * nondeterministic collation (CREATE COLLATION ... deterministic = false,
+ * which any role may create in pg_temp) the PL/pgSQL's comparisons differ,
+ * so such calls go to it.
+ */
+static bool
+collation_bytewise(FunctionCallInfo fcinfo)
+{
+	Oid			coll = PG_GET_COLLATION();
+
+	return !OidIsValid(coll) || get_collation_isdeterministic(coll);
+}
+
+/*
+ * The entry functions are VOLATILE, and a VOLATILE PL/pgSQL function's
+ * statements see what committed before each of them and what the calling
+ * statement did so far (SPI: CommandCounterIncrement, then a fresh snapshot
+ * in READ COMMITTED). Their C path reads the registry the same way, so a
+ * tenant suspended after the calling statement started (a cursor fetched
+ * later, a data-modifying CTE) is refused as the PL/pgSQL refuses it. In
+ * parallel mode, where neither is allowed, the PL/pgSQL runs (and refuses).
+ */
+static bool
+push_fresh_snapshot(void)
+{
+	if (IsInParallelMode())
+		return false;
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	return true;
+}
+
+/*
  * tenancy.enter_tenant_c(slug text) RETURNS uuid — tenancy.enter_tenant's fast
  * path. Not strict: NULL goes to the PL/pgSQL, which refuses it.
  */
@@ -336,8 +384,13 @@ pgtenancy_enter_tenant(PG_FUNCTION_ARGS)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	TenantRow	row;
+	bool		fast;
 
-	if (PG_ARGISNULL(0) || !entry_fast(PG_GETARG_DATUM(0), &row))
+	if (PG_ARGISNULL(0) || !collation_bytewise(fcinfo) || !push_fresh_snapshot())
+		return call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
+	fast = entry_fast(PG_GETARG_DATUM(0), &row);
+	PopActiveSnapshot();
+	if (!fast)
 		return call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
 	entry_settings(&row, TextDatumGetCString(PG_GETARG_DATUM(0)));
 	return return_uuid(&row.id);
@@ -605,7 +658,7 @@ pgtenancy_verify_entry_token(PG_FUNCTION_ARGS)
 	TenantRow	row;
 	text	   *token;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || !collation_bytewise(fcinfo))
 		return call_plpgsql("verify_entry_token", fcinfo, argtypes);
 	token = PG_GETARG_TEXT_PP(0);
 	if (!verify_fast(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &row))
@@ -632,12 +685,18 @@ pgtenancy_enter_tenant_token(PG_FUNCTION_ARGS)
 	Token		tok;
 	char	   *slug;
 
-	if (PG_ARGISNULL(0))
+	bool		fast;
+
+	if (PG_ARGISNULL(0) || !collation_bytewise(fcinfo))
 		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
 	token = PG_GETARG_TEXT_PP(0);
 	len = VARSIZE_ANY_EXHDR(token);
 	t = VARDATA_ANY(token);
-	if (!verify_fast(t, len, &row) || !parse_token(t, len, &tok))
+	if (!parse_token(t, len, &tok) || !push_fresh_snapshot())
+		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+	fast = verify_fast(t, len, &row);
+	PopActiveSnapshot();
+	if (!fast)
 		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
 	slug = pnstrdup(tok.slug, tok.slug_len);
 	if (!PG_ARGISNULL(1) && strcmp(TextDatumGetCString(PG_GETARG_DATUM(1)), slug) != 0)

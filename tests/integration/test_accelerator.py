@@ -557,3 +557,93 @@ def test_the_build_is_skipped_cleanly_without_server_headers(tmp_path: Path) -> 
         )
         assert with_headers.returncode == 0, with_headers.stderr
         assert "pgtenancy_accel" in with_headers.stdout
+
+
+def _entered_after_suspension(conninfo: str, admin: str, query: str, params: Any) -> Outcome:
+    """The application role declares a cursor over an entry, the owner then
+    suspends the tenant and commits, and the cursor is fetched: what it gives."""
+    with psycopg.connect(conninfo) as conn, conn.transaction():
+        conn.execute(f"DECLARE c CURSOR FOR {query}", params)
+        with psycopg.connect(admin, autocommit=True) as owner:
+            owner.execute("SELECT tenancy.suspend_tenant('acme')")
+        try:
+            with conn.transaction():
+                row = conn.execute("FETCH c").fetchone()
+            return ("ok", row is not None)
+        except psycopg.Error as exc:
+            return ("error", exc.sqlstate)
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_entry_reads_the_registry_as_the_plpgsql_does(
+    pair: Any, dsn: str, plain_dsn: str, token: bool
+) -> None:
+    """An attack run: the C path read the registry with the calling statement's
+    snapshot, so a cursor fetched after the tenant was suspended entered it,
+    where the PL/pgSQL (a VOLATILE function: a fresh snapshot per statement)
+    refused it. Both refuse it now, with the same SQLSTATE."""
+    outcomes = []
+    for (conninfo, _ids), admin in zip(pair, (dsn, plain_dsn), strict=True):
+        _add_keys(admin)
+        if token:
+            query, params = "SELECT tenancy.enter_tenant_token(%s)", (_token("acme"),)
+        else:
+            query, params = "SELECT tenancy.enter_tenant(%s)", ("acme",)
+        outcomes.append(_entered_after_suspension(conninfo, admin, query, params))
+    assert outcomes[0] == outcomes[1] == ("error", "PT004")
+
+
+def test_a_nondeterministic_collation_takes_the_plpgsql_path(
+    pair: Any, dsn: str, plain_dsn: str
+) -> None:
+    """An attack run: under a nondeterministic collation (any role may create
+    one in pg_temp) the C path's bytewise comparisons differ from the
+    PL/pgSQL's; such calls take the PL/pgSQL, so both answer alike, and the
+    slug is matched under the registry's own collation ('ACME' is no slug)."""
+    for admin in (dsn, plain_dsn):
+        _add_keys(admin)
+    token = _token("acme")
+    cases = [
+        ("SELECT tenancy.enter_tenant(%s COLLATE pg_temp.ci)", "acme"),
+        ("SELECT tenancy.enter_tenant(%s COLLATE pg_temp.ci)", "ACME"),
+        ("SELECT tenancy.enter_tenant_token(%s COLLATE pg_temp.ci)", token),
+    ]
+    out = []
+    for conninfo, ids in pair:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(
+                "CREATE COLLATION pg_temp.ci (provider = icu,"
+                " locale = 'und-u-ks-level2', deterministic = false)"
+            )
+            conn.autocommit = False
+            out.append([_outcome(conn, q, (arg,), ids) for q, arg in cases])
+    fast, slow = out
+    assert fast == slow
+    assert fast[0][:2] == ("ok", "acme") and fast[0][3] == "acme"
+    assert fast[1][:2] == ("error", "PT003")
+
+
+def test_a_null_key_pad_is_refused_not_a_crash(dsn: str) -> None:
+    """An attack run: with an entry key row whose pad is NULL (possible only
+    after the owner drops the NOT NULL), the C verifier dereferenced the NULL
+    and crashed the backend (and with it every session of the server). It
+    refuses the token as the PL/pgSQL does (PT025) and the server stays up."""
+    if not installed_accelerator(dsn):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    _add_keys(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE tenancy.entry_keys ALTER inner_pad DROP NOT NULL")
+        conn.execute(
+            "INSERT INTO tenancy.entry_keys (name, inner_pad, outer_pad)"
+            " SELECT 'kn', NULL, outer_pad FROM tenancy.entry_keys WHERE name = 'k1'"
+        )
+        Tenancy(engine_from_dsn(dsn)).create_tenant("acme")
+        tok = _token("acme", key_name="kn")
+        for fn in (
+            "tenancy.verify_entry_token_c(%s, true)",
+            "tenancy.verify_entry_token(%s, true)",
+        ):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(f"SELECT {fn}", (tok,))
+            assert info.value.sqlstate == "PT025"
+        assert conn.execute("SELECT 1").fetchone() == (1,)
