@@ -27,9 +27,11 @@ import psycopg
 from psycopg import generators, pq, sql
 
 try:  # psycopg's prepared-statement manager (private; see tag_statements)
+    from psycopg._preparing import Prepare as _Prepare
     from psycopg._preparing import PrepareManager as _PrepareManager
 except ImportError:  # pragma: no cover - a psycopg without it: no per-tenant keys
     _PrepareManager = None  # type: ignore[assignment,misc]
+    _Prepare = None  # type: ignore[assignment,misc]
 
 # Per-tenant keys use psycopg's private manager: only on the releases it was
 # tested with (3.2, 3.3) and with the key(query) method it overrides; on any
@@ -249,10 +251,103 @@ def _token_params(token: str, slug: str | None) -> list[bytes | None]:
     return [token.encode("utf-8"), None if slug is None else slug.encode("utf-8")]
 
 
+class _EntryQuery:
+    """What psycopg's prepared-statement manager keys a query by: its text and
+    parameter types (none: the server infers text from the function)."""
+
+    __slots__ = ("query", "types")
+
+    def __init__(self, query: bytes) -> None:
+        self.query = query
+        self.types: tuple[int, ...] = ()
+
+
+_TOKEN_QUERY = _EntryQuery(TOKEN_ENTRY)
+
+#: SQLSTATE of a prepared statement the server no longer has (invalid_sql_statement_name).
+_NO_STATEMENT = "26000"
+
+
+def _entry_plan(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:
+    """psycopg's decision for the token entry, as for any statement psycopg runs:
+    (Prepare, name) from the connection's manager, or None (never prepared:
+    ``prepare_threshold=None``, or a psycopg the kit does not know)."""
+    manager = _manager(conn)
+    if manager is None or manager.prepare_threshold is None:
+        return None
+    # Entry runs before the tenant's search_path is known: keyed by text alone.
+    tag, manager._pgtenancy_tag = manager._pgtenancy_tag, None
+    try:
+        return manager.get(_TOKEN_QUERY)
+    finally:
+        manager._pgtenancy_tag = tag
+
+
+def _entry_done(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    plan: Any,
+    results: list[pq.abc.PGresult],
+) -> bool:
+    """Record the entry's outcome in psycopg's manager as psycopg records a
+    statement's own. True when something must be deallocated now (an old
+    statement evicted: ``manager.maintain_gen``)."""
+    if plan is None:
+        return False
+    manager = _manager(conn)
+    if manager is None:
+        return False
+    prep, name = plan
+    entry = results[-1:]
+    if (
+        prep == _Prepare.SHOULD
+        and len(results) == 3
+        and results[1].status == pq.ExecStatus.COMMAND_OK
+        and results[2].status != pq.ExecStatus.TUPLES_OK
+    ):
+        # A refused token: the statement itself was prepared (results: BEGIN,
+        # Parse, entry), so psycopg keeps its name rather than leave it behind.
+        entry = results[1:2]
+    tag, manager._pgtenancy_tag = manager._pgtenancy_tag, None
+    try:
+        key = manager.maybe_add_to_cache(_TOKEN_QUERY, prep, name)
+        if key is not None:
+            manager.validate(key, prep, name, entry)
+    finally:
+        manager._pgtenancy_tag = tag
+    return bool(manager._to_flush)
+
+
+def _forget_entry(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """The server lost the entry's prepared statement (somebody's DEALLOCATE or
+    DISCARD that psycopg did not see): psycopg forgets it too."""
+    manager = _manager(conn)
+    if manager is not None:
+        key = (TOKEN_ENTRY, ())
+        manager._names.pop(key, None)
+        manager._counts.pop(key, None)
+
+
+def _lost_statement(plan: Any, results: list[pq.abc.PGresult]) -> bool:
+    return (
+        plan is not None
+        and plan[0] == _Prepare.YES
+        and any(
+            r.status == pq.ExecStatus.FATAL_ERROR
+            and r.error_field(pq.DiagnosticField.SQLSTATE) == _NO_STATEMENT.encode()
+            for r in results
+        )
+    )
+
+
 def begin_with_token(
     conn: psycopg.Connection[Any], token: str, slug: str | None = None
 ) -> bytes | None:
     """Open a tenant transaction on idle ``conn`` for entry token ``token``, one round trip.
+
+    The entry statement is prepared on the server as psycopg prepares any
+    statement (after ``prepare_threshold`` runs, in psycopg's cache, cleared
+    by the kit's reset hooks; never with ``prepare_threshold=None``), so it
+    is not parsed and planned again in every transaction.
 
     Args:
         conn: a psycopg connection with no transaction open.
@@ -265,8 +360,18 @@ def begin_with_token(
             :func:`begin_in_tenant`; the transaction is then open and aborted.
     """
     begin = begin_command(conn).encode()
+    params = _token_params(token, slug)
     with conn.lock:
-        results = conn.wait(_token_pipeline(conn.pgconn, begin, token, slug))
+        plan = _entry_plan(conn)
+        results = conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
+        if _lost_statement(plan, results):
+            # Two more round trips, once: roll back, enter unprepared.
+            conn.wait(generators.execute(_rollback(conn.pgconn)))
+            _forget_entry(conn)
+            plan = None
+            results = conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
+        if _entry_done(conn, plan, results):
+            conn.wait(conn._prepared.maintain_gen(conn))
     return _token_results(results, conn)
 
 
@@ -279,20 +384,43 @@ async def abegin_with_token(
         The same as :func:`begin_with_token`.
     """
     begin = begin_command(conn).encode()
+    params = _token_params(token, slug)
     async with conn.lock:
-        results = await conn.wait(_token_pipeline(conn.pgconn, begin, token, slug))
+        plan = _entry_plan(conn)
+        results = await conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
+        if _lost_statement(plan, results):
+            await conn.wait(generators.execute(_rollback(conn.pgconn)))
+            _forget_entry(conn)
+            plan = None
+            results = await conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
+        if _entry_done(conn, plan, results):
+            await conn.wait(conn._prepared.maintain_gen(conn))
     return _token_results(results, conn)
 
 
-def _token_pipeline(pgconn: pq.abc.PGconn, begin: bytes, token: str, slug: str | None) -> Any:
+def _rollback(pgconn: pq.abc.PGconn) -> pq.abc.PGconn:
+    pgconn.send_query(b"ROLLBACK")
+    return pgconn
+
+
+def _token_pipeline(
+    pgconn: pq.abc.PGconn, begin: bytes, params: list[bytes | None], plan: Any
+) -> Any:
     """``BEGIN`` and :data:`TOKEN_ENTRY` in libpq pipeline mode: the extended
     protocol (bind parameters) in one round trip, as the simple-query message
-    of :func:`begin_in_tenant` is. A generator for ``conn.wait``: the results
-    of BEGIN and of the entry (an error result stands for either)."""
+    of :func:`begin_in_tenant` is. ``plan``: psycopg's (Prepare, name) for
+    the entry, or None (unnamed). A generator for ``conn.wait``: the results
+    of BEGIN, of the entry's Parse when it is prepared now, and of the entry
+    (an error result stands for any of them)."""
     pgconn.enter_pipeline_mode()
     try:
         pgconn.send_query_params(begin, None)
-        pgconn.send_query_params(TOKEN_ENTRY, _token_params(token, slug))
+        if plan is None or plan[0] == _Prepare.NO:
+            pgconn.send_query_params(TOKEN_ENTRY, params)
+        else:
+            if plan[0] == _Prepare.SHOULD:
+                pgconn.send_prepare(plan[1], TOKEN_ENTRY)
+            pgconn.send_query_prepared(plan[1], params)
         pgconn.pipeline_sync()
         yield from generators.send(pgconn)
         results: list[pq.abc.PGresult] = []
