@@ -12,6 +12,7 @@ application role (NOSUPERUSER NOBYPASSRLS) in both and the outcomes are compared
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
@@ -31,6 +32,7 @@ from helpers import as_role
 from pgtenancy import Tenancy, install, sign_tenant_token
 from pgtenancy.admin import engine_from_dsn
 from pgtenancy.installer import installed_accelerator
+from pgtenancy.queries import QUERIES
 
 Outcome = tuple[Any, ...]
 
@@ -285,9 +287,21 @@ def test_a_non_superuser_owner_cannot_create_it_and_nothing_changes(
             assert conn.execute("SELECT tenancy.set_strict_entry(false)").fetchone() == (True,)
     finally:
         with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            # The kit's cluster roles of this install, named after its migrator:
+            # the database's teardown finds them in tenancy.confinement, which
+            # goes with the schema here.
+            kit_roles: list[str] = []
+            with contextlib.suppress(psycopg.Error):
+                row = conn.execute("SELECT migrator_role FROM tenancy.confinement").fetchone()
+                if row is not None:
+                    kit_roles = [
+                        str(r[0])
+                        for r in conn.execute(QUERIES["testing_kit_roles"], {"migrator": row[0]})
+                    ] + [str(row[0])]
             conn.execute("DROP SCHEMA IF EXISTS tenancy CASCADE")
-            conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(owner)))
-            conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(owner)))
+            for role in [*kit_roles, owner]:
+                conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(role)))
+                conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(role)))
 
 
 def test_strict_entry_swaps_under_the_accelerator(dsn: str, sql: Any) -> None:
