@@ -473,11 +473,37 @@ typedef struct Token
 	const char *mac;			/* MAC_HEX lowercase hex digits */
 } Token;
 
+/*
+ * Character classes of token parts, one table lookup a character (a strchr
+ * a character was a tenth of a verification's cost): NAME for key names and
+ * slugs ([a-z0-9_-]), DIGIT ([0-9]), HEX (lowercase [0-9a-f]). NUL is in no
+ * class.
+ */
+#define CLASS_NAME	0x01
+#define CLASS_DIGIT 0x02
+#define CLASS_HEX	0x04
+
+static const uint8 char_class[256] = {
+	['-'] = CLASS_NAME, ['_'] = CLASS_NAME,
+	['0'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX, ['1'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX,
+	['2'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX, ['3'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX,
+	['4'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX, ['5'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX,
+	['6'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX, ['7'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX,
+	['8'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX, ['9'] = CLASS_NAME | CLASS_DIGIT | CLASS_HEX,
+	['a'] = CLASS_NAME | CLASS_HEX, ['b'] = CLASS_NAME | CLASS_HEX, ['c'] = CLASS_NAME | CLASS_HEX,
+	['d'] = CLASS_NAME | CLASS_HEX, ['e'] = CLASS_NAME | CLASS_HEX, ['f'] = CLASS_NAME | CLASS_HEX,
+	['g'] = CLASS_NAME, ['h'] = CLASS_NAME, ['i'] = CLASS_NAME, ['j'] = CLASS_NAME,
+	['k'] = CLASS_NAME, ['l'] = CLASS_NAME, ['m'] = CLASS_NAME, ['n'] = CLASS_NAME,
+	['o'] = CLASS_NAME, ['p'] = CLASS_NAME, ['q'] = CLASS_NAME, ['r'] = CLASS_NAME,
+	['s'] = CLASS_NAME, ['t'] = CLASS_NAME, ['u'] = CLASS_NAME, ['v'] = CLASS_NAME,
+	['w'] = CLASS_NAME, ['x'] = CLASS_NAME, ['y'] = CLASS_NAME, ['z'] = CLASS_NAME,
+};
+
 static bool
-all_of(const char *s, int len, const char *set)
+all_of(const char *s, int len, uint8 class)
 {
 	for (int i = 0; i < len; i++)
-		if (s[i] == '\0' || strchr(set, s[i]) == NULL)
+		if ((char_class[(unsigned char) s[i]] & class) == 0)
 			return false;
 	return true;
 }
@@ -526,18 +552,18 @@ parse_token(const char *t, int len, Token *tok)
 	if (PART_LEN(0) != 3 || memcmp(t, "pt2", 3) != 0)
 		return false;
 	if (PART_LEN(1) < 1 || PART_LEN(1) > 63 ||
-		!all_of(t + start[1], PART_LEN(1), "abcdefghijklmnopqrstuvwxyz0123456789_-"))
+		!all_of(t + start[1], PART_LEN(1), CLASS_NAME))
 		return false;
 	if (PART_LEN(2) < 1 || PART_LEN(2) > 63 ||
-		!all_of(t + start[2], PART_LEN(2), "abcdefghijklmnopqrstuvwxyz0123456789_-"))
+		!all_of(t + start[2], PART_LEN(2), CLASS_NAME))
 		return false;
-	if (PART_LEN(3) < 1 || PART_LEN(3) > 16 || !all_of(t + start[3], PART_LEN(3), "0123456789"))
+	if (PART_LEN(3) < 1 || PART_LEN(3) > 16 || !all_of(t + start[3], PART_LEN(3), CLASS_DIGIT))
 		return false;
-	if (PART_LEN(4) < 1 || PART_LEN(4) > 16 || !all_of(t + start[4], PART_LEN(4), "0123456789"))
+	if (PART_LEN(4) < 1 || PART_LEN(4) > 16 || !all_of(t + start[4], PART_LEN(4), CLASS_DIGIT))
 		return false;
-	if (PART_LEN(5) < 16 || PART_LEN(5) > 64 || !all_of(t + start[5], PART_LEN(5), "0123456789abcdef"))
+	if (PART_LEN(5) < 16 || PART_LEN(5) > 64 || !all_of(t + start[5], PART_LEN(5), CLASS_HEX))
 		return false;
-	if (PART_LEN(6) != MAC_HEX || !all_of(t + start[6], MAC_HEX, "0123456789abcdef"))
+	if (PART_LEN(6) != MAC_HEX || !all_of(t + start[6], MAC_HEX, CLASS_HEX))
 		return false;
 	tok->key = t + start[1];
 	tok->key_len = PART_LEN(1);
@@ -598,6 +624,66 @@ mac_verifies(const char *t, const Token *tok, KeyRow *key)
 }
 
 /*
+ * The last token whose MAC verified in this backend, with the pads of the
+ * key it verified under. A statement of a strict transaction verifies the
+ * transaction's token again (the policies' InitPlan); the MAC of the same
+ * bytes under the same pads is the same, so the hashing is skipped then.
+ * The key and the tenant are still looked up every time (a dropped key, a
+ * suspended tenant, a passed expiry take effect at the next statement), and
+ * the pads compared: a key dropped and added again under its name with
+ * another value does not pass. The comparison of the token takes the same
+ * time however much of it matches.
+ */
+static struct
+{
+	bool		valid;
+	int			len;
+	char		token[TOKEN_MAX];
+	KeyRow		key;
+}			last_verified;
+
+static bool
+same_bytes(const void *a, const void *b, size_t len)
+{
+	const uint8 *x = a;
+	const uint8 *y = b;
+	uint8		diff = 0;
+
+	for (size_t i = 0; i < len; i++)
+		diff |= x[i] ^ y[i];
+	return diff == 0;
+}
+
+static bool
+mac_verifies_cached(const char *t, int len, const Token *tok, KeyRow *key)
+{
+	KeyRow		copy;
+	bool		hit;
+
+	Assert(len <= TOKEN_MAX);
+	hit = last_verified.valid && last_verified.len == len
+		&& same_bytes(last_verified.token, t, len)
+		&& same_bytes(&last_verified.key, key, sizeof(KeyRow));
+	if (hit)
+	{
+		explicit_bzero(key, sizeof(*key));
+		return true;
+	}
+	memcpy(&copy, key, sizeof(KeyRow));
+	if (!mac_verifies(t, tok, key))
+	{
+		explicit_bzero(&copy, sizeof(copy));
+		return false;
+	}
+	last_verified.valid = true;
+	last_verified.len = len;
+	memcpy(last_verified.token, t, len);
+	memcpy(&last_verified.key, &copy, sizeof(KeyRow));
+	explicit_bzero(&copy, sizeof(copy));
+	return true;
+}
+
+/*
  * The times of tok hold, as the PL/pgSQL checks them against
  * clock_timestamp() (rounded to the millisecond there; here the bounds are
  * taken one millisecond tighter, so a token at a boundary goes to it):
@@ -626,24 +712,29 @@ times_hold(const Token *tok, const TenantRow *row)
  * whose times hold. Any other token: false, and the PL/pgSQL says why.
  */
 static bool
-verify_fast(const char *t, int len, TenantRow *row)
+verify_parsed(const char *t, int len, const Token *tok, TenantRow *row)
 {
-	Token		tok;
 	KeyRow		key;
 	text	   *name;
 	text	   *slug;
 
-	if (!parse_token(t, len, &tok))
-		return false;
-	name = cstring_to_text_with_len(tok.key, tok.key_len);
+	name = cstring_to_text_with_len(tok->key, tok->key_len);
 	if (!lookup_row("entry_keys", "entry_keys_pkey", "name", TEXTOID, PointerGetDatum(name),
 					read_key, &key))
 		return false;
-	if (!mac_verifies(t, &tok, &key))
+	if (!mac_verifies_cached(t, len, tok, &key))
 		return false;
-	slug = cstring_to_text_with_len(tok.slug, tok.slug_len);
+	slug = cstring_to_text_with_len(tok->slug, tok->slug_len);
 	return lookup_tenant("tenants_slug_key", "slug", TEXTOID, PointerGetDatum(slug), row)
-		&& row->active && times_hold(&tok, row);
+		&& row->active && times_hold(tok, row);
+}
+
+static bool
+verify_fast(const char *t, int len, TenantRow *row)
+{
+	Token		tok;
+
+	return parse_token(t, len, &tok) && verify_parsed(t, len, &tok, row);
 }
 
 /*
@@ -694,7 +785,7 @@ pgtenancy_enter_tenant_token(PG_FUNCTION_ARGS)
 	t = VARDATA_ANY(token);
 	if (!parse_token(t, len, &tok) || !push_fresh_snapshot())
 		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
-	fast = verify_fast(t, len, &row);
+	fast = verify_parsed(t, len, &tok, &row);
 	PopActiveSnapshot();
 	if (!fast)
 		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);

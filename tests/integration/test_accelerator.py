@@ -661,3 +661,40 @@ def test_a_null_key_pad_is_refused_not_a_crash(dsn: str) -> None:
                 conn.execute(f"SELECT {fn}", (tok,))
             assert info.value.sqlstate == "PT025"
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_verified_token_cache_follows_the_key(dsn: str) -> None:
+    """The C verifier skips the hashing for the token it verified last in the
+    backend under the same key pads. In one session: a token verifies; its key
+    is dropped and added again under the same name with another value: the
+    same token is refused (PT025), as the PL/pgSQL refuses it; the old value
+    back: accepted again. Each verification also reads the key, so a dropped
+    key refuses the token at once."""
+    if not installed_accelerator(dsn):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    Tenancy(engine_from_dsn(dsn)).create_tenant("acme")
+    tok = _token("acme")
+    verify = "SELECT tenancy.verify_entry_token_c(%s, true), tenancy.verify_entry_token(%s, true)"
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(dsn, autocommit=True) as owner,
+    ):
+        owner.execute("SELECT tenancy.add_entry_key('k1', %s)", (KEY,))
+        first = conn.execute(verify, (tok, tok)).fetchone()
+        assert first is not None and first[0] == first[1] is not None
+        owner.execute("SELECT tenancy.drop_entry_key('k1')")
+        for fn in ("verify_entry_token_c", "verify_entry_token"):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(f"SELECT tenancy.{fn}(%s, true)", (tok,))
+            assert info.value.sqlstate == "PT025"
+        owner.execute("SELECT tenancy.add_entry_key('k1', %s)", (OTHER_KEY,))
+        for fn in ("verify_entry_token_c", "verify_entry_token"):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(f"SELECT tenancy.{fn}(%s, true)", (tok,))
+            assert (info.value.sqlstate, info.value.diag.message_primary) == (
+                "PT025",
+                "entry token refused: bad signature",
+            )
+        owner.execute("SELECT tenancy.drop_entry_key('k1')")
+        owner.execute("SELECT tenancy.add_entry_key('k1', %s)", (KEY,))
+        assert conn.execute(verify, (tok, tok)).fetchone() == first
