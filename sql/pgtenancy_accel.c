@@ -617,7 +617,8 @@ mac_verifies(const char *t, const Token *tok, KeyRow *key)
 		diff |= (uint8) (tok->mac[2 * i] ^ hex[outer[i] >> 4]);
 		diff |= (uint8) (tok->mac[2 * i + 1] ^ hex[outer[i] & 0xf]);
 	}
-	/* The key's pads do not outlive the check. */
+	/* The caller's copy of the pads does not outlive the check (the memo,
+	 * below, keeps its own). */
 	explicit_bzero(key, sizeof(*key));
 	explicit_bzero(inner, sizeof(inner));
 	return diff == 0;
@@ -632,7 +633,10 @@ mac_verifies(const char *t, const Token *tok, KeyRow *key)
  * suspended tenant, a passed expiry take effect at the next statement), and
  * the pads compared: a key dropped and added again under its name with
  * another value does not pass. The comparison of the token takes the same
- * time however much of it matches.
+ * time however much of it matches. The memo holds the pads of the last key
+ * that verified for the backend's life (as its buffers hold the key's table
+ * page): they are never returned to SQL, but a core dump of the backend
+ * would show them, like the page.
  */
 static struct
 {
@@ -660,7 +664,8 @@ mac_verifies_cached(const char *t, int len, const Token *tok, KeyRow *key)
 	KeyRow		copy;
 	bool		hit;
 
-	Assert(len <= TOKEN_MAX);
+	if (len > TOKEN_MAX)
+		return false;			/* parse_token bounds it; never copy more */
 	hit = last_verified.valid && last_verified.len == len
 		&& same_bytes(last_verified.token, t, len)
 		&& same_bytes(&last_verified.key, key, sizeof(KeyRow));

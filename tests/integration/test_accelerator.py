@@ -682,6 +682,16 @@ def test_the_verified_token_cache_follows_the_key(dsn: str) -> None:
         owner.execute("SELECT tenancy.add_entry_key('k1', %s)", (KEY,))
         first = conn.execute(verify, (tok, tok)).fetchone()
         assert first is not None and first[0] == first[1] is not None
+        # Remembered now: the same token with another MAC (same length) is no hit.
+        body, mac = tok.rsplit(".", 1)
+        forged = f"{body}.{mac[:-1]}{'0' if mac[-1] != '0' else '1'}"
+        for fn in ("verify_entry_token_c", "verify_entry_token"):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(f"SELECT tenancy.{fn}(%s, true)", (forged,))
+            assert (info.value.sqlstate, info.value.diag.message_primary) == (
+                "PT025",
+                "entry token refused: bad signature",
+            )
         owner.execute("SELECT tenancy.drop_entry_key('k1')")
         for fn in ("verify_entry_token_c", "verify_entry_token"):
             with pytest.raises(psycopg.Error) as info:
