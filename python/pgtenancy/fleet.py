@@ -1055,10 +1055,10 @@ def squash_migrations(
             transaction (VACUUM), migrations that leave rows naming the
             schema they ran in or holding object identifiers, or a dump the
             rewriter cannot make tenant-local (the rewriter's problems in
-            the message).
+            the message), or (Python only) pg_dump of the replay failed,
+            with its message.
         BaselineMismatch: PT033; the rewritten dump differs from the replay
             (objects, rows of a table, a sequence's value; in ``detail``).
-            Also (Python only) when pg_dump fails, with its message.
         MigrationFailed: PT006; a migration failed in the replay.
         FileNotFoundError: no ``pg_dump`` (PostgreSQL client programs).
     """
