@@ -63,7 +63,10 @@ pgbouncer:
 
 # Test-only PostgreSQL extensions: plpgsql_check (lints every PL/pgSQL
 # function) and pgTAP (SQL-level tests). Their tests are skipped with a
-# message when they cannot be installed.
+# message when they cannot be installed. Then the pgtenancy extension itself,
+# with the server headers (postgresql-server-dev-NN, --no-upgrade) that its C
+# accelerator is built with: without them the first test run of a new machine
+# ran the PL/pgSQL entry and skipped the accelerator's tests.
 pg-extensions:
 	@ver=$$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1); \
 	for ext in plpgsql_check:plpgsql-check pgtap:pgtap; do \
@@ -79,6 +82,12 @@ pg-extensions:
 	  fi; \
 	done
 	@if [ "$$(id -u)" = 0 ] && command -v pg_config >/dev/null 2>&1; then \
+	  major=$$(pg_config --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/'); \
+	  if ! dpkg -s postgresql-server-dev-$$major >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing the server headers for the C accelerator (apt-get install postgresql-server-dev-$$major)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install --no-upgrade -y -qq postgresql-server-dev-$$major >/dev/null; } \
+	      || echo "note: could not install postgresql-server-dev-$$major; the accelerator is not built and its tests are skipped" >&2; \
+	  fi; \
 	  $(MAKE) -s --no-print-directory install-extension >/dev/null \
 	    || echo "note: could not install the pgtenancy extension; its tests will be skipped" >&2; \
 	  $(MAKE) -s --no-print-directory install-extension-releases \
