@@ -174,7 +174,7 @@ else
 	@echo "PG=$(PG) is not supported: use PG=18, or nothing for the machine's PostgreSQL" >&2; exit 2
 endif
 
-bench: $(STAMP) pg-binaries pgbouncer procrastinate
+bench: $(STAMP) pg-binaries pgbouncer pg-extensions procrastinate
 	$(BIN)/python bench/bench_core.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_entry.py --chinook "$(CHINOOK)"
 	$(BIN)/python bench/bench_isolation.py

@@ -132,6 +132,58 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'PT019 (being provisioned), PT007 (schema missing) before anything is set. Call it as the '
     'first statement of a transaction block.';
 
+-- The procedure form of entry, what the kit's connections and sessions send
+-- in the message that opens a tenant transaction: BEGIN; CALL
+-- tenancy.enter('acme'). A CALL without output is neither planned, nor run
+-- as a query, nor described to the client, so the server does less for it
+-- than for SELECT tenancy.enter_tenant('acme'); the entry itself is
+-- enter_tenant's (its refusals, its settings). No SET clause: it would undo
+-- the tenant's settings at the end of the call; so every name is qualified.
+-- Where the C accelerator is in use (011_accelerator.sql) it is the
+-- accelerator's C procedure, which enters through enter_tenant's C path.
+CREATE OR REPLACE FUNCTION tenancy.define_enter(p_c boolean)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_c THEN
+        -- The accelerator's C procedure (needs a superuser and the library).
+        CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+            LANGUAGE c
+            AS '$libdir/pgtenancy_accel', 'pgtenancy_enter';
+        RETURN;
+    END IF;
+    CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+        LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM tenancy.enter_tenant($1);
+END
+$$;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.define_enter(boolean) IS
+    'Create (or replace) the procedure tenancy.enter: its PL/pgSQL (p_c false) or the C '
+    'accelerator''s procedure pgtenancy_enter (p_c true: a superuser, the library installed; '
+    'raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.define_enter(boolean) FROM PUBLIC;
+
+-- Install and upgrades leave the accelerator's C procedure in place (011
+-- decides whether it stays).
+SELECT tenancy.define_enter(false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+                     JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+                    WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
+                      AND p.proname = 'enter' AND l.lanname = 'c');
+
+COMMENT ON PROCEDURE tenancy.enter(text) IS
+    'CALL tenancy.enter(slug) after BEGIN: tenancy.enter_tenant(slug) as a procedure, which costs '
+    'the server less than a SELECT of it; the same settings and refusals (PT003, PT020, PT004, '
+    'PT005, PT019, PT007) as enter_tenant, no result.';
+
 -- Citus sends SET LOCAL (never set_config) to every node taking part in a
 -- transaction when citus.propagate_set_commands is 'local', so on Citus
 -- entering a tenant must also run literal SET LOCAL statements for the

@@ -246,6 +246,8 @@ DECLARE
     v_fn    regprocedure;
     v_src   text;
     v_impl  text;
+    v_c     boolean;
+    v_check text;
     r       tenancy.accelerated_functions;
 BEGIN
     FOR r IN SELECT * FROM tenancy.accelerated_functions AS f ORDER BY f.function LOOP
@@ -265,6 +267,31 @@ BEGIN
     IF v_on THEN
         PERFORM tenancy.accelerator_create_c('verify_entry_token');
     END IF;
+    -- The procedure form of entry (tenancy.enter, 004_context.sql): C while
+    -- enter_tenant runs its C function, PL/pgSQL otherwise (the accelerator
+    -- off, Citus). Creating the C procedure needs a superuser: without one it
+    -- stays PL/pgSQL, which enters the same way.
+    v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.oid = 'tenancy.enter(text)'::regprocedure AND l.lanname = 'c');
+    IF v_on AND NOT v_citus
+       AND (SELECT substring(p.prosrc FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(\\$1\\)\\n$')
+              FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure)
+           = 'enter_tenant' THEN
+        IF NOT v_c THEN
+            BEGIN
+                -- The symbol is checked now, whatever check_function_bodies
+                -- says (as accelerator_create_c does).
+                v_check := current_setting('check_function_bodies');
+                PERFORM set_config('check_function_bodies', 'on', true);
+                PERFORM tenancy.define_enter(true);
+                PERFORM set_config('check_function_bodies', v_check, true);
+            EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+                NULL;
+            END;
+        END IF;
+    ELSIF v_c THEN
+        PERFORM tenancy.define_enter(false);
+    END IF;
     RETURN tenancy.accelerator_in_use();
 END
 $$;
@@ -272,7 +299,8 @@ $$;
 COMMENT ON FUNCTION tenancy.apply_accelerator() IS
     'Bring the functions of tenancy.accelerated_functions in line with tenancy.accelerator: wanted '
     '(the default), make each call its C function where that function exists or can be created (a '
-    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus); not wanted, '
+    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus), and make the '
+    'procedure tenancy.enter the C one while enter_tenant runs its C function; not wanted, '
     'restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
     'set_accelerator and set_strict_entry. Owner only.';
 

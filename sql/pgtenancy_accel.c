@@ -34,6 +34,8 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_language.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"
 #include "common/sha2.h"
@@ -49,11 +51,13 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/uuid.h"
 
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant);
+PG_FUNCTION_INFO_V1(pgtenancy_enter);
 PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id);
 PG_FUNCTION_INFO_V1(pgtenancy_verify_entry_token);
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant_token);
@@ -394,6 +398,64 @@ pgtenancy_enter_tenant(PG_FUNCTION_ARGS)
 		return call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
 	entry_settings(&row, TextDatumGetCString(PG_GETARG_DATUM(0)));
 	return return_uuid(&row.id);
+}
+
+/*
+ * True when tenancy.enter_tenant(text) is the accelerator's SQL call of its C
+ * function (011_accelerator.sql writes exactly this body), so its C path is
+ * the entry; false when it is PL/pgSQL (the accelerator off, or Citus, whose
+ * literal SET LOCAL statements tenancy.prepare_citus() wrote into it).
+ */
+static bool
+enter_tenant_is_accelerated(void)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	List	   *fname = list_make2(makeString("tenancy"), makeString("enter_tenant"));
+	Oid			fn = LookupFuncName(fname, 1, argtypes, true);
+	HeapTuple	tp;
+	bool		result = false;
+
+	if (!OidIsValid(fn))
+		return false;
+	tp = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (HeapTupleIsValid(tp))
+	{
+		if (((Form_pg_proc) GETSTRUCT(tp))->prolang == SQLlanguageId)
+		{
+			bool		isnull;
+			Datum		src = SysCacheGetAttr(PROCOID, tp, Anum_pg_proc_prosrc, &isnull);
+
+			result = !isnull
+				&& strcmp(TextDatumGetCString(src),
+						  "\n    SELECT tenancy.enter_tenant_c($1)\n") == 0;
+		}
+		ReleaseSysCache(tp);
+	}
+	return result;
+}
+
+/*
+ * CALL tenancy.enter(slug text) — the procedure form of entry that the kit's
+ * connections and sessions send after BEGIN: a CALL without output is neither
+ * planned, nor run as a query, nor described to the client, so the server
+ * does less than for SELECT tenancy.enter_tenant(...). The entry itself is
+ * tenancy.enter_tenant's: its C path while that function is accelerated, the
+ * function itself otherwise (so its refusals, and with Citus its SET LOCAL
+ * statements).
+ */
+Datum
+pgtenancy_enter(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	LOCAL_FCINFO(entry, 1);
+
+	InitFunctionCallInfoData(*entry, NULL, 1, PG_GET_COLLATION(), NULL, NULL);
+	entry->args[0] = fcinfo->args[0];
+	if (enter_tenant_is_accelerated())
+		(void) pgtenancy_enter_tenant(entry);
+	else
+		(void) call_plpgsql("enter_tenant", entry, argtypes);
+	PG_RETURN_VOID();
 }
 
 /* True when s is a uuid in uuid_out's form (36 characters, lowercase or

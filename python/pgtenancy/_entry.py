@@ -1,17 +1,20 @@
 """The one message that opens a tenant transaction, shared by sessions and connections.
 
-``BEGIN; SELECT tenancy.enter_tenant('acme')`` goes to the server as one
-simple-query message, so a tenant transaction costs the same round trips as a
-plain one (psycopg sends ``BEGIN`` as its own round trip before the first
-statement of a plain transaction; this message replaces it). The text is
-composed once per (``BEGIN`` variant, slug) and cached.
+``BEGIN; CALL tenancy.enter('acme')`` goes to the server as one simple-query
+message, so a tenant transaction costs the same round trips as a plain one
+(psycopg sends ``BEGIN`` as its own round trip before the first statement of
+a plain transaction; this message replaces it). ``tenancy.enter`` is the
+procedure form of ``tenancy.enter_tenant`` (``sql/004_context.sql``): a
+``CALL`` is neither planned nor run as a query, so the server does less for
+it than for a ``SELECT`` of the function. The text is composed once per
+(``BEGIN`` variant, slug) and cached.
 
-The message also returns the ``search_path`` the tenant got, and for the
-rest of the transaction psycopg's automatic prepared statements are keyed by
-it (:func:`tag_statements`): each tenant's statements are prepared on the
-server under that tenant's ``search_path`` alone, so switching tenants does
-not make PostgreSQL re-plan them (its plan cache re-plans a cached statement
-whenever ``search_path`` differs from the one it was planned under).
+For the rest of the transaction psycopg's automatic prepared statements are
+keyed by the tenant (:func:`tag_statements`): each tenant's statements are
+prepared on the server under that tenant's ``search_path`` alone, so
+switching tenants does not make PostgreSQL re-plan them (its plan cache
+re-plans a cached statement whenever ``search_path`` differs from the one it
+was planned under).
 
 Internal module: the public entry points are
 :func:`pgtenancy.tenant_connection` and :func:`pgtenancy.tenant_session`.
@@ -62,22 +65,14 @@ def begin_command(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
     return " ".join(parts)
 
 
-#: Appended to the entry's SELECT: the search_path the tenant got, which keys
-#: the transaction's prepared statements (evaluated after the entry, left to right).
-_SEARCH_PATH = ", pg_catalog.current_setting('search_path')"
-
-
 @lru_cache(maxsize=CACHE_SIZE)
 def entry_message(begin: str, slug: str) -> bytes:
-    """``<begin>; SELECT tenancy.enter_tenant('<slug>'), current_setting('search_path')``
-    as bytes (cached).
+    """``<begin>; CALL tenancy.enter('<slug>')`` as bytes (cached).
 
     ``slug`` must already be validated; it is still rendered as a SQL literal
     by :class:`psycopg.sql.Literal`, never formatted into the text by hand.
     """
-    query = sql.SQL("{}; SELECT tenancy.enter_tenant({})" + _SEARCH_PATH).format(
-        sql.SQL(begin), sql.Literal(slug)
-    )
+    query = sql.SQL("{}; CALL tenancy.enter({})").format(sql.SQL(begin), sql.Literal(slug))
     return query.as_bytes(None)
 
 
@@ -88,10 +83,11 @@ def entry_message(begin: str, slug: str) -> bytes:
 # re-plans a prepared statement whenever search_path differs from the one it
 # was planned under, so one statement shared by tenants that switch on every
 # transaction is re-planned on every transaction. While a connection is in a
-# tenant transaction, the key below also carries the tenant's search_path:
-# each search_path gets its own server-side statement, planned once (shared
-# tenants, who all have the same search_path, share one). The query text is
-# never changed. New per-tenant keys are admitted only while psycopg's caches
+# tenant transaction, the key below also carries the tenant (its slug, from
+# tenant entry: the CALL returns nothing; the search_path it got, from token
+# entry, whose SELECT returns it): each tenant gets its own server-side
+# statement, planned once under its search_path. The query text is never
+# changed. New per-tenant keys are admitted only while psycopg's caches
 # have room (prepared_max, 100 by default), so with more tenants x hot
 # statements than that the rest share the text-keyed statement as before:
 # raise prepared_max on the connection for per-tenant plans of all of them.
@@ -103,7 +99,7 @@ def entry_message(begin: str, slug: str) -> bytes:
 if _PrepareManager is not None:
 
     class _TenantPrepareManager(_PrepareManager):
-        """psycopg's manager, whose keys carry the tenant's search_path while it is set."""
+        """psycopg's manager, whose keys carry the tenant's tag while it is set."""
 
         _pgtenancy_tag: bytes | None = None
         _pgtenancy_owner: object = None
@@ -146,22 +142,23 @@ def _manager(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> An
 
 def tag_statements(
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
-    search_path: bytes | None,
+    tag: bytes | None,
     owner: object,
 ) -> None:
-    """Key ``conn``'s automatic prepared statements by ``search_path`` until :func:`untag`.
+    """Key ``conn``'s automatic prepared statements by tenant ``tag`` until :func:`untag`.
 
     Args:
         conn: a connection inside the tenant transaction that set ``search_path``.
-        search_path: the value of ``search_path`` in that transaction (bytes as
-            the server sent them); None does nothing.
+        tag: the tenant's :func:`slug_tag`, or (token entry) the value of
+            ``search_path`` in that transaction as the server sent it; None
+            does nothing.
         owner: the object that ends the transaction; only it clears the tag.
     """
-    if search_path is None:
+    if tag is None:
         return
     manager = _manager(conn)
     if manager is not None:
-        manager._pgtenancy_tag = search_path
+        manager._pgtenancy_tag = tag
         manager._pgtenancy_owner = owner
 
 
@@ -174,21 +171,30 @@ def untag(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], owner: o
 
 
 def statement_tag(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bytes | None:
-    """The search_path ``conn``'s prepared statements are keyed by now (None: text alone)."""
+    """The tag ``conn``'s prepared statements are keyed by now (None: text alone)."""
     return getattr(getattr(conn, "_prepared", None), "_pgtenancy_tag", None)
 
 
 def _search_path(result: pq.abc.PGresult) -> bytes | None:
+    """The search_path the token entry's one-row result returns (None without one)."""
     if result.nfields < 2 or result.ntuples != 1:
         return None
     return result.get_value(0, 1)
 
 
 def _check(
-    result: pq.abc.PGresult, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+    result: pq.abc.PGresult,
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    ok: pq.ExecStatus = pq.ExecStatus.TUPLES_OK,
 ) -> None:
-    if result.status != pq.ExecStatus.TUPLES_OK:
+    if result.status != ok:
         raise_translated(psycopg.errors.error_from_result(result, encoding=conn.info.encoding))
+
+
+def slug_tag(slug: str) -> bytes:
+    """The statement key of tenant ``slug`` (:func:`tag_statements`): a NUL, which
+    no search_path holds, then the slug."""
+    return b"\0" + slug.encode()
 
 
 def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
@@ -199,7 +205,7 @@ def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
         slug: a validated tenant slug.
 
     Returns:
-        The ``search_path`` the tenant got (for :func:`tag_statements`).
+        The tenant's statement key (:func:`slug_tag`, for :func:`tag_statements`).
 
     Raises:
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
@@ -210,8 +216,8 @@ def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
     message = entry_message(begin_command(conn), slug)
     with conn.lock:
         result = conn.pgconn.exec_(message)
-    _check(result, conn)
-    return _search_path(result)
+    _check(result, conn, pq.ExecStatus.COMMAND_OK)
+    return slug_tag(slug)
 
 
 async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> bytes | None:
@@ -227,12 +233,12 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> byt
     async with conn.lock:
         conn.pgconn.send_query(message)
         results = await conn.wait(generators.execute(conn.pgconn))
-    # One result per statement: BEGIN's, then enter_tenant's (or an error).
+    # One result per statement: BEGIN's, then the CALL's (or an error).
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
-    _check(results[-1], conn)
-    return _search_path(results[-1])
+    _check(results[-1], conn, pq.ExecStatus.COMMAND_OK)
+    return slug_tag(slug)
 
 
 # -- strict entry: a signed token instead of a slug ---------------------------

@@ -1714,6 +1714,7 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text) TO %I', grant_app_role.role);
     -- No outbox function: the application role could pre-claim events
     -- (inbox_claim) or move cursors; receivers run as listener roles.
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
@@ -6292,6 +6293,64 @@ BEGIN
     END IF;
 END
 $$;
+-- issue 16: the procedure form of entry (CALL tenancy.enter(slug) after BEGIN,
+-- what the kit's connections and sessions send), as in sql/004_context.sql;
+-- apply_accelerator below makes it the C procedure where enter_tenant runs its
+-- C function. Application roles granted before get it as grant_app_role gives it.
+CREATE OR REPLACE FUNCTION tenancy.define_enter(p_c boolean)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_c THEN
+        -- The accelerator's C procedure (needs a superuser and the library).
+        CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+            LANGUAGE c
+            AS '$libdir/pgtenancy_accel', 'pgtenancy_enter';
+        RETURN;
+    END IF;
+    CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+        LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM tenancy.enter_tenant($1);
+END
+$$;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.define_enter(boolean) IS
+    'Create (or replace) the procedure tenancy.enter: its PL/pgSQL (p_c false) or the C '
+    'accelerator''s procedure pgtenancy_enter (p_c true: a superuser, the library installed; '
+    'raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.define_enter(boolean) FROM PUBLIC;
+
+-- Install and upgrades leave the accelerator's C procedure in place (011
+-- decides whether it stays).
+SELECT tenancy.define_enter(false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+                     JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+                    WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
+                      AND p.proname = 'enter' AND l.lanname = 'c');
+
+COMMENT ON PROCEDURE tenancy.enter(text) IS
+    'CALL tenancy.enter(slug) after BEGIN: tenancy.enter_tenant(slug) as a procedure, which costs '
+    'the server less than a SELECT of it; the same settings and refusals (PT003, PT020, PT004, '
+    'PT005, PT019, PT007) as enter_tenant, no result.';
+
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
+                   WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = a.role_name) LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text) TO %I', v_role);
+    END LOOP;
+END
+$$;
+
 -- cfast: the optional C accelerator of enter_tenant() and active_tenant_id(), as in
 -- sql/011_accelerator.sql (before strict entry, whose apply_strict_entry uses it).
 
@@ -6521,6 +6580,8 @@ DECLARE
     v_fn    regprocedure;
     v_src   text;
     v_impl  text;
+    v_c     boolean;
+    v_check text;
     r       tenancy.accelerated_functions;
 BEGIN
     FOR r IN SELECT * FROM tenancy.accelerated_functions AS f ORDER BY f.function LOOP
@@ -6540,6 +6601,31 @@ BEGIN
     IF v_on THEN
         PERFORM tenancy.accelerator_create_c('verify_entry_token');
     END IF;
+    -- The procedure form of entry (tenancy.enter, 004_context.sql): C while
+    -- enter_tenant runs its C function, PL/pgSQL otherwise (the accelerator
+    -- off, Citus). Creating the C procedure needs a superuser: without one it
+    -- stays PL/pgSQL, which enters the same way.
+    v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.oid = 'tenancy.enter(text)'::regprocedure AND l.lanname = 'c');
+    IF v_on AND NOT v_citus
+       AND (SELECT substring(p.prosrc FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(\\$1\\)\\n$')
+              FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure)
+           = 'enter_tenant' THEN
+        IF NOT v_c THEN
+            BEGIN
+                -- The symbol is checked now, whatever check_function_bodies
+                -- says (as accelerator_create_c does).
+                v_check := current_setting('check_function_bodies');
+                PERFORM set_config('check_function_bodies', 'on', true);
+                PERFORM tenancy.define_enter(true);
+                PERFORM set_config('check_function_bodies', v_check, true);
+            EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+                NULL;
+            END;
+        END IF;
+    ELSIF v_c THEN
+        PERFORM tenancy.define_enter(false);
+    END IF;
     RETURN tenancy.accelerator_in_use();
 END
 $$;
@@ -6547,7 +6633,8 @@ $$;
 COMMENT ON FUNCTION tenancy.apply_accelerator() IS
     'Bring the functions of tenancy.accelerated_functions in line with tenancy.accelerator: wanted '
     '(the default), make each call its C function where that function exists or can be created (a '
-    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus); not wanted, '
+    'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus), and make the '
+    'procedure tenancy.enter the C one while enter_tenant runs its C function; not wanted, '
     'restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
     'set_accelerator and set_strict_entry. Owner only.';
 

@@ -136,7 +136,8 @@ def test_schema_files_use_only_objects_of_themselves_and_earlier_files() -> None
     guards needed): every tenancy.name a file mentions is defined by then."""
     defined: set[str] = set()
     created = re.compile(
-        r"^CREATE (?:OR REPLACE )?(?:FUNCTION|TABLE(?: IF NOT EXISTS)?|VIEW) tenancy\.(\w+)",
+        r"^\s*CREATE (?:OR REPLACE )?(?:FUNCTION|PROCEDURE|TABLE(?: IF NOT EXISTS)?|VIEW)"
+        r" tenancy\.(\w+)",
         re.MULTILINE,
     )
     for path in install_files():

@@ -113,6 +113,11 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
         "SELECT (SELECT i.slug FROM tenancy.tenant_info() AS i) "
         "FROM (SELECT tenancy.enter_tenant(slug => 'acme')) AS e"
     ) == [("acme",)]
+    # The procedure form, in a transaction block as the kit sends it.
+    call("BEGIN")
+    assert call("CALL tenancy.enter(slug => 'acme')") == []
+    assert call("SELECT tenancy.current_tenant()") == [("acme",)]
+    call("COMMIT")
     call("SELECT tenancy.add_tenant_domain(slug => 'acme', domain => 'Acme-Corp.example.com.')")
     assert call("SELECT tenancy.resolve_domain(domain => 'acme-corp.EXAMPLE.com')") == [("acme",)]
     assert call("SELECT tenancy.normalize_domain(domain => ' A.b. ')") == [("a.b",)]
