@@ -212,6 +212,25 @@ SELECT pg_catalog.set_config('pgtenancy.accelerator', %(setting)s, true)
 -- name: accelerator_in_use
 SELECT tenancy.accelerator_in_use()
 
+-- name: install_lock_timeout
+-- How long each lock of the install transaction may wait (milliseconds as
+-- text; '0' waits without limit), so that a session holding a kit object
+-- cannot make an install wait, and everything queued behind it, for ever.
+SELECT pg_catalog.set_config('lock_timeout', %(lock_timeout)s, true)
+
+-- name: install_blockers
+-- Other sessions holding a lock on an object of schema tenancy (none before
+-- the first install), for InstallBlocked.
+SELECT DISTINCT a.pid, coalesce(a.usename, ''), coalesce(a.state, '')
+  FROM pg_catalog.pg_locks AS l
+  JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+ WHERE l.granted AND a.pid <> pg_catalog.pg_backend_pid()
+   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                      WHERE d.datname = pg_catalog.current_database())
+   AND l.relation IN (SELECT c.oid FROM pg_catalog.pg_class AS c
+                       WHERE c.relnamespace = pg_catalog.to_regnamespace('tenancy'))
+ ORDER BY 1
+
 -- name: install_lock
 -- Serializes installs, upgrades and uninstalls. Once the kit is installed,
 -- with a lock on its migration registry that the application role cannot

@@ -147,12 +147,20 @@ def main(verbose: int) -> None:
     help="Use (or not) the C accelerator of tenant entry where the server has it; "
     "default: as recorded, on for a first install.",
 )
-def install(dsn: str, accelerator: bool | None) -> None:
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds each lock may wait for other sessions before the install gives up "
+    "(nothing changed); 0 waits without limit.",
+)
+def install(dsn: str, accelerator: bool | None, lock_timeout: float) -> None:
     """Install or upgrade the SQL core in one transaction (idempotent)."""
     from pgtenancy.installer import install as install_sql
     from pgtenancy.installer import installed_accelerator
 
-    version = install_sql(dsn, accelerate=accelerator)
+    version = install_sql(dsn, accelerate=accelerator, lock_timeout=lock_timeout)
     used = "in use" if installed_accelerator(dsn) else "not in use (PL/pgSQL)"
     click.echo(f"pgtenancy {version} installed; C accelerator {used}")
 
@@ -160,11 +168,18 @@ def install(dsn: str, accelerator: bool | None) -> None:
 @main.command()
 @dsn_option
 @click.option("--drop-tenants", is_flag=True, help="Also drop every tenant schema and its data.")
-def uninstall(dsn: str, drop_tenants: bool) -> None:
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds each lock may wait for other sessions (0: without limit).",
+)
+def uninstall(dsn: str, drop_tenants: bool, lock_timeout: float) -> None:
     """Remove the SQL core. Refuses while tenants exist, unless --drop-tenants."""
     from pgtenancy.installer import uninstall as uninstall_sql
 
-    uninstall_sql(dsn, drop_tenants=drop_tenants)
+    uninstall_sql(dsn, drop_tenants=drop_tenants, lock_timeout=lock_timeout)
     click.echo("pgtenancy uninstalled")
 
 

@@ -375,6 +375,35 @@ class NotInstalled(TenancyError):
     ``tenancy`` object when the database has no ``tenancy.version()``."""
 
 
+class InstallBlocked(TenancyError):
+    """An install, upgrade or uninstall waited longer than its lock timeout for a
+    lock other sessions hold on the kit's objects (the server's 55P03,
+    lock_not_available, under the ``lock_timeout`` the installer sets); its
+    transaction was rolled back and nothing changed. Without the timeout such a
+    wait has no end, and every session that needs the same objects meanwhile
+    (tenant entry reading ``tenancy.tenant_directory``) queues behind it: an
+    application-role transaction that read the directory and stays open is
+    enough to cause one. Python only.
+
+    Attributes:
+        blockers: ``(pid, role, state)`` of each other session that held a lock
+            on a ``tenancy`` object when the install gave up (may be empty: a
+            lock released meanwhile, or the advisory lock of a first install).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sqlstate: str | None = "55P03",
+        detail: str | None = None,
+        hint: str | None = None,
+        blockers: tuple[tuple[int, str, str], ...] = (),
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate, detail=detail, hint=hint)
+        self.blockers = blockers
+
+
 class VersionMismatch(TenancyError):
     """The pgtenancy SQL installed in the database is another version than this
     Python package's, and a call needed something the installed version lacks

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, NoReturn
 
 import psycopg
 
 from pgtenancy._version import __version__
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import TenancyError, raise_translated
+from pgtenancy.errors import InstallBlocked, TenancyError, raise_translated
 from pgtenancy.queries import QUERIES, sql_dir
 
 #: Version of the SQL this package installs; ``tenancy.version()`` returns it.
 SQL_VERSION: Final[str] = __version__
+
+#: Seconds each lock of an install, upgrade or uninstall may wait (see
+#: :func:`install`): long enough for ordinary transactions to finish, short
+#: enough that the sessions queued behind the waiting install barely notice.
+DEFAULT_LOCK_TIMEOUT: Final[float] = 5.0
 
 #: The placeholder the SQL files carry instead of the version literal.
 VERSION_PLACEHOLDER: Final[str] = "@PGTENANCY_VERSION@"
@@ -120,7 +125,9 @@ def upgrade_script(installed: str, target: str = SQL_VERSION) -> str:
     )
 
 
-def install(dsn: str, *, accelerate: bool | None = None) -> str:
+def install(
+    dsn: str, *, accelerate: bool | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+) -> str:
     """Install the pgtenancy SQL into a database, or upgrade the installed one.
 
     Args:
@@ -134,11 +141,20 @@ def install(dsn: str, *, accelerate: bool | None = None) -> str:
             the database recorded (wanted, on a first install); ``True`` and
             ``False`` record the choice (``tenancy.set_accelerator``). Whether it
             is in use: ``SELECT tenancy.accelerator_in_use()``.
+        lock_timeout: seconds each lock the install takes may wait for other
+            sessions (PostgreSQL's ``lock_timeout``, for this transaction);
+            ``0`` waits without limit. An install that waits holds up every
+            session that needs the same objects after it (tenant entry among
+            them), so it gives up instead.
 
     Returns:
         The installed version, as ``tenancy.version()`` reports it.
 
     Raises:
+        ValueError: ``lock_timeout`` is negative, before any SQL runs.
+        pgtenancy.errors.InstallBlocked: a lock waited longer than
+            ``lock_timeout`` (55P03); nothing is changed, ``.blockers`` names
+            the sessions holding the kit's objects.
         pgtenancy.errors.NewerVersionInstalled: a newer version is installed
             (PT018); nothing is changed.
         pgtenancy.errors.TenancyError: no chain of deltas leads from the
@@ -147,10 +163,12 @@ def install(dsn: str, *, accelerate: bool | None = None) -> str:
         psycopg.Error: on connection failure or an SQL error; the transaction is
             rolled back and nothing is changed.
     """
+    timeout = _lock_timeout_ms(lock_timeout)
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         try:
             with conn.transaction():
                 conn.execute(QUERIES["install_quiet"])
+                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
                 if accelerate is not None:
                     conn.execute(
                         QUERIES["install_accelerator"], {"setting": "on" if accelerate else "off"}
@@ -178,35 +196,73 @@ def install(dsn: str, *, accelerate: bool | None = None) -> str:
                         script = upgrade_script(installed)
                 conn.execute(script.encode("utf-8"))
                 row = conn.execute(QUERIES["version"]).fetchone()
+        except psycopg.errors.LockNotAvailable:
+            _raise_blocked(conn, "install", lock_timeout)
         except psycopg.Error as exc:
             raise_translated(exc)
     assert row is not None
     return str(row[0])
 
 
-def uninstall(dsn: str, *, drop_tenants: bool = False) -> None:
+def _lock_timeout_ms(seconds: float) -> str:
+    if not seconds >= 0:
+        raise ValueError(f"lock_timeout must be 0 (no limit) or more seconds, not {seconds!r}")
+    return f"{max(1, round(seconds * 1000)) if seconds else 0}ms"
+
+
+def _raise_blocked(conn: psycopg.Connection[Any], what: str, seconds: float) -> NoReturn:
+    """Raise :class:`InstallBlocked` for ``what``, naming the sessions that hold
+    the kit's objects (read on ``conn``, whose transaction was rolled back)."""
+    try:
+        rows = conn.execute(QUERIES["install_blockers"]).fetchall()
+    except psycopg.Error:
+        rows = []
+    blockers = tuple((int(r[0]), str(r[1]), str(r[2])) for r in rows)
+    held = ", ".join(f"pid {pid} ({role}, {state})" for pid, role, state in blockers)
+    raise InstallBlocked(
+        f"the {what} waited {seconds:g} s for a lock other sessions hold on the kit's objects"
+        f" and gave up; nothing changed" + (f": held by {held}" if held else ""),
+        blockers=blockers,
+        hint="End those transactions (they finish, or pg_terminate_backend(pid)) and run it "
+        "again; an application-role transaction that read tenancy.tenant_directory and stays "
+        "open is enough (idle_in_transaction_session_timeout on the role ends such ones). "
+        "A longer wait: lock_timeout= (pgtenancy install --lock-timeout).",
+    )
+
+
+def uninstall(
+    dsn: str, *, drop_tenants: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+) -> None:
     """Remove the pgtenancy SQL (the ``tenancy`` schema) from a database.
 
     Args:
         dsn: libpq connection string or URL of the database.
         drop_tenants: also drop every registered tenant's schema and its data.
+        lock_timeout: seconds each lock may wait, as for :func:`install`.
 
     Raises:
+        ValueError: ``lock_timeout`` is negative, before any SQL runs.
+        pgtenancy.errors.InstallBlocked: a lock waited longer than
+            ``lock_timeout`` (55P03); nothing is changed.
         pgtenancy.errors.TenantsStillRegistered: tenants are registered and
             ``drop_tenants`` is false (PT009); nothing is changed.
         psycopg.Error: on connection failure or another SQL error.
     """
+    timeout = _lock_timeout_ms(lock_timeout)
     script = (sql_dir() / "uninstall.sql").read_text("utf-8")
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
         try:
             with conn.transaction():
                 conn.execute(QUERIES["install_quiet"])
+                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
                 conn.execute(QUERIES["install_lock"])
                 conn.execute(
                     QUERIES["uninstall_drop_tenants"],
                     {"drop_tenants": "on" if drop_tenants else "off"},
                 )
                 conn.execute(script.encode("utf-8"))
+        except psycopg.errors.LockNotAvailable:
+            _raise_blocked(conn, "uninstall", lock_timeout)
         except psycopg.Error as exc:
             raise_translated(exc)
 

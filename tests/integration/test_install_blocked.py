@@ -1,0 +1,119 @@
+"""An install waits a bounded time for the kit's objects (issue 13 attack run).
+
+An application-role transaction that read ``tenancy.tenant_directory`` (granted
+to it; tenant entry reads it) holds a lock the install's ``CREATE OR REPLACE
+VIEW`` conflicts with. Without a limit the install waited for ever, and every
+entry queued behind its lock request; now it gives up after ``lock_timeout``
+with :class:`InstallBlocked` naming the session, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from catalog import catalog
+from helpers import run_cli
+from pgtenancy import InstallBlocked, Tenancy, install, tenant_connection, uninstall
+from pgtenancy.installer import installed_version
+
+
+def _reader(dsn: str, app_role: str) -> psycopg.Connection[tuple[object, ...]]:
+    """The application role inside a tenant transaction that read the directory."""
+    conn = psycopg.connect(make_conninfo(dsn, user=app_role))
+    conn.execute("SELECT tenancy.enter_tenant('acme')")
+    conn.execute("SELECT count(*) FROM tenancy.tenant_directory").fetchone()
+    return conn
+
+
+def test_install_gives_up_on_a_held_directory_and_changes_nothing(
+    tenancy: Tenancy, dsn: str, app_role: str
+) -> None:
+    tenancy.create_tenant("acme")
+    before = catalog(dsn)
+    reader = _reader(dsn, app_role)
+    try:
+        started = time.monotonic()
+        with pytest.raises(InstallBlocked) as caught:
+            install(dsn, lock_timeout=0.5)
+        waited = time.monotonic() - started
+        assert waited < 30, waited
+        error = caught.value
+        assert error.sqlstate == "55P03"
+        assert (reader.info.backend_pid, app_role) in [(p, r) for p, r, _ in error.blockers]
+        assert "gave up; nothing changed" in str(error) and app_role in str(error)
+        assert "tenant_directory" in (error.hint or "")
+        # Nothing changed, and entry is not held up once the install gave up.
+        assert catalog(dsn) == before
+        assert installed_version(dsn) is not None
+        with (
+            psycopg.connect(make_conninfo(dsn, user=app_role)) as other,
+            tenant_connection(other, "acme") as conn,
+        ):
+            assert conn.execute("SELECT tenancy.current_tenant()").fetchone() == ("acme",)
+        # The CLI says the same and exits non-zero.
+        result = run_cli("install", "--dsn", dsn, "--lock-timeout", "0.3")
+        assert result.returncode != 0
+        assert "gave up; nothing changed" in result.stderr + result.stdout
+        assert catalog(dsn) == before
+    finally:
+        reader.close()
+    # With the reader gone the same install goes through.
+    assert install(dsn, lock_timeout=0.5) == installed_version(dsn)
+
+
+def test_uninstall_gives_up_too(tenancy: Tenancy, dsn: str, app_role: str) -> None:
+    tenancy.create_tenant("acme")
+    before = catalog(dsn)
+    reader = _reader(dsn, app_role)
+    try:
+        with pytest.raises(InstallBlocked) as caught:
+            uninstall(dsn, drop_tenants=True, lock_timeout=0.5)
+        assert reader.info.backend_pid in [p for p, _, _ in caught.value.blockers]
+        assert catalog(dsn) == before
+    finally:
+        reader.close()
+
+
+def test_a_bad_lock_timeout_is_refused_before_any_sql(dsn: str) -> None:
+    before = catalog(dsn)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="lock_timeout"):
+            install(dsn, lock_timeout=bad)
+        with pytest.raises(ValueError, match="lock_timeout"):
+            uninstall(dsn, lock_timeout=bad)
+    assert catalog(dsn) == before
+    result = run_cli("install", "--dsn", dsn, "--lock-timeout", "-2")
+    assert result.returncode == 2 and "lock-timeout" in result.stderr
+    assert catalog(dsn) == before
+
+
+def test_without_a_limit_the_install_waits_for_the_reader(
+    tenancy: Tenancy, dsn: str, app_role: str
+) -> None:
+    """lock_timeout=0 is PostgreSQL's no limit: the install finishes once the
+    reader ends, not before."""
+    tenancy.create_tenant("acme")
+    reader = _reader(dsn, app_role)
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            install(dsn, lock_timeout=0)
+        except BaseException as exc:
+            failure.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert not done.wait(2.0), failure
+    finally:
+        reader.close()
+    thread.join(60)
+    assert done.is_set() and failure == []
