@@ -35,7 +35,9 @@ Sides, grouped; every ratio compares two sides of the same group:
    message (what Citus would need) against the kit alone; and the kit with its
    per-tenant prepared statements turned off on its connection (statements
    keyed by their text alone, as before issue 16's per-tenant keys: every
-   switch re-plans).
+   switch re-plans); and the kit's entry message by hand, ``BEGIN; CALL
+   tenancy.enter(...)``, against the one it replaced, ``BEGIN; SELECT
+   tenancy.enter_tenant(...), current_setting('search_path')``.
 2. **The same with SQLAlchemy** (engine ``pool_size=1``): ``tenant_session``;
    a hand-rolled ``after_begin`` listener (registered once, on the
    ``Session`` class) sending ``SET LOCAL search_path``; plain ``Session``;
@@ -472,6 +474,14 @@ def psycopg_sides(
         conn.commit()
         return row
 
+    def by_hand_select(key: Key) -> object:
+        # The entry message before tenancy.enter: a SELECT of the function (planned,
+        # executed as a query, one row back), with the search_path it set.
+        conn.pgconn.exec_(select_entry(slugs[key[0]]))
+        row = conn.execute(QUERY, (key[1],)).fetchone()
+        conn.commit()
+        return row
+
     def by_hand_citus(key: Key) -> object:
         # The same message followed by literal SET LOCAL statements, which a Citus
         # coordinator propagates to workers (set_config values it does not).
@@ -519,8 +529,20 @@ def psycopg_sides(
         Side("plain, unprepared", plain_unprepared),
         Side("enter_tenant message by hand", by_hand),
         Side("enter_tenant message + literal SET LOCAL", by_hand_citus),
+        Side("SELECT enter_tenant message by hand", by_hand_select),
         Side("tenant_connection, statements keyed by text", kit_by_text),
     ]
+
+
+@cache
+def select_entry(slug: str) -> bytes:
+    """``BEGIN; SELECT tenancy.enter_tenant('<slug>'), current_setting('search_path')``:
+    the entry message before ``tenancy.enter`` (composed once)."""
+    return (
+        sql.SQL("BEGIN; SELECT tenancy.enter_tenant({}), pg_catalog.current_setting('search_path')")
+        .format(sql.Literal(slug))
+        .as_bytes(None)
+    )
 
 
 @cache
@@ -897,6 +919,11 @@ RATIOS: list[tuple[str, str, str]] = [
         "tenant_connection / its message by hand",
         "tenant_connection",
         "enter_tenant message by hand",
+    ),
+    (
+        "CALL tenancy.enter / SELECT enter_tenant message",
+        "enter_tenant message by hand",
+        "SELECT enter_tenant message by hand",
     ),
     (
         "switching: tenant_session / hand-rolled hook",
