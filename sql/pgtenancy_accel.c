@@ -35,6 +35,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_language.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "common/cryptohash.h"
@@ -45,6 +46,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/value.h"
 #include "parser/parse_func.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -105,16 +107,16 @@ typedef bool (*RowReader) (TupleTableSlot *slot, TupleDesc desc, void *out);
 /*
  * Look up the row of tenancy.<table> whose column key_column (of type
  * key_type: uuid or text) equals key, through the index tenancy.<index_name>
- * (a valid btree index led by that column), under the active snapshot —
- * what the PL/pgSQL's query would see — and hand it to read. Returns false
+ * (a valid btree index led by that column), under snapshot (NULL: the
+ * active snapshot — what the PL/pgSQL's query would see) — and hand it to read. Returns false
  * when the row is absent OR anything is not as expected (no such table,
  * index or column, no active snapshot): the caller then takes the PL/pgSQL
  * path, which knows what to say. Locks are kept to the end of the
  * transaction, as a query's are.
  */
 static bool
-lookup_row(const char *table, const char *index_name, const char *key_column, Oid key_type,
-		   Datum key, RowReader read, void *out)
+lookup_row_as_of(const char *table, const char *index_name, const char *key_column, Oid key_type,
+				 Datum key, RowReader read, void *out, Snapshot snapshot)
 {
 	Oid			nsp;
 	Oid			relid;
@@ -168,9 +170,9 @@ lookup_row(const char *table, const char *index_name, const char *key_column, Oi
 						   idx->rd_indcollation[0],
 						   key_type == UUIDOID ? F_UUID_EQ : F_TEXTEQ, key);
 #if PG_VERSION_NUM >= 180000
-	scan = index_beginscan(rel, idx, GetActiveSnapshot(), NULL, 1, 0);
+	scan = index_beginscan(rel, idx, snapshot ? snapshot : GetActiveSnapshot(), NULL, 1, 0);
 #else
-	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 1, 0);
+	scan = index_beginscan(rel, idx, snapshot ? snapshot : GetActiveSnapshot(), 1, 0);
 #endif
 	index_rescan(scan, &skey, 1, NULL, 0);
 	slot = table_slot_create(rel, NULL);
@@ -181,6 +183,14 @@ lookup_row(const char *table, const char *index_name, const char *key_column, Oi
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);
 	return found;
+}
+
+/* lookup_row_as_of under the active snapshot. */
+static bool
+lookup_row(const char *table, const char *index_name, const char *key_column, Oid key_type,
+		   Datum key, RowReader read, void *out)
+{
+	return lookup_row_as_of(table, index_name, key_column, key_type, key, read, out, NULL);
 }
 
 static bool
@@ -480,6 +490,47 @@ canonical_uuid(const char *s)
 }
 
 /*
+ * In a REPEATABLE READ or SERIALIZABLE transaction, false when tenant id is
+ * no longer active in what has committed since the transaction's snapshot
+ * was taken (a suspension, a soft or hard delete after the transaction
+ * entered it), unless the current role is a member of the kit's owner (whose
+ * SECURITY DEFINER functions act on such tenants, as the PL/pgSQL allows).
+ * The policies of guarded tables read the status through this at every
+ * statement, so such a transaction loses the tenant's rows at its next
+ * statement, as a READ COMMITTED one does; the PL/pgSQL, which can only read
+ * the transaction's snapshot, keeps them until the transaction ends (README,
+ * strict entry). READ COMMITTED: the statement's snapshot is that fresh
+ * already, nothing more is read.
+ */
+static bool
+still_active(const pg_uuid_t *id)
+{
+	Snapshot	latest;
+	TenantRow	row;
+	bool		found;
+	Oid			nsp;
+	HeapTuple	tp;
+	Oid			owner = InvalidOid;
+
+	if (!IsolationUsesXactSnapshot())
+		return true;
+	latest = RegisterSnapshot(GetLatestSnapshot());
+	found = lookup_row_as_of("tenants", "tenants_pkey", "id", UUIDOID,
+							 UUIDPGetDatum(unconstify(pg_uuid_t *, id)), read_tenant, &row, latest);
+	UnregisterSnapshot(latest);
+	if (found && row.active)
+		return true;
+	nsp = get_namespace_oid("tenancy", true);
+	tp = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	if (HeapTupleIsValid(tp))
+	{
+		owner = ((Form_pg_namespace) GETSTRUCT(tp))->nspowner;
+		ReleaseSysCache(tp);
+	}
+	return OidIsValid(owner) && is_member_of_role(GetUserId(), owner);
+}
+
+/*
  * tenancy.active_tenant_id_c() RETURNS uuid — tenancy.active_tenant_id's
  * (sql/005_shared.sql, plain mode) fast path: no tenant, NULL; a tenant that
  * is active, its id; anything else (suspended, deleted, gone, the owner's
@@ -501,7 +552,11 @@ pgtenancy_active_tenant_id(PG_FUNCTION_ARGS)
 		return call_plpgsql("active_tenant_id_plpgsql", fcinfo, NULL);
 	id = DirectFunctionCall1(uuid_in, CStringGetDatum(text_id));
 	if (lookup_tenant("tenants_pkey", "id", UUIDOID, id, &row) && row.active)
+	{
+		if (!still_active(&row.id))
+			PG_RETURN_NULL();
 		PG_RETURN_DATUM(id);
+	}
 	return call_plpgsql("active_tenant_id_plpgsql", fcinfo, NULL);
 }
 
@@ -903,5 +958,7 @@ pgtenancy_active_tenant_id_strict(PG_FUNCTION_ARGS)
 	if (memcmp(DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(id)))->data,
 			   row.id.data, UUID_LEN) != 0)
 		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+	if (!still_active(&row.id))
+		PG_RETURN_NULL();
 	return return_uuid(&row.id);
 }
