@@ -134,13 +134,14 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
 
 -- The procedure form of entry, what the kit's connections and sessions send
 -- in the message that opens a tenant transaction: BEGIN; CALL
--- tenancy.enter('acme'). A CALL without output is neither planned, nor run
--- as a query, nor described to the client, so the server does less for it
--- than for SELECT tenancy.enter_tenant('acme'); the entry itself is
--- enter_tenant's (its refusals, its settings). No SET clause: it would undo
--- the tenant's settings at the end of the call; so every name is qualified.
--- Where the C accelerator is in use (011_accelerator.sql) it is the
--- accelerator's C procedure, which enters through enter_tenant's C path.
+-- tenancy.enter('acme'). A CALL is neither planned nor run as a query, so
+-- the server does less for it than for SELECT tenancy.enter_tenant('acme');
+-- the entry itself is enter_tenant's (its refusals, its settings). The INOUT
+-- parameter returns the search_path the tenant got, which keys the client's
+-- prepared statements. No SET clause: it would undo the tenant's settings at
+-- the end of the call; so every name is qualified. Where the C accelerator
+-- is in use (011_accelerator.sql) it is the accelerator's C procedure, which
+-- enters through enter_tenant's C path.
 CREATE OR REPLACE FUNCTION tenancy.define_enter(p_c boolean)
     RETURNS void
     LANGUAGE plpgsql
@@ -149,16 +150,21 @@ AS $fn$
 BEGIN
     IF p_c THEN
         -- The accelerator's C procedure (needs a superuser and the library).
-        CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+        CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
             LANGUAGE c
             AS '$libdir/pgtenancy_accel', 'pgtenancy_enter';
         RETURN;
     END IF;
-    CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+    CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
         LANGUAGE plpgsql
     AS $$
+DECLARE
+    v_id pg_catalog.uuid;
 BEGIN
-    PERFORM tenancy.enter_tenant($1);
+    -- One statement, planned under the caller's search_path before it
+    -- changes, evaluated left to right: the entry, then the path it set.
+    SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
+      INTO v_id, search_path;
 END
 $$;
 END
@@ -179,10 +185,11 @@ SELECT tenancy.define_enter(false)
                     WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
                       AND p.proname = 'enter' AND l.lanname = 'c');
 
-COMMENT ON PROCEDURE tenancy.enter(text) IS
+COMMENT ON PROCEDURE tenancy.enter(text, text) IS
     'CALL tenancy.enter(slug) after BEGIN: tenancy.enter_tenant(slug) as a procedure, which costs '
     'the server less than a SELECT of it; the same settings and refusals (PT003, PT020, PT004, '
-    'PT005, PT019, PT007) as enter_tenant, no result.';
+    'PT005, PT019, PT007) as enter_tenant. Returns the search_path the tenant got (column '
+    'search_path).';
 
 -- Citus sends SET LOCAL (never set_config) to every node taking part in a
 -- transaction when citus.propagate_set_commands is 'local', so on Citus

@@ -272,7 +272,7 @@ BEGIN
     -- off, Citus). Creating the C procedure needs a superuser: without one it
     -- stays PL/pgSQL, which enters the same way.
     v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                    WHERE p.oid = 'tenancy.enter(text)'::regprocedure AND l.lanname = 'c');
+                    WHERE p.oid = 'tenancy.enter(text, text)'::regprocedure AND l.lanname = 'c');
     IF v_on AND NOT v_citus
        AND (SELECT substring(p.prosrc FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(\\$1\\)\\n$')
               FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure)

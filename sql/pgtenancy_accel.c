@@ -42,6 +42,7 @@
 #include "common/sha2.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/value.h"
@@ -51,6 +52,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -445,19 +447,23 @@ enter_tenant_is_accelerated(void)
 }
 
 /*
- * CALL tenancy.enter(slug text) — the procedure form of entry that the kit's
- * connections and sessions send after BEGIN: a CALL without output is neither
- * planned, nor run as a query, nor described to the client, so the server
- * does less than for SELECT tenancy.enter_tenant(...). The entry itself is
- * tenancy.enter_tenant's: its C path while that function is accelerated, the
- * function itself otherwise (so its refusals, and with Citus its SET LOCAL
- * statements).
+ * CALL tenancy.enter(slug text, INOUT search_path text) — the procedure form
+ * of entry that the kit's connections and sessions send after BEGIN: a CALL
+ * is neither planned nor run as a query, so the server does less than for
+ * SELECT tenancy.enter_tenant(...). The entry itself is tenancy.enter_tenant's:
+ * its C path while that function is accelerated, the function itself
+ * otherwise (so its refusals, and with Citus its SET LOCAL statements). The
+ * one output column is the search_path the tenant got (the client keys its
+ * prepared statements by it); its row type is made once per backend.
  */
 Datum
 pgtenancy_enter(PG_FUNCTION_ARGS)
 {
+	static TupleDesc result_desc = NULL;
 	Oid			argtypes[1] = {TEXTOID};
 	LOCAL_FCINFO(entry, 1);
+	Datum		value;
+	bool		isnull = false;
 
 	InitFunctionCallInfoData(*entry, NULL, 1, PG_GET_COLLATION(), NULL, NULL);
 	entry->args[0] = fcinfo->args[0];
@@ -465,7 +471,17 @@ pgtenancy_enter(PG_FUNCTION_ARGS)
 		(void) pgtenancy_enter_tenant(entry);
 	else
 		(void) call_plpgsql("enter_tenant", entry, argtypes);
-	PG_RETURN_VOID();
+	if (result_desc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		TupleDesc	desc = CreateTemplateTupleDesc(1);
+
+		TupleDescInitEntry(desc, (AttrNumber) 1, "search_path", TEXTOID, -1, 0);
+		result_desc = BlessTupleDesc(desc);
+		MemoryContextSwitchTo(old);
+	}
+	value = CStringGetTextDatum(GetConfigOptionByName("search_path", NULL, false));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(result_desc, &value, &isnull)));
 }
 
 /* True when s is a uuid in uuid_out's form (36 characters, lowercase or

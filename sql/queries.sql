@@ -219,16 +219,18 @@ SELECT tenancy.accelerator_in_use()
 SELECT pg_catalog.set_config('lock_timeout', %(lock_timeout)s, true)
 
 -- name: install_blockers
--- Other sessions holding a lock on an object of schema tenancy (none before
--- the first install), for InstallBlocked.
+-- Other sessions holding a lock on a relation of schema tenancy or of a
+-- tenant schema (none before the first install), for InstallBlocked.
 SELECT DISTINCT a.pid, coalesce(a.usename, ''), coalesce(a.state, '')
   FROM pg_catalog.pg_locks AS l
   JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+  JOIN pg_catalog.pg_class AS c ON c.oid = l.relation
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
  WHERE l.granted AND a.pid <> pg_catalog.pg_backend_pid()
    AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
                       WHERE d.datname = pg_catalog.current_database())
-   AND l.relation IN (SELECT c.oid FROM pg_catalog.pg_class AS c
-                       WHERE c.relnamespace = pg_catalog.to_regnamespace('tenancy'))
+   AND (n.nspname = 'tenancy'
+        OR n.nspname IN (SELECT t.schema_name FROM tenancy.tenants AS t))
  ORDER BY 1
 
 -- name: install_lock

@@ -5,16 +5,16 @@ message, so a tenant transaction costs the same round trips as a plain one
 (psycopg sends ``BEGIN`` as its own round trip before the first statement of
 a plain transaction; this message replaces it). ``tenancy.enter`` is the
 procedure form of ``tenancy.enter_tenant`` (``sql/004_context.sql``): a
-``CALL`` is neither planned nor run as a query, so the server does less for
-it than for a ``SELECT`` of the function. The text is composed once per
-(``BEGIN`` variant, slug) and cached.
+``CALL`` is not planned, so the server does less for it than for a
+``SELECT`` of the function. The text is composed once per (``BEGIN``
+variant, slug) and cached.
 
-For the rest of the transaction psycopg's automatic prepared statements are
-keyed by the tenant (:func:`tag_statements`): each tenant's statements are
-prepared on the server under that tenant's ``search_path`` alone, so
-switching tenants does not make PostgreSQL re-plan them (its plan cache
-re-plans a cached statement whenever ``search_path`` differs from the one it
-was planned under).
+The procedure also returns the ``search_path`` the tenant got, and for the
+rest of the transaction psycopg's automatic prepared statements are keyed by
+it (:func:`tag_statements`): each tenant's statements are prepared on the
+server under that tenant's ``search_path`` alone, so switching tenants does
+not make PostgreSQL re-plan them (its plan cache re-plans a cached statement
+whenever ``search_path`` differs from the one it was planned under).
 
 Internal module: the public entry points are
 :func:`pgtenancy.tenant_connection` and :func:`pgtenancy.tenant_session`.
@@ -45,7 +45,7 @@ if _PrepareManager is not None and not (
 ):  # pragma: no cover
     _PrepareManager = None  # type: ignore[assignment,misc]
 
-from pgtenancy.errors import raise_translated
+from pgtenancy.errors import VersionMismatch, raise_translated
 
 #: How many composed entry messages are kept (one per tenant and BEGIN variant).
 CACHE_SIZE = 4096
@@ -67,7 +67,9 @@ def begin_command(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
 
 @lru_cache(maxsize=CACHE_SIZE)
 def entry_message(begin: str, slug: str) -> bytes:
-    """``<begin>; CALL tenancy.enter('<slug>')`` as bytes (cached).
+    """``<begin>; CALL tenancy.enter('<slug>')`` as bytes (cached): the
+    procedure's one output column is the ``search_path`` the tenant got, which
+    keys the transaction's prepared statements.
 
     ``slug`` must already be validated; it is still rendered as a SQL literal
     by :class:`psycopg.sql.Literal`, never formatted into the text by hand.
@@ -83,11 +85,10 @@ def entry_message(begin: str, slug: str) -> bytes:
 # re-plans a prepared statement whenever search_path differs from the one it
 # was planned under, so one statement shared by tenants that switch on every
 # transaction is re-planned on every transaction. While a connection is in a
-# tenant transaction, the key below also carries the tenant (its slug, from
-# tenant entry: the CALL returns nothing; the search_path it got, from token
-# entry, whose SELECT returns it): each tenant gets its own server-side
-# statement, planned once under its search_path. The query text is never
-# changed. New per-tenant keys are admitted only while psycopg's caches
+# tenant transaction, the key below also carries the tenant's search_path:
+# each search_path gets its own server-side statement, planned once (shared
+# tenants, who all have the same search_path, share one). The query text is
+# never changed. New per-tenant keys are admitted only while psycopg's caches
 # have room (prepared_max, 100 by default), so with more tenants x hot
 # statements than that the rest share the text-keyed statement as before:
 # raise prepared_max on the connection for per-tenant plans of all of them.
@@ -99,7 +100,7 @@ def entry_message(begin: str, slug: str) -> bytes:
 if _PrepareManager is not None:
 
     class _TenantPrepareManager(_PrepareManager):
-        """psycopg's manager, whose keys carry the tenant's tag while it is set."""
+        """psycopg's manager, whose keys carry the tenant's search_path while it is set."""
 
         _pgtenancy_tag: bytes | None = None
         _pgtenancy_owner: object = None
@@ -142,23 +143,22 @@ def _manager(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> An
 
 def tag_statements(
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
-    tag: bytes | None,
+    search_path: bytes | None,
     owner: object,
 ) -> None:
-    """Key ``conn``'s automatic prepared statements by tenant ``tag`` until :func:`untag`.
+    """Key ``conn``'s automatic prepared statements by ``search_path`` until :func:`untag`.
 
     Args:
         conn: a connection inside the tenant transaction that set ``search_path``.
-        tag: the tenant's :func:`slug_tag`, or (token entry) the value of
-            ``search_path`` in that transaction as the server sent it; None
-            does nothing.
+        search_path: the value of ``search_path`` in that transaction (bytes as
+            the server sent them); None does nothing.
         owner: the object that ends the transaction; only it clears the tag.
     """
-    if tag is None:
+    if search_path is None:
         return
     manager = _manager(conn)
     if manager is not None:
-        manager._pgtenancy_tag = tag
+        manager._pgtenancy_tag = search_path
         manager._pgtenancy_owner = owner
 
 
@@ -171,30 +171,44 @@ def untag(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], owner: o
 
 
 def statement_tag(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bytes | None:
-    """The tag ``conn``'s prepared statements are keyed by now (None: text alone)."""
+    """The search_path ``conn``'s prepared statements are keyed by now (None: text alone)."""
     return getattr(getattr(conn, "_prepared", None), "_pgtenancy_tag", None)
 
 
-def _search_path(result: pq.abc.PGresult) -> bytes | None:
-    """The search_path the token entry's one-row result returns (None without one)."""
-    if result.nfields < 2 or result.ntuples != 1:
+def _search_path(result: pq.abc.PGresult, column: int) -> bytes | None:
+    """The search_path in ``column`` of the entry's one-row result (None without one)."""
+    if result.nfields <= column or result.ntuples != 1:
         return None
-    return result.get_value(0, 1)
+    return result.get_value(0, column)
 
 
 def _check(
-    result: pq.abc.PGresult,
-    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
-    ok: pq.ExecStatus = pq.ExecStatus.TUPLES_OK,
+    result: pq.abc.PGresult, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 ) -> None:
-    if result.status != ok:
+    if result.status != pq.ExecStatus.TUPLES_OK:
         raise_translated(psycopg.errors.error_from_result(result, encoding=conn.info.encoding))
 
 
-def slug_tag(slug: str) -> bytes:
-    """The statement key of tenant ``slug`` (:func:`tag_statements`): a NUL, which
-    no search_path holds, then the slug."""
-    return b"\0" + slug.encode()
+#: What a server whose SQL predates ``tenancy.enter`` answers the entry message.
+_NO_PROCEDURE = "42883"
+_ROLLBACK_VERSION = b"ROLLBACK; SELECT tenancy.version()"
+
+
+def _old_sql(result: pq.abc.PGresult) -> bool:
+    """The entry failed because the installed SQL has no ``tenancy.enter``
+    (this package is newer than the database's SQL: an upgrade not run yet)."""
+    if result.status != pq.ExecStatus.FATAL_ERROR:
+        return False
+    state = result.error_field(pq.DiagnosticField.SQLSTATE)
+    primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b""
+    return state == _NO_PROCEDURE.encode() and b"tenancy.enter(" in primary
+
+
+def _mismatch(result: pq.abc.PGresult) -> VersionMismatch:
+    """:class:`VersionMismatch` from the ``tenancy.version()`` result (after the rollback)."""
+    value = result.get_value(0, 0) if result.ntuples == 1 else None
+    installed = value.decode() if value else "an earlier version"
+    return VersionMismatch(installed)
 
 
 def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
@@ -205,19 +219,23 @@ def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
         slug: a validated tenant slug.
 
     Returns:
-        The tenant's statement key (:func:`slug_tag`, for :func:`tag_statements`).
+        The ``search_path`` the tenant got (for :func:`tag_statements`).
 
     Raises:
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: refused by the database (PT003/PT004/PT005/PT007);
             the transaction is then open and aborted, and must be rolled back.
+        pgtenancy.errors.VersionMismatch: the database's SQL has no
+            ``tenancy.enter`` (upgrade it: ``pgtenancy install``); rolled back.
         psycopg.Error: any other database error.
     """
     message = entry_message(begin_command(conn), slug)
     with conn.lock:
         result = conn.pgconn.exec_(message)
-    _check(result, conn, pq.ExecStatus.COMMAND_OK)
-    return slug_tag(slug)
+        if _old_sql(result):
+            raise _mismatch(conn.pgconn.exec_(_ROLLBACK_VERSION))
+    _check(result, conn)
+    return _search_path(result, 0)
 
 
 async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> bytes | None:
@@ -233,12 +251,16 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> byt
     async with conn.lock:
         conn.pgconn.send_query(message)
         results = await conn.wait(generators.execute(conn.pgconn))
+        if any(_old_sql(r) for r in results):
+            conn.pgconn.send_query(_ROLLBACK_VERSION)
+            answers = await conn.wait(generators.execute(conn.pgconn))
+            raise _mismatch(answers[-1])
     # One result per statement: BEGIN's, then the CALL's (or an error).
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
-    _check(results[-1], conn, pq.ExecStatus.COMMAND_OK)
-    return slug_tag(slug)
+    _check(results[-1], conn)
+    return _search_path(results[-1], 0)
 
 
 # -- strict entry: a signed token instead of a slug ---------------------------
@@ -449,4 +471,4 @@ def _token_results(
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
     _check(results[-1], conn)
-    return _search_path(results[-1])
+    return _search_path(results[-1], 1)

@@ -149,7 +149,7 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=2147483.647),
     default=5.0,
     show_default=True,
     help="Seconds each lock may wait for other sessions before the install gives up "
@@ -170,7 +170,7 @@ def install(dsn: str, accelerator: bool | None, lock_timeout: float) -> None:
 @click.option("--drop-tenants", is_flag=True, help="Also drop every tenant schema and its data.")
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=2147483.647),
     default=5.0,
     show_default=True,
     help="Seconds each lock may wait for other sessions (0: without limit).",

@@ -348,8 +348,9 @@ def tenant_connection(
             ``tenancy.enter_tenant_token``, verified by the database (in
             strict mode the only way in). ``slug``, if given, must match it.
 
-    The transaction starts with one message, ``BEGIN; SELECT
-    tenancy.enter_tenant('acme')``, so the block costs the same round trips
+    The transaction starts with one message, ``BEGIN; CALL
+    tenancy.enter('acme')`` (the procedure form of ``enter_tenant``), so the
+    block costs the same round trips
     as a plain ``with conn.transaction():`` block (BEGIN, your statements,
     COMMIT). Raising ``psycopg.Rollback`` in the block rolls back quietly.
     Inside the block psycopg's automatic prepared statements are keyed by

@@ -142,16 +142,18 @@ def install(
             ``False`` record the choice (``tenancy.set_accelerator``). Whether it
             is in use: ``SELECT tenancy.accelerator_in_use()``.
         lock_timeout: seconds each lock the install takes may wait for other
-            sessions (PostgreSQL's ``lock_timeout``, for this transaction);
-            ``0`` waits without limit. An install that waits holds up every
-            session that needs the same objects after it (tenant entry among
-            them), so it gives up instead.
+            sessions (PostgreSQL's ``lock_timeout``, for this transaction), up
+            to :data:`MAX_LOCK_TIMEOUT`; ``0`` waits without limit. An install
+            that waits holds up every session that needs the same objects
+            after it (tenant entry among them), so it gives up instead. Not
+            for another install, upgrade or uninstall running: that one is
+            waited for (they serialize on a lock of their own).
 
     Returns:
         The installed version, as ``tenancy.version()`` reports it.
 
     Raises:
-        ValueError: ``lock_timeout`` is negative, before any SQL runs.
+        ValueError: ``lock_timeout`` out of range, before any SQL runs.
         pgtenancy.errors.InstallBlocked: a lock waited longer than
             ``lock_timeout`` (55P03); nothing is changed, ``.blockers`` names
             the sessions holding the kit's objects.
@@ -168,12 +170,15 @@ def install(
         try:
             with conn.transaction():
                 conn.execute(QUERIES["install_quiet"])
-                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
                 if accelerate is not None:
                     conn.execute(
                         QUERIES["install_accelerator"], {"setting": "on" if accelerate else "off"}
                     )
+                # Another install, upgrade or uninstall is waited for as long as
+                # it takes (the application role cannot take this lock); every
+                # lock after it waits at most lock_timeout.
                 conn.execute(QUERIES["install_lock"])
+                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
                 present = conn.execute(QUERIES["is_installed"]).fetchone()
                 if present is None or not present[0]:
                     script = install_script()
@@ -204,9 +209,15 @@ def install(
     return str(row[0])
 
 
+#: The largest lock_timeout PostgreSQL takes (INT_MAX milliseconds), in seconds.
+MAX_LOCK_TIMEOUT: Final[float] = 2147483.647
+
+
 def _lock_timeout_ms(seconds: float) -> str:
-    if not seconds >= 0:
-        raise ValueError(f"lock_timeout must be 0 (no limit) or more seconds, not {seconds!r}")
+    if not 0 <= seconds <= MAX_LOCK_TIMEOUT:
+        raise ValueError(
+            f"lock_timeout must be 0 (no limit) to {MAX_LOCK_TIMEOUT:g} seconds, not {seconds!r}"
+        )
     return f"{max(1, round(seconds * 1000)) if seconds else 0}ms"
 
 
@@ -241,7 +252,7 @@ def uninstall(
         lock_timeout: seconds each lock may wait, as for :func:`install`.
 
     Raises:
-        ValueError: ``lock_timeout`` is negative, before any SQL runs.
+        ValueError: ``lock_timeout`` out of range, before any SQL runs.
         pgtenancy.errors.InstallBlocked: a lock waited longer than
             ``lock_timeout`` (55P03); nothing is changed.
         pgtenancy.errors.TenantsStillRegistered: tenants are registered and
@@ -254,8 +265,8 @@ def uninstall(
         try:
             with conn.transaction():
                 conn.execute(QUERIES["install_quiet"])
-                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
                 conn.execute(QUERIES["install_lock"])
+                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
                 conn.execute(
                     QUERIES["uninstall_drop_tenants"],
                     {"drop_tenants": "on" if drop_tenants else "off"},

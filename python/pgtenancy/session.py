@@ -2,7 +2,8 @@
 
 Each time the session begins a transaction on a connection (the first query,
 and again after every ``commit()`` or ``rollback()``), it calls
-``tenancy.enter_tenant(slug)``, sent in the same message as ``BEGIN`` (sync
+``tenancy.enter_tenant(slug)`` (as ``CALL tenancy.enter(slug)``, its procedure
+form), sent in the same message as ``BEGIN`` (sync
 and async), from one ``after_begin`` listener on the ``Session`` class that
 acts only on sessions opened by :func:`tenant_session`. The database refuses
 an unknown, suspended or deleted tenant right there, and otherwise sets
@@ -362,8 +363,8 @@ def tenant_session(
         maker's class); for an async bind, an async context manager
         (``async with``) yielding an ``AsyncSession``.
 
-    Each transaction starts with one message, ``BEGIN; SELECT
-    tenancy.enter_tenant('acme')``, sync and async alike: a tenant session
+    Each transaction starts with one message, ``BEGIN; CALL
+    tenancy.enter('acme')``, sync and async alike: a tenant session
     sends no more round trips than a plain one.
     During each transaction psycopg's automatic prepared statements are
     keyed by the tenant's ``search_path`` as well as their text, so they stay

@@ -1714,7 +1714,7 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
-    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text) TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text) TO %I', grant_app_role.role);
     -- No outbox function: the application role could pre-claim events
     -- (inbox_claim) or move cursors; receivers run as listener roles.
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
@@ -6305,16 +6305,21 @@ AS $fn$
 BEGIN
     IF p_c THEN
         -- The accelerator's C procedure (needs a superuser and the library).
-        CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+        CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
             LANGUAGE c
             AS '$libdir/pgtenancy_accel', 'pgtenancy_enter';
         RETURN;
     END IF;
-    CREATE OR REPLACE PROCEDURE tenancy.enter(slug text)
+    CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
         LANGUAGE plpgsql
     AS $$
+DECLARE
+    v_id pg_catalog.uuid;
 BEGIN
-    PERFORM tenancy.enter_tenant($1);
+    -- One statement, planned under the caller's search_path before it
+    -- changes, evaluated left to right: the entry, then the path it set.
+    SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
+      INTO v_id, search_path;
 END
 $$;
 END
@@ -6335,10 +6340,11 @@ SELECT tenancy.define_enter(false)
                     WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
                       AND p.proname = 'enter' AND l.lanname = 'c');
 
-COMMENT ON PROCEDURE tenancy.enter(text) IS
+COMMENT ON PROCEDURE tenancy.enter(text, text) IS
     'CALL tenancy.enter(slug) after BEGIN: tenancy.enter_tenant(slug) as a procedure, which costs '
     'the server less than a SELECT of it; the same settings and refusals (PT003, PT020, PT004, '
-    'PT005, PT019, PT007) as enter_tenant, no result.';
+    'PT005, PT019, PT007) as enter_tenant. Returns the search_path the tenant got (column '
+    'search_path).';
 
 DO $$
 DECLARE
@@ -6346,7 +6352,7 @@ DECLARE
 BEGIN
     FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
                    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = a.role_name) LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text) TO %I', v_role);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text) TO %I', v_role);
     END LOOP;
 END
 $$;
@@ -6606,7 +6612,7 @@ BEGIN
     -- off, Citus). Creating the C procedure needs a superuser: without one it
     -- stays PL/pgSQL, which enters the same way.
     v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                    WHERE p.oid = 'tenancy.enter(text)'::regprocedure AND l.lanname = 'c');
+                    WHERE p.oid = 'tenancy.enter(text, text)'::regprocedure AND l.lanname = 'c');
     IF v_on AND NOT v_citus
        AND (SELECT substring(p.prosrc FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(\\$1\\)\\n$')
               FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure)

@@ -1,8 +1,8 @@
 """Per-tenant prepared statements (issue 16): inside a tenant transaction psycopg's
-automatic prepared statements are keyed by the tenant (its slug; with token
-entry the search_path it got), so each tenant's statement is planned under its
-own schema and switching tenants does not re-plan it; the query text is never
-changed and nothing stays keyed after the block.
+automatic prepared statements are keyed by the tenant's search_path, so each
+tenant's statement is planned under its own schema and switching tenants does
+not re-plan it; the query text is never changed and nothing stays keyed after
+the block.
 """
 
 from __future__ import annotations
@@ -128,9 +128,7 @@ def test_switching_does_not_re_plan(tenants: None, dsn: str) -> None:
         assert plannings(raw(switching)) >= plannings(raw(staying)) + 10
 
 
-def test_shared_tenants_get_a_statement_each(tenants: None, dsn: str, app_role: str) -> None:
-    """Keyed by the slug (the entry's CALL returns no search_path): one statement
-    per shared tenant too, each returning that tenant's rows under RLS."""
+def test_shared_tenants_share_one_statement(tenants: None, dsn: str, app_role: str) -> None:
     query = "SELECT label FROM snote WHERE id = %s"
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(f'GRANT SELECT ON public.snote TO "{app_role}"')
@@ -139,7 +137,8 @@ def test_shared_tenants_get_a_statement_each(tenants: None, dsn: str, app_role: 
             for slug in ("s1", "s2"):
                 with tenant_connection(conn, slug) as c:
                     assert c.execute(query, (1,)).fetchone() == (slug,)
-        assert len(statements(conn, query)) == 2
+        # Same search_path for both: one statement, not one per tenant.
+        assert len(statements(conn, query)) == 1
 
 
 def test_queries_are_not_altered(tenants: None, dsn: str) -> None:

@@ -115,7 +115,7 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     ) == [("acme",)]
     # The procedure form, in a transaction block as the kit sends it.
     call("BEGIN")
-    assert call("CALL tenancy.enter(slug => 'acme')") == []
+    assert call("CALL tenancy.enter(slug => 'acme')") == [("tenant_acme, public, pg_temp",)]
     assert call("SELECT tenancy.current_tenant()") == [("acme",)]
     call("COMMIT")
     call("SELECT tenancy.add_tenant_domain(slug => 'acme', domain => 'Acme-Corp.example.com.')")

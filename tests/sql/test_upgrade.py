@@ -296,3 +296,28 @@ def test_a_release_missing_from_git_is_reported_not_guessed() -> None:
         plain_script(gone)
     with pytest.raises(NoHistory):
         extension_script(gone)
+
+
+@pytest.mark.parametrize(
+    "release", [r for r in RELEASES if r.version == "0.2.0"], ids=lambda r: r.version
+)
+def test_entry_before_the_upgrade_says_to_upgrade(release: Release, empty_dsn: str) -> None:
+    """This package enters with CALL tenancy.enter, which 0.2.0's SQL lacks: the
+    entry says which side to upgrade (VersionMismatch, not NotInstalled), and the
+    connection is left idle and usable."""
+    from pgtenancy import VersionMismatch, tenant_connection
+
+    script = release_or_skip(release)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute(script.encode())
+        conn.execute("SELECT tenancy.create_tenant('acme')")
+    with psycopg.connect(empty_dsn) as conn:
+        with pytest.raises(VersionMismatch) as caught, tenant_connection(conn, "acme"):
+            pass
+        assert caught.value.installed == "0.2.0" and "pgtenancy install" in str(caught.value)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert install(empty_dsn) == SQL_VERSION
+    with psycopg.connect(empty_dsn) as conn, tenant_connection(conn, "acme") as c:
+        assert c.execute("SELECT tenancy.current_tenant()").fetchone() == ("acme",)
