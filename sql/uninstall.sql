@@ -99,8 +99,14 @@ BEGIN
     END LOOP;
     -- The scratch schema registration checks migrations in goes with the kit.
     DROP SCHEMA IF EXISTS tenancy_scratch CASCADE;
-    -- So does the reference replay of a squash (tenancy.prepare_baseline).
+    -- So does the reference replay of a squash (tenancy.prepare_baseline),
+    -- and the owner roles its replay and a baseline's try made.
     DROP SCHEMA IF EXISTS tenancy_check_baseline CASCADE;
+    DROP SCHEMA IF EXISTS tenancy_check_baseline_try CASCADE;
+    IF pg_catalog.to_regprocedure('tenancy.drop_tenant_role(text)') IS NOT NULL THEN
+        EXECUTE 'SELECT tenancy.drop_tenant_role($1)' USING 'tenancy_check_baseline';
+        EXECUTE 'SELECT tenancy.drop_tenant_role($1)' USING 'tenancy_check_baseline_try';
+    END IF;
 END
 $$;
 

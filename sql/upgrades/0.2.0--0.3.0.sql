@@ -5688,14 +5688,16 @@ DECLARE
     v_found boolean := to_regnamespace('tenancy_check_baseline') IS NOT NULL;
 BEGIN
     DROP SCHEMA IF EXISTS tenancy_check_baseline CASCADE;
+    -- Its owner role (made by the replay as for any tenant schema) with it.
+    PERFORM tenancy.drop_tenant_role('tenancy_check_baseline');
     DELETE FROM tenancy.baseline_scratch;
     RETURN v_found;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.discard_baseline_scratch() IS
-    'Drop the reference schema of tenancy.prepare_baseline (after a refused squash); true when '
-    'there was one. Owner only.';
+    'Drop the reference schema of tenancy.prepare_baseline (after a refused squash) and its owner '
+    'role; true when there was one. Owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.discard_baseline_scratch() FROM PUBLIC;
 
@@ -5891,6 +5893,7 @@ BEGIN
                   HINT = '"missing": left by the migrations, not by the baseline; "extra": the other way. Nothing was registered.';
     END IF;
     EXECUTE format('DROP SCHEMA %I CASCADE', v_try);
+    PERFORM tenancy.drop_tenant_role(v_try);
     PERFORM tenancy.discard_baseline_scratch();
     RETURN v_row;
 END

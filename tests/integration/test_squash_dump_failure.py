@@ -2,8 +2,7 @@
 is refused with ``BaselineRefused`` (PT032) naming the version and carrying
 pg_dump's own error, through the Python API and the CLI, and nothing changes
 (no baseline, the migrations and tenants as they were, no scratch schema
-``tenancy_check_baseline`` or scratch state left, no new roles but one, see
-below).
+``tenancy_check_baseline`` or scratch state left, no new role).
 
 pg_dump really fails here, on a real server, with no stand-in binary: the
 kit is installed by an owner that is neither a superuser nor BYPASSRLS, and
@@ -14,12 +13,10 @@ member of its owner, but FORCE applies the policy to owners too). The
 history up to the migration before the policy squashes afterwards: the
 refusal left nothing in the way.
 
-One thing is left, and pinned here: the owner role of the scratch schema
-(``tenancy.tenant_role('tenancy_check_baseline')``), which the replay makes
-and ``tenancy.discard_baseline_scratch`` does not drop (every squash leaves
-it, refused or not, and uninstall does not drop it either);
-``test_a_refused_squash_leaves_no_role`` states the behaviour wanted and is
-expected to fail until that is fixed."""
+The owner roles of the scratch schemas (``tenancy.tenant_role`` of
+``tenancy_check_baseline`` and of a baseline's try schema), which the replay
+and the baseline's check make, go with their schemas: a squash, refused or
+registered, leaves no role (every squash left them once)."""
 
 from __future__ import annotations
 
@@ -164,10 +161,9 @@ def test_a_failing_pg_dump_refuses_the_squash_and_changes_nothing(
     # The rest of pg_dump's report: the server's hint and the query it ran.
     assert "ALTER TABLE NO FORCE ROW LEVEL SECURITY" in message
     assert f"FROM ONLY {BASELINE_REFERENCE_SCHEMA}.note" in message
-    # Known leftover (see the module docstring): the scratch schema's owner
-    # role, made by the replay; nothing else.
-    unchanged = {**before, "kit roles": sorted([*before["kit roles"], scratch_owner_role(dsn)])}
+    unchanged = before
     assert state(dsn) == unchanged
+    assert scratch_owner_role(dsn) not in state(dsn)["kit roles"]
 
     # The dry run dumps as well: refused the same way.
     with pytest.raises(BaselineRefused, match=PG_DUMP_ERROR):
@@ -196,17 +192,11 @@ def test_a_failing_pg_dump_refuses_the_squash_and_changes_nothing(
     assert "'seed'" in result.sql
     after = state(dsn)
     assert after["baselines"] == [("0002", result.baseline.checksum)]
-    # (A registered squash leaves roles of its scratch schemas as well.)
-    same = ("scratch state", "scratch schemas", "migrations", "tenants", "schemas")
+    # A registered squash leaves no role of its scratch schemas either.
+    same = ("scratch state", "scratch schemas", "migrations", "tenants", "schemas", "kit roles")
     assert {k: after[k] for k in same} == {k: before[k] for k in same}
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="the scratch schema's owner role (tenancy.tenant_role('tenancy_check_baseline')) "
-    "outlives the schema: tenancy.discard_baseline_scratch does not drop it",
-)
 def test_a_refused_squash_leaves_no_role(owner_dsn: tuple[str, str]) -> None:
     dsn, as_owner = owner_dsn
     history_and_tenant(dsn, as_owner)
