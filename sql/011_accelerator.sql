@@ -72,9 +72,11 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
     END IF;
+    -- By argument types (the functions are made with named arguments): a kit
+    -- owner that is not a superuser finds what a superuser made before.
     IF EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
                 WHERE p.pronamespace = 'tenancy'::regnamespace AND p.proname = p_name || '_c'
-                  AND pg_get_function_identity_arguments(p.oid) = v_ident AND l.lanname = 'c') THEN
+                  AND oidvectortypes(p.proargtypes) = v_ident AND l.lanname = 'c') THEN
         RETURN true;
     END IF;
     BEGIN
@@ -163,6 +165,11 @@ BEGIN
             USING ERRCODE = 'XX000';
     END IF;
     EXECUTE 'CREATE OR REPLACE FUNCTION tenancy.' || p_impl || '_plpgsql(' || substr(v_def, length(v_head) + 1);
+    -- Owned by the kit's owner like everything else: made by a superuser
+    -- for an owner that is not one, the owner's next install replaces it.
+    EXECUTE format('ALTER FUNCTION tenancy.%s_plpgsql(%s) OWNER TO %I', p_impl,
+                   pg_get_function_identity_arguments(p_fn),
+                   (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy'));
     EXECUTE format('COMMENT ON FUNCTION tenancy.%s_plpgsql(%s) IS %L', p_impl,
                    pg_get_function_identity_arguments(p_fn),
                    format('The PL/pgSQL body of tenancy.%s, copied by the accelerator '

@@ -285,6 +285,30 @@ def test_a_non_superuser_owner_cannot_create_it_and_nothing_changes(
             conn.execute("SELECT tenancy.add_entry_key('k1', %s)", (b"k" * 32,))
             assert conn.execute("SELECT tenancy.set_strict_entry(true)").fetchone() == (False,)
             assert conn.execute("SELECT tenancy.set_strict_entry(false)").fetchone() == (True,)
+        # A superuser turns it on for that owner; the owner's later installs
+        # keep it (the C functions are found, the PL/pgSQL copies are the
+        # owner's to replace), and entry works at every step.
+        with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            if conn.execute("SELECT tenancy.set_accelerator(true)").fetchone() != (True,):
+                return  # no library on this server: nothing more to see
+            conn.execute("SELECT tenancy.create_tenant('acme')")
+        owned = (
+            "SELECT array_agg(p.oid::regprocedure::text) FROM pg_proc AS p"
+            " WHERE p.pronamespace = 'tenancy'::regnamespace"
+            " AND p.proowner <> (SELECT nspowner FROM pg_namespace WHERE nspname = 'tenancy')"
+            # The migration runner is the migrator's by design (003_confinement.sql).
+            " AND p.proname <> 'execute_migration'"
+        )
+        for _ in range(2):
+            install(as_role(empty_dsn, owner))
+            assert installed_accelerator(empty_dsn)
+            with psycopg.connect(as_role(empty_dsn, owner), autocommit=True) as conn:
+                assert conn.execute(owned).fetchone() == (None,)
+                conn.execute("BEGIN")
+                assert conn.execute("CALL tenancy.enter('acme')").fetchone() == (
+                    "tenant_acme, public, pg_temp",
+                )
+                conn.execute("ROLLBACK")
     finally:
         with psycopg.connect(empty_dsn, autocommit=True) as conn:
             # The kit's cluster roles of this install, named after its migrator:
