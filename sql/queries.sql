@@ -638,6 +638,32 @@ SELECT t.slug, t.isolation, t.status, t.migration_version,
     OR t.slug = ANY (%(slugs)s::text[])
  ORDER BY t.slug
 
+-- name: fleet_plan_behind
+-- fleet_plan for the whole fleet, its rows only for the live schema tenants
+-- behind the newest migration (compared with it once, not with a list per
+-- tenant): a no-op run over 10,000 current tenants reads them on the server
+-- and returns none.
+SELECT t.slug, t.isolation, t.status, t.migration_version,
+       ARRAY(SELECT m.version FROM tenancy.migrations AS m
+              WHERE t.migration_version IS NULL OR m.version > t.migration_version
+              ORDER BY m.version) AS pending
+  FROM tenancy.tenants AS t
+ WHERE t.status <> 'deleted' AND t.isolation = 'schema'
+   AND (t.migration_version IS NULL
+        OR t.migration_version < (SELECT max(m.version) FROM tenancy.migrations AS m))
+ ORDER BY t.slug
+
+-- name: fleet_current_count
+-- The live tenants fleet_plan_behind leaves out: shared ones, and schema
+-- tenants at the newest migration.
+SELECT count(*)
+  FROM tenancy.tenants AS t
+ WHERE t.status <> 'deleted'
+   AND NOT (t.isolation = 'schema'
+            AND (t.migration_version IS NULL
+                 OR coalesce(t.migration_version < (SELECT max(m.version) FROM tenancy.migrations AS m),
+                             false)))
+
 -- name: fleet_application_name
 SELECT pg_catalog.set_config('application_name', %(name)s, false)
 

@@ -292,3 +292,47 @@ def test_migrate_dir_says_what_it_registered(dsn: str, tenancy: Tenancy, tmp_pat
     r = cli(dsn, "--dir", str(empty))
     assert r.returncode == 0 and f"warning: {empty} holds no migration files" in r.stderr
     assert [m.version for m in tenancy.list_migrations()] == ["0001_notes"]
+
+
+def test_the_whole_fleet_plan_matches_the_plan_of_every_slug(
+    dsn: str, tenancy: Tenancy, sql: SQL
+) -> None:
+    """The whole-fleet plan reads only the tenants behind plus a count (a no-op
+    run on 10,000 tenants returns no row); it must say what the per-slug plan,
+    which reads every tenant's row, says: a fleet of current, behind, shared,
+    deleted, never-migrated and provisioning tenants."""
+    from pgtenancy.fleet import plan_fleet
+
+    def both() -> tuple[Any, Any]:
+        slugs = [r[0] for r in sql("SELECT slug FROM tenancy.tenants WHERE status <> 'deleted'")]
+        whole = plan_fleet(dsn)
+        each = plan_fleet(dsn, tenants=slugs)
+        return whole, each
+
+    def same() -> Any:
+        whole, each = both()
+        assert (whole.latest, whole.current, whole.deferred, whole.deleted) == (
+            each.latest,
+            each.current,
+            each.deferred,
+            [],
+        )
+        assert [(t.slug, t.from_version, t.versions) for t in whole.todo] == [
+            (t.slug, t.from_version, t.versions) for t in each.todo
+        ]
+        return whole
+
+    # No migration at all: every tenant (schema ones without a version) current.
+    tenancy.create_tenant("bare")
+    tenancy.create_tenant("shr", isolation="shared")
+    assert same().current == 2
+    tenancy.add_migration("0001", "CREATE TABLE note (id int PRIMARY KEY)")
+    for slug in ("cur", "gone"):
+        tenancy.create_tenant(slug)
+    tenancy.drop_tenant("gone")
+    tenancy.add_migration("0002", "ALTER TABLE note ADD COLUMN body text")
+    tenancy.create_tenant("new")  # at 0002; "bare" has nothing, "cur" lacks 0002
+    whole = same()
+    assert [t.slug for t in whole.todo] == ["bare", "cur"]
+    assert whole.current == 2  # new, shr
+    assert plan_fleet(dsn, limit=1).todo[0].slug == "bare"
