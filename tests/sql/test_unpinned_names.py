@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pglast
+import pytest
 from pglast import ast
 from pglast.visitors import Visitor
 
@@ -129,20 +130,19 @@ def declared_types(body: str) -> Iterator[str]:
 
 
 def findings(
-    name: str, language: str, source: str, returns: str = "void", arguments: str = ""
+    name: str, language: str, source: str, returns: str | None = "void", arguments: str = ""
 ) -> list[str]:
     """What ``tenancy.name``'s body resolves through the caller's search_path.
 
-    ``returns`` is the function's result type (``pg_get_function_result``):
-    the PL/pgSQL parser checks RETURN statements against it. ``arguments``
-    its argument list (``pg_get_function_arguments``): a body may name them
-    by position (``ALIAS FOR $1``).
+    ``returns`` is the function's result type (``pg_get_function_result``;
+    None for a procedure): the PL/pgSQL parser checks RETURN statements
+    against it. ``arguments`` its argument list (``pg_get_function_arguments``):
+    a body may name them by position (``ALIAS FOR $1``).
     """
     if language == "sql":
         return [f"{name}: {f}" for f in unqualified(source)]
-    create = (
-        f"CREATE FUNCTION f({arguments}) RETURNS {returns} LANGUAGE plpgsql AS $pgt${source}$pgt$"
-    )
+    head = f"FUNCTION f({arguments}) RETURNS {returns}" if returns else f"PROCEDURE f({arguments})"
+    create = f"CREATE {head} LANGUAGE plpgsql AS $pgt${source}$pgt$"
     tree = json.loads(pglast.parser.parse_plpgsql_json(create))
     found = [f"{name}: {f}" for s in plpgsql_statements(tree) for f in unqualified(s)]
     for typ in declared_types(source):
@@ -188,7 +188,15 @@ END
     assert findings("f", "plpgsql", safe) == []
 
 
-def test_functions_without_a_pinned_search_path_qualify_every_name(sql: SQL) -> None:
+@pytest.mark.parametrize("accelerator", ["as installed", "off"])
+def test_functions_without_a_pinned_search_path_qualify_every_name(
+    sql: SQL, accelerator: str
+) -> None:
+    """Every unpinned function and procedure of the kit, with the accelerator as
+    installed and off (then enter_tenant, active_tenant_id and the procedure
+    tenancy.enter are their PL/pgSQL, as on a server without the library)."""
+    if accelerator == "off":
+        sql("SELECT tenancy.set_accelerator(false)")
     rows = sql(
         "SELECT p.proname, l.lanname, p.prosrc, pg_get_function_result(p.oid),"
         " pg_get_function_arguments(p.oid) FROM pg_proc AS p "
@@ -209,5 +217,7 @@ def test_functions_without_a_pinned_search_path_qualify_every_name(sql: SQL) -> 
     names = {r[0] for r in rows}
     # The functions this is about must be among those checked.
     assert {"enter_tenant", "active_tenant_id", "enter_tenant_token"} <= names
+    if accelerator == "off":
+        assert "enter" in names
     found = [f for row in rows for f in findings(*row)]
     assert found == [], "\n".join(found)
