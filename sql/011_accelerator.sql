@@ -255,6 +255,9 @@ DECLARE
     v_impl  text;
     v_c     boolean;
     v_check text;
+    -- Whether the loop made enter_tenant the call of its C function.
+    v_entry_c boolean := false;
+    v_swapped boolean;
     r       tenancy.accelerated_functions;
 BEGIN
     FOR r IN SELECT * FROM tenancy.accelerated_functions AS f ORDER BY f.function LOOP
@@ -266,7 +269,8 @@ BEGIN
         IF v_on AND v_impl IS NOT NULL AND (r.with_citus OR NOT v_citus)
            AND strpos(v_src, 'citus.propagate_set_commands') = 0
            AND tenancy.accelerator_create_c(v_impl) THEN
-            PERFORM tenancy.accelerator_swap(v_fn, v_impl, r.args);
+            v_swapped := tenancy.accelerator_swap(v_fn, v_impl, r.args);
+            v_entry_c := v_entry_c OR (v_swapped AND v_fn = 'tenancy.enter_tenant(text)'::regprocedure);
         END IF;
     END LOOP;
     -- The verifier's fast path on its own, for the parity test of the
@@ -280,10 +284,7 @@ BEGIN
     -- stays PL/pgSQL, which enters the same way.
     v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
                     WHERE p.oid = 'tenancy.enter(text, text)'::regprocedure AND l.lanname = 'c');
-    IF v_on AND NOT v_citus
-       AND (SELECT substring(p.prosrc FROM E'^\\n    SELECT tenancy\\.(\\w+)_c\\(\\$1\\)\\n$')
-              FROM pg_proc AS p WHERE p.oid = 'tenancy.enter_tenant(text)'::regprocedure)
-           = 'enter_tenant' THEN
+    IF v_entry_c THEN
         IF NOT v_c THEN
             BEGIN
                 -- The symbol is checked now, whatever check_function_bodies

@@ -129,6 +129,22 @@ def _print_tenant(verb: str, t: Tenant) -> None:
     )
 
 
+#: install's and uninstall's --lock-timeout: the values of
+#: pgtenancy.installer.DEFAULT_LOCK_TIMEOUT and MAX_LOCK_TIMEOUT, written out
+#: so that --help does not import the installer (and psycopg with it);
+#: tests/integration/test_install_blocked.py checks they agree.
+LOCK_TIMEOUT_DEFAULT = 5.0
+LOCK_TIMEOUT_MAX = 2147483.647
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0, max=LOCK_TIMEOUT_MAX),
+    default=LOCK_TIMEOUT_DEFAULT,
+    show_default=True,
+    help="Seconds each lock may wait for other sessions before it gives up (nothing "
+    "changed); 0 waits without limit. Another install running is waited for.",
+)
+
+
 @click.group(cls=_Group)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -147,14 +163,7 @@ def main(verbose: int) -> None:
     help="Use (or not) the C accelerator of tenant entry where the server has it; "
     "default: as recorded, on for a first install.",
 )
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0, max=2147483.647),
-    default=5.0,
-    show_default=True,
-    help="Seconds each lock may wait for other sessions before the install gives up "
-    "(nothing changed); 0 waits without limit.",
-)
+@lock_timeout_option
 def install(dsn: str, accelerator: bool | None, lock_timeout: float) -> None:
     """Install or upgrade the SQL core in one transaction (idempotent)."""
     from pgtenancy.installer import install as install_sql
@@ -168,13 +177,7 @@ def install(dsn: str, accelerator: bool | None, lock_timeout: float) -> None:
 @main.command()
 @dsn_option
 @click.option("--drop-tenants", is_flag=True, help="Also drop every tenant schema and its data.")
-@click.option(
-    "--lock-timeout",
-    type=click.FloatRange(min=0, max=2147483.647),
-    default=5.0,
-    show_default=True,
-    help="Seconds each lock may wait for other sessions (0: without limit).",
-)
+@lock_timeout_option
 def uninstall(dsn: str, drop_tenants: bool, lock_timeout: float) -> None:
     """Remove the SQL core. Refuses while tenants exist, unless --drop-tenants."""
     from pgtenancy.installer import uninstall as uninstall_sql

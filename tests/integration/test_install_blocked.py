@@ -22,6 +22,25 @@ from pgtenancy import InstallBlocked, Tenancy, install, tenant_connection, unins
 from pgtenancy.installer import installed_version
 
 
+def world(dsn: str) -> tuple[object, ...]:
+    """What an install or uninstall could change besides the tenancy catalog:
+    schemas, the kit's cluster roles, registry and outbox rows, extensions."""
+    with psycopg.connect(dsn) as conn:
+        return (
+            catalog(dsn),
+            conn.execute("SELECT array_agg(nspname ORDER BY nspname) FROM pg_namespace").fetchone(),
+            conn.execute(
+                "SELECT array_agg(rolname ORDER BY rolname) FROM pg_roles"
+                " WHERE rolname LIKE 'pgtenancy%%'"
+            ).fetchone(),
+            conn.execute(
+                "SELECT array_agg(slug || ':' || status ORDER BY slug) FROM tenancy.tenants"
+            ).fetchone(),
+            conn.execute("SELECT count(*), max(id) FROM tenancy.events").fetchone(),
+            conn.execute("SELECT array_agg(extname ORDER BY extname) FROM pg_extension").fetchone(),
+        )
+
+
 def _reader(dsn: str, app_role: str) -> psycopg.Connection[tuple[object, ...]]:
     """The application role inside a tenant transaction that read the directory."""
     conn = psycopg.connect(make_conninfo(dsn, user=app_role))
@@ -34,7 +53,7 @@ def test_install_gives_up_on_a_held_directory_and_changes_nothing(
     tenancy: Tenancy, dsn: str, app_role: str
 ) -> None:
     tenancy.create_tenant("acme")
-    before = catalog(dsn)
+    before = world(dsn)
     reader = _reader(dsn, app_role)
     try:
         started = time.monotonic()
@@ -48,7 +67,7 @@ def test_install_gives_up_on_a_held_directory_and_changes_nothing(
         assert "gave up; nothing changed" in str(error) and app_role in str(error)
         assert "tenant_directory" in (error.hint or "")
         # Nothing changed, and entry is not held up once the install gave up.
-        assert catalog(dsn) == before
+        assert world(dsn) == before
         assert installed_version(dsn) is not None
         with (
             psycopg.connect(make_conninfo(dsn, user=app_role)) as other,
@@ -59,7 +78,7 @@ def test_install_gives_up_on_a_held_directory_and_changes_nothing(
         result = run_cli("install", "--dsn", dsn, "--lock-timeout", "0.3")
         assert result.returncode != 0
         assert "gave up; nothing changed" in result.stderr + result.stdout
-        assert catalog(dsn) == before
+        assert world(dsn) == before
     finally:
         reader.close()
     # With the reader gone the same install goes through.
@@ -68,28 +87,28 @@ def test_install_gives_up_on_a_held_directory_and_changes_nothing(
 
 def test_uninstall_gives_up_too(tenancy: Tenancy, dsn: str, app_role: str) -> None:
     tenancy.create_tenant("acme")
-    before = catalog(dsn)
+    before = world(dsn)
     reader = _reader(dsn, app_role)
     try:
         with pytest.raises(InstallBlocked) as caught:
             uninstall(dsn, drop_tenants=True, lock_timeout=0.5)
         assert reader.info.backend_pid in [p for p, _, _ in caught.value.blockers]
-        assert catalog(dsn) == before
+        assert world(dsn) == before
     finally:
         reader.close()
 
 
 def test_a_bad_lock_timeout_is_refused_before_any_sql(dsn: str) -> None:
-    before = catalog(dsn)
+    before = world(dsn)
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="lock_timeout"):
             install(dsn, lock_timeout=bad)
         with pytest.raises(ValueError, match="lock_timeout"):
             uninstall(dsn, lock_timeout=bad)
-    assert catalog(dsn) == before
+    assert world(dsn) == before
     result = run_cli("install", "--dsn", dsn, "--lock-timeout", "-2")
     assert result.returncode == 2 and "lock-timeout" in result.stderr
-    assert catalog(dsn) == before
+    assert world(dsn) == before
 
 
 def test_without_a_limit_the_install_waits_for_the_reader(
@@ -117,3 +136,11 @@ def test_without_a_limit_the_install_waits_for_the_reader(
         reader.close()
     thread.join(60)
     assert done.is_set() and failure == []
+
+
+def test_the_cli_option_says_what_the_installer_does() -> None:
+    """--lock-timeout's default and bound are the installer's own."""
+    from pgtenancy import cli, installer
+
+    assert cli.LOCK_TIMEOUT_DEFAULT == installer.DEFAULT_LOCK_TIMEOUT
+    assert cli.LOCK_TIMEOUT_MAX == installer.MAX_LOCK_TIMEOUT
