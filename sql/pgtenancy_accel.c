@@ -505,6 +505,24 @@ canonical_uuid(const char *s)
 	return s[36] == '\0';
 }
 
+/* True when the current role is a member of the kit's owner (the owner of
+ * schema tenancy). */
+static bool
+kit_owner_role(void)
+{
+	Oid			nsp = get_namespace_oid("tenancy", true);
+	HeapTuple	tp;
+	Oid			owner = InvalidOid;
+
+	tp = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	if (HeapTupleIsValid(tp))
+	{
+		owner = ((Form_pg_namespace) GETSTRUCT(tp))->nspowner;
+		ReleaseSysCache(tp);
+	}
+	return OidIsValid(owner) && is_member_of_role(GetUserId(), owner);
+}
+
 /*
  * In a REPEATABLE READ or SERIALIZABLE transaction, false when tenant id is
  * no longer active in what has committed since the transaction's snapshot
@@ -524,9 +542,6 @@ still_active(const pg_uuid_t *id)
 	Snapshot	latest;
 	TenantRow	row;
 	bool		found;
-	Oid			nsp;
-	HeapTuple	tp;
-	Oid			owner = InvalidOid;
 
 	if (!IsolationUsesXactSnapshot())
 		return true;
@@ -536,14 +551,7 @@ still_active(const pg_uuid_t *id)
 	UnregisterSnapshot(latest);
 	if (found && row.active)
 		return true;
-	nsp = get_namespace_oid("tenancy", true);
-	tp = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	if (HeapTupleIsValid(tp))
-	{
-		owner = ((Form_pg_namespace) GETSTRUCT(tp))->nspowner;
-		ReleaseSysCache(tp);
-	}
-	return OidIsValid(owner) && is_member_of_role(GetUserId(), owner);
+	return kit_owner_role();
 }
 
 /*
@@ -822,6 +830,53 @@ mac_verifies_cached(const char *t, int len, const Token *tok, KeyRow *key)
 }
 
 /*
+ * In a REPEATABLE READ or SERIALIZABLE transaction, false when the key that
+ * verified token t (len bytes, the one mac_verifies_cached just took, so
+ * last_verified holds its pads) is gone or holds other bytes in what has
+ * committed since the transaction's snapshot (tenancy.drop_entry_key, or the
+ * name added again with another key), unless the current role is a member of
+ * the kit's owner; then it raises what the PL/pgSQL verifier raises in READ
+ * COMMITTED (PT025, unknown key or bad signature). The key twin of
+ * still_active: with it a dropped key's tokens are refused from the next
+ * statement at every isolation level.
+ */
+static bool
+key_still_there(const char *t, int len)
+{
+	Token		tok;
+	KeyRow		now;
+	Snapshot	latest;
+	bool		found;
+	bool		same;
+	text	   *name;
+
+	if (!IsolationUsesXactSnapshot())
+		return true;
+	if (!parse_token(t, len, &tok) || !last_verified.valid || last_verified.len != len
+		|| !same_bytes(last_verified.token, t, len))
+		return false;
+	name = cstring_to_text_with_len(tok.key, tok.key_len);
+	latest = RegisterSnapshot(GetLatestSnapshot());
+	found = lookup_row_as_of("entry_keys", "entry_keys_pkey", "name", TEXTOID,
+							 PointerGetDatum(name), read_key, &now, latest);
+	UnregisterSnapshot(latest);
+	same = found && same_bytes(&now, &last_verified.key, sizeof(KeyRow));
+	explicit_bzero(&now, sizeof(now));
+	if (same || kit_owner_role())
+		return true;
+	/* The PL/pgSQL verifier's refusals, as a READ COMMITTED statement gets them. */
+	if (!found)
+		ereport(ERROR,
+				(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '5')),
+				 errmsg("entry token refused: unknown key %s",
+						quote_literal_cstr(text_to_cstring(name)))));
+	ereport(ERROR,
+			(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '5')),
+			 errmsg("entry token refused: bad signature")));
+	return false;				/* not reached */
+}
+
+/*
  * The times of tok hold, as the PL/pgSQL checks them against
  * clock_timestamp() (rounded to the millisecond there; here the bounds are
  * taken one millisecond tighter, so a token at a boundary goes to it):
@@ -974,7 +1029,7 @@ pgtenancy_active_tenant_id_strict(PG_FUNCTION_ARGS)
 	if (memcmp(DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(id)))->data,
 			   row.id.data, UUID_LEN) != 0)
 		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
-	if (!still_active(&row.id))
+	if (!key_still_there(t, (int) len) || !still_active(&row.id))
 		PG_RETURN_NULL();
 	return return_uuid(&row.id);
 }

@@ -8,9 +8,12 @@ tenant's status as committed now, not as of the transaction's snapshot).
 Without the accelerator (the PL/pgSQL, which can only read the transaction's
 snapshot) such a transaction keeps the shared tenant's rows until it ends:
 the documented gap, pinned here so that a change of it changes the README.
-Plain and strict entry alike."""
+Plain and strict entry alike; and the same for a dropped entry key in strict
+entry."""
 
 from __future__ import annotations
+
+import secrets
 
 import psycopg
 import pytest
@@ -74,3 +77,66 @@ def test_what_an_open_transaction_keeps_after_a_suspension(
         conn.execute(entry, params)
         assert conn.execute(QUERY[slug]).fetchall() == first
         conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+@pytest.mark.parametrize("change", ["dropped", "replaced"])
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("slug", ["acme", "sa"])
+def test_what_an_open_transaction_keeps_after_its_key_is_dropped(
+    dsn: str, app_role: str, slug: str, isolation: str, change: str, accelerated: bool
+) -> None:
+    """Strict entry, the key that signed the open transaction's token dropped
+    (or its name added again with another key) by the owner meanwhile: the
+    next statement is refused (PT025) in READ COMMITTED, and in REPEATABLE
+    READ and SERIALIZABLE where the C accelerator runs (it reads the key as
+    committed now); the PL/pgSQL keeps accepting it there until the
+    transaction ends (the README's rotation paragraph). A new transaction
+    with the token is refused at entry whatever the level."""
+    world = build(dsn, app_role, as_role(dsn, app_role), strict=True)
+    other = world.key[::-1]
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+        if accelerated and in_use != (True,):
+            pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+        # A second key, so that k1 may be dropped while strict entry is on.
+        owner.execute("SELECT tenancy.add_entry_key('k2', %s)", (other,))
+    token = sign_tenant_token(world.key, slug, 60, key_name="k1")
+    with psycopg.connect(world.app_dsn, autocommit=True) as conn:
+        conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        conn.execute("SELECT tenancy.enter_tenant_token(%s)", (token,))
+        first = conn.execute(QUERY[slug]).fetchall()
+        assert first and first[0][0] == marker(slug)
+        with psycopg.connect(dsn, autocommit=True) as owner:
+            owner.execute("SELECT tenancy.drop_entry_key('k1')")
+            if change == "replaced":
+                owner.execute("SELECT tenancy.add_entry_key('k1', %s)", (secrets_key(),))
+        if isolation == "READ COMMITTED" or accelerated:
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(QUERY[slug])
+            assert refused.value.sqlstate == "PT025"
+            assert refused.value.diag.message_primary == (
+                "entry token refused: unknown key 'k1'"
+                if change == "dropped"
+                else "entry token refused: bad signature"
+            )
+        else:
+            # The documented gap: the snapshot still holds the old key.
+            assert conn.execute(QUERY[slug]).fetchall() == first
+        conn.execute("ROLLBACK")
+        conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT tenancy.enter_tenant_token(%s)", (token,))
+        assert refused.value.sqlstate == "PT025"
+        conn.execute("ROLLBACK")
+        # A token of the remaining key enters and reads the tenant's rows.
+        fresh = sign_tenant_token(other, slug, 60, key_name="k2")
+        conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        conn.execute("SELECT tenancy.enter_tenant_token(%s)", (fresh,))
+        assert conn.execute(QUERY[slug]).fetchall() == first
+        conn.execute("ROLLBACK")
+
+
+def secrets_key() -> bytes:
+    """A fresh 32-byte entry key."""
+    return secrets.token_bytes(32)
