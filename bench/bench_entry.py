@@ -36,8 +36,11 @@ Sides, grouped; every ratio compares two sides of the same group:
    per-tenant prepared statements turned off on its connection (statements
    keyed by their text alone, as before issue 16's per-tenant keys: every
    switch re-plans); and the kit's entry message by hand, ``BEGIN; CALL
-   tenancy.enter(...)``, against the one it replaced, ``BEGIN; SELECT
-   tenancy.enter_tenant(...), current_setting('search_path')``.
+   tenancy.enter_known(slug, search_path)`` (no row back: what a connection
+   sends for a tenant it has entered before), against the message with
+   output it replaced, ``BEGIN; CALL tenancy.enter(...)``, and that against
+   the one before it, ``BEGIN; SELECT tenancy.enter_tenant(...),
+   current_setting('search_path')``.
 2. **The same with SQLAlchemy** (engine ``pool_size=1``): ``tenant_session``;
    a hand-rolled ``after_begin`` listener (registered once, on the
    ``Session`` class) sending ``SET LOCAL search_path``; plain ``Session``;
@@ -117,7 +120,7 @@ from common import (
     report_title,
 )
 from pgtenancy import Tenancy, tenant_connection, tenant_session
-from pgtenancy._entry import begin_command, entry_message
+from pgtenancy._entry import begin_command, entry_message, known_entry_message
 from pgtenancy.sqlscript import read_script
 from pgtenancy.testing import TemporaryPgBouncer, find_server, fresh_database
 
@@ -467,8 +470,26 @@ def psycopg_sides(
         with tenant_connection(unprepared, slugs[key[0]]) as c:
             return c.execute(QUERY, (key[1],)).fetchone()
 
+    # Each tenant's search_path, as a connection of the kit learns it.
+    paths: dict[str, bytes] = {}
+    for slug in slugs:
+        learnt = conn.pgconn.exec_(entry_message(begin_command(conn), slug)).get_value(0, 0)
+        conn.pgconn.exec_(b"ROLLBACK")
+        assert learnt is not None
+        paths[slug] = learnt
+
     def by_hand(key: Key) -> object:
-        # The kit's own message sent directly: tenant_connection minus its Python.
+        # The kit's own message sent directly: tenant_connection minus its Python
+        # (enter_known, as it enters a tenant it has entered before).
+        slug = slugs[key[0]]
+        conn.pgconn.exec_(known_entry_message(begin_command(conn), slug, paths[slug]))
+        row = conn.execute(QUERY, (key[1],)).fetchone()
+        conn.commit()
+        return row
+
+    def by_hand_output(key: Key) -> object:
+        # The message with output that enter_known replaced after a tenant's
+        # first entry: CALL tenancy.enter, one row back (the search_path).
         conn.pgconn.exec_(entry_message(begin_command(conn), slugs[key[0]]))
         row = conn.execute(QUERY, (key[1],)).fetchone()
         conn.commit()
@@ -486,7 +507,11 @@ def psycopg_sides(
         # The same message followed by literal SET LOCAL statements, which a Citus
         # coordinator propagates to workers (set_config values it does not).
         slug = slugs[key[0]]
-        message = entry_message(begin_command(conn), slug) + b"; " + citus_sets(slug, ids[slug])
+        message = (
+            known_entry_message(begin_command(conn), slug, paths[slug])
+            + b"; "
+            + citus_sets(slug, ids[slug])
+        )
         conn.pgconn.exec_(message)
         row = conn.execute(QUERY, (key[1],)).fetchone()
         conn.commit()
@@ -529,6 +554,7 @@ def psycopg_sides(
         Side("plain, unprepared", plain_unprepared),
         Side("enter_tenant message by hand", by_hand),
         Side("enter_tenant message + literal SET LOCAL", by_hand_citus),
+        Side("CALL tenancy.enter message by hand", by_hand_output),
         Side("SELECT enter_tenant message by hand", by_hand_select),
         Side("tenant_connection, statements keyed by text", kit_by_text),
     ]
@@ -921,8 +947,13 @@ RATIOS: list[tuple[str, str, str]] = [
         "enter_tenant message by hand",
     ),
     (
-        "CALL tenancy.enter / SELECT enter_tenant message",
+        "CALL tenancy.enter_known / CALL tenancy.enter message",
         "enter_tenant message by hand",
+        "CALL tenancy.enter message by hand",
+    ),
+    (
+        "CALL tenancy.enter / SELECT enter_tenant message",
+        "CALL tenancy.enter message by hand",
         "SELECT enter_tenant message by hand",
     ),
     (

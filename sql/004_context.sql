@@ -132,6 +132,53 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'PT019 (being provisioned), PT007 (schema missing) before anything is set. Call it as the '
     'first statement of a transaction block.';
 
+-- The quiet form of entry: CALL tenancy.enter_known('acme', <search_path>)
+-- after BEGIN, for a client that learnt the tenant's search_path from an
+-- earlier tenancy.enter on its connection. No output parameter, so the
+-- server sends no row (the client parses none): the same entry otherwise.
+-- The search_path given is checked against the one the tenant got (PT023
+-- when they differ: the tenant's schema changed since the client learnt
+-- it, and it enters with tenancy.enter again); NULL skips the check.
+CREATE OR REPLACE FUNCTION tenancy.define_enter_known(p_c boolean)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_c THEN
+        -- The accelerator's C procedure (needs a superuser and the library).
+        CREATE OR REPLACE PROCEDURE tenancy.enter_known(slug text, search_path text)
+            LANGUAGE c
+            AS '$libdir/pgtenancy_accel', 'pgtenancy_enter_known';
+        RETURN;
+    END IF;
+    CREATE OR REPLACE PROCEDURE tenancy.enter_known(slug text, search_path text)
+        LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id pg_catalog.uuid;
+    v_path pg_catalog.text;
+BEGIN
+    SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
+      INTO v_id, v_path;
+    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) $2 THEN
+        RAISE EXCEPTION 'tenant % has search_path %, not %', pg_catalog.quote_literal($1),
+            pg_catalog.quote_literal(v_path), pg_catalog.quote_literal($2)
+            USING ERRCODE = 'PT023',
+                  HINT = 'Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.';
+    END IF;
+END
+$$;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.define_enter_known(boolean) IS
+    'Create (or replace) the procedure tenancy.enter_known: its PL/pgSQL (p_c false) or the C '
+    'accelerator''s procedure pgtenancy_enter_known (p_c true: a superuser, the library '
+    'installed; raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.define_enter_known(boolean) FROM PUBLIC;
+
 -- The procedure form of entry, what the kit's connections and sessions send
 -- in the message that opens a tenant transaction: BEGIN; CALL
 -- tenancy.enter('acme'). A CALL is neither planned nor run as a query, so
@@ -153,8 +200,10 @@ BEGIN
         CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
             LANGUAGE c
             AS '$libdir/pgtenancy_accel', 'pgtenancy_enter';
+        PERFORM tenancy.define_enter_known(true);
         RETURN;
     END IF;
+    PERFORM tenancy.define_enter_known(false);
     CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
         LANGUAGE plpgsql
     AS $$
@@ -171,9 +220,10 @@ END
 $fn$;
 
 COMMENT ON FUNCTION tenancy.define_enter(boolean) IS
-    'Create (or replace) the procedure tenancy.enter: its PL/pgSQL (p_c false) or the C '
-    'accelerator''s procedure pgtenancy_enter (p_c true: a superuser, the library installed; '
-    'raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+    'Create (or replace) the procedures tenancy.enter and tenancy.enter_known '
+    '(define_enter_known): their PL/pgSQL (p_c false) or the C accelerator''s procedures '
+    'pgtenancy_enter and pgtenancy_enter_known (p_c true: a superuser, the library installed; '
+    'raises 42501, 58P01 or 42883 otherwise). Grants and comments kept. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.define_enter(boolean) FROM PUBLIC;
 
@@ -184,12 +234,24 @@ SELECT tenancy.define_enter(false)
                      JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
                     WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
                       AND p.proname = 'enter' AND l.lanname = 'c');
+-- An upgrade that keeps the C tenancy.enter gets enter_known's PL/pgSQL
+-- (011 makes it C where it can).
+SELECT tenancy.define_enter_known(false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+                    WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
+                      AND p.proname = 'enter_known');
 
 COMMENT ON PROCEDURE tenancy.enter(text, text) IS
     'CALL tenancy.enter(slug) after BEGIN: tenancy.enter_tenant(slug) as a procedure, which costs '
     'the server less than a SELECT of it; the same settings and refusals (PT003, PT020, PT004, '
     'PT005, PT019, PT007) as enter_tenant. Returns the search_path the tenant got (column '
     'search_path).';
+
+COMMENT ON PROCEDURE tenancy.enter_known(text, text) IS
+    'CALL tenancy.enter_known(slug, search_path) after BEGIN: tenancy.enter without output, for '
+    'a client that knows the tenant''s search_path from an earlier tenancy.enter (no row sent '
+    'back). The refusals of enter_tenant, and PT023 when the tenant''s search_path is not '
+    'search_path (NULL: not checked).';
 
 -- Citus sends SET LOCAL (never set_config) to every node taking part in a
 -- transaction when citus.propagate_set_commands is 'local', so on Citus

@@ -47,7 +47,8 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
-    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text) TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text), tenancy.enter_known(text, text) TO %I',
+                   grant_app_role.role);
     -- No outbox function: the application role could pre-claim events
     -- (inbox_claim) or move cursors; receivers run as listener roles.
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',

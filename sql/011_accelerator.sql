@@ -254,6 +254,7 @@ DECLARE
     v_src   text;
     v_impl  text;
     v_c     boolean;
+    v_any_c boolean;
     v_check text;
     -- Whether the loop made enter_tenant the call of its C function.
     v_entry_c boolean := false;
@@ -282,8 +283,15 @@ BEGIN
     -- enter_tenant runs its C function, PL/pgSQL otherwise (the accelerator
     -- off, Citus). Creating the C procedure needs a superuser: without one it
     -- stays PL/pgSQL, which enters the same way.
-    v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                    WHERE p.oid = 'tenancy.enter(text, text)'::regprocedure AND l.lanname = 'c');
+    -- Both procedures of entry (enter, enter_known) count: C only when both are.
+    v_c := (SELECT count(*) FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+             WHERE p.oid IN ('tenancy.enter(text, text)'::regprocedure,
+                             'tenancy.enter_known(text, text)'::regprocedure)
+               AND l.lanname = 'c') = 2;
+    v_any_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                        WHERE p.oid IN ('tenancy.enter(text, text)'::regprocedure,
+                                        'tenancy.enter_known(text, text)'::regprocedure)
+                          AND l.lanname = 'c');
     IF v_entry_c THEN
         IF NOT v_c THEN
             BEGIN
@@ -297,7 +305,7 @@ BEGIN
                 NULL;
             END;
         END IF;
-    ELSIF v_c THEN
+    ELSIF v_any_c THEN
         PERFORM tenancy.define_enter(false);
     END IF;
     RETURN tenancy.accelerator_in_use();

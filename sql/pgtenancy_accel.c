@@ -62,6 +62,7 @@ PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant);
 PG_FUNCTION_INFO_V1(pgtenancy_enter);
+PG_FUNCTION_INFO_V1(pgtenancy_enter_known);
 PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id);
 PG_FUNCTION_INFO_V1(pgtenancy_verify_entry_token);
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant_token);
@@ -447,6 +448,25 @@ enter_tenant_is_accelerated(void)
 }
 
 /*
+ * The entry of both procedures of entry: tenancy.enter_tenant(slug) through
+ * its C path while that function is accelerated, the function itself
+ * otherwise (so its refusals, and with Citus its SET LOCAL statements).
+ */
+static void
+enter_slug(FunctionCallInfo fcinfo)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	LOCAL_FCINFO(entry, 1);
+
+	InitFunctionCallInfoData(*entry, NULL, 1, PG_GET_COLLATION(), NULL, NULL);
+	entry->args[0] = fcinfo->args[0];
+	if (enter_tenant_is_accelerated())
+		(void) pgtenancy_enter_tenant(entry);
+	else
+		(void) call_plpgsql("enter_tenant", entry, argtypes);
+}
+
+/*
  * CALL tenancy.enter(slug text, INOUT search_path text) — the procedure form
  * of entry that the kit's connections and sessions send after BEGIN: a CALL
  * is neither planned nor run as a query, so the server does less than for
@@ -460,17 +480,10 @@ Datum
 pgtenancy_enter(PG_FUNCTION_ARGS)
 {
 	static TupleDesc result_desc = NULL;
-	Oid			argtypes[1] = {TEXTOID};
-	LOCAL_FCINFO(entry, 1);
 	Datum		value;
 	bool		isnull = false;
 
-	InitFunctionCallInfoData(*entry, NULL, 1, PG_GET_COLLATION(), NULL, NULL);
-	entry->args[0] = fcinfo->args[0];
-	if (enter_tenant_is_accelerated())
-		(void) pgtenancy_enter_tenant(entry);
-	else
-		(void) call_plpgsql("enter_tenant", entry, argtypes);
+	enter_slug(fcinfo);
 	if (result_desc == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -482,6 +495,35 @@ pgtenancy_enter(PG_FUNCTION_ARGS)
 	}
 	value = CStringGetTextDatum(GetConfigOptionByName("search_path", NULL, false));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(result_desc, &value, &isnull)));
+}
+
+/*
+ * CALL tenancy.enter_known(slug text, search_path text) — tenancy.enter
+ * without output (no row for the server to send nor the client to parse),
+ * for a client that learnt the tenant's search_path from an earlier
+ * tenancy.enter: the same entry, then PT023 when the search_path the tenant
+ * got is not search_path (not checked when NULL), as the PL/pgSQL of
+ * 004_context.sql raises it.
+ */
+Datum
+pgtenancy_enter_known(PG_FUNCTION_ARGS)
+{
+	char	   *now;
+	char	   *expected;
+
+	enter_slug(fcinfo);
+	if (PG_ARGISNULL(1))
+		PG_RETURN_VOID();
+	now = GetConfigOptionByName("search_path", NULL, false);
+	expected = TextDatumGetCString(PG_GETARG_DATUM(1));
+	if (strcmp(now, expected) != 0)
+		ereport(ERROR,
+				(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '3')),
+				 errmsg("tenant %s has search_path %s, not %s",
+						quote_literal_cstr(TextDatumGetCString(PG_GETARG_DATUM(0))),
+						quote_literal_cstr(now), quote_literal_cstr(expected)),
+				 errhint("Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.")));
+	PG_RETURN_VOID();
 }
 
 /* True when s is a uuid in uuid_out's form (36 characters, lowercase or

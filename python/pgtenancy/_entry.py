@@ -14,7 +14,15 @@ rest of the transaction psycopg's automatic prepared statements are keyed by
 it (:func:`tag_statements`): each tenant's statements are prepared on the
 server under that tenant's ``search_path`` alone, so switching tenants does
 not make PostgreSQL re-plan them (its plan cache re-plans a cached statement
-whenever ``search_path`` differs from the one it was planned under).
+whenever ``search_path`` differs from the one it was planned under). The
+connection remembers each tenant's ``search_path`` once learnt and from then
+on enters with ``BEGIN; CALL tenancy.enter_known('acme', '<search_path>')``,
+which returns nothing (no row for the server to send nor for psycopg to
+parse); the server checks the path and refuses with PT023 when the tenant's
+schema changed since, and the connection learns it again (a rollback and
+the ``tenancy.enter`` message: two more round trips, once). A connection
+whose statements are not keyed (``prepare_threshold=None``, or a psycopg
+the kit does not know) needs no path and always enters quietly, with NULL.
 
 Internal module: the public entry points are
 :func:`pgtenancy.tenant_connection` and :func:`pgtenancy.tenant_session`.
@@ -66,6 +74,24 @@ def begin_command(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
 
 
 @lru_cache(maxsize=CACHE_SIZE)
+def known_entry_message(begin: str, slug: str, search_path: bytes | None) -> bytes:
+    """``<begin>; CALL tenancy.enter_known('<slug>', '<search_path>')`` as bytes
+    (cached): the entry without output, for a connection that learnt the
+    tenant's ``search_path`` from :func:`entry_message` (the server sends no
+    row back). ``search_path`` None sends NULL: not checked (a connection
+    whose statements are not keyed by it).
+
+    ``slug`` must already be validated; both values are rendered as SQL
+    literals by :class:`psycopg.sql.Literal`.
+    """
+    path = None if search_path is None else search_path.decode("utf-8")
+    query = sql.SQL("{}; CALL tenancy.enter_known({}, {})").format(
+        sql.SQL(begin), sql.Literal(slug), sql.Literal(path)
+    )
+    return query.as_bytes(None)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
 def entry_message(begin: str, slug: str) -> bytes:
     """``<begin>; CALL tenancy.enter('<slug>')`` as bytes (cached): the
     procedure's one output column is the ``search_path`` the tenant got, which
@@ -104,6 +130,8 @@ if _PrepareManager is not None:
 
         _pgtenancy_tag: bytes | None = None
         _pgtenancy_owner: object = None
+        #: tenant slug -> the search_path it got (see _known_paths)
+        _pgtenancy_paths: dict[str, bytes] | None = None
 
         def key(self, query: Any) -> Any:  # type: ignore[override]
             tag = self._pgtenancy_tag
@@ -201,7 +229,9 @@ def _old_sql(result: pq.abc.PGresult) -> bool:
         return False
     state = result.error_field(pq.DiagnosticField.SQLSTATE)
     primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b""
-    return state == _NO_PROCEDURE.encode() and b"tenancy.enter(" in primary
+    return state == _NO_PROCEDURE.encode() and (
+        b"tenancy.enter(" in primary or b"tenancy.enter_known(" in primary
+    )
 
 
 def _mismatch(result: pq.abc.PGresult) -> VersionMismatch:
@@ -209,6 +239,51 @@ def _mismatch(result: pq.abc.PGresult) -> VersionMismatch:
     value = result.get_value(0, 0) if result.ntuples == 1 else None
     installed = value.decode() if value else "an earlier version"
     return VersionMismatch(installed)
+
+
+#: SQLSTATE of tenancy.enter_known when the tenant's search_path is not the one given.
+_PATH_CHANGED = b"PT023"
+
+#: How many tenants' search_paths a connection remembers (then it starts over).
+PATHS_SIZE = 4096
+
+
+def _known_paths(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> dict[str, bytes] | None:
+    """The search_path of each tenant ``conn`` has entered, kept on its
+    per-tenant prepared-statement manager; None when its statements are not
+    keyed by search_path (nothing to learn: it enters with NULL)."""
+    manager = _manager(conn)
+    if manager is None or manager.prepare_threshold is None:
+        return None
+    paths: dict[str, bytes] | None = manager._pgtenancy_paths
+    if paths is None:
+        paths = manager._pgtenancy_paths = {}
+    return paths
+
+
+def _learn(paths: dict[str, bytes] | None, slug: str, path: bytes | None) -> bytes | None:
+    """Remember tenant ``slug``'s ``path`` in ``paths`` (when both are there); returns ``path``."""
+    if paths is not None and path is not None:
+        if len(paths) >= PATHS_SIZE:
+            paths.clear()
+        paths[slug] = path
+    return path
+
+
+def _path_changed(result: pq.abc.PGresult) -> bool:
+    return (
+        result.status == pq.ExecStatus.FATAL_ERROR
+        and result.error_field(pq.DiagnosticField.SQLSTATE) == _PATH_CHANGED
+    )
+
+
+def _check_command(
+    result: pq.abc.PGresult, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+) -> None:
+    if result.status != pq.ExecStatus.COMMAND_OK:
+        raise_translated(psycopg.errors.error_from_result(result, encoding=conn.info.encoding))
 
 
 def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
@@ -219,23 +294,44 @@ def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
         slug: a validated tenant slug.
 
     Returns:
-        The ``search_path`` the tenant got (for :func:`tag_statements`).
+        The ``search_path`` the tenant got (for :func:`tag_statements`); None
+        when ``conn``'s statements are not keyed by it (it entered with
+        ``tenancy.enter_known(slug, NULL)``).
 
     Raises:
         pgtenancy.errors.TenantNotFound, TenantSuspended, TenantDeleted,
             TenantSchemaMissing: refused by the database (PT003/PT004/PT005/PT007);
             the transaction is then open and aborted, and must be rolled back.
         pgtenancy.errors.VersionMismatch: the database's SQL has no
-            ``tenancy.enter`` (upgrade it: ``pgtenancy install``); rolled back.
+            ``tenancy.enter`` or ``tenancy.enter_known`` (upgrade it:
+            ``pgtenancy install``); rolled back.
         psycopg.Error: any other database error.
+
+    A ``search_path`` refused by ``tenancy.enter_known`` (PT023: the tenant's
+    schema changed since this connection learnt it) is never raised: the
+    transaction is rolled back and entered again with ``tenancy.enter``.
     """
-    message = entry_message(begin_command(conn), slug)
+    begin = begin_command(conn)
+    paths = _known_paths(conn)
     with conn.lock:
-        result = conn.pgconn.exec_(message)
+        if paths is None or slug in paths:
+            known = None if paths is None else paths[slug]
+            result = conn.pgconn.exec_(known_entry_message(begin, slug, known))
+            if result.status == pq.ExecStatus.COMMAND_OK:
+                return known
+            if not _path_changed(result):
+                if _old_sql(result):
+                    raise _mismatch(conn.pgconn.exec_(_ROLLBACK_VERSION))
+                _check_command(result, conn)
+            # The tenant's schema changed: roll back, learn it again below.
+            conn.pgconn.exec_(b"ROLLBACK")
+            if paths is not None:
+                paths.pop(slug, None)
+        result = conn.pgconn.exec_(entry_message(begin, slug))
         if _old_sql(result):
             raise _mismatch(conn.pgconn.exec_(_ROLLBACK_VERSION))
     _check(result, conn)
-    return _search_path(result, 0)
+    return _learn(paths, slug, _search_path(result, 0))
 
 
 async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> bytes | None:
@@ -247,9 +343,27 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> byt
     Raises:
         The same as :func:`begin_in_tenant`.
     """
-    message = entry_message(begin_command(conn), slug)
+    begin = begin_command(conn)
+    paths = _known_paths(conn)
     async with conn.lock:
-        conn.pgconn.send_query(message)
+        if paths is None or slug in paths:
+            known = None if paths is None else paths[slug]
+            conn.pgconn.send_query(known_entry_message(begin, slug, known))
+            results = await conn.wait(generators.execute(conn.pgconn))
+            if all(r.status == pq.ExecStatus.COMMAND_OK for r in results):
+                return known
+            if not any(_path_changed(r) for r in results):
+                if any(_old_sql(r) for r in results):
+                    conn.pgconn.send_query(_ROLLBACK_VERSION)
+                    answers = await conn.wait(generators.execute(conn.pgconn))
+                    raise _mismatch(answers[-1])
+                for result in results:
+                    _check_command(result, conn)
+            conn.pgconn.send_query(b"ROLLBACK")
+            await conn.wait(generators.execute(conn.pgconn))
+            if paths is not None:
+                paths.pop(slug, None)
+        conn.pgconn.send_query(entry_message(begin, slug))
         results = await conn.wait(generators.execute(conn.pgconn))
         if any(_old_sql(r) for r in results):
             conn.pgconn.send_query(_ROLLBACK_VERSION)
@@ -260,7 +374,7 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> byt
         if result.status == pq.ExecStatus.FATAL_ERROR:
             _check(result, conn)
     _check(results[-1], conn)
-    return _search_path(results[-1], 0)
+    return _learn(paths, slug, _search_path(results[-1], 0))
 
 
 # -- strict entry: a signed token instead of a slug ---------------------------

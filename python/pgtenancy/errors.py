@@ -256,6 +256,17 @@ class CannotCloneTenant(TenancyError):
     sqlstate = "PT022"
 
 
+class SearchPathChanged(TenancyError):
+    """``CALL tenancy.enter_known(slug, search_path)`` was given another
+    ``search_path`` than the one the tenant gets (SQLSTATE PT023): its schema
+    changed since the caller learnt it with ``tenancy.enter``. The transaction
+    is aborted and nothing was set. The kit's own connections handle it
+    themselves (they roll back and enter with ``tenancy.enter``); a caller of
+    the procedure by hand sees it."""
+
+    sqlstate = "PT023"
+
+
 class EntryTokenError(TenancyError):
     """An entry token of strict mode was refused (PT025-PT028 and PT034); the
     transaction entered no tenant, or, raised at a later statement, the

@@ -1714,7 +1714,8 @@ BEGIN
                    'tenancy.current_tenant_id(), '
                    'tenancy.current_tenant(), tenancy.require_tenant_id(), tenancy.version(), '
                    'tenancy.check_isolation(), tenancy.check_registry() TO %I', grant_app_role.role);
-    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text) TO %I', grant_app_role.role);
+    EXECUTE format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text), tenancy.enter_known(text, text) TO %I',
+                   grant_app_role.role);
     -- No outbox function: the application role could pre-claim events
     -- (inbox_claim) or move cursors; receivers run as listener roles.
     EXECUTE format('GRANT EXECUTE ON FUNCTION tenancy.tenant_info(), tenancy.resolve_domain(text) TO %I',
@@ -6296,6 +6297,53 @@ BEGIN
     END IF;
 END
 $$;
+-- The quiet form of entry: CALL tenancy.enter_known('acme', <search_path>)
+-- after BEGIN, for a client that learnt the tenant's search_path from an
+-- earlier tenancy.enter on its connection. No output parameter, so the
+-- server sends no row (the client parses none): the same entry otherwise.
+-- The search_path given is checked against the one the tenant got (PT023
+-- when they differ: the tenant's schema changed since the client learnt
+-- it, and it enters with tenancy.enter again); NULL skips the check.
+CREATE OR REPLACE FUNCTION tenancy.define_enter_known(p_c boolean)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_c THEN
+        -- The accelerator's C procedure (needs a superuser and the library).
+        CREATE OR REPLACE PROCEDURE tenancy.enter_known(slug text, search_path text)
+            LANGUAGE c
+            AS '$libdir/pgtenancy_accel', 'pgtenancy_enter_known';
+        RETURN;
+    END IF;
+    CREATE OR REPLACE PROCEDURE tenancy.enter_known(slug text, search_path text)
+        LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id pg_catalog.uuid;
+    v_path pg_catalog.text;
+BEGIN
+    SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
+      INTO v_id, v_path;
+    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) $2 THEN
+        RAISE EXCEPTION 'tenant % has search_path %, not %', pg_catalog.quote_literal($1),
+            pg_catalog.quote_literal(v_path), pg_catalog.quote_literal($2)
+            USING ERRCODE = 'PT023',
+                  HINT = 'Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.';
+    END IF;
+END
+$$;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.define_enter_known(boolean) IS
+    'Create (or replace) the procedure tenancy.enter_known: its PL/pgSQL (p_c false) or the C '
+    'accelerator''s procedure pgtenancy_enter_known (p_c true: a superuser, the library '
+    'installed; raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.define_enter_known(boolean) FROM PUBLIC;
+
 -- issue 16: the procedure form of entry (CALL tenancy.enter(slug) after BEGIN,
 -- what the kit's connections and sessions send), as in sql/004_context.sql;
 -- apply_accelerator below makes it the C procedure where enter_tenant runs its
@@ -6311,8 +6359,10 @@ BEGIN
         CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
             LANGUAGE c
             AS '$libdir/pgtenancy_accel', 'pgtenancy_enter';
+        PERFORM tenancy.define_enter_known(true);
         RETURN;
     END IF;
+    PERFORM tenancy.define_enter_known(false);
     CREATE OR REPLACE PROCEDURE tenancy.enter(slug text, INOUT search_path text DEFAULT NULL)
         LANGUAGE plpgsql
     AS $$
@@ -6329,9 +6379,10 @@ END
 $fn$;
 
 COMMENT ON FUNCTION tenancy.define_enter(boolean) IS
-    'Create (or replace) the procedure tenancy.enter: its PL/pgSQL (p_c false) or the C '
-    'accelerator''s procedure pgtenancy_enter (p_c true: a superuser, the library installed; '
-    'raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+    'Create (or replace) the procedures tenancy.enter and tenancy.enter_known '
+    '(define_enter_known): their PL/pgSQL (p_c false) or the C accelerator''s procedures '
+    'pgtenancy_enter and pgtenancy_enter_known (p_c true: a superuser, the library installed; '
+    'raises 42501, 58P01 or 42883 otherwise). Grants and comments kept. Internal.';
 
 REVOKE ALL ON FUNCTION tenancy.define_enter(boolean) FROM PUBLIC;
 
@@ -6342,6 +6393,12 @@ SELECT tenancy.define_enter(false)
                      JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
                     WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
                       AND p.proname = 'enter' AND l.lanname = 'c');
+-- An upgrade that keeps the C tenancy.enter gets enter_known's PL/pgSQL
+-- (011 makes it C where it can).
+SELECT tenancy.define_enter_known(false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+                    WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
+                      AND p.proname = 'enter_known');
 
 COMMENT ON PROCEDURE tenancy.enter(text, text) IS
     'CALL tenancy.enter(slug) after BEGIN: tenancy.enter_tenant(slug) as a procedure, which costs '
@@ -6349,13 +6406,20 @@ COMMENT ON PROCEDURE tenancy.enter(text, text) IS
     'PT005, PT019, PT007) as enter_tenant. Returns the search_path the tenant got (column '
     'search_path).';
 
+COMMENT ON PROCEDURE tenancy.enter_known(text, text) IS
+    'CALL tenancy.enter_known(slug, search_path) after BEGIN: tenancy.enter without output, for '
+    'a client that knows the tenant''s search_path from an earlier tenancy.enter (no row sent '
+    'back). The refusals of enter_tenant, and PT023 when the tenant''s search_path is not '
+    'search_path (NULL: not checked).';
+
 DO $$
 DECLARE
     v_role name;
 BEGIN
     FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
                    WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = a.role_name) LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text) TO %I', v_role);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text), '
+                                  'tenancy.enter_known(text, text) TO %I', v_role);
     END LOOP;
 END
 $$;
@@ -6597,6 +6661,7 @@ DECLARE
     v_src   text;
     v_impl  text;
     v_c     boolean;
+    v_any_c boolean;
     v_check text;
     -- Whether the loop made enter_tenant the call of its C function.
     v_entry_c boolean := false;
@@ -6625,8 +6690,15 @@ BEGIN
     -- enter_tenant runs its C function, PL/pgSQL otherwise (the accelerator
     -- off, Citus). Creating the C procedure needs a superuser: without one it
     -- stays PL/pgSQL, which enters the same way.
-    v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                    WHERE p.oid = 'tenancy.enter(text, text)'::regprocedure AND l.lanname = 'c');
+    -- Both procedures of entry (enter, enter_known) count: C only when both are.
+    v_c := (SELECT count(*) FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+             WHERE p.oid IN ('tenancy.enter(text, text)'::regprocedure,
+                             'tenancy.enter_known(text, text)'::regprocedure)
+               AND l.lanname = 'c') = 2;
+    v_any_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                        WHERE p.oid IN ('tenancy.enter(text, text)'::regprocedure,
+                                        'tenancy.enter_known(text, text)'::regprocedure)
+                          AND l.lanname = 'c');
     IF v_entry_c THEN
         IF NOT v_c THEN
             BEGIN
@@ -6640,7 +6712,7 @@ BEGIN
                 NULL;
             END;
         END IF;
-    ELSIF v_c THEN
+    ELSIF v_any_c THEN
         PERFORM tenancy.define_enter(false);
     END IF;
     RETURN tenancy.accelerator_in_use();

@@ -118,6 +118,16 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     assert call("CALL tenancy.enter(slug => 'acme')") == [("tenant_acme, public, pg_temp",)]
     assert call("SELECT tenancy.current_tenant()") == [("acme",)]
     call("COMMIT")
+    # Its quiet form: no row back.
+    call("BEGIN")
+    assert (
+        call(
+            "CALL tenancy.enter_known(slug => 'acme', search_path => 'tenant_acme, public, pg_temp')"
+        )
+        == []
+    )
+    assert call("SELECT tenancy.current_tenant()") == [("acme",)]
+    call("COMMIT")
     call("SELECT tenancy.add_tenant_domain(slug => 'acme', domain => 'Acme-Corp.example.com.')")
     assert call("SELECT tenancy.resolve_domain(domain => 'acme-corp.EXAMPLE.com')") == [("acme",)]
     assert call("SELECT tenancy.normalize_domain(domain => ' A.b. ')") == [("a.b",)]

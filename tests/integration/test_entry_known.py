@@ -1,0 +1,216 @@
+"""The quiet entry (issue 16): a connection learns each tenant's search_path
+from its first ``CALL tenancy.enter`` and then enters with ``CALL
+tenancy.enter_known(slug, search_path)``, which sends no row back; the server
+refuses a search_path that is no longer the tenant's (PT023), and the
+connection learns it again without the caller seeing anything.
+
+The messages are read from libpq's protocol trace of the connection, so
+these tests see what went over the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import pq
+
+from helpers import as_role
+from pgtenancy import SearchPathChanged, Tenancy, tenant_connection
+from pgtenancy._entry import statement_tag
+from pgtenancy.errors import raise_translated
+
+ACME_PATH = "tenant_acme, public, pg_temp"
+SHARED_PATH = "public, pg_temp"
+
+
+class Queries:
+    """The simple-query texts one connection sent, from its libpq trace."""
+
+    def __init__(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="pgtenancy-trace-")
+        os.close(fd)
+        self.path = Path(name)
+        self._file = self.path.open("w")
+
+    def attach(self, pgconn: pq.abc.PGconn) -> None:
+        pgconn.trace(self._file.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def sent(self) -> list[str]:
+        self._file.flush()
+        out = []
+        for line in self.path.read_text().splitlines():
+            fields = line.split("\t")
+            if len(fields) >= 4 and fields[0] == "F" and fields[2] == "Query":
+                out.append(fields[3].strip()[1:-1])
+        return out
+
+    def entries(self) -> list[str]:
+        """The entry messages and rollbacks sent, in order."""
+        return [q for q in self.sent() if "tenancy.enter" in q or q == "ROLLBACK"]
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink()
+
+
+@pytest.fixture
+def queries() -> Iterator[Queries]:
+    q = Queries()
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def acme(tenancy: Tenancy) -> Tenancy:
+    tenancy.add_migration("0001", "CREATE TABLE note (id int PRIMARY KEY, body text)")
+    tenancy.create_tenant("acme")
+    tenancy.create_tenant("globex", isolation="shared")
+    return tenancy
+
+
+def _in_tenant(conn: psycopg.Connection[Any], slug: str) -> tuple[Any, ...] | None:
+    with tenant_connection(conn, slug) as c:
+        row = c.execute(
+            "SELECT tenancy.current_tenant(), current_setting('search_path')"
+        ).fetchone()
+        assert statement_tag(c) == (row[1].encode() if row else None)
+        return row
+
+
+def test_the_connection_learns_the_search_path_once_then_enters_quietly(
+    dsn: str, acme: Tenancy, app_role: str, queries: Queries
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        queries.attach(conn.pgconn)
+        for _ in range(3):
+            assert _in_tenant(conn, "acme") == ("acme", ACME_PATH)
+            assert _in_tenant(conn, "globex") == ("globex", SHARED_PATH)
+    assert queries.entries() == [
+        "BEGIN; CALL tenancy.enter('acme')",
+        "BEGIN; CALL tenancy.enter('globex')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        f"BEGIN; CALL tenancy.enter_known('globex', '{SHARED_PATH}')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        f"BEGIN; CALL tenancy.enter_known('globex', '{SHARED_PATH}')",
+    ]
+
+
+def test_a_connection_without_keyed_statements_enters_quietly_from_the_start(
+    dsn: str, acme: Tenancy, app_role: str, queries: Queries
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role), prepare_threshold=None) as conn:
+        queries.attach(conn.pgconn)
+        for _ in range(2):
+            with tenant_connection(conn, "acme") as c:
+                assert c.execute("SELECT current_setting('search_path')").fetchone() == (ACME_PATH,)
+                assert statement_tag(c) is None
+    assert queries.entries() == ["BEGIN; CALL tenancy.enter_known('acme', NULL)"] * 2
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+def test_a_tenant_whose_search_path_changed_is_learnt_again(
+    dsn: str, acme: Tenancy, app_role: str, queries: Queries, accelerated: bool
+) -> None:
+    """acme is destroyed and made again as a shared tenant: the connection's
+    remembered path is refused (PT023), rolled back, and the tenant entered and
+    learnt anew, in the same tenant_connection call, without an error."""
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+    if accelerated and in_use != (True,):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        queries.attach(conn.pgconn)
+        assert _in_tenant(conn, "acme") == ("acme", ACME_PATH)
+        assert _in_tenant(conn, "acme") == ("acme", ACME_PATH)
+        acme.drop_tenant("acme", destroy_data=True)
+        acme.create_tenant("acme", isolation="shared")
+        assert _in_tenant(conn, "acme") == ("acme", SHARED_PATH)
+        assert _in_tenant(conn, "acme") == ("acme", SHARED_PATH)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+    assert queries.entries() == [
+        "BEGIN; CALL tenancy.enter('acme')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        "ROLLBACK",
+        "BEGIN; CALL tenancy.enter('acme')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{SHARED_PATH}')",
+    ]
+
+
+def test_the_async_connection_learns_and_relearns_too(
+    dsn: str, acme: Tenancy, app_role: str, queries: Queries
+) -> None:
+    async def run() -> list[tuple[Any, ...] | None]:
+        rows: list[tuple[Any, ...] | None] = []
+        async with await psycopg.AsyncConnection.connect(as_role(dsn, app_role)) as conn:
+            queries.attach(conn.pgconn)
+            for step in range(4):
+                if step == 2:
+                    await asyncio.to_thread(acme.drop_tenant, "acme", True)
+                    await asyncio.to_thread(acme.create_tenant, "acme", isolation="shared")
+                async with tenant_connection(conn, "acme") as c:
+                    cur = await c.execute("SELECT current_setting('search_path')")
+                    rows.append(await cur.fetchone())
+                    assert statement_tag(c) == rows[-1][0].encode()  # type: ignore[index]
+        return rows
+
+    assert asyncio.run(run()) == [(ACME_PATH,), (ACME_PATH,), (SHARED_PATH,), (SHARED_PATH,)]
+    assert queries.entries() == [
+        "BEGIN; CALL tenancy.enter('acme')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        "ROLLBACK",
+        "BEGIN; CALL tenancy.enter('acme')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{SHARED_PATH}')",
+    ]
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+def test_enter_known_by_hand(dsn: str, acme: Tenancy, app_role: str, accelerated: bool) -> None:
+    """As the application role: the right path enters and returns nothing; NULL
+    enters unchecked; a wrong path is PT023 (SearchPathChanged), the
+    transaction aborted with nothing set; an unknown tenant is enter_tenant's
+    PT003."""
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+        language = owner.execute(
+            "SELECT l.lanname FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang "
+            "WHERE p.oid = 'tenancy.enter_known(text, text)'::regprocedure"
+        ).fetchone()
+    if accelerated and in_use != (True,):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    assert language == (("c",) if accelerated else ("plpgsql",))
+    check = "SELECT tenancy.current_tenant(), current_setting('search_path')"
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        default = conn.execute("SHOW search_path").fetchone()
+        for path in (ACME_PATH, None):
+            conn.execute("BEGIN")
+            cur = conn.execute("CALL tenancy.enter_known(%s, %s)", ("acme", path))
+            assert cur.description is None  # no row
+            assert conn.execute(check).fetchone() == ("acme", ACME_PATH)
+            conn.execute("COMMIT")
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("CALL tenancy.enter_known('acme', %s)", (SHARED_PATH,))
+        assert refused.value.sqlstate == "PT023"
+        assert refused.value.diag.message_primary == (
+            f"tenant 'acme' has search_path '{ACME_PATH}', not '{SHARED_PATH}'"
+        )
+        with pytest.raises(SearchPathChanged):
+            raise_translated(refused.value)
+        assert conn.info.transaction_status == pq.TransactionStatus.INERROR
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT tenancy.current_tenant()").fetchone() == (None,)
+        assert conn.execute("SHOW search_path").fetchone() == default
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.Error) as unknown:
+            conn.execute("CALL tenancy.enter_known('nobody', %s)", (ACME_PATH,))
+        assert unknown.value.sqlstate == "PT003"
+        conn.execute("ROLLBACK")
