@@ -5769,9 +5769,21 @@ BEGIN
            AND c.relispopulated
          ORDER BY c.relname
     LOOP
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s AS r WHERE strpos(r::text, %L) > 0 OR strpos(r::text, %L) > 0)',
-                       v_table, v_ref, v_role)
-           INTO STRICT v_used;
+        BEGIN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM ONLY %s AS r WHERE strpos(r::text, %L) > 0 OR strpos(r::text, %L) > 0)',
+                           v_table, v_ref, v_role)
+               INTO STRICT v_used;
+        EXCEPTION WHEN insufficient_privilege THEN
+            -- A table whose row-level security is forced on its owner (the
+            -- kit's owner here): with row security off the read is an
+            -- error, as pg_dump's is when the owner squashes.
+            GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT;
+            RAISE EXCEPTION 'cannot squash through %: the kit''s owner cannot read past the row-level security of table % to check its rows',
+                quote_literal(p_through), replace(v_table::text, v_ref || '.', '')
+                USING ERRCODE = 'PT032',
+                      DETAIL = v_message,
+                      HINT = 'A migration up to it forces row-level security on the table (FORCE ROW LEVEL SECURITY applies to the owner too): squash through a version before it, or install the kit as a role with BYPASSRLS. Nothing was registered.';
+        END;
         IF v_used::boolean THEN
             RAISE EXCEPTION 'cannot squash through %: the migrations leave rows in table % that name the schema they ran in',
                 quote_literal(p_through), replace(v_table::text, v_ref || '.', '')

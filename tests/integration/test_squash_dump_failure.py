@@ -204,3 +204,34 @@ def test_a_refused_squash_leaves_no_role(owner_dsn: tuple[str, str]) -> None:
     with pytest.raises(BaselineRefused, match=PG_DUMP_ERROR):
         squash_migrations(as_owner, THROUGH)
     assert state(dsn)["kit roles"] == before
+
+
+def test_a_superuser_squash_past_a_forced_policy_is_refused_and_changes_nothing(
+    owner_dsn: tuple[str, str],
+) -> None:
+    """The same history squashed by a superuser: pg_dump reads past the policy
+    (a superuser bypasses row-level security), and then the kit's own check of
+    the baseline's rows, which runs as the kit's owner, cannot: refused with
+    BaselineRefused (PT032) naming the table, PostgreSQL's error as detail
+    (it was a raw InsufficientPrivilege), and nothing changed."""
+    dsn, as_owner = owner_dsn
+    history_and_tenant(dsn, as_owner)
+    before = state(dsn)
+    with pytest.raises(BaselineRefused) as refused:
+        squash_migrations(dsn, THROUGH)
+    assert refused.value.sqlstate == "PT032"
+    assert str(refused.value).startswith(
+        f"cannot squash through '{THROUGH}': the kit's owner cannot read past the row-level"
+        " security of table note to check its rows"
+    )
+    assert refused.value.detail == PG_DUMP_ERROR
+    assert "FORCE ROW LEVEL SECURITY" in (refused.value.hint or "")
+    assert state(dsn) == before
+    out = run_cli("migrate", "squash", "--dsn", dsn, "--through", THROUGH)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith(f"error: cannot squash through '{THROUGH}': the kit's owner")
+    assert state(dsn) == before
+    # Up to the migration before the policy, the superuser squashes.
+    result = squash_migrations(dsn, "0002")
+    assert result.baseline is not None and result.squashed == 2
+    assert state(dsn)["kit roles"] == before["kit roles"]
