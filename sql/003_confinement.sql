@@ -693,11 +693,13 @@ CREATE OR REPLACE FUNCTION tenancy.fence_in_target(object_schema text, target te
     RETURNS boolean
     LANGUAGE sql
     STABLE
-    SET search_path = pg_catalog, pg_temp
 AS $$
     -- Temporary objects are refused too: they outlive the migration in the
     -- session, where the next tenant's migration or the owner would meet them.
-    SELECT object_schema = target
+    -- No SET clause, so the fence's triggers inline it (a SQL function with
+    -- one is run by the SQL function executor at every call); the operator
+    -- qualified, so a migration's own "=" cannot answer for it.
+    SELECT object_schema OPERATOR(pg_catalog.=) target
 $$;
 
 COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS

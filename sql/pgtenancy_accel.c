@@ -43,6 +43,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/value.h"
@@ -67,6 +68,7 @@ PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id);
 PG_FUNCTION_INFO_V1(pgtenancy_verify_entry_token);
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant_token);
 PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id_strict);
+PG_FUNCTION_INFO_V1(pgtenancy_fence_target);
 
 /* Microseconds from the Unix epoch to PostgreSQL's (2000-01-01). */
 #define UNIX_OFFSET_US \
@@ -109,7 +111,7 @@ typedef bool (*RowReader) (TupleTableSlot *slot, TupleDesc desc, void *out);
 
 /*
  * Look up the row of tenancy.<table> whose column key_column (of type
- * key_type: uuid or text) equals key, through the index tenancy.<index_name>
+ * key_type: uuid, text or boolean) equals key, through the index tenancy.<index_name>
  * (a valid btree index led by that column), under snapshot (NULL: the
  * active snapshot — what the PL/pgSQL's query would see) — and hand it to read. Returns false
  * when the row is absent OR anything is not as expected (no such table,
@@ -171,7 +173,8 @@ lookup_row_as_of(const char *table, const char *index_name, const char *key_colu
 	 */
 	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   idx->rd_indcollation[0],
-						   key_type == UUIDOID ? F_UUID_EQ : F_TEXTEQ, key);
+						   key_type == UUIDOID ? F_UUID_EQ : key_type == BOOLOID ? F_BOOLEQ : F_TEXTEQ,
+						   key);
 #if PG_VERSION_NUM >= 180000
 	scan = index_beginscan(rel, idx, snapshot ? snapshot : GetActiveSnapshot(), NULL, 1, 0);
 #else
@@ -1074,4 +1077,241 @@ pgtenancy_active_tenant_id_strict(PG_FUNCTION_ARGS)
 	if (!key_still_there(t, (int) len) || !still_active(&row.id))
 		PG_RETURN_NULL();
 	return return_uuid(&row.id);
+}
+
+
+/* -- the migration fence ----------------------------------------------------
+ *
+ * tenancy.fence_target(stack text) (003_confinement.sql) runs for every DDL
+ * command of a tenant migration, twice (the fence's ddl_command_start and
+ * ddl_command_end triggers); its C fast path below gives the same answer
+ * from the same inputs: the call stack the trigger read (PG_CONTEXT), the
+ * current role, the two settings, the registry and the confinement row.
+ */
+
+/*
+ * s LIKE '%pattern%', LIKE's '_' matching any one character (of the
+ * database encoding); pattern is ASCII without '%' or '\\'. A match never
+ * starts inside a multibyte character: pattern starts with an ASCII letter,
+ * which no byte of such a character is (server encodings are ASCII-safe).
+ */
+static bool
+like_contains(const char *s, const char *pattern)
+{
+	for (const char *start = s; *start; start++)
+	{
+		const char *c = start;
+		const char *p = pattern;
+
+		while (*p && *c)
+		{
+			if (*p == '_')
+			{
+				int			l = pg_mblen(c);
+
+				if (strnlen(c, l) < (size_t) l)
+					break;		/* a truncated character: no match */
+				c += l;
+			}
+			else if (*c == *p)
+				c++;
+			else
+				break;
+			p++;
+		}
+		if (*p == '\0')
+			return true;
+	}
+	return false;
+}
+
+static bool
+starts_with(const char *s, size_t len, const char *prefix)
+{
+	size_t		plen = strlen(prefix);
+
+	return len >= plen && memcmp(s, prefix, plen) == 0;
+}
+
+/*
+ * The frame test of fence_target: the first line of stack that is a
+ * PL/pgSQL frame other than the fence's own (tenancy.fence_* and
+ * tenancy.called_from_migration) is a tenancy function other than
+ * tenancy.execute_migration — the kit's own DDL, which the fence lets be.
+ */
+static bool
+kit_frame_first(const char *stack)
+{
+	const char *line = stack;
+
+	while (*line)
+	{
+		const char *end = strchr(line, '\n');
+		size_t		len = end ? (size_t) (end - line) : strlen(line);
+
+		if (starts_with(line, len, "PL/pgSQL function ")
+			&& !starts_with(line, len, "PL/pgSQL function tenancy.fence_")
+			&& !starts_with(line, len, "PL/pgSQL function tenancy.called_from_migration("))
+			return starts_with(line, len, "PL/pgSQL function tenancy.")
+				&& !starts_with(line, len, "PL/pgSQL function tenancy.execute_migration(");
+		if (!end)
+			break;
+		line = end + 1;
+	}
+	return false;
+}
+
+static bool
+read_migrator(TupleTableSlot *slot, TupleDesc desc, void *out)
+{
+	AttrNumber	att = find_column(desc, "migrator_role", NAMEOID);
+	bool		isnull;
+	Datum		d;
+
+	if (att == 0)
+		return false;
+	d = slot_getattr(slot, att, &isnull);
+	if (isnull)
+		return false;
+	strlcpy((char *) out, NameStr(*DatumGetName(d)), NAMEDATALEN);
+	return true;
+}
+
+static bool
+read_nothing(TupleTableSlot *slot, TupleDesc desc, void *out)
+{
+	return true;
+}
+
+static bool
+create_allowed(Oid nsp, Oid role)
+{
+#if PG_VERSION_NUM >= 160000
+	return object_aclcheck(NamespaceRelationId, nsp, role, ACL_CREATE) == ACLCHECK_OK;
+#else
+	return pg_namespace_aclcheck(nsp, role, ACL_CREATE) == ACLCHECK_OK;
+#endif
+}
+
+/* Owner of schema nsp, InvalidOid when there is none. */
+static Oid
+schema_owner(Oid nsp)
+{
+	HeapTuple	tp = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	Oid			owner = InvalidOid;
+
+	if (HeapTupleIsValid(tp))
+	{
+		owner = ((Form_pg_namespace) GETSTRUCT(tp))->nspowner;
+		ReleaseSysCache(tp);
+	}
+	return owner;
+}
+
+typedef enum
+{
+	TARGET_NO,					/* not the migration's schema */
+	TARGET_YES,					/* the schema the migration may change */
+	TARGET_UNKNOWN				/* ask the PL/pgSQL (its errors) */
+} TargetAnswer;
+
+/*
+ * tenancy.is_migration_target(schema_name) (003_confinement.sql) in C: the
+ * schema is the kit owner's, not tenancy or public, the migrator may create
+ * in it and PUBLIC may not.
+ */
+static TargetAnswer
+migration_target(const char *schema)
+{
+	Oid			nsp;
+	Oid			kit;
+	char		migrator[NAMEDATALEN];
+	Oid			role;
+
+	/* nspname = schema_name compares all of it: no schema has a longer name. */
+	if (strcmp(schema, "tenancy") == 0 || strcmp(schema, "public") == 0
+		|| strlen(schema) >= NAMEDATALEN)
+		return TARGET_NO;
+	nsp = get_namespace_oid(schema, true);
+	kit = get_namespace_oid("tenancy", true);
+	if (!OidIsValid(nsp) || !OidIsValid(kit) || schema_owner(nsp) != schema_owner(kit))
+		return TARGET_NO;
+	if (!lookup_row("confinement", "confinement_pkey", "singleton", BOOLOID, BoolGetDatum(true),
+					read_migrator, migrator))
+		return TARGET_UNKNOWN;
+	role = get_role_oid(migrator, true);
+	if (!OidIsValid(role))
+		return TARGET_UNKNOWN;	/* has_schema_privilege raises: the PL/pgSQL */
+	return create_allowed(nsp, role) && !create_allowed(nsp, ACL_ID_PUBLIC)
+		? TARGET_YES : TARGET_NO;
+}
+
+/* True when the current role may SELECT from tenancy.tenants. */
+static bool
+may_read_tenants(void)
+{
+	Oid			kit = get_namespace_oid("tenancy", true);
+	Oid			relid = OidIsValid(kit) ? get_relname_relid("tenants", kit) : InvalidOid;
+
+	return OidIsValid(relid) && pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
+}
+
+/* A setting's value, NULL when unset or empty (nullif(current_setting(name, true), '')). */
+static const char *
+setting_or_null(const char *name)
+{
+	const char *value = GetConfigOption(name, true, false);
+
+	return value == NULL || value[0] == '\0' ? NULL : pstrdup(value);
+}
+
+/*
+ * tenancy.fence_target_c(stack text) RETURNS text — tenancy.fence_target's
+ * fast path: NULL outside a migration and for the kit's own DDL, inside one
+ * the tenant schema it may change or the empty string; what it cannot
+ * answer as the PL/pgSQL would (no active snapshot, no confinement row, an
+ * unknown migrator role, a NULL stack, a caller who may not read the
+ * registry) the PL/pgSQL copy answers.
+ */
+Datum
+pgtenancy_fence_target(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	char	   *stack;
+	const char *target;
+
+	if (PG_ARGISNULL(0) || !collation_bytewise(fcinfo) || !ActiveSnapshotSet())
+		return call_plpgsql("fence_target_plpgsql", fcinfo, argtypes);
+	stack = TextDatumGetCString(PG_GETARG_DATUM(0));
+	if (like_contains(stack, "function tenancy.execute_migration(text,text)"))
+	{
+		Oid			kit = get_namespace_oid("tenancy", true);
+
+		if (OidIsValid(kit) && GetUserId() == schema_owner(kit) && kit_frame_first(stack))
+			PG_RETURN_NULL();
+		target = setting_or_null("pgtenancy.migration_schema");
+		if (target != NULL)
+		{
+			switch (migration_target(target))
+			{
+				case TARGET_YES:
+					PG_RETURN_TEXT_P(cstring_to_text(target));
+				case TARGET_UNKNOWN:
+					return call_plpgsql("fence_target_plpgsql", fcinfo, argtypes);
+				case TARGET_NO:
+					break;
+			}
+		}
+		PG_RETURN_TEXT_P(cstring_to_text(""));
+	}
+	target = setting_or_null("pgtenancy.outside_migration_schema");
+	if (target == NULL)
+		PG_RETURN_NULL();
+	/* The PL/pgSQL reads the registry as the caller: without the right, its error. */
+	if (!may_read_tenants())
+		return call_plpgsql("fence_target_plpgsql", fcinfo, argtypes);
+	if (lookup_row("tenants", "tenants_schema_name_key", "schema_name", TEXTOID,
+				   CStringGetTextDatum(target), read_nothing, NULL))
+		PG_RETURN_TEXT_P(cstring_to_text(target));
+	PG_RETURN_TEXT_P(cstring_to_text(""));
 }

@@ -2489,11 +2489,13 @@ CREATE OR REPLACE FUNCTION tenancy.fence_in_target(object_schema text, target te
     RETURNS boolean
     LANGUAGE sql
     STABLE
-    SET search_path = pg_catalog, pg_temp
 AS $$
     -- Temporary objects are refused too: they outlive the migration in the
     -- session, where the next tenant's migration or the owner would meet them.
-    SELECT object_schema = target
+    -- No SET clause, so the fence's triggers inline it (a SQL function with
+    -- one is run by the SQL function executor at every call); the operator
+    -- qualified, so a migration's own "=" cannot answer for it.
+    SELECT object_schema OPERATOR(pg_catalog.=) target
 $$;
 
 COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS
@@ -6465,6 +6467,7 @@ DECLARE
     v_check text;
     v_ident text;
     v_attrs text;
+    v_returns text := 'uuid';
     v_owner name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
     -- Names without their schema: tenancy.%s below.
@@ -6488,6 +6491,11 @@ BEGIN
         v_sig := 'verify_entry_token_c(token text, at_entry boolean)';
         v_ident := 'text, boolean';
         v_attrs := 'STABLE PARALLEL SAFE';
+    ELSIF p_name = 'fence_target' THEN
+        v_sig := 'fence_target_c(stack text)';
+        v_ident := 'text';
+        v_attrs := 'STABLE';
+        v_returns := 'text';
     ELSE
         RAISE EXCEPTION 'no C accelerator for %', p_name USING ERRCODE = '22023';
     END IF;
@@ -6504,8 +6512,8 @@ BEGIN
         -- the caller's setting back afterwards.
         v_check := current_setting('check_function_bodies');
         PERFORM set_config('check_function_bodies', 'on', true);
-        EXECUTE format('CREATE OR REPLACE FUNCTION tenancy.%s RETURNS uuid LANGUAGE c %s '
-                       'AS %L, %L', v_sig, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
+        EXECUTE format('CREATE OR REPLACE FUNCTION tenancy.%s RETURNS %s LANGUAGE c %s '
+                       'AS %L, %L', v_sig, v_returns, v_attrs, '$libdir/pgtenancy_accel', 'pgtenancy_' || p_name);
         PERFORM set_config('check_function_bodies', v_check, true);
     EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
         -- The subtransaction's rollback restored the setting.
@@ -6528,7 +6536,7 @@ $$;
 
 COMMENT ON FUNCTION tenancy.accelerator_create_c(text) IS
     'Create the C function <p_name>_c of the tenancy schema (enter_tenant, active_tenant_id, '
-    'active_tenant_id_strict, enter_tenant_token, verify_entry_token) from the library '
+    'active_tenant_id_strict, enter_tenant_token, verify_entry_token, fence_target) from the library '
     'pgtenancy_accel when missing; true when it exists, false when it cannot be created here (not '
     'a superuser, no library). Raises 22023 for another name. Internal.';
 
@@ -6594,8 +6602,15 @@ BEGIN
                    format('The PL/pgSQL body of tenancy.%s, copied by the accelerator '
                           '(tenancy.set_accelerator): tenancy.%s_c calls it for every case but the '
                           'common one. Internal.', v_name, p_impl));
-    EXECUTE replace(replace(v_def, v_src, E'\n    SELECT tenancy.' || p_impl || '_c(' || p_args || E')\n'),
-                    E'\n LANGUAGE plpgsql\n', E'\n LANGUAGE sql\n');
+    v_def := replace(replace(v_def, v_src, E'\n    SELECT tenancy.' || p_impl || '_c(' || p_args || E')\n'),
+                     E'\n LANGUAGE plpgsql\n', E'\n LANGUAGE sql\n');
+    -- An invoker function's pinned search_path goes: the call is qualified,
+    -- and a SQL function with a SET clause is never inlined (each call
+    -- would run the SQL function executor and set the path twice).
+    IF NOT (SELECT p.prosecdef FROM pg_proc AS p WHERE p.oid = p_fn) THEN
+        v_def := regexp_replace(v_def, E'\n SET search_path TO [^\n]*\n', E'\n');
+    END IF;
+    EXECUTE v_def;
     RETURN true;
 END
 $$;
@@ -6655,7 +6670,8 @@ REVOKE ALL ON TABLE tenancy.accelerated_functions FROM PUBLIC;
 -- statements prepare_citus() writes into the PL/pgSQL.
 INSERT INTO tenancy.accelerated_functions (function, impl, strict_impl, args, with_citus) VALUES
     ('tenancy.enter_tenant(text)', 'enter_tenant', 'enter_tenant', '$1', false),
-    ('tenancy.active_tenant_id()', 'active_tenant_id', 'active_tenant_id_strict', '', true)
+    ('tenancy.active_tenant_id()', 'active_tenant_id', 'active_tenant_id_strict', '', true),
+    ('tenancy.fence_target(text)', 'fence_target', 'fence_target', '$1', true)
 ON CONFLICT (function) DO UPDATE
    SET impl = EXCLUDED.impl, strict_impl = EXCLUDED.strict_impl, args = EXCLUDED.args,
        with_citus = EXCLUDED.with_citus;
