@@ -161,9 +161,16 @@ DECLARE
 BEGIN
     SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
       INTO v_id, v_path;
-    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) $2 THEN
+    -- Compared byte for byte, as the C procedure compares (a nondeterministic
+    -- collation on the argument would make them differ); quoted at most
+    -- 200 characters of it (an attack run's 600-million-character path made
+    -- the message itself fail to allocate).
+    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) ($2 COLLATE pg_catalog."C") THEN
         RAISE EXCEPTION 'tenant % has search_path %, not %', pg_catalog.quote_literal($1),
-            pg_catalog.quote_literal(v_path), pg_catalog.quote_literal($2)
+            pg_catalog.quote_literal(v_path),
+            pg_catalog.concat(pg_catalog.quote_literal(pg_catalog.left($2, 200)),
+                              CASE WHEN pg_catalog.length($2) OPERATOR(pg_catalog.>) 200
+                                   THEN '...' END)
             USING ERRCODE = 'PT023',
                   HINT = 'Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.';
     END IF;

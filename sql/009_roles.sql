@@ -110,3 +110,18 @@ COMMENT ON FUNCTION tenancy.grant_listener_role(name) IS
     'not exist.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_listener_role(name) FROM PUBLIC;
+
+-- Application roles granted before a procedure of entry existed (a
+-- reinstall over an earlier build of this version): what grant_app_role
+-- grants of them now.
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
+                   WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS r WHERE r.rolname = a.role_name) LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON PROCEDURE tenancy.enter(text, text), '
+                                  'tenancy.enter_known(text, text) TO %I', v_role);
+    END LOOP;
+END
+$$;

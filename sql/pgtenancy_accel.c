@@ -74,6 +74,16 @@ PG_FUNCTION_INFO_V1(pgtenancy_fence_target);
 #define UNIX_OFFSET_US \
 	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC)
 
+/*
+ * What has committed by now, and the transaction's own changes: the
+ * snapshot of the checks that must not trust a REPEATABLE READ or
+ * SERIALIZABLE transaction's snapshot. SnapshotSelf, not a new MVCC
+ * snapshot: GetLatestSnapshot() is refused in parallel mode, where the
+ * policy checks of a parallel plan run (a review found every parallel plan
+ * of a guarded table failing with XX000 in those isolation levels).
+ */
+#define COMMITTED_NOW SnapshotSelf
+
 /* What the fast path needs of one tenant row. */
 typedef struct TenantRow
 {
@@ -395,6 +405,30 @@ push_fresh_snapshot(void)
 	return true;
 }
 
+static void entry_slug_holds(Datum slug, const pg_uuid_t *id);
+static void refuse_moved(const char *what);
+
+/*
+ * The PL/pgSQL entry, then in REPEATABLE READ and SERIALIZABLE the check
+ * against the committed state (entry_slug_holds) on the tenant it entered,
+ * by the slug it set (app.tenant: the registry's spelling).
+ */
+static Datum
+slug_entry_plpgsql(FunctionCallInfo fcinfo)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		result = call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
+	const char *slug;
+
+	if (fcinfo->isnull || !IsolationUsesXactSnapshot())
+		return result;
+	slug = GetConfigOption("app.tenant", true, false);
+	if (slug == NULL)
+		refuse_moved("the tenant entered");
+	entry_slug_holds(CStringGetTextDatum(slug), DatumGetUUIDP(result));
+	return result;
+}
+
 /*
  * tenancy.enter_tenant_c(slug text) RETURNS uuid — tenancy.enter_tenant's fast
  * path. Not strict: NULL goes to the PL/pgSQL, which refuses it.
@@ -402,16 +436,16 @@ push_fresh_snapshot(void)
 Datum
 pgtenancy_enter_tenant(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[1] = {TEXTOID};
 	TenantRow	row;
 	bool		fast;
 
 	if (PG_ARGISNULL(0) || !collation_bytewise(fcinfo) || !push_fresh_snapshot())
-		return call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
+		return slug_entry_plpgsql(fcinfo);
 	fast = entry_fast(PG_GETARG_DATUM(0), &row);
 	PopActiveSnapshot();
 	if (!fast)
-		return call_plpgsql("enter_tenant_plpgsql", fcinfo, argtypes);
+		return slug_entry_plpgsql(fcinfo);
+	entry_slug_holds(PG_GETARG_DATUM(0), &row.id);
 	entry_settings(&row, TextDatumGetCString(PG_GETARG_DATUM(0)));
 	return return_uuid(&row.id);
 }
@@ -513,18 +547,23 @@ pgtenancy_enter_known(PG_FUNCTION_ARGS)
 {
 	char	   *now;
 	char	   *expected;
+	char	   *shown;
 
 	enter_slug(fcinfo);
 	if (PG_ARGISNULL(1))
 		PG_RETURN_VOID();
 	now = GetConfigOptionByName("search_path", NULL, false);
 	expected = TextDatumGetCString(PG_GETARG_DATUM(1));
-	if (strcmp(now, expected) != 0)
-		ereport(ERROR,
+	if (strcmp(now, expected) == 0)
+		PG_RETURN_VOID();
+	/* Quoted at most 200 characters of it, as the PL/pgSQL quotes it. */
+	shown = pnstrdup(expected, pg_mbcharcliplen(expected, strlen(expected), 200));
+	ereport(ERROR,
 				(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '3')),
-				 errmsg("tenant %s has search_path %s, not %s",
+				 errmsg("tenant %s has search_path %s, not %s%s",
 						quote_literal_cstr(TextDatumGetCString(PG_GETARG_DATUM(0))),
-						quote_literal_cstr(now), quote_literal_cstr(expected)),
+						quote_literal_cstr(now), quote_literal_cstr(shown),
+						strlen(shown) < strlen(expected) ? "..." : ""),
 				 errhint("Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.")));
 	PG_RETURN_VOID();
 }
@@ -584,16 +623,14 @@ kit_owner_role(void)
 static bool
 still_active(const pg_uuid_t *id)
 {
-	Snapshot	latest;
 	TenantRow	row;
 	bool		found;
 
 	if (!IsolationUsesXactSnapshot())
 		return true;
-	latest = RegisterSnapshot(GetLatestSnapshot());
 	found = lookup_row_as_of("tenants", "tenants_pkey", "id", UUIDOID,
-							 UUIDPGetDatum(unconstify(pg_uuid_t *, id)), read_tenant, &row, latest);
-	UnregisterSnapshot(latest);
+							 UUIDPGetDatum(unconstify(pg_uuid_t *, id)), read_tenant, &row,
+							 COMMITTED_NOW);
 	if (found && row.active)
 		return true;
 	return kit_owner_role();
@@ -875,53 +912,6 @@ mac_verifies_cached(const char *t, int len, const Token *tok, KeyRow *key)
 }
 
 /*
- * In a REPEATABLE READ or SERIALIZABLE transaction, false when the key that
- * verified token t (len bytes, the one mac_verifies_cached just took, so
- * last_verified holds its pads) is gone or holds other bytes in what has
- * committed since the transaction's snapshot (tenancy.drop_entry_key, or the
- * name added again with another key), unless the current role is a member of
- * the kit's owner; then it raises what the PL/pgSQL verifier raises in READ
- * COMMITTED (PT025, unknown key or bad signature). The key twin of
- * still_active: with it a dropped key's tokens are refused from the next
- * statement at every isolation level.
- */
-static bool
-key_still_there(const char *t, int len)
-{
-	Token		tok;
-	KeyRow		now;
-	Snapshot	latest;
-	bool		found;
-	bool		same;
-	text	   *name;
-
-	if (!IsolationUsesXactSnapshot())
-		return true;
-	if (!parse_token(t, len, &tok) || !last_verified.valid || last_verified.len != len
-		|| !same_bytes(last_verified.token, t, len))
-		return false;
-	name = cstring_to_text_with_len(tok.key, tok.key_len);
-	latest = RegisterSnapshot(GetLatestSnapshot());
-	found = lookup_row_as_of("entry_keys", "entry_keys_pkey", "name", TEXTOID,
-							 PointerGetDatum(name), read_key, &now, latest);
-	UnregisterSnapshot(latest);
-	same = found && same_bytes(&now, &last_verified.key, sizeof(KeyRow));
-	explicit_bzero(&now, sizeof(now));
-	if (same || kit_owner_role())
-		return true;
-	/* The PL/pgSQL verifier's refusals, as a READ COMMITTED statement gets them. */
-	if (!found)
-		ereport(ERROR,
-				(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '5')),
-				 errmsg("entry token refused: unknown key %s",
-						quote_literal_cstr(text_to_cstring(name)))));
-	ereport(ERROR,
-			(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '5')),
-			 errmsg("entry token refused: bad signature")));
-	return false;				/* not reached */
-}
-
-/*
  * The times of tok hold, as the PL/pgSQL checks them against
  * clock_timestamp() (rounded to the millisecond there; here the bounds are
  * taken one millisecond tighter, so a token at a boundary goes to it):
@@ -975,6 +965,135 @@ verify_fast(const char *t, int len, TenantRow *row)
 	return parse_token(t, len, &tok) && verify_parsed(t, len, &tok, row);
 }
 
+/* What the committed state says now of a token a transaction holds. */
+typedef enum
+{
+	NOW_OK,						/* verifies, for tenant id, which is active */
+	NOW_KEY_GONE,				/* its key was dropped */
+	NOW_KEY_CHANGED,			/* its key's name holds another key (or it does not parse) */
+	NOW_TENANT_INACTIVE,		/* tenant id is suspended or deleted */
+	NOW_TENANT_MOVED			/* its slug names another tenant, or none */
+} NowAnswer;
+
+/*
+ * In a REPEATABLE READ or SERIALIZABLE transaction, the token verification
+ * again, against what has committed since the transaction's snapshot
+ * (COMMITTED_NOW): its key by name, its MAC, its slug's tenant and the
+ * times. The snapshot's registry can be older than the token: a slug renamed
+ * or destroyed and then given to a new tenant resolves, in the snapshot, to
+ * its previous holder, whose rows a valid token of the new holder would
+ * otherwise open (an attack run read and wrote them so, accelerator on and
+ * off); a key dropped, or a tenant suspended, after the snapshot would stay
+ * accepted. In READ COMMITTED every statement reads the latest anyway.
+ */
+static NowAnswer
+token_holds_now(const char *t, int len, const pg_uuid_t *id)
+{
+	Token		tok;
+	KeyRow		key;
+	TenantRow	row;
+	NowAnswer	answer;
+
+	if (!parse_token(t, len, &tok))
+		return NOW_KEY_CHANGED;
+	if (!lookup_row_as_of("entry_keys", "entry_keys_pkey", "name", TEXTOID,
+						  PointerGetDatum(cstring_to_text_with_len(tok.key, tok.key_len)),
+						  read_key, &key, COMMITTED_NOW))
+		answer = NOW_KEY_GONE;
+	else if (!mac_verifies_cached(t, len, &tok, &key))
+		answer = NOW_KEY_CHANGED;
+	else if (!lookup_row_as_of("tenants", "tenants_slug_key", "slug", TEXTOID,
+							   PointerGetDatum(cstring_to_text_with_len(tok.slug, tok.slug_len)),
+							   read_tenant, &row, COMMITTED_NOW)
+			 || memcmp(row.id.data, id->data, UUID_LEN) != 0 || !times_hold(&tok, &row))
+		answer = NOW_TENANT_MOVED;
+	else
+		answer = row.active ? NOW_OK : NOW_TENANT_INACTIVE;
+	explicit_bzero(&key, sizeof(key));
+	return answer;
+}
+
+/* The refusal of a snapshot older than a change of its tenant's slug. */
+static void
+refuse_moved(const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access: %s changed since this transaction's snapshot", what),
+			 errhint("Retry the transaction: its snapshot predates a rename, deletion or "
+					 "reuse of the slug, or a suspension.")));
+}
+
+/*
+ * The answer of token_holds_now for the statements of a transaction in
+ * tenant id (the strict policy check): true to go on, false for no rows (a
+ * tenant suspended or deleted since: as still_active); a dropped or changed
+ * key raises what the PL/pgSQL verifier raises in READ COMMITTED (PT025), a
+ * slug that moved 40001. No exception for the kit's owner: the PL/pgSQL
+ * makes one only for a session without a token.
+ */
+static bool
+statement_token_holds(const char *t, int len, const pg_uuid_t *id)
+{
+	Token		tok;
+	NowAnswer	answer;
+
+	if (!IsolationUsesXactSnapshot())
+		return true;
+	answer = token_holds_now(t, len, id);
+	if (answer == NOW_OK)
+		return true;
+	switch (answer)
+	{
+		case NOW_KEY_GONE:
+			(void) parse_token(t, len, &tok);
+			ereport(ERROR,
+					(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '5')),
+					 errmsg("entry token refused: unknown key %s",
+							quote_literal_cstr(pnstrdup(tok.key, tok.key_len)))));
+			break;
+		case NOW_KEY_CHANGED:
+			ereport(ERROR,
+					(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '5')),
+					 errmsg("entry token refused: bad signature")));
+			break;
+		case NOW_TENANT_MOVED:
+			refuse_moved("the tenant of the entry token");
+			break;
+		default:
+			break;
+	}
+	return false;
+}
+
+/* At entry: anything but NOW_OK refuses (the key's PT025, else 40001). */
+static void
+entry_token_holds(const char *t, int len, const pg_uuid_t *id)
+{
+	if (IsolationUsesXactSnapshot() && statement_token_holds(t, len, id) == false)
+		refuse_moved("the tenant of the entry token");
+}
+
+/*
+ * Plain entry in a REPEATABLE READ or SERIALIZABLE transaction: slug still
+ * names tenant id, active, in what has committed since the snapshot; 40001
+ * otherwise (the snapshot's registry would enter the slug's previous holder).
+ */
+static void
+entry_slug_holds(Datum slug, const pg_uuid_t *id)
+{
+	TenantRow	row;
+	bool		holds;
+
+	if (!IsolationUsesXactSnapshot())
+		return;
+	holds = lookup_row_as_of("tenants", "tenants_slug_key", "slug", TEXTOID, slug, read_tenant,
+							 &row, COMMITTED_NOW)
+		&& memcmp(row.id.data, id->data, UUID_LEN) == 0 && row.active;
+	if (!holds)
+		refuse_moved(psprintf("tenant %s", quote_literal_cstr(TextDatumGetCString(slug))));
+}
+
 /*
  * tenancy.verify_entry_token_c(token text, at_entry boolean) RETURNS uuid —
  * tenancy.verify_entry_token's fast path: the tenant id of a valid token for
@@ -996,6 +1115,25 @@ pgtenancy_verify_entry_token(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The PL/pgSQL token entry, then in REPEATABLE READ and SERIALIZABLE the
+ * check against the committed state (entry_token_holds) on the tenant it
+ * entered; its settings go with the transaction when that refuses.
+ */
+static Datum
+token_entry_plpgsql(FunctionCallInfo fcinfo)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		result = call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+	text	   *token;
+
+	if (fcinfo->isnull || PG_ARGISNULL(0) || !IsolationUsesXactSnapshot())
+		return result;
+	token = PG_GETARG_TEXT_PP(0);
+	entry_token_holds(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), DatumGetUUIDP(result));
+	return result;
+}
+
+/*
  * tenancy.enter_tenant_token_c(token text, slug text) RETURNS uuid —
  * tenancy.enter_tenant_token's fast path: a valid token for an active
  * tenant that entry_fast would take too (same row: active, no limits, its
@@ -1006,7 +1144,6 @@ pgtenancy_verify_entry_token(PG_FUNCTION_ARGS)
 Datum
 pgtenancy_enter_tenant_token(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
 	TenantRow	row;
 	text	   *token;
 	char	   *t;
@@ -1017,26 +1154,51 @@ pgtenancy_enter_tenant_token(PG_FUNCTION_ARGS)
 	bool		fast;
 
 	if (PG_ARGISNULL(0) || !collation_bytewise(fcinfo))
-		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+		return token_entry_plpgsql(fcinfo);
 	token = PG_GETARG_TEXT_PP(0);
 	len = VARSIZE_ANY_EXHDR(token);
 	t = VARDATA_ANY(token);
 	if (!parse_token(t, len, &tok) || !push_fresh_snapshot())
-		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+		return token_entry_plpgsql(fcinfo);
 	fast = verify_parsed(t, len, &tok, &row);
 	PopActiveSnapshot();
 	if (!fast)
-		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+		return token_entry_plpgsql(fcinfo);
 	slug = pnstrdup(tok.slug, tok.slug_len);
 	if (!PG_ARGISNULL(1) && strcmp(TextDatumGetCString(PG_GETARG_DATUM(1)), slug) != 0)
-		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+		return token_entry_plpgsql(fcinfo);
 	/* The verifier read the tenant's row by slug: entry_fast's tests on it. */
 	if (row.has_limits ||
 		(row.schema_name != NULL && !OidIsValid(get_namespace_oid(row.schema_name, true))))
-		return call_plpgsql("enter_tenant_token_plpgsql", fcinfo, argtypes);
+		return token_entry_plpgsql(fcinfo);
+	entry_token_holds(t, len, &row.id);
 	set_local("app.tenant_token", text_to_cstring(token));
 	entry_settings(&row, slug);
 	return return_uuid(&row.id);
+}
+
+/*
+ * The PL/pgSQL strict body for what the fast path does not take, and then,
+ * in REPEATABLE READ and SERIALIZABLE, the same check against the committed
+ * state as the fast path's (statement_token_holds) on the tenant it gave: a
+ * spelling of app.tenant_id the fast path does not read (braces, no dashes)
+ * sent an attack run there, past the check, into rows its snapshot still
+ * showed after the key was dropped or the tenant suspended.
+ */
+static Datum
+strict_plpgsql(FunctionCallInfo fcinfo, const char *token)
+{
+	char	   *t = token ? pnstrdup(token, strnlen(token, TOKEN_MAX + 1)) : NULL;
+	Datum		result = call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+
+	if (fcinfo->isnull || !IsolationUsesXactSnapshot() || t == NULL || t[0] == '\0')
+		return result;			/* no tenant, or no token: the owner's exception */
+	if (!statement_token_holds(t, (int) strlen(t), DatumGetUUIDP(result)))
+	{
+		fcinfo->isnull = true;
+		return (Datum) 0;
+	}
+	return result;
 }
 
 /*
@@ -1061,24 +1223,23 @@ pgtenancy_active_tenant_id_strict(PG_FUNCTION_ARGS)
 	if ((token == NULL || token[0] == '\0') && (setting == NULL || setting[0] == '\0'))
 		PG_RETURN_NULL();
 	if (token == NULL || token[0] == '\0' || setting == NULL || !canonical_uuid(setting))
-		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+		return strict_plpgsql(fcinfo, token);
 	/* Bounded before it is copied: the setting can be any length. */
 	len = strnlen(token, TOKEN_MAX + 1);
 	if (len > TOKEN_MAX)
-		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+		return strict_plpgsql(fcinfo, token);
 	/* Copied: the settings' storage belongs to the GUC machinery. */
 	t = pnstrdup(token, len);
 	id = pstrdup(setting);
 	if (!verify_fast(t, (int) len, &row))
-		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
+		return strict_plpgsql(fcinfo, token);
 	if (memcmp(DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(id)))->data,
 			   row.id.data, UUID_LEN) != 0)
-		return call_plpgsql("active_tenant_id_strict_plpgsql", fcinfo, NULL);
-	if (!key_still_there(t, (int) len) || !still_active(&row.id))
+		return strict_plpgsql(fcinfo, token);
+	if (!statement_token_holds(t, (int) len, &row.id))
 		PG_RETURN_NULL();
 	return return_uuid(&row.id);
 }
-
 
 /* -- the migration fence ----------------------------------------------------
  *

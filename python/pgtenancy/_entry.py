@@ -263,6 +263,17 @@ def _known_paths(
     return paths
 
 
+def _quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """False once ``conn`` found the quiet entry missing or not granted."""
+    return not getattr(conn, "_pgtenancy_loud", False)
+
+
+def _stop_quiet(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Enter with ``tenancy.enter`` on ``conn`` from now on (an attribute of the
+    connection object: it outlives its pool checkouts, as the SQL does)."""
+    conn._pgtenancy_loud = True  # type: ignore[union-attr]
+
+
 def _learn(paths: dict[str, bytes] | None, slug: str, path: bytes | None) -> bytes | None:
     """Remember tenant ``slug``'s ``path`` in ``paths`` (when both are there); returns ``path``."""
     if paths is not None and path is not None:
@@ -277,6 +288,21 @@ def _path_changed(result: pq.abc.PGresult) -> bool:
         result.status == pq.ExecStatus.FATAL_ERROR
         and result.error_field(pq.DiagnosticField.SQLSTATE) == _PATH_CHANGED
     )
+
+
+#: What the server answers when the installed SQL has no tenancy.enter_known
+#: (an earlier build of this version) or the role may not call it.
+_NO_QUIET = (_NO_PROCEDURE.encode(), b"42501")
+
+
+def _no_quiet_entry(result: pq.abc.PGresult) -> bool:
+    """The quiet entry itself is missing or not granted: enter with
+    ``tenancy.enter`` instead, on this connection from now on."""
+    if result.status != pq.ExecStatus.FATAL_ERROR:
+        return False
+    state = result.error_field(pq.DiagnosticField.SQLSTATE)
+    primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b""
+    return state in _NO_QUIET and b"enter_known" in primary
 
 
 def _check_command(
@@ -314,16 +340,17 @@ def begin_in_tenant(conn: psycopg.Connection[Any], slug: str) -> bytes | None:
     begin = begin_command(conn)
     paths = _known_paths(conn)
     with conn.lock:
-        if paths is None or slug in paths:
+        if _quiet(conn) and (paths is None or slug in paths):
             known = None if paths is None else paths[slug]
             result = conn.pgconn.exec_(known_entry_message(begin, slug, known))
             if result.status == pq.ExecStatus.COMMAND_OK:
                 return known
-            if not _path_changed(result):
-                if _old_sql(result):
-                    raise _mismatch(conn.pgconn.exec_(_ROLLBACK_VERSION))
+            if _no_quiet_entry(result):
+                _stop_quiet(conn)
+            elif not _path_changed(result):
                 _check_command(result, conn)
-            # The tenant's schema changed: roll back, learn it again below.
+            # The tenant's schema changed (or no quiet entry here): roll
+            # back, enter with tenancy.enter below.
             conn.pgconn.exec_(b"ROLLBACK")
             if paths is not None:
                 paths.pop(slug, None)
@@ -346,17 +373,15 @@ async def abegin_in_tenant(conn: psycopg.AsyncConnection[Any], slug: str) -> byt
     begin = begin_command(conn)
     paths = _known_paths(conn)
     async with conn.lock:
-        if paths is None or slug in paths:
+        if _quiet(conn) and (paths is None or slug in paths):
             known = None if paths is None else paths[slug]
             conn.pgconn.send_query(known_entry_message(begin, slug, known))
             results = await conn.wait(generators.execute(conn.pgconn))
             if all(r.status == pq.ExecStatus.COMMAND_OK for r in results):
                 return known
-            if not any(_path_changed(r) for r in results):
-                if any(_old_sql(r) for r in results):
-                    conn.pgconn.send_query(_ROLLBACK_VERSION)
-                    answers = await conn.wait(generators.execute(conn.pgconn))
-                    raise _mismatch(answers[-1])
+            if any(_no_quiet_entry(r) for r in results):
+                _stop_quiet(conn)
+            elif not any(_path_changed(r) for r in results):
                 for result in results:
                     _check_command(result, conn)
             conn.pgconn.send_query(b"ROLLBACK")

@@ -6340,9 +6340,16 @@ DECLARE
 BEGIN
     SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
       INTO v_id, v_path;
-    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) $2 THEN
+    -- Compared byte for byte, as the C procedure compares (a nondeterministic
+    -- collation on the argument would make them differ); quoted at most
+    -- 200 characters of it (an attack run's 600-million-character path made
+    -- the message itself fail to allocate).
+    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) ($2 COLLATE pg_catalog."C") THEN
         RAISE EXCEPTION 'tenant % has search_path %, not %', pg_catalog.quote_literal($1),
-            pg_catalog.quote_literal(v_path), pg_catalog.quote_literal($2)
+            pg_catalog.quote_literal(v_path),
+            pg_catalog.concat(pg_catalog.quote_literal(pg_catalog.left($2, 200)),
+                              CASE WHEN pg_catalog.length($2) OPERATOR(pg_catalog.>) 200
+                                   THEN '...' END)
             USING ERRCODE = 'PT023',
                   HINT = 'Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.';
     END IF;
@@ -7105,6 +7112,18 @@ DECLARE
     v_id   pg_catalog.uuid := tenancy.verify_entry_token(p_token, true);
     v_slug pg_catalog.text := pg_catalog.split_part(p_token, '.', 3);
 BEGIN
+    -- REPEATABLE READ and SERIALIZABLE: the snapshot's registry and keys can
+    -- be older than the token (a slug renamed or destroyed and given to
+    -- another tenant since resolves to its previous holder, whose rows the
+    -- new holder's token would open). Only the C accelerator reads the
+    -- committed state; without it such transactions are refused.
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
+       AND tenancy.strict_without_c() THEN
+        RAISE EXCEPTION 'strict entry in a % transaction needs the C accelerator',
+            pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+            USING ERRCODE = '0A000',
+                  HINT = 'Use READ COMMITTED, or install the accelerator (make install-extension; tenancy.set_accelerator(true)).';
+    END IF;
     IF p_slug IS NOT NULL AND p_slug OPERATOR(pg_catalog.<>) v_slug THEN
         RAISE EXCEPTION 'entry token is for tenant %, not %', pg_catalog.quote_literal(v_slug),
             pg_catalog.quote_literal(p_slug)
@@ -7127,6 +7146,44 @@ COMMENT ON FUNCTION tenancy.enter_tenant_token(text, text) IS
     'malformed, unknown key, issued after its expiry or in the future), PT026 (expired), PT027 '
     '(slug is another tenant), PT034 (issued before the tenant got its slug) and enter_tenant''s '
     'errors (PT003, PT004, PT005, PT007, PT019, PT020), before anything is set.';
+
+-- Whether the C accelerator checks a strict transaction's token against the
+-- committed state (REPEATABLE READ and SERIALIZABLE, whose snapshot can be
+-- older than the token): true while active_tenant_id() is its SQL call of C.
+CREATE OR REPLACE FUNCTION tenancy.strict_checked_in_c()
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure AND l.lanname = 'sql')
+$$;
+
+COMMENT ON FUNCTION tenancy.strict_checked_in_c() IS
+    'True while the C accelerator runs active_tenant_id() (its SQL call of the C function), which '
+    'checks a REPEATABLE READ or SERIALIZABLE transaction''s entry token against the committed '
+    'state; without it strict entry refuses such transactions (0A000). Internal.';
+
+-- Token entry's test of the same: strict entry on and its checks not in C,
+-- read off active_tenant_id() itself (its strict body in PL/pgSQL), which
+-- every caller may read (enter_tenant_token runs as its caller, who may not
+-- read the mode's table).
+CREATE OR REPLACE FUNCTION tenancy.strict_without_c()
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                    WHERE p.oid = 'tenancy.active_tenant_id()'::regprocedure
+                      AND l.lanname = 'plpgsql' AND strpos(p.prosrc, '-- strict entry') > 0)
+$$;
+
+COMMENT ON FUNCTION tenancy.strict_without_c() IS
+    'True when strict entry is on and the C accelerator does not run its checks '
+    '(strict_checked_in_c): enter_tenant_token then refuses REPEATABLE READ and SERIALIZABLE '
+    'transactions (0A000). Internal.';
 
 -- The body of active_tenant_id() while strict entry is on. Kept as text:
 -- set_strict_entry puts it in place of the plain body (same signature and
@@ -7156,6 +7213,18 @@ BEGIN
         RAISE EXCEPTION 'strict entry: this transaction is in a tenant without an entry token'
             USING ERRCODE = 'PT025',
                   HINT = 'Enter with a token: tenant_session(engine, token=...) or tenancy.enter_tenant_token(token).';
+    END IF;
+    -- REPEATABLE READ and SERIALIZABLE: the snapshot's registry and keys can
+    -- be older than the token (a slug renamed or destroyed and given to
+    -- another tenant since resolves to its previous holder, whose rows the
+    -- new holder's token would open). Only the C accelerator reads the
+    -- committed state; without it such transactions are refused.
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
+       AND NOT tenancy.strict_checked_in_c() THEN
+        RAISE EXCEPTION 'strict entry in a % transaction needs the C accelerator',
+            pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+            USING ERRCODE = '0A000',
+                  HINT = 'Use READ COMMITTED, or install the accelerator (make install-extension; tenancy.set_accelerator(true)).';
     END IF;
     v_ok := tenancy.verify_entry_token(v_token, false);
     IF v_ok IS NULL THEN

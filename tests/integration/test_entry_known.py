@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import pq
+from psycopg import sql as pgsql
 
 from helpers import as_role
 from pgtenancy import SearchPathChanged, Tenancy, tenant_connection
@@ -214,3 +215,56 @@ def test_enter_known_by_hand(dsn: str, acme: Tenancy, app_role: str, accelerated
             conn.execute("CALL tenancy.enter_known('nobody', %s)", (ACME_PATH,))
         assert unknown.value.sqlstate == "PT003"
         conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("how", ["missing", "not granted"])
+def test_without_the_quiet_entry_the_connection_enters_with_tenancy_enter(
+    dsn: str, acme: Tenancy, app_role: str, queries: Queries, how: str
+) -> None:
+    """SQL of an earlier build of this version (no enter_known), or a role that
+    may not call it: the connection notices once, rolls back, and enters
+    with tenancy.enter from then on; the caller sees nothing."""
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        if how == "missing":
+            owner.execute("DROP PROCEDURE tenancy.enter_known(text, text)")
+        else:
+            owner.execute("REVOKE EXECUTE ON PROCEDURE tenancy.enter_known(text, text) FROM PUBLIC")
+            owner.execute(
+                pgsql.SQL(
+                    "REVOKE EXECUTE ON PROCEDURE tenancy.enter_known(text, text) FROM {}"
+                ).format(pgsql.Identifier(app_role))
+            )
+    with psycopg.connect(as_role(dsn, app_role)) as conn:
+        queries.attach(conn.pgconn)
+        for _ in range(3):
+            assert _in_tenant(conn, "acme") == ("acme", ACME_PATH)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+    assert queries.entries() == [
+        "BEGIN; CALL tenancy.enter('acme')",
+        f"BEGIN; CALL tenancy.enter_known('acme', '{ACME_PATH}')",
+        "ROLLBACK",
+        "BEGIN; CALL tenancy.enter('acme')",
+        "BEGIN; CALL tenancy.enter('acme')",
+    ]
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+def test_a_refused_search_path_is_quoted_at_most_200_characters(
+    dsn: str, acme: Tenancy, accelerated: bool
+) -> None:
+    """An attack run's 600-million-character path made the message itself fail
+    to allocate (XX000): it quotes the first 200 characters, C and PL/pgSQL
+    alike."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        in_use = conn.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+        if accelerated and in_use != (True,):
+            pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+        for path, shown in (("é" * 10_000, "'" + "é" * 200 + "'..."), ("x", "'x'")):
+            conn.execute("BEGIN")
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute("CALL tenancy.enter_known('acme', %s)", (path,))
+            conn.execute("ROLLBACK")
+            assert refused.value.sqlstate == "PT023"
+            assert refused.value.diag.message_primary == (
+                f"tenant 'acme' has search_path '{ACME_PATH}', not {shown}"
+            )
