@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 
 import psycopg
 from click.testing import CliRunner
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgtenancy.testing import find_bindir
@@ -394,3 +396,49 @@ def kit_roles(conn: psycopg.Connection[Any], migrator: str | None) -> list[str]:
 
     rows = conn.execute(QUERIES["testing_kit_roles"], {"migrator": migrator}).fetchall()
     return [str(r[0]) for r in rows] + [migrator]
+
+
+#: Client messages that end a round trip: a simple Query, an extended-protocol Sync.
+ENDS_ROUND_TRIP = ("Query", "Sync")
+
+
+class Trace:
+    """A libpq protocol trace of one connection (``PGconn.trace``), read back
+    as the messages the client sent."""
+
+    def __init__(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="pgtenancy-trace-")
+        os.close(fd)
+        self.path = Path(name)
+        self._file = self.path.open("w")
+
+    def attach(self, pgconn: pq.abc.PGconn) -> None:
+        pgconn.trace(self._file.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+
+    def _lines(self) -> list[list[str]]:
+        self._file.flush()
+        return [
+            fields
+            for fields in (line.split("\t") for line in self.path.read_text().splitlines())
+            if len(fields) >= 3 and fields[0] == "F"
+        ]
+
+    def mark(self) -> int:
+        """Position after everything traced so far."""
+        return len(self.sent())
+
+    def sent(self) -> list[str]:
+        """Names of the messages the client sent, in order."""
+        return [fields[2].split()[0] for fields in self._lines()]
+
+    def queries(self) -> list[str]:
+        """The texts of the simple-query messages the client sent, in order."""
+        return [f[3].strip()[1:-1] for f in self._lines() if f[2] == "Query" and len(f) >= 4]
+
+    def round_trips_since(self, mark: int) -> int:
+        return sum(1 for name in self.sent()[mark:] if name in ENDS_ROUND_TRIP)
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink()

@@ -10,10 +10,7 @@ these tests see what went over the wire."""
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,7 +18,7 @@ import pytest
 from psycopg import pq
 from psycopg import sql as pgsql
 
-from helpers import as_role
+from helpers import Trace, as_role
 from pgtenancy import SearchPathChanged, Tenancy, tenant_connection
 from pgtenancy._entry import statement_tag
 from pgtenancy.errors import raise_translated
@@ -30,35 +27,12 @@ ACME_PATH = "tenant_acme, public, pg_temp"
 SHARED_PATH = "public, pg_temp"
 
 
-class Queries:
-    """The simple-query texts one connection sent, from its libpq trace."""
-
-    def __init__(self) -> None:
-        fd, name = tempfile.mkstemp(prefix="pgtenancy-trace-")
-        os.close(fd)
-        self.path = Path(name)
-        self._file = self.path.open("w")
-
-    def attach(self, pgconn: pq.abc.PGconn) -> None:
-        pgconn.trace(self._file.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-
-    def sent(self) -> list[str]:
-        self._file.flush()
-        out = []
-        for line in self.path.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) >= 4 and fields[0] == "F" and fields[2] == "Query":
-                out.append(fields[3].strip()[1:-1])
-        return out
+class Queries(Trace):
+    """The connection's trace, read as its entry messages."""
 
     def entries(self) -> list[str]:
         """The entry messages and rollbacks sent, in order."""
-        return [q for q in self.sent() if "tenancy.enter" in q or q == "ROLLBACK"]
-
-    def close(self) -> None:
-        self._file.close()
-        self.path.unlink()
+        return [q for q in self.queries() if "tenancy.enter" in q or q == "ROLLBACK"]
 
 
 @pytest.fixture

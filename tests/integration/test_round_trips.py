@@ -10,25 +10,21 @@ tenant entry rides in the message that opens the transaction.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import pq
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
+from helpers import Trace
 from pgtenancy import Tenancy, sign_tenant_token, tenant_connection, tenant_session
 
 QUERY = "SELECT count(*) FROM note"
-ENDS_ROUND_TRIP = ("Query", "Sync")
 
 
 @pytest.fixture
@@ -49,42 +45,6 @@ def key(dsn: str, tenants: None) -> bytes:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT tenancy.add_entry_key('k1', %s)", (secret,))
     return secret
-
-
-class Trace:
-    """A libpq trace file of one connection, read back as client messages."""
-
-    def __init__(self) -> None:
-        fd, name = tempfile.mkstemp(prefix="pgtenancy-trace-")
-        os.close(fd)
-        self.path = Path(name)
-        self._file = self.path.open("w")
-
-    def attach(self, pgconn: pq.abc.PGconn) -> None:
-        pgconn.trace(self._file.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-
-    def mark(self) -> int:
-        """Position after everything traced so far."""
-        self._file.flush()
-        return len(self.sent())
-
-    def sent(self) -> list[str]:
-        """Names of the messages the client sent, in order."""
-        self._file.flush()
-        names = []
-        for line in self.path.read_text().splitlines():
-            fields = line.split("\t")
-            if len(fields) >= 3 and fields[0] == "F":
-                names.append(fields[2].split()[0])
-        return names
-
-    def round_trips_since(self, mark: int) -> int:
-        return sum(1 for name in self.sent()[mark:] if name in ENDS_ROUND_TRIP)
-
-    def close(self) -> None:
-        self._file.close()
-        self.path.unlink()
 
 
 @pytest.fixture
