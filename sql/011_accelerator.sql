@@ -255,6 +255,22 @@ ON CONFLICT (function) DO UPDATE
    SET impl = EXCLUDED.impl, strict_impl = EXCLUDED.strict_impl, args = EXCLUDED.args,
        with_citus = EXCLUDED.with_citus;
 
+-- Procedures of entry that later files define (012's token entry), each
+-- with the function that makes it (p_c true: the C procedure, false: its
+-- PL/pgSQL): apply_accelerator makes them C while enter_tenant runs its C
+-- function, as it makes tenancy.enter and tenancy.enter_known.
+CREATE TABLE IF NOT EXISTS tenancy.entry_procedures (
+    procedure text PRIMARY KEY,
+    define    text NOT NULL
+);
+
+COMMENT ON TABLE tenancy.entry_procedures IS
+    'Procedures of entry defined after the accelerator (procedure: regprocedure text) and the '
+    'function that makes each (define: regprocedure text of a function taking p_c boolean), for '
+    'apply_accelerator. Written by the install files.';
+
+REVOKE ALL ON TABLE tenancy.entry_procedures FROM PUBLIC;
+
 -- Put the recorded choice in place: accelerate what can be, where it can be.
 CREATE OR REPLACE FUNCTION tenancy.apply_accelerator()
     RETURNS boolean
@@ -274,6 +290,7 @@ DECLARE
     v_entry_c boolean := false;
     v_swapped boolean;
     r       tenancy.accelerated_functions;
+    r_proc  tenancy.entry_procedures;
 BEGIN
     FOR r IN SELECT * FROM tenancy.accelerated_functions AS f ORDER BY f.function LOOP
         v_fn := r.function::regprocedure;
@@ -322,6 +339,22 @@ BEGIN
     ELSIF v_any_c THEN
         PERFORM tenancy.define_enter(false);
     END IF;
+    FOR r_proc IN SELECT * FROM tenancy.entry_procedures AS e ORDER BY e.procedure LOOP
+        v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                        WHERE p.oid = r_proc.procedure::regprocedure AND l.lanname = 'c');
+        IF v_entry_c AND NOT v_c THEN
+            BEGIN
+                v_check := current_setting('check_function_bodies');
+                PERFORM set_config('check_function_bodies', 'on', true);
+                EXECUTE format('SELECT %s(true)', r_proc.define::regprocedure::oid::regproc);
+                PERFORM set_config('check_function_bodies', v_check, true);
+            EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+                NULL;
+            END;
+        ELSIF v_c AND NOT v_entry_c THEN
+            EXECUTE format('SELECT %s(false)', r_proc.define::regprocedure::oid::regproc);
+        END IF;
+    END LOOP;
     RETURN tenancy.accelerator_in_use();
 END
 $$;
@@ -330,8 +363,8 @@ COMMENT ON FUNCTION tenancy.apply_accelerator() IS
     'Bring the functions of tenancy.accelerated_functions in line with tenancy.accelerator: wanted '
     '(the default), make each call its C function where that function exists or can be created (a '
     'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus), and make the '
-    'procedure tenancy.enter the C one while enter_tenant runs its C function; not wanted, '
-    'restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
+    'procedures tenancy.enter, tenancy.enter_known and those of tenancy.entry_procedures the C '
+    'ones while enter_tenant runs its C function; not wanted, restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
     'set_accelerator and set_strict_entry. Owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.apply_accelerator() FROM PUBLIC;

@@ -960,6 +960,74 @@ BEGIN
 END
 $$;
 
+-- The quiet form of token entry, what the kit's connections send (prepared,
+-- the token a bind parameter) for a tenant whose search_path they learnt
+-- from an earlier token entry: CALL tenancy.enter_token($1, $2, $3) after
+-- BEGIN. No output parameter, so no row comes back: enter_tenant_token
+-- otherwise, then PT023 when the search_path the tenant got is not the one
+-- given (NULL: not checked), as tenancy.enter_known checks it.
+CREATE OR REPLACE FUNCTION tenancy.define_enter_token(p_c boolean)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_c THEN
+        -- The accelerator's C procedure (needs a superuser and the library).
+        CREATE OR REPLACE PROCEDURE tenancy.enter_token(token text, slug text, search_path text)
+            LANGUAGE c
+            AS '$libdir/pgtenancy_accel', 'pgtenancy_enter_token';
+        RETURN;
+    END IF;
+    CREATE OR REPLACE PROCEDURE tenancy.enter_token(token text, slug text, search_path text)
+        LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id pg_catalog.uuid;
+    v_path pg_catalog.text;
+BEGIN
+    SELECT tenancy.enter_tenant_token($1, $2), pg_catalog.current_setting('search_path')
+      INTO v_id, v_path;
+    IF $3 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) ($3 COLLATE pg_catalog."C") THEN
+        RAISE EXCEPTION 'tenant % has search_path %, not %',
+            pg_catalog.quote_literal(pg_catalog.current_setting('app.tenant')),
+            pg_catalog.quote_literal(v_path),
+            pg_catalog.concat(pg_catalog.quote_literal(pg_catalog.left($3, 200)),
+                              CASE WHEN pg_catalog.length($3) OPERATOR(pg_catalog.>) 200
+                                   THEN '...' END)
+            USING ERRCODE = 'PT023',
+                  HINT = 'Its schema changed: enter with tenancy.enter_tenant_token(token) to learn its search_path.';
+    END IF;
+END
+$$;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.define_enter_token(boolean) IS
+    'Create (or replace) the procedure tenancy.enter_token: its PL/pgSQL (p_c false) or the C '
+    'accelerator''s procedure pgtenancy_enter_token (p_c true: a superuser, the library '
+    'installed; raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.define_enter_token(boolean) FROM PUBLIC;
+
+-- Install and upgrades leave the C procedure in place (apply_accelerator,
+-- below, decides whether it stays).
+SELECT tenancy.define_enter_token(false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+                     JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+                    WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
+                      AND p.proname = 'enter_token' AND l.lanname = 'c');
+
+COMMENT ON PROCEDURE tenancy.enter_token(text, text, text) IS
+    'CALL tenancy.enter_token(token, slug, search_path) after BEGIN: enter_tenant_token(token, '
+    'slug) without output, for a client that knows the tenant''s search_path from an earlier '
+    'token entry (no row sent back). The refusals of enter_tenant_token, and PT023 when the '
+    'tenant''s search_path is not search_path (NULL: not checked).';
+
+INSERT INTO tenancy.entry_procedures (procedure, define) VALUES
+    ('tenancy.enter_token(text, text, text)', 'tenancy.define_enter_token(boolean)')
+ON CONFLICT (procedure) DO UPDATE SET define = EXCLUDED.define;
+
 -- The C accelerator (011) takes over token entry too (not with Citus: it
 -- enters through enter_tenant's PL/pgSQL there).
 INSERT INTO tenancy.accelerated_functions (function, impl, strict_impl, args, with_citus) VALUES

@@ -64,6 +64,7 @@ PG_MODULE_MAGIC;
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant);
 PG_FUNCTION_INFO_V1(pgtenancy_enter);
 PG_FUNCTION_INFO_V1(pgtenancy_enter_known);
+PG_FUNCTION_INFO_V1(pgtenancy_enter_token);
 PG_FUNCTION_INFO_V1(pgtenancy_active_tenant_id);
 PG_FUNCTION_INFO_V1(pgtenancy_verify_entry_token);
 PG_FUNCTION_INFO_V1(pgtenancy_enter_tenant_token);
@@ -457,11 +458,10 @@ pgtenancy_enter_tenant(PG_FUNCTION_ARGS)
  * literal SET LOCAL statements tenancy.prepare_citus() wrote into it).
  */
 static bool
-enter_tenant_is_accelerated(void)
+is_accelerated_call(const char *name, int nargs, Oid *argtypes, const char *body)
 {
-	Oid			argtypes[1] = {TEXTOID};
-	List	   *fname = list_make2(makeString("tenancy"), makeString("enter_tenant"));
-	Oid			fn = LookupFuncName(fname, 1, argtypes, true);
+	List	   *fname = list_make2(makeString("tenancy"), makeString(pstrdup(name)));
+	Oid			fn = LookupFuncName(fname, nargs, argtypes, true);
 	HeapTuple	tp;
 	bool		result = false;
 
@@ -475,13 +475,20 @@ enter_tenant_is_accelerated(void)
 			bool		isnull;
 			Datum		src = SysCacheGetAttr(PROCOID, tp, Anum_pg_proc_prosrc, &isnull);
 
-			result = !isnull
-				&& strcmp(TextDatumGetCString(src),
-						  "\n    SELECT tenancy.enter_tenant_c($1)\n") == 0;
+			result = !isnull && strcmp(TextDatumGetCString(src), body) == 0;
 		}
 		ReleaseSysCache(tp);
 	}
 	return result;
+}
+
+static bool
+enter_tenant_is_accelerated(void)
+{
+	Oid			argtypes[1] = {TEXTOID};
+
+	return is_accelerated_call("enter_tenant", 1, argtypes,
+							   "\n    SELECT tenancy.enter_tenant_c($1)\n");
 }
 
 /*
@@ -542,29 +549,39 @@ pgtenancy_enter(PG_FUNCTION_ARGS)
  * got is not search_path (not checked when NULL), as the PL/pgSQL of
  * 004_context.sql raises it.
  */
-Datum
-pgtenancy_enter_known(PG_FUNCTION_ARGS)
+/*
+ * The check of the quiet procedures of entry: PT023 when the search_path
+ * the transaction got is not argument argno (not checked when NULL), tenant
+ * slug named in the message, at most 200 characters of the argument quoted
+ * (as the PL/pgSQL quotes it).
+ */
+static void
+check_known_path(FunctionCallInfo fcinfo, int argno, const char *slug)
 {
 	char	   *now;
 	char	   *expected;
 	char	   *shown;
 
-	enter_slug(fcinfo);
-	if (PG_ARGISNULL(1))
-		PG_RETURN_VOID();
+	if (PG_ARGISNULL(argno))
+		return;
 	now = GetConfigOptionByName("search_path", NULL, false);
-	expected = TextDatumGetCString(PG_GETARG_DATUM(1));
+	expected = TextDatumGetCString(PG_GETARG_DATUM(argno));
 	if (strcmp(now, expected) == 0)
-		PG_RETURN_VOID();
-	/* Quoted at most 200 characters of it, as the PL/pgSQL quotes it. */
+		return;
 	shown = pnstrdup(expected, pg_mbcharcliplen(expected, strlen(expected), 200));
 	ereport(ERROR,
-				(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '3')),
-				 errmsg("tenant %s has search_path %s, not %s%s",
-						quote_literal_cstr(TextDatumGetCString(PG_GETARG_DATUM(0))),
-						quote_literal_cstr(now), quote_literal_cstr(shown),
-						strlen(shown) < strlen(expected) ? "..." : ""),
-				 errhint("Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.")));
+			(errcode(MAKE_SQLSTATE('P', 'T', '0', '2', '3')),
+			 errmsg("tenant %s has search_path %s, not %s%s",
+					quote_literal_cstr(slug), quote_literal_cstr(now), quote_literal_cstr(shown),
+					strlen(shown) < strlen(expected) ? "..." : ""),
+			 errhint("Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.")));
+}
+
+Datum
+pgtenancy_enter_known(PG_FUNCTION_ARGS)
+{
+	enter_slug(fcinfo);
+	check_known_path(fcinfo, 1, TextDatumGetCString(PG_GETARG_DATUM(0)));
 	PG_RETURN_VOID();
 }
 
@@ -1175,6 +1192,33 @@ pgtenancy_enter_tenant_token(PG_FUNCTION_ARGS)
 	set_local("app.tenant_token", text_to_cstring(token));
 	entry_settings(&row, slug);
 	return return_uuid(&row.id);
+}
+
+/*
+ * CALL tenancy.enter_token(token text, slug text, search_path text) — the
+ * token entry without output (012_strict.sql): tenancy.enter_tenant_token
+ * through its C path while it is accelerated, the function itself otherwise,
+ * then check_known_path on the tenant the token entered. No row for the
+ * server to send nor the client to parse.
+ */
+Datum
+pgtenancy_enter_token(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	LOCAL_FCINFO(entry, 2);
+	const char *slug;
+
+	InitFunctionCallInfoData(*entry, NULL, 2, PG_GET_COLLATION(), NULL, NULL);
+	entry->args[0] = fcinfo->args[0];
+	entry->args[1] = fcinfo->args[1];
+	if (is_accelerated_call("enter_tenant_token", 2, argtypes,
+							"\n    SELECT tenancy.enter_tenant_token_c($1, $2)\n"))
+		(void) pgtenancy_enter_tenant_token(entry);
+	else
+		(void) call_plpgsql("enter_tenant_token", entry, argtypes);
+	slug = GetConfigOption("app.tenant", true, false);
+	check_known_path(fcinfo, 2, slug ? slug : "");
+	PG_RETURN_VOID();
 }
 
 /*

@@ -436,6 +436,16 @@ class Trace:
         """The texts of the simple-query messages the client sent, in order."""
         return [f[3].strip()[1:-1] for f in self._lines() if f[2] == "Query" and len(f) >= 4]
 
+    def parses(self) -> list[str]:
+        """The statement texts of the Parse messages the client sent, in order."""
+        out = []
+        for fields in self._lines():
+            if fields[2] == "Parse" and len(fields) >= 4:
+                found = re.match(r'^ "[^"]*" "(.*)" \d+', fields[3])
+                if found:
+                    out.append(found.group(1))
+        return out
+
     def round_trips_since(self, mark: int) -> int:
         return sum(1 for name in self.sent()[mark:] if name in ENDS_ROUND_TRIP)
 

@@ -291,7 +291,8 @@ def _path_changed(result: pq.abc.PGresult) -> bool:
 
 
 #: What the server answers when the installed SQL has no tenancy.enter_known
-#: (an earlier build of this version) or the role may not call it.
+#: or tenancy.enter_token (an earlier build of this version) or the role may
+#: not call it.
 _NO_QUIET = (_NO_PROCEDURE.encode(), b"42501")
 
 
@@ -302,7 +303,7 @@ def _no_quiet_entry(result: pq.abc.PGresult) -> bool:
         return False
     state = result.error_field(pq.DiagnosticField.SQLSTATE)
     primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b""
-    return state in _NO_QUIET and b"enter_known" in primary
+    return state in _NO_QUIET and (b"enter_known" in primary or b"enter_token" in primary)
 
 
 def _check_command(
@@ -413,9 +414,21 @@ TOKEN_ENTRY = (
     b"SELECT tenancy.enter_tenant_token($1, $2), pg_catalog.current_setting('search_path')"
 )
 
+#: The quiet token entry (no row back), for a tenant whose search_path the
+#: connection learnt from TOKEN_ENTRY: token, slug, search_path.
+QUIET_TOKEN_ENTRY = b"CALL tenancy.enter_token($1, $2, $3)"
+
 
 def _token_params(token: str, slug: str | None) -> list[bytes | None]:
     return [token.encode("utf-8"), None if slug is None else slug.encode("utf-8")]
+
+
+def _token_slug(token: str) -> str | None:
+    """The slug a token names (its third part; the form sign_tenant_token
+    writes), None when it is not of that form: such a token enters with
+    TOKEN_ENTRY, which refuses it."""
+    parts = token.split(".")
+    return parts[2] if len(parts) == 7 and parts[0] == "pt2" and parts[2] else None
 
 
 class _EntryQuery:
@@ -430,22 +443,26 @@ class _EntryQuery:
 
 
 _TOKEN_QUERY = _EntryQuery(TOKEN_ENTRY)
+_QUIET_TOKEN_QUERY = _EntryQuery(QUIET_TOKEN_ENTRY)
 
 #: SQLSTATE of a prepared statement the server no longer has (invalid_sql_statement_name).
 _NO_STATEMENT = "26000"
 
 
-def _entry_plan(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:
-    """psycopg's decision for the token entry, as for any statement psycopg runs:
-    (Prepare, name) from the connection's manager, or None (never prepared:
-    ``prepare_threshold=None``, or a psycopg the kit does not know)."""
+def _entry_plan(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], query: _EntryQuery
+) -> Any:
+    """psycopg's decision for a token entry statement, as for any statement
+    psycopg runs: (Prepare, name) from the connection's manager, or None
+    (never prepared: ``prepare_threshold=None``, or a psycopg the kit does
+    not know)."""
     manager = _manager(conn)
     if manager is None or manager.prepare_threshold is None:
         return None
     # Entry runs before the tenant's search_path is known: keyed by text alone.
     tag, manager._pgtenancy_tag = manager._pgtenancy_tag, None
     try:
-        return manager.get(_TOKEN_QUERY)
+        return manager.get(query)
     finally:
         manager._pgtenancy_tag = tag
 
@@ -454,6 +471,7 @@ def _entry_done(
     conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
     plan: Any,
     results: list[pq.abc.PGresult],
+    query: _EntryQuery,
 ) -> bool:
     """Record the entry's outcome in psycopg's manager as psycopg records a
     statement's own. True when something must be deallocated now (an old
@@ -469,14 +487,14 @@ def _entry_done(
         prep == _Prepare.SHOULD
         and len(results) == 3
         and results[1].status == pq.ExecStatus.COMMAND_OK
-        and results[2].status != pq.ExecStatus.TUPLES_OK
+        and results[2].status == pq.ExecStatus.FATAL_ERROR
     ):
         # A refused token: the statement itself was prepared (results: BEGIN,
         # Parse, entry), so psycopg keeps its name rather than leave it behind.
         entry = results[1:2]
     tag, manager._pgtenancy_tag = manager._pgtenancy_tag, None
     try:
-        key = manager.maybe_add_to_cache(_TOKEN_QUERY, prep, name)
+        key = manager.maybe_add_to_cache(query, prep, name)
         if key is not None:
             manager.validate(key, prep, name, entry)
     finally:
@@ -484,12 +502,14 @@ def _entry_done(
     return bool(manager._to_flush)
 
 
-def _forget_entry(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+def _forget_entry(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], query: _EntryQuery
+) -> None:
     """The server lost the entry's prepared statement (somebody's DEALLOCATE or
     DISCARD that psycopg did not see): psycopg forgets it too."""
     manager = _manager(conn)
     if manager is not None:
-        key = (TOKEN_ENTRY, ())
+        key = (query.query, ())
         manager._names.pop(key, None)
         manager._counts.pop(key, None)
 
@@ -506,6 +526,69 @@ def _lost_statement(plan: Any, results: list[pq.abc.PGresult]) -> bool:
     )
 
 
+def _token_entry(
+    conn: psycopg.Connection[Any],
+    begin: bytes,
+    params: list[bytes | None],
+    query: _EntryQuery,
+) -> list[pq.abc.PGresult]:
+    """``BEGIN`` and the token entry ``query`` in one round trip, prepared as
+    psycopg prepares statements (a statement lost behind psycopg's back:
+    rolled back and sent again unprepared, two more round trips, once)."""
+    plan = _entry_plan(conn, query)
+    results: list[pq.abc.PGresult] = conn.wait(
+        _token_pipeline(conn.pgconn, begin, params, plan, query.query)
+    )
+    if _lost_statement(plan, results):
+        conn.wait(generators.execute(_rollback(conn.pgconn)))
+        _forget_entry(conn, query)
+        plan = None
+        results = conn.wait(_token_pipeline(conn.pgconn, begin, params, plan, query.query))
+    if _entry_done(conn, plan, results, query):
+        conn.wait(conn._prepared.maintain_gen(conn))
+    return results
+
+
+async def _atoken_entry(
+    conn: psycopg.AsyncConnection[Any],
+    begin: bytes,
+    params: list[bytes | None],
+    query: _EntryQuery,
+) -> list[pq.abc.PGresult]:
+    """:func:`_token_entry` for an ``AsyncConnection``."""
+    plan = _entry_plan(conn, query)
+    results: list[pq.abc.PGresult] = await conn.wait(
+        _token_pipeline(conn.pgconn, begin, params, plan, query.query)
+    )
+    if _lost_statement(plan, results):
+        await conn.wait(generators.execute(_rollback(conn.pgconn)))
+        _forget_entry(conn, query)
+        plan = None
+        results = await conn.wait(_token_pipeline(conn.pgconn, begin, params, plan, query.query))
+    if _entry_done(conn, plan, results, query):
+        await conn.wait(conn._prepared.maintain_gen(conn))
+    return results
+
+
+def _quiet_outcome(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult]
+) -> bool:
+    """True when the quiet token entry entered; False when it must be rolled
+    back and the token entered with TOKEN_ENTRY (the path changed, or the
+    procedure is missing or not granted: then never again on ``conn``).
+    Raises the entry's refusal otherwise."""
+    if all(r.status == pq.ExecStatus.COMMAND_OK for r in results):
+        return True
+    if any(_no_quiet_entry(r) for r in results):
+        _stop_quiet(conn)
+        return False
+    if any(_path_changed(r) for r in results):
+        return False
+    for result in results:
+        _check_command(result, conn)
+    raise AssertionError("unreachable: a failed entry without an error result")  # pragma: no cover
+
+
 def begin_with_token(
     conn: psycopg.Connection[Any], token: str, slug: str | None = None
 ) -> bytes | None:
@@ -514,12 +597,20 @@ def begin_with_token(
     The entry statement is prepared on the server as psycopg prepares any
     statement (after ``prepare_threshold`` runs, in psycopg's cache, cleared
     by the kit's reset hooks; never with ``prepare_threshold=None``), so it
-    is not parsed and planned again in every transaction.
+    is not parsed and planned again in every transaction. For a tenant whose
+    ``search_path`` the connection learnt from an earlier token entry, the
+    statement is ``CALL tenancy.enter_token($1, $2, $3)``, which returns
+    nothing (as :func:`begin_in_tenant`'s quiet form); PT023 (its schema
+    changed) is rolled back and entered again the other way, unseen.
 
     Args:
         conn: a psycopg connection with no transaction open.
         token: an entry token (:func:`pgtenancy.sign_tenant_token`).
         slug: when given, the tenant the token must be for.
+
+    Returns:
+        The ``search_path`` the tenant got, or None when ``conn``'s
+        statements are not keyed by it.
 
     Raises:
         pgtenancy.errors.EntryTokenForged, EntryTokenExpired, EntryTokenWrongTenant:
@@ -528,18 +619,20 @@ def begin_with_token(
     """
     begin = begin_command(conn).encode()
     params = _token_params(token, slug)
+    paths = _known_paths(conn)
+    tenant = _token_slug(token)
     with conn.lock:
-        plan = _entry_plan(conn)
-        results = conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
-        if _lost_statement(plan, results):
-            # Two more round trips, once: roll back, enter unprepared.
+        if _quiet(conn) and tenant is not None and (paths is None or tenant in paths):
+            known = None if paths is None else paths[tenant]
+            results = _token_entry(conn, begin, [*params, known], _QUIET_TOKEN_QUERY)
+            if _quiet_outcome(conn, results):
+                return known
             conn.wait(generators.execute(_rollback(conn.pgconn)))
-            _forget_entry(conn)
-            plan = None
-            results = conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
-        if _entry_done(conn, plan, results):
-            conn.wait(conn._prepared.maintain_gen(conn))
-    return _token_results(results, conn)
+            if paths is not None:
+                paths.pop(tenant, None)
+        results = _token_entry(conn, begin, params, _TOKEN_QUERY)
+    path = _token_results(results, conn)
+    return path if tenant is None else _learn(paths, tenant, path)
 
 
 async def abegin_with_token(
@@ -552,17 +645,20 @@ async def abegin_with_token(
     """
     begin = begin_command(conn).encode()
     params = _token_params(token, slug)
+    paths = _known_paths(conn)
+    tenant = _token_slug(token)
     async with conn.lock:
-        plan = _entry_plan(conn)
-        results = await conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
-        if _lost_statement(plan, results):
+        if _quiet(conn) and tenant is not None and (paths is None or tenant in paths):
+            known = None if paths is None else paths[tenant]
+            results = await _atoken_entry(conn, begin, [*params, known], _QUIET_TOKEN_QUERY)
+            if _quiet_outcome(conn, results):
+                return known
             await conn.wait(generators.execute(_rollback(conn.pgconn)))
-            _forget_entry(conn)
-            plan = None
-            results = await conn.wait(_token_pipeline(conn.pgconn, begin, params, plan))
-        if _entry_done(conn, plan, results):
-            await conn.wait(conn._prepared.maintain_gen(conn))
-    return _token_results(results, conn)
+            if paths is not None:
+                paths.pop(tenant, None)
+        results = await _atoken_entry(conn, begin, params, _TOKEN_QUERY)
+    path = _token_results(results, conn)
+    return path if tenant is None else _learn(paths, tenant, path)
 
 
 def _rollback(pgconn: pq.abc.PGconn) -> pq.abc.PGconn:
@@ -571,22 +667,27 @@ def _rollback(pgconn: pq.abc.PGconn) -> pq.abc.PGconn:
 
 
 def _token_pipeline(
-    pgconn: pq.abc.PGconn, begin: bytes, params: list[bytes | None], plan: Any
+    pgconn: pq.abc.PGconn,
+    begin: bytes,
+    params: list[bytes | None],
+    plan: Any,
+    statement: bytes = TOKEN_ENTRY,
 ) -> Any:
-    """``BEGIN`` and :data:`TOKEN_ENTRY` in libpq pipeline mode: the extended
-    protocol (bind parameters) in one round trip, as the simple-query message
-    of :func:`begin_in_tenant` is. ``plan``: psycopg's (Prepare, name) for
-    the entry, or None (unnamed). A generator for ``conn.wait``: the results
-    of BEGIN, of the entry's Parse when it is prepared now, and of the entry
-    (an error result stands for any of them)."""
+    """``BEGIN`` and the token entry ``statement`` in libpq pipeline mode: the
+    extended protocol (bind parameters) in one round trip, as the
+    simple-query message of :func:`begin_in_tenant` is. ``plan``: psycopg's
+    (Prepare, name) for the entry, or None (unnamed). A generator for
+    ``conn.wait``: the results of BEGIN, of the entry's Parse when it is
+    prepared now, and of the entry (an error result stands for any of
+    them)."""
     pgconn.enter_pipeline_mode()
     try:
         pgconn.send_query_params(begin, None)
         if plan is None or plan[0] == _Prepare.NO:
-            pgconn.send_query_params(TOKEN_ENTRY, params)
+            pgconn.send_query_params(statement, params)
         else:
             if plan[0] == _Prepare.SHOULD:
-                pgconn.send_prepare(plan[1], TOKEN_ENTRY)
+                pgconn.send_prepare(plan[1], statement)
             pgconn.send_query_prepared(plan[1], params)
         pgconn.pipeline_sync()
         yield from generators.send(pgconn)

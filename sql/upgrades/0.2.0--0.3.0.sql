@@ -6683,6 +6683,22 @@ ON CONFLICT (function) DO UPDATE
    SET impl = EXCLUDED.impl, strict_impl = EXCLUDED.strict_impl, args = EXCLUDED.args,
        with_citus = EXCLUDED.with_citus;
 
+-- Procedures of entry that later files define (012's token entry), each
+-- with the function that makes it (p_c true: the C procedure, false: its
+-- PL/pgSQL): apply_accelerator makes them C while enter_tenant runs its C
+-- function, as it makes tenancy.enter and tenancy.enter_known.
+CREATE TABLE IF NOT EXISTS tenancy.entry_procedures (
+    procedure text PRIMARY KEY,
+    define    text NOT NULL
+);
+
+COMMENT ON TABLE tenancy.entry_procedures IS
+    'Procedures of entry defined after the accelerator (procedure: regprocedure text) and the '
+    'function that makes each (define: regprocedure text of a function taking p_c boolean), for '
+    'apply_accelerator. Written by the install files.';
+
+REVOKE ALL ON TABLE tenancy.entry_procedures FROM PUBLIC;
+
 -- Put the recorded choice in place: accelerate what can be, where it can be.
 CREATE OR REPLACE FUNCTION tenancy.apply_accelerator()
     RETURNS boolean
@@ -6702,6 +6718,7 @@ DECLARE
     v_entry_c boolean := false;
     v_swapped boolean;
     r       tenancy.accelerated_functions;
+    r_proc  tenancy.entry_procedures;
 BEGIN
     FOR r IN SELECT * FROM tenancy.accelerated_functions AS f ORDER BY f.function LOOP
         v_fn := r.function::regprocedure;
@@ -6750,6 +6767,22 @@ BEGIN
     ELSIF v_any_c THEN
         PERFORM tenancy.define_enter(false);
     END IF;
+    FOR r_proc IN SELECT * FROM tenancy.entry_procedures AS e ORDER BY e.procedure LOOP
+        v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                        WHERE p.oid = r_proc.procedure::regprocedure AND l.lanname = 'c');
+        IF v_entry_c AND NOT v_c THEN
+            BEGIN
+                v_check := current_setting('check_function_bodies');
+                PERFORM set_config('check_function_bodies', 'on', true);
+                EXECUTE format('SELECT %s(true)', r_proc.define::regprocedure::oid::regproc);
+                PERFORM set_config('check_function_bodies', v_check, true);
+            EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+                NULL;
+            END;
+        ELSIF v_c AND NOT v_entry_c THEN
+            EXECUTE format('SELECT %s(false)', r_proc.define::regprocedure::oid::regproc);
+        END IF;
+    END LOOP;
     RETURN tenancy.accelerator_in_use();
 END
 $$;
@@ -6758,8 +6791,8 @@ COMMENT ON FUNCTION tenancy.apply_accelerator() IS
     'Bring the functions of tenancy.accelerated_functions in line with tenancy.accelerator: wanted '
     '(the default), make each call its C function where that function exists or can be created (a '
     'superuser, the library pgtenancy_accel installed; not enter_tenant with Citus), and make the '
-    'procedure tenancy.enter the C one while enter_tenant runs its C function; not wanted, '
-    'restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
+    'procedures tenancy.enter, tenancy.enter_known and those of tenancy.entry_procedures the C '
+    'ones while enter_tenant runs its C function; not wanted, restore their PL/pgSQL. Returns accelerator_in_use(). Run by install, upgrades, '
     'set_accelerator and set_strict_entry. Owner only.';
 
 REVOKE ALL ON FUNCTION tenancy.apply_accelerator() FROM PUBLIC;
@@ -7765,6 +7798,74 @@ BEGIN
     END IF;
 END
 $$;
+
+-- The quiet form of token entry, what the kit's connections send (prepared,
+-- the token a bind parameter) for a tenant whose search_path they learnt
+-- from an earlier token entry: CALL tenancy.enter_token($1, $2, $3) after
+-- BEGIN. No output parameter, so no row comes back: enter_tenant_token
+-- otherwise, then PT023 when the search_path the tenant got is not the one
+-- given (NULL: not checked), as tenancy.enter_known checks it.
+CREATE OR REPLACE FUNCTION tenancy.define_enter_token(p_c boolean)
+    RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    IF p_c THEN
+        -- The accelerator's C procedure (needs a superuser and the library).
+        CREATE OR REPLACE PROCEDURE tenancy.enter_token(token text, slug text, search_path text)
+            LANGUAGE c
+            AS '$libdir/pgtenancy_accel', 'pgtenancy_enter_token';
+        RETURN;
+    END IF;
+    CREATE OR REPLACE PROCEDURE tenancy.enter_token(token text, slug text, search_path text)
+        LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id pg_catalog.uuid;
+    v_path pg_catalog.text;
+BEGIN
+    SELECT tenancy.enter_tenant_token($1, $2), pg_catalog.current_setting('search_path')
+      INTO v_id, v_path;
+    IF $3 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) ($3 COLLATE pg_catalog."C") THEN
+        RAISE EXCEPTION 'tenant % has search_path %, not %',
+            pg_catalog.quote_literal(pg_catalog.current_setting('app.tenant')),
+            pg_catalog.quote_literal(v_path),
+            pg_catalog.concat(pg_catalog.quote_literal(pg_catalog.left($3, 200)),
+                              CASE WHEN pg_catalog.length($3) OPERATOR(pg_catalog.>) 200
+                                   THEN '...' END)
+            USING ERRCODE = 'PT023',
+                  HINT = 'Its schema changed: enter with tenancy.enter_tenant_token(token) to learn its search_path.';
+    END IF;
+END
+$$;
+END
+$fn$;
+
+COMMENT ON FUNCTION tenancy.define_enter_token(boolean) IS
+    'Create (or replace) the procedure tenancy.enter_token: its PL/pgSQL (p_c false) or the C '
+    'accelerator''s procedure pgtenancy_enter_token (p_c true: a superuser, the library '
+    'installed; raises 42501, 58P01 or 42883 otherwise). Grants and comment kept. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.define_enter_token(boolean) FROM PUBLIC;
+
+-- Install and upgrades leave the C procedure in place (apply_accelerator,
+-- below, decides whether it stays).
+SELECT tenancy.define_enter_token(false)
+ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p
+                     JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+                    WHERE p.pronamespace = 'tenancy'::pg_catalog.regnamespace
+                      AND p.proname = 'enter_token' AND l.lanname = 'c');
+
+COMMENT ON PROCEDURE tenancy.enter_token(text, text, text) IS
+    'CALL tenancy.enter_token(token, slug, search_path) after BEGIN: enter_tenant_token(token, '
+    'slug) without output, for a client that knows the tenant''s search_path from an earlier '
+    'token entry (no row sent back). The refusals of enter_tenant_token, and PT023 when the '
+    'tenant''s search_path is not search_path (NULL: not checked).';
+
+INSERT INTO tenancy.entry_procedures (procedure, define) VALUES
+    ('tenancy.enter_token(text, text, text)', 'tenancy.define_enter_token(boolean)')
+ON CONFLICT (procedure) DO UPDATE SET define = EXCLUDED.define;
 
 -- The C accelerator (011) takes over token entry too (not with Citus: it
 -- enters through enter_tenant's PL/pgSQL there).

@@ -10,6 +10,7 @@ these tests see what went over the wire."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from psycopg import pq
 from psycopg import sql as pgsql
 
 from helpers import Trace, as_role
-from pgtenancy import SearchPathChanged, Tenancy, tenant_connection
+from pgtenancy import SearchPathChanged, Tenancy, sign_tenant_token, tenant_connection
 from pgtenancy._entry import statement_tag
 from pgtenancy.errors import raise_translated
 
@@ -242,3 +243,119 @@ def test_a_refused_search_path_is_quoted_at_most_200_characters(
             assert refused.value.diag.message_primary == (
                 f"tenant 'acme' has search_path '{ACME_PATH}', not {shown}"
             )
+
+
+# -- the quiet token entry ------------------------------------------------------
+
+TOKEN_ENTRY = "SELECT tenancy.enter_tenant_token($1, $2), pg_catalog.current_setting('search_path')"
+QUIET_TOKEN = "CALL tenancy.enter_token($1, $2, $3)"
+
+
+@pytest.fixture
+def key(dsn: str, acme: Tenancy) -> bytes:
+    """Entry key k1 (strict entry stays off: tokens are accepted either way)."""
+    secret = secrets.token_bytes(32)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT tenancy.add_entry_key('k1', %s)", (secret,))
+    return secret
+
+
+def _with_token(conn: psycopg.Connection[Any], token: str) -> tuple[Any, ...] | None:
+    with tenant_connection(conn, token=token) as c:
+        row = c.execute(
+            "SELECT tenancy.current_tenant(), current_setting('search_path')"
+        ).fetchone()
+        assert statement_tag(c) == (row[1].encode() if row else None)
+        return row
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+def test_token_entry_learns_the_search_path_then_enters_quietly(
+    dsn: str, acme: Tenancy, key: bytes, app_role: str, queries: Queries, accelerated: bool
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+        language = owner.execute(
+            "SELECT l.lanname FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang"
+            " WHERE p.oid = 'tenancy.enter_token(text, text, text)'::regprocedure"
+        ).fetchone()
+    if accelerated and in_use != (True,):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+    assert language == (("c",) if accelerated else ("plpgsql",))
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        queries.attach(conn.pgconn)
+        for _ in range(8):
+            token = sign_tenant_token(key, "acme", 60, key_name="k1")
+            assert _with_token(conn, token) == ("acme", ACME_PATH)
+            token = sign_tenant_token(key, "globex", 60, key_name="k1")
+            assert _with_token(conn, token) == ("globex", SHARED_PATH)
+        prepared = conn.execute(
+            "SELECT statement FROM pg_prepared_statements ORDER BY statement"
+        ).fetchall()
+    parses = [p for p in queries.parses() if "tenancy.enter" in p]
+    # Learnt once per tenant, then the quiet form: unprepared until psycopg's
+    # prepare_threshold, then one prepared statement (Bind only).
+    assert parses[:2] == [TOKEN_ENTRY, TOKEN_ENTRY]
+    assert set(parses[2:]) == {QUIET_TOKEN}
+    assert len(parses) < 16
+    assert (QUIET_TOKEN,) in prepared
+
+
+def test_a_token_tenant_whose_search_path_changed_is_learnt_again(
+    dsn: str, acme: Tenancy, key: bytes, app_role: str, queries: Queries
+) -> None:
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        queries.attach(conn.pgconn)
+        token = sign_tenant_token(key, "acme", 60, key_name="k1")
+        assert _with_token(conn, token) == ("acme", ACME_PATH)
+        assert _with_token(conn, token) == ("acme", ACME_PATH)
+        acme.drop_tenant("acme", destroy_data=True)
+        acme.create_tenant("acme", isolation="shared")
+        token = sign_tenant_token(key, "acme", 60, key_name="k1")
+        assert _with_token(conn, token) == ("acme", SHARED_PATH)
+        assert _with_token(conn, token) == ("acme", SHARED_PATH)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+    assert [p for p in queries.parses() if "tenancy.enter" in p] == [
+        TOKEN_ENTRY,
+        QUIET_TOKEN,
+        QUIET_TOKEN,  # refused: PT023, rolled back
+        TOKEN_ENTRY,
+        QUIET_TOKEN,
+    ]
+    assert queries.queries().count("ROLLBACK") == 1
+
+
+def test_a_refused_token_is_refused_in_the_quiet_form_too(
+    dsn: str, acme: Tenancy, key: bytes, app_role: str
+) -> None:
+    from pgtenancy.errors import EntryTokenForged, EntryTokenWrongTenant
+
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        token = sign_tenant_token(key, "acme", 60, key_name="k1")
+        assert _with_token(conn, token) == ("acme", ACME_PATH)
+        forged = sign_tenant_token(secrets.token_bytes(32), "acme", 60, key_name="k1")
+        with pytest.raises(EntryTokenForged):
+            _with_token(conn, forged)
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        with pytest.raises(EntryTokenWrongTenant), tenant_connection(conn, "globex", token=token):
+            pass
+        assert conn.info.transaction_status == pq.TransactionStatus.IDLE
+        assert _with_token(conn, token) == ("acme", ACME_PATH)
+
+
+def test_without_the_quiet_token_entry_the_connection_uses_the_select(
+    dsn: str, acme: Tenancy, key: bytes, app_role: str, queries: Queries
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute("DROP PROCEDURE tenancy.enter_token(text, text, text)")
+    with psycopg.connect(as_role(dsn, app_role), autocommit=True) as conn:
+        queries.attach(conn.pgconn)
+        token = sign_tenant_token(key, "acme", 60, key_name="k1")
+        for _ in range(3):
+            assert _with_token(conn, token) == ("acme", ACME_PATH)
+    assert [p for p in queries.parses() if "tenancy.enter" in p] == [
+        TOKEN_ENTRY,
+        QUIET_TOKEN,
+        TOKEN_ENTRY,
+        TOKEN_ENTRY,
+    ]

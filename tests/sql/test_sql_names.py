@@ -223,6 +223,17 @@ def test_every_documented_function_takes_named_arguments(sql: SQL, role: str) ->
     assert call(
         "SELECT tenancy.enter_tenant_token(token => %s, slug => 's1') IS NOT NULL", (token,)
     ) == [(True,)]
+    # Its quiet form, in a transaction block as the kit sends it: no row back.
+    call("BEGIN")
+    assert (
+        call(
+            "CALL tenancy.enter_token(token => %s, slug => 's1', search_path => 'public, pg_temp')",
+            (token,),
+        )
+        == []
+    )
+    assert call("SELECT tenancy.current_tenant()") == [("s1",)]
+    call("COMMIT")
     assert call("SELECT tenancy.set_strict_entry(enabled => false)") == [(True,)]
     assert call("SELECT tenancy.drop_entry_key(name => 'k1')") == [(True,)]
 
