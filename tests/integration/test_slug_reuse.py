@@ -17,6 +17,9 @@ snapshot, which parallel mode refuses: XX000)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from typing import Any
 
 import psycopg
@@ -205,4 +208,95 @@ def test_a_parallel_plan_of_a_guarded_table_works_in_every_level(
         plan = conn.execute("EXPLAIN " + query).fetchall()
         assert any("Gather" in row[0] for row in plan), plan
         assert conn.execute(query).fetchone() == (20000,)
+        conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+@pytest.mark.parametrize("hold", [False, True], ids=["cursor", "with hold"])
+def test_a_read_committed_cursor_declared_before_the_reuse(
+    dsn: str, app_role: str, accelerated: bool, hold: bool
+) -> None:
+    """READ COMMITTED, a cursor declared before the slug's reuse and fetched
+    after with the new holder's token and the old holder's id (an attack
+    run): it runs under its own old snapshot, so the C check reads the
+    committed state there too (a transaction ended since that snapshot) and
+    refuses (40001). Without the accelerator the PL/pgSQL reads only the
+    cursor's snapshot and the fetch returns the old holder's rows: the gap
+    the README names, pinned here."""
+    world = _world(dsn, app_role)
+    _accelerate(dsn, accelerated)
+    with psycopg.connect(world.app_dsn, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(
+            "DECLARE cur CURSOR"
+            + (" WITH HOLD" if hold else "")
+            + " FOR SELECT item FROM public.orders"
+        )
+        _reuse(dsn, "sa", "renamed", shared=True)
+        token = sign_tenant_token(world.key, "sa", 60, key_name="k1")
+        conn.execute(
+            "SELECT set_config('app.tenant_token', %s, false), set_config('app.tenant_id', %s, false)",
+            (token, world.ids["sa"]),
+        )
+        if hold:
+            # Filled at COMMIT, under its snapshot, by the policy check.
+            if accelerated:
+                with pytest.raises(psycopg.Error) as refused:
+                    conn.execute("COMMIT")
+                assert refused.value.sqlstate == "40001"
+                return
+            conn.execute("COMMIT")
+            assert conn.execute("FETCH ALL FROM cur").fetchall() == [(marker("sa"),)]
+            return
+        if accelerated:
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute("FETCH ALL FROM cur")
+            assert refused.value.sqlstate == "40001"
+        else:
+            assert conn.execute("FETCH ALL FROM cur").fetchall() == [(marker("sa"),)]
+        conn.execute("ROLLBACK")
+
+
+def test_a_read_committed_cursor_declared_before_a_suspension_fetches_nothing(
+    dsn: str, app_role: str
+) -> None:
+    """Plain entry, the accelerator: a cursor declared before its shared tenant
+    was suspended fetches none of its rows afterwards."""
+    world = _world(dsn, app_role, strict=False)
+    _accelerate(dsn, True)
+    with psycopg.connect(world.app_dsn, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute("CALL tenancy.enter('sa')")
+        conn.execute("DECLARE cur CURSOR FOR SELECT item FROM public.orders")
+        with psycopg.connect(dsn, autocommit=True) as owner:
+            owner.execute("SELECT tenancy.suspend_tenant('sa')")
+        assert conn.execute("FETCH ALL FROM cur").fetchall() == []
+        conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", *LEVELS])
+def test_a_token_issued_in_the_millisecond_its_tenant_got_the_slug_enters(
+    dsn: str, app_role: str, isolation: str
+) -> None:
+    """The check against the committed state rounds as the PL/pgSQL does (the
+    millisecond of slug_assigned_at, floored): a token issued in that very
+    millisecond enters in every level (it was refused with 40001 forever in
+    REPEATABLE READ and SERIALIZABLE: review)."""
+    world = _world(dsn, app_role)
+    _accelerate(dsn, True)
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        row = owner.execute(
+            "SELECT (extract(epoch FROM slug_assigned_at) * 1000)::numeric"
+            " FROM tenancy.tenants WHERE slug = 'sa'"
+        ).fetchone()
+    assert row is not None
+    issued = int(row[0])  # floor: positive
+    body = f"pt2.k1.sa.{issued}.{issued + 60_000 + int(time.time() * 1000) - issued}.{'ab' * 16}"
+    mac = hmac.new(world.key, body.encode("ascii"), hashlib.sha256).hexdigest()
+    token = f"{body}.{mac}"
+    with psycopg.connect(world.app_dsn, autocommit=True) as conn:
+        conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
+        conn.execute("SELECT 1")
+        conn.execute("SELECT tenancy.enter_tenant_token(%s)", (token,))
+        assert conn.execute("SELECT item FROM public.orders").fetchall() == [(marker("sa"),)]
         conn.execute("ROLLBACK")
