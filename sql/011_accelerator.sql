@@ -340,20 +340,23 @@ BEGIN
         PERFORM tenancy.define_enter(false);
     END IF;
     FOR r_proc IN SELECT * FROM tenancy.entry_procedures AS e ORDER BY e.procedure LOOP
-        v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-                        WHERE p.oid = r_proc.procedure::regprocedure AND l.lanname = 'c');
-        IF v_entry_c AND NOT v_c THEN
-            BEGIN
+        BEGIN
+            -- A procedure (or its define function) missing is one its own
+            -- file makes again later in an install (undefined_function: the
+            -- cast fails); not a superuser or no library: it stays as it is.
+            v_c := EXISTS (SELECT 1 FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+                            WHERE p.oid = r_proc.procedure::regprocedure AND l.lanname = 'c');
+            IF v_entry_c AND NOT v_c THEN
                 v_check := current_setting('check_function_bodies');
                 PERFORM set_config('check_function_bodies', 'on', true);
                 EXECUTE format('SELECT %s(true)', r_proc.define::regprocedure::oid::regproc);
                 PERFORM set_config('check_function_bodies', v_check, true);
-            EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
-                NULL;
-            END;
-        ELSIF v_c AND NOT v_entry_c THEN
-            EXECUTE format('SELECT %s(false)', r_proc.define::regprocedure::oid::regproc);
-        END IF;
+            ELSIF v_c AND NOT v_entry_c THEN
+                EXECUTE format('SELECT %s(false)', r_proc.define::regprocedure::oid::regproc);
+            END IF;
+        EXCEPTION WHEN insufficient_privilege OR undefined_file OR undefined_function THEN
+            NULL;
+        END;
     END LOOP;
     RETURN tenancy.accelerator_in_use();
 END

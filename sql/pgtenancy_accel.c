@@ -30,7 +30,6 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_am.h"
@@ -48,7 +47,6 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/value.h"
-#include "port/atomics.h"
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -112,30 +110,33 @@ committed_now_tries(Snapshot snapshot)
 
 /*
  * True when the snapshot the current statement runs under may not show what
- * has committed since: always in REPEATABLE READ and SERIALIZABLE; in READ
- * COMMITTED when a transaction ended after that snapshot was taken — a
- * cursor declared earlier and fetched now runs under its own old snapshot
- * (an attack run fetched, through one declared before a slug's reuse, the
- * previous holder's rows with the new holder's token).
+ * has committed by now: always in REPEATABLE READ and SERIALIZABLE; in READ
+ * COMMITTED when the latest snapshot differs from it (another xmin, xmax or
+ * set of running transactions: a transaction ended since) — a cursor
+ * declared earlier and fetched now runs under its own old snapshot (an
+ * attack run fetched, through one declared before a slug's reuse, the
+ * previous holder's rows with the new holder's token). GetLatestSnapshot()
+ * reuses its last result while no transaction ended, so a fresh statement
+ * pays a comparison. In parallel mode, which allows no new snapshot, and in
+ * recovery: stale (checked).
  */
 static bool
 statement_snapshot_stale(void)
 {
 	Snapshot	active;
-	uint64		completed;
+	Snapshot	latest;
 
-	if (IsolationUsesXactSnapshot() || !ActiveSnapshotSet())
+	if (IsolationUsesXactSnapshot() || !ActiveSnapshotSet() || IsInParallelMode())
 		return true;
 	active = GetActiveSnapshot();
-	if (active->snapshot_type != SNAPSHOT_MVCC || active->snapXactCompletionCount == 0)
+	if (active->snapshot_type != SNAPSHOT_MVCC || active->takenDuringRecovery)
 		return true;
-	pg_read_barrier();
-#if PG_VERSION_NUM >= 170000
-	completed = TransamVariables->xactCompletionCount;
-#else
-	completed = ShmemVariableCache->xactCompletionCount;
-#endif
-	return active->snapXactCompletionCount != completed;
+	latest = GetLatestSnapshot();
+	return latest->takenDuringRecovery
+		|| latest->xmin != active->xmin || latest->xmax != active->xmax
+		|| latest->xcnt != active->xcnt
+		|| (active->xcnt > 0
+			&& memcmp(latest->xip, active->xip, sizeof(TransactionId) * active->xcnt) != 0);
 }
 
 /* What the fast path needs of one tenant row. */
@@ -606,10 +607,10 @@ pgtenancy_enter(PG_FUNCTION_ARGS)
  * The check of the quiet procedures of entry: PT023 when the search_path
  * the transaction got is not argument argno (not checked when NULL), tenant
  * slug named in the message, at most 200 characters of the argument quoted
- * (as the PL/pgSQL quotes it).
+ * and the hint as the PL/pgSQL of that procedure writes them.
  */
 static void
-check_known_path(FunctionCallInfo fcinfo, int argno, const char *slug)
+check_known_path(FunctionCallInfo fcinfo, int argno, const char *slug, const char *hint)
 {
 	char	   *now;
 	char	   *expected;
@@ -627,14 +628,15 @@ check_known_path(FunctionCallInfo fcinfo, int argno, const char *slug)
 			 errmsg("tenant %s has search_path %s, not %s%s",
 					quote_literal_cstr(slug), quote_literal_cstr(now), quote_literal_cstr(shown),
 					strlen(shown) < strlen(expected) ? "..." : ""),
-			 errhint("Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.")));
+			 errhint("%s", hint)));
 }
 
 Datum
 pgtenancy_enter_known(PG_FUNCTION_ARGS)
 {
 	enter_slug(fcinfo);
-	check_known_path(fcinfo, 1, TextDatumGetCString(PG_GETARG_DATUM(0)));
+	check_known_path(fcinfo, 1, TextDatumGetCString(PG_GETARG_DATUM(0)),
+					 "Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.");
 	PG_RETURN_VOID();
 }
 
@@ -1303,7 +1305,8 @@ pgtenancy_enter_token(PG_FUNCTION_ARGS)
 	else
 		(void) call_plpgsql("enter_tenant_token", entry, argtypes);
 	slug = GetConfigOption("app.tenant", true, false);
-	check_known_path(fcinfo, 2, slug ? slug : "");
+	check_known_path(fcinfo, 2, slug ? slug : "",
+					 "Its schema changed: enter with tenancy.enter_tenant_token(token) to learn its search_path.");
 	PG_RETURN_VOID();
 }
 

@@ -359,3 +359,45 @@ def test_without_the_quiet_token_entry_the_connection_uses_the_select(
         TOKEN_ENTRY,
         TOKEN_ENTRY,
     ]
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+def test_a_refused_token_path_says_how_to_learn_it(
+    dsn: str, acme: Tenancy, key: bytes, accelerated: bool
+) -> None:
+    """PT023 from the quiet token entry: the same message and hint from C and PL/pgSQL."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        in_use = conn.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+        if accelerated and in_use != (True,):
+            pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+        token = sign_tenant_token(key, "acme", 60, key_name="k1")
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("CALL tenancy.enter_token(%s, NULL, 'public')", (token,))
+        conn.execute("ROLLBACK")
+    assert refused.value.sqlstate == "PT023"
+    assert refused.value.diag.message_primary == (
+        f"tenant 'acme' has search_path '{ACME_PATH}', not 'public'"
+    )
+    assert refused.value.diag.message_hint == (
+        "Its schema changed: enter with tenancy.enter_tenant_token(token) to learn its search_path."
+    )
+
+
+def test_a_missing_entry_procedure_does_not_stop_the_accelerator_or_a_reinstall(
+    dsn: str, acme: Tenancy
+) -> None:
+    """tenancy.entry_procedures names a procedure that is gone: set_accelerator
+    goes on (it was 42883), and install makes the procedure again."""
+    from pgtenancy import install
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP PROCEDURE tenancy.enter_token(text, text, text)")
+        conn.execute("SELECT tenancy.set_accelerator(true)")
+    install(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE oid = 'tenancy.enter_token(text, text, text)'"
+            "::regprocedure"
+        ).fetchone()
+    assert row == (1,)
