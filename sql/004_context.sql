@@ -132,6 +132,35 @@ COMMENT ON FUNCTION tenancy.enter_tenant(text) IS
     'PT019 (being provisioned), PT007 (schema missing) before anything is set. Call it as the '
     'first statement of a transaction block.';
 
+-- The check of the quiet procedures of entry (enter_known, and the token
+-- one of 012_strict.sql), called in the same statement as the entry, after it: PT023
+-- when the search_path the tenant got is not the one given (not checked
+-- when given is NULL). A function of its own, pinned, so the procedures run
+-- no statement of theirs after the entry changed search_path (one would be
+-- planned again at every change of tenant). Quoted: at most 200 characters
+-- of given (an attack run's 600-million-character path made the message
+-- itself fail to allocate); compared byte for byte, as the C compares.
+CREATE OR REPLACE FUNCTION tenancy.check_known_path(slug text, search_path text, given text, hint text)
+    RETURNS boolean
+    LANGUAGE plpgsql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF given IS NOT NULL AND check_known_path.search_path <> (given COLLATE "C") THEN
+        RAISE EXCEPTION 'tenant % has search_path %, not %', quote_literal(slug),
+            quote_literal(check_known_path.search_path),
+            concat(quote_literal(left(given, 200)), CASE WHEN length(given) > 200 THEN '...' END)
+            USING ERRCODE = 'PT023', HINT = hint;
+    END IF;
+    RETURN true;
+END
+$$;
+
+COMMENT ON FUNCTION tenancy.check_known_path(text, text, text, text) IS
+    'PT023 (with hint) when search_path, the one tenant slug got, is not given (NULL: not '
+    'checked); else true. For the PL/pgSQL of the quiet procedures of entry. Internal.';
+
 -- The quiet form of entry: CALL tenancy.enter_known('acme', <search_path>)
 -- after BEGIN, for a client that learnt the tenant's search_path from an
 -- earlier tenancy.enter on its connection. No output parameter, so the
@@ -157,23 +186,15 @@ BEGIN
     AS $$
 DECLARE
     v_id pg_catalog.uuid;
-    v_path pg_catalog.text;
+    v_ok pg_catalog.bool;
 BEGIN
-    SELECT tenancy.enter_tenant($1), pg_catalog.current_setting('search_path')
-      INTO v_id, v_path;
-    -- Compared byte for byte, as the C procedure compares (a nondeterministic
-    -- collation on the argument would make them differ); quoted at most
-    -- 200 characters of it (an attack run's 600-million-character path made
-    -- the message itself fail to allocate).
-    IF $2 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) ($2 COLLATE pg_catalog."C") THEN
-        RAISE EXCEPTION 'tenant % has search_path %, not %', pg_catalog.quote_literal($1),
-            pg_catalog.quote_literal(v_path),
-            pg_catalog.concat(pg_catalog.quote_literal(pg_catalog.left($2, 200)),
-                              CASE WHEN pg_catalog.length($2) OPERATOR(pg_catalog.>) 200
-                                   THEN '...' END)
-            USING ERRCODE = 'PT023',
-                  HINT = 'Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.';
-    END IF;
+    -- One statement, planned under the caller's search_path before it
+    -- changes, evaluated left to right: the entry, then the check of the
+    -- path it set (tenancy.check_known_path).
+    SELECT tenancy.enter_tenant($1),
+           tenancy.check_known_path($1, pg_catalog.current_setting('search_path'), $2,
+               'Its schema changed: enter with CALL tenancy.enter(slug) to learn its search_path.')
+      INTO v_id, v_ok;
 END
 $$;
 END

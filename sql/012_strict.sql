@@ -984,20 +984,14 @@ BEGIN
     AS $$
 DECLARE
     v_id pg_catalog.uuid;
-    v_path pg_catalog.text;
+    v_ok pg_catalog.bool;
 BEGIN
-    SELECT tenancy.enter_tenant_token($1, $2), pg_catalog.current_setting('search_path')
-      INTO v_id, v_path;
-    IF $3 IS NOT NULL AND v_path OPERATOR(pg_catalog.<>) ($3 COLLATE pg_catalog."C") THEN
-        RAISE EXCEPTION 'tenant % has search_path %, not %',
-            pg_catalog.quote_literal(pg_catalog.current_setting('app.tenant')),
-            pg_catalog.quote_literal(v_path),
-            pg_catalog.concat(pg_catalog.quote_literal(pg_catalog.left($3, 200)),
-                              CASE WHEN pg_catalog.length($3) OPERATOR(pg_catalog.>) 200
-                                   THEN '...' END)
-            USING ERRCODE = 'PT023',
-                  HINT = 'Its schema changed: enter with tenancy.enter_tenant_token(token) to learn its search_path.';
-    END IF;
+    -- One statement, planned before search_path changes (as enter_known's).
+    SELECT tenancy.enter_tenant_token($1, $2),
+           tenancy.check_known_path(pg_catalog.current_setting('app.tenant'),
+               pg_catalog.current_setting('search_path'), $3,
+               'Its schema changed: enter with tenancy.enter_tenant_token(token) to learn its search_path.')
+      INTO v_id, v_ok;
 END
 $$;
 END
