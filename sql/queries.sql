@@ -273,6 +273,56 @@ $$
 -- name: uninstall_drop_tenants
 SELECT pg_catalog.set_config('pgtenancy.drop_tenants', %(drop_tenants)s, true)
 
+-- name: uninstall_next_tenant_schema
+-- The next tenant schema uninstall --drop-tenants drops in a transaction of
+-- its own (a registered schema that still exists).
+SELECT t.schema_name
+  FROM tenancy.tenants AS t
+ WHERE t.schema_name IS NOT NULL
+   AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name)) IS NOT NULL
+ ORDER BY t.schema_name
+ LIMIT 1
+
+-- name: uninstall_claim
+-- Before uninstall --drop-tenants drops the first tenant schema (in a
+-- transaction rolled back afterwards): wait, each wait up to lock_timeout
+-- ('0' without limit), until no other session holds the kit's relations
+-- (the script's DROP SCHEMA tenancy needs them all) or a relation of a
+-- tenant schema; 55P03 otherwise, so that a blocked uninstall drops nothing.
+DO $$
+DECLARE
+    v_table   regclass;
+    v_timeout interval := pg_catalog.current_setting('lock_timeout')::interval;
+    v_start   timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    FOR v_table IN SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
+                    WHERE c.relnamespace = 'tenancy'::regnamespace
+                      AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                    ORDER BY c.oid LOOP
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
+    END LOOP;
+    WHILE EXISTS (SELECT 1
+                    FROM pg_catalog.pg_locks AS l
+                    JOIN pg_catalog.pg_class AS c ON c.oid = l.relation
+                   WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
+                     AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                                        WHERE d.datname = pg_catalog.current_database())
+                     AND c.relnamespace IN (SELECT n.oid FROM pg_catalog.pg_namespace AS n
+                                              JOIN tenancy.tenants AS t ON t.schema_name = n.nspname)) LOOP
+        IF v_timeout > interval '0' AND pg_catalog.clock_timestamp() - v_start > v_timeout THEN
+            RAISE EXCEPTION 'other sessions hold relations of tenant schemas'
+                USING ERRCODE = 'lock_not_available';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+END
+$$
+
+-- name: uninstall_tenant_role
+-- The owner role of a tenant schema uninstall dropped, unless another
+-- database copied from this one still uses it.
+SELECT tenancy.drop_tenant_role(schema_name => %(schema_name)s)
+
 -- name: extension_version
 SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pgtenancy'
 -- name: shared_migration_checksum

@@ -12,7 +12,6 @@
 DO $$
 DECLARE
     v_count   bigint;
-    v_schema  text;
     v_table   regclass;
     v_role    name;
     v_users   text;
@@ -89,7 +88,23 @@ BEGIN
             USING ERRCODE = 'PT009',
                   HINT = 'Drop or change them first; uninstalling would drop them silently.';
     END IF;
+END
+$$;
 
+-- pgtenancy: end of checks
+-- Everything above refuses or is undone by a rollback: uninstall(...,
+-- drop_tenants=True) runs it first and rolls it back, then drops the tenant
+-- schemas in transactions of their own (one transaction cannot lock every
+-- object of hundreds of schemas: max_locks_per_transaction), then runs the
+-- whole script. The tenants left here are dropped in this transaction.
+
+DO $$
+DECLARE
+    v_schema  text;
+BEGIN
+    IF pg_catalog.to_regclass('tenancy.tenants') IS NULL THEN
+        RETURN;
+    END IF;
     FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL' LOOP
         EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', v_schema);
         -- Its owner role, unless a database copied from this one uses it.

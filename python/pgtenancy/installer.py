@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 
 import psycopg
+import psycopg.sql
 
 from pgtenancy._version import __version__
 from pgtenancy.dsn import libpq_dsn
@@ -37,6 +38,8 @@ SQL_VERSION: Final[str] = __version__
 #: :func:`install`): long enough for ordinary transactions to finish, short
 #: enough that the sessions queued behind the waiting install barely notice.
 DEFAULT_LOCK_TIMEOUT: Final[float] = 5.0
+#: The line of ``sql/uninstall.sql`` that ends its checks.
+_END_OF_CHECKS: Final[str] = "-- pgtenancy: end of checks"
 
 #: The placeholder the SQL files carry instead of the version literal.
 VERSION_PLACEHOLDER: Final[str] = "@PGTENANCY_VERSION@"
@@ -221,9 +224,12 @@ def _lock_timeout_ms(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000)) if seconds else 0}ms"
 
 
-def _raise_blocked(conn: psycopg.Connection[Any], what: str, seconds: float) -> NoReturn:
+def _raise_blocked(
+    conn: psycopg.Connection[Any], what: str, seconds: float, dropped: int = 0
+) -> NoReturn:
     """Raise :class:`InstallBlocked` for ``what``, naming the sessions that hold
-    the kit's objects (read on ``conn``, whose transaction was rolled back)."""
+    the kit's objects (read on ``conn``, whose transaction was rolled back);
+    ``dropped`` tenant schemas an uninstall dropped before it was blocked."""
     try:
         rows = conn.execute(QUERIES["install_blockers"]).fetchall()
     except psycopg.Error:
@@ -232,7 +238,13 @@ def _raise_blocked(conn: psycopg.Connection[Any], what: str, seconds: float) -> 
     held = ", ".join(f"pid {pid} ({role}, {state})" for pid, role, state in blockers)
     raise InstallBlocked(
         f"the {what} waited {seconds:g} s for a lock other sessions hold on the kit's objects"
-        f" and gave up; nothing changed" + (f": held by {held}" if held else ""),
+        " and gave up; "
+        + (
+            f"{dropped} tenant schemas were dropped before it, run it again to finish"
+            if dropped
+            else "nothing changed"
+        )
+        + (f": held by {held}" if held else ""),
         blockers=blockers,
         hint="End those transactions (they finish, or pg_terminate_backend(pid)) and run it "
         "again; an application-role transaction that read tenancy.tenant_directory and stays "
@@ -246,6 +258,14 @@ def uninstall(
 ) -> None:
     """Remove the pgtenancy SQL (the ``tenancy`` schema) from a database.
 
+    With ``drop_tenants`` the script's checks run first and are rolled back;
+    then the tenant schemas are dropped, each in a transaction of its own
+    (one transaction cannot lock every object of hundreds of schemas:
+    PostgreSQL's ``max_locks_per_transaction``); then the whole
+    script runs in one transaction. Interrupted between two of those
+    transactions, the database keeps the kit with some tenant schemas gone:
+    run the uninstall again to finish it.
+
     Args:
         dsn: libpq connection string or URL of the database.
         drop_tenants: also drop every registered tenant's schema and its data.
@@ -254,26 +274,53 @@ def uninstall(
     Raises:
         ValueError: ``lock_timeout`` out of range, before any SQL runs.
         pgtenancy.errors.InstallBlocked: a lock waited longer than
-            ``lock_timeout`` (55P03); nothing is changed.
+            ``lock_timeout`` (55P03). Nothing is changed when the sessions
+            holding the kit's objects or the tenants' tables were there
+            before the first tenant schema was dropped; one that comes
+            later stops the uninstall between two schemas (the message
+            says how many were dropped).
         pgtenancy.errors.TenantsStillRegistered: tenants are registered and
-            ``drop_tenants`` is false (PT009); nothing is changed.
+            ``drop_tenants`` is false, or objects outside the kit use it
+            (PT009); nothing is changed.
         psycopg.Error: on connection failure or another SQL error.
     """
     timeout = _lock_timeout_ms(lock_timeout)
     script = (sql_dir() / "uninstall.sql").read_text("utf-8")
+    checks = script[: script.index(_END_OF_CHECKS)]
     with psycopg.connect(libpq_dsn(dsn), autocommit=True) as conn:
+
+        def begin(flag: str) -> None:
+            conn.execute(QUERIES["install_quiet"])
+            conn.execute(QUERIES["install_lock"])
+            conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
+            conn.execute(QUERIES["uninstall_drop_tenants"], {"drop_tenants": flag})
+
+        dropped = 0
         try:
+            installed = conn.execute(QUERIES["is_installed"]).fetchone()
+            if drop_tenants and installed is not None and installed[0]:
+                with conn.transaction(force_rollback=True):
+                    begin("on")
+                    conn.execute(checks.encode("utf-8"))
+                    conn.execute(QUERIES["uninstall_claim"])
+                while True:
+                    with conn.transaction():
+                        begin("on")
+                        row = conn.execute(QUERIES["uninstall_next_tenant_schema"]).fetchone()
+                        if row is None:
+                            break
+                        conn.execute(
+                            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                                psycopg.sql.Identifier(row[0])
+                            )
+                        )
+                        conn.execute(QUERIES["uninstall_tenant_role"], {"schema_name": row[0]})
+                    dropped += 1
             with conn.transaction():
-                conn.execute(QUERIES["install_quiet"])
-                conn.execute(QUERIES["install_lock"])
-                conn.execute(QUERIES["install_lock_timeout"], {"lock_timeout": timeout})
-                conn.execute(
-                    QUERIES["uninstall_drop_tenants"],
-                    {"drop_tenants": "on" if drop_tenants else "off"},
-                )
+                begin("on" if drop_tenants else "off")
                 conn.execute(script.encode("utf-8"))
         except psycopg.errors.LockNotAvailable:
-            _raise_blocked(conn, "uninstall", lock_timeout)
+            _raise_blocked(conn, "uninstall", lock_timeout, dropped)
         except psycopg.Error as exc:
             raise_translated(exc)
 

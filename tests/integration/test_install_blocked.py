@@ -98,6 +98,31 @@ def test_uninstall_gives_up_too(tenancy: Tenancy, dsn: str, app_role: str) -> No
         reader.close()
 
 
+def test_uninstall_drop_tenants_blocked_by_a_tenant_table_drops_nothing(
+    tenancy: Tenancy, dsn: str
+) -> None:
+    """A session holding only a tenant's table (not the kit's): the tenant
+    schemas are dropped in transactions of their own, so the uninstall waits
+    for it before the first one, and gives up having dropped none."""
+    tenancy.add_migration("0001", "CREATE TABLE invoice (id int PRIMARY KEY)")
+    for slug in ("acme", "globex"):
+        tenancy.create_tenant(slug)
+    before = world(dsn)
+    holder = psycopg.connect(dsn)
+    try:
+        holder.execute("SELECT count(*) FROM tenant_globex.invoice")
+        started = time.monotonic()
+        with pytest.raises(InstallBlocked, match="gave up; nothing changed") as caught:
+            uninstall(dsn, drop_tenants=True, lock_timeout=0.5)
+        assert 0.5 <= time.monotonic() - started < 30
+        assert holder.info.backend_pid in [p for p, _, _ in caught.value.blockers]
+        assert world(dsn) == before
+    finally:
+        holder.close()
+    uninstall(dsn, drop_tenants=True, lock_timeout=0.5)
+    assert installed_version(dsn) is None
+
+
 def test_a_bad_lock_timeout_is_refused_before_any_sql(dsn: str) -> None:
     before = world(dsn)
     for bad in (-1.0, float("nan")):
