@@ -39,7 +39,11 @@ BEGIN
     END IF;
 
     PERFORM tenancy.forget_dropped_tables();
-    INSERT INTO tenancy.app_roles (role_name) VALUES (grant_app_role.role) ON CONFLICT (role_name) DO NOTHING;
+    -- A role already recorded is updated (to itself), not skipped: strict
+    -- mode's trigger on app_roles takes back at commit what the grants
+    -- below give on materialized views and sequences, every time.
+    INSERT INTO tenancy.app_roles (role_name) VALUES (grant_app_role.role)
+        ON CONFLICT (role_name) DO UPDATE SET role_name = EXCLUDED.role_name;
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', grant_app_role.role);
     EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables, tenancy.tenant_directory TO %I',
                    grant_app_role.role);

@@ -1706,7 +1706,11 @@ BEGIN
     END IF;
 
     PERFORM tenancy.forget_dropped_tables();
-    INSERT INTO tenancy.app_roles (role_name) VALUES (grant_app_role.role) ON CONFLICT (role_name) DO NOTHING;
+    -- A role already recorded is updated (to itself), not skipped: strict
+    -- mode's trigger on app_roles takes back at commit what the grants
+    -- below give on materialized views and sequences, every time.
+    INSERT INTO tenancy.app_roles (role_name) VALUES (grant_app_role.role)
+        ON CONFLICT (role_name) DO UPDATE SET role_name = EXCLUDED.role_name;
     EXECUTE format('GRANT USAGE ON SCHEMA tenancy TO %I', grant_app_role.role);
     EXECUTE format('GRANT SELECT ON TABLE tenancy.guarded_tables, tenancy.tenant_directory TO %I',
                    grant_app_role.role);
@@ -7785,17 +7789,18 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.app_roles_grant_strict() IS
-    'Deferred trigger on tenancy.app_roles (grant_app_role), at commit: grant the new application '
-    'role EXECUTE on verify_entry_token (policies call it in strict mode) and check_strict (the '
-    'doctor); in strict mode guard every tenant schema again (strict_guard_schema), taking back '
-    'what grant_app_role granted on materialized views, sequences and definer functions.';
+    'Deferred trigger on tenancy.app_roles (grant_app_role, for a new role or one granted '
+    'again), at commit: grant the application role EXECUTE on verify_entry_token (policies call '
+    'it in strict mode) and check_strict (the doctor); in strict mode guard every tenant schema '
+    'again (strict_guard_schema), taking back what grant_app_role granted on materialized '
+    'views, sequences and definer functions.';
 
 REVOKE ALL ON FUNCTION tenancy.app_roles_grant_strict() FROM PUBLIC;
 
 -- A constraint trigger (deferrable) has no CREATE OR REPLACE.
 DROP TRIGGER IF EXISTS app_roles_grant_strict ON tenancy.app_roles;
 CREATE CONSTRAINT TRIGGER app_roles_grant_strict
-    AFTER INSERT ON tenancy.app_roles
+    AFTER INSERT OR UPDATE ON tenancy.app_roles
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW EXECUTE FUNCTION tenancy.app_roles_grant_strict();
 
