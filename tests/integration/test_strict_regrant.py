@@ -95,11 +95,8 @@ def test_grant_app_role_again_keeps_strict_mode_s_revocations(
         with conn.transaction():
             conn.execute("SELECT tenancy.grant_app_role(role => %s)", (role,))
             conn.execute("SELECT tenancy.grant_app_role(role => %s)", (role,))
-        assert (
-            conn.execute(
-                "SELECT count(*) FROM tenancy.check_strict() WHERE check_name = 'strict_guard_missing'"
-            ).fetchone()
-            == (0,)
-        )
+        assert conn.execute(
+            "SELECT count(*) FROM tenancy.check_strict() WHERE check_name = 'strict_guard_missing'"
+        ).fetchone() == (0,)
         assert conn.execute("SELECT last_value FROM tenant_globex.counter").fetchone() == (1,)
     assert attempts(dsn, role, key) == refused
