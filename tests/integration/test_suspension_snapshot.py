@@ -159,3 +159,57 @@ def refuse_without_c(
         f"strict entry in a {isolation} transaction needs the C accelerator"
     )
     conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "plain"])
+@pytest.mark.parametrize("fetched", [0, 1], ids=["unfetched", "fetched"])
+@pytest.mark.parametrize("slug", ["acme", "sa"])
+def test_a_cursor_open_across_a_suspension(
+    dsn: str, app_role: str, slug: str, fetched: int, strict: bool, accelerated: bool
+) -> None:
+    """READ COMMITTED, a cursor declared in the tenant before its suspension
+    (an attack run): a cursor is one statement, begun before the suspension.
+    Fetched from before it, its later FETCHes return the rest of its rows
+    whatever the mode (its privileges were checked and its policy's InitPlan
+    run when it started). Not fetched yet, its first FETCH runs the policy
+    check: the accelerator's, which reads the committed state, then returns
+    nothing (shared tenants, and schema tenants in strict mode); the
+    PL/pgSQL reads the cursor's snapshot, and plain schema tenants have no
+    policy (privileges only, checked at DECLARE), so those return the rows.
+    The documented gap (README, suspension); the next statement of the same
+    transaction is cut off in every case."""
+    world = build(dsn, app_role, as_role(dsn, app_role), strict=strict)
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+        if accelerated and in_use != (True,):
+            pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+        if slug == "sa":
+            with owner.transaction():
+                owner.execute("CALL tenancy.enter(%s)", (slug,))
+                owner.execute(
+                    "INSERT INTO public.orders (item) VALUES (%s)", (marker(slug) + " 2",)
+                )
+    rows = [(marker(slug),), (marker(slug) + " 2",)]
+    token = sign_tenant_token(world.key, slug, 60, key_name="k1")
+    if strict:
+        entry, params = "SELECT tenancy.enter_tenant_token(%s)", (token,)
+    else:
+        entry, params = "CALL tenancy.enter(%s)", (slug,)
+    with psycopg.connect(world.app_dsn, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(entry, params)
+        conn.execute(f"DECLARE c CURSOR FOR {QUERY[slug]}")
+        if fetched:
+            assert conn.execute("FETCH 1 FROM c").fetchall() == rows[:1]
+        with psycopg.connect(dsn, autocommit=True) as owner:
+            owner.execute("SELECT tenancy.suspend_tenant(%s)", (slug,))
+        checked = accelerated and (slug == "sa" or strict)
+        expected = rows[fetched:] if fetched or not checked else []
+        assert conn.execute("FETCH ALL FROM c").fetchall() == expected
+        if slug == "acme":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(QUERY[slug])
+        else:
+            assert conn.execute(QUERY[slug]).fetchall() == []
+        conn.execute("ROLLBACK")
