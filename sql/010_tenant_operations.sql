@@ -227,6 +227,7 @@ DECLARE
     v_total  bigint := 0::bigint;
     v_seq    record;
     v_from   text;
+    v_forced boolean;
     v_role   name := tenancy.rest_owner(p_target);
     v_owner  name := (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace AS n WHERE n.nspname = 'tenancy');
 BEGIN
@@ -259,6 +260,13 @@ BEGIN
         -- Triggers of the application (audit, change tracking) do not see
         -- the copy: the rows are not new, they are the source's.
         EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', v_dest);
+        -- FORCE ROW LEVEL SECURITY (strict mode's, or a migration's own)
+        -- binds the clone's owner, whose copy runs with row_security off
+        -- (an error, not fewer rows): lifted for the copy, put back after.
+        v_forced := (SELECT c.relforcerowsecurity FROM pg_class AS c WHERE c.oid = v_dest);
+        IF v_forced THEN
+            EXECUTE format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', v_dest);
+        END IF;
         -- The rows are written as the clone's own role (its check
         -- constraints, index expressions and generated columns run as it,
         -- not as the owner), which may read this source table for the copy
@@ -281,6 +289,9 @@ BEGIN
             EXECUTE format('DROP TABLE %s', v_from);
         ELSIF v_role <> v_owner THEN
             EXECUTE format('REVOKE SELECT ON TABLE %s FROM %I', v_table, v_role);
+        END IF;
+        IF v_forced THEN
+            EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', v_dest);
         END IF;
         EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', v_dest);
         v_total := v_total + v_count;
@@ -310,7 +321,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.clone_schema_data(text, text) IS
     'Copy every table of schema p_source into the table of the same name in p_target, referenced '
-    'tables first, with user triggers disabled, written as p_target''s owner at rest '
+    'tables first, with user triggers disabled and FORCE ROW LEVEL SECURITY lifted for the copy, '
+    'written as p_target''s owner at rest '
     '(tenancy.run_as_rest_owner), which may read the source for the copy only; set every sequence of p_target to its '
     'counterpart''s value; refresh populated materialized views. Returns the rows copied. '
     'Raises PT022 (a table without counterpart, a foreign-key cycle). Internal.';
