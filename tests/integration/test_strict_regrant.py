@@ -10,12 +10,8 @@ application role as the attacker."""
 from __future__ import annotations
 
 import secrets
-import uuid
-from collections.abc import Iterator
 
 import psycopg
-import pytest
-from psycopg import sql as pgsql
 
 from helpers import as_role
 from pgtenancy import Tenancy, sign_tenant_token
@@ -25,21 +21,6 @@ MIGRATION = (
     " CREATE SEQUENCE counter;"
     " CREATE MATERIALIZED VIEW invoice_notes AS SELECT id, note FROM invoice;"
 )
-
-
-@pytest.fixture
-def role(dsn: str) -> Iterator[str]:
-    name = f"pgtenancy_app_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            pgsql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(pgsql.Identifier(name))
-        )
-    try:
-        yield name
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(pgsql.SQL("DROP OWNED BY {}").format(pgsql.Identifier(name)))
-            conn.execute(pgsql.SQL("DROP ROLE {}").format(pgsql.Identifier(name)))
 
 
 def attempts(dsn: str, role: str, key: bytes) -> dict[str, str]:
@@ -67,8 +48,9 @@ def attempts(dsn: str, role: str, key: bytes) -> dict[str, str]:
 
 
 def test_grant_app_role_again_keeps_strict_mode_s_revocations(
-    tenancy: Tenancy, dsn: str, role: str
+    tenancy: Tenancy, dsn: str, app_role: str
 ) -> None:
+    role = app_role  # granted by the fixture; granted again below
     tenancy.add_migration("0001", MIGRATION)
     tenancy.create_tenant("acme")
     tenancy.create_tenant("globex")

@@ -18,10 +18,29 @@ from typing import Any
 
 import psycopg
 import pytest
-from strict_support import build, marker
+from strict_support import StrictWorld, build, marker
 
 from helpers import as_role
 from pgtenancy import sign_tenant_token
+
+
+def use_accelerator(dsn: str, accelerated: bool) -> None:
+    """Turn the C accelerator on or off; skip the test when it is asked for and
+    its library is not installed on the server."""
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
+    if accelerated and in_use != (True,):
+        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
+
+
+def entry_of(world: StrictWorld, slug: str, strict: bool) -> tuple[str, tuple[str]]:
+    """The statement entering ``slug`` and its parameters: with a fresh token in
+    strict mode, plain entry otherwise."""
+    if strict:
+        token = sign_tenant_token(world.key, slug, 60, key_name="k1")
+        return "SELECT tenancy.enter_tenant_token(%s)", (token,)
+    return "CALL tenancy.enter(%s)", (slug,)
+
 
 QUERY = {
     "acme": "SELECT body FROM tenant_acme.invoice ORDER BY id",
@@ -37,15 +56,8 @@ def test_what_an_open_transaction_keeps_after_a_suspension(
     dsn: str, app_role: str, slug: str, isolation: str, strict: bool, accelerated: bool
 ) -> None:
     world = build(dsn, app_role, as_role(dsn, app_role), strict=strict)
-    with psycopg.connect(dsn, autocommit=True) as owner:
-        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
-    if accelerated and in_use != (True,):
-        pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
-    token = sign_tenant_token(world.key, slug, 60, key_name="k1")
-    if strict:
-        entry, params = "SELECT tenancy.enter_tenant_token(%s)", (token,)
-    else:
-        entry, params = "CALL tenancy.enter(%s)", (slug,)
+    use_accelerator(dsn, accelerated)
+    entry, params = entry_of(world, slug, strict)
     with psycopg.connect(world.app_dsn, autocommit=True) as conn:
         conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
         if strict and not accelerated and isolation != "READ COMMITTED":
@@ -101,10 +113,8 @@ def test_what_an_open_transaction_keeps_after_its_key_is_dropped(
     transaction with the token is refused at entry whatever the level."""
     world = build(dsn, app_role, as_role(dsn, app_role), strict=True)
     other = world.key[::-1]
+    use_accelerator(dsn, accelerated)
     with psycopg.connect(dsn, autocommit=True) as owner:
-        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
-        if accelerated and in_use != (True,):
-            pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
         # A second key, so that k1 may be dropped while strict entry is on.
         owner.execute("SELECT tenancy.add_entry_key('k2', %s)", (other,))
     token = sign_tenant_token(world.key, slug, 60, key_name="k1")
@@ -180,10 +190,8 @@ def test_a_cursor_open_across_a_suspension(
     The documented gap (README, suspension); the next statement of the same
     transaction is cut off in every case."""
     world = build(dsn, app_role, as_role(dsn, app_role), strict=strict)
+    use_accelerator(dsn, accelerated)
     with psycopg.connect(dsn, autocommit=True) as owner:
-        in_use = owner.execute("SELECT tenancy.set_accelerator(%s)", (accelerated,)).fetchone()
-        if accelerated and in_use != (True,):
-            pytest.skip("the accelerator library pgtenancy_accel is not installed on this server")
         if slug == "sa":
             with owner.transaction():
                 owner.execute("CALL tenancy.enter(%s)", (slug,))
@@ -191,11 +199,7 @@ def test_a_cursor_open_across_a_suspension(
                     "INSERT INTO public.orders (item) VALUES (%s)", (marker(slug) + " 2",)
                 )
     rows = [(marker(slug),), (marker(slug) + " 2",)]
-    token = sign_tenant_token(world.key, slug, 60, key_name="k1")
-    if strict:
-        entry, params = "SELECT tenancy.enter_tenant_token(%s)", (token,)
-    else:
-        entry, params = "CALL tenancy.enter(%s)", (slug,)
+    entry, params = entry_of(world, slug, strict)
     with psycopg.connect(world.app_dsn, autocommit=True) as conn:
         conn.execute("BEGIN")
         conn.execute(entry, params)
