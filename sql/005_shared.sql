@@ -175,6 +175,25 @@ BEGIN
                   HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
+    -- This function's own DDL below attaches nothing: the event trigger
+    -- guarding children (011_guards.sql) leaves it alone (the setting lasts
+    -- for this call only: the SET clause scopes it), as it would refuse the
+    -- DDL that guards a parent of a guarded table.
+    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
+    -- Read through a parent, a table's rows get the parent's policies, not
+    -- its own: a parent that is not guarded would show every tenant's rows.
+    SELECT i.inhparent::regclass INTO v_child
+      FROM pg_inherits AS i
+     WHERE i.inhrelid = enable_rls.table_name
+       AND NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS p WHERE p.table_name = i.inhparent)
+     ORDER BY i.inhparent
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% is a partition or inheritance child of %, which is not guarded: read '
+                        'through it, its rows would show to every tenant', enable_rls.table_name, v_child
+            USING ERRCODE = 'PT014',
+                  HINT = 'Guard the parent (enable_rls guards its children with it), or detach the table.';
+    END IF;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     IF FOUND AND v_guard.tenant_column <> enable_rls.tenant_column THEN
         RAISE EXCEPTION '% is already guarded on column %', enable_rls.table_name, quote_ident(v_guard.tenant_column)
@@ -291,7 +310,7 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Partitions and inheritance children are guarded too (and, with the kit installed by a '
     'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
     'schema, column not uuid, guarded on another column, owned by an application role or a role '
-    'it is a member of). The kit''s owner must own the table. With Citus in the database: one '
+    'it is a member of, a partition or inheritance child of a table that is not guarded). The kit''s owner must own the table. With Citus in the database: one '
     'PERMISSIVE policy tenancy_tenant_isolation (tenant_column = app.tenant_id, no subquery), no '
     'companion, no trigger, no new default on an already distributed table.';
 
@@ -306,11 +325,18 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_guard tenancy.guarded_tables;
+    v_child regclass;
 BEGIN
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    -- A guarded child under a parent that is not guarded shows its rows to
+    -- every tenant through the parent: the children go first (recursively).
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = disable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.disable_rls(v_child);
+    END LOOP;
     EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_isolation ON %s', disable_rls.table_name);
     EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', disable_rls.table_name);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_write ON %s', disable_rls.table_name);
@@ -323,8 +349,9 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
-    'Undo enable_rls on table_name: drop the policies and the write trigger, NO FORCE and DISABLE ROW '
-    'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when the table was guarded; a '
-    'no-op otherwise.';
+    'Undo enable_rls on table_name and on its guarded partitions and inheritance children '
+    '(recursively, first): drop the policies and the write trigger, NO FORCE and DISABLE ROW '
+    'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when '
+    'the table was guarded; a no-op otherwise.';
 
 REVOKE ALL ON FUNCTION tenancy.disable_rls(regclass) FROM PUBLIC;

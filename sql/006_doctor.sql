@@ -451,6 +451,17 @@ BEGIN
           FROM tenancy.guarded_tables AS g
           JOIN pg_inherits AS i ON i.inhparent = g.table_name
          WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+    -- The other way round: read through a parent, a guarded table's rows
+    -- get the parent's policies, so its parents must be guarded too.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_parent'::text, i.inhparent::regclass::text,
+               format('%s is a parent of guarded table %s but is not guarded: read through it, '
+                      'the rows of %s show to every tenant', i.inhparent::regclass, g.table_name,
+                      g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhparent::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhrelid = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS p WHERE p.table_name = i.inhparent);
 
     -- A setting read outside an InitPlan is evaluated once per row.
     FOR r IN
@@ -498,7 +509,7 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'or info), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
     'index led by the tenant column, with an index not led by it (warning: a range-count side '
-    'channel); partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'channel); partitions and children of guarded tables not guarded, and parents of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice); the '
     'strict-entry findings (strict entry off with shared tenants: info; tables of tenant schemas '

@@ -44,7 +44,8 @@ CREATE OR REPLACE FUNCTION tenancy.guard_new_children()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r record;
+    r         record;
+    v_touched oid[];
 BEGIN
     -- enable_rls runs DDL itself, which fires this trigger again; the
     -- setting lives only inside this call (the SET clause scopes it).
@@ -52,6 +53,9 @@ BEGIN
         RETURN;
     END IF;
     PERFORM set_config('pgtenancy.guarding_children', 'on', true);
+    SELECT coalesce(array_agg(c.objid), '{}'::oid[]) INTO v_touched
+      FROM pg_event_trigger_ddl_commands() AS c
+     WHERE c.classid = 'pg_class'::regclass;
     FOR r IN
         SELECT i.inhrelid::regclass AS child, g.tenant_column
           FROM tenancy.guarded_tables AS g
@@ -63,13 +67,34 @@ BEGIN
         -- fails here, and with it the DDL that attached it.
         PERFORM tenancy.enable_rls(r.child, r.tenant_column);
     END LOOP;
+    -- A guarded table put under a parent that is not guarded (INHERIT,
+    -- ATTACH PARTITION into it) shows its rows to every tenant through the
+    -- parent: refused. Only where this command touched either table, so
+    -- that such a pair left from before (the doctor reports it) does not
+    -- make all later DDL fail.
+    FOR r IN
+        SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
+          FROM pg_inherits AS i
+          JOIN tenancy.guarded_tables AS g ON g.table_name = i.inhrelid
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS p WHERE p.table_name = i.inhparent)
+           AND (i.inhrelid = ANY (v_touched) OR i.inhparent = ANY (v_touched))
+         ORDER BY i.inhrelid
+    LOOP
+        RAISE EXCEPTION 'guarded table % cannot become a partition or inheritance child of %, '
+                        'which is not guarded: read through it, its rows would show to every tenant',
+                        r.child, r.parent
+            USING ERRCODE = 'PT014',
+                  HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)).';
+    END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.guard_new_children() IS
-    'Event trigger (ddl_command_end of CREATE TABLE and ALTER TABLE): guard with enable_rls every '
-    'partition or inheritance child of a guarded table that is not guarded yet (CREATE TABLE ... '
-    'PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL fails when one cannot be guarded.';
+    'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE and their FOREIGN TABLE forms): '
+    'guard with enable_rls every partition or inheritance child of a guarded table that is not '
+    'guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL '
+    'fails (PT014) when one cannot be guarded (a foreign table, another owner) or when it puts a '
+    'guarded table under a parent that is not guarded.';
 
 REVOKE ALL ON FUNCTION tenancy.guard_new_children() FROM PUBLIC;
 
@@ -82,7 +107,7 @@ BEGIN
     END IF;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
     CREATE EVENT TRIGGER pgtenancy_guard_children ON ddl_command_end
-        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
         EXECUTE FUNCTION tenancy.guard_new_children();
 END
 $$;

@@ -743,6 +743,25 @@ BEGIN
                   HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
+    -- This function's own DDL below attaches nothing: the event trigger
+    -- guarding children (011_guards.sql) leaves it alone (the setting lasts
+    -- for this call only: the SET clause scopes it), as it would refuse the
+    -- DDL that guards a parent of a guarded table.
+    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
+    -- Read through a parent, a table's rows get the parent's policies, not
+    -- its own: a parent that is not guarded would show every tenant's rows.
+    SELECT i.inhparent::regclass INTO v_child
+      FROM pg_inherits AS i
+     WHERE i.inhrelid = enable_rls.table_name
+       AND NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS p WHERE p.table_name = i.inhparent)
+     ORDER BY i.inhparent
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% is a partition or inheritance child of %, which is not guarded: read '
+                        'through it, its rows would show to every tenant', enable_rls.table_name, v_child
+            USING ERRCODE = 'PT014',
+                  HINT = 'Guard the parent (enable_rls guards its children with it), or detach the table.';
+    END IF;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
     IF FOUND AND v_guard.tenant_column <> enable_rls.tenant_column THEN
         RAISE EXCEPTION '% is already guarded on column %', enable_rls.table_name, quote_ident(v_guard.tenant_column)
@@ -859,7 +878,7 @@ COMMENT ON FUNCTION tenancy.enable_rls(regclass, name) IS
     'Partitions and inheritance children are guarded too (and, with the kit installed by a '
     'superuser, those attached later). Idempotent. Raises PT014 (not a table, tenant or tenancy '
     'schema, column not uuid, guarded on another column, owned by an application role or a role '
-    'it is a member of). The kit''s owner must own the table. With Citus in the database: one '
+    'it is a member of, a partition or inheritance child of a table that is not guarded). The kit''s owner must own the table. With Citus in the database: one '
     'PERMISSIVE policy tenancy_tenant_isolation (tenant_column = app.tenant_id, no subquery), no '
     'companion, no trigger, no new default on an already distributed table.';
 
@@ -874,11 +893,18 @@ AS $$
 #variable_conflict use_column
 DECLARE
     v_guard tenancy.guarded_tables;
+    v_child regclass;
 BEGIN
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    -- A guarded child under a parent that is not guarded shows its rows to
+    -- every tenant through the parent: the children go first (recursively).
+    FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
+                    WHERE i.inhparent = disable_rls.table_name ORDER BY i.inhrelid LOOP
+        PERFORM tenancy.disable_rls(v_child);
+    END LOOP;
     EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_isolation ON %s', disable_rls.table_name);
     EXECUTE format('DROP POLICY IF EXISTS tenancy_tenant_rows ON %s', disable_rls.table_name);
     EXECUTE format('DROP TRIGGER IF EXISTS tenancy_guard_write ON %s', disable_rls.table_name);
@@ -891,9 +917,10 @@ END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
-    'Undo enable_rls on table_name: drop the policies and the write trigger, NO FORCE and DISABLE ROW '
-    'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when the table was guarded; a '
-    'no-op otherwise.';
+    'Undo enable_rls on table_name and on its guarded partitions and inheritance children '
+    '(recursively, first): drop the policies and the write trigger, NO FORCE and DISABLE ROW '
+    'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when '
+    'the table was guarded; a no-op otherwise.';
 
 REVOKE ALL ON FUNCTION tenancy.disable_rls(regclass) FROM PUBLIC;
 
@@ -4854,6 +4881,17 @@ BEGIN
           FROM tenancy.guarded_tables AS g
           JOIN pg_inherits AS i ON i.inhparent = g.table_name
          WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid);
+    -- The other way round: read through a parent, a guarded table's rows
+    -- get the parent's policies, so its parents must be guarded too.
+    RETURN QUERY
+        SELECT 'error'::text, 'unguarded_parent'::text, i.inhparent::regclass::text,
+               format('%s is a parent of guarded table %s but is not guarded: read through it, '
+                      'the rows of %s show to every tenant', i.inhparent::regclass, g.table_name,
+                      g.table_name),
+               format('SELECT tenancy.enable_rls(%L, %L)', i.inhparent::regclass::text, g.tenant_column)
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_inherits AS i ON i.inhrelid = g.table_name
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS p WHERE p.table_name = i.inhparent);
 
     -- A setting read outside an InitPlan is evaluated once per row.
     FOR r IN
@@ -4901,7 +4939,7 @@ COMMENT ON FUNCTION tenancy.check_isolation() IS
     'or info), check_name, object, message, fix. Checks: role is superuser or BYPASSRLS; role owns '
     'a guarded table; guarded table without ENABLE or FORCE RLS, without its policy, without an '
     'index led by the tenant column, with an index not led by it (warning: a range-count side '
-    'channel); partitions and children of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
+    'channel); partitions and children of guarded tables not guarded, and parents of guarded tables not guarded; policies reading the tenant setting outside an InitPlan; '
     'tenant schemas missing; prefixed schemas not registered; tenants behind the latest migration; '
     'no listener connected; with Citus, tenancy.check_citus() (and no InitPlan advice); the '
     'strict-entry findings (strict entry off with shared tenants: info; tables of tenant schemas '
@@ -4938,7 +4976,8 @@ CREATE OR REPLACE FUNCTION tenancy.guard_new_children()
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    r record;
+    r         record;
+    v_touched oid[];
 BEGIN
     -- enable_rls runs DDL itself, which fires this trigger again; the
     -- setting lives only inside this call (the SET clause scopes it).
@@ -4946,6 +4985,9 @@ BEGIN
         RETURN;
     END IF;
     PERFORM set_config('pgtenancy.guarding_children', 'on', true);
+    SELECT coalesce(array_agg(c.objid), '{}'::oid[]) INTO v_touched
+      FROM pg_event_trigger_ddl_commands() AS c
+     WHERE c.classid = 'pg_class'::regclass;
     FOR r IN
         SELECT i.inhrelid::regclass AS child, g.tenant_column
           FROM tenancy.guarded_tables AS g
@@ -4957,13 +4999,34 @@ BEGIN
         -- fails here, and with it the DDL that attached it.
         PERFORM tenancy.enable_rls(r.child, r.tenant_column);
     END LOOP;
+    -- A guarded table put under a parent that is not guarded (INHERIT,
+    -- ATTACH PARTITION into it) shows its rows to every tenant through the
+    -- parent: refused. Only where this command touched either table, so
+    -- that such a pair left from before (the doctor reports it) does not
+    -- make all later DDL fail.
+    FOR r IN
+        SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
+          FROM pg_inherits AS i
+          JOIN tenancy.guarded_tables AS g ON g.table_name = i.inhrelid
+         WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS p WHERE p.table_name = i.inhparent)
+           AND (i.inhrelid = ANY (v_touched) OR i.inhparent = ANY (v_touched))
+         ORDER BY i.inhrelid
+    LOOP
+        RAISE EXCEPTION 'guarded table % cannot become a partition or inheritance child of %, '
+                        'which is not guarded: read through it, its rows would show to every tenant',
+                        r.child, r.parent
+            USING ERRCODE = 'PT014',
+                  HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)).';
+    END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.guard_new_children() IS
-    'Event trigger (ddl_command_end of CREATE TABLE and ALTER TABLE): guard with enable_rls every '
-    'partition or inheritance child of a guarded table that is not guarded yet (CREATE TABLE ... '
-    'PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL fails when one cannot be guarded.';
+    'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE and their FOREIGN TABLE forms): '
+    'guard with enable_rls every partition or inheritance child of a guarded table that is not '
+    'guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL '
+    'fails (PT014) when one cannot be guarded (a foreign table, another owner) or when it puts a '
+    'guarded table under a parent that is not guarded.';
 
 REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.tenants_before_insert() FROM PUBLIC;
@@ -4982,7 +5045,7 @@ BEGIN
     END IF;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
     CREATE EVENT TRIGGER pgtenancy_guard_children ON ddl_command_end
-        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
         EXECUTE FUNCTION tenancy.guard_new_children();
 END
 $$;

@@ -400,6 +400,138 @@ def test_doctor_reports_an_unguarded_child(
         ]
 
 
+def _children_of(sql: SQL, table: str) -> list[tuple[Any, ...]]:
+    return sql(
+        "SELECT inhrelid::regclass::text FROM pg_inherits"
+        " WHERE inhparent = %s::regclass ORDER BY 1",
+        (table,),
+    )
+
+
+def test_a_foreign_table_cannot_become_a_child_of_a_guarded_table(
+    tenancy: Tenancy, sql: SQL
+) -> None:
+    """Attack run 5: CREATE FOREIGN TABLE ... INHERITS / PARTITION OF a guarded
+    table went through unguarded (the event trigger heard CREATE TABLE and
+    ALTER TABLE only; a foreign table has no row-level security), readable by
+    name across tenants, and every later CREATE TABLE failed with PT014."""
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    sql("CREATE TABLE public.parts (id int, item text, tenant_id uuid) PARTITION BY LIST (id)")
+    tenancy.enable_rls("public.sales")
+    tenancy.enable_rls("public.parts")
+    sql("CREATE FOREIGN DATA WRAPPER pgtenancy_test_fdw")
+    sql("CREATE SERVER pgtenancy_test_server FOREIGN DATA WRAPPER pgtenancy_test_fdw")
+    attempts = [
+        "CREATE FOREIGN TABLE public.sales_f (id int, item text, tenant_id uuid)"
+        " INHERITS (public.sales) SERVER pgtenancy_test_server",
+        "CREATE FOREIGN TABLE public.parts_f PARTITION OF public.parts FOR VALUES IN (1)"
+        " SERVER pgtenancy_test_server",
+    ]
+    for attempt in attempts:
+        with pytest.raises(psycopg.Error, match="is not a table") as info:
+            sql(attempt)
+        assert info.value.sqlstate == "PT014"
+    sql(
+        "CREATE FOREIGN TABLE public.loose (id int, item text, tenant_id uuid NOT NULL)"
+        " SERVER pgtenancy_test_server"
+    )
+    for attempt in (
+        "ALTER FOREIGN TABLE public.loose INHERIT public.sales",
+        "ALTER TABLE public.parts ATTACH PARTITION public.loose FOR VALUES IN (2)",
+    ):
+        with pytest.raises(psycopg.Error, match="is not a table") as refused:
+            sql(attempt)
+        assert refused.value.sqlstate == "PT014"
+    assert _children_of(sql, "public.sales") == [] and _children_of(sql, "public.parts") == []
+    # Later DDL is not held up by anything.
+    sql("CREATE TABLE public.unrelated (x int)")
+
+
+def test_a_guarded_table_cannot_go_under_a_parent_that_is_not_guarded(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    """Attack run 5: read through a parent, a table's rows get the parent's
+    policies, not their own. ALTER TABLE guarded INHERIT unguarded, ATTACH
+    PARTITION of a guarded table into an unguarded one, enable_rls on a
+    partition of an unguarded table, and multiple inheritance from a guarded
+    and an unguarded table all let one tenant read another's rows through
+    the parent; each is refused now (PT014) and nothing changes."""
+    for slug in ("acme", "globex"):
+        tenancy.create_tenant(slug, isolation="shared")
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    sql("CREATE TABLE public.loose (id int, item text, tenant_id uuid)")
+    sql(
+        "CREATE TABLE public.loose_parts (id int, item text, tenant_id uuid) PARTITION BY LIST (id)"
+    )
+    sql("CREATE TABLE public.part_1 (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.sales")
+    tenancy.enable_rls("public.part_1")
+    for slug in ("acme", "globex"):
+        with (
+            psycopg.connect(as_role(dsn, app_role)) as conn,
+            tenant_connection(conn, slug) as c,
+        ):
+            c.execute("INSERT INTO public.sales (id, item) VALUES (1, %s)", (slug,))
+            c.execute("INSERT INTO public.part_1 (id, item) VALUES (1, %s)", (slug,))
+    sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app_role}")
+    for attempt in (
+        "ALTER TABLE public.sales INHERIT public.loose",
+        "ALTER TABLE public.loose_parts ATTACH PARTITION public.part_1 FOR VALUES IN (1)",
+        "CREATE TABLE public.both () INHERITS (public.loose, public.sales)",
+        "CREATE TABLE public.both () INHERITS (public.sales, public.loose)",
+    ):
+        with pytest.raises(psycopg.Error, match="which is not guarded") as info:
+            sql(attempt)
+        assert info.value.sqlstate == "PT014"
+    assert _children_of(sql, "public.loose") == [] and _children_of(sql, "public.loose_parts") == []
+    assert _rows_seen(dsn, app_role, "acme", "public.loose") == []
+    # enable_rls on a table under an unguarded parent is refused too.
+    sql("CREATE TABLE public.part_2 PARTITION OF public.loose_parts FOR VALUES IN (2)")
+    with pytest.raises(CannotGuardTable, match="which is not guarded"):
+        tenancy.enable_rls("public.part_2")
+    assert sql(
+        "SELECT count(*) FROM tenancy.guarded_tables WHERE table_name = 'public.part_2'::regclass"
+    ) == [(0,)]
+    # Guarding the parent guards its partitions with it; then attaching is fine.
+    tenancy.enable_rls("public.loose_parts")
+    sql("ALTER TABLE public.loose_parts ATTACH PARTITION public.part_1 FOR VALUES IN (1)")
+    assert _rows_seen(dsn, app_role, "acme", "public.loose_parts") == ["acme"]
+
+
+def test_doctor_reports_an_unguarded_parent_and_disable_rls_unguards_children(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    sql("CREATE TABLE public.loose (id int, item text, tenant_id uuid)")
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.sales")
+    # As if installed without a superuser: no event trigger.
+    sql("ALTER EVENT TRIGGER pgtenancy_guard_children DISABLE")
+    try:
+        sql("ALTER TABLE public.sales INHERIT public.loose")
+    finally:
+        sql("ALTER EVENT TRIGGER pgtenancy_guard_children ENABLE")
+
+    def findings() -> list[tuple[Any, ...]]:
+        with psycopg.connect(as_role(dsn, app_role)) as conn:
+            return [
+                (r[0], r[2])
+                for r in conn.execute("SELECT * FROM tenancy.check_isolation()")
+                if r[1] in ("unguarded_parent", "unguarded_child")
+            ]
+
+    assert findings() == [("error", "public.loose")]
+    # Such a pair left from before does not make unrelated DDL fail.
+    sql("CREATE TABLE public.unrelated (x int)")
+    sql("ALTER TABLE public.unrelated ADD COLUMN y int")
+    # Guarding the parent guards the child with it and clears the finding;
+    # unguarding the parent unguards its children first.
+    tenancy.enable_rls("public.loose")
+    assert findings() == []
+    assert tenancy.disable_rls("public.loose") is True
+    assert sql("SELECT count(*) FROM tenancy.guarded_tables") == [(0,)]
+    assert findings() == []
+
+
 # -- outbox out of the application role's reach --------------------------------
 
 OUTBOX_CALLS = [
