@@ -217,3 +217,45 @@ def test_a_cursor_open_across_a_suspension(
         else:
             assert conn.execute(QUERY[slug]).fetchall() == []
         conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("accelerated", [True, False], ids=["accelerator", "plpgsql"])
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "plain"])
+@pytest.mark.parametrize("slug", ["acme", "sa"])
+def test_a_statement_prepared_before_a_suspension(
+    dsn: str, app_role: str, slug: str, strict: bool, accelerated: bool
+) -> None:
+    """READ COMMITTED, a statement prepared in the tenant's transaction before
+    its suspension and run again after it (psycopg prepares a query on its
+    own after 5 runs; an attack run). PostgreSQL reads another session's
+    catalog changes (the revoked privileges) when a statement takes a lock it
+    does not hold yet or resolves names anew: a statement prepared earlier in
+    the same transaction does neither, and keeps the privilege check it
+    passed. So a plain-entry schema tenant (privileges only, no policy) keeps
+    its rows for that statement until the transaction ends: the documented
+    gap (README, suspension). Shared tenants and strict schema tenants have a
+    policy, whose check reads the status at every run: no rows. A statement
+    written anew is refused in every case, and so is the next transaction."""
+    world = build(dsn, app_role, as_role(dsn, app_role), strict=strict)
+    use_accelerator(dsn, accelerated)
+    entry, params = entry_of(world, slug, strict)
+    with psycopg.connect(world.app_dsn, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(entry, params)
+        first = conn.execute(QUERY[slug], prepare=True).fetchall()
+        assert first and first[0][0] == marker(slug)
+        with psycopg.connect(dsn, autocommit=True) as owner:
+            owner.execute("SELECT tenancy.suspend_tenant(%s)", (slug,))
+        gap = slug == "acme" and not strict
+        assert conn.execute(QUERY[slug], prepare=True).fetchall() == (first if gap else [])
+        if slug == "acme":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(QUERY[slug] + " LIMIT 10", prepare=False)
+        else:
+            assert conn.execute(QUERY[slug] + " LIMIT 10", prepare=False).fetchall() == []
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(entry, params)
+        assert refused.value.sqlstate == "PT004"
+        conn.execute("ROLLBACK")
