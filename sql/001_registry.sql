@@ -190,13 +190,21 @@ BEGIN
             USING ERRCODE = 'PT029',
                   HINT = 'Keep large data in your own tables, keyed by the tenant id.';
     END IF;
+    -- Deeper JSON is no metadata, and readers that parse it recursively
+    -- (Python's json) fail on it: a value at most 32 levels below the top.
+    IF jsonb_path_exists(check_metadata.metadata, 'strict $.**{33 to last}') THEN
+        RAISE EXCEPTION 'tenant metadata nests values more than 32 levels deep'
+            USING ERRCODE = 'PT029',
+                  HINT = 'Flatten it, or keep such data in your own tables.';
+    END IF;
     RETURN check_metadata.metadata;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.check_metadata(jsonb) IS
-    'Return metadata when it is a JSON object of at most 65536 bytes as JSON text; raise PT029 '
-    'otherwise. Checked by the registry triggers on every insert and update.';
+    'Return metadata when it is a JSON object of at most 65536 bytes as JSON text with no value '
+    'more than 32 levels below the top; raise PT029 otherwise. Checked by the registry triggers '
+    'on every insert and update.';
 -- Old slugs of renamed tenants (the rename of 010_tenant_operations.sql).
 CREATE TABLE IF NOT EXISTS tenancy.tenant_renames (
     old_slug   text        NOT NULL,

@@ -20,7 +20,12 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pgtenancy.database import Connectable, Database
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import METADATA_MAX_BYTES, InvalidTenantMetadata, TenancyError
+from pgtenancy.errors import (
+    METADATA_MAX_BYTES,
+    METADATA_MAX_DEPTH,
+    InvalidTenantMetadata,
+    TenancyError,
+)
 from pgtenancy.slugs import validate_slug
 
 if TYPE_CHECKING:
@@ -45,28 +50,62 @@ def metadata_json(metadata: Mapping[str, Any] | None) -> str:
         metadata: a mapping of JSON-serializable values, or None for ``{}``.
 
     Returns:
-        The JSON text, at most :data:`pgtenancy.errors.METADATA_MAX_BYTES` bytes.
+        The JSON text (UTF-8, not ASCII-escaped: sized as the database sizes
+        it), at most :data:`pgtenancy.errors.METADATA_MAX_BYTES` bytes.
 
     Raises:
-        InvalidTenantMetadata: (PT029) not a mapping, a value JSON cannot
-            encode, or larger than the limit; the same rules as
-            ``tenancy.check_metadata`` in SQL.
+        InvalidTenantMetadata: (PT029) not a mapping; a value JSON cannot
+            encode (NaN and infinities, which JSON has not; lone surrogates
+            and NUL characters, which PostgreSQL's jsonb refuses; keys that
+            are not strings, numbers, booleans or None); a value more than
+            :data:`pgtenancy.errors.METADATA_MAX_DEPTH` levels below the top;
+            or larger than the limit. The same rules as
+            ``tenancy.check_metadata`` in SQL (RFC 8259 for JSON numbers).
     """
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidTenantMetadata(
             f"tenant metadata must be a mapping (a JSON object), not {type(metadata).__name__}"
         )
+    _check_metadata_values(metadata or {})
     try:
-        text = json.dumps(dict(metadata or {}))
+        text = json.dumps(dict(metadata or {}), ensure_ascii=False, allow_nan=False)
+        size = len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:
         raise InvalidTenantMetadata(f"tenant metadata is not JSON-serializable: {exc}") from exc
-    size = len(text.encode("utf-8"))
     if size > METADATA_MAX_BYTES:
         raise InvalidTenantMetadata(
             f"tenant metadata is {size} bytes as JSON text, more than {METADATA_MAX_BYTES}",
             hint="Keep large data in your own tables, keyed by the tenant id.",
         )
     return text
+
+
+def _check_metadata_values(metadata: Mapping[str, Any]) -> None:
+    """Refuse NUL characters and values nested deeper than METADATA_MAX_DEPTH
+    (without recursion: a deep value must not exhaust Python's stack)."""
+    pending: list[tuple[Any, int]] = [(metadata, 0)]
+    while pending:
+        value, level = pending.pop()
+        if level > METADATA_MAX_DEPTH:
+            raise InvalidTenantMetadata(
+                f"tenant metadata nests values more than {METADATA_MAX_DEPTH} levels deep",
+                hint="Flatten it, or keep such data in your own tables.",
+            )
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidTenantMetadata(
+                    "tenant metadata holds a NUL character, which PostgreSQL's jsonb cannot store"
+                )
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    raise InvalidTenantMetadata(
+                        "tenant metadata holds a NUL character, which PostgreSQL's jsonb cannot"
+                        " store"
+                    )
+                pending.append((item, level + 1))
+        elif isinstance(value, list | tuple):
+            pending.extend((item, level + 1) for item in value)
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,10 @@ class NewerVersionInstalled(TenancyError):
 
 
 class InvalidTenantMetadata(TenancyError, ValueError):
-    """Tenant metadata is not a JSON object, cannot be serialized to JSON, or is
-    larger than :data:`METADATA_MAX_BYTES` (65536) bytes as JSON text
+    """Tenant metadata is not a JSON object, cannot be serialized to JSON (NaN and
+    infinities, lone surrogates, NUL characters included), nests values more than
+    :data:`METADATA_MAX_DEPTH` (32) levels deep, or is larger than
+    :data:`METADATA_MAX_BYTES` (65536) bytes as JSON text
     (SQLSTATE PT029, raised by ``tenancy.check_metadata`` on every registry
     insert and update, and by Python before any SQL runs). Nothing was changed."""
 
@@ -222,6 +224,9 @@ class InvalidTenantMetadata(TenancyError, ValueError):
 #: Largest tenant metadata, in bytes of its JSON text (UTF-8), as checked by
 #: ``tenancy.check_metadata`` (metadata is copied into the tenant_created event).
 METADATA_MAX_BYTES = 65536
+#: Deepest level of a value in tenant metadata below the top object (its
+#: members are at level 1), as checked by ``tenancy.check_metadata``.
+METADATA_MAX_DEPTH = 32
 
 
 class TenantRenamed(TenancyError):

@@ -9,7 +9,6 @@ raises the :mod:`pgtenancy.errors` exception of its SQLSTATE.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,14 +92,17 @@ def clone_tenant(
         InvalidTenantSlug: PT001. TenantExists: PT002. TenantNotFound: PT003.
         TenantDeleted: PT005. TenantSchemaMissing: PT007.
         CannotCloneTenant: PT022; nothing is created.
+        InvalidTenantMetadata: PT029, metadata as :func:`pgtenancy.admin.metadata_json`
+            refuses it, before any SQL runs.
     """
+    from pgtenancy.admin import metadata_json
     from pgtenancy.queries import QUERIES
 
     validate_slug(new_slug)
     params = {
         "source": source,
         "new_slug": new_slug,
-        "metadata": None if metadata is None else json.dumps(dict(metadata)),
+        "metadata": None if metadata is None else metadata_json(metadata),
     }
     with db.transaction() as conn:
         if not isinstance(db.source, psycopg.Connection):

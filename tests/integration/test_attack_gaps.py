@@ -770,6 +770,64 @@ def test_metadata_is_limited_and_bad_metadata_gives_a_kit_error(
     assert sql("SELECT metadata = %s::jsonb FROM tenancy.tenants", (json.dumps(ok),)) == [(True,)]
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """Metadata whose deepest value is ``levels`` levels below the top object."""
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = {"k": value}
+    return {"k": value}
+
+
+def test_metadata_a_database_refuses_gives_a_kit_error_before_any_sql(
+    tenancy: Tenancy, dsn: str, sql: SQL
+) -> None:
+    """Attack run 5: NaN and infinities, lone surrogates and NUL characters
+    raised raw psycopg errors, metadata nested ~1,000 deep a RecursionError
+    (and, stored through SQL, made get_tenant raise one), and clone_tenant's
+    metadata was not checked at all. Each is InvalidTenantMetadata now, for
+    create_tenant and clone_tenant alike, and nothing is created."""
+    tenancy.create_tenant("acme")
+    before = outbox(dsn)
+    bad: list[Any] = [
+        {"x": float("nan")},
+        {"x": float("inf")},
+        {"x": "\ud800"},
+        {"x": "a\x00b"},
+        {"a\x00b": 1},
+        {"x": ["ok", {"y": "\x00"}]},
+        _nested(33),
+        _nested(5000),
+        {(1, 2): "tuple key"},
+        ["a"],
+        "text",
+        {"x": b"bytes"},
+    ]
+    for metadata in bad:
+        with pytest.raises(InvalidTenantMetadata):
+            tenancy.create_tenant("globex", metadata=metadata)
+        with pytest.raises(InvalidTenantMetadata):
+            tenancy.clone_tenant("acme", "globex", metadata=metadata)
+    assert [t.slug for t in tenancy.list_tenants()] == ["acme"]
+    assert outbox(dsn) == before
+    # At the limits: 32 levels deep, and 65536 bytes of UTF-8 (not of
+    # ASCII-escaped JSON: "€" is 3 bytes, as the database counts it).
+    deep = _nested(32)
+    assert tenancy.create_tenant("globex", metadata=deep).metadata == deep
+    euros = {"e": "€" * ((65536 - len('{"e": ""}')) // 3)}
+    assert tenancy.clone_tenant("acme", "initech", metadata=euros).metadata == euros
+    assert tenancy.get_tenant("initech").metadata == euros
+    # SQL refuses the same depth on every path into the registry.
+    for query in (
+        "SELECT tenancy.create_tenant('hooli', %s::jsonb)",
+        "UPDATE tenancy.tenants SET metadata = %s::jsonb WHERE slug = 'acme'",
+    ):
+        with pytest.raises(psycopg.Error) as info:
+            sql(query, (json.dumps(_nested(33)),))
+        assert info.value.sqlstate == "PT029"
+        assert isinstance(translate(info.value), InvalidTenantMetadata)
+    assert tenancy.get_tenant("acme").metadata == {}
+
+
 # -- the doctor on roles that defeat the model ----------------------------------
 
 
