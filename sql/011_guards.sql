@@ -86,6 +86,24 @@ BEGIN
             USING ERRCODE = 'PT014',
                   HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)).';
     END LOOP;
+    -- An owner can switch row-level security off: a guarded table this
+    -- command gave to an application role (or a role it is a member of)
+    -- is refused, as enable_rls refuses such a table.
+    FOR r IN
+        SELECT g.table_name, a.role_name
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name
+          JOIN tenancy.app_roles AS a ON true
+          JOIN pg_roles AS o ON o.rolname = a.role_name
+         WHERE g.table_name = ANY (v_touched) AND pg_has_role(o.oid, c.relowner, 'MEMBER')
+         ORDER BY g.table_name, a.role_name
+    LOOP
+        RAISE EXCEPTION 'application role % would own guarded table % (or be a member of its '
+                        'owner): it could switch row-level security off', quote_ident(r.role_name),
+                        r.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'Leave guarded tables to the kit''s owner.';
+    END LOOP;
 END
 $$;
 
@@ -93,8 +111,9 @@ COMMENT ON FUNCTION tenancy.guard_new_children() IS
     'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE and their FOREIGN TABLE forms): '
     'guard with enable_rls every partition or inheritance child of a guarded table that is not '
     'guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL '
-    'fails (PT014) when one cannot be guarded (a foreign table, another owner) or when it puts a '
-    'guarded table under a parent that is not guarded.';
+    'fails (PT014) when one cannot be guarded (a foreign table, another owner), when it puts a '
+    'guarded table under a parent that is not guarded, or when it gives a guarded table to an '
+    'application role (or a role one is a member of).';
 
 REVOKE ALL ON FUNCTION tenancy.guard_new_children() FROM PUBLIC;
 

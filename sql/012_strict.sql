@@ -516,6 +516,8 @@ BEGIN
     v_check := format('(SELECT tenancy.strict_schema_guard(%L::uuid))', v_tenant);
     FOR r IN
         SELECT c.oid::regclass AS tbl, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+               coalesce((SELECT o.option_value::boolean FROM pg_options_to_table(c.reloptions) AS o
+                          WHERE o.option_name = 'security_invoker'), false) AS invoker,
                (SELECT pg_get_expr(p.polqual, p.polrelid) FROM pg_policy AS p
                  WHERE p.polrelid = c.oid AND p.polname = 'tenancy_strict_schema') AS qual,
                EXISTS (SELECT 1 FROM pg_policy AS p
@@ -547,7 +549,12 @@ BEGIN
                 EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.tbl);
             END IF;
         ELSIF r.relkind = 'v' THEN
-            EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', r.tbl);
+            -- Only where needed: ALTER VIEW locks the view (ACCESS EXCLUSIVE),
+            -- and a strict re-guard of every tenant (grant_app_role) would
+            -- lock every view of every tenant schema.
+            IF NOT r.invoker THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', r.tbl);
+            END IF;
         ELSE
             FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
                             JOIN pg_roles AS o ON o.rolname = a.role_name LOOP

@@ -220,13 +220,22 @@ SELECT pg_catalog.set_config('lock_timeout', %(lock_timeout)s, true)
 
 -- name: install_blockers
 -- Other sessions holding a lock on a relation of schema tenancy or of a
--- tenant schema (none before the first install), for InstallBlocked.
-SELECT DISTINCT a.pid, coalesce(a.usename, ''), coalesce(a.state, '')
+-- tenant schema (none before the first install), for InstallBlocked; a
+-- prepared transaction (no backend: pid 0) by its gid, found through the
+-- lock on its own transaction id, which shares its virtual transaction.
+SELECT DISTINCT coalesce(a.pid, 0),
+       coalesce(a.usename, p.owner::text, ''),
+       coalesce(a.state, 'prepared transaction ' || pg_catalog.quote_literal(p.gid), '')
   FROM pg_catalog.pg_locks AS l
-  JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
   JOIN pg_catalog.pg_class AS c ON c.oid = l.relation
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE l.granted AND a.pid <> pg_catalog.pg_backend_pid()
+  LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
+  LEFT JOIN pg_catalog.pg_locks AS x
+         ON l.pid IS NULL AND x.locktype = 'transactionid'
+        AND x.virtualtransaction = l.virtualtransaction
+  LEFT JOIN pg_catalog.pg_prepared_xacts AS p ON p.transaction = x.transactionid
+ WHERE l.granted AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+   AND (a.pid IS NOT NULL OR p.gid IS NOT NULL)
    AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
                       WHERE d.datname = pg_catalog.current_database())
    AND (n.nspname = 'tenancy'
@@ -275,48 +284,70 @@ SELECT pg_catalog.set_config('pgtenancy.drop_tenants', %(drop_tenants)s, true)
 
 -- name: uninstall_next_tenant_schema
 -- The next tenant schema uninstall --drop-tenants drops in a transaction of
--- its own (a registered schema that still exists).
+-- its own: a registered schema that still exists and is named as the kit
+-- names tenant schemas (schema_prefix() || slug; a row restored by hand
+-- naming public or tenancy is not a tenant schema, and is never dropped).
 SELECT t.schema_name
   FROM tenancy.tenants AS t
- WHERE t.schema_name IS NOT NULL
+ WHERE t.schema_name = tenancy.schema_prefix() || t.slug
    AND pg_catalog.to_regnamespace(pg_catalog.quote_ident(t.schema_name)) IS NOT NULL
  ORDER BY t.schema_name
  LIMIT 1
 
 -- name: uninstall_claim
 -- Before uninstall --drop-tenants drops the first tenant schema (in a
--- transaction rolled back afterwards): wait, each wait up to lock_timeout
--- ('0' without limit), until no other session holds the kit's relations
--- (the script's DROP SCHEMA tenancy needs them all) or a relation of a
--- tenant schema; 55P03 otherwise, so that a blocked uninstall drops nothing.
+-- transaction rolled back afterwards): wait, up to lock_timeout ('0'
+-- without limit), until no other session or prepared transaction holds a
+-- relation of a tenant schema, holding nothing of the kit meanwhile (a
+-- session waiting for the kit's tables could not be waited for in turn
+-- unseen by the deadlock detector); then lock the kit's relations (the
+-- script's DROP SCHEMA tenancy needs them all: real lock waits) and look
+-- once more, refusing at once if a holder came meanwhile. 55P03 when
+-- blocked, so that a blocked uninstall drops nothing.
 DO $$
 DECLARE
     v_table   regclass;
+    v_phase   text;
     v_timeout interval := pg_catalog.current_setting('lock_timeout')::interval;
     v_start   timestamptz := pg_catalog.clock_timestamp();
 BEGIN
-    FOR v_table IN SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
-                    WHERE c.relnamespace = 'tenancy'::regnamespace
-                      AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
-                    ORDER BY c.oid LOOP
-        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
-    END LOOP;
-    WHILE EXISTS (SELECT 1
-                    FROM pg_catalog.pg_locks AS l
-                    JOIN pg_catalog.pg_class AS c ON c.oid = l.relation
-                   WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
-                     AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
-                                        WHERE d.datname = pg_catalog.current_database())
-                     AND c.relnamespace IN (SELECT n.oid FROM pg_catalog.pg_namespace AS n
-                                              JOIN tenancy.tenants AS t ON t.schema_name = n.nspname)) LOOP
-        IF v_timeout > interval '0' AND pg_catalog.clock_timestamp() - v_start > v_timeout THEN
-            RAISE EXCEPTION 'other sessions hold relations of tenant schemas'
-                USING ERRCODE = 'lock_not_available';
+    FOREACH v_phase IN ARRAY ARRAY['wait', 'recheck'] LOOP
+        IF v_phase = 'recheck' THEN
+            FOR v_table IN SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
+                            WHERE c.relnamespace = 'tenancy'::regnamespace
+                              AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                            ORDER BY c.oid LOOP
+                EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_table);
+            END LOOP;
         END IF;
-        PERFORM pg_catalog.pg_sleep(0.05);
+        WHILE EXISTS (SELECT 1
+                        FROM pg_catalog.pg_locks AS l
+                        JOIN pg_catalog.pg_class AS c ON c.oid = l.relation
+                       WHERE l.granted AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+                         AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                                            WHERE d.datname = pg_catalog.current_database())
+                         AND c.relnamespace IN (SELECT n.oid FROM pg_catalog.pg_namespace AS n
+                                                  JOIN tenancy.tenants AS t ON t.schema_name = n.nspname)) LOOP
+            IF v_phase = 'recheck'
+               OR (v_timeout > interval '0' AND pg_catalog.clock_timestamp() - v_start > v_timeout) THEN
+                RAISE EXCEPTION 'other sessions hold relations of tenant schemas'
+                    USING ERRCODE = 'lock_not_available';
+            END IF;
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END LOOP;
     END LOOP;
 END
 $$
+
+-- name: uninstall_no_statement_timeout
+-- The claim's wait is bounded by lock_timeout alone, not by a
+-- statement_timeout of the role's (which would cancel it as QueryCanceled).
+SELECT pg_catalog.set_config('statement_timeout', '0', true)
+
+-- name: uninstall_drops_roles
+-- Whether the installed kit has owner roles for tenant schemas to drop
+-- (tenancy.drop_tenant_role, new in 0.3.0: a 0.2.0 kit has none).
+SELECT pg_catalog.to_regprocedure('tenancy.drop_tenant_role(text)') IS NOT NULL
 
 -- name: uninstall_tenant_role
 -- The owner role of a tenant schema uninstall dropped, unless another

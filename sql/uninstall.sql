@@ -75,8 +75,10 @@ BEGIN
        -- identity names the policy first, included.
        AND NOT EXISTS (SELECT 1 FROM tenancy.tenants AS tt
                         WHERE pg_catalog.current_setting('pgtenancy.drop_tenants', true) = 'on'
-                          AND ((pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).identity
-                                   LIKE pg_catalog.quote_ident(tt.schema_name) || '.%'
+                          AND tt.schema_name = tenancy.schema_prefix() || tt.slug
+                          AND (pg_catalog.starts_with(
+                                   (pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).identity,
+                                   pg_catalog.quote_ident(tt.schema_name) || '.')
                                OR (d.classid = 'pg_catalog.pg_policy'::regclass
                                    AND EXISTS (SELECT 1 FROM pg_catalog.pg_policy AS p
                                                  JOIN pg_catalog.pg_class AS c ON c.oid = p.polrelid
@@ -105,7 +107,10 @@ BEGIN
     IF pg_catalog.to_regclass('tenancy.tenants') IS NULL THEN
         RETURN;
     END IF;
-    FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants WHERE schema_name IS NOT NULL' LOOP
+    -- Only schemas named as the kit names tenant schemas: a row restored by
+    -- hand naming public or tenancy is not a tenant schema.
+    FOR v_schema IN EXECUTE 'SELECT schema_name FROM tenancy.tenants '
+                            'WHERE schema_name = tenancy.schema_prefix() || slug' LOOP
         EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', v_schema);
         -- Its owner role, unless a database copied from this one uses it.
         IF pg_catalog.to_regprocedure('tenancy.drop_tenant_role(text)') IS NOT NULL THEN

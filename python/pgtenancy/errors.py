@@ -395,7 +395,9 @@ class InstallBlocked(TenancyError):
     """An install, upgrade or uninstall waited longer than its lock timeout for a
     lock other sessions hold on the kit's objects (the server's 55P03,
     lock_not_available, under the ``lock_timeout`` the installer sets); its
-    transaction was rolled back and nothing changed. Without the timeout such a
+    transaction was rolled back and nothing changed (an uninstall with
+    ``drop_tenants`` blocked part way says in its message how many tenant
+    schemas it had dropped, each in a transaction of its own). Without the timeout such a
     wait has no end, and every session that needs the same objects meanwhile
     (tenant entry reading ``tenancy.tenant_directory``) queues behind it: an
     application-role transaction that read the directory and stays open is
@@ -418,6 +420,36 @@ class InstallBlocked(TenancyError):
     ) -> None:
         super().__init__(message, sqlstate=sqlstate, detail=detail, hint=hint)
         self.blockers = blockers
+
+
+class UninstallIncomplete(TenancyError):
+    """``uninstall(..., drop_tenants=True)`` stopped after it had dropped tenant
+    schemas, each in a transaction of its own (a lost connection, a timeout, a
+    refusal of the final script because another session made an object that
+    uses the kit meanwhile): those schemas and their data are gone, the kit is
+    still installed. Run the uninstall again to finish (it drops what is left).
+    Python only.
+
+    Attributes:
+        dropped: how many tenant schemas were dropped before it stopped.
+        cause: the kit error (or psycopg error) that stopped it, which is also
+            ``__cause__`` (None after pickling; the message names it).
+    """
+
+    def __init__(self, dropped: int, cause: BaseException | None = None) -> None:
+        schemas = "schema" if dropped == 1 else "schemas"
+        super().__init__(
+            f"the uninstall stopped after dropping {dropped} tenant {schemas}: {cause}",
+            hint="Those schemas are gone and the kit is still installed: fix the cause and run "
+            "the uninstall again to finish.",
+        )
+        self.dropped = dropped
+        self.__cause__ = cause
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The error that stopped the uninstall (``__cause__``)."""
+        return self.__cause__
 
 
 class VersionMismatch(TenancyError):

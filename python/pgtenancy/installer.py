@@ -28,7 +28,13 @@ import psycopg.sql
 
 from pgtenancy._version import __version__
 from pgtenancy.dsn import libpq_dsn
-from pgtenancy.errors import InstallBlocked, TenancyError, raise_translated
+from pgtenancy.errors import (
+    InstallBlocked,
+    TenancyError,
+    UninstallIncomplete,
+    raise_translated,
+    translate,
+)
 from pgtenancy.queries import QUERIES, sql_dir
 
 #: Version of the SQL this package installs; ``tenancy.version()`` returns it.
@@ -240,7 +246,8 @@ def _raise_blocked(
         f"the {what} waited {seconds:g} s for a lock other sessions hold on the kit's objects"
         " and gave up; "
         + (
-            f"{dropped} tenant schemas were dropped before it, run it again to finish"
+            f"{dropped} tenant {'schema was' if dropped == 1 else 'schemas were'} dropped"
+            " before it, run it again to finish"
             if dropped
             else "nothing changed"
         )
@@ -258,11 +265,14 @@ def uninstall(
 ) -> None:
     """Remove the pgtenancy SQL (the ``tenancy`` schema) from a database.
 
-    With ``drop_tenants`` the script's checks run first and are rolled back;
+    With ``drop_tenants`` the script's checks run first and are rolled back,
+    with a wait (up to ``lock_timeout``) until no other session or prepared
+    transaction holds a tenant schema's relation, then a lock on the kit's;
     then the tenant schemas are dropped, each in a transaction of its own
     (one transaction cannot lock every object of hundreds of schemas:
-    PostgreSQL's ``max_locks_per_transaction``); then the whole
-    script runs in one transaction. Interrupted between two of those
+    PostgreSQL's ``max_locks_per_transaction``); then the whole script runs
+    in one transaction. Only schemas named as the kit names them
+    (``schema_prefix() || slug``) are dropped. Stopped between two of those
     transactions, the database keeps the kit with some tenant schemas gone:
     run the uninstall again to finish it.
 
@@ -277,11 +287,14 @@ def uninstall(
             ``lock_timeout`` (55P03). Nothing is changed when the sessions
             holding the kit's objects or the tenants' tables were there
             before the first tenant schema was dropped; one that comes
-            later stops the uninstall between two schemas (the message
-            says how many were dropped).
+            later stops the uninstall between two schemas, and the message
+            says how many were dropped.
         pgtenancy.errors.TenantsStillRegistered: tenants are registered and
             ``drop_tenants`` is false, or objects outside the kit use it
-            (PT009); nothing is changed.
+            (PT009), found before any schema is dropped; nothing is changed.
+        pgtenancy.errors.UninstallIncomplete: any other error after tenant
+            schemas were dropped (``.dropped``, ``.cause``: a lost
+            connection, a timeout, an object using the kit made meanwhile).
         psycopg.Error: on connection failure or another SQL error.
     """
     timeout = _lock_timeout_ms(lock_timeout)
@@ -302,7 +315,9 @@ def uninstall(
                 with conn.transaction(force_rollback=True):
                     begin("on")
                     conn.execute(checks.encode("utf-8"))
+                    conn.execute(QUERIES["uninstall_no_statement_timeout"])
                     conn.execute(QUERIES["uninstall_claim"])
+                roles = conn.execute(QUERIES["uninstall_drops_roles"]).fetchone()
                 while True:
                     with conn.transaction():
                         begin("on")
@@ -314,7 +329,8 @@ def uninstall(
                                 psycopg.sql.Identifier(row[0])
                             )
                         )
-                        conn.execute(QUERIES["uninstall_tenant_role"], {"schema_name": row[0]})
+                        if roles is not None and roles[0]:
+                            conn.execute(QUERIES["uninstall_tenant_role"], {"schema_name": row[0]})
                     dropped += 1
             with conn.transaction():
                 begin("on" if drop_tenants else "off")
@@ -322,6 +338,9 @@ def uninstall(
         except psycopg.errors.LockNotAvailable:
             _raise_blocked(conn, "uninstall", lock_timeout, dropped)
         except psycopg.Error as exc:
+            if dropped:
+                cause = translate(exc)
+                raise UninstallIncomplete(dropped, cause) from cause
             raise_translated(exc)
 
 

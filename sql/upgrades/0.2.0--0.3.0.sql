@@ -5026,6 +5026,24 @@ BEGIN
             USING ERRCODE = 'PT014',
                   HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)).';
     END LOOP;
+    -- An owner can switch row-level security off: a guarded table this
+    -- command gave to an application role (or a role it is a member of)
+    -- is refused, as enable_rls refuses such a table.
+    FOR r IN
+        SELECT g.table_name, a.role_name
+          FROM tenancy.guarded_tables AS g
+          JOIN pg_class AS c ON c.oid = g.table_name
+          JOIN tenancy.app_roles AS a ON true
+          JOIN pg_roles AS o ON o.rolname = a.role_name
+         WHERE g.table_name = ANY (v_touched) AND pg_has_role(o.oid, c.relowner, 'MEMBER')
+         ORDER BY g.table_name, a.role_name
+    LOOP
+        RAISE EXCEPTION 'application role % would own guarded table % (or be a member of its '
+                        'owner): it could switch row-level security off', quote_ident(r.role_name),
+                        r.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'Leave guarded tables to the kit''s owner.';
+    END LOOP;
 END
 $$;
 
@@ -5033,8 +5051,9 @@ COMMENT ON FUNCTION tenancy.guard_new_children() IS
     'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE and their FOREIGN TABLE forms): '
     'guard with enable_rls every partition or inheritance child of a guarded table that is not '
     'guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL '
-    'fails (PT014) when one cannot be guarded (a foreign table, another owner) or when it puts a '
-    'guarded table under a parent that is not guarded.';
+    'fails (PT014) when one cannot be guarded (a foreign table, another owner), when it puts a '
+    'guarded table under a parent that is not guarded, or when it gives a guarded table to an '
+    'application role (or a role one is a member of).';
 
 REVOKE ALL ON FUNCTION tenancy.grant_schema_to_app_roles(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION tenancy.tenants_before_insert() FROM PUBLIC;
@@ -7455,6 +7474,8 @@ BEGIN
     v_check := format('(SELECT tenancy.strict_schema_guard(%L::uuid))', v_tenant);
     FOR r IN
         SELECT c.oid::regclass AS tbl, c.relkind, c.relrowsecurity, c.relforcerowsecurity,
+               coalesce((SELECT o.option_value::boolean FROM pg_options_to_table(c.reloptions) AS o
+                          WHERE o.option_name = 'security_invoker'), false) AS invoker,
                (SELECT pg_get_expr(p.polqual, p.polrelid) FROM pg_policy AS p
                  WHERE p.polrelid = c.oid AND p.polname = 'tenancy_strict_schema') AS qual,
                EXISTS (SELECT 1 FROM pg_policy AS p
@@ -7486,7 +7507,12 @@ BEGIN
                 EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', r.tbl);
             END IF;
         ELSIF r.relkind = 'v' THEN
-            EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', r.tbl);
+            -- Only where needed: ALTER VIEW locks the view (ACCESS EXCLUSIVE),
+            -- and a strict re-guard of every tenant (grant_app_role) would
+            -- lock every view of every tenant schema.
+            IF NOT r.invoker THEN
+                EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', r.tbl);
+            END IF;
         ELSE
             FOR v_role IN SELECT a.role_name FROM tenancy.app_roles AS a
                             JOIN pg_roles AS o ON o.rolname = a.role_name LOOP

@@ -303,8 +303,12 @@ def test_destroying_a_shared_tenant_still_deletes_its_rows(
 # -- partitions and inheritance children ---------------------------------------
 
 
-def _rows_seen(dsn: str, role: str, slug: str, table: str) -> list[str]:
+def _rows_seen(dsn: str, role: str, slug: str, table: str, write: str | None = None) -> list[str]:
+    """The items ``role`` sees in ``table`` as tenant ``slug``; first, with
+    ``write``, it inserts a row (id 1, item ``slug``) into that table."""
     with psycopg.connect(as_role(dsn, role)) as conn, tenant_connection(conn, slug) as c:
+        if write is not None:
+            c.execute(f"INSERT INTO {write} (id, item) VALUES (1, %s)", (slug,))
         return [r[0] for r in c.execute(f"SELECT item FROM {table} ORDER BY item").fetchall()]
 
 
@@ -400,6 +404,13 @@ def test_doctor_reports_an_unguarded_child(
         ]
 
 
+def _refused_pt014(sql: SQL, statement: str, match: str) -> None:
+    """``statement`` fails with PT014 and a message matching ``match``."""
+    with pytest.raises(psycopg.Error, match=match) as refused:
+        sql(statement)
+    assert refused.value.sqlstate == "PT014"
+
+
 def _children_of(sql: SQL, table: str) -> list[tuple[Any, ...]]:
     return sql(
         "SELECT inhrelid::regclass::text FROM pg_inherits"
@@ -428,9 +439,7 @@ def test_a_foreign_table_cannot_become_a_child_of_a_guarded_table(
         " SERVER pgtenancy_test_server",
     ]
     for attempt in attempts:
-        with pytest.raises(psycopg.Error, match="is not a table") as info:
-            sql(attempt)
-        assert info.value.sqlstate == "PT014"
+        _refused_pt014(sql, attempt, "is not a table")
     sql(
         "CREATE FOREIGN TABLE public.loose (id int, item text, tenant_id uuid NOT NULL)"
         " SERVER pgtenancy_test_server"
@@ -439,9 +448,7 @@ def test_a_foreign_table_cannot_become_a_child_of_a_guarded_table(
         "ALTER FOREIGN TABLE public.loose INHERIT public.sales",
         "ALTER TABLE public.parts ATTACH PARTITION public.loose FOR VALUES IN (2)",
     ):
-        with pytest.raises(psycopg.Error, match="is not a table") as refused:
-            sql(attempt)
-        assert refused.value.sqlstate == "PT014"
+        _refused_pt014(sql, attempt, "is not a table")
     assert _children_of(sql, "public.sales") == [] and _children_of(sql, "public.parts") == []
     # Later DDL is not held up by anything.
     sql("CREATE TABLE public.unrelated (x int)")
@@ -467,12 +474,8 @@ def test_a_guarded_table_cannot_go_under_a_parent_that_is_not_guarded(
     tenancy.enable_rls("public.sales")
     tenancy.enable_rls("public.part_1")
     for slug in ("acme", "globex"):
-        with (
-            psycopg.connect(as_role(dsn, app_role)) as conn,
-            tenant_connection(conn, slug) as c,
-        ):
-            c.execute("INSERT INTO public.sales (id, item) VALUES (1, %s)", (slug,))
-            c.execute("INSERT INTO public.part_1 (id, item) VALUES (1, %s)", (slug,))
+        for table in ("public.sales", "public.part_1"):
+            _rows_seen(dsn, app_role, slug, f"{table} WHERE false", write=table)
     sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {app_role}")
     for attempt in (
         "ALTER TABLE public.sales INHERIT public.loose",
@@ -480,9 +483,7 @@ def test_a_guarded_table_cannot_go_under_a_parent_that_is_not_guarded(
         "CREATE TABLE public.both () INHERITS (public.loose, public.sales)",
         "CREATE TABLE public.both () INHERITS (public.sales, public.loose)",
     ):
-        with pytest.raises(psycopg.Error, match="which is not guarded") as info:
-            sql(attempt)
-        assert info.value.sqlstate == "PT014"
+        _refused_pt014(sql, attempt, "which is not guarded")
     assert _children_of(sql, "public.loose") == [] and _children_of(sql, "public.loose_parts") == []
     assert _rows_seen(dsn, app_role, "acme", "public.loose") == []
     # enable_rls on a table under an unguarded parent is refused too.
@@ -496,6 +497,36 @@ def test_a_guarded_table_cannot_go_under_a_parent_that_is_not_guarded(
     tenancy.enable_rls("public.loose_parts")
     sql("ALTER TABLE public.loose_parts ATTACH PARTITION public.part_1 FOR VALUES IN (1)")
     assert _rows_seen(dsn, app_role, "acme", "public.loose_parts") == ["acme"]
+
+
+def test_a_guarded_table_cannot_be_given_to_an_application_role(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    """Attack run 5: enable_rls refuses a table an application role owns, but
+    ALTER TABLE ... OWNER TO the role (or to a group it is in) afterwards went
+    through, and the role could then DISABLE ROW LEVEL SECURITY. Refused now
+    (PT014), and the owner stays."""
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.sales")
+    group = f"{app_role}_group"
+    sql(f"CREATE ROLE {group} NOLOGIN")
+    try:
+        sql(f"GRANT {group} TO {app_role}")
+        owner = sql(
+            "SELECT relowner::regrole::text FROM pg_class WHERE oid = 'public.sales'::regclass"
+        )
+        for new_owner in (app_role, group):
+            _refused_pt014(
+                sql,
+                f"ALTER TABLE public.sales OWNER TO {new_owner}",
+                "could switch row-level security off",
+            )
+        assert (
+            sql("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'public.sales'::regclass")
+            == owner
+        )
+    finally:
+        sql(f"DROP ROLE {group}")
 
 
 def test_doctor_reports_an_unguarded_parent_and_disable_rls_unguards_children(

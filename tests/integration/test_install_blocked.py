@@ -123,6 +123,66 @@ def test_uninstall_drop_tenants_blocked_by_a_tenant_table_drops_nothing(
     assert installed_version(dsn) is None
 
 
+def test_uninstall_waits_for_a_tenant_table_holder_that_then_reads_the_kit(
+    tenancy: Tenancy, dsn: str
+) -> None:
+    """Review: the wait for tenant-table holders held the kit's tables
+    meanwhile; a transaction holding only a tenant table that then read a
+    kit table waited for the uninstall, which waited for it, unseen by the
+    deadlock detector: with lock_timeout=0 both for ever. The wait holds
+    nothing of the kit now: the holder reads, commits, and the uninstall (no
+    time limit) goes through."""
+    tenancy.add_migration("0001", "CREATE TABLE invoice (id int PRIMARY KEY)")
+    tenancy.create_tenant("acme")
+    # A bound, so that the deadlock this test is about fails it, not hangs it.
+    holder = psycopg.connect(make_conninfo(dsn, options="-c statement_timeout=10000"))
+    holder.execute("SELECT count(*) FROM tenant_acme.invoice")
+    done: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            uninstall(dsn, drop_tenants=True, lock_timeout=0)
+            done.append(None)
+        except BaseException as exc:
+            done.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        assert not done  # waiting for the holder
+        holder.execute("SELECT count(*) FROM tenancy.tenants")
+        holder.commit()
+        worker.join(30)
+        assert done == [None]
+    finally:
+        holder.close()
+        worker.join(30)
+    assert installed_version(dsn) is None
+
+
+def test_uninstall_wait_is_bounded_by_lock_timeout_not_statement_timeout(
+    tenancy: Tenancy, dsn: str
+) -> None:
+    """Review: a statement_timeout of the caller's cancelled the wait with a raw
+    QueryCanceled; the wait is lock_timeout's, and gives InstallBlocked."""
+    tenancy.add_migration("0001", "CREATE TABLE invoice (id int PRIMARY KEY)")
+    tenancy.create_tenant("acme")
+    before = world(dsn)
+    holder = psycopg.connect(dsn)
+    try:
+        holder.execute("SELECT count(*) FROM tenant_acme.invoice")
+        with pytest.raises(InstallBlocked, match="gave up; nothing changed"):
+            uninstall(
+                make_conninfo(dsn, options="-c statement_timeout=300"),
+                drop_tenants=True,
+                lock_timeout=1.0,
+            )
+        assert world(dsn) == before
+    finally:
+        holder.close()
+
+
 def test_a_bad_lock_timeout_is_refused_before_any_sql(dsn: str) -> None:
     before = world(dsn)
     for bad in (-1.0, float("nan")):

@@ -82,3 +82,39 @@ def test_grant_app_role_again_keeps_strict_mode_s_revocations(
         ).fetchone() == (0,)
         assert conn.execute("SELECT last_value FROM tenant_globex.counter").fetchone() == (1,)
     assert attempts(dsn, role, key) == refused
+
+
+def test_grant_app_role_again_takes_no_lock_on_views_already_guarded(
+    tenancy: Tenancy, dsn: str, app_role: str
+) -> None:
+    """Review: the strict re-guard that grant_app_role runs at commit set
+    security_invoker on every view of every tenant again, an ACCESS EXCLUSIVE
+    lock each (40 tenants with a view: 40 such locks per grant). Views
+    already guarded are left alone."""
+    tenancy.add_migration(
+        "0001",
+        "CREATE TABLE invoice (id int PRIMARY KEY, note text);"
+        " CREATE VIEW invoice_notes AS SELECT id, note FROM invoice;",
+    )
+    for slug in ("acme", "globex", "initech"):
+        tenancy.create_tenant(slug)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT tenancy.add_entry_key(name => 'k1', key => %s)", (secrets.token_bytes(32),)
+        )
+        conn.execute("SELECT tenancy.set_strict_entry(true)")
+        assert conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname = 'invoice_notes'"
+            " AND 'security_invoker=true' = ANY (reloptions)"
+        ).fetchone() == (3,)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT tenancy.grant_app_role(role => %s)", (app_role,))
+        # The deferred re-guard runs at commit: run it now, in this transaction.
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        locked = conn.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+            " WHERE l.pid = pg_backend_pid() AND c.relname = 'invoice_notes'"
+            " AND l.mode = 'AccessExclusiveLock'"
+        ).fetchone()
+        conn.rollback()
+    assert locked == (0,)

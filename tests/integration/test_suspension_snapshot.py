@@ -42,6 +42,15 @@ def entry_of(world: StrictWorld, slug: str, strict: bool) -> tuple[str, tuple[st
     return "CALL tenancy.enter(%s)", (slug,)
 
 
+def entry_refused(conn: psycopg.Connection[Any], entry: str, params: tuple[str]) -> None:
+    """A new transaction's entry is refused: the tenant is suspended (PT004)."""
+    conn.execute("BEGIN")
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute(entry, params)
+    assert refused.value.sqlstate == "PT004"
+    conn.execute("ROLLBACK")
+
+
 QUERY = {
     "acme": "SELECT body FROM tenant_acme.invoice ORDER BY id",
     "sa": "SELECT item FROM public.orders",
@@ -83,11 +92,7 @@ def test_what_an_open_transaction_keeps_after_a_suspension(
             assert conn.execute(QUERY[slug]).fetchall() == first
         conn.execute("ROLLBACK")
         # A new transaction is refused at entry.
-        conn.execute("BEGIN")
-        with pytest.raises(psycopg.Error) as refused:
-            conn.execute(entry, params)
-        assert refused.value.sqlstate == "PT004"
-        conn.execute("ROLLBACK")
+        entry_refused(conn, entry, params)
         # Resumed, the tenant's rows are back in a new transaction.
         with psycopg.connect(dsn, autocommit=True) as owner:
             owner.execute("SELECT tenancy.resume_tenant(%s)", (slug,))
@@ -254,8 +259,4 @@ def test_a_statement_prepared_before_a_suspension(
         else:
             assert conn.execute(QUERY[slug] + " LIMIT 10", prepare=False).fetchall() == []
         conn.execute("ROLLBACK")
-        conn.execute("BEGIN")
-        with pytest.raises(psycopg.Error) as refused:
-            conn.execute(entry, params)
-        assert refused.value.sqlstate == "PT004"
-        conn.execute("ROLLBACK")
+        entry_refused(conn, entry, params)

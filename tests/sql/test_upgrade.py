@@ -21,7 +21,15 @@ import pytest
 from psycopg import sql as pgsql
 
 from catalog import catalog, differences
-from pgtenancy import SQL_VERSION, Listener, Tenancy, TenancyError, install, installed_version
+from pgtenancy import (
+    SQL_VERSION,
+    Listener,
+    Tenancy,
+    TenancyError,
+    install,
+    installed_version,
+    uninstall,
+)
 from pgtenancy import installer as installer_module
 from pgtenancy.signals import tenant_created, tenant_suspended
 from pgtenancy.testing import fresh_database
@@ -321,3 +329,24 @@ def test_entry_before_the_upgrade_says_to_upgrade(release: Release, empty_dsn: s
     assert install(empty_dsn) == SQL_VERSION
     with psycopg.connect(empty_dsn) as conn, tenant_connection(conn, "acme") as c:
         assert c.execute("SELECT tenancy.current_tenant()").fetchone() == ("acme",)
+
+
+@pytest.mark.parametrize(
+    "release", [r for r in RELEASES if r.version == "0.2.0"], ids=lambda r: r.version
+)
+def test_uninstall_drop_tenants_of_an_older_kit(release: Release, empty_dsn: str) -> None:
+    """Review: uninstall --drop-tenants called tenancy.drop_tenant_role for each
+    schema it dropped, which 0.2.0's SQL lacks (it made no owner roles): the
+    uninstall of a 0.2.0 kit failed. It drops the schemas and the kit."""
+    script = release_or_skip(release)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute(script.encode())
+        conn.execute("SELECT tenancy.create_tenant('acme')")
+        conn.execute("SELECT tenancy.create_tenant('globex')")
+    uninstall(empty_dsn, drop_tenants=True)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('tenancy', 'tenant_acme',"
+            " 'tenant_globex')"
+        ).fetchone() == (0,)

@@ -17,7 +17,7 @@ import pytest
 import pgtenancy
 from helpers import ROOT
 from pgtenancy import errors
-from pgtenancy.errors import BY_SQLSTATE, TenancyError, VersionMismatch
+from pgtenancy.errors import BY_SQLSTATE, TenancyError, UninstallIncomplete, VersionMismatch
 from pgtenancy.events import Event, TenantRef
 from pgtenancy.fastapi import TenantRefused
 from pgtenancy.listener import ReceiverFailed
@@ -146,6 +146,7 @@ def _instance(cls: type[TenancyError]) -> TenancyError:
         ScriptError: lambda: ScriptError("syntax error at or near ')'", 7),
         VersionMismatch: lambda: VersionMismatch("0.1.0", "0.3.0"),
         TemplateError: lambda: TemplateError([(3, "names public.x"), (9, "a rule")]),
+        UninstallIncomplete: lambda: UninstallIncomplete(3, TenancyError("view mine uses it")),
     }
     if cls in special:
         return special[cls]()  # type: ignore[no-any-return]
