@@ -292,6 +292,9 @@ def uninstall(
         pgtenancy.errors.TenantsStillRegistered: tenants are registered and
             ``drop_tenants`` is false, or objects outside the kit use it
             (PT009), found before any schema is dropped; nothing is changed.
+        pgtenancy.errors.TenancyError: the kit is installed as an extension
+            (CREATE EXTENSION pgtenancy): DROP EXTENSION removes it; nothing is
+            changed.
         pgtenancy.errors.UninstallIncomplete: any other error after tenant
             schemas were dropped (``.dropped``, ``.cause``: a lost
             connection, a timeout, an object using the kit made meanwhile).
@@ -310,6 +313,13 @@ def uninstall(
 
         dropped = 0
         try:
+            if conn.execute(QUERIES["extension_version"]).fetchone() is not None:
+                raise TenancyError(
+                    "pgtenancy is installed as an extension; remove it with DROP EXTENSION "
+                    "pgtenancy, not with uninstall",
+                    hint="Drop the tenants first (SELECT tenancy.drop_tenant(slug, true) for "
+                    "each): their schemas are not part of the extension. Nothing was changed.",
+                )
             installed = conn.execute(QUERIES["is_installed"]).fetchone()
             if drop_tenants and installed is not None and installed[0]:
                 with conn.transaction(force_rollback=True):

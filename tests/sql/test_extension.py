@@ -16,7 +16,7 @@ import pytest
 
 from catalog import catalog, differences
 from helpers import ROOT, pg_dump, psql_restore
-from pgtenancy import SQL_VERSION, Tenancy
+from pgtenancy import SQL_VERSION, Tenancy, TenancyError, uninstall
 from pgtenancy.testing import fresh_database
 
 
@@ -101,3 +101,24 @@ def test_extension_survives_dump_and_restore(
             ids = [r[0] for r in conn.execute("SELECT id FROM tenancy.events ORDER BY id")]
         assert len(ids) == len(set(ids))
         tenancy.engine.dispose()
+
+
+def test_uninstall_of_an_extension_install_refuses_and_changes_nothing(empty_dsn: str) -> None:
+    """Review: uninstall on a CREATE EXTENSION install failed half way through its
+    (rolled back) checks with a raw "extension pgtenancy requires it"; it says
+    what to do instead, before any SQL changes anything, with or without
+    --drop-tenants."""
+    require_extension(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION pgtenancy")
+    Tenancy(empty_dsn).create_tenant("acme")
+    before = catalog(empty_dsn)
+    for drop_tenants in (False, True):
+        with pytest.raises(TenancyError, match="installed as an extension") as info:
+            uninstall(empty_dsn, drop_tenants=drop_tenants)
+        assert "DROP EXTENSION" in str(info.value)
+    assert differences(catalog(empty_dsn), before) == []
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
+        ).fetchone() == (1,)
