@@ -190,8 +190,9 @@ BEGIN
             USING ERRCODE = 'PT029',
                   HINT = 'Keep large data in your own tables, keyed by the tenant id.';
     END IF;
-    -- Deeper JSON is no metadata, and readers that parse it recursively
-    -- (Python's json) fail on it: a value at most 32 levels below the top.
+    -- Deeper JSON is no metadata (and recursive readers have limits:
+    -- Python's json fails near 1,000 levels): a value at most 32 levels
+    -- below the top.
     IF jsonb_path_exists(check_metadata.metadata, 'strict $.**{33 to last}') THEN
         RAISE EXCEPTION 'tenant metadata nests values more than 32 levels deep'
             USING ERRCODE = 'PT029',

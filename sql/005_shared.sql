@@ -151,6 +151,7 @@ DECLARE
     v_role    name;
     v_citus   boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
     v_dist    boolean := false;
+    v_outer   text := current_setting('pgtenancy.guarding_children', true);
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -175,10 +176,12 @@ BEGIN
                   HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
-    -- This function's own DDL below attaches nothing: the event trigger
-    -- guarding children (011_guards.sql) leaves it alone (the setting lasts
-    -- for this call only: the SET clause scopes it), as it would refuse the
-    -- DDL that guards a parent of a guarded table.
+    -- This function's own DDL attaches nothing: the event trigger guarding
+    -- children (011_guards.sql) leaves it alone while this call holds
+    -- pgtenancy.guarding_children on (put back as it was before returning;
+    -- an error rolls it back with the rest), as it would refuse the DDL that
+    -- guards a parent of a guarded table. (A SET clause would scope it more
+    -- simply, but a kit owner that is no superuser may not set it so.)
     PERFORM set_config('pgtenancy.guarding_children', 'on', true);
     -- Read through a parent, a table's rows get the parent's policies, not
     -- its own: a parent that is not guarded would show every tenant's rows.
@@ -296,6 +299,7 @@ BEGIN
         PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
     END LOOP;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    PERFORM set_config('pgtenancy.guarding_children', coalesce(v_outer, ''), true);
     RETURN v_guard;
 END
 $$;
@@ -326,13 +330,32 @@ AS $$
 DECLARE
     v_guard tenancy.guarded_tables;
     v_child regclass;
+    v_outer text := current_setting('pgtenancy.guarding_children', true);
 BEGIN
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     -- A guarded child under a parent that is not guarded shows its rows to
-    -- every tenant through the parent: the children go first (recursively).
+    -- every tenant through the parent: the children go first (recursively;
+    -- the event trigger leaves this call's DDL alone, as in enable_rls).
+    -- A guarded child with another guarded parent could be neither: refused.
+    SELECT i.inhrelid::regclass INTO v_child
+      FROM pg_inherits AS i
+      JOIN tenancy.guarded_tables AS c ON c.table_name = i.inhrelid
+     WHERE i.inhparent = disable_rls.table_name
+       AND EXISTS (SELECT 1 FROM pg_inherits AS o
+                     JOIN tenancy.guarded_tables AS g ON g.table_name = o.inhparent
+                    WHERE o.inhrelid = i.inhrelid AND o.inhparent <> disable_rls.table_name)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% has child %, which is also a child of another guarded table: unguarded '
+                        'it would show its rows by name, guarded under % it would show them '
+                        'through it', disable_rls.table_name, v_child, disable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'Detach the child from one of its parents first (ALTER TABLE ... NO INHERIT).';
+    END IF;
+    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
     FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
                     WHERE i.inhparent = disable_rls.table_name ORDER BY i.inhrelid LOOP
         PERFORM tenancy.disable_rls(v_child);
@@ -344,13 +367,14 @@ BEGIN
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', disable_rls.table_name);
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', disable_rls.table_name, v_guard.tenant_column);
     DELETE FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
+    PERFORM set_config('pgtenancy.guarding_children', coalesce(v_outer, ''), true);
     RETURN true;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
     'Undo enable_rls on table_name and on its guarded partitions and inheritance children '
-    '(recursively, first): drop the policies and the write trigger, NO FORCE and DISABLE ROW '
+    '(recursively, first; PT014 when a child has another guarded parent): drop the policies and the write trigger, NO FORCE and DISABLE ROW '
     'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when '
     'the table was guarded; a no-op otherwise.';
 

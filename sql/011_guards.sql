@@ -47,20 +47,25 @@ DECLARE
     r         record;
     v_touched oid[];
 BEGIN
-    -- enable_rls runs DDL itself, which fires this trigger again; the
-    -- setting lives only inside this call (the SET clause scopes it).
+    -- The DDL of enable_rls and disable_rls (each holds the setting on for
+    -- its call) is theirs to get right. A session may set it
+    -- too: only owners of guarded tables can run DDL that reaches here, and
+    -- they can switch row-level security off anyway.
     IF current_setting('pgtenancy.guarding_children', true) = 'on' THEN
         RETURN;
     END IF;
-    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
     SELECT coalesce(array_agg(c.objid), '{}'::oid[]) INTO v_touched
       FROM pg_event_trigger_ddl_commands() AS c
      WHERE c.classid = 'pg_class'::regclass;
+    -- Only pairs this command touched (child or parent), here and below:
+    -- one left from before (no trigger then; the doctor reports it) must
+    -- not make every later DDL of the database fail.
     FOR r IN
         SELECT i.inhrelid::regclass AS child, g.tenant_column
           FROM tenancy.guarded_tables AS g
           JOIN pg_inherits AS i ON i.inhparent = g.table_name
          WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid)
+           AND (i.inhrelid = ANY (v_touched) OR i.inhparent = ANY (v_touched))
          ORDER BY i.inhrelid
     LOOP
         -- A child that cannot be guarded (another owner, a foreign table)
@@ -69,9 +74,7 @@ BEGIN
     END LOOP;
     -- A guarded table put under a parent that is not guarded (INHERIT,
     -- ATTACH PARTITION into it) shows its rows to every tenant through the
-    -- parent: refused. Only where this command touched either table, so
-    -- that such a pair left from before (the doctor reports it) does not
-    -- make all later DDL fail.
+    -- parent: refused.
     FOR r IN
         SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
           FROM pg_inherits AS i
@@ -84,7 +87,9 @@ BEGIN
                         'which is not guarded: read through it, its rows would show to every tenant',
                         r.child, r.parent
             USING ERRCODE = 'PT014',
-                  HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)).';
+                  HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)), or detach the '
+                         'table (NO INHERIT, DETACH PARTITION). To repair a pair left from before, '
+                         'run the fix with SET LOCAL pgtenancy.guarding_children = on.';
     END LOOP;
     -- An owner can switch row-level security off: a guarded table this
     -- command gave to an application role (or a role it is a member of)
@@ -102,15 +107,17 @@ BEGIN
                         'owner): it could switch row-level security off', quote_ident(r.role_name),
                         r.table_name
             USING ERRCODE = 'PT014',
-                  HINT = 'Leave guarded tables to the kit''s owner.';
+                  HINT = 'Leave guarded tables to the kit''s owner. To repair a table left so '
+                         'from before, run the fix with SET LOCAL pgtenancy.guarding_children = on.';
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.guard_new_children() IS
-    'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE and their FOREIGN TABLE forms): '
-    'guard with enable_rls every partition or inheritance child of a guarded table that is not '
-    'guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL '
+    'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE, their FOREIGN TABLE forms and '
+    'CREATE SCHEMA with tables in it): guard with enable_rls every partition or inheritance child '
+    'of a guarded table that is not guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, '
+    'INHERITS, INHERIT), where the command touched the child or the parent; the DDL '
     'fails (PT014) when one cannot be guarded (a foreign table, another owner), when it puts a '
     'guarded table under a parent that is not guarded, or when it gives a guarded table to an '
     'application role (or a role one is a member of).';
@@ -126,7 +133,8 @@ BEGIN
     END IF;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
     CREATE EVENT TRIGGER pgtenancy_guard_children ON ddl_command_end
-        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
+        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE',
+                     'CREATE SCHEMA')
         EXECUTE FUNCTION tenancy.guard_new_children();
 END
 $$;

@@ -39,7 +39,17 @@ BEGIN
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_end;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_sql_drop;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
-    FOR v_table IN EXECUTE 'SELECT table_name FROM tenancy.guarded_tables' LOOP
+    -- Children before their parents: disable_rls refuses a parent whose
+    -- guarded child has another guarded parent (multiple inheritance).
+    FOR v_table IN EXECUTE 'WITH RECURSIVE below (rel, depth) AS ('
+                           '    SELECT g.table_name::oid, 0 FROM tenancy.guarded_tables AS g'
+                           '    UNION ALL'
+                           '    SELECT i.inhrelid, b.depth + 1 FROM below AS b'
+                           '      JOIN pg_catalog.pg_inherits AS i ON i.inhparent = b.rel'
+                           '     WHERE b.depth < 64)'
+                           ' SELECT g.table_name FROM tenancy.guarded_tables AS g'
+                           '  JOIN below AS b ON b.rel = g.table_name::oid'
+                           ' GROUP BY g.table_name ORDER BY max(b.depth) DESC, g.table_name::oid' LOOP
         FOR v_role IN EXECUTE 'SELECT a.role_name FROM tenancy.app_roles AS a '
                               'JOIN pg_catalog.pg_roles AS r ON r.rolname = a.role_name' LOOP
             EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM %I', v_table, v_role);

@@ -50,8 +50,10 @@ def metadata_json(metadata: Mapping[str, Any] | None) -> str:
         metadata: a mapping of JSON-serializable values, or None for ``{}``.
 
     Returns:
-        The JSON text (UTF-8, not ASCII-escaped: sized as the database sizes
-        it), at most :data:`pgtenancy.errors.METADATA_MAX_BYTES` bytes.
+        The JSON text (UTF-8, not ASCII-escaped, as the database sizes it;
+        numbers and duplicate keys may still come out a little longer or
+        shorter in jsonb's text, and the database's own check, PT029, is the
+        final one), at most :data:`pgtenancy.errors.METADATA_MAX_BYTES` bytes.
 
     Raises:
         InvalidTenantMetadata: (PT029) not a mapping; a value JSON cannot

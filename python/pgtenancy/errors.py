@@ -175,7 +175,14 @@ class UnsafeAppRole(TenancyError):
 
 class CannotGuardTable(TenancyError):
     """``enable_rls`` refused the table: not a table, in a tenant or the tenancy
-    schema, tenant column not uuid, or guarded on another column (SQLSTATE PT014)."""
+    schema, tenant column not uuid, guarded on another column, owned by an
+    application role (or a role one is a member of), or under a parent that is
+    not guarded; or the children event trigger refused DDL (a child that cannot
+    be guarded, a guarded table put under an unguarded parent or given to an
+    application role); or ``disable_rls`` refused a parent whose guarded child
+    has another guarded parent (SQLSTATE PT014). Source: PostgreSQL docs, Row
+    Security Policies and Inheritance (a query through a parent applies the
+    parent's policies only)."""
 
     sqlstate = "PT014"
 

@@ -719,6 +719,7 @@ DECLARE
     v_role    name;
     v_citus   boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus');
     v_dist    boolean := false;
+    v_outer   text := current_setting('pgtenancy.guarding_children', true);
 BEGIN
     SELECT * INTO v_class FROM pg_class WHERE oid = enable_rls.table_name;
     SELECT nspname INTO v_schema FROM pg_namespace WHERE oid = v_class.relnamespace;
@@ -743,10 +744,12 @@ BEGIN
                   HINT = 'ALTER TABLE ... OWNER TO the kit''s owner, then guard it.';
     END IF;
     PERFORM tenancy.forget_dropped_tables();
-    -- This function's own DDL below attaches nothing: the event trigger
-    -- guarding children (011_guards.sql) leaves it alone (the setting lasts
-    -- for this call only: the SET clause scopes it), as it would refuse the
-    -- DDL that guards a parent of a guarded table.
+    -- This function's own DDL attaches nothing: the event trigger guarding
+    -- children (011_guards.sql) leaves it alone while this call holds
+    -- pgtenancy.guarding_children on (put back as it was before returning;
+    -- an error rolls it back with the rest), as it would refuse the DDL that
+    -- guards a parent of a guarded table. (A SET clause would scope it more
+    -- simply, but a kit owner that is no superuser may not set it so.)
     PERFORM set_config('pgtenancy.guarding_children', 'on', true);
     -- Read through a parent, a table's rows get the parent's policies, not
     -- its own: a parent that is not guarded would show every tenant's rows.
@@ -864,6 +867,7 @@ BEGIN
         PERFORM tenancy.enable_rls(v_child, enable_rls.tenant_column);
     END LOOP;
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = enable_rls.table_name;
+    PERFORM set_config('pgtenancy.guarding_children', coalesce(v_outer, ''), true);
     RETURN v_guard;
 END
 $$;
@@ -894,13 +898,32 @@ AS $$
 DECLARE
     v_guard tenancy.guarded_tables;
     v_child regclass;
+    v_outer text := current_setting('pgtenancy.guarding_children', true);
 BEGIN
     SELECT * INTO v_guard FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
     -- A guarded child under a parent that is not guarded shows its rows to
-    -- every tenant through the parent: the children go first (recursively).
+    -- every tenant through the parent: the children go first (recursively;
+    -- the event trigger leaves this call's DDL alone, as in enable_rls).
+    -- A guarded child with another guarded parent could be neither: refused.
+    SELECT i.inhrelid::regclass INTO v_child
+      FROM pg_inherits AS i
+      JOIN tenancy.guarded_tables AS c ON c.table_name = i.inhrelid
+     WHERE i.inhparent = disable_rls.table_name
+       AND EXISTS (SELECT 1 FROM pg_inherits AS o
+                     JOIN tenancy.guarded_tables AS g ON g.table_name = o.inhparent
+                    WHERE o.inhrelid = i.inhrelid AND o.inhparent <> disable_rls.table_name)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% has child %, which is also a child of another guarded table: unguarded '
+                        'it would show its rows by name, guarded under % it would show them '
+                        'through it', disable_rls.table_name, v_child, disable_rls.table_name
+            USING ERRCODE = 'PT014',
+                  HINT = 'Detach the child from one of its parents first (ALTER TABLE ... NO INHERIT).';
+    END IF;
+    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
     FOR v_child IN SELECT i.inhrelid::regclass FROM pg_inherits AS i
                     WHERE i.inhparent = disable_rls.table_name ORDER BY i.inhrelid LOOP
         PERFORM tenancy.disable_rls(v_child);
@@ -912,13 +935,14 @@ BEGIN
     EXECUTE format('ALTER TABLE %s DISABLE ROW LEVEL SECURITY', disable_rls.table_name);
     EXECUTE format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', disable_rls.table_name, v_guard.tenant_column);
     DELETE FROM tenancy.guarded_tables WHERE table_name = disable_rls.table_name;
+    PERFORM set_config('pgtenancy.guarding_children', coalesce(v_outer, ''), true);
     RETURN true;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.disable_rls(regclass) IS
     'Undo enable_rls on table_name and on its guarded partitions and inheritance children '
-    '(recursively, first): drop the policies and the write trigger, NO FORCE and DISABLE ROW '
+    '(recursively, first; PT014 when a child has another guarded parent): drop the policies and the write trigger, NO FORCE and DISABLE ROW '
     'LEVEL SECURITY, drop the column default; the column, its data and its index stay. True when '
     'the table was guarded; a no-op otherwise.';
 
@@ -4707,8 +4731,9 @@ BEGIN
             USING ERRCODE = 'PT029',
                   HINT = 'Keep large data in your own tables, keyed by the tenant id.';
     END IF;
-    -- Deeper JSON is no metadata, and readers that parse it recursively
-    -- (Python's json) fail on it: a value at most 32 levels below the top.
+    -- Deeper JSON is no metadata (and recursive readers have limits:
+    -- Python's json fails near 1,000 levels): a value at most 32 levels
+    -- below the top.
     IF jsonb_path_exists(check_metadata.metadata, 'strict $.**{33 to last}') THEN
         RAISE EXCEPTION 'tenant metadata nests values more than 32 levels deep'
             USING ERRCODE = 'PT029',
@@ -4987,20 +5012,25 @@ DECLARE
     r         record;
     v_touched oid[];
 BEGIN
-    -- enable_rls runs DDL itself, which fires this trigger again; the
-    -- setting lives only inside this call (the SET clause scopes it).
+    -- The DDL of enable_rls and disable_rls (each holds the setting on for
+    -- its call) is theirs to get right. A session may set it
+    -- too: only owners of guarded tables can run DDL that reaches here, and
+    -- they can switch row-level security off anyway.
     IF current_setting('pgtenancy.guarding_children', true) = 'on' THEN
         RETURN;
     END IF;
-    PERFORM set_config('pgtenancy.guarding_children', 'on', true);
     SELECT coalesce(array_agg(c.objid), '{}'::oid[]) INTO v_touched
       FROM pg_event_trigger_ddl_commands() AS c
      WHERE c.classid = 'pg_class'::regclass;
+    -- Only pairs this command touched (child or parent), here and below:
+    -- one left from before (no trigger then; the doctor reports it) must
+    -- not make every later DDL of the database fail.
     FOR r IN
         SELECT i.inhrelid::regclass AS child, g.tenant_column
           FROM tenancy.guarded_tables AS g
           JOIN pg_inherits AS i ON i.inhparent = g.table_name
          WHERE NOT EXISTS (SELECT 1 FROM tenancy.guarded_tables AS c WHERE c.table_name = i.inhrelid)
+           AND (i.inhrelid = ANY (v_touched) OR i.inhparent = ANY (v_touched))
          ORDER BY i.inhrelid
     LOOP
         -- A child that cannot be guarded (another owner, a foreign table)
@@ -5009,9 +5039,7 @@ BEGIN
     END LOOP;
     -- A guarded table put under a parent that is not guarded (INHERIT,
     -- ATTACH PARTITION into it) shows its rows to every tenant through the
-    -- parent: refused. Only where this command touched either table, so
-    -- that such a pair left from before (the doctor reports it) does not
-    -- make all later DDL fail.
+    -- parent: refused.
     FOR r IN
         SELECT i.inhrelid::regclass AS child, i.inhparent::regclass AS parent
           FROM pg_inherits AS i
@@ -5024,7 +5052,9 @@ BEGIN
                         'which is not guarded: read through it, its rows would show to every tenant',
                         r.child, r.parent
             USING ERRCODE = 'PT014',
-                  HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)).';
+                  HINT = 'Guard the parent first (SELECT tenancy.enable_rls(...)), or detach the '
+                         'table (NO INHERIT, DETACH PARTITION). To repair a pair left from before, '
+                         'run the fix with SET LOCAL pgtenancy.guarding_children = on.';
     END LOOP;
     -- An owner can switch row-level security off: a guarded table this
     -- command gave to an application role (or a role it is a member of)
@@ -5042,15 +5072,17 @@ BEGIN
                         'owner): it could switch row-level security off', quote_ident(r.role_name),
                         r.table_name
             USING ERRCODE = 'PT014',
-                  HINT = 'Leave guarded tables to the kit''s owner.';
+                  HINT = 'Leave guarded tables to the kit''s owner. To repair a table left so '
+                         'from before, run the fix with SET LOCAL pgtenancy.guarding_children = on.';
     END LOOP;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.guard_new_children() IS
-    'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE and their FOREIGN TABLE forms): '
-    'guard with enable_rls every partition or inheritance child of a guarded table that is not '
-    'guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, INHERITS, INHERIT); the DDL '
+    'Event trigger (ddl_command_end of CREATE TABLE, ALTER TABLE, their FOREIGN TABLE forms and '
+    'CREATE SCHEMA with tables in it): guard with enable_rls every partition or inheritance child '
+    'of a guarded table that is not guarded yet (CREATE TABLE ... PARTITION OF, ATTACH PARTITION, '
+    'INHERITS, INHERIT), where the command touched the child or the parent; the DDL '
     'fails (PT014) when one cannot be guarded (a foreign table, another owner), when it puts a '
     'guarded table under a parent that is not guarded, or when it gives a guarded table to an '
     'application role (or a role one is a member of).';
@@ -5072,7 +5104,8 @@ BEGIN
     END IF;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_guard_children;
     CREATE EVENT TRIGGER pgtenancy_guard_children ON ddl_command_end
-        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
+        WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE',
+                     'CREATE SCHEMA')
         EXECUTE FUNCTION tenancy.guard_new_children();
 END
 $$;

@@ -26,6 +26,7 @@ from pgtenancy import (
     install_sqlalchemy_reset,
     pool_reset,
     tenant_connection,
+    uninstall,
 )
 from pgtenancy.errors import translate
 
@@ -529,18 +530,106 @@ def test_a_guarded_table_cannot_be_given_to_an_application_role(
         sql(f"DROP ROLE {group}")
 
 
-def test_doctor_reports_an_unguarded_parent_and_disable_rls_unguards_children(
+def test_the_children_guard_holds_for_every_statement_of_a_transaction(
     tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
 ) -> None:
+    """Review: the event trigger set pgtenancy.guarding_children for the rest of
+    the transaction (a SET clause restores only the settings it names), so
+    after the first table DDL of a transaction it checked nothing: a
+    partition made after enable_rls in one migration stayed unguarded, and
+    an owner change or INHERIT went through after any other DDL."""
     sql("CREATE TABLE public.loose (id int, item text, tenant_id uuid)")
     sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
     tenancy.enable_rls("public.sales")
-    # As if installed without a superuser: no event trigger.
+    with psycopg.connect(dsn) as conn:
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE public.ev (id int, item text, tenant_id uuid) PARTITION BY LIST (id)"
+            )
+            conn.execute("SELECT tenancy.enable_rls('public.ev')")
+            conn.execute("CREATE TABLE public.ev_1 PARTITION OF public.ev FOR VALUES IN (1)")
+            conn.execute("CREATE TABLE public.sales_old () INHERITS (public.sales)")
+        for late in (
+            f"ALTER TABLE public.sales OWNER TO {app_role}",
+            "ALTER TABLE public.sales INHERIT public.loose",
+        ):
+            with pytest.raises(psycopg.Error) as info, conn.transaction():
+                conn.execute("CREATE TABLE public.scratch (x int)")
+                conn.execute(late)
+            assert info.value.sqlstate == "PT014"
+    guarded = {r[0] for r in sql("SELECT table_name::text FROM tenancy.guarded_tables")}
+    assert guarded == {"sales", "sales_old", "ev", "ev_1"}
+    assert _children_of(sql, "public.loose") == []
+    assert sql("SELECT to_regclass('public.scratch') IS NULL") == [(True,)]
+    # Tables made by CREATE SCHEMA ... CREATE TABLE are guarded too.
+    sql("CREATE SCHEMA extra CREATE TABLE sales_extra () INHERITS (public.sales)")
+    assert sql(
+        "SELECT count(*) FROM tenancy.guarded_tables WHERE table_name = 'extra.sales_extra'::regclass"
+    ) == [(1,)]
+
+
+def test_disable_rls_refuses_a_child_with_another_guarded_parent(
+    tenancy: Tenancy, sql: SQL, dsn: str
+) -> None:
+    """Review: disable_rls of one parent of a child with two guarded parents
+    unguarded the child, which the other parent's guard then re-guarded at
+    the next DDL, refused (its first parent unguarded): every CREATE TABLE of
+    the database failed. Refused now, and the uninstall (children first)
+    still takes every guard off."""
+    for name in ("m1", "m2"):
+        sql(f"CREATE TABLE public.{name} (id int, item text, tenant_id uuid)")
+        tenancy.enable_rls(f"public.{name}")
+    sql("CREATE TABLE public.mc () INHERITS (public.m1, public.m2)")
+    _refused_pt014(
+        sql, "SELECT tenancy.disable_rls('public.m1')", "also a child of another guarded table"
+    )
+    assert len(sql("SELECT 1 FROM tenancy.guarded_tables")) == 3
+    sql("CREATE TABLE public.unrelated (x int)")
+    uninstall(dsn)
+    assert sql(
+        "SELECT count(*) FROM pg_class WHERE relname IN ('m1', 'm2', 'mc') AND relrowsecurity"
+    ) == [(0,)]
+
+
+def _pair_from_before(tenancy: Tenancy, sql: SQL, *more: str) -> None:
+    """Guarded public.sales under unguarded public.loose, made as if the kit was
+    installed without a superuser (no children event trigger), with ``more``
+    statements run the same way."""
+    sql("CREATE TABLE public.loose (id int, item text, tenant_id uuid)")
+    sql("CREATE TABLE public.sales (id int, item text, tenant_id uuid)")
+    tenancy.enable_rls("public.sales")
     sql("ALTER EVENT TRIGGER pgtenancy_guard_children DISABLE")
     try:
-        sql("ALTER TABLE public.sales INHERIT public.loose")
+        for statement in ("ALTER TABLE public.sales INHERIT public.loose", *more):
+            sql(statement)
     finally:
         sql("ALTER EVENT TRIGGER pgtenancy_guard_children ENABLE")
+
+
+def test_a_pair_left_from_before_can_be_repaired(tenancy: Tenancy, sql: SQL) -> None:
+    """A guarded table under an unguarded parent from before the trigger: DDL
+    on either is refused, unrelated DDL is not, and the documented repair
+    (SET LOCAL pgtenancy.guarding_children = on in the fixing transaction)
+    detaches it."""
+    _pair_from_before(tenancy, sql, "CREATE TABLE public.sales_old () INHERITS (public.sales)")
+    sql("CREATE TABLE public.unrelated (x int)")
+    _refused_pt014(sql, "ALTER TABLE public.loose ADD COLUMN note text", "which is not guarded")
+    sql(
+        "DO $$ BEGIN PERFORM set_config('pgtenancy.guarding_children', 'on', true);"
+        " ALTER TABLE public.sales NO INHERIT public.loose; END $$"
+    )
+    assert _children_of(sql, "public.loose") == []
+    # The unguarded child left from before is guarded by the next DDL touching it.
+    sql("ALTER TABLE public.sales_old ADD COLUMN note text")
+    assert sql(
+        "SELECT count(*) FROM tenancy.guarded_tables WHERE table_name = 'public.sales_old'::regclass"
+    ) == [(1,)]
+
+
+def test_doctor_reports_an_unguarded_parent_and_disable_rls_unguards_children(
+    tenancy: Tenancy, sql: SQL, dsn: str, app_role: str
+) -> None:
+    _pair_from_before(tenancy, sql)
 
     def findings() -> list[tuple[Any, ...]]:
         with psycopg.connect(as_role(dsn, app_role)) as conn:
