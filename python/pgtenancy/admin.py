@@ -99,13 +99,9 @@ def _check_metadata_values(metadata: Mapping[str, Any]) -> None:
                     "tenant metadata holds a NUL character, which PostgreSQL's jsonb cannot store"
                 )
         elif isinstance(value, Mapping):
-            for key, item in value.items():
-                if isinstance(key, str) and "\x00" in key:
-                    raise InvalidTenantMetadata(
-                        "tenant metadata holds a NUL character, which PostgreSQL's jsonb cannot"
-                        " store"
-                    )
-                pending.append((item, level + 1))
+            # Keys are strings to check as values are (their level is the item's).
+            pending.extend((key, level + 1) for key in value if isinstance(key, str))
+            pending.extend((item, level + 1) for item in value.values())
         elif isinstance(value, list | tuple):
             pending.extend((item, level + 1) for item in value)
 
