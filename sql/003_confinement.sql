@@ -705,6 +705,31 @@ $$;
 COMMENT ON FUNCTION tenancy.fence_in_target(text, text) IS
     'True when an object in schema object_schema is the current migration''s to change.';
 
+CREATE OR REPLACE FUNCTION tenancy.fence_start_tags()
+    RETURNS text[]
+    LANGUAGE sql
+    IMMUTABLE
+AS $$
+    -- No SET clause and every name qualified: the fence's triggers inline
+    -- it, and every role's DDL may reach them (executable by PUBLIC).
+    SELECT ARRAY['CREATE EXTENSION', 'ALTER EXTENSION', 'DROP EXTENSION',
+                 'CREATE SCHEMA', 'ALTER SCHEMA', 'DROP SCHEMA',
+                 'ALTER DEFAULT PRIVILEGES',
+                 'CREATE FOREIGN DATA WRAPPER', 'ALTER FOREIGN DATA WRAPPER',
+                 'DROP FOREIGN DATA WRAPPER', 'CREATE SERVER', 'ALTER SERVER', 'DROP SERVER',
+                 'CREATE USER MAPPING', 'ALTER USER MAPPING', 'DROP USER MAPPING',
+                 'IMPORT FOREIGN SCHEMA',
+                 'CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION',
+                 'CREATE SUBSCRIPTION', 'ALTER SUBSCRIPTION', 'DROP SUBSCRIPTION',
+                 'CREATE CAST', 'DROP CAST', 'CREATE LANGUAGE', 'ALTER LANGUAGE', 'DROP LANGUAGE',
+                 'CREATE TRANSFORM', 'DROP TRANSFORM', 'CREATE ACCESS METHOD',
+                 'DROP ACCESS METHOD', 'SECURITY LABEL']::pg_catalog.text[]
+$$;
+
+COMMENT ON FUNCTION tenancy.fence_start_tags() IS
+    'Command tags that a tenant migration may never run (refused by tenancy.fence_ddl_start '
+    'before they start).';
+
 CREATE OR REPLACE FUNCTION tenancy.fence_ddl_start()
     RETURNS event_trigger
     LANGUAGE plpgsql
@@ -715,9 +740,22 @@ DECLARE
     v_target text;
 BEGIN
     -- This runs as the role the DDL runs as (SECURITY INVOKER: the fence
-    -- tells the kit's own DDL by it). Outside a migration it leaves at once,
-    -- calling nothing of the kit: every role's DDL passes through here.
-    -- The stack is read once per event and handed to fence_target.
+    -- tells the kit's own DDL by it). The event trigger hears only the
+    -- commands refused outright in a tenant migration
+    -- (tenancy.fence_start_tags()) and those that can run CONCURRENTLY;
+    -- every other command,
+    -- also every command of a migration without a tenant schema, is checked
+    -- when it ends (tenancy.fence_ddl_end), where a refusal rolls it back.
+    -- CONCURRENTLY commits before it ends: the fleet runner runs those
+    -- statements outside a migration, with pgtenancy.outside_migration_schema
+    -- set, and only then is there anything to check before they start.
+    IF TG_TAG IN ('CREATE INDEX', 'DROP INDEX', 'REINDEX')
+       AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
+        RETURN;
+    END IF;
+    -- Outside a migration it leaves at once, calling nothing of the kit:
+    -- every role's DDL of these kinds passes through here. The stack is
+    -- read once per event and handed to fence_target.
     GET DIAGNOSTICS v_stack = PG_CONTEXT;
     IF v_stack OPERATOR(pg_catalog.!~~) '%function tenancy.execute_migration(text,text)%'
        AND coalesce(pg_catalog.current_setting('pgtenancy.outside_migration_schema', true), '') = '' THEN
@@ -727,30 +765,23 @@ BEGIN
     IF v_target IS NULL THEN
         RETURN;
     END IF;
-    IF TG_TAG IN ('CREATE EXTENSION', 'ALTER EXTENSION', 'DROP EXTENSION',
-                  'CREATE SCHEMA', 'ALTER SCHEMA', 'DROP SCHEMA',
-                  'ALTER DEFAULT PRIVILEGES',
-                  'CREATE FOREIGN DATA WRAPPER', 'ALTER FOREIGN DATA WRAPPER',
-                  'DROP FOREIGN DATA WRAPPER', 'CREATE SERVER', 'ALTER SERVER', 'DROP SERVER',
-                  'CREATE USER MAPPING', 'ALTER USER MAPPING', 'DROP USER MAPPING',
-                  'IMPORT FOREIGN SCHEMA',
-                  'CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION',
-                  'CREATE SUBSCRIPTION', 'ALTER SUBSCRIPTION', 'DROP SUBSCRIPTION',
-                  'CREATE CAST', 'DROP CAST', 'CREATE LANGUAGE', 'ALTER LANGUAGE', 'DROP LANGUAGE',
-                  'CREATE TRANSFORM', 'DROP TRANSFORM', 'CREATE ACCESS METHOD',
-                  'DROP ACCESS METHOD', 'SECURITY LABEL') THEN
+    IF TG_TAG IN ('CREATE INDEX', 'DROP INDEX', 'REINDEX') THEN
+        -- Refused before it starts only without a tenant schema.
+        IF v_target = '' THEN
+            PERFORM tenancy.fence_refuse(TG_TAG, 'an object', v_target);
+        END IF;
+    ELSIF TG_TAG OPERATOR(pg_catalog.=) ANY (tenancy.fence_start_tags()) THEN
         PERFORM tenancy.fence_refuse(TG_TAG, NULL, v_target);
-    END IF;
-    IF v_target = '' THEN
-        PERFORM tenancy.fence_refuse(TG_TAG, 'an object', v_target);
     END IF;
 END
 $$;
 
 COMMENT ON FUNCTION tenancy.fence_ddl_start() IS
-    'Event trigger (ddl_command_start): during a tenant migration refuse, with PT017, commands '
-    'that are never a tenant''s (extensions, schemas, default privileges, foreign servers, '
-    'publications, casts, languages, security labels) and all DDL when no tenant schema is set.';
+    'Event trigger (ddl_command_start of tenancy.fence_start_tags() and the index commands): '
+    'during a tenant migration '
+    'refuse, with PT017, commands that are never a tenant''s (extensions, schemas, default '
+    'privileges, foreign servers, publications, casts, languages, security labels); before a '
+    'CONCURRENTLY index command of the fleet runner, refuse it when no tenant schema is set.';
 
 CREATE OR REPLACE FUNCTION tenancy.fence_ddl_end()
     RETURNS event_trigger
@@ -774,6 +805,12 @@ BEGIN
     v_target := tenancy.fence_target(v_stack);
     IF v_target IS NULL THEN
         RETURN;
+    END IF;
+    -- In a migration that names no tenant schema every command is refused
+    -- (here, not before it starts: tenancy.fence_ddl_start hears few tags,
+    -- and the refusal rolls the command back).
+    IF v_target = '' THEN
+        PERFORM tenancy.fence_refuse(TG_TAG, 'an object', v_target);
     END IF;
     FOR v_cmd IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
         -- GRANT and REVOKE name no object here, only its kind: privileges on
@@ -815,7 +852,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.fence_ddl_end() IS
     'Event trigger (ddl_command_end): during a tenant migration refuse, with PT017, any command '
-    'whose objects lie outside the tenant schema being migrated.';
+    'whose objects lie outside the tenant schema being migrated, and every command when no '
+    'tenant schema is set.';
 
 CREATE OR REPLACE FUNCTION tenancy.fence_sql_drop()
     RETURNS event_trigger
@@ -893,8 +931,16 @@ BEGIN
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_start;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_ddl_end;
     DROP EVENT TRIGGER IF EXISTS pgtenancy_fence_sql_drop;
-    CREATE EVENT TRIGGER pgtenancy_fence_ddl_start ON ddl_command_start
-        EXECUTE FUNCTION tenancy.fence_ddl_start();
+    -- Only the tags refused outright and the CONCURRENTLY-capable ones:
+    -- every other command of a migration is checked at ddl_command_end.
+    EXECUTE pg_catalog.format(
+        'CREATE EVENT TRIGGER pgtenancy_fence_ddl_start ON ddl_command_start WHEN TAG IN (%s) '
+        'EXECUTE FUNCTION tenancy.fence_ddl_start()',
+        (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(t), ', ')
+           FROM pg_catalog.unnest(tenancy.fence_start_tags()
+                                  || ARRAY['CREATE INDEX', 'DROP INDEX']
+                                  || CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 170000
+                                          THEN ARRAY['REINDEX'] ELSE '{}'::text[] END) AS t));
     CREATE EVENT TRIGGER pgtenancy_fence_ddl_end ON ddl_command_end
         EXECUTE FUNCTION tenancy.fence_ddl_end();
     CREATE EVENT TRIGGER pgtenancy_fence_sql_drop ON sql_drop
@@ -975,81 +1021,112 @@ AS $$
 DECLARE
     v_nsp   oid := to_regnamespace(quote_ident(schema_name))::oid;
     v_obj   record;
-    v_kind  "char";
     v_count integer := 0;
 BEGIN
     IF v_nsp IS NULL THEN
         RETURN 0;
     END IF;
     -- Everything in the schema, found through its namespace dependencies
-    -- (indexed), not a scan of the catalogs.
+    -- (indexed), not a scan of the catalogs; one query for all of it (each
+    -- ALTER ... OWNER invalidates the session's cached plans, so a query
+    -- per object would be planned anew for every object): its catalog, its
+    -- kind (relkind, typtype) and, for two catalogs, its name.
     FOR v_obj IN
-        SELECT d.classid, d.objid FROM pg_depend AS d
+        SELECT * FROM (
+        SELECT d.classid, d.objid, c.relkind AS kind, NULL::name AS name
+          FROM pg_depend AS d JOIN pg_class AS c ON c.oid = d.objid
          WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_class'::regclass AND c.relowner = ANY (from_roles)
+           AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+                OR (c.relkind = 'S' AND NOT EXISTS (
+                        SELECT 1 FROM pg_depend AS o
+                         WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
+                           AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))))
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, NULL
+          FROM pg_depend AS d JOIN pg_proc AS p ON p.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_proc'::regclass AND p.proowner = ANY (from_roles)
+        UNION ALL
+        -- A composite type made by CREATE TYPE (its relation has no
+        -- namespace dependency of its own) and a range's multirange (ALTER
+        -- TYPE of the range leaves it to its owner on PostgreSQL 15) too.
+        SELECT d.classid, d.objid, t.typtype, NULL
+          FROM pg_depend AS d JOIN pg_type AS t ON t.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_type'::regclass AND t.typowner = ANY (from_roles)
+           AND (t.typtype IN ('d', 'e', 'r', 'm')
+                OR (t.typtype = 'c' AND EXISTS (SELECT 1 FROM pg_class AS r
+                                                 WHERE r.oid = t.typrelid AND r.relkind = 'c')))
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, NULL
+          FROM pg_depend AS d JOIN pg_operator AS o ON o.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_operator'::regclass AND o.oprowner = ANY (from_roles)
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, NULL
+          FROM pg_depend AS d JOIN pg_collation AS o ON o.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_collation'::regclass AND o.collowner = ANY (from_roles)
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, o.stxname
+          FROM pg_depend AS d JOIN pg_statistic_ext AS o ON o.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_statistic_ext'::regclass AND o.stxowner = ANY (from_roles)
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, NULL
+          FROM pg_depend AS d JOIN pg_ts_config AS o ON o.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_ts_config'::regclass AND o.cfgowner = ANY (from_roles)
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, NULL
+          FROM pg_depend AS d JOIN pg_ts_dict AS o ON o.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_ts_dict'::regclass AND o.dictowner = ANY (from_roles)
+        UNION ALL
+        SELECT d.classid, d.objid, NULL, o.conname
+          FROM pg_depend AS d JOIN pg_conversion AS o ON o.oid = d.objid
+         WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = v_nsp AND d.deptype = 'n'
+           AND d.classid = 'pg_conversion'::regclass AND o.conowner = ANY (from_roles)
+        ) AS o
+        -- Multiranges after their ranges (below).
+        ORDER BY o.kind IS NOT DISTINCT FROM 'm'
     LOOP
         IF v_obj.classid = 'pg_class'::regclass THEN
-            -- Its kind read once (one catalog query per relation).
-            SELECT c.relkind INTO v_kind FROM pg_class AS c
-             WHERE c.oid = v_obj.objid AND c.relowner = ANY (from_roles)
-               AND (c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
-                    OR (c.relkind = 'S' AND NOT EXISTS (
-                            SELECT 1 FROM pg_depend AS o
-                             WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid
-                               AND o.refclassid = 'pg_class'::regclass AND o.deptype IN ('a', 'i'))));
-            CONTINUE WHEN NOT FOUND;
             EXECUTE format('ALTER %s %s OWNER TO %I',
-                CASE v_kind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
-                            WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
-                            WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
-                CASE WHEN v_kind = 'c'
+                CASE v_obj.kind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                                WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+                                WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
+                CASE WHEN v_obj.kind = 'c'
                      THEN v_obj.objid::regclass::text::regtype::text
                      ELSE v_obj.objid::regclass::text END,
                 to_role);
             -- A view given back reads with its caller's rights, so it never
             -- lends its owner's to the application.
-            IF invoker_views AND v_kind = 'v' THEN
+            IF invoker_views AND v_obj.kind = 'v' THEN
                 EXECUTE format('ALTER VIEW %s SET (security_invoker = true)', v_obj.objid::regclass);
             END IF;
         ELSIF v_obj.classid = 'pg_proc'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_proc AS p
-                                       WHERE p.oid = v_obj.objid AND p.proowner = ANY (from_roles));
             EXECUTE format('ALTER ROUTINE %s OWNER TO %I', v_obj.objid::regprocedure, to_role);
         ELSIF v_obj.classid = 'pg_type'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_type AS t
-                                       WHERE t.oid = v_obj.objid AND t.typowner = ANY (from_roles)
-                                         AND t.typtype IN ('d', 'e', 'r'));
+            -- Where ALTER TYPE of a range takes its multirange along, the
+            -- multirange has its new owner by now.
+            CONTINUE WHEN v_obj.kind = 'm' AND NOT EXISTS (
+                SELECT 1 FROM pg_type AS t WHERE t.oid = v_obj.objid AND t.typowner = ANY (from_roles));
             EXECUTE format('ALTER %s %s OWNER TO %I',
-                CASE (SELECT t.typtype FROM pg_type AS t WHERE t.oid = v_obj.objid)
-                     WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
-                v_obj.objid::regtype, to_role);
+                CASE v_obj.kind WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, v_obj.objid::regtype, to_role);
         ELSIF v_obj.classid = 'pg_operator'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_operator AS o
-                                       WHERE o.oid = v_obj.objid AND o.oprowner = ANY (from_roles));
             EXECUTE format('ALTER OPERATOR %s OWNER TO %I', v_obj.objid::regoperator, to_role);
         ELSIF v_obj.classid = 'pg_collation'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_collation AS o
-                                       WHERE o.oid = v_obj.objid AND o.collowner = ANY (from_roles));
             EXECUTE format('ALTER COLLATION %s OWNER TO %I', v_obj.objid::regcollation, to_role);
         ELSIF v_obj.classid = 'pg_statistic_ext'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_statistic_ext AS o
-                                       WHERE o.oid = v_obj.objid AND o.stxowner = ANY (from_roles));
-            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name,
-                           (SELECT o.stxname FROM pg_statistic_ext AS o WHERE o.oid = v_obj.objid), to_role);
+            EXECUTE format('ALTER STATISTICS %I.%I OWNER TO %I', schema_name, v_obj.name, to_role);
         ELSIF v_obj.classid = 'pg_ts_config'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_config AS o
-                                       WHERE o.oid = v_obj.objid AND o.cfgowner = ANY (from_roles));
             EXECUTE format('ALTER TEXT SEARCH CONFIGURATION %s OWNER TO %I', v_obj.objid::regconfig, to_role);
         ELSIF v_obj.classid = 'pg_ts_dict'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_ts_dict AS o
-                                       WHERE o.oid = v_obj.objid AND o.dictowner = ANY (from_roles));
             EXECUTE format('ALTER TEXT SEARCH DICTIONARY %s OWNER TO %I', v_obj.objid::regdictionary, to_role);
-        ELSIF v_obj.classid = 'pg_conversion'::regclass THEN
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_conversion AS o
-                                       WHERE o.oid = v_obj.objid AND o.conowner = ANY (from_roles));
-            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name,
-                           (SELECT o.conname FROM pg_conversion AS o WHERE o.oid = v_obj.objid), to_role);
         ELSE
-            CONTINUE;
+            EXECUTE format('ALTER CONVERSION %I.%I OWNER TO %I', schema_name, v_obj.name, to_role);
         END IF;
         v_count := v_count + 1;
     END LOOP;
@@ -1059,7 +1136,8 @@ $$;
 
 COMMENT ON FUNCTION tenancy.reown_schema(text, oid[], name, boolean) IS
     'Give every object of schema schema_name owned by one of from_roles to to_role (tables, '
-    'views, sequences not owned by a column, types, functions, operators, collations, statistics, '
+    'views, sequences not owned by a column, types (composite, domain, enum, range, multirange), '
+    'functions, operators, collations, statistics, '
     'text search objects, conversions; indexes and owned sequences follow their table); with '
     'invoker_views make its views security_invoker. Returns how many changed owner. Internal.';
 

@@ -54,6 +54,19 @@ BEGIN
     IF current_setting('pgtenancy.guarding_children', true) = 'on' THEN
         RETURN;
     END IF;
+    -- Most DDL touches neither a guarded table nor a table with a parent or
+    -- children: one query tells, and the three checks below (each about
+    -- such a table) are skipped. A CREATE TABLE invalidates every cached
+    -- plan of the session (its row type), so each query of this function is
+    -- planned anew at every call: a tenant's provisioning pays per query.
+    IF NOT EXISTS (SELECT 1 FROM pg_event_trigger_ddl_commands() AS c
+                    WHERE c.classid = 'pg_class'::regclass
+                      AND (EXISTS (SELECT 1 FROM pg_inherits AS i
+                                    WHERE i.inhrelid = c.objid OR i.inhparent = c.objid)
+                           OR EXISTS (SELECT 1 FROM tenancy.guarded_tables AS g
+                                       WHERE g.table_name = c.objid))) THEN
+        RETURN;
+    END IF;
     SELECT coalesce(array_agg(c.objid), '{}'::oid[]) INTO v_touched
       FROM pg_event_trigger_ddl_commands() AS c
      WHERE c.classid = 'pg_class'::regclass;
