@@ -379,6 +379,7 @@ DECLARE
     v_name      text;
     v_table     pg_catalog.regclass;
     v_owner     pg_catalog.regrole;
+    v_owned     oid[];
 BEGIN
     PERFORM pg_catalog.set_config('search_path', migration_path, true);
     -- What the session holds before the migration: every setting, and the
@@ -390,6 +391,15 @@ BEGIN
       FROM pg_catalog.unnest(tenancy.watched_settings()) AS c(name);
     SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
     v_session := tenancy.session_state();
+    SELECT r.oid INTO v_me FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user;
+    -- The migrator's relations before (its ownership dependencies, indexed:
+    -- the tenant's, handed to it for the migration, and the scratch schemas').
+    SELECT pg_catalog.array_agg(s.objid) INTO v_owned
+      FROM pg_catalog.pg_shdepend AS s
+     WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
+       AND s.refobjid OPERATOR(pg_catalog.=) v_me
+       AND s.deptype OPERATOR(pg_catalog.=) 'o'
+       AND s.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass;
     EXECUTE migration_sql;
     -- Deferred constraint triggers the migration queued on its tables fire
     -- now, as the migrator, not at COMMIT as whoever commits (the kit's
@@ -462,7 +472,29 @@ BEGIN
             USING ERRCODE = 'PT017',
                   HINT = 'Use tables of the tenant schema; release what it takes.';
     END IF;
-    SELECT r.oid INTO v_me FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user;
+    -- EXPLAIN ANALYZE of CREATE TABLE AS, SELECT INTO or CREATE MATERIALIZED
+    -- VIEW makes a relation without firing event triggers: one the migration
+    -- made outside the tenant schema is refused.
+    SELECT c.oid::pg_catalog.regclass::text INTO v_name
+      FROM pg_catalog.pg_shdepend AS s
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) s.objid
+      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
+       AND s.refobjid OPERATOR(pg_catalog.=) v_me
+       AND s.deptype OPERATOR(pg_catalog.=) 'o'
+       AND s.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND s.objid OPERATOR(pg_catalog.<>) ALL (coalesce(v_owned, '{}'::oid[]))
+       AND s.dbid OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database AS d
+                                           WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+       AND n.nspname OPERATOR(pg_catalog.<>)
+           coalesce(pg_catalog.current_setting('pgtenancy.migration_schema', true), '')
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'unsafe migration: it created % outside its tenant schema', v_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'A tenant migration changes its own tenant schema only (EXPLAIN ANALYZE '
+                         'of CREATE TABLE AS is not seen by the fence: it is checked here).';
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl AS d
                 WHERE d.defaclrole OPERATOR(pg_catalog.=) v_me) THEN
         RAISE EXCEPTION 'unsafe migration: ALTER DEFAULT PRIVILEGES changes privileges beyond its tenant schema'

@@ -724,6 +724,46 @@ def test_attack_run_findings_are_refused(case: str, world: dict[str, str], dsn: 
     assert sql_runner_intact(dsn)
 
 
+# EXPLAIN ANALYZE runs CREATE TABLE AS, SELECT INTO and CREATE MATERIALIZED
+# VIEW without firing event triggers: the fence never saw them (review of
+# 2026-12-04); where a schema outside the tenant's is writable by everybody,
+# the migrator made tables there.
+UNSEEN_BY_EVENT_TRIGGERS = {
+    "explain_analyze_create_table_as": "EXPLAIN ANALYZE CREATE TABLE public.sneaky AS SELECT 1 AS x",
+    "explain_analyze_select_into": "EXPLAIN ANALYZE SELECT 1 AS x INTO public.sneaky",
+    "explain_analyze_materialized_view": (
+        "EXPLAIN ANALYZE CREATE MATERIALIZED VIEW public.sneaky AS SELECT 1 AS x"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSEEN_BY_EVENT_TRIGGERS))
+def test_relations_made_where_event_triggers_do_not_fire_are_refused(
+    case: str, world: dict[str, str], dsn: str, sql: SQL
+) -> None:
+    sql("GRANT CREATE ON SCHEMA public TO PUBLIC")
+    body = "CREATE TABLE mine (id int); " + UNSEEN_BY_EVENT_TRIGGERS[case]
+    before = _snapshot(dsn)
+    with pytest.raises(psycopg.Error) as info:
+        _add_migration(dsn, "0002", body)
+    assert info.value.sqlstate == "PT017", (case, str(info.value))
+    assert "public.sneaky outside its tenant schema" in str(info.value)
+    assert _snapshot(dsn) == before
+    # On the real paths: a new tenant and an existing one.
+    _add_migration(dsn, "0002", _sleeper(body))
+    before = _snapshot(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for call in (
+            "SELECT tenancy.migrate_tenant('acme')",
+            "SELECT tenancy.create_tenant('hooli')",
+        ):
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute(call)
+            assert info.value.sqlstate == "PT017", (case, call, str(info.value))
+    assert _snapshot(dsn) == before
+    assert sql("SELECT count(*) FROM pg_class WHERE relname = 'sneaky'") == [(0,)]
+
+
 def sql_runner_intact(dsn: str) -> bool:
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
