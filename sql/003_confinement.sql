@@ -364,6 +364,41 @@ COMMENT ON FUNCTION tenancy.session_state() IS
 -- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
 -- migrator role (re-owned below), so the server refuses SET ROLE and SET
 -- SESSION AUTHORIZATION inside; called only by apply_migrations.
+CREATE OR REPLACE FUNCTION tenancy.outward_fk_actions(schema_name text)
+    RETURNS oid[]
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Foreign keys of schema_name's tables to tables of other schemas with an
+    -- action (CASCADE, SET NULL, SET DEFAULT) on delete or update: the
+    -- schema's tables through its namespace dependencies (indexed), then
+    -- their constraints.
+    SELECT coalesce(pg_catalog.array_agg(k.oid), '{}')
+      FROM pg_catalog.pg_namespace AS n
+      JOIN pg_catalog.pg_depend AS d
+        ON d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.refobjid = n.oid
+       AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype = 'n'
+      JOIN pg_catalog.pg_constraint AS k ON k.conrelid = d.objid AND k.contype = 'f'
+      JOIN pg_catalog.pg_class AS r ON r.oid = k.confrelid
+     WHERE n.nspname = schema_name AND r.relnamespace <> n.oid
+       AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))
+$$;
+
+COMMENT ON FUNCTION tenancy.outward_fk_actions(text) IS
+    'Oids of the foreign keys of schema schema_name''s tables that reference a table of another '
+    'schema with ON DELETE or ON UPDATE CASCADE, SET NULL or SET DEFAULT. Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.outward_fk_actions(text) FROM PUBLIC;
+
+-- The runner (the migrator's) asks it before and after each migration.
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.outward_fk_actions(text) TO %I',
+                              tenancy.migrator_role());
+END
+$$;
+
 CREATE OR REPLACE FUNCTION tenancy.execute_migration(migration_sql text, migration_path text)
     RETURNS void
     LANGUAGE plpgsql
@@ -380,6 +415,7 @@ DECLARE
     v_table     pg_catalog.regclass;
     v_owner     pg_catalog.regrole;
     v_owned     oid[];
+    v_actions   oid[];
 BEGIN
     PERFORM pg_catalog.set_config('search_path', migration_path, true);
     -- What the session holds before the migration: every setting, and the
@@ -400,6 +436,7 @@ BEGIN
        AND s.refobjid OPERATOR(pg_catalog.=) v_me
        AND s.deptype OPERATOR(pg_catalog.=) 'o'
        AND s.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass;
+    v_actions := tenancy.outward_fk_actions(pg_catalog.current_setting('pgtenancy.migration_schema', true));
     EXECUTE migration_sql;
     -- Deferred constraint triggers the migration queued on its tables fire
     -- now, as the migrator, not at COMMIT as whoever commits (the kit's
@@ -494,6 +531,25 @@ BEGIN
             USING ERRCODE = 'PT017',
                   HINT = 'A tenant migration changes its own tenant schema only (EXPLAIN ANALYZE '
                          'of CREATE TABLE AS is not seen by the fence: it is checked here).';
+    END IF;
+    -- A foreign key to a table outside the tenant schema with an action
+    -- (CASCADE, SET NULL, SET DEFAULT) runs the tenant's code (triggers,
+    -- checks, index expressions) inside whoever deletes or updates the
+    -- shared row, its AFTER triggers with that role's rights (attack run of
+    -- 2026-12-04): a new one is refused.
+    SELECT pg_catalog.format('%I on %s', k.conname, k.conrelid::pg_catalog.regclass) INTO v_name
+      FROM pg_catalog.pg_constraint AS k
+     WHERE k.oid OPERATOR(pg_catalog.=) ANY (tenancy.outward_fk_actions(
+               pg_catalog.current_setting('pgtenancy.migration_schema', true)))
+       AND k.oid OPERATOR(pg_catalog.<>) ALL (coalesce(v_actions, '{}'::oid[]))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'unsafe migration: foreign key % acts on the tenant''s rows when a row '
+                        'outside its schema is deleted or updated', v_name
+            USING ERRCODE = 'PT017',
+                  HINT = 'Its action (CASCADE, SET NULL, SET DEFAULT) would run the tenant''s '
+                         'triggers as whoever changes that row: use ON DELETE/UPDATE NO ACTION '
+                         'or RESTRICT for a reference to a shared table.';
     END IF;
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_default_acl AS d
                 WHERE d.defaclrole OPERATOR(pg_catalog.=) v_me) THEN

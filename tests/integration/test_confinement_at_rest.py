@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from pgtenancy import Tenancy
+from pgtenancy.errors import UnsafeMigration
 
 SQL = Callable[..., list[tuple[Any, ...]]]
 
@@ -78,16 +79,7 @@ $g$;
 """
 
 _PLANTS = """
--- (a) a foreign-key action into a tenant table runs its triggers as that
--- table's owner.
-CREATE TABLE sub (id int, plan_id int REFERENCES public.plans ON DELETE CASCADE);
-CREATE FUNCTION sub_gone() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $t$
-BEGIN
-    PERFORM grab('cascade');
-    RETURN OLD;
-END
-$t$;
-CREATE TRIGGER sub_gone BEFORE DELETE ON sub FOR EACH ROW EXECUTE FUNCTION sub_gone();
+-- (a) a foreign-key action into a tenant table: refused (see below).
 -- (b) ANALYZE evaluates expression indexes as the table's owner.
 CREATE TABLE indexed (i int);
 CREATE INDEX indexed_grab ON indexed (grab_int(i));
@@ -190,18 +182,71 @@ def test_tenant_objects_belong_to_an_unprivileged_role_of_their_own(planted: str
     ) == [(sql("SELECT tenancy.tenant_group_role()")[0][0],)]
 
 
-def test_a_cascade_into_a_tenant_table_runs_its_triggers_as_the_tenants_role(
-    planted: str, dsn: str, sql: SQL
+#: A foreign key to a shared table whose action runs the tenant's triggers
+#: when the owner deletes or updates the shared row: the AFTER ones fired with
+#: the owner's rights (attack run of 2026-12-04; BEFORE ones as the tenant's
+#: role, inside the owner's session).
+_CASCADES = {
+    "on_delete_cascade": "ON DELETE CASCADE",
+    "on_delete_set_null": "ON DELETE SET NULL",
+    "on_delete_set_default": "ON DELETE SET DEFAULT",
+    "on_update_cascade": "ON UPDATE CASCADE",
+}
+
+
+@pytest.mark.parametrize("action", sorted(_CASCADES))
+def test_a_foreign_key_action_from_a_shared_table_is_refused(
+    action: str, dsn: str, tenancy: Tenancy, sql: SQL
 ) -> None:
-    owner = sql("SELECT current_user")[0][0]
-    role = sql("SELECT tenancy.tenant_role('tenant_acme')")[0][0]
+    sql("CREATE TABLE public.plans (id int PRIMARY KEY)")
+    sql("INSERT INTO public.plans VALUES (1), (2)")
+    tenancy.add_migration("0001", "CREATE TABLE canary (id int PRIMARY KEY)")
+    tenancy.create_tenant("acme")
+    body = (
+        f"CREATE TABLE sub (plan_id int REFERENCES public.plans {_CASCADES[action]});"
+        " CREATE FUNCTION gone() RETURNS trigger LANGUAGE plpgsql AS"
+        " $t$ BEGIN CREATE TABLE public.pwned (who text); RETURN NULL; END $t$;"
+        " CREATE TRIGGER gone AFTER DELETE OR UPDATE ON sub FOR EACH ROW EXECUTE FUNCTION gone()"
+    )
+    tables = "SELECT count(*) FROM pg_class WHERE relnamespace = 'tenant_acme'::regnamespace"
+    before = sql(tables)
+    with pytest.raises(UnsafeMigration) as info:
+        tenancy.add_migration("0002", body)
+    assert "acts on the tenant's rows" in str(info.value)
+    assert sql("SELECT version FROM tenancy.migrations ORDER BY 1") == [("0001",)]
+    # Past the registration check (a migration file run on the real path).
+    tenancy.add_migration(
+        "0002",
+        "DO $s$ BEGIN IF current_schema() <> 'tenancy_scratch' THEN EXECUTE $q$"
+        + body
+        + "$q$; END IF; END $s$",
+    )
+    for call in (lambda: tenancy.migrate_tenant("acme"), lambda: tenancy.create_tenant("globex")):
+        with pytest.raises(UnsafeMigration) as info:
+            call()
+        assert "acts on the tenant's rows" in str(info.value)
+    assert sql(tables) == before
+    assert sql("SELECT count(*) FROM pg_class WHERE relname IN ('sub', 'pwned')") == [(0,)]
+    sql("DELETE FROM public.plans")
+    assert sql("SELECT count(*) FROM pg_class WHERE relname = 'pwned'") == [(0,)]
+
+
+def test_a_foreign_key_to_a_shared_table_without_an_action_is_accepted(
+    tenancy: Tenancy, sql: SQL
+) -> None:
+    sql("CREATE TABLE public.plans (id int PRIMARY KEY)")
+    sql("INSERT INTO public.plans VALUES (1)")
+    tenancy.add_migration(
+        "0001",
+        "CREATE TABLE sub (plan_id int REFERENCES public.plans ON DELETE RESTRICT,"
+        " other int REFERENCES public.plans ON UPDATE NO ACTION);"
+        " CREATE TABLE local (id int PRIMARY KEY);"
+        " CREATE TABLE child (id int REFERENCES local ON DELETE CASCADE)",
+    )
+    tenancy.create_tenant("acme")
     sql("INSERT INTO tenant_acme.sub VALUES (1, 1)")
-    before = _state(dsn, planted)
-    with _armed(dsn) as conn:
-        conn.execute("DELETE FROM public.plans WHERE id = 1")  # the owner, at rest
-    _assert_confined(_log(sql), "cascade", role, owner)
-    assert sql("SELECT count(*) FROM tenant_acme.sub") == [(0,)]
-    assert _state(dsn, planted) == before
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        sql("DELETE FROM public.plans")
 
 
 def test_analyze_runs_expression_indexes_as_the_tenants_role(
