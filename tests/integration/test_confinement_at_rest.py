@@ -221,10 +221,12 @@ def test_a_foreign_key_action_from_a_shared_table_is_refused(
         + body
         + "$q$; END IF; END $s$",
     )
-    for call in (lambda: tenancy.migrate_tenant("acme"), lambda: tenancy.create_tenant("globex")):
-        with pytest.raises(UnsafeMigration) as info:
-            call()
-        assert "acts on the tenant's rows" in str(info.value)
+    with pytest.raises(UnsafeMigration) as info:
+        tenancy.migrate_tenant("acme")
+    assert "acts on the tenant's rows" in str(info.value)
+    with pytest.raises(UnsafeMigration) as info:
+        tenancy.create_tenant("globex")
+    assert "acts on the tenant's rows" in str(info.value)
     assert sql(tables) == before
     assert sql("SELECT count(*) FROM pg_class WHERE relname IN ('sub', 'pwned')") == [(0,)]
     sql("DELETE FROM public.plans")
