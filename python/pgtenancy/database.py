@@ -17,8 +17,9 @@ is installed, :class:`~pgtenancy.errors.VersionMismatch` (read with
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import psycopg
@@ -41,6 +42,78 @@ Connectable: TypeAlias = (
     "str | psycopg.Connection[Any] | ConnectionPool[Any] | Engine "
     "| Callable[[], psycopg.Connection[Any]]"
 )
+
+
+#: The settings a tenant migration must leave as it found them
+#: (``tenancy.watched_settings()``; a test keeps the two equal).
+WATCHED_SETTINGS = (
+    "search_path",
+    "row_security",
+    "default_transaction_read_only",
+    "app.tenant_id",
+    "app.tenant",
+    "pgtenancy.migration_schema",
+    "pgtenancy.outside_migration_schema",
+    "pgtenancy.drop_tenants",
+    "pgtenancy.consumer_inactive_after",
+)
+# Every name qualified: these run in the very session whose search_path a
+# migration may have changed (a tenant type named "text" would be found).
+_READ_WATCHED = (
+    "SELECT pg_catalog.array_agg(pg_catalog.current_setting(w.n, true) ORDER BY w.i)"
+    " FROM pg_catalog.unnest(%(names)s::pg_catalog.text[]) WITH ORDINALITY AS w(n, i)"
+)
+_RESTORE_WATCHED = (
+    "SELECT w.n, pg_catalog.set_config(w.n, coalesce(w.v, ''), false)"
+    " FROM ROWS FROM (pg_catalog.unnest(%(names)s::pg_catalog.text[]),"
+    " pg_catalog.unnest(%(values)s::pg_catalog.text[])) AS w(n, v)"
+    " WHERE coalesce(pg_catalog.current_setting(w.n, true), '')"
+    " OPERATOR(pg_catalog.<>) coalesce(w.v, '')"
+)
+
+
+@contextmanager
+def _session_kept(
+    conn: psycopg.Connection[Any], transaction: Callable[[], AbstractContextManager[Any]]
+) -> Iterator[None]:
+    """Run the block in ``transaction()`` on idle ``conn`` (a connection that
+    outlives it), then put the watched settings back as they were before it.
+
+    A tenant migration can leave a session-level value under a ``SET LOCAL``
+    that restores the value the server's check compares (attack run of
+    2026-12-04); PostgreSQL shows the session value only after the commit.
+    Read before the transaction (whose first statement may have to be ``SET
+    TRANSACTION``), set back after its commit. Warns (``RuntimeWarning``)
+    when it set one back. A failed transaction needs nothing: its settings
+    were rolled back with it.
+    """
+    names = list(WATCHED_SETTINGS)
+    row = _outside_the_block(conn, _READ_WATCHED, {"names": names})[0]
+    before = list(row[0]) if row[0] is not None else []
+    with transaction():
+        yield
+    if conn.closed:
+        return
+    restored = _outside_the_block(conn, _RESTORE_WATCHED, {"names": names, "values": before})
+    if restored:
+        warnings.warn(
+            "a statement of this transaction (a tenant migration?) left session setting(s) "
+            + ", ".join(str(r[0]) for r in restored)
+            + " changed on this connection beyond the transaction; they were set back",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _outside_the_block(
+    conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
+    """Rows of ``query`` on idle ``conn``, leaving it idle (a transaction of
+    its own unless it is in autocommit)."""
+    if conn.autocommit:
+        return conn.execute(query, params).fetchall()
+    with conn.transaction():
+        return conn.execute(query, params).fetchall()
 
 
 def _is_engine(obj: object) -> TypeGuard[Engine]:
@@ -99,14 +172,19 @@ class Database:
     @staticmethod
     @contextmanager
     def _shared(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
-        # A transaction of its own, or a savepoint inside the caller's.
-        with conn.transaction():
+        # A transaction of its own (the session's settings kept), or a
+        # savepoint inside the caller's (whose commit is the caller's).
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            with conn.transaction():
+                yield conn
+            return
+        with _session_kept(conn, conn.transaction):
             yield conn
 
     @staticmethod
     @contextmanager
     def _pooled(pool: ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
-        with pool.connection() as conn, conn.transaction():
+        with pool.connection() as conn, _session_kept(conn, conn.transaction):
             yield conn
 
     @staticmethod
@@ -114,11 +192,12 @@ class Database:
     def _engine(engine: Engine) -> Iterator[psycopg.Connection[Any]]:
         # SQLAlchemy runs the transaction (commit or rollback at the end);
         # the statements go to its psycopg connection directly.
-        with engine.begin() as sa_conn:
+        with engine.connect() as sa_conn:
             driver = sa_conn.connection.driver_connection
             if not isinstance(driver, psycopg.Connection):
                 raise TypeError("the engine must use the psycopg driver (postgresql+psycopg://)")
-            yield driver
+            with _session_kept(driver, sa_conn.begin):
+                yield driver
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[Any]]:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy
 from psycopg_pool import ConnectionPool
 
 from helpers import outbox, subprocess_env
@@ -122,3 +124,100 @@ def test_a_missing_object_with_matching_versions_stays_the_database_error(
     sql("DROP FUNCTION tenancy.outbox_health()")
     with pytest.raises(psycopg.errors.UndefinedFunction):
         Tenancy(dsn).outbox_health()
+
+
+#: A migration that leaves session-level values under a SET LOCAL giving the
+#: check the values it compares (attack run of 2026-12-04): the server sees
+#: nothing; the session value shows after the commit.
+_HIDDEN_SESSION_SETTINGS = """
+CREATE TABLE note (id int);
+DO $d$
+DECLARE
+    p text := current_setting('search_path');
+BEGIN
+    PERFORM set_config('search_path', current_schema() || ', pg_catalog, public', false);
+    PERFORM set_config('search_path', p, true);
+    PERFORM set_config('row_security', 'off', false);
+    PERFORM set_config('row_security', 'on', true);
+END
+$d$
+"""
+
+_WATCHED = (
+    "SELECT current_setting('search_path'), current_setting('row_security'),"
+    " current_setting('statement_timeout'), coalesce(current_setting('app.note', true), '')"
+)
+
+
+def test_watched_settings_match_the_servers(sql: SQL) -> None:
+    from pgtenancy.database import WATCHED_SETTINGS
+
+    assert sql("SELECT tenancy.watched_settings()") == [(list(WATCHED_SETTINGS),)]
+
+
+@pytest.mark.parametrize("kind", ["connection", "autocommit connection", "pool", "engine"])
+def test_session_settings_a_migration_hid_are_set_back_on_a_connection_kept(
+    kind: str, dsn: str
+) -> None:
+    """The caller's own session settings stay; the migration's are set back
+    after the commit, with a warning; a call without any gives none."""
+    with psycopg.connect(dsn, autocommit=kind == "autocommit connection") as conn:
+        pool = ConnectionPool(dsn, min_size=1, max_size=1, open=True)
+        engine = sqlalchemy.create_engine(
+            "postgresql+psycopg://",
+            creator=lambda: psycopg.connect(dsn),
+            pool_size=1,
+            max_overflow=0,
+        )
+        try:
+            used: Any
+            if kind == "pool":
+                source: Any = pool
+                used = pool.getconn()
+            elif kind == "engine":
+                source = engine
+                raw = engine.raw_connection()
+                used = raw.driver_connection
+                assert used is not None
+            else:
+                source = used = conn
+            used.autocommit = True
+            used.execute("SET search_path = public, pg_catalog")
+            used.execute("SET statement_timeout = '42s'")
+            used.execute("SET app.note = 'mine'")
+            used.autocommit = kind == "autocommit connection"
+            mine = used.execute(_WATCHED).fetchone()
+            if not used.autocommit:
+                used.commit()
+            if kind == "pool":
+                pool.putconn(used)
+            elif kind == "engine":
+                raw.close()  # back to the engine's pool, settings and all
+            tenancy = Tenancy(source)
+            tenancy.add_migration("0001", "CREATE TABLE plain (id int)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                tenancy.create_tenant("acme")  # nothing hidden: no warning
+            with pytest.warns(RuntimeWarning, match="search_path, row_security|row_security"):
+                tenancy.add_migration("0002", _HIDDEN_SESSION_SETTINGS)
+            with pytest.warns(RuntimeWarning, match="search_path"):
+                tenancy.create_tenant("globex")
+            with pytest.warns(RuntimeWarning, match="search_path"):
+                tenancy.migrate_tenant("acme")
+            if kind == "pool":
+                with pool.connection() as again:
+                    after = again.execute(_WATCHED).fetchone()
+            elif kind == "engine":
+                raw = engine.raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                after = driver.execute(_WATCHED).fetchone()
+                driver.rollback()
+                raw.close()
+            else:
+                after = conn.execute(_WATCHED).fetchone()
+            assert after == mine == ("public, pg_catalog", "on", "42s", "mine")
+            assert tenancy.get_tenant("globex").migration_version == "0002"
+        finally:
+            pool.close()
+            engine.dispose()
