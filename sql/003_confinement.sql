@@ -915,12 +915,14 @@ BEGIN
            AND NOT tenancy.fence_in_target(v_cmd.schema_name, v_target) THEN
             PERFORM tenancy.fence_refuse(v_cmd.command_tag, v_cmd.object_identity, v_target);
         END IF;
-        -- A function or operator named like a built-in one would be found
-        -- before it wherever the tenant schema comes first in a path, and
-        -- run as whoever calls it there. (The catalogs are read for those
+        -- A function, operator or type (CREATE TYPE, CREATE DOMAIN) named
+        -- like a built-in one would be found before it wherever the tenant
+        -- schema comes first in a path, and run as whoever calls it there (a
+        -- domain's check, on a cast to it). (The catalogs are read for those
         -- commands only: the outer test needs no query.)
         CONTINUE WHEN v_cmd.classid NOT IN ('pg_catalog.pg_proc'::pg_catalog.regclass,
-                                            'pg_catalog.pg_operator'::pg_catalog.regclass);
+                                            'pg_catalog.pg_operator'::pg_catalog.regclass,
+                                            'pg_catalog.pg_type'::pg_catalog.regclass);
         IF v_cmd.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p, pg_catalog.pg_proc AS b
                         WHERE p.oid = v_cmd.objid AND b.proname = p.proname
@@ -928,8 +930,12 @@ BEGIN
            OR v_cmd.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_operator AS o, pg_catalog.pg_operator AS b
                         WHERE o.oid = v_cmd.objid AND b.oprname = o.oprname
-                          AND b.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace) THEN
-            RAISE EXCEPTION 'unsafe migration: % shadows a built-in function or operator of the same name',
+                          AND b.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace)
+           OR v_cmd.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_type AS t, pg_catalog.pg_type AS b
+                        WHERE t.oid = v_cmd.objid AND b.typname = t.typname
+                          AND b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace) THEN
+            RAISE EXCEPTION 'unsafe migration: % shadows a built-in function, operator or type of the same name',
                 v_cmd.object_identity
                 USING ERRCODE = 'PT017',
                       HINT = 'Give it a name of its own.';

@@ -690,6 +690,15 @@ ATTACKS: dict[str, str] = {
     "shadow_builtin_function": (
         "CREATE FUNCTION upper(varchar) RETURNS text LANGUAGE sql AS 'SELECT $1::text'"
     ),
+    # A domain whose check runs wherever a cast names the built-in type and
+    # the tenant schema comes first (attack run of 2026-12-04).
+    "shadow_builtin_type": (
+        "CREATE FUNCTION ok(v anyelement) RETURNS boolean LANGUAGE sql AS 'SELECT true';"
+        " CREATE DOMAIN jsonb AS pg_catalog.jsonb CHECK (ok(VALUE))"
+    ),
+    "shadow_builtin_type_by_rename": (
+        "CREATE TYPE mood AS ENUM ('ok'); ALTER TYPE mood RENAME TO money"
+    ),
     # The call stack quotes the statement's text: a line in it that looks like
     # a frame of a kit function must not pass the fence.
     "forged_call_stack_frame": (
