@@ -117,6 +117,28 @@ BEGIN
          WHERE NOT EXISTS (SELECT 1 FROM pg_roles AS r WHERE r.rolname = tenancy.tenant_role(t.schema_name))
            AND EXISTS (SELECT 1 FROM pg_class AS c WHERE c.relnamespace = n.oid);
 
+    -- A tenant table's foreign key to a table outside its schema with an
+    -- action runs the tenant's triggers inside whoever deletes or updates
+    -- the referenced row, the AFTER ones with that role's rights (a
+    -- migration may no longer make one: these are from before, or by hand).
+    RETURN QUERY
+        SELECT 'error'::text, 'tenant_fk_action'::text, format('%I.%I', n.nspname, c.relname),
+               format('foreign key %I of %I.%I (tenant %s) references %s with an action (ON '
+                      'DELETE/UPDATE CASCADE, SET NULL or SET DEFAULT): deleting or updating a row '
+                      'of %s runs the tenant''s triggers with the rights of whoever does it',
+                      k.conname, n.nspname, c.relname, t.slug, k.confrelid::regclass,
+                      k.confrelid::regclass),
+               'make it ON DELETE/UPDATE RESTRICT (or NO ACTION) in a tenant migration: drop the '
+               'constraint and add it again'::text
+          FROM tenancy.tenants AS t
+          JOIN pg_namespace AS n ON n.nspname = t.schema_name
+          JOIN pg_class AS c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+          JOIN pg_constraint AS k ON k.conrelid = c.oid AND k.contype = 'f'
+          JOIN pg_class AS r ON r.oid = k.confrelid
+         WHERE r.relnamespace <> n.oid
+           AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))
+           AND k.conparentid = 0;
+
     -- A member of the owner's role has the owner's rights: every tenant,
     -- every policy, the registry.
     RETURN QUERY

@@ -233,6 +233,35 @@ def test_a_foreign_key_action_from_a_shared_table_is_refused(
     assert sql("SELECT count(*) FROM pg_class WHERE relname = 'pwned'") == [(0,)]
 
 
+def test_the_doctor_reports_a_foreign_key_action_made_before(
+    tenancy: Tenancy, sql: SQL, dsn: str
+) -> None:
+    sql("CREATE TABLE public.plans (id int PRIMARY KEY)")
+    tenancy.add_migration("0001", "CREATE TABLE sub (plan_id int REFERENCES public.plans)")
+    tenancy.create_tenant("acme")
+
+    def found() -> list[tuple[Any, ...]]:
+        return [
+            r for r in sql("SELECT * FROM tenancy.check_registry()") if r[1] == "tenant_fk_action"
+        ]
+
+    assert found() == []
+    # By hand, as the owner (or from an older release): no migration refuses it.
+    sql("ALTER TABLE tenant_acme.sub DROP CONSTRAINT sub_plan_id_fkey")
+    sql(
+        "ALTER TABLE tenant_acme.sub ADD CONSTRAINT sub_plan_id_fkey"
+        " FOREIGN KEY (plan_id) REFERENCES public.plans ON DELETE CASCADE"
+    )
+    assert [(r[0], r[2]) for r in found()] == [("error", "tenant_acme.sub")]
+    assert "public.plans" in found()[0][3]
+    sql("ALTER TABLE tenant_acme.sub DROP CONSTRAINT sub_plan_id_fkey")
+    sql(
+        "ALTER TABLE tenant_acme.sub ADD CONSTRAINT sub_plan_id_fkey"
+        " FOREIGN KEY (plan_id) REFERENCES public.plans ON DELETE RESTRICT"
+    )
+    assert found() == []
+
+
 def test_a_foreign_key_to_a_shared_table_without_an_action_is_accepted(
     tenancy: Tenancy, sql: SQL
 ) -> None:
