@@ -317,9 +317,12 @@ CREATE OR REPLACE FUNCTION tenancy.watched_settings()
     SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT ARRAY['search_path', 'row_security', 'default_transaction_read_only',
-                 'app.tenant_id', 'app.tenant', 'pgtenancy.migration_schema',
+                 'app.tenant_id', 'app.tenant', 'app.tenant_token', 'pgtenancy.migration_schema',
                  'pgtenancy.outside_migration_schema', 'pgtenancy.drop_tenants',
-                 'pgtenancy.consumer_inactive_after']::text[]
+                 'pgtenancy.consumer_inactive_after', 'pgtenancy.consumer_stale_after',
+                 'pgtenancy.prepared_stale_after', 'pgtenancy.created_payload',
+                 'pgtenancy.guarding_children', 'pgtenancy.renaming',
+                 'pgtenancy.accelerator']::text[]
 $$;
 
 COMMENT ON FUNCTION tenancy.watched_settings() IS
@@ -915,14 +918,17 @@ BEGIN
            AND NOT tenancy.fence_in_target(v_cmd.schema_name, v_target) THEN
             PERFORM tenancy.fence_refuse(v_cmd.command_tag, v_cmd.object_identity, v_target);
         END IF;
-        -- A function, operator or type (CREATE TYPE, CREATE DOMAIN) named
-        -- like a built-in one would be found before it wherever the tenant
-        -- schema comes first in a path, and run as whoever calls it there (a
-        -- domain's check, on a cast to it). (The catalogs are read for those
-        -- commands only: the outer test needs no query.)
+        -- A function, operator, type (CREATE TYPE, CREATE DOMAIN, a range's
+        -- multirange) or relation named like a built-in one would be found
+        -- before it wherever the tenant schema comes first in a path, and run
+        -- as whoever calls it there (a domain's check on a cast to it, a
+        -- view's functions). (The catalogs are read for those commands only:
+        -- the outer test needs no query.)
         CONTINUE WHEN v_cmd.classid NOT IN ('pg_catalog.pg_proc'::pg_catalog.regclass,
                                             'pg_catalog.pg_operator'::pg_catalog.regclass,
-                                            'pg_catalog.pg_type'::pg_catalog.regclass);
+                                            'pg_catalog.pg_type'::pg_catalog.regclass)
+                      AND (v_cmd.classid <> 'pg_catalog.pg_class'::pg_catalog.regclass
+                           OR pg_catalog.strpos(v_cmd.object_identity, '.pg_') = 0);
         IF v_cmd.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc AS p, pg_catalog.pg_proc AS b
                         WHERE p.oid = v_cmd.objid AND b.proname = p.proname
@@ -933,9 +939,23 @@ BEGIN
                           AND b.oprnamespace = 'pg_catalog'::pg_catalog.regnamespace)
            OR v_cmd.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
            AND EXISTS (SELECT 1 FROM pg_catalog.pg_type AS t, pg_catalog.pg_type AS b
-                        WHERE t.oid = v_cmd.objid AND b.typname = t.typname
-                          AND b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace) THEN
-            RAISE EXCEPTION 'unsafe migration: % shadows a built-in function, operator or type of the same name',
+                        WHERE t.oid IN (SELECT v_cmd.objid
+                                        UNION ALL
+                                        -- a range's multirange, which has a name of its own
+                                        SELECT r.rngmultitypid FROM pg_catalog.pg_range AS r
+                                         WHERE r.rngtypid = v_cmd.objid)
+                          AND b.typname = t.typname
+                          AND b.typnamespace = 'pg_catalog'::pg_catalog.regnamespace)
+           -- A table or view named like a catalog relation (pg_roles, pg_class,
+           -- ...: every one of them starts with pg_, so only such names cost a
+           -- query).
+           OR v_cmd.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND pg_catalog.strpos(v_cmd.object_identity, '.pg_') > 0
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c, pg_catalog.pg_class AS b
+                        WHERE c.oid = v_cmd.objid AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                          AND b.relname = c.relname
+                          AND b.relnamespace = 'pg_catalog'::pg_catalog.regnamespace) THEN
+            RAISE EXCEPTION 'unsafe migration: % shadows a built-in function, operator, type or relation of the same name',
                 v_cmd.object_identity
                 USING ERRCODE = 'PT017',
                       HINT = 'Give it a name of its own.';

@@ -52,10 +52,17 @@ WATCHED_SETTINGS = (
     "default_transaction_read_only",
     "app.tenant_id",
     "app.tenant",
+    "app.tenant_token",
     "pgtenancy.migration_schema",
     "pgtenancy.outside_migration_schema",
     "pgtenancy.drop_tenants",
     "pgtenancy.consumer_inactive_after",
+    "pgtenancy.consumer_stale_after",
+    "pgtenancy.prepared_stale_after",
+    "pgtenancy.created_payload",
+    "pgtenancy.guarding_children",
+    "pgtenancy.renaming",
+    "pgtenancy.accelerator",
 )
 # Every name qualified: these run in the very session whose search_path a
 # migration may have changed (a tenant type named "text" would be found).

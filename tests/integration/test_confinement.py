@@ -699,6 +699,20 @@ ATTACKS: dict[str, str] = {
     "shadow_builtin_type_by_rename": (
         "CREATE TYPE mood AS ENUM ('ok'); ALTER TYPE mood RENAME TO money"
     ),
+    # Second attack run of 2026-12-04: a multirange named by its range; a
+    # view named like a catalog view; kit settings the check did not watch.
+    "shadow_builtin_multirange": (
+        "CREATE TYPE r3 AS RANGE (subtype = int, multirange_type_name = int4multirange)"
+    ),
+    "shadow_catalog_view": "CREATE VIEW pg_roles AS SELECT * FROM pg_catalog.pg_roles",
+    "shadow_catalog_view_by_rename": (
+        "CREATE TABLE roles (id int); ALTER TABLE roles RENAME TO pg_class"
+    ),
+    "forged_created_payload": (
+        "SELECT pg_catalog.set_config('pgtenancy.created_payload', '{\"isolation\": \"shared\"}',"
+        " false)"
+    ),
+    "children_guard_off": "SELECT pg_catalog.set_config('pgtenancy.guarding_children', 'on', false)",
     # The call stack quotes the statement's text: a line in it that looks like
     # a frame of a kit function must not pass the fence.
     "forged_call_stack_frame": (
