@@ -541,10 +541,10 @@ BEGIN
     -- shared row, its AFTER triggers with that role's rights (attack run of
     -- 2026-12-04): a new one is refused.
     SELECT pg_catalog.format('%I on %s', k.conname, k.conrelid::pg_catalog.regclass) INTO v_name
-      FROM pg_catalog.pg_constraint AS k
-     WHERE k.oid OPERATOR(pg_catalog.=) ANY (tenancy.outward_fk_actions(
-               pg_catalog.current_setting('pgtenancy.migration_schema', true)))
-       AND k.oid OPERATOR(pg_catalog.<>) ALL (coalesce(v_actions, '{}'::oid[]))
+      FROM pg_catalog.unnest(tenancy.outward_fk_actions(
+               pg_catalog.current_setting('pgtenancy.migration_schema', true))) AS a(oid)
+      JOIN pg_catalog.pg_constraint AS k ON k.oid OPERATOR(pg_catalog.=) a.oid
+     WHERE a.oid OPERATOR(pg_catalog.<>) ALL (coalesce(v_actions, '{}'::oid[]))
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'unsafe migration: foreign key % acts on the tenant''s rows when a row '
