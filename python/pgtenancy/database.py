@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeGuard
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from pgtenancy.dsn import libpq_dsn
@@ -67,15 +68,21 @@ WATCHED_SETTINGS = (
 # Every name qualified: these run in the very session whose search_path a
 # migration may have changed (a tenant type named "text" would be found).
 _READ_WATCHED = (
-    "SELECT pg_catalog.array_agg(pg_catalog.current_setting(w.n, true) ORDER BY w.i)"
+    "SELECT pg_catalog.array_agg(pg_catalog.current_setting(w.n, true) ORDER BY w.i),"
+    " (SELECT coalesce(pg_catalog.array_agg(c), '{}') FROM pg_catalog.pg_listening_channels() AS c)"
     " FROM pg_catalog.unnest(%(names)s::pg_catalog.text[]) WITH ORDINALITY AS w(n, i)"
 )
+# The settings set back, then the channels LISTENed to since (a LISTEN takes
+# effect at commit: the server's session check never sees one).
 _RESTORE_WATCHED = (
-    "SELECT w.n, pg_catalog.set_config(w.n, coalesce(w.v, ''), false)"
+    "SELECT 'setting', w.n, pg_catalog.set_config(w.n, coalesce(w.v, ''), false)"
     " FROM ROWS FROM (pg_catalog.unnest(%(names)s::pg_catalog.text[]),"
     " pg_catalog.unnest(%(values)s::pg_catalog.text[])) AS w(n, v)"
     " WHERE coalesce(pg_catalog.current_setting(w.n, true), '')"
     " OPERATOR(pg_catalog.<>) coalesce(w.v, '')"
+    " UNION ALL"
+    " SELECT 'channel', c, NULL FROM pg_catalog.pg_listening_channels() AS c"
+    " WHERE c OPERATOR(pg_catalog.<>) ALL (%(channels)s::pg_catalog.text[])"
 )
 
 
@@ -91,22 +98,34 @@ def _session_kept(
     2026-12-04); PostgreSQL shows the session value only after the commit.
     Read before the transaction (whose first statement may have to be ``SET
     TRANSACTION``), set back after its commit. Warns (``RuntimeWarning``)
-    when it set one back. A failed transaction needs nothing: its settings
-    were rolled back with it.
+    when it set one back. A ``LISTEN`` made in the block (seen only after
+    the commit too) is undone the same way. A failed transaction needs
+    nothing: its settings were rolled back with it.
     """
     names = list(WATCHED_SETTINGS)
     row = _outside_the_block(conn, _READ_WATCHED, {"names": names})[0]
     before = list(row[0]) if row[0] is not None else []
+    channels = list(row[1])
     with transaction():
         yield
     if conn.closed:
         return
-    restored = _outside_the_block(conn, _RESTORE_WATCHED, {"names": names, "values": before})
+    restored = _outside_the_block(
+        conn, _RESTORE_WATCHED, {"names": names, "values": before, "channels": channels}
+    )
+    for kind, name, _ in restored:
+        if kind == "channel":
+            unlisten = sql.SQL("UNLISTEN {}").format(sql.Identifier(name))
+            if conn.autocommit:
+                conn.execute(unlisten)
+            else:
+                with conn.transaction():
+                    conn.execute(unlisten)
     if restored:
         warnings.warn(
-            "a statement of this transaction (a tenant migration?) left session setting(s) "
-            + ", ".join(str(r[0]) for r in restored)
-            + " changed on this connection beyond the transaction; they were set back",
+            "a statement of this transaction (a tenant migration?) left "
+            + ", ".join(f"{kind} {name}" for kind, name, _ in restored)
+            + " on this connection beyond the transaction; set back (UNLISTEN for a channel)",
             RuntimeWarning,
             stacklevel=4,
         )
