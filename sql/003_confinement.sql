@@ -364,9 +364,6 @@ COMMENT ON FUNCTION tenancy.session_state() IS
     'advisory locks, LISTEN channels, prepared statements, cursors. A tenant migration must '
     'leave them as it found them.';
 
--- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
--- migrator role (re-owned below), so the server refuses SET ROLE and SET
--- SESSION AUTHORIZATION inside; called only by apply_migrations.
 CREATE OR REPLACE FUNCTION tenancy.outward_fk_actions(schema_name text)
     RETURNS oid[]
     LANGUAGE sql
@@ -394,14 +391,43 @@ COMMENT ON FUNCTION tenancy.outward_fk_actions(text) IS
 
 REVOKE ALL ON FUNCTION tenancy.outward_fk_actions(text) FROM PUBLIC;
 
--- The runner (the migrator's) asks it before and after each migration.
+CREATE OR REPLACE FUNCTION tenancy.migrator_relations()
+    RETURNS oid[]
+    LANGUAGE sql
+    STABLE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- The relations of the current role in this database, through its
+    -- ownership dependencies (indexed): called inside the runner, where the
+    -- current role is the migrator (the tenant's, handed to it for the
+    -- migration, and the scratch schemas').
+    SELECT coalesce(pg_catalog.array_agg(s.objid), '{}')
+      FROM pg_catalog.pg_shdepend AS s
+     WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+       AND s.refobjid = (SELECT r.oid FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user)
+       AND s.deptype = 'o'
+       AND s.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND s.dbid = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                      WHERE d.datname = pg_catalog.current_database())
+$$;
+
+COMMENT ON FUNCTION tenancy.migrator_relations() IS
+    'Oids of the relations the current role owns in this database (the runner compares them '
+    'before and after a migration). Internal.';
+
+REVOKE ALL ON FUNCTION tenancy.migrator_relations() FROM PUBLIC;
+
+-- The runner (the migrator's) asks both before and after each migration.
 DO $$
 BEGIN
-    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.outward_fk_actions(text) TO %I',
-                              tenancy.migrator_role());
+    EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION tenancy.outward_fk_actions(text), '
+                              'tenancy.migrator_relations() TO %I', tenancy.migrator_role());
 END
 $$;
 
+-- Runs one migration's SQL as the migrator. SECURITY DEFINER owned by the
+-- migrator role (re-owned below), so the server refuses SET ROLE and SET
+-- SESSION AUTHORIZATION inside; called only by apply_migrations.
 CREATE OR REPLACE FUNCTION tenancy.execute_migration(migration_sql text, migration_path text)
     RETURNS void
     LANGUAGE plpgsql
@@ -431,14 +457,10 @@ BEGIN
     SELECT pg_catalog.array_agg(p.name) INTO v_prepared FROM pg_catalog.pg_prepared_statements AS p;
     v_session := tenancy.session_state();
     SELECT r.oid INTO v_me FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user;
-    -- The migrator's relations before (its ownership dependencies, indexed:
-    -- the tenant's, handed to it for the migration, and the scratch schemas').
-    SELECT pg_catalog.array_agg(s.objid) INTO v_owned
-      FROM pg_catalog.pg_shdepend AS s
-     WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
-       AND s.refobjid OPERATOR(pg_catalog.=) v_me
-       AND s.deptype OPERATOR(pg_catalog.=) 'o'
-       AND s.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass;
+    -- What the migration must not add to: the migrator's relations and the
+    -- schema's foreign keys with an action to other schemas (both checked
+    -- after it).
+    v_owned := tenancy.migrator_relations();
     v_actions := tenancy.outward_fk_actions(pg_catalog.current_setting('pgtenancy.migration_schema', true));
     EXECUTE migration_sql;
     -- Deferred constraint triggers the migration queued on its tables fire
@@ -516,16 +538,10 @@ BEGIN
     -- VIEW makes a relation without firing event triggers: one the migration
     -- made outside the tenant schema is refused.
     SELECT c.oid::pg_catalog.regclass::text INTO v_name
-      FROM pg_catalog.pg_shdepend AS s
-      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) s.objid
+      FROM pg_catalog.unnest(tenancy.migrator_relations()) AS a(oid)
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) a.oid
       JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-     WHERE s.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass
-       AND s.refobjid OPERATOR(pg_catalog.=) v_me
-       AND s.deptype OPERATOR(pg_catalog.=) 'o'
-       AND s.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
-       AND s.objid OPERATOR(pg_catalog.<>) ALL (coalesce(v_owned, '{}'::oid[]))
-       AND s.dbid OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database AS d
-                                           WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+     WHERE a.oid OPERATOR(pg_catalog.<>) ALL (v_owned)
        AND n.nspname OPERATOR(pg_catalog.<>)
            coalesce(pg_catalog.current_setting('pgtenancy.migration_schema', true), '')
      LIMIT 1;
@@ -544,7 +560,7 @@ BEGIN
       FROM pg_catalog.unnest(tenancy.outward_fk_actions(
                pg_catalog.current_setting('pgtenancy.migration_schema', true))) AS a(oid)
       JOIN pg_catalog.pg_constraint AS k ON k.oid OPERATOR(pg_catalog.=) a.oid
-     WHERE a.oid OPERATOR(pg_catalog.<>) ALL (coalesce(v_actions, '{}'::oid[]))
+     WHERE a.oid OPERATOR(pg_catalog.<>) ALL (v_actions)
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'unsafe migration: foreign key % acts on the tenant''s rows when a row '

@@ -115,12 +115,7 @@ def _session_kept(
     )
     for kind, name, _ in restored:
         if kind == "channel":
-            unlisten = sql.SQL("UNLISTEN {}").format(sql.Identifier(name))
-            if conn.autocommit:
-                conn.execute(unlisten)
-            else:
-                with conn.transaction():
-                    conn.execute(unlisten)
+            _outside_the_block(conn, sql.SQL("UNLISTEN {}").format(sql.Identifier(name)))
     if restored:
         warnings.warn(
             "a statement of this transaction (a tenant migration?) left "
@@ -132,14 +127,19 @@ def _session_kept(
 
 
 def _outside_the_block(
-    conn: psycopg.Connection[Any], query: str, params: Mapping[str, Any]
+    conn: psycopg.Connection[Any],
+    query: str | sql.Composed,
+    params: Mapping[str, Any] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Rows of ``query`` on idle ``conn``, leaving it idle (a transaction of
-    its own unless it is in autocommit)."""
+    """Rows of ``query`` on idle ``conn`` (none for a statement without
+    rows), leaving it idle (a transaction of its own unless it is in
+    autocommit)."""
     if conn.autocommit:
-        return conn.execute(query, params).fetchall()
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
     with conn.transaction():
-        return conn.execute(query, params).fetchall()
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
 
 
 def _is_engine(obj: object) -> TypeGuard[Engine]:
